@@ -1,0 +1,283 @@
+//! The platform configuration every process reads: where state lives (database, bus, object
+//! store), where it listens, and its limits. The CLI fills it from flags, then `OPENLEDGER_*`
+//! environment variables, then a YAML file, then these defaults; `validate` says what is wrong
+//! in terms of the setting's name and the values it accepts.
+
+use std::{fmt, path::PathBuf, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+/// The five services of the platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceKind {
+    Ledger,
+    DatanetIngest,
+    AttributionWorker,
+    ModelFactory,
+    InferenceGateway,
+}
+
+impl ServiceKind {
+    pub const ALL: [ServiceKind; 5] = [
+        Self::Ledger,
+        Self::DatanetIngest,
+        Self::AttributionWorker,
+        Self::ModelFactory,
+        Self::InferenceGateway,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ledger => "ledger",
+            Self::DatanetIngest => "datanet-ingest",
+            Self::AttributionWorker => "attribution-worker",
+            Self::ModelFactory => "model-factory",
+            Self::InferenceGateway => "inference-gateway",
+        }
+    }
+
+    /// Position used to derive this service's default ports from the base ports.
+    pub const fn port_offset(self) -> u16 {
+        match self {
+            Self::Ledger => 0,
+            Self::DatanetIngest => 1,
+            Self::AttributionWorker => 2,
+            Self::ModelFactory => 3,
+            Self::InferenceGateway => 4,
+        }
+    }
+
+    pub fn accepted_names() -> String {
+        Self::ALL.map(Self::name).join(", ")
+    }
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ServiceKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.name() == text)
+            .ok_or_else(|| format!("unknown service {text:?}: accepted values are {}", Self::accepted_names()))
+    }
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "pretty" => Ok(Self::Pretty),
+            "json" => Ok(Self::Json),
+            other => Err(format!("unknown log format {other:?}: accepted values are pretty, json")),
+        }
+    }
+}
+
+/// The effective configuration of one process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the embedded database and object store.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; empty means SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// `nats://…`; empty means the in-process event bus (one process only).
+    pub nats_url: Option<String>,
+    /// `file://…`, `s3://bucket[/prefix]` or `memory://`; empty means `data_dir/objects`.
+    pub object_store_url: Option<String>,
+    /// Address every listener binds to.
+    pub listen_host: String,
+    /// Port of the public REST edge (inference-gateway).
+    pub http_port: u16,
+    /// gRPC port of the first service; service i listens on base + i. 0 picks free ports.
+    pub grpc_base_port: u16,
+    /// Port of the first service's ops HTTP (/healthz, /readyz, /metrics); 0 picks free ports.
+    pub ops_base_port: u16,
+    pub log_format: LogFormat,
+    /// A tracing env-filter directive, e.g. `info` or `openledger=debug,info`.
+    pub log_level: String,
+    /// Largest request body the REST edge accepts.
+    pub max_body_bytes: u64,
+    /// Time a REST request may take before it is answered with a timeout error.
+    pub request_timeout_ms: u64,
+    /// Time given to drain in-flight work and flush the outbox on shutdown.
+    pub shutdown_timeout_ms: u64,
+    /// JetStream stream that holds every platform subject.
+    pub bus_stream: String,
+    /// Root of every subject (`ol.` in the architecture).
+    pub bus_subject_prefix: String,
+    /// Window in which a repeated message id is dropped as a duplicate.
+    pub bus_duplicate_window_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".openledger"),
+            database_url: None,
+            nats_url: None,
+            object_store_url: None,
+            listen_host: "127.0.0.1".to_owned(),
+            http_port: 8080,
+            grpc_base_port: 50051,
+            ops_base_port: 9091,
+            log_format: LogFormat::Pretty,
+            log_level: "info".to_owned(),
+            max_body_bytes: 10 * 1024 * 1024,
+            request_timeout_ms: 30_000,
+            shutdown_timeout_ms: 20_000,
+            bus_stream: "OPENLEDGER".to_owned(),
+            bus_subject_prefix: "ol".to_owned(),
+            bus_duplicate_window_ms: 120_000,
+        }
+    }
+}
+
+/// A setting with a value it does not accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {key} {value:?}: {accepted}")]
+pub struct ConfigError {
+    /// The setting's name as in the YAML file (`http_port`).
+    pub key: &'static str,
+    pub value: String,
+    /// What the setting accepts.
+    pub accepted: String,
+}
+
+impl Config {
+    /// The database URL in effect: the configured one, or SQLite in the data directory.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("openledger.db").display()),
+        }
+    }
+
+    /// The object store URL in effect: the configured one, or `data_dir/objects`.
+    pub fn effective_object_store_url(&self) -> String {
+        match &self.object_store_url {
+            Some(url) => url.clone(),
+            None => format!("file://{}", absolute(&self.data_dir.join("objects")).display()),
+        }
+    }
+
+    pub fn grpc_port(&self, service: ServiceKind) -> u16 {
+        offset_port(self.grpc_base_port, service)
+    }
+
+    pub fn ops_port(&self, service: ServiceKind) -> u16 {
+        offset_port(self.ops_base_port, service)
+    }
+
+    /// Checks every setting; the first bad one is reported.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, value: &dyn fmt::Display, accepted: &str| ConfigError {
+            key,
+            value: value.to_string(),
+            accepted: accepted.to_owned(),
+        };
+        if let Some(url) = &self.database_url {
+            if !["sqlite:", "postgres://", "postgresql://"].iter().any(|scheme| url.starts_with(scheme)) {
+                return Err(bad("database_url", url, "accepted values are sqlite://PATH or postgres://USER@HOST:PORT/DB"));
+            }
+        }
+        if let Some(url) = &self.nats_url {
+            if !["nats://", "tls://"].iter().any(|scheme| url.starts_with(scheme)) {
+                return Err(bad("nats_url", url, "accepted values are nats://HOST:PORT or tls://HOST:PORT"));
+            }
+        }
+        if let Some(url) = &self.object_store_url {
+            if !["file://", "s3://", "memory://"].iter().any(|scheme| url.starts_with(scheme)) {
+                return Err(bad("object_store_url", url, "accepted values are file:///PATH, s3://BUCKET[/PREFIX] or memory://"));
+            }
+        }
+        if self.listen_host.parse::<std::net::IpAddr>().is_err() {
+            return Err(bad("listen_host", &self.listen_host, "accepted values are IP addresses such as 127.0.0.1 or 0.0.0.0"));
+        }
+        for (key, base) in [("grpc_base_port", self.grpc_base_port), ("ops_base_port", self.ops_base_port)] {
+            if base != 0 && base > u16::MAX - ServiceKind::ALL.len() as u16 {
+                return Err(bad(key, &base, "accepted values are 0 (free ports) or 1..=65530"));
+            }
+        }
+        if self.max_body_bytes == 0 || self.max_body_bytes > 1 << 30 {
+            return Err(bad("max_body_bytes", &self.max_body_bytes, "accepted values are 1..=1073741824 bytes"));
+        }
+        for (key, value) in [
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+            ("bus_duplicate_window_ms", self.bus_duplicate_window_ms),
+        ] {
+            if value == 0 || value > 3_600_000 {
+                return Err(bad(key, &value, "accepted values are 1..=3600000 milliseconds"));
+            }
+        }
+        let token = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !token(&self.bus_stream) {
+            return Err(bad("bus_stream", &self.bus_stream, "accepted values are letters, digits, '_' and '-'"));
+        }
+        if !token(&self.bus_subject_prefix) {
+            return Err(bad("bus_subject_prefix", &self.bus_subject_prefix, "accepted values are letters, digits, '_' and '-'"));
+        }
+        Ok(())
+    }
+}
+
+fn offset_port(base: u16, service: ServiceKind) -> u16 {
+    if base == 0 { 0 } else { base + service.port_offset() }
+}
+
+fn absolute(path: &std::path::Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir().map(|dir| dir.join(path)).unwrap_or_else(|_| path.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_embedded() {
+        let config = Config::default();
+        assert_eq!(config.validate(), Ok(()));
+        assert!(config.effective_database_url().starts_with("sqlite://.openledger/openledger.db"));
+        assert!(config.effective_object_store_url().starts_with("file:///"));
+        assert_eq!(config.grpc_port(ServiceKind::InferenceGateway), 50055);
+        assert_eq!(Config { grpc_base_port: 0, ..Config::default() }.grpc_port(ServiceKind::Ledger), 0);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_and_what_it_accepts() {
+        let error = Config { database_url: Some("mysql://x".into()), ..Config::default() }.validate().unwrap_err();
+        assert_eq!(error.key, "database_url");
+        assert!(error.to_string().contains("postgres://"), "{error}");
+        let error = Config { request_timeout_ms: 0, ..Config::default() }.validate().unwrap_err();
+        assert_eq!(error.key, "request_timeout_ms");
+        assert_eq!(
+            "nope".parse::<ServiceKind>().unwrap_err(),
+            "unknown service \"nope\": accepted values are ledger, datanet-ingest, attribution-worker, model-factory, inference-gateway"
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! The vocabulary every OpenLedger crate shares: sortable ids, content hashes, the binary
+//! Merkle tree behind snapshot and batch proofs, `Amount` (OPEN in u128 base units), error
+//! codes and the platform configuration. No I/O and no async here.
+
+pub mod amount;
+pub mod config;
+pub mod error;
+pub mod hash;
+pub mod id;
+pub mod merkle;
+
+pub use amount::{Amount, AmountError};
+pub use config::{Config, ConfigError, LogFormat, ServiceKind};
+pub use error::ErrorCode;
+pub use hash::ContentHash;
+pub use id::Id;
+pub use merkle::{MerkleProof, MerkleTree};

@@ -1,0 +1,104 @@
+//! Database connections from a URL, and the migrations every process applies at start.
+
+use std::time::Duration;
+
+use openledger_migrations::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, Statement};
+
+use crate::StoreError;
+
+/// Most pooled connections per process.
+pub const MAX_CONNECTIONS: u32 = 16;
+/// Advisory lock key that serializes migrations across replicas on PostgreSQL.
+const MIGRATION_LOCK_KEY: i64 = 0x6f70_656e_6c65_6467; // "openledg"
+
+/// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://…`). For SQLite, the parent
+/// directory is created and the database runs in WAL mode with a busy timeout.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, StoreError> {
+    let connect_error = |reason: String| StoreError::Connect { url: redact(url), reason };
+    let is_sqlite = url.starts_with("sqlite:");
+    if is_sqlite {
+        if let Some(path) = sqlite_path(url) {
+            if let Some(parent) = std::path::Path::new(&path).parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|error| connect_error(format!("{}: {error}", parent.display())))?;
+            }
+        }
+    }
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(if is_sqlite { 4 } else { MAX_CONNECTIONS })
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    let db = Database::connect(options).await.map_err(|error| connect_error(error.to_string()))?;
+    if is_sqlite {
+        for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=5000", "PRAGMA synchronous=NORMAL"] {
+            db.execute_unprepared(pragma).await?;
+        }
+    }
+    Ok(db)
+}
+
+/// Applies pending migrations; on PostgreSQL, replicas take turns under an advisory lock.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), StoreError> {
+    let postgres = db.get_database_backend() == DatabaseBackend::Postgres;
+    if postgres {
+        db.execute(Statement::from_string(DatabaseBackend::Postgres, format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")))
+            .await?;
+    }
+    let applied = Migrator::up(db, None).await.map_err(|error| StoreError::Migration(error.to_string()));
+    if postgres {
+        db.execute(Statement::from_string(DatabaseBackend::Postgres, format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")))
+            .await?;
+    }
+    applied
+}
+
+/// How many migrations are not applied yet (readiness requires zero).
+pub async fn pending_migrations(db: &DatabaseConnection) -> Result<usize, StoreError> {
+    Ok(Migrator::get_pending_migrations(db).await?.len())
+}
+
+/// A round trip to the database.
+pub async fn ping(db: &DatabaseConnection) -> Result<(), StoreError> {
+    Ok(db.ping().await?)
+}
+
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
+}
+
+/// The URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(redact("postgres://app:secret@db:5432/ol"), "postgres://app:***@db:5432/ol");
+        assert_eq!(redact("postgres://app@db/ol"), "postgres://app@db/ol");
+        assert_eq!(redact("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
+    }
+
+    #[test]
+    fn sqlite_paths_are_read_from_urls() {
+        assert_eq!(sqlite_path("sqlite://.openledger/a.db?mode=rwc").as_deref(), Some(".openledger/a.db"));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+    }
+}

@@ -1,0 +1,225 @@
+//! Test-only infrastructure: a throwaway PostgreSQL (`initdb` in a temp dir) and a
+//! `nats-server -js`, each on a free loopback port, torn down on drop. A missing binary is a
+//! clear panic that says how to install it. Nothing here is used outside tests.
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tempfile::TempDir;
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("bind 127.0.0.1:0").port()
+}
+
+/// Finds `name` on PATH or in PostgreSQL's versioned bin directories.
+fn find_binary(name: &str, install_hint: &str) -> PathBuf {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|dir| dir.join(name)).collect())
+        .unwrap_or_default();
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        candidates.extend(entries.flatten().map(|entry| entry.path().join("bin").join(name)));
+    }
+    candidates.into_iter().find(|candidate| candidate.is_file()).unwrap_or_else(|| {
+        panic!("`{name}` was not found on PATH: {install_hint} (or run ./scripts/test.sh, which installs what is missing)")
+    })
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not become ready within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program).args(args).output().ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// PostgreSQL refuses to run as root: when we are root, servers run as this user.
+fn unprivileged_user() -> Option<(String, u32, u32)> {
+    if command_output("id", &["-u"])?.as_str() != "0" {
+        return None;
+    }
+    let user = ["postgres", "nobody"].into_iter().find(|user| command_output("id", &["-u", user]).is_some())?;
+    let uid = command_output("id", &["-u", user])?.parse().ok()?;
+    let gid = command_output("id", &["-g", user])?.parse().ok()?;
+    Some((user.to_owned(), uid, gid))
+}
+
+fn stop(child: &mut Child, signal: i32) {
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A throwaway PostgreSQL server.
+pub struct Postgres {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Postgres {
+    /// Starts a fresh cluster on a free port.
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Starts a fresh cluster on `port` (e.g. one a service was already told to use).
+    pub fn start_on(port: u16) -> Self {
+        let hint = "install PostgreSQL server binaries (apt-get install -y postgresql)";
+        let (initdb, postgres, pg_isready) =
+            (find_binary("initdb", hint), find_binary("postgres", hint), find_binary("pg_isready", hint));
+        let dir = tempfile::Builder::new().prefix("openledger-pg").tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let user = unprivileged_user();
+        if let Some((_, uid, gid)) = &user {
+            std::os::unix::fs::chown(dir.path(), Some(*uid), Some(*gid)).expect("chown temp dir");
+        }
+        let run_as = |program: &Path| {
+            let mut command = match &user {
+                Some((name, _, _)) => {
+                    let mut command = Command::new("setpriv");
+                    command.args(["--reuid", name, "--regid", name, "--clear-groups", "--"]).arg(program);
+                    command
+                }
+                None => Command::new(program),
+            };
+            command.stdin(Stdio::null());
+            command
+        };
+        let initialized = run_as(&initdb)
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run initdb");
+        assert!(initialized.status.success(), "initdb failed: {}", String::from_utf8_lossy(&initialized.stderr));
+        let child = run_as(&postgres)
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postgres");
+        let instance = Self { child, port, _dir: dir };
+        wait_until("postgres", Duration::from_secs(30), || {
+            Command::new(&pg_isready)
+                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+                .status()
+                .is_ok_and(|status| status.success())
+        });
+        instance
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// URL of the default `postgres` database.
+    pub fn url(&self) -> String {
+        self.database_url("postgres")
+    }
+
+    pub fn database_url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates an empty database and returns its URL.
+    pub fn create_database(&self, name: &str) -> String {
+        let createdb = find_binary("createdb", "install PostgreSQL client binaries (apt-get install -y postgresql-client)");
+        let status = Command::new(createdb)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", name])
+            .status()
+            .expect("run createdb");
+        assert!(status.success(), "createdb {name} failed");
+        self.database_url(name)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        stop(&mut self.child, 3); // SIGQUIT: immediate shutdown, it is throwaway
+    }
+}
+
+/// A throwaway `nats-server` with JetStream.
+pub struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        let dir = tempfile::Builder::new().prefix("openledger-nats").tempdir().expect("temp dir");
+        let mut nats = Self { child: None, port, dir };
+        nats.launch();
+        nats
+    }
+
+    fn launch(&mut self) {
+        let binary = find_binary("nats-server", "install it with `apt-get install -y nats-server`");
+        let child = Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
+        wait_until("nats-server", Duration::from_secs(20), || {
+            TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
+        });
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server and starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child, 15);
+        }
+        self.launch();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child, 9);
+        }
+    }
+}

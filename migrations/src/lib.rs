@@ -1,0 +1,17 @@
+//! Database migrations for every service, one module per schema, applied at start by
+//! `openledger-store`. The same migrations run on SQLite (embedded) and PostgreSQL (cluster);
+//! they are written with sea-query so that each backend gets its own dialect.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_platform;
+
+/// Applies every schema in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_platform::Migration)]
+    }
+}
