@@ -169,7 +169,7 @@ impl Config {
     pub fn effective_database_url(&self) -> String {
         match &self.database_url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("openledger.db").display()),
+            None => format!("sqlite://{}?mode=rwc", absolute(&self.data_dir.join("openledger.db")).display()),
         }
     }
 
@@ -242,6 +242,17 @@ impl Config {
     }
 }
 
+/// A URL without its password, for logs, errors and `config print`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => match url[scheme_end + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
 fn offset_port(base: u16, service: ServiceKind) -> u16 {
     if base == 0 { 0 } else { base + service.port_offset() }
 }
@@ -259,10 +270,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(redact_url("postgres://app:secret@db:5432/ol"), "postgres://app:***@db:5432/ol");
+        assert_eq!(redact_url("postgres://app@db/ol"), "postgres://app@db/ol");
+        assert_eq!(redact_url("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
+    }
+
+    #[test]
     fn defaults_are_valid_and_embedded() {
         let config = Config::default();
         assert_eq!(config.validate(), Ok(()));
-        assert!(config.effective_database_url().starts_with("sqlite://.openledger/openledger.db"));
+        assert!(config.effective_database_url().starts_with("sqlite:///"));
+        assert!(config.effective_database_url().ends_with(".openledger/openledger.db?mode=rwc"));
         assert!(config.effective_object_store_url().starts_with("file:///"));
         assert_eq!(config.grpc_port(ServiceKind::InferenceGateway), 50055);
         assert_eq!(Config { grpc_base_port: 0, ..Config::default() }.grpc_port(ServiceKind::Ledger), 0);

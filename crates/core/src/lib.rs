@@ -10,7 +10,7 @@ pub mod id;
 pub mod merkle;
 
 pub use amount::{Amount, AmountError};
-pub use config::{Config, ConfigError, LogFormat, ServiceKind};
+pub use config::{Config, ConfigError, LogFormat, ServiceKind, redact_url};
 pub use error::ErrorCode;
 pub use hash::ContentHash;
 pub use id::Id;

@@ -71,30 +71,11 @@ fn sqlite_path(url: &str) -> Option<String> {
     (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
 }
 
-/// The URL without its password, for logs and errors.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
+use openledger_core::redact_url as redact;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_never_reach_logs() {
-        assert_eq!(redact("postgres://app:secret@db:5432/ol"), "postgres://app:***@db:5432/ol");
-        assert_eq!(redact("postgres://app@db/ol"), "postgres://app@db/ol");
-        assert_eq!(redact("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
-    }
 
     #[test]
     fn sqlite_paths_are_read_from_urls() {

@@ -112,6 +112,12 @@ impl OutboxRelay {
         }
     }
 
+    /// Shares a wake-up signal created before the relay (e.g. by a service's API).
+    pub fn with_waker(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = wake;
+        self
+    }
+
     /// Call `notify_one` on this after committing events to relay them without waiting for
     /// the next poll.
     pub fn waker(&self) -> Arc<Notify> {

@@ -1,0 +1,78 @@
+//! The gRPC side of a service: one tonic server carrying the service's API, the standard
+//! health service and server reflection (v1 and v1alpha, so grpcurl and friends can list
+//! every RPC), with W3C trace context taken from request metadata.
+
+use openledger_core::ErrorCode;
+use openledger_telemetry::{HeaderExtractor, set_parent_from};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Status,
+    metadata::{MetadataKey, MetadataMap, MetadataValue},
+    service::Routes,
+    transport::Server,
+};
+
+/// The span of one inbound RPC, parented on the caller's trace context.
+pub fn request_span(request: &http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc.request",
+        otel.name = %request.uri().path(),
+        otel.kind = "server",
+        rpc.system = "grpc",
+    );
+    set_parent_from(&span, &HeaderExtractor(request.headers()));
+    span
+}
+
+/// Serves `routes` plus reflection until `shutdown`, then drains in-flight calls.
+pub async fn serve(listener: TcpListener, routes: Routes, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(openledger_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the compiled descriptor set is valid");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(openledger_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the compiled descriptor set is valid");
+    Server::builder()
+        .trace_fn(request_span)
+        .add_routes(routes.add_service(reflection_v1).add_service(reflection_v1alpha))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await
+}
+
+/// Client interceptor: sends the current trace context with every call.
+pub fn inject_trace_context(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+    openledger_telemetry::inject_current(&mut MetadataInjector(request.metadata_mut()));
+    Ok(request)
+}
+
+struct MetadataInjector<'a>(&'a mut MetadataMap);
+
+impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (MetadataKey::from_bytes(key.as_bytes()), MetadataValue::try_from(value.as_str())) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// The one mapping from platform error codes to gRPC statuses.
+pub fn status(code: ErrorCode, message: impl Into<String>) -> Status {
+    Status::new(tonic::Code::from(code.grpc_code()), message.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_map_to_matching_grpc_codes() {
+        assert_eq!(status(ErrorCode::NotFound, "x").code(), tonic::Code::NotFound);
+        assert_eq!(status(ErrorCode::ResourceExhausted, "x").code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status(ErrorCode::Unimplemented, "x").code(), tonic::Code::Unimplemented);
+        assert_eq!(status(ErrorCode::Unavailable, "x").code(), tonic::Code::Unavailable);
+    }
+}
