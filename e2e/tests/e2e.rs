@@ -1,1 +1,216 @@
+//! Multi-process tests: the `openledger` binary as a user runs it, against real PostgreSQL
+//! and nats-server from the testkit, plus the outbox crash tests (a relay process killed
+//! between the steps of relaying).
 
+mod support;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use openledger_bus::{ConsumerConfig, EventBus, JetStreamBus};
+use openledger_core::ServiceKind;
+use openledger_store::{NewEvent, OutboxRelay, outbox};
+use openledger_testkit::{Nats, Postgres, free_port};
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use support::{Platform, expected_rpcs, get, reflected_rpcs};
+
+#[tokio::test]
+async fn dev_becomes_ready_serves_every_api_and_drains_on_sigterm() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut platform = Platform::spawn(&["--data-dir", &data_dir.path().display().to_string(), "dev"], &[]);
+    let rest = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
+    let spawned_at = platform.spawned_at;
+    platform.wait_ready(rest).await;
+    eprintln!("dev answered /readyz 200 {:?} after spawn", spawned_at.elapsed());
+
+    let (status, body) = get(rest, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, body) = get(rest, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("json");
+    for check in ["database", "bus", "objects", "service:ledger", "service:inference-gateway"] {
+        assert_eq!(report["checks"][check], "ok", "{check} in {body}");
+    }
+    let (status, body) = get(rest, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("openledger_http_requests_total"), "{body}");
+    let (status, body) = get(rest, "/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"/readyz\""));
+    let (status, body) = get(rest, "/v1/nothing-here").await;
+    assert_eq!(status, 404);
+    assert!(body.starts_with(r#"{"error":{"code":"not_found""#), "{body}");
+
+    let expected = expected_rpcs();
+    for kind in ServiceKind::ALL {
+        let health = platform.endpoint(kind, "ops").or(platform.endpoint(kind, "rest")).expect("health endpoint");
+        assert_eq!(get(health, "/readyz").await.0, 200, "{kind} ready");
+        let grpc = platform.endpoint(kind, "grpc").expect("grpc endpoint");
+        let reflected = reflected_rpcs(grpc).await;
+        let service = support::proto_service(kind);
+        assert_eq!(reflected.get(service), expected.get(service), "reflection lists every RPC of {service}");
+        assert_eq!(support::health_status(grpc, service).await, tonic_health::pb::health_check_response::ServingStatus::Serving);
+    }
+
+    // RPCs whose handlers come with later issues say so.
+    let ledger = platform.endpoint(ServiceKind::Ledger, "grpc").expect("ledger");
+    let mut client = openledger_proto::ledger::v1::ledger_service_client::LedgerServiceClient::connect(format!("http://{ledger}"))
+        .await
+        .expect("connect");
+    let status = client.lookup_accounts(openledger_proto::ledger::v1::LookupAccountsRequest::default()).await.expect_err("unimplemented");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+
+    assert!(platform.stdout().contains("OpenLedger is ready in"), "{}", platform.stdout());
+    assert!(data_dir.path().join("openledger.db").is_file());
+    let exit = platform.terminate();
+    assert_eq!(exit.code(), Some(0), "SIGTERM drains and exits 0; stderr:\n{}", platform.stderr());
+    assert!(platform.stderr().contains("outbox flushed"));
+}
+
+#[tokio::test]
+async fn serve_ledger_on_postgres_and_nats_becomes_ready_and_exits_0_on_sigterm() {
+    let (postgres, nats) = (Postgres::start(), Nats::start());
+    let objects = tempfile::tempdir().expect("temp dir");
+    let env = [
+        ("DATABASE_URL", postgres.create_database("ledger")),
+        ("NATS_URL", nats.url()),
+        ("OBJECT_STORE_URL", format!("file://{}", objects.path().display())),
+    ];
+    let mut platform = Platform::spawn(&["serve", "ledger"], &env);
+    let ops = platform.wait_endpoint(ServiceKind::Ledger, "ops");
+    platform.wait_ready(ops).await;
+    let (_, body) = get(ops, "/readyz").await;
+    let report: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(report["checks"]["bus"], "ok");
+    assert_eq!(report["checks"].as_object().map(|checks| checks.len()), Some(4), "only the ledger runs: {body}");
+    let grpc = platform.wait_endpoint(ServiceKind::Ledger, "grpc");
+    let reflected = reflected_rpcs(grpc).await;
+    assert_eq!(reflected.get(support::proto_service(ServiceKind::Ledger)), expected_rpcs().get(support::proto_service(ServiceKind::Ledger)));
+    assert!(platform.endpoint(ServiceKind::InferenceGateway, "rest").is_none());
+    let exit = platform.terminate();
+    assert_eq!(exit.code(), Some(0), "stderr:\n{}", platform.stderr());
+}
+
+#[tokio::test]
+async fn serve_stays_not_ready_while_postgres_is_down_and_recovers_when_it_starts() {
+    let nats = Nats::start();
+    let pg_port = free_port();
+    let objects = tempfile::tempdir().expect("temp dir");
+    let env = [
+        ("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{pg_port}/postgres")),
+        ("NATS_URL", nats.url()),
+        ("OBJECT_STORE_URL", format!("file://{}", objects.path().display())),
+    ];
+    let mut platform = Platform::spawn(&["serve", "ledger"], &env);
+    let ops = platform.wait_endpoint(ServiceKind::Ledger, "ops");
+    assert_eq!(get(ops, "/healthz").await.0, 200, "alive while the database is down");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !platform.stderr().contains("backend unavailable; not ready, retrying") {
+        assert!(std::time::Instant::now() < deadline, "no retry logged; stderr:\n{}", platform.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = get(ops, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""database":"connecting""#), "{body}");
+    assert!(platform.is_running(), "no crash loop: the process waits");
+
+    let _postgres = Postgres::start_on(pg_port);
+    platform.wait_ready(ops).await;
+    assert!(platform.stderr().contains("backend reachable again"));
+    let exit = platform.terminate();
+    assert_eq!(exit.code(), Some(0), "stderr:\n{}", platform.stderr());
+}
+
+/// A relay process killed at `failpoint` loses nothing and duplicates nothing downstream.
+async fn outbox_survives_a_relay_killed_at(failpoint: &str, published_before_crash: usize) {
+    let (postgres, nats) = (Postgres::start(), Nats::start());
+    let url = postgres.create_database("outbox_crash");
+    let db = openledger_store::connect(&url).await.expect("connect");
+    openledger_store::migrate(&db).await.expect("migrate");
+    db.execute_unprepared("CREATE TABLE widgets (name VARCHAR(64) PRIMARY KEY)").await.expect("state table");
+    let mut event_ids = Vec::new();
+    for i in 0..5 {
+        let txn = db.begin().await.expect("begin");
+        txn.execute_unprepared(&format!("INSERT INTO widgets (name) VALUES ('w{i}')")).await.expect("state change");
+        let payload = format!("widget {i}").into_bytes();
+        event_ids.push(outbox::enqueue(&txn, "widgets", NewEvent::new("ol.widget.created", payload)).await.expect("enqueue"));
+        txn.commit().await.expect("commit");
+    }
+
+    let exit = support::run_relay_child(&url, &nats.url(), failpoint);
+    assert!(!exit.success(), "the relay process was killed at {failpoint}: {exit:?}");
+
+    let bus = JetStreamBus::connect(&nats.url(), Default::default()).await.expect("bus");
+    let relay = OutboxRelay::new(db.clone(), std::sync::Arc::new(bus.clone()), "widgets");
+    let expected_unsent = 5;
+    assert_eq!(relay.unsent().await.expect("count"), expected_unsent, "nothing was marked sent before the crash");
+
+    // The restarted relay sends everything; the bus drops the repeat of what was already out.
+    while relay.relay_once().await.expect("relay") > 0 {}
+    assert_eq!(relay.unsent().await.expect("count"), 0);
+
+    let mut consumer = bus.consumer(ConsumerConfig::new("crash-check", "ol.widget.>")).await.expect("consumer");
+    let mut received = Vec::new();
+    while let Ok(delivery) = tokio::time::timeout(Duration::from_millis(1500), consumer.next()).await {
+        let delivery = delivery.expect("delivery");
+        received.push(delivery.id.clone());
+        delivery.ack().await.expect("ack");
+    }
+    assert_eq!(received, event_ids, "each event exactly once, in commit order ({published_before_crash} went out before the crash)");
+}
+
+#[tokio::test]
+async fn outbox_relay_killed_after_publish_before_marking_sent_duplicates_nothing() {
+    outbox_survives_a_relay_killed_at("outbox-after-publish", 1).await;
+}
+
+#[tokio::test]
+async fn outbox_relay_killed_after_commit_before_publish_loses_nothing() {
+    outbox_survives_a_relay_killed_at("outbox-before-publish", 0).await;
+}
+
+/// Not a test of its own: the child process of the crash tests. It relays with a fail point
+/// armed (from `FAILPOINTS`) and dies there; run normally, it has nothing to do.
+#[tokio::test]
+async fn outbox_relay_child_process() {
+    let (Ok(database_url), Ok(nats_url)) = (std::env::var(support::CHILD_DATABASE_ENV), std::env::var(support::CHILD_NATS_ENV)) else {
+        return;
+    };
+    let _scenario = fail::FailScenario::setup();
+    let db = openledger_store::connect(&database_url).await.expect("connect");
+    let bus = JetStreamBus::connect(&nats_url, Default::default()).await.expect("bus");
+    let relay = OutboxRelay::new(db, std::sync::Arc::new(bus), "widgets");
+    relay.relay_once().await.expect("relay");
+    panic!("the fail point should have killed this process");
+}
+
+#[test]
+fn invalid_configuration_exits_2_naming_the_setting() {
+    let output = std::process::Command::new(support::BINARY)
+        .args(["--grpc-base-port", "seventy", "config", "print"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--grpc-base-port") && stderr.contains("0..=65535"), "{stderr}");
+
+    let output = std::process::Command::new(support::BINARY)
+        .args(["config", "print"])
+        .env("OPENLEDGER_HTTP_PORT", "9999")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("http_port: 9999  # OPENLEDGER_HTTP_PORT"), "{stdout}");
+    // What `config print` shows is YAML a user can save and pass back with --config.
+    let printed: BTreeMap<String, serde_norway::Value> = serde_norway::from_str(&stdout).expect("yaml");
+    assert_eq!(printed["http_port"], serde_norway::Value::from(9999));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("saved.yaml");
+    std::fs::write(&file, stdout.as_bytes()).expect("write");
+    let output = std::process::Command::new(support::BINARY)
+        .args(["--config", &file.display().to_string(), "config", "print"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("http_port: 9999  # http_port in "));
+}

@@ -2,6 +2,8 @@
 //! health service and server reflection (v1 and v1alpha, so grpcurl and friends can list
 //! every RPC), with W3C trace context taken from request metadata.
 
+use std::time::Duration;
+
 use openledger_core::ErrorCode;
 use openledger_telemetry::{HeaderExtractor, set_parent_from};
 use tokio::net::TcpListener;
@@ -26,8 +28,15 @@ pub fn request_span(request: &http::Request<()>) -> tracing::Span {
     span
 }
 
-/// Serves `routes` plus reflection until `shutdown`, then drains in-flight calls.
-pub async fn serve(listener: TcpListener, routes: Routes, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
+/// Serves `routes` plus reflection until `shutdown`, then drains in-flight calls for at most
+/// `drain_grace`. The bound matters: hyper's HTTP/2 graceful shutdown can wait forever on an
+/// idle client connection (hyperium/hyper#4170), which must not hold a pod's exit hostage.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    shutdown: CancellationToken,
+    drain_grace: Duration,
+) -> Result<(), tonic::transport::Error> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(openledger_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -36,11 +45,18 @@ pub async fn serve(listener: TcpListener, routes: Routes, shutdown: Cancellation
         .register_encoded_file_descriptor_set(openledger_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("the compiled descriptor set is valid");
-    Server::builder()
+    let server = Server::builder()
         .trace_fn(request_span)
         .add_routes(routes.add_service(reflection_v1).add_service(reflection_v1alpha))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
-        .await
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => served,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(drain_grace).await } => {
+            tracing::warn!(grace_ms = drain_grace.as_millis() as u64, "gRPC connections still open after the drain grace; closing them");
+            Ok(())
+        }
+    }
 }
 
 /// Client interceptor: sends the current trace context with every call.

@@ -122,7 +122,8 @@ pub async fn run_service(spec: ServiceSpec, config: &Config, deps: Deps) -> Resu
     let routes = spec.routes.add_service(health_service);
     servers.spawn({
         let shutdown = shutdown.clone();
-        async move { grpc::serve(grpc_listener, routes, shutdown).await.map_err(|error| ("grpc", error.to_string())) }
+        let grace = Duration::from_millis(config.shutdown_timeout_ms) / 4;
+        async move { grpc::serve(grpc_listener, routes, shutdown, grace).await.map_err(|error| ("grpc", error.to_string())) }
     });
 
     let mut background = JoinSet::new();

@@ -29,7 +29,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, StoreError> {
         .max_connections(if is_sqlite { 4 } else { MAX_CONNECTIONS })
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(3))
         .sqlx_logging(false);
     let db = Database::connect(options).await.map_err(|error| connect_error(error.to_string()))?;
     if is_sqlite {

@@ -1,0 +1,115 @@
+//! Storage on both backends: the same migrations on SQLite and PostgreSQL, the outbox
+//! committing with (and only with) its transaction, relaying in order, and the inbox.
+
+use std::{sync::Arc, time::Duration};
+
+use openledger_bus::{ConsumerConfig, EventBus, InProcessBus};
+use openledger_store::{NewEvent, OutboxRelay, connect, inbox, migrate, outbox, pending_migrations};
+use openledger_testkit::Postgres;
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+
+async fn sqlite() -> (DatabaseConnection, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/nested/openledger.db?mode=rwc", dir.path().display());
+    (connect(&url).await.expect("connect sqlite"), dir)
+}
+
+async fn postgres(server: &Postgres) -> DatabaseConnection {
+    connect(&server.create_database("store_test")).await.expect("connect postgres")
+}
+
+async fn migrations_apply_once_and_are_idempotent(db: &DatabaseConnection) {
+    assert!(pending_migrations(db).await.expect("list") > 0, "a fresh database has pending migrations");
+    migrate(db).await.expect("migrate");
+    migrate(db).await.expect("migrating again is a no-op");
+    assert_eq!(pending_migrations(db).await.expect("list"), 0);
+}
+
+async fn outbox_commits_only_with_its_transaction(db: &DatabaseConnection) {
+    migrate(db).await.expect("migrate");
+    db.execute_unprepared("CREATE TABLE widgets (name VARCHAR(64) PRIMARY KEY)").await.expect("state table");
+
+    let committed = db.begin().await.expect("begin");
+    committed.execute_unprepared("INSERT INTO widgets (name) VALUES ('kept')").await.expect("state");
+    let kept_id = outbox::enqueue(&committed, "widgets", NewEvent::new("ol.widget.created", b"kept".to_vec())).await.expect("enqueue");
+    committed.commit().await.expect("commit");
+
+    let rolled_back = db.begin().await.expect("begin");
+    rolled_back.execute_unprepared("INSERT INTO widgets (name) VALUES ('lost')").await.expect("state");
+    outbox::enqueue(&rolled_back, "widgets", NewEvent::new("ol.widget.created", b"lost".to_vec())).await.expect("enqueue");
+    rolled_back.rollback().await.expect("rollback");
+
+    let second_id = outbox::enqueue(db, "widgets", NewEvent::new("ol.widget.created", b"second".to_vec())).await.expect("enqueue");
+    outbox::enqueue(db, "other-service", NewEvent::new("ol.other.thing", b"not mine".to_vec())).await.expect("enqueue");
+
+    let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Default::default()));
+    let relay = OutboxRelay::new(db.clone(), bus.clone(), "widgets");
+    assert_eq!(relay.unsent().await.expect("count"), 2);
+    assert_eq!(relay.relay_once().await.expect("relay"), 2);
+    assert_eq!(relay.unsent().await.expect("count"), 0);
+    assert_eq!(relay.relay_once().await.expect("relay"), 0, "sent rows are not sent again");
+
+    let mut consumer = bus.consumer(ConsumerConfig::new("widget-reader", "ol.>")).await.expect("consumer");
+    for (expected_id, payload) in [(kept_id, &b"kept"[..]), (second_id, &b"second"[..])] {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.expect("in time").expect("delivery");
+        assert_eq!(delivery.id, expected_id, "message id is the outbox event id");
+        assert_eq!(&delivery.payload[..], payload);
+        delivery.ack().await.expect("ack");
+    }
+    assert!(tokio::time::timeout(Duration::from_millis(300), consumer.next()).await.is_err(), "the rolled-back event never leaves");
+
+    assert!(outbox::enqueue(db, "widgets", NewEvent::new("ol.*", Vec::new())).await.is_err(), "wildcard subjects are refused");
+}
+
+async fn inbox_recognises_repeats(db: &DatabaseConnection) {
+    migrate(db).await.expect("migrate");
+    assert!(inbox::first_delivery(db, "ledger-settler", "event-1").await.expect("record"));
+    assert!(!inbox::first_delivery(db, "ledger-settler", "event-1").await.expect("record"));
+    assert!(inbox::first_delivery(db, "another-consumer", "event-1").await.expect("record"));
+    let txn = db.begin().await.expect("begin");
+    assert!(inbox::first_delivery(&txn, "ledger-settler", "event-2").await.expect("record"));
+    txn.rollback().await.expect("rollback");
+    assert!(inbox::first_delivery(db, "ledger-settler", "event-2").await.expect("record"), "a rolled-back record does not count");
+}
+
+#[tokio::test]
+async fn sqlite_migrations() {
+    migrations_apply_once_and_are_idempotent(&sqlite().await.0).await;
+}
+
+#[tokio::test]
+async fn postgres_migrations() {
+    let server = Postgres::start();
+    migrations_apply_once_and_are_idempotent(&postgres(&server).await).await;
+}
+
+#[tokio::test]
+async fn sqlite_outbox() {
+    outbox_commits_only_with_its_transaction(&sqlite().await.0).await;
+}
+
+#[tokio::test]
+async fn postgres_outbox() {
+    let server = Postgres::start();
+    outbox_commits_only_with_its_transaction(&postgres(&server).await).await;
+}
+
+#[tokio::test]
+async fn sqlite_inbox() {
+    inbox_recognises_repeats(&sqlite().await.0).await;
+}
+
+#[tokio::test]
+async fn postgres_inbox() {
+    let server = Postgres::start();
+    inbox_recognises_repeats(&postgres(&server).await).await;
+}
+
+#[tokio::test]
+async fn unreachable_databases_fail_with_the_url_and_without_the_password() {
+    let port = openledger_testkit::free_port();
+    let error = connect(&format!("postgres://app:hunter2@127.0.0.1:{port}/x")).await.err().expect("nothing listens there");
+    let text = error.to_string();
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}

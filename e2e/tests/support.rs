@@ -1,0 +1,235 @@
+//! Helpers for the multi-process tests: spawning the binary, reading its JSON logs for the
+//! addresses it bound, HTTP and gRPC probes.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use openledger_core::ServiceKind;
+use prost::Message;
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+    server_reflection_response::MessageResponse,
+};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_openledger");
+pub const CHILD_DATABASE_ENV: &str = "OPENLEDGER_TEST_CHILD_DATABASE_URL";
+pub const CHILD_NATS_ENV: &str = "OPENLEDGER_TEST_CHILD_NATS_URL";
+const STARTUP: Duration = Duration::from_secs(60);
+
+/// A running `openledger` process; killed if the test ends without terminating it.
+pub struct Platform {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    pub spawned_at: Instant,
+}
+
+impl Platform {
+    /// Runs the binary with free ports and JSON logs, and a clean environment for its settings.
+    pub fn spawn(args: &[&str], env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(BINARY);
+        command
+            .args(["--log-format", "json", "--grpc-base-port", "0", "--ops-base-port", "0"])
+            .args(["--http-port", &openledger_testkit::free_port().to_string()])
+            .args(["--shutdown-timeout-ms", "8000"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, _) in std::env::vars() {
+            if name.starts_with("OPENLEDGER_") || ["DATABASE_URL", "NATS_URL", "OBJECT_STORE_URL"].contains(&name.as_str()) {
+                command.env_remove(name);
+            }
+        }
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let spawned_at = Instant::now();
+        let mut child = command.spawn().expect("spawn openledger");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("stdout");
+        let sink = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let mut text = sink.lock().expect("lock");
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let err = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().expect("lock").push(line);
+            }
+        });
+        Self { child, stdout, stderr, spawned_at }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("lock").clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").join("\n")
+    }
+
+    /// The address a service logged for `role` (`grpc`, `ops`, `rest`), if bound yet.
+    pub fn endpoint(&self, service: ServiceKind, role: &str) -> Option<SocketAddr> {
+        self.stderr.lock().expect("lock").iter().find_map(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+            (entry["message"] == "listening" && entry["service"] == service.name() && entry["role"] == role)
+                .then(|| entry["addr"].as_str()?.parse().ok())?
+        })
+    }
+
+    pub fn wait_endpoint(&mut self, service: ServiceKind, role: &str) -> SocketAddr {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            if let Some(addr) = self.endpoint(service, role) {
+                return addr;
+            }
+            assert!(self.is_running(), "openledger exited early; stderr:\n{}", self.stderr());
+            assert!(Instant::now() < deadline, "{service} never bound {role}; stderr:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn wait_ready(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            if get(addr, "/readyz").await.0 == 200 {
+                return;
+            }
+            assert!(self.is_running(), "openledger exited early; stderr:\n{}", self.stderr());
+            assert!(Instant::now() < deadline, "never ready; stderr:\n{}", self.stderr());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("wait") {
+                std::thread::sleep(Duration::from_millis(100)); // let the log readers catch up
+                return exit;
+            }
+            assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM; stderr:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET `path`; status 0 when nothing answers.
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    match client.get(format!("http://{addr}{path}")).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+        Err(_) => (0, String::new()),
+    }
+}
+
+pub fn proto_service(kind: ServiceKind) -> &'static str {
+    use openledger_proto::service_names::*;
+    match kind {
+        ServiceKind::Ledger => LEDGER,
+        ServiceKind::DatanetIngest => DATANET,
+        ServiceKind::AttributionWorker => ATTRIBUTION,
+        ServiceKind::ModelFactory => MODEL_FACTORY,
+        ServiceKind::InferenceGateway => INFERENCE,
+    }
+}
+
+/// Every OpenLedger service and its RPCs, from the compiled descriptor set.
+pub fn expected_rpcs() -> BTreeMap<String, Vec<String>> {
+    let set = prost_types::FileDescriptorSet::decode(openledger_proto::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    services_of(set.file.iter())
+}
+
+fn services_of<'a>(files: impl Iterator<Item = &'a prost_types::FileDescriptorProto>) -> BTreeMap<String, Vec<String>> {
+    let mut services = BTreeMap::new();
+    for file in files {
+        for service in &file.service {
+            let methods = service.method.iter().map(|method| method.name().to_owned()).collect();
+            services.insert(format!("{}.{}", file.package(), service.name()), methods);
+        }
+    }
+    services
+}
+
+async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect().await.expect("connect")
+}
+
+/// Services and RPCs as a grpcurl-style client sees them through server reflection.
+pub async fn reflected_rpcs(addr: SocketAddr) -> BTreeMap<String, Vec<String>> {
+    let mut client = ServerReflectionClient::new(channel(addr).await);
+    let mut ask = async |request: MessageRequest| {
+        let outbound = ServerReflectionRequest { host: String::new(), message_request: Some(request) };
+        let mut inbound = client.server_reflection_info(tokio_stream::iter([outbound])).await.expect("reflection call").into_inner();
+        inbound.message().await.expect("reflection answer").and_then(|response| response.message_response).expect("response")
+    };
+    let MessageResponse::ListServicesResponse(list) = ask(MessageRequest::ListServices(String::new())).await else {
+        panic!("expected a service list");
+    };
+    let mut rpcs = BTreeMap::new();
+    for service in list.service.iter().filter(|service| service.name.starts_with("openledger.")) {
+        let MessageResponse::FileDescriptorResponse(files) = ask(MessageRequest::FileContainingSymbol(service.name.clone())).await else {
+            panic!("expected file descriptors for {}", service.name);
+        };
+        let decoded: Vec<prost_types::FileDescriptorProto> =
+            files.file_descriptor_proto.iter().map(|bytes| prost_types::FileDescriptorProto::decode(&bytes[..]).expect("decode")).collect();
+        let found = services_of(decoded.iter());
+        rpcs.insert(service.name.clone(), found.get(&service.name).cloned().unwrap_or_default());
+    }
+    rpcs
+}
+
+pub async fn health_status(addr: SocketAddr, service: &str) -> tonic_health::pb::health_check_response::ServingStatus {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel(addr).await);
+    let response = client
+        .check(tonic_health::pb::HealthCheckRequest { service: service.to_owned() })
+        .await
+        .expect("health check")
+        .into_inner();
+    response.status()
+}
+
+/// Runs the crash-test child (this test binary, one test) with `failpoint` armed.
+pub fn run_relay_child(database_url: &str, nats_url: &str, failpoint: &str) -> ExitStatus {
+    let exe = std::env::current_exe().expect("test binary");
+    Command::new(exe)
+        .args(["outbox_relay_child_process", "--exact", "--nocapture", "--test-threads", "1"])
+        .env(CHILD_DATABASE_ENV, database_url)
+        .env(CHILD_NATS_ENV, nats_url)
+        .env("FAILPOINTS", format!("{failpoint}=return"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run the relay child")
+}
