@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. Installs what is missing first: nats-server (apt),
+# PostgreSQL server binaries (apt), cargo-nextest (cargo). Extra arguments go to nextest,
+# e.g. `scripts/test.sh -p openledger-bus`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have() { command -v "$1" >/dev/null 2>&1; }
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif have sudo; then sudo "$@"
+    else echo "error: '$*' needs root; install it by hand and run again" >&2; return 1
+    fi
+}
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@"
+}
+
+if ! have nats-server; then
+    echo "==> installing nats-server (apt-get install nats-server)"
+    apt_install nats-server
+fi
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+if ! have initdb && [ ! -x "${pg_bin}/initdb" ]; then
+    echo "==> installing PostgreSQL server binaries (apt-get install postgresql)"
+    apt_install postgresql
+fi
+if ! have pg_isready || ! have createdb; then
+    apt_install postgresql-client
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "==> installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
+
+echo "==> nats-server $(nats-server --version 2>&1 | head -1), $(cargo nextest --version | head -1)"
+exec cargo nextest run --workspace --no-fail-fast "$@"
