@@ -16,9 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(&files, [&proto_root])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out_dir.join("openledger_descriptor.bin"), descriptors.encode_to_vec())?;
-    tonic_prost_build::configure()
-        .generate_default_stubs(true)
-        .compile_fds(descriptors)?;
+    tonic_prost_build::configure().generate_default_stubs(true).compile_fds(descriptors)?;
     Ok(())
 }
 

@@ -48,15 +48,22 @@ async fn dev_becomes_ready_serves_every_api_and_drains_on_sigterm() {
         let reflected = reflected_rpcs(grpc).await;
         let service = support::proto_service(kind);
         assert_eq!(reflected.get(service), expected.get(service), "reflection lists every RPC of {service}");
-        assert_eq!(support::health_status(grpc, service).await, tonic_health::pb::health_check_response::ServingStatus::Serving);
+        assert_eq!(
+            support::health_status(grpc, service).await,
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
     }
 
     // RPCs whose handlers come with later issues say so.
     let ledger = platform.endpoint(ServiceKind::Ledger, "grpc").expect("ledger");
-    let mut client = openledger_proto::ledger::v1::ledger_service_client::LedgerServiceClient::connect(format!("http://{ledger}"))
+    let mut client =
+        openledger_proto::ledger::v1::ledger_service_client::LedgerServiceClient::connect(format!("http://{ledger}"))
+            .await
+            .expect("connect");
+    let status = client
+        .lookup_accounts(openledger_proto::ledger::v1::LookupAccountsRequest::default())
         .await
-        .expect("connect");
-    let status = client.lookup_accounts(openledger_proto::ledger::v1::LookupAccountsRequest::default()).await.expect_err("unimplemented");
+        .expect_err("unimplemented");
     assert_eq!(status.code(), tonic::Code::Unimplemented);
 
     assert!(platform.stdout().contains("OpenLedger is ready in"), "{}", platform.stdout());
@@ -84,7 +91,10 @@ async fn serve_ledger_on_postgres_and_nats_becomes_ready_and_exits_0_on_sigterm(
     assert_eq!(report["checks"].as_object().map(|checks| checks.len()), Some(4), "only the ledger runs: {body}");
     let grpc = platform.wait_endpoint(ServiceKind::Ledger, "grpc");
     let reflected = reflected_rpcs(grpc).await;
-    assert_eq!(reflected.get(support::proto_service(ServiceKind::Ledger)), expected_rpcs().get(support::proto_service(ServiceKind::Ledger)));
+    assert_eq!(
+        reflected.get(support::proto_service(ServiceKind::Ledger)),
+        expected_rpcs().get(support::proto_service(ServiceKind::Ledger))
+    );
     assert!(platform.endpoint(ServiceKind::InferenceGateway, "rest").is_none());
     let exit = platform.terminate();
     assert_eq!(exit.code(), Some(0), "stderr:\n{}", platform.stderr());
@@ -132,7 +142,9 @@ async fn outbox_survives_a_relay_killed_at(failpoint: &str, published_before_cra
         let txn = db.begin().await.expect("begin");
         txn.execute_unprepared(&format!("INSERT INTO widgets (name) VALUES ('w{i}')")).await.expect("state change");
         let payload = format!("widget {i}").into_bytes();
-        event_ids.push(outbox::enqueue(&txn, "widgets", NewEvent::new("ol.widget.created", payload)).await.expect("enqueue"));
+        event_ids.push(
+            outbox::enqueue(&txn, "widgets", NewEvent::new("ol.widget.created", payload)).await.expect("enqueue"),
+        );
         txn.commit().await.expect("commit");
     }
 
@@ -155,7 +167,10 @@ async fn outbox_survives_a_relay_killed_at(failpoint: &str, published_before_cra
         received.push(delivery.id.clone());
         delivery.ack().await.expect("ack");
     }
-    assert_eq!(received, event_ids, "each event exactly once, in commit order ({published_before_crash} went out before the crash)");
+    assert_eq!(
+        received, event_ids,
+        "each event exactly once, in commit order ({published_before_crash} went out before the crash)"
+    );
 }
 
 #[tokio::test]
@@ -172,7 +187,9 @@ async fn outbox_relay_killed_after_commit_before_publish_loses_nothing() {
 /// armed (from `FAILPOINTS`) and dies there; run normally, it has nothing to do.
 #[tokio::test]
 async fn outbox_relay_child_process() {
-    let (Ok(database_url), Ok(nats_url)) = (std::env::var(support::CHILD_DATABASE_ENV), std::env::var(support::CHILD_NATS_ENV)) else {
+    let (Ok(database_url), Ok(nats_url)) =
+        (std::env::var(support::CHILD_DATABASE_ENV), std::env::var(support::CHILD_NATS_ENV))
+    else {
         return;
     };
     let _scenario = fail::FailScenario::setup();

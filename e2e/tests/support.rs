@@ -13,8 +13,8 @@ use std::{
 use openledger_core::ServiceKind;
 use prost::Message;
 use tonic_reflection::pb::v1::{
-    ServerReflectionRequest, server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-    server_reflection_response::MessageResponse,
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_openledger");
@@ -44,7 +44,9 @@ impl Platform {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (name, _) in std::env::vars() {
-            if name.starts_with("OPENLEDGER_") || ["DATABASE_URL", "NATS_URL", "OBJECT_STORE_URL"].contains(&name.as_str()) {
+            if name.starts_with("OPENLEDGER_")
+                || ["DATABASE_URL", "NATS_URL", "OBJECT_STORE_URL"].contains(&name.as_str())
+            {
                 command.env_remove(name);
             }
         }
@@ -183,7 +185,11 @@ fn services_of<'a>(files: impl Iterator<Item = &'a prost_types::FileDescriptorPr
 }
 
 async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect().await.expect("connect")
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect")
 }
 
 /// Services and RPCs as a grpcurl-style client sees them through server reflection.
@@ -191,19 +197,30 @@ pub async fn reflected_rpcs(addr: SocketAddr) -> BTreeMap<String, Vec<String>> {
     let mut client = ServerReflectionClient::new(channel(addr).await);
     let mut ask = async |request: MessageRequest| {
         let outbound = ServerReflectionRequest { host: String::new(), message_request: Some(request) };
-        let mut inbound = client.server_reflection_info(tokio_stream::iter([outbound])).await.expect("reflection call").into_inner();
-        inbound.message().await.expect("reflection answer").and_then(|response| response.message_response).expect("response")
+        let mut inbound =
+            client.server_reflection_info(tokio_stream::iter([outbound])).await.expect("reflection call").into_inner();
+        inbound
+            .message()
+            .await
+            .expect("reflection answer")
+            .and_then(|response| response.message_response)
+            .expect("response")
     };
     let MessageResponse::ListServicesResponse(list) = ask(MessageRequest::ListServices(String::new())).await else {
         panic!("expected a service list");
     };
     let mut rpcs = BTreeMap::new();
     for service in list.service.iter().filter(|service| service.name.starts_with("openledger.")) {
-        let MessageResponse::FileDescriptorResponse(files) = ask(MessageRequest::FileContainingSymbol(service.name.clone())).await else {
+        let MessageResponse::FileDescriptorResponse(files) =
+            ask(MessageRequest::FileContainingSymbol(service.name.clone())).await
+        else {
             panic!("expected file descriptors for {}", service.name);
         };
-        let decoded: Vec<prost_types::FileDescriptorProto> =
-            files.file_descriptor_proto.iter().map(|bytes| prost_types::FileDescriptorProto::decode(&bytes[..]).expect("decode")).collect();
+        let decoded: Vec<prost_types::FileDescriptorProto> = files
+            .file_descriptor_proto
+            .iter()
+            .map(|bytes| prost_types::FileDescriptorProto::decode(&bytes[..]).expect("decode"))
+            .collect();
         let found = services_of(decoded.iter());
         rpcs.insert(service.name.clone(), found.get(&service.name).cloned().unwrap_or_default());
     }

@@ -13,7 +13,9 @@ async fn measure(name: &str, bus: Arc<dyn EventBus>, messages: usize) {
     let payload = vec![7u8; PAYLOAD_BYTES];
     let started = Instant::now();
     for i in 0..messages {
-        bus.publish(OutgoingMessage::new("ol.bench.event", format!("bench-{i}"), payload.clone())).await.expect("publish");
+        bus.publish(OutgoingMessage::new("ol.bench.event", format!("bench-{i}"), payload.clone()))
+            .await
+            .expect("publish");
     }
     let publish = started.elapsed();
     let mut consumer = bus.consumer(ConsumerConfig::new("bench", "ol.bench.>")).await.expect("consumer");

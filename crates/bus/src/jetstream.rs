@@ -150,14 +150,8 @@ const PULL_EXPIRY: Duration = Duration::from_secs(5);
 impl Consumer for JetStreamConsumer {
     async fn next(&mut self) -> Result<Delivery, BusError> {
         loop {
-            let mut batch = self
-                .consumer
-                .batch()
-                .max_messages(1)
-                .expires(PULL_EXPIRY)
-                .messages()
-                .await
-                .map_err(backend)?;
+            let mut batch =
+                self.consumer.batch().max_messages(1).expires(PULL_EXPIRY).messages().await.map_err(backend)?;
             let Some(message) = batch.next().await else { continue };
             let message = message.map_err(backend)?;
             let info = message.info().map_err(backend)?;

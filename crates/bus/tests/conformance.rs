@@ -227,7 +227,8 @@ async fn rejects_invalid_input(bus: Arc<dyn EventBus>) {
     assert!(outside.is_err(), "subjects outside the prefix are refused");
     let wildcard = bus.publish(OutgoingMessage::new("ol.*", "x", Vec::new())).await;
     assert!(wildcard.is_err());
-    let huge = bus.publish(OutgoingMessage::new("ol.test.big", "x", vec![0u8; openledger_bus::MAX_PAYLOAD_BYTES + 1])).await;
+    let huge =
+        bus.publish(OutgoingMessage::new("ol.test.big", "x", vec![0u8; openledger_bus::MAX_PAYLOAD_BYTES + 1])).await;
     assert!(matches!(huge, Err(openledger_bus::BusError::PayloadTooLarge { .. })));
     assert!(bus.consumer(ConsumerConfig::new("bad name", "ol.>")).await.is_err());
     assert!(bus.consumer(ConsumerConfig::new("zero", "ol.>").max_deliver(0)).await.is_err());

@@ -33,7 +33,11 @@ pub fn run(config: Config, services: Vec<ServiceKind>, embedded: bool) -> ExitCo
         }
     };
     runtime.block_on(async move {
-        let name = if embedded { "openledger-dev".to_owned() } else { format!("openledger-{}", services.iter().map(|s| s.name()).collect::<Vec<_>>().join("+")) };
+        let name = if embedded {
+            "openledger-dev".to_owned()
+        } else {
+            format!("openledger-{}", services.iter().map(|s| s.name()).collect::<Vec<_>>().join("+"))
+        };
         let telemetry = openledger_telemetry::init(&openledger_telemetry::TelemetryConfig {
             service_name: name,
             json_logs: config.log_format == LogFormat::Json,
@@ -85,7 +89,13 @@ pub fn run(config: Config, services: Vec<ServiceKind>, embedded: bool) -> ExitCo
 }
 
 /// Prints where everything is, once every service is ready.
-async fn announce_when_ready(deps: &Deps, config: &Config, shutdown: &CancellationToken, services: usize, started: Instant) {
+async fn announce_when_ready(
+    deps: &Deps,
+    config: &Config,
+    shutdown: &CancellationToken,
+    services: usize,
+    started: Instant,
+) {
     loop {
         let states = deps.readiness.services();
         if states.len() == services && states.values().all(|ready| *ready) {
@@ -97,7 +107,8 @@ async fn announce_when_ready(deps: &Deps, config: &Config, shutdown: &Cancellati
         }
     }
     let endpoints = deps.endpoints.all();
-    let find = |kind: ServiceKind, role: &str| endpoints.iter().find(|e| e.service == kind && e.role == role).map(|e| e.addr);
+    let find =
+        |kind: ServiceKind, role: &str| endpoints.iter().find(|e| e.service == kind && e.role == role).map(|e| e.addr);
     let rest = find(ServiceKind::InferenceGateway, "rest");
     let mut summary = format!("\nOpenLedger is ready in {:.2} s\n\n", started.elapsed().as_secs_f64());
     if let Some(rest) = rest {
@@ -111,7 +122,8 @@ async fn announce_when_ready(deps: &Deps, config: &Config, shutdown: &Cancellati
     summary += &format!("  {:<20} {:<22} {}\n", "service", "gRPC", "health");
     for kind in ServiceKind::ALL {
         let grpc = find(kind, "grpc").map(|addr| addr.to_string()).unwrap_or_default();
-        let health = find(kind, "ops").or(find(kind, "rest")).map(|addr| format!("http://{addr}/readyz")).unwrap_or_default();
+        let health =
+            find(kind, "ops").or(find(kind, "rest")).map(|addr| format!("http://{addr}/readyz")).unwrap_or_default();
         summary += &format!("  {:<20} {:<22} {}\n", kind.name(), grpc, health);
     }
     summary += "\nPress Ctrl-C to stop.\n";

@@ -18,22 +18,87 @@ pub struct Setting {
 
 /// Every setting, in the order `config print` shows them.
 pub const SETTINGS: &[Setting] = &[
-    Setting { key: "data_dir", flag: "--data-dir", env: "OPENLEDGER_DATA_DIR", help: "directory of the embedded database and object store" },
-    Setting { key: "database_url", flag: "--database-url", env: "DATABASE_URL", help: "sqlite://PATH or postgres://USER@HOST:PORT/DB (empty: SQLite in data_dir)" },
+    Setting {
+        key: "data_dir",
+        flag: "--data-dir",
+        env: "OPENLEDGER_DATA_DIR",
+        help: "directory of the embedded database and object store",
+    },
+    Setting {
+        key: "database_url",
+        flag: "--database-url",
+        env: "DATABASE_URL",
+        help: "sqlite://PATH or postgres://USER@HOST:PORT/DB (empty: SQLite in data_dir)",
+    },
     Setting { key: "nats_url", flag: "--nats-url", env: "NATS_URL", help: "nats://HOST:PORT (empty: in-process bus)" },
-    Setting { key: "object_store_url", flag: "--object-store-url", env: "OBJECT_STORE_URL", help: "file:///DIR, s3://BUCKET[/PREFIX] or memory:// (empty: data_dir/objects)" },
-    Setting { key: "listen_host", flag: "--listen-host", env: "OPENLEDGER_LISTEN_HOST", help: "address every listener binds to" },
-    Setting { key: "http_port", flag: "--http-port", env: "OPENLEDGER_HTTP_PORT", help: "port of the public REST edge" },
-    Setting { key: "grpc_base_port", flag: "--grpc-base-port", env: "OPENLEDGER_GRPC_BASE_PORT", help: "gRPC port of the ledger; the other services follow (0: free ports)" },
-    Setting { key: "ops_base_port", flag: "--ops-base-port", env: "OPENLEDGER_OPS_BASE_PORT", help: "ops HTTP port of the ledger; the others follow (0: free ports)" },
+    Setting {
+        key: "object_store_url",
+        flag: "--object-store-url",
+        env: "OBJECT_STORE_URL",
+        help: "file:///DIR, s3://BUCKET[/PREFIX] or memory:// (empty: data_dir/objects)",
+    },
+    Setting {
+        key: "listen_host",
+        flag: "--listen-host",
+        env: "OPENLEDGER_LISTEN_HOST",
+        help: "address every listener binds to",
+    },
+    Setting {
+        key: "http_port",
+        flag: "--http-port",
+        env: "OPENLEDGER_HTTP_PORT",
+        help: "port of the public REST edge",
+    },
+    Setting {
+        key: "grpc_base_port",
+        flag: "--grpc-base-port",
+        env: "OPENLEDGER_GRPC_BASE_PORT",
+        help: "gRPC port of the ledger; the other services follow (0: free ports)",
+    },
+    Setting {
+        key: "ops_base_port",
+        flag: "--ops-base-port",
+        env: "OPENLEDGER_OPS_BASE_PORT",
+        help: "ops HTTP port of the ledger; the others follow (0: free ports)",
+    },
     Setting { key: "log_format", flag: "--log-format", env: "OPENLEDGER_LOG_FORMAT", help: "pretty or json" },
-    Setting { key: "log_level", flag: "--log-level", env: "OPENLEDGER_LOG_LEVEL", help: "tracing filter, e.g. info or openledger=debug,info" },
-    Setting { key: "max_body_bytes", flag: "--max-body-bytes", env: "OPENLEDGER_MAX_BODY_BYTES", help: "largest REST request body" },
-    Setting { key: "request_timeout_ms", flag: "--request-timeout-ms", env: "OPENLEDGER_REQUEST_TIMEOUT_MS", help: "REST request timeout" },
-    Setting { key: "shutdown_timeout_ms", flag: "--shutdown-timeout-ms", env: "OPENLEDGER_SHUTDOWN_TIMEOUT_MS", help: "time to drain and flush on shutdown" },
+    Setting {
+        key: "log_level",
+        flag: "--log-level",
+        env: "OPENLEDGER_LOG_LEVEL",
+        help: "tracing filter, e.g. info or openledger=debug,info",
+    },
+    Setting {
+        key: "max_body_bytes",
+        flag: "--max-body-bytes",
+        env: "OPENLEDGER_MAX_BODY_BYTES",
+        help: "largest REST request body",
+    },
+    Setting {
+        key: "request_timeout_ms",
+        flag: "--request-timeout-ms",
+        env: "OPENLEDGER_REQUEST_TIMEOUT_MS",
+        help: "REST request timeout",
+    },
+    Setting {
+        key: "shutdown_timeout_ms",
+        flag: "--shutdown-timeout-ms",
+        env: "OPENLEDGER_SHUTDOWN_TIMEOUT_MS",
+        help: "time to drain and flush on shutdown",
+    },
     Setting { key: "bus_stream", flag: "--bus-stream", env: "OPENLEDGER_BUS_STREAM", help: "JetStream stream name" },
-    Setting { key: "bus_subject_prefix", flag: "--bus-subject-prefix", env: "OPENLEDGER_BUS_SUBJECT_PREFIX", help: "root token of every subject" },
-    Setting { key: "bus_duplicate_window_ms", flag: "--bus-duplicate-window-ms", env: "OPENLEDGER_BUS_DUPLICATE_WINDOW_MS", help: "message-id dedup window" },
+    Setting {
+        key: "bus_subject_prefix",
+        flag: "--bus-subject-prefix",
+        env: "OPENLEDGER_BUS_SUBJECT_PREFIX",
+        help: "root token of every subject",
+    },
+    Setting {
+        key: "bus_duplicate_window_ms",
+        flag: "--bus-duplicate-window-ms",
+        env: "OPENLEDGER_BUS_DUPLICATE_WINDOW_MS",
+        help: "message-id dedup window",
+    },
 ];
 
 /// A configuration error, printed as is; the process exits with code 2.
@@ -65,7 +130,12 @@ pub fn resolve(
         let entries = match yaml {
             Value::Object(entries) => entries,
             Value::Null => Map::new(),
-            _ => return Err(SettingsError(format!("config file {} must be a mapping of setting: value", path.display()))),
+            _ => {
+                return Err(SettingsError(format!(
+                    "config file {} must be a mapping of setting: value",
+                    path.display()
+                )));
+            }
         };
         for (key, value) in entries {
             let setting = SETTINGS.iter().find(|s| s.key == key).ok_or_else(|| {
@@ -76,7 +146,8 @@ pub fn resolve(
                 ))
             })?;
             let origin = format!("{} in {}", setting.key, path.display());
-            let value = if value.is_string() { typed(setting, value.as_str().unwrap_or_default(), &defaults) } else { value };
+            let value =
+                if value.is_string() { typed(setting, value.as_str().unwrap_or_default(), &defaults) } else { value };
             check_one(&defaults, setting, &value, &origin)?;
             merged.insert(setting.key.to_owned(), value);
             origins.insert(setting.key, origin);
@@ -98,7 +169,8 @@ pub fn resolve(
             origins.insert(setting.key, setting.flag.to_owned());
         }
     }
-    let config: Config = serde_json::from_value(Value::Object(merged)).map_err(|error| SettingsError(error.to_string()))?;
+    let config: Config =
+        serde_json::from_value(Value::Object(merged)).map_err(|error| SettingsError(error.to_string()))?;
     config.validate().map_err(|error| {
         let origin = origins.get(error.key).cloned().unwrap_or_else(|| error.key.to_owned());
         SettingsError(format!("invalid {origin} {:?}: {}", error.value, error.accepted))
@@ -117,14 +189,21 @@ fn to_map(config: &Config) -> Map<String, Value> {
 /// empty text for "unset" on optional ones.
 fn typed(setting: &Setting, raw: &str, defaults: &Map<String, Value>) -> Value {
     match defaults.get(setting.key) {
-        Some(Value::Number(_)) => raw.trim().parse::<u64>().map(Value::from).unwrap_or_else(|_| Value::String(raw.to_owned())),
+        Some(Value::Number(_)) => {
+            raw.trim().parse::<u64>().map(Value::from).unwrap_or_else(|_| Value::String(raw.to_owned()))
+        }
         Some(Value::Null) if raw.is_empty() => Value::Null,
         _ => Value::String(raw.to_owned()),
     }
 }
 
 /// Checks that `value` has the setting's type, naming where it came from if not.
-fn check_one(defaults: &Map<String, Value>, setting: &Setting, value: &Value, origin: &str) -> Result<(), SettingsError> {
+fn check_one(
+    defaults: &Map<String, Value>,
+    setting: &Setting,
+    value: &Value,
+    origin: &str,
+) -> Result<(), SettingsError> {
     let mut probe = defaults.clone();
     probe.insert(setting.key.to_owned(), value.clone());
     match serde_json::from_value::<Config>(Value::Object(probe)) {
@@ -139,7 +218,9 @@ fn check_one(defaults: &Map<String, Value>, setting: &Setting, value: &Value, or
             let accepted = match setting.key {
                 "log_format" => "accepted values are pretty, json".to_owned(),
                 key if key.ends_with("_port") => "accepted values are port numbers 0..=65535".to_owned(),
-                key if key.ends_with("_ms") || key.ends_with("_bytes") => "accepted values are whole numbers".to_owned(),
+                key if key.ends_with("_ms") || key.ends_with("_bytes") => {
+                    "accepted values are whole numbers".to_owned()
+                }
                 _ => format!("expected {}", setting.help),
             };
             let shown = match value {

@@ -19,13 +19,8 @@ pub enum ServiceKind {
 }
 
 impl ServiceKind {
-    pub const ALL: [ServiceKind; 5] = [
-        Self::Ledger,
-        Self::DatanetIngest,
-        Self::AttributionWorker,
-        Self::ModelFactory,
-        Self::InferenceGateway,
-    ];
+    pub const ALL: [ServiceKind; 5] =
+        [Self::Ledger, Self::DatanetIngest, Self::AttributionWorker, Self::ModelFactory, Self::InferenceGateway];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -196,23 +191,31 @@ impl Config {
             value: value.to_string(),
             accepted: accepted.to_owned(),
         };
-        if let Some(url) = &self.database_url {
-            if !["sqlite:", "postgres://", "postgresql://"].iter().any(|scheme| url.starts_with(scheme)) {
-                return Err(bad("database_url", url, "accepted values are sqlite://PATH or postgres://USER@HOST:PORT/DB"));
-            }
+        if let Some(url) = &self.database_url
+            && !["sqlite:", "postgres://", "postgresql://"].iter().any(|scheme| url.starts_with(scheme))
+        {
+            return Err(bad("database_url", url, "accepted values are sqlite://PATH or postgres://USER@HOST:PORT/DB"));
         }
-        if let Some(url) = &self.nats_url {
-            if !["nats://", "tls://"].iter().any(|scheme| url.starts_with(scheme)) {
-                return Err(bad("nats_url", url, "accepted values are nats://HOST:PORT or tls://HOST:PORT"));
-            }
+        if let Some(url) = &self.nats_url
+            && !["nats://", "tls://"].iter().any(|scheme| url.starts_with(scheme))
+        {
+            return Err(bad("nats_url", url, "accepted values are nats://HOST:PORT or tls://HOST:PORT"));
         }
-        if let Some(url) = &self.object_store_url {
-            if !["file://", "s3://", "memory://"].iter().any(|scheme| url.starts_with(scheme)) {
-                return Err(bad("object_store_url", url, "accepted values are file:///PATH, s3://BUCKET[/PREFIX] or memory://"));
-            }
+        if let Some(url) = &self.object_store_url
+            && !["file://", "s3://", "memory://"].iter().any(|scheme| url.starts_with(scheme))
+        {
+            return Err(bad(
+                "object_store_url",
+                url,
+                "accepted values are file:///PATH, s3://BUCKET[/PREFIX] or memory://",
+            ));
         }
         if self.listen_host.parse::<std::net::IpAddr>().is_err() {
-            return Err(bad("listen_host", &self.listen_host, "accepted values are IP addresses such as 127.0.0.1 or 0.0.0.0"));
+            return Err(bad(
+                "listen_host",
+                &self.listen_host,
+                "accepted values are IP addresses such as 127.0.0.1 or 0.0.0.0",
+            ));
         }
         for (key, base) in [("grpc_base_port", self.grpc_base_port), ("ops_base_port", self.ops_base_port)] {
             if base != 0 && base > u16::MAX - ServiceKind::ALL.len() as u16 {
@@ -231,12 +234,17 @@ impl Config {
                 return Err(bad(key, &value, "accepted values are 1..=3600000 milliseconds"));
             }
         }
-        let token = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let token =
+            |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !token(&self.bus_stream) {
             return Err(bad("bus_stream", &self.bus_stream, "accepted values are letters, digits, '_' and '-'"));
         }
         if !token(&self.bus_subject_prefix) {
-            return Err(bad("bus_subject_prefix", &self.bus_subject_prefix, "accepted values are letters, digits, '_' and '-'"));
+            return Err(bad(
+                "bus_subject_prefix",
+                &self.bus_subject_prefix,
+                "accepted values are letters, digits, '_' and '-'",
+            ));
         }
         Ok(())
     }
@@ -289,13 +297,14 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_setting_and_what_it_accepts() {
-        let error = Config { database_url: Some("mysql://x".into()), ..Config::default() }.validate().unwrap_err();
+        let error =
+            Config { database_url: Some("mysql://x".into()), ..Config::default() }.validate().expect_err("invalid");
         assert_eq!(error.key, "database_url");
         assert!(error.to_string().contains("postgres://"), "{error}");
-        let error = Config { request_timeout_ms: 0, ..Config::default() }.validate().unwrap_err();
+        let error = Config { request_timeout_ms: 0, ..Config::default() }.validate().expect_err("invalid");
         assert_eq!(error.key, "request_timeout_ms");
         assert_eq!(
-            "nope".parse::<ServiceKind>().unwrap_err(),
+            "nope".parse::<ServiceKind>().expect_err("unknown"),
             "unknown service \"nope\": accepted values are ledger, datanet-ingest, attribution-worker, model-factory, inference-gateway"
         );
     }

@@ -96,10 +96,11 @@ impl ErrorCode {
 
     /// The code an HTTP status most likely means, for errors raised by middleware.
     pub fn from_http_status(status: u16) -> Self {
-        Self::ALL
-            .into_iter()
-            .find(|code| code.http_status() == status)
-            .unwrap_or(if status >= 500 { Self::Internal } else { Self::InvalidArgument })
+        Self::ALL.into_iter().find(|code| code.http_status() == status).unwrap_or(if status >= 500 {
+            Self::Internal
+        } else {
+            Self::InvalidArgument
+        })
     }
 }
 

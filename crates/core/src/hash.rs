@@ -58,9 +58,7 @@ impl TryFrom<&[u8]> for ContentHash {
     type Error = ParseHashError;
 
     fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
-        <[u8; 32]>::try_from(bytes)
-            .map(Self)
-            .map_err(|_| ParseHashError(format!("{} bytes", bytes.len())))
+        <[u8; 32]>::try_from(bytes).map(Self).map_err(|_| ParseHashError(format!("{} bytes", bytes.len())))
     }
 }
 
@@ -95,10 +93,7 @@ mod tests {
 
     #[test]
     fn matches_the_blake3_reference_vector_for_empty_input() {
-        assert_eq!(
-            ContentHash::of(b"").to_hex(),
-            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
-        );
+        assert_eq!(ContentHash::of(b"").to_hex(), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
     }
 
     #[test]

@@ -72,7 +72,11 @@ impl BackendsHandle {
     }
 }
 
-async fn connect(config: &Config, shutdown: &CancellationToken, failures: &Family<BackendLabel, Counter>) -> Option<Backends> {
+async fn connect(
+    config: &Config,
+    shutdown: &CancellationToken,
+    failures: &Family<BackendLabel, Counter>,
+) -> Option<Backends> {
     let database_url = config.effective_database_url();
     let shown_url = openledger_core::redact_url(&database_url);
     let db = retry("database", &shown_url, shutdown, failures, || openledger_store::connect(&database_url)).await?;
@@ -84,7 +88,9 @@ async fn connect(config: &Config, shutdown: &CancellationToken, failures: &Famil
         ..BusSettings::default()
     };
     let bus: Arc<dyn EventBus> = match &config.nats_url {
-        Some(url) => Arc::new(retry("event bus", url, shutdown, failures, || JetStreamBus::connect(url, settings.clone())).await?),
+        Some(url) => Arc::new(
+            retry("event bus", url, shutdown, failures, || JetStreamBus::connect(url, settings.clone())).await?,
+        ),
         None => Arc::new(InProcessBus::new(settings)),
     };
     let objects_url = config.effective_object_store_url();

@@ -69,7 +69,8 @@ struct MetadataInjector<'a>(&'a mut MetadataMap);
 
 impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(key), Ok(value)) = (MetadataKey::from_bytes(key.as_bytes()), MetadataValue::try_from(value.as_str())) {
+        if let (Ok(key), Ok(value)) = (MetadataKey::from_bytes(key.as_bytes()), MetadataValue::try_from(value.as_str()))
+        {
             self.0.insert(key, value);
         }
     }

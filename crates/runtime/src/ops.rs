@@ -86,8 +86,5 @@ async fn readyz(State(deps): State<Deps>) -> impl IntoResponse {
 }
 
 async fn metrics(State(deps): State<Deps>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        deps.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], deps.metrics.encode())
 }

@@ -73,7 +73,12 @@ impl ServiceSpec {
     }
 }
 
-async fn bind(service: ServiceKind, role: &'static str, addr: SocketAddr, hint: &'static str) -> Result<TcpListener, RuntimeError> {
+async fn bind(
+    service: ServiceKind,
+    role: &'static str,
+    addr: SocketAddr,
+    hint: &'static str,
+) -> Result<TcpListener, RuntimeError> {
     TcpListener::bind(addr).await.map_err(|error| RuntimeError::Bind {
         service,
         role,
@@ -98,7 +103,11 @@ pub async fn run_service(spec: ServiceSpec, config: &Config, deps: Deps) -> Resu
     };
     let http_listener = bind(kind, http_role, http_addr, hint).await?;
     for (role, listener) in [("grpc", &grpc_listener), (http_role, &http_listener)] {
-        let addr = listener.local_addr().map_err(|error| RuntimeError::Server { service: kind, role, reason: error.to_string() })?;
+        let addr = listener.local_addr().map_err(|error| RuntimeError::Server {
+            service: kind,
+            role,
+            reason: error.to_string(),
+        })?;
         tracing::info!(service = %kind, role, %addr, "listening");
         deps.endpoints.add(Endpoint { service: kind, role, addr });
     }
@@ -129,7 +138,8 @@ pub async fn run_service(spec: ServiceSpec, config: &Config, deps: Deps) -> Resu
     let mut background = JoinSet::new();
     let started = async {
         let backends = deps.backends.wait(&shutdown).await?;
-        let relay = OutboxRelay::new(backends.db.clone(), backends.bus.clone(), kind.name()).with_waker(spec.outbox_wake.clone());
+        let relay = OutboxRelay::new(backends.db.clone(), backends.bus.clone(), kind.name())
+            .with_waker(spec.outbox_wake.clone());
         let flush_timeout = Duration::from_millis(config.shutdown_timeout_ms) / 2;
         let relay_shutdown = shutdown.clone();
         background.spawn(async move { relay.run(relay_shutdown, flush_timeout).await });
@@ -168,7 +178,9 @@ pub async fn run_service(spec: ServiceSpec, config: &Config, deps: Deps) -> Resu
     .await;
     match drained {
         Ok(()) => tracing::info!(service = %kind, "stopped"),
-        Err(_) => tracing::warn!(service = %kind, timeout_ms = config.shutdown_timeout_ms, "drain timed out; stopping anyway"),
+        Err(_) => {
+            tracing::warn!(service = %kind, timeout_ms = config.shutdown_timeout_ms, "drain timed out; stopping anyway")
+        }
     }
     Ok(())
 }

@@ -21,7 +21,8 @@ async fn one_trace_crosses_a_grpc_call_and_a_bus_message() {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let subscriber = tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let subscriber =
+        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
     tracing::subscriber::set_global_default(subscriber).expect("first subscriber in this process");
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -46,7 +47,8 @@ async fn one_trace_crosses_a_grpc_call_and_a_bus_message() {
     .await;
 
     let mut consumer = bus.consumer(ConsumerConfig::new("tracer", "ol.trace.>")).await.expect("consumer");
-    let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.expect("in time").expect("delivery");
+    let delivery =
+        tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.expect("in time").expect("delivery");
     let handling = delivery.span("handle-trace-test");
     let consumer_trace = handling.in_scope(openledger_telemetry::current_trace_id);
     drop(handling);

@@ -17,12 +17,11 @@ const MIGRATION_LOCK_KEY: i64 = 0x6f70_656e_6c65_6467; // "openledg"
 pub async fn connect(url: &str) -> Result<DatabaseConnection, StoreError> {
     let connect_error = |reason: String| StoreError::Connect { url: redact(url), reason };
     let is_sqlite = url.starts_with("sqlite:");
-    if is_sqlite {
-        if let Some(path) = sqlite_path(url) {
-            if let Some(parent) = std::path::Path::new(&path).parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|error| connect_error(format!("{}: {error}", parent.display())))?;
-            }
-        }
+    if is_sqlite
+        && let Some(path) = sqlite_path(url)
+        && let Some(parent) = std::path::Path::new(&path).parent().filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent).map_err(|error| connect_error(format!("{}: {error}", parent.display())))?;
     }
     let mut options = ConnectOptions::new(url.to_owned());
     options
@@ -44,13 +43,19 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, StoreError> {
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), StoreError> {
     let postgres = db.get_database_backend() == DatabaseBackend::Postgres;
     if postgres {
-        db.execute(Statement::from_string(DatabaseBackend::Postgres, format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")))
-            .await?;
+        db.execute(Statement::from_string(
+            DatabaseBackend::Postgres,
+            format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"),
+        ))
+        .await?;
     }
     let applied = Migrator::up(db, None).await.map_err(|error| StoreError::Migration(error.to_string()));
     if postgres {
-        db.execute(Statement::from_string(DatabaseBackend::Postgres, format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")))
-            .await?;
+        db.execute(Statement::from_string(
+            DatabaseBackend::Postgres,
+            format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"),
+        ))
+        .await?;
     }
     applied
 }

@@ -25,7 +25,11 @@ pub(crate) mod entity {
 }
 
 /// Records that `consumer` applied `event_id`; true the first time, false for a repeat.
-pub async fn first_delivery<C: ConnectionTrait>(connection: &C, consumer: &str, event_id: &str) -> Result<bool, StoreError> {
+pub async fn first_delivery<C: ConnectionTrait>(
+    connection: &C,
+    consumer: &str,
+    event_id: &str,
+) -> Result<bool, StoreError> {
     let row = entity::ActiveModel {
         consumer: Set(consumer.to_owned()),
         event_id: Set(event_id.to_owned()),

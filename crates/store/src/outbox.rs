@@ -60,8 +60,13 @@ impl NewEvent {
 
 /// Writes `event` to the outbox on `connection` (normally an open transaction) and returns
 /// its event id. The current trace context travels with it.
-pub async fn enqueue<C: ConnectionTrait>(connection: &C, producer: &str, mut event: NewEvent) -> Result<String, StoreError> {
-    openledger_bus::validate_subject(&event.subject, false).map_err(|error| StoreError::InvalidEvent(error.to_string()))?;
+pub async fn enqueue<C: ConnectionTrait>(
+    connection: &C,
+    producer: &str,
+    mut event: NewEvent,
+) -> Result<String, StoreError> {
+    openledger_bus::validate_subject(&event.subject, false)
+        .map_err(|error| StoreError::InvalidEvent(error.to_string()))?;
     if event.payload.len() > openledger_bus::MAX_PAYLOAD_BYTES {
         return Err(StoreError::InvalidEvent(format!(
             "payload of {} bytes exceeds the {}-byte limit",
@@ -202,8 +207,12 @@ impl OutboxRelay {
         .await;
         match flushed {
             Ok(Ok(())) => tracing::info!(producer = %self.producer, "outbox flushed"),
-            Ok(Err(error)) => tracing::warn!(producer = %self.producer, %error, "outbox not flushed; unsent events will be relayed after restart"),
-            Err(_) => tracing::warn!(producer = %self.producer, "outbox flush timed out; unsent events will be relayed after restart"),
+            Ok(Err(error)) => {
+                tracing::warn!(producer = %self.producer, %error, "outbox not flushed; unsent events will be relayed after restart")
+            }
+            Err(_) => {
+                tracing::warn!(producer = %self.producer, "outbox flush timed out; unsent events will be relayed after restart")
+            }
         }
     }
 }

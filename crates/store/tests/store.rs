@@ -31,15 +31,20 @@ async fn outbox_commits_only_with_its_transaction(db: &DatabaseConnection) {
 
     let committed = db.begin().await.expect("begin");
     committed.execute_unprepared("INSERT INTO widgets (name) VALUES ('kept')").await.expect("state");
-    let kept_id = outbox::enqueue(&committed, "widgets", NewEvent::new("ol.widget.created", b"kept".to_vec())).await.expect("enqueue");
+    let kept_id = outbox::enqueue(&committed, "widgets", NewEvent::new("ol.widget.created", b"kept".to_vec()))
+        .await
+        .expect("enqueue");
     committed.commit().await.expect("commit");
 
     let rolled_back = db.begin().await.expect("begin");
     rolled_back.execute_unprepared("INSERT INTO widgets (name) VALUES ('lost')").await.expect("state");
-    outbox::enqueue(&rolled_back, "widgets", NewEvent::new("ol.widget.created", b"lost".to_vec())).await.expect("enqueue");
+    outbox::enqueue(&rolled_back, "widgets", NewEvent::new("ol.widget.created", b"lost".to_vec()))
+        .await
+        .expect("enqueue");
     rolled_back.rollback().await.expect("rollback");
 
-    let second_id = outbox::enqueue(db, "widgets", NewEvent::new("ol.widget.created", b"second".to_vec())).await.expect("enqueue");
+    let second_id =
+        outbox::enqueue(db, "widgets", NewEvent::new("ol.widget.created", b"second".to_vec())).await.expect("enqueue");
     outbox::enqueue(db, "other-service", NewEvent::new("ol.other.thing", b"not mine".to_vec())).await.expect("enqueue");
 
     let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Default::default()));
@@ -51,14 +56,21 @@ async fn outbox_commits_only_with_its_transaction(db: &DatabaseConnection) {
 
     let mut consumer = bus.consumer(ConsumerConfig::new("widget-reader", "ol.>")).await.expect("consumer");
     for (expected_id, payload) in [(kept_id, &b"kept"[..]), (second_id, &b"second"[..])] {
-        let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.expect("in time").expect("delivery");
+        let delivery =
+            tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.expect("in time").expect("delivery");
         assert_eq!(delivery.id, expected_id, "message id is the outbox event id");
         assert_eq!(&delivery.payload[..], payload);
         delivery.ack().await.expect("ack");
     }
-    assert!(tokio::time::timeout(Duration::from_millis(300), consumer.next()).await.is_err(), "the rolled-back event never leaves");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), consumer.next()).await.is_err(),
+        "the rolled-back event never leaves"
+    );
 
-    assert!(outbox::enqueue(db, "widgets", NewEvent::new("ol.*", Vec::new())).await.is_err(), "wildcard subjects are refused");
+    assert!(
+        outbox::enqueue(db, "widgets", NewEvent::new("ol.*", Vec::new())).await.is_err(),
+        "wildcard subjects are refused"
+    );
 }
 
 async fn inbox_recognises_repeats(db: &DatabaseConnection) {
@@ -69,7 +81,10 @@ async fn inbox_recognises_repeats(db: &DatabaseConnection) {
     let txn = db.begin().await.expect("begin");
     assert!(inbox::first_delivery(&txn, "ledger-settler", "event-2").await.expect("record"));
     txn.rollback().await.expect("rollback");
-    assert!(inbox::first_delivery(db, "ledger-settler", "event-2").await.expect("record"), "a rolled-back record does not count");
+    assert!(
+        inbox::first_delivery(db, "ledger-settler", "event-2").await.expect("record"),
+        "a rolled-back record does not count"
+    );
 }
 
 #[tokio::test]
@@ -108,7 +123,8 @@ async fn postgres_inbox() {
 #[tokio::test]
 async fn unreachable_databases_fail_with_the_url_and_without_the_password() {
     let port = openledger_testkit::free_port();
-    let error = connect(&format!("postgres://app:hunter2@127.0.0.1:{port}/x")).await.err().expect("nothing listens there");
+    let error =
+        connect(&format!("postgres://app:hunter2@127.0.0.1:{port}/x")).await.expect_err("nothing listens there");
     let text = error.to_string();
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
     assert!(!text.contains("hunter2"), "{text}");

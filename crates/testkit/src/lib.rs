@@ -25,7 +25,9 @@ fn find_binary(name: &str, install_hint: &str) -> PathBuf {
         candidates.extend(entries.flatten().map(|entry| entry.path().join("bin").join(name)));
     }
     candidates.into_iter().find(|candidate| candidate.is_file()).unwrap_or_else(|| {
-        panic!("`{name}` was not found on PATH: {install_hint} (or run ./scripts/test.sh, which installs what is missing)")
+        panic!(
+            "`{name}` was not found on PATH: {install_hint} (or run ./scripts/test.sh, which installs what is missing)"
+        )
     })
 }
 
@@ -147,7 +149,8 @@ impl Postgres {
 
     /// Creates an empty database and returns its URL.
     pub fn create_database(&self, name: &str) -> String {
-        let createdb = find_binary("createdb", "install PostgreSQL client binaries (apt-get install -y postgresql-client)");
+        let createdb =
+            find_binary("createdb", "install PostgreSQL client binaries (apt-get install -y postgresql-client)");
         let status = Command::new(createdb)
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", name])
             .status()

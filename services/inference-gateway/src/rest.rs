@@ -188,7 +188,8 @@ async fn error_envelope(settings: EdgeSettings, request: Request, next: Next) ->
             let (_, body) = response.into_parts();
             let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
             let text = String::from_utf8_lossy(&text).trim().to_owned();
-            let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { text };
+            let message =
+                if text.is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { text };
             let mut rewritten = ApiError::new(code, message).into_response();
             *rewritten.status_mut() = status;
             return rewritten;
@@ -273,7 +274,8 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_routes_answer_the_error_envelope_with_a_request_id() {
-        let (status, headers, body) = call(http::Request::get("/v1/nothing").body(Body::empty()).expect("request")).await;
+        let (status, headers, body) =
+            call(http::Request::get("/v1/nothing").body(Body::empty()).expect("request")).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         let error = envelope(&body);
         assert_eq!(error.code, "not_found");
@@ -284,7 +286,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_callers_request_id_is_kept() {
-        let request = http::Request::get("/openapi.json").header("x-request-id", "abc-123").body(Body::empty()).expect("request");
+        let request =
+            http::Request::get("/openapi.json").header("x-request-id", "abc-123").body(Body::empty()).expect("request");
         let (status, headers, _) = call(request).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers.get("x-request-id").and_then(|v| v.to_str().ok()), Some("abc-123"));

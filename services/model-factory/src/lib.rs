@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use openledger_proto::modelfactory::v1::model_factory_service_server::{ModelFactoryService, ModelFactoryServiceServer};
+use openledger_proto::modelfactory::v1::model_factory_service_server::{
+    ModelFactoryService, ModelFactoryServiceServer,
+};
 use openledger_runtime::{BackendsHandle, Deps, RuntimeError, ServiceSpec, run_service};
 
 /// The gRPC API of this service.
