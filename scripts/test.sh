@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Installs what is missing first: nats-server (apt),
-# PostgreSQL server binaries (apt), cargo-nextest (cargo). Extra arguments go to nextest,
+# PostgreSQL server binaries (apt), moto's S3-compatible server (PyPI, into a venv under
+# /var/tmp/openledger-tools), cargo-nextest (cargo). Extra arguments go to nextest,
 # e.g. `scripts/test.sh -p openledger-bus`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,12 @@ if ! have initdb && [ ! -x "${pg_bin}/initdb" ]; then
 fi
 if ! have pg_isready || ! have createdb; then
     apt_install postgresql-client
+fi
+tools=/var/tmp/openledger-tools
+if ! command -v moto_server >/dev/null 2>&1 && [ ! -x "$tools/venv/bin/moto_server" ]; then
+    echo "==> installing moto (an S3-compatible test server) into $tools/venv"
+    python3 -m venv "$tools/venv"
+    "$tools/venv/bin/pip" install -q 'moto[server]'
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> installing cargo-nextest"

@@ -9,14 +9,14 @@ use std::{collections::BTreeMap, time::Duration};
 use openledger_bus::{ConsumerConfig, EventBus, JetStreamBus};
 use openledger_core::ServiceKind;
 use openledger_store::{NewEvent, OutboxRelay, outbox};
-use openledger_testkit::{Nats, Postgres, free_port};
+use openledger_testkit::{Nats, Postgres, S3, free_port};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use support::{Platform, expected_rpcs, get, reflected_rpcs};
 
 #[tokio::test]
 async fn dev_becomes_ready_serves_every_api_and_drains_on_sigterm() {
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let mut platform = Platform::spawn(&["--data-dir", &data_dir.path().display().to_string(), "dev"], &[]);
+    let mut platform = Platform::spawn::<&str>(&["--data-dir", &data_dir.path().display().to_string(), "dev"], &[]);
     let rest = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
     let spawned_at = platform.spawned_at;
     platform.wait_ready(rest).await;
@@ -74,20 +74,19 @@ async fn dev_becomes_ready_serves_every_api_and_drains_on_sigterm() {
 }
 
 #[tokio::test]
-async fn serve_ledger_on_postgres_and_nats_becomes_ready_and_exits_0_on_sigterm() {
-    let (postgres, nats) = (Postgres::start(), Nats::start());
-    let objects = tempfile::tempdir().expect("temp dir");
-    let env = [
-        ("DATABASE_URL", postgres.create_database("ledger")),
-        ("NATS_URL", nats.url()),
-        ("OBJECT_STORE_URL", format!("file://{}", objects.path().display())),
-    ];
+async fn serve_ledger_on_postgres_nats_and_s3_becomes_ready_and_exits_0_on_sigterm() {
+    let (postgres, nats, s3) = (Postgres::start(), Nats::start(), S3::start("openledger-objects"));
+    let mut env: Vec<(String, String)> = s3.env();
+    env.push(("DATABASE_URL".into(), postgres.create_database("ledger")));
+    env.push(("NATS_URL".into(), nats.url()));
+    env.push(("OBJECT_STORE_URL".into(), s3.url()));
     let mut platform = Platform::spawn(&["serve", "ledger"], &env);
     let ops = platform.wait_endpoint(ServiceKind::Ledger, "ops");
     platform.wait_ready(ops).await;
     let (_, body) = get(ops, "/readyz").await;
     let report: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(report["checks"]["bus"], "ok");
+    assert_eq!(report["checks"]["objects"], "ok");
     assert_eq!(report["checks"].as_object().map(|checks| checks.len()), Some(4), "only the ledger runs: {body}");
     let grpc = platform.wait_endpoint(ServiceKind::Ledger, "grpc");
     let reflected = reflected_rpcs(grpc).await;
@@ -100,34 +99,64 @@ async fn serve_ledger_on_postgres_and_nats_becomes_ready_and_exits_0_on_sigterm(
     assert_eq!(exit.code(), Some(0), "stderr:\n{}", platform.stderr());
 }
 
-#[tokio::test]
-async fn serve_stays_not_ready_while_postgres_is_down_and_recovers_when_it_starts() {
-    let nats = Nats::start();
-    let pg_port = free_port();
+/// Starts `serve ledger` with one backend not there yet, checks it is alive, not ready and
+/// retrying, then brings the backend up and waits for readiness and a clean exit.
+async fn stays_not_ready_until(
+    backend: &str,
+    readyz_key: &str,
+    database_url: String,
+    nats_url: String,
+    bring_up: impl FnOnce(),
+) {
     let objects = tempfile::tempdir().expect("temp dir");
     let env = [
-        ("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{pg_port}/postgres")),
-        ("NATS_URL", nats.url()),
+        ("DATABASE_URL", database_url),
+        ("NATS_URL", nats_url),
         ("OBJECT_STORE_URL", format!("file://{}", objects.path().display())),
     ];
     let mut platform = Platform::spawn(&["serve", "ledger"], &env);
     let ops = platform.wait_endpoint(ServiceKind::Ledger, "ops");
-    assert_eq!(get(ops, "/healthz").await.0, 200, "alive while the database is down");
+    assert_eq!(get(ops, "/healthz").await.0, 200, "alive while the {backend} is down");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !platform.stderr().contains("backend unavailable; not ready, retrying") {
+    let retrying = format!(r#""backend":"{backend}""#);
+    while !platform.stderr().lines().any(|line| line.contains("not ready, retrying") && line.contains(&retrying)) {
         assert!(std::time::Instant::now() < deadline, "no retry logged; stderr:\n{}", platform.stderr());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, body) = get(ops, "/readyz").await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains(r#""database":"connecting""#), "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let state = report["checks"][readyz_key].as_str().unwrap_or_default().to_owned();
+    assert!(state.starts_with("unreachable: "), "{readyz_key} should say why: {body}");
     assert!(platform.is_running(), "no crash loop: the process waits");
 
-    let _postgres = Postgres::start_on(pg_port);
+    bring_up();
     platform.wait_ready(ops).await;
     assert!(platform.stderr().contains("backend reachable again"));
     let exit = platform.terminate();
     assert_eq!(exit.code(), Some(0), "stderr:\n{}", platform.stderr());
+}
+
+#[tokio::test]
+async fn serve_stays_not_ready_while_postgres_is_down_and_recovers_when_it_starts() {
+    let nats = Nats::start();
+    let pg_port = free_port();
+    let mut postgres = None;
+    let database_url = format!("postgres://postgres@127.0.0.1:{pg_port}/postgres");
+    stays_not_ready_until("database", "database", database_url, nats.url(), || {
+        postgres = Some(Postgres::start_on(pg_port))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn serve_stays_not_ready_while_nats_is_down_and_recovers_when_it_starts() {
+    let postgres = Postgres::start();
+    let nats_port = free_port();
+    let mut nats = None;
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    stays_not_ready_until("event bus", "bus", postgres.url(), nats_url, || nats = Some(Nats::start_on(nats_port)))
+        .await;
 }
 
 /// A relay process killed at `failpoint` loses nothing and duplicates nothing downstream.

@@ -32,7 +32,7 @@ pub struct Platform {
 
 impl Platform {
     /// Runs the binary with free ports and JSON logs, and a clean environment for its settings.
-    pub fn spawn(args: &[&str], env: &[(&str, String)]) -> Self {
+    pub fn spawn<K: AsRef<std::ffi::OsStr>>(args: &[&str], env: &[(K, String)]) -> Self {
         let mut command = Command::new(BINARY);
         command
             .args(["--log-format", "json", "--grpc-base-port", "0", "--ops-base-port", "0"])
@@ -51,7 +51,7 @@ impl Platform {
             }
         }
         for (name, value) in env {
-            command.env(name, value);
+            command.env(name.as_ref(), value);
         }
         let spawned_at = Instant::now();
         let mut child = command.spawn().expect("spawn openledger");

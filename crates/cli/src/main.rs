@@ -17,7 +17,8 @@ const LONG_ABOUT: &str = "OpenLedger: pay people for the data that makes AI outp
 Start here:   openledger dev
               (all five services in one process; state in ./.openledger; REST on http://127.0.0.1:8080)
 
-In a cluster: DATABASE_URL=postgres://… NATS_URL=nats://… OBJECT_STORE_URL=s3://… openledger serve ledger
+In a cluster: openledger serve ledger
+              (with DATABASE_URL=postgres://…, NATS_URL=nats://…, OBJECT_STORE_URL=s3://…)
 
 Every setting can come from a flag, an environment variable or a YAML file (--config);
 flags win over the environment, which wins over the file. `openledger config print` shows

@@ -45,8 +45,9 @@ pub async fn readiness_report(deps: &Deps) -> ReadinessReport {
     }
     match deps.backends.current() {
         None => {
-            for backend in ["database", "bus", "objects"] {
-                checks.insert(backend.to_owned(), "connecting".to_owned());
+            for (backend, state) in deps.backends.progress() {
+                // Connected backends still wait for the others before the service starts.
+                checks.insert(backend.to_owned(), if state == "ok" { "connected".to_owned() } else { state });
             }
         }
         Some(backends) => {

@@ -1,9 +1,10 @@
 //! One trace id crosses a gRPC call and a bus message: the client's context travels in gRPC
-//! metadata to the server's request span, and in message headers to the consumer's span.
+//! metadata to the server's request span, and in NATS message headers (JetStream, on a real
+//! nats-server) to the consumer's span.
 
 use std::time::Duration;
 
-use openledger_bus::{ConsumerConfig, EventBus, InProcessBus, OutgoingMessage};
+use openledger_bus::{ConsumerConfig, EventBus, JetStreamBus, OutgoingMessage};
 use openledger_runtime::grpc;
 use opentelemetry::trace::{SpanId, TracerProvider as _};
 use opentelemetry_sdk::{
@@ -30,7 +31,8 @@ async fn one_trace_crosses_a_grpc_call_and_a_bus_message() {
     let (_reporter, health) = tonic_health::server::health_reporter();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(grpc::serve(listener, Routes::new(health), shutdown.clone(), Duration::from_secs(1)));
-    let bus = InProcessBus::new(Default::default());
+    let nats = openledger_testkit::Nats::start();
+    let bus = JetStreamBus::connect(&nats.url(), Default::default()).await.expect("connect to nats-server");
 
     let client_trace = async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

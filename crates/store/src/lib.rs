@@ -10,7 +10,7 @@ pub mod objects;
 pub mod outbox;
 
 pub use db::{connect, migrate, pending_migrations, ping};
-pub use objects::{check_object_store, open_object_store};
+pub use objects::{check_object_store, open_object_store, open_object_store_with};
 pub use outbox::{NewEvent, OutboxRelay};
 
 /// Errors of the storage layer.

@@ -3,12 +3,26 @@
 
 use std::sync::Arc;
 
-use object_store::{ObjectStore, aws::AmazonS3Builder, local::LocalFileSystem, memory::InMemory, path::Path};
+use object_store::{
+    ObjectStore,
+    aws::{AmazonS3Builder, AmazonS3ConfigKey},
+    local::LocalFileSystem,
+    memory::InMemory,
+    path::Path,
+};
 
 use crate::StoreError;
 
-/// Opens the object store named by `url`; a local directory is created if missing.
+/// Opens the object store named by `url`; a local directory is created if missing. S3
+/// settings come from the `AWS_*` environment variables.
 pub fn open_object_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    open_object_store_with(url, &[])
+}
+
+/// Like [`open_object_store`], with S3 settings given explicitly on top of the environment
+/// (keys as object_store names them: `aws_endpoint`, `aws_allow_http`, `aws_region`,
+/// `aws_access_key_id`, `aws_secret_access_key`, …).
+pub fn open_object_store_with(url: &str, s3_options: &[(&str, &str)]) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let invalid = |reason: String| StoreError::ObjectStoreUrl { url: url.to_owned(), reason };
     if let Some(path) = url.strip_prefix("file://") {
         if path.is_empty() || !path.starts_with('/') {
@@ -22,7 +36,12 @@ pub fn open_object_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> 
         return Ok(Arc::new(InMemory::new()));
     }
     if url.starts_with("s3://") {
-        let store = AmazonS3Builder::from_env().with_url(url).build().map_err(|error| invalid(error.to_string()))?;
+        let mut builder = AmazonS3Builder::from_env().with_url(url);
+        for (key, value) in s3_options {
+            let key: AmazonS3ConfigKey = key.parse().map_err(|_| invalid(format!("unknown S3 option {key:?}")))?;
+            builder = builder.with_config(key, *value);
+        }
+        let store = builder.build().map_err(|error| invalid(error.to_string()))?;
         return Ok(Arc::new(store));
     }
     Err(invalid("accepted schemes are file://, s3:// and memory://".into()))

@@ -129,3 +129,20 @@ async fn unreachable_databases_fail_with_the_url_and_without_the_password() {
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+#[tokio::test]
+async fn s3_compatible_object_stores_store_and_read_objects() {
+    use object_store::{ObjectStore, PutPayload, path::Path};
+
+    let server = openledger_testkit::S3::start("openledger-objects");
+    let options = server.options();
+    let options: Vec<(&str, &str)> = options.iter().map(|(key, value)| (*key, value.as_str())).collect();
+    let store =
+        openledger_store::open_object_store_with(&format!("{}/prefix", server.url()), &options).expect("open s3");
+    openledger_store::check_object_store(store.as_ref()).await.expect("reachable");
+    let key = Path::from("datanets/d1/records/abc");
+    store.put(&key, PutPayload::from_static(b"record body")).await.expect("put");
+    let read = store.get(&key).await.expect("get").bytes().await.expect("bytes");
+    assert_eq!(&read[..], b"record body");
+    assert!(openledger_store::open_object_store_with(&server.url(), &[("no_such_option", "x")]).is_err());
+}

@@ -1,8 +1,10 @@
-//! Test-only infrastructure: a throwaway PostgreSQL (`initdb` in a temp dir) and a
-//! `nats-server -js`, each on a free loopback port, torn down on drop. A missing binary is a
-//! clear panic that says how to install it. Nothing here is used outside tests.
+//! Test-only infrastructure: a throwaway PostgreSQL (`initdb` in a temp dir), a
+//! `nats-server -js` and an S3-compatible server (moto), each on a free loopback port, torn
+//! down on drop. A missing binary is a clear panic that says how to install it. Nothing here
+//! is used outside tests.
 
 use std::{
+    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -16,15 +18,21 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
-/// Finds `name` on PATH or in PostgreSQL's versioned bin directories.
-fn find_binary(name: &str, install_hint: &str) -> PathBuf {
+/// Finds `name` on PATH, in PostgreSQL's versioned bin directories, or in the tools venv.
+fn locate(name: &str) -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).map(|dir| dir.join(name)).collect())
         .unwrap_or_default();
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         candidates.extend(entries.flatten().map(|entry| entry.path().join("bin").join(name)));
     }
-    candidates.into_iter().find(|candidate| candidate.is_file()).unwrap_or_else(|| {
+    candidates.push(PathBuf::from(TOOLS_VENV_BIN).join(name));
+    candidates.into_iter().find(|candidate| candidate.is_file())
+}
+
+/// Like [`locate`], but a missing binary stops the test with how to install it.
+fn find_binary(name: &str, install_hint: &str) -> PathBuf {
+    locate(name).unwrap_or_else(|| {
         panic!(
             "`{name}` was not found on PATH: {install_hint} (or run ./scripts/test.sh, which installs what is missing)"
         )
@@ -224,5 +232,80 @@ impl Drop for Nats {
         if let Some(mut child) = self.child.take() {
             stop(&mut child, 9);
         }
+    }
+}
+
+/// Where `scripts/test.sh` installs Python test tools (moto) when they are not on PATH.
+const TOOLS_VENV_BIN: &str = "/var/tmp/openledger-tools/venv/bin";
+
+/// A throwaway S3-compatible server (moto's `moto_server`) with one empty bucket.
+pub struct S3 {
+    child: Child,
+    port: u16,
+    bucket: String,
+}
+
+impl S3 {
+    pub fn start(bucket: &str) -> Self {
+        let port = free_port();
+        let binary = find_binary("moto_server", "install it with `pip install 'moto[server]'`");
+        let child = Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
+        let server = Self { child, port, bucket: bucket.to_owned() };
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_until("moto_server", Duration::from_secs(30), || {
+            TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
+        });
+        server.create_bucket();
+        server
+    }
+
+    fn create_bucket(&self) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto_server");
+        write!(
+            stream,
+            "PUT /{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.bucket, self.port
+        )
+        .expect("send CreateBucket");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read CreateBucket answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "CreateBucket failed: {answer}");
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `s3://<bucket>`
+    pub fn url(&self) -> String {
+        format!("s3://{}", self.bucket)
+    }
+
+    /// Client settings for this server, as object_store names them (`aws_endpoint`, …).
+    pub fn options(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("aws_endpoint", self.endpoint()),
+            ("aws_allow_http", "true".to_owned()),
+            ("aws_region", "us-east-1".to_owned()),
+            ("aws_access_key_id", "testing".to_owned()),
+            ("aws_secret_access_key", "testing".to_owned()),
+        ]
+    }
+
+    /// The same settings as the `AWS_*` environment variables a process reads.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.options().into_iter().map(|(key, value)| (key.to_uppercase(), value)).collect()
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        stop(&mut self.child, 9);
     }
 }
