@@ -5,6 +5,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_platform;
+mod m20261124_000002_ledger;
 
 /// Applies every schema in order.
 pub struct Migrator;
@@ -12,6 +13,6 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261124_000001_platform::Migration)]
+        vec![Box::new(m20261124_000001_platform::Migration), Box::new(m20261124_000002_ledger::Migration)]
     }
 }

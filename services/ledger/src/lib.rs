@@ -1,25 +1,51 @@
-//! The ledger: double-entry OPEN accounting (accounts, transfers, holds, settlements, staking, epochs, governance, a verifiable journal). This issue ships its gRPC surface; the accounting core lands with the ledger issue.
-//!
-//! Every RPC of `LedgerService` answers `UNIMPLEMENTED` until its handler lands: the generated
-//! trait's default methods do that, so the API can be listed, called and health-checked now.
+//! The ledger: double-entry OPEN accounting on the model of TigerBeetle (immutable transfers,
+//! client-chosen ids, two-phase holds, linked chains, per-event results), kept in PostgreSQL
+//! or SQLite, with a genesis mint, expiry of holds by the service, and a hash-chained journal
+//! that `verify` recomputes. Platform operations (settlement, staking, epochs, governance)
+//! build on this core and are not implemented yet: their RPCs answer `UNIMPLEMENTED`.
 
-use std::sync::Arc;
+mod api;
+pub mod books;
+pub mod engine;
+mod entities;
+pub mod model;
 
-use openledger_proto::ledger::v1::ledger_service_server::{LedgerService, LedgerServiceServer};
-use openledger_runtime::{BackendsHandle, Deps, RuntimeError, ServiceSpec, run_service};
+use std::{sync::Arc, time::Duration};
 
-/// The gRPC API of this service.
-#[derive(Clone)]
-pub struct Api {
-    #[allow(dead_code)]
-    backends: BackendsHandle,
+use openledger_proto::ledger::v1::ledger_service_server::LedgerServiceServer;
+use openledger_runtime::{Config, Deps, RuntimeError, ServiceKind, ServiceSpec, Worker, run_service};
+
+pub use books::{Allocation, JournalReport, Ledger, LedgerError, default_allocations};
+
+/// How often the service voids expired holds.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs the ledger service until the process shuts down.
+pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
+    let api = api::Api::new(deps.backends.clone());
+    let spec = ServiceSpec::new(ServiceKind::Ledger, LedgerServiceServer::new(api)).worker(housekeeping());
+    run_service(spec, &config, deps).await
 }
 
-impl LedgerService for Api {}
-
-/// Runs the service until the process shuts down.
-pub async fn serve(config: Arc<openledger_runtime::Config>, deps: Deps) -> Result<(), RuntimeError> {
-    let api = Api { backends: deps.backends.clone() };
-    let spec = ServiceSpec::new(openledger_runtime::ServiceKind::Ledger, LedgerServiceServer::new(api));
-    run_service(spec, &config, deps).await
+/// Mints the genesis supply once, then voids expired holds every second.
+fn housekeeping() -> Worker {
+    Box::new(|backends, shutdown| {
+        Box::pin(async move {
+            let ledger = Ledger::new(backends.db.clone());
+            if let Err(error) = ledger.ensure_genesis(&default_allocations()).await {
+                tracing::error!(%error, "genesis failed");
+            }
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(EXPIRY_INTERVAL) => {}
+                }
+                match ledger.expire_holds_at(Ledger::now_ns()).await {
+                    Ok(0) => {}
+                    Ok(expired) => tracing::info!(expired, "expired holds voided"),
+                    Err(error) => tracing::warn!(%error, "voiding expired holds failed"),
+                }
+            }
+        })
+    })
 }

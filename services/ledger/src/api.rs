@@ -1,0 +1,337 @@
+//! The gRPC surface of the ledger. Implemented so far: accounts, batched transfers, lookups,
+//! account history and journal verification; the platform operations answer `UNIMPLEMENTED`.
+
+use openledger_core::ErrorCode;
+use openledger_proto::{
+    common::v1::Uint128,
+    ledger::v1::{self as pb, ledger_service_server::LedgerService},
+};
+use openledger_runtime::{BackendsHandle, grpc::status};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    books::{Ledger, LedgerError},
+    model::{
+        Account, AccountFlags, CreateAccountResult, CreateTransferResult, MAX_BATCH_EVENTS, Owner, SystemRole,
+        Transfer, TransferFlags,
+    },
+};
+
+#[derive(Clone)]
+pub struct Api {
+    backends: BackendsHandle,
+}
+
+impl Api {
+    pub fn new(backends: BackendsHandle) -> Self {
+        Self { backends }
+    }
+
+    fn ledger(&self) -> Result<Ledger, Status> {
+        let backends = self.backends.current().ok_or_else(|| {
+            status(ErrorCode::Unavailable, "the ledger is starting: its database is not connected yet")
+        })?;
+        Ok(Ledger::new(backends.db))
+    }
+}
+
+fn from_uint128(value: Option<&Uint128>) -> u128 {
+    value.map_or(0, |value| (u128::from(value.high) << 64) | u128::from(value.low))
+}
+
+fn to_uint128(value: u128) -> Option<Uint128> {
+    Some(Uint128 { high: (value >> 64) as u64, low: value as u64 })
+}
+
+fn ledger_error(error: LedgerError) -> Status {
+    match error {
+        LedgerError::BatchTooLarge { .. } | LedgerError::InvalidAllocation(_) => {
+            status(ErrorCode::InvalidArgument, error.to_string())
+        }
+        LedgerError::Database(_) => status(ErrorCode::Unavailable, error.to_string()),
+        LedgerError::Corrupt(_) => status(ErrorCode::Internal, error.to_string()),
+    }
+}
+
+fn check_len(len: usize) -> Result<(), Status> {
+    if len > MAX_BATCH_EVENTS {
+        return Err(status(
+            ErrorCode::InvalidArgument,
+            format!("a batch holds at most {MAX_BATCH_EVENTS} events, got {len}"),
+        ));
+    }
+    Ok(())
+}
+
+fn narrow_u16(value: u32, what: &str, index: usize) -> Result<u16, Status> {
+    u16::try_from(value)
+        .map_err(|_| status(ErrorCode::InvalidArgument, format!("event {index}: {what} must be at most 65535")))
+}
+
+fn account_from_proto(index: usize, account: &pb::Account) -> Result<Account, Status> {
+    let owner = match &account.owner {
+        Some(pb::account::Owner::PublicKey(key)) => Owner::Key(<[u8; 32]>::try_from(key.as_slice()).map_err(|_| {
+            status(
+                ErrorCode::InvalidArgument,
+                format!("account {index}: public_key must be 32 bytes (ed25519), got {}", key.len()),
+            )
+        })?),
+        _ => {
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                format!("account {index}: owner must be an ed25519 public_key"),
+            ));
+        }
+    };
+    let mut flags = 0;
+    for flag in &account.flags {
+        flags |= match pb::AccountFlag::try_from(*flag) {
+            Ok(pb::AccountFlag::DebitsMustNotExceedCredits) => AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+            Ok(pb::AccountFlag::CreditsMustNotExceedDebits) => AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
+            _ => return Err(status(ErrorCode::InvalidArgument, format!("account {index}: unknown flag {flag}"))),
+        };
+    }
+    Ok(Account::new(
+        from_uint128(account.id.as_ref()),
+        owner,
+        account.ledger,
+        narrow_u16(account.code, "code", index)?,
+        AccountFlags(flags),
+    ))
+}
+
+fn account_to_proto(account: &Account) -> pb::Account {
+    let owner = match account.owner {
+        Owner::Key(key) => pb::account::Owner::PublicKey(key.to_vec()),
+        Owner::System(role) => pb::account::Owner::SystemRole(match role {
+            SystemRole::Treasury => pb::SystemRole::Treasury,
+            SystemRole::Genesis => pb::SystemRole::Genesis,
+            SystemRole::FeeEscrow => pb::SystemRole::FeeEscrow,
+            SystemRole::StakersPool => pb::SystemRole::StakersPool,
+            SystemRole::Rewards => pb::SystemRole::Rewards,
+            SystemRole::Burn => pb::SystemRole::Burn,
+            SystemRole::Allocation => pb::SystemRole::Unspecified,
+        } as i32),
+    };
+    let mut flags = Vec::new();
+    if account.flags.has(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS) {
+        flags.push(pb::AccountFlag::DebitsMustNotExceedCredits as i32);
+    }
+    if account.flags.has(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS) {
+        flags.push(pb::AccountFlag::CreditsMustNotExceedDebits as i32);
+    }
+    pb::Account {
+        id: to_uint128(account.id),
+        owner: Some(owner),
+        ledger: account.ledger,
+        code: u32::from(account.code),
+        flags,
+        debits_pending: to_uint128(account.debits_pending),
+        debits_posted: to_uint128(account.debits_posted),
+        credits_pending: to_uint128(account.credits_pending),
+        credits_posted: to_uint128(account.credits_posted),
+        timestamp: account.timestamp,
+    }
+}
+
+const TRANSFER_FLAGS: [(pb::TransferFlag, u16); 4] = [
+    (pb::TransferFlag::Linked, TransferFlags::LINKED),
+    (pb::TransferFlag::Pending, TransferFlags::PENDING),
+    (pb::TransferFlag::PostPending, TransferFlags::POST_PENDING),
+    (pb::TransferFlag::VoidPending, TransferFlags::VOID_PENDING),
+];
+
+fn transfer_from_proto(index: usize, transfer: &pb::Transfer) -> Result<Transfer, Status> {
+    let mut flags = 0;
+    for flag in &transfer.flags {
+        let known =
+            pb::TransferFlag::try_from(*flag).ok().and_then(|flag| TRANSFER_FLAGS.iter().find(|(f, _)| *f == flag));
+        flags |= known
+            .map(|(_, bit)| *bit)
+            .ok_or_else(|| status(ErrorCode::InvalidArgument, format!("transfer {index}: unknown flag {flag}")))?;
+    }
+    Ok(Transfer {
+        id: from_uint128(transfer.id.as_ref()),
+        debit_account_id: from_uint128(transfer.debit_account_id.as_ref()),
+        credit_account_id: from_uint128(transfer.credit_account_id.as_ref()),
+        amount: from_uint128(transfer.amount.as_ref()),
+        pending_id: from_uint128(transfer.pending_id.as_ref()),
+        user_data: from_uint128(transfer.user_data.as_ref()),
+        timeout_seconds: transfer.timeout_seconds,
+        ledger: transfer.ledger,
+        code: narrow_u16(transfer.code, "code", index)?,
+        flags: TransferFlags(flags),
+        timestamp: 0,
+    })
+}
+
+fn transfer_to_proto(transfer: &Transfer) -> pb::Transfer {
+    pb::Transfer {
+        id: to_uint128(transfer.id),
+        debit_account_id: to_uint128(transfer.debit_account_id),
+        credit_account_id: to_uint128(transfer.credit_account_id),
+        amount: to_uint128(transfer.amount),
+        pending_id: to_uint128(transfer.pending_id),
+        user_data: to_uint128(transfer.user_data),
+        timeout_seconds: transfer.timeout_seconds,
+        ledger: transfer.ledger,
+        code: u32::from(transfer.code),
+        flags: TRANSFER_FLAGS
+            .iter()
+            .filter(|(_, bit)| transfer.flags.has(*bit))
+            .map(|(flag, _)| *flag as i32)
+            .collect(),
+        timestamp: transfer.timestamp,
+    }
+}
+
+fn account_result(result: CreateAccountResult) -> pb::CreateResult {
+    use pb::CreateResult as P;
+    match result {
+        CreateAccountResult::Ok => P::Ok,
+        CreateAccountResult::Exists => P::Exists,
+        CreateAccountResult::ExistsWithDifferentFields => P::ExistsWithDifferentFields,
+        CreateAccountResult::InvalidId => P::InvalidId,
+        CreateAccountResult::ReservedId => P::ReservedId,
+        CreateAccountResult::InvalidFlags => P::InvalidFlags,
+        CreateAccountResult::LedgerMustNotBeZero => P::LedgerMustNotBeZero,
+        CreateAccountResult::DuplicateInBatch => P::DuplicateInBatch,
+    }
+}
+
+fn transfer_result(result: CreateTransferResult) -> pb::CreateResult {
+    use CreateTransferResult as R;
+    use pb::CreateResult as P;
+    match result {
+        R::Ok => P::Ok,
+        R::Exists => P::Exists,
+        R::ExistsWithDifferentFields => P::ExistsWithDifferentFields,
+        R::InvalidId => P::InvalidId,
+        R::InvalidFlags => P::InvalidFlags,
+        R::TimeoutReservedForPending => P::TimeoutReservedForPending,
+        R::SameAccount => P::SameAccount,
+        R::ZeroAmount => P::ZeroAmount,
+        R::AccountNotFound => P::AccountNotFound,
+        R::LedgerMismatch => P::LedgerMismatch,
+        R::InsufficientFunds => P::InsufficientFunds,
+        R::ExceedsDebits => P::ExceedsDebits,
+        R::Overflow => P::Overflow,
+        R::PendingNotFound => P::PendingNotFound,
+        R::PendingAlreadyResolved => P::PendingAlreadyResolved,
+        R::PendingExpired => P::PendingExpired,
+        R::PendingMismatch => P::PendingMismatch,
+        R::ReservedAccount => P::ReservedAccount,
+        R::LinkedEventFailed => P::LinkedEventFailed,
+        R::LinkedChainOpen => P::LinkedChainOpen,
+    }
+}
+
+fn results(codes: impl Iterator<Item = pb::CreateResult>) -> Vec<pb::EventResult> {
+    codes.enumerate().map(|(index, result)| pb::EventResult { index: index as u32, result: result as i32 }).collect()
+}
+
+#[tonic::async_trait]
+impl LedgerService for Api {
+    async fn create_accounts(
+        &self,
+        request: Request<pb::CreateAccountsRequest>,
+    ) -> Result<Response<pb::CreateAccountsResponse>, Status> {
+        let request = request.into_inner();
+        check_len(request.accounts.len())?;
+        let accounts: Vec<Account> = request
+            .accounts
+            .iter()
+            .enumerate()
+            .map(|(index, account)| account_from_proto(index, account))
+            .collect::<Result<_, _>>()?;
+        let outcome = self.ledger()?.create_accounts(&accounts).await.map_err(ledger_error)?;
+        Ok(Response::new(pb::CreateAccountsResponse { results: results(outcome.into_iter().map(account_result)) }))
+    }
+
+    async fn lookup_accounts(
+        &self,
+        request: Request<pb::LookupAccountsRequest>,
+    ) -> Result<Response<pb::LookupAccountsResponse>, Status> {
+        let request = request.into_inner();
+        check_len(request.ids.len())?;
+        let ids: Vec<u128> = request.ids.iter().map(|id| from_uint128(Some(id))).collect();
+        let accounts = self.ledger()?.lookup_accounts(&ids).await.map_err(ledger_error)?;
+        Ok(Response::new(pb::LookupAccountsResponse { accounts: accounts.iter().map(account_to_proto).collect() }))
+    }
+
+    async fn create_transfers(
+        &self,
+        request: Request<pb::CreateTransfersRequest>,
+    ) -> Result<Response<pb::CreateTransfersResponse>, Status> {
+        let request = request.into_inner();
+        check_len(request.transfers.len())?;
+        let transfers: Vec<Transfer> = request
+            .transfers
+            .iter()
+            .enumerate()
+            .map(|(index, transfer)| transfer_from_proto(index, transfer))
+            .collect::<Result<_, _>>()?;
+        let outcome = self.ledger()?.create_transfers(&transfers).await.map_err(ledger_error)?;
+        Ok(Response::new(pb::CreateTransfersResponse { results: results(outcome.into_iter().map(transfer_result)) }))
+    }
+
+    async fn lookup_transfers(
+        &self,
+        request: Request<pb::LookupTransfersRequest>,
+    ) -> Result<Response<pb::LookupTransfersResponse>, Status> {
+        let request = request.into_inner();
+        check_len(request.ids.len())?;
+        let ids: Vec<u128> = request.ids.iter().map(|id| from_uint128(Some(id))).collect();
+        let transfers = self.ledger()?.lookup_transfers(&ids).await.map_err(ledger_error)?;
+        Ok(Response::new(pb::LookupTransfersResponse { transfers: transfers.iter().map(transfer_to_proto).collect() }))
+    }
+
+    async fn get_account_transfers(
+        &self,
+        request: Request<pb::GetAccountTransfersRequest>,
+    ) -> Result<Response<pb::GetAccountTransfersResponse>, Status> {
+        let request = request.into_inner();
+        let page = request.page.unwrap_or_default();
+        let after: u64 = if page.page_token.is_empty() {
+            0
+        } else {
+            page.page_token
+                .parse()
+                .map_err(|_| status(ErrorCode::InvalidArgument, "page_token is not one this service issued"))?
+        };
+        let size = match page.page_size {
+            0 => 100,
+            size if size <= 1000 => u64::from(size),
+            size => {
+                return Err(status(ErrorCode::InvalidArgument, format!("page_size must be at most 1000, got {size}")));
+            }
+        };
+        let account = from_uint128(request.account_id.as_ref());
+        let transfers = self.ledger()?.account_transfers(account, after, size).await.map_err(ledger_error)?;
+        let next_page_token = match transfers.last() {
+            Some(last) if transfers.len() as u64 == size => last.timestamp.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::GetAccountTransfersResponse {
+            transfers: transfers.iter().map(transfer_to_proto).collect(),
+            page: Some(openledger_proto::common::v1::PageResponse { next_page_token }),
+        }))
+    }
+
+    async fn verify_journal(
+        &self,
+        _request: Request<pb::VerifyJournalRequest>,
+    ) -> Result<Response<pb::VerifyJournalResponse>, Status> {
+        let report = self.ledger()?.verify().await.map_err(ledger_error)?;
+        let (first_mismatch, mut detail) = report.first_mismatch.clone().unwrap_or((0, String::new()));
+        if detail.is_empty() {
+            detail = report.book_errors.join("; ");
+        }
+        Ok(Response::new(pb::VerifyJournalResponse {
+            ok: report.ok(),
+            entries_checked: report.entries,
+            first_mismatch,
+            detail,
+        }))
+    }
+}

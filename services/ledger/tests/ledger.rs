@@ -1,0 +1,653 @@
+//! The ledger against a small, independent in-memory reference model (random batches of
+//! transfers, holds, posts, voids, linked chains, time passing and hold expiry), on SQLite
+//! and PostgreSQL; every result code in scenarios; genesis; and journal verification that
+//! catches tampering.
+
+use std::collections::HashMap;
+
+use openledger_ledger::{
+    Ledger,
+    books::{GENESIS_ACCOUNT_ID, GENESIS_SUPPLY},
+    default_allocations,
+    model::{
+        Account, AccountFlags, CreateAccountResult, CreateTransferResult as R, OPEN_LEDGER, Owner, Transfer,
+        TransferFlags,
+    },
+};
+use proptest::prelude::*;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+
+const SECOND: u64 = 1_000_000_000;
+const START: u64 = 1_700_000_000 * SECOND;
+const FIRST_ID: u128 = 70_000;
+
+// ---------------------------------------------------------------- the reference model
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Balances {
+    debits_pending: u128,
+    debits_posted: u128,
+    credits_pending: u128,
+    credits_posted: u128,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    Open { expires_at: Option<u64> },
+    Posted,
+    Voided,
+    Expired,
+}
+
+/// A deliberately plain ledger: whole-state snapshots for chains, no undo log.
+#[derive(Clone, Default)]
+struct Model {
+    accounts: HashMap<u128, (AccountFlags, u32, Balances)>,
+    transfers: HashMap<u128, Transfer>,
+    holds: HashMap<u128, Hold>,
+    last_timestamp: u64,
+}
+
+impl Model {
+    fn apply_batch(&mut self, batch: &[Transfer], now: u64) -> Vec<R> {
+        let mut results = Vec::with_capacity(batch.len());
+        let mut next = now.max(self.last_timestamp + 1);
+        let mut start = 0;
+        while start < batch.len() {
+            let mut end = start;
+            while batch[end].flags.has(TransferFlags::LINKED) && end + 1 < batch.len() {
+                end += 1;
+            }
+            let open = batch[end].flags.has(TransferFlags::LINKED);
+            let before = (self.clone(), next);
+            let mut chain = Vec::new();
+            let mut failed = false;
+            for (position, transfer) in batch[start..=end].iter().enumerate() {
+                let result = if open && start + position == end {
+                    R::LinkedChainOpen
+                } else {
+                    self.apply(transfer, now, &mut next)
+                };
+                chain.push(result);
+                if !matches!(result, R::Ok | R::Exists) {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed && (end > start || open) {
+                (*self, next) = before;
+                let failed_at = chain.len() - 1;
+                for (position, result) in chain.iter_mut().enumerate() {
+                    if position != failed_at {
+                        *result = R::LinkedEventFailed;
+                    }
+                }
+                while chain.len() < end - start + 1 {
+                    chain.push(R::LinkedEventFailed);
+                }
+                if open {
+                    *chain.last_mut().expect("non-empty") = R::LinkedChainOpen;
+                }
+            } else if failed {
+                (*self, next) = before;
+            }
+            results.extend(chain);
+            start = end + 1;
+        }
+        self.last_timestamp = self.last_timestamp.max(next - 1).max(self.last_timestamp);
+        results
+    }
+
+    fn apply(&mut self, t: &Transfer, now: u64, next: &mut u64) -> R {
+        let phases = [TransferFlags::PENDING, TransferFlags::POST_PENDING, TransferFlags::VOID_PENDING];
+        if t.id == 0 || t.id == u128::MAX {
+            return R::InvalidId;
+        }
+        if t.flags.0 > 15 || phases.iter().filter(|flag| t.flags.has(**flag)).count() > 1 {
+            return R::InvalidFlags;
+        }
+        if let Some(existing) = self.transfers.get(&t.id) {
+            let resolves =
+                existing.flags.has(TransferFlags::POST_PENDING) || existing.flags.has(TransferFlags::VOID_PENDING);
+            let fill = |given: u128, stored: u128| if resolves && given == 0 { stored } else { given };
+            let same = fill(t.debit_account_id, existing.debit_account_id) == existing.debit_account_id
+                && fill(t.credit_account_id, existing.credit_account_id) == existing.credit_account_id
+                && fill(t.amount, existing.amount) == existing.amount
+                && (if resolves && t.ledger == 0 { existing.ledger } else { t.ledger }) == existing.ledger
+                && (t.pending_id, t.user_data, t.timeout_seconds, t.code, t.flags)
+                    == (
+                        existing.pending_id,
+                        existing.user_data,
+                        existing.timeout_seconds,
+                        existing.code,
+                        existing.flags,
+                    );
+            return if same { R::Exists } else { R::ExistsWithDifferentFields };
+        }
+        if t.timeout_seconds > 0 && !t.flags.has(TransferFlags::PENDING) {
+            return R::TimeoutReservedForPending;
+        }
+        let post = t.flags.has(TransferFlags::POST_PENDING);
+        if post || t.flags.has(TransferFlags::VOID_PENDING) {
+            let Some(held) = self.transfers.get(&t.pending_id).copied().filter(|h| h.flags.has(TransferFlags::PENDING))
+            else {
+                return R::PendingNotFound;
+            };
+            match self.holds[&held.id] {
+                Hold::Open { expires_at: Some(at) } if at <= now => return R::PendingExpired,
+                Hold::Open { .. } => {}
+                Hold::Expired => return R::PendingExpired,
+                Hold::Posted | Hold::Voided => return R::PendingAlreadyResolved,
+            }
+            if (t.debit_account_id != 0 && t.debit_account_id != held.debit_account_id)
+                || (t.credit_account_id != 0 && t.credit_account_id != held.credit_account_id)
+                || (t.ledger != 0 && t.ledger != held.ledger)
+            {
+                return R::PendingMismatch;
+            }
+            let amount = if t.amount == 0 { held.amount } else { t.amount };
+            if (post && amount > held.amount) || (!post && amount != held.amount) {
+                return R::PendingMismatch;
+            }
+            let mut debit = self.accounts[&held.debit_account_id];
+            let mut credit = self.accounts[&held.credit_account_id];
+            debit.2.debits_pending -= held.amount;
+            credit.2.credits_pending -= held.amount;
+            if post {
+                debit.2.debits_posted += amount;
+                credit.2.credits_posted += amount;
+            }
+            self.accounts.insert(held.debit_account_id, debit);
+            self.accounts.insert(held.credit_account_id, credit);
+            self.holds.insert(held.id, if post { Hold::Posted } else { Hold::Voided });
+            self.record(
+                Transfer {
+                    debit_account_id: held.debit_account_id,
+                    credit_account_id: held.credit_account_id,
+                    ledger: held.ledger,
+                    amount,
+                    ..*t
+                },
+                next,
+            );
+            return R::Ok;
+        }
+        if t.pending_id != 0 {
+            return R::InvalidFlags;
+        }
+        if t.debit_account_id == t.credit_account_id {
+            return R::SameAccount;
+        }
+        if t.amount == 0 {
+            return R::ZeroAmount;
+        }
+        let (Some(mut debit), Some(mut credit)) =
+            (self.accounts.get(&t.debit_account_id).copied(), self.accounts.get(&t.credit_account_id).copied())
+        else {
+            return R::AccountNotFound;
+        };
+        if debit.1 != t.ledger || credit.1 != t.ledger {
+            return R::LedgerMismatch;
+        }
+        let pending = t.flags.has(TransferFlags::PENDING);
+        let (d, c) = if pending {
+            (&mut debit.2.debits_pending, &mut credit.2.credits_pending)
+        } else {
+            (&mut debit.2.debits_posted, &mut credit.2.credits_posted)
+        };
+        let (Some(nd), Some(nc)) = (d.checked_add(t.amount), c.checked_add(t.amount)) else { return R::Overflow };
+        (*d, *c) = (nd, nc);
+        let (Some(debit_total), Some(credit_total)) = (
+            debit.2.debits_pending.checked_add(debit.2.debits_posted),
+            credit.2.credits_pending.checked_add(credit.2.credits_posted),
+        ) else {
+            return R::Overflow;
+        };
+        if debit.0.has(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS) && debit_total > debit.2.credits_posted {
+            return R::InsufficientFunds;
+        }
+        if credit.0.has(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS) && credit_total > credit.2.debits_posted {
+            return R::ExceedsDebits;
+        }
+        self.accounts.insert(t.debit_account_id, debit);
+        self.accounts.insert(t.credit_account_id, credit);
+        let timestamp = self.record(*t, next);
+        if pending {
+            let expires_at = (t.timeout_seconds > 0).then(|| timestamp + u64::from(t.timeout_seconds) * SECOND);
+            self.holds.insert(t.id, Hold::Open { expires_at });
+        }
+        R::Ok
+    }
+
+    fn record(&mut self, transfer: Transfer, next: &mut u64) -> u64 {
+        let timestamp = *next;
+        *next += 1;
+        self.transfers.insert(transfer.id, Transfer { timestamp, ..transfer });
+        timestamp
+    }
+
+    /// The service voids holds whose time has come.
+    fn expire(&mut self, now: u64) {
+        let due: Vec<u128> = self
+            .holds
+            .iter()
+            .filter(|(_, hold)| matches!(hold, Hold::Open { expires_at: Some(at) } if *at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut next = now.max(self.last_timestamp + 1);
+        for id in due {
+            let held = self.transfers[&id];
+            for (account, debit_side) in [(held.debit_account_id, true), (held.credit_account_id, false)] {
+                let entry = self.accounts.get_mut(&account).expect("account");
+                if debit_side {
+                    entry.2.debits_pending -= held.amount;
+                } else {
+                    entry.2.credits_pending -= held.amount;
+                }
+            }
+            self.holds.insert(id, Hold::Expired);
+            next += 1;
+        }
+        self.last_timestamp = self.last_timestamp.max(next - 1);
+    }
+}
+
+// ---------------------------------------------------------------- generated operations
+
+#[derive(Clone, Debug)]
+enum Op {
+    Batch(Vec<Transfer>),
+    /// Time passes by whole seconds, then the service voids expired holds.
+    Wait(u64),
+    /// The client resubmits its previous batch (a retry after a lost answer).
+    Retry,
+}
+
+fn account_ids() -> Vec<u128> {
+    (0..5).map(|i| FIRST_ID + i).collect()
+}
+
+fn transfer_strategy() -> impl Strategy<Value = Transfer> {
+    // A small id space, so posts and voids find real holds and retries hit existing ids.
+    let ids = 1u128..16;
+    // Accounts 0..=3 share ledger 1; account 4 is on ledger 2; 99 does not exist.
+    let account = prop_oneof![
+        20 => (0u128..4).prop_map(|i| FIRST_ID + i),
+        1 => Just(FIRST_ID + 4),
+        1 => Just(FIRST_ID + 99),
+    ];
+    let amount = prop_oneof![1 => Just(0u128), 12 => 1u128..200, 1 => Just(u128::MAX - 5)];
+    let kind = prop_oneof![
+        5 => Just(0u16),
+        4 => Just(TransferFlags::PENDING),
+        3 => Just(TransferFlags::POST_PENDING),
+        2 => Just(TransferFlags::VOID_PENDING),
+        1 => Just(TransferFlags::PENDING | TransferFlags::VOID_PENDING),
+    ];
+    (
+        ids.clone(),
+        account.clone(),
+        account,
+        amount,
+        kind,
+        ids,
+        prop::bool::weighted(0.15),
+        0u32..4,
+        prop::bool::weighted(0.95),
+    )
+        .prop_map(|(id, debit, credit, amount, kind, pending_ref, linked, timeout, on_ledger)| {
+            let resolves = kind == TransferFlags::POST_PENDING || kind == TransferFlags::VOID_PENDING;
+            // Each kind has its own ids: holds 1..=6, plain transfers 7..=14, posts and voids
+            // 100.. (resolving holds 1..=6), so resolutions mostly find a real hold.
+            let id = match kind {
+                TransferFlags::PENDING => 1 + id % 6,
+                _ if resolves => 100 + id + 15 * (pending_ref % 2),
+                _ => 7 + id % 8,
+            };
+            Transfer {
+                id,
+                debit_account_id: if resolves { 0 } else { debit },
+                credit_account_id: if resolves { 0 } else { credit },
+                amount: if resolves { amount % 150 } else { amount },
+                pending_id: if resolves { 1 + pending_ref % 6 } else { 0 },
+                timeout_seconds: if kind == TransferFlags::PENDING { timeout } else { 0 },
+                ledger: if resolves {
+                    0
+                } else if on_ledger {
+                    OPEN_LEDGER
+                } else {
+                    2
+                },
+                flags: TransferFlags(kind | if linked { TransferFlags::LINKED } else { 0 }),
+                ..Transfer::default()
+            }
+        })
+}
+
+fn ops_strategy() -> impl Strategy<Value = (Vec<AccountFlags>, Vec<Op>)> {
+    let flags = prop::collection::vec(
+        prop_oneof![
+            Just(0u16),
+            Just(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS),
+            Just(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+        ]
+        .prop_map(AccountFlags),
+        4,
+    );
+    let op = prop_oneof![
+        6 => prop::collection::vec(transfer_strategy(), 1..8).prop_map(Op::Batch),
+        2 => (0u64..4).prop_map(Op::Wait),
+        1 => Just(Op::Retry),
+    ];
+    (flags, prop::collection::vec(op, 1..25))
+}
+
+// ---------------------------------------------------------------- running both
+
+async fn run_case(db: DatabaseConnection, flags: &[AccountFlags], ops: &[Op]) -> Result<(), TestCaseError> {
+    openledger_store::migrate(&db).await.expect("migrate");
+    let ledger = Ledger::new(db);
+    let mut model = Model::default();
+    // Account 0 is an unconstrained source; 1..=4 get the generated flags; the last is on ledger 2.
+    let mut accounts = vec![Account::new(FIRST_ID, Owner::Key([1; 32]), OPEN_LEDGER, 1, AccountFlags::default())];
+    for (index, flag) in flags.iter().enumerate() {
+        let ledger_number = if index == 3 { 2 } else { OPEN_LEDGER }; // account FIRST_ID + 4
+        accounts.push(Account::new(
+            FIRST_ID + 1 + index as u128,
+            Owner::Key([2 + index as u8; 32]),
+            ledger_number,
+            1,
+            *flag,
+        ));
+    }
+    let created = ledger.create_accounts(&accounts).await.expect("create accounts");
+    prop_assert!(created.iter().all(|result| *result == CreateAccountResult::Ok));
+    for account in &accounts {
+        model.accounts.insert(account.id, (account.flags, account.ledger, Balances::default()));
+    }
+    let mut now = START;
+    let mut previous: Vec<Transfer> = Vec::new();
+    for (step, op) in ops.iter().enumerate() {
+        let retry = matches!(op, Op::Retry).then(|| Op::Batch(previous.clone()));
+        match retry.as_ref().unwrap_or(op) {
+            Op::Batch(batch) if batch.is_empty() => {}
+            Op::Batch(batch) => {
+                previous = batch.clone();
+                let expected = model.apply_batch(batch, now);
+                let actual = ledger.create_transfers_at(batch, now).await.expect("create transfers");
+                prop_assert_eq!(&actual, &expected, "step {}: results for {:?}", step, batch);
+            }
+            Op::Wait(seconds) => {
+                now += seconds * SECOND;
+                model.expire(now);
+                ledger.expire_holds_at(now).await.expect("expire");
+            }
+            Op::Retry => unreachable!("replaced by the previous batch"),
+        }
+        let stored = ledger.lookup_accounts(&account_ids()).await.expect("lookup");
+        for account in stored {
+            let balances = Balances {
+                debits_pending: account.debits_pending,
+                debits_posted: account.debits_posted,
+                credits_pending: account.credits_pending,
+                credits_posted: account.credits_posted,
+            };
+            prop_assert_eq!(balances, model.accounts[&account.id].2, "step {}: account {}", step, account.id);
+        }
+    }
+    let report = ledger.verify().await.expect("verify");
+    prop_assert!(report.ok(), "{:?}", report);
+    Ok(())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+async fn sqlite() -> (DatabaseConnection, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = openledger_store::connect(&format!("sqlite://{}/ledger.db?mode=rwc", dir.path().display()))
+        .await
+        .expect("sqlite");
+    (db, dir)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ledger_agrees_with_the_model_on_sqlite((flags, ops) in ops_strategy()) {
+        runtime().block_on(async {
+            let (db, _dir) = sqlite().await;
+            run_case(db, &flags, &ops).await
+        })?;
+    }
+}
+
+#[test]
+fn ledger_agrees_with_the_model_on_postgres() {
+    let server = openledger_testkit::Postgres::start();
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    let config = ProptestConfig { cases: 24, ..ProptestConfig::default() };
+    proptest::test_runner::TestRunner::new(config)
+        .run(&ops_strategy(), |(flags, ops)| {
+            let name = format!("model_{}", counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+            let url = server.create_database(&name);
+            runtime().block_on(async {
+                let db = openledger_store::connect(&url).await.expect("postgres");
+                run_case(db, &flags, &ops).await
+            })
+        })
+        .expect("the ledger agrees with the model on PostgreSQL");
+}
+
+// ---------------------------------------------------------------- scenarios
+
+struct Fixture {
+    ledger: Ledger,
+    _dir: tempfile::TempDir,
+    db: DatabaseConnection,
+}
+
+async fn fixture() -> Fixture {
+    let (db, dir) = sqlite().await;
+    openledger_store::migrate(&db).await.expect("migrate");
+    let ledger = Ledger::new(db.clone());
+    let accounts = [
+        Account::new(FIRST_ID, Owner::Key([1; 32]), OPEN_LEDGER, 1, AccountFlags::default()),
+        Account::new(
+            FIRST_ID + 1,
+            Owner::Key([2; 32]),
+            OPEN_LEDGER,
+            1,
+            AccountFlags(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS),
+        ),
+        Account::new(
+            FIRST_ID + 2,
+            Owner::Key([3; 32]),
+            OPEN_LEDGER,
+            1,
+            AccountFlags(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS),
+        ),
+        Account::new(FIRST_ID + 3, Owner::Key([4; 32]), 2, 1, AccountFlags::default()),
+    ];
+    assert!(ledger.create_accounts(&accounts).await.expect("accounts").iter().all(|r| *r == CreateAccountResult::Ok));
+    Fixture { ledger, _dir: dir, db }
+}
+
+fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
+    Transfer {
+        id,
+        debit_account_id: FIRST_ID + debit,
+        credit_account_id: FIRST_ID + credit,
+        amount,
+        ledger: OPEN_LEDGER,
+        ..Transfer::default()
+    }
+}
+
+fn with(transfer: Transfer, flags: u16) -> Transfer {
+    Transfer { flags: TransferFlags(transfer.flags.0 | flags), ..transfer }
+}
+
+#[tokio::test]
+async fn every_transfer_result_code_has_a_case() {
+    let f = fixture().await;
+    let at = |seconds| START + seconds * SECOND;
+    let cases: Vec<(Transfer, R)> = vec![
+        (transfer(1, 0, 1, 100), R::Ok),
+        (transfer(1, 0, 1, 100), R::Exists),
+        (transfer(1, 0, 1, 101), R::ExistsWithDifferentFields),
+        (transfer(0, 0, 1, 1), R::InvalidId),
+        (with(transfer(2, 0, 1, 1), TransferFlags::PENDING | TransferFlags::POST_PENDING), R::InvalidFlags),
+        (Transfer { timeout_seconds: 5, ..transfer(3, 0, 1, 1) }, R::TimeoutReservedForPending),
+        (transfer(4, 0, 0, 1), R::SameAccount),
+        (transfer(5, 0, 1, 0), R::ZeroAmount),
+        (transfer(6, 0, 50, 1), R::AccountNotFound),
+        (transfer(7, 0, 3, 1), R::LedgerMismatch),
+        (transfer(8, 1, 0, 101), R::InsufficientFunds),
+        (transfer(9, 0, 2, 1), R::ExceedsDebits),
+        (transfer(10, 0, 1, u128::MAX), R::Overflow),
+        (with(Transfer { pending_id: 999, ..transfer(11, 0, 0, 0) }, TransferFlags::POST_PENDING), R::PendingNotFound),
+        (Transfer { id: 12, debit_account_id: GENESIS_ACCOUNT_ID, ..transfer(12, 0, 1, 1) }, R::ReservedAccount),
+    ];
+    for (index, (event, expected)) in cases.iter().enumerate() {
+        let result = f.ledger.create_transfers_at(&[*event], at(index as u64)).await.expect("batch");
+        assert_eq!(result, vec![*expected], "case {index}: {event:?}");
+    }
+    // Holds: post part, then any further resolution is refused; expiry.
+    let hold = Transfer { timeout_seconds: 10, ..with(transfer(20, 0, 1, 50), TransferFlags::PENDING) };
+    assert_eq!(f.ledger.create_transfers_at(&[hold], at(100)).await.expect("hold"), vec![R::Ok]);
+    let post = |id, amount| {
+        with(Transfer { pending_id: 20, amount, ..Transfer { id, ..Transfer::default() } }, TransferFlags::POST_PENDING)
+    };
+    assert_eq!(f.ledger.create_transfers_at(&[post(21, 51)], at(101)).await.expect("post"), vec![R::PendingMismatch]);
+    assert_eq!(f.ledger.create_transfers_at(&[post(22, 30)], at(101)).await.expect("post"), vec![R::Ok]);
+    assert_eq!(
+        f.ledger.create_transfers_at(&[post(23, 0)], at(102)).await.expect("post"),
+        vec![R::PendingAlreadyResolved]
+    );
+    let account = f.ledger.lookup_accounts(&[FIRST_ID + 1]).await.expect("lookup")[0];
+    assert_eq!((account.credits_posted, account.credits_pending), (100 + 30, 0), "the uncaptured 20 were released");
+
+    let expiring = Transfer { timeout_seconds: 2, ..with(transfer(30, 0, 1, 7), TransferFlags::PENDING) };
+    assert_eq!(f.ledger.create_transfers_at(&[expiring], at(200)).await.expect("hold"), vec![R::Ok]);
+    let late =
+        with(Transfer { pending_id: 30, ..Transfer { id: 31, ..Transfer::default() } }, TransferFlags::POST_PENDING);
+    assert_eq!(f.ledger.create_transfers_at(&[late], at(203)).await.expect("late"), vec![R::PendingExpired]);
+    assert_eq!(f.ledger.expire_holds_at(at(203)).await.expect("expire"), 1);
+    assert_eq!(f.ledger.expire_holds_at(at(204)).await.expect("expire"), 0, "expiry happens once");
+    let account = f.ledger.lookup_accounts(&[FIRST_ID + 1]).await.expect("lookup")[0];
+    assert_eq!(account.credits_pending, 0);
+
+    // Linked chains: all or nothing, with the failing event named.
+    let chain = [
+        with(transfer(40, 0, 1, 5), TransferFlags::LINKED),
+        with(transfer(41, 1, 0, 1_000), TransferFlags::LINKED),
+        transfer(42, 0, 1, 5),
+    ];
+    assert_eq!(
+        f.ledger.create_transfers_at(&chain, at(300)).await.expect("chain"),
+        vec![R::LinkedEventFailed, R::InsufficientFunds, R::LinkedEventFailed]
+    );
+    assert!(
+        f.ledger.lookup_transfers(&[40, 42]).await.expect("lookup").is_empty(),
+        "nothing of a failed chain is applied"
+    );
+    let open = [transfer(43, 0, 1, 5), with(transfer(44, 0, 1, 5), TransferFlags::LINKED)];
+    assert_eq!(f.ledger.create_transfers_at(&open, at(301)).await.expect("open"), vec![R::Ok, R::LinkedChainOpen]);
+
+    assert!(f.ledger.verify().await.expect("verify").ok());
+}
+
+#[tokio::test]
+async fn account_results_and_limits() {
+    let f = fixture().await;
+    let key = Owner::Key([9; 32]);
+    let results = f
+        .ledger
+        .create_accounts(&[
+            Account::new(FIRST_ID, Owner::Key([1; 32]), OPEN_LEDGER, 1, AccountFlags::default()),
+            Account::new(FIRST_ID, key, OPEN_LEDGER, 1, AccountFlags::default()),
+            Account::new(0, key, OPEN_LEDGER, 1, AccountFlags::default()),
+            Account::new(5, key, OPEN_LEDGER, 1, AccountFlags::default()),
+            Account::new(FIRST_ID + 10, key, OPEN_LEDGER, 1, AccountFlags(3)),
+            Account::new(FIRST_ID + 11, key, 0, 1, AccountFlags::default()),
+            Account::new(FIRST_ID + 12, key, OPEN_LEDGER, 1, AccountFlags::default()),
+            Account::new(FIRST_ID + 12, key, OPEN_LEDGER, 2, AccountFlags::default()),
+        ])
+        .await
+        .expect("accounts");
+    use CreateAccountResult as A;
+    assert_eq!(
+        results,
+        vec![
+            A::Exists,
+            A::ExistsWithDifferentFields,
+            A::InvalidId,
+            A::ReservedId,
+            A::InvalidFlags,
+            A::LedgerMustNotBeZero,
+            A::Ok,
+            A::DuplicateInBatch
+        ]
+    );
+    let too_many = vec![transfer(1, 0, 1, 1); openledger_ledger::model::MAX_BATCH_EVENTS + 1];
+    assert!(matches!(
+        f.ledger.create_transfers(&too_many).await,
+        Err(openledger_ledger::LedgerError::BatchTooLarge { .. })
+    ));
+}
+
+#[tokio::test]
+async fn genesis_mints_the_supply_once_and_no_one_can_mint_again() {
+    let f = fixture().await;
+    f.ledger.ensure_genesis(&default_allocations()).await.expect("genesis");
+    f.ledger.ensure_genesis(&default_allocations()).await.expect("genesis again is a no-op");
+    let allocations = f.ledger.lookup_accounts(&[101, 102, 103, 104, 105]).await.expect("lookup");
+    let minted: Vec<u128> = allocations.iter().map(|a| a.credits_posted).collect();
+    let open = 10u128.pow(18);
+    assert_eq!(
+        minted,
+        vec![517_100_000 * open, 182_900_000 * open, 150_000_000 * open, 100_000_000 * open, 50_000_000 * open]
+    );
+    assert_eq!(minted.iter().sum::<u128>(), GENESIS_SUPPLY);
+    let genesis = f.ledger.lookup_accounts(&[GENESIS_ACCOUNT_ID]).await.expect("lookup")[0];
+    assert_eq!(genesis.debits_posted, GENESIS_SUPPLY);
+    let again = Transfer {
+        id: 900,
+        debit_account_id: GENESIS_ACCOUNT_ID,
+        credit_account_id: FIRST_ID,
+        amount: 1,
+        ledger: OPEN_LEDGER,
+        ..Transfer::default()
+    };
+    assert_eq!(f.ledger.create_transfers(&[again]).await.expect("batch"), vec![R::ReservedAccount]);
+    let bad = [openledger_ledger::Allocation { name: "all".into(), basis_points: 9_999 }];
+    let fresh = fixture().await;
+    assert!(fresh.ledger.ensure_genesis(&bad).await.is_err(), "shares must sum to 100%");
+    assert!(f.ledger.verify().await.expect("verify").ok());
+}
+
+#[tokio::test]
+async fn verify_finds_the_first_tampered_batch() {
+    let f = fixture().await;
+    for id in 1..=3u128 {
+        let result = f.ledger.create_transfers_at(&[transfer(id, 0, 1, 10)], START + id as u64).await.expect("batch");
+        assert_eq!(result, vec![R::Ok]);
+    }
+    let report = f.ledger.verify().await.expect("verify");
+    assert!(report.ok(), "{report:?}");
+    assert_eq!((report.entries, report.transfers), (3, 3));
+
+    // Someone edits the amount of the second transfer (and its balances) behind the ledger's back.
+    let id = 2u128.to_be_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let amount = 11u128.to_be_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>();
+    f.db.execute_unprepared(&format!("UPDATE ledger_transfers SET amount = X'{amount}' WHERE id = X'{id}'"))
+        .await
+        .expect("tamper");
+    let report = f.ledger.verify().await.expect("verify");
+    assert!(!report.ok());
+    assert_eq!(report.first_mismatch.map(|(sequence, _)| sequence), Some(2));
+    assert!(!report.book_errors.is_empty(), "replayed balances no longer match the stored ones");
+}
