@@ -49,7 +49,7 @@ fn ledger_error(error: LedgerError) -> Status {
             status(ErrorCode::InvalidArgument, error.to_string())
         }
         LedgerError::Database(_) => status(ErrorCode::Unavailable, error.to_string()),
-        LedgerError::Corrupt(_) => status(ErrorCode::Internal, error.to_string()),
+        LedgerError::Corrupt(_) | LedgerError::Outbox(_) => status(ErrorCode::Internal, error.to_string()),
     }
 }
 

@@ -6,6 +6,12 @@
 use std::collections::{BTreeSet, HashMap};
 
 use openledger_core::ContentHash;
+use openledger_proto::{
+    common::v1::{Hash, Uint128},
+    events::v1::LedgerBatchCommitted,
+};
+use openledger_store::NewEvent;
+use prost::Message;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, Set, TransactionTrait, sea_query::OnConflict,
@@ -21,6 +27,8 @@ use crate::{
     },
 };
 
+/// Subject of the event each committed batch publishes (through the outbox).
+pub const SUBJECT_BATCH_COMMITTED: &str = "ol.ledger.batch.committed";
 /// Rows per multi-row INSERT (keeps under SQLite's and PostgreSQL's parameter limits).
 const INSERT_CHUNK_ROWS: usize = 500;
 /// Ids per `IN (…)` lookup.
@@ -42,6 +50,8 @@ pub enum LedgerError {
     Corrupt(String),
     #[error("invalid genesis allocation: {0}")]
     InvalidAllocation(String),
+    #[error("cannot record the batch's event: {0}")]
+    Outbox(String),
 }
 
 fn encode(value: u128) -> Vec<u8> {
@@ -363,6 +373,21 @@ impl Ledger {
             })
             .exec_without_returning(&txn)
             .await?;
+            let event = LedgerBatchCommitted {
+                sequence,
+                entry_hash: Some(Hash { value: hash.as_bytes().to_vec() }),
+                transfer_count: count,
+                last_timestamp,
+                transfer_ids: outcome
+                    .accepted
+                    .iter()
+                    .map(|t| Uint128 { high: (t.id >> 64) as u64, low: t.id as u64 })
+                    .collect(),
+            };
+            let event = NewEvent::new(SUBJECT_BATCH_COMMITTED, event.encode_to_vec());
+            openledger_store::outbox::enqueue(&txn, "ledger", event)
+                .await
+                .map_err(|error| LedgerError::Outbox(error.to_string()))?;
         }
         txn.commit().await?;
         Ok(outcome)

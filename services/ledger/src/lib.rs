@@ -9,6 +9,7 @@ pub mod books;
 pub mod engine;
 mod entities;
 pub mod model;
+pub mod operations;
 
 use std::{sync::Arc, time::Duration};
 

@@ -651,3 +651,91 @@ async fn verify_finds_the_first_tampered_batch() {
     assert_eq!(report.first_mismatch.map(|(sequence, _)| sequence), Some(2));
     assert!(!report.book_errors.is_empty(), "replayed balances no longer match the stored ones");
 }
+
+#[tokio::test]
+async fn each_committed_batch_publishes_one_event_through_the_outbox() {
+    use openledger_bus::{ConsumerConfig, EventBus, InProcessBus};
+    use openledger_proto::events::v1::LedgerBatchCommitted;
+    use prost::Message;
+
+    let f = fixture().await;
+    let accepted = [transfer(1, 0, 1, 10), transfer(2, 0, 1, 20)];
+    assert_eq!(f.ledger.create_transfers(&accepted).await.expect("batch"), vec![R::Ok, R::Ok]);
+    let rejected = [transfer(3, 0, 0, 10)];
+    assert_eq!(f.ledger.create_transfers(&rejected).await.expect("batch"), vec![R::SameAccount]);
+
+    let bus: std::sync::Arc<dyn EventBus> = std::sync::Arc::new(InProcessBus::new(Default::default()));
+    let relay = openledger_store::OutboxRelay::new(f.db.clone(), bus.clone(), "ledger");
+    assert_eq!(
+        relay.relay_once().await.expect("relay"),
+        1,
+        "one event for the committed batch, none for the rejected one"
+    );
+    let mut consumer = bus.consumer(ConsumerConfig::new("test", "ol.ledger.>")).await.expect("consumer");
+    let delivery = consumer.next().await.expect("delivery");
+    assert_eq!(delivery.subject, openledger_ledger::books::SUBJECT_BATCH_COMMITTED);
+    let event = LedgerBatchCommitted::decode(&delivery.payload[..]).expect("decode");
+    assert_eq!((event.sequence, event.transfer_count), (1, 2));
+    let ids: Vec<u64> = event.transfer_ids.iter().map(|id| id.low).collect();
+    assert_eq!(ids, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn an_inference_is_held_captured_and_settled_exactly_once() {
+    use openledger_ledger::operations::{ContributorWeight, Economics, FEE_ESCROW, STAKERS_POOL, TREASURY};
+
+    let f = fixture().await;
+    f.ledger.ensure_genesis(&default_allocations()).await.expect("genesis");
+    let (app, owner, alice, bob) = (FIRST_ID + 1, FIRST_ID + 5, FIRST_ID + 6, FIRST_ID + 7);
+    let guarded = AccountFlags(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS);
+    let accounts: Vec<Account> = [owner, alice, bob]
+        .iter()
+        .map(|id| Account::new(*id, Owner::Key([*id as u8; 32]), OPEN_LEDGER, 1, guarded))
+        .collect();
+    f.ledger.create_accounts(&accounts).await.expect("accounts");
+    let funding = Transfer {
+        id: 500,
+        debit_account_id: 101,
+        credit_account_id: app,
+        amount: 1_000_000,
+        ledger: OPEN_LEDGER,
+        ..Transfer::default()
+    };
+    assert_eq!(f.ledger.create_transfers(&[funding]).await.expect("fund"), vec![R::Ok]);
+
+    let economics = Economics { platform_fee: 100, ..Economics::default() };
+    f.ledger.hold_inference_fee("inf-1", app, 5_000, 60).await.expect("hold");
+    f.ledger.hold_inference_fee("inf-1", app, 5_000, 60).await.expect("holding twice is a no-op");
+    let held = f.ledger.lookup_accounts(&[app]).await.expect("lookup")[0];
+    assert_eq!(held.debits_pending, 5_000);
+    assert!(
+        f.ledger.capture_inference_fee("inf-1", 100_000, 0, 1_000_000, 0, &economics).await.is_err(),
+        "a fee above the hold is refused"
+    );
+    // ceil(1000 tokens * 1000 / 1000) + ceil(500 * 0 / 1000) + platform fee 100
+    let fee = f.ledger.capture_inference_fee("inf-1", 1_000, 500, 1_000, 0, &economics).await.expect("capture");
+    assert_eq!(fee, 1_000 + 100);
+    let captured = f.ledger.lookup_accounts(&[app]).await.expect("lookup")[0];
+    assert_eq!((captured.debits_pending, captured.debits_posted), (0, 1_100), "the unused hold was released");
+
+    assert!(f.ledger.settle_inference("inf-2", owner, &[], &economics).await.is_err(), "no capture, no settlement");
+    let weights = [
+        ContributorWeight { account_id: alice, weight_ppb: 600_000_000 },
+        ContributorWeight { account_id: bob, weight_ppb: 300_000_000 },
+        ContributorWeight { account_id: FIRST_ID + 9, weight_ppb: -100_000_000 },
+    ];
+    let settlement = f.ledger.settle_inference("inf-1", owner, &weights, &economics).await.expect("settle");
+    assert!(!settlement.already_settled);
+    let again = f.ledger.settle_inference("inf-1", owner, &weights, &economics).await.expect("settle again");
+    assert!(again.already_settled, "settling twice is a no-op");
+    let balances =
+        f.ledger.lookup_accounts(&[FEE_ESCROW, owner, alice, bob, STAKERS_POOL, TREASURY]).await.expect("lookup");
+    let credit = |i: usize| balances[i].credits_posted - balances[i].debits_posted;
+    // net 1000: owner 300, stakers 200, contributors 500 split 2:1 → 333 and 166; remainder 1.
+    assert_eq!(credit(0), 0, "the escrow is empty after settlement");
+    assert_eq!((credit(1), credit(2), credit(3), credit(4)), (300, 333, 166, 200));
+    assert_eq!(credit(5), 100 + 1, "platform fee plus the rounding remainder");
+    let too_heavy = [ContributorWeight { account_id: alice, weight_ppb: 2_000_000_000 }];
+    assert!(f.ledger.settle_inference("inf-1", owner, &too_heavy, &economics).await.is_err());
+    assert!(f.ledger.verify().await.expect("verify").ok());
+}

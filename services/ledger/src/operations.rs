@@ -1,0 +1,338 @@
+//! Platform operations on top of the accounting core. Each is one linked chain of transfers
+//! whose ids derive from the operation's own id, so repeating an operation changes nothing.
+//!
+//! Inference payment: `hold_inference_fee` reserves the most a request may cost (app → fee
+//! escrow, pending); `capture_inference_fee` posts the actual fee and releases the rest;
+//! `settle_inference` pays the captured fee out of escrow:
+//!
+//! * the platform fee to the treasury;
+//! * of the rest (`net`), β to the model owner, γ to the stakers pool, δ to contributors in
+//!   proportion to their positive attribution weights (negative weights are never paid);
+//! * every share is rounded down, and whatever rounding leaves (plus δ when no weight is
+//!   positive) goes to the treasury, so a settlement always balances to the base unit.
+
+use crate::{
+    books::{Ledger, LedgerError, system_transfer_id},
+    model::{CreateTransferResult, OPEN_LEDGER, SystemRole, Transfer, TransferFlags},
+};
+
+/// Transfer codes of the platform operations.
+pub mod codes {
+    pub const INFERENCE_HOLD: u16 = 10;
+    pub const INFERENCE_CAPTURE: u16 = 11;
+    pub const SETTLE_PLATFORM_FEE: u16 = 12;
+    pub const SETTLE_MODEL_OWNER: u16 = 13;
+    pub const SETTLE_STAKERS: u16 = 14;
+    pub const SETTLE_CONTRIBUTOR: u16 = 15;
+    pub const SETTLE_REMAINDER: u16 = 16;
+}
+
+pub const TREASURY: u128 = SystemRole::Treasury as u128;
+pub const FEE_ESCROW: u128 = SystemRole::FeeEscrow as u128;
+pub const STAKERS_POOL: u128 = SystemRole::StakersPool as u128;
+/// Most contributors paid by one settlement (one transfer each).
+pub const MAX_SETTLEMENT_CONTRIBUTORS: usize = 4096;
+/// Attribution weights are parts per billion: at most ±10^9 each. With at most 4096 of them
+/// the share arithmetic stays far inside u128.
+pub const MAX_WEIGHT_PPB: i64 = 1_000_000_000;
+
+/// The economic parameters (defaults from the architecture; governance will change them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Economics {
+    pub model_owner_bps: u32,
+    pub stakers_bps: u32,
+    pub contributors_bps: u32,
+    /// Flat fee per inference, in base units.
+    pub platform_fee: u128,
+}
+
+impl Default for Economics {
+    fn default() -> Self {
+        Self { model_owner_bps: 3_000, stakers_bps: 2_000, contributors_bps: 5_000, platform_fee: 10u128.pow(15) }
+    }
+}
+
+/// Why an operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OperationError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("{operation} refused: {reason}")]
+    Refused { operation: &'static str, reason: String },
+}
+
+fn refused(operation: &'static str, reason: impl Into<String>) -> OperationError {
+    OperationError::Refused { operation, reason: reason.into() }
+}
+
+/// One contributor's attribution weight (parts per billion; negative means harmful).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContributorWeight {
+    pub account_id: u128,
+    pub weight_ppb: i64,
+}
+
+/// What a settlement paid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settlement {
+    pub fee: u128,
+    pub transfers: Vec<Transfer>,
+    /// True when this inference had been settled before (nothing changed now).
+    pub already_settled: bool,
+}
+
+fn key(inference_id: &str) -> u128 {
+    let hash = openledger_core::ContentHash::of(inference_id.as_bytes());
+    u128::from_be_bytes(hash.as_bytes()[..16].try_into().expect("16 bytes"))
+}
+
+/// `ceil(tokens * price_per_1000 / 1000)`, checked.
+pub fn token_cost(tokens: u32, price_per_1000: u128) -> Option<u128> {
+    u128::from(tokens).checked_mul(price_per_1000).map(|units| units.div_ceil(1000))
+}
+
+/// The fee of an inference: `ceil(in * price_in / 1000) + ceil(out * price_out / 1000) + platform_fee`.
+pub fn inference_fee(
+    tokens_in: u32,
+    tokens_out: u32,
+    price_in: u128,
+    price_out: u128,
+    economics: &Economics,
+) -> Option<u128> {
+    token_cost(tokens_in, price_in)?
+        .checked_add(token_cost(tokens_out, price_out)?)?
+        .checked_add(economics.platform_fee)
+}
+
+/// Splits `fee` into (account, amount, code) payouts; they sum to `fee` exactly. Weights
+/// must be within ±`MAX_WEIGHT_PPB` and at most `MAX_SETTLEMENT_CONTRIBUTORS` (checked by
+/// `settle_inference`).
+pub fn split_fee(
+    fee: u128,
+    model_owner: u128,
+    weights: &[ContributorWeight],
+    economics: &Economics,
+) -> Vec<(u128, u128, u16)> {
+    let platform = economics.platform_fee.min(fee);
+    let net = fee - platform;
+    let share = |bps: u32| net / 10_000 * u128::from(bps) + net % 10_000 * u128::from(bps) / 10_000;
+    let owner = share(economics.model_owner_bps);
+    let stakers = share(economics.stakers_bps);
+    let contributors = share(economics.contributors_bps);
+    let positive: Vec<&ContributorWeight> = weights.iter().filter(|w| w.weight_ppb > 0).collect();
+    let total_weight: u128 = positive.iter().map(|w| w.weight_ppb as u128).sum();
+    let mut payouts = vec![
+        (TREASURY, platform, codes::SETTLE_PLATFORM_FEE),
+        (model_owner, owner, codes::SETTLE_MODEL_OWNER),
+        (STAKERS_POOL, stakers, codes::SETTLE_STAKERS),
+    ];
+    let mut paid = platform + owner + stakers;
+    if total_weight > 0 {
+        for weight in positive {
+            // contributors * w / total without overflow: contributors <= u128, w <= 2^63.
+            let amount = mul_div_floor(contributors, weight.weight_ppb as u128, total_weight);
+            payouts.push((weight.account_id, amount, codes::SETTLE_CONTRIBUTOR));
+            paid += amount;
+        }
+    }
+    payouts.push((TREASURY, fee - paid, codes::SETTLE_REMAINDER));
+    payouts
+}
+
+fn mul_div_floor(value: u128, numerator: u128, denominator: u128) -> u128 {
+    openledger_core::Amount::from_base_units(value)
+        .mul_div_floor(numerator, denominator)
+        .map(openledger_core::Amount::base_units)
+        .expect("bounded weights keep value * weight / total inside u128")
+}
+
+fn single(results: &[CreateTransferResult], operation: &'static str) -> Result<bool, OperationError> {
+    match results {
+        [CreateTransferResult::Ok] => Ok(false),
+        [CreateTransferResult::Exists] => Ok(true),
+        [other] => Err(refused(operation, other.as_str())),
+        _ => Err(refused(operation, "unexpected result count")),
+    }
+}
+
+impl Ledger {
+    /// Holds `max_fee` from the app's account until capture (or `timeout_seconds`).
+    pub async fn hold_inference_fee(
+        &self,
+        inference_id: &str,
+        app_account: u128,
+        max_fee: u128,
+        timeout_seconds: u32,
+    ) -> Result<u128, OperationError> {
+        let id = system_transfer_id("inference-hold", key(inference_id));
+        let hold = Transfer {
+            id,
+            debit_account_id: app_account,
+            credit_account_id: FEE_ESCROW,
+            amount: max_fee,
+            timeout_seconds,
+            ledger: OPEN_LEDGER,
+            code: codes::INFERENCE_HOLD,
+            flags: TransferFlags(TransferFlags::PENDING),
+            ..Transfer::default()
+        };
+        single(&self.create_transfers(&[hold]).await?, "holding the inference fee")?;
+        Ok(id)
+    }
+
+    /// Captures the actual fee from the hold and releases the rest; returns the fee.
+    pub async fn capture_inference_fee(
+        &self,
+        inference_id: &str,
+        tokens_in: u32,
+        tokens_out: u32,
+        price_in: u128,
+        price_out: u128,
+        economics: &Economics,
+    ) -> Result<u128, OperationError> {
+        let operation = "capturing the inference fee";
+        let fee = inference_fee(tokens_in, tokens_out, price_in, price_out, economics)
+            .ok_or_else(|| refused(operation, "the fee overflows u128"))?;
+        let hold_id = system_transfer_id("inference-hold", key(inference_id));
+        let hold = self
+            .lookup_transfers(&[hold_id])
+            .await?
+            .pop()
+            .ok_or_else(|| refused(operation, "no hold for this inference"))?;
+        if fee > hold.amount {
+            return Err(refused(operation, format!("the fee {fee} exceeds the hold of {}", hold.amount)));
+        }
+        let capture = Transfer {
+            id: system_transfer_id("inference-capture", key(inference_id)),
+            pending_id: hold_id,
+            amount: fee,
+            code: codes::INFERENCE_CAPTURE,
+            flags: TransferFlags(TransferFlags::POST_PENDING),
+            ..Transfer::default()
+        };
+        single(&self.create_transfers(&[capture]).await?, operation)?;
+        Ok(fee)
+    }
+
+    /// Pays out a captured fee; settling the same inference again changes nothing.
+    pub async fn settle_inference(
+        &self,
+        inference_id: &str,
+        model_owner: u128,
+        weights: &[ContributorWeight],
+        economics: &Economics,
+    ) -> Result<Settlement, OperationError> {
+        let operation = "settling the inference";
+        if weights.len() > MAX_SETTLEMENT_CONTRIBUTORS {
+            return Err(refused(
+                operation,
+                format!("at most {MAX_SETTLEMENT_CONTRIBUTORS} contributors, got {}", weights.len()),
+            ));
+        }
+        let capture_id = system_transfer_id("inference-capture", key(inference_id));
+        let capture = self
+            .lookup_transfers(&[capture_id])
+            .await?
+            .pop()
+            .ok_or_else(|| refused(operation, "the inference's fee has not been captured"))?;
+        let payouts: Vec<(u128, u128, u16)> = split_fee(capture.amount, model_owner, weights, economics)
+            .into_iter()
+            .filter(|(_, amount, _)| *amount > 0)
+            .collect();
+        let last = payouts.len().saturating_sub(1);
+        let transfers: Vec<Transfer> = payouts
+            .iter()
+            .enumerate()
+            .map(|(index, (account, amount, code))| Transfer {
+                id: system_transfer_id(&format!("settle/{index}"), key(inference_id)),
+                debit_account_id: FEE_ESCROW,
+                credit_account_id: *account,
+                amount: *amount,
+                ledger: OPEN_LEDGER,
+                code: *code,
+                flags: TransferFlags(if index == last { 0 } else { TransferFlags::LINKED }),
+                ..Transfer::default()
+            })
+            .collect();
+        let results = self.create_transfers(&transfers).await?;
+        if results.iter().all(|result| *result == CreateTransferResult::Exists) {
+            return Ok(Settlement { fee: capture.amount, transfers, already_settled: true });
+        }
+        if let Some(failed) = results
+            .iter()
+            .find(|result| !matches!(result, CreateTransferResult::Ok | CreateTransferResult::LinkedEventFailed))
+        {
+            return Err(refused(operation, failed.as_str()));
+        }
+        if results.iter().any(|result| *result != CreateTransferResult::Ok) {
+            return Err(refused(operation, "a payout failed"));
+        }
+        Ok(Settlement { fee: capture.amount, transfers, already_settled: false })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn fee_follows_the_formula() {
+        let economics = Economics { platform_fee: 7, ..Economics::default() };
+        // ceil(1500 * 3 / 1000) = 5, ceil(1 * 999 / 1000) = 1
+        assert_eq!(inference_fee(1500, 1, 3, 999, &economics), Some(5 + 1 + 7));
+        assert_eq!(inference_fee(u32::MAX, 0, u128::MAX, 0, &economics), None);
+    }
+
+    #[test]
+    fn a_documented_example_splits_as_written() {
+        let economics = Economics { platform_fee: 100, ..Economics::default() };
+        let weights = [
+            ContributorWeight { account_id: 500, weight_ppb: 2 },
+            ContributorWeight { account_id: 501, weight_ppb: 1 },
+            ContributorWeight { account_id: 502, weight_ppb: -5 },
+        ];
+        // fee 1101: platform 100; net 1001 → owner 300, stakers 200, contributors 500
+        // (floors of 300.3, 200.2, 500.5); contributors 2:1 → 333 and 166; remainder 2.
+        let payouts = split_fee(1101, 9, &weights, &economics);
+        assert_eq!(
+            payouts,
+            vec![
+                (TREASURY, 100, codes::SETTLE_PLATFORM_FEE),
+                (9, 300, codes::SETTLE_MODEL_OWNER),
+                (STAKERS_POOL, 200, codes::SETTLE_STAKERS),
+                (500, 333, codes::SETTLE_CONTRIBUTOR),
+                (501, 166, codes::SETTLE_CONTRIBUTOR),
+                (TREASURY, 2, codes::SETTLE_REMAINDER),
+            ]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn every_split_balances_to_the_base_unit(
+            fee in any::<u128>(),
+            platform_fee in any::<u64>(),
+            weights in prop::collection::vec(-MAX_WEIGHT_PPB..=MAX_WEIGHT_PPB, 0..20),
+        ) {
+            let economics = Economics { platform_fee: u128::from(platform_fee), ..Economics::default() };
+            let weights: Vec<ContributorWeight> =
+                weights.iter().enumerate().map(|(i, w)| ContributorWeight { account_id: 1000 + i as u128, weight_ppb: *w }).collect();
+            let payouts = split_fee(fee, 9, &weights, &economics);
+            let total = payouts.iter().try_fold(0u128, |sum, (_, amount, _)| sum.checked_add(*amount));
+            prop_assert_eq!(total, Some(fee));
+            let net = fee - u128::from(platform_fee).min(fee);
+            let contributors = net / 10_000 * 5_000 + net % 10_000 * 5_000 / 10_000;
+            let total: u128 = weights.iter().filter(|w| w.weight_ppb > 0).map(|w| w.weight_ppb as u128).sum();
+            for weight in weights.iter().filter(|w| w.weight_ppb > 0) {
+                let expected = openledger_core::Amount::from_base_units(contributors).mul_div_floor(weight.weight_ppb as u128, total).expect("fits");
+                let paid = payouts.iter().find(|(account, _, _)| *account == weight.account_id).map(|(_, amount, _)| *amount);
+                prop_assert_eq!(paid, Some(expected.base_units()));
+            }
+            for weight in weights.iter().filter(|w| w.weight_ppb <= 0) {
+                prop_assert!(payouts.iter().all(|(account, _, _)| *account != weight.account_id), "non-positive weights are never paid");
+            }
+        }
+    }
+}
