@@ -15,6 +15,7 @@ use crate::{
         Account, AccountFlags, CreateAccountResult, CreateTransferResult, MAX_BATCH_EVENTS, Owner, SystemRole,
         Transfer, TransferFlags,
     },
+    operations::{ContributorWeight, Economics, OperationError},
 };
 
 #[derive(Clone)]
@@ -51,6 +52,21 @@ fn ledger_error(error: LedgerError) -> Status {
         LedgerError::Database(_) => status(ErrorCode::Unavailable, error.to_string()),
         LedgerError::Corrupt(_) | LedgerError::Outbox(_) => status(ErrorCode::Internal, error.to_string()),
     }
+}
+
+fn operation_error(error: OperationError) -> Status {
+    match error {
+        OperationError::Ledger(error) => ledger_error(error),
+        OperationError::Refused { .. } => status(ErrorCode::FailedPrecondition, error.to_string()),
+    }
+}
+
+/// Operation ids are the caller's idempotency keys: non-empty, at most 128 bytes.
+fn operation_id(id: &str, field: &str) -> Result<(), Status> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(status(ErrorCode::InvalidArgument, format!("{field} must be 1 to 128 bytes, got {}", id.len())));
+    }
+    Ok(())
 }
 
 fn check_len(len: usize) -> Result<(), Status> {
@@ -315,6 +331,76 @@ impl LedgerService for Api {
         Ok(Response::new(pb::GetAccountTransfersResponse {
             transfers: transfers.iter().map(transfer_to_proto).collect(),
             page: Some(openledger_proto::common::v1::PageResponse { next_page_token }),
+        }))
+    }
+
+    async fn hold_inference_fee(
+        &self,
+        request: Request<pb::HoldInferenceFeeRequest>,
+    ) -> Result<Response<pb::HoldInferenceFeeResponse>, Status> {
+        let request = request.into_inner();
+        operation_id(&request.inference_id, "inference_id")?;
+        let id = self
+            .ledger()?
+            .hold_inference_fee(
+                &request.inference_id,
+                from_uint128(request.app_account_id.as_ref()),
+                from_uint128(request.max_fee.as_ref()),
+                request.timeout_seconds,
+            )
+            .await
+            .map_err(operation_error)?;
+        Ok(Response::new(pb::HoldInferenceFeeResponse { hold_transfer_id: to_uint128(id) }))
+    }
+
+    async fn capture_inference_fee(
+        &self,
+        request: Request<pb::CaptureInferenceFeeRequest>,
+    ) -> Result<Response<pb::CaptureInferenceFeeResponse>, Status> {
+        let request = request.into_inner();
+        operation_id(&request.inference_id, "inference_id")?;
+        let fee = self
+            .ledger()?
+            .capture_inference_fee(
+                &request.inference_id,
+                request.tokens_in,
+                request.tokens_out,
+                from_uint128(request.price_in.as_ref()),
+                from_uint128(request.price_out.as_ref()),
+                &Economics::default(),
+            )
+            .await
+            .map_err(operation_error)?;
+        Ok(Response::new(pb::CaptureInferenceFeeResponse { fee: to_uint128(fee) }))
+    }
+
+    async fn settle_inference(
+        &self,
+        request: Request<pb::SettleInferenceRequest>,
+    ) -> Result<Response<pb::SettleInferenceResponse>, Status> {
+        let request = request.into_inner();
+        operation_id(&request.inference_id, "inference_id")?;
+        let weights: Vec<ContributorWeight> = request
+            .weights
+            .iter()
+            .map(|weight| ContributorWeight {
+                account_id: from_uint128(weight.contributor_account_id.as_ref()),
+                weight_ppb: weight.weight_ppb,
+            })
+            .collect();
+        let settlement = self
+            .ledger()?
+            .settle_inference(
+                &request.inference_id,
+                from_uint128(request.model_owner_account_id.as_ref()),
+                &weights,
+                &Economics::default(),
+            )
+            .await
+            .map_err(operation_error)?;
+        Ok(Response::new(pb::SettleInferenceResponse {
+            transfers: settlement.transfers.iter().map(transfer_to_proto).collect(),
+            already_settled: settlement.already_settled,
         }))
     }
 

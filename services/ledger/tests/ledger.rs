@@ -739,3 +739,68 @@ async fn an_inference_is_held_captured_and_settled_exactly_once() {
     assert!(f.ledger.settle_inference("inf-1", owner, &too_heavy, &economics).await.is_err());
     assert!(f.ledger.verify().await.expect("verify").ok());
 }
+
+#[test]
+fn sixteen_concurrent_clients_cannot_unbalance_the_books_on_postgres() {
+    let server = openledger_testkit::Postgres::start();
+    let url = server.create_database("concurrency");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let db = openledger_store::connect(&url).await.expect("connect");
+        openledger_store::migrate(&db).await.expect("migrate");
+        let setup = Ledger::new(db);
+        let guarded = AccountFlags(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS);
+        let mut accounts = vec![Account::new(FIRST_ID, Owner::Key([1; 32]), OPEN_LEDGER, 1, AccountFlags::default())];
+        accounts.extend(
+            (1..=4).map(|i| Account::new(FIRST_ID + i, Owner::Key([1 + i as u8; 32]), OPEN_LEDGER, 1, guarded)),
+        );
+        setup.create_accounts(&accounts).await.expect("accounts");
+        let funding: Vec<Transfer> = (1..=4).map(|i| transfer(1_000_000 + i, 0, i, 1_000)).collect();
+        assert!(setup.create_transfers(&funding).await.expect("fund").iter().all(|r| *r == R::Ok));
+
+        let mut clients = Vec::new();
+        for client in 0..16u128 {
+            let url = url.clone();
+            clients.push(tokio::spawn(async move {
+                // Each client is its own "replica": its own pool and its own Ledger.
+                let ledger = Ledger::new(openledger_store::connect(&url).await.expect("connect"));
+                let mut accepted = Vec::new();
+                for round in 0..25u128 {
+                    let batch: Vec<Transfer> = (0..4u128)
+                        .map(|k| {
+                            let n = client * 10_000 + round * 10 + k;
+                            let (debit, credit) = (1 + (n % 4), 1 + ((n / 4 + 1) % 4));
+                            let credit = if credit == debit { 1 + (debit % 4) } else { credit };
+                            transfer(n + 1, debit, credit, 40 + (n * 37) % 200)
+                        })
+                        .collect();
+                    let results = ledger.create_transfers(&batch).await.expect("batch");
+                    for (event, result) in batch.iter().zip(&results) {
+                        assert!(matches!(result, R::Ok | R::InsufficientFunds), "{result:?}");
+                        if *result == R::Ok {
+                            accepted.push(event.id);
+                        }
+                    }
+                }
+                accepted
+            }));
+        }
+        let mut accepted = Vec::new();
+        for client in clients {
+            accepted.extend(client.await.expect("client"));
+        }
+        assert!(accepted.len() > 100, "most spends succeed: {}", accepted.len());
+        let report = setup.verify().await.expect("verify");
+        assert!(report.ok(), "{report:?}");
+        assert_eq!(
+            report.transfers as usize,
+            accepted.len() + funding.len(),
+            "every accepted transfer is journaled exactly once"
+        );
+        assert_eq!(setup.lookup_transfers(&accepted).await.expect("lookup").len(), accepted.len());
+        let balances =
+            setup.lookup_accounts(&[FIRST_ID + 1, FIRST_ID + 2, FIRST_ID + 3, FIRST_ID + 4]).await.expect("lookup");
+        let total: u128 = balances.iter().map(|a| a.credits_posted - a.debits_posted).sum();
+        assert_eq!(total, 4_000, "value only moved between the four accounts");
+    });
+}
