@@ -313,3 +313,160 @@ fn invalid_configuration_exits_2_naming_the_setting() {
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).contains("http_port: 9999  # http_port in "));
 }
+
+/// Holds, captures and settles `inferences` through the ledger's gRPC API (each step
+/// idempotent by inference id), counting completed settlements in `done`.
+async fn settle_all(
+    addr: std::net::SocketAddr,
+    inferences: std::ops::Range<u64>,
+    done: &std::sync::atomic::AtomicU64,
+) -> Result<(), tonic::Status> {
+    use openledger_proto::{common::v1::Uint128, ledger::v1 as pb};
+    let id = |value: u64| Some(Uint128 { high: 0, low: value });
+    let mut client = pb::ledger_service_client::LedgerServiceClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    for n in inferences {
+        let inference_id = format!("inference-{n}");
+        client
+            .hold_inference_fee(pb::HoldInferenceFeeRequest {
+                inference_id: inference_id.clone(),
+                app_account_id: id(80_000),
+                max_fee: Some(Uint128 { high: 0, low: 10u64.pow(16) }),
+                timeout_seconds: 3600,
+            })
+            .await?;
+        client
+            .capture_inference_fee(pb::CaptureInferenceFeeRequest {
+                inference_id: inference_id.clone(),
+                tokens_in: 1000,
+                tokens_out: 1000,
+                price_in: id(1_000),
+                price_out: id(3_000),
+            })
+            .await?;
+        let weights = vec![
+            pb::ContributorWeight {
+                contributor_account_id: id(80_002),
+                contribution_id: "c1".into(),
+                weight_ppb: 700_000_000,
+            },
+            pb::ContributorWeight {
+                contributor_account_id: id(80_003),
+                contribution_id: "c2".into(),
+                weight_ppb: 300_000_000,
+            },
+        ];
+        client
+            .settle_inference(pb::SettleInferenceRequest { inference_id, model_owner_account_id: id(80_001), weights })
+            .await?;
+        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn ledger_killed_during_settlements_neither_doubles_nor_loses_any() {
+    use openledger_proto::{common::v1::Uint128, ledger::v1 as pb};
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+
+    let postgres = Postgres::start();
+    let objects = tempfile::tempdir().expect("temp dir");
+    let env = [
+        ("DATABASE_URL", postgres.create_database("ledger_crash")),
+        ("OBJECT_STORE_URL", format!("file://{}", objects.path().display())),
+    ];
+    let mut platform = Platform::spawn(&["serve", "ledger"], &env);
+    let ops = platform.wait_endpoint(ServiceKind::Ledger, "ops");
+    platform.wait_ready(ops).await;
+    let addr = platform.wait_endpoint(ServiceKind::Ledger, "grpc");
+
+    // Accounts: an app funded from the community allocation, a model owner, two contributors.
+    let id = |value: u64| Some(Uint128 { high: 0, low: value });
+    let mut client =
+        pb::ledger_service_client::LedgerServiceClient::connect(format!("http://{addr}")).await.expect("connect");
+    let accounts = (0..4u64)
+        .map(|i| pb::Account {
+            id: id(80_000 + i),
+            owner: Some(pb::account::Owner::PublicKey(vec![i as u8 + 1; 32])),
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        })
+        .collect();
+    client.create_accounts(pb::CreateAccountsRequest { accounts }).await.expect("accounts");
+    let funding = pb::Transfer {
+        id: id(1),
+        debit_account_id: id(101),
+        credit_account_id: id(80_000),
+        amount: Some(Uint128 { high: 0, low: 10u64.pow(18) }),
+        ledger: 1,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let results = client
+            .create_transfers(pb::CreateTransfersRequest { transfers: vec![funding.clone()] })
+            .await
+            .expect("fund")
+            .into_inner()
+            .results;
+        if results[0].result == pb::CreateResult::Ok as i32 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "genesis never funded the allocation: {results:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Settle a stream of inferences and kill the ledger with SIGKILL in the middle of it.
+    const INFERENCES: u64 = 60;
+    let done = Arc::new(AtomicU64::new(0));
+    let stream = tokio::spawn({
+        let done = done.clone();
+        async move { settle_all(addr, 0..INFERENCES, &done).await }
+    });
+    while done.load(Ordering::SeqCst) < 15 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    platform.kill_hard();
+    assert!(stream.await.expect("join").is_err(), "the stream was cut by the crash");
+    let settled_before_crash = done.load(Ordering::SeqCst);
+    assert!(settled_before_crash < INFERENCES);
+
+    // Restart on the same database and retry every inference from the start.
+    let mut platform = Platform::spawn(&["serve", "ledger"], &env);
+    let ops = platform.wait_endpoint(ServiceKind::Ledger, "ops");
+    platform.wait_ready(ops).await;
+    let addr = platform.wait_endpoint(ServiceKind::Ledger, "grpc");
+    let retried = AtomicU64::new(0);
+    settle_all(addr, 0..INFERENCES, &retried).await.expect("retries succeed");
+
+    let mut client =
+        pb::ledger_service_client::LedgerServiceClient::connect(format!("http://{addr}")).await.expect("connect");
+    let ids = [3u64, 80_001, 80_002, 80_003, 4].iter().map(|value| Uint128 { high: 0, low: *value }).collect();
+    let accounts =
+        client.lookup_accounts(pb::LookupAccountsRequest { ids }).await.expect("lookup").into_inner().accounts;
+    let net = |account: &pb::Account| {
+        let value = |amount: &Option<Uint128>| {
+            amount.as_ref().map_or(0u128, |a| (u128::from(a.high) << 64) | u128::from(a.low))
+        };
+        value(&account.credits_posted) - value(&account.debits_posted)
+    };
+    // Per inference: fee = 1000 + 3000 + platform fee 10^15; net 4000 → owner 1200, stakers 800,
+    // contributors 2000 split 7:3 → 1400 and 600.
+    let n = u128::from(INFERENCES);
+    assert_eq!(net(&accounts[0]), 0, "the fee escrow is empty: every capture was settled");
+    assert_eq!(
+        (net(&accounts[1]), net(&accounts[2]), net(&accounts[3])),
+        (1200 * n, 1400 * n, 600 * n),
+        "each inference paid exactly once (settled {settled_before_crash} before the crash)"
+    );
+    assert_eq!(net(&accounts[4]), 800 * n);
+    let verified = client.verify_journal(pb::VerifyJournalRequest {}).await.expect("verify").into_inner();
+    assert!(verified.ok, "{verified:?}");
+    let exit = platform.terminate();
+    assert_eq!(exit.code(), Some(0));
+}

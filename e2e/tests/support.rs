@@ -121,6 +121,12 @@ impl Platform {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// SIGKILL: the process dies where it stands.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
