@@ -470,3 +470,59 @@ async fn ledger_killed_during_settlements_neither_doubles_nor_loses_any() {
     let exit = platform.terminate();
     assert_eq!(exit.code(), Some(0));
 }
+
+#[tokio::test]
+async fn the_ledger_cli_reads_moves_and_verifies_open() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let data = data_dir.path().display().to_string();
+    let grpc_base = openledger_testkit::free_port_range(5).to_string();
+    let mut platform = Platform::spawn::<&str>(&["--data-dir", &data, "--grpc-base-port", &grpc_base, "dev"], &[]);
+    let rest = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
+    platform.wait_ready(rest).await;
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(support::BINARY)
+            .args(["--data-dir", &data, "--grpc-base-port", &grpc_base, "--log-level", "warn", "ledger"])
+            .args(args)
+            .output()
+            .expect("run the cli");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    // Genesis runs as the ledger starts; wait for the community allocation.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let balance = loop {
+        let (code, out) = cli(&["balance", "101"]);
+        if code == Some(0) {
+            break out;
+        }
+        assert!(std::time::Instant::now() < deadline, "no genesis: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(balance.contains("517100000"), "{balance}");
+
+    let (code, out) = cli(&["transfer", "--from", "101", "--to", "105", "--amount", "1.5", "--id", "7"]);
+    assert_eq!((code, out.trim()), (Some(0), "transfer 7: ok"));
+    let (code, out) = cli(&["transfer", "--from", "101", "--to", "105", "--amount", "1.5", "--id", "7"]);
+    assert_eq!((code, out.trim()), (Some(0), "transfer 7: exists"), "retrying is safe");
+    let (code, out) = cli(&["transfer", "--from", "101", "--to", "424242", "--amount", "1", "--id", "8"]);
+    assert_eq!((code, out.trim()), (Some(1), "transfer 8: account_not_found"));
+    let (code, out) = cli(&["transfer", "--from", "101", "--to", "105", "--amount", "0.0000000000000000001"]);
+    assert_eq!(code, Some(2));
+    assert!(out.contains("more than 18 decimal places"), "{out}");
+    let (code, out) =
+        cli(&["transfer", "--from", "101", "--to", "105", "--amount", "340282366920938463463374607431768211456"]);
+    assert_eq!(code, Some(2));
+    assert!(out.contains("overflows"), "{out}");
+    let (code, out) = cli(&["history", "105"]);
+    assert_eq!(code, Some(0));
+    assert!(out.lines().any(|line| line.starts_with("7 ") && line.trim_end().ends_with("1.5")), "{out}");
+    let (code, out) = cli(&["verify"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("hash chain:              ok"), "{out}");
+
+    assert_eq!(platform.terminate().code(), Some(0));
+    let (code, out) = cli(&["verify"]);
+    assert_eq!(code, Some(0), "verify works offline, from the database: {out}");
+}

@@ -34,10 +34,20 @@ impl Platform {
     /// Runs the binary with free ports and JSON logs, and a clean environment for its settings.
     pub fn spawn<K: AsRef<std::ffi::OsStr>>(args: &[&str], env: &[(K, String)]) -> Self {
         let mut command = Command::new(BINARY);
+        let http_port = openledger_testkit::free_port().to_string();
+        let defaults = [
+            ("--log-format", "json"),
+            ("--grpc-base-port", "0"),
+            ("--ops-base-port", "0"),
+            ("--http-port", http_port.as_str()),
+            ("--shutdown-timeout-ms", "8000"),
+        ];
+        for (flag, value) in defaults {
+            if !args.contains(&flag) {
+                command.args([flag, value]);
+            }
+        }
         command
-            .args(["--log-format", "json", "--grpc-base-port", "0", "--ops-base-port", "0"])
-            .args(["--http-port", &openledger_testkit::free_port().to_string()])
-            .args(["--shutdown-timeout-ms", "8000"])
             .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -2,6 +2,7 @@
 //! process on SQLite, the local file system and an in-process bus; `serve` runs chosen
 //! services against PostgreSQL, NATS JetStream and S3-compatible storage.
 
+mod ledger;
 mod run;
 mod settings;
 
@@ -46,6 +47,9 @@ enum Command {
     /// Inspect the configuration
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Ledger: balances, transfers, history, journal verification
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
 }
 
 #[derive(Subcommand)]
@@ -154,6 +158,17 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Print) => {
             print!("{}", settings::print_yaml(&resolved));
             ExitCode::SUCCESS
+        }
+        Command::Ledger(command) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            match runtime.block_on(ledger::run(command, &resolved.config)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Dev => run::run(resolved.config, ServiceKind::ALL.to_vec(), true),
         Command::Serve { mut services } => {
