@@ -475,13 +475,13 @@ async fn ledger_killed_during_settlements_neither_doubles_nor_loses_any() {
 async fn the_ledger_cli_reads_moves_and_verifies_open() {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let data = data_dir.path().display().to_string();
-    let grpc_base = openledger_testkit::free_port_range(5).to_string();
-    let mut platform = Platform::spawn::<&str>(&["--data-dir", &data, "--grpc-base-port", &grpc_base, "dev"], &[]);
+    let mut platform = Platform::spawn::<&str>(&["--data-dir", &data, "dev"], &[]);
     let rest = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
     platform.wait_ready(rest).await;
+    let ledger_url = format!("http://{}", platform.wait_endpoint(ServiceKind::Ledger, "grpc"));
     let cli = |args: &[&str]| {
         let output = std::process::Command::new(support::BINARY)
-            .args(["--data-dir", &data, "--grpc-base-port", &grpc_base, "--log-level", "warn", "ledger"])
+            .args(["--data-dir", &data, "--ledger-url", &ledger_url, "--log-level", "warn", "ledger"])
             .args(args)
             .output()
             .expect("run the cli");
@@ -525,4 +525,60 @@ async fn the_ledger_cli_reads_moves_and_verifies_open() {
     assert_eq!(platform.terminate().code(), Some(0));
     let (code, out) = cli(&["verify"]);
     assert_eq!(code, Some(0), "verify works offline, from the database: {out}");
+}
+
+#[tokio::test]
+async fn accounts_over_rest_go_through_the_gateway_to_the_ledger() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut platform = Platform::spawn::<&str>(&["--data-dir", &data_dir.path().display().to_string(), "dev"], &[]);
+    let rest = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
+    platform.wait_ready(rest).await;
+    let client = reqwest::Client::new();
+    let post = |body: serde_json::Value| {
+        let client = client.clone();
+        async move {
+            let response = client.post(format!("http://{rest}/v1/accounts")).json(&body).send().await.expect("post");
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.expect("json"))
+        }
+    };
+    let key = "ab".repeat(32);
+    let account = serde_json::json!({"id": "70000", "public_key": key, "flags": ["debits_must_not_exceed_credits"]});
+    let (status, body) = post(account.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!((body["id"].as_str(), body["balance"].as_str()), (Some("70000"), Some("0")));
+    assert_eq!(body["flags"], serde_json::json!(["debits_must_not_exceed_credits"]));
+    assert_eq!(post(account).await.0, 200, "creating it again is a safe retry");
+    let (status, body) = post(serde_json::json!({"id": "70000", "public_key": "cd".repeat(32)})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("already_exists")));
+    let (status, body) = post(serde_json::json!({"id": "70001", "public_key": "zz"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_argument")));
+    let (status, body) = post(serde_json::json!({"id": "12", "public_key": key})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_argument")), "{body}");
+    let (status, body) = post(serde_json::json!({"id": "70002", "public_key": key, "colour": "red"})).await;
+    assert!(status == 422 || status == 400, "unknown fields are refused: {status} {body}");
+
+    let (status, body) = get(rest, "/v1/accounts/424242").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("not_found"));
+    let (status, body) = get(rest, "/v1/accounts/not-a-number").await;
+    assert_eq!(status, 400, "{body}");
+    // Genesis minted the community allocation (account 101): visible with its mint transfer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let community = loop {
+        let (status, body) = get(rest, "/v1/accounts/101").await;
+        if status == 200 {
+            break serde_json::from_str::<serde_json::Value>(&body).expect("json");
+        }
+        assert!(std::time::Instant::now() < deadline, "no genesis: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(community["balance"], "517100000000000000000000000");
+    assert_eq!(community["owner"], "system:unspecified");
+    let (status, body) = get(rest, "/v1/accounts/101/transfers?limit=10").await;
+    assert_eq!(status, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(page["transfers"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page["transfers"][0]["amount"], "517100000000000000000000000");
+    assert_eq!(platform.terminate().code(), Some(0));
 }

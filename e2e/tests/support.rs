@@ -31,15 +31,17 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Runs the binary with free ports and JSON logs, and a clean environment for its settings.
+    /// Runs the binary with kernel-chosen ports and JSON logs, and a clean environment for its
+    /// settings.
     pub fn spawn<K: AsRef<std::ffi::OsStr>>(args: &[&str], env: &[(K, String)]) -> Self {
         let mut command = Command::new(BINARY);
-        let http_port = openledger_testkit::free_port().to_string();
+        // Every port is picked by the kernel and read back from the logs: a port chosen by the
+        // test and released could be handed to another listener before the process binds it.
         let defaults = [
             ("--log-format", "json"),
             ("--grpc-base-port", "0"),
             ("--ops-base-port", "0"),
-            ("--http-port", http_port.as_str()),
+            ("--http-port", "0"),
             ("--shutdown-timeout-ms", "8000"),
         ];
         for (flag, value) in defaults {
@@ -47,12 +49,7 @@ impl Platform {
                 command.args([flag, value]);
             }
         }
-        command
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        command.args(args).env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (name, _) in std::env::vars() {
             if name.starts_with("OPENLEDGER_")
                 || ["DATABASE_URL", "NATS_URL", "OBJECT_STORE_URL"].contains(&name.as_str())

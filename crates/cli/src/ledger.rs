@@ -82,7 +82,9 @@ pub async fn run(command: LedgerCommand, config: &Config) -> anyhow::Result<bool
     if let LedgerCommand::Verify = command {
         return verify(config).await;
     }
-    let url = format!("http://{}:{}", config.listen_host, config.grpc_port(openledger_core::ServiceKind::Ledger));
+    let url = config.ledger_url.clone().unwrap_or_else(|| {
+        format!("http://{}:{}", config.listen_host, config.grpc_port(openledger_core::ServiceKind::Ledger))
+    });
     let mut client = pb::ledger_service_client::LedgerServiceClient::connect(url.clone())
         .await
         .map_err(|error| anyhow::anyhow!("cannot reach the ledger at {url}: {error}; is `openledger dev` running?"))?;

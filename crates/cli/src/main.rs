@@ -80,6 +80,9 @@ struct SettingFlags {
     /// file:///DIR, s3://BUCKET[/PREFIX] or memory:// [env: OBJECT_STORE_URL] [default: DATA_DIR/objects]
     #[arg(long, global = true, value_name = "URL")]
     object_store_url: Option<String>,
+    /// gRPC URL of the ledger, for services and commands that call it [env: OPENLEDGER_LEDGER_URL] [default: this process, else the local ledger port]
+    #[arg(long, global = true, value_name = "URL")]
+    ledger_url: Option<String>,
     /// Address every listener binds to [env: OPENLEDGER_LISTEN_HOST] [default: 127.0.0.1]
     #[arg(long, global = true, value_name = "IP")]
     listen_host: Option<String>,
@@ -125,6 +128,7 @@ impl SettingFlags {
             ("database_url", &self.database_url),
             ("nats_url", &self.nats_url),
             ("object_store_url", &self.object_store_url),
+            ("ledger_url", &self.ledger_url),
             ("listen_host", &self.listen_host),
             ("http_port", &self.http_port),
             ("grpc_base_port", &self.grpc_base_port),

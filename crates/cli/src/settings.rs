@@ -38,6 +38,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "file:///DIR, s3://BUCKET[/PREFIX] or memory:// (empty: data_dir/objects)",
     },
     Setting {
+        key: "ledger_url",
+        flag: "--ledger-url",
+        env: "OPENLEDGER_LEDGER_URL",
+        help: "http://HOST:PORT of the ledger's gRPC API (empty: this process, else listen_host)",
+    },
+    Setting {
         key: "listen_host",
         flag: "--listen-host",
         env: "OPENLEDGER_LISTEN_HOST",

@@ -100,6 +100,9 @@ pub struct Config {
     pub nats_url: Option<String>,
     /// `file://…`, `s3://bucket[/prefix]` or `memory://`; empty means `data_dir/objects`.
     pub object_store_url: Option<String>,
+    /// gRPC URL of the ledger for services that call it (`http://ledger:50051`); empty means
+    /// the ledger in this process, else `listen_host` at the ledger's gRPC port.
+    pub ledger_url: Option<String>,
     /// Address every listener binds to.
     pub listen_host: String,
     /// Port of the public REST edge (inference-gateway).
@@ -132,6 +135,7 @@ impl Default for Config {
             database_url: None,
             nats_url: None,
             object_store_url: None,
+            ledger_url: None,
             listen_host: "127.0.0.1".to_owned(),
             http_port: 8080,
             grpc_base_port: 50051,
@@ -209,6 +213,11 @@ impl Config {
                 url,
                 "accepted values are file:///PATH, s3://BUCKET[/PREFIX] or memory://",
             ));
+        }
+        if let Some(url) = &self.ledger_url
+            && !["http://", "https://"].iter().any(|scheme| url.starts_with(scheme))
+        {
+            return Err(bad("ledger_url", url, "accepted values are http://HOST:PORT or https://HOST:PORT"));
         }
         if self.listen_host.parse::<std::net::IpAddr>().is_err() {
             return Err(bad(

@@ -5,6 +5,7 @@
 //! graceful shutdown on SIGTERM/SIGINT. Services add only their own APIs and workers.
 
 mod backends;
+pub mod clients;
 pub mod grpc;
 pub mod ops;
 mod service;

@@ -18,21 +18,6 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
-/// The first of `count` consecutive loopback ports that were all free a moment ago.
-pub fn free_port_range(count: u16) -> u16 {
-    for _ in 0..100 {
-        let base = free_port();
-        if base.checked_add(count).is_none() {
-            continue;
-        }
-        let all_free = (base..base + count).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no {count} consecutive free ports found");
-}
-
 /// Finds `name` on PATH, in PostgreSQL's versioned bin directories, or in the tools venv.
 fn locate(name: &str) -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")

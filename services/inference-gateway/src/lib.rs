@@ -4,12 +4,15 @@
 //! `{"error":{"code","message"}}`, request ids, body-size limits, timeouts, request metrics
 //! and the generated OpenAPI document.
 
+pub mod accounts;
 pub mod rest;
 
 use std::sync::Arc;
 
 use openledger_proto::inference::v1::inference_service_server::{InferenceService, InferenceServiceServer};
-use openledger_runtime::{BackendsHandle, Config, Deps, RuntimeError, ServiceKind, ServiceSpec, run_service};
+use openledger_runtime::{
+    BackendsHandle, Config, Deps, RuntimeError, ServiceKind, ServiceSpec, clients::ServiceChannel, run_service,
+};
 
 /// The gRPC API of the gateway; RPCs answer `UNIMPLEMENTED` until the engine lands.
 #[derive(Clone)]
@@ -23,7 +26,8 @@ impl InferenceService for Api {}
 /// Runs the gateway until the process shuts down.
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
     let api = Api { backends: deps.backends.clone() };
-    let edge = rest::router(rest::EdgeSettings::from_config(&config), &deps);
+    let ledger = ServiceChannel::new(ServiceKind::Ledger, config.ledger_url.clone(), &config, deps.endpoints.clone());
+    let edge = rest::router(rest::EdgeSettings::from_config(&config), &deps, ledger);
     let spec = ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(api)).rest(edge);
     run_service(spec, &config, deps).await
 }

@@ -13,7 +13,7 @@ use axum::{
     routing::get,
 };
 use openledger_core::{Config, ErrorCode, Id};
-use openledger_runtime::{Deps, ops};
+use openledger_runtime::{Deps, clients::ServiceChannel, ops};
 use openledger_telemetry::{HeaderExtractor, Metrics, set_parent_from};
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -71,6 +71,26 @@ impl ApiError {
     }
 }
 
+/// gRPC answers from the services become REST errors here, once.
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        let code = match status.code() {
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ErrorCode::InvalidArgument,
+            tonic::Code::NotFound => ErrorCode::NotFound,
+            tonic::Code::AlreadyExists => ErrorCode::AlreadyExists,
+            tonic::Code::PermissionDenied => ErrorCode::PermissionDenied,
+            tonic::Code::Unauthenticated => ErrorCode::Unauthenticated,
+            tonic::Code::ResourceExhausted => ErrorCode::ResourceExhausted,
+            tonic::Code::FailedPrecondition | tonic::Code::Aborted => ErrorCode::FailedPrecondition,
+            tonic::Code::Unimplemented => ErrorCode::Unimplemented,
+            tonic::Code::Unavailable => ErrorCode::Unavailable,
+            tonic::Code::DeadlineExceeded => ErrorCode::Timeout,
+            _ => ErrorCode::Internal,
+        };
+        Self::new(code, status.message().to_owned())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -82,8 +102,23 @@ impl IntoResponse for ApiError {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "OpenLedger REST API", description = "The public edge of the OpenLedger platform."),
-    paths(healthz, readyz, metrics, openapi_json),
-    components(schemas(ErrorBody, ErrorDetail))
+    paths(
+        healthz,
+        readyz,
+        metrics,
+        openapi_json,
+        crate::accounts::create_account,
+        crate::accounts::get_account,
+        crate::accounts::account_transfers
+    ),
+    components(schemas(
+        ErrorBody,
+        ErrorDetail,
+        crate::accounts::NewAccount,
+        crate::accounts::AccountView,
+        crate::accounts::TransferView,
+        crate::accounts::TransferPage
+    ))
 )]
 pub struct ApiDoc;
 
@@ -117,8 +152,11 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 }
 
 /// The whole edge: public routes plus ops routes, behind the middleware.
-pub fn router(settings: EdgeSettings, deps: &Deps) -> Router {
-    let routes = Router::new().route("/openapi.json", get(openapi_json)).merge(ops::router(deps.clone()));
+pub fn router(settings: EdgeSettings, deps: &Deps, ledger: ServiceChannel) -> Router {
+    let routes = Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .merge(crate::accounts::routes(ledger))
+        .merge(ops::router(deps.clone()));
     edge(routes, settings, &deps.metrics)
 }
 

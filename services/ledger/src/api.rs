@@ -1,6 +1,8 @@
 //! The gRPC surface of the ledger. Implemented so far: accounts, batched transfers, lookups,
 //! account history and journal verification; the platform operations answer `UNIMPLEMENTED`.
 
+use std::sync::{Arc, OnceLock};
+
 use openledger_core::ErrorCode;
 use openledger_proto::{
     common::v1::Uint128,
@@ -18,21 +20,41 @@ use crate::{
     operations::{ContributorWeight, Economics, OperationError},
 };
 
+/// The process's one `Ledger` (one writer lock), made once the database is connected.
+#[derive(Clone)]
+pub struct SharedLedger {
+    backends: BackendsHandle,
+    ledger: Arc<OnceLock<Arc<Ledger>>>,
+}
+
+impl SharedLedger {
+    pub fn new(backends: BackendsHandle) -> Self {
+        Self { backends, ledger: Arc::new(OnceLock::new()) }
+    }
+
+    pub fn get(&self) -> Option<Arc<Ledger>> {
+        if let Some(ledger) = self.ledger.get() {
+            return Some(ledger.clone());
+        }
+        let backends = self.backends.current()?;
+        Some(self.ledger.get_or_init(|| Arc::new(Ledger::new(backends.db))).clone())
+    }
+}
+
 #[derive(Clone)]
 pub struct Api {
-    backends: BackendsHandle,
+    shared: SharedLedger,
 }
 
 impl Api {
-    pub fn new(backends: BackendsHandle) -> Self {
-        Self { backends }
+    pub fn new(shared: SharedLedger) -> Self {
+        Self { shared }
     }
 
-    fn ledger(&self) -> Result<Ledger, Status> {
-        let backends = self.backends.current().ok_or_else(|| {
-            status(ErrorCode::Unavailable, "the ledger is starting: its database is not connected yet")
-        })?;
-        Ok(Ledger::new(backends.db))
+    fn ledger(&self) -> Result<Arc<Ledger>, Status> {
+        self.shared
+            .get()
+            .ok_or_else(|| status(ErrorCode::Unavailable, "the ledger is starting: its database is not connected yet"))
     }
 }
 

@@ -310,6 +310,15 @@ impl Ledger {
         now_ns: u64,
         reserved_debit: &(dyn Fn(u128) -> bool + Sync),
     ) -> Result<TransfersOutcome, LedgerError> {
+        retry_when_busy(|| self.write_once(batch, now_ns, reserved_debit)).await
+    }
+
+    async fn write_once(
+        &self,
+        batch: &[Transfer],
+        now_ns: u64,
+        reserved_debit: &(dyn Fn(u128) -> bool + Sync),
+    ) -> Result<TransfersOutcome, LedgerError> {
         check_batch(batch.len())?;
         let _writer = self.writer.lock().await;
         let txn = self.db.begin().await?;
@@ -598,6 +607,35 @@ fn replay_transfer(accounts: &mut HashMap<u128, Account>, holds: &mut HashMap<u1
             credit.credits_posted = credit.credits_posted.wrapping_add(transfer.amount);
         }
     }
+}
+
+/// Most attempts at a batch that SQLite refuses as busy.
+const BUSY_ATTEMPTS: u32 = 30;
+
+/// SQLite refuses a deferred transaction that read and then writes after another connection
+/// committed (`SQLITE_BUSY_SNAPSHOT`, "database is locked") without waiting. The transaction
+/// was rolled back and the engine is deterministic, so the whole batch is simply run again.
+async fn retry_when_busy<T, F, Fut>(mut attempt: F) -> Result<T, LedgerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LedgerError>>,
+{
+    let mut pause = std::time::Duration::from_millis(2);
+    for attempt_number in 1.. {
+        match attempt().await {
+            Err(LedgerError::Database(error)) if attempt_number < BUSY_ATTEMPTS && is_busy(&error) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            outcome => return outcome,
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+fn is_busy(error: &sea_orm::DbErr) -> bool {
+    let text = error.to_string();
+    text.contains("database is locked") || text.contains("(code: 5)") || text.contains("(code: 517)")
 }
 
 fn check_batch(len: usize) -> Result<(), LedgerError> {

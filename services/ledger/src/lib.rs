@@ -23,16 +23,17 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the ledger service until the process shuts down.
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
-    let api = api::Api::new(deps.backends.clone());
-    let spec = ServiceSpec::new(ServiceKind::Ledger, LedgerServiceServer::new(api)).worker(housekeeping());
+    let shared = api::SharedLedger::new(deps.backends.clone());
+    let spec = ServiceSpec::new(ServiceKind::Ledger, LedgerServiceServer::new(api::Api::new(shared.clone())))
+        .worker(housekeeping(shared));
     run_service(spec, &config, deps).await
 }
 
 /// Mints the genesis supply once, then voids expired holds every second.
-fn housekeeping() -> Worker {
-    Box::new(|backends, shutdown| {
+fn housekeeping(shared: api::SharedLedger) -> Worker {
+    Box::new(move |_backends, shutdown| {
         Box::pin(async move {
-            let ledger = Ledger::new(backends.db.clone());
+            let Some(ledger) = shared.get() else { return };
             if let Err(error) = ledger.ensure_genesis(&default_allocations()).await {
                 tracing::error!(%error, "genesis failed");
             }

@@ -1,0 +1,282 @@
+//! `/v1/accounts`: ledger accounts over REST, forwarded to the ledger's gRPC API. Amounts are
+//! decimal strings of base units (OPEN has 18 decimals); ids are decimal strings of u128.
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, post},
+};
+use openledger_core::ErrorCode;
+use openledger_proto::{
+    common::v1::{PageRequest, Uint128},
+    ledger::v1::{self as pb, ledger_service_client::LedgerServiceClient},
+};
+use openledger_runtime::clients::ServiceChannel;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::rest::{ApiError, ErrorBody};
+
+/// Routes under `/v1/accounts`.
+pub fn routes(ledger: ServiceChannel) -> Router {
+    Router::new()
+        .route("/v1/accounts", post(create_account))
+        .route("/v1/accounts/{id}", get(get_account))
+        .route("/v1/accounts/{id}/transfers", get(account_transfers))
+        .with_state(ledger)
+}
+
+/// A new account owned by an ed25519 public key.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccount {
+    /// Client-chosen id: a decimal u128 of at least 65536 (smaller ids are the system's).
+    pub id: String,
+    /// The owner's ed25519 public key, 64 hex characters.
+    pub public_key: String,
+    /// What the account is for (application-defined, 0..=65535).
+    #[serde(default)]
+    pub code: u16,
+    /// `debits_must_not_exceed_credits` and/or `credits_must_not_exceed_debits`.
+    #[serde(default)]
+    pub flags: Vec<String>,
+}
+
+/// An account and its balances (decimal strings of base units).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AccountView {
+    pub id: String,
+    /// `key:<hex>` or `system:<role>`.
+    pub owner: String,
+    pub ledger: u32,
+    pub code: u32,
+    pub flags: Vec<String>,
+    pub debits_pending: String,
+    pub debits_posted: String,
+    pub credits_pending: String,
+    pub credits_posted: String,
+    /// Posted credits minus posted debits; may start with `-`.
+    pub balance: String,
+    /// Nanoseconds since the Unix epoch.
+    pub timestamp: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TransferView {
+    pub id: String,
+    pub debit_account_id: String,
+    pub credit_account_id: String,
+    pub amount: String,
+    pub pending_id: String,
+    pub code: u32,
+    pub flags: Vec<String>,
+    pub timestamp: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TransferPage {
+    pub transfers: Vec<TransferView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PageQuery {
+    /// At most 1000 (default 100).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub after: Option<String>,
+}
+
+fn parse_id(text: &str) -> Result<u128, ApiError> {
+    text.parse::<u128>().map_err(|_| {
+        ApiError::new(ErrorCode::InvalidArgument, format!("account id {text:?} must be a decimal number below 2^128"))
+    })
+}
+
+fn wire(value: u128) -> Option<Uint128> {
+    Some(Uint128 { high: (value >> 64) as u64, low: value as u64 })
+}
+
+fn unwire(value: Option<&Uint128>) -> u128 {
+    value.map_or(0, |value| (u128::from(value.high) << 64) | u128::from(value.low))
+}
+
+fn flag_names(flags: &[i32], names: impl Fn(i32) -> Option<String>) -> Vec<String> {
+    flags.iter().filter_map(|flag| names(*flag)).collect()
+}
+
+fn account_flag(flag: i32) -> Option<String> {
+    pb::AccountFlag::try_from(flag)
+        .ok()
+        .map(|flag| flag.as_str_name().trim_start_matches("ACCOUNT_FLAG_").to_lowercase())
+}
+
+fn view(account: &pb::Account) -> AccountView {
+    let credits = unwire(account.credits_posted.as_ref());
+    let debits = unwire(account.debits_posted.as_ref());
+    let balance = if credits >= debits { (credits - debits).to_string() } else { format!("-{}", debits - credits) };
+    let owner = match &account.owner {
+        Some(pb::account::Owner::PublicKey(key)) => format!("key:{}", hex_encode(key)),
+        Some(pb::account::Owner::SystemRole(role)) => format!(
+            "system:{}",
+            pb::SystemRole::try_from(*role)
+                .map_or("unknown".into(), |r| r.as_str_name().trim_start_matches("SYSTEM_ROLE_").to_lowercase())
+        ),
+        None => "unknown".to_owned(),
+    };
+    AccountView {
+        id: unwire(account.id.as_ref()).to_string(),
+        owner,
+        ledger: account.ledger,
+        code: account.code,
+        flags: flag_names(&account.flags, account_flag),
+        debits_pending: unwire(account.debits_pending.as_ref()).to_string(),
+        debits_posted: debits.to_string(),
+        credits_pending: unwire(account.credits_pending.as_ref()).to_string(),
+        credits_posted: credits.to_string(),
+        balance,
+        timestamp: account.timestamp,
+    }
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+async fn client(ledger: &ServiceChannel) -> Result<LedgerServiceClient<tonic::transport::Channel>, ApiError> {
+    Ok(LedgerServiceClient::new(ledger.channel()?))
+}
+
+/// Create an account.
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = NewAccount, responses(
+    (status = 201, description = "Created", body = AccountView),
+    (status = 200, description = "Already exists with the same fields (retries are safe)", body = AccountView),
+    (status = 400, description = "Invalid account", body = ErrorBody),
+    (status = 409, description = "The id exists with different fields", body = ErrorBody),
+))]
+pub async fn create_account(
+    State(ledger): State<ServiceChannel>,
+    Json(new): Json<NewAccount>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&new.id)?;
+    let key = hex_decode(&new.public_key).filter(|key| key.len() == 32).ok_or_else(|| {
+        ApiError::new(ErrorCode::InvalidArgument, "public_key must be 64 hex characters (an ed25519 key)")
+    })?;
+    let mut flags = Vec::new();
+    for flag in &new.flags {
+        flags.push(match flag.as_str() {
+            "debits_must_not_exceed_credits" => pb::AccountFlag::DebitsMustNotExceedCredits as i32,
+            "credits_must_not_exceed_debits" => pb::AccountFlag::CreditsMustNotExceedDebits as i32,
+            other => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("unknown flag {other:?}: accepted values are debits_must_not_exceed_credits, credits_must_not_exceed_debits"),
+                ));
+            }
+        });
+    }
+    let account = pb::Account {
+        id: wire(id),
+        owner: Some(pb::account::Owner::PublicKey(key)),
+        ledger: 1,
+        code: u32::from(new.code),
+        flags,
+        ..Default::default()
+    };
+    let mut client = client(&ledger).await?;
+    let results =
+        client.create_accounts(pb::CreateAccountsRequest { accounts: vec![account] }).await?.into_inner().results;
+    let result =
+        results.first().and_then(|r| pb::CreateResult::try_from(r.result).ok()).unwrap_or(pb::CreateResult::Ok);
+    let status = match result {
+        pb::CreateResult::Ok => StatusCode::CREATED,
+        pb::CreateResult::Exists => StatusCode::OK,
+        pb::CreateResult::ExistsWithDifferentFields => {
+            return Err(ApiError::new(ErrorCode::AlreadyExists, format!("account {id} exists with different fields")));
+        }
+        other => {
+            let reason = other.as_str_name().trim_start_matches("CREATE_RESULT_").to_lowercase();
+            return Err(ApiError::new(ErrorCode::InvalidArgument, format!("account {id} refused: {reason}")));
+        }
+    };
+    let found = client
+        .lookup_accounts(pb::LookupAccountsRequest { ids: vec![Uint128 { high: (id >> 64) as u64, low: id as u64 }] })
+        .await?;
+    let account = found
+        .into_inner()
+        .accounts
+        .pop()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "created account not found"))?;
+    Ok((status, Json(view(&account))))
+}
+
+/// An account and its balances.
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "Decimal account id")), responses(
+    (status = 200, description = "The account", body = AccountView),
+    (status = 404, description = "No such account", body = ErrorBody),
+))]
+pub async fn get_account(
+    State(ledger): State<ServiceChannel>,
+    Path(id): Path<String>,
+) -> Result<Json<AccountView>, ApiError> {
+    let id = parse_id(&id)?;
+    let found = client(&ledger)
+        .await?
+        .lookup_accounts(pb::LookupAccountsRequest { ids: vec![Uint128 { high: (id >> 64) as u64, low: id as u64 }] })
+        .await?;
+    let account = found
+        .into_inner()
+        .accounts
+        .pop()
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("account {id} does not exist")))?;
+    Ok(Json(view(&account)))
+}
+
+/// An account's transfers, oldest first, a page at a time.
+#[utoipa::path(get, path = "/v1/accounts/{id}/transfers", tag = "accounts", params(("id" = String, Path, description = "Decimal account id"), PageQuery), responses(
+    (status = 200, description = "A page of transfers", body = TransferPage),
+))]
+pub async fn account_transfers(
+    State(ledger): State<ServiceChannel>,
+    Path(id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> Result<Json<TransferPage>, ApiError> {
+    let id = parse_id(&id)?;
+    let request = pb::GetAccountTransfersRequest {
+        account_id: wire(id),
+        page: Some(PageRequest { page_size: page.limit.unwrap_or(0), page_token: page.after.unwrap_or_default() }),
+    };
+    let response = client(&ledger).await?.get_account_transfers(request).await?.into_inner();
+    let transfer_flag = |flag: i32| {
+        pb::TransferFlag::try_from(flag)
+            .ok()
+            .map(|f| f.as_str_name().trim_start_matches("TRANSFER_FLAG_").to_lowercase())
+    };
+    let transfers = response
+        .transfers
+        .iter()
+        .map(|t| TransferView {
+            id: unwire(t.id.as_ref()).to_string(),
+            debit_account_id: unwire(t.debit_account_id.as_ref()).to_string(),
+            credit_account_id: unwire(t.credit_account_id.as_ref()).to_string(),
+            amount: unwire(t.amount.as_ref()).to_string(),
+            pending_id: unwire(t.pending_id.as_ref()).to_string(),
+            code: t.code,
+            flags: flag_names(&t.flags, transfer_flag),
+            timestamp: t.timestamp,
+        })
+        .collect();
+    let next_cursor = response.page.map(|page| page.next_page_token).filter(|token| !token.is_empty());
+    Ok(Json(TransferPage { transfers, next_cursor }))
+}
