@@ -120,7 +120,7 @@ fn view(account: &pb::Account) -> AccountView {
     let debits = unwire(account.debits_posted.as_ref());
     let balance = if credits >= debits { (credits - debits).to_string() } else { format!("-{}", debits - credits) };
     let owner = match &account.owner {
-        Some(pb::account::Owner::PublicKey(key)) => format!("key:{}", hex_encode(key)),
+        Some(pb::account::Owner::PublicKey(key)) => format!("key:{}", hex::encode(key)),
         Some(pb::account::Owner::SystemRole(role)) => format!(
             "system:{}",
             pb::SystemRole::try_from(*role)
@@ -143,17 +143,6 @@ fn view(account: &pb::Account) -> AccountView {
     }
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
-}
-
 async fn client(ledger: &ServiceChannel) -> Result<LedgerServiceClient<tonic::transport::Channel>, ApiError> {
     Ok(LedgerServiceClient::new(ledger.channel()?))
 }
@@ -170,7 +159,7 @@ pub async fn create_account(
     Json(new): Json<NewAccount>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&new.id)?;
-    let key = hex_decode(&new.public_key).filter(|key| key.len() == 32).ok_or_else(|| {
+    let key = hex::decode(&new.public_key).ok().filter(|key| key.len() == 32).ok_or_else(|| {
         ApiError::new(ErrorCode::InvalidArgument, "public_key must be 64 hex characters (an ed25519 key)")
     })?;
     let mut flags = Vec::new();
