@@ -17,7 +17,7 @@ use crate::{
         Account, AccountFlags, CreateAccountResult, CreateTransferResult, MAX_BATCH_EVENTS, Owner, SystemRole,
         Transfer, TransferFlags,
     },
-    operations::{ContributorWeight, Economics, OperationError},
+    operations::{BondState, ContributorWeight, Economics, OperationError},
 };
 
 /// The process's one `Ledger` (one writer lock), made once the database is connected.
@@ -89,6 +89,10 @@ fn operation_id(id: &str, field: &str) -> Result<(), Status> {
         return Err(status(ErrorCode::InvalidArgument, format!("{field} must be 1 to 128 bytes, got {}", id.len())));
     }
     Ok(())
+}
+
+fn bond_response((transfer_id, state): (u128, BondState)) -> pb::BondResponse {
+    pb::BondResponse { transfer_id: to_uint128(transfer_id), state: state.as_str().to_owned() }
 }
 
 fn check_len(len: usize) -> Result<(), Status> {
@@ -424,6 +428,42 @@ impl LedgerService for Api {
             transfers: settlement.transfers.iter().map(transfer_to_proto).collect(),
             already_settled: settlement.already_settled,
         }))
+    }
+
+    async fn hold_bond(&self, request: Request<pb::HoldBondRequest>) -> Result<Response<pb::BondResponse>, Status> {
+        let request = request.into_inner();
+        operation_id(&request.contribution_id, "contribution_id")?;
+        let outcome = self
+            .ledger()?
+            .hold_bond(
+                &request.contribution_id,
+                from_uint128(request.contributor_account_id.as_ref()),
+                from_uint128(request.amount.as_ref()),
+            )
+            .await
+            .map_err(operation_error)?;
+        Ok(Response::new(bond_response(outcome)))
+    }
+
+    async fn release_bond(
+        &self,
+        request: Request<pb::ResolveBondRequest>,
+    ) -> Result<Response<pb::BondResponse>, Status> {
+        let request = request.into_inner();
+        operation_id(&request.contribution_id, "contribution_id")?;
+        let outcome = self.ledger()?.release_bond(&request.contribution_id).await.map_err(operation_error)?;
+        Ok(Response::new(bond_response(outcome)))
+    }
+
+    async fn slash_bond(&self, request: Request<pb::ResolveBondRequest>) -> Result<Response<pb::BondResponse>, Status> {
+        let request = request.into_inner();
+        operation_id(&request.contribution_id, "contribution_id")?;
+        let outcome = self
+            .ledger()?
+            .slash_bond(&request.contribution_id, &request.reason, &Economics::default())
+            .await
+            .map_err(operation_error)?;
+        Ok(Response::new(bond_response(outcome)))
     }
 
     async fn verify_journal(

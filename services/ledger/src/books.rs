@@ -310,7 +310,19 @@ impl Ledger {
         now_ns: u64,
         reserved_debit: &(dyn Fn(u128) -> bool + Sync),
     ) -> Result<TransfersOutcome, LedgerError> {
-        retry_when_busy(|| self.write_once(batch, now_ns, reserved_debit)).await
+        retry_when_busy(|| self.write_once(batch, now_ns, reserved_debit, None)).await
+    }
+
+    /// Applies a platform operation's chain; `event` is recorded in the same transaction when
+    /// every transfer of the chain is accepted.
+    pub(crate) async fn write_operation(
+        &self,
+        batch: &[Transfer],
+        event: NewEvent,
+    ) -> Result<Vec<CreateTransferResult>, LedgerError> {
+        let reserved = |id| id == GENESIS_ACCOUNT_ID;
+        let now = Self::now_ns();
+        Ok(retry_when_busy(|| self.write_once(batch, now, &reserved, Some(event.clone()))).await?.results)
     }
 
     async fn write_once(
@@ -318,8 +330,10 @@ impl Ledger {
         batch: &[Transfer],
         now_ns: u64,
         reserved_debit: &(dyn Fn(u128) -> bool + Sync),
+        event: Option<NewEvent>,
     ) -> Result<TransfersOutcome, LedgerError> {
         check_batch(batch.len())?;
+        let submitted = batch.len();
         let _writer = self.writer.lock().await;
         let txn = self.db.begin().await?;
         if txn.get_database_backend() == DatabaseBackend::Postgres {
@@ -382,7 +396,7 @@ impl Ledger {
             })
             .exec_without_returning(&txn)
             .await?;
-            let event = LedgerBatchCommitted {
+            let committed = LedgerBatchCommitted {
                 sequence,
                 entry_hash: Some(Hash { value: hash.as_bytes().to_vec() }),
                 transfer_count: count,
@@ -393,10 +407,13 @@ impl Ledger {
                     .map(|t| Uint128 { high: (t.id >> 64) as u64, low: t.id as u64 })
                     .collect(),
             };
-            let event = NewEvent::new(SUBJECT_BATCH_COMMITTED, event.encode_to_vec());
-            openledger_store::outbox::enqueue(&txn, "ledger", event)
-                .await
-                .map_err(|error| LedgerError::Outbox(error.to_string()))?;
+            let batch_event = NewEvent::new(SUBJECT_BATCH_COMMITTED, committed.encode_to_vec());
+            let all_accepted = outcome.accepted.len() == submitted;
+            for event in std::iter::once(batch_event).chain(event.filter(|_| all_accepted)) {
+                openledger_store::outbox::enqueue(&txn, "ledger", event)
+                    .await
+                    .map_err(|error| LedgerError::Outbox(error.to_string()))?;
+            }
         }
         txn.commit().await?;
         Ok(outcome)

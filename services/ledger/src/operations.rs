@@ -11,6 +11,13 @@
 //! * every share is rounded down, and whatever rounding leaves (plus δ when no weight is
 //!   positive) goes to the treasury, so a settlement always balances to the base unit.
 
+use openledger_proto::{
+    common::v1::Uint128,
+    events::v1::{BondSlashed, InferenceSettled},
+};
+use openledger_store::NewEvent;
+use prost::Message;
+
 use crate::{
     books::{Ledger, LedgerError, system_transfer_id},
     model::{CreateTransferResult, OPEN_LEDGER, SystemRole, Transfer, TransferFlags},
@@ -25,7 +32,14 @@ pub mod codes {
     pub const SETTLE_STAKERS: u16 = 14;
     pub const SETTLE_CONTRIBUTOR: u16 = 15;
     pub const SETTLE_REMAINDER: u16 = 16;
+    pub const BOND_HOLD: u16 = 20;
+    pub const BOND_RELEASE: u16 = 21;
+    pub const BOND_SLASH: u16 = 22;
 }
+
+/// Subjects of the operations' events (published through the outbox).
+pub const SUBJECT_SETTLED: &str = "ol.ledger.settled";
+pub const SUBJECT_BOND_SLASHED: &str = "ol.ledger.bond.slashed";
 
 pub const TREASURY: u128 = SystemRole::Treasury as u128;
 pub const FEE_ESCROW: u128 = SystemRole::FeeEscrow as u128;
@@ -44,11 +58,19 @@ pub struct Economics {
     pub contributors_bps: u32,
     /// Flat fee per inference, in base units.
     pub platform_fee: u128,
+    /// Share of a bond taken to the treasury when a contribution is slashed.
+    pub slashing_bps: u32,
 }
 
 impl Default for Economics {
     fn default() -> Self {
-        Self { model_owner_bps: 3_000, stakers_bps: 2_000, contributors_bps: 5_000, platform_fee: 10u128.pow(15) }
+        Self {
+            model_owner_bps: 3_000,
+            stakers_bps: 2_000,
+            contributors_bps: 5_000,
+            platform_fee: 10u128.pow(15),
+            slashing_bps: 10_000,
+        }
     }
 }
 
@@ -254,7 +276,13 @@ impl Ledger {
                 ..Transfer::default()
             })
             .collect();
-        let results = self.create_transfers(&transfers).await?;
+        let event = InferenceSettled {
+            inference_id: inference_id.to_owned(),
+            fee: Some(Uint128 { high: (capture.amount >> 64) as u64, low: capture.amount as u64 }),
+            transfer_count: transfers.len() as u64,
+            journal_entry: None,
+        };
+        let results = self.write_operation(&transfers, NewEvent::new(SUBJECT_SETTLED, event.encode_to_vec())).await?;
         if results.iter().all(|result| *result == CreateTransferResult::Exists) {
             return Ok(Settlement { fee: capture.amount, transfers, already_settled: true });
         }
@@ -268,6 +296,120 @@ impl Ledger {
             return Err(refused(operation, "a payout failed"));
         }
         Ok(Settlement { fee: capture.amount, transfers, already_settled: false })
+    }
+}
+
+/// Where a contribution's bond stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BondState {
+    Held,
+    Released,
+    Slashed,
+}
+
+impl BondState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Released => "released",
+            Self::Slashed => "slashed",
+        }
+    }
+}
+
+impl Ledger {
+    /// Holds a contribution's stake bond (contributor → treasury, pending, no expiry).
+    pub async fn hold_bond(
+        &self,
+        contribution_id: &str,
+        contributor: u128,
+        amount: u128,
+    ) -> Result<(u128, BondState), OperationError> {
+        let id = system_transfer_id("bond-hold", key(contribution_id));
+        let hold = Transfer {
+            id,
+            debit_account_id: contributor,
+            credit_account_id: TREASURY,
+            amount,
+            ledger: OPEN_LEDGER,
+            code: codes::BOND_HOLD,
+            flags: TransferFlags(TransferFlags::PENDING),
+            ..Transfer::default()
+        };
+        single(&self.create_transfers(&[hold]).await?, "holding the bond")?;
+        Ok((id, BondState::Held))
+    }
+
+    /// Gives the bond back to the contributor (the contribution was accepted).
+    pub async fn release_bond(&self, contribution_id: &str) -> Result<(u128, BondState), OperationError> {
+        let operation = "releasing the bond";
+        let hold_id = system_transfer_id("bond-hold", key(contribution_id));
+        let id = system_transfer_id("bond-release", key(contribution_id));
+        let release = Transfer {
+            id,
+            pending_id: hold_id,
+            code: codes::BOND_RELEASE,
+            flags: TransferFlags(TransferFlags::VOID_PENDING),
+            ..Transfer::default()
+        };
+        match self.create_transfers(&[release]).await?.as_slice() {
+            [CreateTransferResult::Ok | CreateTransferResult::Exists] => Ok((id, BondState::Released)),
+            [CreateTransferResult::PendingAlreadyResolved] => Err(refused(operation, "the bond was already slashed")),
+            [CreateTransferResult::PendingNotFound] => Err(refused(operation, "no bond is held for this contribution")),
+            [other] => Err(refused(operation, other.as_str())),
+            _ => Err(refused(operation, "unexpected result count")),
+        }
+    }
+
+    /// Takes `slashing_bps` of the bond to the treasury and releases the rest (the contribution
+    /// was spam, a duplicate, or proven harmful).
+    pub async fn slash_bond(
+        &self,
+        contribution_id: &str,
+        reason: &str,
+        economics: &Economics,
+    ) -> Result<(u128, BondState), OperationError> {
+        let operation = "slashing the bond";
+        let hold_id = system_transfer_id("bond-hold", key(contribution_id));
+        let hold = self
+            .lookup_transfers(&[hold_id])
+            .await?
+            .pop()
+            .ok_or_else(|| refused(operation, "no bond is held for this contribution"))?;
+        let slashed = mul_div_floor(hold.amount, u128::from(economics.slashing_bps.min(10_000)), 10_000);
+        let id = system_transfer_id("bond-slash", key(contribution_id));
+        let slash = Transfer {
+            id,
+            pending_id: hold_id,
+            // A post of 0 would capture everything: a zero slash is a release instead.
+            amount: slashed,
+            code: if slashed == 0 { codes::BOND_RELEASE } else { codes::BOND_SLASH },
+            flags: TransferFlags(if slashed == 0 { TransferFlags::VOID_PENDING } else { TransferFlags::POST_PENDING }),
+            ..Transfer::default()
+        };
+        let event = BondSlashed {
+            contribution_id: contribution_id.to_owned(),
+            contributor_account_id: Some(Uint128 {
+                high: (hold.debit_account_id >> 64) as u64,
+                low: hold.debit_account_id as u64,
+            }),
+            slashed: Some(Uint128 { high: (slashed >> 64) as u64, low: slashed as u64 }),
+            released: Some(Uint128 {
+                high: ((hold.amount - slashed) >> 64) as u64,
+                low: (hold.amount - slashed) as u64,
+            }),
+            reason: reason.chars().take(512).collect(),
+        };
+        match self
+            .write_operation(&[slash], NewEvent::new(SUBJECT_BOND_SLASHED, event.encode_to_vec()))
+            .await?
+            .as_slice()
+        {
+            [CreateTransferResult::Ok | CreateTransferResult::Exists] => Ok((id, BondState::Slashed)),
+            [CreateTransferResult::PendingAlreadyResolved] => Err(refused(operation, "the bond was already released")),
+            [other] => Err(refused(operation, other.as_str())),
+            _ => Err(refused(operation, "unexpected result count")),
+        }
     }
 }
 

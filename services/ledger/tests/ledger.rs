@@ -804,3 +804,59 @@ fn sixteen_concurrent_clients_cannot_unbalance_the_books_on_postgres() {
         assert_eq!(total, 4_000, "value only moved between the four accounts");
     });
 }
+
+#[tokio::test]
+async fn bonds_are_held_then_released_or_slashed_once() {
+    use openledger_ledger::operations::{BondState, Economics, SUBJECT_BOND_SLASHED, TREASURY};
+
+    let f = fixture().await;
+    f.ledger.ensure_genesis(&default_allocations()).await.expect("genesis");
+    let contributor = FIRST_ID + 1; // guarded: cannot bond more than it holds
+    assert_eq!(f.ledger.create_transfers(&[transfer(1, 0, 1, 1_000)]).await.expect("fund"), vec![R::Ok]);
+    let economics = Economics { slashing_bps: 2_500, ..Economics::default() };
+
+    assert_eq!(f.ledger.hold_bond("c-accepted", contributor, 100).await.expect("hold").1, BondState::Held);
+    assert_eq!(f.ledger.hold_bond("c-spam", contributor, 400).await.expect("hold").1, BondState::Held);
+    assert!(f.ledger.hold_bond("c-too-big", contributor, 1_000).await.is_err(), "bonds cannot exceed the balance");
+    let held = f.ledger.lookup_accounts(&[contributor]).await.expect("lookup")[0];
+    assert_eq!(held.debits_pending, 500);
+
+    assert_eq!(f.ledger.release_bond("c-accepted").await.expect("release").1, BondState::Released);
+    assert_eq!(
+        f.ledger.release_bond("c-accepted").await.expect("again").1,
+        BondState::Released,
+        "releasing twice is a no-op"
+    );
+    assert!(f.ledger.slash_bond("c-accepted", "late", &economics).await.is_err(), "a released bond cannot be slashed");
+
+    assert_eq!(
+        f.ledger.slash_bond("c-spam", "duplicate of c-1", &economics).await.expect("slash").1,
+        BondState::Slashed
+    );
+    assert_eq!(
+        f.ledger.slash_bond("c-spam", "duplicate of c-1", &economics).await.expect("again").1,
+        BondState::Slashed
+    );
+    assert!(f.ledger.release_bond("c-spam").await.is_err(), "a slashed bond cannot be released");
+    assert!(f.ledger.release_bond("c-unknown").await.is_err());
+
+    let balances = f.ledger.lookup_accounts(&[contributor, TREASURY]).await.expect("lookup");
+    assert_eq!(balances[0].debits_pending, 0);
+    assert_eq!(balances[0].debits_posted, 100, "a quarter of the 400 bond was slashed, the rest released");
+    assert_eq!((balances[1].credits_posted, balances[1].credits_pending), (100, 0), "the slash went to the treasury");
+
+    let bus: std::sync::Arc<dyn openledger_bus::EventBus> =
+        std::sync::Arc::new(openledger_bus::InProcessBus::new(Default::default()));
+    let relay = openledger_store::OutboxRelay::new(f.db.clone(), bus.clone(), "ledger");
+    while relay.relay_once().await.expect("relay") > 0 {}
+    let mut consumer =
+        bus.consumer(openledger_bus::ConsumerConfig::new("slashes", SUBJECT_BOND_SLASHED)).await.expect("consumer");
+    let delivery = consumer.next().await.expect("delivery");
+    let event =
+        <openledger_proto::events::v1::BondSlashed as prost::Message>::decode(&delivery.payload[..]).expect("decode");
+    assert_eq!(
+        (event.contribution_id.as_str(), event.slashed.map(|a| a.low), event.released.map(|a| a.low)),
+        ("c-spam", Some(100), Some(300))
+    );
+    assert!(f.ledger.verify().await.expect("verify").ok());
+}
