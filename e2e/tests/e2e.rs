@@ -525,6 +525,12 @@ async fn the_ledger_cli_reads_moves_and_verifies_open() {
     assert_eq!(platform.terminate().code(), Some(0));
     let (code, out) = cli(&["verify"]);
     assert_eq!(code, Some(0), "verify works offline, from the database: {out}");
+    let export = data_dir.path().join("journal.jsonl");
+    let (code, out) = cli(&["export", "--out", &export.display().to_string()]);
+    assert_eq!(code, Some(0), "{out}");
+    let exported = std::fs::read_to_string(&export).expect("export file");
+    assert!(exported.lines().any(|line| line.contains(r#""type":"epoch""#)), "{exported}");
+    assert!(exported.lines().any(|line| line.contains(r#""id":"7""#)), "the CLI's transfer is in the export");
 }
 
 #[tokio::test]

@@ -44,6 +44,15 @@ pub enum LedgerCommand {
     },
     /// Recompute the journal's hash chain and replay every transfer, from the database
     Verify,
+    /// Write the journal and per-epoch Merkle roots as JSON lines, from the database
+    Export {
+        /// Output file ("-" for standard output)
+        #[arg(long, default_value = "-")]
+        out: String,
+        /// Epoch length for the Merkle roots
+        #[arg(long, default_value_t = 86_400)]
+        epoch_seconds: u64,
+    },
 }
 
 fn parse_id(text: &str) -> Result<u128, String> {
@@ -79,8 +88,10 @@ fn result_name(code: i32) -> String {
 
 /// Runs a ledger command; the exit code follows the outcome.
 pub async fn run(command: LedgerCommand, config: &Config) -> anyhow::Result<bool> {
-    if let LedgerCommand::Verify = command {
-        return verify(config).await;
+    match command {
+        LedgerCommand::Verify => return verify(config).await,
+        LedgerCommand::Export { out, epoch_seconds } => return export(config, &out, epoch_seconds).await,
+        _ => {}
     }
     let url = config.ledger_url.clone().unwrap_or_else(|| {
         format!("http://{}:{}", config.listen_host, config.grpc_port(openledger_core::ServiceKind::Ledger))
@@ -157,11 +168,12 @@ pub async fn run(command: LedgerCommand, config: &Config) -> anyhow::Result<bool
             }
             Ok(true)
         }
-        LedgerCommand::Verify => unreachable!("handled above"),
+        LedgerCommand::Verify | LedgerCommand::Export { .. } => unreachable!("handled above"),
     }
 }
 
-async fn verify(config: &Config) -> anyhow::Result<bool> {
+/// The ledger's books straight from the configured database (no running service needed).
+async fn offline_ledger(config: &Config) -> anyhow::Result<openledger_ledger::Ledger> {
     let url = config.effective_database_url();
     let db = openledger_store::connect(&url).await?;
     if openledger_store::pending_migrations(&db).await? > 0 {
@@ -170,7 +182,26 @@ async fn verify(config: &Config) -> anyhow::Result<bool> {
             openledger_core::redact_url(&url)
         );
     }
-    let report = openledger_ledger::Ledger::new(db).verify().await?;
+    Ok(openledger_ledger::Ledger::new(db))
+}
+
+async fn export(config: &Config, out: &str, epoch_seconds: u64) -> anyhow::Result<bool> {
+    let ledger = offline_ledger(config).await?;
+    let lines = if out == "-" {
+        ledger.export_journal(&mut std::io::stdout().lock(), epoch_seconds).await?
+    } else {
+        let file = std::fs::File::create(out).map_err(|error| anyhow::anyhow!("cannot create {out}: {error}"))?;
+        let mut writer = std::io::BufWriter::new(file);
+        let lines = ledger.export_journal(&mut writer, epoch_seconds).await?;
+        std::io::Write::flush(&mut writer)?;
+        eprintln!("wrote {lines} lines to {out}");
+        lines
+    };
+    Ok(lines > 0)
+}
+
+async fn verify(config: &Config) -> anyhow::Result<bool> {
+    let report = offline_ledger(config).await?.verify().await?;
     println!("journal entries checked: {}", report.entries);
     println!("transfers replayed:      {}", report.transfers);
     match &report.first_mismatch {

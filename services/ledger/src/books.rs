@@ -13,8 +13,8 @@ use openledger_proto::{
 use openledger_store::NewEvent;
 use prost::Message;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait, sea_query::OnConflict,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, TransactionTrait, sea_query::OnConflict,
 };
 use tokio::sync::Mutex;
 
@@ -250,9 +250,16 @@ impl Ledger {
         batch: &[Account],
         allow_reserved: bool,
     ) -> Result<Vec<CreateAccountResult>, LedgerError> {
+        retry_when_busy(|| self.insert_accounts_once(batch, allow_reserved)).await
+    }
+
+    async fn insert_accounts_once(
+        &self,
+        batch: &[Account],
+        allow_reserved: bool,
+    ) -> Result<Vec<CreateAccountResult>, LedgerError> {
         check_batch(batch.len())?;
-        let _writer = self.writer.lock().await;
-        let txn = self.db.begin().await?;
+        let (_writer, txn) = self.begin_write().await?;
         let ids: Vec<u128> = batch.iter().map(|account| account.id).collect();
         let existing = load_accounts(&txn, &ids).await?;
         let (results, created) = engine::apply_accounts(&existing, batch, Self::now_ns(), allow_reserved);
@@ -334,11 +341,7 @@ impl Ledger {
     ) -> Result<TransfersOutcome, LedgerError> {
         check_batch(batch.len())?;
         let submitted = batch.len();
-        let _writer = self.writer.lock().await;
-        let txn = self.db.begin().await?;
-        if txn.get_database_backend() == DatabaseBackend::Postgres {
-            meta::Entity::find_by_id("writer").lock_exclusive().one(&txn).await?;
-        }
+        let (_writer, txn) = self.begin_write().await?;
         let mut books = load_books(&txn, batch).await?;
         let last = last_entry(&txn).await?;
         let outcome = engine::apply_transfers(&mut books, batch, now_ns, last.last_timestamp, reserved_debit);
@@ -417,6 +420,21 @@ impl Ledger {
         }
         txn.commit().await?;
         Ok(outcome)
+    }
+
+    /// Starts a write transaction holding the writer lock: this process's mutex, and a first
+    /// statement that writes. On PostgreSQL that row lock makes replicas take turns; on SQLite
+    /// it takes the database's write lock before anything is read, so a busy database is waited
+    /// for (busy timeout) instead of failing when a read transaction tries to turn into a write.
+    async fn begin_write(&self) -> Result<(tokio::sync::MutexGuard<'_, ()>, DatabaseTransaction), LedgerError> {
+        let writer = self.writer.lock().await;
+        let txn = self.db.begin().await?;
+        meta::Entity::update_many()
+            .col_expr(meta::Column::Value, sea_orm::sea_query::Expr::col(meta::Column::Value).into())
+            .filter(meta::Column::Key.eq("writer"))
+            .exec(&txn)
+            .await?;
+        Ok((writer, txn))
     }
 
     pub async fn lookup_accounts(&self, ids: &[u128]) -> Result<Vec<Account>, LedgerError> {
@@ -520,6 +538,59 @@ impl Ledger {
         Ok(())
     }
 
+    /// Writes the journal as JSON lines for audit: one `entry` line per journal entry with its
+    /// transfers (ids and amounts as decimal strings), then one `epoch` line per epoch of
+    /// `epoch_seconds` with the Merkle root over the hashes of that epoch's transfers in
+    /// timestamp order. Returns the number of lines. Anyone can recompute every hash from the
+    /// file: a transfer's hash is BLAKE3 of its 116-byte big-endian encoding
+    /// (`Transfer::canonical_bytes`), a batch hash is BLAKE3 of the concatenated encodings,
+    /// an entry hash is BLAKE3 of "openledger/journal/v1", previous, sequence, batch hash,
+    /// count and last timestamp.
+    pub async fn export_journal(&self, out: &mut impl std::io::Write, epoch_seconds: u64) -> Result<u64, LedgerError> {
+        let io = |error: std::io::Error| LedgerError::Corrupt(format!("cannot write the export: {error}"));
+        let epoch_ns = epoch_seconds.max(1).saturating_mul(1_000_000_000);
+        let mut lines = 0;
+        let mut epochs: std::collections::BTreeMap<u64, Vec<ContentHash>> = std::collections::BTreeMap::new();
+        for entry in journal::Entity::find().order_by_asc(journal::Column::Sequence).all(&self.db).await? {
+            let rows = transfer::Entity::find()
+                .filter(transfer::Column::JournalSequence.eq(entry.sequence))
+                .order_by_asc(transfer::Column::Timestamp)
+                .all(&self.db)
+                .await?;
+            let transfers: Vec<Transfer> = rows.iter().map(to_transfer).collect::<Result<_, _>>()?;
+            for transfer in &transfers {
+                epochs
+                    .entry(transfer.timestamp / epoch_ns)
+                    .or_default()
+                    .push(ContentHash::of(&transfer.canonical_bytes()));
+            }
+            let line = serde_json::json!({
+                "type": "entry",
+                "sequence": entry.sequence,
+                "previous": hex::encode(&entry.previous),
+                "batch_hash": hex::encode(&entry.batch_hash),
+                "entry_hash": hex::encode(&entry.entry_hash),
+                "transfer_count": entry.transfer_count,
+                "last_timestamp": entry.last_timestamp,
+                "transfers": transfers.iter().map(transfer_json).collect::<Vec<_>>(),
+            });
+            writeln!(out, "{line}").map_err(io)?;
+            lines += 1;
+        }
+        for (epoch, hashes) in epochs {
+            let line = serde_json::json!({
+                "type": "epoch",
+                "epoch": epoch,
+                "epoch_seconds": epoch_seconds,
+                "transfer_count": hashes.len(),
+                "merkle_root": openledger_core::MerkleTree::new(&hashes).root().to_hex(),
+            });
+            writeln!(out, "{line}").map_err(io)?;
+            lines += 1;
+        }
+        Ok(lines)
+    }
+
     /// Recomputes the journal's hash chain and replays every transfer to check the stored
     /// balances and the books' invariants.
     pub async fn verify(&self) -> Result<JournalReport, LedgerError> {
@@ -594,6 +665,22 @@ impl Ledger {
         }
         Ok(report)
     }
+}
+
+fn transfer_json(transfer: &Transfer) -> serde_json::Value {
+    serde_json::json!({
+        "id": transfer.id.to_string(),
+        "debit_account_id": transfer.debit_account_id.to_string(),
+        "credit_account_id": transfer.credit_account_id.to_string(),
+        "amount": transfer.amount.to_string(),
+        "pending_id": transfer.pending_id.to_string(),
+        "user_data": transfer.user_data.to_string(),
+        "timeout_seconds": transfer.timeout_seconds,
+        "ledger": transfer.ledger,
+        "code": transfer.code,
+        "flags": transfer.flags.0,
+        "timestamp": transfer.timestamp,
+    })
 }
 
 /// Applies one stored transfer to replayed balances (`verify`).

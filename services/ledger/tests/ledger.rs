@@ -860,3 +860,82 @@ async fn bonds_are_held_then_released_or_slashed_once() {
     );
     assert!(f.ledger.verify().await.expect("verify").ok());
 }
+
+#[tokio::test]
+async fn the_journal_export_lets_anyone_recompute_every_hash() {
+    use openledger_core::{ContentHash, MerkleTree};
+
+    let f = fixture().await;
+    for (batch, at) in [
+        (vec![transfer(1, 0, 1, 10), transfer(2, 0, 1, 5)], 0u64),
+        (vec![transfer(3, 1, 0, 3)], 1),
+        (vec![transfer(4, 0, 1, 7)], 90_000),
+    ] {
+        assert!(
+            f.ledger.create_transfers_at(&batch, START + at * SECOND).await.expect("batch").iter().all(|r| *r == R::Ok)
+        );
+    }
+    let mut out = Vec::new();
+    let lines = f.ledger.export_journal(&mut out, 86_400).await.expect("export");
+    let text = String::from_utf8(out).expect("utf-8");
+    assert_eq!(lines as usize, text.lines().count());
+
+    // An auditor's own encoder: 116 big-endian bytes per transfer.
+    let encode = |t: &serde_json::Value| {
+        let u128_field = |name: &str| {
+            t[name].as_str().expect("decimal string").parse::<u128>().expect("u128").to_be_bytes().to_vec()
+        };
+        let mut bytes = Vec::new();
+        for name in ["id", "debit_account_id", "credit_account_id", "amount", "pending_id", "user_data"] {
+            bytes.extend(u128_field(name));
+        }
+        bytes.extend((t["timeout_seconds"].as_u64().expect("u32") as u32).to_be_bytes());
+        bytes.extend((t["ledger"].as_u64().expect("u32") as u32).to_be_bytes());
+        bytes.extend((t["code"].as_u64().expect("u16") as u16).to_be_bytes());
+        bytes.extend((t["flags"].as_u64().expect("u16") as u16).to_be_bytes());
+        bytes.extend(t["timestamp"].as_u64().expect("u64").to_be_bytes());
+        bytes
+    };
+    let mut previous = ContentHash::from_bytes([0; 32]);
+    let mut by_epoch: std::collections::BTreeMap<u64, Vec<ContentHash>> = Default::default();
+    let mut entries = 0;
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).expect("json line");
+        match record["type"].as_str() {
+            Some("entry") => {
+                entries += 1;
+                let transfers = record["transfers"].as_array().expect("transfers");
+                let encoded: Vec<Vec<u8>> = transfers.iter().map(encode).collect();
+                let parts: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+                let batch = ContentHash::of_parts(&parts);
+                assert_eq!(record["batch_hash"], batch.to_hex());
+                assert_eq!(record["previous"], previous.to_hex());
+                let sequence = record["sequence"].as_u64().expect("sequence");
+                let last = transfers.last().and_then(|t| t["timestamp"].as_u64()).expect("timestamp");
+                let entry = ContentHash::of_parts(&[
+                    b"openledger/journal/v1",
+                    previous.as_bytes(),
+                    &sequence.to_be_bytes(),
+                    batch.as_bytes(),
+                    &(transfers.len() as u64).to_be_bytes(),
+                    &last.to_be_bytes(),
+                ]);
+                assert_eq!(record["entry_hash"], entry.to_hex());
+                previous = entry;
+                for (transfer, bytes) in transfers.iter().zip(&encoded) {
+                    let epoch = transfer["timestamp"].as_u64().expect("timestamp") / (86_400 * SECOND);
+                    by_epoch.entry(epoch).or_default().push(ContentHash::of(bytes));
+                }
+            }
+            Some("epoch") => {
+                let epoch = record["epoch"].as_u64().expect("epoch");
+                let hashes = &by_epoch[&epoch];
+                assert_eq!(record["merkle_root"], MerkleTree::new(hashes).root().to_hex());
+                assert_eq!(record["transfer_count"].as_u64(), Some(hashes.len() as u64));
+            }
+            other => panic!("unknown line type {other:?}"),
+        }
+    }
+    assert_eq!(entries, 3);
+    assert_eq!(by_epoch.len(), 2, "the last batch falls in the next day's epoch");
+}
