@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_platform;
 mod m20261124_000002_ledger;
+mod m20261124_000003_ledger_codes;
 
 /// Applies every schema in order.
 pub struct Migrator;
@@ -13,6 +14,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261124_000001_platform::Migration), Box::new(m20261124_000002_ledger::Migration)]
+        vec![
+            Box::new(m20261124_000001_platform::Migration),
+            Box::new(m20261124_000002_ledger::Migration),
+            Box::new(m20261124_000003_ledger_codes::Migration),
+        ]
     }
 }

@@ -466,6 +466,38 @@ impl LedgerService for Api {
         Ok(Response::new(bond_response(outcome)))
     }
 
+    async fn stake(&self, request: Request<pb::StakeRequest>) -> Result<Response<pb::StakeResponse>, Status> {
+        let request = request.into_inner();
+        operation_id(&request.operation_id, "operation_id")?;
+        let total = self
+            .ledger()?
+            .stake(
+                &request.operation_id,
+                from_uint128(request.account_id.as_ref()),
+                from_uint128(request.amount.as_ref()),
+                &Economics::default(),
+            )
+            .await
+            .map_err(operation_error)?;
+        Ok(Response::new(pb::StakeResponse { staked_total: to_uint128(total) }))
+    }
+
+    async fn unstake(&self, request: Request<pb::UnstakeRequest>) -> Result<Response<pb::UnstakeResponse>, Status> {
+        let request = request.into_inner();
+        operation_id(&request.operation_id, "operation_id")?;
+        let release = self
+            .ledger()?
+            .unstake(
+                &request.operation_id,
+                from_uint128(request.account_id.as_ref()),
+                from_uint128(request.amount.as_ref()),
+                &Economics::default(),
+            )
+            .await
+            .map_err(operation_error)?;
+        Ok(Response::new(pb::UnstakeResponse { unbonded_at_unix_seconds: release }))
+    }
+
     async fn verify_journal(
         &self,
         _request: Request<pb::VerifyJournalRequest>,

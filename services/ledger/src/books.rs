@@ -422,6 +422,49 @@ impl Ledger {
         Ok(outcome)
     }
 
+    /// Creates accounts the service owns or derives (any id allowed).
+    pub(crate) async fn create_system_accounts(
+        &self,
+        batch: &[Account],
+    ) -> Result<Vec<CreateAccountResult>, LedgerError> {
+        self.insert_accounts(batch, true).await
+    }
+
+    /// Transfers with `code` and a timestamp in `(after, up_to]`, oldest first (one batch).
+    pub(crate) async fn transfers_with_code(
+        &self,
+        code: u16,
+        after: u64,
+        up_to: u64,
+    ) -> Result<Vec<Transfer>, LedgerError> {
+        let rows = transfer::Entity::find()
+            .filter(transfer::Column::Code.eq(i32::from(code)))
+            .filter(transfer::Column::Timestamp.gt(nanos(after)))
+            .filter(transfer::Column::Timestamp.lte(nanos(up_to)))
+            .order_by_asc(transfer::Column::Timestamp)
+            .limit(MAX_BATCH_EVENTS as u64)
+            .all(&self.db)
+            .await?;
+        rows.iter().map(to_transfer).collect()
+    }
+
+    pub(crate) async fn meta_u64(&self, key: &str) -> Result<u64, LedgerError> {
+        match meta::Entity::find_by_id(key.to_owned()).one(&self.db).await? {
+            None => Ok(0),
+            Some(row) => {
+                row.value.parse().map_err(|_| LedgerError::Corrupt(format!("ledger_meta {key} is not a number")))
+            }
+        }
+    }
+
+    pub(crate) async fn set_meta_u64(&self, key: &str, value: u64) -> Result<(), LedgerError> {
+        meta::Entity::insert(meta::ActiveModel { key: Set(key.to_owned()), value: Set(value.to_string()) })
+            .on_conflict(OnConflict::column(meta::Column::Key).update_column(meta::Column::Value).to_owned())
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// Starts a write transaction holding the writer lock: this process's mutex, and a first
     /// statement that writes. On PostgreSQL that row lock makes replicas take turns; on SQLite
     /// it takes the database's write lock before anything is read, so a busy database is waited

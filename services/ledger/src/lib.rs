@@ -10,6 +10,7 @@ pub mod engine;
 mod entities;
 pub mod model;
 pub mod operations;
+pub mod staking;
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,7 +30,8 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
     run_service(spec, &config, deps).await
 }
 
-/// Mints the genesis supply once, then voids expired holds every second.
+/// Mints the genesis supply once, then every second voids expired holds and pays back
+/// stakes whose unbonding period has passed.
 fn housekeeping(shared: api::SharedLedger) -> Worker {
     Box::new(move |_backends, shutdown| {
         Box::pin(async move {
@@ -46,6 +48,11 @@ fn housekeeping(shared: api::SharedLedger) -> Worker {
                     Ok(0) => {}
                     Ok(expired) => tracing::info!(expired, "expired holds voided"),
                     Err(error) => tracing::warn!(%error, "voiding expired holds failed"),
+                }
+                match ledger.release_unbonded_at(Ledger::now_ns(), &operations::Economics::default()).await {
+                    Ok(0) => {}
+                    Ok(released) => tracing::info!(released, "unbonded stakes paid back"),
+                    Err(error) => tracing::warn!(%error, "paying back unbonded stakes failed"),
                 }
             }
         })

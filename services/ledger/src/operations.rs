@@ -60,6 +60,12 @@ pub struct Economics {
     pub platform_fee: u128,
     /// Share of a bond taken to the treasury when a contribution is slashed.
     pub slashing_bps: u32,
+    /// Least a staker may have staked (base units); unstaking may go to zero, not below this.
+    pub minimum_stake: u128,
+    /// Time between an unstake and its payout.
+    pub unbonding_seconds: u64,
+    /// Length of a rewards epoch.
+    pub epoch_seconds: u64,
 }
 
 impl Default for Economics {
@@ -70,6 +76,9 @@ impl Default for Economics {
             contributors_bps: 5_000,
             platform_fee: 10u128.pow(15),
             slashing_bps: 10_000,
+            minimum_stake: 10u128.pow(18),
+            unbonding_seconds: 7 * 86_400,
+            epoch_seconds: 86_400,
         }
     }
 }

@@ -939,3 +939,66 @@ async fn the_journal_export_lets_anyone_recompute_every_hash() {
     assert_eq!(entries, 3);
     assert_eq!(by_epoch.len(), 2, "the last batch falls in the next day's epoch");
 }
+
+#[tokio::test]
+async fn stakes_unbond_for_the_unbonding_period_then_come_back() {
+    use openledger_ledger::{
+        operations::Economics,
+        staking::{stake_account_id, unbonding_account_id},
+    };
+
+    let f = fixture().await;
+    let staker = FIRST_ID + 1;
+    assert_eq!(f.ledger.create_transfers(&[transfer(1, 0, 1, 1_000)]).await.expect("fund"), vec![R::Ok]);
+    let economics = Economics { minimum_stake: 100, unbonding_seconds: 3_600, ..Economics::default() };
+
+    assert!(f.ledger.stake("s-0", staker, 99, &economics).await.is_err(), "below the minimum stake");
+    assert!(f.ledger.stake("s-x", FIRST_ID + 99, 500, &economics).await.is_err(), "unknown accounts cannot stake");
+    assert_eq!(f.ledger.stake("s-1", staker, 600, &economics).await.expect("stake"), 600);
+    assert_eq!(
+        f.ledger.stake("s-1", staker, 600, &economics).await.expect("retry"),
+        600,
+        "the same operation is applied once"
+    );
+    assert!(f.ledger.stake("s-2", staker, 500, &economics).await.is_err(), "cannot stake more than the balance");
+    assert_eq!(
+        f.ledger.stake("s-3", staker, 50, &economics).await.expect("top up"),
+        650,
+        "top-ups may be small once above the minimum"
+    );
+
+    assert!(f.ledger.unstake("u-0", staker, 700, &economics).await.is_err(), "cannot unstake more than staked");
+    assert!(f.ledger.unstake("u-1", staker, 600, &economics).await.is_err(), "cannot leave less than the minimum");
+    let now_s = Ledger::now_ns() / SECOND;
+    let release_at = f.ledger.unstake("u-2", staker, 250, &economics).await.expect("unstake");
+    assert!(release_at >= now_s + 3_600 && release_at <= now_s + 3_610, "{release_at}");
+    f.ledger.unstake("u-2", staker, 250, &economics).await.expect("retry");
+    let ids = [staker, stake_account_id(staker), unbonding_account_id(staker)];
+    let [account, stake, unbonding] =
+        <[Account; 3]>::try_from(f.ledger.lookup_accounts(&ids).await.expect("lookup")).expect("three accounts");
+    assert_eq!(
+        (
+            account.credits_posted - account.debits_posted,
+            stake.credits_posted - stake.debits_posted,
+            unbonding.credits_posted
+        ),
+        (350, 400, 250)
+    );
+
+    assert_eq!(
+        f.ledger.release_unbonded_at(Ledger::now_ns(), &economics).await.expect("release"),
+        0,
+        "not before the period ends"
+    );
+    let later = Ledger::now_ns() + 3_601 * SECOND;
+    assert_eq!(f.ledger.release_unbonded_at(later, &economics).await.expect("release"), 1);
+    assert_eq!(f.ledger.release_unbonded_at(later, &economics).await.expect("release"), 0, "paid back once");
+    let [account, _, unbonding] =
+        <[Account; 3]>::try_from(f.ledger.lookup_accounts(&ids).await.expect("lookup")).expect("three accounts");
+    assert_eq!(
+        (account.credits_posted - account.debits_posted, unbonding.credits_posted - unbonding.debits_posted),
+        (600, 0)
+    );
+    assert_eq!(f.ledger.staked(staker).await.expect("staked"), 400);
+    assert!(f.ledger.verify().await.expect("verify").ok());
+}
