@@ -498,6 +498,38 @@ impl LedgerService for Api {
         Ok(Response::new(pb::UnstakeResponse { unbonded_at_unix_seconds: release }))
     }
 
+    async fn close_epoch(
+        &self,
+        request: Request<pb::CloseEpochRequest>,
+    ) -> Result<Response<pb::CloseEpochResponse>, Status> {
+        let request = request.into_inner();
+        let closed = self
+            .ledger()?
+            .close_epoch_at(request.epoch, Ledger::now_ns(), &Economics::default())
+            .await
+            .map_err(operation_error)?;
+        Ok(Response::new(pb::CloseEpochResponse {
+            epoch: closed.epoch,
+            merkle_root: Some(openledger_proto::common::v1::Hash { value: closed.merkle_root.as_bytes().to_vec() }),
+            rewards_distributed: to_uint128(closed.distributed),
+            already_closed: closed.already_closed,
+        }))
+    }
+
+    async fn claim_rewards(
+        &self,
+        request: Request<pb::ClaimRewardsRequest>,
+    ) -> Result<Response<pb::ClaimRewardsResponse>, Status> {
+        let request = request.into_inner();
+        operation_id(&request.operation_id, "operation_id")?;
+        let claimed = self
+            .ledger()?
+            .claim_rewards(&request.operation_id, from_uint128(request.account_id.as_ref()))
+            .await
+            .map_err(operation_error)?;
+        Ok(Response::new(pb::ClaimRewardsResponse { claimed: to_uint128(claimed) }))
+    }
+
     async fn verify_journal(
         &self,
         _request: Request<pb::VerifyJournalRequest>,

@@ -448,6 +448,17 @@ impl Ledger {
         rows.iter().map(to_transfer).collect()
     }
 
+    /// Transfers timestamped in `[start, end)`, oldest first.
+    pub(crate) async fn transfers_between(&self, start: u64, end: u64) -> Result<Vec<Transfer>, LedgerError> {
+        let rows = transfer::Entity::find()
+            .filter(transfer::Column::Timestamp.gte(nanos(start)))
+            .filter(transfer::Column::Timestamp.lt(nanos(end)))
+            .order_by_asc(transfer::Column::Timestamp)
+            .all(&self.db)
+            .await?;
+        rows.iter().map(to_transfer).collect()
+    }
+
     pub(crate) async fn meta_u64(&self, key: &str) -> Result<u64, LedgerError> {
         match meta::Entity::find_by_id(key.to_owned()).one(&self.db).await? {
             None => Ok(0),

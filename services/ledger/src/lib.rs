@@ -8,6 +8,7 @@ mod api;
 pub mod books;
 pub mod engine;
 mod entities;
+pub mod epochs;
 pub mod model;
 pub mod operations;
 pub mod staking;

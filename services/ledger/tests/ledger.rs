@@ -1002,3 +1002,52 @@ async fn stakes_unbond_for_the_unbonding_period_then_come_back() {
     assert_eq!(f.ledger.staked(staker).await.expect("staked"), 400);
     assert!(f.ledger.verify().await.expect("verify").ok());
 }
+
+#[tokio::test]
+async fn epoch_close_pays_the_stakers_pool_pro_rata_to_stake_times_time() {
+    use openledger_ledger::{
+        operations::{Economics, STAKERS_POOL},
+        staking::rewards_account_id,
+    };
+
+    let f = fixture().await;
+    f.ledger.ensure_genesis(&default_allocations()).await.expect("genesis");
+    let (alice, bob) = (FIRST_ID + 1, FIRST_ID + 5);
+    let guarded = AccountFlags(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS);
+    f.ledger.create_accounts(&[Account::new(bob, Owner::Key([5; 32]), OPEN_LEDGER, 1, guarded)]).await.expect("bob");
+    let fund = [transfer(1, 0, 1, 1_000), transfer(2, 0, 5, 1_000)];
+    assert_eq!(f.ledger.create_transfers(&fund).await.expect("fund"), vec![R::Ok, R::Ok]);
+    let economics = Economics { minimum_stake: 1, epoch_seconds: 1, ..Economics::default() };
+    f.ledger.stake("alice-1", alice, 300, &economics).await.expect("stake");
+    f.ledger.stake("bob-1", bob, 100, &economics).await.expect("stake");
+    let into_pool = Transfer {
+        id: 3,
+        debit_account_id: 101,
+        credit_account_id: STAKERS_POOL,
+        amount: 1_000,
+        ledger: OPEN_LEDGER,
+        ..Transfer::default()
+    };
+    assert_eq!(f.ledger.create_transfers(&[into_pool]).await.expect("fees"), vec![R::Ok]);
+
+    // An epoch two seconds ahead: both stakes cover it entirely, so the split is exactly 3:1.
+    let now = Ledger::now_ns();
+    let epoch = now / SECOND + 2;
+    assert!(f.ledger.close_epoch_at(epoch, now, &economics).await.is_err(), "an epoch closes only after it ends");
+    let closed = f.ledger.close_epoch_at(epoch, (epoch + 1) * SECOND, &economics).await.expect("close");
+    assert_eq!((closed.distributed, closed.stakers, closed.already_closed), (1_000, 2, false));
+    let again = f.ledger.close_epoch_at(epoch, (epoch + 5) * SECOND, &economics).await.expect("close again");
+    assert!(again.already_closed && again.distributed == 1_000, "closing twice is a no-op: {again:?}");
+    let rewards =
+        f.ledger.lookup_accounts(&[rewards_account_id(alice), rewards_account_id(bob)]).await.expect("lookup");
+    assert_eq!((rewards[0].credits_posted, rewards[1].credits_posted), (750, 250));
+    let empty = f.ledger.close_epoch_at(epoch + 1, (epoch + 3) * SECOND, &economics).await.expect("next epoch");
+    assert_eq!(empty.distributed, 0, "nothing left in the pool");
+
+    assert_eq!(f.ledger.claim_rewards("claim-a", alice).await.expect("claim"), 750);
+    assert_eq!(f.ledger.claim_rewards("claim-a", alice).await.expect("retry"), 750, "a retried claim pays once");
+    assert!(f.ledger.claim_rewards("claim-b", alice).await.is_err(), "nothing left to claim");
+    let alice_account = f.ledger.lookup_accounts(&[alice]).await.expect("lookup")[0];
+    assert_eq!(alice_account.credits_posted - alice_account.debits_posted, 1_000 - 300 + 750);
+    assert!(f.ledger.verify().await.expect("verify").ok());
+}
