@@ -515,6 +515,14 @@ async fn the_ledger_cli_reads_moves_and_verifies_open() {
         cli(&["transfer", "--from", "101", "--to", "105", "--amount", "340282366920938463463374607431768211456"]);
     assert_eq!(code, Some(2));
     assert!(out.contains("overflows"), "{out}");
+    let (code, out) = cli(&["balance", "105", "--at", "1"]);
+    assert_eq!(code, Some(1), "no account 105 in 1970: {out}");
+    assert!(out.contains("not found"), "{out}");
+    let later =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 60).to_string();
+    let (code, out) = cli(&["balance", "105", "--at", &later]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("50000001.5"), "the liquidity allocation plus the 1.5 moved: {out}");
     let (code, out) = cli(&["history", "105"]);
     assert_eq!(code, Some(0));
     assert!(out.lines().any(|line| line.starts_with("7 ") && line.trim_end().ends_with("1.5")), "{out}");

@@ -12,6 +12,9 @@ pub enum LedgerCommand {
         /// Account ids (decimal)
         #[arg(required = true, value_parser = parse_id)]
         accounts: Vec<u128>,
+        /// Balances as they stood at this moment (Unix seconds) instead of now
+        #[arg(long)]
+        at: Option<u64>,
     },
     /// Move OPEN between two accounts (retry with the same --id: it is applied once)
     Transfer {
@@ -100,9 +103,28 @@ pub async fn run(command: LedgerCommand, config: &Config) -> anyhow::Result<bool
         .await
         .map_err(|error| anyhow::anyhow!("cannot reach the ledger at {url}: {error}; is `openledger dev` running?"))?;
     match command {
-        LedgerCommand::Balance { accounts } => {
-            let ids = accounts.iter().map(|id| wire(*id).expect("some")).collect();
-            let found = client.lookup_accounts(pb::LookupAccountsRequest { ids }).await?.into_inner().accounts;
+        LedgerCommand::Balance { accounts, at } => {
+            let found = match at {
+                None => {
+                    let ids = accounts.iter().map(|id| wire(*id).expect("some")).collect();
+                    client.lookup_accounts(pb::LookupAccountsRequest { ids }).await?.into_inner().accounts
+                }
+                Some(seconds) => {
+                    let mut found = Vec::new();
+                    for id in &accounts {
+                        let request = pb::LookupAccountAtRequest {
+                            account_id: wire(*id),
+                            timestamp: seconds.saturating_mul(1_000_000_000),
+                        };
+                        match client.lookup_account_at(request).await {
+                            Ok(account) => found.push(account.into_inner()),
+                            Err(status) if status.code() == tonic::Code::NotFound => {}
+                            Err(status) => return Err(status.into()),
+                        }
+                    }
+                    found
+                }
+            };
             println!("{:<40} {:>28} {:>28} {:>28}", "account", "balance (OPEN)", "pending debits", "pending credits");
             for id in &accounts {
                 match found.iter().find(|account| unwire(account.id.as_ref()) == *id) {

@@ -530,6 +530,19 @@ impl LedgerService for Api {
         Ok(Response::new(pb::ClaimRewardsResponse { claimed: to_uint128(claimed) }))
     }
 
+    async fn lookup_account_at(
+        &self,
+        request: Request<pb::LookupAccountAtRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let request = request.into_inner();
+        let id = from_uint128(request.account_id.as_ref());
+        let account = self.ledger()?.account_at(id, request.timestamp).await.map_err(ledger_error)?;
+        let account = account.ok_or_else(|| {
+            status(ErrorCode::NotFound, format!("account {id} did not exist at {}", request.timestamp))
+        })?;
+        Ok(Response::new(account_to_proto(&account)))
+    }
+
     async fn verify_journal(
         &self,
         _request: Request<pb::VerifyJournalRequest>,

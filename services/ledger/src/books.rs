@@ -524,6 +524,39 @@ impl Ledger {
         rows.iter().map(to_transfer).collect()
     }
 
+    /// The account with the balances it had at `timestamp` (ns): its transfers up to then,
+    /// replayed. `None` if the account did not exist yet.
+    pub async fn account_at(&self, account_id: u128, timestamp: u64) -> Result<Option<Account>, LedgerError> {
+        let Some(now) = self.lookup_accounts(&[account_id]).await?.pop() else { return Ok(None) };
+        if now.timestamp > timestamp {
+            return Ok(None);
+        }
+        let id = encode(account_id);
+        let rows = transfer::Entity::find()
+            .filter(
+                sea_orm::Condition::any()
+                    .add(transfer::Column::DebitAccountId.eq(id.clone()))
+                    .add(transfer::Column::CreditAccountId.eq(id)),
+            )
+            .filter(transfer::Column::Timestamp.lte(nanos(timestamp)))
+            .order_by_asc(transfer::Column::Timestamp)
+            .all(&self.db)
+            .await?;
+        let mut replay = HashMap::new();
+        let mut holds = HashMap::new();
+        for row in &rows {
+            replay_transfer(&mut replay, &mut holds, &to_transfer(row)?);
+        }
+        let replayed = replay.get(&account_id);
+        Ok(Some(Account {
+            debits_pending: replayed.map_or(0, |a| a.debits_pending),
+            debits_posted: replayed.map_or(0, |a| a.debits_posted),
+            credits_pending: replayed.map_or(0, |a| a.credits_pending),
+            credits_posted: replayed.map_or(0, |a| a.credits_posted),
+            ..now
+        }))
+    }
+
     /// Mints the supply into the allocation accounts, once; later calls change nothing.
     pub async fn ensure_genesis(&self, allocations: &[Allocation]) -> Result<(), LedgerError> {
         if meta::Entity::find_by_id("genesis").one(&self.db).await?.is_some() {

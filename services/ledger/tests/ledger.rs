@@ -1051,3 +1051,27 @@ async fn epoch_close_pays_the_stakers_pool_pro_rata_to_stake_times_time() {
     assert_eq!(alice_account.credits_posted - alice_account.debits_posted, 1_000 - 300 + 750);
     assert!(f.ledger.verify().await.expect("verify").ok());
 }
+
+#[tokio::test]
+async fn balances_can_be_read_as_they_stood_at_any_moment() {
+    let f = fixture().await;
+    let base = Ledger::now_ns() + SECOND; // after the accounts were created
+    let hold = Transfer { timeout_seconds: 0, ..with(transfer(2, 0, 1, 40), TransferFlags::PENDING) };
+    let post = with(
+        Transfer { pending_id: 2, amount: 30, ..Transfer { id: 3, ..Transfer::default() } },
+        TransferFlags::POST_PENDING,
+    );
+    for (batch, at) in [(transfer(1, 0, 1, 100), 10u64), (hold, 20), (post, 30), (transfer(4, 1, 0, 5), 40)] {
+        assert_eq!(f.ledger.create_transfers_at(&[batch], base + at * SECOND).await.expect("batch"), vec![R::Ok]);
+    }
+    let at = |seconds: u64| base + seconds * SECOND;
+    let view = |a: Account| (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted);
+    let account = FIRST_ID + 1;
+    assert_eq!(view(f.ledger.account_at(account, at(15)).await.expect("at").expect("exists")), (0, 0, 0, 100));
+    assert_eq!(view(f.ledger.account_at(account, at(25)).await.expect("at").expect("exists")), (0, 0, 40, 100));
+    assert_eq!(view(f.ledger.account_at(account, at(35)).await.expect("at").expect("exists")), (0, 0, 0, 130));
+    let now = f.ledger.account_at(account, at(50)).await.expect("at").expect("exists");
+    assert_eq!(view(now), view(f.ledger.lookup_accounts(&[account]).await.expect("lookup")[0]));
+    assert_eq!(view(now), (0, 5, 0, 130));
+    assert!(f.ledger.account_at(account, 1).await.expect("at").is_none(), "before the account existed");
+}
