@@ -116,7 +116,21 @@ async fn dev_becomes_ready_serves_every_api_and_drains_on_sigterm() {
     assert_eq!(codes, vec![pb::CreateResult::Ok as i32, pb::CreateResult::InsufficientFunds as i32]);
     let verified = client.verify_journal(pb::VerifyJournalRequest {}).await.expect("verify").into_inner();
     assert!(verified.ok && verified.entries_checked >= 2, "{verified:?}");
-    let status = client.get_parameters(pb::GetParametersRequest::default()).await.expect_err("not built yet");
+    let parameters = client.get_parameters(pb::GetParametersRequest::default()).await.expect("parameters").into_inner();
+    assert_eq!(
+        (parameters.model_owner_bps, parameters.stakers_bps, parameters.contributors_bps),
+        (3_000, 2_000, 5_000)
+    );
+    let datanet = platform.endpoint(ServiceKind::DatanetIngest, "grpc").expect("datanet");
+    let mut datanets = openledger_proto::datanet::v1::datanet_service_client::DatanetServiceClient::connect(format!(
+        "http://{datanet}"
+    ))
+    .await
+    .expect("connect");
+    let status = datanets
+        .get_datanet(openledger_proto::datanet::v1::GetDatanetRequest::default())
+        .await
+        .expect_err("not built yet");
     assert_eq!(status.code(), tonic::Code::Unimplemented, "RPCs whose handlers come later say so");
 
     assert!(platform.stdout().contains("OpenLedger is ready in"), "{}", platform.stdout());

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_platform;
 mod m20261124_000002_ledger;
 mod m20261124_000003_ledger_codes;
+mod m20261124_000004_governance;
 
 /// Applies every schema in order.
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_platform::Migration),
             Box::new(m20261124_000002_ledger::Migration),
             Box::new(m20261124_000003_ledger_codes::Migration),
+            Box::new(m20261124_000004_governance::Migration),
         ]
     }
 }

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     books::{Ledger, LedgerError},
+    governance::{GovernanceRules, ProposalView},
     model::{
         Account, AccountFlags, CreateAccountResult, CreateTransferResult, MAX_BATCH_EVENTS, Owner, SystemRole,
         Transfer, TransferFlags,
@@ -49,6 +50,11 @@ pub struct Api {
 impl Api {
     pub fn new(shared: SharedLedger) -> Self {
         Self { shared }
+    }
+
+    /// The economic parameters in force now.
+    async fn parameters(&self) -> Result<Economics, Status> {
+        self.ledger()?.parameters_at(Ledger::now_ns()).await.map_err(ledger_error)
     }
 
     fn ledger(&self) -> Result<Arc<Ledger>, Status> {
@@ -93,6 +99,47 @@ fn operation_id(id: &str, field: &str) -> Result<(), Status> {
 
 fn bond_response((transfer_id, state): (u128, BondState)) -> pb::BondResponse {
     pb::BondResponse { transfer_id: to_uint128(transfer_id), state: state.as_str().to_owned() }
+}
+
+fn parameters_to_proto(parameters: &Economics) -> pb::Parameters {
+    pb::Parameters {
+        model_owner_bps: parameters.model_owner_bps,
+        stakers_bps: parameters.stakers_bps,
+        contributors_bps: parameters.contributors_bps,
+        platform_fee: to_uint128(parameters.platform_fee),
+        slashing_bps: parameters.slashing_bps,
+        unbonding_seconds: parameters.unbonding_seconds,
+        minimum_stake: to_uint128(parameters.minimum_stake),
+        epoch_seconds: parameters.epoch_seconds,
+        effective_from_epoch: 0,
+    }
+}
+
+fn parameters_from_proto(parameters: &pb::Parameters) -> Economics {
+    Economics {
+        model_owner_bps: parameters.model_owner_bps,
+        stakers_bps: parameters.stakers_bps,
+        contributors_bps: parameters.contributors_bps,
+        platform_fee: from_uint128(parameters.platform_fee.as_ref()),
+        slashing_bps: parameters.slashing_bps,
+        minimum_stake: from_uint128(parameters.minimum_stake.as_ref()),
+        unbonding_seconds: parameters.unbonding_seconds,
+        epoch_seconds: parameters.epoch_seconds,
+    }
+}
+
+fn proposal_to_proto(view: &ProposalView) -> pb::Proposal {
+    pb::Proposal {
+        proposal_id: view.id.clone(),
+        proposer_account_id: to_uint128(view.proposer),
+        effective_from_epoch: view.effective_from_epoch.unwrap_or(0),
+        parameters: Some(parameters_to_proto(&view.parameters)),
+        state: view.state.as_str().to_owned(),
+        votes_for: to_uint128(view.votes_for),
+        votes_against: to_uint128(view.votes_against),
+        voting_ends_unix_seconds: view.voting_ends_ns / 1_000_000_000,
+        executable_after_unix_seconds: view.executable_after_ns / 1_000_000_000,
+    }
 }
 
 fn check_len(len: usize) -> Result<(), Status> {
@@ -393,7 +440,7 @@ impl LedgerService for Api {
                 request.tokens_out,
                 from_uint128(request.price_in.as_ref()),
                 from_uint128(request.price_out.as_ref()),
-                &Economics::default(),
+                &self.parameters().await?,
             )
             .await
             .map_err(operation_error)?;
@@ -420,7 +467,7 @@ impl LedgerService for Api {
                 &request.inference_id,
                 from_uint128(request.model_owner_account_id.as_ref()),
                 &weights,
-                &Economics::default(),
+                &self.parameters().await?,
             )
             .await
             .map_err(operation_error)?;
@@ -460,7 +507,7 @@ impl LedgerService for Api {
         operation_id(&request.contribution_id, "contribution_id")?;
         let outcome = self
             .ledger()?
-            .slash_bond(&request.contribution_id, &request.reason, &Economics::default())
+            .slash_bond(&request.contribution_id, &request.reason, &self.parameters().await?)
             .await
             .map_err(operation_error)?;
         Ok(Response::new(bond_response(outcome)))
@@ -475,7 +522,7 @@ impl LedgerService for Api {
                 &request.operation_id,
                 from_uint128(request.account_id.as_ref()),
                 from_uint128(request.amount.as_ref()),
-                &Economics::default(),
+                &self.parameters().await?,
             )
             .await
             .map_err(operation_error)?;
@@ -491,7 +538,7 @@ impl LedgerService for Api {
                 &request.operation_id,
                 from_uint128(request.account_id.as_ref()),
                 from_uint128(request.amount.as_ref()),
-                &Economics::default(),
+                &self.parameters().await?,
             )
             .await
             .map_err(operation_error)?;
@@ -505,7 +552,7 @@ impl LedgerService for Api {
         let request = request.into_inner();
         let closed = self
             .ledger()?
-            .close_epoch_at(request.epoch, Ledger::now_ns(), &Economics::default())
+            .close_epoch_at(request.epoch, Ledger::now_ns(), &self.parameters().await?)
             .await
             .map_err(operation_error)?;
         Ok(Response::new(pb::CloseEpochResponse {
@@ -541,6 +588,78 @@ impl LedgerService for Api {
             status(ErrorCode::NotFound, format!("account {id} did not exist at {}", request.timestamp))
         })?;
         Ok(Response::new(account_to_proto(&account)))
+    }
+
+    async fn get_parameters(
+        &self,
+        request: Request<pb::GetParametersRequest>,
+    ) -> Result<Response<pb::Parameters>, Status> {
+        let request = request.into_inner();
+        let ledger = self.ledger()?;
+        let in_force = ledger.parameters_at(Ledger::now_ns()).await.map_err(ledger_error)?;
+        // epoch 0 means "now"; otherwise the parameters in force at that epoch's start.
+        let parameters = if request.epoch == 0 {
+            in_force
+        } else {
+            let start = request.epoch.saturating_mul(in_force.epoch_seconds.max(1)).saturating_mul(1_000_000_000);
+            ledger.parameters_at(start).await.map_err(ledger_error)?
+        };
+        Ok(Response::new(parameters_to_proto(&parameters)))
+    }
+
+    async fn submit_proposal(
+        &self,
+        request: Request<pb::SubmitProposalRequest>,
+    ) -> Result<Response<pb::Proposal>, Status> {
+        let request = request.into_inner();
+        operation_id(&request.proposal_id, "proposal_id")?;
+        let parameters = request
+            .parameters
+            .as_ref()
+            .map(parameters_from_proto)
+            .ok_or_else(|| status(ErrorCode::InvalidArgument, "parameters are required"))?;
+        let signature = request.signature.unwrap_or_default();
+        let view = self
+            .ledger()?
+            .submit_proposal_at(
+                &request.proposal_id,
+                from_uint128(request.proposer_account_id.as_ref()),
+                &parameters,
+                &request.rationale,
+                &signature.public_key,
+                &signature.signature,
+                &GovernanceRules::default(),
+                Ledger::now_ns(),
+            )
+            .await
+            .map_err(operation_error)?;
+        Ok(Response::new(proposal_to_proto(&view)))
+    }
+
+    async fn cast_vote(&self, request: Request<pb::CastVoteRequest>) -> Result<Response<pb::Proposal>, Status> {
+        let request = request.into_inner();
+        operation_id(&request.proposal_id, "proposal_id")?;
+        let signature = request.signature.unwrap_or_default();
+        let view = self
+            .ledger()?
+            .cast_vote_at(
+                &request.proposal_id,
+                from_uint128(request.account_id.as_ref()),
+                request.approve,
+                &signature.public_key,
+                &signature.signature,
+                Ledger::now_ns(),
+            )
+            .await
+            .map_err(operation_error)?;
+        Ok(Response::new(proposal_to_proto(&view)))
+    }
+
+    async fn get_proposal(&self, request: Request<pb::GetProposalRequest>) -> Result<Response<pb::Proposal>, Status> {
+        let request = request.into_inner();
+        let view = self.ledger()?.proposal(&request.proposal_id).await.map_err(ledger_error)?;
+        let view = view.ok_or_else(|| status(ErrorCode::NotFound, format!("no proposal {:?}", request.proposal_id)))?;
+        Ok(Response::new(proposal_to_proto(&view)))
     }
 
     async fn verify_journal(

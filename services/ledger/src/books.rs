@@ -422,6 +422,10 @@ impl Ledger {
         Ok(outcome)
     }
 
+    pub(crate) fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
     /// Creates accounts the service owns or derives (any id allowed).
     pub(crate) async fn create_system_accounts(
         &self,

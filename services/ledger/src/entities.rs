@@ -108,3 +108,67 @@ pub mod meta {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod parameters {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "ledger_parameters")]
+    pub struct Model {
+        /// Nanoseconds: the start of the epoch from which these parameters apply.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub effective_from: i64,
+        pub effective_from_epoch: i64,
+        pub parameters: String,
+        pub proposal_id: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod proposal {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "ledger_proposals")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub proposer: Vec<u8>,
+        pub parameters: String,
+        pub rationale: String,
+        pub created_at: i64,
+        pub voting_ends: i64,
+        pub executable_after: i64,
+        pub state: i16,
+        pub effective_from_epoch: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod vote {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "ledger_votes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub proposal_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account: Vec<u8>,
+        pub approve: bool,
+        pub weight: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

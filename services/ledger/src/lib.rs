@@ -9,6 +9,7 @@ pub mod books;
 pub mod engine;
 mod entities;
 pub mod epochs;
+pub mod governance;
 pub mod model;
 pub mod operations;
 pub mod staking;
@@ -31,8 +32,8 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
     run_service(spec, &config, deps).await
 }
 
-/// Mints the genesis supply once, then every second voids expired holds and pays back
-/// stakes whose unbonding period has passed.
+/// Mints the genesis supply once, then every second voids expired holds, pays back stakes
+/// whose unbonding period has passed, and decides and executes governance proposals.
 fn housekeeping(shared: api::SharedLedger) -> Worker {
     Box::new(move |_backends, shutdown| {
         Box::pin(async move {
@@ -50,10 +51,22 @@ fn housekeeping(shared: api::SharedLedger) -> Worker {
                     Ok(expired) => tracing::info!(expired, "expired holds voided"),
                     Err(error) => tracing::warn!(%error, "voiding expired holds failed"),
                 }
-                match ledger.release_unbonded_at(Ledger::now_ns(), &operations::Economics::default()).await {
+                let parameters = match ledger.parameters_at(Ledger::now_ns()).await {
+                    Ok(parameters) => parameters,
+                    Err(error) => {
+                        tracing::warn!(%error, "reading the parameters in force failed");
+                        continue;
+                    }
+                };
+                match ledger.release_unbonded_at(Ledger::now_ns(), &parameters).await {
                     Ok(0) => {}
                     Ok(released) => tracing::info!(released, "unbonded stakes paid back"),
                     Err(error) => tracing::warn!(%error, "paying back unbonded stakes failed"),
+                }
+                match ledger.advance_governance_at(Ledger::now_ns(), &governance::GovernanceRules::default()).await {
+                    Ok(0) => {}
+                    Ok(executed) => tracing::info!(executed, "governance proposals executed"),
+                    Err(error) => tracing::warn!(%error, "advancing governance failed"),
                 }
             }
         })

@@ -1075,3 +1075,108 @@ async fn balances_can_be_read_as_they_stood_at_any_moment() {
     assert_eq!(view(now), (0, 5, 0, 130));
     assert!(f.ledger.account_at(account, 1).await.expect("at").is_none(), "before the account existed");
 }
+
+#[tokio::test]
+async fn stakers_govern_the_parameters_by_signed_stake_weighted_votes() {
+    use ed25519_dalek::{Signer, SigningKey};
+    use openledger_ledger::{
+        governance::{GovernanceRules, ProposalState, proposal_message, vote_message},
+        operations::Economics,
+    };
+
+    let f = fixture().await;
+    let keys: Vec<SigningKey> = (1..=3u8).map(|n| SigningKey::from_bytes(&[n; 32])).collect();
+    let ids = [FIRST_ID + 10, FIRST_ID + 11, FIRST_ID + 12]; // alice, bob, carol
+    let accounts: Vec<Account> = ids
+        .iter()
+        .zip(&keys)
+        .map(|(id, key)| {
+            Account::new(*id, Owner::Key(key.verifying_key().to_bytes()), OPEN_LEDGER, 1, AccountFlags::default())
+        })
+        .collect();
+    f.ledger.create_accounts(&accounts).await.expect("accounts");
+    let stakes = Economics { minimum_stake: 1, ..Economics::default() };
+    f.ledger.stake("alice", ids[0], 600, &stakes).await.expect("stake");
+    f.ledger.stake("bob", ids[1], 300, &stakes).await.expect("stake");
+    let rules = GovernanceRules { proposal_threshold: 100, voting_seconds: 10, quorum_bps: 5_000, timelock_seconds: 5 };
+    let proposed =
+        Economics { model_owner_bps: 2_500, stakers_bps: 2_500, contributors_bps: 5_000, ..Economics::default() };
+    let t = Ledger::now_ns();
+
+    let sign =
+        |who: usize, message: Vec<u8>| (keys[who].verifying_key().to_bytes(), keys[who].sign(&message).to_bytes());
+    let (key, signature) = sign(1, proposal_message("p-1", ids[1], &proposed));
+    let (other, forged) = sign(0, proposal_message("p-1", ids[1], &proposed));
+    assert!(
+        f.ledger.submit_proposal_at("p-1", ids[1], &proposed, "", &other, &forged, &rules, t).await.is_err(),
+        "alice's key does not own bob's account"
+    );
+    let tampered = Economics { stakers_bps: 2_400, contributors_bps: 5_100, ..proposed };
+    assert!(
+        f.ledger.submit_proposal_at("p-1", ids[1], &tampered, "", &key, &signature, &rules, t).await.is_err(),
+        "the signature covers the parameters"
+    );
+    let invalid = Economics { model_owner_bps: 9_000, ..proposed };
+    let (ikey, isig) = sign(1, proposal_message("p-bad", ids[1], &invalid));
+    assert!(
+        f.ledger.submit_proposal_at("p-bad", ids[1], &invalid, "", &ikey, &isig, &rules, t).await.is_err(),
+        "shares must sum to 100%"
+    );
+    let (ckey, csig) = sign(2, proposal_message("p-carol", ids[2], &proposed));
+    assert!(
+        f.ledger.submit_proposal_at("p-carol", ids[2], &proposed, "", &ckey, &csig, &rules, t).await.is_err(),
+        "below the threshold"
+    );
+    let submitted = f
+        .ledger
+        .submit_proposal_at("p-1", ids[1], &proposed, "cheaper models", &key, &signature, &rules, t)
+        .await
+        .expect("submit");
+    assert_eq!(submitted.state, ProposalState::Voting);
+
+    let vote = |who: usize, approve: bool, at: u64| {
+        let (key, signature) = sign(who, vote_message("p-1", ids[who], approve));
+        let ledger = &f.ledger;
+        async move { ledger.cast_vote_at("p-1", ids[who], approve, &key, &signature, at).await }
+    };
+    vote(0, true, t + SECOND).await.expect("alice votes yes");
+    vote(1, false, t + SECOND).await.expect("bob votes no");
+    vote(0, true, t + 2 * SECOND).await.expect("the same vote again is a no-op");
+    assert!(vote(0, false, t + 2 * SECOND).await.is_err(), "no switching sides");
+    assert!(vote(2, true, t + 2 * SECOND).await.is_err(), "carol has no stake");
+    let tally = f.ledger.proposal("p-1").await.expect("read").expect("exists");
+    assert_eq!((tally.votes_for, tally.votes_against), (600, 300));
+
+    assert_eq!(f.ledger.advance_governance_at(t + 9 * SECOND, &rules).await.expect("advance"), 0);
+    assert!(vote(2, true, t + 10 * SECOND).await.is_err(), "voting has ended");
+    assert_eq!(
+        f.ledger.advance_governance_at(t + 10 * SECOND, &rules).await.expect("decide"),
+        0,
+        "passed, waiting out the timelock"
+    );
+    assert_eq!(f.ledger.proposal("p-1").await.expect("read").expect("exists").state, ProposalState::Passed);
+    assert_eq!(f.ledger.advance_governance_at(t + 15 * SECOND, &rules).await.expect("execute"), 1);
+    let executed = f.ledger.proposal("p-1").await.expect("read").expect("exists");
+    assert_eq!(executed.state, ProposalState::Executed);
+    let epoch = executed.effective_from_epoch.expect("scheduled");
+    let from = epoch * 86_400 * SECOND;
+    assert_eq!(
+        f.ledger.parameters_at(from - 1).await.expect("before"),
+        Economics::default(),
+        "unchanged until the next epoch"
+    );
+    assert_eq!(f.ledger.parameters_at(from).await.expect("after"), proposed, "in force from the next epoch");
+    assert_eq!(f.ledger.advance_governance_at(t + 20 * SECOND, &rules).await.expect("again"), 0, "executed once");
+
+    // Without quorum a proposal is rejected.
+    let (key, signature) = sign(1, proposal_message("p-2", ids[1], &proposed));
+    f.ledger.submit_proposal_at("p-2", ids[1], &proposed, "", &key, &signature, &rules, t).await.expect("submit");
+    let (vkey, vsig) = sign(1, vote_message("p-2", ids[1], true));
+    f.ledger.cast_vote_at("p-2", ids[1], true, &vkey, &vsig, t + SECOND).await.expect("vote");
+    f.ledger.advance_governance_at(t + 30 * SECOND, &rules).await.expect("decide");
+    assert_eq!(
+        f.ledger.proposal("p-2").await.expect("read").expect("exists").state,
+        ProposalState::Rejected,
+        "300 of 900 staked is under the 50% quorum"
+    );
+}

@@ -1,0 +1,413 @@
+//! Governance of the economic parameters (β, γ, δ, platform fee, slashing rate, unbonding
+//! period, minimum stake, epoch length). A staker holding at least the proposal threshold
+//! proposes a full parameter set; stakers vote with their stake at the time of voting; when
+//! the voting period ends the proposal passes if the votes cast reach the quorum (a share of
+//! everything staked) and more stake approves than rejects; after the timelock it takes
+//! effect from the start of the next epoch. Every parameter set ever in force is kept.
+//! Proposals and votes are signed with the ed25519 key that owns the account.
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use openledger_proto::events::v1::ProposalExecuted;
+use openledger_store::NewEvent;
+use prost::Message;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
+};
+use serde_json::json;
+
+use crate::{
+    books::{Ledger, LedgerError},
+    entities::{account, parameters, proposal, vote},
+    model::Owner,
+    operations::{Economics, OperationError},
+    staking::codes,
+};
+
+pub const SUBJECT_PROPOSAL_EXECUTED: &str = "ol.ledger.proposal.executed";
+const NANOS: u64 = 1_000_000_000;
+
+/// How proposals are decided (fixed by configuration, not themselves governed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GovernanceRules {
+    /// Stake a proposer must hold.
+    pub proposal_threshold: u128,
+    pub voting_seconds: u64,
+    /// Share of all staked value that must vote, in basis points.
+    pub quorum_bps: u32,
+    /// Wait between passing and taking effect.
+    pub timelock_seconds: u64,
+}
+
+impl Default for GovernanceRules {
+    fn default() -> Self {
+        Self {
+            proposal_threshold: 1_000 * 10u128.pow(18),
+            voting_seconds: 3 * 86_400,
+            quorum_bps: 1_000,
+            timelock_seconds: 86_400,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProposalState {
+    Voting,
+    Passed,
+    Rejected,
+    Executed,
+}
+
+impl ProposalState {
+    fn code(self) -> i16 {
+        match self {
+            Self::Voting => 0,
+            Self::Passed => 1,
+            Self::Rejected => 2,
+            Self::Executed => 3,
+        }
+    }
+
+    fn from_code(code: i16) -> Self {
+        match code {
+            1 => Self::Passed,
+            2 => Self::Rejected,
+            3 => Self::Executed,
+            _ => Self::Voting,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Voting => "voting",
+            Self::Passed => "passed",
+            Self::Rejected => "rejected",
+            Self::Executed => "executed",
+        }
+    }
+}
+
+/// A proposal and its tally.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProposalView {
+    pub id: String,
+    pub proposer: u128,
+    pub parameters: Economics,
+    pub state: ProposalState,
+    pub votes_for: u128,
+    pub votes_against: u128,
+    pub voting_ends_ns: u64,
+    pub executable_after_ns: u64,
+    pub effective_from_epoch: Option<u64>,
+}
+
+fn refused(operation: &'static str, reason: impl Into<String>) -> OperationError {
+    OperationError::Refused { operation, reason: reason.into() }
+}
+
+/// The canonical JSON of a parameter set (sorted keys, amounts as decimal strings): what
+/// proposers sign, and how parameters are stored.
+pub fn parameters_json(parameters: &Economics) -> String {
+    json!({
+        "model_owner_bps": parameters.model_owner_bps,
+        "stakers_bps": parameters.stakers_bps,
+        "contributors_bps": parameters.contributors_bps,
+        "platform_fee": parameters.platform_fee.to_string(),
+        "slashing_bps": parameters.slashing_bps,
+        "minimum_stake": parameters.minimum_stake.to_string(),
+        "unbonding_seconds": parameters.unbonding_seconds,
+        "epoch_seconds": parameters.epoch_seconds,
+    })
+    .to_string()
+}
+
+fn parse_parameters(text: &str) -> Result<Economics, LedgerError> {
+    let corrupt = || LedgerError::Corrupt(format!("stored parameters are not valid: {text}"));
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| corrupt())?;
+    let number = |key: &str| value[key].as_u64().ok_or_else(corrupt);
+    let amount = |key: &str| value[key].as_str().and_then(|text| text.parse::<u128>().ok()).ok_or_else(corrupt);
+    Ok(Economics {
+        model_owner_bps: number("model_owner_bps")? as u32,
+        stakers_bps: number("stakers_bps")? as u32,
+        contributors_bps: number("contributors_bps")? as u32,
+        platform_fee: amount("platform_fee")?,
+        slashing_bps: number("slashing_bps")? as u32,
+        minimum_stake: amount("minimum_stake")?,
+        unbonding_seconds: number("unbonding_seconds")?,
+        epoch_seconds: number("epoch_seconds")?,
+    })
+}
+
+/// Checks a proposed parameter set; the reason says what is wrong.
+pub fn validate_parameters(parameters: &Economics) -> Result<(), String> {
+    let shares = parameters.model_owner_bps + parameters.stakers_bps + parameters.contributors_bps;
+    if shares != 10_000 {
+        return Err(format!("β + γ + δ must be 10000 basis points (100%), got {shares}"));
+    }
+    if parameters.slashing_bps > 10_000 {
+        return Err("the slashing rate is at most 10000 basis points".into());
+    }
+    if parameters.minimum_stake == 0 {
+        return Err("the minimum stake must be positive".into());
+    }
+    let year = 365 * 86_400;
+    if !(1..=year).contains(&parameters.epoch_seconds) || parameters.unbonding_seconds > year {
+        return Err(format!("epoch length must be 1..={year} seconds and unbonding at most {year}"));
+    }
+    Ok(())
+}
+
+pub fn proposal_message(proposal_id: &str, proposer: u128, parameters: &Economics) -> Vec<u8> {
+    format!("openledger/proposal/v1\n{proposal_id}\n{proposer}\n{}", parameters_json(parameters)).into_bytes()
+}
+
+pub fn vote_message(proposal_id: &str, account: u128, approve: bool) -> Vec<u8> {
+    format!("openledger/vote/v1\n{proposal_id}\n{account}\n{}", if approve { "yes" } else { "no" }).into_bytes()
+}
+
+fn decode_u128(bytes: &[u8]) -> u128 {
+    <[u8; 16]>::try_from(bytes).map(u128::from_be_bytes).unwrap_or(0)
+}
+
+impl Ledger {
+    fn db(&self) -> &DatabaseConnection {
+        self.connection()
+    }
+
+    /// The parameters in force at `now_ns`.
+    pub async fn parameters_at(&self, now_ns: u64) -> Result<Economics, LedgerError> {
+        let row = parameters::Entity::find()
+            .filter(parameters::Column::EffectiveFrom.lte(i64::try_from(now_ns).unwrap_or(i64::MAX)))
+            .order_by_desc(parameters::Column::EffectiveFrom)
+            .one(self.db())
+            .await?;
+        match row {
+            Some(row) => parse_parameters(&row.parameters),
+            None => Ok(Economics::default()),
+        }
+    }
+
+    /// Checks that `signature` by `public_key` over `message` comes from the owner of `account`.
+    async fn check_signature(
+        &self,
+        operation: &'static str,
+        account: u128,
+        public_key: &[u8],
+        signature: &[u8],
+        message: &[u8],
+    ) -> Result<(), OperationError> {
+        let owner = self
+            .lookup_accounts(&[account])
+            .await?
+            .pop()
+            .ok_or_else(|| refused(operation, format!("account {account} does not exist")))?;
+        let key: [u8; 32] = public_key.try_into().map_err(|_| refused(operation, "public_key must be 32 bytes"))?;
+        if owner.owner != Owner::Key(key) {
+            return Err(refused(operation, format!("the key does not own account {account}")));
+        }
+        let signature: [u8; 64] = signature.try_into().map_err(|_| refused(operation, "signature must be 64 bytes"))?;
+        VerifyingKey::from_bytes(&key)
+            .and_then(|key| key.verify_strict(message, &Signature::from_bytes(&signature)))
+            .map_err(|_| refused(operation, "the signature does not verify"))
+    }
+
+    /// Records a proposal; repeating the same proposal id returns it unchanged.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn submit_proposal_at(
+        &self,
+        proposal_id: &str,
+        proposer: u128,
+        parameters: &Economics,
+        rationale: &str,
+        public_key: &[u8],
+        signature: &[u8],
+        rules: &GovernanceRules,
+        now_ns: u64,
+    ) -> Result<ProposalView, OperationError> {
+        let operation = "submitting the proposal";
+        if let Some(existing) = self.proposal(proposal_id).await? {
+            return Ok(existing);
+        }
+        validate_parameters(parameters).map_err(|reason| refused(operation, reason))?;
+        self.check_signature(
+            operation,
+            proposer,
+            public_key,
+            signature,
+            &proposal_message(proposal_id, proposer, parameters),
+        )
+        .await?;
+        let staked = self.staked(proposer).await?;
+        if staked < rules.proposal_threshold {
+            return Err(refused(
+                operation,
+                format!("proposers must have {} staked, {proposer} has {staked}", rules.proposal_threshold),
+            ));
+        }
+        let voting_ends = now_ns.saturating_add(rules.voting_seconds.saturating_mul(NANOS));
+        proposal::ActiveModel {
+            id: Set(proposal_id.to_owned()),
+            proposer: Set(proposer.to_be_bytes().to_vec()),
+            parameters: Set(parameters_json(parameters)),
+            rationale: Set(rationale.chars().take(10_000).collect()),
+            created_at: Set(i64::try_from(now_ns).unwrap_or(i64::MAX)),
+            voting_ends: Set(i64::try_from(voting_ends).unwrap_or(i64::MAX)),
+            executable_after: Set(i64::try_from(
+                voting_ends.saturating_add(rules.timelock_seconds.saturating_mul(NANOS)),
+            )
+            .unwrap_or(i64::MAX)),
+            state: Set(ProposalState::Voting.code()),
+            effective_from_epoch: Set(None),
+        }
+        .insert(self.db())
+        .await
+        .map_err(LedgerError::from)?;
+        Ok(self.proposal(proposal_id).await?.expect("just inserted"))
+    }
+
+    /// Records `account`'s vote, weighted by its stake now. One vote per account.
+    pub async fn cast_vote_at(
+        &self,
+        proposal_id: &str,
+        account: u128,
+        approve: bool,
+        public_key: &[u8],
+        signature: &[u8],
+        now_ns: u64,
+    ) -> Result<ProposalView, OperationError> {
+        let operation = "voting";
+        let current = self
+            .proposal(proposal_id)
+            .await?
+            .ok_or_else(|| refused(operation, format!("no proposal {proposal_id:?}")))?;
+        if current.state != ProposalState::Voting || now_ns >= current.voting_ends_ns {
+            return Err(refused(operation, "voting on this proposal has ended"));
+        }
+        self.check_signature(operation, account, public_key, signature, &vote_message(proposal_id, account, approve))
+            .await?;
+        let key = (proposal_id.to_owned(), account.to_be_bytes().to_vec());
+        if let Some(existing) = vote::Entity::find_by_id(key).one(self.db()).await.map_err(LedgerError::from)? {
+            if existing.approve != approve {
+                return Err(refused(operation, "this account has already voted the other way"));
+            }
+            return Ok(current);
+        }
+        let weight = self.staked(account).await?;
+        if weight == 0 {
+            return Err(refused(operation, "only stakers vote: this account has nothing staked"));
+        }
+        vote::ActiveModel {
+            proposal_id: Set(proposal_id.to_owned()),
+            account: Set(account.to_be_bytes().to_vec()),
+            approve: Set(approve),
+            weight: Set(weight.to_be_bytes().to_vec()),
+        }
+        .insert(self.db())
+        .await
+        .map_err(LedgerError::from)?;
+        Ok(self.proposal(proposal_id).await?.expect("exists"))
+    }
+
+    pub async fn proposal(&self, proposal_id: &str) -> Result<Option<ProposalView>, LedgerError> {
+        let Some(row) = proposal::Entity::find_by_id(proposal_id.to_owned()).one(self.db()).await? else {
+            return Ok(None);
+        };
+        let votes = vote::Entity::find().filter(vote::Column::ProposalId.eq(proposal_id)).all(self.db()).await?;
+        let tally = |approve: bool| votes.iter().filter(|v| v.approve == approve).map(|v| decode_u128(&v.weight)).sum();
+        Ok(Some(ProposalView {
+            id: row.id.clone(),
+            proposer: decode_u128(&row.proposer),
+            parameters: parse_parameters(&row.parameters)?,
+            state: ProposalState::from_code(row.state),
+            votes_for: tally(true),
+            votes_against: tally(false),
+            voting_ends_ns: row.voting_ends as u64,
+            executable_after_ns: row.executable_after as u64,
+            effective_from_epoch: row.effective_from_epoch.map(|epoch| epoch as u64),
+        }))
+    }
+
+    /// Everything staked now (the quorum's base).
+    async fn total_staked(&self) -> Result<u128, LedgerError> {
+        let rows = account::Entity::find()
+            .filter(account::Column::Code.eq(i32::from(codes::STAKE_ACCOUNT)))
+            .all(self.db())
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| decode_u128(&row.credits_posted).saturating_sub(decode_u128(&row.debits_posted)))
+            .sum())
+    }
+
+    /// Decides proposals whose voting ended and executes passed ones whose timelock ended;
+    /// returns how many were executed.
+    pub async fn advance_governance_at(&self, now_ns: u64, rules: &GovernanceRules) -> Result<usize, LedgerError> {
+        let now = i64::try_from(now_ns).unwrap_or(i64::MAX);
+        let decided = proposal::Entity::find()
+            .filter(proposal::Column::State.eq(ProposalState::Voting.code()))
+            .filter(proposal::Column::VotingEnds.lte(now))
+            .all(self.db())
+            .await?;
+        let total = self.total_staked().await?;
+        for row in decided {
+            let view = self.proposal(&row.id).await?.expect("exists");
+            let cast = view.votes_for.saturating_add(view.votes_against);
+            let quorum =
+                total / 10_000 * u128::from(rules.quorum_bps) + total % 10_000 * u128::from(rules.quorum_bps) / 10_000;
+            let passed = cast >= quorum && cast > 0 && view.votes_for > view.votes_against;
+            let state = if passed { ProposalState::Passed } else { ProposalState::Rejected };
+            proposal::ActiveModel { id: Set(row.id.clone()), state: Set(state.code()), ..Default::default() }
+                .update(self.db())
+                .await?;
+        }
+        let due = proposal::Entity::find()
+            .filter(proposal::Column::State.eq(ProposalState::Passed.code()))
+            .filter(proposal::Column::ExecutableAfter.lte(now))
+            .order_by_asc(proposal::Column::ExecutableAfter)
+            .all(self.db())
+            .await?;
+        let mut executed = 0;
+        for row in due {
+            let in_force = self.parameters_at(now_ns).await?;
+            let length = in_force.epoch_seconds.max(1).saturating_mul(NANOS);
+            let epoch = now_ns / length + 1;
+            let effective_from = epoch.saturating_mul(length);
+            let txn = self.db().begin().await?;
+            parameters::Entity::insert(parameters::ActiveModel {
+                effective_from: Set(i64::try_from(effective_from).unwrap_or(i64::MAX)),
+                effective_from_epoch: Set(epoch as i64),
+                parameters: Set(row.parameters.clone()),
+                proposal_id: Set(row.id.clone()),
+            })
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::column(parameters::Column::EffectiveFrom)
+                    .update_columns([parameters::Column::Parameters, parameters::Column::ProposalId])
+                    .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+            proposal::ActiveModel {
+                id: Set(row.id.clone()),
+                state: Set(ProposalState::Executed.code()),
+                effective_from_epoch: Set(Some(epoch as i64)),
+                ..Default::default()
+            }
+            .update(&txn)
+            .await?;
+            let event = ProposalExecuted {
+                proposal_id: row.id.clone(),
+                effective_from_epoch: epoch,
+                effective_from_unix_seconds: effective_from / NANOS,
+            };
+            openledger_store::outbox::enqueue(
+                &txn,
+                "ledger",
+                NewEvent::new(SUBJECT_PROPOSAL_EXECUTED, event.encode_to_vec()),
+            )
+            .await
+            .map_err(|error| LedgerError::Outbox(error.to_string()))?;
+            txn.commit().await?;
+            executed += 1;
+        }
+        Ok(executed)
+    }
+}
