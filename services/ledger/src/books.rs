@@ -463,6 +463,18 @@ impl Ledger {
         rows.iter().map(to_transfer).collect()
     }
 
+    pub(crate) async fn meta_text(&self, key: &str) -> Result<Option<String>, LedgerError> {
+        Ok(meta::Entity::find_by_id(key.to_owned()).one(&self.db).await?.map(|row| row.value))
+    }
+
+    pub(crate) async fn set_meta_text(&self, key: &str, value: &str) -> Result<(), LedgerError> {
+        meta::Entity::insert(meta::ActiveModel { key: Set(key.to_owned()), value: Set(value.to_owned()) })
+            .on_conflict(OnConflict::column(meta::Column::Key).update_column(meta::Column::Value).to_owned())
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
     pub(crate) async fn meta_u64(&self, key: &str) -> Result<u64, LedgerError> {
         match meta::Entity::find_by_id(key.to_owned()).one(&self.db).await? {
             None => Ok(0),

@@ -78,6 +78,20 @@ fn stake_time(movements: &[Transfer], start: u64, end: u64) -> BTreeMap<u128, U2
     weight
 }
 
+/// What is kept of a closed epoch: `root distributed stakers`.
+fn record(root: &ContentHash, distributed: u128, stakers: usize) -> String {
+    format!("{} {distributed} {stakers}", root.to_hex())
+}
+
+fn parse_record(epoch: u64, text: &str) -> Result<EpochClose, OperationError> {
+    let corrupt = || OperationError::Ledger(crate::books::LedgerError::Corrupt(format!("epoch record {text:?}")));
+    let mut parts = text.split(' ');
+    let merkle_root = parts.next().and_then(|hex| hex.parse().ok()).ok_or_else(corrupt)?;
+    let distributed = parts.next().and_then(|n| n.parse().ok()).ok_or_else(corrupt)?;
+    let stakers = parts.next().and_then(|n| n.parse().ok()).ok_or_else(corrupt)?;
+    Ok(EpochClose { epoch, merkle_root, distributed, stakers, already_closed: true })
+}
+
 impl Ledger {
     async fn all_with_code(&self, code: u16, up_to: u64) -> Result<Vec<Transfer>, OperationError> {
         let mut all = Vec::new();
@@ -108,6 +122,10 @@ impl Ledger {
         if now_ns < end {
             return Err(refused(format!("epoch {epoch} runs until {} (Unix seconds)", end / NANOS)));
         }
+        let record_key = format!("epoch:{epoch}");
+        if let Some(record) = self.meta_text(&record_key).await? {
+            return parse_record(epoch, &record);
+        }
         let mut movements = self.all_with_code(codes::STAKE, end).await?;
         movements.extend(self.all_with_code(codes::UNSTAKE, end).await?);
         movements.sort_by_key(|t| t.timestamp);
@@ -119,8 +137,10 @@ impl Ledger {
         let merkle_root = self.epoch_root(start, end).await?;
         let ids: Vec<u128> = weights.keys().map(|staker| reward_id(*staker)).collect();
         let paid = self.lookup_transfers(&ids).await?;
-        if !paid.is_empty() || self.meta_u64(&format!("epoch_closed:{epoch}")).await? == 1 {
+        if !paid.is_empty() {
+            // Closed before, but the record was not written (a crash in between): write it now.
             let distributed = paid.iter().map(|t| t.amount).sum();
+            self.set_meta_text(&record_key, &record(&merkle_root, distributed, paid.len())).await?;
             return Ok(EpochClose { epoch, merkle_root, distributed, stakers: paid.len(), already_closed: true });
         }
         let pool = self
@@ -166,7 +186,7 @@ impl Ledger {
                 return Err(refused(failed.as_str()));
             }
         }
-        self.set_meta_u64(&format!("epoch_closed:{epoch}"), 1).await?;
+        self.set_meta_text(&record_key, &record(&merkle_root, distributed, transfers.len())).await?;
         Ok(EpochClose { epoch, merkle_root, distributed, stakers: transfers.len(), already_closed: false })
     }
 

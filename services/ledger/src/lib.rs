@@ -33,7 +33,8 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
 }
 
 /// Mints the genesis supply once, then every second voids expired holds, pays back stakes
-/// whose unbonding period has passed, and decides and executes governance proposals.
+/// whose unbonding period has passed, closes the epoch that last ended (once), and decides
+/// and executes governance proposals.
 fn housekeeping(shared: api::SharedLedger) -> Worker {
     Box::new(move |_backends, shutdown| {
         Box::pin(async move {
@@ -62,6 +63,17 @@ fn housekeeping(shared: api::SharedLedger) -> Worker {
                     Ok(0) => {}
                     Ok(released) => tracing::info!(released, "unbonded stakes paid back"),
                     Err(error) => tracing::warn!(%error, "paying back unbonded stakes failed"),
+                }
+                let now = Ledger::now_ns();
+                let last_ended = (now / (parameters.epoch_seconds.max(1) * 1_000_000_000)).checked_sub(1);
+                if let Some(epoch) = last_ended {
+                    match ledger.close_epoch_at(epoch, now, &parameters).await {
+                        Ok(closed) if !closed.already_closed => {
+                            tracing::info!(epoch, distributed = %closed.distributed, stakers = closed.stakers, "epoch closed")
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(epoch, %error, "closing the epoch failed"),
+                    }
                 }
                 match ledger.advance_governance_at(Ledger::now_ns(), &governance::GovernanceRules::default()).await {
                     Ok(0) => {}
