@@ -540,6 +540,64 @@ async fn the_ledger_cli_reads_moves_and_verifies_open() {
     let (code, out) = cli(&["history", "105"]);
     assert_eq!(code, Some(0));
     assert!(out.lines().any(|line| line.starts_with("7 ") && line.trim_end().ends_with("1.5")), "{out}");
+    // Governance from the command line: a key, an account it owns, a stake, a proposal, a vote.
+    let key_file = data_dir.path().join("alice.key");
+    let (code, public_key) = cli(&["keygen", "--out", &key_file.display().to_string()]);
+    assert_eq!(code, Some(0), "{public_key}");
+    let created = reqwest::Client::new()
+        .post(format!("http://{rest}/v1/accounts"))
+        .json(&serde_json::json!({"id": "90000", "public_key": public_key.trim()}))
+        .send()
+        .await
+        .expect("create account");
+    assert_eq!(created.status().as_u16(), 201);
+    let (code, out) = cli(&["transfer", "--from", "101", "--to", "90000", "--amount", "5000", "--id", "9"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = cli(&["stake", "--account", "90000", "--amount", "1500", "--operation-id", "alice-stake-1"]);
+    assert_eq!((code, out.trim()), (Some(0), "staked: 1500 OPEN"));
+    let (code, out) = cli(&[
+        "propose",
+        "--id",
+        "cheaper-owners",
+        "--account",
+        "90000",
+        "--key-file",
+        &key_file.display().to_string(),
+        "--model-owner-bps",
+        "2500",
+        "--contributors-bps",
+        "5500",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("proposal cheaper-owners: voting"), "{out}");
+    let (code, out) = cli(&[
+        "propose",
+        "--id",
+        "broken",
+        "--account",
+        "90000",
+        "--key-file",
+        &key_file.display().to_string(),
+        "--model-owner-bps",
+        "9000",
+    ]);
+    assert_eq!(code, Some(1), "shares that do not sum to 100% are refused before sending: {out}");
+    let (code, out) = cli(&[
+        "vote",
+        "--proposal",
+        "cheaper-owners",
+        "--account",
+        "90000",
+        "--key-file",
+        &key_file.display().to_string(),
+        "--yes",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("for 1500 OPEN, against 0 OPEN"), "{out}");
+    let (code, out) = cli(&["unstake", "--account", "90000", "--amount", "500", "--operation-id", "alice-unstake-1"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("unbonding: paid back at "), "{out}");
+
     let (code, out) = cli(&["verify"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("hash chain:              ok"), "{out}");

@@ -45,6 +45,70 @@ pub enum LedgerCommand {
         #[arg(long, default_value = "")]
         after: String,
     },
+    /// Stake OPEN from an account (retry with the same --operation-id: it is applied once)
+    Stake {
+        #[arg(long, value_parser = parse_id)]
+        account: u128,
+        #[arg(long, value_parser = parse_amount)]
+        amount: Amount,
+        #[arg(long)]
+        operation_id: String,
+    },
+    /// Start unbonding staked OPEN; it comes back after the unbonding period
+    Unstake {
+        #[arg(long, value_parser = parse_id)]
+        account: u128,
+        #[arg(long, value_parser = parse_amount)]
+        amount: Amount,
+        #[arg(long)]
+        operation_id: String,
+    },
+    /// Make an ed25519 key pair: the secret goes to FILE (mode 0600), the public key is printed
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+    },
+    /// Propose new economic parameters (unchanged ones keep their current value), signed
+    Propose {
+        #[arg(long)]
+        id: String,
+        /// The proposer's account (it must hold the proposal threshold in stake)
+        #[arg(long, value_parser = parse_id)]
+        account: u128,
+        /// File with the account owner's ed25519 secret key (hex), as `keygen` writes it
+        #[arg(long, value_name = "FILE")]
+        key_file: std::path::PathBuf,
+        #[arg(long)]
+        model_owner_bps: Option<u32>,
+        #[arg(long)]
+        stakers_bps: Option<u32>,
+        #[arg(long)]
+        contributors_bps: Option<u32>,
+        #[arg(long, value_parser = parse_amount)]
+        platform_fee: Option<Amount>,
+        #[arg(long)]
+        slashing_bps: Option<u32>,
+        #[arg(long, value_parser = parse_amount)]
+        minimum_stake: Option<Amount>,
+        #[arg(long)]
+        unbonding_seconds: Option<u64>,
+        #[arg(long)]
+        epoch_seconds: Option<u64>,
+        #[arg(long, default_value = "")]
+        rationale: String,
+    },
+    /// Vote on a proposal with an account's stake, signed
+    Vote {
+        #[arg(long)]
+        proposal: String,
+        #[arg(long, value_parser = parse_id)]
+        account: u128,
+        #[arg(long, value_name = "FILE")]
+        key_file: std::path::PathBuf,
+        /// Vote yes (without it: no)
+        #[arg(long)]
+        yes: bool,
+    },
     /// Recompute the journal's hash chain and replay every transfer, from the database
     Verify,
     /// Write the journal and per-epoch Merkle roots as JSON lines, from the database
@@ -92,6 +156,7 @@ fn result_name(code: i32) -> String {
 /// Runs a ledger command; the exit code follows the outcome.
 pub async fn run(command: LedgerCommand, config: &Config) -> anyhow::Result<bool> {
     match command {
+        LedgerCommand::Keygen { out } => return keygen(&out),
         LedgerCommand::Verify => return verify(config).await,
         LedgerCommand::Export { out, epoch_seconds } => return export(config, &out, epoch_seconds).await,
         _ => {}
@@ -190,7 +255,84 @@ pub async fn run(command: LedgerCommand, config: &Config) -> anyhow::Result<bool
             }
             Ok(true)
         }
-        LedgerCommand::Verify | LedgerCommand::Export { .. } => unreachable!("handled above"),
+        LedgerCommand::Stake { account, amount, operation_id } => {
+            let request =
+                pb::StakeRequest { operation_id, account_id: wire(account), amount: wire(amount.base_units()) };
+            let total = client.stake(request).await?.into_inner().staked_total;
+            println!("staked: {} OPEN", open(total.as_ref()));
+            Ok(true)
+        }
+        LedgerCommand::Unstake { account, amount, operation_id } => {
+            let request =
+                pb::UnstakeRequest { operation_id, account_id: wire(account), amount: wire(amount.base_units()) };
+            let release = client.unstake(request).await?.into_inner().unbonded_at_unix_seconds;
+            println!("unbonding: paid back at {release} (Unix seconds)");
+            Ok(true)
+        }
+        LedgerCommand::Propose {
+            id,
+            account,
+            key_file,
+            model_owner_bps,
+            stakers_bps,
+            contributors_bps,
+            platform_fee,
+            slashing_bps,
+            minimum_stake,
+            unbonding_seconds,
+            epoch_seconds,
+            rationale,
+        } => {
+            let key = read_key(&key_file)?;
+            let current = client.get_parameters(pb::GetParametersRequest::default()).await?.into_inner();
+            let parameters = openledger_ledger::operations::Economics {
+                model_owner_bps: model_owner_bps.unwrap_or(current.model_owner_bps),
+                stakers_bps: stakers_bps.unwrap_or(current.stakers_bps),
+                contributors_bps: contributors_bps.unwrap_or(current.contributors_bps),
+                platform_fee: platform_fee.map_or(unwire(current.platform_fee.as_ref()), Amount::base_units),
+                slashing_bps: slashing_bps.unwrap_or(current.slashing_bps),
+                minimum_stake: minimum_stake.map_or(unwire(current.minimum_stake.as_ref()), Amount::base_units),
+                unbonding_seconds: unbonding_seconds.unwrap_or(current.unbonding_seconds),
+                epoch_seconds: epoch_seconds.unwrap_or(current.epoch_seconds),
+            };
+            openledger_ledger::governance::validate_parameters(&parameters)
+                .map_err(|reason| anyhow::anyhow!(reason))?;
+            let message = openledger_ledger::governance::proposal_message(&id, account, &parameters);
+            let request = pb::SubmitProposalRequest {
+                proposal_id: id,
+                parameters: Some(pb::Parameters {
+                    model_owner_bps: parameters.model_owner_bps,
+                    stakers_bps: parameters.stakers_bps,
+                    contributors_bps: parameters.contributors_bps,
+                    platform_fee: wire(parameters.platform_fee),
+                    slashing_bps: parameters.slashing_bps,
+                    unbonding_seconds: parameters.unbonding_seconds,
+                    minimum_stake: wire(parameters.minimum_stake),
+                    epoch_seconds: parameters.epoch_seconds,
+                    effective_from_epoch: 0,
+                }),
+                rationale,
+                signature: Some(sign(&key, &message)),
+                proposer_account_id: wire(account),
+            };
+            print_proposal(&client.submit_proposal(request).await?.into_inner());
+            Ok(true)
+        }
+        LedgerCommand::Vote { proposal, account, key_file, yes } => {
+            let key = read_key(&key_file)?;
+            let message = openledger_ledger::governance::vote_message(&proposal, account, yes);
+            let request = pb::CastVoteRequest {
+                proposal_id: proposal,
+                approve: yes,
+                signature: Some(sign(&key, &message)),
+                account_id: wire(account),
+            };
+            print_proposal(&client.cast_vote(request).await?.into_inner());
+            Ok(true)
+        }
+        LedgerCommand::Keygen { .. } | LedgerCommand::Verify | LedgerCommand::Export { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -237,4 +379,49 @@ async fn verify(config: &Config) -> anyhow::Result<bool> {
         println!("books:                   {error}");
     }
     Ok(report.ok())
+}
+
+fn keygen(out: &std::path::Path) -> anyhow::Result<bool> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let mut secret = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut secret)?;
+    let key = ed25519_dalek::SigningKey::from_bytes(&secret);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(out).map_err(|error| {
+        anyhow::anyhow!("cannot create {}: {error} (an existing key is never overwritten)", out.display())
+    })?;
+    std::io::Write::write_all(&mut file, format!("{}\n", hex::encode(secret)).as_bytes())?;
+    println!("{}", hex::encode(key.verifying_key().to_bytes()));
+    Ok(true)
+}
+
+fn read_key(path: &std::path::Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| anyhow::anyhow!("cannot read key file {}: {error}", path.display()))?;
+    let bytes = hex::decode(text.trim()).ok().and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "key file {} must hold a 32-byte ed25519 secret key in hex (see `openledger ledger keygen`)",
+            path.display()
+        )
+    })?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&bytes))
+}
+
+fn sign(key: &ed25519_dalek::SigningKey, message: &[u8]) -> openledger_proto::common::v1::Signature {
+    use ed25519_dalek::Signer;
+    openledger_proto::common::v1::Signature {
+        public_key: key.verifying_key().to_bytes().to_vec(),
+        signature: key.sign(message).to_bytes().to_vec(),
+    }
+}
+
+fn print_proposal(proposal: &pb::Proposal) {
+    println!(
+        "proposal {}: {} (for {} OPEN, against {} OPEN; voting ends at {}, executable after {})",
+        proposal.proposal_id,
+        proposal.state,
+        open(proposal.votes_for.as_ref()),
+        open(proposal.votes_against.as_ref()),
+        proposal.voting_ends_unix_seconds,
+        proposal.executable_after_unix_seconds
+    );
 }
