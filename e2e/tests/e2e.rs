@@ -668,3 +668,103 @@ async fn accounts_over_rest_go_through_the_gateway_to_the_ledger() {
     assert_eq!(page["transfers"][0]["amount"], "517100000000000000000000000");
     assert_eq!(platform.terminate().code(), Some(0));
 }
+
+#[tokio::test]
+async fn staking_and_governance_over_rest_require_the_owners_signature() {
+    use ed25519_dalek::{Signer, SigningKey};
+    use openledger_ledger::governance::{parameters_json, proposal_message, staking_message, vote_message};
+    use openledger_proto::{common::v1::Uint128, ledger::v1 as pb};
+
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut platform = Platform::spawn::<&str>(&["--data-dir", &data_dir.path().display().to_string(), "dev"], &[]);
+    let rest = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
+    platform.wait_ready(rest).await;
+    let http = reqwest::Client::new();
+    let post = |path: String, body: serde_json::Value| {
+        let http = http.clone();
+        async move {
+            let response = http.post(format!("http://{rest}{path}")).json(&body).send().await.expect("post");
+            (response.status().as_u16(), response.json::<serde_json::Value>().await.expect("json"))
+        }
+    };
+    let key = SigningKey::from_bytes(&[42; 32]);
+    let public_key = hex::encode(key.verifying_key().to_bytes());
+    let sign = |message: Vec<u8>| hex::encode(key.sign(&message).to_bytes());
+    assert_eq!(post("/v1/accounts".into(), serde_json::json!({"id": "91000", "public_key": public_key})).await.0, 201);
+
+    // Fund it from the community allocation over gRPC, once genesis has run.
+    let ledger = platform.wait_endpoint(ServiceKind::Ledger, "grpc");
+    let mut client =
+        pb::ledger_service_client::LedgerServiceClient::connect(format!("http://{ledger}")).await.expect("connect");
+    let open = |n: u128| n * 10u128.pow(18);
+    let funding = pb::Transfer {
+        id: Some(Uint128 { high: 0, low: 77 }),
+        debit_account_id: Some(Uint128 { high: 0, low: 101 }),
+        credit_account_id: Some(Uint128 { high: 0, low: 91_000 }),
+        amount: Some(Uint128 { high: (open(5_000) >> 64) as u64, low: open(5_000) as u64 }),
+        ledger: 1,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client
+        .create_transfers(pb::CreateTransfersRequest { transfers: vec![funding.clone()] })
+        .await
+        .expect("fund")
+        .into_inner()
+        .results[0]
+        .result
+        != pb::CreateResult::Ok as i32
+    {
+        assert!(std::time::Instant::now() < deadline, "genesis never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let amount = open(2_000).to_string();
+    let stake_body = |signature: String| serde_json::json!({"operation_id": "op-1", "amount": amount, "public_key": public_key, "signature": signature});
+    let (status, body) = post("/v1/accounts/91000/stake".into(), stake_body("00".repeat(64))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (412, Some("failed_precondition")),
+        "a bad signature is refused: {body}"
+    );
+    let (status, body) = post("/v1/accounts/91000/stake".into(), stake_body("zz".into())).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")), "{body}");
+    let signed = sign(staking_message("stake", "op-1", 91_000, open(2_000)));
+    let (status, body) = post("/v1/accounts/91000/stake".into(), stake_body(signed)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["staked_total"], open(2_000).to_string());
+
+    let (status, body) = get(rest, "/v1/governance/parameters").await;
+    assert_eq!(status, 200, "{body}");
+    let mut parameters: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(parameters["model_owner_bps"], 3_000);
+    parameters["model_owner_bps"] = 2_000.into();
+    parameters["contributors_bps"] = 6_000.into();
+    let economics = openledger_ledger::operations::Economics {
+        model_owner_bps: 2_000,
+        contributors_bps: 6_000,
+        ..openledger_ledger::operations::Economics::default()
+    };
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&parameters_json(&economics)).expect("json"),
+        parameters,
+        "the REST shape is the signed shape"
+    );
+    let proposal = serde_json::json!({
+        "id": "more-for-contributors", "account": "91000", "parameters": parameters, "rationale": "data matters",
+        "public_key": public_key, "signature": sign(proposal_message("more-for-contributors", 91_000, &economics)),
+    });
+    let (status, body) = post("/v1/governance/proposals".into(), proposal).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["state"], "voting");
+    let vote = serde_json::json!({"account": "91000", "approve": true, "public_key": public_key, "signature": sign(vote_message("more-for-contributors", 91_000, true))});
+    let (status, body) = post("/v1/governance/proposals/more-for-contributors/votes".into(), vote).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["votes_for"], open(2_000).to_string());
+    let (status, body) = get(rest, "/v1/governance/proposals/more-for-contributors").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("data matters") || body.contains("more-for-contributors"), "{body}");
+    let (status, _) = get(rest, "/v1/governance/proposals/nope").await;
+    assert_eq!(status, 404);
+    assert_eq!(platform.terminate().code(), Some(0));
+}

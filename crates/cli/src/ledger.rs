@@ -53,6 +53,9 @@ pub enum LedgerCommand {
         amount: Amount,
         #[arg(long)]
         operation_id: String,
+        /// Sign with the account owner's key (as `keygen` writes it)
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<std::path::PathBuf>,
     },
     /// Start unbonding staked OPEN; it comes back after the unbonding period
     Unstake {
@@ -62,6 +65,9 @@ pub enum LedgerCommand {
         amount: Amount,
         #[arg(long)]
         operation_id: String,
+        /// Sign with the account owner's key (as `keygen` writes it)
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<std::path::PathBuf>,
     },
     /// Make an ed25519 key pair: the secret goes to FILE (mode 0600), the public key is printed
     Keygen {
@@ -255,16 +261,30 @@ pub async fn run(command: LedgerCommand, config: &Config) -> anyhow::Result<bool
             }
             Ok(true)
         }
-        LedgerCommand::Stake { account, amount, operation_id } => {
-            let request =
-                pb::StakeRequest { operation_id, account_id: wire(account), amount: wire(amount.base_units()) };
+        LedgerCommand::Stake { account, amount, operation_id, key_file } => {
+            let message =
+                openledger_ledger::governance::staking_message("stake", &operation_id, account, amount.base_units());
+            let signature = key_file.map(|path| read_key(&path).map(|key| sign(&key, &message))).transpose()?;
+            let request = pb::StakeRequest {
+                operation_id,
+                account_id: wire(account),
+                amount: wire(amount.base_units()),
+                signature,
+            };
             let total = client.stake(request).await?.into_inner().staked_total;
             println!("staked: {} OPEN", open(total.as_ref()));
             Ok(true)
         }
-        LedgerCommand::Unstake { account, amount, operation_id } => {
-            let request =
-                pb::UnstakeRequest { operation_id, account_id: wire(account), amount: wire(amount.base_units()) };
+        LedgerCommand::Unstake { account, amount, operation_id, key_file } => {
+            let message =
+                openledger_ledger::governance::staking_message("unstake", &operation_id, account, amount.base_units());
+            let signature = key_file.map(|path| read_key(&path).map(|key| sign(&key, &message))).transpose()?;
+            let request = pb::UnstakeRequest {
+                operation_id,
+                account_id: wire(account),
+                amount: wire(amount.base_units()),
+                signature,
+            };
             let release = client.unstake(request).await?.into_inner().unbonded_at_unix_seconds;
             println!("unbonding: paid back at {release} (Unix seconds)");
             Ok(true)

@@ -5,6 +5,7 @@
 //! and the generated OpenAPI document.
 
 pub mod accounts;
+pub mod governance;
 pub mod rest;
 
 use std::sync::Arc;

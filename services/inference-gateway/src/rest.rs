@@ -109,7 +109,13 @@ impl IntoResponse for ApiError {
         openapi_json,
         crate::accounts::create_account,
         crate::accounts::get_account,
-        crate::accounts::account_transfers
+        crate::accounts::account_transfers,
+        crate::governance::stake,
+        crate::governance::unstake,
+        crate::governance::parameters,
+        crate::governance::propose,
+        crate::governance::proposal,
+        crate::governance::vote
     ),
     components(schemas(
         ErrorBody,
@@ -117,7 +123,13 @@ impl IntoResponse for ApiError {
         crate::accounts::NewAccount,
         crate::accounts::AccountView,
         crate::accounts::TransferView,
-        crate::accounts::TransferPage
+        crate::accounts::TransferPage,
+        crate::governance::StakeChange,
+        crate::governance::StakeView,
+        crate::governance::ParametersView,
+        crate::governance::NewProposal,
+        crate::governance::NewVote,
+        crate::governance::ProposalView
     ))
 )]
 pub struct ApiDoc;
@@ -155,7 +167,8 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 pub fn router(settings: EdgeSettings, deps: &Deps, ledger: ServiceChannel) -> Router {
     let routes = Router::new()
         .route("/openapi.json", get(openapi_json))
-        .merge(crate::accounts::routes(ledger))
+        .merge(crate::accounts::routes(ledger.clone()))
+        .merge(crate::governance::routes(ledger))
         .merge(ops::router(deps.clone()));
     edge(routes, settings, &deps.metrics)
 }

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     books::{Ledger, LedgerError},
-    governance::{GovernanceRules, ProposalView},
+    governance::{GovernanceRules, ProposalView, staking_message},
     model::{
         Account, AccountFlags, CreateAccountResult, CreateTransferResult, MAX_BATCH_EVENTS, Owner, SystemRole,
         Transfer, TransferFlags,
@@ -516,14 +516,17 @@ impl LedgerService for Api {
     async fn stake(&self, request: Request<pb::StakeRequest>) -> Result<Response<pb::StakeResponse>, Status> {
         let request = request.into_inner();
         operation_id(&request.operation_id, "operation_id")?;
-        let total = self
-            .ledger()?
-            .stake(
-                &request.operation_id,
-                from_uint128(request.account_id.as_ref()),
-                from_uint128(request.amount.as_ref()),
-                &self.parameters().await?,
-            )
+        let (account, amount) = (from_uint128(request.account_id.as_ref()), from_uint128(request.amount.as_ref()));
+        let ledger = self.ledger()?;
+        if let Some(signature) = &request.signature {
+            let message = staking_message("stake", &request.operation_id, account, amount);
+            ledger
+                .check_signature("staking", account, &signature.public_key, &signature.signature, &message)
+                .await
+                .map_err(operation_error)?;
+        }
+        let total = ledger
+            .stake(&request.operation_id, account, amount, &self.parameters().await?)
             .await
             .map_err(operation_error)?;
         Ok(Response::new(pb::StakeResponse { staked_total: to_uint128(total) }))
@@ -532,14 +535,17 @@ impl LedgerService for Api {
     async fn unstake(&self, request: Request<pb::UnstakeRequest>) -> Result<Response<pb::UnstakeResponse>, Status> {
         let request = request.into_inner();
         operation_id(&request.operation_id, "operation_id")?;
-        let release = self
-            .ledger()?
-            .unstake(
-                &request.operation_id,
-                from_uint128(request.account_id.as_ref()),
-                from_uint128(request.amount.as_ref()),
-                &self.parameters().await?,
-            )
+        let (account, amount) = (from_uint128(request.account_id.as_ref()), from_uint128(request.amount.as_ref()));
+        let ledger = self.ledger()?;
+        if let Some(signature) = &request.signature {
+            let message = staking_message("unstake", &request.operation_id, account, amount);
+            ledger
+                .check_signature("unstaking", account, &signature.public_key, &signature.signature, &message)
+                .await
+                .map_err(operation_error)?;
+        }
+        let release = ledger
+            .unstake(&request.operation_id, account, amount, &self.parameters().await?)
             .await
             .map_err(operation_error)?;
         Ok(Response::new(pb::UnstakeResponse { unbonded_at_unix_seconds: release }))

@@ -160,6 +160,11 @@ pub fn proposal_message(proposal_id: &str, proposer: u128, parameters: &Economic
     format!("openledger/proposal/v1\n{proposal_id}\n{proposer}\n{}", parameters_json(parameters)).into_bytes()
 }
 
+/// What an account owner signs to stake (`action` = "stake") or unstake ("unstake").
+pub fn staking_message(action: &str, operation_id: &str, account: u128, amount: u128) -> Vec<u8> {
+    format!("openledger/{action}/v1\n{operation_id}\n{account}\n{amount}").into_bytes()
+}
+
 pub fn vote_message(proposal_id: &str, account: u128, approve: bool) -> Vec<u8> {
     format!("openledger/vote/v1\n{proposal_id}\n{account}\n{}", if approve { "yes" } else { "no" }).into_bytes()
 }
@@ -187,7 +192,7 @@ impl Ledger {
     }
 
     /// Checks that `signature` by `public_key` over `message` comes from the owner of `account`.
-    async fn check_signature(
+    pub(crate) async fn check_signature(
         &self,
         operation: &'static str,
         account: u128,

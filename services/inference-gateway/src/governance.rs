@@ -1,0 +1,291 @@
+//! Staking and governance over REST, forwarded to the ledger. The public edge has no API keys
+//! yet, so every request that moves stake or decides parameters carries the account owner's
+//! ed25519 signature (hex), checked by the ledger; messages are defined in
+//! `openledger_ledger::governance` and documented on each request type.
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, post},
+};
+use openledger_core::{Amount, ErrorCode};
+use openledger_proto::{
+    common::v1::{Signature, Uint128},
+    ledger::v1::{self as pb, ledger_service_client::LedgerServiceClient},
+};
+use openledger_runtime::clients::ServiceChannel;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::rest::{ApiError, ErrorBody};
+
+pub fn routes(ledger: ServiceChannel) -> Router {
+    Router::new()
+        .route("/v1/accounts/{id}/stake", post(stake))
+        .route("/v1/accounts/{id}/unstake", post(unstake))
+        .route("/v1/governance/parameters", get(parameters))
+        .route("/v1/governance/proposals", post(propose))
+        .route("/v1/governance/proposals/{id}", get(proposal))
+        .route("/v1/governance/proposals/{id}/votes", post(vote))
+        .with_state(ledger)
+}
+
+/// Stake or unstake, signed over `openledger/stake/v1\n<operation_id>\n<account>\n<amount>`
+/// (`unstake` for unstaking).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StakeChange {
+    /// Idempotency key: repeating it applies the change once.
+    pub operation_id: String,
+    /// Base units, as a decimal string.
+    pub amount: String,
+    /// The account owner's ed25519 public key, hex.
+    pub public_key: String,
+    /// The signature, hex.
+    pub signature: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StakeView {
+    pub staked_total: Option<String>,
+    pub unbonded_at_unix_seconds: Option<u64>,
+}
+
+/// The economic parameters; amounts are decimal strings of base units.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParametersView {
+    pub model_owner_bps: u32,
+    pub stakers_bps: u32,
+    pub contributors_bps: u32,
+    pub platform_fee: String,
+    pub slashing_bps: u32,
+    pub minimum_stake: String,
+    pub unbonding_seconds: u64,
+    pub epoch_seconds: u64,
+}
+
+/// A proposal, signed over `openledger/proposal/v1\n<id>\n<account>\n<canonical parameters JSON>`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewProposal {
+    pub id: String,
+    pub account: String,
+    pub parameters: ParametersView,
+    #[serde(default)]
+    pub rationale: String,
+    pub public_key: String,
+    pub signature: String,
+}
+
+/// A vote, signed over `openledger/vote/v1\n<proposal id>\n<account>\n<yes|no>`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewVote {
+    pub account: String,
+    pub approve: bool,
+    pub public_key: String,
+    pub signature: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProposalView {
+    pub id: String,
+    pub proposer: String,
+    pub state: String,
+    pub votes_for: String,
+    pub votes_against: String,
+    pub voting_ends_unix_seconds: u64,
+    pub executable_after_unix_seconds: u64,
+    pub effective_from_epoch: Option<u64>,
+    pub parameters: Option<ParametersView>,
+}
+
+fn wire(value: u128) -> Option<Uint128> {
+    Some(Uint128 { high: (value >> 64) as u64, low: value as u64 })
+}
+
+fn unwire(value: Option<&Uint128>) -> u128 {
+    value.map_or(0, |value| (u128::from(value.high) << 64) | u128::from(value.low))
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidArgument, message)
+}
+
+fn parse_u128(text: &str, what: &str) -> Result<u128, ApiError> {
+    text.parse().map_err(|_| invalid(format!("{what} {text:?} must be a decimal number below 2^128")))
+}
+
+fn parse_amount(text: &str, what: &str) -> Result<u128, ApiError> {
+    Amount::from_base_units_str(text).map(Amount::base_units).map_err(|error| invalid(format!("{what}: {error}")))
+}
+
+fn signature(public_key: &str, signature: &str) -> Result<Signature, ApiError> {
+    let unauthenticated = |what: &str| {
+        ApiError::new(
+            ErrorCode::Unauthenticated,
+            format!("{what}: sign the request with the account owner's ed25519 key"),
+        )
+    };
+    let public_key = hex::decode(public_key)
+        .ok()
+        .filter(|key| key.len() == 32)
+        .ok_or_else(|| unauthenticated("public_key must be 64 hex characters"))?;
+    let signature = hex::decode(signature)
+        .ok()
+        .filter(|sig| sig.len() == 64)
+        .ok_or_else(|| unauthenticated("signature must be 128 hex characters"))?;
+    Ok(Signature { public_key, signature })
+}
+
+fn parameters_from(view: &ParametersView) -> Result<pb::Parameters, ApiError> {
+    Ok(pb::Parameters {
+        model_owner_bps: view.model_owner_bps,
+        stakers_bps: view.stakers_bps,
+        contributors_bps: view.contributors_bps,
+        platform_fee: wire(parse_amount(&view.platform_fee, "platform_fee")?),
+        slashing_bps: view.slashing_bps,
+        unbonding_seconds: view.unbonding_seconds,
+        minimum_stake: wire(parse_amount(&view.minimum_stake, "minimum_stake")?),
+        epoch_seconds: view.epoch_seconds,
+        effective_from_epoch: 0,
+    })
+}
+
+fn parameters_view(parameters: &pb::Parameters) -> ParametersView {
+    ParametersView {
+        model_owner_bps: parameters.model_owner_bps,
+        stakers_bps: parameters.stakers_bps,
+        contributors_bps: parameters.contributors_bps,
+        platform_fee: unwire(parameters.platform_fee.as_ref()).to_string(),
+        slashing_bps: parameters.slashing_bps,
+        minimum_stake: unwire(parameters.minimum_stake.as_ref()).to_string(),
+        unbonding_seconds: parameters.unbonding_seconds,
+        epoch_seconds: parameters.epoch_seconds,
+    }
+}
+
+fn proposal_view(proposal: pb::Proposal) -> ProposalView {
+    ProposalView {
+        id: proposal.proposal_id,
+        proposer: unwire(proposal.proposer_account_id.as_ref()).to_string(),
+        state: proposal.state,
+        votes_for: unwire(proposal.votes_for.as_ref()).to_string(),
+        votes_against: unwire(proposal.votes_against.as_ref()).to_string(),
+        voting_ends_unix_seconds: proposal.voting_ends_unix_seconds,
+        executable_after_unix_seconds: proposal.executable_after_unix_seconds,
+        effective_from_epoch: (proposal.effective_from_epoch > 0).then_some(proposal.effective_from_epoch),
+        parameters: proposal.parameters.as_ref().map(parameters_view),
+    }
+}
+
+fn client(ledger: &ServiceChannel) -> Result<LedgerServiceClient<tonic::transport::Channel>, ApiError> {
+    Ok(LedgerServiceClient::new(ledger.channel()?))
+}
+
+/// Stake from an account (signed).
+#[utoipa::path(post, path = "/v1/accounts/{id}/stake", tag = "staking", request_body = StakeChange, params(("id" = String, Path)), responses(
+    (status = 200, description = "Staked", body = StakeView),
+    (status = 401, description = "Missing or malformed signature", body = ErrorBody),
+    (status = 412, description = "Refused (bad signature, below the minimum, insufficient funds)", body = ErrorBody),
+))]
+pub async fn stake(
+    State(ledger): State<ServiceChannel>,
+    Path(id): Path<String>,
+    Json(change): Json<StakeChange>,
+) -> Result<Json<StakeView>, ApiError> {
+    let account = parse_u128(&id, "account id")?;
+    let request = pb::StakeRequest {
+        operation_id: change.operation_id.clone(),
+        account_id: wire(account),
+        amount: wire(parse_amount(&change.amount, "amount")?),
+        signature: Some(signature(&change.public_key, &change.signature)?),
+    };
+    let total = client(&ledger)?.stake(request).await?.into_inner().staked_total;
+    Ok(Json(StakeView { staked_total: Some(unwire(total.as_ref()).to_string()), unbonded_at_unix_seconds: None }))
+}
+
+/// Start unbonding a stake (signed).
+#[utoipa::path(post, path = "/v1/accounts/{id}/unstake", tag = "staking", request_body = StakeChange, params(("id" = String, Path)), responses(
+    (status = 200, description = "Unbonding", body = StakeView),
+    (status = 401, description = "Missing or malformed signature", body = ErrorBody),
+    (status = 412, description = "Refused", body = ErrorBody),
+))]
+pub async fn unstake(
+    State(ledger): State<ServiceChannel>,
+    Path(id): Path<String>,
+    Json(change): Json<StakeChange>,
+) -> Result<Json<StakeView>, ApiError> {
+    let account = parse_u128(&id, "account id")?;
+    let request = pb::UnstakeRequest {
+        operation_id: change.operation_id.clone(),
+        account_id: wire(account),
+        amount: wire(parse_amount(&change.amount, "amount")?),
+        signature: Some(signature(&change.public_key, &change.signature)?),
+    };
+    let release = client(&ledger)?.unstake(request).await?.into_inner().unbonded_at_unix_seconds;
+    Ok(Json(StakeView { staked_total: None, unbonded_at_unix_seconds: Some(release) }))
+}
+
+/// The economic parameters in force.
+#[utoipa::path(get, path = "/v1/governance/parameters", tag = "governance", responses((status = 200, body = ParametersView)))]
+pub async fn parameters(State(ledger): State<ServiceChannel>) -> Result<Json<ParametersView>, ApiError> {
+    let parameters = client(&ledger)?.get_parameters(pb::GetParametersRequest::default()).await?.into_inner();
+    Ok(Json(parameters_view(&parameters)))
+}
+
+/// Propose new parameters (signed; the proposer must hold the proposal threshold in stake).
+#[utoipa::path(post, path = "/v1/governance/proposals", tag = "governance", request_body = NewProposal, responses(
+    (status = 201, description = "Proposed", body = ProposalView),
+    (status = 412, description = "Refused", body = ErrorBody),
+))]
+pub async fn propose(
+    State(ledger): State<ServiceChannel>,
+    Json(new): Json<NewProposal>,
+) -> Result<impl IntoResponse, ApiError> {
+    let request = pb::SubmitProposalRequest {
+        proposal_id: new.id.clone(),
+        parameters: Some(parameters_from(&new.parameters)?),
+        rationale: new.rationale.clone(),
+        signature: Some(signature(&new.public_key, &new.signature)?),
+        proposer_account_id: wire(parse_u128(&new.account, "account")?),
+    };
+    let proposal = client(&ledger)?.submit_proposal(request).await?.into_inner();
+    Ok((StatusCode::CREATED, Json(proposal_view(proposal))))
+}
+
+/// A proposal and its tally.
+#[utoipa::path(get, path = "/v1/governance/proposals/{id}", tag = "governance", params(("id" = String, Path)), responses(
+    (status = 200, body = ProposalView),
+    (status = 404, body = ErrorBody),
+))]
+pub async fn proposal(
+    State(ledger): State<ServiceChannel>,
+    Path(id): Path<String>,
+) -> Result<Json<ProposalView>, ApiError> {
+    let proposal = client(&ledger)?.get_proposal(pb::GetProposalRequest { proposal_id: id }).await?.into_inner();
+    Ok(Json(proposal_view(proposal)))
+}
+
+/// Vote with an account's stake (signed; one vote per account).
+#[utoipa::path(post, path = "/v1/governance/proposals/{id}/votes", tag = "governance", request_body = NewVote, params(("id" = String, Path)), responses(
+    (status = 200, description = "Counted", body = ProposalView),
+    (status = 412, description = "Refused", body = ErrorBody),
+))]
+pub async fn vote(
+    State(ledger): State<ServiceChannel>,
+    Path(id): Path<String>,
+    Json(new): Json<NewVote>,
+) -> Result<Json<ProposalView>, ApiError> {
+    let request = pb::CastVoteRequest {
+        proposal_id: id,
+        approve: new.approve,
+        signature: Some(signature(&new.public_key, &new.signature)?),
+        account_id: wire(parse_u128(&new.account, "account")?),
+    };
+    let proposal = client(&ledger)?.cast_vote(request).await?.into_inner();
+    Ok(Json(proposal_view(proposal)))
+}
