@@ -116,6 +116,14 @@ async fn dev_becomes_ready_serves_every_api_and_drains_on_sigterm() {
     assert_eq!(codes, vec![pb::CreateResult::Ok as i32, pb::CreateResult::InsufficientFunds as i32]);
     let verified = client.verify_journal(pb::VerifyJournalRequest {}).await.expect("verify").into_inner();
     assert!(verified.ok && verified.entries_checked >= 2, "{verified:?}");
+    let mut entries =
+        client.export_journal(pb::ExportJournalRequest { from_entry: 1 }).await.expect("export").into_inner();
+    let mut sequences = Vec::new();
+    while let Some(entry) = entries.message().await.expect("entry") {
+        sequences.push(entry.sequence);
+    }
+    assert_eq!(sequences, (1..=verified.entries_checked).collect::<Vec<_>>(), "the journal streams in order");
+    assert!(platform.stderr().contains("books verified"), "the ledger checks its books at start");
     let parameters = client.get_parameters(pb::GetParametersRequest::default()).await.expect("parameters").into_inner();
     assert_eq!(
         (parameters.model_owner_bps, parameters.stakers_bps, parameters.contributors_bps),

@@ -142,6 +142,11 @@ fn proposal_to_proto(view: &ProposalView) -> pb::Proposal {
     }
 }
 
+/// Journal entries per database page of `ExportJournal`.
+const EXPORT_PAGE: u64 = 1000;
+
+type ExportStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::JournalEntry, Status>> + Send>>;
+
 fn check_len(len: usize) -> Result<(), Status> {
     if len > MAX_BATCH_EVENTS {
         return Err(status(
@@ -666,6 +671,39 @@ impl LedgerService for Api {
         let view = self.ledger()?.proposal(&request.proposal_id).await.map_err(ledger_error)?;
         let view = view.ok_or_else(|| status(ErrorCode::NotFound, format!("no proposal {:?}", request.proposal_id)))?;
         Ok(Response::new(proposal_to_proto(&view)))
+    }
+
+    async fn export_journal(
+        &self,
+        request: Request<pb::ExportJournalRequest>,
+    ) -> Result<Response<ExportStream>, Status> {
+        let ledger = self.ledger()?;
+        // Entries from `from_entry` on (1 is the first), fetched a page at a time as the client reads.
+        let after = request.into_inner().from_entry.saturating_sub(1);
+        let pages = futures::stream::try_unfold((ledger, after, false), |(ledger, after, done)| async move {
+            if done {
+                return Ok::<_, Status>(None);
+            }
+            let page = ledger.journal_entries(after, EXPORT_PAGE).await.map_err(ledger_error)?;
+            let next = page.last().map_or(after, |entry| entry.sequence);
+            let done = (page.len() as u64) < EXPORT_PAGE;
+            let entries: Vec<Result<pb::JournalEntry, Status>> = page
+                .into_iter()
+                .map(|entry| {
+                    Ok(pb::JournalEntry {
+                        sequence: entry.sequence,
+                        previous: Some(openledger_proto::common::v1::Hash {
+                            value: entry.previous.as_bytes().to_vec(),
+                        }),
+                        batch: Some(openledger_proto::common::v1::Hash { value: entry.batch_hash.as_bytes().to_vec() }),
+                        entry: Some(openledger_proto::common::v1::Hash { value: entry.entry_hash.as_bytes().to_vec() }),
+                        timestamp: entry.last_timestamp,
+                    })
+                })
+                .collect();
+            Ok(Some((futures::stream::iter(entries), (ledger, next, done))))
+        });
+        Ok(Response::new(Box::pin(futures::TryStreamExt::try_flatten(pages))))
     }
 
     async fn verify_journal(

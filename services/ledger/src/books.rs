@@ -199,6 +199,17 @@ pub fn default_allocations() -> Vec<Allocation> {
         .collect()
 }
 
+/// One journal entry as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalRecord {
+    pub sequence: u64,
+    pub previous: ContentHash,
+    pub batch_hash: ContentHash,
+    pub entry_hash: ContentHash,
+    pub transfer_count: u64,
+    pub last_timestamp: u64,
+}
+
 /// What `verify` found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JournalReport {
@@ -639,6 +650,29 @@ impl Ledger {
             .exec_without_returning(&self.db)
             .await?;
         Ok(())
+    }
+
+    /// Journal entries after `after_sequence`, oldest first, at most `limit`.
+    pub async fn journal_entries(&self, after_sequence: u64, limit: u64) -> Result<Vec<JournalRecord>, LedgerError> {
+        let rows = journal::Entity::find()
+            .filter(journal::Column::Sequence.gt(i64::try_from(after_sequence).unwrap_or(i64::MAX)))
+            .order_by_asc(journal::Column::Sequence)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        let hash = |bytes: &[u8]| ContentHash::try_from(bytes).map_err(|_| LedgerError::Corrupt("journal hash".into()));
+        rows.iter()
+            .map(|row| {
+                Ok(JournalRecord {
+                    sequence: row.sequence as u64,
+                    previous: hash(&row.previous)?,
+                    batch_hash: hash(&row.batch_hash)?,
+                    entry_hash: hash(&row.entry_hash)?,
+                    transfer_count: row.transfer_count as u64,
+                    last_timestamp: row.last_timestamp as u64,
+                })
+            })
+            .collect()
     }
 
     /// Writes the journal as JSON lines for audit: one `entry` line per journal entry with its

@@ -42,6 +42,19 @@ fn housekeeping(shared: api::SharedLedger) -> Worker {
             if let Err(error) = ledger.ensure_genesis(&default_allocations()).await {
                 tracing::error!(%error, "genesis failed");
             }
+            // The books check themselves at every start: the journal chain, every balance
+            // replayed from the transfers, debits equal to credits, no limit exceeded.
+            match ledger.verify().await {
+                Ok(report) if report.ok() => {
+                    tracing::info!(entries = report.entries, transfers = report.transfers, "books verified")
+                }
+                Ok(report) => tracing::error!(
+                    first_mismatch = ?report.first_mismatch,
+                    errors = ?report.book_errors,
+                    "THE BOOKS DO NOT VERIFY: run `openledger ledger verify` and stop writing until this is understood"
+                ),
+                Err(error) => tracing::error!(%error, "verifying the books failed"),
+            }
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
