@@ -4,6 +4,7 @@
 use clap::Subcommand;
 use openledger_core::{Amount, Config};
 use openledger_proto::{common::v1::Uint128, ledger::v1 as pb};
+use openledger_proto::{u128_of as unwire, uint128 as wire};
 
 #[derive(Subcommand)]
 pub enum LedgerCommand {
@@ -139,14 +140,6 @@ fn parse_amount(text: &str) -> Result<Amount, String> {
         return Err("amount must be more than 0".into());
     }
     Ok(amount)
-}
-
-fn wire(value: u128) -> Option<Uint128> {
-    Some(Uint128 { high: (value >> 64) as u64, low: value as u64 })
-}
-
-fn unwire(value: Option<&Uint128>) -> u128 {
-    value.map_or(0, |value| (u128::from(value.high) << 64) | u128::from(value.low))
 }
 
 fn open(value: Option<&Uint128>) -> String {

@@ -43,6 +43,28 @@ pub mod openledger {
 
 pub use openledger::{attribution, common, datanet, events, inference, ledger, modelfactory};
 
+impl From<u128> for common::v1::Uint128 {
+    fn from(value: u128) -> Self {
+        Self { high: (value >> 64) as u64, low: value as u64 }
+    }
+}
+
+impl From<common::v1::Uint128> for u128 {
+    fn from(value: common::v1::Uint128) -> Self {
+        (u128::from(value.high) << 64) | u128::from(value.low)
+    }
+}
+
+/// The value of an optional `Uint128` field; absent means 0, as proto3 treats scalars.
+pub fn u128_of(value: Option<&common::v1::Uint128>) -> u128 {
+    value.map_or(0, |value| u128::from(*value))
+}
+
+/// A `u128` for an optional `Uint128` field.
+pub fn uint128(value: u128) -> Option<common::v1::Uint128> {
+    Some(value.into())
+}
+
 /// The encoded `FileDescriptorSet` of every OpenLedger proto (and the well-known types they
 /// import), for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openledger_descriptor.bin"));
@@ -61,6 +83,14 @@ mod tests {
     use prost::Message;
 
     use super::*;
+
+    #[test]
+    fn uint128_round_trips_every_bit() {
+        for value in [0, 1, u128::from(u64::MAX), u128::from(u64::MAX) + 1, u128::MAX] {
+            assert_eq!(u128_of(uint128(value).as_ref()), value);
+        }
+        assert_eq!(u128_of(None), 0);
+    }
 
     #[test]
     fn descriptor_set_holds_every_service() {

@@ -13,6 +13,7 @@ use openledger_proto::{
     common::v1::{PageRequest, Uint128},
     ledger::v1::{self as pb, ledger_service_client::LedgerServiceClient},
 };
+use openledger_proto::{u128_of as unwire, uint128 as wire};
 use openledger_runtime::clients::ServiceChannel;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -95,14 +96,6 @@ fn parse_id(text: &str) -> Result<u128, ApiError> {
     text.parse::<u128>().map_err(|_| {
         ApiError::new(ErrorCode::InvalidArgument, format!("account id {text:?} must be a decimal number below 2^128"))
     })
-}
-
-fn wire(value: u128) -> Option<Uint128> {
-    Some(Uint128 { high: (value >> 64) as u64, low: value as u64 })
-}
-
-fn unwire(value: Option<&Uint128>) -> u128 {
-    value.map_or(0, |value| (u128::from(value.high) << 64) | u128::from(value.low))
 }
 
 fn flag_names(flags: &[i32], names: impl Fn(i32) -> Option<String>) -> Vec<String> {
@@ -199,9 +192,7 @@ pub async fn create_account(
             return Err(ApiError::new(ErrorCode::InvalidArgument, format!("account {id} refused: {reason}")));
         }
     };
-    let found = client
-        .lookup_accounts(pb::LookupAccountsRequest { ids: vec![Uint128 { high: (id >> 64) as u64, low: id as u64 }] })
-        .await?;
+    let found = client.lookup_accounts(pb::LookupAccountsRequest { ids: vec![Uint128::from(id)] }).await?;
     let account = found
         .into_inner()
         .accounts
@@ -220,10 +211,8 @@ pub async fn get_account(
     Path(id): Path<String>,
 ) -> Result<Json<AccountView>, ApiError> {
     let id = parse_id(&id)?;
-    let found = client(&ledger)
-        .await?
-        .lookup_accounts(pb::LookupAccountsRequest { ids: vec![Uint128 { high: (id >> 64) as u64, low: id as u64 }] })
-        .await?;
+    let found =
+        client(&ledger).await?.lookup_accounts(pb::LookupAccountsRequest { ids: vec![Uint128::from(id)] }).await?;
     let account = found
         .into_inner()
         .accounts

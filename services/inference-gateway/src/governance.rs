@@ -12,9 +12,10 @@ use axum::{
 };
 use openledger_core::{Amount, ErrorCode};
 use openledger_proto::{
-    common::v1::{Signature, Uint128},
+    common::v1::Signature,
     ledger::v1::{self as pb, ledger_service_client::LedgerServiceClient},
 };
+use openledger_proto::{u128_of as unwire, uint128 as wire};
 use openledger_runtime::clients::ServiceChannel;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -101,14 +102,6 @@ pub struct ProposalView {
     pub executable_after_unix_seconds: u64,
     pub effective_from_epoch: Option<u64>,
     pub parameters: Option<ParametersView>,
-}
-
-fn wire(value: u128) -> Option<Uint128> {
-    Some(Uint128 { high: (value >> 64) as u64, low: value as u64 })
-}
-
-fn unwire(value: Option<&Uint128>) -> u128 {
-    value.map_or(0, |value| (u128::from(value.high) << 64) | u128::from(value.low))
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {

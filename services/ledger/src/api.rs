@@ -4,10 +4,8 @@
 use std::sync::{Arc, OnceLock};
 
 use openledger_core::ErrorCode;
-use openledger_proto::{
-    common::v1::Uint128,
-    ledger::v1::{self as pb, ledger_service_server::LedgerService},
-};
+use openledger_proto::ledger::v1::{self as pb, ledger_service_server::LedgerService};
+use openledger_proto::{u128_of as from_uint128, uint128 as to_uint128};
 use openledger_runtime::{BackendsHandle, grpc::status};
 use tonic::{Request, Response, Status};
 
@@ -62,14 +60,6 @@ impl Api {
             .get()
             .ok_or_else(|| status(ErrorCode::Unavailable, "the ledger is starting: its database is not connected yet"))
     }
-}
-
-fn from_uint128(value: Option<&Uint128>) -> u128 {
-    value.map_or(0, |value| (u128::from(value.high) << 64) | u128::from(value.low))
-}
-
-fn to_uint128(value: u128) -> Option<Uint128> {
-    Some(Uint128 { high: (value >> 64) as u64, low: value as u64 })
 }
 
 fn ledger_error(error: LedgerError) -> Status {

@@ -415,11 +415,7 @@ impl Ledger {
                 entry_hash: Some(Hash { value: hash.as_bytes().to_vec() }),
                 transfer_count: count,
                 last_timestamp,
-                transfer_ids: outcome
-                    .accepted
-                    .iter()
-                    .map(|t| Uint128 { high: (t.id >> 64) as u64, low: t.id as u64 })
-                    .collect(),
+                transfer_ids: outcome.accepted.iter().map(|t| Uint128::from(t.id)).collect(),
             };
             let batch_event = NewEvent::new(SUBJECT_BATCH_COMMITTED, committed.encode_to_vec());
             let all_accepted = outcome.accepted.len() == submitted;

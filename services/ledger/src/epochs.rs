@@ -175,7 +175,7 @@ impl Ledger {
             let event = EpochClosed {
                 epoch,
                 merkle_root: Some(Hash { value: merkle_root.as_bytes().to_vec() }),
-                rewards_distributed: Some(Uint128 { high: (distributed >> 64) as u64, low: distributed as u64 }),
+                rewards_distributed: Some(Uint128::from(distributed)),
                 stakers: transfers.len() as u64,
             };
             let results =

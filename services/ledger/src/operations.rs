@@ -287,7 +287,7 @@ impl Ledger {
             .collect();
         let event = InferenceSettled {
             inference_id: inference_id.to_owned(),
-            fee: Some(Uint128 { high: (capture.amount >> 64) as u64, low: capture.amount as u64 }),
+            fee: Some(Uint128::from(capture.amount)),
             transfer_count: transfers.len() as u64,
             journal_entry: None,
         };
@@ -402,7 +402,7 @@ impl Ledger {
                 high: (hold.debit_account_id >> 64) as u64,
                 low: hold.debit_account_id as u64,
             }),
-            slashed: Some(Uint128 { high: (slashed >> 64) as u64, low: slashed as u64 }),
+            slashed: Some(Uint128::from(slashed)),
             released: Some(Uint128 {
                 high: ((hold.amount - slashed) >> 64) as u64,
                 low: (hold.amount - slashed) as u64,
