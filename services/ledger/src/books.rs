@@ -338,9 +338,17 @@ impl Ledger {
         batch: &[Transfer],
         event: NewEvent,
     ) -> Result<Vec<CreateTransferResult>, LedgerError> {
+        self.write_operation_at(batch, event, Self::now_ns()).await
+    }
+
+    pub(crate) async fn write_operation_at(
+        &self,
+        batch: &[Transfer],
+        event: NewEvent,
+        now_ns: u64,
+    ) -> Result<Vec<CreateTransferResult>, LedgerError> {
         let reserved = |id| id == GENESIS_ACCOUNT_ID;
-        let now = Self::now_ns();
-        Ok(retry_when_busy(|| self.write_once(batch, now, &reserved, Some(event.clone()))).await?.results)
+        Ok(retry_when_busy(|| self.write_once(batch, now_ns, &reserved, Some(event.clone()))).await?.results)
     }
 
     async fn write_once(

@@ -186,6 +186,60 @@ fn single(results: &[CreateTransferResult], operation: &'static str) -> Result<b
     }
 }
 
+/// The hold of an inference's fee (app → fee escrow, pending).
+pub fn hold_transfer(inference_id: &str, app_account: u128, max_fee: u128, timeout_seconds: u32) -> Transfer {
+    Transfer {
+        id: system_transfer_id("inference-hold", key(inference_id)),
+        debit_account_id: app_account,
+        credit_account_id: FEE_ESCROW,
+        amount: max_fee,
+        timeout_seconds,
+        ledger: OPEN_LEDGER,
+        code: codes::INFERENCE_HOLD,
+        flags: TransferFlags(TransferFlags::PENDING),
+        ..Transfer::default()
+    }
+}
+
+/// The capture of `fee` from an inference's hold.
+pub fn capture_transfer(inference_id: &str, fee: u128) -> Transfer {
+    Transfer {
+        id: system_transfer_id("inference-capture", key(inference_id)),
+        pending_id: system_transfer_id("inference-hold", key(inference_id)),
+        amount: fee,
+        code: codes::INFERENCE_CAPTURE,
+        flags: TransferFlags(TransferFlags::POST_PENDING),
+        ..Transfer::default()
+    }
+}
+
+/// The linked chain that pays out a captured `fee` (see `split_fee`).
+pub fn settlement_transfers(
+    inference_id: &str,
+    fee: u128,
+    model_owner: u128,
+    weights: &[ContributorWeight],
+    economics: &Economics,
+) -> Vec<Transfer> {
+    let payouts: Vec<(u128, u128, u16)> =
+        split_fee(fee, model_owner, weights, economics).into_iter().filter(|(_, amount, _)| *amount > 0).collect();
+    let last = payouts.len().saturating_sub(1);
+    payouts
+        .iter()
+        .enumerate()
+        .map(|(index, (account, amount, code))| Transfer {
+            id: system_transfer_id(&format!("settle/{index}"), key(inference_id)),
+            debit_account_id: FEE_ESCROW,
+            credit_account_id: *account,
+            amount: *amount,
+            ledger: OPEN_LEDGER,
+            code: *code,
+            flags: TransferFlags(if index == last { 0 } else { TransferFlags::LINKED }),
+            ..Transfer::default()
+        })
+        .collect()
+}
+
 impl Ledger {
     /// Holds `max_fee` from the app's account until capture (or `timeout_seconds`).
     pub async fn hold_inference_fee(
@@ -195,20 +249,20 @@ impl Ledger {
         max_fee: u128,
         timeout_seconds: u32,
     ) -> Result<u128, OperationError> {
-        let id = system_transfer_id("inference-hold", key(inference_id));
-        let hold = Transfer {
-            id,
-            debit_account_id: app_account,
-            credit_account_id: FEE_ESCROW,
-            amount: max_fee,
-            timeout_seconds,
-            ledger: OPEN_LEDGER,
-            code: codes::INFERENCE_HOLD,
-            flags: TransferFlags(TransferFlags::PENDING),
-            ..Transfer::default()
-        };
-        single(&self.create_transfers(&[hold]).await?, "holding the inference fee")?;
-        Ok(id)
+        self.hold_inference_fee_at(inference_id, app_account, max_fee, timeout_seconds, Self::now_ns()).await
+    }
+
+    pub async fn hold_inference_fee_at(
+        &self,
+        inference_id: &str,
+        app_account: u128,
+        max_fee: u128,
+        timeout_seconds: u32,
+        now_ns: u64,
+    ) -> Result<u128, OperationError> {
+        let hold = hold_transfer(inference_id, app_account, max_fee, timeout_seconds);
+        single(&self.create_transfers_at(&[hold], now_ns).await?, "holding the inference fee")?;
+        Ok(hold.id)
     }
 
     /// Captures the actual fee from the hold and releases the rest; returns the fee.
@@ -221,27 +275,42 @@ impl Ledger {
         price_out: u128,
         economics: &Economics,
     ) -> Result<u128, OperationError> {
+        self.capture_inference_fee_at(
+            inference_id,
+            tokens_in,
+            tokens_out,
+            price_in,
+            price_out,
+            economics,
+            Self::now_ns(),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn capture_inference_fee_at(
+        &self,
+        inference_id: &str,
+        tokens_in: u32,
+        tokens_out: u32,
+        price_in: u128,
+        price_out: u128,
+        economics: &Economics,
+        now_ns: u64,
+    ) -> Result<u128, OperationError> {
         let operation = "capturing the inference fee";
         let fee = inference_fee(tokens_in, tokens_out, price_in, price_out, economics)
             .ok_or_else(|| refused(operation, "the fee overflows u128"))?;
-        let hold_id = system_transfer_id("inference-hold", key(inference_id));
+        let capture = capture_transfer(inference_id, fee);
         let hold = self
-            .lookup_transfers(&[hold_id])
+            .lookup_transfers(&[capture.pending_id])
             .await?
             .pop()
             .ok_or_else(|| refused(operation, "no hold for this inference"))?;
         if fee > hold.amount {
             return Err(refused(operation, format!("the fee {fee} exceeds the hold of {}", hold.amount)));
         }
-        let capture = Transfer {
-            id: system_transfer_id("inference-capture", key(inference_id)),
-            pending_id: hold_id,
-            amount: fee,
-            code: codes::INFERENCE_CAPTURE,
-            flags: TransferFlags(TransferFlags::POST_PENDING),
-            ..Transfer::default()
-        };
-        single(&self.create_transfers(&[capture]).await?, operation)?;
+        single(&self.create_transfers_at(&[capture], now_ns).await?, operation)?;
         Ok(fee)
     }
 
@@ -253,11 +322,28 @@ impl Ledger {
         weights: &[ContributorWeight],
         economics: &Economics,
     ) -> Result<Settlement, OperationError> {
+        self.settle_inference_at(inference_id, model_owner, weights, economics, Self::now_ns()).await
+    }
+
+    pub async fn settle_inference_at(
+        &self,
+        inference_id: &str,
+        model_owner: u128,
+        weights: &[ContributorWeight],
+        economics: &Economics,
+        now_ns: u64,
+    ) -> Result<Settlement, OperationError> {
         let operation = "settling the inference";
         if weights.len() > MAX_SETTLEMENT_CONTRIBUTORS {
             return Err(refused(
                 operation,
                 format!("at most {MAX_SETTLEMENT_CONTRIBUTORS} contributors, got {}", weights.len()),
+            ));
+        }
+        if let Some(weight) = weights.iter().find(|w| w.weight_ppb.abs() > MAX_WEIGHT_PPB) {
+            return Err(refused(
+                operation,
+                format!("weight {} is outside ±{MAX_WEIGHT_PPB} parts per billion", weight.weight_ppb),
             ));
         }
         let capture_id = system_transfer_id("inference-capture", key(inference_id));
@@ -266,32 +352,15 @@ impl Ledger {
             .await?
             .pop()
             .ok_or_else(|| refused(operation, "the inference's fee has not been captured"))?;
-        let payouts: Vec<(u128, u128, u16)> = split_fee(capture.amount, model_owner, weights, economics)
-            .into_iter()
-            .filter(|(_, amount, _)| *amount > 0)
-            .collect();
-        let last = payouts.len().saturating_sub(1);
-        let transfers: Vec<Transfer> = payouts
-            .iter()
-            .enumerate()
-            .map(|(index, (account, amount, code))| Transfer {
-                id: system_transfer_id(&format!("settle/{index}"), key(inference_id)),
-                debit_account_id: FEE_ESCROW,
-                credit_account_id: *account,
-                amount: *amount,
-                ledger: OPEN_LEDGER,
-                code: *code,
-                flags: TransferFlags(if index == last { 0 } else { TransferFlags::LINKED }),
-                ..Transfer::default()
-            })
-            .collect();
+        let transfers = settlement_transfers(inference_id, capture.amount, model_owner, weights, economics);
         let event = InferenceSettled {
             inference_id: inference_id.to_owned(),
             fee: Some(Uint128::from(capture.amount)),
             transfer_count: transfers.len() as u64,
             journal_entry: None,
         };
-        let results = self.write_operation(&transfers, NewEvent::new(SUBJECT_SETTLED, event.encode_to_vec())).await?;
+        let results =
+            self.write_operation_at(&transfers, NewEvent::new(SUBJECT_SETTLED, event.encode_to_vec()), now_ns).await?;
         if results.iter().all(|result| *result == CreateTransferResult::Exists) {
             return Ok(Settlement { fee: capture.amount, transfers, already_settled: true });
         }

@@ -261,6 +261,18 @@ enum Op {
     Wait(u64),
     /// The client resubmits its previous batch (a retry after a lost answer).
     Retry,
+    /// An inference's fee is held, captured and settled (each step through the real
+    /// operation, and through the model applying the same transfers).
+    Settle {
+        inference: u8,
+        app: u128,
+        owner: u128,
+        max_fee: u128,
+        timeout: u32,
+        tokens_in: u32,
+        price_in: u128,
+        weights: Vec<(u128, i64)>,
+    },
 }
 
 fn account_ids() -> Vec<u128> {
@@ -334,10 +346,31 @@ fn ops_strategy() -> impl Strategy<Value = (Vec<AccountFlags>, Vec<Op>)> {
         .prop_map(AccountFlags),
         4,
     );
+    let settle = (
+        0u8..4,
+        0u128..5,
+        0u128..5,
+        0u128..300,
+        0u32..3,
+        0u32..200,
+        0u128..2_000,
+        prop::collection::vec((0u128..5, -3i64..10), 0..4),
+    )
+        .prop_map(|(inference, app, owner, max_fee, timeout, tokens_in, price_in, weights)| Op::Settle {
+            inference,
+            app: FIRST_ID + app,
+            owner: FIRST_ID + owner,
+            max_fee,
+            timeout,
+            tokens_in,
+            price_in,
+            weights: weights.into_iter().map(|(i, w)| (FIRST_ID + i, w * 100_000_000)).collect(),
+        });
     let op = prop_oneof![
         6 => prop::collection::vec(transfer_strategy(), 1..8).prop_map(Op::Batch),
         2 => (0u64..4).prop_map(Op::Wait),
         1 => Just(Op::Retry),
+        3 => settle,
     ];
     (flags, prop::collection::vec(op, 1..25))
 }
@@ -345,9 +378,26 @@ fn ops_strategy() -> impl Strategy<Value = (Vec<AccountFlags>, Vec<Op>)> {
 // ---------------------------------------------------------------- running both
 
 async fn run_case(db: DatabaseConnection, flags: &[AccountFlags], ops: &[Op]) -> Result<(), TestCaseError> {
+    use openledger_ledger::operations::{
+        ContributorWeight, Economics, capture_transfer, hold_transfer, inference_fee, settlement_transfers,
+    };
+
     openledger_store::migrate(&db).await.expect("migrate");
     let ledger = Ledger::new(db);
     let mut model = Model::default();
+    // Genesis makes the system accounts settlements use; the model starts from their balances.
+    ledger.ensure_genesis(&default_allocations()).await.expect("genesis");
+    let system: Vec<u128> = (1..=6).chain(101..=105).collect();
+    for account in ledger.lookup_accounts(&system).await.expect("system accounts") {
+        let balances = Balances {
+            debits_pending: account.debits_pending,
+            debits_posted: account.debits_posted,
+            credits_pending: account.credits_pending,
+            credits_posted: account.credits_posted,
+        };
+        model.accounts.insert(account.id, (account.flags, account.ledger, balances));
+    }
+    let economics = Economics { platform_fee: 5, ..Economics::default() };
     // Account 0 is an unconstrained source; 1..=4 get the generated flags; the last is on ledger 2.
     let mut accounts = vec![Account::new(FIRST_ID, Owner::Key([1; 32]), OPEN_LEDGER, 1, AccountFlags::default())];
     for (index, flag) in flags.iter().enumerate() {
@@ -365,7 +415,8 @@ async fn run_case(db: DatabaseConnection, flags: &[AccountFlags], ops: &[Op]) ->
     for account in &accounts {
         model.accounts.insert(account.id, (account.flags, account.ledger, Balances::default()));
     }
-    let mut now = START;
+    // After genesis's (real-clock) timestamps, so both sides number transfers alike.
+    let mut now = Ledger::now_ns() + 60 * SECOND;
     let mut previous: Vec<Transfer> = Vec::new();
     for (step, op) in ops.iter().enumerate() {
         let retry = matches!(op, Op::Retry).then(|| Op::Batch(previous.clone()));
@@ -382,9 +433,44 @@ async fn run_case(db: DatabaseConnection, flags: &[AccountFlags], ops: &[Op]) ->
                 model.expire(now);
                 ledger.expire_holds_at(now).await.expect("expire");
             }
+            Op::Settle { inference, app, owner, max_fee, timeout, tokens_in, price_in, weights } => {
+                let id = format!("inference-{inference}");
+                let success =
+                    |results: &[R]| results.iter().all(|r| *r == R::Ok) || results.iter().all(|r| *r == R::Exists);
+                let hold = hold_transfer(&id, *app, *max_fee, *timeout);
+                let expected = success(&model.apply_batch(&[hold], now));
+                let actual = ledger.hold_inference_fee_at(&id, *app, *max_fee, *timeout, now).await;
+                prop_assert_eq!(actual.is_ok(), expected, "step {}: hold {:?}", step, actual);
+                let fee = inference_fee(*tokens_in, 0, *price_in, 0, &economics).expect("small fee");
+                let capture = capture_transfer(&id, fee);
+                let expected = match model.transfers.get(&capture.pending_id) {
+                    Some(held) if fee <= held.amount => success(&model.apply_batch(&[capture], now)),
+                    _ => false,
+                };
+                let actual = ledger.capture_inference_fee_at(&id, *tokens_in, 0, *price_in, 0, &economics, now).await;
+                prop_assert_eq!(actual.is_ok(), expected, "step {}: capture {:?}", step, actual);
+                let weights: Vec<ContributorWeight> = weights
+                    .iter()
+                    .map(|(account_id, weight_ppb)| ContributorWeight {
+                        account_id: *account_id,
+                        weight_ppb: *weight_ppb,
+                    })
+                    .collect();
+                let expected =
+                    match model.transfers.get(&capture.id).copied() {
+                        Some(captured) => success(&model.apply_batch(
+                            &settlement_transfers(&id, captured.amount, *owner, &weights, &economics),
+                            now,
+                        )),
+                        None => false,
+                    };
+                let actual = ledger.settle_inference_at(&id, *owner, &weights, &economics, now).await;
+                prop_assert_eq!(actual.is_ok(), expected, "step {}: settle {:?}", step, actual);
+            }
             Op::Retry => unreachable!("replaced by the previous batch"),
         }
-        let stored = ledger.lookup_accounts(&account_ids()).await.expect("lookup");
+        let watched: Vec<u128> = account_ids().into_iter().chain([1, 3, 4]).collect();
+        let stored = ledger.lookup_accounts(&watched).await.expect("lookup");
         for account in stored {
             let balances = Balances {
                 debits_pending: account.debits_pending,
