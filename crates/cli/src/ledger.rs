@@ -381,6 +381,7 @@ async fn verify(config: &Config) -> anyhow::Result<bool> {
     let report = offline_ledger(config).await?.verify().await?;
     println!("journal entries checked: {}", report.entries);
     println!("transfers replayed:      {}", report.transfers);
+    println!("epoch roots recomputed:  {}", report.epochs);
     match &report.first_mismatch {
         None => println!("hash chain:              ok"),
         Some((sequence, detail)) => println!("hash chain:              FIRST MISMATCH at entry {sequence}: {detail}"),

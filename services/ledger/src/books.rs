@@ -215,6 +215,8 @@ pub struct JournalRecord {
 pub struct JournalReport {
     pub entries: u64,
     pub transfers: u64,
+    /// Closed epochs whose Merkle roots were recomputed.
+    pub epochs: u64,
     /// The first journal entry (sequence) that does not match, and why.
     pub first_mismatch: Option<(u64, String)>,
     /// Balances that replaying the transfers does not reproduce, or invariants that fail.
@@ -735,7 +737,8 @@ impl Ledger {
     /// Recomputes the journal's hash chain and replays every transfer to check the stored
     /// balances and the books' invariants.
     pub async fn verify(&self) -> Result<JournalReport, LedgerError> {
-        let mut report = JournalReport { entries: 0, transfers: 0, first_mismatch: None, book_errors: Vec::new() };
+        let mut report =
+            JournalReport { entries: 0, transfers: 0, epochs: 0, first_mismatch: None, book_errors: Vec::new() };
         let mut previous = ContentHash::from_bytes([0; 32]);
         let mut replay: HashMap<u128, Account> = HashMap::new();
         let mut holds: HashMap<u128, Transfer> = HashMap::new();
@@ -800,6 +803,26 @@ impl Ledger {
         }
         if debits_posted != credits_posted {
             report.book_errors.push("total posted debits differ from total posted credits".to_owned());
+        }
+        // Every closed epoch's recorded Merkle root, recomputed from its transfers.
+        let closed = meta::Entity::find().filter(meta::Column::Key.starts_with("epoch:")).all(&self.db).await?;
+        for row in closed {
+            let Some((root, start, end)) = crate::epochs::recorded_root(&row.value) else {
+                report.book_errors.push(format!("{}: unreadable epoch record", row.key));
+                continue;
+            };
+            let hashes: Vec<ContentHash> = self
+                .transfers_between(start, end)
+                .await?
+                .iter()
+                .map(|t| ContentHash::of(&t.canonical_bytes()))
+                .collect();
+            if openledger_core::MerkleTree::new(&hashes).root() != root {
+                report
+                    .book_errors
+                    .push(format!("{}: its transfers no longer hash to the recorded Merkle root", row.key));
+            }
+            report.epochs += 1;
         }
         if debits_pending != credits_pending {
             report.book_errors.push("total pending debits differ from total pending credits".to_owned());

@@ -78,9 +78,19 @@ fn stake_time(movements: &[Transfer], start: u64, end: u64) -> BTreeMap<u128, U2
     weight
 }
 
-/// What is kept of a closed epoch: `root distributed stakers`.
-fn record(root: &ContentHash, distributed: u128, stakers: usize) -> String {
-    format!("{} {distributed} {stakers}", root.to_hex())
+/// What is kept of a closed epoch: `root distributed stakers start end` (times in ns), so
+/// `verify` can recompute the root.
+fn record(root: &ContentHash, distributed: u128, stakers: usize, start: u64, end: u64) -> String {
+    format!("{} {distributed} {stakers} {start} {end}", root.to_hex())
+}
+
+/// A closed epoch's recorded root and time bounds, for `verify`.
+pub(crate) fn recorded_root(text: &str) -> Option<(ContentHash, u64, u64)> {
+    let parts: Vec<&str> = text.split(' ').collect();
+    match parts.as_slice() {
+        [root, _, _, start, end] => Some((root.parse().ok()?, start.parse().ok()?, end.parse().ok()?)),
+        _ => None,
+    }
 }
 
 fn parse_record(epoch: u64, text: &str) -> Result<EpochClose, OperationError> {
@@ -140,7 +150,7 @@ impl Ledger {
         if !paid.is_empty() {
             // Closed before, but the record was not written (a crash in between): write it now.
             let distributed = paid.iter().map(|t| t.amount).sum();
-            self.set_meta_text(&record_key, &record(&merkle_root, distributed, paid.len())).await?;
+            self.set_meta_text(&record_key, &record(&merkle_root, distributed, paid.len(), start, end)).await?;
             return Ok(EpochClose { epoch, merkle_root, distributed, stakers: paid.len(), already_closed: true });
         }
         let pool = self
@@ -186,7 +196,7 @@ impl Ledger {
                 return Err(refused(failed.as_str()));
             }
         }
-        self.set_meta_text(&record_key, &record(&merkle_root, distributed, transfers.len())).await?;
+        self.set_meta_text(&record_key, &record(&merkle_root, distributed, transfers.len(), start, end)).await?;
         Ok(EpochClose { epoch, merkle_root, distributed, stakers: transfers.len(), already_closed: false })
     }
 

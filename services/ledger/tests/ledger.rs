@@ -722,9 +722,13 @@ async fn verify_finds_the_first_tampered_batch() {
         let result = f.ledger.create_transfers_at(&[transfer(id, 0, 1, 10)], START + id as u64).await.expect("batch");
         assert_eq!(result, vec![R::Ok]);
     }
+    let economics = openledger_ledger::operations::Economics::default();
+    let epoch = START / (economics.epoch_seconds * SECOND);
+    let closed = f.ledger.close_epoch_at(epoch, Ledger::now_ns(), &economics).await.expect("close the epoch");
     let report = f.ledger.verify().await.expect("verify");
     assert!(report.ok(), "{report:?}");
-    assert_eq!((report.entries, report.transfers), (3, 3));
+    assert_eq!((report.entries, report.transfers, report.epochs), (3, 3, 1));
+    assert_ne!(closed.merkle_root, openledger_core::MerkleTree::new(&[]).root(), "the epoch holds the three transfers");
 
     // Someone edits the amount of the second transfer (and its balances) behind the ledger's back.
     let id = 2u128.to_be_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>();
@@ -736,6 +740,11 @@ async fn verify_finds_the_first_tampered_batch() {
     assert!(!report.ok());
     assert_eq!(report.first_mismatch.map(|(sequence, _)| sequence), Some(2));
     assert!(!report.book_errors.is_empty(), "replayed balances no longer match the stored ones");
+    assert!(
+        report.book_errors.iter().any(|error| error.contains("Merkle root")),
+        "the epoch root breaks too: {:?}",
+        report.book_errors
+    );
 }
 
 #[tokio::test]
