@@ -776,3 +776,35 @@ async fn staking_and_governance_over_rest_require_the_owners_signature() {
     assert_eq!(status, 404);
     assert_eq!(platform.terminate().code(), Some(0));
 }
+
+#[tokio::test]
+async fn genesis_follows_the_configured_allocation() {
+    let output = std::process::Command::new(support::BINARY)
+        .args(["--genesis-allocations", "community=6000,team=3000", "config", "print"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2), "shares must sum to 10000");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("these sum to 9000"));
+
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let data = data_dir.path().display().to_string();
+    let mut platform = Platform::spawn::<&str>(
+        &["--data-dir", &data, "--genesis-allocations", "community=6000,team=4000", "dev"],
+        &[],
+    );
+    let rest = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
+    platform.wait_ready(rest).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = get(rest, "/v1/accounts/102").await;
+        if status == 200 {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "no genesis: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let team: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(team["balance"], "400000000000000000000000000");
+    assert_eq!(get(rest, "/v1/accounts/103").await.0, 404, "only two allocation accounts");
+    assert_eq!(platform.terminate().code(), Some(0));
+}

@@ -119,6 +119,9 @@ struct SettingFlags {
     /// Window in which a repeated event id is dropped [env: OPENLEDGER_BUS_DUPLICATE_WINDOW_MS] [default: 120000]
     #[arg(long, global = true, value_name = "MS")]
     bus_duplicate_window_ms: Option<String>,
+    /// How genesis splits the 1,000,000,000 OPEN, used at the ledger's first start [env: OPENLEDGER_GENESIS_ALLOCATIONS] [default: community=5171,investors=1829,team=1500,ecosystem=1000,liquidity=500]
+    #[arg(long, global = true, value_name = "NAME=BPS,…")]
+    genesis_allocations: Option<String>,
 }
 
 impl SettingFlags {
@@ -141,6 +144,7 @@ impl SettingFlags {
             ("bus_stream", &self.bus_stream),
             ("bus_subject_prefix", &self.bus_subject_prefix),
             ("bus_duplicate_window_ms", &self.bus_duplicate_window_ms),
+            ("genesis_allocations", &self.genesis_allocations),
         ];
         debug_assert_eq!(pairs.len(), settings::SETTINGS.len());
         pairs.into_iter().filter_map(|(key, value)| value.clone().map(|value| (key, value))).collect()

@@ -105,6 +105,12 @@ pub const SETTINGS: &[Setting] = &[
         env: "OPENLEDGER_BUS_DUPLICATE_WINDOW_MS",
         help: "message-id dedup window",
     },
+    Setting {
+        key: "genesis_allocations",
+        flag: "--genesis-allocations",
+        env: "OPENLEDGER_GENESIS_ALLOCATIONS",
+        help: "name=basis_points,… summing to 10000, used at the ledger's first start",
+    },
 ];
 
 /// A configuration error, printed as is; the process exits with code 2.

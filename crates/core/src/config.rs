@@ -126,6 +126,9 @@ pub struct Config {
     pub bus_subject_prefix: String,
     /// Window in which a repeated message id is dropped as a duplicate.
     pub bus_duplicate_window_ms: u64,
+    /// How genesis splits the supply: `name=basis_points,…`, summing to 10000. Used once,
+    /// when the ledger first starts on an empty database.
+    pub genesis_allocations: String,
 }
 
 impl Default for Config {
@@ -148,6 +151,7 @@ impl Default for Config {
             bus_stream: "OPENLEDGER".to_owned(),
             bus_subject_prefix: "ol".to_owned(),
             bus_duplicate_window_ms: 120_000,
+            genesis_allocations: "community=5171,investors=1829,team=1500,ecosystem=1000,liquidity=500".to_owned(),
         }
     }
 }
@@ -255,7 +259,33 @@ impl Config {
                 "accepted values are letters, digits, '_' and '-'",
             ));
         }
+        if let Err(reason) = self.genesis_shares() {
+            return Err(bad("genesis_allocations", &self.genesis_allocations, &reason));
+        }
         Ok(())
+    }
+
+    /// The genesis allocations as (name, basis points), checked: 1 to 50 named shares, each
+    /// positive, summing to 10000.
+    pub fn genesis_shares(&self) -> Result<Vec<(String, u32)>, String> {
+        let accepted = "accepted values are name=basis_points pairs separated by commas, summing to 10000 (e.g. community=6000,team=4000)";
+        let mut shares = Vec::new();
+        for part in self.genesis_allocations.split(',') {
+            let (name, points) = part.trim().split_once('=').ok_or_else(|| accepted.to_owned())?;
+            let valid_name = !name.is_empty()
+                && name.len() <= 32
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+            let points: u32 = points.parse().map_err(|_| accepted.to_owned())?;
+            if !valid_name || points == 0 {
+                return Err(accepted.to_owned());
+            }
+            shares.push((name.to_owned(), points));
+        }
+        let total: u32 = shares.iter().map(|(_, points)| points).sum();
+        if shares.is_empty() || shares.len() > 50 || total != 10_000 {
+            return Err(format!("{accepted}; these sum to {total}"));
+        }
+        Ok(shares)
     }
 }
 
@@ -312,6 +342,13 @@ mod tests {
         assert!(error.to_string().contains("postgres://"), "{error}");
         let error = Config { request_timeout_ms: 0, ..Config::default() }.validate().expect_err("invalid");
         assert_eq!(error.key, "request_timeout_ms");
+        let error = Config { genesis_allocations: "a=5000,b=4000".into(), ..Config::default() }
+            .validate()
+            .expect_err("invalid");
+        assert_eq!(error.key, "genesis_allocations");
+        assert!(error.accepted.ends_with("these sum to 9000"), "{error}");
+        assert!(Config { genesis_allocations: "A=10000".into(), ..Config::default() }.validate().is_err());
+        assert_eq!(Config::default().genesis_shares().map(|shares| shares.len()), Ok(5));
         assert_eq!(
             "nope".parse::<ServiceKind>().expect_err("unknown"),
             "unknown service \"nope\": accepted values are ledger, datanet-ingest, attribution-worker, model-factory, inference-gateway"

@@ -27,19 +27,25 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Runs the ledger service until the process shuts down.
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
     let shared = api::SharedLedger::new(deps.backends.clone());
+    let allocations: Vec<Allocation> = config
+        .genesis_shares()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, basis_points)| Allocation { name, basis_points })
+        .collect();
     let spec = ServiceSpec::new(ServiceKind::Ledger, LedgerServiceServer::new(api::Api::new(shared.clone())))
-        .worker(housekeeping(shared));
+        .worker(housekeeping(shared, allocations));
     run_service(spec, &config, deps).await
 }
 
 /// Mints the genesis supply once, then every second voids expired holds, pays back stakes
 /// whose unbonding period has passed, closes the epoch that last ended (once), and decides
 /// and executes governance proposals.
-fn housekeeping(shared: api::SharedLedger) -> Worker {
+fn housekeeping(shared: api::SharedLedger, allocations: Vec<Allocation>) -> Worker {
     Box::new(move |_backends, shutdown| {
         Box::pin(async move {
             let Some(ledger) = shared.get() else { return };
-            if let Err(error) = ledger.ensure_genesis(&default_allocations()).await {
+            if let Err(error) = ledger.ensure_genesis(&allocations).await {
                 tracing::error!(%error, "genesis failed");
             }
             // The books check themselves at every start: the journal chain, every balance
