@@ -3,6 +3,8 @@
 //! Every RPC of `DatanetService` answers `UNIMPLEMENTED` until its handler lands: the generated
 //! trait's default methods do that, so the API can be listed, called and health-checked now.
 
+pub mod dedup;
+
 use std::sync::Arc;
 
 use openledger_proto::datanet::v1::datanet_service_server::{DatanetService, DatanetServiceServer};
