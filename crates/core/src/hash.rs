@@ -34,6 +34,11 @@ impl ContentHash {
         &self.0
     }
 
+    /// The first 16 bytes as a big-endian `u128`: how ids are derived from hashes.
+    pub fn prefix_u128(&self) -> u128 {
+        u128::from_be_bytes(self.0[..16].try_into().expect("32 bytes hold 16"))
+    }
+
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

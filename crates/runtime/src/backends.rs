@@ -66,12 +66,6 @@ struct BackendLabel {
 }
 
 impl BackendsHandle {
-    /// Backends that are already connected (tests, tools).
-    pub fn ready(backends: Backends) -> Self {
-        let (_sender, receiver) = watch::channel(Some(backends));
-        Self { receiver, progress: Progress::default() }
-    }
-
     pub(crate) fn connect_in_background(config: Arc<Config>, shutdown: CancellationToken, metrics: &Metrics) -> Self {
         let (sender, receiver) = watch::channel(None);
         let progress = Progress::starting();

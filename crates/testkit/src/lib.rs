@@ -217,14 +217,6 @@ impl Nats {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
-
-    /// Stops the server and starts it again on the same port with the same store.
-    pub fn restart(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop(&mut child, 15);
-        }
-        self.launch();
-    }
 }
 
 impl Drop for Nats {

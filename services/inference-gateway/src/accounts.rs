@@ -92,9 +92,10 @@ pub struct PageQuery {
     pub after: Option<String>,
 }
 
-fn parse_id(text: &str) -> Result<u128, ApiError> {
+/// A decimal u128 from a path or body field named `what`.
+pub(crate) fn parse_u128(text: &str, what: &str) -> Result<u128, ApiError> {
     text.parse::<u128>().map_err(|_| {
-        ApiError::new(ErrorCode::InvalidArgument, format!("account id {text:?} must be a decimal number below 2^128"))
+        ApiError::new(ErrorCode::InvalidArgument, format!("{what} {text:?} must be a decimal number below 2^128"))
     })
 }
 
@@ -136,7 +137,8 @@ fn view(account: &pb::Account) -> AccountView {
     }
 }
 
-async fn client(ledger: &ServiceChannel) -> Result<LedgerServiceClient<tonic::transport::Channel>, ApiError> {
+/// A client of the ledger's gRPC API over the gateway's shared channel.
+pub(crate) fn client(ledger: &ServiceChannel) -> Result<LedgerServiceClient<tonic::transport::Channel>, ApiError> {
     Ok(LedgerServiceClient::new(ledger.channel()?))
 }
 
@@ -151,7 +153,7 @@ pub async fn create_account(
     State(ledger): State<ServiceChannel>,
     Json(new): Json<NewAccount>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = parse_id(&new.id)?;
+    let id = parse_u128(&new.id, "account id")?;
     let key = hex::decode(&new.public_key).ok().filter(|key| key.len() == 32).ok_or_else(|| {
         ApiError::new(ErrorCode::InvalidArgument, "public_key must be 64 hex characters (an ed25519 key)")
     })?;
@@ -176,7 +178,7 @@ pub async fn create_account(
         flags,
         ..Default::default()
     };
-    let mut client = client(&ledger).await?;
+    let mut client = client(&ledger)?;
     let results =
         client.create_accounts(pb::CreateAccountsRequest { accounts: vec![account] }).await?.into_inner().results;
     let result =
@@ -210,9 +212,8 @@ pub async fn get_account(
     State(ledger): State<ServiceChannel>,
     Path(id): Path<String>,
 ) -> Result<Json<AccountView>, ApiError> {
-    let id = parse_id(&id)?;
-    let found =
-        client(&ledger).await?.lookup_accounts(pb::LookupAccountsRequest { ids: vec![Uint128::from(id)] }).await?;
+    let id = parse_u128(&id, "account id")?;
+    let found = client(&ledger)?.lookup_accounts(pb::LookupAccountsRequest { ids: vec![Uint128::from(id)] }).await?;
     let account = found
         .into_inner()
         .accounts
@@ -230,12 +231,12 @@ pub async fn account_transfers(
     Path(id): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> Result<Json<TransferPage>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_u128(&id, "account id")?;
     let request = pb::GetAccountTransfersRequest {
         account_id: wire(id),
         page: Some(PageRequest { page_size: page.limit.unwrap_or(0), page_token: page.after.unwrap_or_default() }),
     };
-    let response = client(&ledger).await?.get_account_transfers(request).await?.into_inner();
+    let response = client(&ledger)?.get_account_transfers(request).await?.into_inner();
     let transfer_flag = |flag: i32| {
         pb::TransferFlag::try_from(flag)
             .ok()

@@ -13,14 +13,17 @@ use axum::{
 use openledger_core::{Amount, ErrorCode};
 use openledger_proto::{
     common::v1::Signature,
-    ledger::v1::{self as pb, ledger_service_client::LedgerServiceClient},
+    ledger::v1::{self as pb},
 };
 use openledger_proto::{u128_of as unwire, uint128 as wire};
 use openledger_runtime::clients::ServiceChannel;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::rest::{ApiError, ErrorBody};
+use crate::{
+    accounts::{client, parse_u128},
+    rest::{ApiError, ErrorBody},
+};
 
 pub fn routes(ledger: ServiceChannel) -> Router {
     Router::new()
@@ -108,10 +111,6 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidArgument, message)
 }
 
-fn parse_u128(text: &str, what: &str) -> Result<u128, ApiError> {
-    text.parse().map_err(|_| invalid(format!("{what} {text:?} must be a decimal number below 2^128")))
-}
-
 fn parse_amount(text: &str, what: &str) -> Result<u128, ApiError> {
     Amount::from_base_units_str(text).map(Amount::base_units).map_err(|error| invalid(format!("{what}: {error}")))
 }
@@ -173,10 +172,6 @@ fn proposal_view(proposal: pb::Proposal) -> ProposalView {
         effective_from_epoch: (proposal.effective_from_epoch > 0).then_some(proposal.effective_from_epoch),
         parameters: proposal.parameters.as_ref().map(parameters_view),
     }
-}
-
-fn client(ledger: &ServiceChannel) -> Result<LedgerServiceClient<tonic::transport::Channel>, ApiError> {
-    Ok(LedgerServiceClient::new(ledger.channel()?))
 }
 
 /// Stake from an account (signed).

@@ -175,8 +175,12 @@ pub fn entry_hash(
 /// Ids of transfers the service makes itself (genesis mint, expiry voids): derived from a
 /// hash, so they take no part of the id space clients choose from.
 pub fn system_transfer_id(purpose: &str, key: u128) -> u128 {
-    let hash = ContentHash::of_parts(&[b"openledger/system-transfer/v1/", purpose.as_bytes(), &key.to_be_bytes()]);
-    u128::from_be_bytes(hash.as_bytes()[..16].try_into().expect("16 bytes"))
+    ContentHash::of_parts(&[b"openledger/system-transfer/v1/", purpose.as_bytes(), &key.to_be_bytes()]).prefix_u128()
+}
+
+/// The key an operation's caller-chosen id (inference, contribution, operation) stands for.
+pub fn operation_key(operation_id: &str) -> u128 {
+    ContentHash::of(operation_id.as_bytes()).prefix_u128()
 }
 
 /// The id of the void transfer the service makes when hold `pending_id` expires.
@@ -493,20 +497,14 @@ impl Ledger {
     }
 
     pub(crate) async fn meta_u64(&self, key: &str) -> Result<u64, LedgerError> {
-        match meta::Entity::find_by_id(key.to_owned()).one(&self.db).await? {
+        match self.meta_text(key).await? {
             None => Ok(0),
-            Some(row) => {
-                row.value.parse().map_err(|_| LedgerError::Corrupt(format!("ledger_meta {key} is not a number")))
-            }
+            Some(text) => text.parse().map_err(|_| LedgerError::Corrupt(format!("ledger_meta {key} is not a number"))),
         }
     }
 
     pub(crate) async fn set_meta_u64(&self, key: &str, value: u64) -> Result<(), LedgerError> {
-        meta::Entity::insert(meta::ActiveModel { key: Set(key.to_owned()), value: Set(value.to_string()) })
-            .on_conflict(OnConflict::column(meta::Column::Key).update_column(meta::Column::Value).to_owned())
-            .exec_without_returning(&self.db)
-            .await?;
-        Ok(())
+        self.set_meta_text(key, &value.to_string()).await
     }
 
     /// Starts a write transaction holding the writer lock: this process's mutex, and a first

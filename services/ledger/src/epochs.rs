@@ -16,8 +16,8 @@ use prost::Message;
 use ruint::aliases::U256;
 
 use crate::{
-    books::{Ledger, system_transfer_id},
-    model::{CreateTransferResult, MAX_BATCH_EVENTS, OPEN_LEDGER, Transfer, TransferFlags},
+    books::{Ledger, operation_key, system_transfer_id},
+    model::{Account, CreateTransferResult, MAX_BATCH_EVENTS, OPEN_LEDGER, Transfer, TransferFlags},
     operations::{Economics, OperationError, STAKERS_POOL},
     staking::{codes, rewards_account_id},
 };
@@ -153,11 +153,7 @@ impl Ledger {
             self.set_meta_text(&record_key, &record(&merkle_root, distributed, paid.len(), start, end)).await?;
             return Ok(EpochClose { epoch, merkle_root, distributed, stakers: paid.len(), already_closed: true });
         }
-        let pool = self
-            .lookup_accounts(&[STAKERS_POOL])
-            .await?
-            .first()
-            .map_or(0, |a| a.credits_posted.saturating_sub(a.debits_posted));
+        let pool = self.lookup_accounts(&[STAKERS_POOL]).await?.first().map_or(0, Account::posted_credit_balance);
         let total: U256 = weights.values().copied().fold(U256::ZERO, |sum, weight| sum + weight);
         let rewards: Vec<(u128, u128)> = weights
             .iter()
@@ -211,19 +207,12 @@ impl Ledger {
     /// amount. Idempotent by `operation_id`.
     pub async fn claim_rewards(&self, operation_id: &str, account: u128) -> Result<u128, OperationError> {
         let operation = "claiming rewards";
-        let key = u128::from_be_bytes(
-            ContentHash::of(operation_id.as_bytes()).as_bytes()[..16].try_into().expect("16 bytes"),
-        );
-        let id = system_transfer_id("claim", key);
+        let id = system_transfer_id("claim", operation_key(operation_id));
         if let Some(done) = self.lookup_transfers(&[id]).await?.pop() {
             return Ok(done.amount);
         }
         let rewards = rewards_account_id(account);
-        let available = self
-            .lookup_accounts(&[rewards])
-            .await?
-            .first()
-            .map_or(0, |a| a.credits_posted.saturating_sub(a.debits_posted));
+        let available = self.lookup_accounts(&[rewards]).await?.first().map_or(0, Account::posted_credit_balance);
         if available == 0 {
             return Err(OperationError::Refused { operation, reason: "no rewards to claim".into() });
         }

@@ -352,7 +352,8 @@ impl Ledger {
             .filter(proposal::Column::VotingEnds.lte(now))
             .all(self.db())
             .await?;
-        let total = self.total_staked().await?;
+        // Summing every stake is a scan: only when a proposal is being decided.
+        let total = if decided.is_empty() { 0 } else { self.total_staked().await? };
         for row in decided {
             let view = self.proposal(&row.id).await?.expect("exists");
             let cast = view.votes_for.saturating_add(view.votes_against);

@@ -113,9 +113,9 @@ impl Account {
         }
     }
 
-    /// Posted credits minus posted debits, when non-negative.
-    pub fn credit_balance(&self) -> Option<u128> {
-        self.credits_posted.checked_sub(self.debits_posted)
+    /// Posted credits minus posted debits, or 0 when debits are larger.
+    pub fn posted_credit_balance(&self) -> u128 {
+        self.credits_posted.saturating_sub(self.debits_posted)
     }
 
     fn same_definition(&self, other: &Account) -> bool {

@@ -19,7 +19,7 @@ use openledger_store::NewEvent;
 use prost::Message;
 
 use crate::{
-    books::{Ledger, LedgerError, system_transfer_id},
+    books::{Ledger, LedgerError, operation_key as key, system_transfer_id},
     model::{CreateTransferResult, OPEN_LEDGER, SystemRole, Transfer, TransferFlags},
 };
 
@@ -110,11 +110,6 @@ pub struct Settlement {
     pub transfers: Vec<Transfer>,
     /// True when this inference had been settled before (nothing changed now).
     pub already_settled: bool,
-}
-
-fn key(inference_id: &str) -> u128 {
-    let hash = openledger_core::ContentHash::of(inference_id.as_bytes());
-    u128::from_be_bytes(hash.as_bytes()[..16].try_into().expect("16 bytes"))
 }
 
 /// `ceil(tokens * price_per_1000 / 1000)`, checked.

@@ -7,7 +7,7 @@
 use openledger_core::ContentHash;
 
 use crate::{
-    books::{Ledger, system_transfer_id},
+    books::{Ledger, operation_key, system_transfer_id},
     model::{Account, AccountFlags, CreateAccountResult, OPEN_LEDGER, Transfer, TransferFlags},
     operations::{Economics, OperationError},
 };
@@ -27,7 +27,7 @@ pub mod codes {
 fn derived_account_id(purpose: &str, account: u128) -> u128 {
     let hash = ContentHash::of_parts(&[b"openledger/derived-account/v1/", purpose.as_bytes(), &account.to_be_bytes()]);
     // The top bit keeps derived ids far above both system ids and typical client ids.
-    u128::from_be_bytes(hash.as_bytes()[..16].try_into().expect("16 bytes")) | (1 << 127)
+    hash.prefix_u128() | (1 << 127)
 }
 
 pub fn stake_account_id(account: u128) -> u128 {
@@ -46,15 +46,6 @@ fn refused(operation: &'static str, reason: impl Into<String>) -> OperationError
     OperationError::Refused { operation, reason: reason.into() }
 }
 
-fn operation_key(operation_id: &str) -> u128 {
-    let hash = ContentHash::of(operation_id.as_bytes());
-    u128::from_be_bytes(hash.as_bytes()[..16].try_into().expect("16 bytes"))
-}
-
-fn net_credit(account: &Account) -> u128 {
-    account.credits_posted.saturating_sub(account.debits_posted)
-}
-
 impl Ledger {
     /// Makes the staker's stake, unbonding and rewards accounts if they do not exist yet.
     async fn ensure_staker_accounts(&self, account: u128, operation: &'static str) -> Result<(), OperationError> {
@@ -70,7 +61,21 @@ impl Ledger {
             (rewards_account_id(account), codes::REWARDS_ACCOUNT),
         ]
         .map(|(id, code)| Account::new(id, owner.owner, OPEN_LEDGER, code, guarded));
-        let results = self.create_system_accounts(&accounts).await?;
+        // Usually they exist already: check them without opening a write transaction.
+        let existing = self.lookup_accounts(&accounts.map(|a| a.id)).await?;
+        let results: Vec<CreateAccountResult> = if existing.len() == accounts.len() {
+            accounts
+                .iter()
+                .zip(&existing)
+                .map(|(wanted, found)| {
+                    let same = (found.owner, found.ledger, found.code, found.flags)
+                        == (wanted.owner, wanted.ledger, wanted.code, wanted.flags);
+                    if same { CreateAccountResult::Exists } else { CreateAccountResult::ExistsWithDifferentFields }
+                })
+                .collect()
+        } else {
+            self.create_system_accounts(&accounts).await?
+        };
         if results.iter().any(|result| !matches!(result, CreateAccountResult::Ok | CreateAccountResult::Exists)) {
             return Err(refused(operation, format!("cannot open staking accounts: {results:?}")));
         }
@@ -79,7 +84,7 @@ impl Ledger {
 
     /// What `account` has staked now.
     pub async fn staked(&self, account: u128) -> Result<u128, OperationError> {
-        Ok(self.lookup_accounts(&[stake_account_id(account)]).await?.first().map_or(0, net_credit))
+        Ok(self.lookup_accounts(&[stake_account_id(account)]).await?.first().map_or(0, Account::posted_credit_balance))
     }
 
     /// Stakes `amount` more; returns the total staked. Idempotent by `operation_id`.
