@@ -247,7 +247,7 @@ pub trait EventBus: Send + Sync {
 
 /// Checks an outgoing message and adds the current trace context to its headers.
 fn prepare(settings: &BusSettings, message: &mut OutgoingMessage) -> Result<(), BusError> {
-    validate_subject(&message.subject, false)?;
+    check_event(&message.subject, message.payload.len(), &mut message.headers)?;
     if !message.subject.starts_with(&format!("{}.", settings.subject_prefix)) {
         return Err(BusError::InvalidSubject {
             subject: message.subject.clone(),
@@ -260,11 +260,19 @@ fn prepare(settings: &BusSettings, message: &mut OutgoingMessage) -> Result<(), 
             reason: "message id must be 1..=256 bytes".into(),
         });
     }
-    if message.payload.len() > MAX_PAYLOAD_BYTES {
-        return Err(BusError::PayloadTooLarge { size: message.payload.len(), limit: MAX_PAYLOAD_BYTES });
+    Ok(())
+}
+
+/// The checks every event passes before it may be published (a concrete subject, a payload
+/// within the limit), and the current trace context added to its headers. The outbox runs
+/// them when an event is written, so a bad event fails its transaction, not the relay.
+pub fn check_event(subject: &str, payload_len: usize, headers: &mut BTreeMap<String, String>) -> Result<(), BusError> {
+    validate_subject(subject, false)?;
+    if payload_len > MAX_PAYLOAD_BYTES {
+        return Err(BusError::PayloadTooLarge { size: payload_len, limit: MAX_PAYLOAD_BYTES });
     }
-    if !message.headers.contains_key("traceparent") {
-        inject_trace_context(&mut message.headers);
+    if !headers.contains_key("traceparent") {
+        inject_trace_context(headers);
     }
     Ok(())
 }

@@ -65,19 +65,9 @@ pub async fn enqueue<C: ConnectionTrait>(
     producer: &str,
     mut event: NewEvent,
 ) -> Result<String, StoreError> {
-    openledger_bus::validate_subject(&event.subject, false)
+    // At write time, so the span changing state is the parent consumers see, not the relay's.
+    openledger_bus::check_event(&event.subject, event.payload.len(), &mut event.headers)
         .map_err(|error| StoreError::InvalidEvent(error.to_string()))?;
-    if event.payload.len() > openledger_bus::MAX_PAYLOAD_BYTES {
-        return Err(StoreError::InvalidEvent(format!(
-            "payload of {} bytes exceeds the {}-byte limit",
-            event.payload.len(),
-            openledger_bus::MAX_PAYLOAD_BYTES
-        )));
-    }
-    // The span changing state now is the parent consumers should see, not the relay's.
-    if !event.headers.contains_key("traceparent") {
-        openledger_bus::inject_trace_context(&mut event.headers);
-    }
     let event_id = Id::new().to_string();
     ActiveModel {
         event_id: Set(event_id.clone()),
