@@ -60,17 +60,15 @@ async fn dev_becomes_ready_serves_every_api_and_drains_on_sigterm() {
     let mut client =
         pb::ledger_service_client::LedgerServiceClient::connect(format!("http://{ledger}")).await.expect("connect");
     let id = |value: u64| Some(Uint128 { high: 0, low: value });
-    let community = async {
-        loop {
-            let found =
-                client.lookup_accounts(pb::LookupAccountsRequest { ids: vec![Uint128 { high: 0, low: 101 }] }).await;
-            if let Some(account) = found.ok().and_then(|response| response.into_inner().accounts.pop()) {
-                return account;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let community = tokio::time::timeout(Duration::from_secs(10), community).await.expect("genesis within 10 s");
+    let community = support::eventually("genesis funds the community allocation", async || {
+        let found =
+            client.lookup_accounts(pb::LookupAccountsRequest { ids: vec![Uint128 { high: 0, low: 101 }] }).await;
+        found
+            .ok()
+            .and_then(|response| response.into_inner().accounts.pop())
+            .ok_or_else(|| "no account 101 yet".to_owned())
+    })
+    .await;
     let minted = community.credits_posted.expect("amount");
     assert_eq!((u128::from(minted.high) << 64) | u128::from(minted.low), 517_100_000 * 10u128.pow(18));
     let owner = |byte| Some(pb::account::Owner::PublicKey(vec![byte; 32]));
@@ -428,20 +426,13 @@ async fn ledger_killed_during_settlements_neither_doubles_nor_loses_any() {
         ledger: 1,
         ..Default::default()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let results = client
-            .create_transfers(pb::CreateTransfersRequest { transfers: vec![funding.clone()] })
-            .await
-            .expect("fund")
-            .into_inner()
-            .results;
-        if results[0].result == pb::CreateResult::Ok as i32 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "genesis never funded the allocation: {results:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually("genesis funds the allocation", async || {
+        let transfers = vec![funding.clone()];
+        let results =
+            client.create_transfers(pb::CreateTransfersRequest { transfers }).await.expect("fund").into_inner().results;
+        if results[0].result == pb::CreateResult::Ok as i32 { Ok(()) } else { Err(format!("{results:?}")) }
+    })
+    .await;
 
     // Settle a stream of inferences and kill the ledger with SIGKILL in the middle of it.
     const INFERENCES: u64 = 60;
@@ -513,15 +504,11 @@ async fn the_ledger_cli_reads_moves_and_verifies_open() {
         )
     };
     // Genesis runs as the ledger starts; wait for the community allocation.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let balance = loop {
+    let balance = support::eventually("genesis funds the community allocation", async || {
         let (code, out) = cli(&["balance", "101"]);
-        if code == Some(0) {
-            break out;
-        }
-        assert!(std::time::Instant::now() < deadline, "no genesis: {out}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        if code == Some(0) { Ok(out) } else { Err(out) }
+    })
+    .await;
     assert!(balance.contains("517100000"), "{balance}");
 
     let (code, out) = cli(&["transfer", "--from", "101", "--to", "105", "--amount", "1.5", "--id", "7"]);
@@ -658,15 +645,11 @@ async fn accounts_over_rest_go_through_the_gateway_to_the_ledger() {
     let (status, body) = get(rest, "/v1/accounts/not-a-number").await;
     assert_eq!(status, 400, "{body}");
     // Genesis minted the community allocation (account 101): visible with its mint transfer.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let community = loop {
+    let community = support::eventually("genesis funds the community allocation", async || {
         let (status, body) = get(rest, "/v1/accounts/101").await;
-        if status == 200 {
-            break serde_json::from_str::<serde_json::Value>(&body).expect("json");
-        }
-        assert!(std::time::Instant::now() < deadline, "no genesis: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        if status == 200 { Ok(serde_json::from_str::<serde_json::Value>(&body).expect("json")) } else { Err(body) }
+    })
+    .await;
     assert_eq!(community["balance"], "517100000000000000000000000");
     assert_eq!(community["owner"], "system:unspecified");
     let (status, body) = get(rest, "/v1/accounts/101/transfers?limit=10").await;
@@ -713,19 +696,13 @@ async fn staking_and_governance_over_rest_require_the_owners_signature() {
         ledger: 1,
         ..Default::default()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while client
-        .create_transfers(pb::CreateTransfersRequest { transfers: vec![funding.clone()] })
-        .await
-        .expect("fund")
-        .into_inner()
-        .results[0]
-        .result
-        != pb::CreateResult::Ok as i32
-    {
-        assert!(std::time::Instant::now() < deadline, "genesis never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually("genesis funds the allocation", async || {
+        let transfers = vec![funding.clone()];
+        let results =
+            client.create_transfers(pb::CreateTransfersRequest { transfers }).await.expect("fund").into_inner().results;
+        if results[0].result == pb::CreateResult::Ok as i32 { Ok(()) } else { Err(format!("{results:?}")) }
+    })
+    .await;
 
     let amount = open(2_000).to_string();
     let stake_body = |signature: String| serde_json::json!({"operation_id": "op-1", "amount": amount, "public_key": public_key, "signature": signature});
@@ -794,15 +771,11 @@ async fn genesis_follows_the_configured_allocation() {
     );
     let rest = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
     platform.wait_ready(rest).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let body = loop {
+    let body = support::eventually("genesis funds the team allocation", async || {
         let (status, body) = get(rest, "/v1/accounts/102").await;
-        if status == 200 {
-            break body;
-        }
-        assert!(std::time::Instant::now() < deadline, "no genesis: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        if status == 200 { Ok(body) } else { Err(body) }
+    })
+    .await;
     let team: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(team["balance"], "400000000000000000000000000");
     assert_eq!(get(rest, "/v1/accounts/103").await.0, 404, "only two allocation accounts");

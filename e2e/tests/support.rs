@@ -157,6 +157,18 @@ impl Drop for Platform {
     }
 }
 
+/// Polls `probe` until it succeeds; after 10 s the test fails with `what` and the last miss.
+pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(miss) => assert!(Instant::now() < deadline, "{what}: {miss}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// GET `path`; status 0 when nothing answers.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
