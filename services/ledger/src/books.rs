@@ -540,13 +540,8 @@ impl Ledger {
         after_timestamp: u64,
         limit: u64,
     ) -> Result<Vec<Transfer>, LedgerError> {
-        let id = encode(account_id);
         let rows = transfer::Entity::find()
-            .filter(
-                sea_orm::Condition::any()
-                    .add(transfer::Column::DebitAccountId.eq(id.clone()))
-                    .add(transfer::Column::CreditAccountId.eq(id)),
-            )
+            .filter(involving(account_id))
             .filter(transfer::Column::Timestamp.gt(nanos(after_timestamp)))
             .order_by_asc(transfer::Column::Timestamp)
             .limit(limit.clamp(1, 1000))
@@ -562,13 +557,8 @@ impl Ledger {
         if now.timestamp > timestamp {
             return Ok(None);
         }
-        let id = encode(account_id);
         let rows = transfer::Entity::find()
-            .filter(
-                sea_orm::Condition::any()
-                    .add(transfer::Column::DebitAccountId.eq(id.clone()))
-                    .add(transfer::Column::CreditAccountId.eq(id)),
-            )
+            .filter(involving(account_id))
             .filter(transfer::Column::Timestamp.lte(nanos(timestamp)))
             .order_by_asc(transfer::Column::Timestamp)
             .all(&self.db)
@@ -902,6 +892,14 @@ where
 fn is_busy(error: &sea_orm::DbErr) -> bool {
     let text = error.to_string();
     text.contains("database is locked") || text.contains("(code: 5)") || text.contains("(code: 517)")
+}
+
+/// Transfers that debit or credit `account_id`.
+fn involving(account_id: u128) -> sea_orm::Condition {
+    let id = encode(account_id);
+    sea_orm::Condition::any()
+        .add(transfer::Column::DebitAccountId.eq(id.clone()))
+        .add(transfer::Column::CreditAccountId.eq(id))
 }
 
 fn check_batch(len: usize) -> Result<(), LedgerError> {
