@@ -418,21 +418,7 @@ async fn ledger_killed_during_settlements_neither_doubles_nor_loses_any() {
         })
         .collect();
     client.create_accounts(pb::CreateAccountsRequest { accounts }).await.expect("accounts");
-    let funding = pb::Transfer {
-        id: id(1),
-        debit_account_id: id(101),
-        credit_account_id: id(80_000),
-        amount: Some(Uint128 { high: 0, low: 10u64.pow(18) }),
-        ledger: 1,
-        ..Default::default()
-    };
-    support::eventually("genesis funds the allocation", async || {
-        let transfers = vec![funding.clone()];
-        let results =
-            client.create_transfers(pb::CreateTransfersRequest { transfers }).await.expect("fund").into_inner().results;
-        if results[0].result == pb::CreateResult::Ok as i32 { Ok(()) } else { Err(format!("{results:?}")) }
-    })
-    .await;
+    support::fund_from_community(&mut client, 1, 80_000, 10u128.pow(18)).await;
 
     // Settle a stream of inferences and kill the ledger with SIGKILL in the middle of it.
     const INFERENCES: u64 = 60;
@@ -664,7 +650,7 @@ async fn accounts_over_rest_go_through_the_gateway_to_the_ledger() {
 async fn staking_and_governance_over_rest_require_the_owners_signature() {
     use ed25519_dalek::{Signer, SigningKey};
     use openledger_ledger::governance::{parameters_json, proposal_message, staking_message, vote_message};
-    use openledger_proto::{common::v1::Uint128, ledger::v1 as pb};
+    use openledger_proto::ledger::v1 as pb;
 
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut platform = Platform::spawn::<&str>(&["--data-dir", &data_dir.path().display().to_string(), "dev"], &[]);
@@ -688,21 +674,7 @@ async fn staking_and_governance_over_rest_require_the_owners_signature() {
     let mut client =
         pb::ledger_service_client::LedgerServiceClient::connect(format!("http://{ledger}")).await.expect("connect");
     let open = |n: u128| n * 10u128.pow(18);
-    let funding = pb::Transfer {
-        id: Some(Uint128 { high: 0, low: 77 }),
-        debit_account_id: Some(Uint128 { high: 0, low: 101 }),
-        credit_account_id: Some(Uint128 { high: 0, low: 91_000 }),
-        amount: Some(Uint128 { high: (open(5_000) >> 64) as u64, low: open(5_000) as u64 }),
-        ledger: 1,
-        ..Default::default()
-    };
-    support::eventually("genesis funds the allocation", async || {
-        let transfers = vec![funding.clone()];
-        let results =
-            client.create_transfers(pb::CreateTransfersRequest { transfers }).await.expect("fund").into_inner().results;
-        if results[0].result == pb::CreateResult::Ok as i32 { Ok(()) } else { Err(format!("{results:?}")) }
-    })
-    .await;
+    support::fund_from_community(&mut client, 77, 91_000, open(5_000)).await;
 
     let amount = open(2_000).to_string();
     let stake_body = |signature: String| serde_json::json!({"operation_id": "op-1", "amount": amount, "public_key": public_key, "signature": signature});

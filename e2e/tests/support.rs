@@ -169,6 +169,32 @@ pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T,
     }
 }
 
+/// Moves `amount` base units from the community allocation (account 101) to `account` with
+/// transfer `id`, retrying until genesis has minted the allocation.
+pub async fn fund_from_community(
+    client: &mut openledger_proto::ledger::v1::ledger_service_client::LedgerServiceClient<tonic::transport::Channel>,
+    id: u128,
+    account: u128,
+    amount: u128,
+) {
+    use openledger_proto::{ledger::v1 as pb, uint128};
+    let funding = pb::Transfer {
+        id: uint128(id),
+        debit_account_id: uint128(101),
+        credit_account_id: uint128(account),
+        amount: uint128(amount),
+        ledger: 1,
+        ..Default::default()
+    };
+    eventually("genesis funds the community allocation", async || {
+        let transfers = vec![funding.clone()];
+        let results =
+            client.create_transfers(pb::CreateTransfersRequest { transfers }).await.expect("fund").into_inner().results;
+        if results[0].result == pb::CreateResult::Ok as i32 { Ok(()) } else { Err(format!("{results:?}")) }
+    })
+    .await;
+}
+
 /// GET `path`; status 0 when nothing answers.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
