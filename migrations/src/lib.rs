@@ -8,6 +8,7 @@ mod m20261124_000001_platform;
 mod m20261124_000002_ledger;
 mod m20261124_000003_ledger_codes;
 mod m20261124_000004_governance;
+mod m20261125_000005_datanet;
 
 /// Applies every schema in order.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_ledger::Migration),
             Box::new(m20261124_000003_ledger_codes::Migration),
             Box::new(m20261124_000004_governance::Migration),
+            Box::new(m20261125_000005_datanet::Migration),
         ]
     }
 }

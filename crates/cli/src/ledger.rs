@@ -408,7 +408,7 @@ fn keygen(out: &std::path::Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn read_key(path: &std::path::Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+pub(crate) fn read_key(path: &std::path::Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| anyhow::anyhow!("cannot read key file {}: {error}", path.display()))?;
     let bytes = hex::decode(text.trim()).ok().and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()).ok_or_else(|| {

@@ -2,6 +2,7 @@
 //! process on SQLite, the local file system and an in-process bus; `serve` runs chosen
 //! services against PostgreSQL, NATS JetStream and S3-compatible storage.
 
+mod datanet;
 mod ledger;
 mod run;
 mod settings;
@@ -50,6 +51,9 @@ enum Command {
     /// Ledger: balances, transfers, history, journal verification
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
+    /// Datanets: create, contribute files, review, publish versions, proofs, access grants
+    #[command(subcommand)]
+    Datanet(datanet::DatanetCommand),
 }
 
 #[derive(Subcommand)]
@@ -167,22 +171,26 @@ fn main() -> ExitCode {
             print!("{}", settings::print_yaml(&resolved));
             ExitCode::SUCCESS
         }
-        Command::Ledger(command) => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            match runtime.block_on(ledger::run(command, &resolved.config)) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Ledger(command) => client_command(ledger::run(command, &resolved.config)),
+        Command::Datanet(command) => client_command(datanet::run(command, &resolved.config)),
         Command::Dev => run::run(resolved.config, ServiceKind::ALL.to_vec(), true),
         Command::Serve { mut services } => {
             services.sort();
             services.dedup();
             run::run(resolved.config, services, false)
+        }
+    }
+}
+
+/// Runs a client command: success, a check that failed (`Ok(false)`), or an error.
+fn client_command(command: impl Future<Output = anyhow::Result<bool>>) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    match runtime.block_on(command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -76,9 +76,21 @@ impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
     }
 }
 
+/// Metadata key carrying the platform error code on error statuses, so an edge that forwards
+/// a gRPC error keeps codes gRPC merges (payload too large and resource exhausted).
+pub const ERROR_CODE_METADATA: &str = "x-openledger-error-code";
+
 /// The one mapping from platform error codes to gRPC statuses.
 pub fn status(code: ErrorCode, message: impl Into<String>) -> Status {
-    Status::new(tonic::Code::from(code.grpc_code()), message.into())
+    let mut status = Status::new(tonic::Code::from(code.grpc_code()), message.into());
+    status.metadata_mut().insert(ERROR_CODE_METADATA, MetadataValue::from_static(code.as_str()));
+    status
+}
+
+/// The platform error code a status carries, if it was made by [`status`].
+pub fn error_code_of(status: &Status) -> Option<ErrorCode> {
+    let text = status.metadata().get(ERROR_CODE_METADATA)?.to_str().ok()?;
+    ErrorCode::ALL.into_iter().find(|code| code.as_str() == text)
 }
 
 #[cfg(test)]

@@ -78,6 +78,44 @@ fn sqlite_path(url: &str) -> Option<String> {
 
 use openledger_core::redact_url as redact;
 
+/// An error that may be SQLite refusing a write because another connection holds the lock.
+pub trait MaybeBusy {
+    fn is_busy(&self) -> bool;
+}
+
+impl MaybeBusy for sea_orm::DbErr {
+    fn is_busy(&self) -> bool {
+        let text = self.to_string();
+        text.contains("database is locked") || text.contains("(code: 5)") || text.contains("(code: 517)")
+    }
+}
+
+/// Most attempts at a write that SQLite refuses as busy.
+const BUSY_ATTEMPTS: u32 = 30;
+
+/// Runs a write transaction again while SQLite refuses it as busy. A deferred transaction that
+/// read and then writes after another connection committed fails at once
+/// (`SQLITE_BUSY_SNAPSHOT`, "database is locked") instead of waiting; it was rolled back, so a
+/// deterministic `attempt` can simply run again. Other errors, and success, return at once.
+pub async fn retry_when_busy<T, E, F, Fut>(mut attempt: F) -> Result<T, E>
+where
+    E: MaybeBusy,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut pause = Duration::from_millis(2);
+    for attempt_number in 1.. {
+        match attempt().await {
+            Err(error) if attempt_number < BUSY_ATTEMPTS && error.is_busy() => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            outcome => return outcome,
+        }
+    }
+    unreachable!("the loop returns")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

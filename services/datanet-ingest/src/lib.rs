@@ -1,27 +1,91 @@
-//! Datanet ingest: community datasets with signed contributions, validation, dedup, review, sealed versions with Merkle proofs and access grants. This issue ships its gRPC surface; the handlers land with the Datanet issue.
+//! Datanet ingest: community datasets with signed contributions, validation, dedup, review,
+//! sealed versions with Merkle proofs and access grants.
 //!
-//! Every RPC of `DatanetService` answers `UNIMPLEMENTED` until its handler lands: the generated
-//! trait's default methods do that, so the API can be listed, called and health-checked now.
+//! - [`parse`] turns a file (txt, md, jsonl, csv, pdf, docx) into normalized records;
+//! - [`quality`] scores records from cheap signals; [`dedup`] finds near-duplicates;
+//! - [`datanets`] is the service's core (policy, contributions, review, snapshots, access);
+//! - [`bonds`] holds, releases and slashes stake bonds on the ledger;
+//! - [`signing`] defines what each signed request signs; `api` is the gRPC surface.
 
+mod api;
+pub mod bonds;
+pub mod datanets;
 pub mod dedup;
+mod entities;
+pub mod parse;
+pub mod quality;
+pub mod signing;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use openledger_proto::datanet::v1::datanet_service_server::{DatanetService, DatanetServiceServer};
-use openledger_runtime::{BackendsHandle, Deps, RuntimeError, ServiceSpec, run_service};
+use openledger_core::ErrorCode;
+use openledger_proto::datanet::v1::datanet_service_server::DatanetServiceServer;
+use openledger_runtime::{
+    Config, Deps, RuntimeError, ServiceKind, ServiceSpec, Worker, clients::ServiceChannel, run_service,
+};
 
-/// The gRPC API of this service.
-#[derive(Clone)]
-pub struct Api {
-    #[allow(dead_code)]
-    backends: BackendsHandle,
+pub use api::Api;
+pub use datanets::{Datanets, Upload};
+
+/// How often decided bonds the ledger has not taken yet are retried.
+const BOND_RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// An error with the code callers act on and a message naming the problem.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct DatanetError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// SQLite refused the write as busy: the whole operation may run again.
+    busy: bool,
 }
 
-impl DatanetService for Api {}
+impl DatanetError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), busy: false }
+    }
+}
+
+impl From<sea_orm::DbErr> for DatanetError {
+    fn from(error: sea_orm::DbErr) -> Self {
+        use openledger_store::db::MaybeBusy;
+        Self { code: ErrorCode::Unavailable, busy: error.is_busy(), message: format!("database: {error}") }
+    }
+}
+
+impl From<openledger_store::StoreError> for DatanetError {
+    fn from(error: openledger_store::StoreError) -> Self {
+        Self::new(ErrorCode::Internal, error.to_string())
+    }
+}
 
 /// Runs the service until the process shuts down.
-pub async fn serve(config: Arc<openledger_runtime::Config>, deps: Deps) -> Result<(), RuntimeError> {
-    let api = Api { backends: deps.backends.clone() };
-    let spec = ServiceSpec::new(openledger_runtime::ServiceKind::DatanetIngest, DatanetServiceServer::new(api));
+pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
+    let ledger = ServiceChannel::new(ServiceKind::Ledger, config.ledger_url.clone(), &config, deps.endpoints.clone());
+    let bonds = Arc::new(bonds::LedgerBonds::new(ledger));
+    let shared = api::SharedDatanets::new(deps.backends.clone(), bonds);
+    let mut spec = ServiceSpec::new(ServiceKind::DatanetIngest, DatanetServiceServer::new(Api::new(shared.clone())));
+    shared.set_outbox_waker(spec.outbox_waker());
+    spec = spec.worker(bond_retries(shared));
     run_service(spec, &config, deps).await
+}
+
+/// Applies bond decisions the ledger could not take when they were made.
+fn bond_retries(shared: api::SharedDatanets) -> Worker {
+    Box::new(move |_backends, shutdown| {
+        Box::pin(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(BOND_RETRY_INTERVAL) => {}
+                }
+                let Some(datanets) = shared.get() else { continue };
+                match datanets.resolve_bonds().await {
+                    Ok(0) => {}
+                    Ok(resolved) => tracing::info!(resolved, "waiting bond decisions applied"),
+                    Err(error) => tracing::warn!(%error, "applying waiting bond decisions failed"),
+                }
+            }
+        })
+    })
 }

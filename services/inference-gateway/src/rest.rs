@@ -74,6 +74,9 @@ impl ApiError {
 /// gRPC answers from the services become REST errors here, once.
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
+        if let Some(code) = openledger_runtime::grpc::error_code_of(&status) {
+            return Self::new(code, status.message().to_owned());
+        }
         let code = match status.code() {
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ErrorCode::InvalidArgument,
             tonic::Code::NotFound => ErrorCode::NotFound,
@@ -115,7 +118,16 @@ impl IntoResponse for ApiError {
         crate::governance::parameters,
         crate::governance::propose,
         crate::governance::proposal,
-        crate::governance::vote
+        crate::governance::vote,
+        crate::datanets::create,
+        crate::datanets::list,
+        crate::datanets::show,
+        crate::datanets::contribute,
+        crate::datanets::contribution,
+        crate::datanets::review,
+        crate::datanets::publish,
+        crate::datanets::proof,
+        crate::datanets::leaderboard
     ),
     components(schemas(
         ErrorBody,
@@ -129,7 +141,19 @@ impl IntoResponse for ApiError {
         crate::governance::ParametersView,
         crate::governance::NewProposal,
         crate::governance::NewVote,
-        crate::governance::ProposalView
+        crate::governance::ProposalView,
+        crate::datanets::SignatureJson,
+        crate::datanets::PolicyJson,
+        crate::datanets::DatanetJson,
+        crate::datanets::NewDatanet,
+        crate::datanets::DatanetPage,
+        crate::datanets::RecordJson,
+        crate::datanets::ContributionJson,
+        crate::datanets::SnapshotJson,
+        crate::datanets::ProofJson,
+        crate::datanets::RecordProofJson,
+        crate::datanets::ReviewJson,
+        crate::datanets::LeaderboardEntryJson
     ))
 )]
 pub struct ApiDoc;
@@ -164,9 +188,10 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 }
 
 /// The whole edge: public routes plus ops routes, behind the middleware.
-pub fn router(settings: EdgeSettings, deps: &Deps, ledger: ServiceChannel) -> Router {
+pub fn router(settings: EdgeSettings, deps: &Deps, ledger: ServiceChannel, datanet: ServiceChannel) -> Router {
     let routes = Router::new()
         .route("/openapi.json", get(openapi_json))
+        .merge(crate::datanets::routes(datanet))
         .merge(crate::accounts::routes(ledger.clone()))
         .merge(crate::governance::routes(ledger))
         .merge(ops::router(deps.clone()));

@@ -10,7 +10,10 @@ use openledger_proto::{
     common::v1::{Hash, Uint128},
     events::v1::LedgerBatchCommitted,
 };
-use openledger_store::NewEvent;
+use openledger_store::{
+    NewEvent,
+    db::{MaybeBusy, retry_when_busy},
+};
 use prost::Message;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
@@ -865,35 +868,6 @@ fn replay_transfer(accounts: &mut HashMap<u128, Account>, holds: &mut HashMap<u1
     }
 }
 
-/// Most attempts at a batch that SQLite refuses as busy.
-const BUSY_ATTEMPTS: u32 = 30;
-
-/// SQLite refuses a deferred transaction that read and then writes after another connection
-/// committed (`SQLITE_BUSY_SNAPSHOT`, "database is locked") without waiting. The transaction
-/// was rolled back and the engine is deterministic, so the whole batch is simply run again.
-async fn retry_when_busy<T, F, Fut>(mut attempt: F) -> Result<T, LedgerError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, LedgerError>>,
-{
-    let mut pause = std::time::Duration::from_millis(2);
-    for attempt_number in 1.. {
-        match attempt().await {
-            Err(LedgerError::Database(error)) if attempt_number < BUSY_ATTEMPTS && is_busy(&error) => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_millis(100));
-            }
-            outcome => return outcome,
-        }
-    }
-    unreachable!("the loop returns")
-}
-
-fn is_busy(error: &sea_orm::DbErr) -> bool {
-    let text = error.to_string();
-    text.contains("database is locked") || text.contains("(code: 5)") || text.contains("(code: 517)")
-}
-
 /// Transfers that debit or credit `account_id`.
 fn involving(account_id: u128) -> sea_orm::Condition {
     let id = encode(account_id);
@@ -975,5 +949,11 @@ async fn last_entry(txn: &DatabaseTransaction) -> Result<LastEntry, LedgerError>
                 .map_err(|_| LedgerError::Corrupt("entry hash".into()))?,
             last_timestamp: entry.last_timestamp as u64,
         }),
+    }
+}
+
+impl MaybeBusy for LedgerError {
+    fn is_busy(&self) -> bool {
+        matches!(self, Self::Database(error) if error.is_busy())
     }
 }
