@@ -168,7 +168,7 @@ fn as_caller<T>(message: T, caller: &SigningKey) -> tonic::Request<T> {
     request
 }
 
-const ALICE_MD: &str = "# Triage of chest pain\n\nChest pain in adults has many causes, from muscle strain to heart attack. \
+pub(crate) const ALICE_MD: &str = "# Triage of chest pain\n\nChest pain in adults has many causes, from muscle strain to heart attack. \
 Clinicians first rule out the dangerous ones: acute coronary syndrome, pulmonary embolism, aortic dissection \
 and tension pneumothorax. An electrocardiogram within ten minutes of arrival is the standard of care.\n\n\
 ## History\n\nAsk when the pain started, what it feels like, where it spreads, and what makes it better or worse. \
@@ -178,7 +178,7 @@ Sharp pain that worsens with breathing suggests the pleura or the pericardium.\n
 which may point to a clot that travelled to the lungs. Tenderness of the chest wall makes a muscular cause more likely \
 but never excludes a cardiac one.\n";
 
-const BOB_JSONL: &str = "{\"text\": \"Dehydration in older adults often presents with confusion rather than thirst. Carers should offer fluids regularly and watch for dark urine, dizziness on standing and a dry mouth.\"}\n\
+pub(crate) const BOB_JSONL: &str = "{\"text\": \"Dehydration in older adults often presents with confusion rather than thirst. Carers should offer fluids regularly and watch for dark urine, dizziness on standing and a dry mouth.\"}\n\
 {\"text\": \"Hand washing with soap for at least twenty seconds removes most germs that cause diarrhoea and respiratory infections. Alcohol gel helps when soap and water are not available.\"}\n\
 {\"text\": \"A fever in a baby younger than three months needs prompt medical assessment, because serious infections can progress quickly at that age even when the child seems well.\"}\n";
 

@@ -748,3 +748,195 @@ async fn genesis_follows_the_configured_allocation() {
     assert_eq!(get(rest, "/v1/accounts/103").await.0, 404, "only two allocation accounts");
     assert_eq!(platform.terminate().code(), Some(0));
 }
+
+/// The Datanet CLI and REST routes against `openledger dev`: create, contribute files (CLI)
+/// and JSONL / multipart bodies (REST), publish, check proofs, show, and clear refusals.
+#[tokio::test]
+async fn datanets_work_from_the_cli_and_over_rest() {
+    use ed25519_dalek::Signer;
+    use openledger_datanet_ingest::signing;
+
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let data = data_dir.path().display().to_string();
+    let mut platform = Platform::spawn::<&str>(&["--data-dir", &data, "dev"], &[]);
+    let rest = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
+    platform.wait_ready(rest).await;
+    let datanet_url = format!("http://{}", platform.wait_endpoint(ServiceKind::DatanetIngest, "grpc"));
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(support::BINARY)
+            .args(["--data-dir", &data, "--log-level", "warn"])
+            .args(args)
+            .env("OPENLEDGER_DATANET_URL", &datanet_url)
+            .output()
+            .expect("run the cli");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let path = |name: &str| data_dir.path().join(name).display().to_string();
+    for name in ["owner.key", "alice.key"] {
+        let (code, out) = cli(&["ledger", "keygen", "--out", &path(name)]);
+        assert_eq!(code, Some(0), "{out}");
+    }
+    let (code, out) = cli(&[
+        "datanet",
+        "create",
+        "--slug",
+        "notes",
+        "--name",
+        "Clinical notes",
+        "--schema",
+        "free-text",
+        "--key-file",
+        &path("owner.key"),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("(notes) created"), "{out}");
+
+    std::fs::write(path("triage.md"), datanet::ALICE_MD).expect("write");
+    std::fs::write(path("notes.jsonl"), datanet::BOB_JSONL).expect("write");
+    std::fs::write(path("latin1.txt"), b"caf\xe9 au lait").expect("write");
+    let (code, out) = cli(&[
+        "datanet",
+        "contribute",
+        "notes",
+        &path("triage.md"),
+        &path("notes.jsonl"),
+        "--key-file",
+        &path("alice.key"),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("triage.md: contribution") && out.contains(": accepted ("), "{out}");
+    let contribution = out
+        .lines()
+        .find(|line| line.starts_with("triage.md: contribution"))
+        .and_then(|line| line.split_whitespace().nth(2))
+        .map(|id| id.trim_end_matches(':').to_owned())
+        .expect("contribution id");
+    let (code, out) = cli(&["datanet", "contribute", "notes", &path("latin1.txt"), "--key-file", &path("alice.key")]);
+    assert_eq!(code, Some(1), "a refused file fails the command: {out}");
+    assert!(out.contains("latin1.txt: refused") && out.contains("UTF-8"), "{out}");
+    let (code, out) = cli(&["datanet", "publish", "notes", "--key-file", &path("owner.key")]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("version 1"), "{out}");
+    let (code, out) = cli(&["datanet", "proof", "notes", &contribution]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("verified") && !out.contains("DOES NOT VERIFY"), "{out}");
+    let (code, out) = cli(&["datanet", "show", "notes"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("Clinical notes (notes)") && out.contains("leaderboard"), "{out}");
+
+    // Over REST: a JSONL body signed in headers, then a multipart upload.
+    let http = reqwest::Client::new();
+    let found: serde_json::Value =
+        http.get(format!("http://{rest}/v1/datanets/notes")).send().await.expect("get").json().await.expect("json");
+    let id = found["id"].as_str().expect("id").to_owned();
+    let bob = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let body = "{\"text\": \"Iron deficiency is the most common cause of anaemia worldwide, and a diet with leafy greens, beans and meat helps prevent it.\"}\n";
+    let hash = openledger_core::ContentHash::of(body.as_bytes());
+    let signature = bob.sign(&signing::contribution_message(&id, "upload.jsonl", &hash, None));
+    let response = http
+        .post(format!("http://{rest}/v1/datanets/{id}/contributions"))
+        .header("x-openledger-key", hex::encode(bob.verifying_key().to_bytes()))
+        .header("x-openledger-signature", hex::encode(signature.to_bytes()))
+        .body(body)
+        .send()
+        .await
+        .expect("contribute");
+    let status = response.status().as_u16();
+    let taken: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(status, 201, "{taken}");
+    assert_eq!(taken["status"], "accepted", "{taken}");
+    let csv = "text\n\"Vaccines train the immune system to recognise a germ without causing the illness, so the body can fight it off quickly later.\"\n";
+    let hash = openledger_core::ContentHash::of(csv.as_bytes());
+    let signature = bob.sign(&signing::contribution_message(&id, "facts.csv", &hash, None));
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(csv.as_bytes().to_vec())
+                .file_name("facts.csv")
+                .mime_str("text/csv")
+                .expect("mime"),
+        )
+        .text("public_key", hex::encode(bob.verifying_key().to_bytes()))
+        .text("signature", hex::encode(signature.to_bytes()));
+    let response = http
+        .post(format!("http://{rest}/v1/datanets/{id}/contributions"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("multipart");
+    let status = response.status().as_u16();
+    let taken: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(status, 201, "{taken}");
+    assert_eq!(
+        (taken["status"].as_str(), taken["file_name"].as_str()),
+        (Some("accepted"), Some("facts.csv")),
+        "{taken}"
+    );
+    let fetched = http
+        .get(format!("http://{rest}/v1/datanets/{id}/contributions/{}", taken["id"].as_str().expect("id")))
+        .send()
+        .await
+        .expect("get contribution");
+    assert_eq!(fetched.status().as_u16(), 200);
+    // A forged signature is 401 with the error envelope.
+    let response = http
+        .post(format!("http://{rest}/v1/datanets/{id}/contributions"))
+        .header("x-openledger-key", hex::encode(bob.verifying_key().to_bytes()))
+        .header("x-openledger-signature", hex::encode([0u8; 64]))
+        .body(body)
+        .send()
+        .await
+        .expect("contribute");
+    assert_eq!(response.status().as_u16(), 401);
+    let error: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "unauthenticated", "{error}");
+    // A file over the Datanet's 5 MB limit is 413, not 429: the edge keeps the service's code.
+    let response = http
+        .post(format!("http://{rest}/v1/datanets/{id}/contributions"))
+        .header("x-openledger-key", hex::encode(bob.verifying_key().to_bytes()))
+        .header("x-openledger-signature", hex::encode([0u8; 64]))
+        .body("x".repeat(6_000_000))
+        .send()
+        .await
+        .expect("contribute");
+    assert_eq!(response.status().as_u16(), 413);
+    // Publishing over REST seals version 2; the proof route answers for the first contribution.
+    let owner_secret = std::fs::read_to_string(path("owner.key")).expect("key");
+    let owner = ed25519_dalek::SigningKey::from_bytes(
+        &hex::decode(owner_secret.trim()).expect("hex").try_into().expect("32 bytes"),
+    );
+    let sealed = http
+        .post(format!("http://{rest}/v1/datanets/{id}/snapshots"))
+        .json(&serde_json::json!({
+            "public_key": hex::encode(owner.verifying_key().to_bytes()),
+            "signature": hex::encode(owner.sign(&signing::publish_message(&id)).to_bytes()),
+        }))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(sealed.status().as_u16(), 201);
+    let sealed: serde_json::Value = sealed.json().await.expect("json");
+    assert_eq!(sealed["version"], 2, "{sealed}");
+    let proof: serde_json::Value = http
+        .get(format!("http://{rest}/v1/datanets/{id}/snapshots/latest/proofs/{contribution}"))
+        .send()
+        .await
+        .expect("proof")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(proof["merkle_root"], sealed["merkle_root"], "{proof}");
+    let board: serde_json::Value = http
+        .get(format!("http://{rest}/v1/datanets/{id}/leaderboard"))
+        .send()
+        .await
+        .expect("board")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(board.as_array().map(Vec::len), Some(2), "alice and bob: {board}");
+    assert_eq!(platform.terminate().code(), Some(0));
+}

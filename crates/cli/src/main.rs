@@ -52,8 +52,7 @@ enum Command {
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
     /// Datanets: create, contribute files, review, publish versions, proofs, access grants
-    #[command(subcommand)]
-    Datanet(datanet::DatanetCommand),
+    Datanet(datanet::DatanetArgs),
 }
 
 #[derive(Subcommand)]

@@ -60,8 +60,7 @@ pub mod defaults {
     pub const MAX_BYTES_PER_DAY: u64 = 1_000_000_000;
     pub const MAX_FILES_PER_DAY: u32 = 10_000;
     pub const MAX_FILE_BYTES: u64 = 5_000_000;
-    pub const AUTO_ACCEPT_SCORE: u32 = 600;
-    pub const REJECT_BELOW_SCORE: u32 = 300;
+    pub use crate::quality::{AUTO_ACCEPT_SCORE, REJECT_BELOW_SCORE};
     pub const NEAR_DUPLICATE_JACCARD_PPT: u32 = 800;
 }
 
@@ -394,6 +393,20 @@ impl Datanets {
                 .ok_or_else(|| DatanetError::new(ErrorCode::NotFound, format!("no Datanet {:?}", upload.datanet_id)))?,
         };
         let policy = policy_of(&row)?;
+        if upload.bytes.is_empty() {
+            return Err(invalid(format!("{}: the file is empty", upload.file_name)));
+        }
+        if upload.bytes.len() as u64 > policy.max_file_bytes {
+            return Err(DatanetError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "{} is {} bytes; this Datanet takes files of at most {} bytes",
+                    upload.file_name,
+                    upload.bytes.len(),
+                    policy.max_file_bytes
+                ),
+            ));
+        }
         let file_hash = ContentHash::of(&upload.bytes);
         if let Some(declared) = upload.declared_hash
             && declared != file_hash
@@ -420,20 +433,6 @@ impl Datanets {
             .await?
         {
             return self.contribution_view(existing).await; // the same file again: a retry
-        }
-        if upload.bytes.is_empty() {
-            return Err(invalid(format!("{}: the file is empty", upload.file_name)));
-        }
-        if upload.bytes.len() as u64 > policy.max_file_bytes {
-            return Err(DatanetError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "{} is {} bytes; this Datanet takes files of at most {} bytes",
-                    upload.file_name,
-                    upload.bytes.len(),
-                    policy.max_file_bytes
-                ),
-            ));
         }
         check_daily_limits(&self.db, &row.id, &contributor, &policy, upload.bytes.len() as u64).await?;
 
