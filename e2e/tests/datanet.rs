@@ -224,6 +224,30 @@ async fn full_life(platform: &mut InProcess) {
     )
     .await;
     assert_eq!(datanet.owner, public(&owner));
+    // Only summary, description, tags and policy are editable, and only by the owner.
+    let edit = |signer: &SigningKey, mask: &str| {
+        let mut request = pb::UpdateDatanetRequest {
+            id: datanet.id.clone(),
+            datanet: Some(pb::Datanet {
+                summary: "Clinical knowledge in plain words".into(),
+                name: "Renamed".into(),
+                ..Default::default()
+            }),
+            update_mask: vec![mask.into()],
+            signature: None,
+        };
+        request.signature = Some(signing::sign(signer, &signing::update_message(&request)));
+        request
+    };
+    let edited = platform.datanet.update_datanet(edit(&owner, "summary")).await.expect("edit").into_inner();
+    assert_eq!(
+        (edited.summary.as_str(), edited.name.as_str()),
+        ("Clinical knowledge in plain words", "Clinical notes")
+    );
+    let renamed = platform.datanet.update_datanet(edit(&owner, "name")).await.expect_err("the name is fixed");
+    assert!(renamed.message().contains("only summary"), "{}", renamed.message());
+    let stranger = platform.datanet.update_datanet(edit(&alice, "summary")).await.expect_err("not the owner");
+    assert_eq!(stranger.code(), Code::PermissionDenied);
     let policy = datanet.policy.clone().expect("policy");
     assert_eq!((policy.max_files_per_contributor_per_day, policy.max_file_bytes), (20, 5_000_000));
 

@@ -180,6 +180,27 @@ fn dedup_step(corpus: &[Record], params: DedupParams) -> (f64, Vec<Option<usize>
     (started.elapsed().as_secs_f64(), nearest)
 }
 
+/// Resident memory of this process, in bytes.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|field| field.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+/// Bytes of resident memory one indexed record costs (an index of the whole corpus, built once
+/// before anything else allocates).
+fn index_bytes_per_record(corpus: &[Record], params: DedupParams) -> f64 {
+    let hasher = MinHasher::new(params);
+    let before = resident_bytes();
+    let mut index = NearDuplicateIndex::new(params);
+    for (id, record) in corpus.iter().enumerate() {
+        index.insert(id, hasher.signature(&record.text).expect("words")).expect("room");
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    drop(index);
+    grown as f64 / corpus.len().max(1) as f64
+}
+
 fn main() {
     let mut records = 50_000;
     let mut repeats = 1;
@@ -201,6 +222,9 @@ fn main() {
     }
     let bytes: usize = corpus.iter().map(|record| record.text.len()).sum();
 
+    // Measured first, while freed memory cannot hide the index's growth.
+    let per_record = index_bytes_per_record(&corpus, params);
+    println!("memory: the index costs {per_record:.0} B of resident memory per record ({records} records)");
     // On a shared machine the fastest of several passes is the one least disturbed.
     let (mut elapsed, nearest) = dedup_step(&corpus, params);
     for _ in 1..repeats {

@@ -188,7 +188,8 @@ impl Datanets {
         }
     }
 
-    /// Most records one Datanet's near-duplicate index holds (about 1.1 KiB each).
+    /// Most records one Datanet's near-duplicate index holds (about 1.4 KiB each with the
+    /// exact-duplicate map; see `dedup`).
     pub fn with_index_capacity(mut self, max_records: usize) -> Self {
         self.dedup.max_records = max_records;
         self

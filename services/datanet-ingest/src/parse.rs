@@ -368,6 +368,10 @@ pub fn normalize(text: &str) -> String {
         out.push_str(&line);
         blank_lines = 0;
     }
+    // Most text is already NFC (all ASCII is): the quick check spares rebuilding it.
+    if unicode_normalization::is_nfc_quick(out.chars()) == unicode_normalization::IsNormalized::Yes {
+        return out;
+    }
     out.nfc().collect()
 }
 
