@@ -28,6 +28,7 @@ struct InProcess {
     datanet: DatanetServiceClient<Channel>,
     ledger: LedgerServiceClient<Channel>,
     bus: Arc<dyn EventBus>,
+    ledger_addr: std::net::SocketAddr,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -59,7 +60,9 @@ impl InProcess {
         })
         .await;
         let connect = async |url: String| Channel::from_shared(url).expect("url").connect().await.expect("connect");
+        let ledger_addr = ledger.trim_start_matches("http://").parse().expect("address");
         Self {
+            ledger_addr,
             datanet: DatanetServiceClient::new(connect(datanet).await),
             ledger: LedgerServiceClient::new(connect(ledger).await),
             bus: backends.bus,
@@ -693,5 +696,82 @@ async fn bad_input_is_refused_clearly_and_nothing_is_stored_or_bonded() {
         if got == (100 * OPEN, 0) { Ok(()) } else { Err(format!("{got:?}")) }
     })
     .await;
+    platform.stop().await;
+}
+
+/// A process that dies after holding a bond but before storing the contribution leaves a
+/// placeholder; the bond is given back once the upload counts as abandoned, and the same file
+/// can be sent again.
+#[tokio::test]
+async fn a_bond_held_by_a_process_that_died_is_given_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+    let mut platform = InProcess::start(config.clone()).await;
+    let (owner, alice) = (key(1), key(2));
+    account(&mut platform, 70_001, &alice, 100 * OPEN).await;
+    let datanet = create(
+        &mut platform,
+        &owner,
+        pb::Datanet {
+            slug: "crashy".into(),
+            name: "Crashy".into(),
+            schema: pb::RecordSchema::FreeText as i32,
+            visibility: pb::Visibility::Public as i32,
+            policy: Some(pb::ContributionPolicy { stake_per_contribution: Some(STAKE.into()), ..Default::default() }),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // A second Datanets on the same database and ledger stands for the process that dies.
+    let db = openledger_store::connect(&format!("sqlite://{}/openledger.db?mode=rwc", dir.path().display()))
+        .await
+        .expect("database");
+    let objects =
+        openledger_store::open_object_store(&format!("file://{}/objects", dir.path().display())).expect("objects");
+    let ledger_url = format!("http://{}", platform.ledger_addr);
+    let ledger = openledger_runtime::clients::ServiceChannel::new(
+        ServiceKind::Ledger,
+        Some(ledger_url),
+        &config,
+        openledger_runtime::Endpoints::default(),
+    );
+    let dying = openledger_datanet_ingest::Datanets::new(
+        db,
+        objects,
+        Arc::new(openledger_datanet_ingest::bonds::LedgerBonds::new(ledger)),
+    );
+    let upload = || {
+        let hash = ContentHash::of(ALICE_MD.as_bytes());
+        openledger_datanet_ingest::Upload {
+            datanet_id: datanet.id.clone(),
+            file_name: "triage.md".into(),
+            media_type: String::new(),
+            bytes: ALICE_MD.as_bytes().to_vec().into(),
+            declared_hash: Some(hash),
+            signature: signing::sign(
+                &alice,
+                &signing::contribution_message(&datanet.id, "triage.md", &hash, Some(70_001)),
+            ),
+            account_id: Some(70_001),
+        }
+    };
+    fail::cfg("datanet-after-bond-hold", "return").expect("fail point");
+    let died = dying.contribute(upload()).await.expect_err("the process stops after holding the bond");
+    assert!(died.message.contains("fail point"), "{died}");
+    fail::remove("datanet-after-bond-hold");
+    assert_eq!(balance(&mut platform, 70_001).await, (100 * OPEN, STAKE), "the bond is held");
+    let listed = platform
+        .datanet
+        .list_contributions(pb::ListContributionsRequest { datanet_id: datanet.id.clone(), ..Default::default() })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.contributions.is_empty(), "a placeholder is not a contribution");
+    assert_eq!(dying.resolve_bonds().await.expect("resolve"), 0, "not abandoned yet");
+    assert_eq!(dying.resolve_bonds_older_than(Duration::ZERO).await.expect("resolve"), 1);
+    assert_eq!(balance(&mut platform, 70_001).await, (100 * OPEN, 0), "the bond is back");
+    let again = dying.contribute(upload()).await.expect("the same file again");
+    assert_eq!(status_of(&again), pb::ContributionStatus::Accepted, "{}", again.reason);
     platform.stop().await;
 }

@@ -85,6 +85,10 @@ pub mod limits {
 
 const DAY_MS: i64 = 86_400_000;
 
+/// After this long, a contribution still receiving (its process died after holding the bond)
+/// is abandoned: its bond is given back and the placeholder removed.
+pub const RECEIVING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Record states (`datanet_records.status`).
 mod record_status {
     pub const PENDING: i16 = 0;
@@ -102,10 +106,12 @@ mod bond_state {
     pub const SLASHED: i16 = 3;
     pub const TO_RELEASE: i16 = 4;
     pub const TO_SLASH: i16 = 5;
+    /// Being held for a contribution still being received.
+    pub const HOLDING: i16 = 6;
 
     pub fn name(state: i16) -> &'static str {
         match state {
-            HELD | TO_RELEASE | TO_SLASH => "held",
+            HELD | TO_RELEASE | TO_SLASH | HOLDING => "held",
             RELEASED => "released",
             SLASHED => "slashed",
             _ => "none",
@@ -435,7 +441,7 @@ impl Datanets {
         {
             return self.contribution_view(existing).await; // the same file again: a retry
         }
-        check_daily_limits(&self.db, &row.id, &contributor, &policy, upload.bytes.len() as u64).await?;
+        check_daily_limits(&self.db, &row.id, &contributor, &policy, upload.bytes.len() as u64, None).await?;
 
         let schema = schema_of(i32::from(row.schema))?;
         let labels: Vec<String> = serde_json::from_str(&row.label_set).unwrap_or_default();
@@ -475,7 +481,18 @@ impl Datanets {
             |error| DatanetError::new(ErrorCode::Unavailable, format!("storing the records failed: {error}")),
         )?;
         if let Some(account) = account {
-            self.bonds.hold(&contribution_id, account, stake).await?;
+            // A placeholder first, so a bond held by a process that then dies is found and
+            // given back ([`Datanets::resolve_bonds`]).
+            self.insert_placeholder(&contribution_id, &row.id, &contributor, &upload, file_hash, account, stake)
+                .await?;
+            if let Err(error) = self.bonds.hold(&contribution_id, account, stake).await {
+                self.delete_placeholder(&contribution_id).await;
+                return Err(error);
+            }
+            fail::fail_point!("datanet-after-bond-hold", |_| Err(DatanetError::new(
+                ErrorCode::Unavailable,
+                "fail point datanet-after-bond-hold: the process stops here"
+            )));
         }
         let new = NewContribution {
             id: contribution_id.clone(),
@@ -495,10 +512,14 @@ impl Datanets {
         match committed {
             Ok(()) => {}
             Err(error) => {
-                if account.is_some()
-                    && let Err(release) = self.bonds.release(&contribution_id, "the contribution was not stored").await
-                {
-                    tracing::error!(contribution = %contribution_id, %release, "giving back a bond after a failed commit failed");
+                if account.is_some() {
+                    match self.bonds.release(&contribution_id, "the contribution was not stored").await {
+                        Ok(()) => self.delete_placeholder(&contribution_id).await,
+                        Err(release) => tracing::error!(
+                            contribution = %contribution_id, %release,
+                            "giving back a bond after a failed commit failed; it is retried later"
+                        ),
+                    }
                 }
                 return Err(error);
             }
@@ -512,6 +533,53 @@ impl Datanets {
             .await?
             .ok_or_else(|| DatanetError::new(ErrorCode::Internal, "the stored contribution vanished"))?;
         self.contribution_view(stored).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_placeholder(
+        &self,
+        id: &str,
+        datanet_id: &str,
+        contributor: &Key,
+        upload: &Upload,
+        file_hash: ContentHash,
+        account: u128,
+        stake: u128,
+    ) -> Result<(), DatanetError> {
+        contribution::ActiveModel {
+            id: Set(id.to_owned()),
+            datanet_id: Set(datanet_id.to_owned()),
+            contributor: Set(contributor.to_vec()),
+            account_id: Set(Some(account.to_be_bytes().to_vec())),
+            status: Set(ContributionStatus::Unspecified as i16),
+            reason: Set("receiving: the bond is being held".into()),
+            file_name: Set(upload.file_name.clone()),
+            media_type: Set(upload.media_type.clone()),
+            size_bytes: Set(upload.bytes.len() as i64),
+            file_hash: Set(file_hash.as_bytes().to_vec()),
+            signature: Set(upload.signature.signature.clone()),
+            record_count: Set(0),
+            quality_score: Set(0),
+            bond: Set(stake.to_string()),
+            bond_state: Set(bond_state::HOLDING),
+            submitted_at: Set(now_ms()),
+            decided_at: Set(None),
+            decided_by: Set(None),
+        }
+        .insert(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_placeholder(&self, id: &str) {
+        let deleted = contribution::Entity::delete_many()
+            .filter(contribution::Column::Id.eq(id))
+            .filter(contribution::Column::Status.eq(ContributionStatus::Unspecified as i16))
+            .exec(&self.db)
+            .await;
+        if let Err(error) = deleted {
+            tracing::warn!(contribution = %id, %error, "removing a placeholder failed; it is retried later");
+        }
     }
 
     fn index_slot(&self, datanet_id: &str) -> IndexSlot {
@@ -544,7 +612,7 @@ impl Datanets {
         let Some(current) = index.as_mut() else {
             return Err(DatanetError::new(ErrorCode::Internal, "the duplicate index is not loaded"));
         };
-        check_daily_limits(&txn, &new.datanet_id, &new.contributor, &new.policy, new.size).await?;
+        check_daily_limits(&txn, &new.datanet_id, &new.contributor, &new.policy, new.size, Some(&new.id)).await?;
         let decided = decide(new, current, &new.policy, &self.dedup)?;
         write_contribution(&txn, new, &decided, current).await?;
         txn.commit().await?;
@@ -620,6 +688,7 @@ impl Datanets {
         let size = page_size_of(page_size);
         let mut query = contribution::Entity::find()
             .filter(contribution::Column::DatanetId.eq(&datanet.id))
+            .filter(contribution::Column::Status.ne(ContributionStatus::Unspecified as i16))
             .order_by_asc(contribution::Column::Id)
             .limit(u64::from(size) + 1);
         if status != 0 {
@@ -699,8 +768,39 @@ impl Datanets {
         Ok(())
     }
 
-    /// Applies every bond decision the ledger has not taken yet; returns how many.
+    /// Applies every bond decision the ledger has not taken yet, and gives back the bonds of
+    /// contributions whose upload never finished (placeholders older than
+    /// [`RECEIVING_TIMEOUT`]); returns how many.
     pub async fn resolve_bonds(&self) -> Result<usize, DatanetError> {
+        self.resolve_bonds_older_than(RECEIVING_TIMEOUT).await
+    }
+
+    /// [`Datanets::resolve_bonds`] with another age for abandoned uploads.
+    pub async fn resolve_bonds_older_than(&self, abandoned_after: std::time::Duration) -> Result<usize, DatanetError> {
+        let cutoff = now_ms() - i64::try_from(abandoned_after.as_millis()).unwrap_or(i64::MAX);
+        let abandoned = contribution::Entity::find()
+            .filter(contribution::Column::Status.eq(ContributionStatus::Unspecified as i16))
+            .filter(contribution::Column::SubmittedAt.lte(cutoff))
+            .limit(1_000)
+            .all(&self.db)
+            .await?;
+        let mut resolved = 0;
+        for row in abandoned {
+            let released = match self.bonds.release(&row.id, "the upload never finished").await {
+                Ok(()) => true,
+                // The process stopped before the hold reached the ledger: nothing to give back.
+                Err(error) => error.message.contains("no bond is held"),
+            };
+            if released {
+                self.delete_placeholder(&row.id).await;
+                resolved += 1;
+            }
+        }
+        resolved += self.resolve_decided_bonds().await?;
+        Ok(resolved)
+    }
+
+    async fn resolve_decided_bonds(&self) -> Result<usize, DatanetError> {
         let waiting = contribution::Entity::find()
             .filter(contribution::Column::BondState.is_in([bond_state::TO_RELEASE, bond_state::TO_SLASH]))
             .limit(1_000)
@@ -1202,7 +1302,7 @@ impl Datanets {
             .await?;
         for (contributor, status, n) in decisions {
             let tally = tallies.entry(contributor).or_default();
-            if status != ContributionStatus::PendingReview as i16 {
+            if status != ContributionStatus::PendingReview as i16 && status != ContributionStatus::Unspecified as i16 {
                 tally.decided += n as u64;
             }
             if status == ContributionStatus::Accepted as i16 {
@@ -1386,6 +1486,7 @@ async fn write_contribution(
     };
     let quality = decided.iter().map(|d| d.quality).min().unwrap_or(0);
     let submitted_at = now_ms();
+    contribution::Entity::delete_by_id(&new.id).exec(txn).await?;
     contribution::ActiveModel {
         id: Set(new.id.clone()),
         datanet_id: Set(new.datanet_id.clone()),
@@ -1525,6 +1626,8 @@ async fn check_daily_limits<C: ConnectionTrait>(
     contributor: &Key,
     policy: &pb::ContributionPolicy,
     size: u64,
+    // This upload's own placeholder, which must not count against it.
+    this_upload: Option<&str>,
 ) -> Result<(), DatanetError> {
     let now = now_ms();
     let day_start = now - now.rem_euclid(DAY_MS);
@@ -1537,6 +1640,9 @@ async fn check_daily_limits<C: ConnectionTrait>(
             .filter(contribution::Column::SubmittedAt.gte(day_start));
         if by_contributor {
             query = query.filter(contribution::Column::Contributor.eq(contributor.to_vec()));
+        }
+        if let Some(id) = this_upload {
+            query = query.filter(contribution::Column::Id.ne(id));
         }
         query.into_tuple::<(i64, i64)>()
     };
