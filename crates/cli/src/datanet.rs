@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use openledger_core::{Amount, Config, ContentHash, MerkleProof, ServiceKind};
 use openledger_datanet_ingest::signing;
@@ -19,15 +19,6 @@ use crate::ledger::read_key;
 
 /// Bytes per gRPC message of an upload.
 const CHUNK: usize = 256 * 1024;
-
-#[derive(Args)]
-pub struct DatanetArgs {
-    /// gRPC URL of datanet-ingest [default: listen host at its configured gRPC port]
-    #[arg(long, global = true, env = "OPENLEDGER_DATANET_URL", value_name = "URL")]
-    datanet_url: Option<String>,
-    #[command(subcommand)]
-    command: DatanetCommand,
-}
 
 #[derive(Subcommand)]
 pub enum DatanetCommand {
@@ -133,10 +124,10 @@ fn parse_amount(text: &str) -> Result<Amount, String> {
     text.parse().map_err(|error| format!("{error}"))
 }
 
-pub async fn run(args: DatanetArgs, config: &Config) -> anyhow::Result<bool> {
-    let command = args.command;
-    let url = args
+pub async fn run(command: DatanetCommand, config: &Config) -> anyhow::Result<bool> {
+    let url = config
         .datanet_url
+        .clone()
         .unwrap_or_else(|| format!("http://{}:{}", config.listen_host, config.grpc_port(ServiceKind::DatanetIngest)));
     let channel = Channel::from_shared(url.clone())?.connect().await.map_err(|error| {
         anyhow::anyhow!("cannot reach datanet-ingest at {url}: {error}; is `openledger dev` running?")

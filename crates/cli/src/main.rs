@@ -52,7 +52,8 @@ enum Command {
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
     /// Datanets: create, contribute files, review, publish versions, proofs, access grants
-    Datanet(datanet::DatanetArgs),
+    #[command(subcommand)]
+    Datanet(datanet::DatanetCommand),
 }
 
 #[derive(Subcommand)]
@@ -86,6 +87,9 @@ struct SettingFlags {
     /// gRPC URL of the ledger, for services and commands that call it [env: OPENLEDGER_LEDGER_URL] [default: this process, else the local ledger port]
     #[arg(long, global = true, value_name = "URL")]
     ledger_url: Option<String>,
+    /// gRPC URL of datanet-ingest, for the gateway and `datanet` commands [env: OPENLEDGER_DATANET_URL] [default: this process, else the local datanet-ingest port]
+    #[arg(long, global = true, value_name = "URL")]
+    datanet_url: Option<String>,
     /// Address every listener binds to [env: OPENLEDGER_LISTEN_HOST] [default: 127.0.0.1]
     #[arg(long, global = true, value_name = "IP")]
     listen_host: Option<String>,
@@ -135,6 +139,7 @@ impl SettingFlags {
             ("nats_url", &self.nats_url),
             ("object_store_url", &self.object_store_url),
             ("ledger_url", &self.ledger_url),
+            ("datanet_url", &self.datanet_url),
             ("listen_host", &self.listen_host),
             ("http_port", &self.http_port),
             ("grpc_base_port", &self.grpc_base_port),

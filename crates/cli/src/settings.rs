@@ -44,6 +44,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "http://HOST:PORT of the ledger's gRPC API (empty: this process, else listen_host)",
     },
     Setting {
+        key: "datanet_url",
+        flag: "--datanet-url",
+        env: "OPENLEDGER_DATANET_URL",
+        help: "http://HOST:PORT of datanet-ingest's gRPC API (empty: this process, else listen_host)",
+    },
+    Setting {
         key: "listen_host",
         flag: "--listen-host",
         env: "OPENLEDGER_LISTEN_HOST",

@@ -103,6 +103,9 @@ pub struct Config {
     /// gRPC URL of the ledger for services that call it (`http://ledger:50051`); empty means
     /// the ledger in this process, else `listen_host` at the ledger's gRPC port.
     pub ledger_url: Option<String>,
+    /// gRPC URL of datanet-ingest for services that call it (the gateway); empty means the
+    /// service in this process, else `listen_host` at its gRPC port.
+    pub datanet_url: Option<String>,
     /// Address every listener binds to.
     pub listen_host: String,
     /// Port of the public REST edge (inference-gateway).
@@ -139,6 +142,7 @@ impl Default for Config {
             nats_url: None,
             object_store_url: None,
             ledger_url: None,
+            datanet_url: None,
             listen_host: "127.0.0.1".to_owned(),
             http_port: 8080,
             grpc_base_port: 50051,
@@ -218,10 +222,12 @@ impl Config {
                 "accepted values are file:///PATH, s3://BUCKET[/PREFIX] or memory://",
             ));
         }
-        if let Some(url) = &self.ledger_url
-            && !["http://", "https://"].iter().any(|scheme| url.starts_with(scheme))
-        {
-            return Err(bad("ledger_url", url, "accepted values are http://HOST:PORT or https://HOST:PORT"));
+        for (key, url) in [("ledger_url", &self.ledger_url), ("datanet_url", &self.datanet_url)] {
+            if let Some(url) = url
+                && !["http://", "https://"].iter().any(|scheme| url.starts_with(scheme))
+            {
+                return Err(bad(key, url, "accepted values are http://HOST:PORT or https://HOST:PORT"));
+            }
         }
         if self.listen_host.parse::<std::net::IpAddr>().is_err() {
             return Err(bad(

@@ -29,7 +29,8 @@ impl InferenceService for Api {}
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
     let api = Api { backends: deps.backends.clone() };
     let ledger = ServiceChannel::new(ServiceKind::Ledger, config.ledger_url.clone(), &config, deps.endpoints.clone());
-    let datanet = ServiceChannel::new(ServiceKind::DatanetIngest, None, &config, deps.endpoints.clone());
+    let datanet =
+        ServiceChannel::new(ServiceKind::DatanetIngest, config.datanet_url.clone(), &config, deps.endpoints.clone());
     let edge = rest::router(rest::EdgeSettings::from_config(&config), &deps, ledger, datanet);
     let spec = ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(api)).rest(edge);
     run_service(spec, &config, deps).await
