@@ -71,6 +71,18 @@ impl InProcess {
         }
     }
 
+    /// Another handle on the same services (for concurrent calls).
+    fn clone_clients(&self) -> Self {
+        Self {
+            datanet: self.datanet.clone(),
+            ledger: self.ledger.clone(),
+            bus: self.bus.clone(),
+            ledger_addr: self.ledger_addr,
+            shutdown: self.shutdown.clone(),
+            tasks: Vec::new(),
+        }
+    }
+
     async fn stop(self) {
         self.shutdown.cancel();
         for task in self.tasks {
@@ -440,10 +452,14 @@ async fn full_life(platform: &mut InProcess) {
             name: "Private QA".into(),
             schema: pb::RecordSchema::InstructionResponse as i32,
             visibility: pb::Visibility::Private as i32,
+            // Alice may contribute (on the allow-list) without seeing the Datanet.
+            policy: Some(pb::ContributionPolicy { allowed_contributors: vec![public(&alice)], ..Default::default() }),
             ..Default::default()
         },
     )
     .await;
+    let outsider = contribute(platform, &private.id, "qa.jsonl", BOB_JSONL.as_bytes(), &bob, None).await;
+    assert_eq!(outsider.expect_err("outsiders cannot even probe a private Datanet").code(), Code::NotFound);
     let qa = "{\"instruction\": \"What lowers the risk of a second heart attack?\", \"response\": \"Taking the prescribed medicines, stopping smoking, regular exercise and a diet low in saturated fat all lower the risk of another heart attack.\"}\n";
     let accepted = contribute(platform, &private.id, "qa.jsonl", qa.as_bytes(), &alice, None).await.expect("qa");
     assert_eq!(status_of(&accepted), pb::ContributionStatus::Accepted, "{}", accepted.reason);
@@ -692,6 +708,72 @@ async fn bad_input_is_refused_clearly_and_nothing_is_stored_or_bonded() {
     assert!(over.message().contains("1 files"), "{}", over.message());
     // An over-limit file holds no bond: only the accepted one's bond was taken and released.
     eventually("the accepted bond is released", async || {
+        let got = balance(&mut platform, alice_account).await;
+        if got == (100 * OPEN, 0) { Ok(()) } else { Err(format!("{got:?}")) }
+    })
+    .await;
+
+    // A slug shaped like an id could shadow another Datanet: refused.
+    let shadow = pb::Datanet {
+        slug: openledger_core::Id::new().to_string(),
+        name: "Shadow".into(),
+        licence: "CC0".into(),
+        schema: pb::RecordSchema::FreeText as i32,
+        visibility: pb::Visibility::Public as i32,
+        ..Default::default()
+    };
+    let signature = signing::sign(&owner, &signing::create_message(&shadow));
+    let refused = platform
+        .datanet
+        .create_datanet(pb::CreateDatanetRequest { datanet: Some(shadow), signature: Some(signature) })
+        .await;
+    assert_eq!(refused.expect_err("id-shaped slug").code(), Code::InvalidArgument);
+
+    // A rejected file holds no credit: honest text padded with spam does not block the honest
+    // contributor who sends it next.
+    let open = create(
+        &mut platform,
+        &owner,
+        pb::Datanet {
+            slug: "open-prose".into(),
+            name: "Open prose".into(),
+            schema: pb::RecordSchema::FreeText as i32,
+            visibility: pb::Visibility::Public as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let honest = "{\"text\": \"Wash minor cuts with clean running water, press gently with a clean cloth until the bleeding stops, and cover them with a plaster to keep dirt out.\"}\n";
+    let spam: String = [
+        "buy now buy now buy now buy now buy now buy now buy now buy now",
+        "cheap pills cheap pills cheap pills cheap pills cheap pills cheap pills",
+        "$$$ !!! $$$ !!! $$$ !!! $$$ !!! $$$ !!! $$$ !!! $$$ !!!",
+        "click here click here click here click here click here click here",
+        "free money free money free money free money free money free money",
+        "asdkjh qwpoeiu zxmcnv lkjhgf poiuyt mnbvcx qazwsx edcrfv tgbyhn",
+    ]
+    .iter()
+    .map(|line| format!("{{\"text\": \"{line}\"}}\n"))
+    .collect();
+    let attack = format!("{honest}{spam}");
+    let attacker = key(9);
+    let attacked =
+        contribute(&mut platform, &open.id, "padded.jsonl", attack.as_bytes(), &attacker, None).await.expect("decided");
+    assert_eq!(status_of(&attacked), pb::ContributionStatus::Rejected, "{}", attacked.reason);
+    let genuine =
+        contribute(&mut platform, &open.id, "cuts.jsonl", honest.as_bytes(), &alice, None).await.expect("decided");
+    assert_eq!(status_of(&genuine), pb::ContributionStatus::Accepted, "{}", genuine.reason);
+
+    // The same upload sent twice at once (a client retrying) is one contribution and one bond.
+    let twice = ALICE_MD.replace("Chest pain", "Chest discomfort");
+    let (mut one, mut other) = (platform.clone_clients(), platform.clone_clients());
+    let (first, second) = tokio::join!(
+        contribute(&mut one, &prose.id, "twice.md", twice.as_bytes(), &alice, Some(alice_account)),
+        contribute(&mut other, &prose.id, "twice.md", twice.as_bytes(), &alice, Some(alice_account)),
+    );
+    let (first, second) = (first.expect("first"), second.expect("second"));
+    assert_eq!(first.id, second.id, "one contribution");
+    eventually("one bond, released", async || {
         let got = balance(&mut platform, alice_account).await;
         if got == (100 * OPEN, 0) { Ok(()) } else { Err(format!("{got:?}")) }
     })

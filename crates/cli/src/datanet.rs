@@ -183,7 +183,7 @@ pub async fn run(command: DatanetCommand, config: &Config) -> anyhow::Result<boo
         }
         DatanetCommand::Contribute { datanet, files, account, key_file } => {
             let key = read_key(&key_file)?;
-            let id = client.get_datanet(pb::GetDatanetRequest { id_or_slug: datanet }).await?.into_inner().id;
+            let id = resolve(&mut client, &datanet, Some(&key)).await?;
             return contribute(&mut client, &id, &files, account, &key).await;
         }
         DatanetCommand::Review { datanet, contribution, approve, reject: _, reason, key_file } => {
@@ -285,8 +285,10 @@ pub async fn run(command: DatanetCommand, config: &Config) -> anyhow::Result<boo
                     client.decide_access(request).await?.into_inner()
                 }
                 (None, Some(purpose)) => {
-                    let signature = signing::sign(&key, &signing::access_request_message(&datanet, &purpose));
-                    let request = pb::RequestAccessRequest { datanet_id: datanet, purpose, signature: Some(signature) };
+                    // Private Datanets are invisible to outsiders: access is asked for by id.
+                    let id = resolve(&mut client, &datanet, Some(&key)).await.unwrap_or(datanet);
+                    let signature = signing::sign(&key, &signing::access_request_message(&id, &purpose));
+                    let request = pb::RequestAccessRequest { datanet_id: id, purpose, signature: Some(signature) };
                     client.request_access(request).await?.into_inner()
                 }
                 (None, None) => anyhow::bail!("give --purpose to request access, or --grant ID with --approve/--deny"),

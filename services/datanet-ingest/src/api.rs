@@ -155,7 +155,8 @@ impl DatanetService for Api {
                 ),
             ));
         }
-        let mut bytes = Vec::with_capacity(header.size_bytes.min(limits::MAX_FILE_BYTES) as usize);
+        // Grown as chunks arrive: a header's claim alone reserves at most 1 MiB.
+        let mut bytes = Vec::with_capacity(header.size_bytes.min(1 << 20) as usize);
         while let Some(message) = stream.next().await {
             match message?.part {
                 Some(Part::Chunk(chunk)) => {

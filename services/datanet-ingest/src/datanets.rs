@@ -310,7 +310,15 @@ impl Datanets {
                 }
             }
         }
-        active.update(&self.db).await?;
+        // Under the Datanet's write lock, so no upload commits under a half-changed policy.
+        retry_when_busy(|| async {
+            let txn = self.db.begin().await?;
+            lock_datanet(&txn, &row.id).await?;
+            active.clone().update(&txn).await?;
+            txn.commit().await?;
+            Ok::<_, DatanetError>(())
+        })
+        .await?;
         self.get(&row.id, Some(caller)).await
     }
 
@@ -358,10 +366,10 @@ impl Datanets {
     }
 
     async fn row(&self, id_or_slug: &str, caller: Option<Key>) -> Result<datanet::Model, DatanetError> {
-        let row = datanet::Entity::find()
-            .filter(datanet::Column::Id.eq(id_or_slug).or(datanet::Column::Slug.eq(id_or_slug)))
-            .one(&self.db)
-            .await?;
+        let row = match datanet::Entity::find_by_id(id_or_slug).one(&self.db).await? {
+            Some(row) => Some(row),
+            None => datanet::Entity::find().filter(datanet::Column::Slug.eq(id_or_slug)).one(&self.db).await?,
+        };
         match row {
             Some(row) if self.may_see(&row, caller).await? => Ok(row),
             _ => Err(DatanetError::new(ErrorCode::NotFound, format!("no Datanet {id_or_slug:?}"))),
@@ -390,15 +398,11 @@ impl Datanets {
 
     /// Takes one signed file: checks, parses, scores, dedups, bonds and stores it.
     pub async fn contribute(&self, upload: Upload) -> Result<pb::Contribution, DatanetError> {
-        let row = self.row(&upload.datanet_id, None).await.or(Err(()));
-        // A private Datanet's contributors are checked by policy below, not by visibility.
-        let row = match row {
-            Ok(row) => row,
-            Err(()) => datanet::Entity::find_by_id(&upload.datanet_id)
-                .one(&self.db)
-                .await?
-                .ok_or_else(|| DatanetError::new(ErrorCode::NotFound, format!("no Datanet {:?}", upload.datanet_id)))?,
-        };
+        // By id; who may contribute to a private Datanet is checked once the signer is known.
+        let row = datanet::Entity::find_by_id(&upload.datanet_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DatanetError::new(ErrorCode::NotFound, format!("no Datanet {:?}", upload.datanet_id)))?;
         let policy = policy_of(&row)?;
         if upload.bytes.is_empty() {
             return Err(invalid(format!("{}: the file is empty", upload.file_name)));
@@ -426,7 +430,12 @@ impl Datanets {
         }
         let message = signing::contribution_message(&row.id, &upload.file_name, &file_hash, upload.account_id);
         let contributor = signing::verify(&upload.signature.public_key, &upload.signature.signature, &message)?;
-        if policy.allow_list_only && !policy.allowed_contributors.iter().any(|key| key.as_slice() == contributor) {
+        let listed = policy.allowed_contributors.iter().any(|key| key.as_slice() == contributor);
+        if row.visibility == Visibility::Private as i16 && !listed && !self.may_see(&row, Some(contributor)).await? {
+            // Outsiders learn nothing of a private Datanet, not even whether content is in it.
+            return Err(DatanetError::new(ErrorCode::NotFound, format!("no Datanet {:?}", upload.datanet_id)));
+        }
+        if policy.allow_list_only && !listed {
             return Err(DatanetError::new(
                 ErrorCode::PermissionDenied,
                 "this Datanet takes contributions from its allow-list only, and the key is not on it",
@@ -482,11 +491,20 @@ impl Datanets {
         )?;
         if let Some(account) = account {
             // A placeholder first, so a bond held by a process that then dies is found and
-            // given back ([`Datanets::resolve_bonds`]).
-            self.insert_placeholder(&contribution_id, &row.id, &contributor, &upload, file_hash, account, stake)
-                .await?;
+            // given back ([`Datanets::resolve_bonds`]). The same file from the same
+            // contributor can have only one row: a concurrent retry stops here.
+            if let Err(error) = self
+                .insert_placeholder(&contribution_id, &row.id, &contributor, &upload, file_hash, account, stake)
+                .await
+            {
+                return match self.same_file(&row.id, &contributor, &file_hash).await? {
+                    Some(existing) => self.contribution_view(existing).await,
+                    None => Err(error),
+                };
+            }
             if let Err(error) = self.bonds.hold(&contribution_id, account, stake).await {
-                self.delete_placeholder(&contribution_id).await;
+                // The hold may have reached the ledger even so (a lost answer).
+                self.give_back(&contribution_id, "holding the bond failed").await;
                 return Err(error);
             }
             fail::fail_point!("datanet-after-bond-hold", |_| Err(DatanetError::new(
@@ -508,18 +526,17 @@ impl Datanets {
             policy,
             records: prepared.records,
         };
-        let committed = self.commit_contribution(&new).await;
-        match committed {
-            Ok(()) => {}
+        match self.commit_contribution(&new).await {
+            Ok(Committed::Stored) => {}
+            Ok(Committed::SameFile(existing)) => {
+                if account.is_some() {
+                    self.give_back(&contribution_id, "the same file was already contributed").await;
+                }
+                return self.contribution_view(*existing).await;
+            }
             Err(error) => {
                 if account.is_some() {
-                    match self.bonds.release(&contribution_id, "the contribution was not stored").await {
-                        Ok(()) => self.delete_placeholder(&contribution_id).await,
-                        Err(release) => tracing::error!(
-                            contribution = %contribution_id, %release,
-                            "giving back a bond after a failed commit failed; it is retried later"
-                        ),
-                    }
+                    self.give_back(&contribution_id, "the contribution was not stored").await;
                 }
                 return Err(error);
             }
@@ -571,6 +588,40 @@ impl Datanets {
         Ok(())
     }
 
+    /// The contribution of this file by this contributor, if there is one.
+    async fn same_file(
+        &self,
+        datanet_id: &str,
+        contributor: &Key,
+        file_hash: &ContentHash,
+    ) -> Result<Option<contribution::Model>, DatanetError> {
+        Ok(contribution::Entity::find()
+            .filter(contribution::Column::DatanetId.eq(datanet_id))
+            .filter(contribution::Column::Contributor.eq(contributor.to_vec()))
+            .filter(contribution::Column::FileHash.eq(file_hash.as_bytes().to_vec()))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Gives back the bond of an upload that will not be stored and removes its placeholder;
+    /// true when done. When the ledger cannot be reached the placeholder stays, and
+    /// [`Datanets::resolve_bonds`] tries again once the upload counts as abandoned.
+    async fn give_back(&self, contribution_id: &str, reason: &str) -> bool {
+        let released = match self.bonds.release(contribution_id, reason).await {
+            Ok(()) => true,
+            // The hold never reached the ledger: nothing to give back.
+            Err(error) if error.message.contains("no bond is held") => true,
+            Err(error) => {
+                tracing::warn!(contribution = %contribution_id, %error, "giving back a bond failed; it is retried later");
+                false
+            }
+        };
+        if released {
+            self.delete_placeholder(contribution_id).await;
+        }
+        released
+    }
+
     async fn delete_placeholder(&self, id: &str) {
         let deleted = contribution::Entity::delete_many()
             .filter(contribution::Column::Id.eq(id))
@@ -588,7 +639,7 @@ impl Datanets {
     }
 
     /// Decides every record against the index and writes the contribution in one transaction.
-    async fn commit_contribution(&self, new: &NewContribution) -> Result<(), DatanetError> {
+    async fn commit_contribution(&self, new: &NewContribution) -> Result<Committed, DatanetError> {
         let slot = self.index_slot(&new.datanet_id);
         retry_when_busy(|| async {
             let mut index = slot.lock().await;
@@ -605,9 +656,20 @@ impl Datanets {
         &self,
         new: &NewContribution,
         index: &mut Option<DatanetIndex>,
-    ) -> Result<(), DatanetError> {
+    ) -> Result<Committed, DatanetError> {
         let txn = self.db.begin().await?;
         let row = lock_datanet(&txn, &new.datanet_id).await?;
+        // A retry of the same file that raced this one (unbonded uploads have no placeholder).
+        let same_file = contribution::Entity::find()
+            .filter(contribution::Column::DatanetId.eq(&new.datanet_id))
+            .filter(contribution::Column::Contributor.eq(new.contributor.to_vec()))
+            .filter(contribution::Column::FileHash.eq(new.file_hash.as_bytes().to_vec()))
+            .filter(contribution::Column::Id.ne(&new.id))
+            .one(&txn)
+            .await?;
+        if let Some(existing) = same_file {
+            return Ok(Committed::SameFile(Box::new(existing)));
+        }
         self.refresh_index(&txn, &row, index).await?;
         let Some(current) = index.as_mut() else {
             return Err(DatanetError::new(ErrorCode::Internal, "the duplicate index is not loaded"));
@@ -616,7 +678,7 @@ impl Datanets {
         let decided = decide(new, current, &new.policy, &self.dedup)?;
         write_contribution(&txn, new, &decided, current).await?;
         txn.commit().await?;
-        Ok(())
+        Ok(Committed::Stored)
     }
 
     /// Brings the index up to date with committed records (all of them when the generation
@@ -781,18 +843,13 @@ impl Datanets {
         let abandoned = contribution::Entity::find()
             .filter(contribution::Column::Status.eq(ContributionStatus::Unspecified as i16))
             .filter(contribution::Column::SubmittedAt.lte(cutoff))
+            .order_by_asc(contribution::Column::SubmittedAt)
             .limit(1_000)
             .all(&self.db)
             .await?;
         let mut resolved = 0;
         for row in abandoned {
-            let released = match self.bonds.release(&row.id, "the upload never finished").await {
-                Ok(()) => true,
-                // The process stopped before the hold reached the ledger: nothing to give back.
-                Err(error) => error.message.contains("no bond is held"),
-            };
-            if released {
-                self.delete_placeholder(&row.id).await;
+            if self.give_back(&row.id, "the upload never finished").await {
                 resolved += 1;
             }
         }
@@ -1330,6 +1387,13 @@ impl Datanets {
     }
 }
 
+/// What committing an upload did.
+enum Committed {
+    Stored,
+    /// The same file from the same contributor is already stored (a retry that raced).
+    SameFile(Box<contribution::Model>),
+}
+
 /// A contribution ready to be decided and written.
 struct NewContribution {
     id: String,
@@ -1410,17 +1474,26 @@ fn decide(
     let threshold = f64::from(policy.near_duplicate_jaccard_ppt) / 1000.0;
     let accept_at = DedupParams { threshold, ..*dedup }.accept_at();
     let mut decided = Vec::with_capacity(new.records.len());
+    // Copies inside this file are checked against the file's own fresh records; those join
+    // the Datanet's index only if the contribution holds credit (accepted or pending review).
+    let mut file_exact = HashSet::new();
+    let mut file_near = NearDuplicateIndex::new(DedupParams { max_records: new.records.len().max(1), ..*dedup });
     for (ordinal, record) in new.records.iter().enumerate() {
-        let exact = index.exact.get(record.hash.as_bytes()).cloned();
+        let exact = index
+            .exact
+            .get(record.hash.as_bytes())
+            .cloned()
+            .or_else(|| file_exact.contains(record.hash.as_bytes()).then(|| new.id.clone()));
         let near = || {
             let signature = record.minhash.as_ref()?;
-            index.near.nearest(signature).filter(|(_, similarity)| *similarity >= accept_at).map(|(id, _)| id)
+            let similar = |found: Option<(String, f64)>| found.filter(|(_, s)| *s >= accept_at).map(|(id, _)| id);
+            similar(index.near.nearest(signature)).or_else(|| similar(file_near.nearest(signature)))
         };
         let duplicate_of = exact.or_else(near);
         if duplicate_of.is_none() {
-            index.exact.insert(*record.hash.as_bytes(), new.id.clone());
+            file_exact.insert(*record.hash.as_bytes());
             if let Some(signature) = &record.minhash {
-                index.near.insert(new.id.clone(), signature.clone()).map_err(index_full)?;
+                file_near.insert(new.id.clone(), signature.clone()).map_err(index_full)?;
             }
         }
         decided.push(Decided {
@@ -1464,6 +1537,14 @@ fn decide(
             )
         }
     };
+    if matches!(status, ContributionStatus::Accepted | ContributionStatus::PendingReview) {
+        for fresh in decided.iter().filter(|d| d.duplicate_of.is_none()) {
+            index.exact.insert(*fresh.hash.as_bytes(), new.id.clone());
+            if let Some(signature) = &fresh.minhash {
+                index.near.insert(new.id.clone(), signature.clone()).map_err(index_full)?;
+            }
+        }
+    }
     Ok((status, reason, decided))
 }
 
@@ -1486,7 +1567,13 @@ async fn write_contribution(
     };
     let quality = decided.iter().map(|d| d.quality).min().unwrap_or(0);
     let submitted_at = now_ms();
-    contribution::Entity::delete_by_id(&new.id).exec(txn).await?;
+    let placeholder = contribution::Entity::delete_by_id(&new.id).exec(txn).await?.rows_affected;
+    if new.account.is_some() && placeholder != 1 {
+        return Err(DatanetError::new(
+            ErrorCode::Unavailable,
+            "the upload took too long and was abandoned (its bond was given back): send it again",
+        ));
+    }
     contribution::ActiveModel {
         id: Set(new.id.clone()),
         datanet_id: Set(new.datanet_id.clone()),
@@ -1829,6 +1916,9 @@ fn check_text(field: &str, value: &str, min_chars: usize, max_chars: usize) -> R
 }
 
 fn check_slug(slug: &str) -> Result<(), DatanetError> {
+    if slug.parse::<Id>().is_ok() {
+        return Err(invalid(format!("slug {slug:?} has the form of a Datanet id: choose a name")));
+    }
     let ok = (2..=64).contains(&slug.len())
         && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !slug.starts_with('-')
