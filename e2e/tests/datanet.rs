@@ -173,7 +173,7 @@ fn status_of(contribution: &pb::Contribution) -> pb::ContributionStatus {
 
 /// Signed caller metadata for reads of private Datanets.
 fn as_caller<T>(message: T, caller: &SigningKey) -> tonic::Request<T> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let now = signing::now_unix();
     let signature = signing::sign(caller, &signing::caller_message(now));
     let mut request = tonic::Request::new(message);
     let metadata = request.metadata_mut();
@@ -250,6 +250,7 @@ async fn full_life(platform: &mut InProcess) {
             }),
             update_mask: vec![mask.into()],
             signature: None,
+            signed_at: signing::now_unix(),
         };
         request.signature = Some(signing::sign(signer, &signing::update_message(&request)));
         request
@@ -330,26 +331,35 @@ async fn full_life(platform: &mut InProcess) {
 
     // The owner removes one of Bob's records from the draft, then publishes.
     let removed_hash = original.records[2].hash.clone().expect("hash");
+    let now = signing::now_unix();
+    let removed = ContentHash::from_bytes(removed_hash.value.clone().try_into().expect("32"));
     let remove = pb::RemoveRecordRequest {
         datanet_id: datanet.id.clone(),
         record_hash: Some(removed_hash.clone()),
-        signature: Some(signing::sign(
-            &owner,
-            &signing::remove_message(
-                &datanet.id,
-                &ContentHash::from_bytes(removed_hash.value.clone().try_into().expect("32")),
-            ),
-        )),
+        signature: Some(signing::sign(&owner, &signing::remove_message(&datanet.id, &removed, now))),
+        signed_at: now,
     };
     platform.datanet.remove_record(remove).await.expect("remove");
     let publish = pb::PublishSnapshotRequest {
         datanet_id: datanet.id.clone(),
-        signature: Some(signing::sign(&owner, &signing::publish_message(&datanet.id))),
+        signature: Some(signing::sign(&owner, &signing::publish_message(&datanet.id, now))),
+        signed_at: now,
     };
+    // A signature from ten minutes ago is a replay: refused.
+    let stale = now - 600;
+    let replayed = platform
+        .datanet
+        .publish_snapshot(pb::PublishSnapshotRequest {
+            signature: Some(signing::sign(&owner, &signing::publish_message(&datanet.id, stale))),
+            signed_at: stale,
+            ..publish.clone()
+        })
+        .await;
+    assert_eq!(replayed.expect_err("stale signature").code(), Code::Unauthenticated);
     let refused = platform
         .datanet
         .publish_snapshot(pb::PublishSnapshotRequest {
-            signature: Some(signing::sign(&alice, &signing::publish_message(&datanet.id))),
+            signature: Some(signing::sign(&alice, &signing::publish_message(&datanet.id, now))),
             ..publish.clone()
         })
         .await;
@@ -467,7 +477,8 @@ async fn full_life(platform: &mut InProcess) {
         .datanet
         .publish_snapshot(pb::PublishSnapshotRequest {
             datanet_id: private.id.clone(),
-            signature: Some(signing::sign(&owner, &signing::publish_message(&private.id))),
+            signature: Some(signing::sign(&owner, &signing::publish_message(&private.id, now))),
+            signed_at: now,
         })
         .await
         .expect("publish private")
@@ -505,7 +516,11 @@ async fn full_life(platform: &mut InProcess) {
             datanet_id: private.id.clone(),
             grant_id: grant.id.clone(),
             approve: true,
-            signature: Some(signing::sign(&owner, &signing::access_decision_message(&private.id, &grant.id, true))),
+            signature: Some(signing::sign(
+                &owner,
+                &signing::access_decision_message(&private.id, &grant.id, true, now),
+            )),
+            signed_at: now,
         })
         .await
         .expect("grant")

@@ -908,11 +908,13 @@ async fn datanets_work_from_the_cli_and_over_rest() {
     let owner = ed25519_dalek::SigningKey::from_bytes(
         &hex::decode(owner_secret.trim()).expect("hex").try_into().expect("32 bytes"),
     );
+    let signed_at = signing::now_unix();
     let sealed = http
         .post(format!("http://{rest}/v1/datanets/{id}/snapshots"))
         .json(&serde_json::json!({
             "public_key": hex::encode(owner.verifying_key().to_bytes()),
-            "signature": hex::encode(owner.sign(&signing::publish_message(&id)).to_bytes()),
+            "signature": hex::encode(owner.sign(&signing::publish_message(&id, signed_at)).to_bytes()),
+            "signed_at": signed_at,
         }))
         .send()
         .await

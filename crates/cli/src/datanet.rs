@@ -202,8 +202,9 @@ pub async fn run(command: DatanetCommand, config: &Config) -> anyhow::Result<boo
         DatanetCommand::Publish { datanet, key_file } => {
             let key = read_key(&key_file)?;
             let id = resolve(&mut client, &datanet, Some(&key)).await?;
-            let signature = signing::sign(&key, &signing::publish_message(&id));
-            let request = pb::PublishSnapshotRequest { datanet_id: id, signature: Some(signature) };
+            let signed_at = signing::now_unix();
+            let signature = signing::sign(&key, &signing::publish_message(&id, signed_at));
+            let request = pb::PublishSnapshotRequest { datanet_id: id, signature: Some(signature), signed_at };
             print_snapshot(&client.publish_snapshot(request).await?.into_inner());
         }
         DatanetCommand::Show { datanet, key_file } => {
@@ -275,12 +276,14 @@ pub async fn run(command: DatanetCommand, config: &Config) -> anyhow::Result<boo
             let decided = match (grant, purpose) {
                 (Some(grant), _) => {
                     let id = resolve(&mut client, &datanet, Some(&key)).await?;
-                    let signature = signing::sign(&key, &signing::access_decision_message(&id, &grant, approve));
+                    let signed_at = signing::now_unix();
+                    let message = signing::access_decision_message(&id, &grant, approve, signed_at);
                     let request = pb::DecideAccessRequest {
                         datanet_id: id,
                         grant_id: grant,
                         approve,
-                        signature: Some(signature),
+                        signature: Some(signing::sign(&key, &message)),
+                        signed_at,
                     };
                     client.decide_access(request).await?.into_inner()
                 }
@@ -319,10 +322,7 @@ async fn resolve(
 fn as_caller<T>(message: T, key: Option<&ed25519_dalek::SigningKey>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Some(key) = key {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_secs() as i64)
-            .unwrap_or(0);
+        let now = signing::now_unix();
         let signature = signing::sign(key, &signing::caller_message(now));
         let metadata = request.metadata_mut();
         for (name, value) in [

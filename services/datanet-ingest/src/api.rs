@@ -86,11 +86,7 @@ pub fn caller(metadata: &MetadataMap) -> Result<Option<Key>, Status> {
     else {
         return Ok(None);
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs() as i64)
-        .unwrap_or(0);
-    signing::verify_caller(&key, &at, &signature, now).map(Some).map_err(failed)
+    signing::verify_caller(&key, &at, &signature, signing::now_unix()).map(Some).map_err(failed)
 }
 
 type RecordStream = futures::stream::BoxStream<'static, Result<pb::Record, Status>>;

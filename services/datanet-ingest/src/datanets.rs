@@ -277,6 +277,7 @@ impl Datanets {
     pub async fn update(&self, request: pb::UpdateDatanetRequest) -> Result<pb::Datanet, DatanetError> {
         let signature = request.signature.clone().ok_or_else(|| invalid("signature is required"))?;
         let caller = signing::verify(&signature.public_key, &signature.signature, &signing::update_message(&request))?;
+        signing::check_fresh(request.signed_at, signing::now_unix())?;
         let row = self.row(&request.id, Some(caller)).await?;
         require_owner(&row, &caller, "edit the Datanet")?;
         let wanted = request.datanet.unwrap_or_default();
@@ -955,8 +956,9 @@ impl Datanets {
         let owner = signing::verify(
             &signature.public_key,
             &signature.signature,
-            &signing::remove_message(&request.datanet_id, &hash),
+            &signing::remove_message(&request.datanet_id, &hash, request.signed_at),
         )?;
+        signing::check_fresh(request.signed_at, signing::now_unix())?;
         let row = self.row(&request.datanet_id, Some(owner)).await?;
         require_owner(&row, &owner, "remove records")?;
         let slot = self.index_slot(&row.id);
@@ -994,8 +996,9 @@ impl Datanets {
         let owner = signing::verify(
             &signature.public_key,
             &signature.signature,
-            &signing::publish_message(&request.datanet_id),
+            &signing::publish_message(&request.datanet_id, request.signed_at),
         )?;
+        signing::check_fresh(request.signed_at, signing::now_unix())?;
         let row = self.row(&request.datanet_id, Some(owner)).await?;
         require_owner(&row, &owner, "publish versions")?;
         let sealed = retry_when_busy(|| async {
@@ -1212,8 +1215,14 @@ impl Datanets {
         let owner = signing::verify(
             &signature.public_key,
             &signature.signature,
-            &signing::access_decision_message(&request.datanet_id, &request.grant_id, request.approve),
+            &signing::access_decision_message(
+                &request.datanet_id,
+                &request.grant_id,
+                request.approve,
+                request.signed_at,
+            ),
         )?;
+        signing::check_fresh(request.signed_at, signing::now_unix())?;
         let row = self.row(&request.datanet_id, Some(owner)).await?;
         require_owner(&row, &owner, "decide access")?;
         let found = grant::Entity::find_by_id(&request.grant_id)

@@ -53,14 +53,14 @@ pub fn review_message(datanet_id: &str, contribution_id: &str, approve: bool, re
     format!("openledger/review/v1\n{datanet_id}\n{contribution_id}\n{verdict}\n{reason}").into_bytes()
 }
 
-/// `openledger/remove-record/v1\n<datanet id>\n<record BLAKE3 hex>`.
-pub fn remove_message(datanet_id: &str, record: &ContentHash) -> Vec<u8> {
-    format!("openledger/remove-record/v1\n{datanet_id}\n{}", record.to_hex()).into_bytes()
+/// `openledger/remove-record/v1\n<datanet id>\n<record BLAKE3 hex>\n<signed at, Unix seconds>`.
+pub fn remove_message(datanet_id: &str, record: &ContentHash, signed_at: i64) -> Vec<u8> {
+    format!("openledger/remove-record/v1\n{datanet_id}\n{}\n{signed_at}", record.to_hex()).into_bytes()
 }
 
-/// `openledger/publish/v1\n<datanet id>`.
-pub fn publish_message(datanet_id: &str) -> Vec<u8> {
-    format!("openledger/publish/v1\n{datanet_id}").into_bytes()
+/// `openledger/publish/v1\n<datanet id>\n<signed at, Unix seconds>`.
+pub fn publish_message(datanet_id: &str, signed_at: i64) -> Vec<u8> {
+    format!("openledger/publish/v1\n{datanet_id}\n{signed_at}").into_bytes()
 }
 
 /// `openledger/access-request/v1\n<datanet id>\n<purpose>`.
@@ -68,10 +68,32 @@ pub fn access_request_message(datanet_id: &str, purpose: &str) -> Vec<u8> {
     format!("openledger/access-request/v1\n{datanet_id}\n{purpose}").into_bytes()
 }
 
-/// `openledger/access-decision/v1\n<datanet id>\n<grant id>\n<approve|deny>`.
-pub fn access_decision_message(datanet_id: &str, grant_id: &str, approve: bool) -> Vec<u8> {
+/// `openledger/access-decision/v1\n<datanet id>\n<grant id>\n<approve|deny>\n<signed at>`.
+pub fn access_decision_message(datanet_id: &str, grant_id: &str, approve: bool, signed_at: i64) -> Vec<u8> {
     let verdict = if approve { "approve" } else { "deny" };
-    format!("openledger/access-decision/v1\n{datanet_id}\n{grant_id}\n{verdict}").into_bytes()
+    format!("openledger/access-decision/v1\n{datanet_id}\n{grant_id}\n{verdict}\n{signed_at}").into_bytes()
+}
+
+/// Now, in Unix seconds (what `signed_at` fields carry).
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Refuses a signature made more than [`CALLER_CLOCK_SKEW_SECONDS`] from now: a captured
+/// request cannot be replayed later.
+pub fn check_fresh(signed_at: i64, now_unix: i64) -> Result<(), DatanetError> {
+    if (now_unix - signed_at).abs() > CALLER_CLOCK_SKEW_SECONDS {
+        return Err(DatanetError::new(
+            ErrorCode::Unauthenticated,
+            format!(
+                "signed_at {signed_at} is more than {CALLER_CLOCK_SKEW_SECONDS} s from the server's clock ({now_unix}): sign the request again"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `openledger/caller/v1\n<unix seconds>`: signed into request metadata (`x-openledger-key`,
@@ -122,10 +144,6 @@ pub fn verify_caller(key_hex: &str, timestamp: &str, signature_hex: &str, now_un
     let key = hex::decode(key_hex).map_err(|_| bad("x-openledger-key must be hex"))?;
     let signature = hex::decode(signature_hex).map_err(|_| bad("x-openledger-signature must be hex"))?;
     let at: i64 = timestamp.parse().map_err(|_| bad("x-openledger-timestamp must be Unix seconds"))?;
-    if (now_unix - at).abs() > CALLER_CLOCK_SKEW_SECONDS {
-        return Err(bad(&format!(
-            "the timestamp {at} is more than {CALLER_CLOCK_SKEW_SECONDS} s from the server's clock ({now_unix})"
-        )));
-    }
+    check_fresh(at, now_unix)?;
     verify(&key, &signature, &caller_message(at))
 }

@@ -310,6 +310,16 @@ pub struct RecordProofJson {
     pub path: Vec<String>,
 }
 
+/// A signed request to publish.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishJson {
+    pub public_key: String,
+    pub signature: String,
+    /// Unix seconds when signed.
+    pub signed_at: i64,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewJson {
@@ -549,17 +559,20 @@ pub async fn review(
     Ok(Json(ContributionJson::of(decided.get_ref())))
 }
 
-/// Seal the accepted records as the next version; the owner signs `openledger/publish/v1\n<datanet id>`.
-#[utoipa::path(post, path = "/v1/datanets/{id}/snapshots", tag = "datanets", request_body = SignatureJson, params(("id" = String, Path, description = "Datanet id")), responses(
+/// Seal the accepted records as the next version; the owner signs
+/// `openledger/publish/v1\n<datanet id>\n<signed_at>` (Unix seconds, within 300 s of the server).
+#[utoipa::path(post, path = "/v1/datanets/{id}/snapshots", tag = "datanets", request_body = PublishJson, params(("id" = String, Path, description = "Datanet id")), responses(
     (status = 201, description = "The sealed version (the latest one when nothing changed)", body = SnapshotJson),
     (status = 403, description = "Not the owner", body = ErrorBody),
 ))]
 pub async fn publish(
     State(datanet): State<ServiceChannel>,
     Path(id): Path<String>,
-    Json(signature): Json<SignatureJson>,
+    Json(publish): Json<PublishJson>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let request = pb::PublishSnapshotRequest { datanet_id: id, signature: Some(signature.wire()?) };
+    let signature = SignatureJson { public_key: publish.public_key, signature: publish.signature };
+    let request =
+        pb::PublishSnapshotRequest { datanet_id: id, signature: Some(signature.wire()?), signed_at: publish.signed_at };
     let sealed = client(&datanet)?.publish_snapshot(request).await?.into_inner();
     let snapshot = SnapshotJson {
         id: sealed.id,

@@ -143,6 +143,7 @@ impl IntoResponse for ApiError {
         crate::governance::NewVote,
         crate::governance::ProposalView,
         crate::datanets::SignatureJson,
+        crate::datanets::PublishJson,
         crate::datanets::PolicyJson,
         crate::datanets::DatanetJson,
         crate::datanets::NewDatanet,
