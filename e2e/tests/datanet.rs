@@ -473,6 +473,31 @@ async fn full_life(platform: &mut InProcess) {
     let qa = "{\"instruction\": \"What lowers the risk of a second heart attack?\", \"response\": \"Taking the prescribed medicines, stopping smoking, regular exercise and a diet low in saturated fat all lower the risk of another heart attack.\"}\n";
     let accepted = contribute(platform, &private.id, "qa.jsonl", qa.as_bytes(), &alice, None).await.expect("qa");
     assert_eq!(status_of(&accepted), pb::ContributionStatus::Accepted, "{}", accepted.reason);
+    // Enough records that reading them for training takes several pages.
+    let words = [
+        "patients", "should", "drink", "water", "after", "exercise", "and", "rest", "when", "tired", "doctors",
+        "advise", "walking", "daily", "for", "better", "sleep", "while", "nurses", "check", "blood", "pressure",
+        "before", "meals", "children", "need", "vaccines", "early", "in", "life", "to", "stay", "healthy",
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut sentence = |n: usize| {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                words[(state % words.len() as u64) as usize]
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let bulk: String = (0..600)
+        .map(|_| serde_json::json!({"instruction": sentence(12), "response": sentence(30)}).to_string() + "\n")
+        .collect();
+    let many = contribute(platform, &private.id, "bulk.jsonl", bulk.as_bytes(), &alice, None).await.expect("bulk");
+    assert_eq!(status_of(&many), pb::ContributionStatus::Accepted, "{}", many.reason);
+    let fresh = many.records.iter().filter(|record| !record.duplicate).count();
+    assert!(fresh > 500, "{fresh} fresh records");
     let sealed_private = platform
         .datanet
         .publish_snapshot(pb::PublishSnapshotRequest {
@@ -538,10 +563,12 @@ async fn full_life(platform: &mut InProcess) {
     while let Some(record) = stream.message().await.expect("record") {
         records.push(record);
     }
-    assert_eq!(records.len(), 1);
+    assert_eq!(records.len(), 1 + fresh, "every accepted record, across pages");
     let body: serde_json::Value = serde_json::from_slice(&records[0].body).expect("json body");
     assert_eq!(body["instruction"], "What lowers the risk of a second heart attack?");
-    assert_eq!(ContentHash::of(&records[0].body).as_bytes().to_vec(), records[0].hash.clone().expect("hash").value);
+    for record in &records {
+        assert_eq!(ContentHash::of(&record.body).as_bytes().to_vec(), record.hash.clone().expect("hash").value);
+    }
 }
 
 #[tokio::test]

@@ -285,7 +285,7 @@ impl DatanetService for Api {
     async fn read_records(&self, request: Request<pb::ReadRecordsRequest>) -> Result<Response<RecordStream>, Status> {
         let caller = caller(request.metadata())?;
         let records = self.datanets()?.read_records(request.get_ref(), caller).await.map_err(failed)?;
-        Ok(Response::new(futures::stream::iter(records.into_iter().map(Ok)).boxed()))
+        Ok(Response::new(records.map(|record| record.map_err(failed)).boxed()))
     }
 
     async fn get_leaderboard(

@@ -166,7 +166,19 @@ pub struct Datanets {
     dedup: DedupParams,
     parse_limits: ParseLimits,
     indexes: Mutex<HashMap<String, IndexSlot>>,
+    /// Merkle trees of recently proven versions, newest first.
+    trees: Mutex<Vec<Arc<SealedTree>>>,
     outbox_wake: Option<Arc<Notify>>,
+}
+
+/// Sealed versions whose trees stay in memory for proofs.
+const CACHED_TREES: usize = 4;
+
+/// A sealed version's tree and its leaves in order.
+struct SealedTree {
+    snapshot_id: String,
+    tree: MerkleTree,
+    leaves: Vec<snapshot_record::Model>,
 }
 
 /// What one record became.
@@ -190,6 +202,7 @@ impl Datanets {
             dedup,
             parse_limits: ParseLimits::default(),
             indexes: Mutex::new(HashMap::new()),
+            trees: Mutex::new(Vec::new()),
             outbox_wake: None,
         }
     }
@@ -764,10 +777,9 @@ impl Datanets {
         let more = rows.len() > size as usize;
         rows.truncate(size as usize);
         let next = if more { rows.last().map(|row| row.id.clone()).unwrap_or_default() } else { String::new() };
-        let mut views = Vec::with_capacity(rows.len());
-        for row in rows {
-            views.push(self.contribution_view(row).await?);
-        }
+        // Lists leave the per-record summaries out (a file may hold 100,000 records): one
+        // contribution with its records is `contribution`.
+        let views = rows.into_iter().map(|row| summary_view(row, Vec::new())).collect();
         Ok((views, PageResponse { next_page_token: next }))
     }
 
@@ -777,28 +789,7 @@ impl Datanets {
             .order_by_asc(record::Column::Ordinal)
             .all(&self.db)
             .await?;
-        Ok(pb::Contribution {
-            id: row.id,
-            datanet_id: row.datanet_id,
-            contributor: row.contributor,
-            status: i32::from(row.status),
-            reason: row.reason,
-            records: records
-                .into_iter()
-                .map(|record| pb::RecordSummary {
-                    hash: Some(Hash { value: record.hash }),
-                    quality_score: record.quality.max(0) as u32,
-                    duplicate: record.status == record_status::DUPLICATE,
-                    duplicate_of: record.duplicate_of.unwrap_or_default(),
-                })
-                .collect(),
-            bond: Some(row.bond.parse::<u128>().unwrap_or(0).into()),
-            submitted_at: Some(timestamp(row.submitted_at)),
-            file_name: row.file_name,
-            quality_score: row.quality_score.max(0) as u32,
-            bond_state: bond_state::name(row.bond_state).to_owned(),
-            size_bytes: row.size_bytes.max(0) as u64,
-        })
+        Ok(summary_view(row, records))
     }
 
     /// Applies a decided bond on the ledger (release or slash); a failure is retried later by
@@ -1137,13 +1128,8 @@ impl Datanets {
     ) -> Result<pb::InclusionProof, DatanetError> {
         let row = self.row(datanet_id, caller).await?;
         let sealed = self.snapshot_row(&row.id, snapshot_id).await?;
-        let leaves = snapshot_record::Entity::find()
-            .filter(snapshot_record::Column::SnapshotId.eq(&sealed.id))
-            .order_by_asc(snapshot_record::Column::Position)
-            .all(&self.db)
-            .await?;
-        let hashes: Vec<ContentHash> = leaves.iter().filter_map(|leaf| content_hash(&leaf.hash)).collect();
-        let tree = MerkleTree::new(&hashes);
+        let sealed_tree = self.sealed_tree(&sealed.id).await?;
+        let (tree, leaves) = (&sealed_tree.tree, &sealed_tree.leaves);
         let root = Hash { value: tree.root().as_bytes().to_vec() };
         let records: Vec<pb::RecordProof> = leaves
             .iter()
@@ -1153,8 +1139,8 @@ impl Datanets {
                 Some(pb::RecordProof {
                     record_hash: Some(Hash { value: leaf.hash.clone() }),
                     proof: Some(WireProof {
-                        leaf_index: proof.leaf_index as u64,
-                        tree_size: proof.tree_size as u64,
+                        leaf_index: proof.leaf_index,
+                        tree_size: proof.tree_size,
                         path: proof.path.iter().map(|node| Hash { value: node.as_bytes().to_vec() }).collect(),
                         root: Some(root.clone()),
                     }),
@@ -1168,6 +1154,29 @@ impl Datanets {
             ));
         }
         Ok(pb::InclusionProof { snapshot_id: sealed.id, records })
+    }
+
+    /// A sealed version's Merkle tree and leaves, rebuilt from the database once and kept for
+    /// the most recently asked versions (sealed versions never change).
+    async fn sealed_tree(&self, snapshot_id: &str) -> Result<Arc<SealedTree>, DatanetError> {
+        if let Some(found) = self.lock_trees().iter().find(|tree| tree.snapshot_id == snapshot_id) {
+            return Ok(found.clone());
+        }
+        let leaves = snapshot_record::Entity::find()
+            .filter(snapshot_record::Column::SnapshotId.eq(snapshot_id))
+            .order_by_asc(snapshot_record::Column::Position)
+            .all(&self.db)
+            .await?;
+        let hashes: Vec<ContentHash> = leaves.iter().filter_map(|leaf| content_hash(&leaf.hash)).collect();
+        let tree = Arc::new(SealedTree { snapshot_id: snapshot_id.to_owned(), tree: MerkleTree::new(&hashes), leaves });
+        let mut trees = self.lock_trees();
+        trees.insert(0, tree.clone());
+        trees.truncate(CACHED_TREES);
+        Ok(tree)
+    }
+
+    fn lock_trees(&self) -> std::sync::MutexGuard<'_, Vec<Arc<SealedTree>>> {
+        self.trees.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     // ---- Access ---------------------------------------------------------------------------
@@ -1237,12 +1246,15 @@ impl Datanets {
     }
 
     /// The records of a sealed version, for training: the caller must hold an approved grant;
-    /// every read is logged. Records come in the version's order, with their bodies.
+    /// every read is logged (when it starts). Records come in the version's order, with their
+    /// bodies, read a page at a time (memory stays bounded by a page and one contribution).
     pub async fn read_records(
-        &self,
+        self: &Arc<Self>,
         request: &pb::ReadRecordsRequest,
         caller: Option<Key>,
-    ) -> Result<Vec<pb::Record>, DatanetError> {
+    ) -> Result<futures::stream::BoxStream<'static, Result<pb::Record, DatanetError>>, DatanetError> {
+        use futures::{StreamExt, TryStreamExt};
+
         let caller = caller.ok_or_else(|| {
             DatanetError::new(
                 ErrorCode::Unauthenticated,
@@ -1260,62 +1272,29 @@ impl Datanets {
             ));
         };
         let sealed = self.snapshot_row(&request.datanet_id, &request.snapshot_id).await?;
-        let leaves = snapshot_record::Entity::find()
-            .filter(snapshot_record::Column::SnapshotId.eq(&sealed.id))
-            .order_by_asc(snapshot_record::Column::Position)
-            .all(&self.db)
-            .await?;
-        let mut bodies: HashMap<String, HashMap<Vec<u8>, Vec<u8>>> = HashMap::new();
-        let mut records = Vec::with_capacity(leaves.len());
-        for leaf in leaves {
-            if !bodies.contains_key(&leaf.contribution_id) {
-                let object = contribution_object(&request.datanet_id, &leaf.contribution_id);
-                let bytes = self
-                    .objects
-                    .get(&object)
-                    .await
-                    .map_err(|error| DatanetError::new(ErrorCode::Unavailable, format!("reading {object}: {error}")))?
-                    .bytes()
-                    .await
-                    .map_err(|error| DatanetError::new(ErrorCode::Unavailable, format!("reading {object}: {error}")))?;
-                let by_hash = bytes
-                    .split(|byte| *byte == b'\n')
-                    .filter(|line| !line.is_empty())
-                    .map(|line| (ContentHash::of(line).as_bytes().to_vec(), line.to_vec()))
-                    .collect();
-                bodies.insert(leaf.contribution_id.clone(), by_hash);
-            }
-            let body = bodies.get(&leaf.contribution_id).and_then(|by_hash| by_hash.get(&leaf.hash)).cloned();
-            let body = body.ok_or_else(|| {
-                DatanetError::new(
-                    ErrorCode::Internal,
-                    format!("the body of record {} is missing", hex::encode(&leaf.hash)),
-                )
-            })?;
-            records.push(pb::Record {
-                hash: Some(Hash { value: leaf.hash }),
-                contribution_id: leaf.contribution_id,
-                contributor: leaf.contributor,
-                body,
-            });
-        }
         read::ActiveModel {
             id: Set(Id::new().to_string()),
             grant_id: Set(found.id),
             datanet_id: Set(request.datanet_id.clone()),
-            snapshot_id: Set(sealed.id),
+            snapshot_id: Set(sealed.id.clone()),
             grantee: Set(caller.to_vec()),
-            records: Set(records.len() as i64),
+            records: Set(sealed.record_count),
             at: Set(now_ms()),
         }
         .insert(&self.db)
         .await?;
-        Ok(records)
-    }
-
-    /// How many reads for training were logged for a Datanet.
-    pub async fn reads_logged(&self, datanet_id: &str) -> Result<u64, DatanetError> {
-        Ok(read::Entity::find().filter(read::Column::DatanetId.eq(datanet_id)).count(&self.db).await?)
+        let start = ReadCursor {
+            datanets: self.clone(),
+            datanet_id: request.datanet_id.clone(),
+            snapshot_id: sealed.id,
+            next_position: 0,
+            bodies: None,
+        };
+        let pages = futures::stream::try_unfold(start, |mut cursor| async move {
+            let page = cursor.next_page().await?;
+            Ok::<_, DatanetError>(if page.is_empty() { None } else { Some((page, cursor)) })
+        });
+        Ok(pages.map_ok(|page| futures::stream::iter(page.into_iter().map(Ok))).try_flatten().boxed())
     }
 
     // ---- Leaderboard ----------------------------------------------------------------------
@@ -1393,6 +1372,97 @@ impl Datanets {
         });
         entries.truncate(if limit == 0 { 100 } else { limit.min(limits::MAX_PAGE_SIZE) } as usize);
         Ok(pb::Leaderboard { entries })
+    }
+}
+
+/// Where a `read_records` stream stands.
+struct ReadCursor {
+    datanets: Arc<Datanets>,
+    datanet_id: String,
+    snapshot_id: String,
+    next_position: i64,
+    /// The bodies of the contribution being read (its id, then bodies by record hash).
+    bodies: Option<(String, RecordBodies)>,
+}
+
+type RecordBodies = HashMap<Vec<u8>, Vec<u8>>;
+
+impl ReadCursor {
+    const PAGE: u64 = 500;
+
+    async fn next_page(&mut self) -> Result<Vec<pb::Record>, DatanetError> {
+        let leaves = snapshot_record::Entity::find()
+            .filter(snapshot_record::Column::SnapshotId.eq(&self.snapshot_id))
+            .filter(snapshot_record::Column::Position.gte(self.next_position))
+            .order_by_asc(snapshot_record::Column::Position)
+            .limit(Self::PAGE)
+            .all(&self.datanets.db)
+            .await?;
+        let mut records = Vec::with_capacity(leaves.len());
+        for leaf in leaves {
+            self.next_position = leaf.position + 1;
+            if self.bodies.as_ref().is_none_or(|(id, _)| *id != leaf.contribution_id) {
+                let object = contribution_object(&self.datanet_id, &leaf.contribution_id);
+                let unavailable = |error: object_store::Error| {
+                    DatanetError::new(ErrorCode::Unavailable, format!("reading {object}: {error}"))
+                };
+                let bytes = self
+                    .datanets
+                    .objects
+                    .get(&object)
+                    .await
+                    .map_err(unavailable)?
+                    .bytes()
+                    .await
+                    .map_err(unavailable)?;
+                let by_hash = bytes
+                    .split(|byte| *byte == b'\n')
+                    .filter(|line| !line.is_empty())
+                    .map(|line| (ContentHash::of(line).as_bytes().to_vec(), line.to_vec()))
+                    .collect();
+                self.bodies = Some((leaf.contribution_id.clone(), by_hash));
+            }
+            let body =
+                self.bodies.as_ref().and_then(|(_, by_hash)| by_hash.get(&leaf.hash)).cloned().ok_or_else(|| {
+                    DatanetError::new(
+                        ErrorCode::Internal,
+                        format!("the body of record {} is missing", hex::encode(&leaf.hash)),
+                    )
+                })?;
+            records.push(pb::Record {
+                hash: Some(Hash { value: leaf.hash }),
+                contribution_id: leaf.contribution_id,
+                contributor: leaf.contributor,
+                body,
+            });
+        }
+        Ok(records)
+    }
+}
+
+/// A contribution as the API shows it, with the given record summaries.
+fn summary_view(row: contribution::Model, records: Vec<record::Model>) -> pb::Contribution {
+    pb::Contribution {
+        id: row.id,
+        datanet_id: row.datanet_id,
+        contributor: row.contributor,
+        status: i32::from(row.status),
+        reason: row.reason,
+        records: records
+            .into_iter()
+            .map(|record| pb::RecordSummary {
+                hash: Some(Hash { value: record.hash }),
+                quality_score: record.quality.max(0) as u32,
+                duplicate: record.status == record_status::DUPLICATE,
+                duplicate_of: record.duplicate_of.unwrap_or_default(),
+            })
+            .collect(),
+        bond: Some(row.bond.parse::<u128>().unwrap_or(0).into()),
+        submitted_at: Some(timestamp(row.submitted_at)),
+        file_name: row.file_name,
+        quality_score: row.quality_score.max(0) as u32,
+        bond_state: bond_state::name(row.bond_state).to_owned(),
+        size_bytes: row.size_bytes.max(0) as u64,
     }
 }
 
