@@ -556,6 +556,22 @@ async fn full_life(platform: &mut InProcess) {
         .get_datanet(as_caller(pb::GetDatanetRequest { id_or_slug: "private-qa".into() }, &builder))
         .await;
     assert_eq!(visible.expect("visible to the grantee").into_inner().id, private.id);
+    let granted_list = platform
+        .datanet
+        .list_datanets(as_caller(pb::ListDatanetsRequest::default(), &builder))
+        .await
+        .expect("list as the grantee")
+        .into_inner()
+        .datanets;
+    assert!(granted_list.iter().any(|d| d.id == private.id), "the grantee lists it");
+    let tagged = platform
+        .datanet
+        .list_datanets(pb::ListDatanetsRequest { tag: "medicine".into(), ..Default::default() })
+        .await
+        .expect("list by tag")
+        .into_inner()
+        .datanets;
+    assert_eq!(tagged.iter().map(|d| d.slug.as_str()).collect::<Vec<_>>(), ["clinical-notes"]);
     let stolen = platform.datanet.read_records(as_caller(read.clone(), &bob)).await;
     assert_eq!(stolen.expect_err("the grant is the builder's").code(), Code::PermissionDenied);
     let mut stream = platform.datanet.read_records(as_caller(read, &builder)).await.expect("read").into_inner();

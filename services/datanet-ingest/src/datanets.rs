@@ -32,8 +32,8 @@ use openledger_store::{
 };
 use prost::Message;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait, sea_query::Expr,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set, TransactionTrait, sea_query::Expr,
 };
 use tokio::sync::Notify;
 
@@ -350,32 +350,33 @@ impl Datanets {
         caller: Option<Key>,
     ) -> Result<(Vec<pb::Datanet>, PageResponse), DatanetError> {
         let size = page_size_of(page_size);
-        let mut query = datanet::Entity::find().order_by_desc(datanet::Column::Id);
+        // Visible: public, or owned by the caller, or granted to the caller. (Validators of a
+        // private Datanet see it by id, not in lists.)
+        let mut visible = Condition::any().add(datanet::Column::Visibility.eq(Visibility::Public as i16));
+        if let Some(caller) = caller {
+            let granted = grant::Entity::find()
+                .select_only()
+                .column(grant::Column::DatanetId)
+                .filter(grant::Column::Grantee.eq(caller.to_vec()))
+                .filter(grant::Column::State.eq(grant_state::APPROVED))
+                .into_query();
+            visible =
+                visible.add(datanet::Column::Owner.eq(caller.to_vec())).add(datanet::Column::Id.in_subquery(granted));
+        }
+        let mut query = datanet::Entity::find().filter(visible).order_by_desc(datanet::Column::Id);
+        if !tag.is_empty() {
+            // Tags are stored as a JSON array of [a-z0-9-] words: a quoted match is exact.
+            check_tags(std::slice::from_ref(&tag.to_owned()))?;
+            query = query.filter(datanet::Column::Tags.contains(format!("\"{tag}\"")));
+        }
         if !page_token.is_empty() {
             query = query.filter(datanet::Column::Id.lt(page_token));
         }
-        let mut found = Vec::new();
-        let mut next = String::new();
-        // Visibility and tags are filtered here, so pages are read until one is full.
-        let mut rows = query.paginate(&self.db, u64::from(size));
-        while let Some(batch) = rows.fetch_and_next().await? {
-            for row in batch {
-                if found.len() == size as usize {
-                    next = found.last().map(|datanet: &pb::Datanet| datanet.id.clone()).unwrap_or_default();
-                    break;
-                }
-                if !self.may_see(&row, caller).await? {
-                    continue;
-                }
-                let datanet = view(&row)?;
-                if tag.is_empty() || datanet.tags.iter().any(|t| t == tag) {
-                    found.push(datanet);
-                }
-            }
-            if !next.is_empty() {
-                break;
-            }
-        }
+        let mut rows = query.limit(u64::from(size) + 1).all(&self.db).await?;
+        let more = rows.len() > size as usize;
+        rows.truncate(size as usize);
+        let next = if more { rows.last().map(|row| row.id.clone()).unwrap_or_default() } else { String::new() };
+        let found = rows.iter().map(view).collect::<Result<Vec<_>, _>>()?;
         Ok((found, PageResponse { next_page_token: next }))
     }
 
