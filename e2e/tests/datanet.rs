@@ -915,3 +915,61 @@ async fn a_bond_held_by_a_process_that_died_is_given_back() {
     assert_eq!(status_of(&again), pb::ContributionStatus::Accepted, "{}", again.reason);
     platform.stop().await;
 }
+
+/// Duplicate indexes over the process's memory budget are dropped when idle and rebuilt from
+/// the database when next needed: eviction never lets a duplicate through.
+#[tokio::test]
+async fn duplicate_indexes_over_the_memory_budget_are_evicted_and_rebuilt() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = openledger_store::connect(&format!("sqlite://{}/db.sqlite?mode=rwc", dir.path().display()))
+        .await
+        .expect("database");
+    openledger_store::migrate(&db).await.expect("migrate");
+    let objects =
+        openledger_store::open_object_store(&format!("file://{}/objects", dir.path().display())).expect("objects");
+    let open = |budget: usize| {
+        openledger_datanet_ingest::Datanets::new(
+            db.clone(),
+            objects.clone(),
+            Arc::new(openledger_datanet_ingest::bonds::NoLedger),
+        )
+        .with_index_budget(budget)
+    };
+    let (owner, alice, bob) = (key(1), key(2), key(3));
+    let create = async |datanets: &openledger_datanet_ingest::Datanets, slug: &str| {
+        let wanted = pb::Datanet {
+            slug: slug.into(),
+            name: slug.into(),
+            licence: "CC0".into(),
+            schema: pb::RecordSchema::FreeText as i32,
+            visibility: pb::Visibility::Public as i32,
+            ..Default::default()
+        };
+        let signature = signing::sign(&owner, &signing::create_message(&wanted));
+        datanets.create(wanted, Some(signature)).await.expect("create").id
+    };
+    let upload = |datanet_id: &str, name: &str, text: &str, signer: &SigningKey| {
+        let hash = ContentHash::of(text.as_bytes());
+        openledger_datanet_ingest::Upload {
+            datanet_id: datanet_id.into(),
+            file_name: name.into(),
+            media_type: String::new(),
+            bytes: text.as_bytes().to_vec().into(),
+            declared_hash: Some(hash),
+            signature: signing::sign(signer, &signing::contribution_message(datanet_id, name, &hash, None)),
+            account_id: None,
+        }
+    };
+    let roomy = open(usize::MAX);
+    let first = create(&roomy, "first").await;
+    roomy.contribute(upload(&first, "a.md", ALICE_MD, &alice)).await.expect("kept");
+    assert!(roomy.indexed_records() > 0, "within budget the index stays loaded");
+
+    let tight = open(1);
+    let second = create(&tight, "second").await;
+    tight.contribute(upload(&first, "a.md", ALICE_MD, &alice)).await.expect("retry");
+    tight.contribute(upload(&second, "b.jsonl", BOB_JSONL, &bob)).await.expect("second");
+    assert_eq!(tight.indexed_records(), 0, "over budget, idle indexes are dropped");
+    let near = tight.contribute(upload(&first, "near.md", &near_copy(), &bob)).await.expect("decided");
+    assert_eq!(status_of(&near), pb::ContributionStatus::Duplicate, "rebuilt from the database: {}", near.reason);
+}

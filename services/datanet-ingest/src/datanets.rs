@@ -155,7 +155,22 @@ struct DatanetIndex {
     generation: i64,
 }
 
-type IndexSlot = Arc<tokio::sync::Mutex<Option<DatanetIndex>>>;
+/// Resident bytes per indexed record: the near-duplicate index (measured by the `dedup` bench)
+/// plus the exact-duplicate entry and the contribution id it names.
+pub const INDEX_BYTES_PER_RECORD: usize = 1_500;
+
+impl DatanetIndex {
+    fn bytes(&self) -> usize {
+        self.near.len().max(self.exact.len()) * INDEX_BYTES_PER_RECORD
+    }
+}
+
+/// One Datanet's index (loaded or not) and when it was last used.
+#[derive(Clone, Default)]
+struct IndexSlot {
+    index: Arc<tokio::sync::Mutex<Option<DatanetIndex>>>,
+    used: Arc<std::sync::atomic::AtomicU64>,
+}
 
 /// The Datanet service over a database, an object store and the ledger.
 pub struct Datanets {
@@ -166,10 +181,16 @@ pub struct Datanets {
     dedup: DedupParams,
     parse_limits: ParseLimits,
     indexes: Mutex<HashMap<String, IndexSlot>>,
+    index_budget: usize,
+    /// Ticks on every use of an index (least recently used is evicted first).
+    index_clock: std::sync::atomic::AtomicU64,
     /// Merkle trees of recently proven versions, newest first.
     trees: Mutex<Vec<Arc<SealedTree>>>,
     outbox_wake: Option<Arc<Notify>>,
 }
+
+/// Resident bytes of all duplicate indexes in one process by default (2 GiB).
+pub const DEFAULT_INDEX_BUDGET: usize = 2 << 30;
 
 /// Sealed versions whose trees stay in memory for proofs.
 const CACHED_TREES: usize = 4;
@@ -202,6 +223,8 @@ impl Datanets {
             dedup,
             parse_limits: ParseLimits::default(),
             indexes: Mutex::new(HashMap::new()),
+            index_budget: DEFAULT_INDEX_BUDGET,
+            index_clock: std::sync::atomic::AtomicU64::new(1),
             trees: Mutex::new(Vec::new()),
             outbox_wake: None,
         }
@@ -212,6 +235,50 @@ impl Datanets {
     pub fn with_index_capacity(mut self, max_records: usize) -> Self {
         self.dedup.max_records = max_records;
         self
+    }
+
+    /// Resident bytes all Datanets' duplicate indexes may take in this process together;
+    /// beyond it the least recently used idle ones are dropped (and rebuilt from the database
+    /// when next needed).
+    pub fn with_index_budget(mut self, bytes: usize) -> Self {
+        self.index_budget = bytes;
+        self
+    }
+
+    /// Records held by the duplicate indexes loaded in this process.
+    pub fn indexed_records(&self) -> usize {
+        let slots: Vec<IndexSlot> = self.lock_indexes().values().cloned().collect();
+        slots
+            .iter()
+            .filter_map(|slot| slot.index.try_lock().ok().and_then(|index| index.as_ref().map(|i| i.near.len())))
+            .sum()
+    }
+
+    fn lock_indexes(&self) -> std::sync::MutexGuard<'_, HashMap<String, IndexSlot>> {
+        self.indexes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Drops the least recently used idle indexes until all fit the budget.
+    fn enforce_index_budget(&self) {
+        let slots: Vec<IndexSlot> = self.lock_indexes().values().cloned().collect();
+        let mut loaded: Vec<(u64, usize, IndexSlot)> = slots
+            .into_iter()
+            .filter_map(|slot| {
+                let bytes = slot.index.try_lock().ok()?.as_ref()?.bytes();
+                Some((slot.used.load(std::sync::atomic::Ordering::Relaxed), bytes, slot))
+            })
+            .collect();
+        let mut total: usize = loaded.iter().map(|(_, bytes, _)| bytes).sum();
+        loaded.sort_by_key(|(used, _, _)| *used);
+        for (_, bytes, slot) in loaded {
+            if total <= self.index_budget {
+                break;
+            }
+            if let Ok(mut index) = slot.index.try_lock() {
+                *index = None;
+                total -= bytes;
+            }
+        }
     }
 
     pub fn with_outbox_waker(mut self, wake: Arc<Notify>) -> Self {
@@ -649,22 +716,28 @@ impl Datanets {
     }
 
     fn index_slot(&self, datanet_id: &str) -> IndexSlot {
-        let mut indexes = self.indexes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        indexes.entry(datanet_id.to_owned()).or_default().clone()
+        let slot = self.lock_indexes().entry(datanet_id.to_owned()).or_default().clone();
+        slot.used.store(
+            self.index_clock.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        slot
     }
 
     /// Decides every record against the index and writes the contribution in one transaction.
     async fn commit_contribution(&self, new: &NewContribution) -> Result<Committed, DatanetError> {
         let slot = self.index_slot(&new.datanet_id);
-        retry_when_busy(|| async {
-            let mut index = slot.lock().await;
+        let committed = retry_when_busy(|| async {
+            let mut index = slot.index.lock().await;
             let outcome = self.commit_attempt(new, &mut index).await;
             if outcome.is_err() {
                 *index = None; // whatever the failed attempt added is rebuilt from the database
             }
             outcome
         })
-        .await
+        .await;
+        self.enforce_index_budget();
+        committed
     }
 
     async fn commit_attempt(
@@ -882,7 +955,7 @@ impl Datanets {
             ));
         }
         let slot = self.index_slot(&row.id);
-        let _index = slot.lock().await;
+        let _index = slot.index.lock().await;
         let decided = retry_when_busy(|| async {
             let txn = self.db.begin().await?;
             lock_datanet(&txn, &row.id).await?;
@@ -954,7 +1027,7 @@ impl Datanets {
         let row = self.row(&request.datanet_id, Some(owner)).await?;
         require_owner(&row, &owner, "remove records")?;
         let slot = self.index_slot(&row.id);
-        let _index = slot.lock().await;
+        let _index = slot.index.lock().await;
         retry_when_busy(|| async {
             let txn = self.db.begin().await?;
             lock_datanet(&txn, &row.id).await?;
