@@ -57,14 +57,19 @@ impl SharedDatanets {
     }
 }
 
+/// Uploads buffered at once by one process: with files of at most 64 MiB, uploads hold at
+/// most 512 MiB; further ones wait (their senders are held back by HTTP/2 flow control).
+pub const CONCURRENT_UPLOADS: usize = 8;
+
 #[derive(Clone)]
 pub struct Api {
     shared: SharedDatanets,
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Api {
     pub fn new(shared: SharedDatanets) -> Self {
-        Self { shared }
+        Self { shared, uploads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_UPLOADS)) }
     }
 
     fn datanets(&self) -> Result<Arc<Datanets>, Status> {
@@ -130,6 +135,8 @@ impl DatanetService for Api {
         &self,
         request: Request<Streaming<pb::ContributeRequest>>,
     ) -> Result<Response<pb::Contribution>, Status> {
+        let _slot =
+            self.uploads.acquire().await.map_err(|_| status(ErrorCode::Unavailable, "the service is shutting down"))?;
         let mut stream = request.into_inner();
         let header = match stream.next().await {
             Some(Ok(pb::ContributeRequest { part: Some(Part::Header(header)) })) => header,
