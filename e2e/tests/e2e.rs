@@ -931,6 +931,51 @@ async fn datanets_work_from_the_cli_and_over_rest() {
         .await
         .expect("json");
     assert_eq!(proof["merkle_root"], sealed["merkle_root"], "{proof}");
+    // Access over REST: Bob asks, the owner approves.
+    let purpose = "fine-tune a first-aid helper";
+    let asked = http
+        .post(format!("http://{rest}/v1/datanets/{id}/access"))
+        .json(&serde_json::json!({
+            "purpose": purpose,
+            "public_key": hex::encode(bob.verifying_key().to_bytes()),
+            "signature": hex::encode(bob.sign(&signing::access_request_message(&id, purpose)).to_bytes()),
+        }))
+        .send()
+        .await
+        .expect("request access");
+    assert_eq!(asked.status().as_u16(), 201);
+    let grant: serde_json::Value = asked.json().await.expect("json");
+    let grant_id = grant["id"].as_str().expect("grant id").to_owned();
+    let decided: serde_json::Value = http
+        .post(format!("http://{rest}/v1/datanets/{id}/access/{grant_id}"))
+        .json(&serde_json::json!({
+            "approve": true,
+            "public_key": hex::encode(owner.verifying_key().to_bytes()),
+            "signature": hex::encode(owner.sign(&signing::access_decision_message(&id, &grant_id, true, signed_at)).to_bytes()),
+            "signed_at": signed_at,
+        }))
+        .send()
+        .await
+        .expect("decide")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(decided["state"], "approved", "{decided}");
+    // The owner removes Bob's csv record from the draft.
+    let record = taken["records"][0]["hash"].as_str().expect("record hash").to_owned();
+    let record_hash =
+        openledger_core::ContentHash::from_bytes(hex::decode(&record).expect("hex").try_into().expect("32"));
+    let removed = http
+        .post(format!("http://{rest}/v1/datanets/{id}/records/{record}/remove"))
+        .json(&serde_json::json!({
+            "public_key": hex::encode(owner.verifying_key().to_bytes()),
+            "signature": hex::encode(owner.sign(&signing::remove_message(&id, &record_hash, signed_at)).to_bytes()),
+            "signed_at": signed_at,
+        }))
+        .send()
+        .await
+        .expect("remove");
+    assert_eq!(removed.status().as_u16(), 204);
     let board: serde_json::Value = http
         .get(format!("http://{rest}/v1/datanets/{id}/leaderboard"))
         .send()

@@ -36,6 +36,9 @@ pub fn routes(datanet: ServiceChannel) -> Router {
         .route("/v1/datanets/{id}/snapshots", post(publish))
         .route("/v1/datanets/{id}/snapshots/{sid}/proofs/{contribution_id}", get(proof))
         .route("/v1/datanets/{id}/leaderboard", get(leaderboard))
+        .route("/v1/datanets/{id}/records/{hash}/remove", post(remove_record))
+        .route("/v1/datanets/{id}/access", post(request_access))
+        .route("/v1/datanets/{id}/access/{grant_id}", post(decide_access))
         .with_state(datanet)
 }
 
@@ -649,4 +652,118 @@ pub async fn leaderboard(
             })
             .collect(),
     ))
+}
+
+/// A signed owner action: `signed_at` is Unix seconds (within 300 s of the server).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignedActionJson {
+    pub public_key: String,
+    pub signature: String,
+    pub signed_at: i64,
+}
+
+/// A request to train on a Datanet, signed over `openledger/access-request/v1\n<datanet id>\n<purpose>`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequestJson {
+    pub purpose: String,
+    pub public_key: String,
+    pub signature: String,
+}
+
+/// The owner's decision, signed over
+/// `openledger/access-decision/v1\n<datanet id>\n<grant id>\n<approve|deny>\n<signed_at>`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessDecisionJson {
+    pub approve: bool,
+    pub public_key: String,
+    pub signature: String,
+    pub signed_at: i64,
+}
+
+/// An access grant: `requested`, `approved` or `denied`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GrantJson {
+    pub id: String,
+    pub datanet_id: String,
+    pub grantee: String,
+    pub state: String,
+    pub purpose: String,
+}
+
+impl GrantJson {
+    fn of(grant: &pb::AccessGrant) -> Self {
+        Self {
+            id: grant.id.clone(),
+            datanet_id: grant.datanet_id.clone(),
+            grantee: hex::encode(&grant.grantee),
+            state: grant.state.clone(),
+            purpose: grant.purpose.clone(),
+        }
+    }
+}
+
+/// The owner takes a record out of the draft, signed over
+/// `openledger/remove-record/v1\n<datanet id>\n<record hash hex>\n<signed_at>`.
+#[utoipa::path(post, path = "/v1/datanets/{id}/records/{hash}/remove", tag = "datanets", request_body = SignedActionJson, params(
+    ("id" = String, Path, description = "Datanet id"), ("hash" = String, Path, description = "Record BLAKE3, hex")), responses(
+    (status = 204, description = "Removed from the draft"),
+    (status = 403, description = "Not the owner", body = ErrorBody),
+    (status = 404, description = "No such accepted or pending record", body = ErrorBody),
+))]
+pub async fn remove_record(
+    State(datanet): State<ServiceChannel>,
+    Path((id, hash)): Path<(String, String)>,
+    Json(action): Json<SignedActionJson>,
+) -> Result<StatusCode, ApiError> {
+    let signature = SignatureJson { public_key: action.public_key, signature: action.signature };
+    let request = pb::RemoveRecordRequest {
+        datanet_id: id,
+        record_hash: Some(Hash { value: hex_field(&hash, "the record hash")? }),
+        signature: Some(signature.wire()?),
+        signed_at: action.signed_at,
+    };
+    client(&datanet)?.remove_record(request).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ask to train on a Datanet (a repeated request returns the open grant).
+#[utoipa::path(post, path = "/v1/datanets/{id}/access", tag = "datanets", request_body = AccessRequestJson, params(("id" = String, Path, description = "Datanet id")), responses(
+    (status = 201, description = "The grant, requested (or the open one)", body = GrantJson),
+))]
+pub async fn request_access(
+    State(datanet): State<ServiceChannel>,
+    Path(id): Path<String>,
+    Json(asked): Json<AccessRequestJson>,
+) -> Result<impl IntoResponse, ApiError> {
+    let signature = SignatureJson { public_key: asked.public_key, signature: asked.signature };
+    let request =
+        pb::RequestAccessRequest { datanet_id: id, purpose: asked.purpose, signature: Some(signature.wire()?) };
+    let grant = client(&datanet)?.request_access(request).await?.into_inner();
+    Ok((StatusCode::CREATED, Json(GrantJson::of(&grant))))
+}
+
+/// The owner approves or denies an access request.
+#[utoipa::path(post, path = "/v1/datanets/{id}/access/{grant_id}", tag = "datanets", request_body = AccessDecisionJson, params(
+    ("id" = String, Path, description = "Datanet id"), ("grant_id" = String, Path, description = "Grant id")), responses(
+    (status = 200, description = "The decided grant", body = GrantJson),
+    (status = 403, description = "Not the owner", body = ErrorBody),
+))]
+pub async fn decide_access(
+    State(datanet): State<ServiceChannel>,
+    Path((id, grant_id)): Path<(String, String)>,
+    Json(decision): Json<AccessDecisionJson>,
+) -> Result<Json<GrantJson>, ApiError> {
+    let signature = SignatureJson { public_key: decision.public_key, signature: decision.signature };
+    let request = pb::DecideAccessRequest {
+        datanet_id: id,
+        grant_id,
+        approve: decision.approve,
+        signature: Some(signature.wire()?),
+        signed_at: decision.signed_at,
+    };
+    let grant = client(&datanet)?.decide_access(request).await?.into_inner();
+    Ok(Json(GrantJson::of(&grant)))
 }

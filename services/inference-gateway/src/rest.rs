@@ -127,7 +127,10 @@ impl IntoResponse for ApiError {
         crate::datanets::review,
         crate::datanets::publish,
         crate::datanets::proof,
-        crate::datanets::leaderboard
+        crate::datanets::leaderboard,
+        crate::datanets::remove_record,
+        crate::datanets::request_access,
+        crate::datanets::decide_access
     ),
     components(schemas(
         ErrorBody,
@@ -154,7 +157,11 @@ impl IntoResponse for ApiError {
         crate::datanets::ProofJson,
         crate::datanets::RecordProofJson,
         crate::datanets::ReviewJson,
-        crate::datanets::LeaderboardEntryJson
+        crate::datanets::LeaderboardEntryJson,
+        crate::datanets::SignedActionJson,
+        crate::datanets::AccessRequestJson,
+        crate::datanets::AccessDecisionJson,
+        crate::datanets::GrantJson
     ))
 )]
 pub struct ApiDoc;
