@@ -25,11 +25,7 @@ use openledger_proto::{
     datanet::v1::{self as pb, ContributionStatus, RecordSchema as WireSchema, Visibility},
     events::v1::{ContributionEvent, SnapshotSealed},
 };
-use openledger_store::{
-    NewEvent,
-    db::{MaybeBusy, retry_when_busy},
-    now_ms,
-};
+use openledger_store::{NewEvent, db::retry_when_busy, now_ms};
 use prost::Message;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
@@ -1068,7 +1064,7 @@ impl Datanets {
         require_owner(&row, &owner, "publish versions")?;
         let sealed = retry_when_busy(|| async {
             let txn = self.db.begin().await?;
-            lock_datanet(&txn, &row.id).await?;
+            let locked = lock_datanet(&txn, &row.id).await?;
             let accepted = record::Entity::find()
                 .filter(record::Column::DatanetId.eq(&row.id))
                 .filter(record::Column::Status.eq(record_status::ACCEPTED))
@@ -1114,7 +1110,7 @@ impl Datanets {
                 contributor_counts: Set(serde_json::to_string(&counts).unwrap_or_default()),
                 records_added: Set(after.difference(&before).count() as i64),
                 records_removed: Set(before.difference(&after).count() as i64),
-                revision: Set(lock_revision(&txn, &row.id).await?),
+                revision: Set(locked.revision),
                 sealed_at: Set(sealed_at),
             }
             .insert(&txn)
@@ -1845,10 +1841,6 @@ async fn lock_datanet(txn: &DatabaseTransaction, datanet_id: &str) -> Result<dat
         .ok_or_else(|| DatanetError::new(ErrorCode::NotFound, format!("no Datanet {datanet_id:?}")))
 }
 
-async fn lock_revision(txn: &DatabaseTransaction, datanet_id: &str) -> Result<i64, DatanetError> {
-    Ok(datanet::Entity::find_by_id(datanet_id).one(txn).await?.map_or(0, |row| row.revision))
-}
-
 async fn bump_index_generation(txn: &DatabaseTransaction, datanet_id: &str) -> Result<(), DatanetError> {
     datanet::Entity::update_many()
         .col_expr(datanet::Column::IndexGeneration, Expr::col(datanet::Column::IndexGeneration).add(1))
@@ -2140,15 +2132,4 @@ fn check_labels(schema: RecordSchema, labels: &[String]) -> Result<(), DatanetEr
         _ if !labels.is_empty() => Err(invalid("label_set is only for labelled_text Datanets")),
         _ => Ok(()),
     }
-}
-
-impl MaybeBusy for DatanetError {
-    fn is_busy(&self) -> bool {
-        self.busy
-    }
-}
-
-/// Used by readers of the contribution stream (gRPC) to bound what one upload may send.
-pub fn max_upload_bytes() -> u64 {
-    limits::MAX_FILE_BYTES
 }

@@ -23,6 +23,7 @@ use openledger_proto::datanet::v1::datanet_service_server::DatanetServiceServer;
 use openledger_runtime::{
     Config, Deps, RuntimeError, ServiceKind, ServiceSpec, Worker, clients::ServiceChannel, run_service,
 };
+use openledger_store::db::MaybeBusy;
 
 pub use api::Api;
 pub use datanets::{Datanets, Upload};
@@ -48,8 +49,13 @@ impl DatanetError {
 
 impl From<sea_orm::DbErr> for DatanetError {
     fn from(error: sea_orm::DbErr) -> Self {
-        use openledger_store::db::MaybeBusy;
         Self { code: ErrorCode::Unavailable, busy: error.is_busy(), message: format!("database: {error}") }
+    }
+}
+
+impl MaybeBusy for DatanetError {
+    fn is_busy(&self) -> bool {
+        self.busy
     }
 }
 
