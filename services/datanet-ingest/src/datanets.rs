@@ -519,13 +519,7 @@ impl Datanets {
                 "this Datanet takes contributions from its allow-list only, and the key is not on it",
             ));
         }
-        if let Some(existing) = contribution::Entity::find()
-            .filter(contribution::Column::DatanetId.eq(&row.id))
-            .filter(contribution::Column::Contributor.eq(contributor.to_vec()))
-            .filter(contribution::Column::FileHash.eq(file_hash.as_bytes().to_vec()))
-            .one(&self.db)
-            .await?
-        {
+        if let Some(existing) = same_file(&self.db, &row.id, &contributor, &file_hash, None).await? {
             return self.contribution_view(existing).await; // the same file again: a retry
         }
         check_daily_limits(&self.db, &row.id, &contributor, &policy, upload.bytes.len() as u64, None).await?;
@@ -575,7 +569,7 @@ impl Datanets {
                 .insert_placeholder(&contribution_id, &row.id, &contributor, &upload, file_hash, account, stake)
                 .await
             {
-                return match self.same_file(&row.id, &contributor, &file_hash).await? {
+                return match same_file(&self.db, &row.id, &contributor, &file_hash, None).await? {
                     Some(existing) => self.contribution_view(existing).await,
                     None => Err(error),
                 };
@@ -666,21 +660,6 @@ impl Datanets {
         Ok(())
     }
 
-    /// The contribution of this file by this contributor, if there is one.
-    async fn same_file(
-        &self,
-        datanet_id: &str,
-        contributor: &Key,
-        file_hash: &ContentHash,
-    ) -> Result<Option<contribution::Model>, DatanetError> {
-        Ok(contribution::Entity::find()
-            .filter(contribution::Column::DatanetId.eq(datanet_id))
-            .filter(contribution::Column::Contributor.eq(contributor.to_vec()))
-            .filter(contribution::Column::FileHash.eq(file_hash.as_bytes().to_vec()))
-            .one(&self.db)
-            .await?)
-    }
-
     /// Gives back the bond of an upload that will not be stored and removes its placeholder;
     /// true when done. When the ledger cannot be reached the placeholder stays, and
     /// [`Datanets::resolve_bonds`] tries again once the upload counts as abandoned.
@@ -744,14 +723,9 @@ impl Datanets {
         let txn = self.db.begin().await?;
         let row = lock_datanet(&txn, &new.datanet_id).await?;
         // A retry of the same file that raced this one (unbonded uploads have no placeholder).
-        let same_file = contribution::Entity::find()
-            .filter(contribution::Column::DatanetId.eq(&new.datanet_id))
-            .filter(contribution::Column::Contributor.eq(new.contributor.to_vec()))
-            .filter(contribution::Column::FileHash.eq(new.file_hash.as_bytes().to_vec()))
-            .filter(contribution::Column::Id.ne(&new.id))
-            .one(&txn)
-            .await?;
-        if let Some(existing) = same_file {
+        if let Some(existing) =
+            same_file(&txn, &new.datanet_id, &new.contributor, &new.file_hash, Some(&new.id)).await?
+        {
             return Ok(Committed::SameFile(Box::new(existing)));
         }
         self.refresh_index(&txn, &row, index).await?;
@@ -1826,6 +1800,25 @@ async fn record_hashes(txn: &DatabaseTransaction, contribution_id: &str) -> Resu
         .into_iter()
         .map(|r| Hash { value: r.hash })
         .collect())
+}
+
+/// The contribution of this file by this contributor (other than `except`), if there is one:
+/// one contributor's file is one contribution.
+async fn same_file<C: ConnectionTrait>(
+    db: &C,
+    datanet_id: &str,
+    contributor: &Key,
+    file_hash: &ContentHash,
+    except: Option<&str>,
+) -> Result<Option<contribution::Model>, DatanetError> {
+    let mut query = contribution::Entity::find()
+        .filter(contribution::Column::DatanetId.eq(datanet_id))
+        .filter(contribution::Column::Contributor.eq(contributor.to_vec()))
+        .filter(contribution::Column::FileHash.eq(file_hash.as_bytes().to_vec()));
+    if let Some(id) = except {
+        query = query.filter(contribution::Column::Id.ne(id));
+    }
+    Ok(query.one(db).await?)
 }
 
 /// Takes the Datanet's write lock (bumping its revision) and returns the row.
