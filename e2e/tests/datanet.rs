@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 use ed25519_dalek::SigningKey;
 use openledger_bus::{ConsumerConfig, EventBus};
 use openledger_core::{Config, ContentHash, MerkleProof, ServiceKind};
-use openledger_datanet_ingest::signing;
+use openledger_datanet_ingest::{signed_caller as as_caller, signing};
 use openledger_proto::{
     common::v1::Hash,
     datanet::v1::{self as pb, datanet_service_client::DatanetServiceClient},
@@ -123,6 +123,19 @@ async fn balance(platform: &mut InProcess, id: u128) -> (u128, u128) {
     (get(account.credits_posted) - get(account.debits_posted), get(account.debits_pending))
 }
 
+/// A public free-text Datanet named after its slug, with `stake` per contribution (0: none).
+fn free_text(slug: &str, stake: u128) -> pb::Datanet {
+    pb::Datanet {
+        slug: slug.into(),
+        name: slug.into(),
+        licence: "CC0".into(),
+        schema: pb::RecordSchema::FreeText as i32,
+        visibility: pb::Visibility::Public as i32,
+        policy: Some(pb::ContributionPolicy { stake_per_contribution: Some(stake.into()), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
 async fn create(platform: &mut InProcess, owner: &SigningKey, mut datanet: pb::Datanet) -> pb::Datanet {
     datanet.licence = "CC-BY-4.0".into();
     let signature = signing::sign(owner, &signing::create_message(&datanet));
@@ -169,18 +182,6 @@ async fn contribute(
 
 fn status_of(contribution: &pb::Contribution) -> pb::ContributionStatus {
     pb::ContributionStatus::try_from(contribution.status).expect("status")
-}
-
-/// Signed caller metadata for reads of private Datanets.
-fn as_caller<T>(message: T, caller: &SigningKey) -> tonic::Request<T> {
-    let now = signing::now_unix();
-    let signature = signing::sign(caller, &signing::caller_message(now));
-    let mut request = tonic::Request::new(message);
-    let metadata = request.metadata_mut();
-    metadata.insert("x-openledger-key", hex::encode(&signature.public_key).parse().expect("ascii"));
-    metadata.insert("x-openledger-timestamp", now.to_string().parse().expect("ascii"));
-    metadata.insert("x-openledger-signature", hex::encode(&signature.signature).parse().expect("ascii"));
-    request
 }
 
 pub(crate) const ALICE_MD: &str = "# Triage of chest pain\n\nChest pain in adults has many causes, from muscle strain to heart attack. \
@@ -681,19 +682,7 @@ async fn bad_input_is_refused_clearly_and_nothing_is_stored_or_bonded() {
         },
     )
     .await;
-    let prose = create(
-        &mut platform,
-        &owner,
-        pb::Datanet {
-            slug: "prose".into(),
-            name: "Prose".into(),
-            schema: pb::RecordSchema::FreeText as i32,
-            visibility: pb::Visibility::Public as i32,
-            policy: Some(pb::ContributionPolicy { stake_per_contribution: Some(STAKE.into()), ..Default::default() }),
-            ..Default::default()
-        },
-    )
-    .await;
+    let prose = create(&mut platform, &owner, free_text("prose", STAKE)).await;
 
     let mut bomb_xml = b"<w:document xmlns:w=\"w\"><w:body><w:p><w:r><w:t>".to_vec();
     bomb_xml.extend(std::iter::repeat_n(b'a', 80 * 1024 * 1024));
@@ -772,14 +761,7 @@ async fn bad_input_is_refused_clearly_and_nothing_is_stored_or_bonded() {
     .await;
 
     // A slug shaped like an id could shadow another Datanet: refused.
-    let shadow = pb::Datanet {
-        slug: openledger_core::Id::new().to_string(),
-        name: "Shadow".into(),
-        licence: "CC0".into(),
-        schema: pb::RecordSchema::FreeText as i32,
-        visibility: pb::Visibility::Public as i32,
-        ..Default::default()
-    };
+    let shadow = free_text(&openledger_core::Id::new().to_string(), 0);
     let signature = signing::sign(&owner, &signing::create_message(&shadow));
     let refused = platform
         .datanet
@@ -789,18 +771,7 @@ async fn bad_input_is_refused_clearly_and_nothing_is_stored_or_bonded() {
 
     // A rejected file holds no credit: honest text padded with spam does not block the honest
     // contributor who sends it next.
-    let open = create(
-        &mut platform,
-        &owner,
-        pb::Datanet {
-            slug: "open-prose".into(),
-            name: "Open prose".into(),
-            schema: pb::RecordSchema::FreeText as i32,
-            visibility: pb::Visibility::Public as i32,
-            ..Default::default()
-        },
-    )
-    .await;
+    let open = create(&mut platform, &owner, free_text("open-prose", 0)).await;
     let honest = "{\"text\": \"Wash minor cuts with clean running water, press gently with a clean cloth until the bleeding stops, and cover them with a plaster to keep dirt out.\"}\n";
     let spam: String = [
         "buy now buy now buy now buy now buy now buy now buy now buy now",
@@ -849,19 +820,7 @@ async fn a_bond_held_by_a_process_that_died_is_given_back() {
     let mut platform = InProcess::start(config.clone()).await;
     let (owner, alice) = (key(1), key(2));
     account(&mut platform, 70_001, &alice, 100 * OPEN).await;
-    let datanet = create(
-        &mut platform,
-        &owner,
-        pb::Datanet {
-            slug: "crashy".into(),
-            name: "Crashy".into(),
-            schema: pb::RecordSchema::FreeText as i32,
-            visibility: pb::Visibility::Public as i32,
-            policy: Some(pb::ContributionPolicy { stake_per_contribution: Some(STAKE.into()), ..Default::default() }),
-            ..Default::default()
-        },
-    )
-    .await;
+    let datanet = create(&mut platform, &owner, free_text("crashy", STAKE)).await;
 
     // A second Datanets on the same database and ledger stands for the process that dies.
     let db = openledger_store::connect(&format!("sqlite://{}/openledger.db?mode=rwc", dir.path().display()))
@@ -937,14 +896,7 @@ async fn duplicate_indexes_over_the_memory_budget_are_evicted_and_rebuilt() {
     };
     let (owner, alice, bob) = (key(1), key(2), key(3));
     let create = async |datanets: &openledger_datanet_ingest::Datanets, slug: &str| {
-        let wanted = pb::Datanet {
-            slug: slug.into(),
-            name: slug.into(),
-            licence: "CC0".into(),
-            schema: pb::RecordSchema::FreeText as i32,
-            visibility: pb::Visibility::Public as i32,
-            ..Default::default()
-        };
+        let wanted = free_text(slug, 0);
         let signature = signing::sign(&owner, &signing::create_message(&wanted));
         datanets.create(wanted, Some(signature)).await.expect("create").id
     };

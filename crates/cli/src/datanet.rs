@@ -320,22 +320,10 @@ async fn resolve(
 
 /// Signed caller metadata, so private Datanets are visible to their members.
 fn as_caller<T>(message: T, key: Option<&ed25519_dalek::SigningKey>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(key) = key {
-        let now = signing::now_unix();
-        let signature = signing::sign(key, &signing::caller_message(now));
-        let metadata = request.metadata_mut();
-        for (name, value) in [
-            ("x-openledger-key", hex::encode(&signature.public_key)),
-            ("x-openledger-timestamp", now.to_string()),
-            ("x-openledger-signature", hex::encode(&signature.signature)),
-        ] {
-            if let Ok(value) = value.parse() {
-                metadata.insert(name, value);
-            }
-        }
+    match key {
+        Some(key) => openledger_datanet_ingest::signed_caller(message, key),
+        None => tonic::Request::new(message),
     }
-    request
 }
 
 /// Uploads each file as a signed contribution, with one progress bar over all bytes.

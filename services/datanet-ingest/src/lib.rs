@@ -25,7 +25,7 @@ use openledger_runtime::{
 };
 use openledger_store::db::MaybeBusy;
 
-pub use api::Api;
+pub use api::{Api, CALLER_METADATA, signed_caller};
 pub use datanets::{Datanets, Upload};
 
 /// How often decided bonds the ledger has not taken yet are retried.
