@@ -71,11 +71,13 @@ pub struct SignatureJson {
 
 impl SignatureJson {
     fn wire(&self) -> Result<Signature, ApiError> {
-        Ok(Signature {
-            public_key: hex_field(&self.public_key, "public_key")?,
-            signature: hex_field(&self.signature, "signature")?,
-        })
+        wire_signature(&self.public_key, &self.signature)
     }
+}
+
+/// A signature from its hex key and hex signature.
+fn wire_signature(public_key: &str, signature: &str) -> Result<Signature, ApiError> {
+    Ok(Signature { public_key: hex_field(public_key, "public_key")?, signature: hex_field(signature, "signature")? })
 }
 
 /// A contribution policy; zeros (or missing fields) take the defaults (10 MB and 20 files
@@ -311,16 +313,6 @@ pub struct RecordProofJson {
     pub tree_size: u64,
     /// Sibling hashes from the leaf level up, hex.
     pub path: Vec<String>,
-}
-
-/// A signed request to publish.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PublishJson {
-    pub public_key: String,
-    pub signature: String,
-    /// Unix seconds when signed.
-    pub signed_at: i64,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -564,18 +556,18 @@ pub async fn review(
 
 /// Seal the accepted records as the next version; the owner signs
 /// `openledger/publish/v1\n<datanet id>\n<signed_at>` (Unix seconds, within 300 s of the server).
-#[utoipa::path(post, path = "/v1/datanets/{id}/snapshots", tag = "datanets", request_body = PublishJson, params(("id" = String, Path, description = "Datanet id")), responses(
+#[utoipa::path(post, path = "/v1/datanets/{id}/snapshots", tag = "datanets", request_body = SignedActionJson, params(("id" = String, Path, description = "Datanet id")), responses(
     (status = 201, description = "The sealed version (the latest one when nothing changed)", body = SnapshotJson),
     (status = 403, description = "Not the owner", body = ErrorBody),
 ))]
 pub async fn publish(
     State(datanet): State<ServiceChannel>,
     Path(id): Path<String>,
-    Json(publish): Json<PublishJson>,
+    Json(publish): Json<SignedActionJson>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let signature = SignatureJson { public_key: publish.public_key, signature: publish.signature };
+    let signature = wire_signature(&publish.public_key, &publish.signature)?;
     let request =
-        pb::PublishSnapshotRequest { datanet_id: id, signature: Some(signature.wire()?), signed_at: publish.signed_at };
+        pb::PublishSnapshotRequest { datanet_id: id, signature: Some(signature), signed_at: publish.signed_at };
     let sealed = client(&datanet)?.publish_snapshot(request).await?.into_inner();
     let snapshot = SnapshotJson {
         id: sealed.id,
@@ -718,11 +710,11 @@ pub async fn remove_record(
     Path((id, hash)): Path<(String, String)>,
     Json(action): Json<SignedActionJson>,
 ) -> Result<StatusCode, ApiError> {
-    let signature = SignatureJson { public_key: action.public_key, signature: action.signature };
+    let signature = wire_signature(&action.public_key, &action.signature)?;
     let request = pb::RemoveRecordRequest {
         datanet_id: id,
         record_hash: Some(Hash { value: hex_field(&hash, "the record hash")? }),
-        signature: Some(signature.wire()?),
+        signature: Some(signature),
         signed_at: action.signed_at,
     };
     client(&datanet)?.remove_record(request).await?;
@@ -738,9 +730,8 @@ pub async fn request_access(
     Path(id): Path<String>,
     Json(asked): Json<AccessRequestJson>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let signature = SignatureJson { public_key: asked.public_key, signature: asked.signature };
-    let request =
-        pb::RequestAccessRequest { datanet_id: id, purpose: asked.purpose, signature: Some(signature.wire()?) };
+    let signature = wire_signature(&asked.public_key, &asked.signature)?;
+    let request = pb::RequestAccessRequest { datanet_id: id, purpose: asked.purpose, signature: Some(signature) };
     let grant = client(&datanet)?.request_access(request).await?.into_inner();
     Ok((StatusCode::CREATED, Json(GrantJson::of(&grant))))
 }
@@ -756,12 +747,12 @@ pub async fn decide_access(
     Path((id, grant_id)): Path<(String, String)>,
     Json(decision): Json<AccessDecisionJson>,
 ) -> Result<Json<GrantJson>, ApiError> {
-    let signature = SignatureJson { public_key: decision.public_key, signature: decision.signature };
+    let signature = wire_signature(&decision.public_key, &decision.signature)?;
     let request = pb::DecideAccessRequest {
         datanet_id: id,
         grant_id,
         approve: decision.approve,
-        signature: Some(signature.wire()?),
+        signature: Some(signature),
         signed_at: decision.signed_at,
     };
     let grant = client(&datanet)?.decide_access(request).await?.into_inner();

@@ -146,7 +146,6 @@ impl IntoResponse for ApiError {
         crate::governance::NewVote,
         crate::governance::ProposalView,
         crate::datanets::SignatureJson,
-        crate::datanets::PublishJson,
         crate::datanets::PolicyJson,
         crate::datanets::DatanetJson,
         crate::datanets::NewDatanet,
