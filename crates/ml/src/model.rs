@@ -1,0 +1,523 @@
+//! A Llama-family decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU) whose forward pass
+//! runs a batch of sequences at different positions together: the projections run once over all
+//! token rows, each sequence's LoRA mix adds its own delta, and attention reads each sequence's
+//! own KV cache. Prefill (many tokens) and decode (one token) rows mix in the same pass.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor, gguf_file};
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::{MlError, Result};
+use crate::lora::{AdapterMix, LoraPlan, Target};
+
+/// Weight types the loaders accept; others are refused with a clear error.
+pub const SUPPORTED_GGML_TYPES: [GgmlDType; 13] = [
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+/// A projection `x·Wᵀ`: quantized blocks stay quantized (multiplied block-wise), dense
+/// safetensors weights are plain f32 matrices.
+#[derive(Debug)]
+pub struct Linear {
+    weight: QMatMul,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.weight.forward(x)?)
+    }
+}
+
+/// The token embedding table: GGUF keeps it quantized (rows are dequantized on lookup and the
+/// same table serves as the tied output projection).
+#[derive(Debug)]
+enum Embedding {
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+#[derive(Debug)]
+struct Block {
+    attn_norm: Tensor,
+    ffn_norm: Tensor,
+    projections: [Linear; 7],
+}
+
+impl Block {
+    fn proj(&self, target: Target) -> &Linear {
+        &self.projections[target as usize]
+    }
+}
+
+/// Per-sequence key/value cache: one `(1, kv_heads, capacity, head_dim)` pair per layer,
+/// allocated once for the sequence's whole budget so appends never reallocate.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// One sequence's part of a forward pass.
+pub struct SeqStep<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    pub adapters: &'a AdapterMix,
+}
+
+/// Where the weights came from, for `model info`.
+#[derive(Clone, Debug)]
+pub struct ModelFormat {
+    pub kind: &'static str,
+    /// Weight type of each tensor kind, e.g. `{"Q4_1": 210, "Q8_0": 1, "F32": 61}`.
+    pub tensor_types: Vec<(String, usize)>,
+    pub weight_bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct LlamaModel {
+    config: ModelConfig,
+    format: ModelFormat,
+    device: Device,
+    embedding: Embedding,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    output: Linear,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl LlamaModel {
+    /// Loads a GGUF file; quantized weights stay quantized.
+    pub fn from_gguf(path: &Path, device: &Device) -> Result<Self> {
+        let mut file = std::fs::File::open(path).map_err(|e| MlError::io(path, e))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| gguf_error(path, e))?;
+        let config = ModelConfig::from_gguf(&content.metadata)?;
+        let mut types: HashMap<String, usize> = HashMap::new();
+        let mut weight_bytes = 0;
+        for (name, info) in &content.tensor_infos {
+            if !SUPPORTED_GGML_TYPES.contains(&info.ggml_dtype) {
+                return Err(MlError::unsupported(
+                    "quantization",
+                    format!("tensor {name} is {:?}; supported: {SUPPORTED_GGML_TYPES:?}", info.ggml_dtype),
+                ));
+            }
+            *types.entry(format!("{:?}", info.ggml_dtype)).or_default() += 1;
+        }
+        let mut tensor = |name: &str, shape: &[usize]| -> Result<Arc<QTensor>> {
+            if !content.tensor_infos.contains_key(name) {
+                return Err(MlError::corrupt("model", format!("GGUF lacks tensor {name}")));
+            }
+            let t = content.tensor(&mut file, name, device).map_err(|e| gguf_error(path, e))?;
+            if t.shape().dims() != shape {
+                return Err(MlError::corrupt(
+                    "model",
+                    format!("tensor {name} has shape {:?}, the config implies {shape:?}", t.shape().dims()),
+                ));
+            }
+            weight_bytes += t.storage_size_in_bytes();
+            Ok(Arc::new(t))
+        };
+        let vector = |t: Arc<QTensor>| -> Result<Tensor> { Ok(t.dequantize(device)?) };
+        let linear = |t: Arc<QTensor>| -> Result<Linear> {
+            Ok(Linear { weight: QMatMul::from_arc(t)? })
+        };
+        let c = &config;
+        let embed = tensor("token_embd.weight", &[c.vocab_size, c.hidden_size])?;
+        let mut blocks = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = |target: Target| -> (String, [usize; 2]) {
+                let (i_f, o_f) = c.projection_shape(target);
+                let name = match target {
+                    Target::Q => "attn_q",
+                    Target::K => "attn_k",
+                    Target::V => "attn_v",
+                    Target::O => "attn_output",
+                    Target::Gate => "ffn_gate",
+                    Target::Up => "ffn_up",
+                    Target::Down => "ffn_down",
+                };
+                (format!("blk.{i}.{name}.weight"), [o_f, i_f])
+            };
+            let mut projections = Vec::with_capacity(7);
+            for target in Target::ALL {
+                let (name, shape) = p(target);
+                projections.push(linear(tensor(&name, &shape)?)?);
+            }
+            blocks.push(Block {
+                attn_norm: vector(tensor(&format!("blk.{i}.attn_norm.weight"), &[c.hidden_size])?)?,
+                ffn_norm: vector(tensor(&format!("blk.{i}.ffn_norm.weight"), &[c.hidden_size])?)?,
+                projections: into_array(projections),
+            });
+        }
+        let norm = vector(tensor("output_norm.weight", &[c.hidden_size])?)?;
+        let output = if content.tensor_infos.contains_key("output.weight") {
+            linear(tensor("output.weight", &[c.vocab_size, c.hidden_size])?)?
+        } else {
+            linear(embed.clone())?
+        };
+        let mut tensor_types: Vec<(String, usize)> = types.into_iter().collect();
+        tensor_types.sort();
+        let format = ModelFormat { kind: "gguf", tensor_types, weight_bytes };
+        Self::assemble(config, format, device, Embedding::Quantized(embed), blocks, norm, output)
+    }
+
+    /// Loads a Hugging Face checkpoint directory: `config.json` plus `model.safetensors` or the
+    /// shards listed in `model.safetensors.index.json`. Weights are held as f32.
+    pub fn from_safetensors_dir(dir: &Path, device: &Device) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let json = std::fs::read_to_string(&config_path).map_err(|e| MlError::io(&config_path, e))?;
+        let config = ModelConfig::from_hf_json(&json)?;
+        let mut tensors = load_safetensors_dir(dir, device)?;
+        let mut weight_bytes = 0;
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let t =
+                tensors.remove(name).ok_or_else(|| MlError::corrupt("model", format!("checkpoint lacks {name}")))?;
+            if t.dims() != shape {
+                return Err(MlError::corrupt(
+                    "model",
+                    format!("tensor {name} has shape {:?}, config.json implies {shape:?}", t.dims()),
+                ));
+            }
+            weight_bytes += t.elem_count() * 4;
+            Ok(t.to_dtype(DType::F32)?)
+        };
+        let linear = |t: Tensor| -> Result<Linear> {
+            Ok(Linear { weight: QMatMul::Tensor(t) })
+        };
+        let c = &config;
+        let embed = take("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
+        let mut blocks = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let mut projections = Vec::with_capacity(7);
+            for target in Target::ALL {
+                let (i_f, o_f) = c.projection_shape(target);
+                let name = format!("model.layers.{i}.{}.{}.weight", target.block_name(), target.module_name());
+                projections.push(linear(take(&name, &[o_f, i_f])?)?);
+            }
+            blocks.push(Block {
+                attn_norm: take(&format!("model.layers.{i}.input_layernorm.weight"), &[c.hidden_size])?,
+                ffn_norm: take(&format!("model.layers.{i}.post_attention_layernorm.weight"), &[c.hidden_size])?,
+                projections: into_array(projections),
+            });
+        }
+        let norm = take("model.norm.weight", &[c.hidden_size])?;
+        let output = if c.tie_word_embeddings {
+            linear(embed.clone())?
+        } else {
+            linear(take("lm_head.weight", &[c.vocab_size, c.hidden_size])?)?
+        };
+        let format = ModelFormat { kind: "safetensors", tensor_types: vec![("F32".into(), 0)], weight_bytes };
+        Self::assemble(config, format, device, Embedding::Dense(embed), blocks, norm, output)
+    }
+
+    fn assemble(
+        config: ModelConfig,
+        format: ModelFormat,
+        device: &Device,
+        embedding: Embedding,
+        blocks: Vec<Block>,
+        norm: Tensor,
+        output: Linear,
+    ) -> Result<Self> {
+        let freqs = config.inverse_frequencies();
+        let half = freqs.len();
+        let positions = config.context_length;
+        let mut angles = Vec::with_capacity(positions * half);
+        for p in 0..positions {
+            angles.extend(freqs.iter().map(|f| p as f32 * f));
+        }
+        let angles = Tensor::from_vec(angles, (positions, half), device)?;
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+            config,
+            format,
+            device: device.clone(),
+            embedding,
+            blocks,
+            norm,
+            output,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn format(&self) -> &ModelFormat {
+        &self.format
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A cache for a sequence of at most `capacity` tokens (prompt plus generated).
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        if capacity > self.config.context_length {
+            return Err(MlError::ContextOverflow {
+                prompt_tokens: capacity,
+                max_tokens: 0,
+                context: self.config.context_length,
+            });
+        }
+        let c = &self.config;
+        let shape = (1, c.num_kv_heads, capacity, c.head_dim);
+        let layers = (0..c.num_layers)
+            .map(|_| {
+                Ok((Tensor::zeros(shape, DType::F32, &self.device)?, Tensor::zeros(shape, DType::F32, &self.device)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache { layers, len: 0, capacity })
+    }
+
+    /// Bytes one cached token costs (keys and values over all layers).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let c = &self.config;
+        2 * c.num_layers * c.num_kv_heads * c.head_dim * 4
+    }
+
+    /// Runs the batch and returns the next-token logits of each sequence, `(sequences, vocab)`.
+    pub fn forward(&self, steps: &mut [SeqStep<'_>]) -> Result<Tensor> {
+        if steps.is_empty() {
+            return Err(MlError::InvalidRequest("empty batch".into()));
+        }
+        let mut ids = Vec::new();
+        let mut row_mixes = Vec::new();
+        for step in steps.iter() {
+            if step.tokens.is_empty() {
+                return Err(MlError::InvalidRequest("a sequence step has no tokens".into()));
+            }
+            if step.cache.len + step.tokens.len() > step.cache.capacity {
+                return Err(MlError::ContextOverflow {
+                    prompt_tokens: step.cache.len + step.tokens.len(),
+                    max_tokens: 0,
+                    context: step.cache.capacity,
+                });
+            }
+            if let Some(bad) = step.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+                return Err(MlError::InvalidRequest(format!("token id {bad} is outside the vocabulary")));
+            }
+            ids.extend_from_slice(step.tokens);
+            row_mixes.extend(std::iter::repeat_n(step.adapters, step.tokens.len()));
+        }
+        let lora = LoraPlan::new(&row_mixes, &self.device)?;
+        let mut x = self.embed(&ids)?;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            x = self.block_forward(layer, block, &x, steps, &lora)?;
+        }
+        let mut last_rows = Vec::with_capacity(steps.len());
+        let mut offset = 0u32;
+        for step in steps.iter_mut() {
+            offset += step.tokens.len() as u32;
+            last_rows.push(offset - 1);
+            step.cache.len += step.tokens.len();
+        }
+        let last = x.index_select(&Tensor::new(last_rows.as_slice(), &self.device)?, 0)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, self.config.rms_norm_eps as f32)?;
+        self.output.forward(&last)
+    }
+
+    fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        match &self.embedding {
+            Embedding::Dense(table) => Ok(table.index_select(&Tensor::new(ids, &self.device)?, 0)?),
+            Embedding::Quantized(table) => {
+                let dtype = table.dtype();
+                let hidden = self.config.hidden_size;
+                let row_bytes = hidden / dtype.block_size() * dtype.type_size();
+                let data = table.data()?;
+                let rows = ids
+                    .iter()
+                    .map(|&id| {
+                        let start = id as usize * row_bytes;
+                        let bytes = Cow::Borrowed(&data[start..start + row_bytes]);
+                        let row = QTensor::new(QStorage::from_data(bytes, &self.device, dtype)?, (1, hidden))?;
+                        Ok(row.dequantize(&self.device)?)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&rows, 0)?)
+            }
+        }
+    }
+
+    fn project(&self, layer: usize, block: &Block, target: Target, x: &Tensor, lora: &LoraPlan) -> Result<Tensor> {
+        let base = block.proj(target).forward(x)?;
+        if lora.is_empty() { Ok(base) } else { lora.apply(layer, target, x, base) }
+    }
+
+    fn block_forward(
+        &self,
+        layer: usize,
+        block: &Block,
+        x: &Tensor,
+        steps: &mut [SeqStep<'_>],
+        lora: &LoraPlan,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let eps = c.rms_norm_eps as f32;
+        let h = candle_nn::ops::rms_norm(x, &block.attn_norm, eps)?;
+        let q = self.project(layer, block, Target::Q, &h, lora)?;
+        let k = self.project(layer, block, Target::K, &h, lora)?;
+        let v = self.project(layer, block, Target::V, &h, lora)?;
+        let mut outputs = Vec::with_capacity(steps.len());
+        let mut row = 0;
+        for step in steps.iter_mut() {
+            let t = step.tokens.len();
+            let attn =
+                self.attention(layer, &q.narrow(0, row, t)?, &k.narrow(0, row, t)?, &v.narrow(0, row, t)?, step.cache)?;
+            outputs.push(attn);
+            row += t;
+        }
+        let attn = Tensor::cat(&outputs, 0)?;
+        let x = (x + self.project(layer, block, Target::O, &attn, lora)?)?;
+        let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
+        let gate = self.project(layer, block, Target::Gate, &h, lora)?;
+        let up = self.project(layer, block, Target::Up, &h, lora)?;
+        let mlp = self.project(layer, block, Target::Down, &(candle_nn::ops::silu(&gate)? * up)?, lora)?;
+        Ok((x + mlp)?)
+    }
+
+    /// Causal attention of `t` new rows of one sequence over its cache plus themselves.
+    fn attention(&self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let c = &self.config;
+        let (t, d, past) = (q.dim(0)?, c.head_dim, cache.len);
+        let heads_first = |x: &Tensor, heads: usize| -> Result<Tensor> {
+            Ok(x.reshape((1, t, heads, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let cos = self.cos.narrow(0, past, t)?;
+        let sin = self.sin.narrow(0, past, t)?;
+        let rope = |x: Tensor| -> Result<Tensor> {
+            Ok(if c.rope_interleaved {
+                candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?
+            } else {
+                candle_nn::rotary_emb::rope(&x, &cos, &sin)?
+            })
+        };
+        let q = rope(heads_first(q, c.num_heads)?)?;
+        let k = rope(heads_first(k, c.num_kv_heads)?)?;
+        let v = heads_first(v, c.num_kv_heads)?;
+        let (k_cache, v_cache) = &cache.layers[layer];
+        k_cache.slice_set(&k, 2, past)?;
+        v_cache.slice_set(&v, 2, past)?;
+        let total = past + t;
+        let keys = k_cache.narrow(2, 0, total)?.squeeze(0)?.contiguous()?;
+        let values = v_cache.narrow(2, 0, total)?.squeeze(0)?.contiguous()?;
+        // Queries of one KV group side by side: (kv_heads, group * t, d), rows ordered (g, t).
+        let group = c.group_size();
+        let q = q.squeeze(0)?.reshape((c.num_kv_heads, group * t, d))?;
+        let scores = (q.matmul(&keys.t()?)? * (1.0 / (d as f64).sqrt()))?;
+        let scores = if t > 1 {
+            let mask: Vec<f32> = (0..group * t)
+                .flat_map(|r| {
+                    let visible = past + r % t;
+                    (0..total).map(move |j| if j <= visible { 0.0 } else { f32::NEG_INFINITY })
+                })
+                .collect();
+            scores.broadcast_add(&Tensor::from_vec(mask, (group * t, total), &self.device)?)?
+        } else {
+            scores
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&values)?; // (kv_heads, group * t, d)
+        Ok(out.reshape((c.num_heads, t, d))?.transpose(0, 1)?.reshape((t, c.num_heads * d))?)
+    }
+
+    /// Logits of the next token for a prompt, run alone (no adapter): a convenience for tests
+    /// and `model generate`'s warm-up.
+    pub fn logits_for(&self, tokens: &[u32], cache: &mut KvCache, adapters: &AdapterMix) -> Result<Vec<f32>> {
+        let logits = self.forward(&mut [SeqStep { tokens, cache, adapters }])?;
+        Ok(logits.squeeze(0)?.to_vec1()?)
+    }
+}
+
+fn into_array(v: Vec<Linear>) -> [Linear; 7] {
+    match v.try_into() {
+        Ok(a) => a,
+        Err(_) => unreachable!("one projection per target"),
+    }
+}
+
+fn gguf_error(path: &Path, e: candle_core::Error) -> MlError {
+    let text = e.to_string();
+    if text.contains("unknown dtype") || text.contains("unsupported") {
+        MlError::unsupported("quantization", format!("{}: {text}", path.display()))
+    } else {
+        MlError::corrupt("model", format!("{}: {text}", path.display()))
+    }
+}
+
+/// Reads `model.safetensors`, or every shard named by `model.safetensors.index.json`.
+fn load_safetensors_dir(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return read_safetensors(&single, device);
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    let index = std::fs::read_to_string(&index_path).map_err(|e| MlError::io(&index_path, e))?;
+    let index: serde_json::Value =
+        serde_json::from_str(&index).map_err(|e| MlError::corrupt("safetensors index", e))?;
+    let map = index
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| MlError::corrupt("safetensors index", "no weight_map"))?;
+    let mut shards: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    let mut all = HashMap::new();
+    for shard in shards {
+        if shard.contains('/') || shard.contains("..") {
+            return Err(MlError::corrupt("safetensors index", format!("shard name {shard:?}")));
+        }
+        all.extend(read_safetensors(&dir.join(shard), device)?);
+    }
+    Ok(all)
+}
+
+pub(crate) fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|e| MlError::io(path, e))?;
+    candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| MlError::corrupt("safetensors", format!("{}: {e}", path.display())))
+}
+
+/// Last-dimension argmax of a logits row.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,172 @@
+//! Where models and adapters come from: a local path, the Hugging Face hub (`hf://owner/name`,
+//! downloaded into hf-hub's cache), or for adapters an object store. Resolution yields local
+//! files; loading reads them.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use candle_core::Device;
+use candle_core::quantized::gguf_file;
+
+use crate::error::{MlError, Result};
+use crate::model::LlamaModel;
+use crate::tokenizer::Tokenizer;
+
+/// A model or adapter location as a user writes it: a path, or
+/// `hf://owner/name[@revision][:file.gguf]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Path(PathBuf),
+    Hub { repo: String, revision: Option<String>, file: Option<String> },
+}
+
+impl FromStr for Source {
+    type Err = MlError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let Some(rest) = s.strip_prefix("hf://") else {
+            if s.is_empty() {
+                return Err(MlError::InvalidRequest("empty model path".into()));
+            }
+            return Ok(Self::Path(PathBuf::from(s)));
+        };
+        let (repo_rev, file) = match rest.split_once(':') {
+            Some((r, f)) => (r, Some(f.to_string())),
+            None => (rest, None),
+        };
+        let (repo, revision) = match repo_rev.split_once('@') {
+            Some((r, v)) => (r, Some(v.to_string())),
+            None => (repo_rev, None),
+        };
+        let valid = repo.split('/').count() == 2
+            && repo
+                .split('/')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        if !valid {
+            return Err(MlError::InvalidRequest(format!("{s:?} is not hf://owner/name[@revision][:file]")));
+        }
+        Ok(Self::Hub { repo: repo.into(), revision, file })
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Path(p) => write!(f, "{}", p.display()),
+            Self::Hub { repo, revision, file } => {
+                write!(f, "hf://{repo}")?;
+                if let Some(r) = revision {
+                    write!(f, "@{r}")?;
+                }
+                if let Some(file) = file {
+                    write!(f, ":{file}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Source {
+    /// Local files for a model: a `.gguf` file or a directory with `config.json`. Hub models
+    /// are downloaded (or found in hf-hub's cache): the named GGUF file, or config, tokenizer
+    /// and safetensors weights.
+    pub async fn resolve_model(&self) -> Result<PathBuf> {
+        let (repo, revision, file) = match self {
+            Self::Path(p) => return Ok(p.clone()),
+            Self::Hub { repo, revision, file } => (repo, revision, file),
+        };
+        let fetch = |e: hf_hub::api::tokio::ApiError| MlError::Fetch { what: self.to_string(), detail: e.to_string() };
+        let api = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(true).build().map_err(fetch)?;
+        let repo = match revision {
+            Some(rev) => hf_hub::Repo::with_revision(repo.clone(), hf_hub::RepoType::Model, rev.clone()),
+            None => hf_hub::Repo::model(repo.clone()),
+        };
+        let repo = api.repo(repo);
+        if let Some(file) = file {
+            return repo.get(file).await.map_err(fetch);
+        }
+        let config = repo.get("config.json").await.map_err(fetch)?;
+        repo.get("tokenizer.json").await.map_err(fetch)?;
+        if repo.get("tokenizer_config.json").await.is_err() {
+            tracing::debug!("no tokenizer_config.json in the repository");
+        }
+        match repo.get("model.safetensors").await {
+            Ok(_) => {}
+            Err(_) => {
+                let index = repo.get("model.safetensors.index.json").await.map_err(fetch)?;
+                let text = std::fs::read_to_string(&index).map_err(|e| MlError::io(&index, e))?;
+                let json: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| MlError::corrupt("safetensors index", e))?;
+                let mut shards: Vec<String> = json["weight_map"]
+                    .as_object()
+                    .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+                    .unwrap_or_default();
+                shards.sort();
+                shards.dedup();
+                for shard in shards {
+                    repo.get(&shard).await.map_err(fetch)?;
+                }
+            }
+        }
+        Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
+    }
+}
+
+/// Loads a model and its tokenizer from local files: a GGUF file (tokenizer from a
+/// `tokenizer.json` beside it, else rebuilt from the GGUF) or a safetensors directory.
+pub fn load_model(path: &Path, device: &Device) -> Result<(LlamaModel, Tokenizer)> {
+    let meta =
+        std::fs::metadata(path).map_err(|_| MlError::NotFound { what: "model", path: path.display().to_string() })?;
+    if meta.is_dir() {
+        let model = LlamaModel::from_safetensors_dir(path, device)?;
+        let tokenizer = Tokenizer::from_file(&path.join("tokenizer.json"))?;
+        check_vocab(&model, &tokenizer)?;
+        return Ok((model, tokenizer));
+    }
+    let model = LlamaModel::from_gguf(path, device)?;
+    let beside = path.with_file_name("tokenizer.json");
+    let tokenizer = if beside.exists() {
+        Tokenizer::from_file(&beside)?
+    } else {
+        let mut file = std::fs::File::open(path).map_err(|e| MlError::io(path, e))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| MlError::corrupt("model", e))?;
+        Tokenizer::from_gguf(&content.metadata)?
+    };
+    check_vocab(&model, &tokenizer)?;
+    Ok((model, tokenizer))
+}
+
+fn check_vocab(model: &LlamaModel, tokenizer: &Tokenizer) -> Result<()> {
+    if tokenizer.vocab_size() > model.config().vocab_size {
+        return Err(MlError::corrupt(
+            "tokenizer",
+            format!("{} tokens but the model embeds only {}", tokenizer.vocab_size(), model.config().vocab_size),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sources() {
+        assert_eq!("models/a.gguf".parse::<Source>().unwrap(), Source::Path("models/a.gguf".into()));
+        let hub: Source = "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main:model.gguf".parse().unwrap();
+        assert_eq!(
+            hub,
+            Source::Hub {
+                repo: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+                revision: Some("main".into()),
+                file: Some("model.gguf".into())
+            }
+        );
+        assert_eq!(hub.to_string(), "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main:model.gguf");
+        assert!("hf://noslash".parse::<Source>().is_err());
+        assert!("hf://a/b/c".parse::<Source>().is_err());
+        assert!("".parse::<Source>().is_err());
+    }
+}

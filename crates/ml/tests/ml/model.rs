@@ -1,0 +1,231 @@
+use std::sync::Arc;
+
+use candle_core::Device;
+use candle_core::quantized::GgmlDType;
+use openledger_ml::adapters::load_adapter_dir;
+use openledger_ml::lora::AdapterMix;
+use openledger_ml::testing::{TinyModel, TinySpec, write_peft_adapter};
+use openledger_ml::{LlamaModel, LoraAdapter, MlError, SeqStep, Target, load_model};
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub tiny: TinyModel,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap(), tiny: TinyModel::new(TinySpec::default()).unwrap() }
+    }
+
+    pub fn gguf(&self, dtype: GgmlDType) -> LlamaModel {
+        let path = self.tiny.write_gguf(&self.dir.path().join(format!("tiny-{dtype:?}.gguf")), dtype).unwrap();
+        LlamaModel::from_gguf(&path, &Device::Cpu).unwrap()
+    }
+
+    pub fn safetensors(&self) -> LlamaModel {
+        let dir = self.tiny.write_safetensors(&self.dir.path().join("hf")).unwrap();
+        LlamaModel::from_safetensors_dir(&dir, &Device::Cpu).unwrap()
+    }
+
+    pub fn adapter(
+        &self,
+        model: &LlamaModel,
+        name: &str,
+        seed: u64,
+        targets: &[Target],
+        zero: bool,
+    ) -> Arc<LoraAdapter> {
+        let dir = write_peft_adapter(&self.dir.path().join(name), model.config(), 4, targets, seed, zero).unwrap();
+        Arc::new(load_adapter_dir(name, &dir, model).unwrap())
+    }
+}
+
+const PROMPT: [u32; 7] = [40, 71, 258, 90, 12, 250, 3];
+
+/// Greedy tokens for `prompt` run alone, and the logits at every step.
+pub fn generate_alone(model: &LlamaModel, prompt: &[u32], mix: &AdapterMix, steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let mut cache = model.new_cache(prompt.len() + steps).unwrap();
+    let mut logits = model.logits_for(prompt, &mut cache, mix).unwrap();
+    let (mut tokens, mut all) = (Vec::new(), Vec::new());
+    for _ in 0..steps {
+        let next = openledger_ml::model::argmax(&logits);
+        tokens.push(next);
+        all.push(logits.clone());
+        logits = model.logits_for(&[next], &mut cache, mix).unwrap();
+    }
+    (tokens, all)
+}
+
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn gguf_and_safetensors_give_the_same_logits() {
+    let f = Fixture::new();
+    let hf = f.safetensors();
+    let gguf = f.gguf(GgmlDType::F32);
+    let none = AdapterMix::default();
+    let (tokens_hf, logits_hf) = generate_alone(&hf, &PROMPT, &none, 6);
+    let (tokens_gguf, logits_gguf) = generate_alone(&gguf, &PROMPT, &none, 6);
+    assert_eq!(tokens_hf, tokens_gguf);
+    for (a, b) in logits_hf.iter().zip(&logits_gguf) {
+        assert!(max_diff(a, b) < 1e-3, "{}", max_diff(a, b));
+    }
+    // Quantized weights stay close to the f32 model.
+    let q8 = f.gguf(GgmlDType::Q8_0);
+    let (_, logits_q8) = generate_alone(&q8, &PROMPT, &none, 1);
+    assert!(max_diff(&logits_q8[0], &logits_hf[0]) < 0.1, "{}", max_diff(&logits_q8[0], &logits_hf[0]));
+}
+
+#[test]
+fn prefill_matches_token_by_token() {
+    let f = Fixture::new();
+    let model = f.gguf(GgmlDType::Q4_1);
+    let none = AdapterMix::default();
+    let mut whole = model.new_cache(16).unwrap();
+    let at_once = model.logits_for(&PROMPT, &mut whole, &none).unwrap();
+    let mut stepwise = model.new_cache(16).unwrap();
+    let mut last = Vec::new();
+    for t in PROMPT {
+        last = model.logits_for(&[t], &mut stepwise, &none).unwrap();
+    }
+    assert!(max_diff(&at_once, &last) < 1e-3, "{}", max_diff(&at_once, &last));
+    assert_eq!(whole.len(), PROMPT.len());
+}
+
+#[test]
+fn adapters_zero_mix_and_batch_rows() {
+    let f = Fixture::new();
+    let model = f.gguf(GgmlDType::Q8_0);
+    let qkvo = [Target::Q, Target::K, Target::V, Target::O];
+    let zero = f.adapter(&model, "zero", 1, &qkvo, true);
+    let a = f.adapter(&model, "a", 2, &qkvo, false);
+    let b = f.adapter(&model, "b", 3, &Target::ALL, false);
+    let none = AdapterMix::default();
+    let (base_tokens, base_logits) = generate_alone(&model, &PROMPT, &none, 5);
+
+    // B = 0 leaves outputs unchanged.
+    let (zero_tokens, zero_logits) = generate_alone(&model, &PROMPT, &AdapterMix(vec![(zero, 1.0)]), 5);
+    assert_eq!(zero_tokens, base_tokens);
+    assert!(max_diff(&zero_logits[0], &base_logits[0]) < 1e-5);
+
+    // A real adapter changes them; a mix with weights (1, 0) equals the first adapter alone.
+    let only_a = AdapterMix(vec![(a.clone(), 1.0)]);
+    let (a_tokens, a_logits) = generate_alone(&model, &PROMPT, &only_a, 5);
+    assert!(max_diff(&a_logits[0], &base_logits[0]) > 1e-2, "the adapter had no effect");
+    let mix = AdapterMix(vec![(a.clone(), 1.0), (b.clone(), 0.0)]);
+    let (mix_tokens, mix_logits) = generate_alone(&model, &PROMPT, &mix, 5);
+    assert_eq!(mix_tokens, a_tokens);
+    assert!(max_diff(&mix_logits[0], &a_logits[0]) < 1e-5);
+
+    // A (0.5, 0.5) mix is the linear combination: halfway between is not either end.
+    let half = AdapterMix(vec![(a.clone(), 0.5), (b.clone(), 0.5)]);
+    let (_, half_logits) = generate_alone(&model, &PROMPT, &half, 1);
+    assert!(max_diff(&half_logits[0], &a_logits[0]) > 1e-3);
+
+    // Rows with different adapters, lengths and positions in one batch equal each run alone.
+    let mixes = [none.clone(), only_a.clone(), AdapterMix(vec![(b.clone(), 1.0)]), half.clone()];
+    let prompts: [&[u32]; 4] = [&PROMPT, &PROMPT[..3], &[9, 8, 7, 6, 5, 4, 3, 2, 1], &PROMPT[2..]];
+    let alone: Vec<Vec<u32>> = prompts.iter().zip(&mixes).map(|(p, m)| generate_alone(&model, p, m, 6).0).collect();
+    let mut caches: Vec<_> = prompts.iter().map(|p| model.new_cache(p.len() + 6).unwrap()).collect();
+    let mut next: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+    let mut batched: Vec<Vec<u32>> = vec![Vec::new(); 4];
+    // Sequence 3 joins late, while the others are already decoding (continuous batching).
+    for step in 0..7 {
+        let active: Vec<usize> = (0..4).filter(|&i| (i != 3 || step >= 1) && batched[i].len() < 6).collect();
+        let mut steps: Vec<SeqStep<'_>> = Vec::new();
+        for (i, (cache, tokens)) in caches.iter_mut().zip(&next).enumerate() {
+            if active.contains(&i) {
+                steps.push(SeqStep { tokens, cache, adapters: &mixes[i] });
+            }
+        }
+        let logits = model.forward(&mut steps).unwrap();
+        drop(steps);
+        for (row, &i) in active.iter().enumerate() {
+            let token = openledger_ml::model::argmax(&logits.get(row).unwrap().to_vec1::<f32>().unwrap());
+            batched[i].push(token);
+            next[i] = vec![token];
+        }
+    }
+    assert_eq!(batched, alone);
+}
+
+#[test]
+fn adapters_on_gguf_and_safetensors_bases_agree() {
+    // GGUF bases hold q/k rows permuted for interleaved RoPE; adapter B rows must follow.
+    let f = Fixture::new();
+    let hf = f.safetensors();
+    let gguf = f.gguf(GgmlDType::F32);
+    let targets = [Target::Q, Target::K, Target::Down];
+    let on_hf = AdapterMix(vec![(f.adapter(&hf, "x", 5, &targets, false), 1.0)]);
+    let on_gguf = AdapterMix(vec![(f.adapter(&gguf, "x", 5, &targets, false), 1.0)]);
+    let (_, a) = generate_alone(&hf, &PROMPT, &on_hf, 3);
+    let (_, b) = generate_alone(&gguf, &PROMPT, &on_gguf, 3);
+    for (x, y) in a.iter().zip(&b) {
+        assert!(max_diff(x, y) < 1e-3, "{}", max_diff(x, y));
+    }
+}
+
+#[test]
+fn bad_models_and_adapters_are_clear_errors() {
+    let f = Fixture::new();
+    let missing = load_model(&f.dir.path().join("nope.gguf"), &Device::Cpu).unwrap_err();
+    assert!(matches!(missing, MlError::NotFound { .. }), "{missing}");
+
+    let good = f.tiny.write_gguf(&f.dir.path().join("good.gguf"), GgmlDType::Q4_0).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = f.dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_model(&truncated, &Device::Cpu).unwrap_err();
+    assert!(matches!(err, MlError::Corrupt { .. }), "{err}");
+    let garbage = f.dir.path().join("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a model").unwrap();
+    assert!(matches!(load_model(&garbage, &Device::Cpu).unwrap_err(), MlError::Corrupt { .. }));
+
+    // Another architecture in an otherwise valid file.
+    let hf_dir = f.tiny.write_safetensors(&f.dir.path().join("hf")).unwrap();
+    let config = std::fs::read_to_string(hf_dir.join("config.json")).unwrap();
+    std::fs::write(hf_dir.join("config.json"), config.replace("\"llama\"", "\"gpt_neox\"")).unwrap();
+    let err = load_model(&hf_dir, &Device::Cpu).unwrap_err();
+    assert!(matches!(err, MlError::Unsupported { .. }) && err.to_string().contains("gpt_neox"), "{err}");
+
+    // An adapter trained for a wider base.
+    let model = f.gguf(GgmlDType::Q8_0);
+    let mut wide = model.config().clone();
+    wide.hidden_size = 96;
+    let dir = write_peft_adapter(&f.dir.path().join("wide"), &wide, 4, &[Target::Q], 1, false).unwrap();
+    let err = load_adapter_dir("wide", &dir, &model).unwrap_err();
+    assert!(matches!(err, MlError::AdapterMismatch { .. }), "{err}");
+    // A corrupt adapter file and a missing one.
+    let dir = write_peft_adapter(&f.dir.path().join("bad"), model.config(), 4, &[Target::Q], 1, false).unwrap();
+    std::fs::write(dir.join("adapter_model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{}").unwrap();
+    assert!(matches!(load_adapter_dir("bad", &dir, &model).unwrap_err(), MlError::Corrupt { .. }));
+    let err = load_adapter_dir("none", &f.dir.path().join("none"), &model).unwrap_err();
+    assert!(matches!(err, MlError::NotFound { .. }), "{err}");
+
+    // More tokens than the cache was sized for is an error, and the cache is unchanged.
+    let mut cache = model.new_cache(4).unwrap();
+    let err = model.logits_for(&PROMPT, &mut cache, &AdapterMix::default()).unwrap_err();
+    assert!(matches!(err, MlError::ContextOverflow { .. }), "{err}");
+    assert_eq!(cache.len(), 0);
+    assert!(matches!(model.new_cache(100_000).unwrap_err(), MlError::ContextOverflow { .. }));
+}
+
+#[test]
+fn tokenizer_from_gguf_matches_its_tokenizer_json() {
+    let f = Fixture::new();
+    let gguf = f.tiny.write_gguf(&f.dir.path().join("t.gguf"), GgmlDType::F32).unwrap();
+    let (_, from_gguf) = load_model(&gguf, &Device::Cpu).unwrap();
+    let hf = f.tiny.write_safetensors(&f.dir.path().join("hf")).unwrap();
+    let (_, from_json) = load_model(&hf, &Device::Cpu).unwrap();
+    let text = "<|im_start|>user\nthe tin 42 ate their hearts<|im_end|>\n";
+    let ids = from_gguf.encode(text).unwrap();
+    assert_eq!(ids, from_json.encode(text).unwrap());
+    assert_eq!(ids[0], 262, "special token text maps to its id");
+    assert!(ids.contains(&258), "merges apply: {ids:?}");
+    assert_eq!(from_gguf.decode(&ids).unwrap(), "user\nthe tin 42 ate their hearts\n");
+    assert_eq!(from_gguf.stop_ids(), &[263]);
+    assert_eq!(from_gguf.chat_format(), Some(openledger_ml::ChatFormat::ChatMl));
+}
