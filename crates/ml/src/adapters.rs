@@ -219,6 +219,11 @@ impl AdapterCache {
         Some(entry.adapter.clone())
     }
 
+    /// Whether `id` is in memory, without counting a lookup.
+    pub fn contains(&self, id: &str) -> bool {
+        self.lock().entries.contains_key(id)
+    }
+
     /// Fetches and loads `id`, then inserts it, evicting unpinned adapters as needed. Blocking.
     pub fn load(&self, id: &str, model: &LlamaModel, runtime: &tokio::runtime::Handle) -> Result<Arc<LoraAdapter>> {
         if let Some(hit) = self.get(id) {

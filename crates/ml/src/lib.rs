@@ -4,14 +4,17 @@
 
 pub mod adapters;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod lora;
 pub mod model;
+pub mod sampling;
 pub mod source;
 pub mod testing;
 pub mod tokenizer;
 
 pub use config::ModelConfig;
+pub use engine::{Engine, EngineConfig, Event, FinishReason, GenerateRequest, Generation, Prompt, Usage};
 pub use error::{MlError, Result};
 pub use lora::{AdapterConfig, AdapterMix, LoraAdapter, Target};
 pub use model::{KvCache, LlamaModel, SeqStep};

@@ -150,9 +150,7 @@ impl LlamaModel {
             Ok(Arc::new(t))
         };
         let vector = |t: Arc<QTensor>| -> Result<Tensor> { Ok(t.dequantize(device)?) };
-        let linear = |t: Arc<QTensor>| -> Result<Linear> {
-            Ok(Linear { weight: QMatMul::from_arc(t)? })
-        };
+        let linear = |t: Arc<QTensor>| -> Result<Linear> { Ok(Linear { weight: QMatMul::from_arc(t)? }) };
         let c = &config;
         let embed = tensor("token_embd.weight", &[c.vocab_size, c.hidden_size])?;
         let mut blocks = Vec::with_capacity(c.num_layers);
@@ -213,9 +211,7 @@ impl LlamaModel {
             weight_bytes += t.elem_count() * 4;
             Ok(t.to_dtype(DType::F32)?)
         };
-        let linear = |t: Tensor| -> Result<Linear> {
-            Ok(Linear { weight: QMatMul::Tensor(t) })
-        };
+        let linear = |t: Tensor| -> Result<Linear> { Ok(Linear { weight: QMatMul::Tensor(t) }) };
         let c = &config;
         let embed = take("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
         let mut blocks = Vec::with_capacity(c.num_layers);

@@ -4,5 +4,6 @@
 // A failed unwrap in a test is the test failing, with the value in the panic message.
 #![allow(clippy::unwrap_used)]
 
+mod engine;
 mod model;
 mod reference;

@@ -36,7 +36,11 @@ impl Fixture {
         zero: bool,
     ) -> Arc<LoraAdapter> {
         let dir = write_peft_adapter(&self.dir.path().join(name), model.config(), 4, targets, seed, zero).unwrap();
-        Arc::new(load_adapter_dir(name, &dir, model).unwrap())
+        self.adapter_from(model, name, &dir)
+    }
+
+    pub fn adapter_from(&self, model: &LlamaModel, name: &str, dir: &std::path::Path) -> Arc<LoraAdapter> {
+        Arc::new(load_adapter_dir(name, dir, model).unwrap())
     }
 }
 

@@ -1,0 +1,628 @@
+//! The OpenLoRA engine: one base model owned by a dedicated thread, requests through a bounded
+//! queue, continuous batching (new sequences prefill and join the running batch; finished or
+//! cancelled ones leave at once and free their KV memory), adapters loaded by a separate
+//! thread so a cold adapter never stalls the decoding of others.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::adapters::{AdapterCache, AdapterSource, validate_adapter_id};
+use crate::error::{MlError, Result};
+use crate::lora::{AdapterMix, LoraAdapter};
+use crate::model::{KvCache, LlamaModel, SeqStep};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::{ChatMessage, Tokenizer};
+
+/// Limits of one engine; every queue and buffer is bounded by one of these.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Sequences decoded together in one step.
+    pub max_batch_size: usize,
+    /// KV tokens reserved over all running sequences (each reserves prompt + max_tokens).
+    pub max_kv_tokens: usize,
+    /// Requests waiting for a batch slot or an adapter; beyond it `submit` says overloaded.
+    pub max_queue: usize,
+    /// Prompt tokens prefilled per step, so long prompts do not stall decoding of others.
+    pub max_prefill_tokens_per_step: usize,
+    pub adapter_cache_bytes: usize,
+    /// Adapters loaded at start.
+    pub preload: Vec<String>,
+    /// Compute threads (rayon); `None` uses all cores.
+    pub threads: Option<usize>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_size: 16,
+            max_kv_tokens: 16_384,
+            max_queue: 256,
+            max_prefill_tokens_per_step: 512,
+            adapter_cache_bytes: 2 << 30,
+            preload: Vec::new(),
+            threads: None,
+        }
+    }
+}
+
+/// The prompt of a request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prompt {
+    Text(String),
+    Chat(Vec<ChatMessage>),
+    Tokens(Vec<u32>),
+}
+
+/// Largest number of adapters one request may mix.
+pub const MAX_ADAPTERS_PER_REQUEST: usize = 8;
+/// Largest number of stop strings per request, and their longest length in bytes.
+pub const MAX_STOP_STRINGS: usize = 8;
+pub const MAX_STOP_BYTES: usize = 128;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    /// Adapter ids and weights: empty for the base model, one for a single adapter, several
+    /// for a linear combination of their deltas.
+    #[serde(default)]
+    pub adapters: Vec<(String, f32)>,
+    #[serde(default)]
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+    #[serde(default)]
+    pub stop: Vec<String>,
+}
+
+impl GenerateRequest {
+    pub fn new(prompt: Prompt, max_tokens: usize) -> Self {
+        Self { prompt, adapters: Vec::new(), sampling: SamplingParams::default(), max_tokens, stop: Vec::new() }
+    }
+
+    pub fn with_adapter(mut self, id: &str) -> Self {
+        self.adapters.push((id.to_string(), 1.0));
+        self
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop token or stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// What a generation streams back.
+#[derive(Debug)]
+pub enum Event {
+    /// A generated token and the text it completes (may be empty while a multi-byte character
+    /// or a possible stop string is pending).
+    Token {
+        id: u32,
+        text: String,
+    },
+    Done {
+        finish_reason: FinishReason,
+        usage: Usage,
+    },
+    Error(MlError),
+}
+
+/// A running generation: its event stream. Dropping it cancels the request.
+#[derive(Debug)]
+pub struct Generation {
+    pub events: UnboundedReceiver<Event>,
+    pub prompt_tokens: usize,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Generation {
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for the whole output: the text, the finish reason and usage.
+    pub async fn collect(mut self) -> Result<(String, Vec<u32>, FinishReason, Usage)> {
+        let (mut text, mut ids) = (String::new(), Vec::new());
+        while let Some(event) = self.events.recv().await {
+            match event {
+                Event::Token { id, text: piece } => {
+                    ids.push(id);
+                    text.push_str(&piece);
+                }
+                Event::Done { finish_reason, usage } => return Ok((text, ids, finish_reason, usage)),
+                Event::Error(e) => return Err(e),
+            }
+        }
+        Err(MlError::EngineStopped)
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+struct Pending {
+    prompt: Vec<u32>,
+    adapters: Vec<(String, f32)>,
+    sampling: SamplingParams,
+    max_tokens: usize,
+    stop: Vec<String>,
+    events: UnboundedSender<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+enum Command {
+    Submit(Box<Pending>),
+    AdapterLoaded(String, Result<Arc<LoraAdapter>>),
+}
+
+/// A handle to the engine thread. Cheap to share behind an `Arc`.
+pub struct Engine {
+    commands: SyncSender<Command>,
+    tokenizer: Arc<Tokenizer>,
+    context_length: usize,
+    adapters: Arc<AdapterCache>,
+    config: EngineConfig,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("config", &self.config).finish()
+    }
+}
+
+impl Engine {
+    /// Starts the engine thread and the adapter loader thread; preloads `config.preload`.
+    pub fn start(model: LlamaModel, tokenizer: Tokenizer, source: AdapterSource, config: EngineConfig) -> Result<Self> {
+        if config.max_batch_size == 0 || config.max_queue == 0 || config.max_prefill_tokens_per_step == 0 {
+            return Err(MlError::InvalidRequest("engine limits must be positive".into()));
+        }
+        let model = Arc::new(model);
+        let adapters = Arc::new(AdapterCache::new(source, config.adapter_cache_bytes));
+        let loader_runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| MlError::Io { path: "tokio runtime".into(), source: e })?;
+        for id in &config.preload {
+            validate_adapter_id(id)?;
+            adapters.load(id, &model, loader_runtime.handle())?;
+        }
+        // Queue slots plus one per possible adapter completion, so the loader never blocks.
+        let (commands, inbox) = mpsc::sync_channel(config.max_queue);
+        let (load_tx, load_rx) = mpsc::channel::<String>();
+        let loader = Loader { model: model.clone(), cache: adapters.clone(), reply: commands.clone() };
+        std::thread::Builder::new()
+            .name("openlora-adapter-loader".into())
+            .spawn(move || loader.run(load_rx, loader_runtime))
+            .map_err(|e| MlError::Io { path: "adapter loader thread".into(), source: e })?;
+        let pool = match config.threads {
+            Some(n) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("openlora-compute-{i}"))
+                    .build()
+                    .map_err(|e| MlError::InvalidRequest(format!("compute threads: {e}")))?,
+            ),
+            None => None,
+        };
+        let tokenizer = Arc::new(tokenizer);
+        let context_length = model.config().context_length;
+        let scheduler = Scheduler {
+            model,
+            tokenizer: tokenizer.clone(),
+            cache: adapters.clone(),
+            config: config.clone(),
+            load_requests: load_tx,
+            waiting: VecDeque::new(),
+            loading: HashSet::new(),
+            running: Vec::new(),
+            kv_reserved: 0,
+        };
+        std::thread::Builder::new()
+            .name("openlora-engine".into())
+            .spawn(move || match pool {
+                Some(pool) => pool.install(|| scheduler.run(inbox)),
+                None => scheduler.run(inbox),
+            })
+            .map_err(|e| MlError::Io { path: "engine thread".into(), source: e })?;
+        Ok(Self { commands, tokenizer, context_length, adapters, config })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn adapter_cache(&self) -> &AdapterCache {
+        &self.adapters
+    }
+
+    /// Validates and queues a request. Fails at once with `Overloaded` when the queue is full,
+    /// and with a clear error for bad input; never blocks.
+    pub fn submit(&self, request: GenerateRequest) -> Result<Generation> {
+        let prompt = match &request.prompt {
+            Prompt::Text(text) => self.tokenizer.encode(text)?,
+            Prompt::Chat(messages) => self.tokenizer.encode_chat(messages)?,
+            Prompt::Tokens(ids) => ids.clone(),
+        };
+        self.validate(&request, &prompt)?;
+        let (events, receiver) = unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let prompt_tokens = prompt.len();
+        let pending = Pending {
+            prompt,
+            adapters: request.adapters,
+            sampling: request.sampling,
+            max_tokens: request.max_tokens,
+            stop: request.stop,
+            events,
+            cancel: cancel.clone(),
+        };
+        match self.commands.try_send(Command::Submit(Box::new(pending))) {
+            Ok(()) => Ok(Generation { events: receiver, prompt_tokens, cancel }),
+            Err(TrySendError::Full(_)) => {
+                Err(MlError::Overloaded(format!("{} requests are already queued", self.config.max_queue)))
+            }
+            Err(TrySendError::Disconnected(_)) => Err(MlError::EngineStopped),
+        }
+    }
+
+    fn validate(&self, request: &GenerateRequest, prompt: &[u32]) -> Result<()> {
+        let invalid = |m: String| Err(MlError::InvalidRequest(m));
+        if prompt.is_empty() {
+            return invalid("the prompt is empty".into());
+        }
+        if request.max_tokens == 0 {
+            return invalid("max_tokens must be at least 1".into());
+        }
+        let need = prompt.len().saturating_add(request.max_tokens);
+        if need > self.context_length || need > self.config.max_kv_tokens {
+            return Err(MlError::ContextOverflow {
+                prompt_tokens: prompt.len(),
+                max_tokens: request.max_tokens,
+                context: self.context_length.min(self.config.max_kv_tokens),
+            });
+        }
+        request.sampling.validate()?;
+        if request.adapters.len() > MAX_ADAPTERS_PER_REQUEST {
+            return invalid(format!("at most {MAX_ADAPTERS_PER_REQUEST} adapters per request"));
+        }
+        for (id, weight) in &request.adapters {
+            validate_adapter_id(id)?;
+            if !weight.is_finite() || weight.abs() > 100.0 {
+                return invalid(format!("adapter weight {weight} must be finite and within ±100"));
+            }
+        }
+        if request.stop.len() > MAX_STOP_STRINGS
+            || request.stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+        {
+            return invalid(format!(
+                "at most {MAX_STOP_STRINGS} non-empty stop strings of up to {MAX_STOP_BYTES} bytes"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Loads adapters off the decode thread and reports back through the engine's inbox.
+struct Loader {
+    model: Arc<LlamaModel>,
+    cache: Arc<AdapterCache>,
+    reply: SyncSender<Command>,
+}
+
+impl Loader {
+    fn run(self, requests: Receiver<String>, runtime: tokio::runtime::Runtime) {
+        while let Ok(id) = requests.recv() {
+            let result = self.cache.load(&id, &self.model, runtime.handle());
+            if let Err(e) = &result {
+                tracing::warn!(adapter = %id, error = %e, "adapter load failed");
+            }
+            if self.reply.send(Command::AdapterLoaded(id, result)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One admitted sequence.
+struct Running {
+    request: Pending,
+    mix: AdapterMix,
+    cache: KvCache,
+    sampler: Sampler,
+    /// Prompt tokens not yet prefilled.
+    prefill_from: usize,
+    history: Vec<u32>,
+    generated: Vec<u32>,
+    text: TextStream,
+    reserved: usize,
+}
+
+struct Scheduler {
+    model: Arc<LlamaModel>,
+    tokenizer: Arc<Tokenizer>,
+    cache: Arc<AdapterCache>,
+    config: EngineConfig,
+    load_requests: mpsc::Sender<String>,
+    waiting: VecDeque<Pending>,
+    loading: HashSet<String>,
+    running: Vec<Running>,
+    kv_reserved: usize,
+}
+
+impl Scheduler {
+    fn run(mut self, inbox: Receiver<Command>) {
+        loop {
+            // Idle: block for work. Busy: take what has arrived without waiting.
+            if self.running.is_empty() && self.ready_count() == 0 {
+                match inbox.recv() {
+                    Ok(command) => self.handle(command),
+                    Err(_) => return,
+                }
+            }
+            while self.waiting.len() < self.config.max_queue {
+                match inbox.try_recv() {
+                    Ok(command) => self.handle(command),
+                    Err(_) => break,
+                }
+            }
+            self.drop_cancelled();
+            self.admit();
+            if !self.running.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Submit(pending) => {
+                for (id, _) in &pending.adapters {
+                    if !self.cache.contains(id) && self.loading.insert(id.clone()) {
+                        let _ = self.load_requests.send(id.clone());
+                    }
+                }
+                self.waiting.push_back(*pending);
+            }
+            Command::AdapterLoaded(id, result) => {
+                self.loading.remove(&id);
+                if let Err(e) = result {
+                    let message = e.to_string();
+                    self.waiting.retain(|p| {
+                        let needs = p.adapters.iter().any(|(a, _)| *a == id);
+                        if needs {
+                            let _ = p.events.send(Event::Error(MlError::InvalidRequest(message.clone())));
+                        }
+                        !needs
+                    });
+                }
+            }
+        }
+    }
+
+    /// Requests whose adapters are all in memory.
+    fn ready_count(&self) -> usize {
+        self.waiting.iter().filter(|p| p.adapters.iter().all(|(id, _)| !self.loading.contains(id))).count()
+    }
+
+    fn drop_cancelled(&mut self) {
+        self.waiting.retain(|p| !p.cancel.load(Ordering::Relaxed) && !p.events.is_closed());
+        let before = self.running.len();
+        self.running.retain(|r| !r.request.cancel.load(Ordering::Relaxed) && !r.request.events.is_closed());
+        if self.running.len() != before {
+            self.kv_reserved = self.running.iter().map(|r| r.reserved).sum();
+        }
+    }
+
+    /// Admits waiting requests in arrival order while batch slots and KV budget allow.
+    fn admit(&mut self) {
+        let mut index = 0;
+        while index < self.waiting.len() && self.running.len() < self.config.max_batch_size {
+            let p = &self.waiting[index];
+            if p.adapters.iter().any(|(id, _)| self.loading.contains(id)) {
+                index += 1;
+                continue;
+            }
+            let reserved = p.prompt.len() + p.max_tokens;
+            if self.kv_reserved + reserved > self.config.max_kv_tokens {
+                break; // first come, first served: do not let small requests starve a big one
+            }
+            let Some(pending) = self.waiting.remove(index) else { break };
+            match self.resources_for(&pending, reserved) {
+                Ok((mix, cache)) => {
+                    self.kv_reserved += reserved;
+                    self.running.push(Running {
+                        mix,
+                        cache,
+                        sampler: Sampler::new(pending.sampling.clone()),
+                        prefill_from: 0,
+                        history: pending.prompt.clone(),
+                        generated: Vec::new(),
+                        text: TextStream::new(pending.stop.clone()),
+                        reserved,
+                        request: pending,
+                    });
+                }
+                Err(e) => {
+                    let _ = pending.events.send(Event::Error(e));
+                }
+            }
+        }
+    }
+
+    /// The adapter mix and the KV cache of a request about to run.
+    fn resources_for(&self, pending: &Pending, reserved: usize) -> Result<(AdapterMix, KvCache)> {
+        let mix = pending
+            .adapters
+            .iter()
+            .map(|(id, weight)| {
+                // Evicted between load and admission: an error rather than a silent base answer.
+                let adapter = self
+                    .cache
+                    .get(id)
+                    .ok_or_else(|| MlError::Overloaded(format!("adapter {id} was evicted before use")))?;
+                Ok((adapter, *weight))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((AdapterMix(mix), self.model.new_cache(reserved)?))
+    }
+
+    /// One forward pass over every running sequence, then sampling and streaming.
+    fn step(&mut self) {
+        let started = Instant::now();
+        let mut budget = self.config.max_prefill_tokens_per_step;
+        // Which rows this step feeds, and whether the step ends their prompt.
+        let mut plan: Vec<(usize, usize, usize)> = Vec::new(); // (index, from, to)
+        for (i, r) in self.running.iter().enumerate() {
+            let prompt_len = r.request.prompt.len();
+            if r.prefill_from < prompt_len {
+                if budget == 0 {
+                    continue;
+                }
+                let to = prompt_len.min(r.prefill_from + budget);
+                budget -= to - r.prefill_from;
+                plan.push((i, r.prefill_from, to));
+            } else {
+                plan.push((i, 0, 0));
+            }
+        }
+        let decode_tokens: Vec<[u32; 1]> =
+            self.running.iter().map(|r| [r.generated.last().copied().unwrap_or_default()]).collect();
+        let result = {
+            let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(plan.len());
+            let mut plan_iter = plan.iter().peekable();
+            for (i, r) in self.running.iter_mut().enumerate() {
+                let Some(&&(index, from, to)) = plan_iter.peek() else { break };
+                if index != i {
+                    continue;
+                }
+                plan_iter.next();
+                let tokens: &[u32] = if to > 0 { &r.request.prompt[from..to] } else { &decode_tokens[i] };
+                steps.push(SeqStep { tokens, cache: &mut r.cache, adapters: &r.mix });
+            }
+            self.model.forward(&mut steps).and_then(|logits| Ok(logits.to_vec2::<f32>()?))
+        };
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                // A failed step fails its sequences, not the engine.
+                tracing::error!(error = %e, "forward pass failed");
+                for (i, _, _) in &plan {
+                    let _ = self.running[*i].request.events.send(Event::Error(MlError::InvalidRequest(e.to_string())));
+                }
+                let failed: HashSet<usize> = plan.iter().map(|p| p.0).collect();
+                let mut index = 0;
+                self.running.retain(|_| {
+                    index += 1;
+                    !failed.contains(&(index - 1))
+                });
+                self.kv_reserved = self.running.iter().map(|r| r.reserved).sum();
+                return;
+            }
+        };
+        let mut finished = Vec::new();
+        for ((i, _, to), mut row) in plan.into_iter().zip(logits) {
+            let r = &mut self.running[i];
+            if to > 0 {
+                r.prefill_from = to;
+                if to < r.request.prompt.len() {
+                    continue; // more prompt to prefill before the first token
+                }
+            }
+            let token = r.sampler.sample(&mut row, &r.history);
+            r.history.push(token);
+            r.generated.push(token);
+            let is_stop_token = self.tokenizer.stop_ids().contains(&token);
+            let (piece, stop_string) =
+                if is_stop_token { (String::new(), false) } else { r.text.push(&self.tokenizer, &r.generated) };
+            let _ = r.request.events.send(Event::Token { id: token, text: piece });
+            let reason = if is_stop_token || stop_string {
+                Some(FinishReason::Stop)
+            } else if r.generated.len() >= r.request.max_tokens {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let Some(finish_reason) = reason {
+                let tail = if finish_reason == FinishReason::Length { r.text.flush() } else { String::new() };
+                if !tail.is_empty() {
+                    let _ = r.request.events.send(Event::Token { id: token, text: tail });
+                }
+                let usage = Usage { prompt_tokens: r.request.prompt.len(), completion_tokens: r.generated.len() };
+                let _ = r.request.events.send(Event::Done { finish_reason, usage });
+                finished.push(i);
+            }
+        }
+        for i in finished.into_iter().rev() {
+            let done = self.running.swap_remove(i);
+            self.kv_reserved -= done.reserved;
+        }
+        tracing::trace!(elapsed_us = started.elapsed().as_micros() as u64, batch = self.running.len(), "engine step");
+    }
+}
+
+/// Turns generated ids into text pieces: waits for whole UTF-8 characters, and holds back text
+/// that could be the start of a stop string so a stop string is never streamed.
+struct TextStream {
+    stop: Vec<String>,
+    decoded: String,
+    emitted: usize,
+}
+
+impl TextStream {
+    fn new(stop: Vec<String>) -> Self {
+        Self { stop, decoded: String::new(), emitted: 0 }
+    }
+
+    /// The new safe text after `generated`, and whether a stop string appeared.
+    fn push(&mut self, tokenizer: &Tokenizer, generated: &[u32]) -> (String, bool) {
+        let Ok(text) = tokenizer.decode(generated) else { return (String::new(), false) };
+        if text.ends_with('\u{FFFD}') {
+            return (String::new(), false); // an incomplete multi-byte character
+        }
+        self.decoded = text;
+        if let Some(at) = self
+            .stop
+            .iter()
+            .filter_map(|s| {
+                self.decoded[self.emitted.min(self.decoded.len())..].find(s.as_str()).map(|p| p + self.emitted)
+            })
+            .min()
+        {
+            let piece = self.decoded.get(self.emitted..at).unwrap_or_default().to_string();
+            self.emitted = at;
+            return (piece, true);
+        }
+        let hold = self.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+        let mut safe = self.decoded.len().saturating_sub(hold).max(self.emitted);
+        while !self.decoded.is_char_boundary(safe) {
+            safe -= 1;
+        }
+        let piece = self.decoded.get(self.emitted..safe).unwrap_or_default().to_string();
+        self.emitted = self.emitted.max(safe);
+        (piece, false)
+    }
+
+    fn flush(&mut self) -> String {
+        let piece = self.decoded.get(self.emitted..).unwrap_or_default().to_string();
+        self.emitted = self.decoded.len();
+        piece
+    }
+}
