@@ -3,6 +3,7 @@
 //! between the steps of relaying).
 
 mod datanet;
+mod model;
 mod support;
 
 use std::{collections::BTreeMap, time::Duration};

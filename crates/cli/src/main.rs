@@ -4,6 +4,7 @@
 
 mod datanet;
 mod ledger;
+mod model;
 mod run;
 mod settings;
 
@@ -54,6 +55,9 @@ enum Command {
     /// Datanets: create, contribute files, review, publish versions, proofs, access grants
     #[command(subcommand)]
     Datanet(datanet::DatanetCommand),
+    /// Models: inspect one, generate text with it and LoRA adapters on this machine
+    #[command(subcommand)]
+    Model(model::ModelCommand),
 }
 
 #[derive(Subcommand)]
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
         }
         Command::Ledger(command) => client_command(ledger::run(command, &resolved.config)),
         Command::Datanet(command) => client_command(datanet::run(command, &resolved.config)),
+        Command::Model(command) => client_command(model::run(command)),
         Command::Dev => run::run(resolved.config, ServiceKind::ALL.to_vec(), true),
         Command::Serve { mut services } => {
             services.sort();

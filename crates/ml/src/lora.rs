@@ -138,7 +138,8 @@ impl AdapterConfig {
     }
 }
 
-/// `A` (rank × in) and `B` (out × rank) of one projection of one layer, scale folded into `B`.
+/// `A` (rank × in) and `B` (out × rank) of one projection of one layer (the adapter's scale is
+/// applied with the mixing weight, per row, when the batch is planned).
 #[derive(Clone, Debug)]
 pub struct LoraPair {
     pub a: Tensor,
@@ -209,7 +210,6 @@ impl LoraAdapter {
                     config.r
                 )));
             }
-            let b = (b * f64::from(scale))?;
             let b = match target {
                 Target::Q if base.rope_interleaved => permute_for_interleaved_rope(&b, base.num_heads)?,
                 Target::K if base.rope_interleaved => permute_for_interleaved_rope(&b, base.num_kv_heads)?,
@@ -294,12 +294,13 @@ impl LoraPlan {
                     continue;
                 }
                 let row = u32::try_from(row).map_err(|_| MlError::InvalidRequest("batch too large".into()))?;
+                let weight = weight * adapter.scale;
                 match by_adapter.iter_mut().find(|(a, _, _)| Arc::ptr_eq(a, adapter)) {
                     Some((_, rows, weights)) => {
                         rows.push(row);
-                        weights.push(*weight);
+                        weights.push(weight);
                     }
-                    None => by_adapter.push((adapter.clone(), vec![row], vec![*weight])),
+                    None => by_adapter.push((adapter.clone(), vec![row], vec![weight])),
                 }
             }
         }
@@ -321,7 +322,7 @@ impl LoraPlan {
         self.groups.is_empty()
     }
 
-    /// Adds every group's `w · B·A·x` to `out` (rows × out_features).
+    /// Adds every group's `w · scale · B·A·x` to `out` (rows × out_features).
     pub(crate) fn apply(&self, layer: usize, target: Target, x: &Tensor, out: Tensor) -> Result<Tensor> {
         let mut out = out;
         for group in &self.groups {

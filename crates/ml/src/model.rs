@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
+use crate::kernels::{BlockFormat, BlockMatrix};
 use crate::lora::{AdapterMix, LoraPlan, Target};
 
 /// Weight types the loaders accept; others are refused with a clear error.
@@ -32,16 +33,35 @@ pub const SUPPORTED_GGML_TYPES: [GgmlDType; 13] = [
     GgmlDType::Q6K,
 ];
 
-/// A projection `x·Wᵀ`: quantized blocks stay quantized (multiplied block-wise), dense
-/// safetensors weights are plain f32 matrices.
+/// A projection `x·Wᵀ`: quantized blocks stay quantized. On CPU, Q4_0/Q4_1/Q8_0 run on this
+/// crate's kernels; other types and devices use candle's `QMatMul`; dense safetensors weights
+/// are plain f32 matrices.
 #[derive(Debug)]
-pub struct Linear {
-    weight: QMatMul,
+pub enum Linear {
+    Blocks(Arc<BlockMatrix>),
+    Candle(QMatMul),
 }
 
 impl Linear {
+    fn from_qtensor(t: Arc<QTensor>, device: &Device) -> Result<Self> {
+        match (device.is_cpu(), BlockFormat::from_ggml(t.dtype())) {
+            (true, Some(format)) => {
+                let (rows, cols) = t.shape().dims2()?;
+                Ok(Self::Blocks(Arc::new(BlockMatrix::new(format, rows, cols, t.data()?.into_owned())?)))
+            }
+            _ => Ok(Self::Candle(QMatMul::from_arc(t)?)),
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.weight.forward(x)?)
+        match self {
+            Self::Candle(weight) => Ok(weight.forward(x)?),
+            Self::Blocks(matrix) => {
+                let (m, _) = x.dims2()?;
+                let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                Ok(Tensor::from_vec(matrix.matmul(&xs, m), (m, matrix.rows), x.device())?)
+            }
+        }
     }
 }
 
@@ -49,6 +69,7 @@ impl Linear {
 /// same table serves as the tied output projection).
 #[derive(Debug)]
 enum Embedding {
+    Blocks(Arc<BlockMatrix>),
     Quantized(Arc<QTensor>),
     Dense(Tensor),
 }
@@ -150,7 +171,7 @@ impl LlamaModel {
             Ok(Arc::new(t))
         };
         let vector = |t: Arc<QTensor>| -> Result<Tensor> { Ok(t.dequantize(device)?) };
-        let linear = |t: Arc<QTensor>| -> Result<Linear> { Ok(Linear { weight: QMatMul::from_arc(t)? }) };
+        let linear = |t: Arc<QTensor>| Linear::from_qtensor(t, device);
         let c = &config;
         let embed = tensor("token_embd.weight", &[c.vocab_size, c.hidden_size])?;
         let mut blocks = Vec::with_capacity(c.num_layers);
@@ -180,15 +201,21 @@ impl LlamaModel {
             });
         }
         let norm = vector(tensor("output_norm.weight", &[c.hidden_size])?)?;
+        // The embedding table and a tied output projection share one copy of the blocks.
+        let embed_linear = linear(embed.clone())?;
+        let embedding = match &embed_linear {
+            Linear::Blocks(matrix) => Embedding::Blocks(matrix.clone()),
+            Linear::Candle(_) => Embedding::Quantized(embed),
+        };
         let output = if content.tensor_infos.contains_key("output.weight") {
             linear(tensor("output.weight", &[c.vocab_size, c.hidden_size])?)?
         } else {
-            linear(embed.clone())?
+            embed_linear
         };
         let mut tensor_types: Vec<(String, usize)> = types.into_iter().collect();
         tensor_types.sort();
         let format = ModelFormat { kind: "gguf", tensor_types, weight_bytes };
-        Self::assemble(config, format, device, Embedding::Quantized(embed), blocks, norm, output)
+        Self::assemble(config, format, device, embedding, blocks, norm, output)
     }
 
     /// Loads a Hugging Face checkpoint directory: `config.json` plus `model.safetensors` or the
@@ -211,7 +238,7 @@ impl LlamaModel {
             weight_bytes += t.elem_count() * 4;
             Ok(t.to_dtype(DType::F32)?)
         };
-        let linear = |t: Tensor| -> Result<Linear> { Ok(Linear { weight: QMatMul::Tensor(t) }) };
+        let linear = |t: Tensor| -> Result<Linear> { Ok(Linear::Candle(QMatMul::Tensor(t))) };
         let c = &config;
         let embed = take("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
         let mut blocks = Vec::with_capacity(c.num_layers);
@@ -349,6 +376,14 @@ impl LlamaModel {
     fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         match &self.embedding {
             Embedding::Dense(table) => Ok(table.index_select(&Tensor::new(ids, &self.device)?, 0)?),
+            Embedding::Blocks(table) => {
+                let hidden = self.config.hidden_size;
+                let mut rows = vec![0f32; ids.len() * hidden];
+                for (&id, row) in ids.iter().zip(rows.chunks_exact_mut(hidden)) {
+                    table.dequantize_row(id as usize, row);
+                }
+                Ok(Tensor::from_vec(rows, (ids.len(), hidden), &self.device)?)
+            }
             Embedding::Quantized(table) => {
                 let dtype = table.dtype();
                 let hidden = self.config.hidden_size;

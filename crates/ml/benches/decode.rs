@@ -1,0 +1,209 @@
+//! OpenLoRA engine benchmarks on SmolLM2-135M-Instruct Q4_1 (`scripts/fetch-models.sh smollm2`):
+//! single-stream decode, batch-16 decode with 1, 16 and 100 distinct adapters, adapter cold
+//! load, and peak RSS. Results and peers in bench/RESULTS.md.
+//!
+//! `cargo bench -p openledger-ml --bench decode -- [single|batch|load|all] [--threads N]`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Device;
+use openledger_ml::adapters::load_adapter_dir;
+use openledger_ml::lora::AdapterMix;
+use openledger_ml::testing::write_peft_adapter;
+use openledger_ml::{LlamaModel, SeqStep, Target, load_model};
+
+fn model_path() -> PathBuf {
+    let dir = std::env::var("OPENLEDGER_MODELS_DIR").unwrap_or_else(|_| "/var/tmp/openledger-models".into());
+    PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+const PROMPT: [u32; 5] = [504, 3575, 282, 4649, 314];
+
+/// Greedy decode of `n` tokens after PROMPT; returns decode tokens/s (prefill excluded).
+fn single_stream(model: &LlamaModel, n: usize) -> f64 {
+    let none = AdapterMix::default();
+    let mut cache = model.new_cache(PROMPT.len() + n + 1).expect("cache");
+    let mut logits = model.logits_for(&PROMPT, &mut cache, &none).expect("prefill");
+    let started = Instant::now();
+    for _ in 0..n {
+        let next = openledger_ml::model::argmax(&logits);
+        logits = model.logits_for(&[next], &mut cache, &none).expect("decode");
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Aggregate decode tokens/s of 16 sequences, row i using adapter `i % distinct` of `adapters`.
+fn batch16(model: &LlamaModel, adapters: &[Arc<openledger_ml::LoraAdapter>], distinct: usize, n: usize) -> f64 {
+    let rows = 16;
+    let mixes: Vec<AdapterMix> =
+        (0..rows).map(|i| AdapterMix(vec![(adapters[i % distinct.max(1)].clone(), 1.0)])).collect();
+    let mut caches: Vec<_> = (0..rows).map(|_| model.new_cache(PROMPT.len() + n + 1).expect("cache")).collect();
+    let mut next: Vec<[u32; 1]> = vec![[0]; rows];
+    {
+        let mut steps: Vec<SeqStep<'_>> = caches
+            .iter_mut()
+            .zip(&mixes)
+            .map(|(cache, adapters)| SeqStep { tokens: &PROMPT, cache, adapters })
+            .collect();
+        let logits = model.forward(&mut steps).expect("prefill").to_vec2::<f32>().expect("logits");
+        for (n, row) in next.iter_mut().zip(&logits) {
+            n[0] = openledger_ml::model::argmax(row);
+        }
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        let mut steps: Vec<SeqStep<'_>> = caches
+            .iter_mut()
+            .zip(&mixes)
+            .zip(&next)
+            .map(|((cache, adapters), tokens)| SeqStep { tokens, cache, adapters })
+            .collect();
+        let logits = model.forward(&mut steps).expect("decode").to_vec2::<f32>().expect("logits");
+        drop(steps);
+        for (n, row) in next.iter_mut().zip(&logits) {
+            n[0] = openledger_ml::model::argmax(row);
+        }
+    }
+    (rows * n) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let what = args.first().map(String::as_str).unwrap_or("all").to_string();
+    let threads: usize = args
+        .iter()
+        .position(|a| a == "--threads")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    // Like the engine: the whole run inside the compute pool, so the caller is a worker.
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("rayon pool");
+    rayon::scope(|_| run(&what, threads));
+}
+
+fn run(what: &str, threads: usize) {
+    let path = model_path();
+    assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh smollm2", path.display());
+    let (model, _) = load_model(&path, &Device::Cpu).expect("model");
+    let weight_bytes = model.format().weight_bytes as f64;
+    println!("model {} ({:.1} MB of weights), {threads} thread(s)", path.display(), weight_bytes / 1e6);
+
+    if what == "single" || what == "all" {
+        single_stream(&model, 16); // warm-up
+        let mut runs: Vec<f64> = (0..5).map(|_| single_stream(&model, 128)).collect();
+        runs.sort_by(f64::total_cmp);
+        let median = runs[2];
+        println!(
+            "single-stream decode: median {median:.1} tok/s (min {:.1}, max {:.1}); weights read {:.2} GB/s",
+            runs[0],
+            runs[4],
+            median * weight_bytes / 1e9
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let qkvo = [Target::Q, Target::K, Target::V, Target::O];
+    let needs_adapters = what == "batch" || what == "load" || what == "all";
+    let mut adapters = Vec::new();
+    if needs_adapters {
+        for i in 0..100 {
+            let d = dir.path().join(format!("a{i}"));
+            write_peft_adapter(&d, model.config(), 16, &qkvo, i as u64, false).expect("adapter");
+        }
+    }
+    if what == "load" || what == "all" {
+        let mut times = Vec::new();
+        for round in 0..5 {
+            for i in 0..100 {
+                let started = Instant::now();
+                let a = load_adapter_dir(&format!("a{i}"), &dir.path().join(format!("a{i}")), &model).expect("load");
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+                if round == 0 {
+                    adapters.push(Arc::new(a));
+                }
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "adapter cold load (rank 16, q/k/v/o, {:.1} MB in memory): p50 {:.2} ms, p99 {:.2} ms over {} loads",
+            adapters[0].size_bytes() as f64 / 1e6,
+            percentile(&times, 0.5),
+            percentile(&times, 0.99),
+            times.len()
+        );
+    } else if needs_adapters {
+        for i in 0..100 {
+            let a = load_adapter_dir(&format!("a{i}"), &dir.path().join(format!("a{i}")), &model).expect("load");
+            adapters.push(Arc::new(a));
+        }
+    }
+    if what == "batch" || what == "all" {
+        let n = 32;
+        batch16(&model, &adapters, 1, 4); // warm-up
+        let one = batch16(&model, &adapters, 1, n);
+        let sixteen = batch16(&model, &adapters, 16, n);
+        let hundred_rounds: Vec<f64> = (0..1).map(|_| batch16(&model, &adapters[..], 16, n)).collect();
+        // 100 adapters over 16 rows: each step's rows use different adapters (rotating sets).
+        let hundred = batch16_rotating(&model, &adapters, n);
+        let _ = hundred_rounds;
+        println!(
+            "batch 16 decode: 1 adapter {one:.1} tok/s, 16 adapters {sixteen:.1} tok/s, 100 adapters {hundred:.1} tok/s ({:.2}x of one)",
+            hundred / one
+        );
+    }
+    println!("peak RSS {:.0} MiB (model + {} adapters in memory)", peak_rss_mib(), adapters.len());
+}
+
+/// Batch 16 where the 100 adapters take turns: sequences are replaced every 8 steps by new
+/// ones using the next adapters, so all 100 are used during the measurement.
+fn batch16_rotating(model: &LlamaModel, adapters: &[Arc<openledger_ml::LoraAdapter>], n: usize) -> f64 {
+    let rows = 16;
+    let mut total = 0usize;
+    let started = Instant::now();
+    let mut next_adapter = 0;
+    let mut done = 0;
+    while done < n {
+        let chunk = 8.min(n - done);
+        let mixes: Vec<AdapterMix> = (0..rows)
+            .map(|_| {
+                let a = adapters[next_adapter % adapters.len()].clone();
+                next_adapter += 1;
+                AdapterMix(vec![(a, 1.0)])
+            })
+            .collect();
+        let mut caches: Vec<_> = (0..rows).map(|_| model.new_cache(chunk + 2).expect("cache")).collect();
+        let mut next: Vec<[u32; 1]> = vec![[PROMPT[0]]; rows];
+        for _ in 0..chunk {
+            let mut steps: Vec<SeqStep<'_>> = caches
+                .iter_mut()
+                .zip(&mixes)
+                .zip(&next)
+                .map(|((cache, adapters), tokens)| SeqStep { tokens, cache, adapters })
+                .collect();
+            let logits = model.forward(&mut steps).expect("decode").to_vec2::<f32>().expect("logits");
+            drop(steps);
+            for (n, row) in next.iter_mut().zip(&logits) {
+                n[0] = openledger_ml::model::argmax(row);
+            }
+            total += rows;
+        }
+        done += chunk;
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
