@@ -60,6 +60,17 @@ impl BlockMatrix {
         Ok(Self { format, rows, cols, data })
     }
 
+    /// The rows of `parts` one under the other, when they share format and width.
+    pub fn stack(parts: &[&BlockMatrix]) -> Result<Option<Self>> {
+        let Some(first) = parts.first() else { return Ok(None) };
+        if parts.iter().any(|p| p.format != first.format || p.cols != first.cols) {
+            return Ok(None);
+        }
+        let data = parts.iter().flat_map(|p| p.data.iter().copied()).collect();
+        let rows = parts.iter().map(|p| p.rows).sum();
+        Ok(Some(Self::new(first.format, rows, first.cols, data)?))
+    }
+
     fn row_bytes(&self) -> usize {
         self.cols / BLOCK * self.format.block_bytes()
     }

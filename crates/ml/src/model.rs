@@ -78,12 +78,72 @@ enum Embedding {
 struct Block {
     attn_norm: Tensor,
     ffn_norm: Tensor,
-    projections: [Linear; 7],
+    qkv: Group,
+    o: Group,
+    gate_up: Group,
+    down: Group,
 }
 
 impl Block {
-    fn proj(&self, target: Target) -> &Linear {
-        &self.projections[target as usize]
+    fn new(attn_norm: Tensor, ffn_norm: Tensor, projections: Vec<Linear>) -> Result<Self> {
+        let mut p = projections.into_iter().zip(Target::ALL);
+        let mut take = |n: usize| -> Result<Group> { Group::new(p.by_ref().take(n).map(|(l, t)| (t, l)).collect()) };
+        Ok(Self { attn_norm, ffn_norm, qkv: take(3)?, o: take(1)?, gate_up: take(2)?, down: take(1)? })
+    }
+}
+
+/// Projections of the same input (q/k/v, gate/up). On the CPU kernels they run as one
+/// stacked matrix: one quantization of the input and one dispatch to the thread pool.
+#[derive(Debug)]
+enum Group {
+    Stacked { matrix: Linear, parts: Vec<(Target, usize)> },
+    Separate(Vec<(Target, Linear)>),
+}
+
+impl Group {
+    fn new(parts: Vec<(Target, Linear)>) -> Result<Self> {
+        let matrices: Vec<&BlockMatrix> = parts
+            .iter()
+            .filter_map(|(_, l)| match l {
+                Linear::Blocks(m) => Some(m.as_ref()),
+                Linear::Candle(_) => None,
+            })
+            .collect();
+        if parts.len() < 2 || matrices.len() != parts.len() {
+            return Ok(Self::Separate(parts));
+        }
+        match BlockMatrix::stack(&matrices)? {
+            Some(stacked) => {
+                let widths = parts.iter().zip(&matrices).map(|((t, _), m)| (*t, m.rows)).collect();
+                Ok(Self::Stacked { matrix: Linear::Blocks(Arc::new(stacked)), parts: widths })
+            }
+            None => Ok(Self::Separate(parts)),
+        }
+    }
+
+    /// Each projection's output with its LoRA deltas, in the group's target order.
+    fn forward(&self, layer: usize, x: &Tensor, lora: &LoraPlan) -> Result<Vec<Tensor>> {
+        let with_lora =
+            |target, base: Tensor| if lora.is_empty() { Ok(base) } else { lora.apply(layer, target, x, base) };
+        match self {
+            Self::Separate(parts) => parts.iter().map(|(t, l)| with_lora(*t, l.forward(x)?)).collect(),
+            Self::Stacked { matrix, parts } => {
+                let all = matrix.forward(x)?;
+                let mut offset = 0;
+                parts
+                    .iter()
+                    .map(|&(t, width)| {
+                        let part = all.narrow(1, offset, width)?.contiguous()?;
+                        offset += width;
+                        with_lora(t, part)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn single(&self, layer: usize, x: &Tensor, lora: &LoraPlan) -> Result<Tensor> {
+        self.forward(layer, x, lora)?.pop().ok_or_else(|| MlError::corrupt("model", "empty projection group"))
     }
 }
 
@@ -194,11 +254,11 @@ impl LlamaModel {
                 let (name, shape) = p(target);
                 projections.push(linear(tensor(&name, &shape)?)?);
             }
-            blocks.push(Block {
-                attn_norm: vector(tensor(&format!("blk.{i}.attn_norm.weight"), &[c.hidden_size])?)?,
-                ffn_norm: vector(tensor(&format!("blk.{i}.ffn_norm.weight"), &[c.hidden_size])?)?,
-                projections: into_array(projections),
-            });
+            blocks.push(Block::new(
+                vector(tensor(&format!("blk.{i}.attn_norm.weight"), &[c.hidden_size])?)?,
+                vector(tensor(&format!("blk.{i}.ffn_norm.weight"), &[c.hidden_size])?)?,
+                projections,
+            )?);
         }
         let norm = vector(tensor("output_norm.weight", &[c.hidden_size])?)?;
         // The embedding table and a tied output projection share one copy of the blocks.
@@ -249,11 +309,11 @@ impl LlamaModel {
                 let name = format!("model.layers.{i}.{}.{}.weight", target.block_name(), target.module_name());
                 projections.push(linear(take(&name, &[o_f, i_f])?)?);
             }
-            blocks.push(Block {
-                attn_norm: take(&format!("model.layers.{i}.input_layernorm.weight"), &[c.hidden_size])?,
-                ffn_norm: take(&format!("model.layers.{i}.post_attention_layernorm.weight"), &[c.hidden_size])?,
-                projections: into_array(projections),
-            });
+            blocks.push(Block::new(
+                take(&format!("model.layers.{i}.input_layernorm.weight"), &[c.hidden_size])?,
+                take(&format!("model.layers.{i}.post_attention_layernorm.weight"), &[c.hidden_size])?,
+                projections,
+            )?);
         }
         let norm = take("model.norm.weight", &[c.hidden_size])?;
         let output = if c.tie_word_embeddings {
@@ -403,11 +463,6 @@ impl LlamaModel {
         }
     }
 
-    fn project(&self, layer: usize, block: &Block, target: Target, x: &Tensor, lora: &LoraPlan) -> Result<Tensor> {
-        let base = block.proj(target).forward(x)?;
-        if lora.is_empty() { Ok(base) } else { lora.apply(layer, target, x, base) }
-    }
-
     fn block_forward(
         &self,
         layer: usize,
@@ -419,9 +474,8 @@ impl LlamaModel {
         let c = &self.config;
         let eps = c.rms_norm_eps as f32;
         let h = candle_nn::ops::rms_norm(x, &block.attn_norm, eps)?;
-        let q = self.project(layer, block, Target::Q, &h, lora)?;
-        let k = self.project(layer, block, Target::K, &h, lora)?;
-        let v = self.project(layer, block, Target::V, &h, lora)?;
+        let [q, k, v]: [Tensor; 3] =
+            block.qkv.forward(layer, &h, lora)?.try_into().map_err(|_| MlError::corrupt("model", "q/k/v group"))?;
         let mut outputs = Vec::with_capacity(steps.len());
         let mut row = 0;
         for step in steps.iter_mut() {
@@ -432,11 +486,14 @@ impl LlamaModel {
             row += t;
         }
         let attn = Tensor::cat(&outputs, 0)?;
-        let x = (x + self.project(layer, block, Target::O, &attn, lora)?)?;
+        let x = (x + block.o.single(layer, &attn, lora)?)?;
         let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
-        let gate = self.project(layer, block, Target::Gate, &h, lora)?;
-        let up = self.project(layer, block, Target::Up, &h, lora)?;
-        let mlp = self.project(layer, block, Target::Down, &(candle_nn::ops::silu(&gate)? * up)?, lora)?;
+        let [gate, up]: [Tensor; 2] = block
+            .gate_up
+            .forward(layer, &h, lora)?
+            .try_into()
+            .map_err(|_| MlError::corrupt("model", "gate/up group"))?;
+        let mlp = block.down.single(layer, &(candle_nn::ops::silu(&gate)? * up)?, lora)?;
         Ok((x + mlp)?)
     }
 
@@ -490,13 +547,6 @@ impl LlamaModel {
     pub fn logits_for(&self, tokens: &[u32], cache: &mut KvCache, adapters: &AdapterMix) -> Result<Vec<f32>> {
         let logits = self.forward(&mut [SeqStep { tokens, cache, adapters }])?;
         Ok(logits.squeeze(0)?.to_vec1()?)
-    }
-}
-
-fn into_array(v: Vec<Linear>) -> [Linear; 7] {
-    match v.try_into() {
-        Ok(a) => a,
-        Err(_) => unreachable!("one projection per target"),
     }
 }
 

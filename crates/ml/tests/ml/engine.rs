@@ -204,3 +204,33 @@ fn adapter_cache_stays_in_budget_and_never_evicts_pinned_adapters() {
     assert_eq!(cache.cached_ids(), vec!["c3", "c4"]);
     assert_eq!(Arc::strong_count(&_also), 2);
 }
+
+#[test]
+fn adapters_come_from_an_object_store_and_preload_at_start() {
+    use object_store::{ObjectStore, PutPayload, memory::InMemory, path::Path as ObjectPath};
+    let setup = Setup::new(&[("remote", 4)]);
+    let store = Arc::new(InMemory::new());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        let bytes = std::fs::read(setup.adapters_dir.join("remote").join(file)).unwrap();
+        let path = ObjectPath::from(format!("adapters/remote/{file}"));
+        runtime.block_on(store.put(&path, PutPayload::from(bytes))).unwrap();
+    }
+    let cache_dir = setup.fixture.dir.path().join("adapter-cache");
+    let source = AdapterSource::ObjectStore { store, prefix: "adapters".into(), cache_dir: cache_dir.clone() };
+    let path = setup.fixture.dir.path().join("tiny-Q8_0.gguf");
+    let (model, tokenizer) = load_model(&path, &candle_core::Device::Cpu).unwrap();
+    let config = EngineConfig { preload: vec!["remote".into()], ..Default::default() };
+    let engine = Engine::start(model, tokenizer, source.clone(), config).unwrap();
+    assert_eq!(engine.adapter_cache().cached_ids(), vec!["remote"], "preloaded before any request");
+    assert!(cache_dir.join("remote").join("adapter_model.safetensors").exists(), "copied to the local cache");
+    let (_, ids, _, _) =
+        runtime.block_on(engine.submit(tokens(&[1, 2, 3], 6).with_adapter("remote")).unwrap().collect()).unwrap();
+    assert_eq!(ids, setup.alone(&[1, 2, 3], Some("remote"), 6)[..ids.len()]);
+    assert!(engine.adapter_cache().metrics.hits.get() >= 1);
+    // A missing object is a clear not-found; a preload of it stops the start.
+    let (model, tokenizer) = load_model(&path, &candle_core::Device::Cpu).unwrap();
+    let config = EngineConfig { preload: vec!["absent".into()], ..Default::default() };
+    let err = Engine::start(model, tokenizer, source, config).unwrap_err();
+    assert!(matches!(err, MlError::NotFound { .. }), "{err}");
+}
