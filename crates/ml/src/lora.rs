@@ -280,8 +280,11 @@ pub(crate) struct LoraPlan {
 
 struct LoraGroup {
     adapter: Arc<LoraAdapter>,
-    rows: Tensor,
-    weights: Tensor,
+    rows: Vec<u32>,
+    weights: Vec<f32>,
+    /// The same rows and weights as tensors, for devices other than the CPU.
+    row_tensor: Tensor,
+    weight_tensor: Tensor,
 }
 
 impl LoraPlan {
@@ -310,8 +313,10 @@ impl LoraPlan {
                 let n = rows.len();
                 Ok(LoraGroup {
                     adapter,
-                    rows: Tensor::from_vec(rows, n, device)?,
-                    weights: Tensor::from_vec(weights, (n, 1), device)?,
+                    row_tensor: Tensor::from_vec(rows.clone(), n, device)?,
+                    weight_tensor: Tensor::from_vec(weights.clone(), (n, 1), device)?,
+                    rows,
+                    weights,
                 })
             })
             .collect::<Result<_>>()?;
@@ -324,15 +329,74 @@ impl LoraPlan {
 
     /// Adds every group's `w · scale · B·A·x` to `out` (rows × out_features).
     pub(crate) fn apply(&self, layer: usize, target: Target, x: &Tensor, out: Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            self.apply_cpu(layer, target, x, out)
+        } else {
+            self.apply_tensors(layer, target, x, out)
+        }
+    }
+
+    /// Tensor operations, for any device: gather the group's rows, two matmuls, scatter-add.
+    fn apply_tensors(&self, layer: usize, target: Target, x: &Tensor, out: Tensor) -> Result<Tensor> {
         let mut out = out;
         for group in &self.groups {
             let Some(pair) = group.adapter.pair(layer, target) else { continue };
-            let xs = x.index_select(&group.rows, 0)?;
-            let delta = xs.matmul(&pair.a.t()?)?.matmul(&pair.b.t()?)?.broadcast_mul(&group.weights)?;
-            out = out.index_add(&group.rows, &delta, 0)?;
+            let xs = x.index_select(&group.row_tensor, 0)?;
+            let delta = xs.matmul(&pair.a.t()?)?.matmul(&pair.b.t()?)?.broadcast_mul(&group.weight_tensor)?;
+            out = out.index_add(&group.row_tensor, &delta, 0)?;
         }
         Ok(out)
     }
+
+    /// The same on CPU slices: per row two small matrix-vector products, with no tensor
+    /// allocations per group, so 16 adapters in a batch cost about what one does.
+    fn apply_cpu(&self, layer: usize, target: Target, x: &Tensor, out: Tensor) -> Result<Tensor> {
+        let (n, in_features) = x.dims2()?;
+        let out_features = out.dim(1)?;
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let mut ys: Vec<f32> = out.flatten_all()?.to_vec1()?;
+        let mut u = Vec::new();
+        for group in &self.groups {
+            let Some(pair) = group.adapter.pair(layer, target) else { continue };
+            let (a_storage, a_layout) = pair.a.storage_and_layout();
+            let (b_storage, b_layout) = pair.b.storage_and_layout();
+            let a = cpu_f32(&a_storage, a_layout)?;
+            let b = cpu_f32(&b_storage, b_layout)?;
+            let rank = a.len() / in_features;
+            for (&row, &weight) in group.rows.iter().zip(&group.weights) {
+                let row = row as usize;
+                let x_row = &xs[row * in_features..(row + 1) * in_features];
+                u.clear();
+                u.extend(a.chunks_exact(in_features).map(|a_row| weight * dot(a_row, x_row)));
+                let y_row = &mut ys[row * out_features..(row + 1) * out_features];
+                for (y, b_row) in y_row.iter_mut().zip(b.chunks_exact(rank)) {
+                    *y += dot(b_row, &u);
+                }
+            }
+        }
+        Ok(Tensor::from_vec(ys, (n, out_features), x.device())?)
+    }
+}
+
+/// A contiguous CPU f32 tensor's elements.
+fn cpu_f32<'a>(storage: &'a candle_core::Storage, layout: &candle_core::Layout) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(cpu), Some((start, end))) => Ok(&cpu.as_slice::<f32>()?[start..end]),
+        _ => Err(MlError::corrupt("adapter", "LoRA weights are not a contiguous CPU f32 tensor")),
+    }
+}
+
+/// f32 dot product in eight independent lanes, so the compiler can vectorize it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+    for (ca, cb) in a_chunks.zip(b_chunks) {
+        for i in 0..8 {
+            lanes[i] += ca[i] * cb[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -351,6 +415,60 @@ mod tests {
         assert_eq!(parse_peft_name("base_model.model.model.layers.0.mlp.q_proj.lora_A.weight"), None);
         assert_eq!(parse_peft_name("base_model.model.model.layers.x.self_attn.q_proj.lora_A.weight"), None);
         assert_eq!(parse_peft_name("base_model.model.lm_head.lora_A.weight"), None);
+    }
+
+    /// The CPU slice path and the tensor path (used on GPUs) agree.
+    #[test]
+    fn cpu_path_matches_tensor_path() {
+        let device = Device::Cpu;
+        let base = ModelConfig {
+            architecture: "llama".into(),
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_layers: 1,
+            num_heads: 2,
+            num_kv_heads: 1,
+            head_dim: 8,
+            vocab_size: 10,
+            context_length: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 1e4,
+            rope_scaling: None,
+            rope_interleaved: false,
+            tie_word_embeddings: false,
+        };
+        let config = AdapterConfig::parse(r#"{"r":4,"lora_alpha":8,"target_modules":["down_proj"]}"#).unwrap();
+        let adapter = |seed: f64| {
+            let a = (Tensor::arange(0f32, 128.0, &device).unwrap().reshape((4, 32)).unwrap() * (0.01 * seed)).unwrap();
+            let b =
+                (Tensor::arange(0f32, 64.0, &device).unwrap().reshape((16, 4)).unwrap().cos().unwrap() * seed).unwrap();
+            let tensors = HashMap::from([
+                (peft_tensor_name(0, Target::Down, true), a),
+                (peft_tensor_name(0, Target::Down, false), b),
+            ]);
+            Arc::new(LoraAdapter::from_peft("t", &config, tensors, &base, &device).unwrap())
+        };
+        let (first, second) =
+            (AdapterMix(vec![(adapter(1.0), 1.0)]), AdapterMix(vec![(adapter(2.0), 0.5), (adapter(3.0), -1.0)]));
+        let none = AdapterMix::default();
+        let plan = LoraPlan::new(&[&first, &none, &second, &first], &device).unwrap();
+        let x = Tensor::arange(0f32, 128.0, &device).unwrap().reshape((4, 32)).unwrap().sin().unwrap();
+        let out = Tensor::ones((4, 16), DType::F32, &device).unwrap();
+        let cpu: Vec<f32> =
+            plan.apply_cpu(0, Target::Down, &x, out.clone()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let tensors: Vec<f32> =
+            plan.apply_tensors(0, Target::Down, &x, out).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(cpu.iter().zip(&tensors).all(|(a, b)| (a - b).abs() < 1e-4), "{cpu:?} vs {tensors:?}");
+        assert!(cpu[16..32].iter().all(|v| *v == 1.0), "a row without adapters is untouched");
+        assert!(
+            plan.apply_cpu(
+                0,
+                Target::Q,
+                &x.narrow(1, 0, 16).unwrap(),
+                Tensor::ones((4, 18), DType::F32, &device).unwrap()
+            )
+            .is_ok()
+        );
     }
 
     #[test]
