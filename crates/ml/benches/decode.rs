@@ -54,19 +54,24 @@ fn batch16(model: &LlamaModel, adapters: &[Arc<openledger_ml::LoraAdapter>], dis
     }
     let started = Instant::now();
     for _ in 0..n {
-        let mut steps: Vec<SeqStep<'_>> = caches
-            .iter_mut()
-            .zip(&mixes)
-            .zip(&next)
-            .map(|((cache, adapters), tokens)| SeqStep { tokens, cache, adapters })
-            .collect();
-        let logits = model.forward(&mut steps).expect("decode").to_vec2::<f32>().expect("logits");
-        drop(steps);
-        for (n, row) in next.iter_mut().zip(&logits) {
-            n[0] = openledger_ml::model::argmax(row);
-        }
+        greedy_step(model, &mut caches, &mixes, &mut next);
     }
     (rows * n) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// One batched decode step: every sequence feeds its last token and gets its greedy next one.
+fn greedy_step(model: &LlamaModel, caches: &mut [openledger_ml::KvCache], mixes: &[AdapterMix], next: &mut [[u32; 1]]) {
+    let mut steps: Vec<SeqStep<'_>> = caches
+        .iter_mut()
+        .zip(mixes)
+        .zip(next.iter())
+        .map(|((cache, adapters), tokens)| SeqStep { tokens, cache, adapters })
+        .collect();
+    let logits = model.forward(&mut steps).expect("decode").to_vec2::<f32>().expect("logits");
+    drop(steps);
+    for (n, row) in next.iter_mut().zip(&logits) {
+        n[0] = openledger_ml::model::argmax(row);
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -158,10 +163,8 @@ fn run(what: &str, threads: usize) {
         batch16(&model, &adapters, 1, 4); // warm-up
         let one = batch16(&model, &adapters, 1, n);
         let sixteen = batch16(&model, &adapters, 16, n);
-        let hundred_rounds: Vec<f64> = (0..1).map(|_| batch16(&model, &adapters[..], 16, n)).collect();
         // 100 adapters over 16 rows: each step's rows use different adapters (rotating sets).
         let hundred = batch16_rotating(&model, &adapters, n);
-        let _ = hundred_rounds;
         println!(
             "batch 16 decode: 1 adapter {one:.1} tok/s, 16 adapters {sixteen:.1} tok/s, 100 adapters {hundred:.1} tok/s ({:.2}x of one)",
             hundred / one
@@ -190,17 +193,7 @@ fn batch16_rotating(model: &LlamaModel, adapters: &[Arc<openledger_ml::LoraAdapt
         let mut caches: Vec<_> = (0..rows).map(|_| model.new_cache(chunk + 2).expect("cache")).collect();
         let mut next: Vec<[u32; 1]> = vec![[PROMPT[0]]; rows];
         for _ in 0..chunk {
-            let mut steps: Vec<SeqStep<'_>> = caches
-                .iter_mut()
-                .zip(&mixes)
-                .zip(&next)
-                .map(|((cache, adapters), tokens)| SeqStep { tokens, cache, adapters })
-                .collect();
-            let logits = model.forward(&mut steps).expect("decode").to_vec2::<f32>().expect("logits");
-            drop(steps);
-            for (n, row) in next.iter_mut().zip(&logits) {
-                n[0] = openledger_ml::model::argmax(row);
-            }
+            greedy_step(model, &mut caches, &mixes, &mut next);
             total += rows;
         }
         done += chunk;
