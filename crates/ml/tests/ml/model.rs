@@ -188,6 +188,11 @@ fn bad_models_and_adapters_are_clear_errors() {
     std::fs::write(&garbage, b"this is not a model").unwrap();
     assert!(matches!(load_model(&garbage, &Device::Cpu).unwrap_err(), MlError::Corrupt { .. }));
 
+    // A quantization the engine does not run (Q8_1 is only an activation format in GGML).
+    let q8_1 = f.tiny.write_gguf(&f.dir.path().join("q8_1.gguf"), GgmlDType::Q8_1).unwrap();
+    let err = load_model(&q8_1, &Device::Cpu).unwrap_err();
+    assert!(matches!(err, MlError::Unsupported { .. }) && err.to_string().contains("Q8_1"), "{err}");
+
     // Another architecture in an otherwise valid file.
     let hf_dir = f.tiny.write_safetensors(&f.dir.path().join("hf")).unwrap();
     let config = std::fs::read_to_string(hf_dir.join("config.json")).unwrap();
