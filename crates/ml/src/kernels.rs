@@ -121,7 +121,7 @@ impl BlockMatrix {
             let mut j = 0;
             while j + 4 <= rows {
                 for i in 0..m {
-                    let dots = dot4(self.format, [row(j), row(j + 1), row(j + 2), row(j + 3)], &activations, i);
+                    let dots = dot_rows(self.format, [row(j), row(j + 1), row(j + 2), row(j + 3)], &activations, i);
                     for (r, d) in dots.into_iter().enumerate() {
                         out[(j + r) * m + i] = d;
                     }
@@ -130,7 +130,7 @@ impl BlockMatrix {
             }
             for j in j..rows {
                 for i in 0..m {
-                    out[j * m + i] = dot(self.format, row(j), &activations, i);
+                    out[j * m + i] = dot_rows(self.format, [row(j)], &activations, i)[0];
                 }
             }
         });
@@ -182,33 +182,16 @@ impl Q8Activations {
     }
 }
 
-/// Dot product of one weight row with activation row `i`.
+/// `R` weight rows against activation row `i` (the AVX2 kernel, or the portable one).
 #[inline]
-fn dot(format: BlockFormat, w: &[u8], x: &Q8Activations, i: usize) -> f32 {
+fn dot_rows<const R: usize>(format: BlockFormat, w: [&[u8]; R], x: &Q8Activations, i: usize) -> [f32; R] {
     let b0 = i * x.blocks_per_row;
     let scales = &x.scale[b0..b0 + x.blocks_per_row];
     let sums = &x.scaled_sum[b0..b0 + x.blocks_per_row];
     let quants = &x.quants[b0 * BLOCK..(b0 + x.blocks_per_row) * BLOCK];
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
     {
-        avx2::dot(format, w, scales, sums, quants)
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
-    {
-        portable_dot(format, w, scales, sums, quants)
-    }
-}
-
-/// Four weight rows against activation row `i`.
-#[inline]
-fn dot4(format: BlockFormat, w: [&[u8]; 4], x: &Q8Activations, i: usize) -> [f32; 4] {
-    let b0 = i * x.blocks_per_row;
-    let scales = &x.scale[b0..b0 + x.blocks_per_row];
-    let sums = &x.scaled_sum[b0..b0 + x.blocks_per_row];
-    let quants = &x.quants[b0 * BLOCK..(b0 + x.blocks_per_row) * BLOCK];
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
-    {
-        avx2::dot_rows::<4>(format, w, scales, sums, quants)
+        avx2::dot_rows::<R>(format, w, scales, sums, quants)
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
     {
@@ -262,10 +245,6 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{BLOCK, BlockFormat};
-
-    pub(super) fn dot(format: BlockFormat, w: &[u8], scales: &[f32], sums: &[f32], quants: &[i8]) -> f32 {
-        dot_rows::<1>(format, [w], scales, sums, quants)[0]
-    }
 
     /// `R` weight rows against one activation row: the activation block is loaded once for all
     /// rows, and the rows' accumulators form independent FMA chains.
