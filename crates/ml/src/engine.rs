@@ -233,7 +233,6 @@ impl Engine {
             waiting: VecDeque::new(),
             loading: HashSet::new(),
             running: Vec::new(),
-            kv_reserved: 0,
         };
         std::thread::Builder::new()
             .name("openlora-engine".into())
@@ -347,12 +346,19 @@ struct Running {
     mix: AdapterMix,
     cache: KvCache,
     sampler: Sampler,
-    /// Prompt tokens not yet prefilled.
-    prefill_from: usize,
-    history: Vec<u32>,
-    generated: Vec<u32>,
+    /// The prompt, then the generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens already in the KV cache.
+    fed: usize,
     text: TextStream,
     reserved: usize,
+}
+
+impl Running {
+    fn generated(&self) -> &[u32] {
+        &self.tokens[self.prompt_len..]
+    }
 }
 
 struct Scheduler {
@@ -364,7 +370,6 @@ struct Scheduler {
     waiting: VecDeque<Pending>,
     loading: HashSet<String>,
     running: Vec<Running>,
-    kv_reserved: usize,
 }
 
 impl Scheduler {
@@ -424,11 +429,12 @@ impl Scheduler {
 
     fn drop_cancelled(&mut self) {
         self.waiting.retain(|p| !p.cancel.load(Ordering::Relaxed) && !p.events.is_closed());
-        let before = self.running.len();
         self.running.retain(|r| !r.request.cancel.load(Ordering::Relaxed) && !r.request.events.is_closed());
-        if self.running.len() != before {
-            self.kv_reserved = self.running.iter().map(|r| r.reserved).sum();
-        }
+    }
+
+    /// KV tokens reserved by the running sequences.
+    fn kv_reserved(&self) -> usize {
+        self.running.iter().map(|r| r.reserved).sum()
     }
 
     /// Admits waiting requests in arrival order while batch slots and KV budget allow.
@@ -441,21 +447,21 @@ impl Scheduler {
                 continue;
             }
             let reserved = p.prompt.len() + p.max_tokens;
-            if self.kv_reserved + reserved > self.config.max_kv_tokens {
+            if self.kv_reserved() + reserved > self.config.max_kv_tokens {
                 break; // first come, first served: do not let small requests starve a big one
             }
-            let Some(pending) = self.waiting.remove(index) else { break };
+            let Some(mut pending) = self.waiting.remove(index) else { break };
             match self.resources_for(&pending, reserved) {
                 Ok((mix, cache)) => {
-                    self.kv_reserved += reserved;
+                    let tokens = std::mem::take(&mut pending.prompt);
                     self.running.push(Running {
                         mix,
                         cache,
-                        sampler: Sampler::new(pending.sampling.clone()),
-                        prefill_from: 0,
-                        history: pending.prompt.clone(),
-                        generated: Vec::new(),
-                        text: TextStream::new(pending.stop.clone()),
+                        sampler: Sampler::new(std::mem::take(&mut pending.sampling)),
+                        prompt_len: tokens.len(),
+                        tokens,
+                        fed: 0,
+                        text: TextStream::new(std::mem::take(&mut pending.stop)),
                         reserved,
                         request: pending,
                     });
@@ -487,36 +493,31 @@ impl Scheduler {
     /// One forward pass over every running sequence, then sampling and streaming.
     fn step(&mut self) {
         let started = Instant::now();
+        // What each running sequence feeds this step: the next chunk of its prompt (within the
+        // step's prefill budget), or its last generated token; `None` waits for budget.
         let mut budget = self.config.max_prefill_tokens_per_step;
-        // Which rows this step feeds, and whether the step ends their prompt.
-        let mut plan: Vec<(usize, usize, usize)> = Vec::new(); // (index, from, to)
-        for (i, r) in self.running.iter().enumerate() {
-            let prompt_len = r.request.prompt.len();
-            if r.prefill_from < prompt_len {
-                if budget == 0 {
-                    continue;
+        let feeds: Vec<Option<std::ops::Range<usize>>> = self
+            .running
+            .iter()
+            .map(|r| {
+                if r.fed >= r.prompt_len {
+                    return Some(r.fed..r.tokens.len());
                 }
-                let to = prompt_len.min(r.prefill_from + budget);
-                budget -= to - r.prefill_from;
-                plan.push((i, r.prefill_from, to));
-            } else {
-                plan.push((i, 0, 0));
-            }
-        }
-        let decode_tokens: Vec<[u32; 1]> =
-            self.running.iter().map(|r| [r.generated.last().copied().unwrap_or_default()]).collect();
+                let to = r.prompt_len.min(r.fed + budget);
+                budget -= to - r.fed;
+                (to > r.fed).then_some(r.fed..to)
+            })
+            .collect();
         let result = {
-            let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(plan.len());
-            let mut plan_iter = plan.iter().peekable();
-            for (i, r) in self.running.iter_mut().enumerate() {
-                let Some(&&(index, from, to)) = plan_iter.peek() else { break };
-                if index != i {
-                    continue;
-                }
-                plan_iter.next();
-                let tokens: &[u32] = if to > 0 { &r.request.prompt[from..to] } else { &decode_tokens[i] };
-                steps.push(SeqStep { tokens, cache: &mut r.cache, adapters: &r.mix });
-            }
+            let mut steps: Vec<SeqStep<'_>> = self
+                .running
+                .iter_mut()
+                .zip(&feeds)
+                .filter_map(|(r, feed)| {
+                    let feed = feed.clone()?;
+                    Some(SeqStep { tokens: &r.tokens[feed], cache: &mut r.cache, adapters: &r.mix })
+                })
+                .collect();
             self.model.forward(&mut steps).and_then(|logits| Ok(logits.to_vec2::<f32>()?))
         };
         let logits = match result {
@@ -524,38 +525,38 @@ impl Scheduler {
             Err(e) => {
                 // A failed step fails its sequences, not the engine.
                 tracing::error!(error = %e, "forward pass failed");
-                for (i, _, _) in &plan {
-                    let _ = self.running[*i].request.events.send(Event::Error(MlError::InvalidRequest(e.to_string())));
-                }
-                let failed: HashSet<usize> = plan.iter().map(|p| p.0).collect();
-                let mut index = 0;
-                self.running.retain(|_| {
-                    index += 1;
-                    !failed.contains(&(index - 1))
+                let mut fed = feeds.iter().map(Option::is_some);
+                self.running.retain(|r| {
+                    let failed = fed.next().unwrap_or(false);
+                    if failed {
+                        let _ = r.request.events.send(Event::Error(MlError::InvalidRequest(e.to_string())));
+                    }
+                    !failed
                 });
-                self.kv_reserved = self.running.iter().map(|r| r.reserved).sum();
                 return;
             }
         };
+        let fed_rows = feeds.into_iter().enumerate().filter_map(|(i, feed)| Some((i, feed?)));
         let mut finished = Vec::new();
-        for ((i, _, to), mut row) in plan.into_iter().zip(logits) {
+        for ((i, feed), mut row) in fed_rows.zip(logits) {
             let r = &mut self.running[i];
-            if to > 0 {
-                r.prefill_from = to;
-                if to < r.request.prompt.len() {
-                    continue; // more prompt to prefill before the first token
-                }
+            r.fed = feed.end;
+            if r.fed < r.prompt_len {
+                continue; // more prompt to prefill before the first token
             }
-            let token = r.sampler.sample(&mut row, &r.history);
-            r.history.push(token);
-            r.generated.push(token);
+            let token = r.sampler.sample(&mut row, &r.tokens);
+            r.tokens.push(token);
             let is_stop_token = self.tokenizer.stop_ids().contains(&token);
-            let (piece, stop_string) =
-                if is_stop_token { (String::new(), false) } else { r.text.push(&self.tokenizer, &r.generated) };
+            let (piece, stop_string) = if is_stop_token {
+                (String::new(), false)
+            } else {
+                r.text.push(&self.tokenizer, &r.tokens[r.prompt_len..])
+            };
             let _ = r.request.events.send(Event::Token { id: token, text: piece });
+            let generated = r.generated().len();
             let reason = if is_stop_token || stop_string {
                 Some(FinishReason::Stop)
-            } else if r.generated.len() >= r.request.max_tokens {
+            } else if generated >= r.request.max_tokens {
                 Some(FinishReason::Length)
             } else {
                 None
@@ -565,14 +566,13 @@ impl Scheduler {
                 if !tail.is_empty() {
                     let _ = r.request.events.send(Event::Token { id: token, text: tail });
                 }
-                let usage = Usage { prompt_tokens: r.request.prompt.len(), completion_tokens: r.generated.len() };
+                let usage = Usage { prompt_tokens: r.prompt_len, completion_tokens: generated };
                 let _ = r.request.events.send(Event::Done { finish_reason, usage });
                 finished.push(i);
             }
         }
         for i in finished.into_iter().rev() {
-            let done = self.running.swap_remove(i);
-            self.kv_reserved -= done.reserved;
+            self.running.swap_remove(i);
         }
         tracing::trace!(elapsed_us = started.elapsed().as_micros() as u64, batch = self.running.len(), "engine step");
     }
