@@ -101,12 +101,23 @@ impl AdapterSource {
 }
 
 async fn fetch_object_adapter(store: &dyn ObjectStore, prefix: &str, id: &str, dir: &Path) -> Result<()> {
+    let staging = dir.with_extension(format!("partial-{}", std::process::id()));
+    std::fs::create_dir_all(&staging).map_err(|e| MlError::io(&staging, e))?;
+    let fetched = download_adapter_files(store, prefix, id, &staging).await;
+    // Whole directories appear atomically: a failed or interrupted download leaves no adapter
+    // directory, and a failed one removes its staging directory too.
+    let result = fetched.and_then(|()| std::fs::rename(&staging, dir).map_err(|e| MlError::io(dir, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+async fn download_adapter_files(store: &dyn ObjectStore, prefix: &str, id: &str, staging: &Path) -> Result<()> {
     let fetch = |e: object_store::Error| match e {
         object_store::Error::NotFound { path, .. } => MlError::NotFound { what: "adapter", path },
         other => MlError::Fetch { what: format!("adapter {id}"), detail: other.to_string() },
     };
-    let staging = dir.with_extension(format!("partial-{}", std::process::id()));
-    std::fs::create_dir_all(&staging).map_err(|e| MlError::io(&staging, e))?;
     for name in [ADAPTER_CONFIG, ADAPTER_WEIGHTS] {
         let path = ObjectPath::from(format!("{}/{id}/{name}", prefix.trim_end_matches('/')));
         let object = store.get(&path).await.map_err(fetch)?;
@@ -117,18 +128,12 @@ async fn fetch_object_adapter(store: &dyn ObjectStore, prefix: &str, id: &str, d
         let target = staging.join(name);
         std::fs::write(&target, &bytes).map_err(|e| MlError::io(&target, e))?;
     }
-    // Whole directories appear atomically: a crash mid-download leaves only a staging dir.
-    std::fs::rename(&staging, dir).map_err(|e| MlError::io(dir, e))
+    Ok(())
 }
 
 async fn fetch_hub_adapter(id: &str, repo: &str, revision: Option<String>) -> Result<PathBuf> {
     let fetch = |e: hf_hub::api::tokio::ApiError| MlError::Fetch { what: id.to_string(), detail: e.to_string() };
-    let api = hf_hub::api::tokio::ApiBuilder::from_env().build().map_err(fetch)?;
-    let repo = match revision {
-        Some(rev) => hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev),
-        None => hf_hub::Repo::model(repo.to_string()),
-    };
-    let repo = api.repo(repo);
+    let repo = crate::source::hub_repo(repo, revision.as_deref()).map_err(fetch)?;
     let config = repo.get(ADAPTER_CONFIG).await.map_err(fetch)?;
     repo.get(ADAPTER_WEIGHTS).await.map_err(fetch)?;
     Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())

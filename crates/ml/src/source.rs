@@ -77,12 +77,7 @@ impl Source {
             Self::Hub { repo, revision, file } => (repo, revision, file),
         };
         let fetch = |e: hf_hub::api::tokio::ApiError| MlError::Fetch { what: self.to_string(), detail: e.to_string() };
-        let api = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(true).build().map_err(fetch)?;
-        let repo = match revision {
-            Some(rev) => hf_hub::Repo::with_revision(repo.clone(), hf_hub::RepoType::Model, rev.clone()),
-            None => hf_hub::Repo::model(repo.clone()),
-        };
-        let repo = api.repo(repo);
+        let repo = hub_repo(repo, revision.as_deref()).map_err(fetch)?;
         if let Some(file) = file {
             return repo.get(file).await.map_err(fetch);
         }
@@ -111,6 +106,20 @@ impl Source {
         }
         Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
     }
+}
+
+/// A Hugging Face model repository at a revision, with hf-hub's environment (token, cache,
+/// endpoint) and its download progress bars.
+pub(crate) fn hub_repo(
+    repo: &str,
+    revision: Option<&str>,
+) -> Result<hf_hub::api::tokio::ApiRepo, hf_hub::api::tokio::ApiError> {
+    let api = hf_hub::api::tokio::ApiBuilder::from_env().build()?;
+    let repo = match revision {
+        Some(rev) => hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev.to_string()),
+        None => hf_hub::Repo::model(repo.to_string()),
+    };
+    Ok(api.repo(repo))
 }
 
 /// Loads a model and its tokenizer from local files: a GGUF file (tokenizer from a

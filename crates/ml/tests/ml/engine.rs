@@ -233,4 +233,6 @@ fn adapters_come_from_an_object_store_and_preload_at_start() {
     let config = EngineConfig { preload: vec!["absent".into()], ..Default::default() };
     let err = Engine::start(model, tokenizer, source, config).unwrap_err();
     assert!(matches!(err, MlError::NotFound { .. }), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&cache_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("remote")], "a failed download leaves nothing behind");
 }
