@@ -46,6 +46,19 @@ impl Target {
         }
     }
 
+    /// The tensor name llama.cpp's GGUF files use (`blk.{i}.<name>.weight`).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Self::Q => "attn_q",
+            Self::K => "attn_k",
+            Self::V => "attn_v",
+            Self::O => "attn_output",
+            Self::Gate => "ffn_gate",
+            Self::Up => "ffn_up",
+            Self::Down => "ffn_down",
+        }
+    }
+
     pub fn from_module_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.module_name() == name)
     }

@@ -236,23 +236,11 @@ impl LlamaModel {
         let embed = tensor("token_embd.weight", &[c.vocab_size, c.hidden_size])?;
         let mut blocks = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
-            let p = |target: Target| -> (String, [usize; 2]) {
-                let (i_f, o_f) = c.projection_shape(target);
-                let name = match target {
-                    Target::Q => "attn_q",
-                    Target::K => "attn_k",
-                    Target::V => "attn_v",
-                    Target::O => "attn_output",
-                    Target::Gate => "ffn_gate",
-                    Target::Up => "ffn_up",
-                    Target::Down => "ffn_down",
-                };
-                (format!("blk.{i}.{name}.weight"), [o_f, i_f])
-            };
             let mut projections = Vec::with_capacity(7);
             for target in Target::ALL {
-                let (name, shape) = p(target);
-                projections.push(linear(tensor(&name, &shape)?)?);
+                let (in_f, out_f) = c.projection_shape(target);
+                let name = format!("blk.{i}.{}.weight", target.gguf_name());
+                projections.push(linear(tensor(&name, &[out_f, in_f])?)?);
             }
             blocks.push(Block::new(
                 vector(tensor(&format!("blk.{i}.attn_norm.weight"), &[c.hidden_size])?)?,

@@ -79,18 +79,13 @@ impl TinyModel {
             Ok(Tensor::from_vec(data, (rows, cols), &device)?)
         };
         let s = &spec;
-        let head_dim = s.hidden / s.heads;
+        // The shapes come from the same config.json the loader reads.
+        let config = crate::ModelConfig::from_hf_json(&config_json(s, vocab.len()).to_string())?;
         let mut tensors = HashMap::new();
         tensors.insert("model.embed_tokens.weight".to_string(), random(vocab.len(), s.hidden, 1.0)?);
         for i in 0..s.layers {
             for target in Target::ALL {
-                let (in_f, out_f) = match target {
-                    Target::Q => (s.hidden, s.heads * head_dim),
-                    Target::K | Target::V => (s.hidden, s.kv_heads * head_dim),
-                    Target::O => (s.heads * head_dim, s.hidden),
-                    Target::Gate | Target::Up => (s.hidden, s.intermediate),
-                    Target::Down => (s.intermediate, s.hidden),
-                };
+                let (in_f, out_f) = config.projection_shape(target);
                 let name = format!("model.layers.{i}.{}.{}.weight", target.block_name(), target.module_name());
                 tensors.insert(name, random(out_f, in_f, 1.0 / (in_f as f32).sqrt())?);
             }
@@ -104,23 +99,12 @@ impl TinyModel {
         Ok(Self { spec, vocab, tensors })
     }
 
-    fn config_json(&self) -> serde_json::Value {
-        let s = &self.spec;
-        serde_json::json!({
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-            "hidden_size": s.hidden, "intermediate_size": s.intermediate,
-            "num_hidden_layers": s.layers, "num_attention_heads": s.heads,
-            "num_key_value_heads": s.kv_heads, "vocab_size": self.vocab.len(),
-            "max_position_embeddings": s.context, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-            "tie_word_embeddings": false,
-        })
-    }
-
     /// Writes `config.json`, `model.safetensors` and `tokenizer.json` into `dir`.
     pub fn write_safetensors(&self, dir: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(dir).map_err(|e| MlError::io(dir, e))?;
         let config = dir.join("config.json");
-        std::fs::write(&config, self.config_json().to_string()).map_err(|e| MlError::io(&config, e))?;
+        std::fs::write(&config, config_json(&self.spec, self.vocab.len()).to_string())
+            .map_err(|e| MlError::io(&config, e))?;
         candle_core::safetensors::save(&self.tensors, dir.join("model.safetensors"))?;
         let metadata = self.gguf_metadata();
         crate::tokenizer::Tokenizer::from_gguf(&metadata)?.save(&dir.join("tokenizer.json"))?;
@@ -172,16 +156,12 @@ impl TinyModel {
         for i in 0..s.layers {
             for target in Target::ALL {
                 let hf = get(&format!("model.layers.{i}.{}.{}.weight", target.block_name(), target.module_name()))?;
-                let (name, w) = match target {
-                    Target::Q => ("attn_q", permute_for_interleaved_rope(hf, s.heads)?),
-                    Target::K => ("attn_k", permute_for_interleaved_rope(hf, s.kv_heads)?),
-                    Target::V => ("attn_v", hf.clone()),
-                    Target::O => ("attn_output", hf.clone()),
-                    Target::Gate => ("ffn_gate", hf.clone()),
-                    Target::Up => ("ffn_up", hf.clone()),
-                    Target::Down => ("ffn_down", hf.clone()),
+                let w = match target {
+                    Target::Q => permute_for_interleaved_rope(hf, s.heads)?,
+                    Target::K => permute_for_interleaved_rope(hf, s.kv_heads)?,
+                    _ => hf.clone(),
                 };
-                out.push((format!("blk.{i}.{name}.weight"), quant(&w, matrices)?));
+                out.push((format!("blk.{i}.{}.weight", target.gguf_name()), quant(&w, matrices)?));
             }
             out.push((
                 format!("blk.{i}.attn_norm.weight"),
@@ -199,6 +179,18 @@ impl TinyModel {
         gguf_file::write(&mut file, &metadata, &tensors)?;
         Ok(path.to_path_buf())
     }
+}
+
+/// The Hugging Face `config.json` of a tiny model.
+fn config_json(s: &TinySpec, vocab_size: usize) -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": s.hidden, "intermediate_size": s.intermediate,
+        "num_hidden_layers": s.layers, "num_attention_heads": s.heads,
+        "num_key_value_heads": s.kv_heads, "vocab_size": vocab_size,
+        "max_position_embeddings": s.context, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": false,
+    })
 }
 
 /// Writes a PEFT adapter for a tiny (or any) model shape: random A and B (or zero B) for
