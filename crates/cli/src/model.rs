@@ -143,11 +143,12 @@ fn adapter_plan(args: &[String]) -> anyhow::Result<(AdapterSource, Vec<(String, 
         if !path.is_dir() {
             bail!("adapter {name:?} is not a directory with adapter_config.json and adapter_model.safetensors");
         }
-        let parent = path.canonicalize()?.parent().map(Path::to_path_buf).unwrap_or_default();
+        let path = path.canonicalize()?;
+        let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
         if root.get_or_insert_with(|| parent.clone()) != &parent {
             bail!("local adapters must sit in one directory");
         }
-        let id = path.canonicalize()?.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let id = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         mix.push((id, weight));
     }
     Ok((root.map_or(AdapterSource::HubOnly, AdapterSource::Dir), mix))

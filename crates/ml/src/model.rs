@@ -273,7 +273,7 @@ impl LlamaModel {
         let json = std::fs::read_to_string(&config_path).map_err(|e| MlError::io(&config_path, e))?;
         let config = ModelConfig::from_hf_json(&json)?;
         let mut tensors = load_safetensors_dir(dir, device)?;
-        let mut weight_bytes = 0;
+        let (mut weight_bytes, mut count) = (0, 0);
         let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let t =
                 tensors.remove(name).ok_or_else(|| MlError::corrupt("model", format!("checkpoint lacks {name}")))?;
@@ -284,6 +284,7 @@ impl LlamaModel {
                 ));
             }
             weight_bytes += t.elem_count() * 4;
+            count += 1;
             Ok(t.to_dtype(DType::F32)?)
         };
         let linear = |t: Tensor| -> Result<Linear> { Ok(Linear::Candle(QMatMul::Tensor(t))) };
@@ -309,7 +310,7 @@ impl LlamaModel {
         } else {
             linear(take("lm_head.weight", &[c.vocab_size, c.hidden_size])?)?
         };
-        let format = ModelFormat { kind: "safetensors", tensor_types: vec![("F32".into(), 0)], weight_bytes };
+        let format = ModelFormat { kind: "safetensors", tensor_types: vec![("F32".into(), count)], weight_bytes };
         Self::assemble(config, format, device, Embedding::Dense(embed), blocks, norm, output)
     }
 
@@ -530,8 +531,7 @@ impl LlamaModel {
         Ok(out.reshape((c.num_heads, t, d))?.transpose(0, 1)?.reshape((t, c.num_heads * d))?)
     }
 
-    /// Logits of the next token for a prompt, run alone (no adapter): a convenience for tests
-    /// and `model generate`'s warm-up.
+    /// Logits of the next token of one sequence run alone: a convenience for tests and benches.
     pub fn logits_for(&self, tokens: &[u32], cache: &mut KvCache, adapters: &AdapterMix) -> Result<Vec<f32>> {
         let logits = self.forward(&mut [SeqStep { tokens, cache, adapters }])?;
         Ok(logits.squeeze(0)?.to_vec1()?)

@@ -70,6 +70,9 @@ fn gguf_and_safetensors_give_the_same_logits() {
     let f = Fixture::new();
     let hf = f.safetensors();
     let gguf = f.gguf(GgmlDType::F32);
+    // Embedding, output, final norm, and 7 projections + 2 norms in each of the 2 layers.
+    assert_eq!(hf.format().tensor_types, vec![("F32".to_string(), 21)]);
+    assert_eq!(gguf.format().tensor_types, vec![("F32".to_string(), 21)]);
     let none = AdapterMix::default();
     let (tokens_hf, logits_hf) = generate_alone(&hf, &PROMPT, &none, 6);
     let (tokens_gguf, logits_gguf) = generate_alone(&gguf, &PROMPT, &none, 6);
