@@ -255,9 +255,7 @@ pub async fn run(command: LedgerCommand, config: &Config) -> anyhow::Result<bool
             Ok(true)
         }
         LedgerCommand::Stake { account, amount, operation_id, key_file } => {
-            let message =
-                openledger_ledger::governance::staking_message("stake", &operation_id, account, amount.base_units());
-            let signature = key_file.map(|path| read_key(&path).map(|key| sign(&key, &message))).transpose()?;
+            let signature = staking_signature("stake", &operation_id, account, amount, key_file)?;
             let request = pb::StakeRequest {
                 operation_id,
                 account_id: wire(account),
@@ -269,9 +267,7 @@ pub async fn run(command: LedgerCommand, config: &Config) -> anyhow::Result<bool
             Ok(true)
         }
         LedgerCommand::Unstake { account, amount, operation_id, key_file } => {
-            let message =
-                openledger_ledger::governance::staking_message("unstake", &operation_id, account, amount.base_units());
-            let signature = key_file.map(|path| read_key(&path).map(|key| sign(&key, &message))).transpose()?;
+            let signature = staking_signature("unstake", &operation_id, account, amount, key_file)?;
             let request = pb::UnstakeRequest {
                 operation_id,
                 account_id: wire(account),
@@ -418,6 +414,18 @@ pub(crate) fn read_key(path: &std::path::Path) -> anyhow::Result<ed25519_dalek::
         )
     })?;
     Ok(ed25519_dalek::SigningKey::from_bytes(&bytes))
+}
+
+/// The owner's signature over a stake or unstake, when a key file is given.
+fn staking_signature(
+    kind: &str,
+    operation_id: &str,
+    account: u128,
+    amount: Amount,
+    key_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<openledger_proto::common::v1::Signature>> {
+    let message = openledger_ledger::governance::staking_message(kind, operation_id, account, amount.base_units());
+    key_file.map(|path| read_key(&path).map(|key| sign(&key, &message))).transpose()
 }
 
 fn sign(key: &ed25519_dalek::SigningKey, message: &[u8]) -> openledger_proto::common::v1::Signature {
