@@ -6,6 +6,7 @@ pub mod adapters;
 pub mod config;
 pub mod engine;
 pub mod error;
+mod host;
 pub mod kernels;
 pub mod lora;
 pub mod model;

@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
+use crate::host::{add_assign, dot, with_f32};
 
 /// One of the seven projections of a Llama block an adapter may target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -361,55 +363,69 @@ impl LoraPlan {
         Ok(out)
     }
 
-    /// The same on CPU slices: per row two small matrix-vector products, with no tensor
-    /// allocations per group, so 16 adapters in a batch cost about what one does.
+    /// The same on CPU, through `apply_host`.
     fn apply_cpu(&self, layer: usize, target: Target, x: &Tensor, out: Tensor) -> Result<Tensor> {
         let (n, in_features) = x.dims2()?;
         let out_features = out.dim(1)?;
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let mut ys: Vec<f32> = out.flatten_all()?.to_vec1()?;
-        let mut u = Vec::new();
-        for group in &self.groups {
-            let Some(pair) = group.adapter.pair(layer, target) else { continue };
-            let (a_storage, a_layout) = pair.a.storage_and_layout();
-            let (b_storage, b_layout) = pair.b.storage_and_layout();
-            let a = cpu_f32(&a_storage, a_layout)?;
-            let b = cpu_f32(&b_storage, b_layout)?;
-            let rank = a.len() / in_features;
-            for (&row, &weight) in group.rows.iter().zip(&group.weights) {
-                let row = row as usize;
-                let x_row = &xs[row * in_features..(row + 1) * in_features];
-                u.clear();
-                u.extend(a.chunks_exact(in_features).map(|a_row| weight * dot(a_row, x_row)));
-                let y_row = &mut ys[row * out_features..(row + 1) * out_features];
-                for (y, b_row) in y_row.iter_mut().zip(b.chunks_exact(rank)) {
-                    *y += dot(b_row, &u);
-                }
-            }
-        }
+        self.apply_host(layer, target, &xs, in_features, &mut ys, out_features, 0)?;
         Ok(Tensor::from_vec(ys, (n, out_features), x.device())?)
     }
-}
 
-/// A contiguous CPU f32 tensor's elements.
-fn cpu_f32<'a>(storage: &'a candle_core::Storage, layout: &candle_core::Layout) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(cpu), Some((start, end))) => Ok(&cpu.as_slice::<f32>()?[start..end]),
-        _ => Err(MlError::corrupt("adapter", "LoRA weights are not a contiguous CPU f32 tensor")),
-    }
-}
-
-/// f32 dot product in eight independent lanes, so the compiler can vectorize it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
-    for (ca, cb) in a_chunks.zip(b_chunks) {
-        for i in 0..8 {
-            lanes[i] += ca[i] * cb[i];
+    /// Adds the deltas on CPU slices: per row two small matrix-vector products with no tensor
+    /// allocations. `xs` holds rows of `in_features`; the projection's outputs sit at `offset`
+    /// within rows of `stride` in `ys` (a stacked q/k/v or gate/up output). Each task takes a
+    /// few rows of one adapter, so an adapter's A and B are read once per task while it is in
+    /// cache, and tasks spread over the thread pool; the deltas are added afterwards, in order.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn apply_host(
+        &self,
+        layer: usize,
+        target: Target,
+        xs: &[f32],
+        in_features: usize,
+        ys: &mut [f32],
+        stride: usize,
+        offset: usize,
+    ) -> Result<()> {
+        const ROWS_PER_TASK: usize = 4;
+        let tasks: Vec<(&LoraPair, &[u32], &[f32])> = self
+            .groups
+            .iter()
+            .filter_map(|g| Some((g.adapter.pair(layer, target)?, g)))
+            .flat_map(|(pair, g)| {
+                g.rows.chunks(ROWS_PER_TASK).zip(g.weights.chunks(ROWS_PER_TASK)).map(move |(r, w)| (pair, r, w))
+            })
+            .collect();
+        let deltas = tasks
+            .par_iter()
+            .map(|&(pair, rows, weights)| {
+                with_f32(&pair.a, |a| {
+                    with_f32(&pair.b, |b| {
+                        let rank = a.len() / in_features;
+                        let out_features = b.len() / rank;
+                        let mut delta = Vec::with_capacity(rows.len() * out_features);
+                        let mut u = Vec::with_capacity(rank);
+                        for (&row, &weight) in rows.iter().zip(weights) {
+                            let x_row = &xs[row as usize * in_features..][..in_features];
+                            u.clear();
+                            u.extend(a.chunks_exact(in_features).map(|a_row| weight * dot(a_row, x_row)));
+                            delta.extend(b.chunks_exact(rank).map(|b_row| dot(b_row, &u)));
+                        }
+                        Ok(delta)
+                    })
+                })
+            })
+            .collect::<Result<Vec<Vec<f32>>>>()?;
+        for ((_, rows, _), delta) in tasks.iter().zip(&deltas) {
+            let out_features = delta.len() / rows.len();
+            for (&row, d) in rows.iter().zip(delta.chunks_exact(out_features)) {
+                add_assign(&mut ys[row as usize * stride + offset..][..out_features], d);
+            }
         }
+        Ok(())
     }
-    lanes.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

@@ -1,0 +1,218 @@
+//! The CPU forward pass on plain `f32` slices: RMSNorm, RoPE, causal attention over a host KV
+//! cache and SwiGLU, fused so that a decode step allocates a handful of buffers per layer
+//! instead of running two dozen tensor operations. Projections still run on the block kernels
+//! (`kernels.rs`) and LoRA deltas on `LoraPlan::apply_host`. The tensor path in `model.rs` is
+//! the same computation for other devices (and the reference the tests hold this one to).
+
+use rayon::prelude::*;
+
+use crate::error::{MlError, Result};
+
+/// A contiguous CPU f32 tensor's elements.
+pub(crate) fn f32_slice<'a>(storage: &'a candle_core::Storage, layout: &candle_core::Layout) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(cpu), Some((start, end))) => Ok(&cpu.as_slice::<f32>()?[start..end]),
+        _ => Err(MlError::corrupt("model", "expected a contiguous CPU f32 tensor")),
+    }
+}
+
+/// Runs `f` on the elements of a contiguous CPU f32 tensor without copying them.
+pub(crate) fn with_f32<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    f(f32_slice(&storage, layout)?)
+}
+
+/// f32 dot product in eight independent lanes, so the compiler can vectorize it.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+    for (ca, cb) in a_chunks.zip(b_chunks) {
+        for i in 0..8 {
+            lanes[i] += ca[i] * cb[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `y += a·x`.
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// RMSNorm of each `weight.len()`-wide row of `x`.
+pub(crate) fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let width = weight.len();
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(width) {
+        let scale = 1.0 / (dot(row, row) / width as f32 + eps).sqrt();
+        out.extend(row.iter().zip(weight).map(|(v, w)| v * scale * w));
+    }
+    out
+}
+
+/// `silu(gate) · up` for rows laid out as `[gate | up]`, each half `width` wide.
+pub(crate) fn swiglu(gate_up: &[f32], width: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(gate_up.len() / 2);
+    for row in gate_up.chunks_exact(2 * width) {
+        let (gate, up) = row.split_at(width);
+        out.extend(gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u));
+    }
+    out
+}
+
+/// `x += y`, element by element.
+pub(crate) fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (x, y) in x.iter_mut().zip(y) {
+        *x += y;
+    }
+}
+
+/// Rotates one head vector in place by the angles of one position (`cos`, `sin`: `d / 2` each).
+/// Interleaved rotates pairs `(2i, 2i+1)` (GGUF's layout); otherwise `(i, i + d/2)` (Hugging Face's).
+pub(crate) fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {
+    let half = cos.len();
+    for i in 0..half {
+        let (a, b) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+        let (xa, xb) = (x[a], x[b]);
+        x[a] = xa * cos[i] - xb * sin[i];
+        x[b] = xa * sin[i] + xb * cos[i];
+    }
+}
+
+/// One layer's keys and values of one sequence, laid out `[kv_head][position][head_dim]` so a
+/// head's keys are contiguous.
+#[derive(Debug)]
+pub(crate) struct HostKv {
+    pub(crate) keys: Vec<f32>,
+    pub(crate) values: Vec<f32>,
+}
+
+/// Shapes the attention needs.
+pub(crate) struct Heads {
+    pub(crate) heads: usize,
+    pub(crate) kv_heads: usize,
+    pub(crate) head_dim: usize,
+}
+
+impl Heads {
+    /// Where one key (or value) vector lives in a cache.
+    fn slot(&self, kv: &HostKv, kv_head: usize, position: usize) -> std::ops::Range<usize> {
+        let capacity = kv.keys.len() / (self.kv_heads * self.head_dim);
+        let start = (kv_head * capacity + position) * self.head_dim;
+        start..start + self.head_dim
+    }
+
+    /// Causal attention of one query row at `position` (it sees positions `0..=position`),
+    /// written to `out` (`heads · head_dim`).
+    fn attend(&self, q: &[f32], kv: &HostKv, position: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
+        let d = self.head_dim;
+        let group = self.heads / self.kv_heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        out.fill(0.0);
+        for (h, (q, out)) in q.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
+            let base = self.slot(kv, h / group, 0).start;
+            let keys = &kv.keys[base..base + (position + 1) * d];
+            let values = &kv.values[base..base + (position + 1) * d];
+            scores.clear();
+            scores.extend(keys.chunks_exact(d).map(|k| dot(q, k) * scale));
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            for (p, v) in scores.iter().zip(values.chunks_exact(d)) {
+                axpy(p / sum, v, out);
+            }
+        }
+    }
+}
+
+/// One sequence's rows of a layer: `qkv` holds its `t` rows of `[q | k | v]` (RoPE not yet
+/// applied), `first` is the position of its first row.
+pub(crate) struct SeqRows<'a> {
+    pub(crate) qkv: &'a mut [f32],
+    pub(crate) kv: &'a mut HostKv,
+    pub(crate) first: usize,
+}
+
+/// Applies RoPE to the sequences' queries and keys, appends keys and values to their caches,
+/// then computes every row's attention output (`rows · heads · head_dim`), rows in parallel.
+pub(crate) fn attention(
+    shape: &Heads,
+    seqs: &mut [SeqRows<'_>],
+    cos: &[f32],
+    sin: &[f32],
+    interleaved: bool,
+) -> Vec<f32> {
+    let d = shape.head_dim;
+    let (q_width, kv_width) = (shape.heads * d, shape.kv_heads * d);
+    let row_width = q_width + 2 * kv_width;
+    let half = d / 2;
+    for seq in seqs.iter_mut() {
+        for (i, row) in seq.qkv.chunks_exact_mut(row_width).enumerate() {
+            let position = seq.first + i;
+            let (c, s) = (&cos[position * half..][..half], &sin[position * half..][..half]);
+            let (q, kv) = row.split_at_mut(q_width);
+            for head in q.chunks_exact_mut(d) {
+                rope(head, c, s, interleaved);
+            }
+            let (k, v) = kv.split_at_mut(kv_width);
+            for (kv_head, (k, v)) in k.chunks_exact_mut(d).zip(v.chunks_exact(d)).enumerate() {
+                rope(k, c, s, interleaved);
+                let slot = shape.slot(seq.kv, kv_head, position);
+                seq.kv.keys[slot.clone()].copy_from_slice(k);
+                seq.kv.values[slot].copy_from_slice(v);
+            }
+        }
+    }
+    // Every row with its query, cache and position; attention then runs rows in parallel.
+    let rows: Vec<(&[f32], &HostKv, usize)> = seqs
+        .iter()
+        .flat_map(|seq| {
+            let kv: &HostKv = seq.kv;
+            seq.qkv.chunks_exact(row_width).enumerate().map(move |(i, row)| (&row[..q_width], kv, seq.first + i))
+        })
+        .collect();
+    let mut out = vec![0f32; rows.len() * q_width];
+    if rows.len() == 1 {
+        let (q, kv, position) = rows[0];
+        shape.attend(q, kv, position, &mut Vec::new(), &mut out);
+    } else {
+        out.par_chunks_mut(q_width)
+            .zip(rows.par_iter())
+            .for_each_init(Vec::new, |scores, (out, &(q, kv, position))| shape.attend(q, kv, position, scores, out));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_is_a_rotation_of_pairs() {
+        let (cos, sin) = ([0f32, 1.0], [1f32, 0.0]);
+        let mut x = [1f32, 2.0, 3.0, 4.0];
+        rope(&mut x, &cos, &sin, true);
+        assert_eq!(x, [-2.0, 1.0, 3.0, 4.0]);
+        let mut x = [1f32, 2.0, 3.0, 4.0];
+        rope(&mut x, &cos, &sin, false);
+        assert_eq!(x, [-3.0, 2.0, 1.0, 4.0]);
+    }
+
+    #[test]
+    fn one_key_attention_returns_its_value() {
+        let shape = Heads { heads: 2, kv_heads: 1, head_dim: 2 };
+        let mut kv = HostKv { keys: vec![0.0; 8], values: vec![0.0; 8] };
+        // q (2 heads) | k | v for one row at position 0, with cos = 1, sin = 0.
+        let mut qkv = [1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 7.0, -3.0];
+        let out =
+            attention(&shape, &mut [SeqRows { qkv: &mut qkv, kv: &mut kv, first: 0 }], &[1.0; 4], &[0.0; 4], true);
+        assert_eq!(out, vec![7.0, -3.0, 7.0, -3.0]);
+        assert_eq!(&kv.keys[..2], &[0.5, 0.5]);
+    }
+}
