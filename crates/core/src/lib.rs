@@ -8,6 +8,7 @@ pub mod error;
 pub mod hash;
 pub mod id;
 pub mod merkle;
+pub mod record;
 
 pub use amount::{Amount, AmountError};
 pub use config::{Config, ConfigError, LogFormat, ServiceKind, redact_url};

@@ -207,8 +207,7 @@ pub struct ParsedRecord {
 impl ParsedRecord {
     /// Canonical bytes of the record: compact JSON with the schema's keys in a fixed order, only
     /// present fields: `{"text":..}`, `{"instruction":..,"response":..}`, `{"text":..,"label":..}`.
-    /// The record's content hash is BLAKE3 of these bytes, so the escaping is written out here
-    /// rather than left to a serializer's version.
+    /// The record's content hash is BLAKE3 of these bytes (`openledger_core::record`).
     pub fn canonical_json(&self, schema: RecordSchema) -> Vec<u8> {
         let fields: [(&str, Option<&str>); 2] = match schema {
             RecordSchema::FreeText => [("text", Some(&self.text)), ("", None)],
@@ -217,18 +216,8 @@ impl ParsedRecord {
             }
             RecordSchema::LabelledText => [("text", Some(&self.text)), ("label", self.label.as_deref())],
         };
-        let mut out = Vec::with_capacity(self.text.len() + 32);
-        out.push(b'{');
-        for (key, value) in fields.into_iter().filter_map(|(key, value)| Some((key, value?))) {
-            if out.len() > 1 {
-                out.push(b',');
-            }
-            push_json_string(&mut out, key);
-            out.push(b':');
-            push_json_string(&mut out, value);
-        }
-        out.push(b'}');
-        out
+        let present: Vec<(&str, &str)> = fields.into_iter().filter_map(|(key, value)| Some((key, value?))).collect();
+        openledger_core::record::canonical_json(&present)
     }
 
     /// The text near-duplicate detection compares: the text and the response joined by `\n`.
@@ -245,24 +234,6 @@ impl ParsedRecord {
 /// A JSON string literal as serde_json writes one: `"` and `\` escaped, the short escapes for
 /// backspace, form feed, newline, carriage return and tab, `\u00xx` for the other control
 /// characters, everything else as UTF-8.
-fn push_json_string(out: &mut Vec<u8>, value: &str) {
-    out.push(b'"');
-    for c in value.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            '\u{8}' => out.extend_from_slice(b"\\b"),
-            '\u{c}' => out.extend_from_slice(b"\\f"),
-            c if u32::from(c) < 0x20 => out.extend_from_slice(format!("\\u{:04x}", u32::from(c)).as_bytes()),
-            c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
-        }
-    }
-    out.push(b'"');
-}
-
 /// Why a file could not be turned into records. Every message says what is wrong and where.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
