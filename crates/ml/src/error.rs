@@ -35,6 +35,13 @@ pub enum MlError {
     /// A tensor operation failed: a bug or an inconsistency the loaders did not catch.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// Training diverged (a NaN or infinite loss or gradient); the message names the last good
+    /// checkpoint.
+    #[error("training stopped: {0}")]
+    Diverged(String),
+    /// Writing a checkpoint failed (disk full, permissions); earlier checkpoints are intact.
+    #[error("checkpoint not written: {0}")]
+    Checkpoint(String),
     #[error("i/o error on {path}: {source}")]
     Io { path: String, source: std::io::Error },
 }

@@ -14,6 +14,7 @@ pub mod sampling;
 pub mod source;
 pub mod testing;
 pub mod tokenizer;
+pub mod train;
 
 pub use config::ModelConfig;
 pub use engine::{Engine, EngineConfig, Event, FinishReason, GenerateRequest, Generation, Prompt, Usage};

@@ -13,14 +13,22 @@ use crate::error::{MlError, Result};
 use crate::host::{add_assign, dot, with_f32};
 
 /// One of the seven projections of a Llama block an adapter may target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Serialized as the module name (`"q_proj"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Target {
+    #[serde(rename = "q_proj")]
     Q,
+    #[serde(rename = "k_proj")]
     K,
+    #[serde(rename = "v_proj")]
     V,
+    #[serde(rename = "o_proj")]
     O,
+    #[serde(rename = "gate_proj")]
     Gate,
+    #[serde(rename = "up_proj")]
     Up,
+    #[serde(rename = "down_proj")]
     Down,
 }
 
@@ -65,7 +73,7 @@ impl Target {
         Self::ALL.into_iter().find(|t| t.module_name() == name)
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
@@ -236,6 +244,13 @@ impl LoraAdapter {
         Ok(Self { id: id.to_string(), rank: config.r, scale, pairs, bytes })
     }
 
+    /// Every (layer, target) the adapter covers, with its pair.
+    pub fn pairs(&self) -> impl Iterator<Item = ((usize, Target), &LoraPair)> {
+        self.pairs.iter().enumerate().flat_map(|(layer, slots)| {
+            Target::ALL.into_iter().zip(slots).filter_map(move |(t, p)| Some(((layer, t), p.as_ref()?)))
+        })
+    }
+
     pub fn pair(&self, layer: usize, target: Target) -> Option<&LoraPair> {
         self.pairs.get(layer).and_then(|p| p[target.index()].as_ref())
     }
@@ -281,6 +296,13 @@ pub fn permute_for_interleaved_rope(rows: &Tensor, heads: usize) -> Result<Tenso
     let (out, cols) = rows.dims2()?;
     let head_dim = out / heads;
     Ok(rows.reshape((heads, 2, head_dim / 2, cols))?.transpose(1, 2)?.reshape((out, cols))?)
+}
+
+/// The inverse of `permute_for_interleaved_rope`: GGUF's q/k rows back in Hugging Face order.
+pub fn unpermute_for_interleaved_rope(rows: &Tensor, heads: usize) -> Result<Tensor> {
+    let (out, cols) = rows.dims2()?;
+    let head_dim = out / heads;
+    Ok(rows.reshape((heads, head_dim / 2, 2, cols))?.transpose(1, 2)?.reshape((out, cols))?)
 }
 
 /// The adapters a sequence runs with: one, or a weighted linear combination.

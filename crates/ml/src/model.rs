@@ -15,7 +15,7 @@ use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
 use crate::host::{self, HostKv, with_f32};
 use crate::kernels::{BlockFormat, BlockMatrix};
-use crate::lora::{AdapterMix, LoraPlan, Target};
+use crate::lora::{AdapterMix, LoraPlan, Target, unpermute_for_interleaved_rope};
 
 /// Weight types the loaders accept; others are refused with a clear error.
 pub const SUPPORTED_GGML_TYPES: [GgmlDType; 13] = [
@@ -62,6 +62,21 @@ impl Linear {
                 let xs = x.flatten_all()?.to_vec1::<f32>()?;
                 Ok(Tensor::from_vec(matrix.matmul(&xs, m), (m, matrix.rows), x.device())?)
             }
+        }
+    }
+
+    /// The weight as an f32 `(out, in)` matrix (for training, which needs gradients).
+    fn dense(&self) -> Result<Tensor> {
+        match self {
+            Self::Blocks(matrix) => {
+                let mut data = vec![0f32; matrix.rows * matrix.cols];
+                for (r, row) in data.chunks_exact_mut(matrix.cols).enumerate() {
+                    matrix.dequantize_row(r, row);
+                }
+                Ok(Tensor::from_vec(data, (matrix.rows, matrix.cols), &Device::Cpu)?)
+            }
+            Self::Candle(QMatMul::QTensor(t)) => Ok(t.dequantize(&t.device())?),
+            Self::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => Ok(t.to_dtype(DType::F32)?),
         }
     }
 
@@ -158,6 +173,24 @@ impl Group {
         self.forward(layer, x, lora)?.pop().ok_or_else(|| MlError::corrupt("model", "empty projection group"))
     }
 
+    /// Each projection's weight as an f32 `(out, in)` matrix, in the group's target order.
+    fn dense(&self) -> Result<Vec<Tensor>> {
+        match self {
+            Self::Separate(parts) => parts.iter().map(|(_, l)| l.dense()).collect(),
+            Self::Stacked { matrix, parts } => {
+                let all = matrix.dense()?;
+                let mut offset = 0;
+                parts
+                    .iter()
+                    .map(|&(_, rows)| {
+                        offset += rows;
+                        Ok(all.narrow(0, offset - rows, rows)?)
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// The CPU version: the projections' outputs side by side in each of the `m` output rows
     /// (`[q | k | v]`, `[gate | up]`), LoRA deltas included.
     fn forward_host(&self, layer: usize, xs: &[f32], m: usize, lora: &LoraPlan) -> Result<Vec<f32>> {
@@ -223,6 +256,24 @@ impl KvCache {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+}
+
+/// Every weight as f32, in Hugging Face layout (GGUF's q/k row permutation undone), for the
+/// trainer: candle's quantized matmul has no backward pass.
+pub(crate) struct DenseWeights {
+    pub(crate) embed: Tensor,
+    pub(crate) layers: Vec<DenseLayer>,
+    pub(crate) norm: Tensor,
+    pub(crate) output: Tensor,
+    /// The output projection is the embedding table.
+    pub(crate) tied: bool,
+}
+
+pub(crate) struct DenseLayer {
+    pub(crate) attn_norm: Tensor,
+    pub(crate) ffn_norm: Tensor,
+    /// `(out, in)` matrices in `Target::ALL` order.
+    pub(crate) projections: Vec<Tensor>,
 }
 
 /// One sequence's part of a forward pass.
@@ -435,6 +486,35 @@ impl LlamaModel {
             KvLayers::Tensors((0..c.num_layers).map(|_| Ok((zeros()?, zeros()?))).collect::<Result<_>>()?)
         };
         Ok(KvCache { layers, len: 0, capacity })
+    }
+
+    /// f32 copies of all weights (about 4 bytes per parameter) for training.
+    pub(crate) fn dense_weights(&self) -> Result<DenseWeights> {
+        let c = &self.config;
+        let embed = match &self.embedding {
+            Embedding::Dense(t) => t.clone(),
+            Embedding::Blocks(m) => Linear::Blocks(m.clone()).dense()?,
+            Embedding::Quantized(t) => t.dequantize(&self.device)?,
+        };
+        let tied =
+            matches!((&self.output, &self.embedding), (Linear::Blocks(o), Embedding::Blocks(e)) if Arc::ptr_eq(o, e));
+        let output = if tied { embed.clone() } else { self.output.dense()? };
+        let layers = self
+            .blocks
+            .iter()
+            .map(|block| {
+                let mut projections = Vec::with_capacity(7);
+                for group in [&block.qkv, &block.o, &block.gate_up, &block.down] {
+                    projections.extend(group.dense()?);
+                }
+                if c.rope_interleaved {
+                    projections[0] = unpermute_for_interleaved_rope(&projections[0], c.num_heads)?;
+                    projections[1] = unpermute_for_interleaved_rope(&projections[1], c.num_kv_heads)?;
+                }
+                Ok(DenseLayer { attn_norm: block.attn_norm.clone(), ffn_norm: block.ffn_norm.clone(), projections })
+            })
+            .collect::<Result<_>>()?;
+        Ok(DenseWeights { embed, layers, norm: self.norm.clone(), output, tied })
     }
 
     /// Bytes one cached token costs (keys and values over all layers).

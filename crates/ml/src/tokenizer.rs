@@ -235,6 +235,21 @@ impl Tokenizer {
 
     /// Token ids of `text`; special-token text (`<|im_start|>`) maps to its special id.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, self.add_bos)
+    }
+
+    /// Token ids of text that continues a sequence (no beginning-of-sequence token).
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, false)
+    }
+
+    /// The token that ends a reply: the chat format's end of turn, else end of sequence.
+    pub fn end_of_turn(&self) -> Option<u32> {
+        let by_chat = self.chat.and_then(|c| c.stop_tokens().iter().find_map(|t| self.inner.token_to_id(t)));
+        by_chat.or_else(|| self.stop_ids.first().copied())
+    }
+
+    fn encode_with(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
         if text.len() > MAX_PROMPT_BYTES {
             return Err(MlError::InvalidRequest(format!("prompt of {} bytes exceeds {MAX_PROMPT_BYTES}", text.len())));
         }
@@ -243,7 +258,7 @@ impl Tokenizer {
             .encode_fast(text, false)
             .map_err(|e| MlError::InvalidRequest(format!("cannot tokenize: {e}")))?;
         let mut ids = Vec::with_capacity(encoding.len() + 1);
-        if self.add_bos
+        if add_bos
             && let Some(bos) = self.bos
             && !text.starts_with(&self.token_text(bos))
         {
