@@ -334,14 +334,19 @@ pub fn train(
             }
             tokens_done += batch.tokens.elem_count();
         }
-        let loss = loss_sum / step_tokens.max(1) as f64;
+        let loss = (|| {
+            // Tests inject a non-finite loss here; a real divergence takes many steps to show.
+            fail::fail_point!("train-loss", |_| f64::NAN);
+            loss_sum / step_tokens.max(1) as f64
+        })();
         let mut grads: Vec<Tensor> = grads.into_iter().flatten().collect();
         let grad_norm = clip_grad_norm(&mut grads, config.max_grad_norm)?;
         if !loss.is_finite() || !grad_norm.is_finite() {
             let last = latest_checkpoint(&checkpoints)?
                 .map_or("none was written yet".into(), |d| format!("the last good checkpoint is {}", d.display()));
             return Err(MlError::Diverged(format!(
-                "step {step}: loss {loss}, gradient norm {grad_norm}; no update was applied; {last}"
+                "step {}: loss {loss}, gradient norm {grad_norm}; no update was applied; {last}",
+                step + 1
             )));
         }
         optimizer.step(&vars, &grads, lr)?;
@@ -382,7 +387,9 @@ pub fn train(
         if stop && !last_step {
             finish = Finish::Interrupted;
         }
-        if finish == Finish::Interrupted || (config.checkpoint_every > 0 && state.step.is_multiple_of(config.checkpoint_every)) {
+        if finish == Finish::Interrupted
+            || (config.checkpoint_every > 0 && state.step.is_multiple_of(config.checkpoint_every))
+        {
             let dir = write_checkpoint(&checkpoints, &lora, &optimizer, &state, config)?;
             stop |= on_event(&TrainEvent::Checkpoint { step: state.step, dir }) == Control::Stop;
         }

@@ -181,12 +181,7 @@ impl Batch {
 
 impl TrainBase {
     /// The negative log-likelihood of every scored row `(R,)`, with the probes if asked.
-    pub(crate) fn forward(
-        &self,
-        lora: Option<&LoraVars>,
-        batch: &Batch,
-        mode: &Mode,
-    ) -> Result<(Tensor, Probes)> {
+    pub(crate) fn forward(&self, lora: Option<&LoraVars>, batch: &Batch, mode: &Mode) -> Result<(Tensor, Probes)> {
         let c = &self.config;
         let (b, t) = batch.tokens.dims2()?;
         let n = b * t;

@@ -60,7 +60,8 @@ pub(crate) fn learning_rate(step: u64, warmup: u64, total: u64, peak: f64) -> f6
 pub(crate) fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     let mut sum = 0f64;
     for g in grads.iter() {
-        sum += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        // In f64: squares of large f32 gradients must not overflow the norm.
+        sum += g.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
     }
     let norm = sum.sqrt();
     if max_norm > 0.0 && norm > max_norm {

@@ -7,3 +7,4 @@
 mod engine;
 mod model;
 mod reference;
+mod train;
