@@ -59,3 +59,121 @@ fn model_info_and_generate_with_adapters() {
         String::from_utf8_lossy(&missing.stderr)
     );
 }
+
+/// `openledger model finetune | eval | grads` on a tiny GGUF base, then the adapter it made
+/// served by `model generate`.
+#[test]
+fn model_finetune_eval_and_grads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tiny = TinyModel::new(TinySpec::default()).expect("tiny model");
+    let gguf = tiny.write_gguf(&dir.path().join("tiny.gguf"), GgmlDType::Q8_0).expect("gguf");
+    let gguf = gguf.to_str().expect("utf-8 path");
+    let data = dir.path().join("colours.jsonl");
+    let records: String = (0..24)
+        .map(|i| {
+            let (colour, label) = [("red", "warm"), ("blue", "cold")][i % 2];
+            format!("{{\"text\":\"item {i} is {colour}\",\"label\":\"{label}\"}}\n")
+        })
+        .collect();
+    std::fs::write(&data, records).expect("data");
+    let data = data.to_str().expect("path");
+    let out = dir.path().join("adapter");
+    let out_s = out.to_str().expect("path");
+    let run = |args: &[&str]| {
+        let out = openledger(args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, stdout, stderr) = run(&[
+        "model",
+        "finetune",
+        "--base",
+        gguf,
+        "--data",
+        data,
+        "--out",
+        out_s,
+        "--rank",
+        "4",
+        "--targets",
+        "all-linear",
+        "--lr",
+        "1e-2",
+        "--epochs",
+        "3",
+        "--batch-tokens",
+        "256",
+        "--eval-split",
+        "0.25",
+        "--eval-every",
+        "2",
+        "--threads",
+        "2",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("Completed after"), "{stdout}");
+    assert!(stderr.contains("18 training and 6 held-out records") && stderr.contains("eval at step 2"), "{stderr}");
+    for file in ["adapter_config.json", "adapter_model.safetensors", "lineage.json"] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+
+    let (ok, stdout, stderr) = run(&["model", "eval", "--base", gguf, "--adapter", out_s, "--data", data]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json report");
+    assert!(report["loss"].as_f64().expect("loss") < report["base_loss"].as_f64().expect("base loss"), "{report}");
+    assert!(report["accuracy"].as_f64().is_some(), "{report}");
+
+    let grads = dir.path().join("grads");
+    let (ok, stdout, stderr) = run(&[
+        "model",
+        "grads",
+        "--base",
+        gguf,
+        "--adapter",
+        out_s,
+        "--data",
+        data,
+        "--out",
+        grads.to_str().expect("path"),
+        "--project",
+        "112",
+    ]);
+    assert!(ok, "{stderr}");
+    // 2 × rank 4 × 7 targets = 56: a projection to 112 values per layer, 2 layers, bf16.
+    assert!(stdout.contains("24 records, 224 values per record (448 bytes)"), "{stdout}");
+    let header: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(grads.join("header.json")).expect("header")).expect("json");
+    assert_eq!(header["records"], 24);
+    let (ok, _, stderr) = run(&[
+        "model",
+        "grads",
+        "--base",
+        gguf,
+        "--adapter",
+        out_s,
+        "--data",
+        data,
+        "--out",
+        grads.to_str().expect("path"),
+        "--project",
+        "100",
+    ]);
+    assert!(!ok && stderr.contains("multiple of 56"), "{stderr}");
+
+    let (ok, _, stderr) =
+        run(&["model", "generate", "--model", gguf, "--adapter", out_s, "--prompt", "item 3 is", "--max-tokens", "4"]);
+    assert!(ok, "{stderr}");
+
+    // Bad input: a label outside the given set, and an empty dataset.
+    let (ok, _, stderr) =
+        run(&["model", "finetune", "--base", gguf, "--data", data, "--out", out_s, "--labels", "warm"]);
+    assert!(!ok && stderr.contains("label \"cold\" is not in the label set"), "{stderr}");
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "\n").expect("empty");
+    let (ok, _, stderr) =
+        run(&["model", "finetune", "--base", gguf, "--data", empty.to_str().expect("path"), "--out", out_s]);
+    assert!(!ok && stderr.contains("no records"), "{stderr}");
+}

@@ -8,9 +8,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
+use openledger_core::ContentHash;
 use openledger_ml::adapters::AdapterSource;
+use openledger_ml::adapters::load_adapter_dir;
 use openledger_ml::sampling::SamplingParams;
-use openledger_ml::{ChatMessage, Engine, EngineConfig, Event, GenerateRequest, Prompt, Source, load_model};
+use openledger_ml::train::data::{Dataset, Tokenize, read_records};
+use openledger_ml::train::grads::{GradDType, GradientProbe, Projection, ProjectionKind};
+use openledger_ml::train::{Control, EvalReport, Finish, TrainConfig, TrainEvent, TrainJob, evaluate, train};
+use openledger_ml::{ChatMessage, Engine, EngineConfig, Event, GenerateRequest, Prompt, Source, Target, load_model};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
@@ -54,6 +61,155 @@ pub enum ModelCommand {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Fine-tune a LoRA adapter on a JSONL dataset (free text, instruction/response, chat or
+    /// labelled text); writes a PEFT adapter, checkpoints and lineage.json to OUT
+    Finetune {
+        /// The base model: a .gguf file, a Hugging Face checkpoint directory, or hf://…
+        #[arg(long)]
+        base: String,
+        /// JSONL records, one kind per file
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        train: TrainArgs,
+        /// Continue from the newest checkpoint in OUT/checkpoints
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Held-out loss, perplexity and (labelled data) accuracy of an adapter next to its base
+    Eval {
+        #[arg(long)]
+        base: String,
+        /// A PEFT adapter directory (omit to evaluate the base alone)
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[arg(long)]
+        data: PathBuf,
+        #[command(flatten)]
+        data_args: DataArgs,
+    },
+    /// Per-example gradients of an adapter's LoRA parameters for every record of a dataset
+    Grads {
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        /// Output directory (header.json, grads.bin, index.bin)
+        #[arg(long)]
+        out: PathBuf,
+        /// Project each layer's gradient to this many dimensions (a multiple of 2 × rank × targets)
+        #[arg(long)]
+        project: Option<usize>,
+        /// rademacher or gaussian
+        #[arg(long, default_value = "rademacher")]
+        projection: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// f32 or bf16
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        #[command(flatten)]
+        data_args: DataArgs,
+    },
+}
+
+/// How records become examples.
+#[derive(clap::Args, Clone)]
+pub struct DataArgs {
+    /// Padded tokens per batch
+    #[arg(long, default_value_t = 2048)]
+    batch_tokens: usize,
+    /// Longest example in tokens [default: the model's context]
+    #[arg(long)]
+    max_seq_tokens: Option<usize>,
+    /// Comma-separated label set for labelled data [default: the labels the data uses]
+    #[arg(long)]
+    labels: Option<String>,
+    /// Compute threads [default: all cores]
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// [default: 2 × rank]
+    #[arg(long)]
+    alpha: Option<f64>,
+    #[arg(long, default_value_t = 0.05)]
+    dropout: f32,
+    /// Comma-separated modules (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all-linear)
+    #[arg(long, default_value = "q_proj,v_proj")]
+    targets: String,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// [default: a tenth of the steps]
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    #[arg(long)]
+    max_steps: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// 0 turns clipping off
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Share of records held out for evaluation
+    #[arg(long, default_value_t = 0.1)]
+    eval_split: f64,
+    #[arg(long, default_value_t = 50)]
+    eval_every: u64,
+    /// Stop after this many evaluations without a better held-out loss
+    #[arg(long)]
+    patience: Option<usize>,
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: u64,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+impl TrainArgs {
+    fn config(&self) -> anyhow::Result<TrainConfig> {
+        let targets = if self.targets == "all-linear" {
+            Target::ALL.to_vec()
+        } else {
+            self.targets
+                .split(',')
+                .map(|t| Target::from_module_name(t.trim()).with_context(|| format!("unknown target module {t:?}")))
+                .collect::<anyhow::Result<Vec<_>>>()?
+        };
+        Ok(TrainConfig {
+            rank: self.rank,
+            alpha: self.alpha.unwrap_or(2.0 * self.rank as f64),
+            dropout: self.dropout,
+            targets,
+            learning_rate: self.lr,
+            weight_decay: self.weight_decay,
+            warmup_steps: self.warmup_steps,
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            batch_tokens: self.data.batch_tokens,
+            grad_accum: self.grad_accum,
+            max_grad_norm: self.max_grad_norm,
+            seed: self.seed,
+            eval_split: self.eval_split,
+            eval_every: self.eval_every,
+            early_stopping_patience: self.patience,
+            checkpoint_every: self.checkpoint_every,
+            max_seq_tokens: self.data.max_seq_tokens,
+            ..TrainConfig::default()
+        })
+    }
 }
 
 pub async fn run(command: ModelCommand) -> anyhow::Result<bool> {
@@ -84,7 +240,185 @@ pub async fn run(command: ModelCommand) -> anyhow::Result<bool> {
             )
             .await
         }
+        ModelCommand::Finetune { base, data, out, train, resume } => finetune(&base, &data, &out, &train, resume).await,
+        ModelCommand::Eval { base, adapter, data, data_args } => {
+            eval(&base, adapter.as_deref(), &data, &data_args).await
+        }
+        ModelCommand::Grads { base, adapter, data, out, project, projection, seed, dtype, data_args } => {
+            let kind = match projection.as_str() {
+                "rademacher" => ProjectionKind::Rademacher,
+                "gaussian" => ProjectionKind::Gaussian,
+                other => bail!("unknown projection {other:?}: rademacher or gaussian"),
+            };
+            let dtype = match dtype.as_str() {
+                "f32" => GradDType::F32,
+                "bf16" => GradDType::Bf16,
+                other => bail!("unknown dtype {other:?}: f32 or bf16"),
+            };
+            let projection = project.map(|dim| Projection { kind, dim, seed });
+            grads(&base, &adapter, &data, &out, projection, dtype, &data_args).await
+        }
     }
+}
+
+/// Model, tokenizer and the tokenized dataset.
+async fn load_with_data(
+    base: &str,
+    data: &Path,
+    args: &DataArgs,
+) -> anyhow::Result<(openledger_ml::LlamaModel, PathBuf, Dataset)> {
+    let source: Source = base.parse()?;
+    let path = source.resolve_model().await.with_context(|| format!("resolving {source}"))?;
+    let (model, tokenizer) = load(base).await?;
+    let (kind, records) = read_records(data)?;
+    let max_tokens = args.max_seq_tokens.unwrap_or(model.config().context_length).min(model.config().context_length);
+    let labels: Option<Vec<String>> =
+        args.labels.as_ref().map(|l| l.split(',').map(|s| s.trim().to_string()).collect());
+    let dataset = Tokenize { tokenizer: &tokenizer, max_tokens }.dataset(kind, &records, labels.as_deref())?;
+    Ok((model, path, dataset))
+}
+
+/// Runs `work` on a blocking thread inside a thread pool of `threads` (all cores by default).
+async fn compute<T: Send + 'static>(
+    threads: Option<usize>,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(move || {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.unwrap_or(0)).build()?;
+        pool.install(work)
+    })
+    .await?
+}
+
+fn bar(total: u64, template: &str) -> ProgressBar {
+    ProgressBar::new(total).with_style(ProgressStyle::with_template(template).expect("template").progress_chars("=> "))
+}
+
+async fn finetune(base: &str, data: &Path, out: &Path, args: &TrainArgs, resume: bool) -> anyhow::Result<bool> {
+    let config = args.config()?;
+    config.validate()?;
+    let (model, model_path, dataset) = load_with_data(base, data, &args.data).await?;
+    let progress = bar(0, "{bar:30} {pos}/{len} steps {msg} [{elapsed} < {eta}]");
+    let stop = Arc::new(AtomicBool::new(false));
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.store(true, Ordering::SeqCst);
+        }
+    });
+    let (out, name, threads) = (out.to_path_buf(), data.display().to_string(), args.data.threads);
+    let p = progress.clone();
+    let outcome = compute(threads, move || {
+        let job = TrainJob { model: &model, model_path: &model_path, dataset: &dataset, dataset_name: &name, out: &out, resume };
+        let outcome = train(&job, &config, &mut |event| {
+            match event {
+                TrainEvent::Started { total_steps, start_step, train_examples, eval_examples, truncated_examples, base_f32_bytes } => {
+                    p.set_length(*total_steps);
+                    p.set_position(*start_step);
+                    say(&p, format!(
+                        "{train_examples} training and {eval_examples} held-out records ({truncated_examples} truncated); base held as f32: {:.0} MB",
+                        *base_f32_bytes as f64 / 1e6
+                    ));
+                }
+                TrainEvent::Step { step, loss, learning_rate, tokens_per_s, .. } => {
+                    p.set_position(*step);
+                    p.set_message(format!("loss {loss:.4} lr {learning_rate:.2e} {tokens_per_s:.0} tok/s"));
+                }
+                TrainEvent::Eval(r) => say(&p, eval_line(r)),
+                TrainEvent::Checkpoint { dir, .. } => p.set_message(format!("checkpoint {}", dir.display())),
+                TrainEvent::EarlyStopped { step } => say(&p, format!("early stop at step {step}")),
+            }
+            if stop.load(Ordering::SeqCst) { Control::Stop } else { Control::Continue }
+        })?;
+        Ok(outcome)
+    })
+    .await;
+    progress.finish_and_clear();
+    let outcome = outcome?;
+    match outcome.finish {
+        Finish::Interrupted => {
+            println!(
+                "interrupted after step {}: checkpoint {} (rerun with --resume)",
+                outcome.steps,
+                outcome.adapter_dir.display()
+            )
+        }
+        finish => println!(
+            "{finish:?} after {} steps: adapter and lineage.json in {}",
+            outcome.steps,
+            outcome.adapter_dir.display()
+        ),
+    }
+    Ok(outcome.finish != Finish::Interrupted)
+}
+
+/// A line above the progress bar, or on stderr when there is no terminal to draw the bar on.
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) }
+}
+
+fn eval_line(r: &EvalReport) -> String {
+    let accuracy = |a: Option<f64>| a.map_or(String::new(), |a| format!(", accuracy {:.1}%", a * 100.0));
+    format!(
+        "eval at step {}: loss {:.4}, perplexity {:.2}{} (base: loss {:.4}, perplexity {:.2}{})",
+        r.step,
+        r.loss,
+        r.perplexity,
+        accuracy(r.accuracy),
+        r.base_loss,
+        r.base_perplexity,
+        accuracy(r.base_accuracy)
+    )
+}
+
+async fn eval(base: &str, adapter: Option<&Path>, data: &Path, args: &DataArgs) -> anyhow::Result<bool> {
+    let (model, _, dataset) = load_with_data(base, data, args).await?;
+    let adapter = adapter.map(|dir| load_adapter_dir("adapter", dir, &model)).transpose()?;
+    let batch_tokens = args.batch_tokens;
+    let report = compute(args.threads, move || Ok(evaluate(&model, adapter.as_ref(), &dataset, batch_tokens)?)).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    eprintln!("{}", eval_line(&report));
+    Ok(true)
+}
+
+async fn grads(
+    base: &str,
+    adapter: &Path,
+    data: &Path,
+    out: &Path,
+    projection: Option<Projection>,
+    dtype: GradDType,
+    args: &DataArgs,
+) -> anyhow::Result<bool> {
+    let (model, _, dataset) = load_with_data(base, data, args).await?;
+    let adapter = load_adapter_dir("adapter", adapter, &model)?;
+    let (out, batch_tokens, name) = (out.to_path_buf(), args.batch_tokens, adapter_name(adapter.id.as_str(), data));
+    let progress = bar(dataset.examples.len() as u64, "{bar:30} {pos}/{len} records [{elapsed} < {eta}] {per_sec}");
+    let p = progress.clone();
+    let started = Instant::now();
+    let header = compute(args.threads, move || {
+        let probe = GradientProbe::new(&model, &adapter, projection)?;
+        let records: Vec<(ContentHash, &[u32], usize)> =
+            dataset.examples.iter().map(|e| (e.hash, e.tokens.as_slice(), e.first_scored)).collect();
+        Ok(probe.write(&out, &records, batch_tokens, dtype, &name, &mut |done, total| {
+            p.set_length(total as u64);
+            p.set_position(done as u64);
+        })?)
+    })
+    .await?;
+    progress.finish_and_clear();
+    let per_record: usize = header.layer_dims.iter().sum::<usize>() * if dtype == GradDType::F32 { 4 } else { 2 };
+    println!(
+        "{} records, {} values per record ({per_record} bytes), {:.1} records/s",
+        header.records,
+        header.layer_dims.iter().sum::<usize>(),
+        header.records as f64 / started.elapsed().as_secs_f64()
+    );
+    Ok(true)
+}
+
+fn adapter_name(id: &str, data: &Path) -> String {
+    format!("{id} on {}", data.display())
 }
 
 async fn load(model: &str) -> anyhow::Result<(openledger_ml::LlamaModel, openledger_ml::Tokenizer)> {

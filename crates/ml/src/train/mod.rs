@@ -428,6 +428,34 @@ pub fn train(
     })
 }
 
+/// Held-out style metrics of `adapter` (and the base model alone) over every example of
+/// `dataset`: loss, perplexity and, for labelled data, accuracy.
+pub fn evaluate(
+    model: &LlamaModel,
+    adapter: Option<&crate::lora::LoraAdapter>,
+    dataset: &Dataset,
+    batch_tokens: usize,
+) -> Result<EvalReport> {
+    let base = TrainBase::new(model)?;
+    let all: Vec<usize> = (0..dataset.examples.len()).collect();
+    let evaluator = Evaluator::new(&base, dataset, &all, batch_tokens)?
+        .ok_or_else(|| MlError::InvalidRequest("the dataset has no records".into()))?;
+    let (base_loss, base_accuracy) = evaluator.metrics(None)?;
+    let (loss, accuracy) = match adapter {
+        Some(adapter) => evaluator.metrics(Some(&vars_from_adapter(&base, adapter)?))?,
+        None => (base_loss, base_accuracy),
+    };
+    Ok(EvalReport {
+        step: 0,
+        loss,
+        perplexity: loss.exp(),
+        accuracy,
+        base_loss,
+        base_perplexity: base_loss.exp(),
+        base_accuracy,
+    })
+}
+
 /// A seed for one micro-batch's dropout, from the run seed and its position in the run.
 fn mix(seed: u64, step: u64, micro: u64) -> u64 {
     let mut x = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ micro.wrapping_mul(0xD1B5_4A32_D192_ED03);
