@@ -4,20 +4,14 @@
 //!
 //! `cargo bench -p openledger-ml --bench decode -- [single|batch|load|all] [--threads N]`
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
 use openledger_ml::adapters::load_adapter_dir;
 use openledger_ml::lora::AdapterMix;
-use openledger_ml::testing::write_peft_adapter;
+use openledger_ml::testing::{peak_rss_mib, smollm2_path, write_peft_adapter};
 use openledger_ml::{LlamaModel, SeqStep, Target, load_model};
-
-fn model_path() -> PathBuf {
-    let dir = std::env::var("OPENLEDGER_MODELS_DIR").unwrap_or_else(|_| "/var/tmp/openledger-models".into());
-    PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf")
-}
 
 const PROMPT: [u32; 5] = [504, 3575, 282, 4649, 314];
 
@@ -78,17 +72,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let what = args.first().map(String::as_str).unwrap_or("all").to_string();
@@ -104,7 +87,7 @@ fn main() {
 }
 
 fn run(what: &str, threads: usize) {
-    let path = model_path();
+    let path = smollm2_path();
     assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh smollm2", path.display());
     let (model, _) = load_model(&path, &Device::Cpu).expect("model");
     let weight_bytes = model.format().weight_bytes as f64;

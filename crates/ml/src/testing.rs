@@ -226,3 +226,22 @@ pub fn write_peft_adapter(
     std::fs::write(&path, config_json.to_string()).map_err(|e| MlError::io(&path, e))?;
     Ok(dir.to_path_buf())
 }
+
+/// The reference model `scripts/fetch-models.sh smollm2` fetches (into
+/// `$OPENLEDGER_MODELS_DIR`, default `/var/tmp/openledger-models`), for tests and benches.
+pub fn smollm2_path() -> PathBuf {
+    let dir = std::env::var("OPENLEDGER_MODELS_DIR").unwrap_or_else(|_| "/var/tmp/openledger-models".into());
+    PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// This process's peak resident memory (`VmHWM`) in MiB, for benches.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}

@@ -8,8 +8,7 @@ use openledger_ml::{ChatMessage, load_model};
 use serde_json::Value;
 
 pub fn smollm2_path() -> PathBuf {
-    let dir = std::env::var("OPENLEDGER_MODELS_DIR").unwrap_or_else(|_| "/var/tmp/openledger-models".into());
-    let path = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = openledger_ml::testing::smollm2_path();
     assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh smollm2", path.display());
     path
 }
