@@ -17,8 +17,11 @@ repo=$(cd "$here/../.." && pwd)
 venv=${OPENLEDGER_TOOLS_DIR:-/var/tmp/openledger-tools}/peft-venv
 py=$venv/bin/python
 export HF_HUB_OFFLINE=1 TQDM_DISABLE=1
-"$py" -c 'import torch, transformers, peft, gguf' 2>/dev/null || {
-    echo "torch/transformers/peft/gguf not importable from $venv (see the header of $0)" >&2; exit 1; }
+if ! "$py" -c 'import torch, transformers, peft, gguf' 2>/dev/null; then
+    echo "installing torch, transformers, peft, gguf into $venv (about 6 GB)" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --no-cache-dir -q torch transformers peft gguf safetensors numpy
+fi
 mode=${1:?usage: $0 step|logits|make-adapter|compare [args]}; shift
 case $mode in
     step)

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use openledger_core::ContentHash;
 use openledger_ml::adapters::AdapterSource;
 use openledger_ml::adapters::load_adapter_dir;
+use openledger_ml::lora::AdapterMix;
 use openledger_ml::sampling::SamplingParams;
 use openledger_ml::train::data::{Dataset, Tokenize, read_records};
 use openledger_ml::train::grads::{GradDType, GradientProbe, Projection, ProjectionKind};
@@ -60,6 +61,17 @@ pub enum ModelCommand {
         /// Compute threads [default: all cores]
         #[arg(long)]
         threads: Option<usize>,
+    },
+    /// Print the next-token logits after TOKENS as JSON {"tokens", "logits"} (for checks
+    /// against other engines, e.g. bench/peft/interop.py)
+    Logits {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Comma-separated token ids
+        #[arg(long)]
+        tokens: String,
     },
     /// Fine-tune a LoRA adapter on a JSONL dataset (free text, instruction/response, chat or
     /// labelled text); writes a PEFT adapter, checkpoints and lineage.json to OUT
@@ -240,6 +252,7 @@ pub async fn run(command: ModelCommand) -> anyhow::Result<bool> {
             )
             .await
         }
+        ModelCommand::Logits { model, adapter, tokens } => logits(&model, adapter.as_deref(), &tokens).await,
         ModelCommand::Finetune { base, data, out, train, resume } => finetune(&base, &data, &out, &train, resume).await,
         ModelCommand::Eval { base, adapter, data, data_args } => {
             eval(&base, adapter.as_deref(), &data, &data_args).await
@@ -259,6 +272,22 @@ pub async fn run(command: ModelCommand) -> anyhow::Result<bool> {
             grads(&base, &adapter, &data, &out, projection, dtype, &data_args).await
         }
     }
+}
+
+async fn logits(model: &str, adapter: Option<&Path>, tokens: &str) -> anyhow::Result<bool> {
+    let tokens: Vec<u32> = tokens
+        .split(',')
+        .map(|t| t.trim().parse().with_context(|| format!("token id {t:?}")))
+        .collect::<anyhow::Result<_>>()?;
+    let (model, _) = load(model).await?;
+    let mix = match adapter {
+        Some(dir) => AdapterMix(vec![(Arc::new(load_adapter_dir("adapter", dir, &model)?), 1.0)]),
+        None => AdapterMix::default(),
+    };
+    let mut cache = model.new_cache(tokens.len())?;
+    let logits = model.logits_for(&tokens, &mut cache, &mix)?;
+    println!("{}", serde_json::json!({ "tokens": tokens, "logits": logits }));
+    Ok(true)
 }
 
 /// Model, tokenizer and the tokenized dataset.
