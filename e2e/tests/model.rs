@@ -127,40 +127,31 @@ fn model_finetune_eval_and_grads() {
     assert!(report["accuracy"].as_f64().is_some(), "{report}");
 
     let grads = dir.path().join("grads");
-    let (ok, stdout, stderr) = run(&[
-        "model",
-        "grads",
-        "--base",
-        gguf,
-        "--adapter",
-        out_s,
-        "--data",
-        data,
-        "--out",
-        grads.to_str().expect("path"),
-        "--project",
-        "112",
-    ]);
+    let grads_s = grads.to_str().expect("path");
+    let grads_with = |project: &str| {
+        run(&[
+            "model",
+            "grads",
+            "--base",
+            gguf,
+            "--adapter",
+            out_s,
+            "--data",
+            data,
+            "--out",
+            grads_s,
+            "--project",
+            project,
+        ])
+    };
+    let (ok, stdout, stderr) = grads_with("112");
     assert!(ok, "{stderr}");
     // 2 × rank 4 × 7 targets = 56: a projection to 112 values per layer, 2 layers, bf16.
     assert!(stdout.contains("24 records, 224 values per record (448 bytes)"), "{stdout}");
     let header: serde_json::Value =
         serde_json::from_slice(&std::fs::read(grads.join("header.json")).expect("header")).expect("json");
     assert_eq!(header["records"], 24);
-    let (ok, _, stderr) = run(&[
-        "model",
-        "grads",
-        "--base",
-        gguf,
-        "--adapter",
-        out_s,
-        "--data",
-        data,
-        "--out",
-        grads.to_str().expect("path"),
-        "--project",
-        "100",
-    ]);
+    let (ok, _, stderr) = grads_with("100");
     assert!(!ok && stderr.contains("multiple of 56"), "{stderr}");
 
     let (ok, _, stderr) =
