@@ -193,6 +193,17 @@ impl ModelConfig {
         }
     }
 
+    /// For GGUF bases (interleaved RoPE), the head count whose rows llama.cpp's converter
+    /// reordered in this projection's weight (q and k); `None` for other projections and bases.
+    pub fn interleaved_rope_heads(&self, target: crate::lora::Target) -> Option<usize> {
+        use crate::lora::Target;
+        match target {
+            Target::Q if self.rope_interleaved => Some(self.num_heads),
+            Target::K if self.rope_interleaved => Some(self.num_kv_heads),
+            _ => None,
+        }
+    }
+
     /// RoPE inverse frequencies, with Llama 3 scaling when configured.
     pub fn inverse_frequencies(&self) -> Vec<f32> {
         let d = self.head_dim;

@@ -233,10 +233,9 @@ impl LoraAdapter {
                     config.r
                 )));
             }
-            let b = match target {
-                Target::Q if base.rope_interleaved => permute_for_interleaved_rope(&b, base.num_heads)?,
-                Target::K if base.rope_interleaved => permute_for_interleaved_rope(&b, base.num_kv_heads)?,
-                _ => b,
+            let b = match base.interleaved_rope_heads(target) {
+                Some(heads) => permute_for_interleaved_rope(&b, heads)?,
+                None => b,
             };
             bytes += (a.elem_count() + b.elem_count()) * 4;
             pairs[layer][target.index()] = Some(LoraPair { a: a.contiguous()?, b: b.contiguous()? });

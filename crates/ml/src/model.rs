@@ -507,14 +507,20 @@ impl LlamaModel {
                 for group in [&block.qkv, &block.o, &block.gate_up, &block.down] {
                     projections.extend(group.dense()?);
                 }
-                if c.rope_interleaved {
-                    projections[0] = unpermute_for_interleaved_rope(&projections[0], c.num_heads)?;
-                    projections[1] = unpermute_for_interleaved_rope(&projections[1], c.num_kv_heads)?;
+                for (weight, target) in projections.iter_mut().zip(Target::ALL) {
+                    if let Some(heads) = c.interleaved_rope_heads(target) {
+                        *weight = unpermute_for_interleaved_rope(weight, heads)?;
+                    }
                 }
                 Ok(DenseLayer { attn_norm: block.attn_norm.clone(), ffn_norm: block.ffn_norm.clone(), projections })
             })
             .collect::<Result<_>>()?;
         Ok(DenseWeights { embed, layers, norm: self.norm.clone(), output, tied })
+    }
+
+    /// RoPE's cosine and sine tables, `(context, head_dim / 2)`.
+    pub(crate) fn rope_tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
     }
 
     /// Bytes one cached token costs (keys and values over all layers).

@@ -247,14 +247,15 @@ impl Tokenize<'_> {
     }
 }
 
-/// Packs examples, in `order`, into micro-batches whose padded size (examples × longest) stays
-/// within `batch_tokens`; an example longer than the budget gets a batch of its own.
-pub fn micro_batches(order: &[usize], examples: &[Example], batch_tokens: usize) -> Vec<Vec<usize>> {
+/// Packs examples, in `order`, into micro-batches whose padded size (examples × longest, with
+/// `length(i)` example `i`'s tokens) stays within `batch_tokens`; an example longer than the
+/// budget gets a batch of its own.
+pub fn micro_batches(order: &[usize], length: impl Fn(usize) -> usize, batch_tokens: usize) -> Vec<Vec<usize>> {
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut current: Vec<usize> = Vec::new();
     let mut longest = 0;
     for &i in order {
-        let len = examples[i].tokens.len();
+        let len = length(i);
         let width = longest.max(len);
         if !current.is_empty() && (current.len() + 1) * width > batch_tokens {
             batches.push(std::mem::take(&mut current));
@@ -312,7 +313,7 @@ mod tests {
             truncated: false,
         };
         let examples = vec![ex(10), ex(10), ex(30), ex(5), ex(100)];
-        let batches = micro_batches(&[0, 1, 2, 3, 4], &examples, 64);
+        let batches = micro_batches(&[0, 1, 2, 3, 4], |i| examples[i].tokens.len(), 64);
         assert_eq!(batches, vec![vec![0, 1], vec![2, 3], vec![4]]);
         for batch in &batches[..2] {
             let width = batch.iter().map(|&i| examples[i].tokens.len()).max().unwrap();

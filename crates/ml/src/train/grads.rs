@@ -26,6 +26,7 @@ use openledger_core::ContentHash;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
+use super::data::micro_batches;
 use super::net::{Batch, LoraVars, Mode, TrainBase};
 use crate::error::{MlError, Result};
 use crate::lora::{LoraAdapter, Target};
@@ -233,19 +234,9 @@ impl GradientProbe {
                 unique.push(i);
             }
         }
-        let lengths: Vec<usize> = unique.iter().map(|&i| examples[i].1.len()).collect();
         let mut done = 0;
-        let mut start = 0;
-        while start < unique.len() {
-            // Packs examples under the padded-token budget (at least one per batch).
-            let mut end = start + 1;
-            let mut longest = lengths[start];
-            while end < unique.len() && (end - start + 1) * longest.max(lengths[end]) <= batch_tokens {
-                longest = longest.max(lengths[end]);
-                end += 1;
-            }
-            let batch: Vec<(&[u32], usize)> =
-                unique[start..end].iter().map(|&i| (examples[i].1, examples[i].2)).collect();
+        for chunk in micro_batches(&unique, |i| examples[i].1.len(), batch_tokens) {
+            let batch: Vec<(&[u32], usize)> = chunk.iter().map(|&i| (examples[i].1, examples[i].2)).collect();
             for grads in self.gradients(&batch)? {
                 for value in grads.iter().flatten() {
                     let written = match dtype {
@@ -255,9 +246,8 @@ impl GradientProbe {
                     written.map_err(|e| MlError::io(&rows_path, e))?;
                 }
             }
-            done += end - start;
+            done += chunk.len();
             on_progress(done, unique.len());
-            start = end;
         }
         rows.into_inner()
             .map_err(|e| MlError::io(&rows_path, e.into_error()))?

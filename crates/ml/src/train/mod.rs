@@ -493,7 +493,7 @@ fn schedule(dataset: &Dataset, train: &[usize], config: &TrainConfig) -> Vec<(us
     for epoch in 0..config.epochs {
         let mut order = train.to_vec();
         order.shuffle(&mut StdRng::seed_from_u64(mix(config.seed, epoch as u64, u64::MAX)));
-        let micro = micro_batches(&order, &dataset.examples, config.batch_tokens);
+        let micro = micro_batches(&order, |i| dataset.examples[i].tokens.len(), config.batch_tokens);
         for chunk in micro.chunks(config.grad_accum) {
             steps.push((epoch, chunk.to_vec()));
         }
@@ -530,7 +530,7 @@ impl<'a> Evaluator<'a> {
         if eval.is_empty() {
             return Ok(None);
         }
-        let batches = micro_batches(eval, &dataset.examples, batch_tokens);
+        let batches = micro_batches(eval, |i| dataset.examples[i].tokens.len(), batch_tokens);
         let mut candidates = Vec::new();
         if dataset.kind == RecordKind::Labelled {
             for &i in eval {
@@ -589,7 +589,7 @@ impl<'a> Evaluator<'a> {
             let set = Dataset { kind: self.dataset.kind, examples: options.clone(), labels: Vec::new() };
             let mut scores = vec![0f64; options.len()];
             let all: Vec<usize> = (0..options.len()).collect();
-            for chunk in micro_batches(&all, &set.examples, self.batch_tokens) {
+            for chunk in micro_batches(&all, |i| set.examples[i].tokens.len(), self.batch_tokens) {
                 let b = batch_of(&set, &chunk, self.base.device())?;
                 let nll: Vec<f32> = self.base.forward(lora, &b, &mode)?.0.to_vec1()?;
                 for (row, value) in b.row_example.iter().zip(nll) {
@@ -810,13 +810,11 @@ pub fn hash_path(path: &Path) -> Result<String> {
 pub(crate) fn vars_from_adapter(base: &TrainBase, adapter: &crate::lora::LoraAdapter) -> Result<LoraVars> {
     let mut pairs = std::collections::BTreeMap::new();
     for ((layer, target), pair) in adapter.pairs() {
-        let mut b = pair.b.clone();
-        if base.config.rope_interleaved && matches!(target, Target::Q | Target::K) {
-            let heads = if target == Target::Q { base.config.num_heads } else { base.config.num_kv_heads };
-            b = crate::lora::unpermute_for_interleaved_rope(&b, heads)?;
-        }
+        let b = match base.config.interleaved_rope_heads(target) {
+            Some(heads) => crate::lora::unpermute_for_interleaved_rope(&pair.b, heads)?,
+            None => pair.b.clone(),
+        };
         pairs.insert((layer, target), (Var::from_tensor(&pair.a)?, Var::from_tensor(&b)?));
     }
-    let rank = pairs.values().next().map_or(0, |(a, _): &(Var, Var)| a.dim(0).unwrap_or(0));
-    Ok(LoraVars { rank, scale: adapter.scale as f64, pairs })
+    Ok(LoraVars { rank: adapter.rank, scale: adapter.scale as f64, pairs })
 }

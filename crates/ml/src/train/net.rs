@@ -147,13 +147,14 @@ pub(crate) struct TrainBase {
 
 impl TrainBase {
     pub(crate) fn new(model: &LlamaModel) -> Result<Self> {
-        let config = model.config().clone();
-        let device = model.device().clone();
-        let freqs = config.inverse_frequencies();
-        let positions = config.context_length;
-        let angles: Vec<f32> = (0..positions).flat_map(|p| freqs.iter().map(move |f| p as f32 * f)).collect();
-        let angles = Tensor::from_vec(angles, (positions, freqs.len()), &device)?;
-        Ok(Self { weights: model.dense_weights()?, cos: angles.cos()?, sin: angles.sin()?, config, device })
+        let (cos, sin) = model.rope_tables();
+        Ok(Self {
+            weights: model.dense_weights()?,
+            cos: cos.clone(),
+            sin: sin.clone(),
+            config: model.config().clone(),
+            device: model.device().clone(),
+        })
     }
 
     pub(crate) fn device(&self) -> &Device {
