@@ -312,7 +312,7 @@ mod tests {
             label: None,
             truncated: false,
         };
-        let examples = vec![ex(10), ex(10), ex(30), ex(5), ex(100)];
+        let examples = [ex(10), ex(10), ex(30), ex(5), ex(100)];
         let batches = micro_batches(&[0, 1, 2, 3, 4], |i| examples[i].tokens.len(), 64);
         assert_eq!(batches, vec![vec![0, 1], vec![2, 3], vec![4]]);
         for batch in &batches[..2] {
