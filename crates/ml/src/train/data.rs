@@ -161,6 +161,8 @@ pub struct Dataset {
     pub kind: RecordKind,
     pub examples: Vec<Example>,
     pub labels: Vec<String>,
+    /// Each label's completion tokens (as `Tokenize::completion` makes them), for scoring.
+    pub label_tokens: Vec<Vec<u32>>,
 }
 
 /// How records become token sequences.
@@ -243,7 +245,8 @@ impl Tokenize<'_> {
             }
             _ => Vec::new(),
         };
-        Ok(Dataset { kind, examples, labels })
+        let label_tokens = labels.iter().map(|label| self.completion(label)).collect::<Result<_>>()?;
+        Ok(Dataset { kind, examples, labels, label_tokens })
     }
 }
 

@@ -319,7 +319,7 @@ pub fn train(
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let mut loss_sum = 0f64;
         for (m, examples) in micro.iter().enumerate() {
-            let batch = batch_of(dataset, examples, base.device())?;
+            let batch = batch_of(&dataset.examples, examples, base.device())?;
             let mode = Mode { dropout: Some((config.dropout, mix(config.seed, step, m as u64))), probes: false };
             let (nll, _) = base.forward(Some(&lora), &batch, &mode)?;
             let sum = nll.sum_all()?;
@@ -504,14 +504,9 @@ fn schedule(dataset: &Dataset, train: &[usize], config: &TrainConfig) -> Vec<(us
     steps
 }
 
-fn batch_of(dataset: &Dataset, examples: &[usize], device: &Device) -> Result<Batch> {
-    let parts: Vec<(&[u32], usize)> = examples
-        .iter()
-        .map(|&i| {
-            let e: &Example = &dataset.examples[i];
-            (e.tokens.as_slice(), e.first_scored)
-        })
-        .collect();
+fn batch_of(examples: &[Example], indices: &[usize], device: &Device) -> Result<Batch> {
+    let parts: Vec<(&[u32], usize)> =
+        indices.iter().map(|&i| (examples[i].tokens.as_slice(), examples[i].first_scored)).collect();
     Batch::new(&parts, device)
 }
 
@@ -520,8 +515,8 @@ struct Evaluator<'a> {
     base: &'a TrainBase,
     dataset: &'a Dataset,
     batches: Vec<Vec<usize>>,
-    /// Labelled data: per example, each candidate label's tokens appended to its prompt.
-    candidates: Vec<(usize, Vec<Example>)>,
+    /// Labelled data: per held-out example, its prompt followed by each label's tokens.
+    candidates: Vec<(usize, Vec<Vec<u32>>)>,
     batch_tokens: usize,
 }
 
@@ -536,19 +531,7 @@ impl<'a> Evaluator<'a> {
             for &i in eval {
                 let e = &dataset.examples[i];
                 let prompt = &e.tokens[..e.first_scored];
-                let label_tokens = &e.tokens[e.first_scored..];
-                let end = label_tokens.last().copied();
-                let options = dataset
-                    .labels
-                    .iter()
-                    .map(|label| {
-                        // The same tokenization as training: the label's ids plus the end token.
-                        let mut tokens = prompt.to_vec();
-                        tokens.extend(label_ids(dataset, label, e, end));
-                        Example { tokens, first_scored: prompt.len(), label: Some(label.clone()), ..e.clone() }
-                    })
-                    .collect();
-                candidates.push((i, options));
+                candidates.push((i, dataset.label_tokens.iter().map(|label| [prompt, label].concat()).collect()));
             }
         }
         Ok(Some(Self { base, dataset, batches, candidates, batch_tokens }))
@@ -575,7 +558,7 @@ impl<'a> Evaluator<'a> {
         let mode = Mode { dropout: None, probes: false };
         let (mut sum, mut count) = (0f64, 0usize);
         for batch in &self.batches {
-            let b = batch_of(self.dataset, batch, self.base.device())?;
+            let b = batch_of(&self.dataset.examples, batch, self.base.device())?;
             let (nll, _) = self.base.forward(lora, &b, &mode)?;
             sum += nll.sum_all()?.to_scalar::<f32>()? as f64;
             count += b.row_example.len();
@@ -586,32 +569,26 @@ impl<'a> Evaluator<'a> {
         }
         let mut correct = 0;
         for (i, options) in &self.candidates {
-            let set = Dataset { kind: self.dataset.kind, examples: options.clone(), labels: Vec::new() };
+            let example = &self.dataset.examples[*i];
             let mut scores = vec![0f64; options.len()];
             let all: Vec<usize> = (0..options.len()).collect();
-            for chunk in micro_batches(&all, |i| set.examples[i].tokens.len(), self.batch_tokens) {
-                let b = batch_of(&set, &chunk, self.base.device())?;
+            for chunk in micro_batches(&all, |k| options[k].len(), self.batch_tokens) {
+                let parts: Vec<(&[u32], usize)> =
+                    chunk.iter().map(|&k| (options[k].as_slice(), example.first_scored)).collect();
+                let b = Batch::new(&parts, self.base.device())?;
                 let nll: Vec<f32> = self.base.forward(lora, &b, &mode)?.0.to_vec1()?;
                 for (row, value) in b.row_example.iter().zip(nll) {
                     scores[chunk[*row]] += value as f64;
                 }
             }
-            let best = scores.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).map(|(k, _)| k);
-            if best.and_then(|k| options[k].label.as_ref()) == self.dataset.examples[*i].label.as_ref() {
+            let best =
+                scores.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).map(|(k, _)| &self.dataset.labels[k]);
+            if best == example.label.as_ref() {
                 correct += 1;
             }
         }
         Ok((loss, Some(correct as f64 / self.candidates.len() as f64)))
     }
-}
-
-/// A candidate label's tokens for scoring: an example of this label in the dataset gives them
-/// exactly; otherwise the label text's bytes cannot be tokenized here, so the candidate reuses
-/// the example's own label tokens only when it is that label.
-fn label_ids(dataset: &Dataset, label: &str, example: &Example, end: Option<u32>) -> Vec<u32> {
-    let source = dataset.examples.iter().find(|e| e.label.as_deref() == Some(label)).unwrap_or(example);
-    let ids = source.tokens[source.first_scored..].to_vec();
-    if ids.last().copied() == end { ids } else { ids.into_iter().chain(end).collect() }
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
