@@ -311,7 +311,12 @@ pub fn train(
     let clock = Instant::now();
     let (mut tokens_done, first_step) = (0usize, state.step);
     let vars = lora.vars();
-    while !stop && state.step < total {
+    while state.step < total {
+        if stop {
+            // Stopped before the first step of this run: nothing new to checkpoint.
+            finish = Finish::Interrupted;
+            break;
+        }
         let step = state.step;
         let (epoch, micro) = &schedule[step as usize];
         let lr = learning_rate(step, warmup, total, config.learning_rate);
@@ -365,33 +370,38 @@ pub fn train(
         };
         stop |= on_event(&event) == Control::Stop;
         let last_step = state.step == total;
-        if eval.is_some() && (last_step || (config.eval_every > 0 && state.step.is_multiple_of(config.eval_every))) {
-            let ev = eval.as_ref().map(|e| e.report(state.step, &lora, &mut base_metrics)).transpose()?;
-            if let Some(report) = ev {
-                let improved = state.best_eval_loss.is_none_or(|best| report.loss < best);
-                if improved {
-                    state.best_eval_loss = Some(report.loss);
-                    state.evals_without_improvement = 0;
-                } else {
-                    state.evals_without_improvement += 1;
-                }
-                state.history.push(report.clone());
-                stop |= on_event(&TrainEvent::Eval(report)) == Control::Stop;
-                if config.early_stopping_patience.is_some_and(|p| state.evals_without_improvement >= p) && !last_step {
-                    finish = Finish::EarlyStopped;
-                    on_event(&TrainEvent::EarlyStopped { step: state.step });
-                    break;
-                }
+        if let Some(eval) = &eval
+            && (last_step || (config.eval_every > 0 && state.step.is_multiple_of(config.eval_every)))
+        {
+            let report = eval.report(state.step, &lora, &mut base_metrics)?;
+            if state.best_eval_loss.is_none_or(|best| report.loss < best) {
+                state.best_eval_loss = Some(report.loss);
+                state.evals_without_improvement = 0;
+            } else {
+                state.evals_without_improvement += 1;
+            }
+            state.history.push(report.clone());
+            stop |= on_event(&TrainEvent::Eval(report)) == Control::Stop;
+            if config.early_stopping_patience.is_some_and(|p| state.evals_without_improvement >= p) && !last_step {
+                finish = Finish::EarlyStopped;
+                on_event(&TrainEvent::EarlyStopped { step: state.step });
+                break;
             }
         }
-        if stop && !last_step {
-            finish = Finish::Interrupted;
-        }
-        if finish == Finish::Interrupted
-            || (config.checkpoint_every > 0 && state.step.is_multiple_of(config.checkpoint_every))
-        {
+        let mut checkpointed = false;
+        if config.checkpoint_every > 0 && state.step.is_multiple_of(config.checkpoint_every) {
             let dir = write_checkpoint(&checkpoints, &lora, &optimizer, &state, config)?;
             stop |= on_event(&TrainEvent::Checkpoint { step: state.step, dir }) == Control::Stop;
+            checkpointed = true;
+        }
+        if stop && !last_step {
+            // A stop asked for at any event of this step: checkpoint here (once) and return.
+            if !checkpointed {
+                let dir = write_checkpoint(&checkpoints, &lora, &optimizer, &state, config)?;
+                on_event(&TrainEvent::Checkpoint { step: state.step, dir });
+            }
+            finish = Finish::Interrupted;
+            break;
         }
     }
     if finish == Finish::Interrupted {

@@ -169,6 +169,24 @@ fn same_seed_is_bit_identical_and_a_resumed_run_equals_an_uninterrupted_one() {
     assert!(err.to_string().contains("other hyper-parameters"), "{err}");
 }
 
+/// A stop asked for at a checkpoint event (as at any other event) ends the run as
+/// interrupted at that checkpoint, without a final adapter.
+#[test]
+fn a_stop_at_a_checkpoint_interrupts_the_run() {
+    let s = setup();
+    let data = dataset(&s, &colour_records(24));
+    let config = TrainConfig { checkpoint_every: 2, eval_split: 0.0, max_steps: Some(6), ..quick() };
+    let out = s.dir.path().join("stop-at-checkpoint");
+    let outcome = run(&s, &data, &config, &out, false, &mut |e| match e {
+        TrainEvent::Checkpoint { step: 2, .. } => Control::Stop,
+        _ => Control::Continue,
+    })
+    .unwrap();
+    assert_eq!((outcome.finish, outcome.steps), (Finish::Interrupted, 2));
+    assert!(outcome.adapter_dir.ends_with("checkpoints/step-00000002"));
+    assert!(!out.join("adapter_model.safetensors").exists());
+}
+
 #[test]
 fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     let scenario = fail::FailScenario::setup();
