@@ -296,9 +296,7 @@ async fn load_with_data(
     data: &Path,
     args: &DataArgs,
 ) -> anyhow::Result<(openledger_ml::LlamaModel, PathBuf, Dataset)> {
-    let source: Source = base.parse()?;
-    let path = source.resolve_model().await.with_context(|| format!("resolving {source}"))?;
-    let (model, tokenizer) = load(base).await?;
+    let (model, tokenizer, path) = load_from(base).await?;
     let (kind, records) = read_records(data)?;
     let max_tokens = args.max_seq_tokens.unwrap_or(model.config().context_length).min(model.config().context_length);
     let labels: Option<Vec<String>> =
@@ -451,14 +449,22 @@ fn adapter_name(id: &str, data: &Path) -> String {
 }
 
 async fn load(model: &str) -> anyhow::Result<(openledger_ml::LlamaModel, openledger_ml::Tokenizer)> {
+    let (model, tokenizer, _) = load_from(model).await?;
+    Ok((model, tokenizer))
+}
+
+/// The model, its tokenizer and the local path its source resolved to.
+async fn load_from(model: &str) -> anyhow::Result<(openledger_ml::LlamaModel, openledger_ml::Tokenizer, PathBuf)> {
     let source: Source = model.parse()?;
     let path = source.resolve_model().await.with_context(|| format!("resolving {source}"))?;
     let spinner = ProgressBar::new_spinner().with_message(format!("loading {}", path.display()));
     spinner.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("template"));
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let loaded = tokio::task::spawn_blocking(move || load_model(&path, &candle_core::Device::Cpu)).await?;
+    let at = path.clone();
+    let loaded = tokio::task::spawn_blocking(move || load_model(&at, &candle_core::Device::Cpu)).await?;
     spinner.finish_and_clear();
-    Ok(loaded?)
+    let (model, tokenizer) = loaded?;
+    Ok((model, tokenizer, path))
 }
 
 async fn info(model: &str) -> anyhow::Result<bool> {
