@@ -347,8 +347,7 @@ pub fn train(
         let mut grads: Vec<Tensor> = grads.into_iter().flatten().collect();
         let grad_norm = clip_grad_norm(&mut grads, config.max_grad_norm)?;
         if !loss.is_finite() || !grad_norm.is_finite() {
-            let last = latest_checkpoint(&checkpoints)?
-                .map_or("none was written yet".into(), |d| format!("the last good checkpoint is {}", d.display()));
+            let last = last_good_checkpoint(&checkpoints)?;
             return Err(MlError::Diverged(format!(
                 "step {}: loss {loss}, gradient norm {grad_norm}; no update was applied; {last}",
                 step + 1
@@ -662,24 +661,30 @@ fn checkpoint_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
-/// The newest complete checkpoint (one whose state file was written last, after its tensors).
-fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
-    let mut best: Option<(u64, PathBuf)> = None;
+/// The step directories in `dir` (`step-N`), oldest first.
+fn checkpoint_dirs(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(MlError::io(dir, e)),
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok())
-            && entry.path().join(STATE_FILE).is_file()
-            && best.as_ref().is_none_or(|(b, _)| step > *b)
-        {
-            best = Some((step, entry.path()));
-        }
-    }
-    Ok(best.map(|(_, p)| p))
+    let mut steps: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_string_lossy().strip_prefix("step-")?.parse().ok()?, e.path())))
+        .collect();
+    steps.sort_unstable();
+    Ok(steps)
+}
+
+/// The newest complete checkpoint (one whose state file was written last, after its tensors).
+fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(checkpoint_dirs(dir)?.into_iter().rev().map(|(_, p)| p).find(|p| p.join(STATE_FILE).is_file()))
+}
+
+/// Where a failed run can go back to, for its error message.
+fn last_good_checkpoint(dir: &Path) -> Result<String> {
+    Ok(latest_checkpoint(dir)?
+        .map_or("no checkpoint was written yet".into(), |d| format!("the last good checkpoint is {}", d.display())))
 }
 
 /// Writes a checkpoint into a staging directory, then renames it into place; on any error the
@@ -710,20 +715,11 @@ fn write_checkpoint(
     };
     if let Err(e) = write() {
         let _ = std::fs::remove_dir_all(&staging);
-        let last = latest_checkpoint(dir)?.map_or("there is no earlier checkpoint".into(), |d| {
-            format!("the last good checkpoint is {}", d.display())
-        });
-        return Err(MlError::Checkpoint(format!("step {}: {e}; {last}", state.step)));
+        return Err(MlError::Checkpoint(format!("step {}: {e}; {}", state.step, last_good_checkpoint(dir)?)));
     }
     // Keep the newest few.
-    let mut steps: Vec<u64> = std::fs::read_dir(dir)
-        .map_err(|e| MlError::io(dir, e))?
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("step-").and_then(|s| s.parse().ok()))
-        .collect();
-    steps.sort_unstable();
-    for old in steps.iter().rev().skip(config.keep_checkpoints) {
-        let _ = std::fs::remove_dir_all(dir.join(checkpoint_name(*old)));
+    for (_, old) in checkpoint_dirs(dir)?.iter().rev().skip(config.keep_checkpoints) {
+        let _ = std::fs::remove_dir_all(old);
     }
     Ok(target)
 }
