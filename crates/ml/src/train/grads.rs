@@ -171,7 +171,7 @@ impl GradientProbe {
     pub fn gradients(&self, examples: &[(&[u32], usize)]) -> Result<Vec<Vec<Vec<f32>>>> {
         let batch = Batch::new(examples, self.base.device())?;
         let (b, t) = batch.tokens.dims2()?;
-        let (nll, probes) = self.base.forward(Some(&self.vars), &batch, &Mode { dropout: None, probes: true })?;
+        let (nll, probes) = self.base.forward(Some(&self.vars), &batch, &Mode::probed())?;
         // Each example's loss is the mean over its scored tokens: weight rows by 1 / count.
         let mut counts = vec![0usize; b];
         for &e in &batch.row_example {
@@ -401,8 +401,7 @@ mod tests {
         let batched = probe.gradients(&batch).unwrap();
         for (e, tokens) in examples.iter().enumerate() {
             let alone = Batch::new(&[(tokens.as_slice(), 2)], probe.base.device()).unwrap();
-            let (nll, _) =
-                probe.base.forward(Some(&probe.vars), &alone, &Mode { dropout: None, probes: false }).unwrap();
+            let (nll, _) = probe.base.forward(Some(&probe.vars), &alone, &Mode::train(None)).unwrap();
             let grads = nll.mean_all().unwrap().backward().unwrap();
             for (layer, got) in batched[e].iter().enumerate() {
                 let mut expected = Vec::new();

@@ -8,6 +8,7 @@
 //! and serves on the quantized base in the engine.
 
 pub mod data;
+mod fused;
 pub mod grads;
 mod net;
 mod optim;
@@ -325,7 +326,7 @@ pub fn train(
         let mut loss_sum = 0f64;
         for (m, examples) in micro.iter().enumerate() {
             let batch = batch_of(&dataset.examples, examples, base.device())?;
-            let mode = Mode { dropout: Some((config.dropout, mix(config.seed, step, m as u64))), probes: false };
+            let mode = Mode::train(Some((config.dropout, mix(config.seed, step, m as u64))));
             let (nll, _) = base.forward(Some(&lora), &batch, &mode)?;
             let sum = nll.sum_all()?;
             loss_sum += sum.to_scalar::<f32>()? as f64;
@@ -564,7 +565,7 @@ impl<'a> Evaluator<'a> {
     }
 
     fn metrics(&self, lora: Option<&LoraVars>) -> Result<(f64, Option<f64>)> {
-        let mode = Mode { dropout: None, probes: false };
+        let mode = Mode::eval();
         let (mut sum, mut count) = (0f64, 0usize);
         for batch in &self.batches {
             let b = batch_of(&self.dataset.examples, batch, self.base.device())?;

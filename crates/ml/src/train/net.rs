@@ -8,9 +8,12 @@ use std::collections::BTreeMap;
 
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor, Var};
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use rayon::prelude::*;
 
+use super::fused::{AttentionShape, attention, rms_norm, swiglu};
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
+use crate::host::with_f32;
 use crate::lora::Target;
 use crate::model::{DenseWeights, LlamaModel};
 
@@ -53,32 +56,90 @@ fn frozen(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 }
 
 /// The output projection and the loss fused: `nll_r = logsumexp(h_r·Wᵀ) − (h_r·Wᵀ)[target_r]`,
-/// computed 64 rows at a time so the `(rows, vocab)` logits (100 MB for 512 rows of a 49k
-/// vocabulary) never exist whole; the backward pass recomputes each chunk's logits and returns
-/// `∂L/∂h = (softmax − onehot)·g · W` (the cut-cross-entropy / Liger approach).
+/// computed over the vocabulary in chunks of `VOCAB_CHUNK` columns with a running max and sum
+/// per row (online softmax), so the `(rows, vocab)` logits (100 MB for 512 rows of a 49k
+/// vocabulary) never exist whole and the output matrix is read once per pass.
+///
+/// When a backward pass will follow (`keep_grad`), the same pass also accumulates each row's
+/// `Σ_v exp(l_v − max)·W_v`, rescaled whenever the row's max grows (as flash attention does),
+/// so `∂nll_r/∂h_r = softmax_r·W − W[target_r]` is known at the end of the forward pass and the
+/// backward pass only scales it by the incoming gradient. The logits are computed once, not
+/// again in the backward pass: two vocabulary-sized matmuls per step instead of three.
 struct LmHeadLoss {
     weight: Tensor,
     targets: Vec<u32>,
+    keep_grad: bool,
+    /// `(rows, hidden)`: `∂nll_r/∂h_r`, set by the forward pass when `keep_grad`.
+    grad: std::sync::Mutex<Option<Tensor>>,
 }
 
-const LOSS_CHUNK_ROWS: usize = 64;
+const VOCAB_CHUNK: usize = 4096;
+
+/// One row's running softmax state over the vocabulary chunks seen so far.
+#[derive(Clone, Copy)]
+struct RowSoftmax {
+    max: f32,
+    sum: f32,
+    target_logit: f32,
+    /// The factor the row's accumulated gradient is rescaled by in the current chunk.
+    rescale: f32,
+}
 
 impl LmHeadLoss {
-    /// Per chunk of rows: the chunk's first row and its logits as a `(rows, vocab)` row-major vec.
-    fn chunks<'a>(&'a self, hidden: &'a Tensor) -> impl Iterator<Item = candle_core::Result<(usize, Vec<f32>)>> + 'a {
-        let rows = hidden.dim(0).unwrap_or(0);
-        (0..rows).step_by(LOSS_CHUNK_ROWS).map(move |start| {
-            let n = LOSS_CHUNK_ROWS.min(rows - start);
-            let logits = hidden.narrow(0, start, n)?.matmul(&self.weight.t()?)?;
-            Ok((start, logits.flatten_all()?.to_vec1::<f32>()?))
-        })
+    fn nll_and_grad(&self, hidden: &Tensor) -> candle_core::Result<(Vec<f32>, Option<Tensor>)> {
+        let (rows, width) = hidden.dims2()?;
+        let vocab = self.weight.dim(0)?;
+        let start = RowSoftmax { max: f32::NEG_INFINITY, sum: 0.0, target_logit: 0.0, rescale: 1.0 };
+        let mut state = vec![start; rows];
+        let mut acc = if self.keep_grad { Some(vec![0f32; rows * width]) } else { None };
+        for first in (0..vocab).step_by(VOCAB_CHUNK) {
+            let n = VOCAB_CHUNK.min(vocab - first);
+            let w = self.weight.narrow(0, first, n)?;
+            let logits = hidden.matmul(&w.t()?)?;
+            let mut probs = vec![0f32; rows * n];
+            with_f32(&logits, |logits| {
+                probs.par_chunks_mut(n).zip(logits.par_chunks(n)).zip(state.par_iter_mut()).enumerate().for_each(
+                    |(r, ((p, l), s))| {
+                        let max = l.iter().copied().fold(s.max, f32::max);
+                        s.rescale = (s.max - max).exp();
+                        let mut sum = 0.0;
+                        for (p, l) in p.iter_mut().zip(l) {
+                            *p = (l - max).exp();
+                            sum += *p;
+                        }
+                        (s.max, s.sum) = (max, s.sum * s.rescale + sum);
+                        if let Some(t) = (self.targets[r] as usize).checked_sub(first).filter(|t| *t < n) {
+                            s.target_logit = l[t];
+                        }
+                    },
+                );
+                Ok(())
+            })
+            .map_err(candle_core::Error::wrap)?;
+            if let Some(acc) = &mut acc {
+                let pw = Tensor::from_vec(probs, (rows, n), hidden.device())?.matmul(&w)?;
+                with_f32(&pw, |pw| {
+                    acc.par_chunks_mut(width).zip(pw.par_chunks(width)).zip(&state).for_each(|((a, pw), s)| {
+                        a.iter_mut().zip(pw).for_each(|(a, pw)| *a = *a * s.rescale + pw);
+                    });
+                    Ok(())
+                })
+                .map_err(candle_core::Error::wrap)?;
+            }
+        }
+        let nll = state.iter().map(|s| s.max + s.sum.ln() - s.target_logit).collect();
+        let grad = match acc {
+            Some(mut acc) => {
+                for ((a, s), &t) in acc.chunks_exact_mut(width).zip(&state).zip(&self.targets) {
+                    let target_row: Vec<f32> = self.weight.get(t as usize)?.to_vec1()?;
+                    a.iter_mut().zip(&target_row).for_each(|(a, w)| *a = *a / s.sum - w);
+                }
+                Some(Tensor::from_vec(acc, (rows, width), hidden.device())?)
+            }
+            None => None,
+        };
+        Ok((nll, grad))
     }
-}
-
-/// `(max, log Σ exp(x − max))` of one row of logits.
-fn log_sum_exp(row: &[f32]) -> (f32, f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    (max, row.iter().map(|v| (v - max).exp()).sum::<f32>().ln())
 }
 
 impl CustomOp1 for LmHeadLoss {
@@ -91,45 +152,28 @@ impl CustomOp1 for LmHeadLoss {
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("lm-head-loss needs a contiguous input".into()))?;
         let hidden = Tensor::from_slice(&storage.as_slice::<f32>()?[start..end], layout.shape(), &Device::Cpu)?;
-        let vocab = self.weight.dim(0)?;
-        let mut nll = vec![0f32; self.targets.len()];
-        for chunk in self.chunks(&hidden) {
-            let (first, logits) = chunk?;
-            for (i, row) in logits.chunks_exact(vocab).enumerate() {
-                let (max, lse) = log_sum_exp(row);
-                nll[first + i] = max + lse - row[self.targets[first + i] as usize];
-            }
-        }
+        let (nll, grad) = self.nll_and_grad(&hidden)?;
+        *self.grad.lock().map_err(|_| candle_core::Error::Msg("lm-head-loss: poisoned lock".into()))? = grad;
         let n = nll.len();
         Ok((CpuStorage::F32(nll), Shape::from(n)))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let vocab = self.weight.dim(0)?;
-        let g: Vec<f32> = grad_res.to_vec1()?;
-        let mut grads = Vec::new();
-        for chunk in self.chunks(arg) {
-            let (first, mut logits) = chunk?;
-            for (i, row) in logits.chunks_exact_mut(vocab).enumerate() {
-                let (max, lse) = log_sum_exp(row);
-                let scale = g[first + i];
-                for v in row.iter_mut() {
-                    *v = (*v - max - lse).exp() * scale;
-                }
-                row[self.targets[first + i] as usize] -= scale;
-            }
-            let n = logits.len() / vocab;
-            grads.push(Tensor::from_vec(logits, (n, vocab), arg.device())?.matmul(&self.weight)?);
-        }
-        Ok(Some(Tensor::cat(&grads, 0)?))
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = self.grad.lock().map_err(|_| candle_core::Error::Msg("lm-head-loss: poisoned lock".into()))?;
+        let grad = grad.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("lm-head-loss: the forward pass ran without keeping its gradient".into())
+        })?;
+        Ok(Some(grad.broadcast_mul(&grad_res.unsqueeze(1)?)?))
     }
 }
 
 /// The negative log-likelihood of `targets` under `hidden · Wᵀ`, one value per row.
-fn lm_head_loss(hidden: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+/// `keep_grad`: a backward pass will follow (see [`LmHeadLoss`]).
+fn lm_head_loss(hidden: &Tensor, weight: &Tensor, targets: &Tensor, keep_grad: bool) -> Result<Tensor> {
     if hidden.device().is_cpu() {
         let targets: Vec<u32> = targets.flatten_all()?.to_vec1()?;
-        return Ok(hidden.contiguous()?.apply_op1(LmHeadLoss { weight: weight.clone(), targets })?);
+        let op = LmHeadLoss { weight: weight.clone(), targets, keep_grad, grad: Default::default() };
+        return Ok(hidden.contiguous()?.apply_op1(op)?);
     }
     let logits = hidden.matmul(&weight.t()?)?;
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
@@ -209,10 +253,29 @@ impl LoraVars {
 
 /// How a forward pass treats LoRA: dropout on its inputs (training), and whether to record
 /// each LoRA input and add a zero "probe" variable to each LoRA output, whose gradient is
-/// `∂L/∂(LoRA output)` for per-example gradients.
+/// `∂L/∂(LoRA output)` for per-example gradients; and whether a backward pass will follow
+/// (the loss then keeps its gradient, see `LmHeadLoss`).
 pub(crate) struct Mode {
     pub(crate) dropout: Option<(f32, u64)>,
     pub(crate) probes: bool,
+    pub(crate) backward: bool,
+}
+
+impl Mode {
+    /// Scoring only: no dropout, no probes, no backward pass.
+    pub(crate) fn eval() -> Self {
+        Self { dropout: None, probes: false, backward: false }
+    }
+
+    /// A training step: dropout `(p, seed)` if any, then a backward pass.
+    pub(crate) fn train(dropout: Option<(f32, u64)>) -> Self {
+        Self { dropout, probes: false, backward: true }
+    }
+
+    /// Per-example gradients: probes, then a backward pass.
+    pub(crate) fn probed() -> Self {
+        Self { dropout: None, probes: true, backward: true }
+    }
 }
 
 /// What a probed forward recorded for one (layer, target): the LoRA input after dropout
@@ -269,7 +332,6 @@ impl TrainBase {
     pub(crate) fn forward(&self, lora: Option<&LoraVars>, batch: &Batch, mode: &Mode) -> Result<(Tensor, Probes)> {
         let c = &self.config;
         let (b, t) = batch.tokens.dims2()?;
-        let n = b * t;
         let eps = c.rms_norm_eps as f32;
         let mut probes = BTreeMap::new();
         let mut dropout_rng = mode.dropout.map(|(p, seed)| (p, StdRng::seed_from_u64(seed)));
@@ -301,48 +363,26 @@ impl TrainBase {
         };
         let w = &self.weights;
         let mut x = w.embed.index_select(&batch.tokens.flatten_all()?, 0)?; // (N, H)
-        let (cos, sin) = (self.cos.narrow(0, 0, t)?, self.sin.narrow(0, 0, t)?);
-        let mask = causal_mask(t, &self.device)?;
-        let (heads, kv_heads, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let shape =
+            AttentionShape { batch: b, seq: t, heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim };
         for (layer, weights) in w.layers.iter().enumerate() {
             let p = &weights.projections;
-            let h = candle_nn::ops::rms_norm_slow(&x, &weights.attn_norm, eps)?;
+            let h = rms_norm(&x, &weights.attn_norm, eps)?;
             let q = project(layer, Target::Q, &h, &p[0])?;
             let k = project(layer, Target::K, &h, &p[1])?;
             let v = project(layer, Target::V, &h, &p[2])?;
-            let split = |x: Tensor, heads: usize| -> Result<Tensor> {
-                Ok(x.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()?)
-            };
-            let q = candle_nn::rotary_emb::rope_slow(&split(q, heads)?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_slow(&split(k, kv_heads)?, &cos, &sin)?;
-            let v = split(v, kv_heads)?;
-            let group = heads / kv_heads;
-            let repeat = |x: Tensor| -> Result<Tensor> {
-                if group == 1 {
-                    return Ok(x);
-                }
-                Ok(x.unsqueeze(2)?.expand((b, kv_heads, group, t, d))?.reshape((b, heads, t, d))?)
-            };
-            let (k, v) = (repeat(k)?, repeat(v)?);
-            let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(&mask)?;
-            let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-            let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, heads * d))?;
+            let attn = attention(&q, &k, &v, shape, &self.cos, &self.sin)?;
             x = (x + project(layer, Target::O, &attn, &p[3])?)?;
-            let h = candle_nn::ops::rms_norm_slow(&x, &weights.ffn_norm, eps)?;
+            let h = rms_norm(&x, &weights.ffn_norm, eps)?;
             let gate = project(layer, Target::Gate, &h, &p[4])?;
             let up = project(layer, Target::Up, &h, &p[5])?;
-            x = (&x + project(layer, Target::Down, &(gate.silu()? * up)?, &p[6])?)?;
+            x = (&x + project(layer, Target::Down, &swiglu(&gate, &up)?, &p[6])?)?;
         }
         let scored = x.index_select(&batch.rows, 0)?;
-        let scored = candle_nn::ops::rms_norm_slow(&scored, &w.norm, eps)?;
-        let nll = lm_head_loss(&scored, &w.output, &batch.targets)?;
+        let scored = rms_norm(&scored, &w.norm, eps)?;
+        let nll = lm_head_loss(&scored, &w.output, &batch.targets, mode.backward)?;
         Ok((nll, probes))
     }
-}
-
-fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-    Ok(Tensor::from_vec(mask, (t, t), device)?)
 }
 
 #[cfg(test)]
@@ -388,7 +428,7 @@ mod tests {
             let vars = super::super::vars_from_adapter(&base, &adapter).unwrap();
             let tokens: Vec<u32> = (1..=10).map(|i| i * 23 % 250).collect();
             let b = Batch::new(&[(&tokens, 1)], &Device::Cpu).unwrap();
-            let mode = Mode { dropout: None, probes: false };
+            let mode = Mode::eval();
             for (lora, mix) in [(None, AdapterMix::default()), (Some(&vars), AdapterMix(vec![(adapter.clone(), 1.0)]))]
             {
                 let trained: Vec<f32> = base.forward(lora, &b, &mode).unwrap().0.to_vec1().unwrap();
@@ -412,14 +452,15 @@ mod tests {
     fn fused_loss_matches_log_softmax() {
         let mut rng = StdRng::seed_from_u64(1);
         let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-2.0..2.0)).collect() };
-        let (rows, hidden, vocab) = (150, 8, 20);
+        // More rows than the chunking and a vocabulary of several chunks.
+        let (rows, hidden, vocab) = (150, 8, 2 * VOCAB_CHUNK + 37);
         let h =
             Var::from_tensor(&Tensor::from_vec(random(rows * hidden), (rows, hidden), &Device::Cpu).unwrap()).unwrap();
         let w = Tensor::from_vec(random(vocab * hidden), (vocab, hidden), &Device::Cpu).unwrap();
         let targets: Vec<u32> = (0..rows as u32).map(|r| r * 7 % vocab as u32).collect();
         let targets = Tensor::from_vec(targets, (rows, 1), &Device::Cpu).unwrap();
         let weights = Tensor::from_vec(random(rows), rows, &Device::Cpu).unwrap();
-        let fused = lm_head_loss(h.as_tensor(), &w, &targets).unwrap();
+        let fused = lm_head_loss(h.as_tensor(), &w, &targets, true).unwrap();
         let log_probs =
             candle_nn::ops::log_softmax(&h.as_tensor().matmul(&w.t().unwrap()).unwrap(), D::Minus1).unwrap();
         let plain = log_probs.gather(&targets, 1).unwrap().squeeze(1).unwrap().neg().unwrap();
@@ -448,7 +489,7 @@ mod tests {
             b.set(&Tensor::from_vec(values, b.shape(), &Device::Cpu).unwrap()).unwrap();
         }
         let b = batch(&Device::Cpu);
-        let mode = Mode { dropout: None, probes: false };
+        let mode = Mode::train(None);
         let loss = |vars: &LoraVars| -> f64 {
             base.forward(Some(vars), &b, &mode).unwrap().0.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64
         };

@@ -1,0 +1,466 @@
+//! The training forward's non-matmul layers on CPU slices, each a candle custom op with a
+//! hand-written backward: RMSNorm, causal attention with RoPE, and SwiGLU. Composed from candle
+//! tensor ops (`reference`, still the path on other devices), these are two dozen ops per layer,
+//! each allocating its output and recording a node whose backward allocates again; fused, a
+//! layer allocates a few buffers and its attention never materialises the `(B, heads, T, T)`
+//! scores as tensors. The tests hold every op to its reference in value and gradient.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::host::{axpy, dot, rms_norm as rms_norm_rows, rope};
+
+/// The elements of a contiguous f32 CPU storage.
+fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let (start, end) =
+        layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{op} needs contiguous input")))?;
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+/// A tensor's elements as a host vector (gradients arriving in a backward pass).
+fn host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1()
+}
+
+fn cpu(values: Vec<f32>, shape: &Shape) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(values, shape, &Device::Cpu)
+}
+
+/// RMSNorm of each row with a frozen weight.
+struct RmsNorm {
+    weight: Vec<f32>,
+    eps: f32,
+}
+
+impl CustomOp1 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(storage, layout, self.name())?;
+        Ok((CpuStorage::F32(rms_norm_rows(x, &self.weight, self.eps)), layout.shape().clone()))
+    }
+
+    /// With `s = 1/√(mean(x²) + ε)` and `y = s·x∘w`: `∂x = s·(g∘w) − x·s³·⟨g∘w, x⟩ / width`.
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (x, g) = (host(arg)?, host(grad_res)?);
+        let width = self.weight.len();
+        let mut dx = Vec::with_capacity(x.len());
+        for (x, g) in x.chunks_exact(width).zip(g.chunks_exact(width)) {
+            let s = 1.0 / (dot(x, x) / width as f32 + self.eps).sqrt();
+            let gw_x: f32 = g.iter().zip(&self.weight).zip(x).map(|((g, w), x)| g * w * x).sum();
+            let c = s * s * s * gw_x / width as f32;
+            dx.extend(g.iter().zip(&self.weight).zip(x).map(|((g, w), x)| s * g * w - c * x));
+        }
+        Ok(Some(cpu(dx, arg.shape())?))
+    }
+}
+
+/// RMSNorm of each row of `x` `(N, H)` by `weight` `(H,)`.
+pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return reference::rms_norm(x, weight, eps);
+    }
+    Ok(x.contiguous()?.apply_op1(RmsNorm { weight: weight.to_vec1()?, eps })?)
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `silu(gate) · up`, element by element.
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (gate, up) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let out = gate.iter().zip(up).map(|(g, u)| g * sigmoid(*g) * u).collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    /// `∂gate = g·u·σ(gate)·(1 + gate·(1 − σ(gate)))`, `∂up = g·silu(gate)`.
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gv, uv, g) = (host(gate)?, host(up)?, host(grad_res)?);
+        let (mut d_gate, mut d_up) = (Vec::with_capacity(gv.len()), Vec::with_capacity(gv.len()));
+        for ((x, u), g) in gv.iter().zip(&uv).zip(&g) {
+            let s = sigmoid(*x);
+            d_gate.push(g * u * s * (1.0 + x * (1.0 - s)));
+            d_up.push(g * x * s);
+        }
+        Ok((Some(cpu(d_gate, gate.shape())?), Some(cpu(d_up, up.shape())?)))
+    }
+}
+
+/// `silu(gate) · up` for two tensors of one shape.
+pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if !gate.device().is_cpu() {
+        return Ok((gate.silu()? * up)?);
+    }
+    Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?)
+}
+
+/// Causal self-attention with RoPE (Hugging Face's half-split layout) over a padded batch of
+/// `batch` sequences of `seq` positions. Queries `(N, heads·d)`, keys and values
+/// `(N, kv_heads·d)` with rows `example·seq + position`, as the projections produce them; the
+/// output is `(N, heads·d)`, ready for the output projection. The backward pass recomputes the
+/// attention probabilities (`seq × seq` per head) instead of keeping them.
+struct Attention {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    /// `seq × d/2` angles; `neg_sin` rotates back (RoPE's transpose).
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    neg_sin: Vec<f32>,
+}
+
+/// One (example, kv head) of a backward pass: the query gradients of its group's heads, and
+/// its key and value gradients, each `seq × d`.
+struct BlockGrads {
+    dq: Vec<Vec<f32>>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+}
+
+impl Attention {
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
+    /// One head of one example as `seq × d` rows, rotated by RoPE if `roped`.
+    fn gather(&self, x: &[f32], heads: usize, example: usize, head: usize, roped: bool) -> Vec<f32> {
+        let (d, half) = (self.head_dim, self.head_dim / 2);
+        let mut out = Vec::with_capacity(self.seq * d);
+        for p in 0..self.seq {
+            out.extend_from_slice(&x[((example * self.seq + p) * heads + head) * d..][..d]);
+            if roped {
+                rope(&mut out[p * d..], &self.cos[p * half..][..half], &self.sin[p * half..][..half], false);
+            }
+        }
+        out
+    }
+
+    /// Rotates `seq × d` rows back by their positions' angles (the gradient through RoPE).
+    fn unrope(&self, rows: &mut [f32]) {
+        let half = self.head_dim / 2;
+        for (p, row) in rows.chunks_exact_mut(self.head_dim).enumerate() {
+            rope(row, &self.cos[p * half..][..half], &self.neg_sin[p * half..][..half], false);
+        }
+    }
+
+    /// The causal attention probabilities of roped queries over roped keys: row `i` holds
+    /// `softmax(q_i·k_j / √d)` for `j ≤ i` and zeros after.
+    fn probs(&self, q: &[f32], k: &[f32]) -> Vec<f32> {
+        let (t, d) = (self.seq, self.head_dim);
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut p = vec![0f32; t * t];
+        for (i, row) in p.chunks_exact_mut(t).enumerate() {
+            let q = &q[i * d..][..d];
+            let row = &mut row[..=i];
+            for (s, k) in row.iter_mut().zip(k.chunks_exact(d)) {
+                *s = dot(q, k) * scale;
+            }
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for s in row.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            row.iter_mut().for_each(|s| *s /= sum);
+        }
+        p
+    }
+
+    /// `rows · p` for a `seq × seq` lower-triangular `p` and `seq × d` rows.
+    fn mix(&self, p: &[f32], rows: &[f32]) -> Vec<f32> {
+        let (t, d) = (self.seq, self.head_dim);
+        let mut out = vec![0f32; t * d];
+        for (i, out) in out.chunks_exact_mut(d).enumerate() {
+            for (&p, row) in p[i * t..][..=i].iter().zip(rows.chunks_exact(d)) {
+                axpy(p, row, out);
+            }
+        }
+        out
+    }
+
+    /// Tasks `(example, kv head)`, run on the thread pool.
+    fn blocks<R: Send>(&self, f: impl Fn(usize, usize) -> R + Sync) -> Vec<R> {
+        (0..self.batch * self.kv_heads).into_par_iter().map(|i| f(i / self.kv_heads, i % self.kv_heads)).collect()
+    }
+
+    /// Writes one head's `seq × d` rows into an `(N, heads·d)` buffer.
+    fn scatter(&self, out: &mut [f32], heads: usize, example: usize, head: usize, rows: &[f32]) {
+        let d = self.head_dim;
+        for (p, row) in rows.chunks_exact(d).enumerate() {
+            out[((example * self.seq + p) * heads + head) * d..][..d].copy_from_slice(row);
+        }
+    }
+
+    fn backward_block(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        grad: &[f32],
+        example: usize,
+        kv_head: usize,
+    ) -> BlockGrads {
+        let (t, d) = (self.seq, self.head_dim);
+        let scale = 1.0 / (d as f32).sqrt();
+        let key = self.gather(k, self.kv_heads, example, kv_head, true);
+        let value = self.gather(v, self.kv_heads, example, kv_head, false);
+        let (mut dk, mut dv) = (vec![0f32; t * d], vec![0f32; t * d]);
+        let mut dq_heads = Vec::with_capacity(self.group());
+        let mut ds = vec![0f32; t];
+        for head in kv_head * self.group()..(kv_head + 1) * self.group() {
+            let query = self.gather(q, self.heads, example, head, true);
+            let dout = self.gather(grad, self.heads, example, head, false);
+            let p = self.probs(&query, &key);
+            let mut dq = vec![0f32; t * d];
+            for i in 0..t {
+                let (p, dout_i) = (&p[i * t..][..=i], &dout[i * d..][..d]);
+                // ∂p_ij = ∂out_i·v_j; ∂s_ij = p_ij(∂p_ij − Σ_j p_ij ∂p_ij).
+                let ds = &mut ds[..=i];
+                for (ds, v) in ds.iter_mut().zip(value.chunks_exact(d)) {
+                    *ds = dot(dout_i, v);
+                }
+                let mean: f32 = p.iter().zip(ds.iter()).map(|(p, g)| p * g).sum();
+                let (dq_i, q_i) = (&mut dq[i * d..][..d], &query[i * d..][..d]);
+                for (j, (&p, ds)) in p.iter().zip(ds.iter_mut()).enumerate() {
+                    *ds = p * (*ds - mean) * scale;
+                    axpy(*ds, &key[j * d..][..d], dq_i);
+                    axpy(*ds, q_i, &mut dk[j * d..][..d]);
+                    axpy(p, dout_i, &mut dv[j * d..][..d]);
+                }
+            }
+            self.unrope(&mut dq);
+            dq_heads.push(dq);
+        }
+        self.unrope(&mut dk);
+        BlockGrads { dq: dq_heads, dk, dv }
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let blocks = self.blocks(|example, kv_head| {
+            let key = self.gather(k, self.kv_heads, example, kv_head, true);
+            let value = self.gather(v, self.kv_heads, example, kv_head, false);
+            (kv_head * self.group()..(kv_head + 1) * self.group())
+                .map(|head| self.mix(&self.probs(&self.gather(q, self.heads, example, head, true), &key), &value))
+                .collect::<Vec<_>>()
+        });
+        let mut out = vec![0f32; q.len()];
+        for (i, heads) in blocks.iter().enumerate() {
+            let (example, kv_head) = (i / self.kv_heads, i % self.kv_heads);
+            for (g, rows) in heads.iter().enumerate() {
+                self.scatter(&mut out, self.heads, example, kv_head * self.group() + g, rows);
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (qv, kv, vv, grad) = (host(q)?, host(k)?, host(v)?, host(grad_res)?);
+        let blocks = self.blocks(|example, kv_head| self.backward_block(&qv, &kv, &vv, &grad, example, kv_head));
+        let (mut dq, mut dk, mut dv) = (vec![0f32; qv.len()], vec![0f32; kv.len()], vec![0f32; vv.len()]);
+        for (i, block) in blocks.iter().enumerate() {
+            let (example, kv_head) = (i / self.kv_heads, i % self.kv_heads);
+            for (g, rows) in block.dq.iter().enumerate() {
+                self.scatter(&mut dq, self.heads, example, kv_head * self.group() + g, rows);
+            }
+            self.scatter(&mut dk, self.kv_heads, example, kv_head, &block.dk);
+            self.scatter(&mut dv, self.kv_heads, example, kv_head, &block.dv);
+        }
+        Ok((Some(cpu(dq, q.shape())?), Some(cpu(dk, k.shape())?), Some(cpu(dv, v.shape())?)))
+    }
+}
+
+/// Shapes of an attention call: `batch` sequences of `seq` positions, heads and kv heads of
+/// `head_dim`.
+#[derive(Clone, Copy)]
+pub(crate) struct AttentionShape {
+    pub(crate) batch: usize,
+    pub(crate) seq: usize,
+    pub(crate) heads: usize,
+    pub(crate) kv_heads: usize,
+    pub(crate) head_dim: usize,
+}
+
+/// Causal attention with RoPE; `cos`, `sin`: `(≥ seq, d/2)` tables. See [`Attention`].
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    shape: AttentionShape,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Tensor> {
+    let (cos, sin) = (cos.narrow(0, 0, shape.seq)?, sin.narrow(0, 0, shape.seq)?);
+    if !q.device().is_cpu() {
+        return reference::attention(q, k, v, shape, &cos, &sin);
+    }
+    let sin: Vec<f32> = sin.flatten_all()?.to_vec1()?;
+    let op = Attention {
+        batch: shape.batch,
+        seq: shape.seq,
+        heads: shape.heads,
+        kv_heads: shape.kv_heads,
+        head_dim: shape.head_dim,
+        cos: cos.flatten_all()?.to_vec1()?,
+        neg_sin: sin.iter().map(|s| -s).collect(),
+        sin,
+    };
+    Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
+}
+
+/// The same layers composed from candle tensor ops: the path on devices other than the CPU,
+/// and the reference the fused ops are tested against.
+pub(crate) mod reference {
+    use candle_core::{D, Tensor};
+
+    use super::AttentionShape;
+    use crate::error::Result;
+
+    pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm_slow(x, weight, eps)?)
+    }
+
+    pub(crate) fn attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        shape: AttentionShape,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        let AttentionShape { batch: b, seq: t, heads, kv_heads, head_dim: d } = shape;
+        let split = |x: &Tensor, heads: usize| -> Result<Tensor> {
+            Ok(x.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = candle_nn::rotary_emb::rope_slow(&split(q, heads)?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope_slow(&split(k, kv_heads)?, cos, sin)?;
+        let v = split(v, kv_heads)?;
+        let group = heads / kv_heads;
+        let repeat = |x: Tensor| -> Result<Tensor> {
+            if group == 1 {
+                return Ok(x);
+            }
+            Ok(x.unsqueeze(2)?.expand((b, kv_heads, group, t, d))?.reshape((b, heads, t, d))?)
+        };
+        let (k, v) = (repeat(k)?, repeat(v)?);
+        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (t, t), q.device())?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(&mask)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, heads * d))?)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use candle_core::Var;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    use super::*;
+
+    fn random(rng: &mut StdRng, shape: (usize, usize)) -> Var {
+        let values: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.random_range(-1.5..1.5)).collect();
+        Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn worst(a: &Tensor, b: &Tensor) -> f32 {
+        let (a, b) = (host(a).unwrap(), host(b).unwrap());
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+    }
+
+    /// Value and input gradients of a fused op and its reference agree, for a random weighting
+    /// of the outputs as the loss.
+    fn assert_matches(inputs: &[&Var], fused: &Tensor, reference: &Tensor, rng: &mut StdRng) {
+        assert!(worst(fused, reference) < 1e-5, "values differ by {}", worst(fused, reference));
+        let weights = random(rng, fused.dims2().unwrap());
+        let g1 = (fused * weights.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (reference * weights.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        for (i, var) in inputs.iter().enumerate() {
+            let (a, b) = (g1.get(var.as_tensor()).unwrap(), g2.get(var.as_tensor()).unwrap());
+            assert!(worst(a, b) < 1e-4, "input {i}: gradients differ by {}", worst(a, b));
+        }
+    }
+
+    #[test]
+    fn fused_rms_norm_and_swiglu_match_their_references() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let x = random(&mut rng, (7, 24));
+        let weight = random(&mut rng, (1, 24)).as_tensor().squeeze(0).unwrap();
+        let fused = rms_norm(x.as_tensor(), &weight, 1e-5).unwrap();
+        let plain = reference::rms_norm(x.as_tensor(), &weight, 1e-5).unwrap();
+        assert_matches(&[&x], &fused, &plain, &mut rng);
+        let (gate, up) = (random(&mut rng, (5, 33)), random(&mut rng, (5, 33)));
+        let fused = swiglu(gate.as_tensor(), up.as_tensor()).unwrap();
+        let plain = (gate.as_tensor().silu().unwrap() * up.as_tensor()).unwrap();
+        assert_matches(&[&gate, &up], &fused, &plain, &mut rng);
+    }
+
+    /// Grouped-query attention (3 query heads per kv head) over two sequences, with RoPE
+    /// angles that differ per position, against candle's ops.
+    #[test]
+    fn fused_attention_matches_its_reference() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let shape = AttentionShape { batch: 2, seq: 9, heads: 6, kv_heads: 2, head_dim: 8 };
+        let n = shape.batch * shape.seq;
+        let q = random(&mut rng, (n, shape.heads * shape.head_dim));
+        let k = random(&mut rng, (n, shape.kv_heads * shape.head_dim));
+        let v = random(&mut rng, (n, shape.kv_heads * shape.head_dim));
+        let half = shape.head_dim / 2;
+        let angles: Vec<f32> = (0..12 * half).map(|i| (i / half) as f32 * 0.3 / (1 + i % half) as f32).collect();
+        let cos = Tensor::from_vec(angles.iter().map(|a| a.cos()).collect(), (12, half), &Device::Cpu).unwrap();
+        let sin = Tensor::from_vec(angles.iter().map(|a| a.sin()).collect(), (12, half), &Device::Cpu).unwrap();
+        let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+        let fused = attention(qt, kt, vt, shape, &cos, &sin).unwrap();
+        let (cos, sin) = (cos.narrow(0, 0, shape.seq).unwrap(), sin.narrow(0, 0, shape.seq).unwrap());
+        let plain = reference::attention(qt, kt, vt, shape, &cos, &sin).unwrap();
+        assert_matches(&[&q, &k, &v], &fused, &plain, &mut rng);
+    }
+}
