@@ -1,6 +1,7 @@
-//! The training forward's non-matmul layers on CPU slices, each a candle custom op with a
-//! hand-written backward: RMSNorm, causal attention with RoPE, and SwiGLU. Composed from candle
-//! tensor ops (`reference`, still the path on other devices), these are two dozen ops per layer,
+//! The training forward's layers on CPU slices, each a candle custom op with a hand-written
+//! backward: frozen and LoRA projections (matmuls straight on slices), RMSNorm, causal
+//! attention with RoPE, and SwiGLU. Composed from candle tensor ops (`reference`, still the
+//! path on other devices), these are three dozen ops per layer,
 //! each allocating its output and recording a node whose backward allocates again; fused, a
 //! layer allocates a few buffers and its attention never materialises the `(B, heads, T, T)`
 //! scores as tensors. The tests hold every op to its reference in value and gradient.
@@ -9,7 +10,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, S
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::host::{axpy, dot, rms_norm as rms_norm_rows, rope};
+use crate::host::{axpy, dot, rms_norm as rms_norm_rows, rope, with_f32};
+use crate::kernels::{Dense, matmul};
 
 /// The elements of a contiguous f32 CPU storage.
 fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
@@ -115,6 +117,164 @@ pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         return Ok((gate.silu()? * up)?);
     }
     Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?)
+}
+
+/// Runs `f` on a tensor's elements without copying them (a contiguous copy first if needed).
+fn on_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    with_f32(&t, |s| Ok(f(s))).map_err(candle_core::Error::wrap)
+}
+
+/// `x·Wᵀ` for rows of `x` and a frozen `W` `(out, in)`.
+fn frozen_rows(x: &[f32], w: &[f32], out_f: usize) -> Vec<f32> {
+    let in_f = w.len() / out_f;
+    let n = x.len() / in_f;
+    let mut y = vec![0f32; n * out_f];
+    matmul(Dense::new(x, n, in_f), Dense::new(w, out_f, in_f).t(), &mut y, false);
+    y
+}
+
+/// `g·W`: the input gradient of `x·Wᵀ`.
+fn frozen_rows_grad(g: &[f32], w: &[f32], out_f: usize) -> Vec<f32> {
+    let in_f = w.len() / out_f;
+    let n = g.len() / out_f;
+    let mut dx = vec![0f32; n * in_f];
+    matmul(Dense::new(g, n, out_f), Dense::new(w, out_f, in_f), &mut dx, false);
+    dx
+}
+
+/// `x · Wᵀ` with `W` frozen: the backward pass returns only `∂L/∂x = g · W` (candle's matmul
+/// backward would also compute the discarded gradient of every frozen weight).
+struct Frozen {
+    weight: Tensor,
+}
+
+impl CustomOp1 for Frozen {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(storage, layout, self.name())?;
+        let (rows, out_f) = (layout.shape().dims2()?.0, self.weight.dim(0)?);
+        let y = on_host(&self.weight, |w| frozen_rows(x, w, out_f))?;
+        Ok((CpuStorage::F32(y), Shape::from((rows, out_f))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let out_f = self.weight.dim(0)?;
+        let dx = on_host(grad_res, |g| on_host(&self.weight, |w| frozen_rows_grad(g, w, out_f)))??;
+        Ok(Some(cpu(dx, arg.shape())?))
+    }
+}
+
+/// `x · Wᵀ` for a frozen `W` `(out, in)` (rows of `x` are inputs).
+pub(crate) fn frozen(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        // Other devices: the plain matmul (its weight gradient is computed and dropped).
+        return Ok(x.matmul(&weight.t()?)?);
+    }
+    Ok(x.contiguous()?.apply_op1(Frozen { weight: weight.clone() })?)
+}
+
+/// A LoRA projection as one op: `y = x·Wᵀ + scale·((x∘mask)·Aᵀ)·Bᵀ` with `W` frozen and `A`
+/// `(rank, in)`, `B` `(out, rank)` trainable; `mask` is the dropout mask (`0` or `1/keep` per
+/// element of `x`). One node in the autograd graph instead of six, and no tensor copies.
+struct LoraLinear {
+    weight: Tensor,
+    scale: f32,
+    mask: Option<Vec<f32>>,
+}
+
+impl LoraLinear {
+    /// `x∘mask`.
+    fn dropped<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        match &self.mask {
+            Some(mask) => x.iter().zip(mask).map(|(x, m)| x * m).collect::<Vec<f32>>().into(),
+            None => x.into(),
+        }
+    }
+
+    /// `scale·(x_dropped·Aᵀ)`, `(n, rank)`.
+    fn low_rank(&self, dropped: &[f32], a: &[f32], rank: usize) -> Vec<f32> {
+        let in_f = a.len() / rank;
+        let n = dropped.len() / in_f;
+        let mut u = vec![0f32; n * rank];
+        matmul(Dense::new(dropped, n, in_f), Dense::new(a, rank, in_f).t(), &mut u, false);
+        u.iter_mut().for_each(|u| *u *= self.scale);
+        u
+    }
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, a, b) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let (rows, (out_f, rank)) = (l1.shape().dims2()?.0, l3.shape().dims2()?);
+        let mut y = on_host(&self.weight, |w| frozen_rows(x, w, out_f))?;
+        let u = self.low_rank(&self.dropped(x), a, rank);
+        matmul(Dense::new(&u, rows, rank), Dense::new(b, out_f, rank).t(), &mut y, true);
+        Ok((CpuStorage::F32(y), Shape::from((rows, out_f))))
+    }
+
+    /// With `u = scale·(x∘mask)·Aᵀ` and `gb = scale·g·B`: `∂x = g·W + (gb·A)∘mask`,
+    /// `∂A = gbᵀ·(x∘mask)`, `∂B = gᵀ·u`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let ((rows, in_f), (out_f, rank)) = (x.dims2()?, b.dims2()?);
+        let (xv, av, bv, g) = (host(x)?, host(a)?, host(b)?, host(grad_res)?);
+        let mut dx = on_host(&self.weight, |w| frozen_rows_grad(&g, w, out_f))?;
+        let mut gb = vec![0f32; rows * rank];
+        matmul(Dense::new(&g, rows, out_f), Dense::new(&bv, out_f, rank), &mut gb, false);
+        gb.iter_mut().for_each(|v| *v *= self.scale);
+        match &self.mask {
+            None => matmul(Dense::new(&gb, rows, rank), Dense::new(&av, rank, in_f), &mut dx, true),
+            Some(mask) => {
+                let mut through = vec![0f32; rows * in_f];
+                matmul(Dense::new(&gb, rows, rank), Dense::new(&av, rank, in_f), &mut through, false);
+                dx.iter_mut().zip(through.iter().zip(mask)).for_each(|(dx, (t, m))| *dx += t * m);
+            }
+        }
+        let dropped = self.dropped(&xv);
+        let mut da = vec![0f32; rank * in_f];
+        matmul(Dense::new(&gb, rows, rank).t(), Dense::new(&dropped, rows, in_f), &mut da, false);
+        let u = self.low_rank(&dropped, &av, rank);
+        let mut db = vec![0f32; out_f * rank];
+        matmul(Dense::new(&g, rows, out_f).t(), Dense::new(&u, rows, rank), &mut db, false);
+        Ok((Some(cpu(dx, x.shape())?), Some(cpu(da, a.shape())?), Some(cpu(db, b.shape())?)))
+    }
+}
+
+/// `x·Wᵀ + scale·((x∘mask)·Aᵀ)·Bᵀ` (see [`LoraLinear`]); `mask` has one value per element of `x`.
+pub(crate) fn lora_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    (a, b): (&Tensor, &Tensor),
+    scale: f32,
+    mask: Option<Vec<f32>>,
+) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return reference::lora_linear(x, weight, (a, b), scale, mask);
+    }
+    let op = LoraLinear { weight: weight.clone(), scale, mask };
+    Ok(x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)?)
 }
 
 /// Causal self-attention with RoPE (Hugging Face's half-split layout) over a padded batch of
@@ -362,6 +522,22 @@ pub(crate) mod reference {
     use super::AttentionShape;
     use crate::error::Result;
 
+    /// `x·Wᵀ + scale·((x∘mask)·Aᵀ)·Bᵀ` from tensor ops.
+    pub(crate) fn lora_linear(
+        x: &Tensor,
+        weight: &Tensor,
+        (a, b): (&Tensor, &Tensor),
+        scale: f32,
+        mask: Option<Vec<f32>>,
+    ) -> Result<Tensor> {
+        let dropped = match mask {
+            Some(mask) => (x * Tensor::from_vec(mask, x.shape(), x.device())?)?,
+            None => x.clone(),
+        };
+        let delta = (dropped.matmul(&a.t()?)?.matmul(&b.t()?)? * f64::from(scale))?;
+        Ok((x.matmul(&weight.t()?)? + delta)?)
+    }
+
     pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm_slow(x, weight, eps)?)
     }
@@ -441,6 +617,27 @@ mod tests {
         let fused = swiglu(gate.as_tensor(), up.as_tensor()).unwrap();
         let plain = (gate.as_tensor().silu().unwrap() * up.as_tensor()).unwrap();
         assert_matches(&[&gate, &up], &fused, &plain, &mut rng);
+    }
+
+    /// The fused LoRA projection, with and without a dropout mask, against tensor ops, in value
+    /// and in the gradients of the input, A and B; and the frozen projection against a matmul.
+    #[test]
+    fn fused_projections_match_their_references() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (rows, in_f, out_f, rank) = (11, 24, 20, 4);
+        let x = random(&mut rng, (rows, in_f));
+        let weight = random(&mut rng, (out_f, in_f)).as_tensor().clone();
+        let (a, b) = (random(&mut rng, (rank, in_f)), random(&mut rng, (out_f, rank)));
+        let mask: Vec<f32> = (0..rows * in_f).map(|i| if i % 3 == 0 { 0.0 } else { 1.5 }).collect();
+        for mask in [None, Some(mask)] {
+            let factors = (a.as_tensor(), b.as_tensor());
+            let fused = lora_linear(x.as_tensor(), &weight, factors, 0.5, mask.clone()).unwrap();
+            let plain = reference::lora_linear(x.as_tensor(), &weight, factors, 0.5, mask).unwrap();
+            assert_matches(&[&x, &a, &b], &fused, &plain, &mut rng);
+        }
+        let fused = frozen(x.as_tensor(), &weight).unwrap();
+        let plain = x.as_tensor().matmul(&weight.t().unwrap()).unwrap();
+        assert_matches(&[&x], &fused, &plain, &mut rng);
     }
 
     /// Grouped-query attention (3 query heads per kv head) over two sequences, with RoPE

@@ -10,50 +10,12 @@ use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rayon::prelude::*;
 
-use super::fused::{AttentionShape, attention, rms_norm, swiglu};
+use super::fused::{AttentionShape, attention, frozen, lora_linear, rms_norm, swiglu};
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
 use crate::host::with_f32;
 use crate::lora::Target;
 use crate::model::{DenseWeights, LlamaModel};
-
-/// `x · Wᵀ` with `W` frozen: the backward pass returns only `∂L/∂x = g · W`.
-struct Frozen {
-    weight: Tensor,
-}
-
-impl CustomOp1 for Frozen {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("frozen-linear needs a contiguous input".into()))?;
-        let x = Tensor::from_slice(&storage.as_slice::<f32>()?[start..end], layout.shape(), &Device::Cpu)?;
-        let y = x.matmul(&self.weight.t()?)?;
-        let (y_storage, y_layout) = y.storage_and_layout();
-        match (&*y_storage, y_layout.contiguous_offsets()) {
-            (candle_core::Storage::Cpu(cpu), Some((0, _))) => Ok((cpu.clone(), y.shape().clone())),
-            _ => Err(candle_core::Error::Msg("frozen-linear produced a strided output".into())),
-        }
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad_res.matmul(&self.weight)?))
-    }
-}
-
-/// `x · Wᵀ` for a frozen `W` (rows of `x` are inputs).
-fn frozen(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() {
-        Ok(x.contiguous()?.apply_op1(Frozen { weight: weight.clone() })?)
-    } else {
-        // Other devices: the plain matmul (its weight gradient is computed and dropped).
-        Ok(x.matmul(&weight.t()?)?)
-    }
-}
 
 /// The output projection and the loss fused: `nll_r = logsumexp(h_r·Wᵀ) − (h_r·Wᵀ)[target_r]`,
 /// computed over the vocabulary in chunks of `VOCAB_CHUNK` columns with a running max and sum
@@ -336,30 +298,34 @@ impl TrainBase {
         let mut probes = BTreeMap::new();
         let mut dropout_rng = mode.dropout.map(|(p, seed)| (p, StdRng::seed_from_u64(seed)));
         let mut project = |layer: usize, target: Target, x: &Tensor, weight: &Tensor| -> Result<Tensor> {
-            let base = frozen(x, weight)?;
-            let Some((a, b_var)) = lora.and_then(|l| l.pairs.get(&(layer, target))) else { return Ok(base) };
+            let Some((a, b_var)) = lora.and_then(|l| l.pairs.get(&(layer, target))) else {
+                return frozen(x, weight);
+            };
             let scale = lora.map_or(1.0, |l| l.scale);
-            let x = match &mut dropout_rng {
+            let mask = match &mut dropout_rng {
                 Some((p, rng)) if *p > 0.0 => {
                     let keep = 1.0 - *p;
-                    let mask: Vec<f32> = (0..x.elem_count())
-                        .map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
-                        .collect();
-                    (x * Tensor::from_vec(mask, x.shape(), x.device())?)?
+                    Some(
+                        (0..x.elem_count())
+                            .map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
+                            .collect(),
+                    )
                 }
-                _ => x.clone(),
+                _ => None,
             };
-            let u = x.matmul(&a.as_tensor().t()?)?;
+            if !mode.probes {
+                return lora_linear(x, weight, (a.as_tensor(), b_var.as_tensor()), scale as f32, mask);
+            }
+            let dropped = match mask {
+                Some(mask) => (x * Tensor::from_vec(mask, x.shape(), x.device())?)?,
+                None => x.clone(),
+            };
+            let u = dropped.matmul(&a.as_tensor().t()?)?;
             let delta = (u.matmul(&b_var.as_tensor().t()?)? * scale)?;
-            let delta = if mode.probes {
-                let output = Var::zeros(delta.shape(), DType::F32, delta.device())?;
-                let probed = (delta + output.as_tensor())?;
-                probes.insert((layer, target), Probe { x: x.detach(), u: u.detach(), output });
-                probed
-            } else {
-                delta
-            };
-            Ok((base + delta)?)
+            let output = Var::zeros(delta.shape(), DType::F32, delta.device())?;
+            let probed = (delta + output.as_tensor())?;
+            probes.insert((layer, target), Probe { x: dropped.detach(), u: u.detach(), output });
+            Ok((frozen(&x, weight)? + probed)?)
         };
         let w = &self.weights;
         let mut x = w.embed.index_select(&batch.tokens.flatten_all()?, 0)?; // (N, H)
