@@ -325,7 +325,7 @@ impl TrainBase {
             let output = Var::zeros(delta.shape(), DType::F32, delta.device())?;
             let probed = (delta + output.as_tensor())?;
             probes.insert((layer, target), Probe { x: dropped.detach(), u: u.detach(), output });
-            Ok((frozen(&x, weight)? + probed)?)
+            Ok((frozen(x, weight)? + probed)?)
         };
         let w = &self.weights;
         let mut x = w.embed.index_select(&batch.tokens.flatten_all()?, 0)?; // (N, H)
