@@ -232,6 +232,12 @@ impl<'a> Dense<'a> {
 ///
 /// Panics if the shapes disagree or a slice is shorter than its shape.
 pub(crate) fn matmul(a: Dense<'_>, b: Dense<'_>, out: &mut [f32], accumulate: bool) {
+    matmul_with(a, b, out, accumulate, true);
+}
+
+/// [`matmul`], on the calling thread alone unless `parallel` (for small products inside tasks
+/// that already run in parallel).
+pub(crate) fn matmul_with(a: Dense<'_>, b: Dense<'_>, out: &mut [f32], accumulate: bool, parallel: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "matmul: inner dimensions differ");
     assert!(a.data.len() >= m * k && b.data.len() >= k * n, "matmul: operand shorter than its shape");
@@ -246,8 +252,11 @@ pub(crate) fn matmul(a: Dense<'_>, b: Dense<'_>, out: &mut [f32], accumulate: bo
         return;
     }
     let threads = rayon::current_num_threads();
-    let parallelism =
-        if threads > 1 && m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let parallelism = if parallel && threads > 1 && m * n * k >= 1 << 18 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     let ((a_rs, a_cs), (b_rs, b_cs)) = (a.strides(), b.strides());
     // SAFETY: with the asserts above, every element gemm reads is inside `a.data` (rows·cols
     // elements addressed by its strides, whichever way it is stored) or `b.data`, and every

@@ -10,8 +10,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, S
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::host::{axpy, dot, rms_norm as rms_norm_rows, rope, with_f32};
-use crate::kernels::{Dense, matmul};
+use crate::host::{dot, exp_in_place, rms_norm as rms_norm_rows, rope, with_f32};
+use crate::kernels::{Dense, matmul, matmul_with};
 
 /// The elements of a contiguous f32 CPU storage.
 fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
@@ -20,10 +20,40 @@ fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core:
     Ok(&storage.as_slice::<f32>()?[start..end])
 }
 
-/// A tensor's elements as a host vector (gradients arriving in a backward pass).
-fn host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1()
+/// A CPU tensor's elements: borrowed from its storage when it is contiguous (the usual case for
+/// the inputs and gradients a backward pass receives), copied otherwise.
+enum HostData<'a> {
+    Borrowed(std::sync::RwLockReadGuard<'a, candle_core::Storage>, std::ops::Range<usize>),
+    Owned(Vec<f32>),
 }
+
+impl std::ops::Deref for HostData<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            Self::Borrowed(storage, range) => match &**storage {
+                candle_core::Storage::Cpu(CpuStorage::F32(values)) => &values[range.clone()],
+                _ => &[], // `host` only borrows CPU f32 storage
+            },
+            Self::Owned(values) => values,
+        }
+    }
+}
+
+fn host(t: &Tensor) -> candle_core::Result<HostData<'_>> {
+    let (storage, layout) = t.storage_and_layout();
+    if let (candle_core::Storage::Cpu(CpuStorage::F32(_)), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    {
+        return Ok(HostData::Borrowed(storage, start..end));
+    }
+    drop(storage);
+    Ok(HostData::Owned(t.flatten_all()?.to_vec1()?))
+}
+
+/// Element-wise work is split into chunks of this many values across the thread pool.
+const PAR_CHUNK: usize = 1 << 14;
 
 fn cpu(values: Vec<f32>, shape: &Shape) -> candle_core::Result<Tensor> {
     Tensor::from_vec(values, shape, &Device::Cpu)
@@ -42,20 +72,24 @@ impl CustomOp1 for RmsNorm {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice(storage, layout, self.name())?;
-        Ok((CpuStorage::F32(rms_norm_rows(x, &self.weight, self.eps)), layout.shape().clone()))
+        let rows = (PAR_CHUNK / self.weight.len()).max(1) * self.weight.len();
+        let out = x.par_chunks(rows).flat_map_iter(|x| rms_norm_rows(x, &self.weight, self.eps)).collect();
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
     /// With `s = 1/√(mean(x²) + ε)` and `y = s·x∘w`: `∂x = s·(g∘w) − x·s³·⟨g∘w, x⟩ / width`.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let (x, g) = (host(arg)?, host(grad_res)?);
         let width = self.weight.len();
-        let mut dx = Vec::with_capacity(x.len());
-        for (x, g) in x.chunks_exact(width).zip(g.chunks_exact(width)) {
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(width).zip(x.par_chunks(width).zip(g.par_chunks(width))).for_each(|(dx, (x, g))| {
             let s = 1.0 / (dot(x, x) / width as f32 + self.eps).sqrt();
             let gw_x: f32 = g.iter().zip(&self.weight).zip(x).map(|((g, w), x)| g * w * x).sum();
             let c = s * s * s * gw_x / width as f32;
-            dx.extend(g.iter().zip(&self.weight).zip(x).map(|((g, w), x)| s * g * w - c * x));
-        }
+            for (((dx, g), w), x) in dx.iter_mut().zip(g).zip(&self.weight).zip(x) {
+                *dx = s * g * w - c * x;
+            }
+        });
         Ok(Some(cpu(dx, arg.shape())?))
     }
 }
@@ -68,8 +102,11 @@ pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> 
     Ok(x.contiguous()?.apply_op1(RmsNorm { weight: weight.to_vec1()?, eps })?)
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+/// `σ(x)` of each value, written to `out`.
+fn sigmoid(x: &[f32], out: &mut [f32]) {
+    out.iter_mut().zip(x).for_each(|(o, x)| *o = -x);
+    exp_in_place(out);
+    out.iter_mut().for_each(|o| *o = 1.0 / (1.0 + *o));
 }
 
 /// `silu(gate) · up`, element by element.
@@ -88,7 +125,15 @@ impl CustomOp2 for SwiGlu {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (gate, up) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let out = gate.iter().zip(up).map(|(g, u)| g * sigmoid(*g) * u).collect();
+        let mut out = vec![0f32; gate.len()];
+        out.par_chunks_mut(PAR_CHUNK).zip(gate.par_chunks(PAR_CHUNK).zip(up.par_chunks(PAR_CHUNK))).for_each(
+            |(out, (gate, up))| {
+                sigmoid(gate, out);
+                for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+                    *o *= g * u;
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -101,12 +146,18 @@ impl CustomOp2 for SwiGlu {
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (gv, uv, g) = (host(gate)?, host(up)?, host(grad_res)?);
-        let (mut d_gate, mut d_up) = (Vec::with_capacity(gv.len()), Vec::with_capacity(gv.len()));
-        for ((x, u), g) in gv.iter().zip(&uv).zip(&g) {
-            let s = sigmoid(*x);
-            d_gate.push(g * u * s * (1.0 + x * (1.0 - s)));
-            d_up.push(g * x * s);
-        }
+        let (mut d_gate, mut d_up) = (vec![0f32; gv.len()], vec![0f32; gv.len()]);
+        let inputs = gv.par_chunks(PAR_CHUNK).zip(uv.par_chunks(PAR_CHUNK)).zip(g.par_chunks(PAR_CHUNK));
+        d_gate.par_chunks_mut(PAR_CHUNK).zip(d_up.par_chunks_mut(PAR_CHUNK)).zip(inputs).for_each(
+            |((d_gate, d_up), ((x, u), g))| {
+                sigmoid(x, d_up);
+                for ((((dg, du), x), u), g) in d_gate.iter_mut().zip(d_up.iter_mut()).zip(x).zip(u).zip(g) {
+                    let s = *du;
+                    *dg = g * u * s * (1.0 + x * (1.0 - s));
+                    *du = g * x * s;
+                }
+            },
+        );
         Ok((Some(cpu(d_gate, gate.shape())?), Some(cpu(d_up, up.shape())?)))
     }
 }
@@ -329,38 +380,23 @@ impl Attention {
     }
 
     /// The causal attention probabilities of roped queries over roped keys: row `i` holds
-    /// `softmax(q_i·k_j / √d)` for `j ≤ i` and zeros after.
+    /// `softmax(q_i·k_j / √d)` for `j ≤ i` and zeros after. The scores come from one small
+    /// matmul (the masked half is computed and discarded: cheaper than row-by-row dots).
     fn probs(&self, q: &[f32], k: &[f32]) -> Vec<f32> {
         let (t, d) = (self.seq, self.head_dim);
         let scale = 1.0 / (d as f32).sqrt();
         let mut p = vec![0f32; t * t];
+        matmul_with(Dense::new(q, t, d), Dense::new(k, t, d).t(), &mut p, false, false);
         for (i, row) in p.chunks_exact_mut(t).enumerate() {
-            let q = &q[i * d..][..d];
-            let row = &mut row[..=i];
-            for (s, k) in row.iter_mut().zip(k.chunks_exact(d)) {
-                *s = dot(q, k) * scale;
-            }
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for s in row.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            row.iter_mut().for_each(|s| *s /= sum);
+            let (seen, masked) = row.split_at_mut(i + 1);
+            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            seen.iter_mut().for_each(|s| *s = (*s - max) * scale);
+            exp_in_place(seen);
+            let sum: f32 = seen.iter().sum();
+            seen.iter_mut().for_each(|s| *s /= sum);
+            masked.fill(0.0);
         }
         p
-    }
-
-    /// `rows · p` for a `seq × seq` lower-triangular `p` and `seq × d` rows.
-    fn mix(&self, p: &[f32], rows: &[f32]) -> Vec<f32> {
-        let (t, d) = (self.seq, self.head_dim);
-        let mut out = vec![0f32; t * d];
-        for (i, out) in out.chunks_exact_mut(d).enumerate() {
-            for (&p, row) in p[i * t..][..=i].iter().zip(rows.chunks_exact(d)) {
-                axpy(p, row, out);
-            }
-        }
-        out
     }
 
     /// Tasks `(example, kv head)`, run on the thread pool.
@@ -391,28 +427,21 @@ impl Attention {
         let value = self.gather(v, self.kv_heads, example, kv_head, false);
         let (mut dk, mut dv) = (vec![0f32; t * d], vec![0f32; t * d]);
         let mut dq_heads = Vec::with_capacity(self.group());
-        let mut ds = vec![0f32; t];
+        let mut ds = vec![0f32; t * t];
         for head in kv_head * self.group()..(kv_head + 1) * self.group() {
             let query = self.gather(q, self.heads, example, head, true);
             let dout = self.gather(grad, self.heads, example, head, false);
             let p = self.probs(&query, &key);
-            let mut dq = vec![0f32; t * d];
-            for i in 0..t {
-                let (p, dout_i) = (&p[i * t..][..=i], &dout[i * d..][..d]);
-                // ∂p_ij = ∂out_i·v_j; ∂s_ij = p_ij(∂p_ij − Σ_j p_ij ∂p_ij).
-                let ds = &mut ds[..=i];
-                for (ds, v) in ds.iter_mut().zip(value.chunks_exact(d)) {
-                    *ds = dot(dout_i, v);
-                }
+            // ∂p = ∂out·vᵀ; ∂s_ij = p_ij·(∂p_ij − Σ_j p_ij·∂p_ij), zero where p is masked.
+            matmul_with(Dense::new(&dout, t, d), Dense::new(&value, t, d).t(), &mut ds, false, false);
+            for (ds, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
                 let mean: f32 = p.iter().zip(ds.iter()).map(|(p, g)| p * g).sum();
-                let (dq_i, q_i) = (&mut dq[i * d..][..d], &query[i * d..][..d]);
-                for (j, (&p, ds)) in p.iter().zip(ds.iter_mut()).enumerate() {
-                    *ds = p * (*ds - mean) * scale;
-                    axpy(*ds, &key[j * d..][..d], dq_i);
-                    axpy(*ds, q_i, &mut dk[j * d..][..d]);
-                    axpy(p, dout_i, &mut dv[j * d..][..d]);
-                }
+                ds.iter_mut().zip(p).for_each(|(ds, p)| *ds = p * (*ds - mean) * scale);
             }
+            let mut dq = vec![0f32; t * d];
+            matmul_with(Dense::new(&ds, t, t), Dense::new(&key, t, d), &mut dq, false, false);
+            matmul_with(Dense::new(&ds, t, t).t(), Dense::new(&query, t, d), &mut dk, true, false);
+            matmul_with(Dense::new(&p, t, t).t(), Dense::new(&dout, t, d), &mut dv, true, false);
             self.unrope(&mut dq);
             dq_heads.push(dq);
         }
@@ -440,7 +469,18 @@ impl CustomOp3 for Attention {
             let key = self.gather(k, self.kv_heads, example, kv_head, true);
             let value = self.gather(v, self.kv_heads, example, kv_head, false);
             (kv_head * self.group()..(kv_head + 1) * self.group())
-                .map(|head| self.mix(&self.probs(&self.gather(q, self.heads, example, head, true), &key), &value))
+                .map(|head| {
+                    let p = self.probs(&self.gather(q, self.heads, example, head, true), &key);
+                    let mut out = vec![0f32; self.seq * self.head_dim];
+                    matmul_with(
+                        Dense::new(&p, self.seq, self.seq),
+                        Dense::new(&value, self.seq, self.head_dim),
+                        &mut out,
+                        false,
+                        false,
+                    );
+                    out
+                })
                 .collect::<Vec<_>>()
         });
         let mut out = vec![0f32; q.len()];
@@ -589,7 +629,7 @@ mod tests {
     fn worst(a: &Tensor, b: &Tensor) -> f32 {
         let (a, b) = (host(a).unwrap(), host(b).unwrap());
         assert_eq!(a.len(), b.len());
-        a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+        a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
     }
 
     /// Value and input gradients of a fused op and its reference agree, for a random weighting

@@ -487,8 +487,11 @@ mod tests {
             let direct = probe.gradients(&[(examples[1].as_slice(), 1)]).unwrap().remove(0);
             let read = file.read(&hashes[1]).unwrap().unwrap();
             let tolerance = if dtype == GradDType::F32 { 1e-4 } else { 1e-2 };
+            // Relative to each value, with a floor at 1% of the largest: the batched and the
+            // single-record passes round differently, which shows on the smallest entries.
+            let largest = direct.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
             for (a, b) in read.iter().flatten().zip(direct.iter().flatten()) {
-                assert!((a - b).abs() <= tolerance * b.abs().max(1e-3), "{a} vs {b}");
+                assert!((a - b).abs() <= tolerance * b.abs().max(largest / 100.0), "{a} vs {b}");
             }
             assert!(file.read(&ContentHash::of(b"absent")).unwrap().is_none());
         }

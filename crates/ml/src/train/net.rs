@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use super::fused::{AttentionShape, attention, frozen, lora_linear, rms_norm, swiglu};
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
-use crate::host::with_f32;
+use crate::host::{exp_in_place, with_f32};
 use crate::lora::Target;
 use crate::model::{DenseWeights, LlamaModel};
 
@@ -64,12 +64,9 @@ impl LmHeadLoss {
                     |(r, ((p, l), s))| {
                         let max = l.iter().copied().fold(s.max, f32::max);
                         s.rescale = (s.max - max).exp();
-                        let mut sum = 0.0;
-                        for (p, l) in p.iter_mut().zip(l) {
-                            *p = (l - max).exp();
-                            sum += *p;
-                        }
-                        (s.max, s.sum) = (max, s.sum * s.rescale + sum);
+                        p.iter_mut().zip(l).for_each(|(p, l)| *p = l - max);
+                        exp_in_place(p);
+                        (s.max, s.sum) = (max, s.sum * s.rescale + p.iter().sum::<f32>());
                         if let Some(t) = (self.targets[r] as usize).checked_sub(first).filter(|t| *t < n) {
                             s.target_logit = l[t];
                         }
