@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rayon::prelude::*;
 
-use super::fused::{AttentionShape, attention, frozen, lora_linear, rms_norm, swiglu};
+use super::fused::{AttentionShape, FrozenWeight, attention, frozen, lora_linear, rms_norm, swiglu};
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
 use crate::host::{exp_in_place, with_f32};
@@ -143,6 +143,8 @@ fn lm_head_loss(hidden: &Tensor, weight: &Tensor, targets: &Tensor, keep_grad: b
 pub(crate) struct TrainBase {
     pub(crate) config: ModelConfig,
     weights: DenseWeights,
+    /// Per layer, the projections in `Target::ALL` order (see `FrozenWeight`).
+    projections: Vec<Vec<FrozenWeight>>,
     cos: Tensor,
     sin: Tensor,
     device: Device,
@@ -151,8 +153,15 @@ pub(crate) struct TrainBase {
 impl TrainBase {
     pub(crate) fn new(model: &LlamaModel) -> Result<Self> {
         let (cos, sin) = model.rope_tables();
+        let weights = model.dense_weights()?;
+        let projections = weights
+            .layers
+            .iter()
+            .map(|layer| layer.projections.iter().map(|w| FrozenWeight::new(w.clone())).collect())
+            .collect::<Result<_>>()?;
         Ok(Self {
-            weights: model.dense_weights()?,
+            weights,
+            projections,
             cos: cos.clone(),
             sin: sin.clone(),
             config: model.config().clone(),
@@ -173,8 +182,8 @@ impl TrainBase {
         }
         for layer in &w.layers {
             n += layer.attn_norm.elem_count() + layer.ffn_norm.elem_count();
-            n += layer.projections.iter().map(Tensor::elem_count).sum::<usize>();
         }
+        n += self.projections.iter().flatten().map(FrozenWeight::elem_count).sum::<usize>();
         n * 4
     }
 }
@@ -294,7 +303,7 @@ impl TrainBase {
         let eps = c.rms_norm_eps as f32;
         let mut probes = BTreeMap::new();
         let mut dropout_rng = mode.dropout.map(|(p, seed)| (p, StdRng::seed_from_u64(seed)));
-        let mut project = |layer: usize, target: Target, x: &Tensor, weight: &Tensor| -> Result<Tensor> {
+        let mut project = |layer: usize, target: Target, x: &Tensor, weight: &FrozenWeight| -> Result<Tensor> {
             let Some((a, b_var)) = lora.and_then(|l| l.pairs.get(&(layer, target))) else {
                 return frozen(x, weight);
             };
@@ -328,8 +337,7 @@ impl TrainBase {
         let mut x = w.embed.index_select(&batch.tokens.flatten_all()?, 0)?; // (N, H)
         let shape =
             AttentionShape { batch: b, seq: t, heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim };
-        for (layer, weights) in w.layers.iter().enumerate() {
-            let p = &weights.projections;
+        for (layer, (weights, p)) in w.layers.iter().zip(&self.projections).enumerate() {
             let h = rms_norm(&x, &weights.attn_norm, eps)?;
             let q = project(layer, Target::Q, &h, &p[0])?;
             let k = project(layer, Target::K, &h, &p[1])?;
