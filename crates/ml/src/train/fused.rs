@@ -269,7 +269,13 @@ impl LoraLinear {
     /// `x∘mask`.
     fn dropped<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
         match &self.mask {
-            Some(mask) => x.iter().zip(mask).map(|(x, m)| x * m).collect::<Vec<f32>>().into(),
+            Some(mask) => {
+                let mut out = vec![0f32; x.len()];
+                out.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK).zip(mask.par_chunks(PAR_CHUNK))).for_each(
+                    |(out, (x, mask))| out.iter_mut().zip(x.iter().zip(mask)).for_each(|(o, (x, m))| *o = x * m),
+                );
+                out.into()
+            }
             None => x.into(),
         }
     }

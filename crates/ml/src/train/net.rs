@@ -246,6 +246,20 @@ impl Mode {
     }
 }
 
+/// Element-wise inverted dropout: `0` with probability `p`, else `1/(1 − p)`. Generated in
+/// chunks on the thread pool, each from its own seed derived from `seed`, so the mask depends on
+/// the seed alone, not on the number of threads.
+fn dropout_mask(n: usize, p: f32, seed: u64) -> Vec<f32> {
+    const CHUNK: usize = 1 << 14;
+    let keep = 1.0 - p;
+    let mut mask = vec![0f32; n];
+    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
+        let mut rng = StdRng::seed_from_u64(super::mix(seed, i as u64, u64::MAX));
+        chunk.iter_mut().for_each(|m| *m = if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 });
+    });
+    mask
+}
+
 /// What a probed forward recorded for one (layer, target): the LoRA input after dropout
 /// `(N, in)`, `u = x·Aᵀ` `(N, rank)`, and the zero variable added to the output `(N, out)`.
 pub(crate) struct Probe {
@@ -302,20 +316,14 @@ impl TrainBase {
         let (b, t) = batch.tokens.dims2()?;
         let eps = c.rms_norm_eps as f32;
         let mut probes = BTreeMap::new();
-        let mut dropout_rng = mode.dropout.map(|(p, seed)| (p, StdRng::seed_from_u64(seed)));
         let mut project = |layer: usize, target: Target, x: &Tensor, weight: &FrozenWeight| -> Result<Tensor> {
             let Some((a, b_var)) = lora.and_then(|l| l.pairs.get(&(layer, target))) else {
                 return frozen(x, weight);
             };
             let scale = lora.map_or(1.0, |l| l.scale);
-            let mask = match &mut dropout_rng {
-                Some((p, rng)) if *p > 0.0 => {
-                    let keep = 1.0 - *p;
-                    Some(
-                        (0..x.elem_count())
-                            .map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
-                            .collect(),
-                    )
+            let mask = match mode.dropout {
+                Some((p, seed)) if p > 0.0 => {
+                    Some(dropout_mask(x.elem_count(), p, super::mix(seed, layer as u64, target.index() as u64)))
                 }
                 _ => None,
             };
