@@ -1,10 +1,10 @@
 //! The training forward's layers on CPU slices, each a candle custom op with a hand-written
-//! backward: frozen and LoRA projections (matmuls straight on slices), RMSNorm, causal
-//! attention with RoPE, and SwiGLU. Composed from candle tensor ops (`reference`, still the
-//! path on other devices), these are three dozen ops per layer,
-//! each allocating its output and recording a node whose backward allocates again; fused, a
-//! layer allocates a few buffers and its attention never materialises the `(B, heads, T, T)`
-//! scores as tensors. The tests hold every op to its reference in value and gradient.
+//! backward: frozen and LoRA projections (gemm straight on slices), RMSNorm, causal attention
+//! with RoPE, and SwiGLU. Composed from candle tensor ops (`reference`, still the path on other
+//! devices), these are three dozen ops per layer, each allocating its output and recording a
+//! node whose backward allocates again; fused, a layer records thirteen nodes, allocates a few
+//! buffers, and its attention never materialises the `(B, heads, T, T)` scores as tensors. The
+//! tests hold every op to its reference in value and gradient.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
