@@ -1,16 +1,17 @@
 //! The training forward's layers on CPU slices, each a candle custom op with a hand-written
 //! backward: frozen and LoRA projections (gemm straight on slices), RMSNorm, causal attention
-//! with RoPE, and SwiGLU. Composed from candle tensor ops (`reference`, still the path on other
-//! devices), these are three dozen ops per layer, each allocating its output and recording a
-//! node whose backward allocates again; fused, a layer records thirteen nodes, allocates a few
-//! buffers, and its attention never materialises the `(B, heads, T, T)` scores as tensors. The
-//! tests hold every op to its reference in value and gradient.
+//! with RoPE, SwiGLU, and the output projection fused with the loss. Composed from candle tensor
+//! ops (`reference`, still the path on other devices), these are three dozen ops per layer, each
+//! allocating its output and recording a node whose backward allocates again; fused, a layer
+//! records thirteen nodes, allocates a few buffers, and its attention never materialises the
+//! `(B, heads, T, T)` scores as tensors. The tests hold every op to its reference in value and
+//! gradient.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::host::{dot, exp_in_place, rms_norm as rms_norm_rows, rope, with_f32};
+use crate::host::{dot, exp_in_place, rms_norm as rms_norm_rows, rope};
 use crate::kernels::{Dense, matmul, matmul_with};
 
 /// The elements of a contiguous f32 CPU storage.
@@ -170,12 +171,6 @@ pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?)
 }
 
-/// Runs `f` on a tensor's elements without copying them (a contiguous copy first if needed).
-fn on_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    with_f32(&t, |s| Ok(f(s))).map_err(candle_core::Error::wrap)
-}
-
 /// A frozen projection weight `W` `(out, in)`, with its transpose kept alongside on the CPU:
 /// the forward `x·Wᵀ` then reads `Wᵀ` and the backward `g·W` reads `W`, both in the order
 /// gemm's kernels consume without repacking the weight on every call (packing was a tenth of the
@@ -206,10 +201,8 @@ impl FrozenWeight {
         let n = x.len() / in_f;
         let mut y = vec![0f32; n * out_f];
         match &self.wt {
-            Some(wt) => on_host(wt, |wt| matmul(Dense::new(x, n, in_f), Dense::new(wt, in_f, out_f), &mut y, false))?,
-            None => {
-                on_host(&self.w, |w| matmul(Dense::new(x, n, in_f), Dense::new(w, out_f, in_f).t(), &mut y, false))?
-            }
+            Some(wt) => matmul(Dense::new(x, n, in_f), Dense::new(&host(wt)?, in_f, out_f), &mut y, false),
+            None => matmul(Dense::new(x, n, in_f), Dense::new(&host(&self.w)?, out_f, in_f).t(), &mut y, false),
         }
         Ok(y)
     }
@@ -219,7 +212,7 @@ impl FrozenWeight {
         let (out_f, in_f) = self.w.dims2()?;
         let n = g.len() / out_f;
         let mut dx = vec![0f32; n * in_f];
-        on_host(&self.w, |w| matmul(Dense::new(g, n, out_f), Dense::new(w, out_f, in_f), &mut dx, false))?;
+        matmul(Dense::new(g, n, out_f), Dense::new(&host(&self.w)?, out_f, in_f), &mut dx, false);
         Ok(dx)
     }
 }
@@ -360,6 +353,116 @@ pub(crate) fn lora_linear(
     }
     let op = LoraLinear { weight: weight.clone(), scale, mask };
     Ok(x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)?)
+}
+
+/// The output projection and the loss fused: `nll_r = logsumexp(h_r·Wᵀ) − (h_r·Wᵀ)[target_r]`,
+/// computed over the vocabulary in chunks of `VOCAB_CHUNK` columns with a running max and sum
+/// per row (online softmax), so the `(rows, vocab)` logits (100 MB for 512 rows of a 49k
+/// vocabulary) never exist whole and the output matrix is read once per pass.
+///
+/// When a backward pass will follow (`keep_grad`), the same pass also accumulates each row's
+/// `Σ_v exp(l_v − max)·W_v`, rescaled whenever the row's max grows (as flash attention does),
+/// so `∂nll_r/∂h_r = softmax_r·W − W[target_r]` is known at the end of the forward pass and the
+/// backward pass only scales it by the incoming gradient. The logits are computed once, not
+/// again in the backward pass: two vocabulary-sized matmuls per step instead of three.
+struct LmHeadLoss {
+    weight: Tensor,
+    targets: Vec<u32>,
+    keep_grad: bool,
+    /// `(rows, hidden)`: `∂nll_r/∂h_r`, set by the forward pass when `keep_grad`.
+    grad: std::sync::Mutex<Option<Tensor>>,
+}
+
+const VOCAB_CHUNK: usize = 4096;
+
+/// One row's running softmax state over the vocabulary chunks seen so far.
+#[derive(Clone, Copy)]
+struct RowSoftmax {
+    max: f32,
+    sum: f32,
+    target_logit: f32,
+    /// The factor the row's accumulated gradient is rescaled by in the current chunk.
+    rescale: f32,
+}
+
+impl LmHeadLoss {
+    fn nll_and_grad(&self, hidden: &Tensor) -> candle_core::Result<(Vec<f32>, Option<Tensor>)> {
+        let (rows, width) = hidden.dims2()?;
+        let vocab = self.weight.dim(0)?;
+        let start = RowSoftmax { max: f32::NEG_INFINITY, sum: 0.0, target_logit: 0.0, rescale: 1.0 };
+        let mut state = vec![start; rows];
+        let mut acc = if self.keep_grad { Some(vec![0f32; rows * width]) } else { None };
+        for first in (0..vocab).step_by(VOCAB_CHUNK) {
+            let n = VOCAB_CHUNK.min(vocab - first);
+            let w = self.weight.narrow(0, first, n)?;
+            let logits = hidden.matmul(&w.t()?)?;
+            let mut probs = vec![0f32; rows * n];
+            probs.par_chunks_mut(n).zip(host(&logits)?.par_chunks(n)).zip(state.par_iter_mut()).enumerate().for_each(
+                |(r, ((p, l), s))| {
+                    let max = l.iter().copied().fold(s.max, f32::max);
+                    s.rescale = (s.max - max).exp();
+                    p.iter_mut().zip(l).for_each(|(p, l)| *p = l - max);
+                    exp_in_place(p);
+                    (s.max, s.sum) = (max, s.sum * s.rescale + p.iter().sum::<f32>());
+                    if let Some(t) = (self.targets[r] as usize).checked_sub(first).filter(|t| *t < n) {
+                        s.target_logit = l[t];
+                    }
+                },
+            );
+            if let Some(acc) = &mut acc {
+                let pw = Tensor::from_vec(probs, (rows, n), hidden.device())?.matmul(&w)?;
+                acc.par_chunks_mut(width).zip(host(&pw)?.par_chunks(width)).zip(&state).for_each(|((a, pw), s)| {
+                    a.iter_mut().zip(pw).for_each(|(a, pw)| *a = *a * s.rescale + pw);
+                });
+            }
+        }
+        let nll = state.iter().map(|s| s.max + s.sum.ln() - s.target_logit).collect();
+        let grad = match acc {
+            Some(mut acc) => {
+                let weight = host(&self.weight)?;
+                for ((a, s), &t) in acc.chunks_exact_mut(width).zip(&state).zip(&self.targets) {
+                    let target_row = &weight[t as usize * width..][..width];
+                    a.iter_mut().zip(target_row).for_each(|(a, w)| *a = *a / s.sum - w);
+                }
+                Some(Tensor::from_vec(acc, (rows, width), hidden.device())?)
+            }
+            None => None,
+        };
+        Ok((nll, grad))
+    }
+}
+
+impl CustomOp1 for LmHeadLoss {
+    fn name(&self) -> &'static str {
+        "lm-head-loss"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let hidden = Tensor::from_slice(slice(storage, layout, self.name())?, layout.shape(), &Device::Cpu)?;
+        let (nll, grad) = self.nll_and_grad(&hidden)?;
+        *self.grad.lock().map_err(|_| candle_core::Error::Msg("lm-head-loss: poisoned lock".into()))? = grad;
+        let n = nll.len();
+        Ok((CpuStorage::F32(nll), Shape::from(n)))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = self.grad.lock().map_err(|_| candle_core::Error::Msg("lm-head-loss: poisoned lock".into()))?;
+        let grad = grad.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("lm-head-loss: the forward pass ran without keeping its gradient".into())
+        })?;
+        Ok(Some(grad.broadcast_mul(&grad_res.unsqueeze(1)?)?))
+    }
+}
+
+/// The negative log-likelihood of `targets` under `hidden · Wᵀ`, one value per row.
+/// `keep_grad`: a backward pass will follow (see [`LmHeadLoss`]).
+pub(crate) fn lm_head_loss(hidden: &Tensor, weight: &Tensor, targets: &Tensor, keep_grad: bool) -> Result<Tensor> {
+    if !hidden.device().is_cpu() {
+        return reference::lm_head_loss(hidden, weight, targets);
+    }
+    let targets: Vec<u32> = targets.flatten_all()?.to_vec1()?;
+    let op = LmHeadLoss { weight: weight.clone(), targets, keep_grad, grad: Default::default() };
+    Ok(hidden.contiguous()?.apply_op1(op)?)
 }
 
 /// Causal self-attention with RoPE (Hugging Face's half-split layout) over a padded batch of
@@ -612,6 +715,12 @@ pub(crate) mod reference {
         Ok((x.matmul(&weight.t()?)? + delta)?)
     }
 
+    /// The negative log-likelihood of `targets` `(rows, 1)` under `hidden·Wᵀ`, via log-softmax.
+    pub(crate) fn lm_head_loss(hidden: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let log_probs = candle_nn::ops::log_softmax(&hidden.matmul(&weight.t()?)?, D::Minus1)?;
+        Ok(log_probs.gather(targets, 1)?.squeeze(1)?.neg()?)
+    }
+
     pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm_slow(x, weight, eps)?)
     }
@@ -713,6 +822,33 @@ mod tests {
         let fused = frozen(x.as_tensor(), &frozen_weight).unwrap();
         let plain = x.as_tensor().matmul(&weight.t().unwrap()).unwrap();
         assert_matches(&[&x], &fused, &plain, &mut rng);
+    }
+
+    /// The fused chunked loss equals log-softmax + gather, in value and in gradient, across
+    /// several chunks.
+    #[test]
+    fn fused_loss_matches_log_softmax() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-2.0..2.0)).collect() };
+        // More rows than the chunking and a vocabulary of several chunks.
+        let (rows, hidden, vocab) = (150, 8, 2 * VOCAB_CHUNK + 37);
+        let h =
+            Var::from_tensor(&Tensor::from_vec(random(rows * hidden), (rows, hidden), &Device::Cpu).unwrap()).unwrap();
+        let w = Tensor::from_vec(random(vocab * hidden), (vocab, hidden), &Device::Cpu).unwrap();
+        let targets: Vec<u32> = (0..rows as u32).map(|r| r * 7 % vocab as u32).collect();
+        let targets = Tensor::from_vec(targets, (rows, 1), &Device::Cpu).unwrap();
+        let weights = Tensor::from_vec(random(rows), rows, &Device::Cpu).unwrap();
+        let fused = lm_head_loss(h.as_tensor(), &w, &targets, true).unwrap();
+        let plain = reference::lm_head_loss(h.as_tensor(), &w, &targets).unwrap();
+        let close = |a: &Tensor, b: &Tensor| {
+            let (a, b): (Vec<f32>, Vec<f32>) =
+                (a.flatten_all().unwrap().to_vec1().unwrap(), b.flatten_all().unwrap().to_vec1().unwrap());
+            a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+        };
+        assert!(close(&fused, &plain) < 1e-4);
+        let g1 = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (plain * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(close(g1.get(h.as_tensor()).unwrap(), g2.get(h.as_tensor()).unwrap()) < 1e-4);
     }
 
     /// Grouped-query attention (3 query heads per kv head) over two sequences, with RoPE

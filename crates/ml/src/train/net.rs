@@ -1,143 +1,18 @@
 //! The differentiable forward pass for LoRA training: the base weights as frozen f32 matrices
 //! (dequantized from GGUF, Hugging Face row order), LoRA A/B as candle `Var`s, and the loss of
-//! each labelled token. Frozen projections run through a custom op whose backward computes only
-//! the input gradient: candle's matmul backward would also compute the (discarded) gradient of
-//! every frozen weight, a third of the step's work.
+//! each labelled token. On the CPU the layers and the loss run as the fused ops of `fused.rs`.
 
 use std::collections::BTreeMap;
 
-use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rayon::prelude::*;
 
-use super::fused::{AttentionShape, FrozenWeight, attention, frozen, lora_linear, rms_norm, swiglu};
+use super::fused::{AttentionShape, FrozenWeight, attention, frozen, lm_head_loss, lora_linear, rms_norm, swiglu};
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
-use crate::host::{exp_in_place, with_f32};
 use crate::lora::Target;
 use crate::model::{DenseWeights, LlamaModel};
-
-/// The output projection and the loss fused: `nll_r = logsumexp(h_r·Wᵀ) − (h_r·Wᵀ)[target_r]`,
-/// computed over the vocabulary in chunks of `VOCAB_CHUNK` columns with a running max and sum
-/// per row (online softmax), so the `(rows, vocab)` logits (100 MB for 512 rows of a 49k
-/// vocabulary) never exist whole and the output matrix is read once per pass.
-///
-/// When a backward pass will follow (`keep_grad`), the same pass also accumulates each row's
-/// `Σ_v exp(l_v − max)·W_v`, rescaled whenever the row's max grows (as flash attention does),
-/// so `∂nll_r/∂h_r = softmax_r·W − W[target_r]` is known at the end of the forward pass and the
-/// backward pass only scales it by the incoming gradient. The logits are computed once, not
-/// again in the backward pass: two vocabulary-sized matmuls per step instead of three.
-struct LmHeadLoss {
-    weight: Tensor,
-    targets: Vec<u32>,
-    keep_grad: bool,
-    /// `(rows, hidden)`: `∂nll_r/∂h_r`, set by the forward pass when `keep_grad`.
-    grad: std::sync::Mutex<Option<Tensor>>,
-}
-
-const VOCAB_CHUNK: usize = 4096;
-
-/// One row's running softmax state over the vocabulary chunks seen so far.
-#[derive(Clone, Copy)]
-struct RowSoftmax {
-    max: f32,
-    sum: f32,
-    target_logit: f32,
-    /// The factor the row's accumulated gradient is rescaled by in the current chunk.
-    rescale: f32,
-}
-
-impl LmHeadLoss {
-    fn nll_and_grad(&self, hidden: &Tensor) -> candle_core::Result<(Vec<f32>, Option<Tensor>)> {
-        let (rows, width) = hidden.dims2()?;
-        let vocab = self.weight.dim(0)?;
-        let start = RowSoftmax { max: f32::NEG_INFINITY, sum: 0.0, target_logit: 0.0, rescale: 1.0 };
-        let mut state = vec![start; rows];
-        let mut acc = if self.keep_grad { Some(vec![0f32; rows * width]) } else { None };
-        for first in (0..vocab).step_by(VOCAB_CHUNK) {
-            let n = VOCAB_CHUNK.min(vocab - first);
-            let w = self.weight.narrow(0, first, n)?;
-            let logits = hidden.matmul(&w.t()?)?;
-            let mut probs = vec![0f32; rows * n];
-            with_f32(&logits, |logits| {
-                probs.par_chunks_mut(n).zip(logits.par_chunks(n)).zip(state.par_iter_mut()).enumerate().for_each(
-                    |(r, ((p, l), s))| {
-                        let max = l.iter().copied().fold(s.max, f32::max);
-                        s.rescale = (s.max - max).exp();
-                        p.iter_mut().zip(l).for_each(|(p, l)| *p = l - max);
-                        exp_in_place(p);
-                        (s.max, s.sum) = (max, s.sum * s.rescale + p.iter().sum::<f32>());
-                        if let Some(t) = (self.targets[r] as usize).checked_sub(first).filter(|t| *t < n) {
-                            s.target_logit = l[t];
-                        }
-                    },
-                );
-                Ok(())
-            })
-            .map_err(candle_core::Error::wrap)?;
-            if let Some(acc) = &mut acc {
-                let pw = Tensor::from_vec(probs, (rows, n), hidden.device())?.matmul(&w)?;
-                with_f32(&pw, |pw| {
-                    acc.par_chunks_mut(width).zip(pw.par_chunks(width)).zip(&state).for_each(|((a, pw), s)| {
-                        a.iter_mut().zip(pw).for_each(|(a, pw)| *a = *a * s.rescale + pw);
-                    });
-                    Ok(())
-                })
-                .map_err(candle_core::Error::wrap)?;
-            }
-        }
-        let nll = state.iter().map(|s| s.max + s.sum.ln() - s.target_logit).collect();
-        let grad = match acc {
-            Some(mut acc) => {
-                for ((a, s), &t) in acc.chunks_exact_mut(width).zip(&state).zip(&self.targets) {
-                    let target_row: Vec<f32> = self.weight.get(t as usize)?.to_vec1()?;
-                    a.iter_mut().zip(&target_row).for_each(|(a, w)| *a = *a / s.sum - w);
-                }
-                Some(Tensor::from_vec(acc, (rows, width), hidden.device())?)
-            }
-            None => None,
-        };
-        Ok((nll, grad))
-    }
-}
-
-impl CustomOp1 for LmHeadLoss {
-    fn name(&self) -> &'static str {
-        "lm-head-loss"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("lm-head-loss needs a contiguous input".into()))?;
-        let hidden = Tensor::from_slice(&storage.as_slice::<f32>()?[start..end], layout.shape(), &Device::Cpu)?;
-        let (nll, grad) = self.nll_and_grad(&hidden)?;
-        *self.grad.lock().map_err(|_| candle_core::Error::Msg("lm-head-loss: poisoned lock".into()))? = grad;
-        let n = nll.len();
-        Ok((CpuStorage::F32(nll), Shape::from(n)))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let grad = self.grad.lock().map_err(|_| candle_core::Error::Msg("lm-head-loss: poisoned lock".into()))?;
-        let grad = grad.as_ref().ok_or_else(|| {
-            candle_core::Error::Msg("lm-head-loss: the forward pass ran without keeping its gradient".into())
-        })?;
-        Ok(Some(grad.broadcast_mul(&grad_res.unsqueeze(1)?)?))
-    }
-}
-
-/// The negative log-likelihood of `targets` under `hidden · Wᵀ`, one value per row.
-/// `keep_grad`: a backward pass will follow (see [`LmHeadLoss`]).
-fn lm_head_loss(hidden: &Tensor, weight: &Tensor, targets: &Tensor, keep_grad: bool) -> Result<Tensor> {
-    if hidden.device().is_cpu() {
-        let targets: Vec<u32> = targets.flatten_all()?.to_vec1()?;
-        let op = LmHeadLoss { weight: weight.clone(), targets, keep_grad, grad: Default::default() };
-        return Ok(hidden.contiguous()?.apply_op1(op)?);
-    }
-    let logits = hidden.matmul(&weight.t()?)?;
-    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    Ok(log_probs.gather(targets, 1)?.squeeze(1)?.neg()?)
-}
 
 /// The frozen base model as f32 tensors.
 pub(crate) struct TrainBase {
@@ -423,35 +298,6 @@ mod tests {
                 assert!(worst < 1e-3, "gguf {gguf}, adapter {}: {trained:?} vs {served:?}", lora.is_some());
             }
         }
-    }
-
-    /// The fused chunked loss equals log-softmax + gather, in value and in gradient, across
-    /// several chunks.
-    #[test]
-    fn fused_loss_matches_log_softmax() {
-        let mut rng = StdRng::seed_from_u64(1);
-        let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-2.0..2.0)).collect() };
-        // More rows than the chunking and a vocabulary of several chunks.
-        let (rows, hidden, vocab) = (150, 8, 2 * VOCAB_CHUNK + 37);
-        let h =
-            Var::from_tensor(&Tensor::from_vec(random(rows * hidden), (rows, hidden), &Device::Cpu).unwrap()).unwrap();
-        let w = Tensor::from_vec(random(vocab * hidden), (vocab, hidden), &Device::Cpu).unwrap();
-        let targets: Vec<u32> = (0..rows as u32).map(|r| r * 7 % vocab as u32).collect();
-        let targets = Tensor::from_vec(targets, (rows, 1), &Device::Cpu).unwrap();
-        let weights = Tensor::from_vec(random(rows), rows, &Device::Cpu).unwrap();
-        let fused = lm_head_loss(h.as_tensor(), &w, &targets, true).unwrap();
-        let log_probs =
-            candle_nn::ops::log_softmax(&h.as_tensor().matmul(&w.t().unwrap()).unwrap(), D::Minus1).unwrap();
-        let plain = log_probs.gather(&targets, 1).unwrap().squeeze(1).unwrap().neg().unwrap();
-        let close = |a: &Tensor, b: &Tensor| {
-            let (a, b): (Vec<f32>, Vec<f32>) =
-                (a.flatten_all().unwrap().to_vec1().unwrap(), b.flatten_all().unwrap().to_vec1().unwrap());
-            a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
-        };
-        assert!(close(&fused, &plain) < 1e-4);
-        let g1 = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (plain * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(close(g1.get(h.as_tensor()).unwrap(), g2.get(h.as_tensor()).unwrap()) < 1e-4);
     }
 
     /// Autograd's LoRA gradients agree with central finite differences of the summed loss.
