@@ -18,6 +18,30 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
+/// A free port held for a throwaway server's lifetime by an exclusive lock on a file named after
+/// it, so test processes running side by side (nextest runs each test in its own) never start
+/// two servers on one port: between `free_port` releasing a port and a server binding it, the
+/// kernel can hand the same port to another test's `free_port`. The lock goes with the process.
+struct PortLease {
+    port: u16,
+    _lock: std::fs::File,
+}
+
+impl PortLease {
+    fn take() -> Self {
+        let dir = std::env::temp_dir().join("openledger-testkit-ports");
+        std::fs::create_dir_all(&dir).expect("port lock dir");
+        for _ in 0..100 {
+            let port = free_port();
+            let lock = std::fs::File::create(dir.join(format!("{port}.lock"))).expect("port lock file");
+            if lock.try_lock().is_ok() {
+                return Self { port, _lock: lock };
+            }
+        }
+        panic!("no free loopback port found in 100 tries");
+    }
+}
+
 /// Finds `name` on PATH, in PostgreSQL's versioned bin directories, or in the tools venv.
 fn locate(name: &str) -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
@@ -81,16 +105,30 @@ pub struct Postgres {
     child: Child,
     port: u16,
     _dir: TempDir,
+    _lease: Option<PortLease>,
 }
 
 impl Postgres {
-    /// Starts a fresh cluster on a free port.
+    /// Starts a fresh cluster on a free port (another one if a process outside the tests took
+    /// the port before the server bound it).
     pub fn start() -> Self {
-        Self::start_on(free_port())
+        for _ in 0..3 {
+            let lease = PortLease::take();
+            if let Some(mut server) = Self::try_start_on(lease.port) {
+                server._lease = Some(lease);
+                return server;
+            }
+        }
+        panic!("postgres did not start on any of 3 free ports");
     }
 
     /// Starts a fresh cluster on `port` (e.g. one a service was already told to use).
     pub fn start_on(port: u16) -> Self {
+        Self::try_start_on(port).unwrap_or_else(|| panic!("postgres could not listen on port {port}"))
+    }
+
+    /// `None` if the server exited before it was ready (its port was taken).
+    fn try_start_on(port: u16) -> Option<Self> {
         let hint = "install PostgreSQL server binaries (apt-get install -y postgresql)";
         let (initdb, postgres, pg_isready) =
             (find_binary("initdb", hint), find_binary("postgres", hint), find_binary("pg_isready", hint));
@@ -132,14 +170,22 @@ impl Postgres {
             .stderr(Stdio::null())
             .spawn()
             .expect("start postgres");
-        let instance = Self { child, port, _dir: dir };
+        let socket_dir = dir.path().to_owned();
+        let mut instance = Self { child, port, _dir: dir, _lease: None };
+        // Readiness through this server's own socket directory: over TCP, another test's server
+        // on the same port would answer for it.
+        let mut exited = false;
         wait_until("postgres", Duration::from_secs(30), || {
-            Command::new(&pg_isready)
-                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-                .status()
-                .is_ok_and(|status| status.success())
+            exited = instance.child.try_wait().is_ok_and(|status| status.is_some());
+            exited
+                || Command::new(&pg_isready)
+                    .args(["-q", "-h"])
+                    .arg(&socket_dir)
+                    .args(["-p", &port.to_string(), "-U", "postgres"])
+                    .status()
+                    .is_ok_and(|status| status.success())
         });
-        instance
+        (!exited).then_some(instance)
     }
 
     pub fn port(&self) -> u16 {
@@ -179,16 +225,20 @@ pub struct Nats {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    _lease: Option<PortLease>,
 }
 
 impl Nats {
     pub fn start() -> Self {
-        Self::start_on(free_port())
+        let lease = PortLease::take();
+        let mut nats = Self::start_on(lease.port);
+        nats._lease = Some(lease);
+        nats
     }
 
     pub fn start_on(port: u16) -> Self {
         let dir = tempfile::Builder::new().prefix("openledger-nats").tempdir().expect("temp dir");
-        let mut nats = Self { child: None, port, dir };
+        let mut nats = Self { child: None, port, dir, _lease: None };
         nats.launch();
         nats
     }
@@ -235,11 +285,13 @@ pub struct S3 {
     child: Child,
     port: u16,
     bucket: String,
+    _lease: PortLease,
 }
 
 impl S3 {
     pub fn start(bucket: &str) -> Self {
-        let port = free_port();
+        let lease = PortLease::take();
+        let port = lease.port;
         let binary = find_binary("moto_server", "install it with `pip install 'moto[server]'`");
         let child = Command::new(&binary)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -248,7 +300,7 @@ impl S3 {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
-        let server = Self { child, port, bucket: bucket.to_owned() };
+        let server = Self { child, port, bucket: bucket.to_owned(), _lease: lease };
         let address = SocketAddr::from(([127, 0, 0, 1], port));
         wait_until("moto_server", Duration::from_secs(30), || {
             TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
