@@ -15,7 +15,7 @@ use crate::host::{dot, exp_in_place, rms_norm as rms_norm_rows, rope};
 use crate::kernels::{Dense, matmul, matmul_with};
 
 /// The elements of a contiguous f32 CPU storage.
-fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+pub(super) fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
     let (start, end) =
         layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{op} needs contiguous input")))?;
     Ok(&storage.as_slice::<f32>()?[start..end])
@@ -23,7 +23,7 @@ fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core:
 
 /// A CPU tensor's elements: borrowed from its storage when it is contiguous (the usual case for
 /// the inputs and gradients a backward pass receives), copied otherwise.
-enum HostData<'a> {
+pub(super) enum HostData<'a> {
     Borrowed(std::sync::RwLockReadGuard<'a, candle_core::Storage>, std::ops::Range<usize>),
     Owned(Vec<f32>),
 }
@@ -42,7 +42,7 @@ impl std::ops::Deref for HostData<'_> {
     }
 }
 
-fn host(t: &Tensor) -> candle_core::Result<HostData<'_>> {
+pub(super) fn host(t: &Tensor) -> candle_core::Result<HostData<'_>> {
     let (storage, layout) = t.storage_and_layout();
     if let (candle_core::Storage::Cpu(CpuStorage::F32(_)), Some((start, end))) =
         (&*storage, layout.contiguous_offsets())
@@ -73,26 +73,34 @@ impl CustomOp1 for RmsNorm {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice(storage, layout, self.name())?;
-        let rows = (PAR_CHUNK / self.weight.len()).max(1) * self.weight.len();
-        let out = x.par_chunks(rows).flat_map_iter(|x| rms_norm_rows(x, &self.weight, self.eps)).collect();
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        Ok((CpuStorage::F32(rms_norm_forward(x, &self.weight, self.eps)), layout.shape().clone()))
     }
 
-    /// With `s = 1/√(mean(x²) + ε)` and `y = s·x∘w`: `∂x = s·(g∘w) − x·s³·⟨g∘w, x⟩ / width`.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (x, g) = (host(arg)?, host(grad_res)?);
-        let width = self.weight.len();
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(width).zip(x.par_chunks(width).zip(g.par_chunks(width))).for_each(|(dx, (x, g))| {
-            let s = 1.0 / (dot(x, x) / width as f32 + self.eps).sqrt();
-            let gw_x: f32 = g.iter().zip(&self.weight).zip(x).map(|((g, w), x)| g * w * x).sum();
-            let c = s * s * s * gw_x / width as f32;
-            for (((dx, g), w), x) in dx.iter_mut().zip(g).zip(&self.weight).zip(x) {
-                *dx = s * g * w - c * x;
-            }
-        });
+        let mut dx = vec![0f32; arg.elem_count()];
+        rms_norm_backward(&host(arg)?, &host(grad_res)?, &self.weight, self.eps, &mut dx);
         Ok(Some(cpu(dx, arg.shape())?))
     }
+}
+
+/// RMSNorm of each `weight.len()`-wide row of `x`, rows in parallel.
+pub(super) fn rms_norm_forward(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let rows = (PAR_CHUNK / weight.len()).max(1) * weight.len();
+    x.par_chunks(rows).flat_map_iter(|x| rms_norm_rows(x, weight, eps)).collect()
+}
+
+/// Adds RMSNorm's input gradient to `dx`. With `s = 1/√(mean(x²) + ε)` and `y = s·x∘w`:
+/// `∂x = s·(g∘w) − x·s³·⟨g∘w, x⟩ / width`.
+pub(super) fn rms_norm_backward(x: &[f32], g: &[f32], weight: &[f32], eps: f32, dx: &mut [f32]) {
+    let width = weight.len();
+    dx.par_chunks_mut(width).zip(x.par_chunks(width).zip(g.par_chunks(width))).for_each(|(dx, (x, g))| {
+        let s = 1.0 / (dot(x, x) / width as f32 + eps).sqrt();
+        let gw_x: f32 = g.iter().zip(weight).zip(x).map(|((g, w), x)| g * w * x).sum();
+        let c = s * s * s * gw_x / width as f32;
+        for (((dx, g), w), x) in dx.iter_mut().zip(g).zip(weight).zip(x) {
+            *dx += s * g * w - c * x;
+        }
+    });
 }
 
 /// RMSNorm of each row of `x` `(N, H)` by `weight` `(H,)`.
@@ -126,19 +134,9 @@ impl CustomOp2 for SwiGlu {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (gate, up) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let mut out = vec![0f32; gate.len()];
-        out.par_chunks_mut(PAR_CHUNK).zip(gate.par_chunks(PAR_CHUNK).zip(up.par_chunks(PAR_CHUNK))).for_each(
-            |(out, (gate, up))| {
-                sigmoid(gate, out);
-                for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
-                    *o *= g * u;
-                }
-            },
-        );
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(swiglu_forward(gate, up)), l1.shape().clone()))
     }
 
-    /// `∂gate = g·u·σ(gate)·(1 + gate·(1 − σ(gate)))`, `∂up = g·silu(gate)`.
     fn bwd(
         &self,
         gate: &Tensor,
@@ -146,21 +144,41 @@ impl CustomOp2 for SwiGlu {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gv, uv, g) = (host(gate)?, host(up)?, host(grad_res)?);
-        let (mut d_gate, mut d_up) = (vec![0f32; gv.len()], vec![0f32; gv.len()]);
-        let inputs = gv.par_chunks(PAR_CHUNK).zip(uv.par_chunks(PAR_CHUNK)).zip(g.par_chunks(PAR_CHUNK));
-        d_gate.par_chunks_mut(PAR_CHUNK).zip(d_up.par_chunks_mut(PAR_CHUNK)).zip(inputs).for_each(
-            |((d_gate, d_up), ((x, u), g))| {
-                sigmoid(x, d_up);
-                for ((((dg, du), x), u), g) in d_gate.iter_mut().zip(d_up.iter_mut()).zip(x).zip(u).zip(g) {
-                    let s = *du;
-                    *dg = g * u * s * (1.0 + x * (1.0 - s));
-                    *du = g * x * s;
-                }
-            },
-        );
+        let (d_gate, d_up) = swiglu_backward(&host(gate)?, &host(up)?, &host(grad_res)?);
         Ok((Some(cpu(d_gate, gate.shape())?), Some(cpu(d_up, up.shape())?)))
     }
+}
+
+/// `silu(gate) · up`, element by element, in parallel chunks.
+pub(super) fn swiglu_forward(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; gate.len()];
+    out.par_chunks_mut(PAR_CHUNK).zip(gate.par_chunks(PAR_CHUNK).zip(up.par_chunks(PAR_CHUNK))).for_each(
+        |(out, (gate, up))| {
+            sigmoid(gate, out);
+            for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+                *o *= g * u;
+            }
+        },
+    );
+    out
+}
+
+/// The gradients of `gate` and `up` for output gradient `g`:
+/// `∂gate = g·u·σ(gate)·(1 + gate·(1 − σ(gate)))`, `∂up = g·silu(gate)`.
+pub(super) fn swiglu_backward(gate: &[f32], up: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (mut d_gate, mut d_up) = (vec![0f32; gate.len()], vec![0f32; gate.len()]);
+    let inputs = gate.par_chunks(PAR_CHUNK).zip(up.par_chunks(PAR_CHUNK)).zip(g.par_chunks(PAR_CHUNK));
+    d_gate.par_chunks_mut(PAR_CHUNK).zip(d_up.par_chunks_mut(PAR_CHUNK)).zip(inputs).for_each(
+        |((d_gate, d_up), ((x, u), g))| {
+            sigmoid(x, d_up);
+            for ((((dg, du), x), u), g) in d_gate.iter_mut().zip(d_up.iter_mut()).zip(x).zip(u).zip(g) {
+                let s = *du;
+                *dg = g * u * s * (1.0 + x * (1.0 - s));
+                *du = g * x * s;
+            }
+        },
+    );
+    (d_gate, d_up)
 }
 
 /// `silu(gate) · up` for two tensors of one shape.
@@ -196,7 +214,7 @@ impl FrozenWeight {
     }
 
     /// `x·Wᵀ` for rows of `x`.
-    fn forward_rows(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
+    pub(super) fn forward_rows(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
         let (out_f, in_f) = self.w.dims2()?;
         let n = x.len() / in_f;
         let mut y = vec![0f32; n * out_f];
@@ -210,10 +228,16 @@ impl FrozenWeight {
     /// `g·W`: the input gradient of `x·Wᵀ`.
     fn grad_rows(&self, g: &[f32]) -> candle_core::Result<Vec<f32>> {
         let (out_f, in_f) = self.w.dims2()?;
-        let n = g.len() / out_f;
-        let mut dx = vec![0f32; n * in_f];
-        matmul(Dense::new(g, n, out_f), Dense::new(&host(&self.w)?, out_f, in_f), &mut dx, false);
+        let mut dx = vec![0f32; g.len() / out_f * in_f];
+        self.grad_rows_into(g, &mut dx, false)?;
         Ok(dx)
+    }
+
+    /// `dx (+)= g·W`.
+    pub(super) fn grad_rows_into(&self, g: &[f32], dx: &mut [f32], accumulate: bool) -> candle_core::Result<()> {
+        let (out_f, in_f) = self.w.dims2()?;
+        matmul(Dense::new(g, g.len() / out_f, out_f), Dense::new(&host(&self.w)?, out_f, in_f), dx, accumulate);
+        Ok(())
     }
 }
 
@@ -258,10 +282,28 @@ struct LoraLinear {
     mask: Option<Vec<f32>>,
 }
 
-impl LoraLinear {
+/// The trainable part of a LoRA projection on slices: `scale·((x∘mask)·Aᵀ)·Bᵀ`, with `A`
+/// `(rank, in)` and `B` `(out, rank)` row-major.
+pub(super) struct LowRank<'a> {
+    pub(super) a: &'a [f32],
+    pub(super) b: &'a [f32],
+    pub(super) rank: usize,
+    pub(super) scale: f32,
+    pub(super) mask: Option<&'a [f32]>,
+}
+
+impl LowRank<'_> {
+    fn in_features(&self) -> usize {
+        self.a.len() / self.rank
+    }
+
+    fn out_features(&self) -> usize {
+        self.b.len() / self.rank
+    }
+
     /// `x∘mask`.
-    fn dropped<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
-        match &self.mask {
+    fn dropped<'x>(&self, x: &'x [f32]) -> std::borrow::Cow<'x, [f32]> {
+        match self.mask {
             Some(mask) => {
                 let mut out = vec![0f32; x.len()];
                 out.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK).zip(mask.par_chunks(PAR_CHUNK))).for_each(
@@ -274,13 +316,51 @@ impl LoraLinear {
     }
 
     /// `scale·(x_dropped·Aᵀ)`, `(n, rank)`.
-    fn low_rank(&self, dropped: &[f32], a: &[f32], rank: usize) -> Vec<f32> {
-        let in_f = a.len() / rank;
+    fn low_rank(&self, dropped: &[f32]) -> Vec<f32> {
+        let (rank, in_f) = (self.rank, self.in_features());
         let n = dropped.len() / in_f;
         let mut u = vec![0f32; n * rank];
-        matmul(Dense::new(dropped, n, in_f), Dense::new(a, rank, in_f).t(), &mut u, false);
+        matmul(Dense::new(dropped, n, in_f), Dense::new(self.a, rank, in_f).t(), &mut u, false);
         u.iter_mut().for_each(|u| *u *= self.scale);
         u
+    }
+
+    /// `y += scale·((x∘mask)·Aᵀ)·Bᵀ`.
+    pub(super) fn add_forward(&self, x: &[f32], y: &mut [f32]) {
+        let u = self.low_rank(&self.dropped(x));
+        let (rank, out_f) = (self.rank, self.out_features());
+        matmul(Dense::new(&u, u.len() / rank, rank), Dense::new(self.b, out_f, rank).t(), y, true);
+    }
+
+    /// For output gradient `g`, with `u = scale·(x∘mask)·Aᵀ` and `gb = scale·g·B`: adds
+    /// `(gb·A)∘mask` to `dx` (when given) and writes `∂A = gbᵀ·(x∘mask)`, `∂B = gᵀ·u`.
+    pub(super) fn backward(&self, x: &[f32], g: &[f32], dx: Option<&mut [f32]>, da: &mut [f32], db: &mut [f32]) {
+        let (rank, in_f, out_f) = (self.rank, self.in_features(), self.out_features());
+        let rows = x.len() / in_f;
+        let mut gb = vec![0f32; rows * rank];
+        matmul(Dense::new(g, rows, out_f), Dense::new(self.b, out_f, rank), &mut gb, false);
+        gb.iter_mut().for_each(|v| *v *= self.scale);
+        match (dx, self.mask) {
+            (None, _) => {}
+            (Some(dx), None) => matmul(Dense::new(&gb, rows, rank), Dense::new(self.a, rank, in_f), dx, true),
+            (Some(dx), Some(mask)) => {
+                let mut through = vec![0f32; rows * in_f];
+                matmul(Dense::new(&gb, rows, rank), Dense::new(self.a, rank, in_f), &mut through, false);
+                dx.par_chunks_mut(PAR_CHUNK)
+                    .zip(through.par_chunks(PAR_CHUNK).zip(mask.par_chunks(PAR_CHUNK)))
+                    .for_each(|(dx, (t, m))| dx.iter_mut().zip(t.iter().zip(m)).for_each(|(d, (t, m))| *d += t * m));
+            }
+        }
+        let dropped = self.dropped(x);
+        matmul(Dense::new(&gb, rows, rank).t(), Dense::new(&dropped, rows, in_f), da, false);
+        let u = self.low_rank(&dropped);
+        matmul(Dense::new(g, rows, out_f).t(), Dense::new(&u, rows, rank), db, false);
+    }
+}
+
+impl LoraLinear {
+    fn low_rank<'a>(&'a self, a: &'a [f32], b: &'a [f32], rank: usize) -> LowRank<'a> {
+        LowRank { a, b, rank, scale: self.scale, mask: self.mask.as_deref() }
     }
 }
 
@@ -301,13 +381,12 @@ impl CustomOp3 for LoraLinear {
         let (x, a, b) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
         let (rows, (out_f, rank)) = (l1.shape().dims2()?.0, l3.shape().dims2()?);
         let mut y = self.weight.forward_rows(x)?;
-        let u = self.low_rank(&self.dropped(x), a, rank);
-        matmul(Dense::new(&u, rows, rank), Dense::new(b, out_f, rank).t(), &mut y, true);
+        self.low_rank(a, b, rank).add_forward(x, &mut y);
         Ok((CpuStorage::F32(y), Shape::from((rows, out_f))))
     }
 
-    /// With `u = scale·(x∘mask)·Aᵀ` and `gb = scale·g·B`: `∂x = g·W + (gb·A)∘mask`,
-    /// `∂A = gbᵀ·(x∘mask)`, `∂B = gᵀ·u`.
+    /// `∂x = g·W + (scale·g·B·A)∘mask` (when `x` carries a gradient), and `∂A`, `∂B` as in
+    /// [`LowRank::backward`].
     fn bwd(
         &self,
         x: &Tensor,
@@ -316,27 +395,14 @@ impl CustomOp3 for LoraLinear {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let ((rows, in_f), (out_f, rank)) = (x.dims2()?, b.dims2()?);
+        let rank = b.dim(1)?;
         let (xv, av, bv, g) = (host(x)?, host(a)?, host(b)?, host(grad_res)?);
-        let mut dx = self.weight.grad_rows(&g)?;
-        let mut gb = vec![0f32; rows * rank];
-        matmul(Dense::new(&g, rows, out_f), Dense::new(&bv, out_f, rank), &mut gb, false);
-        gb.iter_mut().for_each(|v| *v *= self.scale);
-        match &self.mask {
-            None => matmul(Dense::new(&gb, rows, rank), Dense::new(&av, rank, in_f), &mut dx, true),
-            Some(mask) => {
-                let mut through = vec![0f32; rows * in_f];
-                matmul(Dense::new(&gb, rows, rank), Dense::new(&av, rank, in_f), &mut through, false);
-                dx.iter_mut().zip(through.iter().zip(mask)).for_each(|(dx, (t, m))| *dx += t * m);
-            }
-        }
-        let dropped = self.dropped(&xv);
-        let mut da = vec![0f32; rank * in_f];
-        matmul(Dense::new(&gb, rows, rank).t(), Dense::new(&dropped, rows, in_f), &mut da, false);
-        let u = self.low_rank(&dropped, &av, rank);
-        let mut db = vec![0f32; out_f * rank];
-        matmul(Dense::new(&g, rows, out_f).t(), Dense::new(&u, rows, rank), &mut db, false);
-        Ok((Some(cpu(dx, x.shape())?), Some(cpu(da, a.shape())?), Some(cpu(db, b.shape())?)))
+        // The first layer's input is the (frozen) embedding: no gradient to compute there.
+        let mut dx = if x.track_op() { Some(self.weight.grad_rows(&g)?) } else { None };
+        let (mut da, mut db) = (vec![0f32; a.elem_count()], vec![0f32; b.elem_count()]);
+        self.low_rank(&av, &bv, rank).backward(&xv, &g, dx.as_deref_mut(), &mut da, &mut db);
+        let dx = dx.map(|dx| cpu(dx, x.shape())).transpose()?;
+        Ok((dx, Some(cpu(da, a.shape())?), Some(cpu(db, b.shape())?)))
     }
 }
 
@@ -470,7 +536,7 @@ pub(crate) fn lm_head_loss(hidden: &Tensor, weight: &Tensor, targets: &Tensor, k
 /// `(N, kv_heads·d)` with rows `example·seq + position`, as the projections produce them; the
 /// output is `(N, heads·d)`, ready for the output projection. The backward pass recomputes the
 /// attention probabilities (`seq × seq` per head) instead of keeping them.
-struct Attention {
+pub(super) struct Attention {
     batch: usize,
     seq: usize,
     heads: usize,
@@ -602,6 +668,41 @@ impl CustomOp3 for Attention {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (q, k, v) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let out = self.forward_rows(q, k, v);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dq, dk, dv) = self.backward_rows(&host(q)?, &host(k)?, &host(v)?, &host(grad_res)?);
+        Ok((Some(cpu(dq, q.shape())?), Some(cpu(dk, k.shape())?), Some(cpu(dv, v.shape())?)))
+    }
+}
+
+impl Attention {
+    pub(super) fn new(shape: AttentionShape, cos: &Tensor, sin: &Tensor) -> Result<Self> {
+        let (cos, sin) = (cos.narrow(0, 0, shape.seq)?, sin.narrow(0, 0, shape.seq)?);
+        let sin: Vec<f32> = sin.flatten_all()?.to_vec1()?;
+        Ok(Self {
+            batch: shape.batch,
+            seq: shape.seq,
+            heads: shape.heads,
+            kv_heads: shape.kv_heads,
+            head_dim: shape.head_dim,
+            cos: cos.flatten_all()?.to_vec1()?,
+            neg_sin: sin.iter().map(|s| -s).collect(),
+            sin,
+        })
+    }
+
+    /// The attention output `(N, heads·d)` for queries, keys and values as rows.
+    pub(super) fn forward_rows(&self, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         let blocks = self.blocks(|example, kv_head| {
             let key = self.gather(k, self.kv_heads, example, kv_head, true);
             let value = self.gather(v, self.kv_heads, example, kv_head, false);
@@ -627,20 +728,19 @@ impl CustomOp3 for Attention {
                 self.scatter(&mut out, self.heads, example, kv_head * self.group() + g, rows);
             }
         }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        out
     }
 
-    fn bwd(
+    /// The gradients of queries, keys and values for the output gradient `grad`.
+    pub(super) fn backward_rows(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (qv, kv, vv, grad) = (host(q)?, host(k)?, host(v)?, host(grad_res)?);
-        let blocks = self.blocks(|example, kv_head| self.backward_block(&qv, &kv, &vv, &grad, example, kv_head));
-        let (mut dq, mut dk, mut dv) = (vec![0f32; qv.len()], vec![0f32; kv.len()], vec![0f32; vv.len()]);
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        grad: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let blocks = self.blocks(|example, kv_head| self.backward_block(q, k, v, grad, example, kv_head));
+        let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
         for (i, block) in blocks.iter().enumerate() {
             let (example, kv_head) = (i / self.kv_heads, i % self.kv_heads);
             for (g, rows) in block.dq.iter().enumerate() {
@@ -649,7 +749,7 @@ impl CustomOp3 for Attention {
             self.scatter(&mut dk, self.kv_heads, example, kv_head, &block.dk);
             self.scatter(&mut dv, self.kv_heads, example, kv_head, &block.dv);
         }
-        Ok((Some(cpu(dq, q.shape())?), Some(cpu(dk, k.shape())?), Some(cpu(dv, v.shape())?)))
+        (dq, dk, dv)
     }
 }
 
@@ -673,21 +773,11 @@ pub(crate) fn attention(
     cos: &Tensor,
     sin: &Tensor,
 ) -> Result<Tensor> {
-    let (cos, sin) = (cos.narrow(0, 0, shape.seq)?, sin.narrow(0, 0, shape.seq)?);
     if !q.device().is_cpu() {
+        let (cos, sin) = (cos.narrow(0, 0, shape.seq)?, sin.narrow(0, 0, shape.seq)?);
         return reference::attention(q, k, v, shape, &cos, &sin);
     }
-    let sin: Vec<f32> = sin.flatten_all()?.to_vec1()?;
-    let op = Attention {
-        batch: shape.batch,
-        seq: shape.seq,
-        heads: shape.heads,
-        kv_heads: shape.kv_heads,
-        head_dim: shape.head_dim,
-        cos: cos.flatten_all()?.to_vec1()?,
-        neg_sin: sin.iter().map(|s| -s).collect(),
-        sin,
-    };
+    let op = Attention::new(shape, cos, sin)?;
     Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }
 

@@ -10,6 +10,7 @@
 pub mod data;
 mod fused;
 pub mod grads;
+mod layer;
 mod net;
 mod optim;
 

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rayon::prelude::*;
 
 use super::fused::{AttentionShape, FrozenWeight, attention, frozen, lm_head_loss, lora_linear, rms_norm, swiglu};
+use super::layer::{LayerCall, LayerWeights, LoraSlot, decoder_layer};
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
 use crate::lora::Target;
@@ -119,6 +120,17 @@ impl Mode {
     pub(crate) fn probed() -> Self {
         Self { dropout: None, probes: true, backward: true }
     }
+
+    /// The dropout mask of the input (`n` values) of one LoRA projection, if dropout is on: its
+    /// seed mixes the step's seed with the layer and target.
+    fn dropout_mask(&self, layer: usize, target: Target, n: usize) -> Option<Vec<f32>> {
+        match self.dropout {
+            Some((p, seed)) if p > 0.0 => {
+                Some(dropout_mask(n, p, super::mix(seed, layer as u64, target.index() as u64)))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Element-wise inverted dropout: `0` with probability `p`, else `1/(1 − p)`. Generated in
@@ -187,21 +199,29 @@ impl Batch {
 impl TrainBase {
     /// The negative log-likelihood of every scored row `(R,)`, with the probes if asked.
     pub(crate) fn forward(&self, lora: Option<&LoraVars>, batch: &Batch, mode: &Mode) -> Result<(Tensor, Probes)> {
+        // On the CPU a layer is one autograd node (see `layer.rs`); probes need the per-op graph.
+        self.forward_with(lora, batch, mode, self.device.is_cpu() && !mode.probes)
+    }
+
+    /// [`Self::forward`], with each layer as one node (`layer_nodes`, CPU only) or as a graph of
+    /// one node per op.
+    fn forward_with(
+        &self,
+        lora: Option<&LoraVars>,
+        batch: &Batch,
+        mode: &Mode,
+        layer_nodes: bool,
+    ) -> Result<(Tensor, Probes)> {
         let c = &self.config;
         let (b, t) = batch.tokens.dims2()?;
         let eps = c.rms_norm_eps as f32;
         let mut probes = BTreeMap::new();
+        let scale = lora.map_or(1.0, |l| l.scale);
         let mut project = |layer: usize, target: Target, x: &Tensor, weight: &FrozenWeight| -> Result<Tensor> {
             let Some((a, b_var)) = lora.and_then(|l| l.pairs.get(&(layer, target))) else {
                 return frozen(x, weight);
             };
-            let scale = lora.map_or(1.0, |l| l.scale);
-            let mask = match mode.dropout {
-                Some((p, seed)) if p > 0.0 => {
-                    Some(dropout_mask(x.elem_count(), p, super::mix(seed, layer as u64, target.index() as u64)))
-                }
-                _ => None,
-            };
+            let mask = mode.dropout_mask(layer, target, x.elem_count());
             if !mode.probes {
                 return lora_linear(x, weight, (a.as_tensor(), b_var.as_tensor()), scale as f32, mask);
             }
@@ -220,7 +240,21 @@ impl TrainBase {
         let mut x = w.embed.index_select(&batch.tokens.flatten_all()?, 0)?; // (N, H)
         let shape =
             AttentionShape { batch: b, seq: t, heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim };
+        let call = layer_nodes.then_some(LayerCall {
+            shape,
+            cos: &self.cos,
+            sin: &self.sin,
+            eps,
+            scale: scale as f32,
+            backward: mode.backward,
+        });
         for (layer, (weights, p)) in w.layers.iter().zip(&self.projections).enumerate() {
+            if let Some(call) = &call {
+                let layer_weights =
+                    LayerWeights { attn_norm: &weights.attn_norm, ffn_norm: &weights.ffn_norm, projections: p };
+                x = decoder_layer(&x, &layer_weights, self.layer_lora(lora, layer, b * t, mode)?, call)?;
+                continue;
+            }
             let h = rms_norm(&x, &weights.attn_norm, eps)?;
             let q = project(layer, Target::Q, &h, &p[0])?;
             let k = project(layer, Target::K, &h, &p[1])?;
@@ -236,6 +270,31 @@ impl TrainBase {
         let scored = rms_norm(&scored, &w.norm, eps)?;
         let nll = lm_head_loss(&scored, &w.output, &batch.targets, mode.backward)?;
         Ok((nll, probes))
+    }
+
+    /// One layer's LoRA factors as one flat tensor (`A` then `B` per adapted target, in
+    /// `Target::ALL` order; differentiable back to each `Var`), with where each target's sit.
+    fn layer_lora(
+        &self,
+        lora: Option<&LoraVars>,
+        layer: usize,
+        rows: usize,
+        mode: &Mode,
+    ) -> Result<(Tensor, Vec<Option<LoraSlot>>)> {
+        let (mut parts, mut slots, mut offset) = (Vec::new(), Vec::new(), 0);
+        for target in Target::ALL {
+            let Some((a, b)) = lora.and_then(|l| l.pairs.get(&(layer, target))) else {
+                slots.push(None);
+                continue;
+            };
+            let ((rank, in_features), out_features) = (a.dims2()?, b.dim(0)?);
+            let mask = mode.dropout_mask(layer, target, rows * in_features);
+            slots.push(Some(LoraSlot { offset, rank, in_features, out_features, mask }));
+            offset += rank * (in_features + out_features);
+            parts.extend([a.as_tensor().flatten_all()?, b.as_tensor().flatten_all()?]);
+        }
+        let flat = if parts.is_empty() { Tensor::zeros(0, DType::F32, &self.device)? } else { Tensor::cat(&parts, 0)? };
+        Ok((flat, slots))
     }
 }
 
@@ -298,6 +357,50 @@ mod tests {
                 assert!(worst < 1e-3, "gguf {gguf}, adapter {}: {trained:?} vs {served:?}", lora.is_some());
             }
         }
+    }
+
+    /// A layer as one autograd node gives the loss and LoRA gradients of the graph of one node
+    /// per op, with dropout, for LoRA on every target, on some, and without LoRA.
+    #[test]
+    fn layer_nodes_match_the_per_op_graph() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny(dir.path(), true);
+        let base = TrainBase::new(&model).unwrap();
+        let b = batch(&Device::Cpu);
+        let mut rng = StdRng::seed_from_u64(21);
+        for targets in [&Target::ALL[..], &[Target::Q, Target::V], &[Target::K, Target::Down]] {
+            let vars = LoraVars::init(&base, 4, 2.0, targets, 8).unwrap();
+            for (_, bv) in vars.pairs.values() {
+                let values: Vec<f32> = (0..bv.elem_count()).map(|_| rng.random_range(-0.3..0.3)).collect();
+                bv.set(&Tensor::from_vec(values, bv.shape(), &Device::Cpu).unwrap()).unwrap();
+            }
+            let weights: Vec<f32> = (0..b.row_example.len()).map(|_| rng.random_range(0.5..1.5)).collect();
+            let weights = Tensor::from_vec(weights, b.row_example.len(), &Device::Cpu).unwrap();
+            let mode = Mode::train(Some((0.2, 77)));
+            let run = |layer_nodes: bool| {
+                let nll = base.forward_with(Some(&vars), &b, &mode, layer_nodes).unwrap().0;
+                let grads = (&nll * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+                let grads: Vec<Vec<f32>> = vars
+                    .vars()
+                    .iter()
+                    .map(|v| grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+                    .collect();
+                (nll.to_vec1::<f32>().unwrap(), grads)
+            };
+            let ((nll, grads), (nll_ops, grads_ops)) = (run(true), run(false));
+            let worst = nll.iter().zip(&nll_ops).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{targets:?}: losses differ by {worst}");
+            for (g, g_ops) in grads.iter().zip(&grads_ops) {
+                let scale = g_ops.iter().map(|v| v.abs()).fold(1e-3f32, f32::max);
+                let worst = g.iter().zip(g_ops).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst / scale < 1e-4, "{targets:?}: gradients differ by {worst} (largest {scale})");
+            }
+        }
+        let eval = Mode::eval();
+        let plain = base.forward_with(None, &b, &eval, true).unwrap().0.to_vec1::<f32>().unwrap();
+        let plain_ops = base.forward_with(None, &b, &eval, false).unwrap().0.to_vec1::<f32>().unwrap();
+        let worst = plain.iter().zip(&plain_ops).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "without LoRA: losses differ by {worst}");
     }
 
     /// Autograd's LoRA gradients agree with central finite differences of the summed loss.
