@@ -4,6 +4,7 @@
 # GGUF from scripts/fetch-models.sh smollm2 (or $MODEL).
 #
 #   bench/peft/run.sh step [train_step.py args]   # 1 thread on CPU 1, then 2 threads on CPUs 0,1
+#   bench/peft/run.sh step-on CPUS --model M [train_step.py args]   # once, on CPUS (alternate.sh)
 #   bench/peft/run.sh logits --tokens 1,2,3 --out F.json [--adapter DIR]
 #   bench/peft/run.sh make-adapter --out DIR [--rank 8 --alpha 16 --targets ... --seed 0]
 #   bench/peft/run.sh compare --ours A.json --theirs B.json [--base-ours A0.json --base-theirs B0.json]
@@ -22,17 +23,20 @@ if ! "$py" -c 'import torch, transformers, peft, gguf' 2>/dev/null; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --no-cache-dir -q torch transformers peft gguf safetensors numpy
 fi
-mode=${1:?usage: $0 step|logits|make-adapter|compare [args]}; shift
+mode=${1:?usage: $0 step|step-on|logits|make-adapter|compare [args]}; shift
 case $mode in
     step)
         model=${MODEL:-$("$repo/scripts/fetch-models.sh" smollm2)}
         grep -m1 'model name' /proc/cpuinfo >&2
         taskset -c 1   "$py" "$here/train_step.py" --model "$model" --threads 1 "$@"
         taskset -c 0,1 "$py" "$here/train_step.py" --model "$model" --threads 2 "$@" ;;
+    step-on)
+        cpus=${1:?usage: $0 step-on CPUS --model M [train_step.py args]}; shift
+        exec taskset -c "$cpus" "$py" "$here/train_step.py" "$@" ;;
     logits|make-adapter)
         model=${MODEL:-$("$repo/scripts/fetch-models.sh" smollm2)}
         exec "$py" "$here/interop.py" "$mode" --model "$model" "$@" ;;
     compare)
         exec "$py" "$here/interop.py" compare "$@" ;;
-    *) echo "unknown mode $mode (step|logits|make-adapter|compare)" >&2; exit 2 ;;
+    *) echo "unknown mode $mode (step|step-on|logits|make-adapter|compare)" >&2; exit 2 ;;
 esac

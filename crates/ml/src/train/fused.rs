@@ -3,9 +3,11 @@
 //! with RoPE, SwiGLU, and the output projection fused with the loss. Composed from candle tensor
 //! ops (`reference`, still the path on other devices), these are three dozen ops per layer, each
 //! allocating its output and recording a node whose backward allocates again; fused, a layer
-//! records thirteen nodes, allocates a few buffers, and its attention never materialises the
-//! `(B, heads, T, T)` scores as tensors. The tests hold every op to its reference in value and
-//! gradient.
+//! records thirteen nodes, and its attention never materialises the `(B, heads, T, T)` scores as
+//! tensors. The slice-level functions behind the ops (`rms_norm_forward`, `LowRank`,
+//! `Attention::forward_rows`, ...) also make up `layer.rs`, where a whole layer is one node; the
+//! per-op graph remains for per-example gradients, which probe each projection's output. The
+//! tests hold every op to its reference in value and gradient.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;

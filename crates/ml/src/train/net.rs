@@ -1,6 +1,7 @@
 //! The differentiable forward pass for LoRA training: the base weights as frozen f32 matrices
 //! (dequantized from GGUF, Hugging Face row order), LoRA A/B as candle `Var`s, and the loss of
-//! each labelled token. On the CPU the layers and the loss run as the fused ops of `fused.rs`.
+//! each labelled token. On the CPU each layer is one autograd node (`layer.rs`; the per-op graph of
+//! `fused.rs` when per-example gradients probe the projections) and the loss a fused op.
 
 use std::collections::BTreeMap;
 
