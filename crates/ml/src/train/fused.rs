@@ -58,6 +58,22 @@ pub(super) fn host(t: &Tensor) -> candle_core::Result<HostData<'_>> {
 /// Element-wise work is split into chunks of this many values across the thread pool.
 const PAR_CHUNK: usize = 1 << 14;
 
+/// `x += y`, in parallel chunks.
+pub(super) fn add_in_place(x: &mut [f32], y: &[f32]) {
+    x.par_chunks_mut(PAR_CHUNK)
+        .zip(y.par_chunks(PAR_CHUNK))
+        .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x += y));
+}
+
+/// The state an op keeps between its forward and backward passes, locked; `op` names it in the
+/// error if a panicking thread poisoned the lock.
+pub(super) fn lock<'a, T>(
+    state: &'a std::sync::Mutex<T>,
+    op: &str,
+) -> candle_core::Result<std::sync::MutexGuard<'a, T>> {
+    state.lock().map_err(|_| candle_core::Error::Msg(format!("{op}: poisoned lock")))
+}
+
 fn cpu(values: Vec<f32>, shape: &Shape) -> candle_core::Result<Tensor> {
     Tensor::from_vec(values, shape, &Device::Cpu)
 }
@@ -508,13 +524,13 @@ impl CustomOp1 for LmHeadLoss {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let hidden = Tensor::from_slice(slice(storage, layout, self.name())?, layout.shape(), &Device::Cpu)?;
         let (nll, grad) = self.nll_and_grad(&hidden)?;
-        *self.grad.lock().map_err(|_| candle_core::Error::Msg("lm-head-loss: poisoned lock".into()))? = grad;
+        *lock(&self.grad, self.name())? = grad;
         let n = nll.len();
         Ok((CpuStorage::F32(nll), Shape::from(n)))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let grad = self.grad.lock().map_err(|_| candle_core::Error::Msg("lm-head-loss: poisoned lock".into()))?;
+        let grad = lock(&self.grad, self.name())?;
         let grad = grad.as_ref().ok_or_else(|| {
             candle_core::Error::Msg("lm-head-loss: the forward pass ran without keeping its gradient".into())
         })?;

@@ -14,11 +14,10 @@
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::fused::{
-    Attention, AttentionShape, FrozenWeight, LowRank, host, rms_norm_backward, rms_norm_forward, slice,
-    swiglu_backward, swiglu_forward,
+    Attention, AttentionShape, FrozenWeight, LowRank, add_in_place, host, lock, rms_norm_backward, rms_norm_forward,
+    slice, swiglu_backward, swiglu_forward,
 };
 use crate::error::Result;
 use crate::lora::Target;
@@ -85,12 +84,6 @@ struct DecoderLayer {
     saved: Mutex<Option<Saved>>,
 }
 
-/// `x += y`, in parallel chunks.
-fn add_in_place(x: &mut [f32], y: &[f32]) {
-    const CHUNK: usize = 1 << 14;
-    x.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x += y));
-}
-
 impl DecoderLayer {
     fn project(&self, target: Target, input: &[f32], flat: &[f32]) -> candle_core::Result<Vec<f32>> {
         let mut y = self.projections[target.index()].forward_rows(input)?;
@@ -150,8 +143,7 @@ impl CustomOp2 for DecoderLayer {
         add_in_place(&mut out, &x2);
         if self.keep {
             let saved = Saved { h1, q, k, v, attn, x2, h2, gate, up, act };
-            *self.saved.lock().map_err(|_| candle_core::Error::Msg("decoder-layer: poisoned lock".into()))? =
-                Some(saved);
+            *lock(&self.saved, self.name())? = Some(saved);
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -163,10 +155,7 @@ impl CustomOp2 for DecoderLayer {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let saved = self
-            .saved
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("decoder-layer: poisoned lock".into()))?
+        let saved = lock(&self.saved, self.name())?
             .take()
             .ok_or_else(|| candle_core::Error::Msg("decoder-layer: the forward pass kept no activations".into()))?;
         let Saved { h1, q, k, v, attn, x2, h2, gate, up, act } = saved;
