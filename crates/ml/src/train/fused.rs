@@ -470,32 +470,36 @@ struct RowSoftmax {
 }
 
 impl LmHeadLoss {
-    fn nll_and_grad(&self, hidden: &Tensor) -> candle_core::Result<(Vec<f32>, Option<Tensor>)> {
-        let (rows, width) = hidden.dims2()?;
-        let vocab = self.weight.dim(0)?;
+    /// Each row's loss, and (if `keep_grad`) its gradient, for `h` `(rows, width)`.
+    fn nll_and_grad(&self, h: &[f32], rows: usize) -> candle_core::Result<(Vec<f32>, Option<Tensor>)> {
+        let (vocab, width) = self.weight.dims2()?;
+        if h.len() != rows * width {
+            candle_core::bail!("lm-head-loss: hidden states of {} values are not {rows} rows of {width}", h.len());
+        }
+        let weight = host(&self.weight)?;
         let start = RowSoftmax { max: f32::NEG_INFINITY, sum: 0.0, target_logit: 0.0, rescale: 1.0 };
         let mut state = vec![start; rows];
         let mut acc = if self.keep_grad { Some(vec![0f32; rows * width]) } else { None };
+        let (mut probs, mut pw) = (vec![0f32; rows * VOCAB_CHUNK], vec![0f32; rows * width]);
         for first in (0..vocab).step_by(VOCAB_CHUNK) {
             let n = VOCAB_CHUNK.min(vocab - first);
-            let w = self.weight.narrow(0, first, n)?;
-            let logits = hidden.matmul(&w.t()?)?;
-            let mut probs = vec![0f32; rows * n];
-            probs.par_chunks_mut(n).zip(host(&logits)?.par_chunks(n)).zip(state.par_iter_mut()).enumerate().for_each(
-                |(r, ((p, l), s))| {
-                    let max = l.iter().copied().fold(s.max, f32::max);
-                    s.rescale = (s.max - max).exp();
-                    p.iter_mut().zip(l).for_each(|(p, l)| *p = l - max);
-                    exp_in_place(p);
-                    (s.max, s.sum) = (max, s.sum * s.rescale + p.iter().sum::<f32>());
-                    if let Some(t) = (self.targets[r] as usize).checked_sub(first).filter(|t| *t < n) {
-                        s.target_logit = l[t];
-                    }
-                },
-            );
+            let w = &weight[first * width..(first + n) * width];
+            let probs = &mut probs[..rows * n];
+            matmul(Dense::new(h, rows, width), Dense::new(w, n, width).t(), probs, false);
+            // `probs` holds the chunk's logits until each row turns its own into probabilities.
+            probs.par_chunks_mut(n).zip(state.par_iter_mut()).enumerate().for_each(|(r, (p, s))| {
+                let max = p.iter().copied().fold(s.max, f32::max);
+                if let Some(t) = (self.targets[r] as usize).checked_sub(first).filter(|t| *t < n) {
+                    s.target_logit = p[t];
+                }
+                s.rescale = (s.max - max).exp();
+                p.iter_mut().for_each(|p| *p -= max);
+                exp_in_place(p);
+                (s.max, s.sum) = (max, s.sum * s.rescale + p.iter().sum::<f32>());
+            });
             if let Some(acc) = &mut acc {
-                let pw = Tensor::from_vec(probs, (rows, n), hidden.device())?.matmul(&w)?;
-                acc.par_chunks_mut(width).zip(host(&pw)?.par_chunks(width)).zip(&state).for_each(|((a, pw), s)| {
+                matmul(Dense::new(probs, rows, n), Dense::new(w, n, width), &mut pw, false);
+                acc.par_chunks_mut(width).zip(pw.par_chunks(width)).zip(&state).for_each(|((a, pw), s)| {
                     a.iter_mut().zip(pw).for_each(|(a, pw)| *a = *a * s.rescale + pw);
                 });
             }
@@ -503,12 +507,11 @@ impl LmHeadLoss {
         let nll = state.iter().map(|s| s.max + s.sum.ln() - s.target_logit).collect();
         let grad = match acc {
             Some(mut acc) => {
-                let weight = host(&self.weight)?;
                 for ((a, s), &t) in acc.chunks_exact_mut(width).zip(&state).zip(&self.targets) {
                     let target_row = &weight[t as usize * width..][..width];
                     a.iter_mut().zip(target_row).for_each(|(a, w)| *a = *a / s.sum - w);
                 }
-                Some(Tensor::from_vec(acc, (rows, width), hidden.device())?)
+                Some(cpu(acc, &Shape::from((rows, width)))?)
             }
             None => None,
         };
@@ -522,8 +525,8 @@ impl CustomOp1 for LmHeadLoss {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let hidden = Tensor::from_slice(slice(storage, layout, self.name())?, layout.shape(), &Device::Cpu)?;
-        let (nll, grad) = self.nll_and_grad(&hidden)?;
+        let rows = layout.shape().dims2()?.0;
+        let (nll, grad) = self.nll_and_grad(slice(storage, layout, self.name())?, rows)?;
         *lock(&self.grad, self.name())? = grad;
         let n = nll.len();
         Ok((CpuStorage::F32(nll), Shape::from(n)))
