@@ -225,6 +225,13 @@ impl<'a> Dense<'a> {
     }
 }
 
+/// How many jobs [`matmul`] splits a parallel product into per thread of the pool. gemm hands
+/// each job an equal share, so with one job per thread every product waits for the slowest
+/// thread; on shared vCPUs one of them often runs much slower than the other for seconds at a
+/// time. With four jobs a thread, rayon's work stealing moves the slow thread's jobs to the fast
+/// one, for a little more packing. Measured in bench/RESULTS.md ("Four gemm jobs per thread").
+const JOBS_PER_THREAD: usize = 4;
+
 /// `out = a·b` (or `out += a·b` if `accumulate`) for `a` `m × k`, `b` `k × n` and a row-major
 /// `out` `m × n`: the `gemm` crate's kernels (AVX-512 or AVX2, chosen at run time) straight on
 /// slices, on the current rayon pool. The training ops use it instead of candle's matmul, which
@@ -253,7 +260,7 @@ pub(crate) fn matmul_with(a: Dense<'_>, b: Dense<'_>, out: &mut [f32], accumulat
     }
     let threads = rayon::current_num_threads();
     let parallelism = if parallel && threads > 1 && m * n * k >= 1 << 18 {
-        gemm::Parallelism::Rayon(threads)
+        gemm::Parallelism::Rayon(threads * JOBS_PER_THREAD)
     } else {
         gemm::Parallelism::None
     };
