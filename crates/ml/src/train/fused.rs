@@ -479,8 +479,10 @@ impl LmHeadLoss {
         let weight = host(&self.weight)?;
         let start = RowSoftmax { max: f32::NEG_INFINITY, sum: 0.0, target_logit: 0.0, rescale: 1.0 };
         let mut state = vec![start; rows];
-        let mut acc = if self.keep_grad { Some(vec![0f32; rows * width]) } else { None };
-        let (mut probs, mut pw) = (vec![0f32; rows * VOCAB_CHUNK], vec![0f32; rows * width]);
+        // With a backward pass to follow: the running `Σ exp(l − max)·W` per row, and the
+        // chunk's `probs·W_chunk` that is folded into it.
+        let mut acc = self.keep_grad.then(|| (vec![0f32; rows * width], vec![0f32; rows * width]));
+        let mut probs = vec![0f32; rows * VOCAB_CHUNK.min(vocab)];
         for first in (0..vocab).step_by(VOCAB_CHUNK) {
             let n = VOCAB_CHUNK.min(vocab - first);
             let w = &weight[first * width..(first + n) * width];
@@ -497,8 +499,8 @@ impl LmHeadLoss {
                 exp_in_place(p);
                 (s.max, s.sum) = (max, s.sum * s.rescale + p.iter().sum::<f32>());
             });
-            if let Some(acc) = &mut acc {
-                matmul(Dense::new(probs, rows, n), Dense::new(w, n, width), &mut pw, false);
+            if let Some((acc, pw)) = &mut acc {
+                matmul(Dense::new(probs, rows, n), Dense::new(w, n, width), pw, false);
                 acc.par_chunks_mut(width).zip(pw.par_chunks(width)).zip(&state).for_each(|((a, pw), s)| {
                     a.iter_mut().zip(pw).for_each(|(a, pw)| *a = *a * s.rescale + pw);
                 });
@@ -506,7 +508,7 @@ impl LmHeadLoss {
         }
         let nll = state.iter().map(|s| s.max + s.sum.ln() - s.target_logit).collect();
         let grad = match acc {
-            Some(mut acc) => {
+            Some((mut acc, _)) => {
                 for ((a, s), &t) in acc.chunks_exact_mut(width).zip(&state).zip(&self.targets) {
                     let target_row = &weight[t as usize * width..][..width];
                     a.iter_mut().zip(target_row).for_each(|(a, w)| *a = *a / s.sum - w);
