@@ -6,8 +6,8 @@ use ed25519_dalek::SigningKey;
 use openledger_proto::datanet::v1 as pb;
 use openledger_signing::canonical::{ContributionPolicy, DatanetDefinition, DatanetEdit};
 pub use openledger_signing::{
-    Key, MAX_CLOCK_SKEW_SECONDS as CALLER_CLOCK_SKEW_SECONDS, SigningError, access_decision_message,
-    access_request_message, caller_message, contribution_message, now_unix, publish_message, review_message,
+    Key, MAX_CLOCK_SKEW_SECONDS, SigningError, access_decision_message, access_request_message, caller_message,
+    contribution_message, now_unix, publish_message, review_message,
 };
 
 use crate::DatanetError;
@@ -43,7 +43,7 @@ pub fn remove_message(datanet_id: &str, record: &openledger_core::ContentHash, s
 
 /// The canonical definition of a Datanet as sent: the fields the server assigns (id, owner,
 /// created_at) are not part of it.
-pub fn definition(datanet: &pb::Datanet) -> DatanetDefinition {
+fn definition(datanet: &pb::Datanet) -> DatanetDefinition {
     let name = |known: Option<&str>, prefix: &str, number: i32| {
         known.map_or_else(|| number.to_string(), |name| name.trim_start_matches(prefix).to_lowercase())
     };
@@ -93,7 +93,7 @@ pub fn verify(public_key: &[u8], signature: &[u8], message: &[u8]) -> Result<Key
     Ok(openledger_signing::verify(public_key, signature, message)?)
 }
 
-/// Refuses a `signed_at` more than [`CALLER_CLOCK_SKEW_SECONDS`] from now.
+/// Refuses a `signed_at` more than [`MAX_CLOCK_SKEW_SECONDS`] from now.
 pub fn check_fresh(signed_at: i64, now_unix: i64) -> Result<(), DatanetError> {
     Ok(openledger_signing::check_fresh(signed_at, now_unix)?)
 }
