@@ -4,6 +4,7 @@
 
 mod datanet;
 mod model;
+mod signing;
 mod support;
 
 use std::{collections::BTreeMap, time::Duration};
@@ -645,8 +646,9 @@ async fn accounts_over_rest_go_through_the_gateway_to_the_ledger() {
 #[tokio::test]
 async fn staking_and_governance_over_rest_require_the_owners_signature() {
     use ed25519_dalek::{Signer, SigningKey};
-    use openledger_ledger::governance::{parameters_json, proposal_message, staking_message, vote_message};
+    use openledger_ledger::governance::parameters_json;
     use openledger_proto::ledger::v1 as pb;
+    use openledger_signing::{StakeAction, staking_message, vote_message};
 
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut platform = Platform::spawn::<&str>(&["--data-dir", &data_dir.path().display().to_string(), "dev"], &[]);
@@ -677,12 +679,12 @@ async fn staking_and_governance_over_rest_require_the_owners_signature() {
     let (status, body) = post("/v1/accounts/91000/stake".into(), stake_body("00".repeat(64))).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
-        (412, Some("failed_precondition")),
+        (401, Some("unauthenticated")),
         "a bad signature is refused: {body}"
     );
     let (status, body) = post("/v1/accounts/91000/stake".into(), stake_body("zz".into())).await;
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")), "{body}");
-    let signed = sign(staking_message("stake", "op-1", 91_000, open(2_000)));
+    let signed = sign(staking_message(StakeAction::Stake, "op-1", 91_000, open(2_000)));
     let (status, body) = post("/v1/accounts/91000/stake".into(), stake_body(signed)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["staked_total"], open(2_000).to_string());
@@ -705,7 +707,7 @@ async fn staking_and_governance_over_rest_require_the_owners_signature() {
     );
     let proposal = serde_json::json!({
         "id": "more-for-contributors", "account": "91000", "parameters": parameters, "rationale": "data matters",
-        "public_key": public_key, "signature": sign(proposal_message("more-for-contributors", 91_000, &economics)),
+        "public_key": public_key, "signature": sign(openledger_signing::proposal_message("more-for-contributors", 91_000, &(&economics).into())),
     });
     let (status, body) = post("/v1/governance/proposals".into(), proposal).await;
     assert_eq!(status, 201, "{body}");

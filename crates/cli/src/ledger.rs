@@ -306,7 +306,7 @@ pub async fn run(command: LedgerCommand, config: &Config) -> anyhow::Result<bool
             };
             openledger_ledger::governance::validate_parameters(&parameters)
                 .map_err(|reason| anyhow::anyhow!(reason))?;
-            let message = openledger_ledger::governance::proposal_message(&id, account, &parameters);
+            let message = openledger_signing::proposal_message(&id, account, &(&parameters).into());
             let request = pb::SubmitProposalRequest {
                 proposal_id: id,
                 parameters: Some(pb::Parameters {
@@ -329,7 +329,7 @@ pub async fn run(command: LedgerCommand, config: &Config) -> anyhow::Result<bool
         }
         LedgerCommand::Vote { proposal, account, key_file, yes } => {
             let key = read_key(&key_file)?;
-            let message = openledger_ledger::governance::vote_message(&proposal, account, yes);
+            let message = openledger_signing::vote_message(&proposal, account, yes);
             let request = pb::CastVoteRequest {
                 proposal_id: proposal,
                 approve: yes,
@@ -424,16 +424,14 @@ fn staking_signature(
     amount: Amount,
     key_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<Option<openledger_proto::common::v1::Signature>> {
-    let message = openledger_ledger::governance::staking_message(kind, operation_id, account, amount.base_units());
+    use openledger_signing::StakeAction;
+    let action = if kind == "unstake" { StakeAction::Unstake } else { StakeAction::Stake };
+    let message = openledger_signing::staking_message(action, operation_id, account, amount.base_units());
     key_file.map(|path| read_key(&path).map(|key| sign(&key, &message))).transpose()
 }
 
 fn sign(key: &ed25519_dalek::SigningKey, message: &[u8]) -> openledger_proto::common::v1::Signature {
-    use ed25519_dalek::Signer;
-    openledger_proto::common::v1::Signature {
-        public_key: key.verifying_key().to_bytes().to_vec(),
-        signature: key.sign(message).to_bytes().to_vec(),
-    }
+    openledger_signing::sign(key, message).into()
 }
 
 fn print_proposal(proposal: &pb::Proposal) {

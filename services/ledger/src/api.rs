@@ -7,11 +7,12 @@ use openledger_core::ErrorCode;
 use openledger_proto::ledger::v1::{self as pb, ledger_service_server::LedgerService};
 use openledger_proto::{u128_of as from_uint128, uint128 as to_uint128};
 use openledger_runtime::{BackendsHandle, grpc::status};
+use openledger_signing::{StakeAction, staking_message};
 use tonic::{Request, Response, Status};
 
 use crate::{
     books::{Ledger, LedgerError},
-    governance::{GovernanceRules, ProposalView, staking_message},
+    governance::{GovernanceRules, ProposalView},
     model::{
         Account, AccountFlags, CreateAccountResult, CreateTransferResult, MAX_BATCH_EVENTS, Owner, SystemRole,
         Transfer, TransferFlags,
@@ -76,6 +77,8 @@ fn operation_error(error: OperationError) -> Status {
     match error {
         OperationError::Ledger(error) => ledger_error(error),
         OperationError::Refused { .. } => status(ErrorCode::FailedPrecondition, error.to_string()),
+        OperationError::Unauthenticated(ref signing) => status(signing.code(), error.to_string()),
+        OperationError::NotOwner { .. } => status(ErrorCode::PermissionDenied, error.to_string()),
     }
 }
 
@@ -514,7 +517,7 @@ impl LedgerService for Api {
         let (account, amount) = (from_uint128(request.account_id.as_ref()), from_uint128(request.amount.as_ref()));
         let ledger = self.ledger()?;
         if let Some(signature) = &request.signature {
-            let message = staking_message("stake", &request.operation_id, account, amount);
+            let message = staking_message(StakeAction::Stake, &request.operation_id, account, amount);
             ledger
                 .check_signature("staking", account, &signature.public_key, &signature.signature, &message)
                 .await
@@ -533,7 +536,7 @@ impl LedgerService for Api {
         let (account, amount) = (from_uint128(request.account_id.as_ref()), from_uint128(request.amount.as_ref()));
         let ledger = self.ledger()?;
         if let Some(signature) = &request.signature {
-            let message = staking_message("unstake", &request.operation_id, account, amount);
+            let message = staking_message(StakeAction::Unstake, &request.operation_id, account, amount);
             ledger
                 .check_signature("unstaking", account, &signature.public_key, &signature.signature, &message)
                 .await

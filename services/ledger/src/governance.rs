@@ -4,16 +4,15 @@
 //! the voting period ends the proposal passes if the votes cast reach the quorum (a share of
 //! everything staked) and more stake approves than rejects; after the timelock it takes
 //! effect from the start of the next epoch. Every parameter set ever in force is kept.
-//! Proposals and votes are signed with the ed25519 key that owns the account.
+//! Proposals, votes and stake changes are signed with the ed25519 key that owns the account,
+//! over the messages `openledger_signing` defines; [`Ledger::check_signature`] is the check.
 
-use ed25519_dalek::{Signature, VerifyingKey};
 use openledger_proto::events::v1::ProposalExecuted;
 use openledger_store::NewEvent;
 use prost::Message;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
 };
-use serde_json::json;
 
 use crate::{
     books::{Ledger, LedgerError},
@@ -105,19 +104,24 @@ fn refused(operation: &'static str, reason: impl Into<String>) -> OperationError
 }
 
 /// The canonical JSON of a parameter set (sorted keys, amounts as decimal strings): what
-/// proposers sign, and how parameters are stored.
+/// proposers sign (see `openledger_signing::proposal_message`), and how parameters are stored.
 pub fn parameters_json(parameters: &Economics) -> String {
-    json!({
-        "model_owner_bps": parameters.model_owner_bps,
-        "stakers_bps": parameters.stakers_bps,
-        "contributors_bps": parameters.contributors_bps,
-        "platform_fee": parameters.platform_fee.to_string(),
-        "slashing_bps": parameters.slashing_bps,
-        "minimum_stake": parameters.minimum_stake.to_string(),
-        "unbonding_seconds": parameters.unbonding_seconds,
-        "epoch_seconds": parameters.epoch_seconds,
-    })
-    .to_string()
+    openledger_signing::canonical::Parameters::from(parameters).canonical_json()
+}
+
+impl From<&Economics> for openledger_signing::canonical::Parameters {
+    fn from(parameters: &Economics) -> Self {
+        Self {
+            model_owner_bps: parameters.model_owner_bps,
+            stakers_bps: parameters.stakers_bps,
+            contributors_bps: parameters.contributors_bps,
+            platform_fee: parameters.platform_fee,
+            slashing_bps: parameters.slashing_bps,
+            minimum_stake: parameters.minimum_stake,
+            unbonding_seconds: parameters.unbonding_seconds,
+            epoch_seconds: parameters.epoch_seconds,
+        }
+    }
 }
 
 fn parse_parameters(text: &str) -> Result<Economics, LedgerError> {
@@ -156,19 +160,6 @@ pub fn validate_parameters(parameters: &Economics) -> Result<(), String> {
     Ok(())
 }
 
-pub fn proposal_message(proposal_id: &str, proposer: u128, parameters: &Economics) -> Vec<u8> {
-    format!("openledger/proposal/v1\n{proposal_id}\n{proposer}\n{}", parameters_json(parameters)).into_bytes()
-}
-
-/// What an account owner signs to stake (`action` = "stake") or unstake ("unstake").
-pub fn staking_message(action: &str, operation_id: &str, account: u128, amount: u128) -> Vec<u8> {
-    format!("openledger/{action}/v1\n{operation_id}\n{account}\n{amount}").into_bytes()
-}
-
-pub fn vote_message(proposal_id: &str, account: u128, approve: bool) -> Vec<u8> {
-    format!("openledger/vote/v1\n{proposal_id}\n{account}\n{}", if approve { "yes" } else { "no" }).into_bytes()
-}
-
 fn decode_u128(bytes: &[u8]) -> u128 {
     <[u8; 16]>::try_from(bytes).map(u128::from_be_bytes).unwrap_or(0)
 }
@@ -191,7 +182,8 @@ impl Ledger {
         }
     }
 
-    /// Checks that `signature` by `public_key` over `message` comes from the owner of `account`.
+    /// Checks that `signature` by `public_key` signs `message` (else `unauthenticated`), then
+    /// that the key owns `account` (else `permission_denied`).
     pub(crate) async fn check_signature(
         &self,
         operation: &'static str,
@@ -200,19 +192,16 @@ impl Ledger {
         signature: &[u8],
         message: &[u8],
     ) -> Result<(), OperationError> {
+        let key = openledger_signing::verify(public_key, signature, message)?;
         let owner = self
             .lookup_accounts(&[account])
             .await?
             .pop()
             .ok_or_else(|| refused(operation, format!("account {account} does not exist")))?;
-        let key: [u8; 32] = public_key.try_into().map_err(|_| refused(operation, "public_key must be 32 bytes"))?;
         if owner.owner != Owner::Key(key) {
-            return Err(refused(operation, format!("the key does not own account {account}")));
+            return Err(OperationError::NotOwner { operation, account });
         }
-        let signature: [u8; 64] = signature.try_into().map_err(|_| refused(operation, "signature must be 64 bytes"))?;
-        VerifyingKey::from_bytes(&key)
-            .and_then(|key| key.verify_strict(message, &Signature::from_bytes(&signature)))
-            .map_err(|_| refused(operation, "the signature does not verify"))
+        Ok(())
     }
 
     /// Records a proposal; repeating the same proposal id returns it unchanged.
@@ -232,15 +221,9 @@ impl Ledger {
         if let Some(existing) = self.proposal(proposal_id).await? {
             return Ok(existing);
         }
+        let message = openledger_signing::proposal_message(proposal_id, proposer, &parameters.into());
+        self.check_signature(operation, proposer, public_key, signature, &message).await?;
         validate_parameters(parameters).map_err(|reason| refused(operation, reason))?;
-        self.check_signature(
-            operation,
-            proposer,
-            public_key,
-            signature,
-            &proposal_message(proposal_id, proposer, parameters),
-        )
-        .await?;
         let staked = self.staked(proposer).await?;
         if staked < rules.proposal_threshold {
             return Err(refused(
@@ -280,6 +263,8 @@ impl Ledger {
         now_ns: u64,
     ) -> Result<ProposalView, OperationError> {
         let operation = "voting";
+        let message = openledger_signing::vote_message(proposal_id, account, approve);
+        self.check_signature(operation, account, public_key, signature, &message).await?;
         let current = self
             .proposal(proposal_id)
             .await?
@@ -287,8 +272,6 @@ impl Ledger {
         if current.state != ProposalState::Voting || now_ns >= current.voting_ends_ns {
             return Err(refused(operation, "voting on this proposal has ended"));
         }
-        self.check_signature(operation, account, public_key, signature, &vote_message(proposal_id, account, approve))
-            .await?;
         let key = (proposal_id.to_owned(), account.to_be_bytes().to_vec());
         if let Some(existing) = vote::Entity::find_by_id(key).one(self.db()).await.map_err(LedgerError::from)? {
             if existing.approve != approve {

@@ -90,6 +90,12 @@ pub enum OperationError {
     Ledger(#[from] LedgerError),
     #[error("{operation} refused: {reason}")]
     Refused { operation: &'static str, reason: String },
+    /// The request's signature is missing, malformed or does not verify.
+    #[error(transparent)]
+    Unauthenticated(#[from] openledger_signing::SigningError),
+    /// The signature verifies, but its key does not own the account.
+    #[error("{operation} refused: the key does not own account {account}: sign with the account owner's key")]
+    NotOwner { operation: &'static str, account: u128 },
 }
 
 fn refused(operation: &'static str, reason: impl Into<String>) -> OperationError {

@@ -1173,10 +1173,14 @@ async fn balances_can_be_read_as_they_stood_at_any_moment() {
 
 #[tokio::test]
 async fn stakers_govern_the_parameters_by_signed_stake_weighted_votes() {
-    use ed25519_dalek::{Signer, SigningKey};
+    use ed25519_dalek::SigningKey;
     use openledger_ledger::{
-        governance::{GovernanceRules, ProposalState, proposal_message, vote_message},
-        operations::Economics,
+        governance::{GovernanceRules, ProposalState},
+        operations::{Economics, OperationError},
+    };
+    use openledger_signing::{SigningError, vote_message};
+    let proposal_message = |id: &str, proposer: u128, parameters: &Economics| {
+        openledger_signing::proposal_message(id, proposer, &parameters.into())
     };
 
     let f = fixture().await;
@@ -1198,17 +1202,32 @@ async fn stakers_govern_the_parameters_by_signed_stake_weighted_votes() {
         Economics { model_owner_bps: 2_500, stakers_bps: 2_500, contributors_bps: 5_000, ..Economics::default() };
     let t = Ledger::now_ns();
 
-    let sign =
-        |who: usize, message: Vec<u8>| (keys[who].verifying_key().to_bytes(), keys[who].sign(&message).to_bytes());
+    let sign = |who: usize, message: Vec<u8>| {
+        let signed = openledger_signing::sign(&keys[who], &message);
+        (signed.public_key, signed.signature)
+    };
     let (key, signature) = sign(1, proposal_message("p-1", ids[1], &proposed));
     let (other, forged) = sign(0, proposal_message("p-1", ids[1], &proposed));
     assert!(
-        f.ledger.submit_proposal_at("p-1", ids[1], &proposed, "", &other, &forged, &rules, t).await.is_err(),
+        matches!(
+            f.ledger.submit_proposal_at("p-1", ids[1], &proposed, "", &other, &forged, &rules, t).await,
+            Err(OperationError::NotOwner { .. })
+        ),
         "alice's key does not own bob's account"
+    );
+    assert!(
+        matches!(
+            f.ledger.submit_proposal_at("p-1", ids[1], &proposed, "", &key, &forged, &rules, t).await,
+            Err(OperationError::Unauthenticated(SigningError::DoesNotVerify { .. }))
+        ),
+        "alice's signature under bob's key does not verify"
     );
     let tampered = Economics { stakers_bps: 2_400, contributors_bps: 5_100, ..proposed };
     assert!(
-        f.ledger.submit_proposal_at("p-1", ids[1], &tampered, "", &key, &signature, &rules, t).await.is_err(),
+        matches!(
+            f.ledger.submit_proposal_at("p-1", ids[1], &tampered, "", &key, &signature, &rules, t).await,
+            Err(OperationError::Unauthenticated(SigningError::DoesNotVerify { .. }))
+        ),
         "the signature covers the parameters"
     );
     let invalid = Economics { model_owner_bps: 9_000, ..proposed };
