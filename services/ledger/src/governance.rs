@@ -18,13 +18,13 @@ use serde_json::json;
 use crate::{
     books::{Ledger, LedgerError},
     entities::{account, parameters, proposal, vote},
-    model::Owner,
+    limits::{MAX_PROPOSAL_RATIONALE_CHARS, NANOS_PER_SECOND as NANOS},
+    model::{Owner, stored_enum},
     operations::{Economics, OperationError},
     staking::codes,
 };
 
 pub const SUBJECT_PROPOSAL_EXECUTED: &str = "ol.ledger.proposal.executed";
-const NANOS: u64 = 1_000_000_000;
 
 /// How proposals are decided (fixed by configuration, not themselves governed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,33 +49,17 @@ impl Default for GovernanceRules {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProposalState {
-    Voting,
-    Passed,
-    Rejected,
-    Executed,
+stored_enum! {
+    /// Where a proposal stands (`ledger_proposals.state`).
+    pub enum ProposalState {
+        Voting = 0,
+        Passed = 1,
+        Rejected = 2,
+        Executed = 3,
+    }
 }
 
 impl ProposalState {
-    fn code(self) -> i16 {
-        match self {
-            Self::Voting => 0,
-            Self::Passed => 1,
-            Self::Rejected => 2,
-            Self::Executed => 3,
-        }
-    }
-
-    fn from_code(code: i16) -> Self {
-        match code {
-            1 => Self::Passed,
-            2 => Self::Rejected,
-            3 => Self::Executed,
-            _ => Self::Voting,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Voting => "voting",
@@ -169,8 +153,15 @@ pub fn vote_message(proposal_id: &str, account: u128, approve: bool) -> Vec<u8> 
     format!("openledger/vote/v1\n{proposal_id}\n{account}\n{}", if approve { "yes" } else { "no" }).into_bytes()
 }
 
-fn decode_u128(bytes: &[u8]) -> u128 {
-    <[u8; 16]>::try_from(bytes).map(u128::from_be_bytes).unwrap_or(0)
+fn decode_u128(bytes: &[u8]) -> Result<u128, LedgerError> {
+    <[u8; 16]>::try_from(bytes)
+        .map(u128::from_be_bytes)
+        .map_err(|_| LedgerError::Corrupt(format!("a u128 column holds {} bytes", bytes.len())))
+}
+
+/// A stored nanosecond timestamp or epoch (written from a `u64`) read back.
+fn decode_u64(value: i64, column: &str) -> Result<u64, LedgerError> {
+    u64::try_from(value).map_err(|_| LedgerError::Corrupt(format!("{column} holds {value}")))
 }
 
 impl Ledger {
@@ -253,7 +244,7 @@ impl Ledger {
             id: Set(proposal_id.to_owned()),
             proposer: Set(proposer.to_be_bytes().to_vec()),
             parameters: Set(parameters_json(parameters)),
-            rationale: Set(rationale.chars().take(10_000).collect()),
+            rationale: Set(rationale.chars().take(MAX_PROPOSAL_RATIONALE_CHARS).collect()),
             created_at: Set(i64::try_from(now_ns).unwrap_or(i64::MAX)),
             voting_ends: Set(i64::try_from(voting_ends).unwrap_or(i64::MAX)),
             executable_after: Set(i64::try_from(
@@ -317,17 +308,24 @@ impl Ledger {
             return Ok(None);
         };
         let votes = vote::Entity::find().filter(vote::Column::ProposalId.eq(proposal_id)).all(self.db()).await?;
-        let tally = |approve: bool| votes.iter().filter(|v| v.approve == approve).map(|v| decode_u128(&v.weight)).sum();
+        let tally = |approve: bool| -> Result<u128, LedgerError> {
+            votes.iter().filter(|v| v.approve == approve).map(|v| decode_u128(&v.weight)).sum()
+        };
+        let state = ProposalState::try_from(row.state)
+            .map_err(|code| LedgerError::Corrupt(format!("proposal {proposal_id:?} has state {code}")))?;
         Ok(Some(ProposalView {
             id: row.id.clone(),
-            proposer: decode_u128(&row.proposer),
+            proposer: decode_u128(&row.proposer)?,
             parameters: parse_parameters(&row.parameters)?,
-            state: ProposalState::from_code(row.state),
-            votes_for: tally(true),
-            votes_against: tally(false),
-            voting_ends_ns: row.voting_ends as u64,
-            executable_after_ns: row.executable_after as u64,
-            effective_from_epoch: row.effective_from_epoch.map(|epoch| epoch as u64),
+            state,
+            votes_for: tally(true)?,
+            votes_against: tally(false)?,
+            voting_ends_ns: decode_u64(row.voting_ends, "ledger_proposals.voting_ends")?,
+            executable_after_ns: decode_u64(row.executable_after, "ledger_proposals.executable_after")?,
+            effective_from_epoch: row
+                .effective_from_epoch
+                .map(|epoch| decode_u64(epoch, "ledger_proposals.effective_from_epoch"))
+                .transpose()?,
         }))
     }
 
@@ -337,10 +335,9 @@ impl Ledger {
             .filter(account::Column::Code.eq(i32::from(codes::STAKE_ACCOUNT)))
             .all(self.db())
             .await?;
-        Ok(rows
-            .iter()
-            .map(|row| decode_u128(&row.credits_posted).saturating_sub(decode_u128(&row.debits_posted)))
-            .sum())
+        rows.iter()
+            .map(|row| Ok(decode_u128(&row.credits_posted)?.saturating_sub(decode_u128(&row.debits_posted)?)))
+            .sum()
     }
 
     /// Decides proposals whose voting ended and executes passed ones whose timelock ended;
