@@ -108,13 +108,14 @@ fn parse_parameters(text: &str) -> Result<Economics, LedgerError> {
     let corrupt = || LedgerError::Corrupt(format!("stored parameters are not valid: {text}"));
     let value: serde_json::Value = serde_json::from_str(text).map_err(|_| corrupt())?;
     let number = |key: &str| value[key].as_u64().ok_or_else(corrupt);
+    let basis_points = |key: &str| u32::try_from(number(key)?).map_err(|_| corrupt());
     let amount = |key: &str| value[key].as_str().and_then(|text| text.parse::<u128>().ok()).ok_or_else(corrupt);
     Ok(Economics {
-        model_owner_bps: number("model_owner_bps")? as u32,
-        stakers_bps: number("stakers_bps")? as u32,
-        contributors_bps: number("contributors_bps")? as u32,
+        model_owner_bps: basis_points("model_owner_bps")?,
+        stakers_bps: basis_points("stakers_bps")?,
+        contributors_bps: basis_points("contributors_bps")?,
         platform_fee: amount("platform_fee")?,
-        slashing_bps: number("slashing_bps")? as u32,
+        slashing_bps: basis_points("slashing_bps")?,
         minimum_stake: amount("minimum_stake")?,
         unbonding_seconds: number("unbonding_seconds")?,
         epoch_seconds: number("epoch_seconds")?,
