@@ -18,9 +18,9 @@ use serde_json::json;
 use crate::{
     books::{Ledger, LedgerError},
     entities::{account, parameters, proposal, vote},
-    limits::{MAX_PROPOSAL_RATIONALE_CHARS, NANOS_PER_SECOND as NANOS},
+    limits::{BASIS_POINTS_TOTAL, MAX_EPOCH_SECONDS, MAX_PROPOSAL_RATIONALE_CHARS, NANOS_PER_SECOND as NANOS},
     model::{Owner, stored_enum},
-    operations::{Economics, OperationError},
+    operations::{Economics, OperationError, bps_share},
     staking::codes,
 };
 
@@ -125,16 +125,16 @@ fn parse_parameters(text: &str) -> Result<Economics, LedgerError> {
 /// Checks a proposed parameter set; the reason says what is wrong.
 pub fn validate_parameters(parameters: &Economics) -> Result<(), String> {
     let shares = parameters.model_owner_bps + parameters.stakers_bps + parameters.contributors_bps;
-    if shares != 10_000 {
+    if shares != BASIS_POINTS_TOTAL {
         return Err(format!("β + γ + δ must be 10000 basis points (100%), got {shares}"));
     }
-    if parameters.slashing_bps > 10_000 {
+    if parameters.slashing_bps > BASIS_POINTS_TOTAL {
         return Err("the slashing rate is at most 10000 basis points".into());
     }
     if parameters.minimum_stake == 0 {
         return Err("the minimum stake must be positive".into());
     }
-    let year = 365 * 86_400;
+    let year = MAX_EPOCH_SECONDS;
     if !(1..=year).contains(&parameters.epoch_seconds) || parameters.unbonding_seconds > year {
         return Err(format!("epoch length must be 1..={year} seconds and unbonding at most {year}"));
     }
@@ -355,8 +355,7 @@ impl Ledger {
         for row in decided {
             let view = self.proposal(&row.id).await?.expect("exists");
             let cast = view.votes_for.saturating_add(view.votes_against);
-            let quorum =
-                total / 10_000 * u128::from(rules.quorum_bps) + total % 10_000 * u128::from(rules.quorum_bps) / 10_000;
+            let quorum = bps_share(total, rules.quorum_bps);
             let passed = cast >= quorum && cast > 0 && view.votes_for > view.votes_against;
             let state = if passed { ProposalState::Passed } else { ProposalState::Rejected };
             proposal::ActiveModel { id: Set(row.id.clone()), state: Set(state.code()), ..Default::default() }

@@ -33,6 +33,8 @@ pub const MAX_GENESIS_ALLOCATIONS: usize = 50;
 /// 100% in basis points: allocations and fee shares sum to this.
 pub const BASIS_POINTS_TOTAL: u32 = 10_000;
 pub const NANOS_PER_SECOND: u64 = 1_000_000_000;
+/// The longest epoch, and the longest unbonding period, governance may set: a year.
+pub const MAX_EPOCH_SECONDS: u64 = 365 * 86_400;
 /// How often the service voids expired holds, pays back unbonded stakes, closes epochs and
 /// advances governance.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
