@@ -187,6 +187,12 @@ impl Working<'_> {
         if (self.reserved_debit)(transfer.debit_account_id) {
             return R::ReservedAccount;
         }
+        self.post_or_hold(transfer)
+    }
+
+    /// Moves a checked single-phase or pending transfer's amount between its accounts, if
+    /// they exist on its ledger and their limits allow it.
+    fn post_or_hold(&mut self, transfer: &Transfer) -> CreateTransferResult {
         let (Some(mut debit), Some(mut credit)) = (
             self.books.accounts.get(&transfer.debit_account_id).copied(),
             self.books.accounts.get(&transfer.credit_account_id).copied(),
