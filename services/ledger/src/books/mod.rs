@@ -4,13 +4,13 @@
 //! Writers are serial: a process-wide mutex, and on PostgreSQL a row lock that replicas share.
 //!
 //! Where each concern lives:
-//! - [`rows`]: table rows ⇄ domain values, and the one way to load rows by id;
-//! - [`ids`]: ids the service derives (system transfers, operation keys);
-//! - [`write`]: applying batches of accounts and transfers, expiring holds;
-//! - [`queries`]: lookups, account history, balances in the past, `ledger_meta`;
-//! - [`genesis`]: the system accounts and the one mint of the supply;
-//! - [`journal`]: the hash chain, its format, and the JSON-lines export;
-//! - [`verify`]: recomputing the chain and replaying every balance.
+//! - `rows`: table rows ⇄ domain values, and the one way to load rows by id;
+//! - `ids`: ids the service derives (system transfers, operation keys);
+//! - `write`: applying batches of accounts and transfers, expiring holds;
+//! - `queries`: lookups, account history, balances in the past, `ledger_meta`;
+//! - `genesis`: the system accounts and the one mint of the supply;
+//! - `journal`: the hash chain, its format, and the JSON-lines export;
+//! - `verify`: recomputing the chain and replaying every balance.
 
 mod genesis;
 mod ids;
