@@ -125,13 +125,13 @@ fn parse_amount(text: &str) -> Result<Amount, String> {
 }
 
 pub async fn run(command: DatanetCommand, config: &Config) -> anyhow::Result<bool> {
-    let url = config
-        .datanet_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}:{}", config.listen_host, config.grpc_port(ServiceKind::DatanetIngest)));
-    let channel = Channel::from_shared(url.clone())?.connect().await.map_err(|error| {
-        anyhow::anyhow!("cannot reach datanet-ingest at {url}: {error}; is `openledger dev` running?")
-    })?;
+    run_command(command, config).await.map_err(|error| {
+        crate::unreachable(ServiceKind::DatanetIngest, "--datanet-url", "OPENLEDGER_DATANET_URL", error)
+    })
+}
+
+async fn run_command(command: DatanetCommand, config: &Config) -> anyhow::Result<bool> {
+    let channel = crate::service_channel(ServiceKind::DatanetIngest, config.datanet_url.clone(), config)?;
     let mut client = DatanetServiceClient::new(channel);
     match command {
         DatanetCommand::Create {

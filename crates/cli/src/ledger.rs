@@ -1,10 +1,14 @@
 //! `openledger ledger …`: balances, transfers and history through the ledger's gRPC API, and
 //! `verify`, which checks the journal straight from the database (no running service needed).
 
-use clap::Subcommand;
-use openledger_core::{Amount, Config};
+use clap::{Args, Subcommand};
+use openledger_core::{Amount, Config, ServiceKind};
+use openledger_ledger::limits::NANOS_PER_SECOND;
 use openledger_proto::{common::v1::Uint128, ledger::v1 as pb};
 use openledger_proto::{u128_of as unwire, uint128 as wire};
+use openledger_signing::StakeAction;
+
+use crate::flags::{DatabaseFlags, LedgerUrlFlags, SettingFlags};
 
 #[derive(Subcommand)]
 pub enum LedgerCommand {
@@ -16,6 +20,8 @@ pub enum LedgerCommand {
         /// Balances as they stood at this moment (Unix seconds) instead of now
         #[arg(long)]
         at: Option<u64>,
+        #[command(flatten)]
+        settings: LedgerUrlFlags,
     },
     /// Move OPEN between two accounts (retry with the same --id: it is applied once)
     Transfer {
@@ -35,6 +41,8 @@ pub enum LedgerCommand {
         /// With --pending: seconds after which the hold expires
         #[arg(long, default_value_t = 0)]
         timeout_seconds: u32,
+        #[command(flatten)]
+        settings: LedgerUrlFlags,
     },
     /// List an account's transfers, oldest first
     History {
@@ -45,65 +53,20 @@ pub enum LedgerCommand {
         /// Cursor printed by the previous page
         #[arg(long, default_value = "")]
         after: String,
+        #[command(flatten)]
+        settings: LedgerUrlFlags,
     },
     /// Stake OPEN from an account (retry with the same --operation-id: it is applied once)
-    Stake {
-        #[arg(long, value_parser = parse_id)]
-        account: u128,
-        #[arg(long, value_parser = parse_amount)]
-        amount: Amount,
-        #[arg(long)]
-        operation_id: String,
-        /// Sign with the account owner's key (as `keygen` writes it)
-        #[arg(long, value_name = "FILE")]
-        key_file: Option<std::path::PathBuf>,
-    },
+    Stake(StakeArgs),
     /// Start unbonding staked OPEN; it comes back after the unbonding period
-    Unstake {
-        #[arg(long, value_parser = parse_id)]
-        account: u128,
-        #[arg(long, value_parser = parse_amount)]
-        amount: Amount,
-        #[arg(long)]
-        operation_id: String,
-        /// Sign with the account owner's key (as `keygen` writes it)
-        #[arg(long, value_name = "FILE")]
-        key_file: Option<std::path::PathBuf>,
-    },
+    Unstake(StakeArgs),
     /// Make an ed25519 key pair: the secret goes to FILE (mode 0600), the public key is printed
     Keygen {
         #[arg(long, value_name = "FILE")]
         out: std::path::PathBuf,
     },
     /// Propose new economic parameters (unchanged ones keep their current value), signed
-    Propose {
-        #[arg(long)]
-        id: String,
-        /// The proposer's account (it must hold the proposal threshold in stake)
-        #[arg(long, value_parser = parse_id)]
-        account: u128,
-        /// File with the account owner's ed25519 secret key (hex), as `keygen` writes it
-        #[arg(long, value_name = "FILE")]
-        key_file: std::path::PathBuf,
-        #[arg(long)]
-        model_owner_bps: Option<u32>,
-        #[arg(long)]
-        stakers_bps: Option<u32>,
-        #[arg(long)]
-        contributors_bps: Option<u32>,
-        #[arg(long, value_parser = parse_amount)]
-        platform_fee: Option<Amount>,
-        #[arg(long)]
-        slashing_bps: Option<u32>,
-        #[arg(long, value_parser = parse_amount)]
-        minimum_stake: Option<Amount>,
-        #[arg(long)]
-        unbonding_seconds: Option<u64>,
-        #[arg(long)]
-        epoch_seconds: Option<u64>,
-        #[arg(long, default_value = "")]
-        rationale: String,
-    },
+    Propose(ProposeArgs),
     /// Vote on a proposal with an account's stake, signed
     Vote {
         #[arg(long)]
@@ -115,9 +78,14 @@ pub enum LedgerCommand {
         /// Vote yes (without it: no)
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        settings: LedgerUrlFlags,
     },
     /// Recompute the journal's hash chain and replay every transfer, from the database
-    Verify,
+    Verify {
+        #[command(flatten)]
+        settings: DatabaseFlags,
+    },
     /// Write the journal and per-epoch Merkle roots as JSON lines, from the database
     Export {
         /// Output file ("-" for standard output)
@@ -126,7 +94,74 @@ pub enum LedgerCommand {
         /// Epoch length for the Merkle roots
         #[arg(long, default_value_t = 86_400)]
         epoch_seconds: u64,
+        #[command(flatten)]
+        settings: DatabaseFlags,
     },
+}
+
+/// `stake` and `unstake`: the same request, opposite directions.
+#[derive(Args)]
+pub struct StakeArgs {
+    #[arg(long, value_parser = parse_id)]
+    account: u128,
+    #[arg(long, value_parser = parse_amount)]
+    amount: Amount,
+    #[arg(long)]
+    operation_id: String,
+    /// Sign with the account owner's key (as `keygen` writes it)
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    settings: LedgerUrlFlags,
+}
+
+#[derive(Args)]
+pub struct ProposeArgs {
+    #[arg(long)]
+    id: String,
+    /// The proposer's account (it must hold the proposal threshold in stake)
+    #[arg(long, value_parser = parse_id)]
+    account: u128,
+    /// File with the account owner's ed25519 secret key (hex), as `keygen` writes it
+    #[arg(long, value_name = "FILE")]
+    key_file: std::path::PathBuf,
+    #[arg(long)]
+    model_owner_bps: Option<u32>,
+    #[arg(long)]
+    stakers_bps: Option<u32>,
+    #[arg(long)]
+    contributors_bps: Option<u32>,
+    #[arg(long, value_parser = parse_amount)]
+    platform_fee: Option<Amount>,
+    #[arg(long)]
+    slashing_bps: Option<u32>,
+    #[arg(long, value_parser = parse_amount)]
+    minimum_stake: Option<Amount>,
+    #[arg(long)]
+    unbonding_seconds: Option<u64>,
+    #[arg(long)]
+    epoch_seconds: Option<u64>,
+    #[arg(long, default_value = "")]
+    rationale: String,
+    #[command(flatten)]
+    settings: LedgerUrlFlags,
+}
+
+impl LedgerCommand {
+    /// The setting flags given after the command.
+    pub fn settings(&self) -> Option<&dyn SettingFlags> {
+        match self {
+            Self::Balance { settings, .. }
+            | Self::Transfer { settings, .. }
+            | Self::History { settings, .. }
+            | Self::Stake(StakeArgs { settings, .. })
+            | Self::Unstake(StakeArgs { settings, .. })
+            | Self::Propose(ProposeArgs { settings, .. })
+            | Self::Vote { settings, .. } => Some(settings),
+            Self::Verify { settings } | Self::Export { settings, .. } => Some(settings),
+            Self::Keygen { .. } => None,
+        }
+    }
 }
 
 fn parse_id(text: &str) -> Result<u128, String> {
@@ -152,197 +187,215 @@ fn result_name(code: i32) -> String {
         .unwrap_or_else(|_| format!("unknown ({code})"))
 }
 
+type LedgerClient = pb::ledger_service_client::LedgerServiceClient<tonic::transport::Channel>;
+
 /// Runs a ledger command; the exit code follows the outcome.
 pub async fn run(command: LedgerCommand, config: &Config) -> anyhow::Result<bool> {
-    match command {
-        LedgerCommand::Keygen { out } => return keygen(&out),
-        LedgerCommand::Verify => return verify(config).await,
-        LedgerCommand::Export { out, epoch_seconds } => return export(config, &out, epoch_seconds).await,
-        _ => {}
-    }
-    let url = config.ledger_url.clone().unwrap_or_else(|| {
-        format!("http://{}:{}", config.listen_host, config.grpc_port(openledger_core::ServiceKind::Ledger))
-    });
-    let mut client = pb::ledger_service_client::LedgerServiceClient::connect(url.clone())
+    run_command(command, config)
         .await
-        .map_err(|error| anyhow::anyhow!("cannot reach the ledger at {url}: {error}; is `openledger dev` running?"))?;
+        .map_err(|error| crate::unreachable(ServiceKind::Ledger, "--ledger-url", "OPENLEDGER_LEDGER_URL", error))
+}
+
+async fn run_command(command: LedgerCommand, config: &Config) -> anyhow::Result<bool> {
     match command {
-        LedgerCommand::Balance { accounts, at } => {
-            let found = match at {
-                None => {
-                    let ids = accounts.iter().map(|id| wire(*id).expect("some")).collect();
-                    client.lookup_accounts(pb::LookupAccountsRequest { ids }).await?.into_inner().accounts
-                }
-                Some(seconds) => {
-                    let mut found = Vec::new();
-                    for id in &accounts {
-                        let request = pb::LookupAccountAtRequest {
-                            account_id: wire(*id),
-                            timestamp: seconds.saturating_mul(1_000_000_000),
-                        };
-                        match client.lookup_account_at(request).await {
-                            Ok(account) => found.push(account.into_inner()),
-                            Err(status) if status.code() == tonic::Code::NotFound => {}
-                            Err(status) => return Err(status.into()),
-                        }
-                    }
-                    found
-                }
-            };
-            println!("{:<40} {:>28} {:>28} {:>28}", "account", "balance (OPEN)", "pending debits", "pending credits");
-            for id in &accounts {
-                match found.iter().find(|account| unwire(account.id.as_ref()) == *id) {
-                    Some(account) => {
-                        let credits = unwire(account.credits_posted.as_ref());
-                        let debits = unwire(account.debits_posted.as_ref());
-                        let balance = if credits >= debits {
-                            Amount::from_base_units(credits - debits).to_string()
-                        } else {
-                            format!("-{}", Amount::from_base_units(debits - credits))
-                        };
-                        println!(
-                            "{id:<40} {balance:>28} {:>28} {:>28}",
-                            open(account.debits_pending.as_ref()),
-                            open(account.credits_pending.as_ref())
-                        );
-                    }
-                    None => println!("{id:<40} {:>28}", "not found"),
+        LedgerCommand::Keygen { out } => keygen(&out),
+        LedgerCommand::Verify { .. } => verify(config).await,
+        LedgerCommand::Export { out, epoch_seconds, .. } => export(config, &out, epoch_seconds).await,
+        LedgerCommand::Balance { accounts, at, .. } => balance(&mut client(config)?, &accounts, at).await,
+        LedgerCommand::Transfer { from, to, amount, id, pending, timeout_seconds, .. } => {
+            let hold = pending.then_some(timeout_seconds);
+            transfer(&mut client(config)?, from, to, amount, id, hold).await
+        }
+        LedgerCommand::History { account, limit, after, .. } => {
+            history(&mut client(config)?, account, limit, after).await
+        }
+        LedgerCommand::Stake(args) => stake(&mut client(config)?, StakeAction::Stake, args).await,
+        LedgerCommand::Unstake(args) => stake(&mut client(config)?, StakeAction::Unstake, args).await,
+        LedgerCommand::Propose(args) => propose(&mut client(config)?, args).await,
+        LedgerCommand::Vote { proposal, account, key_file, yes, .. } => {
+            vote(&mut client(config)?, proposal, account, &key_file, yes).await
+        }
+    }
+}
+
+/// The ledger's gRPC client, at the address the runtime resolves for services.
+fn client(config: &Config) -> anyhow::Result<LedgerClient> {
+    Ok(LedgerClient::new(crate::service_channel(ServiceKind::Ledger, config.ledger_url.clone(), config)?))
+}
+
+async fn balance(client: &mut LedgerClient, accounts: &[u128], at: Option<u64>) -> anyhow::Result<bool> {
+    let found = match at {
+        None => {
+            let ids = accounts.iter().map(|id| wire(*id).expect("some")).collect();
+            client.lookup_accounts(pb::LookupAccountsRequest { ids }).await?.into_inner().accounts
+        }
+        Some(seconds) => {
+            let mut found = Vec::new();
+            for id in accounts {
+                let request = pb::LookupAccountAtRequest {
+                    account_id: wire(*id),
+                    timestamp: seconds.saturating_mul(NANOS_PER_SECOND),
+                };
+                match client.lookup_account_at(request).await {
+                    Ok(account) => found.push(account.into_inner()),
+                    Err(status) if status.code() == tonic::Code::NotFound => {}
+                    Err(status) => return Err(status.into()),
                 }
             }
-            Ok(found.len() == accounts.len())
+            found
         }
-        LedgerCommand::Transfer { from, to, amount, id, pending, timeout_seconds } => {
-            let id = id.unwrap_or_else(|| u128::from_be_bytes(*openledger_core::Id::new().as_uuid().as_bytes()));
-            let flags = if pending { vec![pb::TransferFlag::Pending as i32] } else { Vec::new() };
-            let transfer = pb::Transfer {
-                id: wire(id),
-                debit_account_id: wire(from),
-                credit_account_id: wire(to),
-                amount: wire(amount.base_units()),
-                ledger: openledger_ledger::model::OPEN_LEDGER,
-                flags,
-                timeout_seconds,
-                ..Default::default()
-            };
-            let results = client
-                .create_transfers(pb::CreateTransfersRequest { transfers: vec![transfer] })
-                .await?
-                .into_inner()
-                .results;
-            let result = results.first().map_or("missing".to_owned(), |r| result_name(r.result));
-            println!("transfer {id}: {result}");
-            Ok(result == "ok" || result == "exists")
-        }
-        LedgerCommand::History { account, limit, after } => {
-            let page = openledger_proto::common::v1::PageRequest { page_size: limit, page_token: after };
-            let response = client
-                .get_account_transfers(pb::GetAccountTransfersRequest { account_id: wire(account), page: Some(page) })
-                .await?
-                .into_inner();
-            println!("{:<40} {:<40} {:<40} {:>24}", "transfer", "debit", "credit", "amount (OPEN)");
-            for transfer in &response.transfers {
+    };
+    println!("{:<40} {:>28} {:>28} {:>28}", "account", "balance (OPEN)", "pending debits", "pending credits");
+    for id in accounts {
+        match found.iter().find(|account| unwire(account.id.as_ref()) == *id) {
+            Some(account) => {
+                let credits = unwire(account.credits_posted.as_ref());
+                let debits = unwire(account.debits_posted.as_ref());
+                let balance = if credits >= debits {
+                    Amount::from_base_units(credits - debits).to_string()
+                } else {
+                    format!("-{}", Amount::from_base_units(debits - credits))
+                };
                 println!(
-                    "{:<40} {:<40} {:<40} {:>24}",
-                    unwire(transfer.id.as_ref()),
-                    unwire(transfer.debit_account_id.as_ref()),
-                    unwire(transfer.credit_account_id.as_ref()),
-                    open(transfer.amount.as_ref())
+                    "{id:<40} {balance:>28} {:>28} {:>28}",
+                    open(account.debits_pending.as_ref()),
+                    open(account.credits_pending.as_ref())
                 );
             }
-            if let Some(next) = response.page.map(|page| page.next_page_token).filter(|token| !token.is_empty()) {
-                println!("more: --after {next}");
-            }
-            Ok(true)
-        }
-        LedgerCommand::Stake { account, amount, operation_id, key_file } => {
-            let signature = staking_signature("stake", &operation_id, account, amount, key_file)?;
-            let request = pb::StakeRequest {
-                operation_id,
-                account_id: wire(account),
-                amount: wire(amount.base_units()),
-                signature,
-            };
-            let total = client.stake(request).await?.into_inner().staked_total;
-            println!("staked: {} OPEN", open(total.as_ref()));
-            Ok(true)
-        }
-        LedgerCommand::Unstake { account, amount, operation_id, key_file } => {
-            let signature = staking_signature("unstake", &operation_id, account, amount, key_file)?;
-            let request = pb::UnstakeRequest {
-                operation_id,
-                account_id: wire(account),
-                amount: wire(amount.base_units()),
-                signature,
-            };
-            let release = client.unstake(request).await?.into_inner().unbonded_at_unix_seconds;
-            println!("unbonding: paid back at {release} (Unix seconds)");
-            Ok(true)
-        }
-        LedgerCommand::Propose {
-            id,
-            account,
-            key_file,
-            model_owner_bps,
-            stakers_bps,
-            contributors_bps,
-            platform_fee,
-            slashing_bps,
-            minimum_stake,
-            unbonding_seconds,
-            epoch_seconds,
-            rationale,
-        } => {
-            let key = read_key(&key_file)?;
-            let current = client.get_parameters(pb::GetParametersRequest::default()).await?.into_inner();
-            let parameters = openledger_ledger::operations::Economics {
-                model_owner_bps: model_owner_bps.unwrap_or(current.model_owner_bps),
-                stakers_bps: stakers_bps.unwrap_or(current.stakers_bps),
-                contributors_bps: contributors_bps.unwrap_or(current.contributors_bps),
-                platform_fee: platform_fee.map_or(unwire(current.platform_fee.as_ref()), Amount::base_units),
-                slashing_bps: slashing_bps.unwrap_or(current.slashing_bps),
-                minimum_stake: minimum_stake.map_or(unwire(current.minimum_stake.as_ref()), Amount::base_units),
-                unbonding_seconds: unbonding_seconds.unwrap_or(current.unbonding_seconds),
-                epoch_seconds: epoch_seconds.unwrap_or(current.epoch_seconds),
-            };
-            openledger_ledger::governance::validate_parameters(&parameters)
-                .map_err(|reason| anyhow::anyhow!(reason))?;
-            let message = openledger_signing::proposal_message(&id, account, &(&parameters).into());
-            let request = pb::SubmitProposalRequest {
-                proposal_id: id,
-                parameters: Some(pb::Parameters {
-                    model_owner_bps: parameters.model_owner_bps,
-                    stakers_bps: parameters.stakers_bps,
-                    contributors_bps: parameters.contributors_bps,
-                    platform_fee: wire(parameters.platform_fee),
-                    slashing_bps: parameters.slashing_bps,
-                    unbonding_seconds: parameters.unbonding_seconds,
-                    minimum_stake: wire(parameters.minimum_stake),
-                    epoch_seconds: parameters.epoch_seconds,
-                    effective_from_epoch: 0,
-                }),
-                rationale,
-                signature: Some(sign(&key, &message)),
-                proposer_account_id: wire(account),
-            };
-            print_proposal(&client.submit_proposal(request).await?.into_inner());
-            Ok(true)
-        }
-        LedgerCommand::Vote { proposal, account, key_file, yes } => {
-            let key = read_key(&key_file)?;
-            let message = openledger_signing::vote_message(&proposal, account, yes);
-            let request = pb::CastVoteRequest {
-                proposal_id: proposal,
-                approve: yes,
-                signature: Some(sign(&key, &message)),
-                account_id: wire(account),
-            };
-            print_proposal(&client.cast_vote(request).await?.into_inner());
-            Ok(true)
-        }
-        LedgerCommand::Keygen { .. } | LedgerCommand::Verify | LedgerCommand::Export { .. } => {
-            unreachable!("handled above")
+            None => println!("{id:<40} {:>28}", "not found"),
         }
     }
+    Ok(found.len() == accounts.len())
+}
+
+/// `hold`: `Some(timeout_seconds)` to hold the amount instead of moving it.
+async fn transfer(
+    client: &mut LedgerClient,
+    from: u128,
+    to: u128,
+    amount: Amount,
+    id: Option<u128>,
+    hold: Option<u32>,
+) -> anyhow::Result<bool> {
+    let id = id.unwrap_or_else(|| u128::from_be_bytes(*openledger_core::Id::new().as_uuid().as_bytes()));
+    let flags = if hold.is_some() { vec![pb::TransferFlag::Pending as i32] } else { Vec::new() };
+    let transfer = pb::Transfer {
+        id: wire(id),
+        debit_account_id: wire(from),
+        credit_account_id: wire(to),
+        amount: wire(amount.base_units()),
+        ledger: openledger_ledger::model::OPEN_LEDGER,
+        flags,
+        timeout_seconds: hold.unwrap_or(0),
+        ..Default::default()
+    };
+    let results =
+        client.create_transfers(pb::CreateTransfersRequest { transfers: vec![transfer] }).await?.into_inner().results;
+    let result = results.first().map_or("missing".to_owned(), |r| result_name(r.result));
+    println!("transfer {id}: {result}");
+    Ok(result == "ok" || result == "exists")
+}
+
+async fn history(client: &mut LedgerClient, account: u128, limit: u32, after: String) -> anyhow::Result<bool> {
+    let page = openledger_proto::common::v1::PageRequest { page_size: limit, page_token: after };
+    let response = client
+        .get_account_transfers(pb::GetAccountTransfersRequest { account_id: wire(account), page: Some(page) })
+        .await?
+        .into_inner();
+    println!("{:<40} {:<40} {:<40} {:>24}", "transfer", "debit", "credit", "amount (OPEN)");
+    for transfer in &response.transfers {
+        println!(
+            "{:<40} {:<40} {:<40} {:>24}",
+            unwire(transfer.id.as_ref()),
+            unwire(transfer.debit_account_id.as_ref()),
+            unwire(transfer.credit_account_id.as_ref()),
+            open(transfer.amount.as_ref())
+        );
+    }
+    if let Some(next) = response.page.map(|page| page.next_page_token).filter(|token| !token.is_empty()) {
+        println!("more: --after {next}");
+    }
+    Ok(true)
+}
+
+async fn stake(client: &mut LedgerClient, direction: StakeAction, args: StakeArgs) -> anyhow::Result<bool> {
+    let StakeArgs { account, amount, operation_id, key_file, .. } = args;
+    let signature = staking_signature(direction, &operation_id, account, amount, key_file)?;
+    let (account_id, amount) = (wire(account), wire(amount.base_units()));
+    match direction {
+        StakeAction::Stake => {
+            let request = pb::StakeRequest { operation_id, account_id, amount, signature };
+            let total = client.stake(request).await?.into_inner().staked_total;
+            println!("staked: {} OPEN", open(total.as_ref()));
+        }
+        StakeAction::Unstake => {
+            let request = pb::UnstakeRequest { operation_id, account_id, amount, signature };
+            let release = client.unstake(request).await?.into_inner().unbonded_at_unix_seconds;
+            println!("unbonding: paid back at {release} (Unix seconds)");
+        }
+    }
+    Ok(true)
+}
+
+/// The parameters in force with the proposal's changes applied.
+fn proposed_parameters(args: &ProposeArgs, current: &pb::Parameters) -> openledger_ledger::operations::Economics {
+    openledger_ledger::operations::Economics {
+        model_owner_bps: args.model_owner_bps.unwrap_or(current.model_owner_bps),
+        stakers_bps: args.stakers_bps.unwrap_or(current.stakers_bps),
+        contributors_bps: args.contributors_bps.unwrap_or(current.contributors_bps),
+        platform_fee: args.platform_fee.map_or(unwire(current.platform_fee.as_ref()), Amount::base_units),
+        slashing_bps: args.slashing_bps.unwrap_or(current.slashing_bps),
+        minimum_stake: args.minimum_stake.map_or(unwire(current.minimum_stake.as_ref()), Amount::base_units),
+        unbonding_seconds: args.unbonding_seconds.unwrap_or(current.unbonding_seconds),
+        epoch_seconds: args.epoch_seconds.unwrap_or(current.epoch_seconds),
+    }
+}
+
+async fn propose(client: &mut LedgerClient, args: ProposeArgs) -> anyhow::Result<bool> {
+    let key = read_key(&args.key_file)?;
+    let current = client.get_parameters(pb::GetParametersRequest::default()).await?.into_inner();
+    let parameters = proposed_parameters(&args, &current);
+    openledger_ledger::governance::validate_parameters(&parameters).map_err(|reason| anyhow::anyhow!(reason))?;
+    let ProposeArgs { id, account, rationale, .. } = args;
+    let message = openledger_signing::proposal_message(&id, account, &(&parameters).into());
+    let request = pb::SubmitProposalRequest {
+        proposal_id: id,
+        parameters: Some(pb::Parameters {
+            model_owner_bps: parameters.model_owner_bps,
+            stakers_bps: parameters.stakers_bps,
+            contributors_bps: parameters.contributors_bps,
+            platform_fee: wire(parameters.platform_fee),
+            slashing_bps: parameters.slashing_bps,
+            unbonding_seconds: parameters.unbonding_seconds,
+            minimum_stake: wire(parameters.minimum_stake),
+            epoch_seconds: parameters.epoch_seconds,
+            effective_from_epoch: 0,
+        }),
+        rationale,
+        signature: Some(sign(&key, &message)),
+        proposer_account_id: wire(account),
+    };
+    print_proposal(&client.submit_proposal(request).await?.into_inner());
+    Ok(true)
+}
+
+async fn vote(
+    client: &mut LedgerClient,
+    proposal: String,
+    account: u128,
+    key_file: &std::path::Path,
+    yes: bool,
+) -> anyhow::Result<bool> {
+    let key = read_key(key_file)?;
+    let message = openledger_signing::vote_message(&proposal, account, yes);
+    let request = pb::CastVoteRequest {
+        proposal_id: proposal,
+        approve: yes,
+        signature: Some(sign(&key, &message)),
+        account_id: wire(account),
+    };
+    print_proposal(&client.cast_vote(request).await?.into_inner());
+    Ok(true)
 }
 
 /// The ledger's books straight from the configured database (no running service needed).
@@ -418,14 +471,12 @@ pub(crate) fn read_key(path: &std::path::Path) -> anyhow::Result<ed25519_dalek::
 
 /// The owner's signature over a stake or unstake, when a key file is given.
 fn staking_signature(
-    kind: &str,
+    action: StakeAction,
     operation_id: &str,
     account: u128,
     amount: Amount,
     key_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<Option<openledger_proto::common::v1::Signature>> {
-    use openledger_signing::StakeAction;
-    let action = if kind == "unstake" { StakeAction::Unstake } else { StakeAction::Stake };
     let message = openledger_signing::staking_message(action, operation_id, account, amount.base_units());
     key_file.map(|path| read_key(&path).map(|key| sign(&key, &message))).transpose()
 }

@@ -3,15 +3,18 @@
 //! services against PostgreSQL, NATS JetStream and S3-compatible storage.
 
 mod datanet;
+mod flags;
 mod ledger;
 mod model;
 mod run;
 mod settings;
 
-use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+use flags::SettingFlags;
 use openledger_core::ServiceKind;
+use openledger_runtime::clients::ServiceChannel;
 
 const ABOUT: &str = "OpenLedger: pay people for the data that makes AI outputs good.";
 
@@ -24,27 +27,34 @@ In a cluster: openledger serve ledger
               (with DATABASE_URL=postgres://…, NATS_URL=nats://…, OBJECT_STORE_URL=s3://…)
 
 Every setting can come from a flag, an environment variable or a YAML file (--config);
-flags win over the environment, which wins over the file. `openledger config print` shows
+flags win over the environment, which wins over the file. Setting flags go before the
+command, or after it where its help lists them. `openledger config print` shows
 the effective settings and where each one came from.";
 
 #[derive(Parser)]
 #[command(name = "openledger", version, about = ABOUT, long_about = LONG_ABOUT, propagate_version = true)]
 struct Cli {
-    #[command(flatten)]
-    settings: SettingFlags,
     #[command(subcommand)]
     command: Command,
+    /// Settings given before the command.
+    #[command(flatten)]
+    settings: flags::AllFlags,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole platform in one process (SQLite, local files, in-process bus)
-    Dev,
+    Dev {
+        #[command(flatten)]
+        settings: flags::AllFlags,
+    },
     /// Run one or more services in this process, e.g. `serve ledger datanet-ingest`
     Serve {
         /// Services to run: ledger, datanet-ingest, attribution-worker, model-factory, inference-gateway
         #[arg(required = true, value_parser = parse_service)]
         services: Vec<ServiceKind>,
+        #[command(flatten)]
+        settings: flags::AllFlags,
     },
     /// Inspect the configuration
     #[command(subcommand)]
@@ -53,8 +63,12 @@ enum Command {
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
     /// Datanets: create, contribute files, review, publish versions, proofs, access grants
-    #[command(subcommand)]
-    Datanet(datanet::DatanetCommand),
+    Datanet {
+        #[command(subcommand)]
+        command: datanet::DatanetCommand,
+        #[command(flatten)]
+        settings: flags::DatanetUrlFlags,
+    },
     /// Models: inspect one, generate text with it and LoRA adapters on this machine
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -63,111 +77,36 @@ enum Command {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Print the effective configuration as YAML, with where each value came from
-    Print,
+    Print {
+        #[command(flatten)]
+        settings: flags::AllFlags,
+    },
+}
+
+impl Command {
+    /// The setting flags given after the command.
+    fn settings(&self) -> Option<&dyn SettingFlags> {
+        match self {
+            Self::Dev { settings } | Self::Serve { settings, .. } | Self::Config(ConfigCommand::Print { settings }) => {
+                Some(settings)
+            }
+            Self::Ledger(command) => command.settings(),
+            Self::Datanet { settings, .. } => Some(settings),
+            Self::Model(_) => None,
+        }
+    }
 }
 
 fn parse_service(text: &str) -> Result<ServiceKind, String> {
     text.parse()
 }
 
-/// Flags for every setting; each also reads its environment variable (see `settings.rs`).
-#[derive(Args)]
-struct SettingFlags {
-    /// YAML file with settings (lowest precedence) [env: OPENLEDGER_CONFIG]
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Directory of the embedded database and object store [env: OPENLEDGER_DATA_DIR] [default: .openledger]
-    #[arg(long, global = true, value_name = "DIR")]
-    data_dir: Option<String>,
-    /// sqlite://PATH or postgres://USER@HOST:PORT/DB [env: DATABASE_URL] [default: SQLite in the data dir]
-    #[arg(long, global = true, value_name = "URL")]
-    database_url: Option<String>,
-    /// nats://HOST:PORT for JetStream [env: NATS_URL] [default: in-process bus]
-    #[arg(long, global = true, value_name = "URL")]
-    nats_url: Option<String>,
-    /// file:///DIR, s3://BUCKET[/PREFIX] or memory:// [env: OBJECT_STORE_URL] [default: DATA_DIR/objects]
-    #[arg(long, global = true, value_name = "URL")]
-    object_store_url: Option<String>,
-    /// gRPC URL of the ledger, for services and commands that call it [env: OPENLEDGER_LEDGER_URL] [default: this process, else the local ledger port]
-    #[arg(long, global = true, value_name = "URL")]
-    ledger_url: Option<String>,
-    /// gRPC URL of datanet-ingest, for the gateway and `datanet` commands [env: OPENLEDGER_DATANET_URL] [default: this process, else the local datanet-ingest port]
-    #[arg(long, global = true, value_name = "URL")]
-    datanet_url: Option<String>,
-    /// Address every listener binds to [env: OPENLEDGER_LISTEN_HOST] [default: 127.0.0.1]
-    #[arg(long, global = true, value_name = "IP")]
-    listen_host: Option<String>,
-    /// Port of the public REST API [env: OPENLEDGER_HTTP_PORT] [default: 8080]
-    #[arg(long, global = true, value_name = "PORT")]
-    http_port: Option<String>,
-    /// gRPC port of the ledger; the other services use the next ports, 0 picks free ones [env: OPENLEDGER_GRPC_BASE_PORT] [default: 50051]
-    #[arg(long, global = true, value_name = "PORT")]
-    grpc_base_port: Option<String>,
-    /// Health/metrics port of the ledger; the others use the next ports, 0 picks free ones [env: OPENLEDGER_OPS_BASE_PORT] [default: 9091]
-    #[arg(long, global = true, value_name = "PORT")]
-    ops_base_port: Option<String>,
-    /// pretty or json [env: OPENLEDGER_LOG_FORMAT] [default: pretty]
-    #[arg(long, global = true, value_name = "FORMAT")]
-    log_format: Option<String>,
-    /// Log filter, e.g. info or openledger=debug,info (RUST_LOG overrides) [env: OPENLEDGER_LOG_LEVEL] [default: info]
-    #[arg(long, global = true, value_name = "FILTER")]
-    log_level: Option<String>,
-    /// Largest REST request body in bytes [env: OPENLEDGER_MAX_BODY_BYTES] [default: 10485760]
-    #[arg(long, global = true, value_name = "BYTES")]
-    max_body_bytes: Option<String>,
-    /// REST request timeout [env: OPENLEDGER_REQUEST_TIMEOUT_MS] [default: 30000]
-    #[arg(long, global = true, value_name = "MS")]
-    request_timeout_ms: Option<String>,
-    /// Time to drain in-flight work and flush the outbox on shutdown [env: OPENLEDGER_SHUTDOWN_TIMEOUT_MS] [default: 20000]
-    #[arg(long, global = true, value_name = "MS")]
-    shutdown_timeout_ms: Option<String>,
-    /// JetStream stream name [env: OPENLEDGER_BUS_STREAM] [default: OPENLEDGER]
-    #[arg(long, global = true, value_name = "NAME")]
-    bus_stream: Option<String>,
-    /// Root token of every event subject [env: OPENLEDGER_BUS_SUBJECT_PREFIX] [default: ol]
-    #[arg(long, global = true, value_name = "TOKEN")]
-    bus_subject_prefix: Option<String>,
-    /// Window in which a repeated event id is dropped [env: OPENLEDGER_BUS_DUPLICATE_WINDOW_MS] [default: 120000]
-    #[arg(long, global = true, value_name = "MS")]
-    bus_duplicate_window_ms: Option<String>,
-    /// How genesis splits the 1,000,000,000 OPEN, used at the ledger's first start [env: OPENLEDGER_GENESIS_ALLOCATIONS] [default: community=5171,investors=1829,team=1500,ecosystem=1000,liquidity=500]
-    #[arg(long, global = true, value_name = "NAME=BPS,…")]
-    genesis_allocations: Option<String>,
-}
-
-impl SettingFlags {
-    fn values(&self) -> BTreeMap<&'static str, String> {
-        let pairs = [
-            ("data_dir", &self.data_dir),
-            ("database_url", &self.database_url),
-            ("nats_url", &self.nats_url),
-            ("object_store_url", &self.object_store_url),
-            ("ledger_url", &self.ledger_url),
-            ("datanet_url", &self.datanet_url),
-            ("listen_host", &self.listen_host),
-            ("http_port", &self.http_port),
-            ("grpc_base_port", &self.grpc_base_port),
-            ("ops_base_port", &self.ops_base_port),
-            ("log_format", &self.log_format),
-            ("log_level", &self.log_level),
-            ("max_body_bytes", &self.max_body_bytes),
-            ("request_timeout_ms", &self.request_timeout_ms),
-            ("shutdown_timeout_ms", &self.shutdown_timeout_ms),
-            ("bus_stream", &self.bus_stream),
-            ("bus_subject_prefix", &self.bus_subject_prefix),
-            ("bus_duplicate_window_ms", &self.bus_duplicate_window_ms),
-            ("genesis_allocations", &self.genesis_allocations),
-        ];
-        debug_assert_eq!(pairs.len(), settings::SETTINGS.len());
-        pairs.into_iter().filter_map(|(key, value)| value.clone().map(|value| (key, value))).collect()
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config_file = cli.settings.config.clone().or_else(|| std::env::var_os("OPENLEDGER_CONFIG").map(PathBuf::from));
+    let (flags, config_file) = flags::merged(&cli.settings, cli.command.settings());
+    let config_file = config_file.or_else(|| std::env::var_os("OPENLEDGER_CONFIG").map(PathBuf::from));
     let env = |name: &str| std::env::var(name).ok();
-    let resolved = match settings::resolve(&cli.settings.values(), &env, config_file.as_deref()) {
+    let resolved = match settings::resolve(&flags, &env, config_file.as_deref()) {
         Ok(resolved) => resolved,
         Err(error) => {
             eprintln!("error: {error}");
@@ -175,20 +114,46 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Config(ConfigCommand::Print) => {
+        Command::Config(ConfigCommand::Print { .. }) => {
             print!("{}", settings::print_yaml(&resolved));
             ExitCode::SUCCESS
         }
         Command::Ledger(command) => client_command(ledger::run(command, &resolved.config)),
-        Command::Datanet(command) => client_command(datanet::run(command, &resolved.config)),
+        Command::Datanet { command, .. } => client_command(datanet::run(command, &resolved.config)),
         Command::Model(command) => client_command(model::run(command)),
-        Command::Dev => run::run(resolved.config, ServiceKind::ALL.to_vec(), true),
-        Command::Serve { mut services } => {
+        Command::Dev { .. } => run::run(resolved.config, ServiceKind::ALL.to_vec(), true),
+        Command::Serve { mut services, .. } => {
             services.sort();
             services.dedup();
             run::run(resolved.config, services, false)
         }
     }
+}
+
+/// A channel to `service` at `url`, else where the runtime's `ServiceChannel` finds it for
+/// services (`listen_host` at the service's gRPC port). It connects on first use.
+pub(crate) fn service_channel(
+    service: ServiceKind,
+    url: Option<String>,
+    config: &openledger_core::Config,
+) -> anyhow::Result<tonic::transport::Channel> {
+    ServiceChannel::new(service, url, config, openledger_runtime::Endpoints::default())
+        .channel()
+        .map_err(|status| anyhow::anyhow!("cannot reach {service}: {}", status.message()))
+}
+
+/// A client command's error, with what to do when it is that `service` cannot be reached
+/// (`flag` and `env` name its address).
+pub(crate) fn unreachable(service: ServiceKind, flag: &str, env: &str, error: anyhow::Error) -> anyhow::Error {
+    let Some(status) = error.downcast_ref::<tonic::Status>().filter(|s| s.code() == tonic::Code::Unavailable) else {
+        return error;
+    };
+    let mut cause: &dyn std::error::Error = status;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    let cause = if std::ptr::addr_eq(cause, status) { status.message().to_owned() } else { cause.to_string() };
+    anyhow::anyhow!("cannot reach {service} ({cause}): is `openledger dev` running? Name it with {flag} or {env}")
 }
 
 /// Runs a client command: success, a check that failed (`Ok(false)`), or an error.
@@ -201,5 +166,104 @@ fn client_command(command: impl Future<Output = anyhow::Result<bool>>) -> ExitCo
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The help text clap prints for `args … --help`.
+    fn help(args: &[&str]) -> String {
+        let line = [&["openledger"], args, &["--help"]].concat();
+        match Cli::try_parse_from(line) {
+            Err(error) if error.kind() == clap::error::ErrorKind::DisplayHelp => error.to_string(),
+            Err(error) => panic!("{args:?}: {error}"),
+            Ok(_) => panic!("{args:?}: --help did not print help"),
+        }
+    }
+
+    fn flag_values(args: &[&str]) -> flags::FlagValues {
+        let cli = Cli::try_parse_from([&["openledger"], args].concat()).expect("parses");
+        flags::merged(&cli.settings, cli.command.settings()).0
+    }
+
+    const SERVICE_SETTINGS: [&str; 8] = [
+        "--http-port",
+        "--grpc-base-port",
+        "--ops-base-port",
+        "--database-url",
+        "--data-dir",
+        "--nats-url",
+        "--object-store-url",
+        "--listen-host",
+    ];
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn finetune_help_lists_its_own_options_and_no_service_setting() {
+        let text = help(&["model", "finetune"]);
+        let position = |flag: &str| text.find(flag).unwrap_or_else(|| panic!("{flag} missing from:\n{text}"));
+        assert!(position("--base") < position("--epochs") && position("--epochs") < position("--lr"), "{text}");
+        for setting in SERVICE_SETTINGS.iter().chain(&["--ledger-url", "--datanet-url", "--config", "Settings:"]) {
+            assert!(!text.contains(setting), "model finetune --help lists {setting}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn client_commands_list_their_options_then_only_the_service_url_they_call() {
+        for (args, own, url) in [
+            (&["ledger", "balance"][..], "--at", "--ledger-url"),
+            (&["ledger", "stake"][..], "--operation-id", "--ledger-url"),
+            (&["datanet", "show"][..], "--key-file", "--datanet-url"),
+        ] {
+            let text = help(args);
+            let settings = text.find("Settings:").unwrap_or_else(|| panic!("{args:?}: no Settings heading:\n{text}"));
+            assert!(text.find(own).is_some_and(|at| at < settings), "{args:?}:\n{text}");
+            assert!(text.find(url).is_some_and(|at| at > settings), "{args:?}:\n{text}");
+            for setting in SERVICE_SETTINGS {
+                assert!(!text.contains(setting), "{args:?} --help lists {setting}:\n{text}");
+            }
+        }
+        let text = help(&["ledger", "verify"]);
+        assert!(text.contains("--database-url") && !text.contains("--ledger-url"), "{text}");
+    }
+
+    #[test]
+    fn service_commands_list_every_setting() {
+        let text = help(&["dev"]);
+        for setting in SERVICE_SETTINGS.iter().chain(&["--ledger-url", "--genesis-allocations"]) {
+            assert!(text.contains(setting), "dev --help misses {setting}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_setting_has_a_flag_before_the_command_and_on_service_commands() {
+        for setting in settings::SETTINGS {
+            for args in [&[setting.flag, "x", "dev"][..], &["dev", setting.flag, "x"]] {
+                assert_eq!(flag_values(args).get(setting.key).map(String::as_str), Some("x"), "{args:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn settings_are_accepted_before_the_command_and_after_it() {
+        let values =
+            flag_values(&["--data-dir", "d", "--ledger-url", "a", "ledger", "balance", "1", "--ledger-url", "b"]);
+        assert_eq!((values["data_dir"].as_str(), values["ledger_url"].as_str()), ("d", "b"), "the later flag wins");
+        let values = flag_values(&["ledger", "export", "--data-dir", "d"]);
+        assert_eq!(values["data_dir"], "d");
+        for args in
+            [&["datanet", "--datanet-url", "u", "show", "x"][..], &["datanet", "show", "x", "--datanet-url", "u"]]
+        {
+            assert_eq!(flag_values(args)["datanet_url"], "u", "{args:?}");
+        }
+        assert_eq!(flag_values(&["dev", "--http-port", "9"])["http_port"], "9");
+        assert_eq!(flag_values(&["--http-port", "9", "serve", "ledger"])["http_port"], "9");
+        assert!(Cli::try_parse_from(["openledger", "model", "info", "m", "--http-port", "9"]).is_err());
     }
 }

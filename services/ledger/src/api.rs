@@ -1,5 +1,7 @@
-//! The gRPC surface of the ledger. Implemented so far: accounts, batched transfers, lookups,
-//! account history and journal verification; the platform operations answer `UNIMPLEMENTED`.
+//! The gRPC surface of the ledger: accounts, batched transfers, lookups, account history,
+//! the journal's export and verification, and the platform operations (inference fees,
+//! bonds, staking, epochs, governance). Request checks and proto ⇄ model conversions live
+//! here; ledger errors map to gRPC statuses in `ledger_error` and `operation_error`.
 
 use std::sync::{Arc, OnceLock};
 
@@ -13,6 +15,10 @@ use tonic::{Request, Response, Status};
 use crate::{
     books::{Ledger, LedgerError},
     governance::{GovernanceRules, ProposalView},
+    limits::{
+        DEFAULT_ACCOUNT_HISTORY_PAGE, EXPORT_PAGE_ENTRIES, MAX_ACCOUNT_HISTORY_PAGE, MAX_OPERATION_ID_BYTES,
+        NANOS_PER_SECOND,
+    },
     model::{
         Account, AccountFlags, CreateAccountResult, CreateTransferResult, MAX_BATCH_EVENTS, Owner, SystemRole,
         Transfer, TransferFlags,
@@ -84,8 +90,11 @@ fn operation_error(error: OperationError) -> Status {
 
 /// Operation ids are the caller's idempotency keys: non-empty, at most 128 bytes.
 fn operation_id(id: &str, field: &str) -> Result<(), Status> {
-    if id.is_empty() || id.len() > 128 {
-        return Err(status(ErrorCode::InvalidArgument, format!("{field} must be 1 to 128 bytes, got {}", id.len())));
+    if id.is_empty() || id.len() > MAX_OPERATION_ID_BYTES {
+        return Err(status(
+            ErrorCode::InvalidArgument,
+            format!("{field} must be 1 to {MAX_OPERATION_ID_BYTES} bytes, got {}", id.len()),
+        ));
     }
     Ok(())
 }
@@ -130,13 +139,10 @@ fn proposal_to_proto(view: &ProposalView) -> pb::Proposal {
         state: view.state.as_str().to_owned(),
         votes_for: to_uint128(view.votes_for),
         votes_against: to_uint128(view.votes_against),
-        voting_ends_unix_seconds: view.voting_ends_ns / 1_000_000_000,
-        executable_after_unix_seconds: view.executable_after_ns / 1_000_000_000,
+        voting_ends_unix_seconds: view.voting_ends_ns / NANOS_PER_SECOND,
+        executable_after_unix_seconds: view.executable_after_ns / NANOS_PER_SECOND,
     }
 }
-
-/// Journal entries per database page of `ExportJournal`.
-const EXPORT_PAGE: u64 = 1000;
 
 type ExportStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::JournalEntry, Status>> + Send>>;
 
@@ -387,10 +393,13 @@ impl LedgerService for Api {
                 .map_err(|_| status(ErrorCode::InvalidArgument, "page_token is not one this service issued"))?
         };
         let size = match page.page_size {
-            0 => 100,
-            size if size <= 1000 => u64::from(size),
+            0 => DEFAULT_ACCOUNT_HISTORY_PAGE,
+            size if u64::from(size) <= MAX_ACCOUNT_HISTORY_PAGE => u64::from(size),
             size => {
-                return Err(status(ErrorCode::InvalidArgument, format!("page_size must be at most 1000, got {size}")));
+                return Err(status(
+                    ErrorCode::InvalidArgument,
+                    format!("page_size must be at most {MAX_ACCOUNT_HISTORY_PAGE}, got {size}"),
+                ));
             }
         };
         let account = from_uint128(request.account_id.as_ref());
@@ -605,7 +614,7 @@ impl LedgerService for Api {
         let parameters = if request.epoch == 0 {
             in_force
         } else {
-            let start = request.epoch.saturating_mul(in_force.epoch_seconds.max(1)).saturating_mul(1_000_000_000);
+            let start = request.epoch.saturating_mul(in_force.epoch_seconds.max(1)).saturating_mul(NANOS_PER_SECOND);
             ledger.parameters_at(start).await.map_err(ledger_error)?
         };
         Ok(Response::new(parameters_to_proto(&parameters)))
@@ -677,9 +686,9 @@ impl LedgerService for Api {
             if done {
                 return Ok::<_, Status>(None);
             }
-            let page = ledger.journal_entries(after, EXPORT_PAGE).await.map_err(ledger_error)?;
+            let page = ledger.journal_entries(after, EXPORT_PAGE_ENTRIES).await.map_err(ledger_error)?;
             let next = page.last().map_or(after, |entry| entry.sequence);
-            let done = (page.len() as u64) < EXPORT_PAGE;
+            let done = (page.len() as u64) < EXPORT_PAGE_ENTRIES;
             let entries: Vec<Result<pb::JournalEntry, Status>> = page
                 .into_iter()
                 .map(|entry| {

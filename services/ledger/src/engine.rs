@@ -60,6 +60,8 @@ pub fn apply_transfers(
     last_timestamp: u64,
     reserved_debit: &dyn Fn(u128) -> bool,
 ) -> TransfersOutcome {
+    #[cfg(debug_assertions)]
+    let totals_before = Totals::of(books);
     let mut working = Working {
         books,
         undo: Vec::new(),
@@ -113,7 +115,47 @@ pub fn apply_transfers(
         .iter()
         .filter_map(|id| working.books.pending.get(id).map(|state| (*id, *state)))
         .collect();
+    #[cfg(debug_assertions)]
+    Totals::of(working.books).assert_balanced_since(&totals_before);
     TransfersOutcome { results, accepted: working.accepted, accounts, pending }
+}
+
+/// Sums of every balance column over the books in memory (wrapping: only differences matter).
+#[cfg(debug_assertions)]
+struct Totals {
+    debits_pending: u128,
+    debits_posted: u128,
+    credits_pending: u128,
+    credits_posted: u128,
+}
+
+#[cfg(debug_assertions)]
+impl Totals {
+    fn of(books: &Books) -> Self {
+        let mut totals = Self { debits_pending: 0, debits_posted: 0, credits_pending: 0, credits_posted: 0 };
+        for account in books.accounts.values() {
+            totals.debits_pending = totals.debits_pending.wrapping_add(account.debits_pending);
+            totals.debits_posted = totals.debits_posted.wrapping_add(account.debits_posted);
+            totals.credits_pending = totals.credits_pending.wrapping_add(account.credits_pending);
+            totals.credits_posted = totals.credits_posted.wrapping_add(account.credits_posted);
+        }
+        totals
+    }
+
+    /// Every transfer debits one account and credits another by the same amount, so a batch
+    /// moves debits and credits (pending and posted) by equal totals.
+    fn assert_balanced_since(&self, before: &Self) {
+        assert_eq!(
+            self.debits_posted.wrapping_sub(before.debits_posted),
+            self.credits_posted.wrapping_sub(before.credits_posted),
+            "a batch changed posted debits and credits by different totals"
+        );
+        assert_eq!(
+            self.debits_pending.wrapping_sub(before.debits_pending),
+            self.credits_pending.wrapping_sub(before.credits_pending),
+            "a batch changed pending debits and credits by different totals"
+        );
+    }
 }
 
 impl Working<'_> {
@@ -145,6 +187,12 @@ impl Working<'_> {
         if (self.reserved_debit)(transfer.debit_account_id) {
             return R::ReservedAccount;
         }
+        self.post_or_hold(transfer)
+    }
+
+    /// Moves a checked single-phase or pending transfer's amount between its accounts, if
+    /// they exist on its ledger and their limits allow it.
+    fn post_or_hold(&mut self, transfer: &Transfer) -> CreateTransferResult {
         let (Some(mut debit), Some(mut credit)) = (
             self.books.accounts.get(&transfer.debit_account_id).copied(),
             self.books.accounts.get(&transfer.credit_account_id).copied(),
@@ -269,6 +317,16 @@ impl Working<'_> {
 
     fn set_pending(&mut self, id: u128, state: PendingState) {
         let previous = self.books.pending.insert(id, state);
+        // A hold is created once and resolves (posted, voided or expired) once.
+        debug_assert!(
+            match state {
+                PendingState::Pending => previous.is_none(),
+                PendingState::Posted | PendingState::Voided | PendingState::Expired => {
+                    previous == Some(PendingState::Pending)
+                }
+            },
+            "hold {id}: {previous:?} -> {state:?}"
+        );
         self.undo.push(Undo::Pending(id, previous));
         self.touched_pending.insert(id);
     }

@@ -23,7 +23,7 @@ use crate::{
 };
 
 pub const SUBJECT_EPOCH_CLOSED: &str = "ol.ledger.epoch.closed";
-const NANOS: u64 = 1_000_000_000;
+use crate::limits::NANOS_PER_SECOND as NANOS;
 
 /// What closing an epoch did.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,13 +17,13 @@ use sea_orm::{
 use crate::{
     books::{Ledger, LedgerError},
     entities::{account, parameters, proposal, vote},
-    model::Owner,
-    operations::{Economics, OperationError},
+    limits::{BASIS_POINTS_TOTAL, MAX_EPOCH_SECONDS, MAX_PROPOSAL_RATIONALE_CHARS, NANOS_PER_SECOND as NANOS},
+    model::{Owner, stored_enum},
+    operations::{Economics, OperationError, bps_share},
     staking::codes,
 };
 
 pub const SUBJECT_PROPOSAL_EXECUTED: &str = "ol.ledger.proposal.executed";
-const NANOS: u64 = 1_000_000_000;
 
 /// How proposals are decided (fixed by configuration, not themselves governed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,33 +48,17 @@ impl Default for GovernanceRules {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProposalState {
-    Voting,
-    Passed,
-    Rejected,
-    Executed,
+stored_enum! {
+    /// Where a proposal stands (`ledger_proposals.state`).
+    pub enum ProposalState {
+        Voting = 0,
+        Passed = 1,
+        Rejected = 2,
+        Executed = 3,
+    }
 }
 
 impl ProposalState {
-    fn code(self) -> i16 {
-        match self {
-            Self::Voting => 0,
-            Self::Passed => 1,
-            Self::Rejected => 2,
-            Self::Executed => 3,
-        }
-    }
-
-    fn from_code(code: i16) -> Self {
-        match code {
-            1 => Self::Passed,
-            2 => Self::Rejected,
-            3 => Self::Executed,
-            _ => Self::Voting,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Voting => "voting",
@@ -128,13 +112,14 @@ fn parse_parameters(text: &str) -> Result<Economics, LedgerError> {
     let corrupt = || LedgerError::Corrupt(format!("stored parameters are not valid: {text}"));
     let value: serde_json::Value = serde_json::from_str(text).map_err(|_| corrupt())?;
     let number = |key: &str| value[key].as_u64().ok_or_else(corrupt);
+    let basis_points = |key: &str| u32::try_from(number(key)?).map_err(|_| corrupt());
     let amount = |key: &str| value[key].as_str().and_then(|text| text.parse::<u128>().ok()).ok_or_else(corrupt);
     Ok(Economics {
-        model_owner_bps: number("model_owner_bps")? as u32,
-        stakers_bps: number("stakers_bps")? as u32,
-        contributors_bps: number("contributors_bps")? as u32,
+        model_owner_bps: basis_points("model_owner_bps")?,
+        stakers_bps: basis_points("stakers_bps")?,
+        contributors_bps: basis_points("contributors_bps")?,
         platform_fee: amount("platform_fee")?,
-        slashing_bps: number("slashing_bps")? as u32,
+        slashing_bps: basis_points("slashing_bps")?,
         minimum_stake: amount("minimum_stake")?,
         unbonding_seconds: number("unbonding_seconds")?,
         epoch_seconds: number("epoch_seconds")?,
@@ -144,24 +129,31 @@ fn parse_parameters(text: &str) -> Result<Economics, LedgerError> {
 /// Checks a proposed parameter set; the reason says what is wrong.
 pub fn validate_parameters(parameters: &Economics) -> Result<(), String> {
     let shares = parameters.model_owner_bps + parameters.stakers_bps + parameters.contributors_bps;
-    if shares != 10_000 {
+    if shares != BASIS_POINTS_TOTAL {
         return Err(format!("β + γ + δ must be 10000 basis points (100%), got {shares}"));
     }
-    if parameters.slashing_bps > 10_000 {
+    if parameters.slashing_bps > BASIS_POINTS_TOTAL {
         return Err("the slashing rate is at most 10000 basis points".into());
     }
     if parameters.minimum_stake == 0 {
         return Err("the minimum stake must be positive".into());
     }
-    let year = 365 * 86_400;
+    let year = MAX_EPOCH_SECONDS;
     if !(1..=year).contains(&parameters.epoch_seconds) || parameters.unbonding_seconds > year {
         return Err(format!("epoch length must be 1..={year} seconds and unbonding at most {year}"));
     }
     Ok(())
 }
 
-fn decode_u128(bytes: &[u8]) -> u128 {
-    <[u8; 16]>::try_from(bytes).map(u128::from_be_bytes).unwrap_or(0)
+fn decode_u128(bytes: &[u8]) -> Result<u128, LedgerError> {
+    <[u8; 16]>::try_from(bytes)
+        .map(u128::from_be_bytes)
+        .map_err(|_| LedgerError::Corrupt(format!("a u128 column holds {} bytes", bytes.len())))
+}
+
+/// A stored nanosecond timestamp or epoch (written from a `u64`) read back.
+fn decode_u64(value: i64, column: &str) -> Result<u64, LedgerError> {
+    u64::try_from(value).map_err(|_| LedgerError::Corrupt(format!("{column} holds {value}")))
 }
 
 impl Ledger {
@@ -236,7 +228,7 @@ impl Ledger {
             id: Set(proposal_id.to_owned()),
             proposer: Set(proposer.to_be_bytes().to_vec()),
             parameters: Set(parameters_json(parameters)),
-            rationale: Set(rationale.chars().take(10_000).collect()),
+            rationale: Set(rationale.chars().take(MAX_PROPOSAL_RATIONALE_CHARS).collect()),
             created_at: Set(i64::try_from(now_ns).unwrap_or(i64::MAX)),
             voting_ends: Set(i64::try_from(voting_ends).unwrap_or(i64::MAX)),
             executable_after: Set(i64::try_from(
@@ -300,17 +292,24 @@ impl Ledger {
             return Ok(None);
         };
         let votes = vote::Entity::find().filter(vote::Column::ProposalId.eq(proposal_id)).all(self.db()).await?;
-        let tally = |approve: bool| votes.iter().filter(|v| v.approve == approve).map(|v| decode_u128(&v.weight)).sum();
+        let tally = |approve: bool| -> Result<u128, LedgerError> {
+            votes.iter().filter(|v| v.approve == approve).map(|v| decode_u128(&v.weight)).sum()
+        };
+        let state = ProposalState::try_from(row.state)
+            .map_err(|code| LedgerError::Corrupt(format!("proposal {proposal_id:?} has state {code}")))?;
         Ok(Some(ProposalView {
             id: row.id.clone(),
-            proposer: decode_u128(&row.proposer),
+            proposer: decode_u128(&row.proposer)?,
             parameters: parse_parameters(&row.parameters)?,
-            state: ProposalState::from_code(row.state),
-            votes_for: tally(true),
-            votes_against: tally(false),
-            voting_ends_ns: row.voting_ends as u64,
-            executable_after_ns: row.executable_after as u64,
-            effective_from_epoch: row.effective_from_epoch.map(|epoch| epoch as u64),
+            state,
+            votes_for: tally(true)?,
+            votes_against: tally(false)?,
+            voting_ends_ns: decode_u64(row.voting_ends, "ledger_proposals.voting_ends")?,
+            executable_after_ns: decode_u64(row.executable_after, "ledger_proposals.executable_after")?,
+            effective_from_epoch: row
+                .effective_from_epoch
+                .map(|epoch| decode_u64(epoch, "ledger_proposals.effective_from_epoch"))
+                .transpose()?,
         }))
     }
 
@@ -320,10 +319,9 @@ impl Ledger {
             .filter(account::Column::Code.eq(i32::from(codes::STAKE_ACCOUNT)))
             .all(self.db())
             .await?;
-        Ok(rows
-            .iter()
-            .map(|row| decode_u128(&row.credits_posted).saturating_sub(decode_u128(&row.debits_posted)))
-            .sum())
+        rows.iter()
+            .map(|row| Ok(decode_u128(&row.credits_posted)?.saturating_sub(decode_u128(&row.debits_posted)?)))
+            .sum()
     }
 
     /// Decides proposals whose voting ended and executes passed ones whose timelock ended;
@@ -340,8 +338,7 @@ impl Ledger {
         for row in decided {
             let view = self.proposal(&row.id).await?.expect("exists");
             let cast = view.votes_for.saturating_add(view.votes_against);
-            let quorum =
-                total / 10_000 * u128::from(rules.quorum_bps) + total % 10_000 * u128::from(rules.quorum_bps) / 10_000;
+            let quorum = bps_share(total, rules.quorum_bps);
             let passed = cast >= quorum && cast > 0 && view.votes_for > view.votes_against;
             let state = if passed { ProposalState::Passed } else { ProposalState::Rejected };
             proposal::ActiveModel { id: Set(row.id.clone()), state: Set(state.code()), ..Default::default() }

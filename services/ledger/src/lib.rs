@@ -1,8 +1,13 @@
 //! The ledger: double-entry OPEN accounting on the model of TigerBeetle (immutable transfers,
 //! client-chosen ids, two-phase holds, linked chains, per-event results), kept in PostgreSQL
 //! or SQLite, with a genesis mint, expiry of holds by the service, and a hash-chained journal
-//! that `verify` recomputes. Platform operations (settlement, staking, epochs, governance)
-//! build on this core and are not implemented yet: their RPCs answer `UNIMPLEMENTED`.
+//! that `verify` recomputes. Platform operations (inference fees and settlement, bonds,
+//! staking, epochs, governance) build on this core as linked chains of transfers.
+//!
+//! Layout: `model` (the data model) and `engine` (applying a batch in memory, no I/O) are the
+//! core; `books` keeps them in the database; `operations`, `staking`, `epochs` and
+//! `governance` are the platform operations; `api` is the gRPC surface; `limits` holds every
+//! limit.
 
 mod api;
 pub mod books;
@@ -10,19 +15,17 @@ pub mod engine;
 mod entities;
 pub mod epochs;
 pub mod governance;
+pub mod limits;
 pub mod model;
 pub mod operations;
 pub mod staking;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use openledger_proto::ledger::v1::ledger_service_server::LedgerServiceServer;
 use openledger_runtime::{Config, Deps, RuntimeError, ServiceKind, ServiceSpec, Worker, run_service};
 
 pub use books::{Allocation, JournalReport, Ledger, LedgerError, default_allocations};
-
-/// How often the service voids expired holds.
-const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the ledger service until the process shuts down.
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
@@ -64,7 +67,7 @@ fn housekeeping(shared: api::SharedLedger, allocations: Vec<Allocation>) -> Work
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(EXPIRY_INTERVAL) => {}
+                    () = tokio::time::sleep(limits::HOUSEKEEPING_INTERVAL) => {}
                 }
                 match ledger.expire_holds_at(Ledger::now_ns()).await {
                     Ok(0) => {}
@@ -84,7 +87,7 @@ fn housekeeping(shared: api::SharedLedger, allocations: Vec<Allocation>) -> Work
                     Err(error) => tracing::warn!(%error, "paying back unbonded stakes failed"),
                 }
                 let now = Ledger::now_ns();
-                let last_ended = (now / (parameters.epoch_seconds.max(1) * 1_000_000_000)).checked_sub(1);
+                let last_ended = (now / (parameters.epoch_seconds.max(1) * limits::NANOS_PER_SECOND)).checked_sub(1);
                 if let Some(epoch) = last_ended {
                     match ledger.close_epoch_at(epoch, now, &parameters).await {
                         Ok(closed) if !closed.already_closed => {

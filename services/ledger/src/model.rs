@@ -2,12 +2,43 @@
 //! debits and credits, immutable transfers with client-chosen ids, two-phase transfers
 //! (pending, then post or void), and linked chains. Amounts are `u128` base units.
 
+/// An enum stored as a small integer column: `code()` is what is written, and `TryFrom<i16>`
+/// reads it back, refusing (and handing back) a value no variant has, so a corrupt row is an
+/// error rather than a silent default.
+macro_rules! stored_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident { $($(#[$variant_meta:meta])* $variant:ident = $code:literal,)+ }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        $vis enum $name { $($(#[$variant_meta])* $variant,)+ }
+
+        impl $name {
+            /// The stored code.
+            pub fn code(self) -> i16 {
+                match self { $(Self::$variant => $code,)+ }
+            }
+        }
+
+        impl TryFrom<i16> for $name {
+            type Error = i16;
+            fn try_from(code: i16) -> Result<Self, i16> {
+                match code {
+                    $($code => Ok(Self::$variant),)+
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+pub(crate) use stored_enum;
+
 /// The ledger number of OPEN; transfers only move value between accounts of one ledger.
 pub const OPEN_LEDGER: u32 = 1;
 /// Ids below this are reserved for system accounts made at genesis.
 pub const FIRST_USER_ACCOUNT_ID: u128 = 1 << 16;
-/// Most events in one `create_transfers` or `create_accounts` call.
-pub const MAX_BATCH_EVENTS: usize = 8190;
+pub use crate::limits::MAX_BATCH_EVENTS;
 /// Transfer code the service uses when it voids an expired hold.
 pub const CODE_HOLD_EXPIRED: u16 = 1;
 /// Transfer code of the genesis mint.
@@ -150,12 +181,16 @@ impl Transfer {
     /// Nanosecond timestamp at which a pending transfer expires, if it has a timeout.
     pub fn expires_at(&self) -> Option<u64> {
         (self.flags.has(TransferFlags::PENDING) && self.timeout_seconds > 0)
-            .then(|| self.timestamp.saturating_add(u64::from(self.timeout_seconds) * 1_000_000_000))
+            .then(|| self.timestamp.saturating_add(u64::from(self.timeout_seconds) * crate::limits::NANOS_PER_SECOND))
     }
 
-    /// A fixed-width encoding (116 bytes) hashed into the journal.
-    pub fn canonical_bytes(&self) -> [u8; 116] {
-        let mut out = [0u8; 116];
+    /// Bytes of [`Transfer::canonical_bytes`]: six `u128`s, two `u32`s, two `u16`s, a `u64`.
+    pub const CANONICAL_BYTES: usize = 6 * 16 + 2 * 4 + 2 * 2 + 8;
+
+    /// A fixed-width big-endian encoding of every field, in declaration order, hashed into
+    /// the journal.
+    pub fn canonical_bytes(&self) -> [u8; Self::CANONICAL_BYTES] {
+        let mut out = [0u8; Self::CANONICAL_BYTES];
         let fields: [&[u8]; 11] = [
             &self.id.to_be_bytes(),
             &self.debit_account_id.to_be_bytes(),
@@ -179,27 +214,22 @@ impl Transfer {
     }
 }
 
-/// Where a pending transfer stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PendingState {
-    Pending,
-    Posted,
-    Voided,
-    Expired,
+stored_enum! {
+    /// Where a pending transfer stands (`ledger_pending.state`).
+    pub enum PendingState {
+        Pending = 0,
+        Posted = 1,
+        Voided = 2,
+        Expired = 3,
+    }
 }
 
-impl PendingState {
-    pub fn code(self) -> i16 {
-        match self {
-            Self::Pending => 0,
-            Self::Posted => 1,
-            Self::Voided => 2,
-            Self::Expired => 3,
-        }
-    }
-
-    pub fn from_code(code: i16) -> Option<Self> {
-        [Self::Pending, Self::Posted, Self::Voided, Self::Expired].into_iter().find(|state| state.code() == code)
+stored_enum! {
+    /// How an account's owner is stored (`ledger_accounts.owner_kind`): an ed25519 key, or
+    /// one byte naming a [`SystemRole`].
+    pub enum OwnerKind {
+        Key = 0,
+        System = 1,
     }
 }
 
@@ -324,4 +354,26 @@ pub(crate) fn transfer_exists_result(existing: &Transfer, submitted: &Transfer) 
 pub(crate) fn known_transfer_flags(flags: TransferFlags) -> bool {
     let phases = [TransferFlags::PENDING, TransferFlags::POST_PENDING, TransferFlags::VOID_PENDING];
     flags.0 & !TransferFlags::KNOWN == 0 && phases.iter().filter(|flag| flags.has(**flag)).count() <= 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_states_round_trip_and_unknown_codes_are_refused() {
+        for state in [PendingState::Pending, PendingState::Posted, PendingState::Voided, PendingState::Expired] {
+            assert_eq!(PendingState::try_from(state.code()), Ok(state));
+        }
+        for kind in [OwnerKind::Key, OwnerKind::System] {
+            assert_eq!(OwnerKind::try_from(kind.code()), Ok(kind));
+        }
+        assert_eq!(PendingState::try_from(4), Err(4));
+        assert_eq!(OwnerKind::try_from(-1), Err(-1));
+    }
+
+    #[test]
+    fn a_transfer_encodes_to_its_documented_width() {
+        assert_eq!(Transfer::default().canonical_bytes().len(), 116);
+    }
 }

@@ -20,6 +20,7 @@ use prost::Message;
 
 use crate::{
     books::{Ledger, LedgerError, operation_key as key, system_transfer_id},
+    limits::BASIS_POINTS_TOTAL,
     model::{CreateTransferResult, OPEN_LEDGER, SystemRole, Transfer, TransferFlags},
 };
 
@@ -136,6 +137,12 @@ pub fn inference_fee(
         .checked_add(economics.platform_fee)
 }
 
+/// `bps` basis points of `amount`, rounded down, without overflow for any `u128` amount.
+pub(crate) fn bps_share(amount: u128, bps: u32) -> u128 {
+    let total = u128::from(BASIS_POINTS_TOTAL);
+    amount / total * u128::from(bps) + amount % total * u128::from(bps) / total
+}
+
 /// Splits `fee` into (account, amount, code) payouts; they sum to `fee` exactly. Weights
 /// must be within ±`MAX_WEIGHT_PPB` and at most `MAX_SETTLEMENT_CONTRIBUTORS` (checked by
 /// `settle_inference`).
@@ -147,7 +154,7 @@ pub fn split_fee(
 ) -> Vec<(u128, u128, u16)> {
     let platform = economics.platform_fee.min(fee);
     let net = fee - platform;
-    let share = |bps: u32| net / 10_000 * u128::from(bps) + net % 10_000 * u128::from(bps) / 10_000;
+    let share = |bps: u32| bps_share(net, bps);
     let owner = share(economics.model_owner_bps);
     let stakers = share(economics.stakers_bps);
     let contributors = share(economics.contributors_bps);

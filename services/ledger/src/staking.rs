@@ -8,6 +8,7 @@ use openledger_core::ContentHash;
 
 use crate::{
     books::{Ledger, operation_key, system_transfer_id},
+    limits::NANOS_PER_SECOND,
     model::{Account, AccountFlags, CreateAccountResult, OPEN_LEDGER, Transfer, TransferFlags},
     operations::{Economics, OperationError},
 };
@@ -156,12 +157,12 @@ impl Ledger {
         self.expect_one(&[unstake], operation).await?;
         let recorded =
             self.lookup_transfers(&[id]).await?.pop().ok_or_else(|| refused(operation, "the unstake vanished"))?;
-        Ok((recorded.timestamp / 1_000_000_000).saturating_add(economics.unbonding_seconds))
+        Ok((recorded.timestamp / NANOS_PER_SECOND).saturating_add(economics.unbonding_seconds))
     }
 
     /// Pays back every unstake whose unbonding period has passed at `now_ns`; returns how many.
     pub async fn release_unbonded_at(&self, now_ns: u64, economics: &Economics) -> Result<usize, OperationError> {
-        let cutoff = now_ns.saturating_sub(economics.unbonding_seconds.saturating_mul(1_000_000_000));
+        let cutoff = now_ns.saturating_sub(economics.unbonding_seconds.saturating_mul(NANOS_PER_SECOND));
         let cursor = self.meta_u64("unbonding_cursor").await?;
         let due = self.transfers_with_code(codes::UNSTAKE, cursor, cutoff).await?;
         let Some(last) = due.last().map(|transfer| transfer.timestamp) else { return Ok(0) };

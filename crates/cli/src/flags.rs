@@ -1,0 +1,221 @@
+//! Setting flags, grouped by who uses them, so each command's help shows its own options
+//! first and then, under "Settings", only the settings it reads: service commands (`dev`,
+//! `serve`, `config print`) take every setting, client commands the URL of the service they
+//! call (and `ledger verify|export` the database), model commands none. Every setting is
+//! also accepted before the command (`openledger --data-dir DIR ledger verify`), and from its
+//! environment variable or the `--config` file whatever the command (see `settings.rs`).
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use clap::Args;
+
+/// Flag values by setting key (`settings::SETTINGS`), as typed.
+pub type FlagValues = BTreeMap<&'static str, String>;
+
+/// A group of setting flags.
+pub trait SettingFlags {
+    /// Adds the flags given in this group to `values`.
+    fn collect(&self, values: &mut FlagValues);
+
+    /// The `--config` file given in this group, if it has that flag.
+    fn config_file(&self) -> Option<PathBuf> {
+        None
+    }
+}
+
+fn put(values: &mut FlagValues, key: &'static str, value: &Option<String>) {
+    if let Some(value) = value {
+        values.insert(key, value.clone());
+    }
+}
+
+/// The settings file.
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Settings")]
+pub struct ConfigFile {
+    /// YAML file with settings (lowest precedence) [env: OPENLEDGER_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl SettingFlags for ConfigFile {
+    fn collect(&self, _values: &mut FlagValues) {}
+
+    fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone()
+    }
+}
+
+/// Where the books are: what `ledger verify` and `ledger export` read.
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Settings")]
+pub struct DatabaseFlags {
+    /// Directory of the embedded database and object store [env: OPENLEDGER_DATA_DIR] [default: .openledger]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// sqlite://PATH or postgres://USER@HOST:PORT/DB [env: DATABASE_URL] [default: SQLite in the data dir]
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    #[command(flatten)]
+    file: ConfigFile,
+}
+
+impl SettingFlags for DatabaseFlags {
+    fn collect(&self, values: &mut FlagValues) {
+        put(values, "data_dir", &self.data_dir);
+        put(values, "database_url", &self.database_url);
+    }
+
+    fn config_file(&self) -> Option<PathBuf> {
+        self.file.config_file()
+    }
+}
+
+/// The ledger's address, for commands that call it.
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Settings")]
+pub struct LedgerUrlFlags {
+    /// gRPC URL of the ledger [env: OPENLEDGER_LEDGER_URL] [default: the local ledger port]
+    #[arg(long, value_name = "URL")]
+    ledger_url: Option<String>,
+    #[command(flatten)]
+    file: ConfigFile,
+}
+
+impl SettingFlags for LedgerUrlFlags {
+    fn collect(&self, values: &mut FlagValues) {
+        put(values, "ledger_url", &self.ledger_url);
+    }
+
+    fn config_file(&self) -> Option<PathBuf> {
+        self.file.config_file()
+    }
+}
+
+/// Datanet-ingest's address, for `datanet` commands (given anywhere after `datanet`).
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Settings")]
+pub struct DatanetUrlFlags {
+    /// gRPC URL of datanet-ingest [env: OPENLEDGER_DATANET_URL] [default: the local datanet-ingest port]
+    #[arg(long, global = true, value_name = "URL")]
+    datanet_url: Option<String>,
+    /// YAML file with settings (lowest precedence) [env: OPENLEDGER_CONFIG]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl SettingFlags for DatanetUrlFlags {
+    fn collect(&self, values: &mut FlagValues) {
+        put(values, "datanet_url", &self.datanet_url);
+    }
+
+    fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone()
+    }
+}
+
+/// Every setting: what running services reads (`dev`, `serve`, `config print`, and before
+/// any command).
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Settings")]
+pub struct AllFlags {
+    /// `--data-dir`, `--database-url` and `--config`.
+    #[command(flatten)]
+    database: DatabaseFlags,
+    /// nats://HOST:PORT for JetStream [env: NATS_URL] [default: in-process bus]
+    #[arg(long, value_name = "URL")]
+    nats_url: Option<String>,
+    /// file:///DIR, s3://BUCKET[/PREFIX] or memory:// [env: OBJECT_STORE_URL] [default: DATA_DIR/objects]
+    #[arg(long, value_name = "URL")]
+    object_store_url: Option<String>,
+    /// gRPC URL of the ledger, for services and commands that call it [env: OPENLEDGER_LEDGER_URL] [default: this process, else the local ledger port]
+    #[arg(long, value_name = "URL")]
+    ledger_url: Option<String>,
+    /// gRPC URL of datanet-ingest, for the gateway and `datanet` commands [env: OPENLEDGER_DATANET_URL] [default: this process, else the local datanet-ingest port]
+    #[arg(long, value_name = "URL")]
+    datanet_url: Option<String>,
+    /// Address every listener binds to [env: OPENLEDGER_LISTEN_HOST] [default: 127.0.0.1]
+    #[arg(long, value_name = "IP")]
+    listen_host: Option<String>,
+    /// Port of the public REST API [env: OPENLEDGER_HTTP_PORT] [default: 8080]
+    #[arg(long, value_name = "PORT")]
+    http_port: Option<String>,
+    /// gRPC port of the ledger; the other services use the next ports, 0 picks free ones [env: OPENLEDGER_GRPC_BASE_PORT] [default: 50051]
+    #[arg(long, value_name = "PORT")]
+    grpc_base_port: Option<String>,
+    /// Health/metrics port of the ledger; the others use the next ports, 0 picks free ones [env: OPENLEDGER_OPS_BASE_PORT] [default: 9091]
+    #[arg(long, value_name = "PORT")]
+    ops_base_port: Option<String>,
+    /// pretty or json [env: OPENLEDGER_LOG_FORMAT] [default: pretty]
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Log filter, e.g. info or openledger=debug,info (RUST_LOG overrides) [env: OPENLEDGER_LOG_LEVEL] [default: info]
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Largest REST request body in bytes [env: OPENLEDGER_MAX_BODY_BYTES] [default: 10485760]
+    #[arg(long, value_name = "BYTES")]
+    max_body_bytes: Option<String>,
+    /// REST request timeout [env: OPENLEDGER_REQUEST_TIMEOUT_MS] [default: 30000]
+    #[arg(long, value_name = "MS")]
+    request_timeout_ms: Option<String>,
+    /// Time to drain in-flight work and flush the outbox on shutdown [env: OPENLEDGER_SHUTDOWN_TIMEOUT_MS] [default: 20000]
+    #[arg(long, value_name = "MS")]
+    shutdown_timeout_ms: Option<String>,
+    /// JetStream stream name [env: OPENLEDGER_BUS_STREAM] [default: OPENLEDGER]
+    #[arg(long, value_name = "NAME")]
+    bus_stream: Option<String>,
+    /// Root token of every event subject [env: OPENLEDGER_BUS_SUBJECT_PREFIX] [default: ol]
+    #[arg(long, value_name = "TOKEN")]
+    bus_subject_prefix: Option<String>,
+    /// Window in which a repeated event id is dropped [env: OPENLEDGER_BUS_DUPLICATE_WINDOW_MS] [default: 120000]
+    #[arg(long, value_name = "MS")]
+    bus_duplicate_window_ms: Option<String>,
+    /// How genesis splits the 1,000,000,000 OPEN, used at the ledger's first start [env: OPENLEDGER_GENESIS_ALLOCATIONS] [default: community=5171,investors=1829,team=1500,ecosystem=1000,liquidity=500]
+    #[arg(long, value_name = "NAME=BPS,…")]
+    genesis_allocations: Option<String>,
+}
+
+impl SettingFlags for AllFlags {
+    fn collect(&self, values: &mut FlagValues) {
+        self.database.collect(values);
+        let pairs = [
+            ("nats_url", &self.nats_url),
+            ("object_store_url", &self.object_store_url),
+            ("ledger_url", &self.ledger_url),
+            ("datanet_url", &self.datanet_url),
+            ("listen_host", &self.listen_host),
+            ("http_port", &self.http_port),
+            ("grpc_base_port", &self.grpc_base_port),
+            ("ops_base_port", &self.ops_base_port),
+            ("log_format", &self.log_format),
+            ("log_level", &self.log_level),
+            ("max_body_bytes", &self.max_body_bytes),
+            ("request_timeout_ms", &self.request_timeout_ms),
+            ("shutdown_timeout_ms", &self.shutdown_timeout_ms),
+            ("bus_stream", &self.bus_stream),
+            ("bus_subject_prefix", &self.bus_subject_prefix),
+            ("bus_duplicate_window_ms", &self.bus_duplicate_window_ms),
+            ("genesis_allocations", &self.genesis_allocations),
+        ];
+        for (key, value) in pairs {
+            put(values, key, value);
+        }
+    }
+
+    fn config_file(&self) -> Option<PathBuf> {
+        self.database.config_file()
+    }
+}
+
+/// The flags of one command line: those before the command, then the command's own (which
+/// win when both name a setting).
+pub fn merged(before: &dyn SettingFlags, command: Option<&dyn SettingFlags>) -> (FlagValues, Option<PathBuf>) {
+    let mut values = FlagValues::new();
+    before.collect(&mut values);
+    let mut file = before.config_file();
+    if let Some(command) = command {
+        command.collect(&mut values);
+        file = command.config_file().or(file);
+    }
+    (values, file)
+}

@@ -1,0 +1,312 @@
+//! Writing to the books: every batch of accounts or transfers is one transaction under the
+//! writer lock. A transfer batch loads what it touches into the engine's [`Books`], applies
+//! it in memory, then writes the accepted transfers, the changed balances and pending
+//! states, one journal entry, and the batch's event(s) to the outbox before committing.
+//! Also the service's own writes: voiding expired holds and platform operations' chains.
+
+use std::collections::{BTreeSet, HashMap};
+
+use openledger_core::ContentHash;
+use openledger_proto::{
+    common::v1::{Hash, Uint128},
+    events::v1::LedgerBatchCommitted,
+};
+use openledger_store::{NewEvent, db::retry_when_busy};
+use prost::Message;
+use sea_orm::{
+    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, sea_query::OnConflict,
+};
+
+use super::{
+    GENESIS_ACCOUNT_ID, Ledger, LedgerError, SUBJECT_BATCH_COMMITTED,
+    ids::expiry_transfer_id,
+    journal::{GENESIS_PREVIOUS, batch_hash, entry_hash},
+    rows::{account_row, decode, encode, load_by_ids, nanos, stored, to_journal_record, transfer_row},
+};
+use crate::{
+    engine::{self, Books, TransfersOutcome},
+    entities::{account, journal, pending, transfer},
+    limits::{INSERT_CHUNK_ROWS, MAX_BATCH_EVENTS},
+    model::{
+        Account, CODE_HOLD_EXPIRED, CreateAccountResult, CreateTransferResult, PendingState, Transfer, TransferFlags,
+    },
+};
+
+/// Accounts clients may not debit: the genesis account, so there is no mint after genesis.
+type ReservedDebit = dyn Fn(u128) -> bool + Sync;
+
+/// The newest journal entry, which the next one chains from.
+struct LastEntry {
+    sequence: u64,
+    hash: ContentHash,
+    last_timestamp: u64,
+}
+
+fn client_reserved(id: u128) -> bool {
+    id == GENESIS_ACCOUNT_ID
+}
+
+impl Ledger {
+    /// Creates client accounts (ids below 2^16 are reserved for the system).
+    pub async fn create_accounts(&self, batch: &[Account]) -> Result<Vec<CreateAccountResult>, LedgerError> {
+        self.insert_accounts(batch, false).await
+    }
+
+    /// Creates accounts the service owns or derives (any id allowed).
+    pub(crate) async fn create_system_accounts(
+        &self,
+        batch: &[Account],
+    ) -> Result<Vec<CreateAccountResult>, LedgerError> {
+        self.insert_accounts(batch, true).await
+    }
+
+    pub(super) async fn insert_accounts(
+        &self,
+        batch: &[Account],
+        allow_reserved: bool,
+    ) -> Result<Vec<CreateAccountResult>, LedgerError> {
+        retry_when_busy(|| self.insert_accounts_once(batch, allow_reserved)).await
+    }
+
+    async fn insert_accounts_once(
+        &self,
+        batch: &[Account],
+        allow_reserved: bool,
+    ) -> Result<Vec<CreateAccountResult>, LedgerError> {
+        check_batch(batch.len())?;
+        let (_writer, txn) = self.begin_write().await?;
+        let ids: Vec<u128> = batch.iter().map(|account| account.id).collect();
+        let existing = load_by_ids::<account::Entity>(&txn, &ids).await?;
+        let (results, created) = engine::apply_accounts(&existing, batch, Self::now_ns(), allow_reserved);
+        for chunk in created.chunks(INSERT_CHUNK_ROWS) {
+            account::Entity::insert_many(chunk.iter().map(account_row)).exec_without_returning(&txn).await?;
+        }
+        txn.commit().await?;
+        Ok(results)
+    }
+
+    /// Applies client transfers now. The genesis account cannot be debited.
+    pub async fn create_transfers(&self, batch: &[Transfer]) -> Result<Vec<CreateTransferResult>, LedgerError> {
+        self.create_transfers_at(batch, Self::now_ns()).await
+    }
+
+    /// Applies client transfers as if at `now_ns` (tests and replays use a fixed clock).
+    pub async fn create_transfers_at(
+        &self,
+        batch: &[Transfer],
+        now_ns: u64,
+    ) -> Result<Vec<CreateTransferResult>, LedgerError> {
+        Ok(self.write(batch, now_ns, &client_reserved).await?.results)
+    }
+
+    /// Voids every hold whose timeout has passed at `now_ns`; returns how many.
+    pub async fn expire_holds_at(&self, now_ns: u64) -> Result<usize, LedgerError> {
+        let due = pending::Entity::find()
+            .filter(pending::Column::State.eq(PendingState::Pending.code()))
+            .filter(pending::Column::ExpiresAt.lte(nanos(now_ns)))
+            .order_by_asc(pending::Column::ExpiresAt)
+            .limit(MAX_BATCH_EVENTS as u64)
+            .all(&self.db)
+            .await?;
+        let mut voids = Vec::with_capacity(due.len());
+        for row in &due {
+            let pending_id = decode(&row.id)?;
+            voids.push(Transfer {
+                id: expiry_transfer_id(pending_id),
+                pending_id,
+                code: CODE_HOLD_EXPIRED,
+                flags: TransferFlags(TransferFlags::VOID_PENDING),
+                ..Transfer::default()
+            });
+        }
+        if voids.is_empty() {
+            return Ok(0);
+        }
+        let outcome = self.write(&voids, now_ns, &|_| false).await?;
+        Ok(outcome.results.iter().filter(|result| **result == CreateTransferResult::Ok).count())
+    }
+
+    pub(super) async fn write(
+        &self,
+        batch: &[Transfer],
+        now_ns: u64,
+        reserved_debit: &ReservedDebit,
+    ) -> Result<TransfersOutcome, LedgerError> {
+        retry_when_busy(|| self.write_once(batch, now_ns, reserved_debit, None)).await
+    }
+
+    /// Applies a platform operation's chain; `event` is recorded in the same transaction when
+    /// every transfer of the chain is accepted.
+    pub(crate) async fn write_operation(
+        &self,
+        batch: &[Transfer],
+        event: NewEvent,
+    ) -> Result<Vec<CreateTransferResult>, LedgerError> {
+        self.write_operation_at(batch, event, Self::now_ns()).await
+    }
+
+    pub(crate) async fn write_operation_at(
+        &self,
+        batch: &[Transfer],
+        event: NewEvent,
+        now_ns: u64,
+    ) -> Result<Vec<CreateTransferResult>, LedgerError> {
+        let write = || self.write_once(batch, now_ns, &client_reserved, Some(event.clone()));
+        Ok(retry_when_busy(write).await?.results)
+    }
+
+    async fn write_once(
+        &self,
+        batch: &[Transfer],
+        now_ns: u64,
+        reserved_debit: &ReservedDebit,
+        event: Option<NewEvent>,
+    ) -> Result<TransfersOutcome, LedgerError> {
+        check_batch(batch.len())?;
+        let (_writer, txn) = self.begin_write().await?;
+        let mut books = load_books(&txn, batch).await?;
+        let last = last_entry(&txn).await?;
+        let outcome = engine::apply_transfers(&mut books, batch, now_ns, last.last_timestamp, reserved_debit);
+        if !outcome.accepted.is_empty() {
+            let sequence = last.sequence + 1;
+            store_transfers(&txn, &outcome.accepted, sequence).await?;
+            store_balances(&txn, &outcome.accounts).await?;
+            store_pending(&txn, &outcome).await?;
+            let committed = append_journal(&txn, &last, sequence, &outcome.accepted).await?;
+            let batch_event = NewEvent::new(SUBJECT_BATCH_COMMITTED, committed.encode_to_vec());
+            let all_accepted = outcome.accepted.len() == batch.len();
+            for event in std::iter::once(batch_event).chain(event.filter(|_| all_accepted)) {
+                openledger_store::outbox::enqueue(&txn, "ledger", event)
+                    .await
+                    .map_err(|error| LedgerError::Outbox(error.to_string()))?;
+            }
+        }
+        txn.commit().await?;
+        Ok(outcome)
+    }
+}
+
+fn check_batch(len: usize) -> Result<(), LedgerError> {
+    if len > MAX_BATCH_EVENTS {
+        return Err(LedgerError::BatchTooLarge { len, max: MAX_BATCH_EVENTS });
+    }
+    Ok(())
+}
+
+fn sequence_column(sequence: u64) -> Result<i64, LedgerError> {
+    i64::try_from(sequence).map_err(|_| LedgerError::Corrupt(format!("journal sequence {sequence} is out of range")))
+}
+
+/// What a batch reads: the transfers it names (by id or as `pending_id`), the states of those
+/// that are holds, and every account any of them touches.
+async fn load_books(txn: &DatabaseTransaction, batch: &[Transfer]) -> Result<Books, LedgerError> {
+    let referenced: BTreeSet<u128> =
+        batch.iter().flat_map(|transfer| [transfer.id, transfer.pending_id]).filter(|id| *id != 0).collect();
+    let transfers = load_by_ids::<transfer::Entity>(txn, &referenced.into_iter().collect::<Vec<_>>()).await?;
+    let holds: Vec<u128> = transfers.values().filter(|t| t.flags.has(TransferFlags::PENDING)).map(|t| t.id).collect();
+    let pending = load_by_ids::<pending::Entity>(txn, &holds).await?;
+    let account_ids: BTreeSet<u128> = batch
+        .iter()
+        .chain(transfers.values())
+        .flat_map(|transfer| [transfer.debit_account_id, transfer.credit_account_id])
+        .filter(|id| *id != 0)
+        .collect();
+    let accounts = load_by_ids::<account::Entity>(txn, &account_ids.into_iter().collect::<Vec<_>>()).await?;
+    Ok(Books { accounts, transfers, pending })
+}
+
+async fn last_entry(txn: &DatabaseTransaction) -> Result<LastEntry, LedgerError> {
+    match journal::Entity::find().order_by_desc(journal::Column::Sequence).one(txn).await? {
+        None => Ok(LastEntry { sequence: 0, hash: GENESIS_PREVIOUS, last_timestamp: 0 }),
+        Some(row) => {
+            let entry = to_journal_record(&row)?;
+            Ok(LastEntry { sequence: entry.sequence, hash: entry.entry_hash, last_timestamp: entry.last_timestamp })
+        }
+    }
+}
+
+async fn store_transfers(txn: &DatabaseTransaction, accepted: &[Transfer], sequence: u64) -> Result<(), LedgerError> {
+    let sequence = sequence_column(sequence)?;
+    for chunk in accepted.chunks(INSERT_CHUNK_ROWS) {
+        transfer::Entity::insert_many(chunk.iter().map(|transfer| transfer_row(transfer, sequence)))
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Upserts the balances of the accounts a batch changed (their definitions never change).
+async fn store_balances(txn: &DatabaseTransaction, accounts: &[Account]) -> Result<(), LedgerError> {
+    let balances = [
+        account::Column::DebitsPending,
+        account::Column::DebitsPosted,
+        account::Column::CreditsPending,
+        account::Column::CreditsPosted,
+    ];
+    for chunk in accounts.chunks(INSERT_CHUNK_ROWS) {
+        account::Entity::insert_many(chunk.iter().map(account_row))
+            .on_conflict(OnConflict::column(account::Column::Id).update_columns(balances).to_owned())
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Upserts the pending states a batch created or changed; a new hold also records when it
+/// expires, so the service can find it.
+async fn store_pending(txn: &DatabaseTransaction, outcome: &TransfersOutcome) -> Result<(), LedgerError> {
+    let expiries: HashMap<u128, Option<u64>> =
+        outcome.accepted.iter().map(|transfer| (transfer.id, transfer.expires_at())).collect();
+    let rows: Vec<pending::ActiveModel> = outcome
+        .pending
+        .iter()
+        .map(|(id, state)| pending::ActiveModel {
+            id: Set(encode(*id)),
+            state: Set(state.code()),
+            expires_at: Set(expiries.get(id).copied().flatten().map(nanos)),
+        })
+        .collect();
+    for chunk in rows.chunks(INSERT_CHUNK_ROWS) {
+        pending::Entity::insert_many(chunk.to_vec())
+            .on_conflict(OnConflict::column(pending::Column::Id).update_column(pending::Column::State).to_owned())
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Appends the batch's journal entry after `last`; returns the event announcing it.
+async fn append_journal(
+    txn: &DatabaseTransaction,
+    last: &LastEntry,
+    sequence: u64,
+    accepted: &[Transfer],
+) -> Result<LedgerBatchCommitted, LedgerError> {
+    debug_assert_eq!(sequence, last.sequence + 1, "journal entries are consecutive");
+    debug_assert!(
+        accepted.windows(2).all(|pair| pair[0].timestamp < pair[1].timestamp)
+            && accepted.first().is_none_or(|first| first.timestamp > last.last_timestamp),
+        "transfer timestamps strictly increase across the journal"
+    );
+    let batch = batch_hash(accepted);
+    let count = accepted.len() as u64;
+    let last_timestamp = accepted.last().map_or(last.last_timestamp, |transfer| transfer.timestamp);
+    let hash = entry_hash(&last.hash, sequence, &batch, count, last_timestamp);
+    journal::Entity::insert(journal::ActiveModel {
+        sequence: Set(sequence_column(sequence)?),
+        previous: Set(last.hash.as_bytes().to_vec()),
+        batch_hash: Set(batch.as_bytes().to_vec()),
+        entry_hash: Set(hash.as_bytes().to_vec()),
+        transfer_count: Set(stored(count, "transfer count")?),
+        last_timestamp: Set(nanos(last_timestamp)),
+    })
+    .exec_without_returning(txn)
+    .await?;
+    Ok(LedgerBatchCommitted {
+        sequence,
+        entry_hash: Some(Hash { value: hash.as_bytes().to_vec() }),
+        transfer_count: count,
+        last_timestamp,
+        transfer_ids: accepted.iter().map(|t| Uint128::from(t.id)).collect(),
+    })
+}
