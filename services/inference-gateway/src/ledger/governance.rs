@@ -16,16 +16,13 @@ use openledger_proto::{
     ledger::v1::{self as pb},
 };
 use openledger_proto::{u128_of as unwire, uint128 as wire};
-use openledger_runtime::clients::ServiceChannel;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{
-    accounts::{client, parse_u128},
-    rest::{ApiError, ErrorBody},
-};
+use super::{Ledger, parse_u128};
+use crate::edge::{ApiError, ErrorBody};
 
-pub fn routes(ledger: ServiceChannel) -> Router {
+pub fn routes() -> Router<Ledger> {
     Router::new()
         .route("/v1/accounts/{id}/stake", post(stake))
         .route("/v1/accounts/{id}/unstake", post(unstake))
@@ -33,7 +30,6 @@ pub fn routes(ledger: ServiceChannel) -> Router {
         .route("/v1/governance/proposals", post(propose))
         .route("/v1/governance/proposals/{id}", get(proposal))
         .route("/v1/governance/proposals/{id}/votes", post(vote))
-        .with_state(ledger)
 }
 
 /// Stake or unstake, signed over `openledger/stake/v1\n<operation_id>\n<account>\n<amount>`
@@ -181,7 +177,7 @@ fn proposal_view(proposal: pb::Proposal) -> ProposalView {
     (status = 412, description = "Refused (bad signature, below the minimum, insufficient funds)", body = ErrorBody),
 ))]
 pub async fn stake(
-    State(ledger): State<ServiceChannel>,
+    State(ledger): State<Ledger>,
     Path(id): Path<String>,
     Json(change): Json<StakeChange>,
 ) -> Result<Json<StakeView>, ApiError> {
@@ -192,7 +188,7 @@ pub async fn stake(
         amount: wire(parse_amount(&change.amount, "amount")?),
         signature: Some(signature(&change.public_key, &change.signature)?),
     };
-    let total = client(&ledger)?.stake(request).await?.into_inner().staked_total;
+    let total = ledger.client()?.stake(request).await?.into_inner().staked_total;
     Ok(Json(StakeView { staked_total: Some(unwire(total.as_ref()).to_string()), unbonded_at_unix_seconds: None }))
 }
 
@@ -203,7 +199,7 @@ pub async fn stake(
     (status = 412, description = "Refused", body = ErrorBody),
 ))]
 pub async fn unstake(
-    State(ledger): State<ServiceChannel>,
+    State(ledger): State<Ledger>,
     Path(id): Path<String>,
     Json(change): Json<StakeChange>,
 ) -> Result<Json<StakeView>, ApiError> {
@@ -214,14 +210,14 @@ pub async fn unstake(
         amount: wire(parse_amount(&change.amount, "amount")?),
         signature: Some(signature(&change.public_key, &change.signature)?),
     };
-    let release = client(&ledger)?.unstake(request).await?.into_inner().unbonded_at_unix_seconds;
+    let release = ledger.client()?.unstake(request).await?.into_inner().unbonded_at_unix_seconds;
     Ok(Json(StakeView { staked_total: None, unbonded_at_unix_seconds: Some(release) }))
 }
 
 /// The economic parameters in force.
 #[utoipa::path(get, path = "/v1/governance/parameters", tag = "governance", responses((status = 200, body = ParametersView)))]
-pub async fn parameters(State(ledger): State<ServiceChannel>) -> Result<Json<ParametersView>, ApiError> {
-    let parameters = client(&ledger)?.get_parameters(pb::GetParametersRequest::default()).await?.into_inner();
+pub async fn parameters(State(ledger): State<Ledger>) -> Result<Json<ParametersView>, ApiError> {
+    let parameters = ledger.client()?.get_parameters(pb::GetParametersRequest::default()).await?.into_inner();
     Ok(Json(parameters_view(&parameters)))
 }
 
@@ -231,7 +227,7 @@ pub async fn parameters(State(ledger): State<ServiceChannel>) -> Result<Json<Par
     (status = 412, description = "Refused", body = ErrorBody),
 ))]
 pub async fn propose(
-    State(ledger): State<ServiceChannel>,
+    State(ledger): State<Ledger>,
     Json(new): Json<NewProposal>,
 ) -> Result<impl IntoResponse, ApiError> {
     let request = pb::SubmitProposalRequest {
@@ -241,7 +237,7 @@ pub async fn propose(
         signature: Some(signature(&new.public_key, &new.signature)?),
         proposer_account_id: wire(parse_u128(&new.account, "account")?),
     };
-    let proposal = client(&ledger)?.submit_proposal(request).await?.into_inner();
+    let proposal = ledger.client()?.submit_proposal(request).await?.into_inner();
     Ok((StatusCode::CREATED, Json(proposal_view(proposal))))
 }
 
@@ -250,11 +246,8 @@ pub async fn propose(
     (status = 200, body = ProposalView),
     (status = 404, body = ErrorBody),
 ))]
-pub async fn proposal(
-    State(ledger): State<ServiceChannel>,
-    Path(id): Path<String>,
-) -> Result<Json<ProposalView>, ApiError> {
-    let proposal = client(&ledger)?.get_proposal(pb::GetProposalRequest { proposal_id: id }).await?.into_inner();
+pub async fn proposal(State(ledger): State<Ledger>, Path(id): Path<String>) -> Result<Json<ProposalView>, ApiError> {
+    let proposal = ledger.client()?.get_proposal(pb::GetProposalRequest { proposal_id: id }).await?.into_inner();
     Ok(Json(proposal_view(proposal)))
 }
 
@@ -264,7 +257,7 @@ pub async fn proposal(
     (status = 412, description = "Refused", body = ErrorBody),
 ))]
 pub async fn vote(
-    State(ledger): State<ServiceChannel>,
+    State(ledger): State<Ledger>,
     Path(id): Path<String>,
     Json(new): Json<NewVote>,
 ) -> Result<Json<ProposalView>, ApiError> {
@@ -274,6 +267,6 @@ pub async fn vote(
         signature: Some(signature(&new.public_key, &new.signature)?),
         account_id: wire(parse_u128(&new.account, "account")?),
     };
-    let proposal = client(&ledger)?.cast_vote(request).await?.into_inner();
+    let proposal = ledger.client()?.cast_vote(request).await?.into_inner();
     Ok(Json(proposal_view(proposal)))
 }

@@ -1,5 +1,4 @@
-//! `/v1/accounts`: ledger accounts over REST, forwarded to the ledger's gRPC API. Amounts are
-//! decimal strings of base units (OPEN has 18 decimals); ids are decimal strings of u128.
+//! `/v1/accounts`: create an account, read it and its transfers.
 
 use axum::{
     Json, Router,
@@ -11,22 +10,21 @@ use axum::{
 use openledger_core::ErrorCode;
 use openledger_proto::{
     common::v1::{PageRequest, Uint128},
-    ledger::v1::{self as pb, ledger_service_client::LedgerServiceClient},
+    ledger::v1::{self as pb},
 };
 use openledger_proto::{u128_of as unwire, uint128 as wire};
-use openledger_runtime::clients::ServiceChannel;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::rest::{ApiError, ErrorBody};
+use super::{Ledger, parse_u128};
+use crate::edge::{ApiError, ErrorBody};
 
 /// Routes under `/v1/accounts`.
-pub fn routes(ledger: ServiceChannel) -> Router {
+pub fn routes() -> Router<Ledger> {
     Router::new()
         .route("/v1/accounts", post(create_account))
         .route("/v1/accounts/{id}", get(get_account))
         .route("/v1/accounts/{id}/transfers", get(account_transfers))
-        .with_state(ledger)
 }
 
 /// A new account owned by an ed25519 public key.
@@ -92,13 +90,6 @@ pub struct PageQuery {
     pub after: Option<String>,
 }
 
-/// A decimal u128 from a path or body field named `what`.
-pub(crate) fn parse_u128(text: &str, what: &str) -> Result<u128, ApiError> {
-    text.parse::<u128>().map_err(|_| {
-        ApiError::new(ErrorCode::InvalidArgument, format!("{what} {text:?} must be a decimal number below 2^128"))
-    })
-}
-
 fn flag_names(flags: &[i32], names: impl Fn(i32) -> Option<String>) -> Vec<String> {
     flags.iter().filter_map(|flag| names(*flag)).collect()
 }
@@ -137,11 +128,6 @@ fn view(account: &pb::Account) -> AccountView {
     }
 }
 
-/// A client of the ledger's gRPC API over the gateway's shared channel.
-pub(crate) fn client(ledger: &ServiceChannel) -> Result<LedgerServiceClient<tonic::transport::Channel>, ApiError> {
-    Ok(LedgerServiceClient::new(ledger.channel()?))
-}
-
 /// Create an account.
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = NewAccount, responses(
     (status = 201, description = "Created", body = AccountView),
@@ -150,7 +136,7 @@ pub(crate) fn client(ledger: &ServiceChannel) -> Result<LedgerServiceClient<toni
     (status = 409, description = "The id exists with different fields", body = ErrorBody),
 ))]
 pub async fn create_account(
-    State(ledger): State<ServiceChannel>,
+    State(ledger): State<Ledger>,
     Json(new): Json<NewAccount>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_u128(&new.id, "account id")?;
@@ -178,7 +164,7 @@ pub async fn create_account(
         flags,
         ..Default::default()
     };
-    let mut client = client(&ledger)?;
+    let mut client = ledger.client()?;
     let results =
         client.create_accounts(pb::CreateAccountsRequest { accounts: vec![account] }).await?.into_inner().results;
     let result =
@@ -208,12 +194,9 @@ pub async fn create_account(
     (status = 200, description = "The account", body = AccountView),
     (status = 404, description = "No such account", body = ErrorBody),
 ))]
-pub async fn get_account(
-    State(ledger): State<ServiceChannel>,
-    Path(id): Path<String>,
-) -> Result<Json<AccountView>, ApiError> {
+pub async fn get_account(State(ledger): State<Ledger>, Path(id): Path<String>) -> Result<Json<AccountView>, ApiError> {
     let id = parse_u128(&id, "account id")?;
-    let found = client(&ledger)?.lookup_accounts(pb::LookupAccountsRequest { ids: vec![Uint128::from(id)] }).await?;
+    let found = ledger.client()?.lookup_accounts(pb::LookupAccountsRequest { ids: vec![Uint128::from(id)] }).await?;
     let account = found
         .into_inner()
         .accounts
@@ -227,7 +210,7 @@ pub async fn get_account(
     (status = 200, description = "A page of transfers", body = TransferPage),
 ))]
 pub async fn account_transfers(
-    State(ledger): State<ServiceChannel>,
+    State(ledger): State<Ledger>,
     Path(id): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> Result<Json<TransferPage>, ApiError> {
@@ -236,7 +219,7 @@ pub async fn account_transfers(
         account_id: wire(id),
         page: Some(PageRequest { page_size: page.limit.unwrap_or(0), page_token: page.after.unwrap_or_default() }),
     };
-    let response = client(&ledger)?.get_account_transfers(request).await?.into_inner();
+    let response = ledger.client()?.get_account_transfers(request).await?.into_inner();
     let transfer_flag = |flag: i32| {
         pb::TransferFlag::try_from(flag)
             .ok()
