@@ -1,7 +1,7 @@
 //! The edge's one error type and envelope: every failure answers
 //! `{"error":{"code","message"}}` with the HTTP status of its [`ErrorCode`]. A gRPC status from
 //! an upstream service becomes an [`ApiError`] here, once, through
-//! the status's metadata or its gRPC code.
+//! `openledger_runtime::grpc::error_code_of`; no other status→HTTP table exists.
 
 use axum::{
     Json,
@@ -46,23 +46,7 @@ impl ApiError {
 /// gRPC answers from the services become REST errors here, once.
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        if let Some(code) = openledger_runtime::grpc::error_code_of(&status) {
-            return Self::new(code, status.message().to_owned());
-        }
-        let code = match status.code() {
-            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ErrorCode::InvalidArgument,
-            tonic::Code::NotFound => ErrorCode::NotFound,
-            tonic::Code::AlreadyExists => ErrorCode::AlreadyExists,
-            tonic::Code::PermissionDenied => ErrorCode::PermissionDenied,
-            tonic::Code::Unauthenticated => ErrorCode::Unauthenticated,
-            tonic::Code::ResourceExhausted => ErrorCode::ResourceExhausted,
-            tonic::Code::FailedPrecondition | tonic::Code::Aborted => ErrorCode::FailedPrecondition,
-            tonic::Code::Unimplemented => ErrorCode::Unimplemented,
-            tonic::Code::Unavailable => ErrorCode::Unavailable,
-            tonic::Code::DeadlineExceeded => ErrorCode::Timeout,
-            _ => ErrorCode::Internal,
-        };
-        Self::new(code, status.message().to_owned())
+        Self::new(openledger_runtime::grpc::error_code_of(&status), status.message().to_owned())
     }
 }
 
