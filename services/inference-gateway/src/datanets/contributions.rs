@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Request, State},
+    extract::{Path, Query, Request, State},
     http::{HeaderMap, StatusCode, header},
     response::IntoResponse,
 };
@@ -16,7 +16,7 @@ use super::{
     json::*,
     upload::{body_upload, multipart_upload},
 };
-use crate::edge::{ApiError, ErrorBody, upstream::with_caller};
+use crate::edge::{ApiError, ErrorBody, page::LimitQuery, upstream::with_caller};
 
 /// Bytes of one gRPC message of an upload.
 const UPLOAD_CHUNK: usize = 256 * 1024;
@@ -105,15 +105,16 @@ pub async fn review(
 }
 
 /// Contributors by accepted records.
-#[utoipa::path(get, path = "/v1/datanets/{id}/leaderboard", tag = "datanets", params(("id" = String, Path, description = "Datanet id")), responses(
+#[utoipa::path(get, path = "/v1/datanets/{id}/leaderboard", tag = "datanets", params(("id" = String, Path, description = "Datanet id"), LimitQuery), responses(
     (status = 200, description = "The leaderboard", body = [LeaderboardEntryJson]),
 ))]
 pub async fn leaderboard(
     State(datanets): State<Datanets>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(limit): Query<LimitQuery>,
 ) -> Result<Json<Vec<LeaderboardEntryJson>>, ApiError> {
-    let request = pb::GetLeaderboardRequest { datanet_id: id, limit: 100 };
+    let request = pb::GetLeaderboardRequest { datanet_id: id, limit: limit.limit()? };
     let board = datanets.client()?.get_leaderboard(with_caller(request, &headers)).await?.into_inner();
     Ok(Json(
         board

@@ -159,17 +159,18 @@ pub struct NewDatanet {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DatanetPage {
     pub datanets: Vec<DatanetJson>,
-    pub next_page_token: String,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
+/// What a Datanet list is filtered by (its page is a `PageQuery`).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub struct DatanetFilter {
+    /// Only Datanets with this tag.
     #[serde(default)]
     pub tag: String,
-    #[serde(default)]
-    pub page_size: u32,
-    #[serde(default)]
-    pub page_token: String,
 }
 
 /// One record of a contribution.

@@ -23,14 +23,18 @@ use axum::{
 };
 use openledger_core::ErrorCode;
 use openledger_proto::{
-    common::v1::{PageRequest, Signature},
+    common::v1::Signature,
     datanet::v1::{self as pb, datanet_service_client::DatanetServiceClient},
 };
 use openledger_runtime::clients::ServiceChannel;
 use tonic::transport::Channel;
 
 pub use self::{access::*, contributions::*, json::*, snapshots::*};
-use crate::edge::{ApiError, ErrorBody, Upstream, upstream::with_caller};
+use crate::edge::{
+    ApiError, ErrorBody, Upstream,
+    page::{PageQuery, next_cursor},
+    upstream::with_caller,
+};
 
 /// datanet-ingest as the state of its routes.
 pub type Datanets = Upstream<DatanetServiceClient<Channel>>;
@@ -79,22 +83,20 @@ pub async fn create(
 }
 
 /// Datanets the caller may see, newest first.
-#[utoipa::path(get, path = "/v1/datanets", tag = "datanets", params(ListQuery), responses(
+#[utoipa::path(get, path = "/v1/datanets", tag = "datanets", params(DatanetFilter, PageQuery), responses(
     (status = 200, description = "A page of Datanets", body = DatanetPage),
 ))]
 pub async fn list(
     State(datanets): State<Datanets>,
     headers: HeaderMap,
-    Query(query): Query<ListQuery>,
+    Query(filter): Query<DatanetFilter>,
+    Query(page): Query<PageQuery>,
 ) -> Result<Json<DatanetPage>, ApiError> {
-    let request = pb::ListDatanetsRequest {
-        page: Some(PageRequest { page_size: query.page_size, page_token: query.page_token }),
-        tag: query.tag,
-    };
+    let request = pb::ListDatanetsRequest { page: Some(page.request()?), tag: filter.tag };
     let page = datanets.client()?.list_datanets(with_caller(request, &headers)).await?.into_inner();
     Ok(Json(DatanetPage {
         datanets: page.datanets.iter().map(DatanetJson::of).collect(),
-        next_page_token: page.page.unwrap_or_default().next_page_token,
+        next_cursor: next_cursor(page.page),
     }))
 }
 

@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod openapi;
+pub mod page;
 pub mod upstream;
 
 use std::time::{Duration, Instant};

@@ -9,15 +9,18 @@ use axum::{
 };
 use openledger_core::ErrorCode;
 use openledger_proto::{
-    common::v1::{PageRequest, Uint128},
+    common::v1::Uint128,
     ledger::v1::{self as pb},
 };
 use openledger_proto::{u128_of as unwire, uint128 as wire};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use super::{Ledger, parse_u128};
-use crate::edge::{ApiError, ErrorBody};
+use crate::edge::{
+    ApiError, ErrorBody,
+    page::{PageQuery, next_cursor},
+};
 
 /// Routes under `/v1/accounts`.
 pub fn routes() -> Router<Ledger> {
@@ -80,14 +83,6 @@ pub struct TransferPage {
     /// Pass as `after` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct PageQuery {
-    /// At most 1000 (default 100).
-    pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    pub after: Option<String>,
 }
 
 fn flag_names(flags: &[i32], names: impl Fn(i32) -> Option<String>) -> Vec<String> {
@@ -215,10 +210,7 @@ pub async fn account_transfers(
     Query(page): Query<PageQuery>,
 ) -> Result<Json<TransferPage>, ApiError> {
     let id = parse_u128(&id, "account id")?;
-    let request = pb::GetAccountTransfersRequest {
-        account_id: wire(id),
-        page: Some(PageRequest { page_size: page.limit.unwrap_or(0), page_token: page.after.unwrap_or_default() }),
-    };
+    let request = pb::GetAccountTransfersRequest { account_id: wire(id), page: Some(page.request()?) };
     let response = ledger.client()?.get_account_transfers(request).await?.into_inner();
     let transfer_flag = |flag: i32| {
         pb::TransferFlag::try_from(flag)
@@ -239,6 +231,6 @@ pub async fn account_transfers(
             timestamp: t.timestamp,
         })
         .collect();
-    let next_cursor = response.page.map(|page| page.next_page_token).filter(|token| !token.is_empty());
+    let next_cursor = next_cursor(response.page);
     Ok(Json(TransferPage { transfers, next_cursor }))
 }
