@@ -8,36 +8,36 @@ use axum::{
 };
 use openledger_proto::datanet::v1 as pb;
 
-use super::{Datanets, json::*, wire_signature};
-use crate::edge::{ApiError, ErrorBody};
+use super::{Datanets, json::*};
+use crate::edge::{ApiError, ErrorBody, signature::signature};
 
 /// Ask to train on a Datanet (a repeated request returns the open grant).
-#[utoipa::path(post, path = "/v1/datanets/{id}/access", tag = "datanets", request_body = AccessRequestJson, params(("id" = String, Path, description = "Datanet id")), responses(
-    (status = 201, description = "The grant, requested (or the open one)", body = GrantJson),
+#[utoipa::path(post, path = "/v1/datanets/{id}/access", tag = "datanets", request_body = RequestAccessRequest, params(("id" = String, Path, description = "Datanet id")), responses(
+    (status = 201, description = "The grant, requested (or the open one)", body = Grant),
 ))]
 pub async fn request_access(
     State(datanets): State<Datanets>,
     Path(id): Path<String>,
-    Json(asked): Json<AccessRequestJson>,
+    Json(asked): Json<RequestAccessRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let signature = wire_signature(&asked.public_key, &asked.signature)?;
+    let signature = signature(&asked.public_key, &asked.signature)?;
     let request = pb::RequestAccessRequest { datanet_id: id, purpose: asked.purpose, signature: Some(signature) };
     let grant = datanets.client()?.request_access(request).await?.into_inner();
-    Ok((StatusCode::CREATED, Json(GrantJson::of(&grant))))
+    Ok((StatusCode::CREATED, Json(Grant::from(&grant))))
 }
 
 /// The owner approves or denies an access request.
-#[utoipa::path(post, path = "/v1/datanets/{id}/access/{grant_id}", tag = "datanets", request_body = AccessDecisionJson, params(
+#[utoipa::path(post, path = "/v1/datanets/{id}/access/{grant_id}", tag = "datanets", request_body = DecideAccessRequest, params(
     ("id" = String, Path, description = "Datanet id"), ("grant_id" = String, Path, description = "Grant id")), responses(
-    (status = 200, description = "The decided grant", body = GrantJson),
+    (status = 200, description = "The decided grant", body = Grant),
     (status = 403, description = "Not the owner", body = ErrorBody),
 ))]
 pub async fn decide_access(
     State(datanets): State<Datanets>,
     Path((id, grant_id)): Path<(String, String)>,
-    Json(decision): Json<AccessDecisionJson>,
-) -> Result<Json<GrantJson>, ApiError> {
-    let signature = wire_signature(&decision.public_key, &decision.signature)?;
+    Json(decision): Json<DecideAccessRequest>,
+) -> Result<Json<Grant>, ApiError> {
+    let signature = signature(&decision.public_key, &decision.signature)?;
     let request = pb::DecideAccessRequest {
         datanet_id: id,
         grant_id,
@@ -46,5 +46,5 @@ pub async fn decide_access(
         signed_at: decision.signed_at,
     };
     let grant = datanets.client()?.decide_access(request).await?.into_inner();
-    Ok(Json(GrantJson::of(&grant)))
+    Ok(Json(Grant::from(&grant)))
 }

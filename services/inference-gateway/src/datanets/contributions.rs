@@ -6,10 +6,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::IntoResponse,
 };
-use openledger_proto::{
-    common::v1::{Hash, Signature},
-    datanet::v1 as pb,
-};
+use openledger_proto::{common::v1::Hash, datanet::v1 as pb};
 
 use super::{
     Datanets,
@@ -28,7 +25,7 @@ const UPLOAD_CHUNK: usize = 256 * 1024;
 /// (default `upload.jsonl`). The signature covers
 /// `openledger/contribution/v1\n<datanet id>\n<file name>\n<file BLAKE3 hex>\n<account or ->`.
 #[utoipa::path(post, path = "/v1/datanets/{id}/contributions", tag = "datanets", params(("id" = String, Path, description = "Datanet id")), responses(
-    (status = 201, description = "Taken and decided (accepted, pending review, rejected or duplicate)", body = ContributionJson),
+    (status = 201, description = "Taken and decided (accepted, pending review, rejected or duplicate)", body = Contribution),
     (status = 400, description = "The file cannot be parsed or does not fit the schema", body = ErrorBody),
     (status = 401, description = "The signature does not verify", body = ErrorBody),
     (status = 413, description = "The file is larger than the Datanet takes", body = ErrorBody),
@@ -51,7 +48,7 @@ pub async fn contribute(
         media_type: upload.media_type,
         size_bytes: upload.bytes.len() as u64,
         file_hash: Some(Hash { value: blake3::hash(&upload.bytes).as_bytes().to_vec() }),
-        signature: Some(Signature { public_key: upload.public_key, signature: upload.signature }),
+        signature: Some(upload.signature),
         contributor_account_id: upload.account_id.map(Into::into),
     };
     let mut messages = vec![pb::ContributeRequest { part: Some(pb::contribute_request::Part::Header(header)) }];
@@ -62,65 +59,65 @@ pub async fn contribute(
             .map(|chunk| pb::ContributeRequest { part: Some(pb::contribute_request::Part::Chunk(chunk.to_vec())) }),
     );
     let taken = datanets.client()?.contribute(futures::stream::iter(messages)).await?.into_inner();
-    Ok((StatusCode::CREATED, Json(ContributionJson::of(&taken))))
+    Ok((StatusCode::CREATED, Json(Contribution::from(&taken))))
 }
 
 /// A contribution and the fate of each record.
 #[utoipa::path(get, path = "/v1/datanets/{id}/contributions/{contribution_id}", tag = "datanets", params(
     ("id" = String, Path, description = "Datanet id"), ("contribution_id" = String, Path, description = "Contribution id")), responses(
-    (status = 200, description = "The contribution", body = ContributionJson),
+    (status = 200, description = "The contribution", body = Contribution),
     (status = 404, description = "Not found", body = ErrorBody),
 ))]
 pub async fn contribution(
     State(datanets): State<Datanets>,
     headers: HeaderMap,
     Path((id, contribution_id)): Path<(String, String)>,
-) -> Result<Json<ContributionJson>, ApiError> {
+) -> Result<Json<Contribution>, ApiError> {
     let request = pb::GetContributionRequest { datanet_id: id, contribution_id };
     let found = datanets.client()?.get_contribution(with_caller(request, &headers)).await?;
-    Ok(Json(ContributionJson::of(found.get_ref())))
+    Ok(Json(Contribution::from(found.get_ref())))
 }
 
 /// The owner or a validator approves or rejects a contribution pending review.
-#[utoipa::path(post, path = "/v1/datanets/{id}/contributions/{contribution_id}/review", tag = "datanets", request_body = ReviewJson, params(
+#[utoipa::path(post, path = "/v1/datanets/{id}/contributions/{contribution_id}/review", tag = "datanets", request_body = ReviewContributionRequest, params(
     ("id" = String, Path, description = "Datanet id"), ("contribution_id" = String, Path, description = "Contribution id")), responses(
-    (status = 200, description = "Decided", body = ContributionJson),
+    (status = 200, description = "Decided", body = Contribution),
     (status = 403, description = "Not the owner or a validator", body = ErrorBody),
     (status = 412, description = "Not pending review", body = ErrorBody),
 ))]
 pub async fn review(
     State(datanets): State<Datanets>,
     Path((id, contribution_id)): Path<(String, String)>,
-    Json(review): Json<ReviewJson>,
-) -> Result<Json<ContributionJson>, ApiError> {
+    Json(review): Json<ReviewContributionRequest>,
+) -> Result<Json<Contribution>, ApiError> {
     let request = pb::ReviewContributionRequest {
         datanet_id: id,
         contribution_id,
         approve: review.approve,
         reason: review.reason,
-        signature: Some(review.signature.wire()?),
+        signature: Some((&review.signature).try_into()?),
     };
     let decided = datanets.client()?.review_contribution(request).await?;
-    Ok(Json(ContributionJson::of(decided.get_ref())))
+    Ok(Json(Contribution::from(decided.get_ref())))
 }
 
 /// Contributors by accepted records.
 #[utoipa::path(get, path = "/v1/datanets/{id}/leaderboard", tag = "datanets", params(("id" = String, Path, description = "Datanet id"), LimitQuery), responses(
-    (status = 200, description = "The leaderboard", body = [LeaderboardEntryJson]),
+    (status = 200, description = "The leaderboard", body = [LeaderboardEntry]),
 ))]
 pub async fn leaderboard(
     State(datanets): State<Datanets>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(limit): Query<LimitQuery>,
-) -> Result<Json<Vec<LeaderboardEntryJson>>, ApiError> {
+) -> Result<Json<Vec<LeaderboardEntry>>, ApiError> {
     let request = pb::GetLeaderboardRequest { datanet_id: id, limit: limit.limit()? };
     let board = datanets.client()?.get_leaderboard(with_caller(request, &headers)).await?.into_inner();
     Ok(Json(
         board
             .entries
             .iter()
-            .map(|entry| LeaderboardEntryJson {
+            .map(|entry| LeaderboardEntry {
                 contributor: hex::encode(&entry.contributor),
                 accepted_records: entry.accepted_records,
                 acceptance_ratio_ppt: entry.acceptance_ratio_ppt,

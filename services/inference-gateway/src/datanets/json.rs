@@ -1,24 +1,29 @@
 //! The JSON types of the Datanet routes and their conversions from and to the wire types.
 
 use openledger_core::ErrorCode;
-use openledger_proto::{common::v1::Signature, datanet::v1 as pb};
+use openledger_proto::{common::v1 as common, datanet::v1 as pb};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{hex_field, wire_signature};
-use crate::edge::ApiError;
+use super::hex_field;
+use crate::edge::{ApiError, signature::signature};
 
-/// An ed25519 signature, hex.
+/// An ed25519 signature and the signer's public key, hex.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SignatureJson {
+pub struct Signature {
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub public_key: String,
+    #[schema(pattern = "^[0-9a-fA-F]{128}$")]
     pub signature: String,
 }
 
-impl SignatureJson {
-    pub(crate) fn wire(&self) -> Result<Signature, ApiError> {
-        wire_signature(&self.public_key, &self.signature)
+impl TryFrom<&Signature> for common::Signature {
+    type Error = ApiError;
+
+    /// 401 when malformed, like a signature that does not verify.
+    fn try_from(signed: &Signature) -> Result<Self, ApiError> {
+        signature(&signed.public_key, &signed.signature)
     }
 }
 
@@ -26,7 +31,7 @@ impl SignatureJson {
 /// per contributor per day, 5 MB files, scores 600/300, Jaccard 0.8).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
-pub struct PolicyJson {
+pub struct ContributionPolicy {
     pub allow_list_only: bool,
     /// Hex ed25519 keys.
     pub allowed_contributors: Vec<String>,
@@ -48,7 +53,7 @@ pub struct PolicyJson {
 /// signs `openledger/datanet/create/v1\n<slug>\n<digest>` (see the gRPC API).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(default)]
-pub struct DatanetJson {
+pub struct Datanet {
     pub id: String,
     pub slug: String,
     pub name: String,
@@ -61,60 +66,65 @@ pub struct DatanetJson {
     pub licence: String,
     /// `public` or `private`.
     pub visibility: String,
-    pub policy: PolicyJson,
+    pub policy: ContributionPolicy,
     pub owner: String,
     pub validators: Vec<String>,
     pub created_at_unix_ms: i64,
 }
 
-impl DatanetJson {
-    /// The wire form (what the owner's signature covers).
-    pub fn wire(&self) -> Result<pb::Datanet, ApiError> {
+/// The wire form (what the owner's signature covers).
+impl TryFrom<&Datanet> for pb::Datanet {
+    type Error = ApiError;
+
+    fn try_from(datanet: &Datanet) -> Result<Self, ApiError> {
         let bad = |message: String| ApiError::new(ErrorCode::InvalidArgument, message);
-        let schema = pb::RecordSchema::from_str_name(&format!("RECORD_SCHEMA_{}", self.schema.to_uppercase()))
+        let schema = pb::RecordSchema::from_str_name(&format!("RECORD_SCHEMA_{}", datanet.schema.to_uppercase()))
             .ok_or_else(|| bad("schema must be free_text, instruction_response or labelled_text".into()))?;
-        let visibility = pb::Visibility::from_str_name(&format!("VISIBILITY_{}", self.visibility.to_uppercase()))
+        let visibility = pb::Visibility::from_str_name(&format!("VISIBILITY_{}", datanet.visibility.to_uppercase()))
             .ok_or_else(|| bad("visibility must be public or private".into()))?;
         let keys =
             |keys: &[String], field: &str| keys.iter().map(|key| hex_field(key, field)).collect::<Result<Vec<_>, _>>();
-        let stake = if self.policy.stake_per_contribution.is_empty() {
+        let stake = if datanet.policy.stake_per_contribution.is_empty() {
             0
         } else {
-            self.policy
+            datanet
+                .policy
                 .stake_per_contribution
                 .parse::<u128>()
                 .map_err(|_| bad("policy.stake_per_contribution must be a decimal number of base units".into()))?
         };
         Ok(pb::Datanet {
-            slug: self.slug.clone(),
-            name: self.name.clone(),
-            summary: self.summary.clone(),
-            description_markdown: self.description_markdown.clone(),
-            tags: self.tags.clone(),
+            slug: datanet.slug.clone(),
+            name: datanet.name.clone(),
+            summary: datanet.summary.clone(),
+            description_markdown: datanet.description_markdown.clone(),
+            tags: datanet.tags.clone(),
             schema: schema as i32,
-            label_set: self.label_set.clone(),
-            licence: self.licence.clone(),
+            label_set: datanet.label_set.clone(),
+            licence: datanet.licence.clone(),
             visibility: visibility as i32,
             policy: Some(pb::ContributionPolicy {
-                allow_list_only: self.policy.allow_list_only,
-                allowed_contributors: keys(&self.policy.allowed_contributors, "policy.allowed_contributors")?,
+                allow_list_only: datanet.policy.allow_list_only,
+                allowed_contributors: keys(&datanet.policy.allowed_contributors, "policy.allowed_contributors")?,
                 stake_per_contribution: Some(stake.into()),
-                max_bytes_per_contributor_per_day: self.policy.max_bytes_per_contributor_per_day,
-                max_files_per_contributor_per_day: self.policy.max_files_per_contributor_per_day,
-                max_bytes_per_day: self.policy.max_bytes_per_day,
-                max_files_per_day: self.policy.max_files_per_day,
-                max_file_bytes: self.policy.max_file_bytes,
-                auto_accept_score: self.policy.auto_accept_score,
-                reject_below_score: self.policy.reject_below_score,
-                near_duplicate_jaccard_ppt: self.policy.near_duplicate_jaccard_ppt,
-                review_all: self.policy.review_all,
+                max_bytes_per_contributor_per_day: datanet.policy.max_bytes_per_contributor_per_day,
+                max_files_per_contributor_per_day: datanet.policy.max_files_per_contributor_per_day,
+                max_bytes_per_day: datanet.policy.max_bytes_per_day,
+                max_files_per_day: datanet.policy.max_files_per_day,
+                max_file_bytes: datanet.policy.max_file_bytes,
+                auto_accept_score: datanet.policy.auto_accept_score,
+                reject_below_score: datanet.policy.reject_below_score,
+                near_duplicate_jaccard_ppt: datanet.policy.near_duplicate_jaccard_ppt,
+                review_all: datanet.policy.review_all,
             }),
-            validators: keys(&self.validators, "validators")?,
+            validators: keys(&datanet.validators, "validators")?,
             ..Default::default()
         })
     }
+}
 
-    pub(crate) fn of(datanet: &pb::Datanet) -> Self {
+impl From<&pb::Datanet> for Datanet {
+    fn from(datanet: &pb::Datanet) -> Self {
         let policy = datanet.policy.clone().unwrap_or_default();
         let lower = |name: &str, prefix: &str| name.trim_start_matches(prefix).to_lowercase();
         Self {
@@ -128,7 +138,7 @@ impl DatanetJson {
             label_set: datanet.label_set.clone(),
             licence: datanet.licence.clone(),
             visibility: lower(datanet.visibility().as_str_name(), "VISIBILITY_"),
-            policy: PolicyJson {
+            policy: ContributionPolicy {
                 allow_list_only: policy.allow_list_only,
                 allowed_contributors: policy.allowed_contributors.iter().map(hex::encode).collect(),
                 stake_per_contribution: policy.stake_per_contribution.map(u128::from).unwrap_or(0).to_string(),
@@ -151,14 +161,14 @@ impl DatanetJson {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewDatanet {
-    pub datanet: DatanetJson,
-    pub signature: SignatureJson,
+pub struct CreateDatanetRequest {
+    pub datanet: Datanet,
+    pub signature: Signature,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DatanetPage {
-    pub datanets: Vec<DatanetJson>,
+    pub datanets: Vec<Datanet>,
     /// Pass as `after` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
@@ -175,7 +185,7 @@ pub struct DatanetFilter {
 
 /// One record of a contribution.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RecordJson {
+pub struct Record {
     pub hash: String,
     pub quality_score: u32,
     pub duplicate: bool,
@@ -184,7 +194,7 @@ pub struct RecordJson {
 
 /// A contribution and what became of it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ContributionJson {
+pub struct Contribution {
     pub id: String,
     pub datanet_id: String,
     pub contributor: String,
@@ -197,11 +207,11 @@ pub struct ContributionJson {
     pub bond: String,
     /// `none`, `held`, `released` or `slashed`.
     pub bond_state: String,
-    pub records: Vec<RecordJson>,
+    pub records: Vec<Record>,
 }
 
-impl ContributionJson {
-    pub(crate) fn of(contribution: &pb::Contribution) -> Self {
+impl From<&pb::Contribution> for Contribution {
+    fn from(contribution: &pb::Contribution) -> Self {
         Self {
             id: contribution.id.clone(),
             datanet_id: contribution.datanet_id.clone(),
@@ -216,7 +226,7 @@ impl ContributionJson {
             records: contribution
                 .records
                 .iter()
-                .map(|record| RecordJson {
+                .map(|record| Record {
                     hash: hex::encode(record.hash.clone().unwrap_or_default().value),
                     quality_score: record.quality_score,
                     duplicate: record.duplicate,
@@ -229,7 +239,7 @@ impl ContributionJson {
 
 /// A sealed version of a Datanet.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SnapshotJson {
+pub struct Snapshot {
     pub id: String,
     pub datanet_id: String,
     pub version: u64,
@@ -243,14 +253,14 @@ pub struct SnapshotJson {
 
 /// Inclusion proofs (RFC 9162 shape) of a contribution's records in a version.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ProofJson {
+pub struct InclusionProof {
     pub snapshot_id: String,
     pub merkle_root: String,
-    pub records: Vec<RecordProofJson>,
+    pub records: Vec<RecordProof>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RecordProofJson {
+pub struct RecordProof {
     pub record_hash: String,
     pub leaf_index: u64,
     pub tree_size: u64,
@@ -260,27 +270,43 @@ pub struct RecordProofJson {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ReviewJson {
+pub struct ReviewContributionRequest {
     pub approve: bool,
     #[serde(default)]
     pub reason: String,
     /// Over `openledger/review/v1\n<datanet id>\n<contribution id>\n<approve|reject>\n<reason>`.
-    pub signature: SignatureJson,
+    pub signature: Signature,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct LeaderboardEntryJson {
+pub struct LeaderboardEntry {
     pub contributor: String,
     pub accepted_records: u64,
     pub acceptance_ratio_ppt: u32,
     pub duplicates_rejected: u64,
 }
 
-/// A signed owner action: `signed_at` is Unix seconds (within 300 s of the server).
+/// Seal the draft, signed by the owner over `openledger/publish/v1\n<datanet id>\n<signed_at>`;
+/// `signed_at` is Unix seconds (within 300 s of the server).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SignedActionJson {
+pub struct PublishSnapshotRequest {
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub public_key: String,
+    #[schema(pattern = "^[0-9a-fA-F]{128}$")]
+    pub signature: String,
+    pub signed_at: i64,
+}
+
+/// Take a record out of the draft, signed by the owner over
+/// `openledger/remove-record/v1\n<datanet id>\n<record hash hex>\n<signed_at>`; `signed_at` is
+/// Unix seconds (within 300 s of the server).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveRecordRequest {
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
+    pub public_key: String,
+    #[schema(pattern = "^[0-9a-fA-F]{128}$")]
     pub signature: String,
     pub signed_at: i64,
 }
@@ -288,9 +314,11 @@ pub struct SignedActionJson {
 /// A request to train on a Datanet, signed over `openledger/access-request/v1\n<datanet id>\n<purpose>`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AccessRequestJson {
+pub struct RequestAccessRequest {
     pub purpose: String,
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub public_key: String,
+    #[schema(pattern = "^[0-9a-fA-F]{128}$")]
     pub signature: String,
 }
 
@@ -298,16 +326,18 @@ pub struct AccessRequestJson {
 /// `openledger/access-decision/v1\n<datanet id>\n<grant id>\n<approve|deny>\n<signed_at>`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AccessDecisionJson {
+pub struct DecideAccessRequest {
     pub approve: bool,
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub public_key: String,
+    #[schema(pattern = "^[0-9a-fA-F]{128}$")]
     pub signature: String,
     pub signed_at: i64,
 }
 
 /// An access grant: `requested`, `approved` or `denied`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct GrantJson {
+pub struct Grant {
     pub id: String,
     pub datanet_id: String,
     pub grantee: String,
@@ -315,8 +345,8 @@ pub struct GrantJson {
     pub purpose: String,
 }
 
-impl GrantJson {
-    pub(crate) fn of(grant: &pb::AccessGrant) -> Self {
+impl From<&pb::AccessGrant> for Grant {
+    fn from(grant: &pb::AccessGrant) -> Self {
         Self {
             id: grant.id.clone(),
             datanet_id: grant.datanet_id.clone(),

@@ -22,10 +22,7 @@ use axum::{
     routing::{get, post},
 };
 use openledger_core::ErrorCode;
-use openledger_proto::{
-    common::v1::Signature,
-    datanet::v1::{self as pb, datanet_service_client::DatanetServiceClient},
-};
+use openledger_proto::datanet::v1::{self as pb, datanet_service_client::DatanetServiceClient};
 use openledger_runtime::clients::ServiceChannel;
 use tonic::transport::Channel;
 
@@ -60,26 +57,23 @@ pub(crate) fn hex_field(value: &str, field: &str) -> Result<Vec<u8>, ApiError> {
     hex::decode(value).map_err(|_| ApiError::new(ErrorCode::InvalidArgument, format!("{field} must be hex")))
 }
 
-/// A signature from its hex key and hex signature.
-pub(crate) fn wire_signature(public_key: &str, signature: &str) -> Result<Signature, ApiError> {
-    Ok(Signature { public_key: hex_field(public_key, "public_key")?, signature: hex_field(signature, "signature")? })
-}
-
 /// Create a Datanet, signed by its owner.
-#[utoipa::path(post, path = "/v1/datanets", tag = "datanets", request_body = NewDatanet, responses(
-    (status = 201, description = "Created (200 when the same owner repeats it)", body = DatanetJson),
+#[utoipa::path(post, path = "/v1/datanets", tag = "datanets", request_body = CreateDatanetRequest, responses(
+    (status = 201, description = "Created; a repeat of the slug by the same owner answers 201 with the Datanet as it exists", body = Datanet),
     (status = 400, description = "Invalid definition", body = ErrorBody),
     (status = 401, description = "The signature does not verify", body = ErrorBody),
     (status = 409, description = "The slug is taken", body = ErrorBody),
 ))]
 pub async fn create(
     State(datanets): State<Datanets>,
-    Json(new): Json<NewDatanet>,
+    Json(new): Json<CreateDatanetRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let request =
-        pb::CreateDatanetRequest { datanet: Some(new.datanet.wire()?), signature: Some(new.signature.wire()?) };
+    let request = pb::CreateDatanetRequest {
+        datanet: Some((&new.datanet).try_into()?),
+        signature: Some((&new.signature).try_into()?),
+    };
     let created = datanets.client()?.create_datanet(request).await?.into_inner();
-    Ok((StatusCode::CREATED, Json(DatanetJson::of(&created))))
+    Ok((StatusCode::CREATED, Json(Datanet::from(&created))))
 }
 
 /// Datanets the caller may see, newest first.
@@ -95,21 +89,21 @@ pub async fn list(
     let request = pb::ListDatanetsRequest { page: Some(page.request()?), tag: filter.tag };
     let page = datanets.client()?.list_datanets(with_caller(request, &headers)).await?.into_inner();
     Ok(Json(DatanetPage {
-        datanets: page.datanets.iter().map(DatanetJson::of).collect(),
+        datanets: page.datanets.iter().map(Datanet::from).collect(),
         next_cursor: next_cursor(page.page),
     }))
 }
 
 /// A Datanet by id or slug (private ones only for the owner, validators and grantees).
 #[utoipa::path(get, path = "/v1/datanets/{id}", tag = "datanets", params(("id" = String, Path, description = "Id or slug")), responses(
-    (status = 200, description = "The Datanet", body = DatanetJson),
+    (status = 200, description = "The Datanet", body = Datanet),
     (status = 404, description = "No such Datanet (or not visible to the caller)", body = ErrorBody),
 ))]
 pub async fn show(
     State(datanets): State<Datanets>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<DatanetJson>, ApiError> {
+) -> Result<Json<Datanet>, ApiError> {
     let found = datanets.client()?.get_datanet(with_caller(pb::GetDatanetRequest { id_or_slug: id }, &headers)).await?;
-    Ok(Json(DatanetJson::of(found.get_ref())))
+    Ok(Json(Datanet::from(found.get_ref())))
 }

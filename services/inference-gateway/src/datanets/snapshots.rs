@@ -8,25 +8,25 @@ use axum::{
 };
 use openledger_proto::{common::v1::Hash, datanet::v1 as pb};
 
-use super::{Datanets, hex_field, json::*, wire_signature};
-use crate::edge::{ApiError, ErrorBody, upstream::with_caller};
+use super::{Datanets, hex_field, json::*};
+use crate::edge::{ApiError, ErrorBody, signature::signature, upstream::with_caller};
 
 /// Seal the accepted records as the next version; the owner signs
 /// `openledger/publish/v1\n<datanet id>\n<signed_at>` (Unix seconds, within 300 s of the server).
-#[utoipa::path(post, path = "/v1/datanets/{id}/snapshots", tag = "datanets", request_body = SignedActionJson, params(("id" = String, Path, description = "Datanet id")), responses(
-    (status = 201, description = "The sealed version (the latest one when nothing changed)", body = SnapshotJson),
+#[utoipa::path(post, path = "/v1/datanets/{id}/snapshots", tag = "datanets", request_body = PublishSnapshotRequest, params(("id" = String, Path, description = "Datanet id")), responses(
+    (status = 201, description = "The sealed version (the latest one when nothing changed)", body = Snapshot),
     (status = 403, description = "Not the owner", body = ErrorBody),
 ))]
 pub async fn publish(
     State(datanets): State<Datanets>,
     Path(id): Path<String>,
-    Json(publish): Json<SignedActionJson>,
+    Json(publish): Json<PublishSnapshotRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let signature = wire_signature(&publish.public_key, &publish.signature)?;
+    let signature = signature(&publish.public_key, &publish.signature)?;
     let request =
         pb::PublishSnapshotRequest { datanet_id: id, signature: Some(signature), signed_at: publish.signed_at };
     let sealed = datanets.client()?.publish_snapshot(request).await?.into_inner();
-    let snapshot = SnapshotJson {
+    let snapshot = Snapshot {
         id: sealed.id,
         datanet_id: sealed.datanet_id,
         version: sealed.version,
@@ -47,19 +47,19 @@ pub async fn publish(
 #[utoipa::path(get, path = "/v1/datanets/{id}/snapshots/{sid}/proofs/{contribution_id}", tag = "datanets", params(
     ("id" = String, Path, description = "Datanet id"), ("sid" = String, Path, description = "Snapshot id or `latest`"),
     ("contribution_id" = String, Path, description = "Contribution id")), responses(
-    (status = 200, description = "The proofs", body = ProofJson),
+    (status = 200, description = "The proofs", body = InclusionProof),
     (status = 404, description = "No such version, or no records of the contribution in it", body = ErrorBody),
 ))]
 pub async fn proof(
     State(datanets): State<Datanets>,
     headers: HeaderMap,
     Path((id, sid, contribution_id)): Path<(String, String, String)>,
-) -> Result<Json<ProofJson>, ApiError> {
+) -> Result<Json<InclusionProof>, ApiError> {
     let request = pb::GetInclusionProofRequest { datanet_id: id, snapshot_id: sid, contribution_id };
     let proof = datanets.client()?.get_inclusion_proof(with_caller(request, &headers)).await?.into_inner();
     let hex_of = |hash: Option<&Hash>| hex::encode(hash.map(|hash| hash.value.as_slice()).unwrap_or_default());
     let root = proof.records.first().and_then(|record| record.proof.as_ref()).and_then(|p| p.root.as_ref());
-    Ok(Json(ProofJson {
+    Ok(Json(InclusionProof {
         snapshot_id: proof.snapshot_id.clone(),
         merkle_root: hex_of(root),
         records: proof
@@ -67,7 +67,7 @@ pub async fn proof(
             .iter()
             .map(|record| {
                 let inclusion = record.proof.clone().unwrap_or_default();
-                RecordProofJson {
+                RecordProof {
                     record_hash: hex_of(record.record_hash.as_ref()),
                     leaf_index: inclusion.leaf_index,
                     tree_size: inclusion.tree_size,
@@ -80,7 +80,7 @@ pub async fn proof(
 
 /// The owner takes a record out of the draft, signed over
 /// `openledger/remove-record/v1\n<datanet id>\n<record hash hex>\n<signed_at>`.
-#[utoipa::path(post, path = "/v1/datanets/{id}/records/{hash}/remove", tag = "datanets", request_body = SignedActionJson, params(
+#[utoipa::path(post, path = "/v1/datanets/{id}/records/{hash}/remove", tag = "datanets", request_body = RemoveRecordRequest, params(
     ("id" = String, Path, description = "Datanet id"), ("hash" = String, Path, description = "Record BLAKE3, hex")), responses(
     (status = 204, description = "Removed from the draft"),
     (status = 403, description = "Not the owner", body = ErrorBody),
@@ -89,9 +89,9 @@ pub async fn proof(
 pub async fn remove_record(
     State(datanets): State<Datanets>,
     Path((id, hash)): Path<(String, String)>,
-    Json(action): Json<SignedActionJson>,
+    Json(action): Json<RemoveRecordRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let signature = wire_signature(&action.public_key, &action.signature)?;
+    let signature = signature(&action.public_key, &action.signature)?;
     let request = pb::RemoveRecordRequest {
         datanet_id: id,
         record_hash: Some(Hash { value: hex_field(&hash, "the record hash")? }),

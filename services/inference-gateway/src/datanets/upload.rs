@@ -7,15 +7,16 @@ use axum::{
 };
 use openledger_core::ErrorCode;
 
-use super::hex_field;
-use crate::edge::ApiError;
+use openledger_proto::common::v1 as common;
+
+use crate::edge::{ApiError, signature::signature};
 
 pub(super) struct RestUpload {
     pub file_name: String,
     pub media_type: String,
     pub bytes: Bytes,
-    pub public_key: Vec<u8>,
-    pub signature: Vec<u8>,
+    /// The signer; 401 when missing or malformed, like a signature that does not verify.
+    pub signature: common::Signature,
     pub account_id: Option<u128>,
 }
 
@@ -33,11 +34,11 @@ pub(super) async fn body_upload(request: Request) -> Result<RestUpload, ApiError
     let header = |name: &str| {
         parts.headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned).unwrap_or_default()
     };
-    let (key, signature, account) =
+    let (key, signed, account) =
         (header("x-openledger-key"), header("x-openledger-signature"), header("x-openledger-account"));
     let file_name =
         Some(header("x-openledger-file-name")).filter(|name| !name.is_empty()).unwrap_or("upload.jsonl".into());
-    if key.is_empty() || signature.is_empty() {
+    if key.is_empty() || signed.is_empty() {
         return Err(ApiError::new(
             ErrorCode::Unauthenticated,
             "a JSON or JSONL contribution needs the x-openledger-key and x-openledger-signature headers",
@@ -47,8 +48,7 @@ pub(super) async fn body_upload(request: Request) -> Result<RestUpload, ApiError
         media_type: "application/jsonl".into(),
         file_name,
         bytes: Bytes::new(),
-        public_key: hex_field(&key, "x-openledger-key")?,
-        signature: hex_field(&signature, "x-openledger-signature")?,
+        signature: signature(&key, &signed)?,
         account_id: parse_account(&account)?,
     };
     // The edge's body limit layer bounds what is read here.
@@ -61,7 +61,7 @@ pub(super) async fn body_upload(request: Request) -> Result<RestUpload, ApiError
 pub(super) async fn multipart_upload(request: Request) -> Result<RestUpload, ApiError> {
     let bad = |message: String| ApiError::new(ErrorCode::InvalidArgument, message);
     let mut form = Multipart::from_request(request, &()).await.map_err(|error| bad(format!("multipart: {error}")))?;
-    let (mut file, mut key, mut signature, mut account) = (None, String::new(), String::new(), String::new());
+    let (mut file, mut key, mut signed, mut account) = (None, String::new(), String::new(), String::new());
     while let Some(field) = form.next_field().await.map_err(|error| bad(format!("multipart: {error}")))? {
         let name = field.name().unwrap_or_default().to_owned();
         match name.as_str() {
@@ -75,7 +75,7 @@ pub(super) async fn multipart_upload(request: Request) -> Result<RestUpload, Api
                 let text = field.text().await.map_err(|error| bad(format!("multipart {name}: {error}")))?;
                 match name.as_str() {
                     "public_key" => key = text,
-                    "signature" => signature = text,
+                    "signature" => signed = text,
                     _ => account = text,
                 }
             }
@@ -91,8 +91,7 @@ pub(super) async fn multipart_upload(request: Request) -> Result<RestUpload, Api
         file_name,
         media_type,
         bytes,
-        public_key: hex_field(&key, "public_key")?,
-        signature: hex_field(&signature, "signature")?,
+        signature: signature(&key, &signed)?,
         account_id: parse_account(&account)?,
     })
 }

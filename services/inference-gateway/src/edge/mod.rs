@@ -7,6 +7,7 @@
 pub mod error;
 pub mod openapi;
 pub mod page;
+pub mod signature;
 pub mod upstream;
 
 use std::time::{Duration, Instant};

@@ -33,7 +33,7 @@ pub fn routes() -> Router<Ledger> {
 /// A new account owned by an ed25519 public key.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewAccount {
+pub struct CreateAccountRequest {
     /// Client-chosen id: a decimal u128 of at least 65536 (smaller ids are the system's).
     pub id: String,
     /// The owner's ed25519 public key, 64 hex characters.
@@ -48,7 +48,7 @@ pub struct NewAccount {
 
 /// An account and its balances (decimal strings of base units).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AccountView {
+pub struct Account {
     pub id: String,
     /// `key:<hex>` or `system:<role>`.
     pub owner: String,
@@ -66,7 +66,7 @@ pub struct AccountView {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TransferView {
+pub struct Transfer {
     pub id: String,
     pub debit_account_id: String,
     pub credit_account_id: String,
@@ -79,7 +79,7 @@ pub struct TransferView {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TransferPage {
-    pub transfers: Vec<TransferView>,
+    pub transfers: Vec<Transfer>,
     /// Pass as `after` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
@@ -95,44 +95,65 @@ fn account_flag(flag: i32) -> Option<String> {
         .map(|flag| flag.as_str_name().trim_start_matches("ACCOUNT_FLAG_").to_lowercase())
 }
 
-fn view(account: &pb::Account) -> AccountView {
-    let credits = unwire(account.credits_posted.as_ref());
-    let debits = unwire(account.debits_posted.as_ref());
-    let balance = if credits >= debits { (credits - debits).to_string() } else { format!("-{}", debits - credits) };
-    let owner = match &account.owner {
-        Some(pb::account::Owner::PublicKey(key)) => format!("key:{}", hex::encode(key)),
-        Some(pb::account::Owner::SystemRole(role)) => format!(
-            "system:{}",
-            pb::SystemRole::try_from(*role)
-                .map_or("unknown".into(), |r| r.as_str_name().trim_start_matches("SYSTEM_ROLE_").to_lowercase())
-        ),
-        None => "unknown".to_owned(),
-    };
-    AccountView {
-        id: unwire(account.id.as_ref()).to_string(),
-        owner,
-        ledger: account.ledger,
-        code: account.code,
-        flags: flag_names(&account.flags, account_flag),
-        debits_pending: unwire(account.debits_pending.as_ref()).to_string(),
-        debits_posted: debits.to_string(),
-        credits_pending: unwire(account.credits_pending.as_ref()).to_string(),
-        credits_posted: credits.to_string(),
-        balance,
-        timestamp: account.timestamp,
+impl From<&pb::Account> for Account {
+    fn from(account: &pb::Account) -> Self {
+        let credits = unwire(account.credits_posted.as_ref());
+        let debits = unwire(account.debits_posted.as_ref());
+        let balance = if credits >= debits { (credits - debits).to_string() } else { format!("-{}", debits - credits) };
+        let owner = match &account.owner {
+            Some(pb::account::Owner::PublicKey(key)) => format!("key:{}", hex::encode(key)),
+            Some(pb::account::Owner::SystemRole(role)) => format!(
+                "system:{}",
+                pb::SystemRole::try_from(*role)
+                    .map_or("unknown".into(), |r| r.as_str_name().trim_start_matches("SYSTEM_ROLE_").to_lowercase())
+            ),
+            None => "unknown".to_owned(),
+        };
+        Account {
+            id: unwire(account.id.as_ref()).to_string(),
+            owner,
+            ledger: account.ledger,
+            code: account.code,
+            flags: flag_names(&account.flags, account_flag),
+            debits_pending: unwire(account.debits_pending.as_ref()).to_string(),
+            debits_posted: debits.to_string(),
+            credits_pending: unwire(account.credits_pending.as_ref()).to_string(),
+            credits_posted: credits.to_string(),
+            balance,
+            timestamp: account.timestamp,
+        }
+    }
+}
+
+fn transfer_flag(flag: i32) -> Option<String> {
+    pb::TransferFlag::try_from(flag).ok().map(|f| f.as_str_name().trim_start_matches("TRANSFER_FLAG_").to_lowercase())
+}
+
+impl From<&pb::Transfer> for Transfer {
+    fn from(t: &pb::Transfer) -> Self {
+        Self {
+            id: unwire(t.id.as_ref()).to_string(),
+            debit_account_id: unwire(t.debit_account_id.as_ref()).to_string(),
+            credit_account_id: unwire(t.credit_account_id.as_ref()).to_string(),
+            amount: unwire(t.amount.as_ref()).to_string(),
+            pending_id: unwire(t.pending_id.as_ref()).to_string(),
+            code: t.code,
+            flags: flag_names(&t.flags, transfer_flag),
+            timestamp: t.timestamp,
+        }
     }
 }
 
 /// Create an account.
-#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = NewAccount, responses(
-    (status = 201, description = "Created", body = AccountView),
-    (status = 200, description = "Already exists with the same fields (retries are safe)", body = AccountView),
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = CreateAccountRequest, responses(
+    (status = 201, description = "Created", body = Account),
+    (status = 200, description = "Already exists with the same fields (retries are safe)", body = Account),
     (status = 400, description = "Invalid account", body = ErrorBody),
     (status = 409, description = "The id exists with different fields", body = ErrorBody),
 ))]
 pub async fn create_account(
     State(ledger): State<Ledger>,
-    Json(new): Json<NewAccount>,
+    Json(new): Json<CreateAccountRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_u128(&new.id, "account id")?;
     let key = hex::decode(&new.public_key).ok().filter(|key| key.len() == 32).ok_or_else(|| {
@@ -181,15 +202,15 @@ pub async fn create_account(
         .accounts
         .pop()
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "created account not found"))?;
-    Ok((status, Json(view(&account))))
+    Ok((status, Json(Account::from(&account))))
 }
 
 /// An account and its balances.
 #[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "Decimal account id")), responses(
-    (status = 200, description = "The account", body = AccountView),
+    (status = 200, description = "The account", body = Account),
     (status = 404, description = "No such account", body = ErrorBody),
 ))]
-pub async fn get_account(State(ledger): State<Ledger>, Path(id): Path<String>) -> Result<Json<AccountView>, ApiError> {
+pub async fn get_account(State(ledger): State<Ledger>, Path(id): Path<String>) -> Result<Json<Account>, ApiError> {
     let id = parse_u128(&id, "account id")?;
     let found = ledger.client()?.lookup_accounts(pb::LookupAccountsRequest { ids: vec![Uint128::from(id)] }).await?;
     let account = found
@@ -197,7 +218,7 @@ pub async fn get_account(State(ledger): State<Ledger>, Path(id): Path<String>) -
         .accounts
         .pop()
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("account {id} does not exist")))?;
-    Ok(Json(view(&account)))
+    Ok(Json(Account::from(&account)))
 }
 
 /// An account's transfers, oldest first, a page at a time.
@@ -212,25 +233,7 @@ pub async fn account_transfers(
     let id = parse_u128(&id, "account id")?;
     let request = pb::GetAccountTransfersRequest { account_id: wire(id), page: Some(page.request()?) };
     let response = ledger.client()?.get_account_transfers(request).await?.into_inner();
-    let transfer_flag = |flag: i32| {
-        pb::TransferFlag::try_from(flag)
-            .ok()
-            .map(|f| f.as_str_name().trim_start_matches("TRANSFER_FLAG_").to_lowercase())
-    };
-    let transfers = response
-        .transfers
-        .iter()
-        .map(|t| TransferView {
-            id: unwire(t.id.as_ref()).to_string(),
-            debit_account_id: unwire(t.debit_account_id.as_ref()).to_string(),
-            credit_account_id: unwire(t.credit_account_id.as_ref()).to_string(),
-            amount: unwire(t.amount.as_ref()).to_string(),
-            pending_id: unwire(t.pending_id.as_ref()).to_string(),
-            code: t.code,
-            flags: flag_names(&t.flags, transfer_flag),
-            timestamp: t.timestamp,
-        })
-        .collect();
+    let transfers = response.transfers.iter().map(Transfer::from).collect();
     let next_cursor = next_cursor(response.page);
     Ok(Json(TransferPage { transfers, next_cursor }))
 }

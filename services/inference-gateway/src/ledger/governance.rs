@@ -11,16 +11,13 @@ use axum::{
     routing::{get, post},
 };
 use openledger_core::{Amount, ErrorCode};
-use openledger_proto::{
-    common::v1::Signature,
-    ledger::v1::{self as pb},
-};
+use openledger_proto::ledger::v1::{self as pb};
 use openledger_proto::{u128_of as unwire, uint128 as wire};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Ledger, parse_u128};
-use crate::edge::{ApiError, ErrorBody};
+use crate::edge::{ApiError, ErrorBody, signature::signature};
 
 pub fn routes() -> Router<Ledger> {
     Router::new()
@@ -36,19 +33,21 @@ pub fn routes() -> Router<Ledger> {
 /// (`unstake` for unstaking).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct StakeChange {
+pub struct StakeRequest {
     /// Idempotency key: repeating it applies the change once.
     pub operation_id: String,
     /// Base units, as a decimal string.
     pub amount: String,
     /// The account owner's ed25519 public key, hex.
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub public_key: String,
     /// The signature, hex.
+    #[schema(pattern = "^[0-9a-fA-F]{128}$")]
     pub signature: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct StakeView {
+pub struct Stake {
     pub staked_total: Option<String>,
     pub unbonded_at_unix_seconds: Option<u64>,
 }
@@ -56,7 +55,7 @@ pub struct StakeView {
 /// The economic parameters; amounts are decimal strings of base units.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ParametersView {
+pub struct Parameters {
     pub model_owner_bps: u32,
     pub stakers_bps: u32,
     pub contributors_bps: u32,
@@ -70,28 +69,32 @@ pub struct ParametersView {
 /// A proposal, signed over `openledger/proposal/v1\n<id>\n<account>\n<canonical parameters JSON>`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewProposal {
+pub struct CreateProposalRequest {
     pub id: String,
     pub account: String,
-    pub parameters: ParametersView,
+    pub parameters: Parameters,
     #[serde(default)]
     pub rationale: String,
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub public_key: String,
+    #[schema(pattern = "^[0-9a-fA-F]{128}$")]
     pub signature: String,
 }
 
 /// A vote, signed over `openledger/vote/v1\n<proposal id>\n<account>\n<yes|no>`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewVote {
+pub struct CastVoteRequest {
     pub account: String,
     pub approve: bool,
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub public_key: String,
+    #[schema(pattern = "^[0-9a-fA-F]{128}$")]
     pub signature: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ProposalView {
+pub struct Proposal {
     pub id: String,
     pub proposer: String,
     pub state: String,
@@ -100,7 +103,7 @@ pub struct ProposalView {
     pub voting_ends_unix_seconds: u64,
     pub executable_after_unix_seconds: u64,
     pub effective_from_epoch: Option<u64>,
-    pub parameters: Option<ParametersView>,
+    pub parameters: Option<Parameters>,
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -111,76 +114,66 @@ fn parse_amount(text: &str, what: &str) -> Result<u128, ApiError> {
     Amount::from_base_units_str(text).map(Amount::base_units).map_err(|error| invalid(format!("{what}: {error}")))
 }
 
-fn signature(public_key: &str, signature: &str) -> Result<Signature, ApiError> {
-    let unauthenticated = |what: &str| {
-        ApiError::new(
-            ErrorCode::Unauthenticated,
-            format!("{what}: sign the request with the account owner's ed25519 key"),
-        )
-    };
-    let public_key = hex::decode(public_key)
-        .ok()
-        .filter(|key| key.len() == 32)
-        .ok_or_else(|| unauthenticated("public_key must be 64 hex characters"))?;
-    let signature = hex::decode(signature)
-        .ok()
-        .filter(|sig| sig.len() == 64)
-        .ok_or_else(|| unauthenticated("signature must be 128 hex characters"))?;
-    Ok(Signature { public_key, signature })
-}
+impl TryFrom<&Parameters> for pb::Parameters {
+    type Error = ApiError;
 
-fn parameters_from(view: &ParametersView) -> Result<pb::Parameters, ApiError> {
-    Ok(pb::Parameters {
-        model_owner_bps: view.model_owner_bps,
-        stakers_bps: view.stakers_bps,
-        contributors_bps: view.contributors_bps,
-        platform_fee: wire(parse_amount(&view.platform_fee, "platform_fee")?),
-        slashing_bps: view.slashing_bps,
-        unbonding_seconds: view.unbonding_seconds,
-        minimum_stake: wire(parse_amount(&view.minimum_stake, "minimum_stake")?),
-        epoch_seconds: view.epoch_seconds,
-        effective_from_epoch: 0,
-    })
-}
-
-fn parameters_view(parameters: &pb::Parameters) -> ParametersView {
-    ParametersView {
-        model_owner_bps: parameters.model_owner_bps,
-        stakers_bps: parameters.stakers_bps,
-        contributors_bps: parameters.contributors_bps,
-        platform_fee: unwire(parameters.platform_fee.as_ref()).to_string(),
-        slashing_bps: parameters.slashing_bps,
-        minimum_stake: unwire(parameters.minimum_stake.as_ref()).to_string(),
-        unbonding_seconds: parameters.unbonding_seconds,
-        epoch_seconds: parameters.epoch_seconds,
+    fn try_from(view: &Parameters) -> Result<Self, ApiError> {
+        Ok(pb::Parameters {
+            model_owner_bps: view.model_owner_bps,
+            stakers_bps: view.stakers_bps,
+            contributors_bps: view.contributors_bps,
+            platform_fee: wire(parse_amount(&view.platform_fee, "platform_fee")?),
+            slashing_bps: view.slashing_bps,
+            unbonding_seconds: view.unbonding_seconds,
+            minimum_stake: wire(parse_amount(&view.minimum_stake, "minimum_stake")?),
+            epoch_seconds: view.epoch_seconds,
+            effective_from_epoch: 0,
+        })
     }
 }
 
-fn proposal_view(proposal: pb::Proposal) -> ProposalView {
-    ProposalView {
-        id: proposal.proposal_id,
-        proposer: unwire(proposal.proposer_account_id.as_ref()).to_string(),
-        state: proposal.state,
-        votes_for: unwire(proposal.votes_for.as_ref()).to_string(),
-        votes_against: unwire(proposal.votes_against.as_ref()).to_string(),
-        voting_ends_unix_seconds: proposal.voting_ends_unix_seconds,
-        executable_after_unix_seconds: proposal.executable_after_unix_seconds,
-        effective_from_epoch: (proposal.effective_from_epoch > 0).then_some(proposal.effective_from_epoch),
-        parameters: proposal.parameters.as_ref().map(parameters_view),
+impl From<&pb::Parameters> for Parameters {
+    fn from(parameters: &pb::Parameters) -> Self {
+        Self {
+            model_owner_bps: parameters.model_owner_bps,
+            stakers_bps: parameters.stakers_bps,
+            contributors_bps: parameters.contributors_bps,
+            platform_fee: unwire(parameters.platform_fee.as_ref()).to_string(),
+            slashing_bps: parameters.slashing_bps,
+            minimum_stake: unwire(parameters.minimum_stake.as_ref()).to_string(),
+            unbonding_seconds: parameters.unbonding_seconds,
+            epoch_seconds: parameters.epoch_seconds,
+        }
+    }
+}
+
+impl From<pb::Proposal> for Proposal {
+    fn from(proposal: pb::Proposal) -> Self {
+        Self {
+            id: proposal.proposal_id,
+            proposer: unwire(proposal.proposer_account_id.as_ref()).to_string(),
+            state: proposal.state,
+            votes_for: unwire(proposal.votes_for.as_ref()).to_string(),
+            votes_against: unwire(proposal.votes_against.as_ref()).to_string(),
+            voting_ends_unix_seconds: proposal.voting_ends_unix_seconds,
+            executable_after_unix_seconds: proposal.executable_after_unix_seconds,
+            effective_from_epoch: (proposal.effective_from_epoch > 0).then_some(proposal.effective_from_epoch),
+            parameters: proposal.parameters.as_ref().map(Parameters::from),
+        }
     }
 }
 
 /// Stake from an account (signed).
-#[utoipa::path(post, path = "/v1/accounts/{id}/stake", tag = "staking", request_body = StakeChange, params(("id" = String, Path)), responses(
-    (status = 200, description = "Staked", body = StakeView),
+#[utoipa::path(post, path = "/v1/accounts/{id}/stake", tag = "staking", request_body = StakeRequest, params(("id" = String, Path)), responses(
+    (status = 200, description = "Staked", body = Stake),
     (status = 401, description = "Missing or malformed signature", body = ErrorBody),
     (status = 412, description = "Refused (bad signature, below the minimum, insufficient funds)", body = ErrorBody),
 ))]
 pub async fn stake(
     State(ledger): State<Ledger>,
     Path(id): Path<String>,
-    Json(change): Json<StakeChange>,
-) -> Result<Json<StakeView>, ApiError> {
+    Json(change): Json<StakeRequest>,
+) -> Result<Json<Stake>, ApiError> {
     let account = parse_u128(&id, "account id")?;
     let request = pb::StakeRequest {
         operation_id: change.operation_id.clone(),
@@ -189,20 +182,20 @@ pub async fn stake(
         signature: Some(signature(&change.public_key, &change.signature)?),
     };
     let total = ledger.client()?.stake(request).await?.into_inner().staked_total;
-    Ok(Json(StakeView { staked_total: Some(unwire(total.as_ref()).to_string()), unbonded_at_unix_seconds: None }))
+    Ok(Json(Stake { staked_total: Some(unwire(total.as_ref()).to_string()), unbonded_at_unix_seconds: None }))
 }
 
 /// Start unbonding a stake (signed).
-#[utoipa::path(post, path = "/v1/accounts/{id}/unstake", tag = "staking", request_body = StakeChange, params(("id" = String, Path)), responses(
-    (status = 200, description = "Unbonding", body = StakeView),
+#[utoipa::path(post, path = "/v1/accounts/{id}/unstake", tag = "staking", request_body = StakeRequest, params(("id" = String, Path)), responses(
+    (status = 200, description = "Unbonding", body = Stake),
     (status = 401, description = "Missing or malformed signature", body = ErrorBody),
     (status = 412, description = "Refused", body = ErrorBody),
 ))]
 pub async fn unstake(
     State(ledger): State<Ledger>,
     Path(id): Path<String>,
-    Json(change): Json<StakeChange>,
-) -> Result<Json<StakeView>, ApiError> {
+    Json(change): Json<StakeRequest>,
+) -> Result<Json<Stake>, ApiError> {
     let account = parse_u128(&id, "account id")?;
     let request = pb::UnstakeRequest {
         operation_id: change.operation_id.clone(),
@@ -211,56 +204,56 @@ pub async fn unstake(
         signature: Some(signature(&change.public_key, &change.signature)?),
     };
     let release = ledger.client()?.unstake(request).await?.into_inner().unbonded_at_unix_seconds;
-    Ok(Json(StakeView { staked_total: None, unbonded_at_unix_seconds: Some(release) }))
+    Ok(Json(Stake { staked_total: None, unbonded_at_unix_seconds: Some(release) }))
 }
 
 /// The economic parameters in force.
-#[utoipa::path(get, path = "/v1/governance/parameters", tag = "governance", responses((status = 200, body = ParametersView)))]
-pub async fn parameters(State(ledger): State<Ledger>) -> Result<Json<ParametersView>, ApiError> {
+#[utoipa::path(get, path = "/v1/governance/parameters", tag = "governance", responses((status = 200, body = Parameters)))]
+pub async fn parameters(State(ledger): State<Ledger>) -> Result<Json<Parameters>, ApiError> {
     let parameters = ledger.client()?.get_parameters(pb::GetParametersRequest::default()).await?.into_inner();
-    Ok(Json(parameters_view(&parameters)))
+    Ok(Json(Parameters::from(&parameters)))
 }
 
 /// Propose new parameters (signed; the proposer must hold the proposal threshold in stake).
-#[utoipa::path(post, path = "/v1/governance/proposals", tag = "governance", request_body = NewProposal, responses(
-    (status = 201, description = "Proposed", body = ProposalView),
+#[utoipa::path(post, path = "/v1/governance/proposals", tag = "governance", request_body = CreateProposalRequest, responses(
+    (status = 201, description = "Proposed", body = Proposal),
     (status = 412, description = "Refused", body = ErrorBody),
 ))]
 pub async fn propose(
     State(ledger): State<Ledger>,
-    Json(new): Json<NewProposal>,
+    Json(new): Json<CreateProposalRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let request = pb::SubmitProposalRequest {
         proposal_id: new.id.clone(),
-        parameters: Some(parameters_from(&new.parameters)?),
+        parameters: Some((&new.parameters).try_into()?),
         rationale: new.rationale.clone(),
         signature: Some(signature(&new.public_key, &new.signature)?),
         proposer_account_id: wire(parse_u128(&new.account, "account")?),
     };
     let proposal = ledger.client()?.submit_proposal(request).await?.into_inner();
-    Ok((StatusCode::CREATED, Json(proposal_view(proposal))))
+    Ok((StatusCode::CREATED, Json(Proposal::from(proposal))))
 }
 
 /// A proposal and its tally.
 #[utoipa::path(get, path = "/v1/governance/proposals/{id}", tag = "governance", params(("id" = String, Path)), responses(
-    (status = 200, body = ProposalView),
+    (status = 200, body = Proposal),
     (status = 404, body = ErrorBody),
 ))]
-pub async fn proposal(State(ledger): State<Ledger>, Path(id): Path<String>) -> Result<Json<ProposalView>, ApiError> {
+pub async fn proposal(State(ledger): State<Ledger>, Path(id): Path<String>) -> Result<Json<Proposal>, ApiError> {
     let proposal = ledger.client()?.get_proposal(pb::GetProposalRequest { proposal_id: id }).await?.into_inner();
-    Ok(Json(proposal_view(proposal)))
+    Ok(Json(Proposal::from(proposal)))
 }
 
 /// Vote with an account's stake (signed; one vote per account).
-#[utoipa::path(post, path = "/v1/governance/proposals/{id}/votes", tag = "governance", request_body = NewVote, params(("id" = String, Path)), responses(
-    (status = 200, description = "Counted", body = ProposalView),
+#[utoipa::path(post, path = "/v1/governance/proposals/{id}/votes", tag = "governance", request_body = CastVoteRequest, params(("id" = String, Path)), responses(
+    (status = 200, description = "Counted", body = Proposal),
     (status = 412, description = "Refused", body = ErrorBody),
 ))]
 pub async fn vote(
     State(ledger): State<Ledger>,
     Path(id): Path<String>,
-    Json(new): Json<NewVote>,
-) -> Result<Json<ProposalView>, ApiError> {
+    Json(new): Json<CastVoteRequest>,
+) -> Result<Json<Proposal>, ApiError> {
     let request = pb::CastVoteRequest {
         proposal_id: id,
         approve: new.approve,
@@ -268,5 +261,5 @@ pub async fn vote(
         account_id: wire(parse_u128(&new.account, "account")?),
     };
     let proposal = ledger.client()?.cast_vote(request).await?.into_inner();
-    Ok(Json(proposal_view(proposal)))
+    Ok(Json(Proposal::from(proposal)))
 }
