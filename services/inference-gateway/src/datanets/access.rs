@@ -14,6 +14,8 @@ use crate::edge::{ApiError, ErrorBody, signature::signature};
 /// Ask to train on a Datanet (a repeated request returns the open grant).
 #[utoipa::path(post, path = "/v1/datanets/{id}/access", tag = "datanets", request_body = RequestAccessRequest, params(("id" = String, Path, description = "Datanet id")), responses(
     (status = 201, description = "The grant, requested (or the open one)", body = Grant),
+    (status = 400, description = "Invalid purpose", body = ErrorBody),
+    (status = 404, description = "No such Datanet", body = ErrorBody),
 ))]
 pub async fn request_access(
     State(datanets): State<Datanets>,
@@ -31,6 +33,9 @@ pub async fn request_access(
     ("id" = String, Path, description = "Datanet id"), ("grant_id" = String, Path, description = "Grant id")), responses(
     (status = 200, description = "The decided grant", body = Grant),
     (status = 403, description = "Not the owner", body = ErrorBody),
+    (status = 400, description = "Invalid decision", body = ErrorBody),
+    (status = 404, description = "No such Datanet or grant", body = ErrorBody),
+    (status = 412, description = "The grant is decided already", body = ErrorBody),
 ))]
 pub async fn decide_access(
     State(datanets): State<Datanets>,

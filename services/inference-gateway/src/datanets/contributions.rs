@@ -30,6 +30,9 @@ const UPLOAD_CHUNK: usize = 256 * 1024;
     (status = 401, description = "The signature does not verify", body = ErrorBody),
     (status = 413, description = "The file is larger than the Datanet takes", body = ErrorBody),
     (status = 429, description = "Over the daily limits", body = ErrorBody),
+    (status = 403, description = "Not on the Datanet's allow list", body = ErrorBody),
+    (status = 404, description = "No such Datanet", body = ErrorBody),
+    (status = 412, description = "The contribution bond could not be held (e.g. insufficient funds)", body = ErrorBody),
 ))]
 pub async fn contribute(
     State(datanets): State<Datanets>,
@@ -84,6 +87,8 @@ pub async fn contribution(
     (status = 200, description = "Decided", body = Contribution),
     (status = 403, description = "Not the owner or a validator", body = ErrorBody),
     (status = 412, description = "Not pending review", body = ErrorBody),
+    (status = 400, description = "Invalid review", body = ErrorBody),
+    (status = 404, description = "No such Datanet or contribution", body = ErrorBody),
 ))]
 pub async fn review(
     State(datanets): State<Datanets>,
@@ -104,6 +109,7 @@ pub async fn review(
 /// Contributors by accepted records.
 #[utoipa::path(get, path = "/v1/datanets/{id}/leaderboard", tag = "datanets", params(("id" = String, Path, description = "Datanet id"), LimitQuery), responses(
     (status = 200, description = "The leaderboard", body = [LeaderboardEntry]),
+    (status = 404, description = "No such Datanet (or not visible to the caller)", body = ErrorBody),
 ))]
 pub async fn leaderboard(
     State(datanets): State<Datanets>,

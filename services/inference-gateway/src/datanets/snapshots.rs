@@ -16,6 +16,9 @@ use crate::edge::{ApiError, ErrorBody, signature::signature, upstream::with_call
 #[utoipa::path(post, path = "/v1/datanets/{id}/snapshots", tag = "datanets", request_body = PublishSnapshotRequest, params(("id" = String, Path, description = "Datanet id")), responses(
     (status = 201, description = "The sealed version (the latest one when nothing changed)", body = Snapshot),
     (status = 403, description = "Not the owner", body = ErrorBody),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 404, description = "No such Datanet", body = ErrorBody),
+    (status = 412, description = "The signature's time is too far from the server's", body = ErrorBody),
 ))]
 pub async fn publish(
     State(datanets): State<Datanets>,
@@ -85,6 +88,7 @@ pub async fn proof(
     (status = 204, description = "Removed from the draft"),
     (status = 403, description = "Not the owner", body = ErrorBody),
     (status = 404, description = "No such accepted or pending record", body = ErrorBody),
+    (status = 400, description = "Invalid record hash", body = ErrorBody),
 ))]
 pub async fn remove_record(
     State(datanets): State<Datanets>,

@@ -113,7 +113,12 @@ fn request_span(request: &http::Request<Body>) -> tracing::Span {
 async fn error_envelope(settings: EdgeSettings, request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let response = next.run(request).await;
-    let status = response.status();
+    // axum's Json extractor refuses a wrong content type with 415 and a body of the wrong shape
+    // with 422: both are a malformed request to a caller, answered as 400 like every other one.
+    let status = match response.status() {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+        status => status,
+    };
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)

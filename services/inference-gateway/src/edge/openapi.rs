@@ -1,8 +1,17 @@
-//! The OpenAPI document of the edge: [`ApiDoc`] lists every route and JSON type, `/openapi.json`
+//! The OpenAPI document of the edge: [`ApiDoc`] lists every route and JSON type; [`openapi`]
+//! completes it with the answers every route shares (400, 408, 413, 503; 401 on signed routes)
+//! and the links from creating calls to the operations that use their ids; `/openapi.json`
 //! serves it, and the committed `openapi.json` is checked against it (a drift test below).
 
 use axum::Json;
-use utoipa::OpenApi;
+use utoipa::{
+    OpenApi,
+    openapi::{
+        Content, Ref, RefOr, Response, ResponseBuilder,
+        link::LinkBuilder,
+        path::{Operation, PathItem},
+    },
+};
 
 use super::error::{ErrorBody, ErrorDetail};
 use crate::{datanets, ledger};
@@ -73,7 +82,130 @@ pub struct ApiDoc;
 
 /// The OpenAPI document of the edge.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut doc = ApiDoc::openapi();
+    for (path, item) in doc.paths.paths.iter_mut().filter(|(path, _)| path.starts_with("/v1/")) {
+        shared_answers(path, item);
+    }
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for operation in operations(item) {
+            add_links(path, operation);
+        }
+    }
+    doc
+}
+
+/// Operations whose requests carry a signer or the signed caller headers.
+const SIGNED: [&str; 16] = [
+    "stake",
+    "unstake",
+    "propose",
+    "vote",
+    "create",
+    "list",
+    "show",
+    "contribute",
+    "contribution",
+    "review",
+    "publish",
+    "proof",
+    "leaderboard",
+    "remove_record",
+    "request_access",
+    "decide_access",
+];
+
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [item.get.as_mut(), item.post.as_mut()].into_iter().flatten()
+}
+
+fn error_answer(description: &str) -> RefOr<Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", Content::new(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody")))))
+            .build(),
+    )
+}
+
+/// The answers the edge itself can give on any route: a request its extractors refuse (400,
+/// including bodies of the wrong content type or shape), a body over the limit (413), a
+/// request over the timeout (408), an upstream service not started (503); and 401 where a
+/// signer or caller headers are read.
+fn shared_answers(_path: &str, item: &mut PathItem) {
+    let has_body = item.post.is_some();
+    for operation in operations(item) {
+        let id = operation.operation_id.clone().unwrap_or_default();
+        let mut shared = vec![
+            ("400", "The request is malformed: a path, query or body field is missing or invalid"),
+            ("408", "The request took longer than the edge's timeout"),
+            ("503", "The service behind this route is not available yet; retry shortly"),
+        ];
+        if has_body && operation.request_body.is_some() || id == "contribute" {
+            shared.push(("413", "The body is larger than the edge's limit"));
+        }
+        if SIGNED.contains(&id.as_str()) {
+            shared.push((
+                "401",
+                "The signer or the caller headers are missing, malformed or do not verify \
+                 (keys are 64 hex characters, signatures 128)",
+            ));
+        }
+        for (status, description) in shared {
+            operation.responses.responses.entry(status.to_owned()).or_insert_with(|| error_answer(description));
+        }
+    }
+}
+
+/// A link from a creating call's answer to an operation that takes the id it made:
+/// (operation, status, link name, target operation, [(parameter, runtime expression)]).
+type Link = (&'static str, &'static str, &'static str, &'static str, &'static [(&'static str, &'static str)]);
+
+const LINKS: &[Link] = &[
+    ("create_account", "201", "GetAccount", "get_account", &[("id", "$response.body#/id")]),
+    ("create_account", "201", "AccountTransfers", "account_transfers", &[("id", "$response.body#/id")]),
+    ("create_account", "201", "Stake", "stake", &[("id", "$response.body#/id")]),
+    ("create_account", "201", "Unstake", "unstake", &[("id", "$response.body#/id")]),
+    ("propose", "201", "GetProposal", "proposal", &[("id", "$response.body#/id")]),
+    ("propose", "201", "Vote", "vote", &[("id", "$response.body#/id")]),
+    ("create", "201", "GetDatanet", "show", &[("id", "$response.body#/id")]),
+    ("create", "201", "Contribute", "contribute", &[("id", "$response.body#/id")]),
+    ("create", "201", "Publish", "publish", &[("id", "$response.body#/id")]),
+    ("create", "201", "Leaderboard", "leaderboard", &[("id", "$response.body#/id")]),
+    ("create", "201", "RequestAccess", "request_access", &[("id", "$response.body#/id")]),
+    (
+        "contribute",
+        "201",
+        "GetContribution",
+        "contribution",
+        &[("id", "$response.body#/datanet_id"), ("contribution_id", "$response.body#/id")],
+    ),
+    (
+        "contribute",
+        "201",
+        "Review",
+        "review",
+        &[("id", "$response.body#/datanet_id"), ("contribution_id", "$response.body#/id")],
+    ),
+    (
+        "request_access",
+        "201",
+        "DecideAccess",
+        "decide_access",
+        &[("id", "$response.body#/datanet_id"), ("grant_id", "$response.body#/id")],
+    ),
+];
+
+fn add_links(_path: &str, operation: &mut Operation) {
+    let id = operation.operation_id.clone().unwrap_or_default();
+    for (from, status, name, to, parameters) in LINKS.iter().filter(|link| link.0 == id) {
+        let Some(RefOr::T(response)) = operation.responses.responses.get_mut(*status) else {
+            panic!("{from} has no {status} answer to link from");
+        };
+        let link = parameters
+            .iter()
+            .fold(LinkBuilder::new().operation_id(*to), |link, (parameter, value)| link.parameter(*parameter, *value));
+        response.links.insert((*name).to_owned(), RefOr::T(link.build()));
+    }
 }
 
 /// The process is alive.
@@ -121,5 +253,41 @@ mod tests {
         for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
             assert!(generated.contains(&format!("\"{path}\"")), "{path} missing");
         }
+    }
+
+    #[test]
+    fn every_link_names_an_operation_that_exists_and_takes_its_parameters() {
+        let doc = openapi();
+        let mut operations = std::collections::BTreeMap::new();
+        for item in doc.paths.paths.values() {
+            for operation in [item.get.as_ref(), item.post.as_ref()].into_iter().flatten() {
+                operations.insert(operation.operation_id.clone().expect("operation id"), operation);
+            }
+        }
+        for (from, _, name, to, parameters) in LINKS {
+            assert!(operations.contains_key(*from), "{name}: no operation {from}");
+            let target = operations.get(*to).unwrap_or_else(|| panic!("{name}: no operation {to}"));
+            let names: Vec<&str> =
+                target.parameters.iter().flatten().map(|parameter| parameter.name.as_str()).collect();
+            for (parameter, _) in *parameters {
+                assert!(names.contains(parameter), "{name}: {to} takes no {parameter} (it takes {names:?})");
+            }
+        }
+    }
+
+    #[test]
+    fn every_signed_route_documents_401() {
+        let doc = openapi();
+        let mut documented = Vec::new();
+        for item in doc.paths.paths.values() {
+            for operation in [item.get.as_ref(), item.post.as_ref()].into_iter().flatten() {
+                let id = operation.operation_id.clone().expect("operation id");
+                if SIGNED.contains(&id.as_str()) {
+                    assert!(operation.responses.responses.contains_key("401"), "{id} does not document 401");
+                    documented.push(id);
+                }
+            }
+        }
+        assert_eq!(documented.len(), SIGNED.len(), "every SIGNED name is an operation: {documented:?}");
     }
 }

@@ -224,6 +224,7 @@ pub async fn get_account(State(ledger): State<Ledger>, Path(id): Path<String>) -
 /// An account's transfers, oldest first, a page at a time.
 #[utoipa::path(get, path = "/v1/accounts/{id}/transfers", tag = "accounts", params(("id" = String, Path, description = "Decimal account id"), PageQuery), responses(
     (status = 200, description = "A page of transfers", body = TransferPage),
+    (status = 404, description = "No such account", body = ErrorBody),
 ))]
 pub async fn account_transfers(
     State(ledger): State<Ledger>,

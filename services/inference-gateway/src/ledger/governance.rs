@@ -168,6 +168,7 @@ impl From<pb::Proposal> for Proposal {
     (status = 200, description = "Staked", body = Stake),
     (status = 401, description = "Missing or malformed signature", body = ErrorBody),
     (status = 412, description = "Refused (bad signature, below the minimum, insufficient funds)", body = ErrorBody),
+    (status = 404, description = "No such account", body = ErrorBody),
 ))]
 pub async fn stake(
     State(ledger): State<Ledger>,
@@ -190,6 +191,7 @@ pub async fn stake(
     (status = 200, description = "Unbonding", body = Stake),
     (status = 401, description = "Missing or malformed signature", body = ErrorBody),
     (status = 412, description = "Refused", body = ErrorBody),
+    (status = 404, description = "No such account", body = ErrorBody),
 ))]
 pub async fn unstake(
     State(ledger): State<Ledger>,
@@ -218,6 +220,8 @@ pub async fn parameters(State(ledger): State<Ledger>) -> Result<Json<Parameters>
 #[utoipa::path(post, path = "/v1/governance/proposals", tag = "governance", request_body = CreateProposalRequest, responses(
     (status = 201, description = "Proposed", body = Proposal),
     (status = 412, description = "Refused", body = ErrorBody),
+    (status = 404, description = "No such account", body = ErrorBody),
+    (status = 409, description = "The proposal id is taken", body = ErrorBody),
 ))]
 pub async fn propose(
     State(ledger): State<Ledger>,
@@ -248,6 +252,8 @@ pub async fn proposal(State(ledger): State<Ledger>, Path(id): Path<String>) -> R
 #[utoipa::path(post, path = "/v1/governance/proposals/{id}/votes", tag = "governance", request_body = CastVoteRequest, params(("id" = String, Path)), responses(
     (status = 200, description = "Counted", body = Proposal),
     (status = 412, description = "Refused", body = ErrorBody),
+    (status = 404, description = "No such proposal or account", body = ErrorBody),
+    (status = 409, description = "The account has voted already", body = ErrorBody),
 ))]
 pub async fn vote(
     State(ledger): State<Ledger>,
