@@ -9,7 +9,7 @@ use axum::{
 use openledger_proto::datanet::v1 as pb;
 
 use super::{Datanets, json::*};
-use crate::edge::{ApiError, ErrorBody, signature::signature};
+use crate::edge::{ApiError, ErrorBody, body::JsonBody, signature::signature};
 
 /// Ask to train on a Datanet (a repeated request returns the open grant).
 #[utoipa::path(post, path = "/v1/datanets/{id}/access", tag = "datanets", request_body = RequestAccessRequest, params(("id" = String, Path, description = "Datanet id")), responses(
@@ -20,7 +20,7 @@ use crate::edge::{ApiError, ErrorBody, signature::signature};
 pub async fn request_access(
     State(datanets): State<Datanets>,
     Path(id): Path<String>,
-    Json(asked): Json<RequestAccessRequest>,
+    JsonBody(asked): JsonBody<RequestAccessRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let signature = signature(&asked.public_key, &asked.signature)?;
     let request = pb::RequestAccessRequest { datanet_id: id, purpose: asked.purpose, signature: Some(signature) };
@@ -40,7 +40,7 @@ pub async fn request_access(
 pub async fn decide_access(
     State(datanets): State<Datanets>,
     Path((id, grant_id)): Path<(String, String)>,
-    Json(decision): Json<DecideAccessRequest>,
+    JsonBody(decision): JsonBody<DecideAccessRequest>,
 ) -> Result<Json<Grant>, ApiError> {
     let signature = signature(&decision.public_key, &decision.signature)?;
     let request = pb::DecideAccessRequest {

@@ -13,7 +13,7 @@ use super::{
     json::*,
     upload::{body_upload, multipart_upload},
 };
-use crate::edge::{ApiError, ErrorBody, page::LimitQuery, upstream::with_caller};
+use crate::edge::{ApiError, ErrorBody, body::JsonBody, page::LimitQuery, upstream::with_caller};
 
 /// Bytes of one gRPC message of an upload.
 const UPLOAD_CHUNK: usize = 256 * 1024;
@@ -93,7 +93,7 @@ pub async fn contribution(
 pub async fn review(
     State(datanets): State<Datanets>,
     Path((id, contribution_id)): Path<(String, String)>,
-    Json(review): Json<ReviewContributionRequest>,
+    JsonBody(review): JsonBody<ReviewContributionRequest>,
 ) -> Result<Json<Contribution>, ApiError> {
     let request = pb::ReviewContributionRequest {
         datanet_id: id,

@@ -34,8 +34,10 @@ impl TryFrom<&Signature> for common::Signature {
 pub struct ContributionPolicy {
     pub allow_list_only: bool,
     /// Hex ed25519 keys.
+    #[schema(max_items = 10000, value_type = Vec<Key>)]
     pub allowed_contributors: Vec<String>,
     /// Base units, decimal.
+    #[schema(pattern = "^[0-9]{0,38}$")]
     pub stake_per_contribution: String,
     pub max_bytes_per_contributor_per_day: u64,
     pub max_files_per_contributor_per_day: u32,
@@ -55,19 +57,38 @@ pub struct ContributionPolicy {
 #[serde(default)]
 pub struct Datanet {
     pub id: String,
+    /// 2 to 64 characters of a-z, 0-9 and '-', not starting or ending with '-'.
+    #[schema(required = true, pattern = "^[a-z0-9][a-z0-9-]{0,62}[a-z0-9]$")]
     pub slug: String,
+    #[schema(
+        required = true,
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: String,
+    #[schema(max_length = 500, pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$")]
     pub summary: String,
     pub description_markdown: String,
+    #[schema(max_items = 20, value_type = Vec<Tag>)]
     pub tags: Vec<String>,
     /// `free_text`, `instruction_response` or `labelled_text`.
+    #[schema(required = true, value_type = RecordSchemaName)]
     pub schema: String,
     pub label_set: Vec<String>,
+    #[schema(
+        required = true,
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub licence: String,
     /// `public` or `private`.
+    #[schema(required = true, value_type = VisibilityName)]
     pub visibility: String,
     pub policy: ContributionPolicy,
     pub owner: String,
+    #[schema(max_items = 100, value_type = Vec<Key>)]
     pub validators: Vec<String>,
     pub created_at_unix_ms: i64,
 }
@@ -180,6 +201,7 @@ pub struct DatanetPage {
 pub struct DatanetFilter {
     /// Only Datanets with this tag.
     #[serde(default)]
+    #[param(pattern = "^[a-z0-9-]{0,40}$")]
     pub tag: String,
 }
 
@@ -273,6 +295,7 @@ pub struct RecordProof {
 pub struct ReviewContributionRequest {
     pub approve: bool,
     #[serde(default)]
+    #[schema(max_length = 1000, pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$")]
     pub reason: String,
     /// Over `openledger/review/v1\n<datanet id>\n<contribution id>\n<approve|reject>\n<reason>`.
     pub signature: Signature,
@@ -315,6 +338,7 @@ pub struct RemoveRecordRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestAccessRequest {
+    #[schema(min_length = 1, max_length = 1000, pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$")]
     pub purpose: String,
     #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub public_key: String,
@@ -355,4 +379,35 @@ impl From<&pb::AccessGrant> for Grant {
             purpose: grant.purpose.clone(),
         }
     }
+}
+
+/// An ed25519 public key, 64 hex characters.
+#[derive(ToSchema)]
+#[schema(pattern = "^[0-9a-fA-F]{64}$")]
+#[allow(dead_code)]
+pub struct Key(String);
+
+/// A tag: 1 to 40 characters of a-z, 0-9 and '-'.
+#[derive(ToSchema)]
+#[schema(pattern = "^[a-z0-9-]{1,40}$")]
+#[allow(dead_code)]
+pub struct Tag(String);
+
+/// What a record looks like.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum RecordSchemaName {
+    FreeText,
+    InstructionResponse,
+    LabelledText,
+}
+
+/// Who may see a Datanet.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum VisibilityName {
+    Public,
+    Private,
 }

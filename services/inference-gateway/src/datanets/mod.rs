@@ -29,6 +29,7 @@ use tonic::transport::Channel;
 pub use self::{access::*, contributions::*, json::*, snapshots::*};
 use crate::edge::{
     ApiError, ErrorBody, Upstream,
+    body::JsonBody,
     page::{PageQuery, next_cursor},
     upstream::with_caller,
 };
@@ -66,7 +67,7 @@ pub(crate) fn hex_field(value: &str, field: &str) -> Result<Vec<u8>, ApiError> {
 ))]
 pub async fn create(
     State(datanets): State<Datanets>,
-    Json(new): Json<CreateDatanetRequest>,
+    JsonBody(new): JsonBody<CreateDatanetRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let request = pb::CreateDatanetRequest {
         datanet: Some((&new.datanet).try_into()?),

@@ -9,7 +9,7 @@ use axum::{
 use openledger_proto::{common::v1::Hash, datanet::v1 as pb};
 
 use super::{Datanets, hex_field, json::*};
-use crate::edge::{ApiError, ErrorBody, signature::signature, upstream::with_caller};
+use crate::edge::{ApiError, ErrorBody, body::JsonBody, signature::signature, upstream::with_caller};
 
 /// Seal the accepted records as the next version; the owner signs
 /// `openledger/publish/v1\n<datanet id>\n<signed_at>` (Unix seconds, within 300 s of the server).
@@ -23,7 +23,7 @@ use crate::edge::{ApiError, ErrorBody, signature::signature, upstream::with_call
 pub async fn publish(
     State(datanets): State<Datanets>,
     Path(id): Path<String>,
-    Json(publish): Json<PublishSnapshotRequest>,
+    JsonBody(publish): JsonBody<PublishSnapshotRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let signature = signature(&publish.public_key, &publish.signature)?;
     let request =
@@ -84,7 +84,7 @@ pub async fn proof(
 /// The owner takes a record out of the draft, signed over
 /// `openledger/remove-record/v1\n<datanet id>\n<record hash hex>\n<signed_at>`.
 #[utoipa::path(post, path = "/v1/datanets/{id}/records/{hash}/remove", tag = "datanets", request_body = RemoveRecordRequest, params(
-    ("id" = String, Path, description = "Datanet id"), ("hash" = String, Path, description = "Record BLAKE3, hex")), responses(
+    ("id" = String, Path, description = "Datanet id"), ("hash" = String, Path, description = "Record BLAKE3, hex", pattern = "^[0-9a-fA-F]{64}$")), responses(
     (status = 204, description = "Removed from the draft"),
     (status = 403, description = "Not the owner", body = ErrorBody),
     (status = 404, description = "No such accepted or pending record", body = ErrorBody),
@@ -93,7 +93,7 @@ pub async fn proof(
 pub async fn remove_record(
     State(datanets): State<Datanets>,
     Path((id, hash)): Path<(String, String)>,
-    Json(action): Json<RemoveRecordRequest>,
+    JsonBody(action): JsonBody<RemoveRecordRequest>,
 ) -> Result<StatusCode, ApiError> {
     let signature = signature(&action.public_key, &action.signature)?;
     let request = pb::RemoveRecordRequest {

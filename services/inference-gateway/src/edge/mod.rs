@@ -4,6 +4,7 @@
 //! `error` (the envelope and the one gRPC→HTTP conversion), `upstream` (calling a service),
 //! `page` (the pagination convention) and `openapi` (the document and its drift test).
 
+pub mod body;
 pub mod error;
 pub mod openapi;
 pub mod page;

@@ -47,6 +47,25 @@ impl PageQuery {
     }
 }
 
+/// `limit` and `after` for the ledger's lists, whose cursors are decimal numbers.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NumericPageQuery {
+    /// Items per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page; absent (or empty) for the first page.
+    #[param(pattern = "^[0-9]{0,19}$")]
+    pub after: Option<String>,
+}
+
+impl NumericPageQuery {
+    /// The page request the services take, or 400 naming the limit when out of range.
+    pub fn request(self) -> Result<PageRequest, ApiError> {
+        PageQuery { limit: self.limit, after: self.after }.request()
+    }
+}
+
 /// The cursor of the next page from a service's page answer; `None` on the last page.
 pub fn next_cursor(page: Option<PageResponse>) -> Option<String> {
     page.map(|page| page.next_page_token).filter(|token| !token.is_empty())

@@ -19,7 +19,8 @@ use utoipa::ToSchema;
 use super::{Ledger, parse_u128};
 use crate::edge::{
     ApiError, ErrorBody,
-    page::{PageQuery, next_cursor},
+    body::JsonBody,
+    page::{NumericPageQuery, next_cursor},
 };
 
 /// Routes under `/v1/accounts`.
@@ -35,15 +36,27 @@ pub fn routes() -> Router<Ledger> {
 #[serde(deny_unknown_fields)]
 pub struct CreateAccountRequest {
     /// Client-chosen id: a decimal u128 of at least 65536 (smaller ids are the system's).
+    #[schema(pattern = "^(6553[6-9]|655[4-9][0-9]|65[6-9][0-9]{2}|6[6-9][0-9]{3}|[7-9][0-9]{4}|[1-9][0-9]{5,37})$")]
     pub id: String,
     /// The owner's ed25519 public key, 64 hex characters.
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub public_key: String,
     /// What the account is for (application-defined, 0..=65535).
     #[serde(default)]
+    #[schema(maximum = 65535)]
     pub code: u16,
-    /// `debits_must_not_exceed_credits` and/or `credits_must_not_exceed_debits`.
+    /// `debits_must_not_exceed_credits` or `credits_must_not_exceed_debits` (not both).
     #[serde(default)]
+    #[schema(inline, value_type = Vec<AccountFlag>, max_items = 1)]
     pub flags: Vec<String>,
+}
+
+/// The flags an account may be created with.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountFlag {
+    DebitsMustNotExceedCredits,
+    CreditsMustNotExceedDebits,
 }
 
 /// An account and its balances (decimal strings of base units).
@@ -153,12 +166,17 @@ impl From<&pb::Transfer> for Transfer {
 ))]
 pub async fn create_account(
     State(ledger): State<Ledger>,
-    Json(new): Json<CreateAccountRequest>,
+    JsonBody(new): JsonBody<CreateAccountRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_u128(&new.id, "account id")?;
     let key = hex::decode(&new.public_key).ok().filter(|key| key.len() == 32).ok_or_else(|| {
         ApiError::new(ErrorCode::InvalidArgument, "public_key must be 64 hex characters (an ed25519 key)")
     })?;
+    if new.flags.len() > 1 {
+        return Err(ApiError::invalid(
+            "flags holds at most one of debits_must_not_exceed_credits, credits_must_not_exceed_debits",
+        ));
+    }
     let mut flags = Vec::new();
     for flag in &new.flags {
         flags.push(match flag.as_str() {
@@ -206,7 +224,7 @@ pub async fn create_account(
 }
 
 /// An account and its balances.
-#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "Decimal account id")), responses(
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "Decimal account id", pattern = "^[0-9]{1,38}$")), responses(
     (status = 200, description = "The account", body = Account),
     (status = 404, description = "No such account", body = ErrorBody),
 ))]
@@ -222,14 +240,14 @@ pub async fn get_account(State(ledger): State<Ledger>, Path(id): Path<String>) -
 }
 
 /// An account's transfers, oldest first, a page at a time.
-#[utoipa::path(get, path = "/v1/accounts/{id}/transfers", tag = "accounts", params(("id" = String, Path, description = "Decimal account id"), PageQuery), responses(
+#[utoipa::path(get, path = "/v1/accounts/{id}/transfers", tag = "accounts", params(("id" = String, Path, description = "Decimal account id", pattern = "^[0-9]{1,38}$"), NumericPageQuery), responses(
     (status = 200, description = "A page of transfers", body = TransferPage),
     (status = 404, description = "No such account", body = ErrorBody),
 ))]
 pub async fn account_transfers(
     State(ledger): State<Ledger>,
     Path(id): Path<String>,
-    Query(page): Query<PageQuery>,
+    Query(page): Query<NumericPageQuery>,
 ) -> Result<Json<TransferPage>, ApiError> {
     let id = parse_u128(&id, "account id")?;
     let request = pb::GetAccountTransfersRequest { account_id: wire(id), page: Some(page.request()?) };

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Ledger, parse_u128};
-use crate::edge::{ApiError, ErrorBody, signature::signature};
+use crate::edge::{ApiError, ErrorBody, body::JsonBody, signature::signature};
 
 pub fn routes() -> Router<Ledger> {
     Router::new()
@@ -35,8 +35,10 @@ pub fn routes() -> Router<Ledger> {
 #[serde(deny_unknown_fields)]
 pub struct StakeRequest {
     /// Idempotency key: repeating it applies the change once.
+    #[schema(pattern = "^[ -~]{1,128}$")]
     pub operation_id: String,
     /// Base units, as a decimal string.
+    #[schema(pattern = "^[0-9]{1,38}$")]
     pub amount: String,
     /// The account owner's ed25519 public key, hex.
     #[schema(pattern = "^[0-9a-fA-F]{64}$")]
@@ -56,13 +58,21 @@ pub struct Stake {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Parameters {
+    #[schema(maximum = 10000)]
     pub model_owner_bps: u32,
+    #[schema(maximum = 10000)]
     pub stakers_bps: u32,
+    #[schema(maximum = 10000)]
     pub contributors_bps: u32,
+    #[schema(pattern = "^[0-9]{1,38}$")]
     pub platform_fee: String,
+    #[schema(maximum = 10000)]
     pub slashing_bps: u32,
+    #[schema(pattern = "^[0-9]{1,38}$")]
     pub minimum_stake: String,
+    #[schema(maximum = 9223372036854775807_u64)]
     pub unbonding_seconds: u64,
+    #[schema(maximum = 9223372036854775807_u64)]
     pub epoch_seconds: u64,
 }
 
@@ -70,7 +80,9 @@ pub struct Parameters {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProposalRequest {
+    #[schema(pattern = "^[ -~]{1,128}$")]
     pub id: String,
+    #[schema(pattern = "^[0-9]{1,38}$")]
     pub account: String,
     pub parameters: Parameters,
     #[serde(default)]
@@ -85,6 +97,7 @@ pub struct CreateProposalRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CastVoteRequest {
+    #[schema(pattern = "^[0-9]{1,38}$")]
     pub account: String,
     pub approve: bool,
     #[schema(pattern = "^[0-9a-fA-F]{64}$")]
@@ -118,6 +131,21 @@ impl TryFrom<&Parameters> for pb::Parameters {
     type Error = ApiError;
 
     fn try_from(view: &Parameters) -> Result<Self, ApiError> {
+        let shares = [
+            ("model_owner_bps", view.model_owner_bps),
+            ("stakers_bps", view.stakers_bps),
+            ("contributors_bps", view.contributors_bps),
+            ("slashing_bps", view.slashing_bps),
+        ];
+        if let Some((field, bps)) = shares.into_iter().find(|(_, bps)| *bps > 10_000) {
+            return Err(ApiError::invalid(format!("{field} is {bps}: at most 10000 basis points (100%)")));
+        }
+        // The document states these as int64, as every JSON integer the edge takes.
+        for (field, seconds) in [("unbonding_seconds", view.unbonding_seconds), ("epoch_seconds", view.epoch_seconds)] {
+            if i64::try_from(seconds).is_err() {
+                return Err(ApiError::invalid(format!("{field} must be at most {}, got {seconds}", i64::MAX)));
+            }
+        }
         Ok(pb::Parameters {
             model_owner_bps: view.model_owner_bps,
             stakers_bps: view.stakers_bps,
@@ -164,7 +192,7 @@ impl From<pb::Proposal> for Proposal {
 }
 
 /// Stake from an account (signed).
-#[utoipa::path(post, path = "/v1/accounts/{id}/stake", tag = "staking", request_body = StakeRequest, params(("id" = String, Path)), responses(
+#[utoipa::path(post, path = "/v1/accounts/{id}/stake", tag = "staking", request_body = StakeRequest, params(("id" = String, Path, description = "Decimal account id", pattern = "^[0-9]{1,38}$")), responses(
     (status = 200, description = "Staked", body = Stake),
     (status = 401, description = "Missing or malformed signature", body = ErrorBody),
     (status = 412, description = "Refused (bad signature, below the minimum, insufficient funds)", body = ErrorBody),
@@ -173,7 +201,7 @@ impl From<pb::Proposal> for Proposal {
 pub async fn stake(
     State(ledger): State<Ledger>,
     Path(id): Path<String>,
-    Json(change): Json<StakeRequest>,
+    JsonBody(change): JsonBody<StakeRequest>,
 ) -> Result<Json<Stake>, ApiError> {
     let account = parse_u128(&id, "account id")?;
     let request = pb::StakeRequest {
@@ -187,7 +215,7 @@ pub async fn stake(
 }
 
 /// Start unbonding a stake (signed).
-#[utoipa::path(post, path = "/v1/accounts/{id}/unstake", tag = "staking", request_body = StakeRequest, params(("id" = String, Path)), responses(
+#[utoipa::path(post, path = "/v1/accounts/{id}/unstake", tag = "staking", request_body = StakeRequest, params(("id" = String, Path, description = "Decimal account id", pattern = "^[0-9]{1,38}$")), responses(
     (status = 200, description = "Unbonding", body = Stake),
     (status = 401, description = "Missing or malformed signature", body = ErrorBody),
     (status = 412, description = "Refused", body = ErrorBody),
@@ -196,7 +224,7 @@ pub async fn stake(
 pub async fn unstake(
     State(ledger): State<Ledger>,
     Path(id): Path<String>,
-    Json(change): Json<StakeRequest>,
+    JsonBody(change): JsonBody<StakeRequest>,
 ) -> Result<Json<Stake>, ApiError> {
     let account = parse_u128(&id, "account id")?;
     let request = pb::UnstakeRequest {
@@ -225,7 +253,7 @@ pub async fn parameters(State(ledger): State<Ledger>) -> Result<Json<Parameters>
 ))]
 pub async fn propose(
     State(ledger): State<Ledger>,
-    Json(new): Json<CreateProposalRequest>,
+    JsonBody(new): JsonBody<CreateProposalRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let request = pb::SubmitProposalRequest {
         proposal_id: new.id.clone(),
@@ -258,7 +286,7 @@ pub async fn proposal(State(ledger): State<Ledger>, Path(id): Path<String>) -> R
 pub async fn vote(
     State(ledger): State<Ledger>,
     Path(id): Path<String>,
-    Json(new): Json<CastVoteRequest>,
+    JsonBody(new): JsonBody<CastVoteRequest>,
 ) -> Result<Json<Proposal>, ApiError> {
     let request = pb::CastVoteRequest {
         proposal_id: id,
