@@ -4,6 +4,7 @@
 
 mod datanet;
 mod model;
+mod openapi;
 mod support;
 
 use std::{collections::BTreeMap, time::Duration};
