@@ -31,8 +31,12 @@ fi
 # failed_precondition. That status answers the state of the books, never the request's shape
 # (voting on a proposal that does not exist yet, parameters whose shares do not sum to 100%,
 # funds a stake cannot cover), which a schema cannot promise away; 400 stays a failure.
-config=$(mktemp)
-trap 'rm -f "$config"' EXIT
+# schemathesis keeps a cache (.schemathesis/) in its working directory: a scratch one keeps
+# it out of the tree and every run independent of the last.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+config=$work/schemathesis.toml
 cat > "$config" <<'TOML'
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "412", "429", "5xx"]

@@ -5,8 +5,9 @@
 //!
 //! Where things live (one module per upstream service, so a route is found in one step):
 //! - `edge`: the router, middleware and settings; `edge::error` (the envelope and the one
-//!   gRPC→HTTP conversion), `edge::upstream` (how a route calls a service),
-//!   `edge::page` (`limit`/`after`/`next_cursor`), `edge::openapi` (the document).
+//!   gRPC→HTTP conversion), `edge::upstream` (how a route calls a service), `edge::body`
+//!   (JSON bodies), `edge::signature` (signers; 401 when malformed), `edge::page`
+//!   (`limit`/`after`/`next_cursor`), `edge::openapi` (the document, links, drift test).
 //! - `ledger`: `/v1/accounts/**` and `/v1/governance/**`, forwarded to the ledger.
 //! - `datanets`: `/v1/datanets/**`, forwarded to datanet-ingest.
 //! - `openlora`: the gateway's own gRPC API and, next, the OpenLoRA engine host.

@@ -2,7 +2,8 @@
 //! middleware every route passes through (request id, tracing, metrics, timeout, body limit,
 //! the error envelope for answers the router and layers make) and [`EdgeSettings`]. Beside it:
 //! `error` (the envelope and the one gRPC→HTTP conversion), `upstream` (calling a service),
-//! `page` (the pagination convention) and `openapi` (the document and its drift test).
+//! `body` (the JSON body extractor), `signature` (a signer's fields; 401 when malformed),
+//! `page` (the pagination convention) and `openapi` (the document, its links and drift test).
 
 pub mod body;
 pub mod error;
