@@ -94,6 +94,26 @@ impl ErrorCode {
         }
     }
 
+    /// The code a gRPC status code number means: the inverse of [`Self::grpc_code`] for every
+    /// code but the two gRPC merges (`PayloadTooLarge` reads back as `ResourceExhausted`,
+    /// `MethodNotAllowed` as `Unimplemented`; the runtime's status metadata keeps them), plus
+    /// gRPC's own codes no platform code makes.
+    pub const fn from_grpc_code(code: i32) -> Self {
+        match code {
+            3 | 11 => Self::InvalidArgument, // 11: OUT_OF_RANGE
+            4 => Self::Timeout,
+            5 => Self::NotFound,
+            6 => Self::AlreadyExists,
+            7 => Self::PermissionDenied,
+            8 => Self::ResourceExhausted,
+            9 | 10 => Self::FailedPrecondition, // 10: ABORTED
+            12 => Self::Unimplemented,
+            14 => Self::Unavailable,
+            16 => Self::Unauthenticated,
+            _ => Self::Internal, // OK, CANCELLED, UNKNOWN, INTERNAL, DATA_LOSS
+        }
+    }
+
     /// The code an HTTP status most likely means, for errors raised by middleware.
     pub fn from_http_status(status: u16) -> Self {
         Self::ALL.into_iter().find(|code| code.http_status() == status).unwrap_or(if status >= 500 {
@@ -121,5 +141,23 @@ mod tests {
             assert_eq!(ErrorCode::from_http_status(code.http_status()), code);
         }
         assert_eq!(ErrorCode::from_http_status(502), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn grpc_codes_map_back_to_the_code_that_made_them_except_the_two_merges() {
+        for code in ErrorCode::ALL {
+            let back = ErrorCode::from_grpc_code(code.grpc_code());
+            match code {
+                ErrorCode::PayloadTooLarge => assert_eq!(back, ErrorCode::ResourceExhausted),
+                ErrorCode::MethodNotAllowed => assert_eq!(back, ErrorCode::Unimplemented),
+                _ => assert_eq!(back, code),
+            }
+        }
+        // gRPC's codes no platform code makes.
+        let others = [(0, ErrorCode::Internal), (1, ErrorCode::Internal), (2, ErrorCode::Internal)];
+        let others = others.into_iter().chain([(10, ErrorCode::FailedPrecondition), (11, ErrorCode::InvalidArgument)]);
+        for (grpc, code) in others.chain([(15, ErrorCode::Internal), (99, ErrorCode::Internal)]) {
+            assert_eq!(ErrorCode::from_grpc_code(grpc), code, "gRPC code {grpc}");
+        }
     }
 }

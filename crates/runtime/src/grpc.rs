@@ -87,10 +87,16 @@ pub fn status(code: ErrorCode, message: impl Into<String>) -> Status {
     status
 }
 
-/// The platform error code a status carries, if it was made by [`status`].
-pub fn error_code_of(status: &Status) -> Option<ErrorCode> {
-    let text = status.metadata().get(ERROR_CODE_METADATA)?.to_str().ok()?;
-    ErrorCode::ALL.into_iter().find(|code| code.as_str() == text)
+/// The one mapping from gRPC statuses back to platform error codes: the code in the status
+/// metadata when [`status`] made it (this keeps the codes gRPC merges), else the code the
+/// gRPC status code means.
+pub fn error_code_of(status: &Status) -> ErrorCode {
+    status
+        .metadata()
+        .get(ERROR_CODE_METADATA)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| ErrorCode::ALL.into_iter().find(|code| code.as_str() == text))
+        .unwrap_or_else(|| ErrorCode::from_grpc_code(status.code() as i32))
 }
 
 #[cfg(test)]
@@ -103,5 +109,23 @@ mod tests {
         assert_eq!(status(ErrorCode::ResourceExhausted, "x").code(), tonic::Code::ResourceExhausted);
         assert_eq!(status(ErrorCode::Unimplemented, "x").code(), tonic::Code::Unimplemented);
         assert_eq!(status(ErrorCode::Unavailable, "x").code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn every_code_survives_a_round_trip_through_a_status() {
+        for code in ErrorCode::ALL {
+            assert_eq!(error_code_of(&status(code, "x")), code);
+        }
+    }
+
+    #[test]
+    fn statuses_without_the_metadata_map_by_their_grpc_code() {
+        assert_eq!(error_code_of(&Status::not_found("x")), ErrorCode::NotFound);
+        assert_eq!(error_code_of(&Status::unauthenticated("x")), ErrorCode::Unauthenticated);
+        assert_eq!(error_code_of(&Status::aborted("x")), ErrorCode::FailedPrecondition);
+        assert_eq!(error_code_of(&Status::unknown("x")), ErrorCode::Internal);
+        let mut garbled = Status::resource_exhausted("x");
+        garbled.metadata_mut().insert(ERROR_CODE_METADATA, MetadataValue::from_static("no-such-code"));
+        assert_eq!(error_code_of(&garbled), ErrorCode::ResourceExhausted);
     }
 }

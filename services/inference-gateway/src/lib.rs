@@ -1,37 +1,34 @@
-//! The inference gateway: the platform's public REST edge (OpenAI-compatible routes and the
-//! platform routes arrive with later issues, forwarding to the services over gRPC) and the
-//! host of the OpenLoRA engines. This crate owns the edge's contract: the error envelope
-//! `{"error":{"code","message"}}`, request ids, body-size limits, timeouts, request metrics
-//! and the generated OpenAPI document.
+//! The inference gateway: the platform's public REST edge, forwarding each route to the
+//! service that owns it over gRPC, and the host of the OpenLoRA engines. This crate owns the
+//! edge's contract: the error envelope `{"error":{"code","message"}}`, request ids, body-size
+//! limits, timeouts, request metrics, pagination and the generated OpenAPI document.
+//!
+//! Where things live (one module per upstream service, so a route is found in one step):
+//! - `edge`: the router, middleware and settings; `edge::error` (the envelope and the one
+//!   gRPC→HTTP conversion), `edge::upstream` (how a route calls a service), `edge::body`
+//!   (JSON bodies), `edge::signature` (signers; 401 when malformed), `edge::page`
+//!   (`limit`/`after`/`next_cursor`), `edge::openapi` (the document, links, drift test).
+//! - `ledger`: `/v1/accounts/**` and `/v1/governance/**`, forwarded to the ledger.
+//! - `datanets`: `/v1/datanets/**`, forwarded to datanet-ingest.
+//! - `openlora`: the gateway's own gRPC API and, next, the OpenLoRA engine host.
 
-pub mod accounts;
 pub mod datanets;
-pub mod governance;
-pub mod rest;
+pub mod edge;
+pub mod ledger;
+pub mod openlora;
 
 use std::sync::Arc;
 
-use openledger_proto::inference::v1::inference_service_server::{InferenceService, InferenceServiceServer};
-use openledger_runtime::{
-    BackendsHandle, Config, Deps, RuntimeError, ServiceKind, ServiceSpec, clients::ServiceChannel, run_service,
-};
-
-/// The gRPC API of the gateway; RPCs answer `UNIMPLEMENTED` until the engine lands.
-#[derive(Clone)]
-pub struct Api {
-    #[allow(dead_code)]
-    backends: BackendsHandle,
-}
-
-impl InferenceService for Api {}
+use openledger_proto::inference::v1::inference_service_server::InferenceServiceServer;
+use openledger_runtime::{Config, Deps, RuntimeError, ServiceKind, ServiceSpec, clients::ServiceChannel, run_service};
 
 /// Runs the gateway until the process shuts down.
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
-    let api = Api { backends: deps.backends.clone() };
+    let api = openlora::Api::new(deps.backends.clone());
     let ledger = ServiceChannel::new(ServiceKind::Ledger, config.ledger_url.clone(), &config, deps.endpoints.clone());
     let datanet =
         ServiceChannel::new(ServiceKind::DatanetIngest, config.datanet_url.clone(), &config, deps.endpoints.clone());
-    let edge = rest::router(rest::EdgeSettings::from_config(&config), &deps, ledger, datanet);
+    let edge = edge::router(edge::EdgeSettings::from_config(&config), &deps, ledger, datanet);
     let spec = ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(api)).rest(edge);
     run_service(spec, &config, deps).await
 }

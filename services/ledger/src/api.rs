@@ -83,6 +83,7 @@ fn operation_error(error: OperationError) -> Status {
     match error {
         OperationError::Ledger(error) => ledger_error(error),
         OperationError::Refused { .. } => status(ErrorCode::FailedPrecondition, error.to_string()),
+        OperationError::NotFound { .. } => status(ErrorCode::NotFound, error.to_string()),
         OperationError::Unauthenticated(ref signing) => status(signing.code(), error.to_string()),
         OperationError::NotOwner { .. } => status(ErrorCode::PermissionDenied, error.to_string()),
     }

@@ -19,7 +19,7 @@ use crate::{
     entities::{account, parameters, proposal, vote},
     limits::{BASIS_POINTS_TOTAL, MAX_EPOCH_SECONDS, MAX_PROPOSAL_RATIONALE_CHARS, NANOS_PER_SECOND as NANOS},
     model::{Owner, stored_enum},
-    operations::{Economics, OperationError, bps_share},
+    operations::{Economics, OperationError, bps_share, not_found},
     staking::codes,
 };
 
@@ -189,7 +189,7 @@ impl Ledger {
             .lookup_accounts(&[account])
             .await?
             .pop()
-            .ok_or_else(|| refused(operation, format!("account {account} does not exist")))?;
+            .ok_or_else(|| not_found(operation, format!("account {account}")))?;
         if owner.owner != Owner::Key(key) {
             return Err(OperationError::NotOwner { operation, account });
         }
@@ -260,7 +260,7 @@ impl Ledger {
         let current = self
             .proposal(proposal_id)
             .await?
-            .ok_or_else(|| refused(operation, format!("no proposal {proposal_id:?}")))?;
+            .ok_or_else(|| not_found(operation, format!("proposal {proposal_id:?}")))?;
         if current.state != ProposalState::Voting || now_ns >= current.voting_ends_ns {
             return Err(refused(operation, "voting on this proposal has ended"));
         }

@@ -91,6 +91,9 @@ pub enum OperationError {
     Ledger(#[from] LedgerError),
     #[error("{operation} refused: {reason}")]
     Refused { operation: &'static str, reason: String },
+    /// What the request names (an account, a proposal) does not exist.
+    #[error("{operation} refused: {what} does not exist")]
+    NotFound { operation: &'static str, what: String },
     /// The request's signature is missing, malformed or does not verify.
     #[error(transparent)]
     Unauthenticated(#[from] openledger_signing::SigningError),
@@ -101,6 +104,10 @@ pub enum OperationError {
 
 fn refused(operation: &'static str, reason: impl Into<String>) -> OperationError {
     OperationError::Refused { operation, reason: reason.into() }
+}
+
+pub(crate) fn not_found(operation: &'static str, what: impl Into<String>) -> OperationError {
+    OperationError::NotFound { operation, what: what.into() }
 }
 
 /// One contributor's attribution weight (parts per billion; negative means harmful).

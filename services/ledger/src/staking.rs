@@ -10,7 +10,7 @@ use crate::{
     books::{Ledger, operation_key, system_transfer_id},
     limits::NANOS_PER_SECOND,
     model::{Account, AccountFlags, CreateAccountResult, OPEN_LEDGER, Transfer, TransferFlags},
-    operations::{Economics, OperationError},
+    operations::{Economics, OperationError, not_found},
 };
 
 /// Transfer and account codes of staking.
@@ -54,7 +54,7 @@ impl Ledger {
             .lookup_accounts(&[account])
             .await?
             .pop()
-            .ok_or_else(|| refused(operation, format!("account {account} does not exist")))?;
+            .ok_or_else(|| not_found(operation, format!("account {account}")))?;
         let guarded = AccountFlags(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS);
         let accounts = [
             (stake_account_id(account), codes::STAKE_ACCOUNT),

@@ -1,10 +1,21 @@
-//! The public REST edge: routes, the one error envelope, and the middleware every route
-//! passes through (request id, tracing, metrics, timeout, body limit).
+//! The public REST edge's own concerns: the router that composes every service's routes, the
+//! middleware every route passes through (request id, tracing, metrics, timeout, body limit,
+//! the error envelope for answers the router and layers make) and [`EdgeSettings`]. Beside it:
+//! `error` (the envelope and the one gRPC→HTTP conversion), `upstream` (calling a service),
+//! `body` (the JSON body extractor), `signature` (a signer's fields; 401 when malformed),
+//! `page` (the pagination convention) and `openapi` (the document, its links and drift test).
+
+pub mod body;
+pub mod error;
+pub mod openapi;
+pub mod page;
+pub mod signature;
+pub mod upstream;
 
 use std::time::{Duration, Instant};
 
 use axum::{
-    Json, Router,
+    Router,
     body::Body,
     extract::{DefaultBodyLimit, MatchedPath, Request},
     http::{HeaderValue, StatusCode, header},
@@ -19,14 +30,17 @@ use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
 };
-use serde::Serialize;
 use tower_http::{
     limit::RequestBodyLimitLayer,
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
-use utoipa::{OpenApi, ToSchema};
+
+pub use self::{
+    error::{ApiError, ErrorBody, ErrorDetail},
+    upstream::Upstream,
+};
 
 /// Limits of the edge, from the configuration.
 #[derive(Clone, Copy, Debug)]
@@ -44,163 +58,12 @@ impl EdgeSettings {
     }
 }
 
-/// The body of every error answer.
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code, e.g. `not_found`, `payload_too_large`.
-    pub code: String,
-    /// What went wrong and what to do about it.
-    pub message: String,
-}
-
-/// An error answered by the edge: the status comes from the code.
-#[derive(Debug)]
-pub struct ApiError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
-    }
-}
-
-/// gRPC answers from the services become REST errors here, once.
-impl From<tonic::Status> for ApiError {
-    fn from(status: tonic::Status) -> Self {
-        if let Some(code) = openledger_runtime::grpc::error_code_of(&status) {
-            return Self::new(code, status.message().to_owned());
-        }
-        let code = match status.code() {
-            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ErrorCode::InvalidArgument,
-            tonic::Code::NotFound => ErrorCode::NotFound,
-            tonic::Code::AlreadyExists => ErrorCode::AlreadyExists,
-            tonic::Code::PermissionDenied => ErrorCode::PermissionDenied,
-            tonic::Code::Unauthenticated => ErrorCode::Unauthenticated,
-            tonic::Code::ResourceExhausted => ErrorCode::ResourceExhausted,
-            tonic::Code::FailedPrecondition | tonic::Code::Aborted => ErrorCode::FailedPrecondition,
-            tonic::Code::Unimplemented => ErrorCode::Unimplemented,
-            tonic::Code::Unavailable => ErrorCode::Unavailable,
-            tonic::Code::DeadlineExceeded => ErrorCode::Timeout,
-            _ => ErrorCode::Internal,
-        };
-        Self::new(code, status.message().to_owned())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ErrorBody { error: ErrorDetail { code: self.code.as_str().to_owned(), message: self.message } };
-        (status, Json(body)).into_response()
-    }
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "OpenLedger REST API", description = "The public edge of the OpenLedger platform."),
-    paths(
-        healthz,
-        readyz,
-        metrics,
-        openapi_json,
-        crate::accounts::create_account,
-        crate::accounts::get_account,
-        crate::accounts::account_transfers,
-        crate::governance::stake,
-        crate::governance::unstake,
-        crate::governance::parameters,
-        crate::governance::propose,
-        crate::governance::proposal,
-        crate::governance::vote,
-        crate::datanets::create,
-        crate::datanets::list,
-        crate::datanets::show,
-        crate::datanets::contribute,
-        crate::datanets::contribution,
-        crate::datanets::review,
-        crate::datanets::publish,
-        crate::datanets::proof,
-        crate::datanets::leaderboard,
-        crate::datanets::remove_record,
-        crate::datanets::request_access,
-        crate::datanets::decide_access
-    ),
-    components(schemas(
-        ErrorBody,
-        ErrorDetail,
-        crate::accounts::NewAccount,
-        crate::accounts::AccountView,
-        crate::accounts::TransferView,
-        crate::accounts::TransferPage,
-        crate::governance::StakeChange,
-        crate::governance::StakeView,
-        crate::governance::ParametersView,
-        crate::governance::NewProposal,
-        crate::governance::NewVote,
-        crate::governance::ProposalView,
-        crate::datanets::SignatureJson,
-        crate::datanets::PolicyJson,
-        crate::datanets::DatanetJson,
-        crate::datanets::NewDatanet,
-        crate::datanets::DatanetPage,
-        crate::datanets::RecordJson,
-        crate::datanets::ContributionJson,
-        crate::datanets::SnapshotJson,
-        crate::datanets::ProofJson,
-        crate::datanets::RecordProofJson,
-        crate::datanets::ReviewJson,
-        crate::datanets::LeaderboardEntryJson,
-        crate::datanets::SignedActionJson,
-        crate::datanets::AccessRequestJson,
-        crate::datanets::AccessDecisionJson,
-        crate::datanets::GrantJson
-    ))
-)]
-pub struct ApiDoc;
-
-/// The OpenAPI document of the edge.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
-}
-
-/// The process is alive.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process is alive")))]
-#[allow(dead_code)]
-fn healthz() {}
-
-/// Backends reachable, migrations applied, services started.
-#[utoipa::path(get, path = "/readyz", tag = "ops", responses(
-    (status = 200, description = "Ready; every check is ok"),
-    (status = 503, description = "Not ready; the failing checks say why"),
-))]
-#[allow(dead_code)]
-fn readyz() {}
-
-/// Prometheus metrics in the OpenMetrics text format.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text")))]
-#[allow(dead_code)]
-fn metrics() {}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "The OpenAPI document")))]
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi())
-}
-
 /// The whole edge: public routes plus ops routes, behind the middleware.
 pub fn router(settings: EdgeSettings, deps: &Deps, ledger: ServiceChannel, datanet: ServiceChannel) -> Router {
     let routes = Router::new()
-        .route("/openapi.json", get(openapi_json))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .merge(crate::ledger::routes(ledger))
         .merge(crate::datanets::routes(datanet))
-        .merge(crate::accounts::routes(ledger.clone()))
-        .merge(crate::governance::routes(ledger))
         .merge(ops::router(deps.clone()));
     edge(routes, settings, &deps.metrics)
 }
@@ -252,7 +115,12 @@ fn request_span(request: &http::Request<Body>) -> tracing::Span {
 async fn error_envelope(settings: EdgeSettings, request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let response = next.run(request).await;
-    let status = response.status();
+    // axum's Json extractor refuses a wrong content type with 415 and a body of the wrong shape
+    // with 422: both are a malformed request to a caller, answered as 400 like every other one.
+    let status = match response.status() {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+        status => status,
+    };
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -341,7 +209,7 @@ mod tests {
         let routes = Router::new()
             .route("/echo", post(|body: axum::body::Bytes| async move { body }))
             .route("/slow", get(|| async { tokio::time::sleep(Duration::from_secs(10)).await }))
-            .route("/openapi.json", get(openapi_json));
+            .route("/openapi.json", get(openapi::openapi_json));
         edge(routes, settings(), &Metrics::new())
     }
 
@@ -401,24 +269,5 @@ mod tests {
         let (status, _, body) = call(http::Request::delete("/echo").body(Body::empty()).expect("request")).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(envelope(&body).code, "method_not_allowed");
-    }
-
-    /// The committed `openapi.json` is the generated one (regenerate with
-    /// `UPDATE_OPENAPI=1 cargo nextest run -p openledger-inference-gateway`).
-    #[test]
-    fn committed_openapi_document_matches_the_code() {
-        let generated = serde_json::to_string_pretty(&openapi()).expect("json") + "\n";
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
-        if std::env::var_os("UPDATE_OPENAPI").is_some() {
-            std::fs::write(&path, &generated).expect("write openapi.json");
-        }
-        let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            committed == generated,
-            "openapi.json is stale: run UPDATE_OPENAPI=1 cargo nextest run -p openledger-inference-gateway"
-        );
-        for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
-            assert!(generated.contains(&format!("\"{path}\"")), "{path} missing");
-        }
     }
 }
