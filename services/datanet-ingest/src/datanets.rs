@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 
 use crate::{
     DatanetError,
-    bonds::Bonds,
+    bonds::{Bonds, Resolved},
     dedup::{DedupParams, MinHasher, NearDuplicateIndex, Signature},
     entities::{contribution, datanet, grant, read, record, snapshot, snapshot_record},
     parse::{self, FileKind, ParseLimits, RecordSchema},
@@ -340,7 +340,7 @@ impl Datanets {
             index_generation: Set(0),
         };
         row.insert(&self.db).await.map_err(|error| {
-            if error.to_string().to_lowercase().contains("unique") {
+            if is_unique_violation(&error) {
                 DatanetError::new(ErrorCode::AlreadyExists, format!("the slug {:?} is taken", wanted.slug))
             } else {
                 error.into()
@@ -665,9 +665,8 @@ impl Datanets {
     /// [`Datanets::resolve_bonds`] tries again once the upload counts as abandoned.
     async fn give_back(&self, contribution_id: &str, reason: &str) -> bool {
         let released = match self.bonds.release(contribution_id, reason).await {
-            Ok(()) => true,
-            // The hold never reached the ledger: nothing to give back.
-            Err(error) if error.message.contains("no bond is held") => true,
+            // `NotHeld`: the hold never reached the ledger, so there is nothing to give back.
+            Ok(Resolved::Done | Resolved::NotHeld) => true,
             Err(error) => {
                 tracing::warn!(contribution = %contribution_id, %error, "giving back a bond failed; it is retried later");
                 false
@@ -846,17 +845,18 @@ impl Datanets {
 
     async fn try_resolve_bond(&self, contribution_id: &str) -> Result<(), DatanetError> {
         let Some(row) = contribution::Entity::find_by_id(contribution_id).one(&self.db).await? else { return Ok(()) };
-        let done = match row.bond_state {
-            bond_state::TO_RELEASE => {
-                self.bonds.release(contribution_id, &row.reason).await?;
-                bond_state::RELEASED
-            }
-            bond_state::TO_SLASH => {
-                self.bonds.slash(contribution_id, &row.reason).await?;
-                bond_state::SLASHED
-            }
+        let (resolved, done) = match row.bond_state {
+            bond_state::TO_RELEASE => (self.bonds.release(contribution_id, &row.reason).await?, bond_state::RELEASED),
+            bond_state::TO_SLASH => (self.bonds.slash(contribution_id, &row.reason).await?, bond_state::SLASHED),
             _ => return Ok(()),
         };
+        if resolved == Resolved::NotHeld {
+            // Decided bonds were held before the decision was stored: the ledger lost one.
+            return Err(DatanetError::new(
+                ErrorCode::Internal,
+                format!("the ledger holds no bond for decided contribution {contribution_id}"),
+            ));
+        }
         contribution::Entity::update_many()
             .col_expr(contribution::Column::BondState, Expr::value(done))
             .filter(contribution::Column::Id.eq(contribution_id))
@@ -1900,6 +1900,11 @@ fn contribution_object(datanet_id: &str, contribution_id: &str) -> ObjectPath {
     ObjectPath::from(format!("datanets/{datanet_id}/contributions/{contribution_id}.jsonl"))
 }
 
+/// A write refused by a unique index (by the database's error code, on SQLite and PostgreSQL).
+fn is_unique_violation(error: &sea_orm::DbErr) -> bool {
+    matches!(error.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
+
 fn index_full(error: crate::dedup::DedupError) -> DatanetError {
     DatanetError::new(ErrorCode::ResourceExhausted, format!("this Datanet cannot take more records: {error}"))
 }
@@ -2126,3 +2131,6 @@ fn check_labels(schema: RecordSchema, labels: &[String]) -> Result<(), DatanetEr
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests;
