@@ -14,7 +14,8 @@ use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
 use crate::{
     DatanetError,
     bonds::Bonds,
-    datanets::{Datanets, Upload, limits},
+    datanets::{Datanets, Upload},
+    limits,
     signing::{self, Key},
 };
 

@@ -4,6 +4,7 @@
 //! - [`parse`] turns a file (txt, md, jsonl, csv, pdf, docx) into normalized records;
 //! - [`quality`] scores records from cheap signals; [`dedup`] finds near-duplicates;
 //! - [`datanets`] is the service's core (policy, contributions, review, snapshots, access);
+//! - [`limits`] holds every limit and policy default, and the relations between them;
 //! - [`bonds`] holds, releases and slashes stake bonds on the ledger;
 //! - [`signing`] defines what each signed request signs; `api` is the gRPC surface.
 
@@ -12,6 +13,7 @@ pub mod bonds;
 pub mod datanets;
 pub mod dedup;
 mod entities;
+pub mod limits;
 pub mod parse;
 pub mod quality;
 pub mod signing;

@@ -15,8 +15,15 @@ use openledger_core::{ContentHash, ErrorCode};
 use openledger_proto::datanet::v1 as pb;
 use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, PaginatorTrait, Set};
 
-use super::*;
-use crate::bonds::{Bonds, Resolved};
+use object_store::ObjectStore;
+
+use super::{Datanets, Upload, definitions::is_unique_violation};
+use crate::{
+    DatanetError,
+    bonds::{Bonds, Resolved},
+    entities::{contribution, datanet},
+    signing::{self, Key},
+};
 
 const STAKE: u128 = 10;
 const ACCOUNT: u128 = 7;

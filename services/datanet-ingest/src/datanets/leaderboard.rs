@@ -1,0 +1,93 @@
+//! The leaderboard: contributors by accepted records, acceptance ratio and duplicates.
+
+use std::collections::HashMap;
+
+use openledger_proto::datanet::v1::{self as pb, ContributionStatus};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, sea_query::Expr};
+
+use crate::{
+    DatanetError,
+    entities::{contribution, record},
+    limits::{self},
+    signing::Key,
+};
+
+use super::Datanets;
+use super::states::record_status;
+
+impl Datanets {
+    /// Contributors by accepted records, with their acceptance ratio and duplicates rejected.
+    pub async fn leaderboard(
+        &self,
+        datanet_id: &str,
+        limit: u32,
+        caller: Option<Key>,
+    ) -> Result<pb::Leaderboard, DatanetError> {
+        let row = self.row(datanet_id, caller).await?;
+        #[derive(Default)]
+        struct Tally {
+            accepted_records: u64,
+            duplicates: u64,
+            decided: u64,
+            accepted: u64,
+        }
+        let mut tallies: HashMap<Vec<u8>, Tally> = HashMap::new();
+        let statuses: Vec<(Vec<u8>, i16, i64)> = record::Entity::find()
+            .select_only()
+            .column(record::Column::Contributor)
+            .column(record::Column::Status)
+            .column_as(Expr::col(record::Column::Seq).count(), "n")
+            .filter(record::Column::DatanetId.eq(&row.id))
+            .group_by(record::Column::Contributor)
+            .group_by(record::Column::Status)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        for (contributor, status, n) in statuses {
+            let tally = tallies.entry(contributor).or_default();
+            match status {
+                record_status::ACCEPTED => tally.accepted_records += n as u64,
+                record_status::DUPLICATE => tally.duplicates += n as u64,
+                _ => {}
+            }
+        }
+        let decisions: Vec<(Vec<u8>, i16, i64)> = contribution::Entity::find()
+            .select_only()
+            .column(contribution::Column::Contributor)
+            .column(contribution::Column::Status)
+            .column_as(Expr::col(contribution::Column::Id).count(), "n")
+            .filter(contribution::Column::DatanetId.eq(&row.id))
+            .group_by(contribution::Column::Contributor)
+            .group_by(contribution::Column::Status)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        for (contributor, status, n) in decisions {
+            let tally = tallies.entry(contributor).or_default();
+            if status != ContributionStatus::PendingReview as i16 && status != ContributionStatus::Unspecified as i16 {
+                tally.decided += n as u64;
+            }
+            if status == ContributionStatus::Accepted as i16 {
+                tally.accepted += n as u64;
+            }
+        }
+        let mut entries: Vec<pb::LeaderboardEntry> = tallies
+            .into_iter()
+            .map(|(contributor, tally)| pb::LeaderboardEntry {
+                contributor,
+                accepted_records: tally.accepted_records,
+                acceptance_ratio_ppt: (tally.accepted * 1000).checked_div(tally.decided).unwrap_or(0) as u32,
+                duplicates_rejected: tally.duplicates,
+                earnings: None,
+            })
+            .collect();
+        entries.sort_by(|a, b| {
+            b.accepted_records
+                .cmp(&a.accepted_records)
+                .then(b.acceptance_ratio_ppt.cmp(&a.acceptance_ratio_ppt))
+                .then(a.contributor.cmp(&b.contributor))
+        });
+        entries.truncate(if limit == 0 { 100 } else { limit.min(limits::MAX_PAGE_SIZE) } as usize);
+        Ok(pb::Leaderboard { entries })
+    }
+}
