@@ -52,14 +52,9 @@ pub(super) mod grant_state {
     }
 }
 
+/// The API name of a stored contribution status (see `ContributionStatus::api_name`).
 pub(super) fn status_name(status: i16) -> &'static str {
-    match ContributionStatus::try_from(i32::from(status)).unwrap_or(ContributionStatus::Unspecified) {
-        ContributionStatus::PendingReview => "pending_review",
-        ContributionStatus::Accepted => "accepted",
-        ContributionStatus::Rejected => "rejected",
-        ContributionStatus::Duplicate => "duplicate",
-        ContributionStatus::Unspecified => "submitted",
-    }
+    ContributionStatus::try_from(i32::from(status)).unwrap_or(ContributionStatus::Unspecified).api_name()
 }
 
 pub(super) fn schema_of(schema: i32) -> Result<RecordSchema, DatanetError> {
