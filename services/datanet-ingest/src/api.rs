@@ -2,12 +2,13 @@
 //! the caller by signed metadata (`x-openledger-key`, `x-openledger-timestamp`,
 //! `x-openledger-signature`; see [`signing::caller_message`]).
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use futures::StreamExt;
 use openledger_core::{ContentHash, ErrorCode};
 use openledger_proto::datanet::v1::{self as pb, contribute_request::Part, datanet_service_server::DatanetService};
 use openledger_runtime::{BackendsHandle, grpc::status};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
 
@@ -35,7 +36,7 @@ impl SharedDatanets {
     }
 
     pub fn set_outbox_waker(&self, wake: Arc<Notify>) {
-        *self.outbox_wake.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(wake);
+        *self.outbox_wake.lock() = Some(wake);
     }
 
     pub fn get(&self) -> Option<Arc<Datanets>> {
@@ -43,7 +44,7 @@ impl SharedDatanets {
             return Some(datanets.clone());
         }
         let backends = self.backends.current()?;
-        let wake = self.outbox_wake.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let wake = self.outbox_wake.lock().clone();
         Some(
             self.datanets
                 .get_or_init(|| {

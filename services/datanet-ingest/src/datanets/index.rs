@@ -19,20 +19,16 @@ use super::states::record_status;
 impl Datanets {
     /// Records held by the duplicate indexes loaded in this process.
     pub fn indexed_records(&self) -> usize {
-        let slots: Vec<IndexSlot> = self.lock_indexes().values().cloned().collect();
+        let slots: Vec<IndexSlot> = self.indexes.lock().values().cloned().collect();
         slots
             .iter()
             .filter_map(|slot| slot.index.try_lock().ok().and_then(|index| index.as_ref().map(|i| i.near.len())))
             .sum()
     }
 
-    pub(super) fn lock_indexes(&self) -> std::sync::MutexGuard<'_, HashMap<String, IndexSlot>> {
-        self.indexes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Drops the least recently used idle indexes until all fit the budget.
     pub(super) fn enforce_index_budget(&self) {
-        let slots: Vec<IndexSlot> = self.lock_indexes().values().cloned().collect();
+        let slots: Vec<IndexSlot> = self.indexes.lock().values().cloned().collect();
         let mut loaded: Vec<(u64, usize, IndexSlot)> = slots
             .into_iter()
             .filter_map(|slot| {
@@ -54,7 +50,7 @@ impl Datanets {
     }
 
     pub(super) fn index_slot(&self, datanet_id: &str) -> IndexSlot {
-        let slot = self.lock_indexes().entry(datanet_id.to_owned()).or_default().clone();
+        let slot = self.indexes.lock().entry(datanet_id.to_owned()).or_default().clone();
         slot.used.store(
             self.index_clock.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             std::sync::atomic::Ordering::Relaxed,

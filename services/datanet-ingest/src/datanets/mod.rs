@@ -43,14 +43,12 @@ pub use bond_saga::RECEIVING_TIMEOUT;
 pub use index::{DEFAULT_INDEX_BUDGET, INDEX_BYTES_PER_RECORD};
 pub use validation::complete_policy;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use object_store::{ObjectStore, path::Path as ObjectPath};
 use openledger_core::{ContentHash, ErrorCode};
 use openledger_proto::{common::v1::Hash, datanet::v1::Visibility};
+use parking_lot::Mutex;
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, sea_query::Expr,
 };

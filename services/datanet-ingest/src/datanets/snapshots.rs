@@ -210,7 +210,7 @@ impl Datanets {
     /// A sealed version's Merkle tree and leaves, rebuilt from the database once and kept for
     /// the most recently asked versions (sealed versions never change).
     pub(super) async fn sealed_tree(&self, snapshot_id: &str) -> Result<Arc<SealedTree>, DatanetError> {
-        if let Some(found) = self.lock_trees().iter().find(|tree| tree.snapshot_id == snapshot_id) {
+        if let Some(found) = self.trees.lock().iter().find(|tree| tree.snapshot_id == snapshot_id) {
             return Ok(found.clone());
         }
         let leaves = snapshot_record::Entity::find()
@@ -220,14 +220,10 @@ impl Datanets {
             .await?;
         let hashes: Vec<ContentHash> = leaves.iter().filter_map(|leaf| content_hash(&leaf.hash)).collect();
         let tree = Arc::new(SealedTree { snapshot_id: snapshot_id.to_owned(), tree: MerkleTree::new(&hashes), leaves });
-        let mut trees = self.lock_trees();
+        let mut trees = self.trees.lock();
         trees.insert(0, tree.clone());
         trees.truncate(CACHED_TREES);
         Ok(tree)
-    }
-
-    pub(super) fn lock_trees(&self) -> std::sync::MutexGuard<'_, Vec<Arc<SealedTree>>> {
-        self.trees.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
