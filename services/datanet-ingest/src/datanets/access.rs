@@ -20,7 +20,7 @@ use crate::{
 };
 
 use super::Datanets;
-use super::states::grant_state;
+use super::states::GrantState;
 use super::validation::check_text;
 use super::{contribution_object, invalid, require_owner};
 
@@ -42,24 +42,24 @@ impl Datanets {
         let open = grant::Entity::find()
             .filter(grant::Column::DatanetId.eq(&row.id))
             .filter(grant::Column::Grantee.eq(grantee.to_vec()))
-            .filter(grant::Column::State.is_in([grant_state::REQUESTED, grant_state::APPROVED]))
+            .filter(grant::Column::State.is_in([GrantState::Requested, GrantState::Approved]))
             .one(&self.db)
             .await?;
         if let Some(open) = open {
-            return Ok(grant_view(open));
+            return grant_view(open);
         }
         let row = grant::ActiveModel {
             id: Set(Id::new().to_string()),
             datanet_id: Set(row.id),
             grantee: Set(grantee.to_vec()),
-            state: Set(grant_state::REQUESTED),
+            state: Set(GrantState::Requested.into()),
             purpose: Set(request.purpose),
             requested_at: Set(now_ms()),
             decided_at: Set(None),
         }
         .insert(&self.db)
         .await?;
-        Ok(grant_view(row))
+        grant_view(row)
     }
 
     /// The owner approves or denies an access request.
@@ -84,9 +84,9 @@ impl Datanets {
             .await?
             .ok_or_else(|| DatanetError::new(ErrorCode::NotFound, format!("no access grant {:?}", request.grant_id)))?;
         let mut active: grant::ActiveModel = found.into();
-        active.state = Set(if request.approve { grant_state::APPROVED } else { grant_state::DENIED });
+        active.state = Set(if request.approve { GrantState::Approved } else { GrantState::Denied }.into());
         active.decided_at = Set(Some(now_ms()));
-        Ok(grant_view(active.update(&self.db).await?))
+        grant_view(active.update(&self.db).await?)
     }
 
     /// The records of a sealed version, for training: the caller must hold an approved grant;
@@ -109,7 +109,11 @@ impl Datanets {
             .filter(grant::Column::DatanetId.eq(&request.datanet_id))
             .one(&self.db)
             .await?;
-        let Some(found) = found.filter(|g| g.grantee == caller && g.state == grant_state::APPROVED) else {
+        let approved = match &found {
+            Some(grant) => grant.grantee == caller && GrantState::try_from(grant.state)? == GrantState::Approved,
+            None => false,
+        };
+        let Some(found) = found.filter(|_| approved) else {
             return Err(DatanetError::new(
                 ErrorCode::PermissionDenied,
                 format!("no approved grant {:?} for this key on this Datanet: request access first", request.grant_id),
@@ -207,12 +211,12 @@ impl ReadCursor {
     }
 }
 
-pub(super) fn grant_view(row: grant::Model) -> pb::AccessGrant {
-    pb::AccessGrant {
+pub(super) fn grant_view(row: grant::Model) -> Result<pb::AccessGrant, DatanetError> {
+    Ok(pb::AccessGrant {
         id: row.id,
         datanet_id: row.datanet_id,
         grantee: row.grantee,
-        state: grant_state::name(row.state).to_owned(),
+        state: GrantState::try_from(row.state)?.api_name().to_owned(),
         purpose: row.purpose,
-    }
+    })
 }

@@ -11,7 +11,7 @@ use crate::{DatanetError, bonds::Resolved, entities::contribution};
 
 use super::Datanets;
 use super::contribute::{NewContribution, same_file};
-use super::states::bond_state;
+use super::states::BondState;
 
 impl Datanets {
     /// Holds the upload's stake behind a placeholder row, so a bond held by a process that
@@ -58,7 +58,7 @@ impl Datanets {
             record_count: Set(0),
             quality_score: Set(0),
             bond: Set(new.stake.to_string()),
-            bond_state: Set(bond_state::HOLDING),
+            bond_state: Set(BondState::Holding.into()),
             submitted_at: Set(now_ms()),
             decided_at: Set(None),
             decided_by: Set(None),
@@ -107,9 +107,9 @@ impl Datanets {
 
     pub(super) async fn try_resolve_bond(&self, contribution_id: &str) -> Result<(), DatanetError> {
         let Some(row) = contribution::Entity::find_by_id(contribution_id).one(&self.db).await? else { return Ok(()) };
-        let (resolved, done) = match row.bond_state {
-            bond_state::TO_RELEASE => (self.bonds.release(contribution_id, &row.reason).await?, bond_state::RELEASED),
-            bond_state::TO_SLASH => (self.bonds.slash(contribution_id, &row.reason).await?, bond_state::SLASHED),
+        let (resolved, done) = match BondState::try_from(row.bond_state)? {
+            BondState::ToRelease => (self.bonds.release(contribution_id, &row.reason).await?, BondState::Released),
+            BondState::ToSlash => (self.bonds.slash(contribution_id, &row.reason).await?, BondState::Slashed),
             _ => return Ok(()),
         };
         if resolved == Resolved::NotHeld {
@@ -157,7 +157,7 @@ impl Datanets {
 
     pub(super) async fn resolve_decided_bonds(&self) -> Result<usize, DatanetError> {
         let waiting = contribution::Entity::find()
-            .filter(contribution::Column::BondState.is_in([bond_state::TO_RELEASE, bond_state::TO_SLASH]))
+            .filter(contribution::Column::BondState.is_in([BondState::ToRelease, BondState::ToSlash]))
             .limit(1_000)
             .all(&self.db)
             .await?;

@@ -29,7 +29,7 @@ use super::contributions::enqueue_contribution_event;
 use super::decide::{Decided, decide};
 use super::definitions::policy_of;
 use super::index::DatanetIndex;
-use super::states::{bond_state, record_status, schema_of};
+use super::states::{BondState, RecordStatus, stored_json, stored_schema, visibility};
 use super::{Upload, contribution_object, invalid, lock_datanet};
 
 impl Datanets {
@@ -95,7 +95,10 @@ impl Datanets {
         contributor: &Key,
     ) -> Result<(), DatanetError> {
         let listed = policy.allowed_contributors.iter().any(|key| key.as_slice() == contributor);
-        if row.visibility == Visibility::Private as i16 && !listed && !self.may_see(row, Some(*contributor)).await? {
+        if visibility(row.visibility)? == Visibility::Private
+            && !listed
+            && !self.may_see(row, Some(*contributor)).await?
+        {
             return Err(DatanetError::new(ErrorCode::NotFound, format!("no Datanet {:?}", row.id)));
         }
         if policy.allow_list_only && !listed {
@@ -109,8 +112,8 @@ impl Datanets {
 
     /// Parses, scores and signs (MinHash) the upload's records on a blocking thread.
     async fn prepare_records(&self, row: &datanet::Model, upload: &Upload) -> Result<Prepared, DatanetError> {
-        let schema = schema_of(i32::from(row.schema))?;
-        let labels: Vec<String> = serde_json::from_str(&row.label_set).unwrap_or_default();
+        let schema = stored_schema(row.schema)?;
+        let labels: Vec<String> = stored_json("label set", &row.label_set)?;
         let kind = FileKind::detect(&upload.file_name, &upload.media_type)
             .map_err(|error| invalid(format!("{}: {error}", upload.file_name)))?;
         let bytes = upload.bytes.clone();
@@ -352,15 +355,15 @@ pub(super) async fn write_contribution(
     index: &mut DatanetIndex,
 ) -> Result<(), DatanetError> {
     let bond = match (new.account, status) {
-        (None, _) => bond_state::NONE,
-        (Some(_), ContributionStatus::Accepted) => bond_state::TO_RELEASE,
-        (Some(_), ContributionStatus::PendingReview) => bond_state::HELD,
-        (Some(_), _) => bond_state::TO_SLASH,
+        (None, _) => BondState::None,
+        (Some(_), ContributionStatus::Accepted) => BondState::ToRelease,
+        (Some(_), ContributionStatus::PendingReview) => BondState::Held,
+        (Some(_), _) => BondState::ToSlash,
     };
     let fresh_status = match status {
-        ContributionStatus::Accepted => record_status::ACCEPTED,
-        ContributionStatus::PendingReview => record_status::PENDING,
-        _ => record_status::REJECTED,
+        ContributionStatus::Accepted => RecordStatus::Accepted,
+        ContributionStatus::PendingReview => RecordStatus::Pending,
+        _ => RecordStatus::Rejected,
     };
     let quality = decided.iter().map(|d| d.quality).min().unwrap_or(0);
     let submitted_at = now_ms();
@@ -386,7 +389,7 @@ pub(super) async fn write_contribution(
         record_count: Set(decided.len() as i32),
         quality_score: Set(quality as i32),
         bond: Set(if new.account.is_some() { new.stake } else { 0 }.to_string()),
-        bond_state: Set(bond),
+        bond_state: Set(bond.into()),
         submitted_at: Set(submitted_at),
         decided_at: Set((*status != ContributionStatus::PendingReview).then_some(submitted_at)),
         decided_by: Set(None),
@@ -401,7 +404,7 @@ pub(super) async fn write_contribution(
             contributor: Set(new.contributor.to_vec()),
             hash: Set(d.hash.as_bytes().to_vec()),
             quality: Set(d.quality as i32),
-            status: Set(if d.duplicate_of.is_some() { record_status::DUPLICATE } else { fresh_status }),
+            status: Set(if d.duplicate_of.is_some() { RecordStatus::Duplicate } else { fresh_status }.into()),
             duplicate_of: Set(d.duplicate_of.clone()),
             // Only records that hold credit are indexed, so only theirs are kept.
             minhash: Set(d

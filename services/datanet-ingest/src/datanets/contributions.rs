@@ -18,7 +18,7 @@ use crate::{
 };
 
 use super::Datanets;
-use super::states::{bond_state, record_status, status_name};
+use super::states::{BondState, RecordStatus, contribution_status, corrupt};
 use super::{PRODUCER, SUBJECT_ACCEPTED, SUBJECT_REJECTED, SUBJECT_SUBMITTED, page_size_of, timestamp};
 
 impl Datanets {
@@ -66,7 +66,7 @@ impl Datanets {
         let next = if more { rows.last().map(|row| row.id.clone()).unwrap_or_default() } else { String::new() };
         // Lists leave the per-record summaries out (a file may hold 100,000 records): one
         // contribution with its records is `contribution`.
-        let views = rows.into_iter().map(|row| summary_view(row, Vec::new())).collect();
+        let views = rows.into_iter().map(|row| summary_view(row, Vec::new())).collect::<Result<_, _>>()?;
         Ok((views, PageResponse { next_page_token: next }))
     }
 
@@ -76,34 +76,40 @@ impl Datanets {
             .order_by_asc(record::Column::Ordinal)
             .all(&self.db)
             .await?;
-        Ok(summary_view(row, records))
+        summary_view(row, records)
     }
 }
 
 /// A contribution as the API shows it, with the given record summaries.
-pub(super) fn summary_view(row: contribution::Model, records: Vec<record::Model>) -> pb::Contribution {
-    pb::Contribution {
+pub(super) fn summary_view(
+    row: contribution::Model,
+    records: Vec<record::Model>,
+) -> Result<pb::Contribution, DatanetError> {
+    let records = records.into_iter().map(record_summary).collect::<Result<_, _>>()?;
+    Ok(pb::Contribution {
         id: row.id,
         datanet_id: row.datanet_id,
         contributor: row.contributor,
-        status: i32::from(row.status),
+        status: contribution_status(row.status)? as i32,
         reason: row.reason,
-        records: records
-            .into_iter()
-            .map(|record| pb::RecordSummary {
-                hash: Some(Hash { value: record.hash }),
-                quality_score: record.quality.max(0) as u32,
-                duplicate: record.status == record_status::DUPLICATE,
-                duplicate_of: record.duplicate_of.unwrap_or_default(),
-            })
-            .collect(),
-        bond: Some(row.bond.parse::<u128>().unwrap_or(0).into()),
+        records,
+        bond: Some(row.bond.parse::<u128>().map_err(|_| corrupt("bond", &row.bond))?.into()),
         submitted_at: Some(timestamp(row.submitted_at)),
         file_name: row.file_name,
-        quality_score: row.quality_score.max(0) as u32,
-        bond_state: bond_state::name(row.bond_state).to_owned(),
-        size_bytes: row.size_bytes.max(0) as u64,
-    }
+        quality_score: u32::try_from(row.quality_score).map_err(|_| corrupt("quality score", row.quality_score))?,
+        bond_state: BondState::try_from(row.bond_state)?.api_name().to_owned(),
+        size_bytes: u64::try_from(row.size_bytes).map_err(|_| corrupt("size", row.size_bytes))?,
+    })
+}
+
+/// A record as a contribution shows it.
+fn record_summary(record: record::Model) -> Result<pb::RecordSummary, DatanetError> {
+    Ok(pb::RecordSummary {
+        hash: Some(Hash { value: record.hash }),
+        quality_score: u32::try_from(record.quality).map_err(|_| corrupt("quality score", record.quality))?,
+        duplicate: RecordStatus::try_from(record.status)? == RecordStatus::Duplicate,
+        duplicate_of: record.duplicate_of.unwrap_or_default(),
+    })
 }
 
 /// `submitted` (status unspecified), `accepted`, or `rejected` (rejected or duplicate).
@@ -124,11 +130,9 @@ pub(super) async fn enqueue_contribution_event(
         contribution_id: row.id.clone(),
         contributor: row.contributor.clone(),
         record_hashes,
-        status: if status == ContributionStatus::Unspecified {
-            status_name(row.status).to_owned()
-        } else {
-            status_name(status as i16).to_owned()
-        },
+        status: if status == ContributionStatus::Unspecified { contribution_status(row.status)? } else { status }
+            .api_name()
+            .to_owned(),
         reason: reason.to_owned(),
         at: Some(timestamp(now_ms())),
     };

@@ -21,11 +21,13 @@ use crate::{
 };
 
 use super::Datanets;
-use super::states::{grant_state, schema_of};
+use super::states::{GrantState, schema_of, stored_json, stored_schema, visibility};
 use super::validation::{
     check_description, check_editable, check_labels, check_slug, check_tags, check_text, complete_policy, keys,
 };
 use super::{invalid, lock_datanet, page_size_of, require_owner, timestamp};
+use crate::parse::RecordSchema;
+use openledger_proto::datanet::v1::RecordSchema as WireSchema;
 
 impl Datanets {
     /// Creates a Datanet owned by the signer.
@@ -42,7 +44,7 @@ impl Datanets {
         check_text("licence", &wanted.licence, 1, 100)?;
         let schema = schema_of(wanted.schema)?;
         check_labels(schema, &wanted.label_set)?;
-        if Visibility::try_from(wanted.visibility).unwrap_or(Visibility::Unspecified) == Visibility::Unspecified {
+        if !matches!(Visibility::try_from(wanted.visibility), Ok(Visibility::Public | Visibility::Private)) {
             return Err(invalid("visibility must be public or private"));
         }
         let validators = keys("validators", &wanted.validators, limits::MAX_VALIDATORS)?;
@@ -65,9 +67,9 @@ impl Datanets {
             name: Set(wanted.name.clone()),
             summary: Set(wanted.summary.clone()),
             description: Set(wanted.description_markdown.clone()),
-            tags: Set(serde_json::to_string(&wanted.tags).unwrap_or_default()),
+            tags: Set(json(&wanted.tags)?),
             schema: Set(wanted.schema as i16),
-            label_set: Set(serde_json::to_string(&wanted.label_set).unwrap_or_default()),
+            label_set: Set(json(&wanted.label_set)?),
             licence: Set(wanted.licence.clone()),
             visibility: Set(wanted.visibility as i16),
             policy: Set(wanted.policy.clone().unwrap_or_default().encode_to_vec()),
@@ -112,7 +114,7 @@ impl Datanets {
                 }
                 "tags" => {
                     check_tags(&wanted.tags)?;
-                    active.tags = Set(serde_json::to_string(&wanted.tags).unwrap_or_default());
+                    active.tags = Set(json(&wanted.tags)?);
                 }
                 "policy" => {
                     let policy = complete_policy(wanted.policy.clone().unwrap_or_default())?;
@@ -159,7 +161,7 @@ impl Datanets {
                 .select_only()
                 .column(grant::Column::DatanetId)
                 .filter(grant::Column::Grantee.eq(caller.to_vec()))
-                .filter(grant::Column::State.eq(grant_state::APPROVED))
+                .filter(grant::Column::State.eq(GrantState::Approved))
                 .into_query();
             visible =
                 visible.add(datanet::Column::Owner.eq(caller.to_vec())).add(datanet::Column::Id.in_subquery(granted));
@@ -189,11 +191,11 @@ pub(super) fn view(row: &datanet::Model) -> Result<pb::Datanet, DatanetError> {
         name: row.name.clone(),
         summary: row.summary.clone(),
         description_markdown: row.description.clone(),
-        tags: serde_json::from_str(&row.tags).unwrap_or_default(),
-        schema: i32::from(row.schema),
-        label_set: serde_json::from_str(&row.label_set).unwrap_or_default(),
+        tags: stored_json("tags", &row.tags)?,
+        schema: wire_schema(stored_schema(row.schema)?) as i32,
+        label_set: stored_json("label set", &row.label_set)?,
         licence: row.licence.clone(),
-        visibility: i32::from(row.visibility),
+        visibility: visibility(row.visibility)? as i32,
         policy: Some(policy_of(row)?),
         owner: row.owner.clone(),
         validators: row.validators.chunks_exact(32).map(<[u8]>::to_vec).collect(),
@@ -209,4 +211,18 @@ pub(super) fn policy_of(row: &datanet::Model) -> Result<pb::ContributionPolicy, 
 /// A write refused by a unique index (by the database's error code, on SQLite and PostgreSQL).
 pub(super) fn is_unique_violation(error: &sea_orm::DbErr) -> bool {
     matches!(error.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// A list of strings as stored in a JSON column.
+fn json(values: &[String]) -> Result<String, DatanetError> {
+    serde_json::to_string(values)
+        .map_err(|error| DatanetError::new(ErrorCode::Internal, format!("encoding a JSON column failed: {error}")))
+}
+
+fn wire_schema(schema: RecordSchema) -> WireSchema {
+    match schema {
+        RecordSchema::FreeText => WireSchema::FreeText,
+        RecordSchema::InstructionResponse => WireSchema::InstructionResponse,
+        RecordSchema::LabelledText => WireSchema::LabelledText,
+    }
 }

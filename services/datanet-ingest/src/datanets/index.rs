@@ -14,7 +14,7 @@ use crate::{
 };
 
 use super::Datanets;
-use super::states::record_status;
+use super::states::{RecordStatus, stored_hash};
 
 impl Datanets {
     /// Records held by the duplicate indexes loaded in this process.
@@ -78,15 +78,14 @@ impl Datanets {
         let mut rows = record::Entity::find()
             .filter(record::Column::DatanetId.eq(&row.id))
             .filter(record::Column::Seq.gt(current.last_seq))
-            .filter(record::Column::Status.is_in([record_status::PENDING, record_status::ACCEPTED]))
+            .filter(record::Column::Status.is_in([RecordStatus::Pending, RecordStatus::Accepted]))
             .order_by_asc(record::Column::Seq)
             .paginate(txn, 10_000);
         while let Some(batch) = rows.fetch_and_next().await? {
             for indexed in batch {
                 current.last_seq = current.last_seq.max(indexed.seq);
-                if let Ok(hash) = <[u8; 32]>::try_from(indexed.hash.as_slice()) {
-                    current.exact.entry(hash).or_insert_with(|| indexed.contribution_id.clone());
-                }
+                let hash = *stored_hash(&indexed.hash)?.as_bytes();
+                current.exact.entry(hash).or_insert_with(|| indexed.contribution_id.clone());
                 if let Some(minhash) = indexed.minhash.as_deref() {
                     let signature = Signature(
                         minhash.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),

@@ -13,7 +13,7 @@ use crate::{
 };
 
 use super::Datanets;
-use super::states::record_status;
+use super::states::{RecordStatus, contribution_status};
 
 impl Datanets {
     /// Contributors by accepted records, with their acceptance ratio and duplicates rejected.
@@ -45,9 +45,9 @@ impl Datanets {
             .await?;
         for (contributor, status, n) in statuses {
             let tally = tallies.entry(contributor).or_default();
-            match status {
-                record_status::ACCEPTED => tally.accepted_records += n as u64,
-                record_status::DUPLICATE => tally.duplicates += n as u64,
+            match RecordStatus::try_from(status)? {
+                RecordStatus::Accepted => tally.accepted_records += n as u64,
+                RecordStatus::Duplicate => tally.duplicates += n as u64,
                 _ => {}
             }
         }
@@ -64,10 +64,11 @@ impl Datanets {
             .await?;
         for (contributor, status, n) in decisions {
             let tally = tallies.entry(contributor).or_default();
-            if status != ContributionStatus::PendingReview as i16 && status != ContributionStatus::Unspecified as i16 {
+            let status = contribution_status(status)?;
+            if !matches!(status, ContributionStatus::PendingReview | ContributionStatus::Unspecified) {
                 tally.decided += n as u64;
             }
-            if status == ContributionStatus::Accepted as i16 {
+            if status == ContributionStatus::Accepted {
                 tally.accepted += n as u64;
             }
         }

@@ -66,7 +66,7 @@ use crate::{
 
 use index::IndexSlot;
 use snapshots::SealedTree;
-use states::grant_state;
+use states::{GrantState, visibility};
 
 pub const SUBJECT_SUBMITTED: &str = "ol.datanet.contribution.submitted";
 
@@ -164,7 +164,7 @@ impl Datanets {
 
     /// Public Datanets are visible to all; private ones to the owner, validators and grantees.
     async fn may_see(&self, row: &datanet::Model, caller: Option<Key>) -> Result<bool, DatanetError> {
-        if row.visibility != Visibility::Private as i16 {
+        if visibility(row.visibility)? != Visibility::Private {
             return Ok(true);
         }
         let Some(caller) = caller else { return Ok(false) };
@@ -174,7 +174,7 @@ impl Datanets {
         let granted = grant::Entity::find()
             .filter(grant::Column::DatanetId.eq(&row.id))
             .filter(grant::Column::Grantee.eq(caller.to_vec()))
-            .filter(grant::Column::State.eq(grant_state::APPROVED))
+            .filter(grant::Column::State.eq(GrantState::Approved))
             .count(&self.db)
             .await?;
         Ok(granted > 0)

@@ -15,7 +15,7 @@ use crate::{
 
 use super::Datanets;
 use super::contributions::{enqueue_contribution_event, record_hashes};
-use super::states::{bond_state, record_status, status_name};
+use super::states::{BondState, RecordStatus, contribution_status};
 use super::validation::check_text;
 use super::{bump_index_generation, hash_of, invalid, is_validator, lock_datanet, require_owner};
 
@@ -46,16 +46,17 @@ impl Datanets {
                 .ok_or_else(|| {
                     DatanetError::new(ErrorCode::NotFound, format!("no contribution {:?}", request.contribution_id))
                 })?;
-            if found.status != ContributionStatus::PendingReview as i16 {
+            let found_status = contribution_status(found.status)?;
+            if found_status != ContributionStatus::PendingReview {
                 return Err(DatanetError::new(
                     ErrorCode::FailedPrecondition,
-                    format!("contribution {} is {}, not pending review", found.id, status_name(found.status)),
+                    format!("contribution {} is {}, not pending review", found.id, found_status.api_name()),
                 ));
             }
             let (status, records, bond) = if request.approve {
-                (ContributionStatus::Accepted, record_status::ACCEPTED, bond_state::TO_RELEASE)
+                (ContributionStatus::Accepted, RecordStatus::Accepted, BondState::ToRelease)
             } else {
-                (ContributionStatus::Rejected, record_status::REJECTED, bond_state::TO_SLASH)
+                (ContributionStatus::Rejected, RecordStatus::Rejected, BondState::ToSlash)
             };
             let reason = if request.reason.is_empty() {
                 format!("{} by review", if request.approve { "approved" } else { "rejected" })
@@ -69,7 +70,11 @@ impl Datanets {
                 .col_expr(contribution::Column::DecidedBy, Expr::value(reviewer.to_vec()))
                 .col_expr(
                     contribution::Column::BondState,
-                    Expr::value(if found.bond_state == bond_state::HELD { bond } else { found.bond_state }),
+                    Expr::value(if BondState::try_from(found.bond_state)? == BondState::Held {
+                        bond.into()
+                    } else {
+                        found.bond_state
+                    }),
                 )
                 .filter(contribution::Column::Id.eq(&found.id))
                 .exec(&txn)
@@ -77,7 +82,7 @@ impl Datanets {
             record::Entity::update_many()
                 .col_expr(record::Column::Status, Expr::value(records))
                 .filter(record::Column::ContributionId.eq(&found.id))
-                .filter(record::Column::Status.eq(record_status::PENDING))
+                .filter(record::Column::Status.eq(RecordStatus::Pending))
                 .exec(&txn)
                 .await?;
             if !request.approve {
@@ -112,10 +117,10 @@ impl Datanets {
             let txn = self.db.begin().await?;
             lock_datanet(&txn, &row.id).await?;
             let removed = record::Entity::update_many()
-                .col_expr(record::Column::Status, Expr::value(record_status::REMOVED))
+                .col_expr(record::Column::Status, Expr::value(RecordStatus::Removed))
                 .filter(record::Column::DatanetId.eq(&row.id))
                 .filter(record::Column::Hash.eq(hash.as_bytes().to_vec()))
-                .filter(record::Column::Status.is_in([record_status::ACCEPTED, record_status::PENDING]))
+                .filter(record::Column::Status.is_in([RecordStatus::Accepted, RecordStatus::Pending]))
                 .exec(&txn)
                 .await?
                 .rows_affected;

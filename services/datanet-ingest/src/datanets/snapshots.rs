@@ -6,7 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use openledger_core::{ContentHash, ErrorCode, Id, MerkleTree};
+use openledger_core::{ErrorCode, Id, MerkleTree};
 use openledger_proto::{
     common::v1::{Hash, MerkleProof as WireProof},
     datanet::v1::{self as pb},
@@ -23,8 +23,8 @@ use crate::{
 };
 
 use super::Datanets;
-use super::states::record_status;
-use super::{PRODUCER, SUBJECT_SNAPSHOT_SEALED, content_hash, invalid, lock_datanet, require_owner, timestamp};
+use super::states::{RecordStatus, corrupt, stored_hash, stored_json};
+use super::{PRODUCER, SUBJECT_SNAPSHOT_SEALED, invalid, lock_datanet, require_owner, timestamp};
 
 impl Datanets {
     /// Seals the accepted records as the next version (or returns the latest version when
@@ -44,11 +44,11 @@ impl Datanets {
             let locked = lock_datanet(&txn, &row.id).await?;
             let accepted = record::Entity::find()
                 .filter(record::Column::DatanetId.eq(&row.id))
-                .filter(record::Column::Status.eq(record_status::ACCEPTED))
+                .filter(record::Column::Status.eq(RecordStatus::Accepted))
                 .order_by_asc(record::Column::Seq)
                 .all(&txn)
                 .await?;
-            let leaves: Vec<ContentHash> = accepted.iter().filter_map(|r| content_hash(&r.hash)).collect();
+            let leaves = accepted.iter().map(|r| stored_hash(&r.hash)).collect::<Result<Vec<_>, _>>()?;
             let root = MerkleTree::new(&leaves).root();
             let previous = snapshot::Entity::find()
                 .filter(snapshot::Column::DatanetId.eq(&row.id))
@@ -84,7 +84,9 @@ impl Datanets {
                 version: Set(version),
                 merkle_root: Set(root.as_bytes().to_vec()),
                 record_count: Set(accepted.len() as i64),
-                contributor_counts: Set(serde_json::to_string(&counts).unwrap_or_default()),
+                contributor_counts: Set(serde_json::to_string(&counts).map_err(|error| {
+                    DatanetError::new(ErrorCode::Internal, format!("encoding the contributor counts failed: {error}"))
+                })?),
                 records_added: Set(after.difference(&before).count() as i64),
                 records_removed: Set(before.difference(&after).count() as i64),
                 revision: Set(locked.revision),
@@ -133,7 +135,7 @@ impl Datanets {
     ) -> Result<pb::Snapshot, DatanetError> {
         let row = self.row(datanet_id, caller).await?;
         let found = self.snapshot_row(&row.id, snapshot_id).await?;
-        let counts: BTreeMap<String, u64> = serde_json::from_str(&found.contributor_counts).unwrap_or_default();
+        let counts: BTreeMap<String, u64> = stored_json("contributor counts", &found.contributor_counts)?;
         Ok(pb::Snapshot {
             id: found.id,
             datanet_id: found.datanet_id,
@@ -142,11 +144,11 @@ impl Datanets {
             record_count: found.record_count as u64,
             contributor_counts: counts
                 .into_iter()
-                .map(|(contributor, records)| pb::ContributorCount {
-                    contributor: hex::decode(contributor).unwrap_or_default(),
-                    records,
+                .map(|(contributor, records)| {
+                    let contributor = hex::decode(&contributor).map_err(|_| corrupt("contributor", &contributor))?;
+                    Ok(pb::ContributorCount { contributor, records })
                 })
-                .collect(),
+                .collect::<Result<_, DatanetError>>()?,
             records_added: found.records_added as u64,
             records_removed: found.records_removed as u64,
             sealed_at: Some(timestamp(found.sealed_at)),
@@ -218,7 +220,7 @@ impl Datanets {
             .order_by_asc(snapshot_record::Column::Position)
             .all(&self.db)
             .await?;
-        let hashes: Vec<ContentHash> = leaves.iter().filter_map(|leaf| content_hash(&leaf.hash)).collect();
+        let hashes = leaves.iter().map(|leaf| stored_hash(&leaf.hash)).collect::<Result<Vec<_>, _>>()?;
         let tree = Arc::new(SealedTree { snapshot_id: snapshot_id.to_owned(), tree: MerkleTree::new(&hashes), leaves });
         let mut trees = self.trees.lock();
         trees.insert(0, tree.clone());
