@@ -59,10 +59,6 @@ impl SharedDatanets {
     }
 }
 
-/// Uploads buffered at once by one process: with files of at most 64 MiB, uploads hold at
-/// most 512 MiB; further ones wait (their senders are held back by HTTP/2 flow control).
-pub const CONCURRENT_UPLOADS: usize = 8;
-
 #[derive(Clone)]
 pub struct Api {
     shared: SharedDatanets,
@@ -71,7 +67,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(shared: SharedDatanets) -> Self {
-        Self { shared, uploads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_UPLOADS)) }
+        Self { shared, uploads: Arc::new(tokio::sync::Semaphore::new(limits::CONCURRENT_UPLOADS)) }
     }
 
     fn datanets(&self) -> Result<Arc<Datanets>, Status> {
@@ -178,7 +174,7 @@ impl DatanetService for Api {
             ));
         }
         // Grown as chunks arrive: a header's claim alone reserves at most 1 MiB.
-        let mut bytes = Vec::with_capacity(header.size_bytes.min(1 << 20) as usize);
+        let mut bytes = Vec::with_capacity(header.size_bytes.min(limits::MAX_ANNOUNCED_RESERVATION_BYTES) as usize);
         while let Some(message) = stream.next().await {
             match message?.part {
                 Some(Part::Chunk(chunk)) => {

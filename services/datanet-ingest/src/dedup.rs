@@ -37,7 +37,13 @@ pub struct DedupParams {
 
 impl Default for DedupParams {
     fn default() -> Self {
-        Self { permutations: 128, bands: 32, threshold: 0.8, shingle_words: 5, max_records: 1_000_000 }
+        Self {
+            permutations: 128,
+            bands: 32,
+            threshold: 0.8,
+            shingle_words: 5,
+            max_records: crate::limits::MAX_INDEXED_RECORDS,
+        }
     }
 }
 

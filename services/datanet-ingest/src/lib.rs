@@ -30,9 +30,6 @@ use openledger_store::db::MaybeBusy;
 pub use api::{Api, CALLER_METADATA, signed_caller};
 pub use datanets::{Datanets, Upload};
 
-/// How often decided bonds the ledger has not taken yet are retried.
-const BOND_RETRY_INTERVAL: Duration = Duration::from_secs(2);
-
 /// An error with the code callers act on and a message naming the problem.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
@@ -85,7 +82,7 @@ fn bond_retries(shared: api::SharedDatanets) -> Worker {
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(BOND_RETRY_INTERVAL) => {}
+                    () = tokio::time::sleep(Duration::from_millis(limits::BOND_RETRY_INTERVAL_MS)) => {}
                 }
                 let Some(datanets) = shared.get() else { continue };
                 match datanets.resolve_bonds().await {

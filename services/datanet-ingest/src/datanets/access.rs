@@ -159,14 +159,12 @@ pub(super) struct ReadCursor {
 pub(super) type RecordBodies = HashMap<Vec<u8>, Vec<u8>>;
 
 impl ReadCursor {
-    const PAGE: u64 = 500;
-
     async fn next_page(&mut self) -> Result<Vec<pb::Record>, DatanetError> {
         let leaves = snapshot_record::Entity::find()
             .filter(snapshot_record::Column::SnapshotId.eq(&self.snapshot_id))
             .filter(snapshot_record::Column::Position.gte(self.next_position))
             .order_by_asc(snapshot_record::Column::Position)
-            .limit(Self::PAGE)
+            .limit(limits::READ_PAGE_RECORDS)
             .all(&self.datanets.db)
             .await?;
         let mut records = Vec::with_capacity(leaves.len());

@@ -7,7 +7,7 @@ use openledger_proto::datanet::v1::ContributionStatus;
 use openledger_store::now_ms;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, sea_query::Expr};
 
-use crate::{DatanetError, bonds::Resolved, entities::contribution};
+use crate::{DatanetError, bonds::Resolved, entities::contribution, limits};
 
 use super::Datanets;
 use super::contribute::{NewContribution, same_file};
@@ -130,9 +130,9 @@ impl Datanets {
 
     /// Applies every bond decision the ledger has not taken yet, and gives back the bonds of
     /// contributions whose upload never finished (placeholders older than
-    /// [`RECEIVING_TIMEOUT`]); returns how many.
+    /// [`limits::RECEIVING_TIMEOUT_MS`]); returns how many.
     pub async fn resolve_bonds(&self) -> Result<usize, DatanetError> {
-        self.resolve_bonds_older_than(RECEIVING_TIMEOUT).await
+        self.resolve_bonds_older_than(std::time::Duration::from_millis(limits::RECEIVING_TIMEOUT_MS)).await
     }
 
     /// [`Datanets::resolve_bonds`] with another age for abandoned uploads.
@@ -142,7 +142,7 @@ impl Datanets {
             .filter(contribution::Column::Status.eq(ContributionStatus::Unspecified as i16))
             .filter(contribution::Column::SubmittedAt.lte(cutoff))
             .order_by_asc(contribution::Column::SubmittedAt)
-            .limit(1_000)
+            .limit(limits::BOND_RETRY_BATCH)
             .all(&self.db)
             .await?;
         let mut resolved = 0;
@@ -158,7 +158,7 @@ impl Datanets {
     pub(super) async fn resolve_decided_bonds(&self) -> Result<usize, DatanetError> {
         let waiting = contribution::Entity::find()
             .filter(contribution::Column::BondState.is_in([BondState::ToRelease, BondState::ToSlash]))
-            .limit(1_000)
+            .limit(limits::BOND_RETRY_BATCH)
             .all(&self.db)
             .await?;
         let mut resolved = 0;
@@ -170,7 +170,3 @@ impl Datanets {
         Ok(resolved)
     }
 }
-
-/// After this long, a contribution still receiving (its process died after holding the bond)
-/// is abandoned: its bond is given back and the placeholder removed.
-pub const RECEIVING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);

@@ -19,6 +19,7 @@ use crate::{
     DatanetError,
     dedup::{MinHasher, Signature},
     entities::{contribution, datanet, record},
+    limits,
     parse::{self, FileKind, ParseLimits, RecordSchema},
     quality,
     signing::{self, Key},
@@ -42,6 +43,7 @@ impl Datanets {
         let prepared = self.prepare_records(&admitted.row, &upload).await?;
         let stake = u128_of(admitted.policy.stake_per_contribution.as_ref());
         let account = self.bond_account(stake, upload.account_id, &admitted.contributor).await?;
+        debug_assert!(account.is_none() || stake > 0, "only a Datanet with a stake bonds uploads");
         let new = NewContribution {
             id: Id::new().to_string(),
             datanet_id: admitted.row.id,
@@ -220,6 +222,7 @@ impl Datanets {
         let Some(current) = index.as_mut() else {
             return Err(DatanetError::new(ErrorCode::Internal, "the duplicate index is not loaded"));
         };
+        debug_assert_eq!(current.generation, row.index_generation, "the index is of the Datanet's generation");
         check_daily_limits(&txn, &new.datanet_id, &new.contributor, &new.policy, new.size, Some(&new.id)).await?;
         let decided = decide(new, current, &new.policy, &self.dedup)?;
         write_contribution(&txn, new, &decided, current).await?;
@@ -365,6 +368,7 @@ pub(super) async fn write_contribution(
         ContributionStatus::PendingReview => RecordStatus::Pending,
         _ => RecordStatus::Rejected,
     };
+    debug_assert!(!decided.is_empty(), "prepare refuses a file without records");
     let quality = decided.iter().map(|d| d.quality).min().unwrap_or(0);
     let submitted_at = now_ms();
     let placeholder = contribution::Entity::delete_by_id(&new.id).exec(txn).await?.rows_affected;
@@ -396,7 +400,7 @@ pub(super) async fn write_contribution(
     }
     .insert(txn)
     .await?;
-    for chunk in decided.chunks(500) {
+    for chunk in decided.chunks(limits::INSERT_CHUNK_ROWS) {
         let rows = chunk.iter().map(|d| record::ActiveModel {
             datanet_id: Set(new.datanet_id.clone()),
             contribution_id: Set(new.id.clone()),
@@ -457,8 +461,6 @@ pub(super) async fn same_file<C: ConnectionTrait>(
     Ok(query.one(db).await?)
 }
 
-pub(super) const DAY_MS: i64 = 86_400_000;
-
 /// Refuses an upload that would take the contributor or the Datanet past today's limits
 /// (UTC days).
 pub(super) async fn check_daily_limits<C: ConnectionTrait>(
@@ -471,7 +473,7 @@ pub(super) async fn check_daily_limits<C: ConnectionTrait>(
     this_upload: Option<&str>,
 ) -> Result<(), DatanetError> {
     let now = now_ms();
-    let day_start = now - now.rem_euclid(DAY_MS);
+    let day_start = now - now.rem_euclid(limits::DAY_MS);
     let used = |by_contributor: bool| {
         let mut query = contribution::Entity::find()
             .select_only()

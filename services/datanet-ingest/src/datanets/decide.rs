@@ -9,6 +9,7 @@ use openledger_proto::datanet::v1::{self as pb, ContributionStatus};
 use crate::{
     DatanetError,
     dedup::{DedupParams, NearDuplicateIndex, Signature},
+    limits,
 };
 
 use super::contribute::NewContribution;
@@ -32,7 +33,7 @@ pub(super) fn decide(
     policy: &pb::ContributionPolicy,
     dedup: &DedupParams,
 ) -> Result<(ContributionStatus, String, Vec<Decided>), DatanetError> {
-    let threshold = f64::from(policy.near_duplicate_jaccard_ppt) / 1000.0;
+    let threshold = f64::from(policy.near_duplicate_jaccard_ppt) / f64::from(limits::PARTS_PER_THOUSAND);
     let accept_at = DedupParams { threshold, ..*dedup }.accept_at();
     let mut decided = Vec::with_capacity(new.records.len());
     // Copies inside this file are checked against the file's own fresh records; those join
@@ -106,5 +107,10 @@ pub(super) fn decide(
             }
         }
     }
+    debug_assert!(
+        decided.iter().enumerate().all(|(ordinal, d)| d.ordinal == ordinal),
+        "one decision per record, in order"
+    );
+    debug_assert_eq!(status == ContributionStatus::Duplicate, decided.iter().all(|d| d.duplicate_of.is_some()));
     Ok((status, reason, decided))
 }

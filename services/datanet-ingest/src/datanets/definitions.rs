@@ -41,7 +41,7 @@ impl Datanets {
         check_slug(&wanted.slug)?;
         check_text("name", &wanted.name, 1, limits::MAX_NAME_CHARS)?;
         check_editable(&wanted)?;
-        check_text("licence", &wanted.licence, 1, 100)?;
+        check_text("licence", &wanted.licence, 1, limits::MAX_LICENCE_CHARS)?;
         let schema = schema_of(wanted.schema)?;
         check_labels(schema, &wanted.label_set)?;
         if !matches!(Visibility::try_from(wanted.visibility), Ok(Visibility::Public | Visibility::Private)) {

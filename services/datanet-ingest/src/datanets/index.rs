@@ -11,6 +11,7 @@ use crate::{
     DatanetError,
     dedup::{NearDuplicateIndex, Signature},
     entities::{datanet, record},
+    limits,
 };
 
 use super::Datanets;
@@ -80,7 +81,7 @@ impl Datanets {
             .filter(record::Column::Seq.gt(current.last_seq))
             .filter(record::Column::Status.is_in([RecordStatus::Pending, RecordStatus::Accepted]))
             .order_by_asc(record::Column::Seq)
-            .paginate(txn, 10_000);
+            .paginate(txn, limits::INDEX_REBUILD_PAGE_RECORDS);
         while let Some(batch) = rows.fetch_and_next().await? {
             for indexed in batch {
                 current.last_seq = current.last_seq.max(indexed.seq);
@@ -107,13 +108,9 @@ pub(super) struct DatanetIndex {
     pub(super) generation: i64,
 }
 
-/// Resident bytes per indexed record: the near-duplicate index (measured by the `dedup` bench)
-/// plus the exact-duplicate entry and the contribution id it names.
-pub const INDEX_BYTES_PER_RECORD: usize = 1_500;
-
 impl DatanetIndex {
     pub(super) fn bytes(&self) -> usize {
-        self.near.len().max(self.exact.len()) * INDEX_BYTES_PER_RECORD
+        self.near.len().max(self.exact.len()) * limits::INDEX_BYTES_PER_RECORD
     }
 }
 
@@ -123,9 +120,6 @@ pub(super) struct IndexSlot {
     pub(super) index: Arc<tokio::sync::Mutex<Option<DatanetIndex>>>,
     pub(super) used: Arc<std::sync::atomic::AtomicU64>,
 }
-
-/// Resident bytes of all duplicate indexes in one process by default (2 GiB).
-pub const DEFAULT_INDEX_BUDGET: usize = 2 << 30;
 
 pub(super) fn index_full(error: crate::dedup::DedupError) -> DatanetError {
     DatanetError::new(ErrorCode::ResourceExhausted, format!("this Datanet cannot take more records: {error}"))

@@ -77,7 +77,9 @@ impl Datanets {
             .map(|(contributor, tally)| pb::LeaderboardEntry {
                 contributor,
                 accepted_records: tally.accepted_records,
-                acceptance_ratio_ppt: (tally.accepted * 1000).checked_div(tally.decided).unwrap_or(0) as u32,
+                acceptance_ratio_ppt: (tally.accepted * u64::from(limits::PARTS_PER_THOUSAND))
+                    .checked_div(tally.decided)
+                    .unwrap_or(0) as u32,
                 duplicates_rejected: tally.duplicates,
                 earnings: None,
             })
@@ -88,7 +90,9 @@ impl Datanets {
                 .then(b.acceptance_ratio_ppt.cmp(&a.acceptance_ratio_ppt))
                 .then(a.contributor.cmp(&b.contributor))
         });
-        entries.truncate(if limit == 0 { 100 } else { limit.min(limits::MAX_PAGE_SIZE) } as usize);
+        entries
+            .truncate(if limit == 0 { limits::DEFAULT_LEADERBOARD_ENTRIES } else { limit.min(limits::MAX_PAGE_SIZE) }
+                as usize);
         Ok(pb::Leaderboard { entries })
     }
 }

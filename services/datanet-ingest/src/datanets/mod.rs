@@ -39,8 +39,6 @@ mod states;
 mod tests;
 mod validation;
 
-pub use bond_saga::RECEIVING_TIMEOUT;
-pub use index::{DEFAULT_INDEX_BUDGET, INDEX_BYTES_PER_RECORD};
 pub use validation::complete_policy;
 
 use std::{collections::HashMap, sync::Arc};
@@ -118,7 +116,7 @@ impl Datanets {
             dedup,
             parse_limits: ParseLimits::default(),
             indexes: Mutex::new(HashMap::new()),
-            index_budget: DEFAULT_INDEX_BUDGET,
+            index_budget: limits::DEFAULT_INDEX_BUDGET_BYTES,
             index_clock: std::sync::atomic::AtomicU64::new(1),
             trees: Mutex::new(Vec::new()),
             outbox_wake: None,

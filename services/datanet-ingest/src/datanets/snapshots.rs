@@ -19,6 +19,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrde
 use crate::{
     DatanetError,
     entities::{record, snapshot, snapshot_record},
+    limits,
     signing::{self, Key},
 };
 
@@ -94,10 +95,10 @@ impl Datanets {
             }
             .insert(&txn)
             .await?;
-            for (chunk_number, chunk) in accepted.chunks(500).enumerate() {
+            for (chunk_number, chunk) in accepted.chunks(limits::INSERT_CHUNK_ROWS).enumerate() {
                 let rows = chunk.iter().enumerate().map(|(offset, r)| snapshot_record::ActiveModel {
                     snapshot_id: Set(id.clone()),
-                    position: Set((chunk_number * 500 + offset) as i64),
+                    position: Set((chunk_number * limits::INSERT_CHUNK_ROWS + offset) as i64),
                     hash: Set(r.hash.clone()),
                     contribution_id: Set(r.contribution_id.clone()),
                     contributor: Set(r.contributor.clone()),
@@ -224,13 +225,10 @@ impl Datanets {
         let tree = Arc::new(SealedTree { snapshot_id: snapshot_id.to_owned(), tree: MerkleTree::new(&hashes), leaves });
         let mut trees = self.trees.lock();
         trees.insert(0, tree.clone());
-        trees.truncate(CACHED_TREES);
+        trees.truncate(limits::CACHED_TREES);
         Ok(tree)
     }
 }
-
-/// Sealed versions whose trees stay in memory for proofs.
-pub(super) const CACHED_TREES: usize = 4;
 
 /// A sealed version's tree and its leaves in order.
 pub(super) struct SealedTree {

@@ -38,13 +38,13 @@ pub fn complete_policy(mut policy: pb::ContributionPolicy) -> Result<pb::Contrib
             limits::MAX_FILE_BYTES
         )));
     }
-    if policy.auto_accept_score > 1000 || policy.reject_below_score > policy.auto_accept_score {
+    if policy.auto_accept_score > limits::PARTS_PER_THOUSAND || policy.reject_below_score > policy.auto_accept_score {
         return Err(invalid(format!(
             "policy scores must satisfy reject_below_score ≤ auto_accept_score ≤ 1000, got {} and {}",
             policy.reject_below_score, policy.auto_accept_score
         )));
     }
-    if policy.near_duplicate_jaccard_ppt > 1000 {
+    if policy.near_duplicate_jaccard_ppt > limits::PARTS_PER_THOUSAND {
         return Err(invalid("policy.near_duplicate_jaccard_ppt must be in 1..=1000 (parts per thousand)"));
     }
     keys("policy.allowed_contributors", &policy.allowed_contributors, limits::MAX_ALLOWED_CONTRIBUTORS)?;
@@ -83,13 +83,15 @@ pub(super) fn check_slug(slug: &str) -> Result<(), DatanetError> {
     if slug.parse::<Id>().is_ok() {
         return Err(invalid(format!("slug {slug:?} has the form of a Datanet id: choose a name")));
     }
-    let ok = (2..=64).contains(&slug.len())
+    let ok = (limits::MIN_SLUG_BYTES..=limits::MAX_SLUG_BYTES).contains(&slug.len())
         && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !slug.starts_with('-')
         && !slug.ends_with('-');
     if !ok {
         return Err(invalid(format!(
-            "slug {slug:?} must be 2 to 64 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+            "slug {slug:?} must be {} to {} characters of a-z, 0-9 and '-', not starting or ending with '-'",
+            limits::MIN_SLUG_BYTES,
+            limits::MAX_SLUG_BYTES
         )));
     }
     Ok(())
