@@ -400,6 +400,27 @@ pub(super) async fn write_contribution(
     }
     .insert(txn)
     .await?;
+    let last = write_records(txn, new, decided, fresh_status).await?;
+    index.last_seq = index.last_seq.max(last.unwrap_or(0));
+    let row = contribution::Entity::find_by_id(&new.id)
+        .one(txn)
+        .await?
+        .ok_or_else(|| DatanetError::new(ErrorCode::Internal, "the contribution just written is missing"))?;
+    let hashes: Vec<Hash> = decided.iter().map(|d| Hash { value: d.hash.as_bytes().to_vec() }).collect();
+    enqueue_contribution_event(txn, &row, ContributionStatus::Unspecified, "submitted", hashes.clone()).await?;
+    if *status != ContributionStatus::PendingReview {
+        enqueue_contribution_event(txn, &row, *status, reason, hashes).await?;
+    }
+    Ok(())
+}
+
+/// Writes the contribution's records and returns the last sequence number they took.
+async fn write_records(
+    txn: &DatabaseTransaction,
+    new: &NewContribution,
+    decided: &[Decided],
+    fresh_status: RecordStatus,
+) -> Result<Option<i64>, DatanetError> {
     for chunk in decided.chunks(limits::INSERT_CHUNK_ROWS) {
         let rows = chunk.iter().map(|d| record::ActiveModel {
             datanet_id: Set(new.datanet_id.clone()),
@@ -429,17 +450,7 @@ pub(super) async fn write_contribution(
         .one(txn)
         .await?
         .flatten();
-    index.last_seq = index.last_seq.max(last.unwrap_or(0));
-    let row = contribution::Entity::find_by_id(&new.id)
-        .one(txn)
-        .await?
-        .ok_or_else(|| DatanetError::new(ErrorCode::Internal, "the contribution just written is missing"))?;
-    let hashes: Vec<Hash> = decided.iter().map(|d| Hash { value: d.hash.as_bytes().to_vec() }).collect();
-    enqueue_contribution_event(txn, &row, ContributionStatus::Unspecified, "submitted", hashes.clone()).await?;
-    if *status != ContributionStatus::PendingReview {
-        enqueue_contribution_event(txn, &row, *status, reason, hashes).await?;
-    }
-    Ok(())
+    Ok(last)
 }
 
 /// The contribution of this file by this contributor (other than `except`), if there is one:

@@ -67,8 +67,28 @@ pub(super) fn decide(
             size: record.size,
         });
     }
+    let (status, reason) = verdict(&decided, policy);
+    if matches!(status, ContributionStatus::Accepted | ContributionStatus::PendingReview) {
+        for fresh in decided.iter().filter(|d| d.duplicate_of.is_none()) {
+            index.exact.insert(*fresh.hash.as_bytes(), new.id.clone());
+            if let Some(signature) = &fresh.minhash {
+                index.near.insert(new.id.clone(), signature.clone()).map_err(index_full)?;
+            }
+        }
+    }
+    debug_assert!(
+        decided.iter().enumerate().all(|(ordinal, d)| d.ordinal == ordinal),
+        "one decision per record, in order"
+    );
+    debug_assert_eq!(status == ContributionStatus::Duplicate, decided.iter().all(|d| d.duplicate_of.is_some()));
+    Ok((status, reason, decided))
+}
+
+/// The contribution's status and reason from its records: a duplicate when none is fresh,
+/// else by the fresh records' mean quality against the policy.
+fn verdict(decided: &[Decided], policy: &pb::ContributionPolicy) -> (ContributionStatus, String) {
     let fresh: Vec<&Decided> = decided.iter().filter(|d| d.duplicate_of.is_none()).collect();
-    let (status, reason) = if fresh.is_empty() {
+    if fresh.is_empty() {
         let first = decided.first().and_then(|d| d.duplicate_of.clone()).unwrap_or_default();
         (
             ContributionStatus::Duplicate,
@@ -98,19 +118,5 @@ pub(super) fn decide(
                 ),
             )
         }
-    };
-    if matches!(status, ContributionStatus::Accepted | ContributionStatus::PendingReview) {
-        for fresh in decided.iter().filter(|d| d.duplicate_of.is_none()) {
-            index.exact.insert(*fresh.hash.as_bytes(), new.id.clone());
-            if let Some(signature) = &fresh.minhash {
-                index.near.insert(new.id.clone(), signature.clone()).map_err(index_full)?;
-            }
-        }
     }
-    debug_assert!(
-        decided.iter().enumerate().all(|(ordinal, d)| d.ordinal == ordinal),
-        "one decision per record, in order"
-    );
-    debug_assert_eq!(status == ContributionStatus::Duplicate, decided.iter().all(|d| d.duplicate_of.is_some()));
-    Ok((status, reason, decided))
 }

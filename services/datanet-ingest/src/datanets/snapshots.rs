@@ -14,7 +14,9 @@ use openledger_proto::{
 };
 use openledger_store::{NewEvent, db::retry_when_busy, now_ms};
 use prost::Message;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
+};
 
 use crate::{
     DatanetError,
@@ -42,85 +44,9 @@ impl Datanets {
         require_owner(&row, &owner, "publish versions")?;
         let sealed = retry_when_busy(|| async {
             let txn = self.db.begin().await?;
-            let locked = lock_datanet(&txn, &row.id).await?;
-            let accepted = record::Entity::find()
-                .filter(record::Column::DatanetId.eq(&row.id))
-                .filter(record::Column::Status.eq(RecordStatus::Accepted))
-                .order_by_asc(record::Column::Seq)
-                .all(&txn)
-                .await?;
-            let leaves = accepted.iter().map(|r| stored_hash(&r.hash)).collect::<Result<Vec<_>, _>>()?;
-            let root = MerkleTree::new(&leaves).root();
-            let previous = snapshot::Entity::find()
-                .filter(snapshot::Column::DatanetId.eq(&row.id))
-                .order_by_desc(snapshot::Column::Version)
-                .one(&txn)
-                .await?;
-            if let Some(previous) = &previous
-                && previous.merkle_root == root.as_bytes().to_vec()
-            {
-                return Ok::<_, DatanetError>(previous.id.clone());
-            }
-            let before: HashSet<Vec<u8>> = match &previous {
-                Some(previous) => snapshot_record::Entity::find()
-                    .filter(snapshot_record::Column::SnapshotId.eq(&previous.id))
-                    .all(&txn)
-                    .await?
-                    .into_iter()
-                    .map(|r| r.hash)
-                    .collect(),
-                None => HashSet::new(),
-            };
-            let after: HashSet<Vec<u8>> = accepted.iter().map(|r| r.hash.clone()).collect();
-            let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-            for r in &accepted {
-                *counts.entry(hex::encode(&r.contributor)).or_default() += 1;
-            }
-            let id = Id::new().to_string();
-            let version = previous.as_ref().map_or(1, |p| p.version + 1);
-            let sealed_at = now_ms();
-            snapshot::ActiveModel {
-                id: Set(id.clone()),
-                datanet_id: Set(row.id.clone()),
-                version: Set(version),
-                merkle_root: Set(root.as_bytes().to_vec()),
-                record_count: Set(accepted.len() as i64),
-                contributor_counts: Set(serde_json::to_string(&counts).map_err(|error| {
-                    DatanetError::new(ErrorCode::Internal, format!("encoding the contributor counts failed: {error}"))
-                })?),
-                records_added: Set(after.difference(&before).count() as i64),
-                records_removed: Set(before.difference(&after).count() as i64),
-                revision: Set(locked.revision),
-                sealed_at: Set(sealed_at),
-            }
-            .insert(&txn)
-            .await?;
-            for (chunk_number, chunk) in accepted.chunks(limits::INSERT_CHUNK_ROWS).enumerate() {
-                let rows = chunk.iter().enumerate().map(|(offset, r)| snapshot_record::ActiveModel {
-                    snapshot_id: Set(id.clone()),
-                    position: Set((chunk_number * limits::INSERT_CHUNK_ROWS + offset) as i64),
-                    hash: Set(r.hash.clone()),
-                    contribution_id: Set(r.contribution_id.clone()),
-                    contributor: Set(r.contributor.clone()),
-                });
-                snapshot_record::Entity::insert_many(rows).exec(&txn).await?;
-            }
-            let event = SnapshotSealed {
-                datanet_id: row.id.clone(),
-                snapshot_id: id.clone(),
-                version: version as u64,
-                merkle_root: Some(Hash { value: root.as_bytes().to_vec() }),
-                record_count: accepted.len() as u64,
-                at: Some(timestamp(sealed_at)),
-            };
-            openledger_store::outbox::enqueue(
-                &txn,
-                PRODUCER,
-                NewEvent::new(SUBJECT_SNAPSHOT_SEALED, event.encode_to_vec()),
-            )
-            .await?;
+            let sealed = seal(&txn, &row.id).await?;
             txn.commit().await?;
-            Ok(id)
+            Ok::<_, DatanetError>(sealed)
         })
         .await?;
         self.wake_outbox();
@@ -228,6 +154,91 @@ impl Datanets {
         trees.truncate(limits::CACHED_TREES);
         Ok(tree)
     }
+}
+
+/// Seals the accepted records of a Datanet as its next version under its write lock, or
+/// answers the latest version when nothing changed since it.
+async fn seal(txn: &DatabaseTransaction, datanet_id: &str) -> Result<String, DatanetError> {
+    let locked = lock_datanet(txn, datanet_id).await?;
+    let accepted = record::Entity::find()
+        .filter(record::Column::DatanetId.eq(datanet_id))
+        .filter(record::Column::Status.eq(RecordStatus::Accepted))
+        .order_by_asc(record::Column::Seq)
+        .all(txn)
+        .await?;
+    let leaves = accepted.iter().map(|r| stored_hash(&r.hash)).collect::<Result<Vec<_>, _>>()?;
+    let root = MerkleTree::new(&leaves).root();
+    let previous = snapshot::Entity::find()
+        .filter(snapshot::Column::DatanetId.eq(datanet_id))
+        .order_by_desc(snapshot::Column::Version)
+        .one(txn)
+        .await?;
+    if let Some(previous) = &previous
+        && previous.merkle_root == root.as_bytes().to_vec()
+    {
+        return Ok(previous.id.clone());
+    }
+    let before: HashSet<Vec<u8>> = match &previous {
+        Some(previous) => snapshot_record::Entity::find()
+            .filter(snapshot_record::Column::SnapshotId.eq(&previous.id))
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|r| r.hash)
+            .collect(),
+        None => HashSet::new(),
+    };
+    let after: HashSet<Vec<u8>> = accepted.iter().map(|r| r.hash.clone()).collect();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &accepted {
+        *counts.entry(hex::encode(&r.contributor)).or_default() += 1;
+    }
+    let version = snapshot::Model {
+        id: Id::new().to_string(),
+        datanet_id: datanet_id.to_owned(),
+        version: previous.as_ref().map_or(1, |p| p.version + 1),
+        merkle_root: root.as_bytes().to_vec(),
+        record_count: accepted.len() as i64,
+        contributor_counts: serde_json::to_string(&counts).map_err(|error| {
+            DatanetError::new(ErrorCode::Internal, format!("encoding the contributor counts failed: {error}"))
+        })?,
+        records_added: after.difference(&before).count() as i64,
+        records_removed: before.difference(&after).count() as i64,
+        revision: locked.revision,
+        sealed_at: now_ms(),
+    };
+    write_version(txn, &version, &accepted).await?;
+    Ok(version.id)
+}
+
+/// Writes a sealed version, its leaves in order, and its event.
+async fn write_version(
+    txn: &DatabaseTransaction,
+    version: &snapshot::Model,
+    accepted: &[record::Model],
+) -> Result<(), DatanetError> {
+    snapshot::ActiveModel::from(version.clone()).insert(txn).await?;
+    for (chunk_number, chunk) in accepted.chunks(limits::INSERT_CHUNK_ROWS).enumerate() {
+        let rows = chunk.iter().enumerate().map(|(offset, r)| snapshot_record::ActiveModel {
+            snapshot_id: Set(version.id.clone()),
+            position: Set((chunk_number * limits::INSERT_CHUNK_ROWS + offset) as i64),
+            hash: Set(r.hash.clone()),
+            contribution_id: Set(r.contribution_id.clone()),
+            contributor: Set(r.contributor.clone()),
+        });
+        snapshot_record::Entity::insert_many(rows).exec(txn).await?;
+    }
+    let event = SnapshotSealed {
+        datanet_id: version.datanet_id.clone(),
+        snapshot_id: version.id.clone(),
+        version: version.version as u64,
+        merkle_root: Some(Hash { value: version.merkle_root.clone() }),
+        record_count: accepted.len() as u64,
+        at: Some(timestamp(version.sealed_at)),
+    };
+    openledger_store::outbox::enqueue(txn, PRODUCER, NewEvent::new(SUBJECT_SNAPSHOT_SEALED, event.encode_to_vec()))
+        .await?;
+    Ok(())
 }
 
 /// A sealed version's tree and its leaves in order.
