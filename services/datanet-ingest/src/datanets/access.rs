@@ -15,7 +15,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrde
 use crate::{
     DatanetError,
     entities::{datanet, grant, read, snapshot_record},
-    limits::{self},
+    limits,
     signing::{self, Key},
 };
 

@@ -16,7 +16,7 @@ use sea_orm::{
 use crate::{
     DatanetError,
     entities::{datanet, grant},
-    limits::{self},
+    limits,
     signing::{self, Key},
 };
 

@@ -8,7 +8,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, sea_query::Exp
 use crate::{
     DatanetError,
     entities::{contribution, record},
-    limits::{self},
+    limits,
     signing::Key,
 };
 
@@ -24,54 +24,7 @@ impl Datanets {
         caller: Option<Key>,
     ) -> Result<pb::Leaderboard, DatanetError> {
         let row = self.row(datanet_id, caller).await?;
-        #[derive(Default)]
-        struct Tally {
-            accepted_records: u64,
-            duplicates: u64,
-            decided: u64,
-            accepted: u64,
-        }
-        let mut tallies: HashMap<Vec<u8>, Tally> = HashMap::new();
-        let statuses: Vec<(Vec<u8>, i16, i64)> = record::Entity::find()
-            .select_only()
-            .column(record::Column::Contributor)
-            .column(record::Column::Status)
-            .column_as(Expr::col(record::Column::Seq).count(), "n")
-            .filter(record::Column::DatanetId.eq(&row.id))
-            .group_by(record::Column::Contributor)
-            .group_by(record::Column::Status)
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        for (contributor, status, n) in statuses {
-            let tally = tallies.entry(contributor).or_default();
-            match RecordStatus::try_from(status)? {
-                RecordStatus::Accepted => tally.accepted_records += n as u64,
-                RecordStatus::Duplicate => tally.duplicates += n as u64,
-                _ => {}
-            }
-        }
-        let decisions: Vec<(Vec<u8>, i16, i64)> = contribution::Entity::find()
-            .select_only()
-            .column(contribution::Column::Contributor)
-            .column(contribution::Column::Status)
-            .column_as(Expr::col(contribution::Column::Id).count(), "n")
-            .filter(contribution::Column::DatanetId.eq(&row.id))
-            .group_by(contribution::Column::Contributor)
-            .group_by(contribution::Column::Status)
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        for (contributor, status, n) in decisions {
-            let tally = tallies.entry(contributor).or_default();
-            let status = contribution_status(status)?;
-            if !matches!(status, ContributionStatus::PendingReview | ContributionStatus::Unspecified) {
-                tally.decided += n as u64;
-            }
-            if status == ContributionStatus::Accepted {
-                tally.accepted += n as u64;
-            }
-        }
+        let tallies = self.tallies(&row.id).await?;
         let mut entries: Vec<pb::LeaderboardEntry> = tallies
             .into_iter()
             .map(|(contributor, tally)| pb::LeaderboardEntry {
@@ -95,4 +48,60 @@ impl Datanets {
                 as usize);
         Ok(pb::Leaderboard { entries })
     }
+
+    /// Each contributor's counts: accepted and duplicate records, decided and accepted
+    /// contributions.
+    async fn tallies(&self, datanet_id: &str) -> Result<HashMap<Vec<u8>, Tally>, DatanetError> {
+        let mut tallies: HashMap<Vec<u8>, Tally> = HashMap::new();
+        let statuses: Vec<(Vec<u8>, i16, i64)> = record::Entity::find()
+            .select_only()
+            .column(record::Column::Contributor)
+            .column(record::Column::Status)
+            .column_as(Expr::col(record::Column::Seq).count(), "n")
+            .filter(record::Column::DatanetId.eq(datanet_id))
+            .group_by(record::Column::Contributor)
+            .group_by(record::Column::Status)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        for (contributor, status, n) in statuses {
+            let tally = tallies.entry(contributor).or_default();
+            match RecordStatus::try_from(status)? {
+                RecordStatus::Accepted => tally.accepted_records += n as u64,
+                RecordStatus::Duplicate => tally.duplicates += n as u64,
+                _ => {}
+            }
+        }
+        let decisions: Vec<(Vec<u8>, i16, i64)> = contribution::Entity::find()
+            .select_only()
+            .column(contribution::Column::Contributor)
+            .column(contribution::Column::Status)
+            .column_as(Expr::col(contribution::Column::Id).count(), "n")
+            .filter(contribution::Column::DatanetId.eq(datanet_id))
+            .group_by(contribution::Column::Contributor)
+            .group_by(contribution::Column::Status)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        for (contributor, status, n) in decisions {
+            let tally = tallies.entry(contributor).or_default();
+            let status = contribution_status(status)?;
+            if !matches!(status, ContributionStatus::PendingReview | ContributionStatus::Unspecified) {
+                tally.decided += n as u64;
+            }
+            if status == ContributionStatus::Accepted {
+                tally.accepted += n as u64;
+            }
+        }
+        Ok(tallies)
+    }
+}
+
+/// One contributor's counts.
+#[derive(Default)]
+struct Tally {
+    accepted_records: u64,
+    duplicates: u64,
+    decided: u64,
+    accepted: u64,
 }

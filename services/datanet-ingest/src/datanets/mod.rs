@@ -57,7 +57,7 @@ use crate::{
     bonds::Bonds,
     dedup::{DedupParams, MinHasher},
     entities::{datanet, grant},
-    limits::{self},
+    limits,
     parse::ParseLimits,
     signing::Key,
 };

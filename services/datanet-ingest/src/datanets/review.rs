@@ -4,13 +4,13 @@
 use openledger_core::ErrorCode;
 use openledger_proto::datanet::v1::{self as pb, ContributionStatus};
 use openledger_store::{db::retry_when_busy, now_ms};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait, sea_query::Expr};
+use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, TransactionTrait, sea_query::Expr};
 
 use crate::{
     DatanetError,
     entities::{contribution, record},
-    limits::{self},
-    signing::{self},
+    limits,
+    signing::{self, Key},
 };
 
 use super::Datanets;
@@ -38,60 +38,9 @@ impl Datanets {
         let _index = slot.index.lock().await;
         let decided = retry_when_busy(|| async {
             let txn = self.db.begin().await?;
-            lock_datanet(&txn, &row.id).await?;
-            let found = contribution::Entity::find_by_id(&request.contribution_id)
-                .filter(contribution::Column::DatanetId.eq(&row.id))
-                .one(&txn)
-                .await?
-                .ok_or_else(|| {
-                    DatanetError::new(ErrorCode::NotFound, format!("no contribution {:?}", request.contribution_id))
-                })?;
-            let found_status = contribution_status(found.status)?;
-            if found_status != ContributionStatus::PendingReview {
-                return Err(DatanetError::new(
-                    ErrorCode::FailedPrecondition,
-                    format!("contribution {} is {}, not pending review", found.id, found_status.api_name()),
-                ));
-            }
-            let (status, records, bond) = if request.approve {
-                (ContributionStatus::Accepted, RecordStatus::Accepted, BondState::ToRelease)
-            } else {
-                (ContributionStatus::Rejected, RecordStatus::Rejected, BondState::ToSlash)
-            };
-            let reason = if request.reason.is_empty() {
-                format!("{} by review", if request.approve { "approved" } else { "rejected" })
-            } else {
-                request.reason.clone()
-            };
-            contribution::Entity::update_many()
-                .col_expr(contribution::Column::Status, Expr::value(status as i16))
-                .col_expr(contribution::Column::Reason, Expr::value(reason.clone()))
-                .col_expr(contribution::Column::DecidedAt, Expr::value(now_ms()))
-                .col_expr(contribution::Column::DecidedBy, Expr::value(reviewer.to_vec()))
-                .col_expr(
-                    contribution::Column::BondState,
-                    Expr::value(if BondState::try_from(found.bond_state)? == BondState::Held {
-                        bond.into()
-                    } else {
-                        found.bond_state
-                    }),
-                )
-                .filter(contribution::Column::Id.eq(&found.id))
-                .exec(&txn)
-                .await?;
-            record::Entity::update_many()
-                .col_expr(record::Column::Status, Expr::value(records))
-                .filter(record::Column::ContributionId.eq(&found.id))
-                .filter(record::Column::Status.eq(RecordStatus::Pending))
-                .exec(&txn)
-                .await?;
-            if !request.approve {
-                bump_index_generation(&txn, &row.id).await?;
-            }
-            let hashes = record_hashes(&txn, &found.id).await?;
-            enqueue_contribution_event(&txn, &found, status, &reason, hashes).await?;
+            let decided = decide_review(&txn, &row.id, &request, &reviewer).await?;
             txn.commit().await?;
-            Ok(found.id)
+            Ok::<_, DatanetError>(decided)
         })
         .await?;
         self.wake_outbox();
@@ -136,4 +85,67 @@ impl Datanets {
         })
         .await
     }
+}
+
+/// Records a review decision on a contribution pending review (under the Datanet's write
+/// lock) with its event; returns the contribution's id.
+async fn decide_review(
+    txn: &DatabaseTransaction,
+    datanet_id: &str,
+    request: &pb::ReviewContributionRequest,
+    reviewer: &Key,
+) -> Result<String, DatanetError> {
+    lock_datanet(txn, datanet_id).await?;
+    let found = contribution::Entity::find_by_id(&request.contribution_id)
+        .filter(contribution::Column::DatanetId.eq(datanet_id))
+        .one(txn)
+        .await?
+        .ok_or_else(|| {
+            DatanetError::new(ErrorCode::NotFound, format!("no contribution {:?}", request.contribution_id))
+        })?;
+    let found_status = contribution_status(found.status)?;
+    if found_status != ContributionStatus::PendingReview {
+        return Err(DatanetError::new(
+            ErrorCode::FailedPrecondition,
+            format!("contribution {} is {}, not pending review", found.id, found_status.api_name()),
+        ));
+    }
+    let (status, records, bond) = if request.approve {
+        (ContributionStatus::Accepted, RecordStatus::Accepted, BondState::ToRelease)
+    } else {
+        (ContributionStatus::Rejected, RecordStatus::Rejected, BondState::ToSlash)
+    };
+    let reason = if request.reason.is_empty() {
+        format!("{} by review", if request.approve { "approved" } else { "rejected" })
+    } else {
+        request.reason.clone()
+    };
+    contribution::Entity::update_many()
+        .col_expr(contribution::Column::Status, Expr::value(status as i16))
+        .col_expr(contribution::Column::Reason, Expr::value(reason.clone()))
+        .col_expr(contribution::Column::DecidedAt, Expr::value(now_ms()))
+        .col_expr(contribution::Column::DecidedBy, Expr::value(reviewer.to_vec()))
+        .col_expr(
+            contribution::Column::BondState,
+            Expr::value(if BondState::try_from(found.bond_state)? == BondState::Held {
+                bond.into()
+            } else {
+                found.bond_state
+            }),
+        )
+        .filter(contribution::Column::Id.eq(&found.id))
+        .exec(txn)
+        .await?;
+    record::Entity::update_many()
+        .col_expr(record::Column::Status, Expr::value(records))
+        .filter(record::Column::ContributionId.eq(&found.id))
+        .filter(record::Column::Status.eq(RecordStatus::Pending))
+        .exec(txn)
+        .await?;
+    if !request.approve {
+        bump_index_generation(txn, datanet_id).await?;
+    }
+    let hashes = record_hashes(txn, &found.id).await?;
+    enqueue_contribution_event(txn, &found, status, &reason, hashes).await?;
+    Ok(found.id)
 }
