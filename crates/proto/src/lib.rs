@@ -1,5 +1,6 @@
 //! Generated protobuf messages and tonic services for every OpenLedger API, compiled from
-//! `proto/` at build time with protox. Nothing here is written by hand except the module tree.
+//! `proto/` at build time with protox. Written by hand: the module tree, `Uint128` conversions and
+//! the API names of enum values.
 
 #![allow(clippy::all, missing_docs, unreachable_pub)]
 
@@ -78,6 +79,20 @@ pub mod service_names {
     pub const INFERENCE: &str = "openledger.inference.v1.InferenceService";
 }
 
+impl datanet::v1::ContributionStatus {
+    /// The status's one name in events and REST (snake case). `Unspecified` is an upload still
+    /// being received (its placeholder): `submitted`.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "submitted",
+            Self::PendingReview => "pending_review",
+            Self::Accepted => "accepted",
+            Self::Rejected => "rejected",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
@@ -109,5 +124,15 @@ mod tests {
         ] {
             assert!(services.iter().any(|s| s == name), "{name} missing from {services:?}");
         }
+    }
+
+    #[test]
+    fn contribution_statuses_have_one_snake_case_name_each() {
+        use datanet::v1::ContributionStatus as S;
+        let all = [S::Unspecified, S::PendingReview, S::Accepted, S::Rejected, S::Duplicate];
+        let names: std::collections::BTreeSet<&str> = all.iter().map(|status| status.api_name()).collect();
+        assert_eq!(names.len(), all.len());
+        assert!(names.iter().all(|name| name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+        assert_eq!(S::Unspecified.api_name(), "submitted", "the placeholder of an upload in progress");
     }
 }

@@ -12,6 +12,7 @@ use std::io::{BufWriter, Write};
 use std::time::Instant;
 
 use openledger_datanet_ingest::dedup::{self, DedupParams, MinHasher, NearDuplicateIndex};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 /// About 1 KB per record: 170 words of 5–6 characters.
 const WORDS_PER_RECORD: usize = 170;
@@ -23,28 +24,9 @@ const PLANTED_PERCENT: u64 = 20;
 /// the planted pairs lie on both sides of the 0.8 threshold and below 0.5.
 const EDIT_RATES: [f64; 9] = [0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.12, 0.2];
 
-/// A small deterministic generator (xorshift), so the corpus is the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-
-    fn chance(&mut self, probability: f64) -> bool {
-        (self.below(1_000_000) as f64) < probability * 1_000_000.0
-    }
-
-    fn word(&mut self) -> String {
-        format!("w{}", self.below(VOCABULARY_WORDS))
-    }
+/// A word of the vocabulary, from the seeded generator (the same corpus every run).
+fn word(rng: &mut StdRng) -> String {
+    format!("w{}", rng.random_range(0..VOCABULARY_WORDS))
 }
 
 struct Record {
@@ -54,17 +36,17 @@ struct Record {
     planted: Option<(usize, f64)>,
 }
 
-fn edited_copy(original: &str, rate: f64, rng: &mut Rng) -> String {
+fn edited_copy(original: &str, rate: f64, rng: &mut StdRng) -> String {
     let mut words = Vec::with_capacity(WORDS_PER_RECORD + WORDS_PER_RECORD / 4);
-    for word in original.split_whitespace() {
-        if !rng.chance(rate) {
-            words.push(word.to_owned());
+    for kept in original.split_whitespace() {
+        if !rng.random_bool(rate) {
+            words.push(kept.to_owned());
             continue;
         }
-        match rng.below(3) {
-            0 => words.push(rng.word()),
+        match rng.random_range(0..3) {
+            0 => words.push(word(rng)),
             1 => {}
-            _ => words.extend([word.to_owned(), rng.word()]),
+            _ => words.extend([kept.to_owned(), word(rng)]),
         }
     }
     words.join(" ")
@@ -80,20 +62,20 @@ fn exact_jaccard(a: &str, b: &str, words_per_shingle: usize) -> f64 {
 /// `records` texts of which about `PLANTED_PERCENT` are edited copies of earlier random ones,
 /// the edit rates taken in turn from `EDIT_RATES`.
 fn generate_corpus(records: usize, words_per_shingle: usize) -> Vec<Record> {
-    let mut rng = Rng(0x1234_5678_9abc_def0);
+    let mut rng = StdRng::seed_from_u64(0x1234_5678_9abc_def0);
     let mut corpus: Vec<Record> = Vec::with_capacity(records);
     let mut uncopied_originals: Vec<usize> = Vec::new();
     let mut planted = 0;
     for id in 0..records {
-        if rng.below(100) < PLANTED_PERCENT && !uncopied_originals.is_empty() {
-            let original = uncopied_originals.swap_remove(rng.below(uncopied_originals.len() as u64) as usize);
+        if rng.random_range(0..100) < PLANTED_PERCENT && !uncopied_originals.is_empty() {
+            let original = uncopied_originals.swap_remove(rng.random_range(0..uncopied_originals.len()));
             let rate = EDIT_RATES[planted % EDIT_RATES.len()];
             planted += 1;
             let text = edited_copy(&corpus[original].text, rate, &mut rng);
             let jaccard = exact_jaccard(&corpus[original].text, &text, words_per_shingle);
             corpus.push(Record { text, planted: Some((original, jaccard)) });
         } else {
-            let text = (0..WORDS_PER_RECORD).map(|_| rng.word()).collect::<Vec<_>>().join(" ");
+            let text = (0..WORDS_PER_RECORD).map(|_| word(&mut rng)).collect::<Vec<_>>().join(" ");
             corpus.push(Record { text, planted: None });
             uncopied_originals.push(id);
         }

@@ -9,6 +9,7 @@ use ed25519_dalek::SigningKey;
 use openledger_core::ContentHash;
 use openledger_datanet_ingest::{Datanets, Upload, bonds::NoLedger, signing};
 use openledger_proto::datanet::v1 as pb;
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const RECORDS_PER_FILE: usize = 1_000;
 
@@ -107,13 +108,8 @@ async fn run(files: usize) {
     let signature = signing::sign(&owner, &signing::create_message(&wanted));
     let datanet = datanets.create(wanted, Some(signature)).await.expect("create");
 
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut word = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        WORDS[(state % WORDS.len() as u64) as usize]
-    };
+    let mut rng = StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
+    let mut word = move || WORDS[rng.random_range(0..WORDS.len())];
     let contributor = SigningKey::from_bytes(&[2; 32]);
     let bodies: Vec<Vec<u8>> = (0..files)
         .map(|_| {

@@ -2,19 +2,21 @@
 //! the caller by signed metadata (`x-openledger-key`, `x-openledger-timestamp`,
 //! `x-openledger-signature`; see [`signing::caller_message`]).
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use futures::StreamExt;
 use openledger_core::{ContentHash, ErrorCode};
 use openledger_proto::datanet::v1::{self as pb, contribute_request::Part, datanet_service_server::DatanetService};
 use openledger_runtime::{BackendsHandle, grpc::status};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
 
 use crate::{
     DatanetError,
     bonds::Bonds,
-    datanets::{Datanets, Upload, limits},
+    datanets::{Datanets, Upload},
+    limits,
     signing::{self, Key},
 };
 
@@ -34,7 +36,7 @@ impl SharedDatanets {
     }
 
     pub fn set_outbox_waker(&self, wake: Arc<Notify>) {
-        *self.outbox_wake.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(wake);
+        *self.outbox_wake.lock() = Some(wake);
     }
 
     pub fn get(&self) -> Option<Arc<Datanets>> {
@@ -42,7 +44,7 @@ impl SharedDatanets {
             return Some(datanets.clone());
         }
         let backends = self.backends.current()?;
-        let wake = self.outbox_wake.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let wake = self.outbox_wake.lock().clone();
         Some(
             self.datanets
                 .get_or_init(|| {
@@ -57,10 +59,6 @@ impl SharedDatanets {
     }
 }
 
-/// Uploads buffered at once by one process: with files of at most 64 MiB, uploads hold at
-/// most 512 MiB; further ones wait (their senders are held back by HTTP/2 flow control).
-pub const CONCURRENT_UPLOADS: usize = 8;
-
 #[derive(Clone)]
 pub struct Api {
     shared: SharedDatanets,
@@ -69,7 +67,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(shared: SharedDatanets) -> Self {
-        Self { shared, uploads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_UPLOADS)) }
+        Self { shared, uploads: Arc::new(tokio::sync::Semaphore::new(limits::CONCURRENT_UPLOADS)) }
     }
 
     fn datanets(&self) -> Result<Arc<Datanets>, Status> {
@@ -176,7 +174,7 @@ impl DatanetService for Api {
             ));
         }
         // Grown as chunks arrive: a header's claim alone reserves at most 1 MiB.
-        let mut bytes = Vec::with_capacity(header.size_bytes.min(1 << 20) as usize);
+        let mut bytes = Vec::with_capacity(header.size_bytes.min(limits::MAX_ANNOUNCED_RESERVATION_BYTES) as usize);
         while let Some(message) = stream.next().await {
             match message?.part {
                 Some(Part::Chunk(chunk)) => {

@@ -9,14 +9,23 @@ use tonic::Status;
 
 use crate::{DatanetError, signing::Key};
 
+/// What releasing or slashing a bond did on the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// The bond was released or slashed (now or by an earlier call with the same id).
+    Done,
+    /// No bond was ever held for the contribution: its hold never reached the ledger.
+    NotHeld,
+}
+
 /// The ledger operations a Datanet needs.
 #[async_trait::async_trait]
 pub trait Bonds: Send + Sync {
     /// Fails unless `account` exists and is owned by `key`.
     async fn check_owner(&self, account: u128, key: &Key) -> Result<(), DatanetError>;
     async fn hold(&self, contribution_id: &str, account: u128, amount: u128) -> Result<(), DatanetError>;
-    async fn release(&self, contribution_id: &str, reason: &str) -> Result<(), DatanetError>;
-    async fn slash(&self, contribution_id: &str, reason: &str) -> Result<(), DatanetError>;
+    async fn release(&self, contribution_id: &str, reason: &str) -> Result<Resolved, DatanetError>;
+    async fn slash(&self, contribution_id: &str, reason: &str) -> Result<Resolved, DatanetError>;
 }
 
 /// Bonds through the ledger service's gRPC API.
@@ -44,6 +53,18 @@ fn ledger_error(doing: &str, status: Status) -> DatanetError {
         _ => ErrorCode::Unavailable,
     };
     DatanetError::new(code, format!("{doing}: the ledger says: {}", status.message()))
+}
+
+/// The ledger's answer to a release or slash, by its state code.
+fn resolved(doing: &str, response: &pb::BondResponse) -> Result<Resolved, DatanetError> {
+    match pb::BondState::try_from(response.state) {
+        Ok(pb::BondState::Released | pb::BondState::Slashed) => Ok(Resolved::Done),
+        Ok(pb::BondState::NotHeld) => Ok(Resolved::NotHeld),
+        Ok(pb::BondState::Held | pb::BondState::Unspecified) | Err(_) => Err(DatanetError::new(
+            ErrorCode::Internal,
+            format!("{doing}: the ledger answered the unexpected bond state {}", response.state),
+        )),
+    }
 }
 
 #[async_trait::async_trait]
@@ -82,16 +103,18 @@ impl Bonds for LedgerBonds {
         Ok(())
     }
 
-    async fn release(&self, contribution_id: &str, reason: &str) -> Result<(), DatanetError> {
+    async fn release(&self, contribution_id: &str, reason: &str) -> Result<Resolved, DatanetError> {
+        let doing = "releasing the bond";
         let request = pb::ResolveBondRequest { contribution_id: contribution_id.to_owned(), reason: reason.to_owned() };
-        self.client()?.release_bond(request).await.map_err(|status| ledger_error("releasing the bond", status))?;
-        Ok(())
+        let response = self.client()?.release_bond(request).await.map_err(|status| ledger_error(doing, status))?;
+        resolved(doing, response.get_ref())
     }
 
-    async fn slash(&self, contribution_id: &str, reason: &str) -> Result<(), DatanetError> {
+    async fn slash(&self, contribution_id: &str, reason: &str) -> Result<Resolved, DatanetError> {
+        let doing = "slashing the bond";
         let request = pb::ResolveBondRequest { contribution_id: contribution_id.to_owned(), reason: reason.to_owned() };
-        self.client()?.slash_bond(request).await.map_err(|status| ledger_error("slashing the bond", status))?;
-        Ok(())
+        let response = self.client()?.slash_bond(request).await.map_err(|status| ledger_error(doing, status))?;
+        resolved(doing, response.get_ref())
     }
 }
 
@@ -108,11 +131,11 @@ impl Bonds for NoLedger {
         Err(no_ledger())
     }
 
-    async fn release(&self, _contribution_id: &str, _reason: &str) -> Result<(), DatanetError> {
+    async fn release(&self, _contribution_id: &str, _reason: &str) -> Result<Resolved, DatanetError> {
         Err(no_ledger())
     }
 
-    async fn slash(&self, _contribution_id: &str, _reason: &str) -> Result<(), DatanetError> {
+    async fn slash(&self, _contribution_id: &str, _reason: &str) -> Result<Resolved, DatanetError> {
         Err(no_ledger())
     }
 }

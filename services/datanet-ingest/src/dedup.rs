@@ -37,7 +37,13 @@ pub struct DedupParams {
 
 impl Default for DedupParams {
     fn default() -> Self {
-        Self { permutations: 128, bands: 32, threshold: 0.8, shingle_words: 5, max_records: 1_000_000 }
+        Self {
+            permutations: 128,
+            bands: 32,
+            threshold: 0.8,
+            shingle_words: 5,
+            max_records: crate::limits::MAX_INDEXED_RECORDS,
+        }
     }
 }
 
@@ -283,23 +289,13 @@ mod tests {
     use std::collections::HashSet;
 
     use proptest::prelude::*;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
 
     use super::*;
 
-    /// A small deterministic generator (xorshift), so the corpus is the same on every run.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn word(&mut self) -> String {
-            format!("w{}", self.next() % 50_000)
-        }
+    /// A word of a 50,000-word vocabulary, from a seeded generator (the same corpus every run).
+    fn word(rng: &mut StdRng) -> String {
+        format!("w{}", rng.random_range(0..50_000))
     }
 
     fn exact_jaccard(a: &str, b: &str) -> f64 {
@@ -323,9 +319,9 @@ mod tests {
     #[test]
     fn identical_texts_match_and_unrelated_ones_do_not() {
         let hasher = MinHasher::new(DedupParams::default());
-        let mut rng = Rng(7);
-        let text: String = (0..150).map(|_| rng.word()).collect::<Vec<_>>().join(" ");
-        let other: String = (0..150).map(|_| rng.word()).collect::<Vec<_>>().join(" ");
+        let mut rng = StdRng::seed_from_u64(7);
+        let text: String = (0..150).map(|_| word(&mut rng)).collect::<Vec<_>>().join(" ");
+        let other: String = (0..150).map(|_| word(&mut rng)).collect::<Vec<_>>().join(" ");
         let signature = hasher.signature(&text).expect("words");
         assert_eq!(signature.similarity(&hasher.signature(&text.to_uppercase()).expect("words")), 1.0);
         assert!(signature.similarity(&hasher.signature(&other).expect("words")) < 0.1);
@@ -340,10 +336,10 @@ mod tests {
         let params = DedupParams::default();
         let hasher = MinHasher::new(params);
         let mut index = NearDuplicateIndex::new(params);
-        let mut rng = Rng(0x5eed);
+        let mut rng = StdRng::seed_from_u64(0x5eed);
         let mut originals = Vec::new();
         for id in 0..400 {
-            let text: Vec<String> = (0..170).map(|_| rng.word()).collect();
+            let text: Vec<String> = (0..170).map(|_| word(&mut rng)).collect();
             index.insert(id, hasher.signature(&text.join(" ")).expect("words")).expect("room");
             originals.push(text);
         }
@@ -353,7 +349,7 @@ mod tests {
             for rate in [0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12] {
                 let edited: Vec<String> = original
                     .iter()
-                    .map(|word| if (rng.next() % 10_000) as f64 / 10_000.0 < rate { rng.word() } else { word.clone() })
+                    .map(|kept| if rng.random_bool(rate) { word(&mut rng) } else { kept.clone() })
                     .collect();
                 let edited = edited.join(" ");
                 let jaccard = exact_jaccard(&original.join(" "), &edited);
@@ -398,12 +394,12 @@ mod tests {
         #[test]
         fn estimates_stay_near_the_exact_jaccard(seed in 1u64..u64::MAX, edits in 0usize..60) {
             let hasher = MinHasher::new(DedupParams::default());
-            let mut rng = Rng(seed);
-            let mut words: Vec<String> = (0..120).map(|_| format!("v{}", rng.next() % 300)).collect();
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut words: Vec<String> = (0..120).map(|_| format!("v{}", rng.random_range(0..300))).collect();
             let original = words.join(" ");
             for _ in 0..edits {
-                let at = (rng.next() % words.len() as u64) as usize;
-                words[at] = format!("v{}", rng.next() % 300);
+                let at = rng.random_range(0..words.len());
+                words[at] = format!("v{}", rng.random_range(0..300));
             }
             let edited = words.join(" ");
             let estimate = hasher.signature(&original).expect("words").similarity(&hasher.signature(&edited).expect("words"));

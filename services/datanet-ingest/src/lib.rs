@@ -4,6 +4,7 @@
 //! - [`parse`] turns a file (txt, md, jsonl, csv, pdf, docx) into normalized records;
 //! - [`quality`] scores records from cheap signals; [`dedup`] finds near-duplicates;
 //! - [`datanets`] is the service's core (policy, contributions, review, snapshots, access);
+//! - [`limits`] holds every limit and policy default, and the relations between them;
 //! - [`bonds`] holds, releases and slashes stake bonds on the ledger;
 //! - [`signing`] defines what each signed request signs; `api` is the gRPC surface.
 
@@ -12,6 +13,7 @@ pub mod bonds;
 pub mod datanets;
 pub mod dedup;
 mod entities;
+pub mod limits;
 pub mod parse;
 pub mod quality;
 pub mod signing;
@@ -27,9 +29,6 @@ use openledger_store::db::MaybeBusy;
 
 pub use api::{Api, CALLER_METADATA, signed_caller};
 pub use datanets::{Datanets, Upload};
-
-/// How often decided bonds the ledger has not taken yet are retried.
-const BOND_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// An error with the code callers act on and a message naming the problem.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -83,7 +82,7 @@ fn bond_retries(shared: api::SharedDatanets) -> Worker {
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(BOND_RETRY_INTERVAL) => {}
+                    () = tokio::time::sleep(Duration::from_millis(limits::BOND_RETRY_INTERVAL_MS)) => {}
                 }
                 let Some(datanets) = shared.get() else { continue };
                 match datanets.resolve_bonds().await {

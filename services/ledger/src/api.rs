@@ -101,7 +101,14 @@ fn operation_id(id: &str, field: &str) -> Result<(), Status> {
 }
 
 fn bond_response((transfer_id, state): (u128, BondState)) -> pb::BondResponse {
-    pb::BondResponse { transfer_id: to_uint128(transfer_id), state: state.as_str().to_owned() }
+    let state = match state {
+        BondState::Held => pb::BondState::Held,
+        BondState::Released => pb::BondState::Released,
+        BondState::Slashed => pb::BondState::Slashed,
+        BondState::NotHeld => pb::BondState::NotHeld,
+    };
+    let transfer_id = if state == pb::BondState::NotHeld { None } else { to_uint128(transfer_id) };
+    pb::BondResponse { transfer_id, state: state as i32 }
 }
 
 fn parameters_to_proto(parameters: &Economics) -> pb::Parameters {

@@ -398,17 +398,14 @@ pub enum BondState {
     Held,
     Released,
     Slashed,
+    /// Releasing or slashing found no bond held for the contribution (its hold never reached
+    /// the ledger): nothing moved, and no transfer was made (its id is 0). An answer, not an
+    /// error, so a caller cleaning up after a failed hold branches on it.
+    NotHeld,
 }
 
-impl BondState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Held => "held",
-            Self::Released => "released",
-            Self::Slashed => "slashed",
-        }
-    }
-}
+/// The transfer id that goes with [`BondState::NotHeld`]: none was made.
+pub const NO_TRANSFER: u128 = 0;
 
 impl Ledger {
     /// Holds a contribution's stake bond (contributor → treasury, pending, no expiry).
@@ -433,7 +430,8 @@ impl Ledger {
         Ok((id, BondState::Held))
     }
 
-    /// Gives the bond back to the contributor (the contribution was accepted).
+    /// Gives the bond back to the contributor (the contribution was accepted); answers
+    /// [`BondState::NotHeld`] when no bond was ever held for the contribution.
     pub async fn release_bond(&self, contribution_id: &str) -> Result<(u128, BondState), OperationError> {
         let operation = "releasing the bond";
         let hold_id = system_transfer_id("bond-hold", key(contribution_id));
@@ -448,14 +446,15 @@ impl Ledger {
         match self.create_transfers(&[release]).await?.as_slice() {
             [CreateTransferResult::Ok | CreateTransferResult::Exists] => Ok((id, BondState::Released)),
             [CreateTransferResult::PendingAlreadyResolved] => Err(refused(operation, "the bond was already slashed")),
-            [CreateTransferResult::PendingNotFound] => Err(refused(operation, "no bond is held for this contribution")),
+            [CreateTransferResult::PendingNotFound] => Ok((NO_TRANSFER, BondState::NotHeld)),
             [other] => Err(refused(operation, other.as_str())),
             _ => Err(refused(operation, "unexpected result count")),
         }
     }
 
     /// Takes `slashing_bps` of the bond to the treasury and releases the rest (the contribution
-    /// was spam, a duplicate, or proven harmful).
+    /// was spam, a duplicate, or proven harmful); answers [`BondState::NotHeld`] when no bond
+    /// was ever held for the contribution.
     pub async fn slash_bond(
         &self,
         contribution_id: &str,
@@ -464,11 +463,9 @@ impl Ledger {
     ) -> Result<(u128, BondState), OperationError> {
         let operation = "slashing the bond";
         let hold_id = system_transfer_id("bond-hold", key(contribution_id));
-        let hold = self
-            .lookup_transfers(&[hold_id])
-            .await?
-            .pop()
-            .ok_or_else(|| refused(operation, "no bond is held for this contribution"))?;
+        let Some(hold) = self.lookup_transfers(&[hold_id]).await?.pop() else {
+            return Ok((NO_TRANSFER, BondState::NotHeld));
+        };
         let slashed = mul_div_floor(hold.amount, u128::from(economics.slashing_bps.min(10_000)), 10_000);
         let id = system_transfer_id("bond-slash", key(contribution_id));
         let slash = Transfer {

@@ -927,7 +927,7 @@ fn sixteen_concurrent_clients_cannot_unbalance_the_books_on_postgres() {
 
 #[tokio::test]
 async fn bonds_are_held_then_released_or_slashed_once() {
-    use openledger_ledger::operations::{BondState, Economics, SUBJECT_BOND_SLASHED, TREASURY};
+    use openledger_ledger::operations::{BondState, Economics, NO_TRANSFER, SUBJECT_BOND_SLASHED, TREASURY};
 
     let f = fixture().await;
     f.ledger.ensure_genesis(&default_allocations()).await.expect("genesis");
@@ -958,7 +958,14 @@ async fn bonds_are_held_then_released_or_slashed_once() {
         BondState::Slashed
     );
     assert!(f.ledger.release_bond("c-spam").await.is_err(), "a slashed bond cannot be released");
-    assert!(f.ledger.release_bond("c-unknown").await.is_err());
+    // A hold that never reached the ledger: a distinct answer, not an error, and nothing moves.
+    for (resolved, what) in [
+        (f.ledger.release_bond("c-unknown").await, "releasing"),
+        (f.ledger.slash_bond("c-unknown", "spam", &economics).await, "slashing"),
+    ] {
+        let (transfer, state) = resolved.unwrap_or_else(|error| panic!("{what} a bond never held: {error}"));
+        assert_eq!((transfer, state), (NO_TRANSFER, BondState::NotHeld), "{what} a bond never held");
+    }
 
     let balances = f.ledger.lookup_accounts(&[contributor, TREASURY]).await.expect("lookup");
     assert_eq!(balances[0].debits_pending, 0);

@@ -1,0 +1,220 @@
+//! Access for training: grant requests and decisions, and the logged, paged read of a sealed
+//! version's records with their bodies.
+
+use std::{collections::HashMap, sync::Arc};
+
+use object_store::ObjectStore;
+use openledger_core::{ContentHash, ErrorCode, Id};
+use openledger_proto::{
+    common::v1::Hash,
+    datanet::v1::{self as pb},
+};
+use openledger_store::now_ms;
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+
+use crate::{
+    DatanetError,
+    entities::{datanet, grant, read, snapshot_record},
+    limits,
+    signing::{self, Key},
+};
+
+use super::Datanets;
+use super::states::GrantState;
+use super::validation::check_text;
+use super::{contribution_object, invalid, require_owner};
+
+impl Datanets {
+    /// A model builder asks to train on a Datanet (a repeated request returns the open grant).
+    pub async fn request_access(&self, request: pb::RequestAccessRequest) -> Result<pb::AccessGrant, DatanetError> {
+        let signature = request.signature.clone().ok_or_else(|| invalid("signature is required"))?;
+        check_text("purpose", &request.purpose, 1, limits::MAX_PURPOSE_CHARS)?;
+        let grantee = signing::verify(
+            &signature.public_key,
+            &signature.signature,
+            &signing::access_request_message(&request.datanet_id, &request.purpose),
+        )?;
+        // Private Datanets are invisible, but their id can be shared to ask for access.
+        let row = datanet::Entity::find_by_id(&request.datanet_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DatanetError::new(ErrorCode::NotFound, format!("no Datanet {:?}", request.datanet_id)))?;
+        let open = grant::Entity::find()
+            .filter(grant::Column::DatanetId.eq(&row.id))
+            .filter(grant::Column::Grantee.eq(grantee.to_vec()))
+            .filter(grant::Column::State.is_in([GrantState::Requested, GrantState::Approved]))
+            .one(&self.db)
+            .await?;
+        if let Some(open) = open {
+            return grant_view(open);
+        }
+        let row = grant::ActiveModel {
+            id: Set(Id::new().to_string()),
+            datanet_id: Set(row.id),
+            grantee: Set(grantee.to_vec()),
+            state: Set(GrantState::Requested.into()),
+            purpose: Set(request.purpose),
+            requested_at: Set(now_ms()),
+            decided_at: Set(None),
+        }
+        .insert(&self.db)
+        .await?;
+        grant_view(row)
+    }
+
+    /// The owner approves or denies an access request.
+    pub async fn decide_access(&self, request: pb::DecideAccessRequest) -> Result<pb::AccessGrant, DatanetError> {
+        let signature = request.signature.clone().ok_or_else(|| invalid("signature is required"))?;
+        let owner = signing::verify(
+            &signature.public_key,
+            &signature.signature,
+            &signing::access_decision_message(
+                &request.datanet_id,
+                &request.grant_id,
+                request.approve,
+                request.signed_at,
+            ),
+        )?;
+        signing::check_fresh(request.signed_at, signing::now_unix())?;
+        let row = self.row(&request.datanet_id, Some(owner)).await?;
+        require_owner(&row, &owner, "decide access")?;
+        let found = grant::Entity::find_by_id(&request.grant_id)
+            .filter(grant::Column::DatanetId.eq(&row.id))
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DatanetError::new(ErrorCode::NotFound, format!("no access grant {:?}", request.grant_id)))?;
+        let mut active: grant::ActiveModel = found.into();
+        active.state = Set(if request.approve { GrantState::Approved } else { GrantState::Denied }.into());
+        active.decided_at = Set(Some(now_ms()));
+        grant_view(active.update(&self.db).await?)
+    }
+
+    /// The records of a sealed version, for training: the caller must hold an approved grant;
+    /// every read is logged (when it starts). Records come in the version's order, with their
+    /// bodies, read a page at a time (memory stays bounded by a page and one contribution).
+    pub async fn read_records(
+        self: &Arc<Self>,
+        request: &pb::ReadRecordsRequest,
+        caller: Option<Key>,
+    ) -> Result<futures::stream::BoxStream<'static, Result<pb::Record, DatanetError>>, DatanetError> {
+        use futures::{StreamExt, TryStreamExt};
+
+        let caller = caller.ok_or_else(|| {
+            DatanetError::new(
+                ErrorCode::Unauthenticated,
+                "reading records for training needs the caller's signed identity (x-openledger-key, -timestamp, -signature)",
+            )
+        })?;
+        let found = grant::Entity::find_by_id(&request.grant_id)
+            .filter(grant::Column::DatanetId.eq(&request.datanet_id))
+            .one(&self.db)
+            .await?;
+        let approved = match &found {
+            Some(grant) => grant.grantee == caller && GrantState::try_from(grant.state)? == GrantState::Approved,
+            None => false,
+        };
+        let Some(found) = found.filter(|_| approved) else {
+            return Err(DatanetError::new(
+                ErrorCode::PermissionDenied,
+                format!("no approved grant {:?} for this key on this Datanet: request access first", request.grant_id),
+            ));
+        };
+        let sealed = self.snapshot_row(&request.datanet_id, &request.snapshot_id).await?;
+        read::ActiveModel {
+            id: Set(Id::new().to_string()),
+            grant_id: Set(found.id),
+            datanet_id: Set(request.datanet_id.clone()),
+            snapshot_id: Set(sealed.id.clone()),
+            grantee: Set(caller.to_vec()),
+            records: Set(sealed.record_count),
+            at: Set(now_ms()),
+        }
+        .insert(&self.db)
+        .await?;
+        let start = ReadCursor {
+            datanets: self.clone(),
+            datanet_id: request.datanet_id.clone(),
+            snapshot_id: sealed.id,
+            next_position: 0,
+            bodies: None,
+        };
+        let pages = futures::stream::try_unfold(start, |mut cursor| async move {
+            let page = cursor.next_page().await?;
+            Ok::<_, DatanetError>(if page.is_empty() { None } else { Some((page, cursor)) })
+        });
+        Ok(pages.map_ok(|page| futures::stream::iter(page.into_iter().map(Ok))).try_flatten().boxed())
+    }
+}
+
+/// Where a `read_records` stream stands.
+pub(super) struct ReadCursor {
+    pub(super) datanets: Arc<Datanets>,
+    pub(super) datanet_id: String,
+    pub(super) snapshot_id: String,
+    pub(super) next_position: i64,
+    /// The bodies of the contribution being read (its id, then bodies by record hash).
+    pub(super) bodies: Option<(String, RecordBodies)>,
+}
+
+pub(super) type RecordBodies = HashMap<Vec<u8>, Vec<u8>>;
+
+impl ReadCursor {
+    async fn next_page(&mut self) -> Result<Vec<pb::Record>, DatanetError> {
+        let leaves = snapshot_record::Entity::find()
+            .filter(snapshot_record::Column::SnapshotId.eq(&self.snapshot_id))
+            .filter(snapshot_record::Column::Position.gte(self.next_position))
+            .order_by_asc(snapshot_record::Column::Position)
+            .limit(limits::READ_PAGE_RECORDS)
+            .all(&self.datanets.db)
+            .await?;
+        let mut records = Vec::with_capacity(leaves.len());
+        for leaf in leaves {
+            self.next_position = leaf.position + 1;
+            if self.bodies.as_ref().is_none_or(|(id, _)| *id != leaf.contribution_id) {
+                let object = contribution_object(&self.datanet_id, &leaf.contribution_id);
+                let unavailable = |error: object_store::Error| {
+                    DatanetError::new(ErrorCode::Unavailable, format!("reading {object}: {error}"))
+                };
+                let bytes = self
+                    .datanets
+                    .objects
+                    .get(&object)
+                    .await
+                    .map_err(unavailable)?
+                    .bytes()
+                    .await
+                    .map_err(unavailable)?;
+                let by_hash = bytes
+                    .split(|byte| *byte == b'\n')
+                    .filter(|line| !line.is_empty())
+                    .map(|line| (ContentHash::of(line).as_bytes().to_vec(), line.to_vec()))
+                    .collect();
+                self.bodies = Some((leaf.contribution_id.clone(), by_hash));
+            }
+            let body =
+                self.bodies.as_ref().and_then(|(_, by_hash)| by_hash.get(&leaf.hash)).cloned().ok_or_else(|| {
+                    DatanetError::new(
+                        ErrorCode::Internal,
+                        format!("the body of record {} is missing", hex::encode(&leaf.hash)),
+                    )
+                })?;
+            records.push(pb::Record {
+                hash: Some(Hash { value: leaf.hash }),
+                contribution_id: leaf.contribution_id,
+                contributor: leaf.contributor,
+                body,
+            });
+        }
+        Ok(records)
+    }
+}
+
+pub(super) fn grant_view(row: grant::Model) -> Result<pb::AccessGrant, DatanetError> {
+    Ok(pb::AccessGrant {
+        id: row.id,
+        datanet_id: row.datanet_id,
+        grantee: row.grantee,
+        state: GrantState::try_from(row.state)?.api_name().to_owned(),
+        purpose: row.purpose,
+    })
+}
