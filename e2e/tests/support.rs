@@ -39,6 +39,8 @@ impl Platform {
         // test and released could be handed to another listener before the process binds it.
         let defaults = [
             ("--log-format", "json"),
+            // The bound addresses are logged at debug (a user sees the ready banner instead).
+            ("--log-level", "info,openledger_runtime::service=debug"),
             ("--grpc-base-port", "0"),
             ("--ops-base-port", "0"),
             ("--http-port", "0"),
