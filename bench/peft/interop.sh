@@ -6,6 +6,7 @@
 #     changes the logits the way PEFT's does.
 # Our engine runs the Q4_1 weights, transformers the dequantized f32 ones, so base logits differ
 # slightly; the check compares the adapter's effect (adapter logits − base logits) on each side.
+# Exits 1 when either adapter is outside the tolerance bench/RESULTS.md states (interop.py compare).
 # Usage: bench/peft/interop.sh   (installs the PyTorch side on first use, see run.sh)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -34,8 +35,12 @@ for side in base ours peft; do
     "$bin" model logits --model "$model" "${adapter[@]}" --tokens "$tokens" > "$work/rust-$side.json"
     "$here/run.sh" logits "${adapter[@]}" --tokens "$tokens" --out "$work/torch-$side.json" > /dev/null
 done
+status=0
+echo "base alone:"
+"$here/run.sh" compare --ours "$work/rust-base.json" --theirs "$work/torch-base.json" || status=1
 for side in ours peft; do
     echo "adapter $side:"
     "$here/run.sh" compare --ours "$work/rust-$side.json" --theirs "$work/torch-$side.json" \
-        --base-ours "$work/rust-base.json" --base-theirs "$work/torch-base.json"
+        --base-ours "$work/rust-base.json" --base-theirs "$work/torch-base.json" || status=1
 done
+exit $status

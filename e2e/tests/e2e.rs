@@ -231,7 +231,12 @@ async fn serve_stays_not_ready_while_nats_is_down_and_recovers_when_it_starts() 
 }
 
 /// A relay process killed at `failpoint` loses nothing and duplicates nothing downstream.
-async fn outbox_survives_a_relay_killed_at(failpoint: &str, published_before_crash: usize) {
+/// `test_name` is the calling test: the test binary runs it again as the relay child (see
+/// [`support::RelayChild`]), so no test exists only to be a child.
+async fn outbox_survives_a_relay_killed_at(test_name: &str, failpoint: &str, published_before_crash: usize) {
+    if let Some(child) = support::RelayChild::from_env() {
+        return relay_until_the_fail_point_kills_this_process(child).await;
+    }
     let (postgres, nats) = (Postgres::start(), Nats::start());
     let url = postgres.create_database("outbox_crash");
     let db = openledger_store::connect(&url).await.expect("connect");
@@ -248,56 +253,71 @@ async fn outbox_survives_a_relay_killed_at(failpoint: &str, published_before_cra
         txn.commit().await.expect("commit");
     }
 
-    let exit = support::run_relay_child(&url, &nats.url(), failpoint);
-    assert!(!exit.success(), "the relay process was killed at {failpoint}: {exit:?}");
+    let output = support::run_relay_child(test_name, &url, &nats.url(), failpoint);
+    support::assert_aborted_at(&output, &format!("{} {failpoint}", outbox::CRASH_MARKER));
 
     let bus = JetStreamBus::connect(&nats.url(), Default::default()).await.expect("bus");
     let relay = OutboxRelay::new(db.clone(), std::sync::Arc::new(bus.clone()), "widgets");
     let expected_unsent = 5;
     assert_eq!(relay.unsent().await.expect("count"), expected_unsent, "nothing was marked sent before the crash");
+    assert_eq!(
+        drain(&bus, "before-relaying-again").await,
+        event_ids[..published_before_crash],
+        "what the killed relay published before {failpoint}"
+    );
 
     // The restarted relay sends everything; the bus drops the repeat of what was already out.
     while relay.relay_once().await.expect("relay") > 0 {}
     assert_eq!(relay.unsent().await.expect("count"), 0);
+    assert_eq!(
+        drain(&bus, "after-relaying-again").await,
+        event_ids,
+        "each event exactly once, in commit order ({published_before_crash} went out before the crash)"
+    );
+}
 
-    let mut consumer = bus.consumer(ConsumerConfig::new("crash-check", "ol.widget.>")).await.expect("consumer");
+/// The ids of every message on the stream, read by a new durable consumer (each one starts at
+/// the stream's first message), until none arrives for 1.5 s.
+async fn drain(bus: &JetStreamBus, durable_name: &str) -> Vec<String> {
+    let mut consumer = bus.consumer(ConsumerConfig::new(durable_name, "ol.widget.>")).await.expect("consumer");
     let mut received = Vec::new();
     while let Ok(delivery) = tokio::time::timeout(Duration::from_millis(1500), consumer.next()).await {
         let delivery = delivery.expect("delivery");
         received.push(delivery.id.clone());
         delivery.ack().await.expect("ack");
     }
-    assert_eq!(
-        received, event_ids,
-        "each event exactly once, in commit order ({published_before_crash} went out before the crash)"
-    );
+    received
+}
+
+/// The child's side of the crash tests: relays with the fail point from `FAILPOINTS` armed,
+/// which aborts the process; getting past it is a failure the parent sees as a panic.
+async fn relay_until_the_fail_point_kills_this_process(child: support::RelayChild) {
+    let _scenario = fail::FailScenario::setup();
+    let db = openledger_store::connect(&child.database_url).await.expect("connect");
+    let bus = JetStreamBus::connect(&child.nats_url, Default::default()).await.expect("bus");
+    let relay = OutboxRelay::new(db, std::sync::Arc::new(bus), "widgets");
+    relay.relay_once().await.expect("relay");
+    panic!("the fail point should have killed this process");
 }
 
 #[tokio::test]
 async fn outbox_relay_killed_after_publish_before_marking_sent_duplicates_nothing() {
-    outbox_survives_a_relay_killed_at("outbox-after-publish", 1).await;
+    outbox_survives_a_relay_killed_at(
+        "outbox_relay_killed_after_publish_before_marking_sent_duplicates_nothing",
+        "outbox-after-publish",
+        1,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn outbox_relay_killed_after_commit_before_publish_loses_nothing() {
-    outbox_survives_a_relay_killed_at("outbox-before-publish", 0).await;
-}
-
-/// Not a test of its own: the child process of the crash tests. It relays with a fail point
-/// armed (from `FAILPOINTS`) and dies there; run normally, it has nothing to do.
-#[tokio::test]
-async fn outbox_relay_child_process() {
-    let (Ok(database_url), Ok(nats_url)) =
-        (std::env::var(support::CHILD_DATABASE_ENV), std::env::var(support::CHILD_NATS_ENV))
-    else {
-        return;
-    };
-    let _scenario = fail::FailScenario::setup();
-    let db = openledger_store::connect(&database_url).await.expect("connect");
-    let bus = JetStreamBus::connect(&nats_url, Default::default()).await.expect("bus");
-    let relay = OutboxRelay::new(db, std::sync::Arc::new(bus), "widgets");
-    relay.relay_once().await.expect("relay");
-    panic!("the fail point should have killed this process");
+    outbox_survives_a_relay_killed_at(
+        "outbox_relay_killed_after_commit_before_publish_loses_nothing",
+        "outbox-before-publish",
+        0,
+    )
+    .await;
 }
 
 #[test]

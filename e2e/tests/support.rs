@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -39,6 +39,8 @@ impl Platform {
         // test and released could be handed to another listener before the process binds it.
         let defaults = [
             ("--log-format", "json"),
+            // The bound addresses are logged at debug (a user sees the ready banner instead).
+            ("--log-level", "info,openledger_runtime::service=debug"),
             ("--grpc-base-port", "0"),
             ("--ops-base-port", "0"),
             ("--http-port", "0"),
@@ -288,16 +290,41 @@ pub async fn health_status(addr: SocketAddr, service: &str) -> tonic_health::pb:
     response.status()
 }
 
-/// Runs the crash-test child (this test binary, one test) with `failpoint` armed.
-pub fn run_relay_child(database_url: &str, nats_url: &str, failpoint: &str) -> ExitStatus {
+/// What the outbox crash tests' child process needs: set only in a process the parent test
+/// started with [`run_relay_child`].
+pub struct RelayChild {
+    pub database_url: String,
+    pub nats_url: String,
+}
+
+impl RelayChild {
+    /// `Some` only inside a child started by [`run_relay_child`].
+    pub fn from_env() -> Option<Self> {
+        Some(Self {
+            database_url: std::env::var(CHILD_DATABASE_ENV).ok()?,
+            nats_url: std::env::var(CHILD_NATS_ENV).ok()?,
+        })
+    }
+}
+
+/// Runs `test_name` of this test binary again as the crash-test child, with `failpoint` armed.
+pub fn run_relay_child(test_name: &str, database_url: &str, nats_url: &str, failpoint: &str) -> Output {
     let exe = std::env::current_exe().expect("test binary");
     Command::new(exe)
-        .args(["outbox_relay_child_process", "--exact", "--nocapture", "--test-threads", "1"])
+        .args([test_name, "--exact", "--nocapture", "--test-threads", "1"])
         .env(CHILD_DATABASE_ENV, database_url)
         .env(CHILD_NATS_ENV, nats_url)
         .env("FAILPOINTS", format!("{failpoint}=return"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
+        .stdin(Stdio::null())
+        .output()
         .expect("run the relay child")
+}
+
+/// The child died of `SIGABRT` right after printing `marker` (and so at that fail point, not
+/// of a panic, a failed connection or anything else).
+pub fn assert_aborted_at(output: &Output, marker: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.signal(), Some(libc::SIGABRT), "the child aborted: {:?}\n{stderr}", output.status);
+    assert_eq!(stderr.lines().last(), Some(marker), "the child's last words name the fail point:\n{stderr}");
 }

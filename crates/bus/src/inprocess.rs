@@ -4,8 +4,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
+
+use parking_lot::Mutex;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -67,13 +69,9 @@ impl InProcessBus {
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn store(&self, message: OutgoingMessage) -> PublishAck {
         let now = Instant::now();
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         while let Some((at, _)) = state.recent_ids.front() {
             if now.duration_since(*at) < self.settings.duplicate_window {
                 break;
@@ -112,7 +110,7 @@ impl EventBus for InProcessBus {
 
     async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>, BusError> {
         config.validate()?;
-        let mut state = self.shared.lock();
+        let mut state = self.shared.state.lock();
         let first_sequence = state.first_sequence;
         let consumer = state.consumers.entry(config.durable_name.clone()).or_insert_with(|| ConsumerState {
             config: config.clone(),
@@ -157,7 +155,7 @@ enum Step {
 impl InProcessConsumer {
     fn step(&self) -> Result<Step, BusError> {
         let now = Instant::now();
-        let mut state = self.shared.lock();
+        let mut state = self.shared.state.lock();
         let State { log, first_sequence, consumers, .. } = &mut *state;
         let consumer = consumers.get_mut(&self.durable_name).ok_or(BusError::Closed)?;
         let ack_wait = consumer.config.ack_wait;
@@ -249,7 +247,7 @@ struct InProcessAcker {
 #[async_trait]
 impl Acker for InProcessAcker {
     async fn settle(&self, settlement: Settlement) -> Result<(), BusError> {
-        let mut state = self.shared.lock();
+        let mut state = self.shared.state.lock();
         let consumer = state.consumers.get_mut(&self.durable_name).ok_or(BusError::Closed)?;
         match settlement {
             Settlement::Ack | Settlement::Term => {

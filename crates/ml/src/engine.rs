@@ -4,7 +4,7 @@
 //! thread so a cold adapter never stalls the decoding of others.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
@@ -173,9 +173,43 @@ enum Command {
     AdapterLoaded(String, Result<Arc<LoraAdapter>>),
 }
 
+/// What the engine holds right now, as of its last scheduling decision; see [`Engine::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Sequences in the running batch (batch slots taken).
+    pub running: usize,
+    /// Requests queued for a batch slot or an adapter.
+    pub waiting: usize,
+    /// KV tokens reserved by the running sequences (prompt + max_tokens each).
+    pub kv_tokens_reserved: usize,
+    /// Tokens sampled since the engine started, over every request.
+    pub tokens_generated: u64,
+}
+
+/// The engine thread's published [`EngineStats`].
+#[derive(Debug, Default)]
+struct SharedStats {
+    running: AtomicUsize,
+    waiting: AtomicUsize,
+    kv_tokens_reserved: AtomicUsize,
+    tokens_generated: AtomicU64,
+}
+
+impl SharedStats {
+    fn snapshot(&self) -> EngineStats {
+        EngineStats {
+            running: self.running.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            kv_tokens_reserved: self.kv_tokens_reserved.load(Ordering::Relaxed),
+            tokens_generated: self.tokens_generated.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// A handle to the engine thread. Cheap to share behind an `Arc`.
 pub struct Engine {
     commands: SyncSender<Command>,
+    stats: Arc<SharedStats>,
     tokenizer: Arc<Tokenizer>,
     context_length: usize,
     adapters: Arc<AdapterCache>,
@@ -224,7 +258,9 @@ impl Engine {
         };
         let tokenizer = Arc::new(tokenizer);
         let context_length = model.config().context_length;
+        let stats = Arc::new(SharedStats::default());
         let scheduler = Scheduler {
+            stats: stats.clone(),
             model,
             tokenizer: tokenizer.clone(),
             cache: adapters.clone(),
@@ -241,7 +277,13 @@ impl Engine {
                 None => scheduler.run(inbox),
             })
             .map_err(|e| MlError::Io { path: "engine thread".into(), source: e })?;
-        Ok(Self { commands, tokenizer, context_length, adapters, config })
+        Ok(Self { commands, stats, tokenizer, context_length, adapters, config })
+    }
+
+    /// Batch slots, queue and KV reservation as of the engine's last scheduling decision (made
+    /// after every step, so a cancelled request is gone from them one step after it is dropped).
+    pub fn stats(&self) -> EngineStats {
+        self.stats.snapshot()
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -362,6 +404,7 @@ impl Running {
 }
 
 struct Scheduler {
+    stats: Arc<SharedStats>,
     model: Arc<LlamaModel>,
     tokenizer: Arc<Tokenizer>,
     cache: Arc<AdapterCache>,
@@ -390,10 +433,18 @@ impl Scheduler {
             }
             self.drop_cancelled();
             self.admit();
+            self.publish_stats();
             if !self.running.is_empty() {
+                fail::fail_point!("engine-before-step");
                 self.step();
             }
         }
+    }
+
+    fn publish_stats(&self) {
+        self.stats.running.store(self.running.len(), Ordering::Relaxed);
+        self.stats.waiting.store(self.waiting.len(), Ordering::Relaxed);
+        self.stats.kv_tokens_reserved.store(self.kv_reserved(), Ordering::Relaxed);
     }
 
     fn handle(&mut self, command: Command) {
@@ -546,6 +597,7 @@ impl Scheduler {
             }
             let token = r.sampler.sample(&mut row, &r.tokens);
             r.tokens.push(token);
+            self.stats.tokens_generated.fetch_add(1, Ordering::Relaxed);
             let is_stop_token = self.tokenizer.stop_ids().contains(&token);
             let (piece, stop_string) = if is_stop_token {
                 (String::new(), false)

@@ -1,4 +1,4 @@
-//! The crate's one error type: variants a caller (the engine, the gateway, the CLI) can act on.
+//! The crate's one error type: variants a caller (the engine, the CLI, later the gateway) can act on.
 
 /// Errors of model, tokenizer, adapter and engine operations.
 #[derive(Debug, thiserror::Error)]

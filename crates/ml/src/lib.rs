@@ -1,6 +1,7 @@
 //! The OpenLoRA engine: Llama-family decoders on candle (GGUF and safetensors), tokenizers,
 //! PEFT LoRA adapters and batched generation with a different adapter mix per sequence.
-//! It owns no network surface: the inference gateway hosts it, the CLI drives it directly.
+//! It owns no network surface: today only the CLI drives it (`openledger model ...`); the
+//! inference gateway is to host it next, behind the REST edge.
 
 pub mod adapters;
 pub mod config;
@@ -17,7 +18,7 @@ pub mod tokenizer;
 pub mod train;
 
 pub use config::ModelConfig;
-pub use engine::{Engine, EngineConfig, Event, FinishReason, GenerateRequest, Generation, Prompt, Usage};
+pub use engine::{Engine, EngineConfig, EngineStats, Event, FinishReason, GenerateRequest, Generation, Prompt, Usage};
 pub use error::{MlError, Result};
 pub use lora::{AdapterConfig, AdapterMix, LoraAdapter, Target};
 pub use model::{KvCache, LlamaModel, SeqStep};

@@ -508,17 +508,34 @@ mod tests {
             plan.apply_cpu(0, Target::Down, &x, out.clone()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let tensors: Vec<f32> =
             plan.apply_tensors(0, Target::Down, &x, out).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        assert!(cpu.iter().zip(&tensors).all(|(a, b)| (a - b).abs() < 1e-4), "{cpu:?} vs {tensors:?}");
+
+        // The reference: 1 + Σ weight · alpha/r · B·A·x per row, in f64 from the same formulas.
+        let a = |seed: f64, r: usize, k: usize| (r * 32 + k) as f64 * 0.01 * seed;
+        let b = |seed: f64, o: usize, r: usize| ((o * 4 + r) as f64).cos() * seed;
+        let x_at = |row: usize, k: usize| ((row * 32 + k) as f64).sin();
+        let delta = |seed: f64, row: usize, o: usize| {
+            (0..4).map(|r| b(seed, o, r) * (0..32).map(|k| a(seed, r, k) * x_at(row, k)).sum::<f64>()).sum::<f64>()
+        };
+        let row_mixes: [&[(f64, f64)]; 4] = [&[(1.0, 1.0)], &[], &[(2.0, 0.5), (3.0, -1.0)], &[(1.0, 1.0)]];
+        let scale = 8.0 / 4.0;
+        for (row, mix) in row_mixes.iter().enumerate() {
+            for o in 0..16 {
+                let expected = 1.0 + mix.iter().map(|&(seed, w)| w * scale * delta(seed, row, o)).sum::<f64>();
+                let tolerance = 1e-4 * expected.abs().max(1.0);
+                for (path, got) in [("cpu", cpu[row * 16 + o]), ("tensors", tensors[row * 16 + o])] {
+                    assert!(
+                        (f64::from(got) - expected).abs() < tolerance,
+                        "{path} row {row} output {o}: {got} vs reference {expected}"
+                    );
+                }
+            }
+        }
         assert!(cpu[16..32].iter().all(|v| *v == 1.0), "a row without adapters is untouched");
-        assert!(
-            plan.apply_cpu(
-                0,
-                Target::Q,
-                &x.narrow(1, 0, 16).unwrap(),
-                Tensor::ones((4, 18), DType::F32, &device).unwrap()
-            )
-            .is_ok()
-        );
+        // A projection the adapters do not cover leaves the output as it was, whatever its width.
+        let untouched = plan
+            .apply_cpu(0, Target::Q, &x.narrow(1, 0, 16).unwrap(), Tensor::ones((4, 18), DType::F32, &device).unwrap())
+            .unwrap();
+        assert_eq!(untouched.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 4 * 18]);
     }
 
     #[test]

@@ -1,12 +1,9 @@
 //! One connection to each backend per process, made in the background with exponential
 //! backoff so a service starts (healthy, not ready) even while PostgreSQL or NATS is down.
 
-use std::{
-    collections::BTreeMap,
-    future::Future,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+
+use parking_lot::Mutex;
 
 use object_store::ObjectStore;
 use openledger_bus::{BusSettings, EventBus, InProcessBus, JetStreamBus};
@@ -47,11 +44,11 @@ impl Progress {
     }
 
     fn set(&self, backend: &'static str, state: String) {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(backend, state);
+        self.0.lock().insert(backend, state);
     }
 
     fn snapshot(&self) -> BTreeMap<&'static str, String> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.0.lock().clone()
     }
 }
 

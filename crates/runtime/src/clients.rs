@@ -2,10 +2,9 @@
 //! the endpoint that service bound in this process (`openledger dev`), else `listen_host` at
 //! that service's configured gRPC port. Channels connect lazily and are reused.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
+
+use parking_lot::Mutex;
 
 use openledger_core::{Config, ErrorCode, ServiceKind};
 use tonic::{Status, transport::Channel};
@@ -39,7 +38,7 @@ impl ServiceChannel {
 
     /// The channel, or `UNAVAILABLE` while the service's address is not known yet.
     pub fn channel(&self) -> Result<Channel, Status> {
-        let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cached = self.cached.lock();
         if let Some(channel) = cached.as_ref() {
             return Ok(channel.clone());
         }

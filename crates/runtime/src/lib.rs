@@ -11,11 +11,9 @@ pub mod ops;
 mod service;
 pub mod shutdown;
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+
+use parking_lot::Mutex;
 
 pub use openledger_core::{Config, ServiceKind};
 use openledger_telemetry::Metrics;
@@ -62,20 +60,16 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn register(&self, service: ServiceKind) {
-        self.lock().entry(service).or_insert(false);
+        self.services.lock().entry(service).or_insert(false);
     }
 
     pub fn set(&self, service: ServiceKind, ready: bool) {
-        self.lock().insert(service, ready);
+        self.services.lock().insert(service, ready);
     }
 
     /// Each registered service and whether it is ready.
     pub fn services(&self) -> BTreeMap<ServiceKind, bool> {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ServiceKind, bool>> {
-        self.services.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.services.lock().clone()
     }
 }
 
@@ -96,10 +90,10 @@ pub struct Endpoints {
 
 impl Endpoints {
     pub fn add(&self, endpoint: Endpoint) {
-        self.list.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(endpoint);
+        self.list.lock().push(endpoint);
     }
 
     pub fn all(&self) -> Vec<Endpoint> {
-        self.list.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.list.lock().clone()
     }
 }

@@ -108,7 +108,7 @@ pub async fn run_service(spec: ServiceSpec, config: &Config, deps: Deps) -> Resu
             role,
             reason: error.to_string(),
         })?;
-        tracing::info!(service = %kind, role, %addr, "listening");
+        tracing::debug!(service = %kind, role, %addr, "listening");
         deps.endpoints.add(Endpoint { service: kind, role, addr });
     }
 
@@ -149,7 +149,7 @@ pub async fn run_service(spec: ServiceSpec, config: &Config, deps: Deps) -> Resu
         health.set_service_status(spec.grpc_service_name, ServingStatus::Serving).await;
         health.set_service_status("", ServingStatus::Serving).await;
         deps.readiness.set(kind, true);
-        tracing::info!(service = %kind, "ready");
+        tracing::debug!(service = %kind, "ready");
         Some(())
     };
 

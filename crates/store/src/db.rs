@@ -49,7 +49,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), StoreError> {
         ))
         .await?;
     }
-    let applied = Migrator::up(db, None).await.map_err(|error| StoreError::Migration(error.to_string()));
+    let applied = apply_pending(db).await;
     if postgres {
         db.execute(Statement::from_string(
             DatabaseBackend::Postgres,
@@ -58,6 +58,17 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), StoreError> {
         .await?;
     }
     applied
+}
+
+/// Applies the pending migrations, each logged at debug (a start shows only the summary).
+async fn apply_pending(db: &DatabaseConnection) -> Result<(), StoreError> {
+    let pending: Vec<String> =
+        Migrator::get_pending_migrations(db).await?.iter().map(|migration| migration.name().to_owned()).collect();
+    Migrator::up(db, None).await.map_err(|error| StoreError::Migration(error.to_string()))?;
+    for migration in &pending {
+        tracing::debug!(migration, "migration applied");
+    }
+    Ok(())
 }
 
 /// How many migrations are not applied yet (readiness requires zero).

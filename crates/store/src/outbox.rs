@@ -129,7 +129,7 @@ impl OutboxRelay {
             .all(&self.db)
             .await?;
         for row in &rows {
-            fail::fail_point!("outbox-before-publish", |_| crash());
+            fail::fail_point!("outbox-before-publish", |_| crash("outbox-before-publish"));
             let headers: BTreeMap<String, String> = serde_json::from_str(&row.headers).unwrap_or_default();
             let message = OutgoingMessage {
                 subject: row.subject.clone(),
@@ -138,7 +138,7 @@ impl OutboxRelay {
                 headers,
             };
             self.bus.publish(message).await?;
-            fail::fail_point!("outbox-after-publish", |_| crash());
+            fail::fail_point!("outbox-after-publish", |_| crash("outbox-after-publish"));
             Entity::update_many()
                 .col_expr(Column::SentAtMs, sea_orm::sea_query::Expr::value(now_ms()))
                 .filter(Column::Id.eq(row.id))
@@ -207,8 +207,14 @@ impl OutboxRelay {
     }
 }
 
-/// Used by the crash tests' fail points: dies the way a killed process does.
+/// What a process killed by an outbox fail point prints on stderr just before it aborts, so a
+/// crash test can tell a death at the fail point from one anywhere else.
+pub const CRASH_MARKER: &str = "outbox fail point reached, aborting:";
+
+/// Used by the crash tests' fail points: dies the way a killed process does (no unwinding, no
+/// destructors, no flush of anything but the marker line).
 #[allow(dead_code)]
-fn crash() -> Result<usize, StoreError> {
+fn crash(failpoint: &str) -> Result<usize, StoreError> {
+    eprintln!("{CRASH_MARKER} {failpoint}");
     std::process::abort()
 }

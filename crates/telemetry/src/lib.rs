@@ -63,11 +63,27 @@ pub fn tracer_provider(service_name: &str) -> Result<SdkTracerProvider, Telemetr
     Ok(builder.build())
 }
 
+/// Dependencies that log routine steps at INFO (sea-orm-migration: two lines per migration
+/// applied at start), held to warnings unless a filter names them; the store logs the same
+/// steps at debug.
+const QUIETER_DEPENDENCIES: &[(&str, &str)] = &[("sea_orm_migration", "warn")];
+
+/// `directive` plus the [`QUIETER_DEPENDENCIES`] it does not mention.
+fn with_quieter_dependencies(directive: &str) -> String {
+    let mut full = directive.to_owned();
+    for (target, level) in QUIETER_DEPENDENCIES {
+        if !directive.contains(target) {
+            full.push_str(&format!(",{target}={level}"));
+        }
+    }
+    full
+}
+
 /// Installs the global subscriber, tracer provider and W3C propagator. Call once per process.
 pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     let directive = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_filter.clone());
     let filter = EnvFilter::builder()
-        .parse(&directive)
+        .parse(with_quieter_dependencies(&directive))
         .map_err(|error| TelemetryError::InvalidFilter { filter: directive.clone(), reason: error.to_string() })?;
     let provider = tracer_provider(&config.service_name)?;
     let tracer = provider.tracer("openledger");
@@ -91,4 +107,18 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(TelemetryGuard { provider })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routine_dependency_logs_are_held_to_warnings_unless_the_filter_names_them() {
+        assert_eq!(with_quieter_dependencies("info"), "info,sea_orm_migration=warn");
+        assert_eq!(with_quieter_dependencies("debug,sea_orm_migration=info"), "debug,sea_orm_migration=info");
+        for directive in ["", "info", "openledger=debug,info"] {
+            assert!(EnvFilter::builder().parse(with_quieter_dependencies(directive)).is_ok(), "{directive:?}");
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! The process-wide Prometheus registry. Components register their own metric families
 //! under a prefix; `/metrics` encodes the registry in the text exposition format.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use prometheus_client::{encoding::text::encode, registry::Registry};
 
@@ -24,13 +26,13 @@ impl Metrics {
 
     /// Registers metric families through `register`, under `openledger_<prefix>_`.
     pub fn register(&self, prefix: &str, register: impl FnOnce(&mut Registry)) {
-        let mut registry = self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut registry = self.registry.lock();
         register(registry.sub_registry_with_prefix(prefix));
     }
 
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> String {
-        let registry = self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let registry = self.registry.lock();
         let mut text = String::new();
         encode(&mut text, &registry).expect("writing to a String cannot fail");
         text

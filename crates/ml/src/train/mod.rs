@@ -285,19 +285,7 @@ pub fn train(
     let warmup = config.warmup_steps.unwrap_or(total / 10);
     let checkpoints = job.out.join(CHECKPOINTS);
     std::fs::create_dir_all(&checkpoints).map_err(|e| MlError::io(&checkpoints, e))?;
-    let mut state = TrainerState {
-        step: 0,
-        config: config.clone(),
-        dataset_blake3: dataset_blake3.clone(),
-        best_eval_loss: None,
-        evals_without_improvement: 0,
-        history: Vec::new(),
-    };
-    if job.resume
-        && let Some(dir) = latest_checkpoint(&checkpoints)?
-    {
-        state = restore(&dir, &lora, &mut optimizer, config, &dataset_blake3)?;
-    }
+    let mut state = start_state(job, config, &checkpoints, &lora, &mut optimizer, dataset_blake3)?;
     let eval = Evaluator::new(&base, dataset, &eval_idx, config.batch_tokens)?;
     let mut base_metrics = None;
     let started = TrainEvent::Started {
@@ -322,37 +310,15 @@ pub fn train(
         let step = state.step;
         let (epoch, micro) = &schedule[step as usize];
         let lr = learning_rate(step, warmup, total, config.learning_rate);
-        let step_tokens: usize = micro.iter().flatten().map(|&i| dataset.examples[i].scored_tokens()).sum();
-        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
-        let mut loss_sum = 0f64;
-        for (m, examples) in micro.iter().enumerate() {
-            let batch = batch_of(&dataset.examples, examples, base.device())?;
-            let mode = Mode::train(Some((config.dropout, mix(config.seed, step, m as u64))));
-            let (nll, _) = base.forward(Some(&lora), &batch, &mode)?;
-            let sum = nll.sum_all()?;
-            loss_sum += sum.to_scalar::<f32>()? as f64;
-            let store = (sum / step_tokens as f64)?.backward()?;
-            for (slot, var) in grads.iter_mut().zip(&vars) {
-                let g = store.get(var.as_tensor()).cloned().unwrap_or(var.zeros_like()?);
-                *slot = Some(match slot.take() {
-                    Some(acc) => (acc + g)?,
-                    None => g,
-                });
-            }
-            tokens_done += batch.tokens.elem_count();
-        }
-        let loss = (|| {
-            // Tests inject a non-finite loss here; a real divergence takes many steps to show.
-            fail::fail_point!("train-loss", |_| f64::NAN);
-            loss_sum / step_tokens.max(1) as f64
-        })();
-        let mut grads: Vec<Tensor> = grads.into_iter().flatten().collect();
+        let StepGradients { mut grads, loss, tokens } =
+            step_gradients(&base, &lora, &vars, &dataset.examples, micro, step, config)?;
+        tokens_done += tokens;
         let grad_norm = clip_grad_norm(&mut grads, config.max_grad_norm)?;
         if !loss.is_finite() || !grad_norm.is_finite() {
             let last = last_good_checkpoint(&checkpoints)?;
+            let step = step + 1;
             return Err(MlError::Diverged(format!(
-                "step {}: loss {loss}, gradient norm {grad_norm}; no update was applied; {last}",
-                step + 1
+                "step {step}: loss {loss}, gradient norm {grad_norm}; no update was applied; {last}"
             )));
         }
         optimizer.step(&vars, &grads, lr)?;
@@ -375,13 +341,7 @@ pub fn train(
             && (last_step || (config.eval_every > 0 && state.step.is_multiple_of(config.eval_every)))
         {
             let report = eval.report(state.step, &lora, &mut base_metrics)?;
-            if state.best_eval_loss.is_none_or(|best| report.loss < best) {
-                state.best_eval_loss = Some(report.loss);
-                state.evals_without_improvement = 0;
-            } else {
-                state.evals_without_improvement += 1;
-            }
-            state.history.push(report.clone());
+            state.record_eval(&report);
             stop |= on_event(&TrainEvent::Eval(report)) == Control::Stop;
             if config.early_stopping_patience.is_some_and(|p| state.evals_without_improvement >= p) && !last_step {
                 finish = Finish::EarlyStopped;
@@ -405,8 +365,23 @@ pub fn train(
             break;
         }
     }
+    conclude(job, config, &lora, &state, finish, (&train_idx, &eval_idx))
+}
+
+/// The outcome of a run that ended with `finish`: the newest checkpoint when interrupted,
+/// otherwise the adapter and its lineage written to `job.out`.
+fn conclude(
+    job: &TrainJob<'_>,
+    config: &TrainConfig,
+    lora: &LoraVars,
+    state: &TrainerState,
+    finish: Finish,
+    (train_idx, eval_idx): (&[usize], &[usize]),
+) -> Result<TrainOutcome> {
+    let dataset = job.dataset;
     if finish == Finish::Interrupted {
-        let dir = latest_checkpoint(&checkpoints)?.unwrap_or_else(|| checkpoints.clone());
+        let checkpoints = job.out.join(CHECKPOINTS);
+        let dir = latest_checkpoint(&checkpoints)?.unwrap_or(checkpoints);
         return Ok(TrainOutcome {
             finish,
             steps: state.step,
@@ -414,15 +389,15 @@ pub fn train(
             adapter_dir: dir,
         });
     }
-    write_adapter(job.out, &lora, config, job.model_path)?;
+    write_adapter(job.out, lora, config, job.model_path)?;
     let lineage = Lineage {
         base_model: job.model_path.display().to_string(),
         base_model_blake3: hash_path(job.model_path)?,
         dataset: job.dataset_name.to_string(),
         dataset_kind: dataset.kind,
-        train_records: train_idx.iter().map(|&i| dataset.examples[i].hash.to_string()).collect(),
-        eval_records: eval_idx.iter().map(|&i| dataset.examples[i].hash.to_string()).collect(),
-        dataset_blake3,
+        train_records: record_hashes(dataset, train_idx),
+        eval_records: record_hashes(dataset, eval_idx),
+        dataset_blake3: state.dataset_blake3.clone(),
         labels: dataset.labels.clone(),
         config: config.clone(),
         steps: state.step,
@@ -437,6 +412,97 @@ pub fn train(
         last_eval: state.history.last().cloned(),
         adapter_dir: job.out.to_path_buf(),
     })
+}
+
+/// A fresh state, or with `job.resume` the newest checkpoint's (its tensors loaded into `lora`
+/// and `optimizer`, after checking it was made from the same data).
+fn start_state(
+    job: &TrainJob<'_>,
+    config: &TrainConfig,
+    checkpoints: &Path,
+    lora: &LoraVars,
+    optimizer: &mut AdamW,
+    dataset_blake3: String,
+) -> Result<TrainerState> {
+    if job.resume
+        && let Some(dir) = latest_checkpoint(checkpoints)?
+    {
+        return restore(&dir, lora, optimizer, config, &dataset_blake3);
+    }
+    Ok(TrainerState {
+        step: 0,
+        config: config.clone(),
+        dataset_blake3,
+        best_eval_loss: None,
+        evals_without_improvement: 0,
+        history: Vec::new(),
+    })
+}
+
+impl TrainerState {
+    /// Keeps an evaluation in the history and counts evaluations without a new best loss (what
+    /// early stopping reads).
+    fn record_eval(&mut self, report: &EvalReport) {
+        if self.best_eval_loss.is_none_or(|best| report.loss < best) {
+            self.best_eval_loss = Some(report.loss);
+            self.evals_without_improvement = 0;
+        } else {
+            self.evals_without_improvement += 1;
+        }
+        self.history.push(report.clone());
+    }
+}
+
+/// One optimizer step's worth of forward and backward passes.
+struct StepGradients {
+    /// One per trainable variable, summed over the micro-batches.
+    grads: Vec<Tensor>,
+    /// Mean loss per scored token over the step.
+    loss: f64,
+    /// Tokens fed, padding included (for the throughput figure).
+    tokens: usize,
+}
+
+/// Runs the micro-batches of `step`, accumulating gradients of the step's mean loss (each
+/// micro-batch's summed loss divided by the scored tokens of the whole step).
+fn step_gradients(
+    base: &TrainBase,
+    lora: &LoraVars,
+    vars: &[&Var],
+    examples: &[Example],
+    micro: &[Vec<usize>],
+    step: u64,
+    config: &TrainConfig,
+) -> Result<StepGradients> {
+    let step_tokens: usize = micro.iter().flatten().map(|&i| examples[i].scored_tokens()).sum();
+    let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let (mut loss_sum, mut tokens) = (0f64, 0usize);
+    for (m, indices) in micro.iter().enumerate() {
+        let batch = batch_of(examples, indices, base.device())?;
+        let mode = Mode::train(Some((config.dropout, mix(config.seed, step, m as u64))));
+        let (nll, _) = base.forward(Some(lora), &batch, &mode)?;
+        let sum = nll.sum_all()?;
+        loss_sum += sum.to_scalar::<f32>()? as f64;
+        let store = (sum / step_tokens as f64)?.backward()?;
+        for (slot, var) in grads.iter_mut().zip(vars) {
+            let g = store.get(var.as_tensor()).cloned().unwrap_or(var.zeros_like()?);
+            *slot = Some(match slot.take() {
+                Some(acc) => (acc + g)?,
+                None => g,
+            });
+        }
+        tokens += batch.tokens.elem_count();
+    }
+    let loss = (|| {
+        // Tests inject a non-finite loss here; a real divergence takes many steps to show.
+        fail::fail_point!("train-loss", |_| f64::NAN);
+        loss_sum / step_tokens.max(1) as f64
+    })();
+    Ok(StepGradients { grads: grads.into_iter().flatten().collect(), loss, tokens })
+}
+
+fn record_hashes(dataset: &Dataset, indices: &[usize]) -> Vec<String> {
+    indices.iter().map(|&i| dataset.examples[i].hash.to_string()).collect()
 }
 
 /// Held-out style metrics of `adapter` (and the base model alone) over every example of

@@ -5,7 +5,9 @@ use openledger_ml::adapters::AdapterSource;
 use openledger_ml::lora::AdapterMix;
 use openledger_ml::sampling::SamplingParams;
 use openledger_ml::testing::write_peft_adapter;
-use openledger_ml::{Engine, EngineConfig, FinishReason, GenerateRequest, MlError, Prompt, Target, load_model};
+use openledger_ml::{
+    Engine, EngineConfig, EngineStats, FinishReason, GenerateRequest, MlError, Prompt, Target, load_model,
+};
 
 use crate::model::{Fixture, generate_alone};
 
@@ -146,6 +148,38 @@ async fn a_full_queue_is_overloaded_and_cancelled_requests_free_their_slot() {
         let (_, ids, _, _) = g.collect().await.unwrap();
         assert!(!ids.is_empty() && ids.len() <= 4);
     }
+}
+
+/// The engine's stats once `done` holds (the engine thread publishes them after each step).
+async fn stats_once(engine: &Engine, done: impl Fn(&EngineStats) -> bool) -> EngineStats {
+    loop {
+        let stats = engine.stats();
+        if done(&stats) {
+            return stats;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_generation_frees_its_slot_and_kv_reservation_after_one_step() {
+    let setup = Setup::new(&[]);
+    let engine = setup.engine(EngineConfig { max_batch_size: 1, max_kv_tokens: 200, ..Default::default() });
+    let _scenario = fail::FailScenario::setup();
+    // The engine admits the request, publishes its stats, then waits before its first step.
+    fail::cfg("engine-before-step", "pause").unwrap();
+    let long = engine.submit(tokens(&[5, 6, 7], 150)).unwrap();
+    let admitted = stats_once(&engine, |s| s.running == 1).await;
+    assert_eq!(admitted, EngineStats { running: 1, waiting: 0, kv_tokens_reserved: 3 + 150, tokens_generated: 0 });
+
+    drop(long);
+    fail::remove("engine-before-step");
+    let freed = stats_once(&engine, |s| s.running == 0).await;
+    assert_eq!(
+        freed,
+        EngineStats { running: 0, waiting: 0, kv_tokens_reserved: 0, tokens_generated: 1 },
+        "freed after the one step already under way, not after max_tokens"
+    );
 }
 
 #[tokio::test]
