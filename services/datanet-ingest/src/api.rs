@@ -81,14 +81,10 @@ fn failed(error: DatanetError) -> Status {
     status(error.code, error.message)
 }
 
-/// The metadata carrying a signed caller identity: the ed25519 key (hex), the time of signing
-/// (Unix seconds) and the signature of [`signing::caller_message`] (hex).
-pub const CALLER_METADATA: [&str; 3] = ["x-openledger-key", "x-openledger-timestamp", "x-openledger-signature"];
-
 /// The caller's key from signed metadata, if the request carries it.
 pub fn caller(metadata: &MetadataMap) -> Result<Option<Key>, Status> {
     let text = |name: &str| metadata.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned);
-    let [Some(key), Some(at), Some(signature)] = CALLER_METADATA.map(text) else {
+    let [Some(key), Some(at), Some(signature)] = openledger_signing::headers::CALLER.map(text) else {
         return Ok(None);
     };
     signing::verify_caller(&key, &at, &signature, signing::now_unix()).map(Some).map_err(failed)
@@ -96,11 +92,8 @@ pub fn caller(metadata: &MetadataMap) -> Result<Option<Key>, Status> {
 
 /// `message` as a request signed by `key` as its caller (what [`caller`] reads).
 pub fn signed_caller<T>(message: T, key: &ed25519_dalek::SigningKey) -> Request<T> {
-    let now = signing::now_unix();
-    let signature = signing::sign(key, &signing::caller_message(now));
     let mut request = Request::new(message);
-    let values = [hex::encode(&signature.public_key), now.to_string(), hex::encode(&signature.signature)];
-    for (name, value) in CALLER_METADATA.into_iter().zip(values) {
+    for (name, value) in openledger_signing::caller_headers(key, signing::now_unix()) {
         // Hex and decimal digits are always valid metadata values.
         if let Ok(value) = value.parse() {
             request.metadata_mut().insert(name, value);

@@ -27,7 +27,7 @@ use openledger_runtime::{
 };
 use openledger_store::db::MaybeBusy;
 
-pub use api::{Api, CALLER_METADATA, signed_caller};
+pub use api::{Api, signed_caller};
 pub use datanets::{Datanets, Upload};
 
 /// An error with the code callers act on and a message naming the problem.

@@ -52,7 +52,8 @@ pub struct ContributionPolicy {
 }
 
 /// A Datanet. On creation, `id`, `owner` and `created_at_unix_ms` are ignored, and the owner
-/// signs `openledger/datanet/create/v1\n<slug>\n<digest>` (see the gRPC API).
+/// signs `openledger/datanet/create/v2\n<slug>\n<BLAKE3 hex of the canonical JSON definition>`
+/// (specified in `openledger_signing::datanet_create_message`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(default)]
 pub struct Datanet {
@@ -238,7 +239,7 @@ impl From<&pb::Contribution> for Contribution {
             id: contribution.id.clone(),
             datanet_id: contribution.datanet_id.clone(),
             contributor: hex::encode(&contribution.contributor),
-            status: contribution.status().as_str_name().trim_start_matches("CONTRIBUTION_STATUS_").to_lowercase(),
+            status: contribution.status().api_name().to_owned(),
             reason: contribution.reason.clone(),
             file_name: contribution.file_name.clone(),
             size_bytes: contribution.size_bytes,

@@ -6,6 +6,7 @@ use axum::{
     extract::{FromRequest, Multipart, Request},
 };
 use openledger_core::ErrorCode;
+use openledger_signing::headers;
 
 use openledger_proto::common::v1 as common;
 
@@ -34,10 +35,8 @@ pub(super) async fn body_upload(request: Request) -> Result<RestUpload, ApiError
     let header = |name: &str| {
         parts.headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned).unwrap_or_default()
     };
-    let (key, signed, account) =
-        (header("x-openledger-key"), header("x-openledger-signature"), header("x-openledger-account"));
-    let file_name =
-        Some(header("x-openledger-file-name")).filter(|name| !name.is_empty()).unwrap_or("upload.jsonl".into());
+    let (key, signed, account) = (header(headers::KEY), header(headers::SIGNATURE), header(headers::ACCOUNT));
+    let file_name = Some(header(headers::FILE_NAME)).filter(|name| !name.is_empty()).unwrap_or("upload.jsonl".into());
     if key.is_empty() || signed.is_empty() {
         return Err(ApiError::new(
             ErrorCode::Unauthenticated,

@@ -10,9 +10,6 @@ use tonic::transport::Channel;
 
 use super::error::ApiError;
 
-/// The signed caller headers a private read passes through to the service.
-pub const CALLER_HEADERS: [&str; 3] = ["x-openledger-key", "x-openledger-timestamp", "x-openledger-signature"];
-
 /// One upstream service, as the state of its routes.
 pub struct Upstream<C> {
     channel: ServiceChannel,
@@ -40,7 +37,7 @@ impl<C> Upstream<C> {
 /// A request carrying the caller headers (if any) of the REST request.
 pub fn with_caller<T>(message: T, headers: &HeaderMap) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    for name in CALLER_HEADERS {
+    for name in openledger_signing::headers::CALLER {
         if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok()).and_then(|v| v.parse().ok()) {
             request.metadata_mut().insert(name, value);
         }
