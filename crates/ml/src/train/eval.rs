@@ -23,6 +23,23 @@ pub struct EvalReport {
     pub base_accuracy: Option<f64>,
 }
 
+/// A held-out loss (mean per scored token) and, for labelled data, the label accuracy.
+type Metrics = (f64, Option<f64>);
+
+impl EvalReport {
+    fn new(step: u64, (loss, accuracy): Metrics, (base_loss, base_accuracy): Metrics) -> Self {
+        Self {
+            step,
+            loss,
+            perplexity: loss.exp(),
+            accuracy,
+            base_loss,
+            base_perplexity: base_loss.exp(),
+            base_accuracy,
+        }
+    }
+}
+
 /// Held-out style metrics of `adapter` (and the base model alone) over every example of
 /// `dataset`: loss, perplexity and, for labelled data, accuracy.
 pub fn evaluate(
@@ -35,20 +52,12 @@ pub fn evaluate(
     let all: Vec<usize> = (0..dataset.examples.len()).collect();
     let evaluator = Evaluator::new(&base, dataset, &all, batch_tokens)?
         .ok_or_else(|| MlError::InvalidRequest("the dataset has no records".into()))?;
-    let (base_loss, base_accuracy) = evaluator.metrics(None)?;
-    let (loss, accuracy) = match adapter {
+    let base_metrics = evaluator.metrics(None)?;
+    let metrics = match adapter {
         Some(adapter) => evaluator.metrics(Some(&vars_from_adapter(&base, adapter)?))?,
-        None => (base_loss, base_accuracy),
+        None => base_metrics,
     };
-    Ok(EvalReport {
-        step: 0,
-        loss,
-        perplexity: loss.exp(),
-        accuracy,
-        base_loss,
-        base_perplexity: base_loss.exp(),
-        base_accuracy,
-    })
+    Ok(EvalReport::new(0, metrics, base_metrics))
 }
 
 /// Held-out loss, perplexity and label accuracy, for the adapter and the base model.
@@ -59,6 +68,8 @@ pub(super) struct Evaluator<'a> {
     /// Labelled data: per held-out example, its prompt followed by each label's tokens.
     candidates: Vec<(usize, Vec<Vec<u32>>)>,
     batch_tokens: usize,
+    /// The base model's metrics, computed at the first report (they do not change).
+    base_metrics: Option<Metrics>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -80,32 +91,20 @@ impl<'a> Evaluator<'a> {
                 candidates.push((i, dataset.label_tokens.iter().map(|label| [prompt, label].concat()).collect()));
             }
         }
-        Ok(Some(Self { base, dataset, batches, candidates, batch_tokens }))
+        Ok(Some(Self { base, dataset, batches, candidates, batch_tokens, base_metrics: None }))
     }
 
-    pub(super) fn report(
-        &self,
-        step: u64,
-        lora: &LoraVars,
-        base_metrics: &mut Option<(f64, Option<f64>)>,
-    ) -> Result<EvalReport> {
-        let (loss, accuracy) = self.metrics(Some(lora))?;
-        let (base_loss, base_accuracy) = match base_metrics {
-            Some(m) => *m,
-            None => *base_metrics.insert(self.metrics(None)?),
+    /// The adapter's metrics after `step`, next to the base model's.
+    pub(super) fn report(&mut self, step: u64, lora: &LoraVars) -> Result<EvalReport> {
+        let metrics = self.metrics(Some(lora))?;
+        let base_metrics = match self.base_metrics {
+            Some(m) => m,
+            None => *self.base_metrics.insert(self.metrics(None)?),
         };
-        Ok(EvalReport {
-            step,
-            loss,
-            perplexity: loss.exp(),
-            accuracy,
-            base_loss,
-            base_perplexity: base_loss.exp(),
-            base_accuracy,
-        })
+        Ok(EvalReport::new(step, metrics, base_metrics))
     }
 
-    fn metrics(&self, lora: Option<&LoraVars>) -> Result<(f64, Option<f64>)> {
+    fn metrics(&self, lora: Option<&LoraVars>) -> Result<Metrics> {
         let mode = Mode::eval();
         let (mut sum, mut count) = (0f64, 0usize);
         for batch in &self.batches {

@@ -157,9 +157,8 @@ pub fn train(
     let warmup = config.warmup_steps.unwrap_or(total / 10);
     let checkpoints = job.out.join(CHECKPOINTS);
     std::fs::create_dir_all(&checkpoints).map_err(|e| MlError::io(&checkpoints, e))?;
-    let mut state = start_state(job, config, &checkpoints, &lora, &mut optimizer, dataset_blake3)?;
+    let state = start_state(job, config, &checkpoints, &lora, &mut optimizer, dataset_blake3)?;
     let eval = Evaluator::new(&base, dataset, &eval_idx, config.batch_tokens)?;
-    let mut base_metrics = None;
     let started = TrainEvent::Started {
         total_steps: total,
         start_step: state.step,
@@ -168,76 +167,104 @@ pub fn train(
         truncated_examples: dataset.examples.iter().filter(|e| e.truncated).count(),
         base_f32_bytes: base.weight_bytes(),
     };
+    let mut run = Run { config, lora, optimizer, state, eval, checkpoints };
     let mut finish = Finish::Completed;
-    let mut stop = on_event(&started) == Control::Stop;
+    // Stopped before the first step of this run: nothing new to checkpoint.
+    if on_event(&started) == Control::Stop && run.state.step < total {
+        finish = Finish::Interrupted;
+    }
     let clock = Instant::now();
-    let (mut tokens_done, first_step) = (0usize, state.step);
-    let vars = lora.vars();
-    while state.step < total {
-        if stop {
-            // Stopped before the first step of this run: nothing new to checkpoint.
-            finish = Finish::Interrupted;
-            break;
-        }
-        let step = state.step;
+    let (mut tokens_done, first_step) = (0usize, run.state.step);
+    while finish == Finish::Completed && run.state.step < total {
+        let step = run.state.step;
         let (epoch, micro) = &schedule[step as usize];
         let lr = learning_rate(step, warmup, total, config.learning_rate);
+        let vars = run.lora.vars();
         let StepGradients { mut grads, loss, tokens } =
-            step_gradients(&base, &lora, &vars, &dataset.examples, micro, step, config)?;
+            step_gradients(&base, &run.lora, &vars, &dataset.examples, micro, step, config)?;
         tokens_done += tokens;
         let grad_norm = clip_grad_norm(&mut grads, config.max_grad_norm)?;
         if !loss.is_finite() || !grad_norm.is_finite() {
-            let last = last_good_checkpoint(&checkpoints)?;
+            let last = last_good_checkpoint(&run.checkpoints)?;
             let step = step + 1;
             return Err(MlError::Diverged(format!(
                 "step {step}: loss {loss}, gradient norm {grad_norm}; no update was applied; {last}"
             )));
         }
-        optimizer.step(&vars, &grads, lr)?;
-        state.step += 1;
+        run.optimizer.step(&vars, &grads, lr)?;
+        run.state.step += 1;
         let elapsed = clock.elapsed().as_secs_f64().max(1e-9);
-        let per_step = elapsed / (state.step - first_step) as f64;
+        let per_step = elapsed / (run.state.step - first_step) as f64;
         let event = TrainEvent::Step {
-            step: state.step,
+            step: run.state.step,
             total_steps: total,
             epoch: *epoch,
             loss,
             learning_rate: lr,
             grad_norm,
             tokens_per_s: tokens_done as f64 / elapsed,
-            eta_s: per_step * (total - state.step) as f64,
+            eta_s: per_step * (total - run.state.step) as f64,
         };
-        stop |= on_event(&event) == Control::Stop;
-        let last_step = state.step == total;
-        if let Some(eval) = &eval
-            && (last_step || (config.eval_every > 0 && state.step.is_multiple_of(config.eval_every)))
+        let stop = on_event(&event) == Control::Stop;
+        if let Some(end) = run.after_step(stop, run.state.step == total, on_event)? {
+            finish = end;
+        }
+    }
+    conclude(job, config, &run.lora, &run.state, finish, (&train_idx, &eval_idx))
+}
+
+/// What the steps of a run share: the adapter being trained, its optimizer, the state saved with
+/// each checkpoint, and the held-out evaluator.
+struct Run<'a> {
+    config: &'a TrainConfig,
+    lora: LoraVars,
+    optimizer: AdamW,
+    state: TrainerState,
+    eval: Option<Evaluator<'a>>,
+    checkpoints: PathBuf,
+}
+
+impl Run<'_> {
+    /// After a step: evaluates and checkpoints where `config` asks to, and ends the run (`Some`)
+    /// when early stopping triggers or when `stop` or any of these events asked for a stop; a
+    /// stop before the last step checkpoints first (once).
+    fn after_step(
+        &mut self,
+        mut stop: bool,
+        last_step: bool,
+        on_event: &mut dyn FnMut(&TrainEvent) -> Control,
+    ) -> Result<Option<Finish>> {
+        let (config, step) = (self.config, self.state.step);
+        if let Some(eval) = &mut self.eval
+            && (last_step || (config.eval_every > 0 && step.is_multiple_of(config.eval_every)))
         {
-            let report = eval.report(state.step, &lora, &mut base_metrics)?;
-            state.record_eval(&report);
+            let report = eval.report(step, &self.lora)?;
+            self.state.record_eval(&report);
             stop |= on_event(&TrainEvent::Eval(report)) == Control::Stop;
-            if config.early_stopping_patience.is_some_and(|p| state.evals_without_improvement >= p) && !last_step {
-                finish = Finish::EarlyStopped;
-                on_event(&TrainEvent::EarlyStopped { step: state.step });
-                break;
+            if config.early_stopping_patience.is_some_and(|p| self.state.evals_without_improvement >= p) && !last_step {
+                on_event(&TrainEvent::EarlyStopped { step });
+                return Ok(Some(Finish::EarlyStopped));
             }
         }
         let mut checkpointed = false;
-        if config.checkpoint_every > 0 && state.step.is_multiple_of(config.checkpoint_every) {
-            let dir = write_checkpoint(&checkpoints, &lora, &optimizer, &state, config)?;
-            stop |= on_event(&TrainEvent::Checkpoint { step: state.step, dir }) == Control::Stop;
+        if config.checkpoint_every > 0 && step.is_multiple_of(config.checkpoint_every) {
+            stop |= self.checkpoint(on_event)? == Control::Stop;
             checkpointed = true;
         }
-        if stop && !last_step {
-            // A stop asked for at any event of this step: checkpoint here (once) and return.
-            if !checkpointed {
-                let dir = write_checkpoint(&checkpoints, &lora, &optimizer, &state, config)?;
-                on_event(&TrainEvent::Checkpoint { step: state.step, dir });
-            }
-            finish = Finish::Interrupted;
-            break;
+        if !stop || last_step {
+            return Ok(None);
         }
+        if !checkpointed {
+            self.checkpoint(on_event)?;
+        }
+        Ok(Some(Finish::Interrupted))
     }
-    conclude(job, config, &lora, &state, finish, (&train_idx, &eval_idx))
+
+    /// Writes a checkpoint of the current step and tells `on_event` where it is.
+    fn checkpoint(&self, on_event: &mut dyn FnMut(&TrainEvent) -> Control) -> Result<Control> {
+        let dir = write_checkpoint(&self.checkpoints, &self.lora, &self.optimizer, &self.state, self.config)?;
+        Ok(on_event(&TrainEvent::Checkpoint { step: self.state.step, dir }))
+    }
 }
 
 /// The outcome of a run that ended with `finish`: the newest checkpoint when interrupted,
