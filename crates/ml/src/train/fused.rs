@@ -1,20 +1,22 @@
 //! The training forward's layers on CPU slices, each a candle custom op with a hand-written
-//! backward: frozen and LoRA projections (gemm straight on slices), RMSNorm, causal attention
-//! with RoPE, SwiGLU, and the output projection fused with the loss. Composed from candle tensor
-//! ops (`reference`, still the path on other devices), these are three dozen ops per layer, each
+//! backward: frozen and LoRA projections (gemm straight on slices), RMSNorm and SwiGLU here;
+//! causal attention with RoPE in `attention.rs` and the output projection fused with the loss in
+//! `lm_head.rs`, which build on this file's slice helpers. Composed from candle tensor ops
+//! (`reference`, still the path on other devices), these are three dozen ops per layer, each
 //! allocating its output and recording a node whose backward allocates again; fused, a layer
 //! records thirteen nodes, and its attention never materialises the `(B, heads, T, T)` scores as
 //! tensors. The slice-level functions behind the ops (`rms_norm_forward`, `LowRank`,
 //! `Attention::forward_rows`, ...) also make up `layer.rs`, where a whole layer is one node; the
 //! per-op graph remains for per-example gradients, which probe each projection's output. The
-//! tests hold every op to its reference in value and gradient.
+//! tests hold every op (those of `attention.rs` and `lm_head.rs` too) to its reference in value
+//! and gradient.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::host::{dot, exp_in_place, rms_norm as rms_norm_rows, rope};
-use crate::kernels::{Dense, matmul, matmul_with};
+use crate::host::{dot, exp_in_place, rms_norm as rms_norm_rows};
+use crate::kernels::{Dense, matmul};
 
 /// The elements of a contiguous f32 CPU storage.
 pub(super) fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
@@ -74,7 +76,7 @@ pub(super) fn lock<'a, T>(
     state.lock().map_err(|_| candle_core::Error::Msg(format!("{op}: poisoned lock")))
 }
 
-fn cpu(values: Vec<f32>, shape: &Shape) -> candle_core::Result<Tensor> {
+pub(super) fn cpu(values: Vec<f32>, shape: &Shape) -> candle_core::Result<Tensor> {
     Tensor::from_vec(values, shape, &Device::Cpu)
 }
 
@@ -439,378 +441,13 @@ pub(crate) fn lora_linear(
     Ok(x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)?)
 }
 
-/// The output projection and the loss fused: `nll_r = logsumexp(h_r·Wᵀ) − (h_r·Wᵀ)[target_r]`,
-/// computed over the vocabulary in chunks of `VOCAB_CHUNK` columns with a running max and sum
-/// per row (online softmax), so the `(rows, vocab)` logits (100 MB for 512 rows of a 49k
-/// vocabulary) never exist whole and the output matrix is read once per pass.
-///
-/// When a backward pass will follow (`keep_grad`), the same pass also accumulates each row's
-/// `Σ_v exp(l_v − max)·W_v`, rescaled whenever the row's max grows (as flash attention does),
-/// so `∂nll_r/∂h_r = softmax_r·W − W[target_r]` is known at the end of the forward pass and the
-/// backward pass only scales it by the incoming gradient. The logits are computed once, not
-/// again in the backward pass: two vocabulary-sized matmuls per step instead of three.
-struct LmHeadLoss {
-    weight: Tensor,
-    targets: Vec<u32>,
-    keep_grad: bool,
-    /// `(rows, hidden)`: `∂nll_r/∂h_r`, set by the forward pass when `keep_grad`.
-    grad: std::sync::Mutex<Option<Tensor>>,
-}
-
-const VOCAB_CHUNK: usize = 4096;
-
-/// One row's running softmax state over the vocabulary chunks seen so far.
-#[derive(Clone, Copy)]
-struct RowSoftmax {
-    max: f32,
-    sum: f32,
-    target_logit: f32,
-    /// The factor the row's accumulated gradient is rescaled by in the current chunk.
-    rescale: f32,
-}
-
-impl LmHeadLoss {
-    /// Each row's loss, and (if `keep_grad`) its gradient, for `h` `(rows, width)`.
-    fn nll_and_grad(&self, h: &[f32], rows: usize) -> candle_core::Result<(Vec<f32>, Option<Tensor>)> {
-        let (vocab, width) = self.weight.dims2()?;
-        if h.len() != rows * width {
-            candle_core::bail!("lm-head-loss: hidden states of {} values are not {rows} rows of {width}", h.len());
-        }
-        let weight = host(&self.weight)?;
-        let start = RowSoftmax { max: f32::NEG_INFINITY, sum: 0.0, target_logit: 0.0, rescale: 1.0 };
-        let mut state = vec![start; rows];
-        // With a backward pass to follow: the running `Σ exp(l − max)·W` per row, and the
-        // chunk's `probs·W_chunk` that is folded into it.
-        let mut acc = self.keep_grad.then(|| (vec![0f32; rows * width], vec![0f32; rows * width]));
-        let mut probs = vec![0f32; rows * VOCAB_CHUNK.min(vocab)];
-        for first in (0..vocab).step_by(VOCAB_CHUNK) {
-            let n = VOCAB_CHUNK.min(vocab - first);
-            let w = &weight[first * width..(first + n) * width];
-            let probs = &mut probs[..rows * n];
-            matmul(Dense::new(h, rows, width), Dense::new(w, n, width).t(), probs, false);
-            // `probs` holds the chunk's logits until each row turns its own into probabilities.
-            probs.par_chunks_mut(n).zip(state.par_iter_mut()).enumerate().for_each(|(r, (p, s))| {
-                let max = p.iter().copied().fold(s.max, f32::max);
-                if let Some(t) = (self.targets[r] as usize).checked_sub(first).filter(|t| *t < n) {
-                    s.target_logit = p[t];
-                }
-                s.rescale = (s.max - max).exp();
-                p.iter_mut().for_each(|p| *p -= max);
-                exp_in_place(p);
-                (s.max, s.sum) = (max, s.sum * s.rescale + p.iter().sum::<f32>());
-            });
-            if let Some((acc, pw)) = &mut acc {
-                matmul(Dense::new(probs, rows, n), Dense::new(w, n, width), pw, false);
-                acc.par_chunks_mut(width).zip(pw.par_chunks(width)).zip(&state).for_each(|((a, pw), s)| {
-                    a.iter_mut().zip(pw).for_each(|(a, pw)| *a = *a * s.rescale + pw);
-                });
-            }
-        }
-        let nll = state.iter().map(|s| s.max + s.sum.ln() - s.target_logit).collect();
-        let grad = match acc {
-            Some((mut acc, _)) => {
-                for ((a, s), &t) in acc.chunks_exact_mut(width).zip(&state).zip(&self.targets) {
-                    let target_row = &weight[t as usize * width..][..width];
-                    a.iter_mut().zip(target_row).for_each(|(a, w)| *a = *a / s.sum - w);
-                }
-                Some(cpu(acc, &Shape::from((rows, width)))?)
-            }
-            None => None,
-        };
-        Ok((nll, grad))
-    }
-}
-
-impl CustomOp1 for LmHeadLoss {
-    fn name(&self) -> &'static str {
-        "lm-head-loss"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let rows = layout.shape().dims2()?.0;
-        let (nll, grad) = self.nll_and_grad(slice(storage, layout, self.name())?, rows)?;
-        *lock(&self.grad, self.name())? = grad;
-        let n = nll.len();
-        Ok((CpuStorage::F32(nll), Shape::from(n)))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let grad = lock(&self.grad, self.name())?;
-        let grad = grad.as_ref().ok_or_else(|| {
-            candle_core::Error::Msg("lm-head-loss: the forward pass ran without keeping its gradient".into())
-        })?;
-        Ok(Some(grad.broadcast_mul(&grad_res.unsqueeze(1)?)?))
-    }
-}
-
-/// The negative log-likelihood of `targets` under `hidden · Wᵀ`, one value per row.
-/// `keep_grad`: a backward pass will follow (see [`LmHeadLoss`]).
-pub(crate) fn lm_head_loss(hidden: &Tensor, weight: &Tensor, targets: &Tensor, keep_grad: bool) -> Result<Tensor> {
-    if !hidden.device().is_cpu() {
-        return reference::lm_head_loss(hidden, weight, targets);
-    }
-    let targets: Vec<u32> = targets.flatten_all()?.to_vec1()?;
-    let op = LmHeadLoss { weight: weight.clone(), targets, keep_grad, grad: Default::default() };
-    Ok(hidden.contiguous()?.apply_op1(op)?)
-}
-
-/// Causal self-attention with RoPE (Hugging Face's half-split layout) over a padded batch of
-/// `batch` sequences of `seq` positions. Queries `(N, heads·d)`, keys and values
-/// `(N, kv_heads·d)` with rows `example·seq + position`, as the projections produce them; the
-/// output is `(N, heads·d)`, ready for the output projection. The backward pass recomputes the
-/// attention probabilities (`seq × seq` per head) instead of keeping them.
-pub(super) struct Attention {
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    /// `seq × d/2` angles; `neg_sin` rotates back (RoPE's transpose).
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    neg_sin: Vec<f32>,
-}
-
-/// One (example, kv head) of a backward pass: the query gradients of its group's heads, and
-/// its key and value gradients, each `seq × d`.
-struct BlockGrads {
-    dq: Vec<Vec<f32>>,
-    dk: Vec<f32>,
-    dv: Vec<f32>,
-}
-
-impl Attention {
-    fn group(&self) -> usize {
-        self.heads / self.kv_heads
-    }
-
-    /// One head of one example as `seq × d` rows, rotated by RoPE if `roped`.
-    fn gather(&self, x: &[f32], heads: usize, example: usize, head: usize, roped: bool) -> Vec<f32> {
-        let (d, half) = (self.head_dim, self.head_dim / 2);
-        let mut out = Vec::with_capacity(self.seq * d);
-        for p in 0..self.seq {
-            out.extend_from_slice(&x[((example * self.seq + p) * heads + head) * d..][..d]);
-            if roped {
-                rope(&mut out[p * d..], &self.cos[p * half..][..half], &self.sin[p * half..][..half], false);
-            }
-        }
-        out
-    }
-
-    /// Rotates `seq × d` rows back by their positions' angles (the gradient through RoPE).
-    fn unrope(&self, rows: &mut [f32]) {
-        let half = self.head_dim / 2;
-        for (p, row) in rows.chunks_exact_mut(self.head_dim).enumerate() {
-            rope(row, &self.cos[p * half..][..half], &self.neg_sin[p * half..][..half], false);
-        }
-    }
-
-    /// The causal attention probabilities of roped queries over roped keys: row `i` holds
-    /// `softmax(q_i·k_j / √d)` for `j ≤ i` and zeros after. The scores come from one small
-    /// matmul (the masked half is computed and discarded: cheaper than row-by-row dots).
-    fn probs(&self, q: &[f32], k: &[f32]) -> Vec<f32> {
-        let (t, d) = (self.seq, self.head_dim);
-        let scale = 1.0 / (d as f32).sqrt();
-        let mut p = vec![0f32; t * t];
-        matmul_with(Dense::new(q, t, d), Dense::new(k, t, d).t(), &mut p, false, false);
-        for (i, row) in p.chunks_exact_mut(t).enumerate() {
-            let (seen, masked) = row.split_at_mut(i + 1);
-            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            seen.iter_mut().for_each(|s| *s = (*s - max) * scale);
-            exp_in_place(seen);
-            let sum: f32 = seen.iter().sum();
-            seen.iter_mut().for_each(|s| *s /= sum);
-            masked.fill(0.0);
-        }
-        p
-    }
-
-    /// Tasks `(example, kv head)`, run on the thread pool.
-    fn blocks<R: Send>(&self, f: impl Fn(usize, usize) -> R + Sync) -> Vec<R> {
-        (0..self.batch * self.kv_heads).into_par_iter().map(|i| f(i / self.kv_heads, i % self.kv_heads)).collect()
-    }
-
-    /// Writes one head's `seq × d` rows into an `(N, heads·d)` buffer.
-    fn scatter(&self, out: &mut [f32], heads: usize, example: usize, head: usize, rows: &[f32]) {
-        let d = self.head_dim;
-        for (p, row) in rows.chunks_exact(d).enumerate() {
-            out[((example * self.seq + p) * heads + head) * d..][..d].copy_from_slice(row);
-        }
-    }
-
-    fn backward_block(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        grad: &[f32],
-        example: usize,
-        kv_head: usize,
-    ) -> BlockGrads {
-        let (t, d) = (self.seq, self.head_dim);
-        let scale = 1.0 / (d as f32).sqrt();
-        let key = self.gather(k, self.kv_heads, example, kv_head, true);
-        let value = self.gather(v, self.kv_heads, example, kv_head, false);
-        let (mut dk, mut dv) = (vec![0f32; t * d], vec![0f32; t * d]);
-        let mut dq_heads = Vec::with_capacity(self.group());
-        let mut ds = vec![0f32; t * t];
-        for head in kv_head * self.group()..(kv_head + 1) * self.group() {
-            let query = self.gather(q, self.heads, example, head, true);
-            let dout = self.gather(grad, self.heads, example, head, false);
-            let p = self.probs(&query, &key);
-            // ∂p = ∂out·vᵀ; ∂s_ij = p_ij·(∂p_ij − Σ_j p_ij·∂p_ij), zero where p is masked.
-            matmul_with(Dense::new(&dout, t, d), Dense::new(&value, t, d).t(), &mut ds, false, false);
-            for (ds, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                let mean: f32 = p.iter().zip(ds.iter()).map(|(p, g)| p * g).sum();
-                ds.iter_mut().zip(p).for_each(|(ds, p)| *ds = p * (*ds - mean) * scale);
-            }
-            let mut dq = vec![0f32; t * d];
-            matmul_with(Dense::new(&ds, t, t), Dense::new(&key, t, d), &mut dq, false, false);
-            matmul_with(Dense::new(&ds, t, t).t(), Dense::new(&query, t, d), &mut dk, true, false);
-            matmul_with(Dense::new(&p, t, t).t(), Dense::new(&dout, t, d), &mut dv, true, false);
-            self.unrope(&mut dq);
-            dq_heads.push(dq);
-        }
-        self.unrope(&mut dk);
-        BlockGrads { dq: dq_heads, dk, dv }
-    }
-}
-
-impl CustomOp3 for Attention {
-    fn name(&self) -> &'static str {
-        "causal-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
-        let out = self.forward_rows(q, k, v);
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dq, dk, dv) = self.backward_rows(&host(q)?, &host(k)?, &host(v)?, &host(grad_res)?);
-        Ok((Some(cpu(dq, q.shape())?), Some(cpu(dk, k.shape())?), Some(cpu(dv, v.shape())?)))
-    }
-}
-
-impl Attention {
-    pub(super) fn new(shape: AttentionShape, cos: &Tensor, sin: &Tensor) -> Result<Self> {
-        let (cos, sin) = (cos.narrow(0, 0, shape.seq)?, sin.narrow(0, 0, shape.seq)?);
-        let sin: Vec<f32> = sin.flatten_all()?.to_vec1()?;
-        Ok(Self {
-            batch: shape.batch,
-            seq: shape.seq,
-            heads: shape.heads,
-            kv_heads: shape.kv_heads,
-            head_dim: shape.head_dim,
-            cos: cos.flatten_all()?.to_vec1()?,
-            neg_sin: sin.iter().map(|s| -s).collect(),
-            sin,
-        })
-    }
-
-    /// The attention output `(N, heads·d)` for queries, keys and values as rows.
-    pub(super) fn forward_rows(&self, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
-        let blocks = self.blocks(|example, kv_head| {
-            let key = self.gather(k, self.kv_heads, example, kv_head, true);
-            let value = self.gather(v, self.kv_heads, example, kv_head, false);
-            (kv_head * self.group()..(kv_head + 1) * self.group())
-                .map(|head| {
-                    let p = self.probs(&self.gather(q, self.heads, example, head, true), &key);
-                    let mut out = vec![0f32; self.seq * self.head_dim];
-                    matmul_with(
-                        Dense::new(&p, self.seq, self.seq),
-                        Dense::new(&value, self.seq, self.head_dim),
-                        &mut out,
-                        false,
-                        false,
-                    );
-                    out
-                })
-                .collect::<Vec<_>>()
-        });
-        let mut out = vec![0f32; q.len()];
-        for (i, heads) in blocks.iter().enumerate() {
-            let (example, kv_head) = (i / self.kv_heads, i % self.kv_heads);
-            for (g, rows) in heads.iter().enumerate() {
-                self.scatter(&mut out, self.heads, example, kv_head * self.group() + g, rows);
-            }
-        }
-        out
-    }
-
-    /// The gradients of queries, keys and values for the output gradient `grad`.
-    pub(super) fn backward_rows(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        grad: &[f32],
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let blocks = self.blocks(|example, kv_head| self.backward_block(q, k, v, grad, example, kv_head));
-        let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
-        for (i, block) in blocks.iter().enumerate() {
-            let (example, kv_head) = (i / self.kv_heads, i % self.kv_heads);
-            for (g, rows) in block.dq.iter().enumerate() {
-                self.scatter(&mut dq, self.heads, example, kv_head * self.group() + g, rows);
-            }
-            self.scatter(&mut dk, self.kv_heads, example, kv_head, &block.dk);
-            self.scatter(&mut dv, self.kv_heads, example, kv_head, &block.dv);
-        }
-        (dq, dk, dv)
-    }
-}
-
-/// Shapes of an attention call: `batch` sequences of `seq` positions, heads and kv heads of
-/// `head_dim`.
-#[derive(Clone, Copy)]
-pub(crate) struct AttentionShape {
-    pub(crate) batch: usize,
-    pub(crate) seq: usize,
-    pub(crate) heads: usize,
-    pub(crate) kv_heads: usize,
-    pub(crate) head_dim: usize,
-}
-
-/// Causal attention with RoPE; `cos`, `sin`: `(≥ seq, d/2)` tables. See [`Attention`].
-pub(crate) fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    shape: AttentionShape,
-    cos: &Tensor,
-    sin: &Tensor,
-) -> Result<Tensor> {
-    if !q.device().is_cpu() {
-        let (cos, sin) = (cos.narrow(0, 0, shape.seq)?, sin.narrow(0, 0, shape.seq)?);
-        return reference::attention(q, k, v, shape, &cos, &sin);
-    }
-    let op = Attention::new(shape, cos, sin)?;
-    Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
-}
-
 /// The same layers composed from candle tensor ops: the path on devices other than the CPU,
 /// and the reference the fused ops are tested against.
 pub(crate) mod reference {
     use candle_core::{D, Tensor};
 
-    use super::AttentionShape;
     use crate::error::Result;
+    use crate::train::attention::AttentionShape;
 
     /// `x·Wᵀ + scale·((x∘mask)·Aᵀ)·Bᵀ` from tensor ops.
     pub(crate) fn lora_linear(
@@ -876,6 +513,8 @@ mod tests {
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     use super::*;
+    use crate::train::attention::{AttentionShape, attention};
+    use crate::train::lm_head::{VOCAB_CHUNK, lm_head_loss};
 
     fn random(rng: &mut StdRng, shape: (usize, usize)) -> Var {
         let values: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.random_range(-1.5..1.5)).collect();

@@ -258,9 +258,9 @@ impl GradientProbe {
             index_bytes.extend_from_slice(hash.as_bytes());
             index_bytes.extend_from_slice(&row.to_le_bytes());
         }
-        super::write_file(&dir.join(INDEX_FILE), &index_bytes)?;
+        super::checkpoint::write_file(&dir.join(INDEX_FILE), &index_bytes)?;
         let header = self.header(unique.len(), dtype, adapter);
-        super::write_json(&dir.join(HEADER_FILE), &header)?;
+        super::checkpoint::write_json(&dir.join(HEADER_FILE), &header)?;
         Ok(header)
     }
 }

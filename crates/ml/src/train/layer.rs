@@ -15,9 +15,10 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
+use super::attention::{Attention, AttentionShape};
 use super::fused::{
-    Attention, AttentionShape, FrozenWeight, LowRank, add_in_place, host, lock, rms_norm_backward, rms_norm_forward,
-    slice, swiglu_backward, swiglu_forward,
+    FrozenWeight, LowRank, add_in_place, host, lock, rms_norm_backward, rms_norm_forward, slice, swiglu_backward,
+    swiglu_forward,
 };
 use crate::error::Result;
 use crate::lora::Target;

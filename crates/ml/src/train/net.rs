@@ -9,8 +9,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rayon::prelude::*;
 
-use super::fused::{AttentionShape, FrozenWeight, attention, frozen, lm_head_loss, lora_linear, rms_norm, swiglu};
+use super::attention::{AttentionShape, attention};
+use super::fused::{FrozenWeight, frozen, lora_linear, rms_norm, swiglu};
 use super::layer::{LayerCall, LayerWeights, LoraSlot, decoder_layer};
+use super::lm_head::lm_head_loss;
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
 use crate::lora::Target;
