@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use openledger_core::{Amount, Config, ContentHash, MerkleProof, ServiceKind};
 use openledger_datanet_ingest::signing;
@@ -23,34 +23,7 @@ const CHUNK: usize = 256 * 1024;
 #[derive(Subcommand)]
 pub enum DatanetCommand {
     /// Create a Datanet owned by the key
-    Create {
-        #[arg(long)]
-        slug: String,
-        #[arg(long)]
-        name: String,
-        #[arg(long, value_enum)]
-        schema: Schema,
-        /// Labels records may carry (labelled-text), comma-separated
-        #[arg(long, value_delimiter = ',')]
-        labels: Vec<String>,
-        #[arg(long, default_value = "")]
-        summary: String,
-        #[arg(long, value_delimiter = ',')]
-        tags: Vec<String>,
-        #[arg(long, default_value = "CC-BY-4.0")]
-        licence: String,
-        /// Visible only to the owner, validators and grantees
-        #[arg(long)]
-        private: bool,
-        /// Stake bond per contribution, in OPEN
-        #[arg(long, value_parser = parse_amount, default_value = "0")]
-        stake: Amount,
-        /// A validator's public key (hex); repeat for several
-        #[arg(long)]
-        validator: Vec<String>,
-        #[arg(long, value_name = "FILE")]
-        key_file: PathBuf,
-    },
+    Create(CreateArgs),
     /// Contribute files (txt, md, jsonl, csv, pdf, docx), each a signed contribution
     Contribute {
         datanet: String,
@@ -113,6 +86,37 @@ pub enum DatanetCommand {
     },
 }
 
+/// What `datanet create` takes.
+#[derive(Args)]
+pub struct CreateArgs {
+    #[arg(long)]
+    slug: String,
+    #[arg(long)]
+    name: String,
+    #[arg(long, value_enum)]
+    schema: Schema,
+    /// Labels records may carry (labelled-text), comma-separated
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    #[arg(long, default_value = "")]
+    summary: String,
+    #[arg(long, value_delimiter = ',')]
+    tags: Vec<String>,
+    #[arg(long, default_value = "CC-BY-4.0")]
+    licence: String,
+    /// Visible only to the owner, validators and grantees
+    #[arg(long)]
+    private: bool,
+    /// Stake bond per contribution, in OPEN
+    #[arg(long, value_parser = parse_amount, default_value = "0")]
+    stake: Amount,
+    /// A validator's public key (hex); repeat for several
+    #[arg(long)]
+    validator: Vec<String>,
+    #[arg(long, value_name = "FILE")]
+    key_file: PathBuf,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Schema {
     FreeText,
@@ -133,184 +137,210 @@ pub async fn run(command: DatanetCommand, config: &Config) -> anyhow::Result<boo
 async fn run_command(command: DatanetCommand, config: &Config) -> anyhow::Result<bool> {
     let channel = crate::service_channel(ServiceKind::DatanetIngest, config.datanet_url.clone(), config)?;
     let mut client = DatanetServiceClient::new(channel);
+    let client = &mut client;
     match command {
-        DatanetCommand::Create {
-            slug,
-            name,
-            schema,
-            labels,
-            summary,
-            tags,
-            licence,
-            private,
-            stake,
-            validator,
-            key_file,
-        } => {
-            let key = read_key(&key_file)?;
-            let validators = validator
-                .iter()
-                .map(|key| {
-                    hex::decode(key).map_err(|_| anyhow::anyhow!("--validator {key:?} must be a hex public key"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let datanet = pb::Datanet {
-                slug,
-                name,
-                summary,
-                tags,
-                schema: match schema {
-                    Schema::FreeText => pb::RecordSchema::FreeText,
-                    Schema::InstructionResponse => pb::RecordSchema::InstructionResponse,
-                    Schema::LabelledText => pb::RecordSchema::LabelledText,
-                } as i32,
-                label_set: labels,
-                licence,
-                visibility: if private { pb::Visibility::Private } else { pb::Visibility::Public } as i32,
-                policy: Some(pb::ContributionPolicy {
-                    stake_per_contribution: Some(stake.base_units().into()),
-                    ..Default::default()
-                }),
-                validators,
-                ..Default::default()
-            };
-            let signature = signing::sign(&key, &signing::create_message(&datanet));
-            let created = client
-                .create_datanet(pb::CreateDatanetRequest { datanet: Some(datanet), signature: Some(signature) })
-                .await?
-                .into_inner();
-            println!("datanet {} ({}) created", created.id, created.slug);
-        }
+        DatanetCommand::Create(args) => create(client, args).await,
         DatanetCommand::Contribute { datanet, files, account, key_file } => {
             let key = read_key(&key_file)?;
-            let id = resolve(&mut client, &datanet, Some(&key)).await?;
-            return contribute(&mut client, &id, &files, account, &key).await;
+            let id = resolve(client, &datanet, Some(&key)).await?;
+            contribute(client, &id, &files, account, &key).await
         }
         DatanetCommand::Review { datanet, contribution, approve, reject: _, reason, key_file } => {
-            let key = read_key(&key_file)?;
-            let id = resolve(&mut client, &datanet, Some(&key)).await?;
-            let signature = signing::sign(&key, &signing::review_message(&id, &contribution, approve, &reason));
-            let request = pb::ReviewContributionRequest {
-                datanet_id: id,
-                contribution_id: contribution,
-                approve,
-                reason,
-                signature: Some(signature),
-            };
-            print_contribution(&client.review_contribution(request).await?.into_inner());
+            review(client, &datanet, contribution, approve, reason, &key_file).await
         }
-        DatanetCommand::Publish { datanet, key_file } => {
-            let key = read_key(&key_file)?;
-            let id = resolve(&mut client, &datanet, Some(&key)).await?;
-            let signed_at = signing::now_unix();
-            let signature = signing::sign(&key, &signing::publish_message(&id, signed_at));
-            let request = pb::PublishSnapshotRequest { datanet_id: id, signature: Some(signature), signed_at };
-            print_snapshot(&client.publish_snapshot(request).await?.into_inner());
-        }
-        DatanetCommand::Show { datanet, key_file } => {
-            let key = key_file.as_deref().map(read_key).transpose()?;
-            let found =
-                client.get_datanet(as_caller(pb::GetDatanetRequest { id_or_slug: datanet }, key.as_ref())).await?;
-            let found = found.into_inner();
-            let policy = found.policy.clone().unwrap_or_default();
-            println!("{} ({}): {}", found.name, found.slug, found.summary);
-            println!("  id {}, owner {}, licence {}", found.id, hex::encode(&found.owner), found.licence);
-            println!(
-                "  schema {}, {}, stake {} OPEN per contribution",
-                found.schema().as_str_name().trim_start_matches("RECORD_SCHEMA_").to_lowercase(),
-                found.visibility().as_str_name().trim_start_matches("VISIBILITY_").to_lowercase(),
-                Amount::from_base_units(policy.stake_per_contribution.map(u128::from).unwrap_or(0)),
-            );
-            let latest = pb::GetSnapshotRequest { datanet_id: found.id.clone(), snapshot_id: "latest".into() };
-            match client.get_snapshot(as_caller(latest, key.as_ref())).await {
-                Ok(snapshot) => print_snapshot(snapshot.get_ref()),
-                Err(status) if status.code() == tonic::Code::NotFound => println!("  no version published yet"),
-                Err(status) => return Err(status.into()),
-            }
-            let board = pb::GetLeaderboardRequest { datanet_id: found.id.clone(), limit: 10 };
-            let board = client.get_leaderboard(as_caller(board, key.as_ref())).await?.into_inner();
-            println!("  leaderboard:");
-            for entry in board.entries {
-                println!(
-                    "    {}  {} accepted records, {:.1}% accepted, {} duplicates",
-                    hex::encode(&entry.contributor),
-                    entry.accepted_records,
-                    f64::from(entry.acceptance_ratio_ppt) / 10.0,
-                    entry.duplicates_rejected
-                );
-            }
-        }
+        DatanetCommand::Publish { datanet, key_file } => publish(client, &datanet, &key_file).await,
+        DatanetCommand::Show { datanet, key_file } => show(client, datanet, key_file.as_deref()).await,
         DatanetCommand::Proof { datanet, contribution, snapshot, key_file } => {
-            let key = key_file.as_deref().map(read_key).transpose()?;
-            let id = resolve(&mut client, &datanet, key.as_ref()).await?;
-            let request = pb::GetInclusionProofRequest {
-                datanet_id: id.clone(),
-                snapshot_id: snapshot,
-                contribution_id: contribution,
-            };
-            let proof = client.get_inclusion_proof(as_caller(request, key.as_ref())).await?.into_inner();
-            let sealed = pb::GetSnapshotRequest { datanet_id: id, snapshot_id: proof.snapshot_id.clone() };
-            let sealed = client.get_snapshot(as_caller(sealed, key.as_ref())).await?.into_inner();
-            let root = hash(sealed.merkle_root.as_ref())?;
-            println!("version {} (snapshot {}), root {}", sealed.version, sealed.id, root.to_hex());
-            let mut all_good = true;
-            for record in &proof.records {
-                let inclusion = record.proof.clone().unwrap_or_default();
-                let leaf = hash(record.record_hash.as_ref())?;
-                let path = inclusion.path.iter().map(|node| hash(Some(node))).collect::<Result<Vec<_>, _>>()?;
-                let checked = MerkleProof { leaf_index: inclusion.leaf_index, tree_size: inclusion.tree_size, path };
-                let good = checked.verify(&leaf, &root);
-                all_good &= good;
-                println!(
-                    "  record {} at {} of {}: {}",
-                    leaf.to_hex(),
-                    inclusion.leaf_index,
-                    inclusion.tree_size,
-                    if good { "verified" } else { "DOES NOT VERIFY" }
-                );
-            }
-            return Ok(all_good);
+            proof(client, &datanet, contribution, snapshot, key_file.as_deref()).await
         }
         DatanetCommand::Grant { datanet, purpose, grant, approve, deny: _, key_file } => {
-            let key = read_key(&key_file)?;
-            let decided = match (grant, purpose) {
-                (Some(grant), _) => {
-                    let id = resolve(&mut client, &datanet, Some(&key)).await?;
-                    let signed_at = signing::now_unix();
-                    let message = signing::access_decision_message(&id, &grant, approve, signed_at);
-                    let request = pb::DecideAccessRequest {
-                        datanet_id: id,
-                        grant_id: grant,
-                        approve,
-                        signature: Some(signing::sign(&key, &message)),
-                        signed_at,
-                    };
-                    client.decide_access(request).await?.into_inner()
-                }
-                (None, Some(purpose)) => {
-                    // Private Datanets are invisible to outsiders: access is asked for by id.
-                    let id = resolve(&mut client, &datanet, Some(&key)).await.unwrap_or(datanet);
-                    let signature = signing::sign(&key, &signing::access_request_message(&id, &purpose));
-                    let request = pb::RequestAccessRequest { datanet_id: id, purpose, signature: Some(signature) };
-                    client.request_access(request).await?.into_inner()
-                }
-                (None, None) => anyhow::bail!("give --purpose to request access, or --grant ID with --approve/--deny"),
-            };
-            println!(
-                "grant {}: {} for {} ({})",
-                decided.id,
-                decided.state,
-                hex::encode(&decided.grantee),
-                decided.purpose
-            );
+            access(client, datanet, purpose, grant, approve, &key_file).await
         }
     }
+}
+
+type Client = DatanetServiceClient<Channel>;
+
+async fn create(client: &mut Client, args: CreateArgs) -> anyhow::Result<bool> {
+    let CreateArgs { slug, name, schema, labels, summary, tags, licence, private, stake, validator, key_file } = args;
+    let key = read_key(&key_file)?;
+    let validators = validator
+        .iter()
+        .map(|key| hex::decode(key).map_err(|_| anyhow::anyhow!("--validator {key:?} must be a hex public key")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let datanet = pb::Datanet {
+        slug,
+        name,
+        summary,
+        tags,
+        schema: match schema {
+            Schema::FreeText => pb::RecordSchema::FreeText,
+            Schema::InstructionResponse => pb::RecordSchema::InstructionResponse,
+            Schema::LabelledText => pb::RecordSchema::LabelledText,
+        } as i32,
+        label_set: labels,
+        licence,
+        visibility: if private { pb::Visibility::Private } else { pb::Visibility::Public } as i32,
+        policy: Some(pb::ContributionPolicy {
+            stake_per_contribution: Some(stake.base_units().into()),
+            ..Default::default()
+        }),
+        validators,
+        ..Default::default()
+    };
+    let signature = signing::sign(&key, &signing::create_message(&datanet));
+    let created = client
+        .create_datanet(pb::CreateDatanetRequest { datanet: Some(datanet), signature: Some(signature) })
+        .await?
+        .into_inner();
+    println!("datanet {} ({}) created", created.id, created.slug);
+    Ok(true)
+}
+
+async fn review(
+    client: &mut Client,
+    datanet: &str,
+    contribution: String,
+    approve: bool,
+    reason: String,
+    key_file: &Path,
+) -> anyhow::Result<bool> {
+    let key = read_key(key_file)?;
+    let id = resolve(client, datanet, Some(&key)).await?;
+    let signature = signing::sign(&key, &signing::review_message(&id, &contribution, approve, &reason));
+    let request = pb::ReviewContributionRequest {
+        datanet_id: id,
+        contribution_id: contribution,
+        approve,
+        reason,
+        signature: Some(signature),
+    };
+    print_contribution(&client.review_contribution(request).await?.into_inner());
+    Ok(true)
+}
+
+async fn publish(client: &mut Client, datanet: &str, key_file: &Path) -> anyhow::Result<bool> {
+    let key = read_key(key_file)?;
+    let id = resolve(client, datanet, Some(&key)).await?;
+    let signed_at = signing::now_unix();
+    let signature = signing::sign(&key, &signing::publish_message(&id, signed_at));
+    let request = pb::PublishSnapshotRequest { datanet_id: id, signature: Some(signature), signed_at };
+    print_snapshot(&client.publish_snapshot(request).await?.into_inner());
+    Ok(true)
+}
+
+/// A Datanet, its latest version and the top of its leaderboard.
+async fn show(client: &mut Client, datanet: String, key_file: Option<&Path>) -> anyhow::Result<bool> {
+    let key = key_file.map(read_key).transpose()?;
+    let found = client.get_datanet(as_caller(pb::GetDatanetRequest { id_or_slug: datanet }, key.as_ref())).await?;
+    let found = found.into_inner();
+    let policy = found.policy.clone().unwrap_or_default();
+    println!("{} ({}): {}", found.name, found.slug, found.summary);
+    println!("  id {}, owner {}, licence {}", found.id, hex::encode(&found.owner), found.licence);
+    println!(
+        "  schema {}, {}, stake {} OPEN per contribution",
+        found.schema().as_str_name().trim_start_matches("RECORD_SCHEMA_").to_lowercase(),
+        found.visibility().as_str_name().trim_start_matches("VISIBILITY_").to_lowercase(),
+        Amount::from_base_units(policy.stake_per_contribution.map(u128::from).unwrap_or(0)),
+    );
+    let latest = pb::GetSnapshotRequest { datanet_id: found.id.clone(), snapshot_id: "latest".into() };
+    match client.get_snapshot(as_caller(latest, key.as_ref())).await {
+        Ok(snapshot) => print_snapshot(snapshot.get_ref()),
+        Err(status) if status.code() == tonic::Code::NotFound => println!("  no version published yet"),
+        Err(status) => return Err(status.into()),
+    }
+    let board = pb::GetLeaderboardRequest { datanet_id: found.id.clone(), limit: 10 };
+    let board = client.get_leaderboard(as_caller(board, key.as_ref())).await?.into_inner();
+    println!("  leaderboard:");
+    for entry in board.entries {
+        println!(
+            "    {}  {} accepted records, {:.1}% accepted, {} duplicates",
+            hex::encode(&entry.contributor),
+            entry.accepted_records,
+            f64::from(entry.acceptance_ratio_ppt) / 10.0,
+            entry.duplicates_rejected
+        );
+    }
+    Ok(true)
+}
+
+/// Fetches a contribution's inclusion proofs and checks each against the version's root; true
+/// when every one verifies.
+async fn proof(
+    client: &mut Client,
+    datanet: &str,
+    contribution: String,
+    snapshot: String,
+    key_file: Option<&Path>,
+) -> anyhow::Result<bool> {
+    let key = key_file.map(read_key).transpose()?;
+    let id = resolve(client, datanet, key.as_ref()).await?;
+    let request =
+        pb::GetInclusionProofRequest { datanet_id: id.clone(), snapshot_id: snapshot, contribution_id: contribution };
+    let proof = client.get_inclusion_proof(as_caller(request, key.as_ref())).await?.into_inner();
+    let sealed = pb::GetSnapshotRequest { datanet_id: id, snapshot_id: proof.snapshot_id.clone() };
+    let sealed = client.get_snapshot(as_caller(sealed, key.as_ref())).await?.into_inner();
+    let root = hash(sealed.merkle_root.as_ref())?;
+    println!("version {} (snapshot {}), root {}", sealed.version, sealed.id, root.to_hex());
+    let mut all_good = true;
+    for record in &proof.records {
+        let inclusion = record.proof.clone().unwrap_or_default();
+        let leaf = hash(record.record_hash.as_ref())?;
+        let path = inclusion.path.iter().map(|node| hash(Some(node))).collect::<Result<Vec<_>, _>>()?;
+        let checked = MerkleProof { leaf_index: inclusion.leaf_index, tree_size: inclusion.tree_size, path };
+        let good = checked.verify(&leaf, &root);
+        all_good &= good;
+        println!(
+            "  record {} at {} of {}: {}",
+            leaf.to_hex(),
+            inclusion.leaf_index,
+            inclusion.tree_size,
+            if good { "verified" } else { "DOES NOT VERIFY" }
+        );
+    }
+    Ok(all_good)
+}
+
+/// Asks for access (`purpose`), or decides a request (`grant` with `approve`).
+async fn access(
+    client: &mut Client,
+    datanet: String,
+    purpose: Option<String>,
+    grant: Option<String>,
+    approve: bool,
+    key_file: &Path,
+) -> anyhow::Result<bool> {
+    let key = read_key(key_file)?;
+    let decided = match (grant, purpose) {
+        (Some(grant), _) => {
+            let id = resolve(client, &datanet, Some(&key)).await?;
+            let signed_at = signing::now_unix();
+            let message = signing::access_decision_message(&id, &grant, approve, signed_at);
+            let request = pb::DecideAccessRequest {
+                datanet_id: id,
+                grant_id: grant,
+                approve,
+                signature: Some(signing::sign(&key, &message)),
+                signed_at,
+            };
+            client.decide_access(request).await?.into_inner()
+        }
+        (None, Some(purpose)) => {
+            // Private Datanets are invisible to outsiders: access is asked for by id.
+            let id = resolve(client, &datanet, Some(&key)).await.unwrap_or(datanet);
+            let signature = signing::sign(&key, &signing::access_request_message(&id, &purpose));
+            let request = pb::RequestAccessRequest { datanet_id: id, purpose, signature: Some(signature) };
+            client.request_access(request).await?.into_inner()
+        }
+        (None, None) => anyhow::bail!("give --purpose to request access, or --grant ID with --approve/--deny"),
+    };
+    println!("grant {}: {} for {} ({})", decided.id, decided.state, hex::encode(&decided.grantee), decided.purpose);
     Ok(true)
 }
 
 /// A Datanet's id from its id or slug.
 async fn resolve(
-    client: &mut DatanetServiceClient<Channel>,
+    client: &mut Client,
     datanet: &str,
     key: Option<&ed25519_dalek::SigningKey>,
 ) -> anyhow::Result<String> {
@@ -328,7 +358,7 @@ fn as_caller<T>(message: T, key: Option<&ed25519_dalek::SigningKey>) -> tonic::R
 
 /// Uploads each file as a signed contribution, with one progress bar over all bytes.
 async fn contribute(
-    client: &mut DatanetServiceClient<Channel>,
+    client: &mut Client,
     datanet_id: &str,
     files: &[PathBuf],
     account: Option<u128>,
