@@ -130,7 +130,8 @@ fn parse_amount(text: &str) -> Result<Amount, String> {
 
 pub async fn run(command: DatanetCommand, config: &Config) -> anyhow::Result<bool> {
     run_command(command, config).await.map_err(|error| {
-        crate::unreachable(ServiceKind::DatanetIngest, "--datanet-url", "OPENLEDGER_DATANET_URL", error)
+        let url = config.datanet_url.clone();
+        crate::unreachable(ServiceKind::DatanetIngest, url, config, ["--datanet-url", "OPENLEDGER_DATANET_URL"], error)
     })
 }
 

@@ -191,9 +191,10 @@ type LedgerClient = pb::ledger_service_client::LedgerServiceClient<tonic::transp
 
 /// Runs a ledger command; the exit code follows the outcome.
 pub async fn run(command: LedgerCommand, config: &Config) -> anyhow::Result<bool> {
-    run_command(command, config)
-        .await
-        .map_err(|error| crate::unreachable(ServiceKind::Ledger, "--ledger-url", "OPENLEDGER_LEDGER_URL", error))
+    run_command(command, config).await.map_err(|error| {
+        let url = config.ledger_url.clone();
+        crate::unreachable(ServiceKind::Ledger, url, config, ["--ledger-url", "OPENLEDGER_LEDGER_URL"], error)
+    })
 }
 
 async fn run_command(command: LedgerCommand, config: &Config) -> anyhow::Result<bool> {

@@ -142,9 +142,15 @@ pub(crate) fn service_channel(
         .map_err(|status| anyhow::anyhow!("cannot reach {service}: {}", status.message()))
 }
 
-/// A client command's error, with what to do when it is that `service` cannot be reached
-/// (`flag` and `env` name its address).
-pub(crate) fn unreachable(service: ServiceKind, flag: &str, env: &str, error: anyhow::Error) -> anyhow::Error {
+/// A client command's error, with what to do when it is that `service` cannot be reached at
+/// `url` (resolved like [`service_channel`]; `flag` and `env` name its address).
+pub(crate) fn unreachable(
+    service: ServiceKind,
+    url: Option<String>,
+    config: &openledger_core::Config,
+    [flag, env]: [&str; 2],
+    error: anyhow::Error,
+) -> anyhow::Error {
     let Some(status) = error.downcast_ref::<tonic::Status>().filter(|s| s.code() == tonic::Code::Unavailable) else {
         return error;
     };
@@ -153,7 +159,10 @@ pub(crate) fn unreachable(service: ServiceKind, flag: &str, env: &str, error: an
         cause = source;
     }
     let cause = if std::ptr::addr_eq(cause, status) { status.message().to_owned() } else { cause.to_string() };
-    anyhow::anyhow!("cannot reach {service} ({cause}): is `openledger dev` running? Name it with {flag} or {env}")
+    let at = ServiceChannel::new(service, url, config, openledger_runtime::Endpoints::default())
+        .url()
+        .map_or_else(|_| String::new(), |url| format!(" at {url}"));
+    anyhow::anyhow!("cannot reach {service}{at} ({cause}): is `openledger dev` running? Name it with {flag} or {env}")
 }
 
 /// Runs a client command: success, a check that failed (`Ok(false)`), or an error.
@@ -212,6 +221,20 @@ mod tests {
         for setting in SERVICE_SETTINGS.iter().chain(&["--ledger-url", "--datanet-url", "--config", "Settings:"]) {
             assert!(!text.contains(setting), "model finetune --help lists {setting}:\n{text}");
         }
+    }
+
+    #[test]
+    fn an_unreachable_service_is_named_with_its_address_and_how_to_change_it() {
+        let config = openledger_core::Config::default();
+        let refused = anyhow::Error::new(tonic::Status::unavailable("connection refused"));
+        let url = Some("http://127.0.0.1:1".to_owned());
+        let flags = ["--ledger-url", "OPENLEDGER_LEDGER_URL"];
+        let message = unreachable(ServiceKind::Ledger, url, &config, flags, refused).to_string();
+        assert!(message.starts_with("cannot reach ledger at http://127.0.0.1:1 ("), "{message}");
+        assert!(message.contains("--ledger-url or OPENLEDGER_LEDGER_URL"), "{message}");
+        let other = anyhow::Error::new(tonic::Status::not_found("no account 7"));
+        let message = unreachable(ServiceKind::Ledger, None, &config, flags, other).to_string();
+        assert!(!message.contains("cannot reach"), "only unavailability is explained: {message}");
     }
 
     #[test]

@@ -36,24 +36,29 @@ impl ServiceChannel {
         }
     }
 
-    /// The channel, or `UNAVAILABLE` while the service's address is not known yet.
-    pub fn channel(&self) -> Result<Channel, Status> {
-        let mut cached = self.cached.lock();
-        if let Some(channel) = cached.as_ref() {
-            return Ok(channel.clone());
-        }
+    /// Where the service is reached, or `UNAVAILABLE` while its address is not known yet.
+    pub fn url(&self) -> Result<String, Status> {
         let in_process = self
             .endpoints
             .all()
             .into_iter()
             .find(|endpoint| endpoint.service == self.service && endpoint.role == "grpc")
             .map(|endpoint| format!("http://{}", endpoint.addr));
-        let url = self.explicit_url.clone().or(in_process).or_else(|| self.fallback_url.clone()).ok_or_else(|| {
+        self.explicit_url.clone().or(in_process).or_else(|| self.fallback_url.clone()).ok_or_else(|| {
             status(
                 ErrorCode::Unavailable,
                 format!("the {} service has not started yet; try again shortly", self.service),
             )
-        })?;
+        })
+    }
+
+    /// The channel, or `UNAVAILABLE` while the service's address is not known yet.
+    pub fn channel(&self) -> Result<Channel, Status> {
+        let mut cached = self.cached.lock();
+        if let Some(channel) = cached.as_ref() {
+            return Ok(channel.clone());
+        }
+        let url = self.url()?;
         let channel = tonic::transport::Endpoint::from_shared(url.clone())
             .map_err(|error| status(ErrorCode::Internal, format!("invalid URL {url} for {}: {error}", self.service)))?
             .connect_timeout(Duration::from_secs(2))
