@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use openledger_migrations::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, Statement};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection};
 
 use crate::StoreError;
 
@@ -40,24 +40,31 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, StoreError> {
 }
 
 /// Applies pending migrations; on PostgreSQL, replicas take turns under an advisory lock.
+///
+/// The lock belongs to a database session, so it is taken and given back on one connection
+/// set apart from the pool for the purpose, and that connection is closed afterwards (which
+/// frees the lock even if the unlock failed). Taken through the pool, the unlock could run on
+/// another session and leave the lock held by an idle pooled connection: the next `migrate`
+/// (another replica, or this process again) would then wait for it forever.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), StoreError> {
-    let postgres = db.get_database_backend() == DatabaseBackend::Postgres;
-    if postgres {
-        db.execute(Statement::from_string(
-            DatabaseBackend::Postgres,
-            format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"),
-        ))
-        .await?;
+    if db.get_database_backend() != DatabaseBackend::Postgres {
+        return apply_pending(db).await;
     }
+    let lock_error = |error: sea_orm::sqlx::Error| StoreError::Migration(format!("the migration lock: {error}"));
+    let mut session = db.get_postgres_connection_pool().acquire().await.map_err(lock_error)?.detach();
+    sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut session)
+        .await
+        .map_err(lock_error)?;
     let applied = apply_pending(db).await;
-    if postgres {
-        db.execute(Statement::from_string(
-            DatabaseBackend::Postgres,
-            format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"),
-        ))
-        .await?;
-    }
-    applied
+    let unlocked =
+        sea_orm::sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK_KEY).execute(&mut session).await;
+    // Closing the session releases its locks whatever the unlock answered.
+    let closed = sea_orm::sqlx::Connection::close(session).await;
+    applied?;
+    unlocked.map_err(lock_error)?;
+    closed.map_err(lock_error)
 }
 
 /// Applies the pending migrations, each logged at debug (a start shows only the summary).

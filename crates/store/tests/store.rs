@@ -98,6 +98,43 @@ async fn postgres_migrations() {
     migrations_apply_once_and_are_idempotent(&postgres(&server).await).await;
 }
 
+/// The migration lock is a session's: it must be given back on the session that took it, or
+/// an idle pooled connection keeps it and the next `migrate` waits forever (seen in CI).
+#[tokio::test]
+async fn postgres_migrations_leave_no_lock_behind_for_the_next_process() {
+    let server = Postgres::start();
+    let db = postgres(&server).await;
+    // Warm the pool, so the lock and the migrations could land on different sessions.
+    let nap = "SELECT pg_sleep(0.05)";
+    let warm = tokio::join!(
+        db.execute_unprepared(nap),
+        db.execute_unprepared(nap),
+        db.execute_unprepared(nap),
+        db.execute_unprepared(nap)
+    );
+    for done in [warm.0, warm.1, warm.2, warm.3] {
+        done.expect("warm the pool");
+    }
+    migrate(&db).await.expect("migrate");
+    let held = db
+        .query_one(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT count(*)::BIGINT AS held FROM pg_locks WHERE locktype = 'advisory'",
+        ))
+        .await
+        .expect("pg_locks")
+        .expect("a row")
+        .try_get::<i64>("", "held")
+        .expect("count");
+    assert_eq!(held, 0, "an advisory lock outlived the migration");
+    // Another process (a replica starting) migrates without waiting.
+    let other = connect(&server.database_url("store_test")).await.expect("connect again");
+    tokio::time::timeout(Duration::from_secs(30), migrate(&other))
+        .await
+        .expect("a second process's migrate waited for a lock nobody gives back")
+        .expect("migrate again");
+}
+
 #[tokio::test]
 async fn sqlite_outbox() {
     outbox_commits_only_with_its_transaction(&sqlite().await.0).await;
