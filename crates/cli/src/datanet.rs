@@ -426,7 +426,7 @@ fn print_contribution(contribution: &pb::Contribution) {
         "{}: contribution {}: {} ({} records, {} duplicates, quality {}, bond {}): {}",
         contribution.file_name,
         contribution.id,
-        contribution.status().as_str_name().trim_start_matches("CONTRIBUTION_STATUS_").to_lowercase(),
+        contribution.status().api_name(),
         contribution.records.len(),
         duplicates,
         contribution.quality_score,
