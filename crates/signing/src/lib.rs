@@ -30,8 +30,13 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 pub use messages::*;
 use openledger_core::ErrorCode;
 
+/// Bytes of an ed25519 public key.
+pub const PUBLIC_KEY_BYTES: usize = ed25519_dalek::PUBLIC_KEY_LENGTH;
+/// Bytes of an ed25519 signature.
+pub const SIGNATURE_BYTES: usize = ed25519_dalek::SIGNATURE_LENGTH;
+
 /// A signer's ed25519 public key.
-pub type Key = [u8; 32];
+pub type Key = [u8; PUBLIC_KEY_BYTES];
 
 /// How far a `signed_at` (or a caller header's timestamp) may be from the server's clock, in
 /// seconds, either way.
@@ -65,7 +70,7 @@ impl SigningError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Signed {
     pub public_key: Key,
-    pub signature: [u8; 64],
+    pub signature: [u8; SIGNATURE_BYTES],
 }
 
 impl Signed {
@@ -95,7 +100,8 @@ pub fn sign(key: &SigningKey, message: &[u8]) -> Signed {
 /// Checks that `signature` by `public_key` signs `message`; returns the key.
 pub fn verify(public_key: &[u8], signature: &[u8], message: &[u8]) -> Result<Key, SigningError> {
     let key: Key = public_key.try_into().map_err(|_| SigningError::KeyLength(public_key.len()))?;
-    let signature: [u8; 64] = signature.try_into().map_err(|_| SigningError::SignatureLength(signature.len()))?;
+    let signature: [u8; SIGNATURE_BYTES] =
+        signature.try_into().map_err(|_| SigningError::SignatureLength(signature.len()))?;
     VerifyingKey::from_bytes(&key)
         .and_then(|verifying| verifying.verify_strict(message, &Signature::from_bytes(&signature)))
         .map_err(|_| SigningError::DoesNotVerify { message: String::from_utf8_lossy(message).into_owned() })?;

@@ -5,13 +5,9 @@
 
 use openledger_core::ErrorCode;
 use openledger_proto::common::v1 as common;
+use openledger_signing::{PUBLIC_KEY_BYTES, SIGNATURE_BYTES};
 
 use super::error::ApiError;
-
-/// Bytes of an ed25519 public key.
-pub const PUBLIC_KEY_BYTES: usize = 32;
-/// Bytes of an ed25519 signature.
-pub const SIGNATURE_BYTES: usize = 64;
 
 /// The wire signature from its hex fields, or 401 naming what is wrong.
 pub fn signature(public_key: &str, signature: &str) -> Result<common::Signature, ApiError> {
