@@ -1,8 +1,8 @@
 """The dedup step of Python `datasketch` MinHashLSH on the corpus the Rust bench writes.
 
-Reads the JSON lines of `cargo bench -p openledger-datanet-ingest --bench dedup -- --write-corpus PATH`
+Reads the JSON lines of `cargo bench -p openledger-screen --bench dedup -- --write-corpus PATH`
 and runs, per record and in corpus order: shingle the text, build a 128-permutation MinHash,
-`lsh.query`, then `lsh.insert` -- the same step `services/datanet-ingest/benches/dedup.rs`
+`lsh.query`, then `lsh.insert` -- the same step `crates/screen/benches/dedup.rs`
 times for the Rust index. Single-threaded (datasketch is); run it pinned (`taskset -c 1`).
 
 Shingles are formed exactly as `dedup::shingles` forms them: lower case, split on whitespace,

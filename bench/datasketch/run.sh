@@ -20,6 +20,6 @@ repeat=${REPEAT:-3}
 "$venv/bin/pip" install -q datasketch==2.0.0 numpy==2.4.6 xxhash==4.1.0
 mkdir -p "$(dirname "$corpus")"
 
-cargo bench -q -p openledger-datanet-ingest --bench dedup --no-run
-taskset -c "$core" cargo bench -q -p openledger-datanet-ingest --bench dedup -- "$records" --repeat "$repeat" --write-corpus "$corpus"
+cargo bench -q -p openledger-screen --bench dedup --no-run
+taskset -c "$core" cargo bench -q -p openledger-screen --bench dedup -- "$records" --repeat "$repeat" --write-corpus "$corpus"
 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 taskset -c "$core" "$venv/bin/python" bench/datasketch/compare.py "$corpus" --repeat "$repeat" "$@"

@@ -2,7 +2,8 @@
 //! sealed versions with Merkle proofs and access grants.
 //!
 //! - [`parse`] turns a file (txt, md, jsonl, csv, pdf, docx) into normalized records;
-//! - [`quality`] scores records from cheap signals; [`dedup`] finds near-duplicates;
+//! - [`quality`] scores records from cheap signals; [`dedup`] finds near-duplicates (both from
+//!   `openledger-screen`, which attribution shares);
 //! - [`datanets`] is the service's core (policy, contributions, review, snapshots, access);
 //! - [`limits`] holds every limit and policy default, and the relations between them;
 //! - [`bonds`] holds, releases and slashes stake bonds on the ledger;
@@ -11,12 +12,12 @@
 mod api;
 pub mod bonds;
 pub mod datanets;
-pub mod dedup;
 mod entities;
 pub mod limits;
 pub mod parse;
-pub mod quality;
 pub mod signing;
+
+pub use openledger_screen::{dedup, quality};
 
 use std::{sync::Arc, time::Duration};
 

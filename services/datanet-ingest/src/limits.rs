@@ -55,7 +55,7 @@ pub const INDEX_BYTES_PER_RECORD: usize = 1_500;
 /// Resident bytes of all duplicate indexes in one process by default (2 GiB).
 pub const DEFAULT_INDEX_BUDGET_BYTES: usize = 2 << 30;
 /// Records one Datanet's index holds at most (see `dedup::DedupParams`).
-pub const MAX_INDEXED_RECORDS: usize = 1_000_000;
+pub use openledger_screen::MAX_INDEXED_RECORDS;
 // One full index fits the default budget, so a Datanet at its limit can always be loaded.
 const _: () = assert!(MAX_INDEXED_RECORDS * INDEX_BYTES_PER_RECORD <= DEFAULT_INDEX_BUDGET_BYTES);
 /// Records read per query when an index is rebuilt from the database.

@@ -42,7 +42,7 @@ impl Default for DedupParams {
             bands: 32,
             threshold: 0.8,
             shingle_words: 5,
-            max_records: crate::limits::MAX_INDEXED_RECORDS,
+            max_records: crate::MAX_INDEXED_RECORDS,
         }
     }
 }

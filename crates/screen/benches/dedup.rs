@@ -1,6 +1,6 @@
 //! The dedup step alone (signature, lookup, insert) on 1 KB records, single-threaded, over a
 //! generated corpus with planted near-duplicates, so one run measures speed and quality.
-//! Run: `cargo bench -p openledger-datanet-ingest --bench dedup [-- RECORDS] [--repeat N] [--write-corpus PATH]`.
+//! Run: `cargo bench -p openledger-screen --bench dedup [-- RECORDS] [--repeat N] [--write-corpus PATH]`.
 //! `--repeat N` times N passes (each with a fresh index) and reports the fastest.
 //!
 //! `--write-corpus PATH` also writes the corpus as JSON lines
@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::io::{BufWriter, Write};
 use std::time::Instant;
 
-use openledger_datanet_ingest::dedup::{self, DedupParams, MinHasher, NearDuplicateIndex};
+use openledger_screen::dedup::{self, DedupParams, MinHasher, NearDuplicateIndex};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 /// About 1 KB per record: 170 words of 5–6 characters.

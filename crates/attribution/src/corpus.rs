@@ -1,0 +1,214 @@
+//! The records of one sealed Datanet version as attribution sees them: in the version's order
+//! (its acceptance order, so the first copy of a text is the first accepted one), each with
+//! its content hash, contribution and contributor.
+//!
+//! On disk this is the export `openledger datanet export` writes: a directory with
+//! `records.jsonl` and `manifest.json`. Each line of `records.jsonl` is the record's own body
+//! (`{"text"}`, `{"text","label"}`, `{"instruction","response"}` or `{"messages"}`, so
+//! `openledger model finetune` trains on the file as it is) plus one member
+//! `"_openledger": {"position", "record", "contribution", "contributor"}` that training ignores.
+
+use std::path::Path;
+
+use openledger_core::ContentHash;
+use openledger_ml::train::data::{RecordKind, parse_records};
+use serde::{Deserialize, Serialize};
+
+use crate::{AttributionError, Result};
+
+/// The file names of an export directory.
+pub const RECORDS_FILE: &str = "records.jsonl";
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const EXPORT_FORMAT: &str = "openledger-datanet-export/1";
+/// The member of each exported line that names where the record came from.
+pub const PROVENANCE_MEMBER: &str = "_openledger";
+
+/// What an export is a copy of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub datanet_id: String,
+    pub slug: String,
+    pub version: u64,
+    pub snapshot_id: String,
+    /// The version's Merkle root, hex.
+    pub merkle_root: String,
+    pub records: u64,
+}
+
+impl Manifest {
+    /// The name a lineage gives the dataset: `datanet:<slug>@<version>`.
+    pub fn dataset_name(&self) -> String {
+        format!("datanet:{}@{}", self.slug, self.version)
+    }
+}
+
+/// Where one exported record came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub position: u64,
+    /// The record's content hash, hex.
+    pub record: String,
+    pub contribution: String,
+    /// The contributor's public key, hex.
+    pub contributor: String,
+}
+
+/// One record of a version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CorpusRecord {
+    /// Place in the version's order: lower was accepted first.
+    pub position: u64,
+    pub hash: ContentHash,
+    pub contribution: String,
+    /// The contributor's public key, hex.
+    pub contributor: String,
+    /// The text spans are matched against: the record's string fields joined by newlines
+    /// (prompt then completion; a chat's messages in order).
+    pub text: String,
+}
+
+/// The records of one version, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Corpus {
+    /// `datanet:<slug>@<version>`, or a file name for a corpus that is not a Datanet version.
+    pub name: String,
+    pub manifest: Option<Manifest>,
+    pub kind: RecordKind,
+    pub records: Vec<CorpusRecord>,
+}
+
+impl Corpus {
+    /// Builds a corpus from records already in the version's order; positions must increase.
+    pub fn new(name: impl Into<String>, kind: RecordKind, records: Vec<CorpusRecord>) -> Result<Self> {
+        if records.is_empty() {
+            return Err(AttributionError::invalid("the corpus has no records: an empty Datanet version has nothing to attribute"));
+        }
+        if let Some(pair) = records.windows(2).find(|pair| pair[0].position >= pair[1].position) {
+            return Err(AttributionError::invalid(format!(
+                "record positions must increase: {} comes after {}",
+                pair[1].position, pair[0].position
+            )));
+        }
+        Ok(Self { name: name.into(), manifest: None, kind, records })
+    }
+
+    /// Reads an export directory (see the module doc).
+    pub fn read_export(dir: &Path) -> Result<Self> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&manifest_path).map_err(|e| AttributionError::io(&manifest_path, e))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| AttributionError::corrupt(manifest_path.display().to_string(), e))?;
+        if manifest.format != EXPORT_FORMAT {
+            return Err(AttributionError::corrupt(
+                manifest_path.display().to_string(),
+                format!("format {:?}, expected {EXPORT_FORMAT:?}", manifest.format),
+            ));
+        }
+        let records_path = dir.join(RECORDS_FILE);
+        let text = std::fs::read_to_string(&records_path).map_err(|e| AttributionError::io(&records_path, e))?;
+        let mut corpus = Self::parse_jsonl(&manifest.dataset_name(), &text)
+            .map_err(|e| AttributionError::invalid(format!("{}: {e}", records_path.display())))?;
+        if corpus.records.len() as u64 != manifest.records {
+            return Err(AttributionError::corrupt(
+                records_path.display().to_string(),
+                format!("{} records, the manifest says {}", corpus.records.len(), manifest.records),
+            ));
+        }
+        corpus.manifest = Some(manifest);
+        Ok(corpus)
+    }
+
+    /// Parses exported JSONL: every line must carry its provenance, and its hash must be the
+    /// hash of its body.
+    pub fn parse_jsonl(name: &str, text: &str) -> std::result::Result<Self, String> {
+        let (kind, parsed) = parse_records(text)?;
+        let mut records = Vec::with_capacity(parsed.len());
+        let lines = text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty());
+        for ((index, line), record) in lines.zip(parsed) {
+            let line_no = index + 1;
+            let value: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("line {line_no}: {e}"))?;
+            let provenance = value.get(PROVENANCE_MEMBER).ok_or_else(|| {
+                format!("line {line_no}: no {PROVENANCE_MEMBER:?} member: export the version with `openledger datanet export`")
+            })?;
+            let provenance: Provenance = serde_json::from_value(provenance.clone())
+                .map_err(|e| format!("line {line_no}: {PROVENANCE_MEMBER}: {e}"))?;
+            if provenance.record != record.hash.to_hex() {
+                return Err(format!(
+                    "line {line_no}: the record's hash is {}, its provenance says {}",
+                    record.hash, provenance.record
+                ));
+            }
+            let mut text = String::new();
+            for message in &record.prompt {
+                text.push_str(&message.content);
+                text.push('\n');
+            }
+            text.push_str(&record.completion);
+            records.push(CorpusRecord {
+                position: provenance.position,
+                hash: record.hash,
+                contribution: provenance.contribution,
+                contributor: provenance.contributor,
+                text,
+            });
+        }
+        Self::new(name, kind, records).map_err(|e| e.to_string())
+    }
+
+    /// Distinct contributors, sorted.
+    pub fn contributors(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self.records.iter().map(|r| r.contributor.as_str()).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// The index of a record by hash (the first one, if a hash repeats).
+    pub fn position_of(&self, hash: &ContentHash) -> Option<usize> {
+        self.records.iter().position(|r| r.hash == *hash)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use openledger_core::record::record_hash;
+
+    use super::*;
+
+    fn line(position: u64, text: &str, label: &str, contribution: &str, contributor: &str) -> String {
+        let hash = record_hash(&[("text", text), ("label", label)]);
+        serde_json::json!({
+            "text": text, "label": label,
+            "_openledger": {"position": position, "record": hash.to_hex(), "contribution": contribution, "contributor": contributor},
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn an_export_line_keeps_its_provenance_and_text() {
+        let text = [line(0, "good food", "pos", "c1", "aa"), line(3, "bad food", "neg", "c2", "bb")].join("\n");
+        let corpus = Corpus::parse_jsonl("datanet:x@1", &text).unwrap();
+        assert_eq!(corpus.kind, RecordKind::Labelled);
+        assert_eq!(corpus.records[1].position, 3);
+        assert_eq!(corpus.records[1].contribution, "c2");
+        assert_eq!(corpus.records[1].text, "bad food\nneg");
+        assert_eq!(corpus.contributors(), ["aa", "bb"]);
+    }
+
+    #[test]
+    fn a_line_without_provenance_or_with_a_wrong_hash_is_refused() {
+        let error = Corpus::parse_jsonl("x", r#"{"text":"a b","label":"c"}"#).unwrap_err();
+        assert!(error.contains("openledger datanet export"), "{error}");
+        let forged = line(0, "a b", "c", "c1", "aa").replace("\"a b\"", "\"a c\"");
+        assert!(Corpus::parse_jsonl("x", &forged).unwrap_err().contains("hash"));
+    }
+
+    #[test]
+    fn positions_must_increase_and_a_corpus_is_not_empty() {
+        let text = [line(2, "a", "x", "c1", "aa"), line(1, "b", "x", "c1", "aa")].join("\n");
+        assert!(Corpus::parse_jsonl("x", &text).unwrap_err().contains("increase"));
+        assert!(Corpus::new("x", RecordKind::Text, vec![]).is_err());
+    }
+}
