@@ -37,6 +37,34 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The manifest of the export a records file belongs to, if it is one (`manifest.json` in
+    /// the same directory as `records.jsonl`).
+    pub fn beside(records_file: &Path) -> Result<Option<Self>> {
+        if records_file.file_name().is_none_or(|name| name != RECORDS_FILE) {
+            return Ok(None);
+        }
+        let Some(dir) = records_file.parent() else { return Ok(None) };
+        if !dir.join(MANIFEST_FILE).exists() {
+            return Ok(None);
+        }
+        Self::read(dir).map(Some)
+    }
+
+    /// Reads and checks `manifest.json` of an export directory.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| AttributionError::io(&path, e))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| AttributionError::corrupt(path.display().to_string(), e))?;
+        if manifest.format != EXPORT_FORMAT {
+            return Err(AttributionError::corrupt(
+                path.display().to_string(),
+                format!("format {:?}, expected {EXPORT_FORMAT:?}", manifest.format),
+            ));
+        }
+        Ok(manifest)
+    }
+
     /// The name a lineage gives the dataset: `datanet:<slug>@<version>`.
     pub fn dataset_name(&self) -> String {
         format!("datanet:{}@{}", self.slug, self.version)
@@ -82,7 +110,9 @@ impl Corpus {
     /// Builds a corpus from records already in the version's order; positions must increase.
     pub fn new(name: impl Into<String>, kind: RecordKind, records: Vec<CorpusRecord>) -> Result<Self> {
         if records.is_empty() {
-            return Err(AttributionError::invalid("the corpus has no records: an empty Datanet version has nothing to attribute"));
+            return Err(AttributionError::invalid(
+                "the corpus has no records: an empty Datanet version has nothing to attribute",
+            ));
         }
         if let Some(pair) = records.windows(2).find(|pair| pair[0].position >= pair[1].position) {
             return Err(AttributionError::invalid(format!(
@@ -95,16 +125,7 @@ impl Corpus {
 
     /// Reads an export directory (see the module doc).
     pub fn read_export(dir: &Path) -> Result<Self> {
-        let manifest_path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&manifest_path).map_err(|e| AttributionError::io(&manifest_path, e))?;
-        let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|e| AttributionError::corrupt(manifest_path.display().to_string(), e))?;
-        if manifest.format != EXPORT_FORMAT {
-            return Err(AttributionError::corrupt(
-                manifest_path.display().to_string(),
-                format!("format {:?}, expected {EXPORT_FORMAT:?}", manifest.format),
-            ));
-        }
+        let manifest = Manifest::read(dir)?;
         let records_path = dir.join(RECORDS_FILE);
         let text = std::fs::read_to_string(&records_path).map_err(|e| AttributionError::io(&records_path, e))?;
         let mut corpus = Self::parse_jsonl(&manifest.dataset_name(), &text)
@@ -113,6 +134,14 @@ impl Corpus {
             return Err(AttributionError::corrupt(
                 records_path.display().to_string(),
                 format!("{} records, the manifest says {}", corpus.records.len(), manifest.records),
+            ));
+        }
+        let leaves: Vec<ContentHash> = corpus.records.iter().map(|r| r.hash).collect();
+        let root = openledger_core::MerkleTree::new(&leaves).root();
+        if root.to_hex() != manifest.merkle_root {
+            return Err(AttributionError::corrupt(
+                records_path.display().to_string(),
+                format!("its records hash to {root}, not to the version's root {}", manifest.merkle_root),
             ));
         }
         corpus.manifest = Some(manifest);
@@ -203,6 +232,31 @@ mod tests {
         assert!(error.contains("openledger datanet export"), "{error}");
         let forged = line(0, "a b", "c", "c1", "aa").replace("\"a b\"", "\"a c\"");
         assert!(Corpus::parse_jsonl("x", &forged).unwrap_err().contains("hash"));
+    }
+
+    #[test]
+    fn an_export_directory_is_checked_against_its_manifest_and_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = [line(0, "good food", "pos", "c1", "aa"), line(1, "bad food", "neg", "c2", "bb")];
+        let corpus = Corpus::parse_jsonl("x", &lines.join("\n")).unwrap();
+        let leaves: Vec<ContentHash> = corpus.records.iter().map(|r| r.hash).collect();
+        let mut manifest = Manifest {
+            format: EXPORT_FORMAT.into(),
+            datanet_id: "d".into(),
+            slug: "food".into(),
+            version: 2,
+            snapshot_id: "s".into(),
+            merkle_root: openledger_core::MerkleTree::new(&leaves).root().to_hex(),
+            records: 2,
+        };
+        std::fs::write(dir.path().join(RECORDS_FILE), lines.join("\n")).unwrap();
+        std::fs::write(dir.path().join(MANIFEST_FILE), serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let read = Corpus::read_export(dir.path()).unwrap();
+        assert_eq!(read.name, "datanet:food@2");
+        assert_eq!(Manifest::beside(&dir.path().join(RECORDS_FILE)).unwrap(), Some(manifest.clone()));
+        manifest.merkle_root = ContentHash::of(b"other").to_hex();
+        std::fs::write(dir.path().join(MANIFEST_FILE), serde_json::to_vec(&manifest).unwrap()).unwrap();
+        assert!(matches!(Corpus::read_export(dir.path()), Err(AttributionError::Corrupt { .. })));
     }
 
     #[test]

@@ -70,6 +70,22 @@ pub enum DatanetCommand {
         #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
     },
+    /// Write a sealed version's records (read through your approved grant) as a directory that
+    /// `openledger model finetune` trains on and `openledger attribution` reads:
+    /// records.jsonl (each record with its provenance) and manifest.json. A version is
+    /// `<slug>@<number>`, `<slug>@latest` or `<slug>` (latest)
+    Export {
+        /// `<slug-or-id>[@<version>]`
+        version: String,
+        /// Your approved grant on the Datanet (`openledger datanet grant … --purpose`)
+        #[arg(long)]
+        grant: String,
+        /// The directory to write; it must not exist (written whole or not at all)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+    },
     /// Ask for access to train on a Datanet (with --purpose), or decide a request (owner: --grant ID --approve/--deny)
     Grant {
         datanet: String,
@@ -153,6 +169,9 @@ async fn run_command(command: DatanetCommand, config: &Config) -> anyhow::Result
         DatanetCommand::Show { datanet, key_file } => show(client, datanet, key_file.as_deref()).await,
         DatanetCommand::Proof { datanet, contribution, snapshot, key_file } => {
             proof(client, &datanet, contribution, snapshot, key_file.as_deref()).await
+        }
+        DatanetCommand::Export { version, grant, out, key_file } => {
+            export(client, &version, grant, &out, &key_file).await
         }
         DatanetCommand::Grant { datanet, purpose, grant, approve, deny: _, key_file } => {
             access(client, datanet, purpose, grant, approve, &key_file).await
@@ -300,6 +319,85 @@ async fn proof(
         );
     }
     Ok(all_good)
+}
+
+/// Writes a sealed version's records with their provenance (see `openledger_attribution::corpus`)
+/// into `out`, through a temporary directory renamed at the end; every record's hash is checked
+/// against its body and the leaves against the version's Merkle root before anything appears.
+async fn export(
+    client: &mut Client,
+    version: &str,
+    grant: String,
+    out: &Path,
+    key_file: &Path,
+) -> anyhow::Result<bool> {
+    use futures::TryStreamExt;
+    use openledger_attribution::corpus::{self, Manifest, Provenance};
+    use std::io::Write;
+
+    anyhow::ensure!(!out.exists(), "{} exists: export into a new directory", out.display());
+    let key = read_key(key_file)?;
+    let (datanet, snapshot) = version.split_once('@').unwrap_or((version, "latest"));
+    let found = client.get_datanet(as_caller(pb::GetDatanetRequest { id_or_slug: datanet.into() }, Some(&key))).await?;
+    let found = found.into_inner();
+    let sealed = pb::GetSnapshotRequest { datanet_id: found.id.clone(), snapshot_id: snapshot.into() };
+    let sealed = client.get_snapshot(as_caller(sealed, Some(&key))).await?.into_inner();
+    let root = hash(sealed.merkle_root.as_ref())?;
+    let partial = out.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial)?;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(partial.join(corpus::RECORDS_FILE))?);
+    let request =
+        pb::ReadRecordsRequest { datanet_id: found.id.clone(), snapshot_id: sealed.id.clone(), grant_id: grant };
+    let mut records = client.read_records(as_caller(request, Some(&key))).await?.into_inner();
+    let bar = ProgressBar::new(sealed.record_count).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} records ({per_sec}, {eta})").expect("a valid template"),
+    );
+    let mut leaves = Vec::with_capacity(sealed.record_count as usize);
+    while let Some(record) = records.try_next().await? {
+        let leaf = hash(record.hash.as_ref())?;
+        anyhow::ensure!(ContentHash::of(&record.body) == leaf, "record {} does not match its body", leaf.to_hex());
+        let mut body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&record.body)?;
+        let provenance = Provenance {
+            position: leaves.len() as u64,
+            record: leaf.to_hex(),
+            contribution: record.contribution_id,
+            contributor: hex::encode(&record.contributor),
+        };
+        body.insert(corpus::PROVENANCE_MEMBER.into(), serde_json::to_value(provenance)?);
+        serde_json::to_writer(&mut file, &body)?;
+        file.write_all(b"\n")?;
+        leaves.push(leaf);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    anyhow::ensure!(
+        openledger_core::MerkleTree::new(&leaves).root() == root,
+        "the records read do not hash to version {}'s root {}: nothing was written",
+        sealed.version,
+        root.to_hex()
+    );
+    let manifest = Manifest {
+        format: corpus::EXPORT_FORMAT.into(),
+        datanet_id: found.id,
+        slug: found.slug,
+        version: sealed.version,
+        snapshot_id: sealed.id,
+        merkle_root: root.to_hex(),
+        records: leaves.len() as u64,
+    };
+    std::fs::write(partial.join(corpus::MANIFEST_FILE), serde_json::to_vec_pretty(&manifest)?)?;
+    std::fs::rename(&partial, out)?;
+    println!(
+        "{}: {} records of version {} (root {}) in {}",
+        manifest.dataset_name(),
+        leaves.len(),
+        manifest.version,
+        manifest.merkle_root,
+        out.display()
+    );
+    Ok(true)
 }
 
 /// Asks for access (`purpose`), or decides a request (`grant` with `approve`).

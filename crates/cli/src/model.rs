@@ -333,7 +333,12 @@ async fn finetune(base: &str, data: &Path, out: &Path, args: &TrainArgs, resume:
             on_signal.store(true, Ordering::SeqCst);
         }
     });
-    let (out, name, threads) = (out.to_path_buf(), data.display().to_string(), args.data.threads);
+    // An exported Datanet version names itself in the lineage (`datanet:<slug>@<version>`).
+    let name = match openledger_attribution::corpus::Manifest::beside(data)? {
+        Some(manifest) => manifest.dataset_name(),
+        None => data.display().to_string(),
+    };
+    let (out, threads) = (out.to_path_buf(), args.data.threads);
     let p = progress.clone();
     let outcome = compute(threads, move || {
         let job = TrainJob { model: &model, model_path: &model_path, dataset: &dataset, dataset_name: &name, out: &out, resume };

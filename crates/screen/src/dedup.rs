@@ -37,13 +37,7 @@ pub struct DedupParams {
 
 impl Default for DedupParams {
     fn default() -> Self {
-        Self {
-            permutations: 128,
-            bands: 32,
-            threshold: 0.8,
-            shingle_words: 5,
-            max_records: crate::MAX_INDEXED_RECORDS,
-        }
+        Self { permutations: 128, bands: 32, threshold: 0.8, shingle_words: 5, max_records: crate::MAX_INDEXED_RECORDS }
     }
 }
 

@@ -90,6 +90,8 @@ impl Datanets {
         let query = snapshot::Entity::find().filter(snapshot::Column::DatanetId.eq(datanet_id));
         let found = if snapshot_id == "latest" {
             query.order_by_desc(snapshot::Column::Version).one(&self.db).await?
+        } else if let Ok(version) = snapshot_id.parse::<i64>() {
+            query.filter(snapshot::Column::Version.eq(version)).one(&self.db).await?
         } else {
             query.filter(snapshot::Column::Id.eq(snapshot_id)).one(&self.db).await?
         };
