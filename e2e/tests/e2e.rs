@@ -856,6 +856,63 @@ async fn datanets_work_from_the_cli_and_over_rest() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("Clinical notes (notes)") && out.contains("leaderboard"), "{out}");
 
+    // Export for training: through an approved grant, version 1 by number, whole or not at all.
+    let (code, out) = cli(&["datanet", "grant", "notes", "--purpose", "fine-tuning", "--key-file", &path("alice.key")]);
+    assert_eq!(code, Some(0), "{out}");
+    let grant = out.split_whitespace().nth(1).map(|id| id.trim_end_matches(':').to_owned()).expect("grant id");
+    let (code, out) = cli(&[
+        "datanet",
+        "export",
+        "notes@1",
+        "--grant",
+        &grant,
+        "--out",
+        &path("export"),
+        "--key-file",
+        &path("alice.key"),
+    ]);
+    assert_eq!(code, Some(1), "a grant not yet approved reads nothing: {out}");
+    assert!(out.contains("no approved grant"), "{out}");
+    assert!(!data_dir.path().join("export").exists());
+    let (code, out) =
+        cli(&["datanet", "grant", "notes", "--grant", &grant, "--approve", "--key-file", &path("owner.key")]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = cli(&[
+        "datanet",
+        "export",
+        "notes@1",
+        "--grant",
+        &grant,
+        "--out",
+        &path("export"),
+        "--key-file",
+        &path("alice.key"),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("datanet:notes@1"), "{out}");
+    let corpus =
+        openledger_attribution::corpus::Corpus::read_export(&data_dir.path().join("export")).expect("a valid export");
+    assert_eq!(corpus.name, "datanet:notes@1");
+    assert!(!corpus.records.is_empty());
+    let alice = std::fs::read_to_string(path("alice.key")).expect("key");
+    let alice =
+        ed25519_dalek::SigningKey::from_bytes(&hex::decode(alice.trim()).expect("hex").try_into().expect("32 bytes"));
+    assert!(corpus.records.iter().all(|r| r.contributor == hex::encode(alice.verifying_key().to_bytes())));
+    assert!(corpus.records.iter().any(|r| r.contribution == contribution));
+    let (code, out) = cli(&[
+        "datanet",
+        "export",
+        "notes",
+        "--grant",
+        &grant,
+        "--out",
+        &path("export"),
+        "--key-file",
+        &path("alice.key"),
+    ]);
+    assert_eq!(code, Some(1), "an existing directory is never overwritten: {out}");
+    assert!(out.contains("exists"), "{out}");
+
     // Over REST: a JSONL body signed in headers, then a multipart upload.
     let http = reqwest::Client::new();
     let found: serde_json::Value =

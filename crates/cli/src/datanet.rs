@@ -76,7 +76,8 @@ pub enum DatanetCommand {
     /// `<slug>@<number>`, `<slug>@latest` or `<slug>` (latest)
     Export {
         /// `<slug-or-id>[@<version>]`
-        version: String,
+        #[arg(value_name = "DATANET[@VERSION]")]
+        datanet: String,
         /// Your approved grant on the Datanet (`openledger datanet grant … --purpose`)
         #[arg(long)]
         grant: String,
@@ -170,8 +171,8 @@ async fn run_command(command: DatanetCommand, config: &Config) -> anyhow::Result
         DatanetCommand::Proof { datanet, contribution, snapshot, key_file } => {
             proof(client, &datanet, contribution, snapshot, key_file.as_deref()).await
         }
-        DatanetCommand::Export { version, grant, out, key_file } => {
-            export(client, &version, grant, &out, &key_file).await
+        DatanetCommand::Export { datanet, grant, out, key_file } => {
+            export(client, &datanet, grant, &out, &key_file).await
         }
         DatanetCommand::Grant { datanet, purpose, grant, approve, deny: _, key_file } => {
             access(client, datanet, purpose, grant, approve, &key_file).await
