@@ -2,11 +2,15 @@
 //! validation set, aggregated per contribution and contributor; harmful ones are listed as
 //! slashing candidates with their evidence.
 //!
-//! A record's score is its influence on the *mean* validation loss: the probe gradient is the
-//! mean of the validation examples' gradients (every estimator here is linear in the probe but
-//! Cosine, which then measures agreement with the mean direction). Scores are reported in
-//! relative units: divided by the mean absolute score over all records, so `-1` means "as
-//! harmful as the average record is influential", whatever the model or projection.
+//! A record's influence is on the *mean* validation loss: the probe gradient is the mean of the
+//! validation examples' gradients (every estimator here is linear in the probe but Cosine,
+//! which then measures agreement with the mean direction). Its score is that influence
+//! relative to the typical record: `(influence − median) / median |influence − median|`. The
+//! centring matters: every record of a version teaches the shared format (answer with a label
+//! and end the turn), a component of the validation gradient so large that on a tiny run even
+//! label-flipped records have a positive raw influence; what sets them apart is how far below
+//! the others they fall. The raw influence is kept beside the score, and the unit makes the
+//! threshold mean the same whatever the model or projection.
 //!
 //! Aggregation is the mean over a contribution's (or contributor's) records: a contributor
 //! with many mediocre records does not outrank one with a few good ones, and volume alone
@@ -15,18 +19,26 @@
 //! and its rank (1 = most harmful).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
-use openledger_ml::train::data::micro_batches;
+use openledger_ml::adapters::load_adapter_dir;
+use openledger_ml::train::data::{Example, Tokenize, micro_batches, read_records};
 use openledger_ml::train::grads::GradientProbe;
+use openledger_ml::{LlamaModel, Tokenizer};
 use serde::{Deserialize, Serialize};
 
-use crate::influence::{Estimator, GradientSet, INDEX_BATCH_TOKENS, IndexedRecord, scores};
+use crate::influence::{Estimator, GradientIndex, GradientSet, INDEX_BATCH_TOKENS, IndexedRecord, scores};
+use crate::influence::{corpus_examples, read_lineage};
 use crate::{AttributionError, Result};
 
-/// Relative score below which a contribution is a slashing candidate: harmful by at least half
-/// the average record's influence. A planted label-flipped set scores far below it (see the
-/// tests); honest records scatter around zero and above.
-pub const DEFAULT_SLASHING_THRESHOLD: f64 = -0.5;
+/// Score below which a contribution is a slashing candidate: its records' mean falls below the
+/// typical record by more than the records' median deviation. A mean over a contribution's
+/// records varies less than one record, so an honest contribution rarely gets there; a planted
+/// label-flipped one does (see the tests).
+pub const DEFAULT_SLASHING_THRESHOLD: f64 = -1.0;
+/// The estimator quality is measured with unless the caller picks another: on the planted
+/// label-flip test it separates the harmful contribution best (see the tests).
+pub const DEFAULT_QUALITY_ESTIMATOR: Estimator = Estimator::DataInfNormalized;
 
 /// Which examples the validation loss was taken over.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,7 +54,9 @@ pub enum ValidationSet {
 pub struct RecordQuality {
     /// Content hash, hex.
     pub record: String,
-    /// Relative influence on the validation loss (positive: it lowered it).
+    /// Raw influence on the mean validation loss (positive: a step on it lowered the loss).
+    pub influence: f64,
+    /// `(influence − center) / scale`: how much more (or less) it helped than the typical record.
     pub score: f64,
 }
 
@@ -74,7 +88,9 @@ pub struct QualityReport {
     pub estimator: Estimator,
     pub validation: ValidationSet,
     pub threshold: f64,
-    /// The mean absolute raw score the relative scores are divided by.
+    /// The median raw influence (the typical record), subtracted from every score.
+    pub center: f64,
+    /// The median absolute deviation of the raw influences from the median, the unit of scores.
     pub scale: f64,
     /// Sorted by public key.
     pub contributors: Vec<ContributorQuality>,
@@ -82,6 +98,45 @@ pub struct QualityReport {
     pub contributions: Vec<ContributionQuality>,
     /// The contributions below the threshold, by rank.
     pub slashing_candidates: Vec<String>,
+}
+
+/// The quality report of the adapter in `adapter_dir` from its gradient `index`: validation
+/// on `trusted` (a JSONL file of records of the training kind) when given, else on the
+/// lineage's held-out split (records read from the exported `corpus_dir`).
+#[allow(clippy::too_many_arguments)]
+pub fn assess(
+    model: &LlamaModel,
+    tokenizer: &Tokenizer,
+    adapter_dir: &Path,
+    corpus_dir: &Path,
+    index: &GradientIndex,
+    trusted: Option<&Path>,
+    estimator: Estimator,
+    threshold: f64,
+) -> Result<QualityReport> {
+    index.check_adapter(adapter_dir)?;
+    let lineage = read_lineage(adapter_dir)?;
+    let max_tokens = lineage.config.max_seq_tokens.unwrap_or(model.config().context_length);
+    let tokenize = Tokenize { tokenizer, max_tokens };
+    let (examples, validation): (Vec<Example>, ValidationSet) = match trusted {
+        Some(path) => {
+            let (kind, records) = read_records(path)?;
+            let examples =
+                records.iter().map(|r| tokenize.example(r, kind)).collect::<openledger_ml::Result<Vec<_>>>()?;
+            let records = examples.len();
+            (examples, ValidationSet::Trusted { path: path.display().to_string(), records })
+        }
+        None => {
+            let (examples, _) = corpus_examples(&lineage.eval_records, corpus_dir, &tokenize, &lineage.dataset)?;
+            let records = examples.len();
+            (examples, ValidationSet::HeldOut { records })
+        }
+    };
+    let adapter = load_adapter_dir("attribution", adapter_dir, model)?;
+    let probe = GradientProbe::new(model, &adapter, index.manifest.projection)?;
+    let rows: Vec<(&[u32], usize)> = examples.iter().map(|e| (e.tokens.as_slice(), e.first_scored)).collect();
+    let gradient = mean_gradient(&probe, &rows)?;
+    quality_report(&index.gradients()?, &index.manifest.records, &gradient, validation, estimator, threshold)
 }
 
 /// The mean gradient of the validation examples (`tokens`, first scored), computed in batches
@@ -111,6 +166,23 @@ pub fn mean_gradient(probe: &GradientProbe, examples: &[(&[u32], usize)]) -> Res
     Ok(sum.into_iter().map(|l| l.into_iter().map(|s| (s / n) as f32).collect()).collect())
 }
 
+/// The median of `values` and their median absolute deviation from it (robust: a harmful
+/// minority moves neither).
+fn center_and_spread(values: &[f64]) -> (f64, f64) {
+    let center = median(values.to_vec());
+    (center, median(values.iter().map(|v| (v - center).abs()).collect()))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 /// Scores every record of `index` (`records[i]` its provenance) for the validation gradient
 /// and aggregates them (see the module doc).
 pub fn quality_report(
@@ -125,8 +197,8 @@ pub fn quality_report(
         return Err(AttributionError::invalid(format!("{} records for {} gradient rows", records.len(), index.len())));
     }
     let raw = scores(index, validation_gradient, estimator)?;
-    let scale = raw.iter().map(|s| s.abs()).sum::<f64>() / raw.len().max(1) as f64;
-    let relative: Vec<f64> = raw.iter().map(|s| if scale > 0.0 { s / scale } else { 0.0 }).collect();
+    let (center, scale) = center_and_spread(&raw);
+    let relative: Vec<f64> = raw.iter().map(|s| if scale > 0.0 { (s - center) / scale } else { 0.0 }).collect();
     let mut by_contribution: BTreeMap<&str, (Vec<usize>, &str)> = BTreeMap::new();
     let mut by_contributor: BTreeMap<&str, (Vec<usize>, std::collections::BTreeSet<&str>)> = BTreeMap::new();
     for (i, r) in records.iter().enumerate() {
@@ -147,7 +219,11 @@ pub fn quality_report(
                 rank: 0,
                 records: rows
                     .iter()
-                    .map(|&i| RecordQuality { record: records[i].record.clone(), score: relative[i] })
+                    .map(|&i| RecordQuality {
+                        record: records[i].record.clone(),
+                        influence: raw[i],
+                        score: relative[i],
+                    })
                     .collect(),
                 slashing_candidate: score < threshold,
             }
@@ -173,9 +249,59 @@ pub fn quality_report(
         estimator,
         validation,
         threshold,
+        center,
         scale,
         contributors,
         contributions,
         slashing_candidates,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use openledger_ml::train::grads::{Projection, ProjectionKind};
+
+    use super::*;
+    use crate::influence::fixture::fixture;
+
+    #[test]
+    fn a_label_flipped_contribution_is_the_first_slashing_candidate() {
+        // Contribution c3 (records 24..32) has every label wrong. Four epochs: the adapter has
+        // learnt the task but not yet memorised the flipped records (after twelve, their
+        // final-checkpoint gradients have shrunk and c3 no longer stands out: the limit of any
+        // final-checkpoint estimator, reported in bench/RESULTS.md).
+        let f = fixture(64, 4, |i| (24..32).contains(&i));
+        let projection = Projection { kind: ProjectionKind::Rademacher, dim: 48, seed: 1 };
+        let dir = f.dir.path().join("index");
+        let index =
+            GradientIndex::build(&f.model, &f.tokenizer, &f.adapter, &f.corpus, &dir, Some(projection), &mut |_, _| {})
+                .unwrap();
+        let report = assess(
+            &f.model,
+            &f.tokenizer,
+            &f.adapter,
+            &f.corpus,
+            &index,
+            None,
+            DEFAULT_QUALITY_ESTIMATOR,
+            DEFAULT_SLASHING_THRESHOLD,
+        )
+        .unwrap();
+        let summary: Vec<(String, f64)> =
+            report.contributions.iter().map(|c| (c.contribution.clone(), c.score)).collect();
+        assert!(matches!(report.validation, ValidationSet::HeldOut { records } if records > 0));
+        assert_eq!(report.contributions[0].contribution, "c3", "{summary:?}");
+        assert_eq!(report.slashing_candidates, ["c3"], "{summary:?}");
+        let worst = &report.contributions[0];
+        let trained = index.manifest.records.iter().filter(|r| r.contribution == "c3").count();
+        assert_eq!((worst.rank, worst.records.len(), worst.slashing_candidate), (1, trained, true));
+        // Contributor k1 owns c2 and c3: its mean sits between them; the others are above.
+        let k1 = report.contributors.iter().find(|c| c.contributor == "k1").unwrap();
+        assert_eq!(report.contributors.iter().map(|c| c.score).min_by(f64::total_cmp), Some(k1.score));
+        assert_eq!(report.contributors.len(), 4);
+        let json = serde_json::to_string(&report).unwrap();
+        let back: QualityReport = serde_json::from_str(&json).unwrap();
+        assert_eq!((back.slashing_candidates, back.contributions.len()), (report.slashing_candidates, 8));
+    }
 }

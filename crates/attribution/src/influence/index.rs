@@ -288,3 +288,108 @@ fn file_blake3(path: &Path) -> Result<String> {
     hasher.update_reader(file).map_err(|e| AttributionError::io(path, e))?;
     Ok(hasher.finalize().to_hex().to_string())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use openledger_ml::train::grads::ProjectionKind;
+
+    use super::*;
+    use crate::influence::fixture::fixture;
+    use crate::influence::{Estimator, probe_gradient, scores};
+
+    const PROJECTION: Projection = Projection { kind: ProjectionKind::Rademacher, dim: 48, seed: 3 };
+
+    fn build(f: &crate::influence::fixture::Fixture, out: &Path) -> GradientIndex {
+        let mut progress = Vec::new();
+        let index =
+            GradientIndex::build(&f.model, &f.tokenizer, &f.adapter, &f.corpus, out, Some(PROJECTION), &mut |d, t| {
+                progress.push((d, t))
+            })
+            .unwrap();
+        assert_eq!(progress.last().map(|p| p.0), Some(index.len()));
+        index
+    }
+
+    #[test]
+    fn an_index_round_trips_and_its_rows_are_the_training_records_gradients() {
+        let f = fixture(32, 1, |_| false);
+        let out = GradientIndex::default_dir(&f.adapter);
+        let built = build(&f, &out);
+        let lineage = read_lineage(&f.adapter).unwrap();
+        assert_eq!(built.len(), lineage.train_records.len());
+        let index = GradientIndex::open(&out).unwrap();
+        index.check_adapter(&f.adapter).unwrap();
+        assert_eq!(index.manifest, built.manifest);
+        // Two layers of 48 projected values, bf16.
+        assert_eq!(index.bytes_per_record(), 2 * 48 * 2);
+        let set = index.gradients().unwrap();
+        let records: Vec<String> = set.records.iter().map(|h| h.to_hex()).collect();
+        assert_eq!(records, lineage.train_records);
+        let first = &index.manifest.records[0];
+        let at: usize = first.contribution[1..].parse().unwrap();
+        assert!(first.contributor == format!("k{}", at / 2), "{first:?}");
+
+        // Row 0 is record 0's gradient under the same projection (to bf16 precision).
+        let tokenize = Tokenize { tokenizer: &f.tokenizer, max_tokens: 64 };
+        let (examples, _) = corpus_examples(&lineage.train_records[..1], &f.corpus, &tokenize, "x").unwrap();
+        let adapter = load_adapter_dir("a", &f.adapter, &f.model).unwrap();
+        let probe = GradientProbe::new(&f.model, &adapter, Some(PROJECTION)).unwrap();
+        let direct = probe.gradients(&[(&examples[0].tokens, examples[0].first_scored)]).unwrap().remove(0);
+        let largest = direct.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in set.row(0).iter().zip(direct.iter().flatten()) {
+            assert!((a - b).abs() <= 1e-2 * b.abs().max(largest / 100.0), "{a} vs {b}");
+        }
+        let err = GradientIndex::build(&f.model, &f.tokenizer, &f.adapter, &f.corpus, &out, None, &mut |_, _| {});
+        assert!(err.err().unwrap().to_string().contains("already exists"));
+    }
+
+    #[test]
+    fn a_damaged_index_is_corrupt_and_a_missing_one_is_none() {
+        let f = fixture(16, 1, |_| false);
+        let out = f.dir.path().join("index");
+        assert!(GradientIndex::find(&out).unwrap().is_none());
+        build(&f, &out);
+        assert!(GradientIndex::find(&out).unwrap().is_some());
+        let rows = out.join(GRADS_DIR).join("grads.bin");
+        let mut bytes = std::fs::read(&rows).unwrap();
+        bytes[5] ^= 0x40;
+        std::fs::write(&rows, &bytes).unwrap();
+        let err = GradientIndex::open(&out).err().unwrap();
+        assert!(matches!(err, AttributionError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("rebuild"), "{err}");
+        std::fs::write(&rows, &bytes[..bytes.len() - 2]).unwrap();
+        assert!(matches!(GradientIndex::find(&out), Err(AttributionError::Corrupt { .. })));
+        std::fs::write(out.join(MANIFEST_FILE), "{\"format\":").unwrap();
+        assert!(matches!(GradientIndex::open(&out), Err(AttributionError::Corrupt { .. })));
+        // Another adapter's weights: a mismatch.
+        let other = f.dir.path().join("other");
+        openledger_ml::testing::write_peft_adapter(&other, f.model.config(), 4, &[openledger_ml::Target::Q], 9, false)
+            .unwrap();
+        std::fs::write(
+            out.join(MANIFEST_FILE),
+            serde_json::to_string(&build(&f, &f.dir.path().join("i2")).manifest).unwrap(),
+        )
+        .unwrap();
+        let index = GradientIndex::open(&f.dir.path().join("i2")).unwrap();
+        assert!(matches!(index.check_adapter(&other), Err(AttributionError::Mismatch(_))));
+    }
+
+    #[test]
+    fn a_training_record_used_as_the_probe_ranks_itself_first() {
+        let f = fixture(32, 1, |_| false);
+        let index = build(&f, &f.dir.path().join("index"));
+        let set = index.gradients().unwrap();
+        let adapter = load_adapter_dir("a", &f.adapter, &f.model).unwrap();
+        let probe = GradientProbe::new(&f.model, &adapter, Some(PROJECTION)).unwrap();
+        let (_, bodies) = read_records(&f.corpus.join(RECORDS_FILE)).unwrap();
+        let target = set.records[5];
+        let body = bodies.iter().find(|b| b.hash == target).unwrap();
+        let gradient = probe_gradient(&probe, &f.tokenizer, Some(&body.prompt[0].content), &body.completion).unwrap();
+        for estimator in [Estimator::Cosine, Estimator::DataInfNormalized] {
+            let s = scores(&set, &gradient, estimator).unwrap();
+            let best = (0..s.len()).max_by(|&a, &b| s[a].total_cmp(&s[b])).unwrap();
+            assert_eq!(set.records[best], target, "{estimator:?}: best {best} {s:?}");
+        }
+    }
+}

@@ -17,14 +17,15 @@ pub const MAX_PROMPT_TOKENS: usize = 2048;
 
 /// The gradient of the mean loss over `completion`'s tokens (the prompt is context only), one
 /// vector per layer, in the layout of `probe`'s gradient index. With a prompt, it is given as
-/// a user message in the model's chat format (as training formats instruction records).
+/// a user message in the model's chat format and the completion ends with the end-of-turn
+/// token (as training formats instruction and labelled records).
 pub fn probe_gradient(
     probe: &GradientProbe,
     tokenizer: &Tokenizer,
     prompt: Option<&str>,
     completion: &str,
 ) -> Result<Vec<Vec<f32>>> {
-    let completion_ids = tokenizer.encode_continuation(completion)?;
+    let mut completion_ids = tokenizer.encode_continuation(completion)?;
     if completion_ids.is_empty() {
         return Err(AttributionError::invalid("the completion is empty: there is nothing to attribute"));
     }
@@ -33,6 +34,10 @@ pub fn probe_gradient(
             "the completion is {} tokens; attribute at most {MAX_COMPLETION_TOKENS} (split a longer output)",
             completion_ids.len()
         )));
+    }
+    // A reply to a prompt ends its turn, as training scored it (and as the engine stops).
+    if prompt.is_some() {
+        completion_ids.extend(tokenizer.end_of_turn());
     }
     let mut tokens = match prompt {
         Some(prompt) => {
