@@ -125,8 +125,9 @@ pub fn score_with(text: &str, rules: Rules) -> Quality {
     measure_repetition(text, &tokens, &mut signals);
     measure_characters(text, &mut signals);
     measure_words(text, &tokens, rules, &mut signals);
-    measure_diversity(&tokens, &mut signals);
-    if !rules.diversity {
+    if rules.diversity {
+        measure_diversity(&tokens, &mut signals);
+    } else {
         signals.diversity = 1.0;
     }
 
