@@ -6,7 +6,9 @@ and runs, per record and in corpus order: shingle the text, build a 128-permutat
 times for the Rust index. Single-threaded (datasketch is); run it pinned (`taskset -c 1`).
 
 Shingles are formed exactly as `dedup::shingles` forms them: lower case, split on whitespace,
-5 consecutive words joined by one space (the whole text when it has at most 5 words). The
+5 consecutive words joined by one space (the whole text when it has at most 5 words). Since
+2026-12-04 the Rust index shingles records under 600 normalised characters by characters
+instead; the bench's records are all longer (about 1,150), so word 5-grams are what it uses. The
 script checks that by recomputing the exact Jaccard of every planted pair and comparing it with
 the value the Rust bench wrote.
 

@@ -17,7 +17,7 @@ use sea_orm::{
 
 use crate::{
     DatanetError,
-    dedup::{MinHasher, Signature},
+    dedup::{MinHasher, RecordSignatures},
     entities::{contribution, datanet, record},
     limits,
     parse::{self, FileKind, ParseLimits, RecordSchema},
@@ -302,7 +302,8 @@ pub(super) struct NewContribution {
 pub(super) struct PreparedRecord {
     pub(super) hash: ContentHash,
     pub(super) quality: u32,
-    pub(super) minhash: Option<Signature>,
+    /// What the record is indexed under (stored) and looked up with.
+    pub(super) minhash: Option<RecordSignatures>,
     pub(super) size: usize,
 }
 
@@ -343,7 +344,7 @@ pub(super) fn prepare(
         records.push(PreparedRecord {
             hash: ContentHash::of(&body),
             quality: quality::score(&text).score,
-            minhash: hasher.signature(&text),
+            minhash: hasher.signatures(&text),
             size: body.len(),
         });
         bodies.push(body);

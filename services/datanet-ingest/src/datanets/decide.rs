@@ -21,6 +21,7 @@ pub(super) struct Decided {
     pub(super) hash: ContentHash,
     pub(super) quality: u32,
     pub(super) duplicate_of: Option<String>,
+    /// The signature the record is indexed under (and stored with).
     pub(super) minhash: Option<Signature>,
     pub(super) size: usize,
 }
@@ -49,12 +50,13 @@ pub(super) fn decide(
         let near = || {
             let signature = record.minhash.as_ref()?;
             let similar = |found: Option<(String, f64)>| found.filter(|(_, s)| *s >= accept_at).map(|(id, _)| id);
-            similar(index.near.nearest(signature)).or_else(|| similar(file_near.nearest(signature)))
+            similar(index.near.nearest_to(signature)).or_else(|| similar(file_near.nearest_to(signature)))
         };
         let duplicate_of = exact.or_else(near);
+        let indexed = record.minhash.as_ref().map(|signatures| signatures.indexed.clone());
         if duplicate_of.is_none() {
             file_exact.insert(*record.hash.as_bytes());
-            if let Some(signature) = &record.minhash {
+            if let Some(signature) = &indexed {
                 file_near.insert(new.id.clone(), signature.clone()).map_err(index_full)?;
             }
         }
@@ -63,7 +65,7 @@ pub(super) fn decide(
             hash: record.hash,
             quality: record.quality,
             duplicate_of,
-            minhash: record.minhash.clone(),
+            minhash: indexed,
             size: record.size,
         });
     }

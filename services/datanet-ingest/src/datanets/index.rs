@@ -87,6 +87,9 @@ impl Datanets {
                 current.last_seq = current.last_seq.max(indexed.seq);
                 let hash = *stored_hash(&indexed.hash)?.as_bytes();
                 current.exact.entry(hash).or_insert_with(|| indexed.contribution_id.clone());
+                // Stored signatures are of either shingle scheme (characters for short records,
+                // words for long ones and for short ones stored before 2026-12-04); one index
+                // holds both, see `openledger_screen::dedup`.
                 if let Some(minhash) = indexed.minhash.as_deref() {
                     let signature = Signature(
                         minhash.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
