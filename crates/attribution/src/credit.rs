@@ -5,9 +5,11 @@
 //! The rule: records are grouped in corpus order (acceptance order). A record joins the group
 //! of the first earlier record whose text is the same after normalisation (lower case, runs of
 //! whitespace as one space), else of the most similar earlier record whose estimated Jaccard
-//! similarity of word-bigram shingles reaches [`CreditParams::near_copy_jaccard`] (0.5 by
-//! default: looser than ingest's 0.8, because ingest refuses what it is sure of and attribution
-//! must not pay for what ingest let through). A group is paid what its first accepted copy
+//! similarity reaches [`CreditParams::near_copy_jaccard`] (0.5 by default: looser than ingest's
+//! 0.8, because ingest refuses what it is sure of and attribution must not pay for what ingest
+//! let through). Shingles are ingest's (`openledger_screen::dedup`): 4-character windows for
+//! short records, and word bigrams (ingest: 5-grams) for long ones, so a long record with a
+//! word in five replaced still groups with its original. A group is paid what its first accepted copy
 //! earns on its own score; every other member earns nothing. So k copies under k identities
 //! earn what one earns, and a copier of someone else's record earns nothing at all (the credit
 //! stays with the original). Grouping is transitive only through the first copy: a record joins
@@ -25,7 +27,7 @@ use crate::{AttributionError, Result};
 /// Tuning of the grouping.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CreditParams {
-    /// Estimated Jaccard similarity of word-bigram shingles at which a record is a near copy.
+    /// Estimated Jaccard similarity of shingles at which a record is a near copy.
     pub near_copy_jaccard: f64,
 }
 
@@ -63,15 +65,17 @@ impl CreditGroups {
                 continue;
             }
             exact.insert(normalised, i);
-            let Some(signature) = hasher.signature(&record.text) else {
+            let Some(signatures) = hasher.signatures(&record.text) else {
                 first_copy.push(i);
                 continue;
             };
-            match index.nearest(&signature) {
+            match index.nearest_to(&signatures) {
                 Some((earlier, _)) => first_copy.push(first_copy[earlier]),
                 None => first_copy.push(i),
             }
-            index.insert(i, signature).map_err(|e| AttributionError::invalid(format!("credit grouping: {e}")))?;
+            index
+                .insert(i, signatures.indexed)
+                .map_err(|e| AttributionError::invalid(format!("credit grouping: {e}")))?;
         }
         Ok(Self { first_copy })
     }

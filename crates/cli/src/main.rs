@@ -2,6 +2,7 @@
 //! process on SQLite, the local file system and an in-process bus; `serve` runs chosen
 //! services against PostgreSQL, NATS JetStream and S3-compatible storage.
 
+mod attribution;
 mod datanet;
 mod flags;
 mod ledger;
@@ -72,6 +73,9 @@ enum Command {
     /// Models: inspect one, generate text with it and LoRA adapters on this machine
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Proof of Attribution on an exported Datanet version: indexes, trace, score, quality
+    #[command(subcommand)]
+    Attribution(attribution::AttributionCommand),
 }
 
 #[derive(Subcommand)]
@@ -92,7 +96,7 @@ impl Command {
             }
             Self::Ledger(command) => command.settings(),
             Self::Datanet { settings, .. } => Some(settings),
-            Self::Model(_) => None,
+            Self::Model(_) | Self::Attribution(_) => None,
         }
     }
 }
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
         Command::Ledger(command) => client_command(ledger::run(command, &resolved.config)),
         Command::Datanet { command, .. } => client_command(datanet::run(command, &resolved.config)),
         Command::Model(command) => client_command(model::run(command)),
+        Command::Attribution(command) => client_command(attribution::run(command)),
         Command::Dev { .. } => run::run(resolved.config, ServiceKind::ALL.to_vec(), true),
         Command::Serve { mut services, .. } => {
             services.sort();

@@ -306,7 +306,7 @@ async fn load_with_data(
 }
 
 /// Runs `work` on a blocking thread inside a thread pool of `threads` (all cores by default).
-async fn compute<T: Send + 'static>(
+pub(crate) async fn compute<T: Send + 'static>(
     threads: Option<usize>,
     work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
@@ -317,7 +317,7 @@ async fn compute<T: Send + 'static>(
     .await?
 }
 
-fn bar(total: u64, template: &str) -> ProgressBar {
+pub(crate) fn bar(total: u64, template: &str) -> ProgressBar {
     ProgressBar::new(total).with_style(ProgressStyle::with_template(template).expect("template").progress_chars("=> "))
 }
 
@@ -453,7 +453,7 @@ fn adapter_name(id: &str, data: &Path) -> String {
     format!("{id} on {}", data.display())
 }
 
-async fn load(model: &str) -> anyhow::Result<(openledger_ml::LlamaModel, openledger_ml::Tokenizer)> {
+pub(crate) async fn load(model: &str) -> anyhow::Result<(openledger_ml::LlamaModel, openledger_ml::Tokenizer)> {
     let (model, tokenizer, _) = load_from(model).await?;
     Ok((model, tokenizer))
 }

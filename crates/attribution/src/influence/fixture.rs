@@ -37,9 +37,11 @@ fn colour_record(i: usize, flipped: bool) -> (String, String) {
 pub fn write_export(dir: &Path, n: usize, flipped: impl Fn(usize) -> bool) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let mut lines = String::new();
+    let mut leaves = Vec::with_capacity(n);
     for i in 0..n {
         let (text, label) = colour_record(i, flipped(i));
         let hash = record_hash(&[("text", &text), ("label", &label)]);
+        leaves.push(hash);
         let line = serde_json::json!({
             "text": text, "label": label,
             "_openledger": {"position": i, "record": hash.to_hex(), "contribution": format!("c{}", i / 8), "contributor": format!("k{}", i / 16)},
@@ -49,7 +51,7 @@ pub fn write_export(dir: &Path, n: usize, flipped: impl Fn(usize) -> bool) -> Pa
     std::fs::write(dir.join(RECORDS_FILE), &lines).unwrap();
     let manifest = serde_json::json!({
         "format": EXPORT_FORMAT, "datanet_id": "d", "slug": "colours", "version": 1,
-        "snapshot_id": "s", "merkle_root": "00", "records": n,
+        "snapshot_id": "s", "merkle_root": openledger_core::MerkleTree::new(&leaves).root().to_hex(), "records": n,
     });
     std::fs::write(dir.join(MANIFEST_FILE), manifest.to_string()).unwrap();
     dir.to_path_buf()

@@ -1,0 +1,323 @@
+//! `openledger attribution …`: Proof of Attribution on this machine, over a Datanet version
+//! exported with `openledger datanet export`: build its span index (and an adapter's gradient
+//! index), trace any text to the records it quotes, attribute one output to contributions, and
+//! report contributor quality. Every command prints a table, or JSON with `--json`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use openledger_attribution::attribute::{Attributor, Explained, Influence};
+use openledger_attribution::corpus::Corpus;
+use openledger_attribution::credit::{CreditGroups, CreditParams};
+use openledger_attribution::influence::{Estimator, GradientIndex};
+use openledger_attribution::quality::{self, DEFAULT_QUALITY_ESTIMATOR, DEFAULT_SLASHING_THRESHOLD, QualityReport};
+use openledger_attribution::span::{SpanIndex, SpanParams};
+use openledger_ml::adapters::load_adapter_dir;
+use openledger_ml::train::grads::{GradientProbe, Projection, ProjectionKind};
+
+use crate::model::{bar, compute, load};
+
+/// The span index's directory inside an export unless `--span-index` says otherwise.
+const SPAN_INDEX_DIR: &str = "span-index";
+/// Tokens per span-index shard: about 1.5 GB of suffix array per shard at 6 bytes per token.
+const DEFAULT_SHARD_TOKENS: usize = 256 * 1024 * 1024;
+
+#[derive(Subcommand)]
+pub enum AttributionCommand {
+    /// Build the indexes attribution reads
+    #[command(subcommand)]
+    Index(IndexCommand),
+    /// Find the spans of a text that occur verbatim in the version, and the records holding them
+    Trace {
+        #[command(flatten)]
+        version: VersionArgs,
+        /// The text to trace
+        text: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attribute one output (a prompt and its completion) to contributions: weights in parts per billion
+    Score {
+        #[command(flatten)]
+        version: VersionArgs,
+        /// The adapter that produced the output; influence is used when it has a gradient index
+        #[arg(long, value_name = "DIR")]
+        adapter: Option<PathBuf>,
+        #[arg(long)]
+        prompt: Option<String>,
+        #[arg(long)]
+        completion: String,
+        /// tracin, cosine, datainf or datainf_normalized
+        #[arg(long, default_value = DEFAULT_QUALITY_ESTIMATOR.name())]
+        estimator: Estimator,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Contributor quality: each training record's influence on a validation loss, per
+    /// contribution and contributor, with slashing candidates
+    Quality {
+        #[command(flatten)]
+        version: VersionArgs,
+        #[arg(long, value_name = "DIR")]
+        adapter: PathBuf,
+        /// A trusted validation set (JSONL records of the training kind); else the adapter's held-out split
+        #[arg(long, value_name = "FILE")]
+        validation: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_QUALITY_ESTIMATOR.name())]
+        estimator: Estimator,
+        /// Contributions scoring below this (in deviations from the typical record) are slashing candidates
+        #[arg(long, default_value_t = DEFAULT_SLASHING_THRESHOLD, allow_negative_numbers = true)]
+        threshold: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IndexCommand {
+    /// Build the span index of an exported version and, with --adapter, the adapter's gradient index
+    Build {
+        #[command(flatten)]
+        version: VersionArgs,
+        /// Also build this adapter's gradient index (into DIR/gradient-index)
+        #[arg(long, value_name = "DIR")]
+        adapter: Option<PathBuf>,
+        /// Tokens per span-index shard
+        #[arg(long, default_value_t = DEFAULT_SHARD_TOKENS)]
+        shard_tokens: usize,
+        /// Project each layer's gradient to this many dimensions (a multiple of 2 × rank × targets); none keeps them whole
+        #[arg(long)]
+        project: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+/// Which version and base model a command works on.
+#[derive(Args)]
+pub struct VersionArgs {
+    /// The export directory (`openledger datanet export … --out DIR`)
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// The base model (its tokenizer indexes the text): a .gguf file, a checkpoint directory or hf://owner/name
+    #[arg(long)]
+    base: String,
+    /// The span index directory [default: DATA/span-index]
+    #[arg(long, value_name = "DIR")]
+    span_index: Option<PathBuf>,
+}
+
+impl VersionArgs {
+    fn span_dir(&self) -> PathBuf {
+        self.span_index.clone().unwrap_or_else(|| self.data.join(SPAN_INDEX_DIR))
+    }
+
+    fn corpus(&self) -> anyhow::Result<Corpus> {
+        Corpus::read_export(&self.data).with_context(|| format!("reading the export {}", self.data.display()))
+    }
+}
+
+pub async fn run(command: AttributionCommand) -> anyhow::Result<bool> {
+    match command {
+        AttributionCommand::Index(IndexCommand::Build { version, adapter, shard_tokens, project, seed }) => {
+            build(&version, adapter.as_deref(), shard_tokens, project, seed).await
+        }
+        AttributionCommand::Trace { version, text, json } => trace(&version, &text, json).await,
+        AttributionCommand::Score { version, adapter, prompt, completion, estimator, json } => {
+            score(&version, adapter, prompt, completion, estimator, json).await
+        }
+        AttributionCommand::Quality { version, adapter, validation, estimator, threshold, json } => {
+            assess(&version, adapter, validation, estimator, threshold, json).await
+        }
+    }
+}
+
+async fn build(
+    version: &VersionArgs,
+    adapter: Option<&Path>,
+    shard_tokens: usize,
+    project: Option<usize>,
+    seed: u64,
+) -> anyhow::Result<bool> {
+    let corpus = version.corpus()?;
+    let (model, tokenizer) = load(&version.base).await?;
+    let span_dir = version.span_dir();
+    let projection = project.map(|dim| Projection { kind: ProjectionKind::Rademacher, dim, seed });
+    let spans = bar(corpus.records.len() as u64, "span index {bar:30} {pos}/{len} records [{elapsed} < {eta}]");
+    let gradients = bar(0, "gradient index {bar:30} {pos}/{len} records [{elapsed} < {eta}] {per_sec}");
+    let (p, q) = (spans.clone(), gradients.clone());
+    let (out, adapter_dir, data) = (span_dir.clone(), adapter.map(Path::to_path_buf), version.data.clone());
+    let built = compute(None, move || {
+        let header = SpanIndex::build(&corpus, &tokenizer, &out, shard_tokens, &mut |done, total| {
+            p.set_length(total);
+            p.set_position(done);
+        })?;
+        p.finish_and_clear();
+        println!("span index of {} in {}: {} tokens", corpus.name, out.display(), header.tokens);
+        let Some(adapter_dir) = adapter_dir else { return Ok(None) };
+        let index_dir = GradientIndex::default_dir(&adapter_dir);
+        let index = GradientIndex::build(
+            &model,
+            &tokenizer,
+            &adapter_dir,
+            &data,
+            &index_dir,
+            projection,
+            &mut |done, total| {
+                q.set_length(total as u64);
+                q.set_position(done as u64);
+            },
+        )?;
+        Ok(Some((index_dir, index.len(), index.bytes_per_record())))
+    })
+    .await;
+    spans.finish_and_clear();
+    gradients.finish_and_clear();
+    if let Some((dir, records, bytes)) = built? {
+        println!("gradient index in {}: {records} records, {bytes} bytes each", dir.display());
+    }
+    Ok(true)
+}
+
+async fn trace(version: &VersionArgs, text: &str, json: bool) -> anyhow::Result<bool> {
+    let corpus = version.corpus()?;
+    let (_, tokenizer) = load(&version.base).await?;
+    let index = SpanIndex::open_for(&version.span_dir(), &tokenizer)?;
+    let spans = index.trace(&tokenizer, text, &SpanParams::default())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&spans)?);
+        return Ok(true);
+    }
+    if spans.is_empty() {
+        println!(
+            "no span of {} or more tokens occurs verbatim in {}",
+            SpanParams::default().min_span_tokens,
+            corpus.name
+        );
+    }
+    for span in &spans {
+        let record = corpus.position_of(&span.record).map(|i| &corpus.records[i]);
+        println!(
+            "{:?}  ({} tokens, {} occurrences) first in record {} of contribution {} by {}",
+            &text[span.start..span.end],
+            span.tokens,
+            span.occurrences,
+            span.record,
+            record.map_or("?", |r| r.contribution.as_str()),
+            record.map_or("?", |r| r.contributor.as_str()),
+        );
+    }
+    Ok(true)
+}
+
+async fn score(
+    version: &VersionArgs,
+    adapter: Option<PathBuf>,
+    prompt: Option<String>,
+    completion: String,
+    estimator: Estimator,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let corpus = version.corpus()?;
+    let (model, tokenizer) = load(&version.base).await?;
+    let spans = SpanIndex::open_for(&version.span_dir(), &tokenizer)?;
+    let index = match &adapter {
+        Some(dir) => GradientIndex::find(&GradientIndex::default_dir(dir))?,
+        None => None,
+    };
+    let explained = compute(None, move || {
+        let groups = CreditGroups::build(&corpus, &CreditParams::default())?;
+        let mut attributor = Attributor {
+            corpus: &corpus,
+            groups: &groups,
+            tokenizer: &tokenizer,
+            spans: &spans,
+            span_params: SpanParams::default(),
+            influence: None,
+        };
+        let explained = match (&index, &adapter) {
+            (Some(index), Some(dir)) => {
+                index.check_adapter(dir)?;
+                let gradients = index.gradients()?;
+                let weights = load_adapter_dir("attribution", dir, &model)?;
+                let probe = GradientProbe::new(&model, &weights, index.manifest.projection)?;
+                attributor.influence = Some(Influence { gradients: &gradients, probe: &probe, estimator });
+                attributor.attribute(prompt.as_deref(), &completion)?
+            }
+            _ => attributor.attribute(prompt.as_deref(), &completion)?,
+        };
+        Ok((explained, corpus))
+    })
+    .await?;
+    let (explained, corpus) = explained;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&explained)?);
+    } else {
+        print_attribution(&explained, &corpus);
+    }
+    Ok(true)
+}
+
+fn print_attribution(explained: &Explained, corpus: &Corpus) {
+    let attribution = &explained.attribution;
+    println!(
+        "{:?} ({}), {:.1}% of the output in quoted spans",
+        attribution.method,
+        attribution.method_version,
+        f64::from(attribution.span_coverage_ppm) / 1e4
+    );
+    for note in &attribution.notes {
+        println!("  note: {note}");
+    }
+    println!("  {:>12}  {:<36}  contributor", "weight (ppb)", "contribution");
+    for weight in &attribution.weights {
+        println!("  {:>12}  {:<36}  {}", weight.weight_ppb, weight.contribution, weight.contributor);
+    }
+    for record in &explained.top_records {
+        let found = corpus.position_of(&record.record).map(|i| &corpus.records[i]);
+        println!(
+            "  influence {:+.4e}  record {} ({})",
+            record.score,
+            record.record,
+            found.map_or("?", |r| r.contribution.as_str())
+        );
+    }
+}
+
+async fn assess(
+    version: &VersionArgs,
+    adapter: PathBuf,
+    validation: Option<PathBuf>,
+    estimator: Estimator,
+    threshold: f64,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let (model, tokenizer) = load(&version.base).await?;
+    let index = GradientIndex::find(&GradientIndex::default_dir(&adapter))?.with_context(|| {
+        format!(
+            "{} has no gradient index: build it with `openledger attribution index build --adapter {}`",
+            adapter.display(),
+            adapter.display()
+        )
+    })?;
+    let data = version.data.clone();
+    let report: QualityReport = compute(None, move || {
+        Ok(quality::assess(&model, &tokenizer, &adapter, &data, &index, validation.as_deref(), estimator, threshold)?)
+    })
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(true);
+    }
+    println!("{} ({:?}), validated on {:?}", report.method, report.estimator, report.validation);
+    println!("  {:>8}  {:>7}  contributor", "score", "records");
+    for contributor in &report.contributors {
+        println!("  {:>8.3}  {:>7}  {}", contributor.score, contributor.records, contributor.contributor);
+    }
+    println!("  slashing candidates (score below {}): {}", report.threshold, report.slashing_candidates.len());
+    for id in &report.slashing_candidates {
+        println!("    {id}");
+    }
+    Ok(true)
+}
