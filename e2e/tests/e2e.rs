@@ -913,6 +913,8 @@ async fn datanets_work_from_the_cli_and_over_rest() {
     assert_eq!(code, Some(1), "an existing directory is never overwritten: {out}");
     assert!(out.contains("exists"), "{out}");
 
+    attribute_an_export(&cli, data_dir.path(), &corpus);
+
     // Over REST: a JSONL body signed in headers, then a multipart upload.
     let http = reqwest::Client::new();
     let found: serde_json::Value =
@@ -1072,4 +1074,109 @@ async fn datanets_work_from_the_cli_and_over_rest() {
         .expect("json");
     assert_eq!(board.as_array().map(Vec::len), Some(2), "alice and bob: {board}");
     assert_eq!(platform.terminate().code(), Some(0));
+}
+
+/// What a model builder does with an export (with a tiny model the test writes): fine-tune on
+/// it, index it, trace a quote, attribute an output, and read contributor quality.
+fn attribute_an_export(
+    cli: &dyn Fn(&[&str]) -> (Option<i32>, String),
+    dir: &std::path::Path,
+    corpus: &openledger_attribution::corpus::Corpus,
+) {
+    use openledger_ml::testing::{TinyModel, TinySpec};
+
+    let path = |name: &str| dir.join(name).display().to_string();
+    let tiny = TinyModel::new(TinySpec::default()).expect("tiny model");
+    tiny.write_gguf(&dir.join("tiny.gguf"), candle_core::quantized::GgmlDType::F32).expect("gguf");
+    let (base, export, adapter) = (path("tiny.gguf"), path("export"), path("adapter"));
+    let records = dir.join("export").join("records.jsonl").display().to_string();
+    let (code, out) = cli(&[
+        "model",
+        "finetune",
+        "--base",
+        &base,
+        "--data",
+        &records,
+        "--out",
+        &adapter,
+        "--rank",
+        "4",
+        "--epochs",
+        "2",
+        "--eval-split",
+        "0.3",
+        "--max-seq-tokens",
+        "96",
+        "--lr",
+        "1e-2",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let lineage: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("adapter/lineage.json")).expect("lineage")).expect("json");
+    assert_eq!(lineage["dataset"], "datanet:notes@1", "the lineage names the Datanet version");
+
+    let (code, out) =
+        cli(&["attribution", "index", "build", "--data", &export, "--base", &base, "--adapter", &adapter]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("span index of datanet:notes@1") && out.contains("gradient index"), "{out}");
+
+    let source = corpus.records.iter().max_by_key(|r| r.text.len()).expect("a record");
+    let quote: String = source.text.split_whitespace().take(14).collect::<Vec<_>>().join(" ");
+    let (code, out) = cli(&["attribution", "trace", "--data", &export, "--base", &base, "--json", &quote]);
+    assert_eq!(code, Some(0), "{out}");
+    let spans: serde_json::Value = serde_json::from_str(&out).expect("json spans");
+    assert_eq!(spans[0]["record"], source.hash.to_hex(), "{out}");
+
+    let completion = format!("As the notes say: {quote}.");
+    let (code, out) = cli(&[
+        "attribution",
+        "score",
+        "--data",
+        &export,
+        "--base",
+        &base,
+        "--adapter",
+        &adapter,
+        "--prompt",
+        "What should a carer know?",
+        "--completion",
+        &completion,
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let scored: serde_json::Value = serde_json::from_str(&out).expect("json attribution");
+    let attribution = &scored["attribution"];
+    assert_eq!(attribution["method"], "blended", "{out}");
+    let weights = attribution["weights"].as_array().expect("weights");
+    let total: u64 = weights.iter().map(|w| w["weight_ppb"].as_u64().expect("ppb")).sum();
+    assert_eq!(total, 1_000_000_000, "{out}");
+    assert!(
+        weights.iter().any(|w| w["contribution"] == source.contribution.as_str()),
+        "the quoted contribution is paid: {out}"
+    );
+
+    let (code, out) =
+        cli(&["attribution", "quality", "--data", &export, "--base", &base, "--adapter", &adapter, "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json quality");
+    assert_eq!(report["contributors"][0]["contributor"], source.contributor.as_str(), "{out}");
+    assert!(report["contributions"].as_array().is_some_and(|c| !c.is_empty()), "{out}");
+
+    // Without a gradient index the attribution is span-only, and says so.
+    std::fs::remove_dir_all(dir.join("adapter/gradient-index")).expect("remove the index");
+    let (code, out) = cli(&[
+        "attribution",
+        "score",
+        "--data",
+        &export,
+        "--base",
+        &base,
+        "--adapter",
+        &adapter,
+        "--completion",
+        &completion,
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("span-only"), "{out}");
 }
