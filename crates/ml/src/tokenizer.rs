@@ -122,6 +122,9 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// Token ids and, for each, its byte range `(start, end)` in the text encoded.
+pub type IdsWithOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 /// Largest prompt text accepted by `encode` (bytes); the context window bounds tokens later.
 pub const MAX_PROMPT_BYTES: usize = 1 << 20;
 
@@ -299,6 +302,26 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// A BLAKE3 digest (hex) of the tokenizer's whole definition as `tokenizer.json` holds it
+    /// (model, vocabulary and merges in id order, pre-tokenizer, added tokens): tokenizers with
+    /// the same fingerprint turn every text into the same ids, so an index built with one can be
+    /// queried with the other. It serializes the definition, so call it once, not per query.
+    pub fn fingerprint(&self) -> Result<String> {
+        let json = self.inner.to_string(false).map_err(|e| MlError::corrupt("tokenizer", e))?;
+        Ok(blake3::hash(json.as_bytes()).to_hex().to_string())
+    }
+
+    /// Token ids of `text` as [`Self::encode_continuation`] gives them, with each token's byte
+    /// range in `text` (a token inside a multi-byte character spans the whole character).
+    pub fn encode_with_offsets(&self, text: &str) -> Result<IdsWithOffsets> {
+        if text.len() > MAX_PROMPT_BYTES {
+            return Err(MlError::InvalidRequest(format!("text of {} bytes exceeds {MAX_PROMPT_BYTES}", text.len())));
+        }
+        let encoding =
+            self.inner.encode(text, false).map_err(|e| MlError::InvalidRequest(format!("cannot tokenize: {e}")))?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
     }
 
     /// Writes the tokenizer as a Hugging Face `tokenizer.json`.
