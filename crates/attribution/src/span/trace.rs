@@ -1,0 +1,105 @@
+//! A trace, OLMoTrace's rule on a token-level suffix array: for every start position the
+//! longest run of the text that occurs in the corpus; the maximal ones (not inside another)
+//! of at least `min_span_tokens` and at most `max_occurrences`; the rarest by span unigram
+//! probability up to the density limit; each mapped to its bytes in the text and its records.
+
+use std::collections::HashMap;
+
+use openledger_ml::Tokenizer;
+
+use super::{MAX_RECORDS_PER_SPAN, SEPARATOR_TOKEN, SpanIndex, SpanParams, narrow};
+use crate::blend::SpanEvidence;
+use crate::{AttributionError, Result};
+
+/// A maximal span before it is mapped: tokens `start..end` of the text.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    start: usize,
+    end: usize,
+    occurrences: u64,
+    /// Σ log P(token), P from the corpus's unigram counts: lower is rarer.
+    log_probability: f64,
+}
+
+pub(super) fn trace(
+    index: &SpanIndex,
+    tokenizer: &Tokenizer,
+    text: &str,
+    params: &SpanParams,
+) -> Result<Vec<SpanEvidence>> {
+    params.validate()?;
+    let (ids, offsets) = tokenizer.encode_with_offsets(text)?;
+    if ids.len() > params.max_completion_tokens {
+        return Err(AttributionError::invalid(format!(
+            "the text is {} tokens; a trace takes at most max_completion_tokens = {}: trace a shorter text",
+            ids.len(),
+            params.max_completion_tokens
+        )));
+    }
+    let mut candidates = maximal_spans(index, &ids, params);
+    rank_and_limit(index, &ids, &mut candidates, params);
+    candidates.iter().map(|candidate| evidence(index, &ids, &offsets, candidate)).collect()
+}
+
+/// The maximal spans that pass the length and frequency filters, in text order.
+fn maximal_spans(index: &SpanIndex, ids: &[u32], params: &SpanParams) -> Vec<Candidate> {
+    // A token the index cannot hold becomes the separator, which ends every match there.
+    let text: Vec<u16> = ids.iter().map(|&id| u16::try_from(id).unwrap_or(SEPARATOR_TOKEN)).collect();
+    let mut spans = Vec::new();
+    let mut previous_end = 0;
+    for start in 0..text.len() {
+        let length = index.shards.iter().map(|shard| shard.longest_prefix(&text[start..])).max().unwrap_or(0);
+        let end = start + length;
+        // Ends never decrease with the start, so a span is maximal when it ends further right.
+        let maximal = end > previous_end;
+        previous_end = previous_end.max(end);
+        if !maximal || length < params.min_span_tokens {
+            continue;
+        }
+        let occurrences = index.count(&ids[start..end]);
+        if occurrences <= params.max_occurrences {
+            spans.push(Candidate { start, end, occurrences, log_probability: 0.0 });
+        }
+    }
+    spans
+}
+
+/// Keeps the rarest spans, at most `ceil(max_spans_per_token × tokens)` but at least one.
+fn rank_and_limit(index: &SpanIndex, ids: &[u32], candidates: &mut Vec<Candidate>, params: &SpanParams) {
+    let total = index.header.tokens.max(1) as f64;
+    let mut unigram: HashMap<u32, f64> = HashMap::new();
+    for candidate in candidates.iter_mut() {
+        candidate.log_probability = ids[candidate.start..candidate.end]
+            .iter()
+            .map(|&id| *unigram.entry(id).or_insert_with(|| (index.count(&[id]).max(1) as f64 / total).ln()))
+            .sum();
+    }
+    let limit = ((params.max_spans_per_token * ids.len() as f64).ceil() as usize).max(1);
+    candidates.sort_by(|a, b| a.log_probability.total_cmp(&b.log_probability).then(a.start.cmp(&b.start)));
+    candidates.truncate(limit);
+    candidates.sort_by_key(|candidate| candidate.start);
+}
+
+fn evidence(index: &SpanIndex, ids: &[u32], offsets: &[(usize, usize)], candidate: &Candidate) -> Result<SpanEvidence> {
+    let pattern = narrow(&ids[candidate.start..candidate.end]).unwrap_or_default();
+    let mut records: Vec<usize> = Vec::new();
+    for shard in &index.shards {
+        records.extend(shard.find(&pattern).map(|rank| shard.record_of(shard.suffix(rank))));
+    }
+    records.sort_unstable();
+    records.dedup();
+    records.truncate(MAX_RECORDS_PER_SPAN);
+    let hashes: Vec<_> = records.iter().filter_map(|&record| index.records.get(record).copied()).collect();
+    let first = hashes
+        .first()
+        .copied()
+        .ok_or_else(|| AttributionError::corrupt("span index", "a span was counted but no record holds it"))?;
+    Ok(SpanEvidence {
+        start: offsets[candidate.start].0,
+        end: offsets[candidate.end - 1].1,
+        tokens: candidate.end - candidate.start,
+        occurrences: candidate.occurrences,
+        record: first,
+        records: hashes,
+    })
+}
