@@ -184,6 +184,24 @@ mod tests {
     }
 
     #[test]
+    fn byte_level_spans_map_to_byte_offsets_after_multibyte_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = openledger_ml::testing::TinyModel::new(openledger_ml::testing::TinySpec::default()).unwrap();
+        let tokenizer =
+            Tokenizer::from_file(&model.write_safetensors(dir.path()).unwrap().join("tokenizer.json")).unwrap();
+        let corpus = corpus(&["zzz qqq", "the cat sat on the mat"]);
+        let index_dir = dir.path().join("index");
+        SpanIndex::build(&corpus, &tokenizer, &index_dir, WIDE, &mut |_, _| {}).unwrap();
+        let index = SpanIndex::open_for(&index_dir, &tokenizer).unwrap();
+        let text = "Ünïcödé, I think the cat sat on the mat today";
+        let spans = index.trace(&tokenizer, text, &SpanParams::default()).unwrap();
+        assert_eq!(spans.len(), 1, "{spans:?}");
+        let quoted = &text[spans[0].start..spans[0].end];
+        assert!(corpus.records[1].text.contains(quoted) && quoted.contains("cat sat on the mat"), "{quoted:?}");
+        assert_eq!(spans[0].record, corpus.records[1].hash);
+    }
+
+    #[test]
     fn the_first_accepted_copy_gets_the_credit_and_every_copy_is_listed() {
         let dir = tempfile::tempdir().unwrap();
         let quote = "a b c d e f g h";
