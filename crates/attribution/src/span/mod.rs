@@ -8,7 +8,8 @@
 //! - The suffix array is built per shard by libsais (SA-IS over the `u16` text) and stored with
 //!   the fewest bytes that address the shard (3 bytes up to 16 Mi tokens, 4 up to 2 Gi), the
 //!   separator suffixes left out: with 2 bytes per token that is 5–6 bytes per token, plus
-//!   8 bytes per record for where records start (infini-gram: 2 + 5–6 bytes).
+//!   40 bytes per record (where it starts, its content hash); 5.54 measured on short paragraphs
+//!   (bench/RESULTS.md; infini-gram: 2 + 3–6 bytes, 5.17 on the same corpus).
 //! - Files are read into memory at [`SpanIndex::open`], not memory-mapped: opening verifies every
 //!   file's BLAKE3 checksum, which reads every byte anyway, and the workspace forbids `unsafe`
 //!   (mapping a file is `unsafe` because another process may change it under us). A Datanet
