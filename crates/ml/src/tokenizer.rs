@@ -122,6 +122,9 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// Token ids and, for each, its byte range `(start, end)` in the text encoded.
+pub type IdsWithOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 /// Largest prompt text accepted by `encode` (bytes); the context window bounds tokens later.
 pub const MAX_PROMPT_BYTES: usize = 1 << 20;
 
@@ -312,7 +315,7 @@ impl Tokenizer {
 
     /// Token ids of `text` as [`Self::encode_continuation`] gives them, with each token's byte
     /// range in `text` (a token inside a multi-byte character spans the whole character).
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<IdsWithOffsets> {
         if text.len() > MAX_PROMPT_BYTES {
             return Err(MlError::InvalidRequest(format!("text of {} bytes exceeds {MAX_PROMPT_BYTES}", text.len())));
         }

@@ -8,17 +8,36 @@ use libsais::SuffixArrayConstruction;
 use openledger_ml::Tokenizer;
 
 use super::format::{HEADER_FILE, INDEX_FORMAT, RECORDS_FILE, SpanIndexHeader, SpanShardHeader, write_file};
-use super::{MAX_SHARD_TOKENS, SEPARATOR_TOKEN};
+use super::{MAX_SHARD_TOKENS, SEPARATOR_TOKEN, SpanIndex};
 use crate::corpus::Corpus;
 use crate::{AttributionError, Result};
 
-pub(super) fn build(
-    corpus: &Corpus,
-    tokenizer: &Tokenizer,
-    dir: &Path,
-    shard_tokens: usize,
-    on_progress: &mut dyn FnMut(u64, u64),
-) -> Result<SpanIndexHeader> {
+impl SpanIndex {
+    /// Tokenizes `corpus` and writes its index into `dir`, which must not exist yet: the files
+    /// are written into a sibling temporary directory renamed to `dir` at the end, so `dir`
+    /// appears only whole. A shard holds whole records, at most `shard_tokens` tokens unless one
+    /// record alone is longer. `on_progress(records done, records total)`.
+    pub fn build(
+        corpus: &Corpus,
+        tokenizer: &Tokenizer,
+        dir: &Path,
+        shard_tokens: usize,
+        on_progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<SpanIndexHeader> {
+        check_build(tokenizer, dir, shard_tokens)?;
+        let staging = staging_dir(dir)?;
+        std::fs::create_dir_all(&staging).map_err(|e| AttributionError::io(&staging, e))?;
+        let built = write_index(corpus, tokenizer, &staging, shard_tokens, on_progress)
+            .and_then(|header| publish(&staging, dir).map(|()| header));
+        if built.is_err() {
+            // Best effort: the index directory itself was never created, which is what matters.
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        built
+    }
+}
+
+fn check_build(tokenizer: &Tokenizer, dir: &Path, shard_tokens: usize) -> Result<()> {
     if !(1..=MAX_SHARD_TOKENS).contains(&shard_tokens) {
         return Err(AttributionError::invalid(format!("shard_tokens must be between 1 and {MAX_SHARD_TOKENS}")));
     }
@@ -35,15 +54,7 @@ pub(super) fn build(
             dir.display()
         )));
     }
-    let staging = staging_dir(dir)?;
-    std::fs::create_dir_all(&staging).map_err(|e| AttributionError::io(&staging, e))?;
-    let built = write_index(corpus, tokenizer, &staging, shard_tokens, on_progress)
-        .and_then(|header| publish(&staging, dir).map(|()| header));
-    if built.is_err() {
-        // Best effort: the index directory itself was never created, which is what matters.
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    built
+    Ok(())
 }
 
 /// A sibling of `dir` (same file system, so the rename is atomic), unique to this build.

@@ -163,7 +163,7 @@ fn read_shard(dir: &Path, entry: &SpanShardHeader) -> Result<Shard> {
 /// The invariants a query relies on, checked once here so the searches need not.
 fn check_shard(shard: &Shard, entry: &SpanShardHeader) -> std::result::Result<(), String> {
     let text_len = shard.tokens.len();
-    if !(1..=8).contains(&shard.pointer_bytes) || shard.suffixes.len() % shard.pointer_bytes != 0 {
+    if !(1..=8).contains(&shard.pointer_bytes) || !shard.suffixes.len().is_multiple_of(shard.pointer_bytes) {
         return Err(format!("pointer width {} does not divide the suffix file", shard.pointer_bytes));
     }
     if shard.record_starts.len() as u64 != entry.records || shard.record_starts.first() != Some(&0) {
