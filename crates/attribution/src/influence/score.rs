@@ -359,6 +359,8 @@ mod tests {
         let (set, _) = random_set(&mut rng, 3 * CHUNK_RECORDS + 17, &dims);
         let (_, probe) = random_set(&mut rng, 1, &dims);
         let run = |threads: usize| -> Vec<Vec<u64>> {
+            // A fresh set: its cached norms are computed on this pool too.
+            let set = GradientSet { squared_norms: Default::default(), ..set.clone() };
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 Estimator::ALL
