@@ -1,4 +1,4 @@
-"""Runs the DataInf authors' reference code (ykwon0407/DataInf, src/influence.py,
+"""Runs the DataInf authors' reference code (ykwon0407/DataInf at fe9145a, src/influence.py,
 IFEngineGeneration.compute_hvp_proposed + compute_IF, unmodified) on the gradients the Rust
 bench exported, and compares its scores and time with ours.
 
@@ -44,7 +44,9 @@ started = time.perf_counter()
 engine.compute_hvp_proposed(lambda_const_param=10)
 engine.compute_IF()
 theirs_s = time.perf_counter() - started
-theirs = engine.IF_dict["proposed"].to_numpy(dtype=np.float64).reshape(-1)
+# Their influence is the change in validation loss (positive = harmful, the file negates the
+# inner product); ours is positive when the record helped: compare ours with its negation.
+theirs = -engine.IF_dict["proposed"].to_numpy(dtype=np.float64).reshape(-1)
 assert theirs.shape == ours.shape, (theirs.shape, ours.shape)
 
 scale = np.abs(theirs).max()

@@ -91,11 +91,20 @@ impl std::str::FromStr for Estimator {
 }
 
 /// Per-example gradients in memory: one row per record, each row its layers concatenated.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct GradientSet {
     pub records: Vec<ContentHash>,
     pub layer_dims: Vec<usize>,
     values: Vec<f32>,
+    /// `‖g_i,l‖²` per row and layer, computed on first use: they do not depend on the probe,
+    /// so the estimators that need them read the rows once per probe instead of twice.
+    squared_norms: std::sync::OnceLock<Vec<f64>>,
+}
+
+impl PartialEq for GradientSet {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.records, &self.layer_dims, &self.values) == (&other.records, &other.layer_dims, &other.values)
+    }
 }
 
 impl GradientSet {
@@ -117,7 +126,7 @@ impl GradientSet {
             }
             values.extend(row.into_iter().flatten());
         }
-        Ok(Self { records, layer_dims, values })
+        Ok(Self { records, layer_dims, values, squared_norms: Default::default() })
     }
 
     /// Rows stored flat as little-endian `dtype` values, `records.len()` rows of the layers'
@@ -143,7 +152,7 @@ impl GradientSet {
                 bytes.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect()
             }
         };
-        Ok(Self { records, layer_dims, values })
+        Ok(Self { records, layer_dims, values, squared_norms: Default::default() })
     }
 
     pub fn len(&self) -> usize {

@@ -79,38 +79,50 @@ fn score_rows(set: &GradientSet, w: &[Vec<f32>], combine: impl Fn(usize, &[f64])
     out
 }
 
-/// Per record and layer, `(⟨p_l, g_i,l⟩, ‖g_i,l‖²)` in one read of the rows:
-/// `stats[i * layers + l]`.
-fn layer_stats(set: &GradientSet, probe: &[Vec<f32>]) -> Vec<(f64, f64)> {
+/// Per record and layer, `⟨p_l, g_i,l⟩`: `dots[i * layers + l]`.
+fn layer_dots(set: &GradientSet, probe: &[Vec<f32>]) -> Vec<f64> {
     let n_layers = set.layer_dims.len();
-    let mut out = vec![(0.0, 0.0); set.len() * n_layers];
-    out.par_chunks_mut(CHUNK_RECORDS * n_layers).enumerate().for_each(|(chunk, stats)| {
-        for (k, row) in stats.chunks_mut(n_layers).enumerate() {
-            for ((stat, g), p) in row.iter_mut().zip(layers(set, chunk * CHUNK_RECORDS + k)).zip(probe) {
-                *stat = dot_and_norm(p, g);
+    let mut out = vec![0.0; set.len() * n_layers];
+    out.par_chunks_mut(CHUNK_RECORDS * n_layers).enumerate().for_each(|(chunk, dots)| {
+        for (k, row) in dots.chunks_mut(n_layers).enumerate() {
+            for ((d, g), p) in row.iter_mut().zip(layers(set, chunk * CHUNK_RECORDS + k)).zip(probe) {
+                *d = dot(p, g);
             }
         }
     });
     out
 }
 
-fn cosine(set: &GradientSet, probe: &[Vec<f32>]) -> Vec<f64> {
-    let n_layers = probe.len();
-    let stats = layer_stats(set, probe);
-    let probe_norms: Vec<f64> = probe.iter().map(|p| dot(p, p).sqrt()).collect();
-    stats
-        .chunks(n_layers)
-        .map(|row| {
-            let mut sum = 0.0;
-            for (l, &(d, norm)) in row.iter().enumerate() {
-                let denominator = probe_norms[l] * norm.sqrt();
-                if denominator > 0.0 {
-                    sum += d / denominator;
+/// Per record and layer, `‖g_i,l‖²` (cached in the set: they do not depend on the probe).
+fn squared_norms(set: &GradientSet) -> &[f64] {
+    set.squared_norms.get_or_init(|| {
+        let n_layers = set.layer_dims.len();
+        let mut out = vec![0.0; set.len() * n_layers];
+        out.par_chunks_mut(CHUNK_RECORDS * n_layers).enumerate().for_each(|(chunk, norms)| {
+            for (k, row) in norms.chunks_mut(n_layers).enumerate() {
+                for (norm, g) in row.iter_mut().zip(layers(set, chunk * CHUNK_RECORDS + k)) {
+                    *norm = dot(g, g);
                 }
             }
-            sum / n_layers as f64
-        })
-        .collect()
+        });
+        out
+    })
+}
+
+fn cosine(set: &GradientSet, probe: &[Vec<f32>]) -> Vec<f64> {
+    let n_layers = probe.len();
+    let norms = squared_norms(set);
+    let probe_norms: Vec<f64> = probe.iter().map(|p| dot(p, p).sqrt()).collect();
+    score_rows(set, probe, |i, dots| {
+        let mut sum = 0.0;
+        for (l, d) in dots.iter().enumerate() {
+            let denominator = probe_norms[l] * norms[i * n_layers + l].sqrt();
+            if denominator > 0.0 {
+                sum += d / denominator;
+            }
+        }
+        sum / n_layers as f64
+    })
 }
 
 /// DataInf: per layer, `w_l = H_l⁻¹ p_l` with
@@ -121,8 +133,9 @@ fn datainf(set: &GradientSet, probe: &[Vec<f32>], normalized: bool) -> Vec<f64> 
     let n_layers = probe.len();
     let n = set.len() as f64;
     let probe: Vec<Vec<f32>> = if normalized { probe.iter().map(|p| unit(p)).collect() } else { probe.to_vec() };
-    // Pass 1: per row and layer, ⟨p_l, g_j,l⟩ and ‖g_j,l‖².
-    let (dots, norms): (Vec<f64>, Vec<f64>) = layer_stats(set, &probe).into_iter().unzip();
+    // Pass 1: per row and layer, ⟨p_l, g_j,l⟩ (‖g_j,l‖² is cached in the set).
+    let norms = squared_norms(set);
+    let dots = layer_dots(set, &probe);
     // Unit-norm rows are scaled by 1/‖g‖ on the fly: `scale[i*L+l]` multiplies row i's layer l.
     let scale: Vec<f64> = if normalized {
         norms.iter().map(|&s| if s > 0.0 { 1.0 / s.sqrt() } else { 0.0 }).collect()
@@ -195,30 +208,6 @@ const DOT_LANES: usize = 8;
 /// Values accumulated in f32 before the lanes are added into the f64 total: short enough that
 /// f32 rounding stays below the f64 result's use, long enough to stay vectorised.
 const DOT_BLOCK: usize = 256;
-
-/// `(⟨a, b⟩, ‖b‖²)` in one read, each summed as [`dot`] sums.
-fn dot_and_norm(a: &[f32], b: &[f32]) -> (f64, f64) {
-    debug_assert_eq!(a.len(), b.len());
-    let (mut d, mut n) = (0.0f64, 0.0f64);
-    for (a, b) in a.chunks(DOT_BLOCK).zip(b.chunks(DOT_BLOCK)) {
-        let (mut dl, mut nl) = ([0.0f32; DOT_LANES], [0.0f32; DOT_LANES]);
-        let (a8, b8) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
-        let (ar, br) = (a8.remainder(), b8.remainder());
-        for (x, y) in a8.zip(b8) {
-            for k in 0..DOT_LANES {
-                dl[k] += x[k] * y[k];
-                nl[k] += y[k] * y[k];
-            }
-        }
-        for (k, (x, y)) in ar.iter().zip(br).enumerate() {
-            dl[k] += x * y;
-            nl[k] += y * y;
-        }
-        d += dl.iter().map(|&v| v as f64).sum::<f64>();
-        n += nl.iter().map(|&v| v as f64).sum::<f64>();
-    }
-    (d, n)
-}
 
 /// `⟨a, b⟩` in a fixed order: blocks of [`DOT_BLOCK`] in eight f32 lanes, blocks added in f64.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -370,6 +359,8 @@ mod tests {
         let (set, _) = random_set(&mut rng, 3 * CHUNK_RECORDS + 17, &dims);
         let (_, probe) = random_set(&mut rng, 1, &dims);
         let run = |threads: usize| -> Vec<Vec<u64>> {
+            // A fresh set: its cached norms are computed on this pool too.
+            let set = GradientSet { squared_norms: Default::default(), ..set.clone() };
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 Estimator::ALL
