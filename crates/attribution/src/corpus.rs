@@ -82,7 +82,9 @@ impl Corpus {
     /// Builds a corpus from records already in the version's order; positions must increase.
     pub fn new(name: impl Into<String>, kind: RecordKind, records: Vec<CorpusRecord>) -> Result<Self> {
         if records.is_empty() {
-            return Err(AttributionError::invalid("the corpus has no records: an empty Datanet version has nothing to attribute"));
+            return Err(AttributionError::invalid(
+                "the corpus has no records: an empty Datanet version has nothing to attribute",
+            ));
         }
         if let Some(pair) = records.windows(2).find(|pair| pair[0].position >= pair[1].position) {
             return Err(AttributionError::invalid(format!(
@@ -97,8 +99,8 @@ impl Corpus {
     pub fn read_export(dir: &Path) -> Result<Self> {
         let manifest_path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&manifest_path).map_err(|e| AttributionError::io(&manifest_path, e))?;
-        let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|e| AttributionError::corrupt(manifest_path.display().to_string(), e))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| AttributionError::corrupt(manifest_path.display().to_string(), e))?;
         if manifest.format != EXPORT_FORMAT {
             return Err(AttributionError::corrupt(
                 manifest_path.display().to_string(),

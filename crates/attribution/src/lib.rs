@@ -4,6 +4,7 @@
 //! one weight vector per output, contributor quality, and the evaluation that measures them.
 //! It owns no service, storage backend or payment: the attribution-worker runs it, the ledger pays.
 
+pub mod baseline;
 pub mod blend;
 pub mod corpus;
 pub mod credit;

@@ -57,7 +57,11 @@ impl GradientSet {
     /// `rows[i]` is record `i`'s gradient, one vector per layer.
     pub fn new(records: Vec<ContentHash>, rows: Vec<Vec<Vec<f32>>>) -> Result<Self> {
         if records.len() != rows.len() {
-            return Err(AttributionError::invalid(format!("{} records but {} gradient rows", records.len(), rows.len())));
+            return Err(AttributionError::invalid(format!(
+                "{} records but {} gradient rows",
+                records.len(),
+                rows.len()
+            )));
         }
         let layer_dims: Vec<usize> = rows.first().map(|r| r.iter().map(Vec::len).collect()).unwrap_or_default();
         let width: usize = layer_dims.iter().sum();
