@@ -165,8 +165,11 @@ pub struct GeneratedCorpus {
     pub test: Vec<LabelledText>,
 }
 
-/// The topics that are labels, and their vocabularies (nouns, verbs, adjectives).
-const TOPICS: [(&str, [&str; 10], [&str; 6], [&str; 6]); 4] = [
+/// A topic: its label and its vocabulary (nouns, verbs, adjectives).
+type Topic = (&'static str, [&'static str; 10], [&'static str; 6], [&'static str; 6]);
+
+/// The topics that are labels.
+const TOPICS: [Topic; 4] = [
     (
         "sport",
         ["goal", "match", "coach", "team", "striker", "league", "stadium", "referee", "season", "trophy"],
