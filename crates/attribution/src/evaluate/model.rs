@@ -36,7 +36,7 @@ pub(super) struct Trainer {
     pub test: Dataset,
     config: TrainConfig,
     work_dir: PathBuf,
-    batch_tokens: usize,
+    pub batch_tokens: usize,
 }
 
 impl Trainer {

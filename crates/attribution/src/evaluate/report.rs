@@ -56,7 +56,8 @@ pub(super) struct AdapterSummary {
 
 impl AdapterSummary {
     pub fn measure(trainer: &Trainer, adapter: &LoraAdapter) -> Result<Self> {
-        let report = openledger_ml::train::evaluate(&trainer.model, Some(adapter), &trainer.test, 1024)?;
+        let report =
+            openledger_ml::train::evaluate(&trainer.model, Some(adapter), &trainer.test, trainer.batch_tokens)?;
         Ok(Self {
             base_loss: report.base_loss,
             loss: report.loss,
