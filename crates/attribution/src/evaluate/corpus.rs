@@ -379,10 +379,11 @@ impl GeneratedCorpus {
             .iter()
             .zip(&self.records)
             .map(|(r, body)| {
-                let owner = self.truth.contributors.iter().position(|c| c.contributor == r.contributor).unwrap_or(0);
-                (owner, body.clone())
+                let owner = self.truth.contributors.iter().position(|c| c.contributor == r.contributor);
+                let owner = owner.ok_or_else(|| no_role(&r.contributor))?;
+                Ok((owner, body.clone()))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let lines = export_lines(&owners, &self.truth)?;
         let hashes: Vec<_> = self.corpus.records.iter().map(|r| r.hash).collect();
         let manifest = Manifest {
@@ -414,10 +415,17 @@ impl GeneratedCorpus {
                 "one copy entry per record expected",
             ));
         }
+        if let Some(r) = corpus.records.iter().find(|r| truth.role(&r.contributor).is_none()) {
+            return Err(no_role(&r.contributor));
+        }
         let validation = read_jsonl(&dir.join(VALIDATION_FILE))?;
         let test = read_jsonl(&dir.join(TEST_FILE))?;
         Ok(Self { corpus, records, truth, validation, test })
     }
+}
+
+fn no_role(contributor: &str) -> AttributionError {
+    AttributionError::invalid(format!("contributor {contributor} has no role in {TRUTH_FILE}: regenerate the corpus"))
 }
 
 /// Export lines: each body with its provenance, positions in order.

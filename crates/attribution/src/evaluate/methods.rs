@@ -127,8 +127,10 @@ fn knn_method(method: Method, g: &GeneratedCorpus, features: &[Vec<f32>], k: usi
 impl MethodScores {
     /// Detection AUCs against the ground truth and, with counterfactuals, the LDS.
     pub fn result(&self, g: &GeneratedCorpus, counterfactuals: Option<&Counterfactuals>) -> MethodResult {
+        // Every contributor has a role: `generate` assigns them and `read_dir` checks them.
         let roles: Vec<Role> =
             g.corpus.records.iter().map(|r| g.truth.role(&r.contributor).unwrap_or(Role::Honest)).collect();
+        debug_assert!(g.corpus.records.iter().all(|r| g.truth.role(&r.contributor).is_some()));
         // Low quality means harmful: the detector's score is the negated quality.
         let mut per_contributor: BTreeMap<&str, (f64, usize, Role)> = BTreeMap::new();
         for ((record, q), role) in g.corpus.records.iter().zip(&self.quality).zip(&roles) {
