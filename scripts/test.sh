@@ -53,6 +53,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 scripts/fetch-models.sh smollm2 >/dev/null
+# all-MiniLM-L6-v2: the sentence encoder of openledger-ml's embed tests and attribution's baselines
+scripts/fetch-models.sh minilm >/dev/null
 
 echo "==> compiling the benches (cargo test --workspace --benches --no-run)"
 cargo test --workspace --benches --no-run --quiet

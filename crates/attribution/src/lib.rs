@@ -5,6 +5,7 @@
 //! It owns no service, storage backend or payment: the attribution-worker runs it, the ledger pays.
 
 pub mod attribute;
+pub mod baseline;
 pub mod blend;
 pub mod corpus;
 pub mod credit;

@@ -5,6 +5,7 @@
 
 pub mod adapters;
 pub mod config;
+pub mod embed;
 pub mod engine;
 pub mod error;
 mod host;

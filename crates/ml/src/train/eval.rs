@@ -60,6 +60,34 @@ pub fn evaluate(
     Ok(EvalReport::new(0, metrics, base_metrics))
 }
 
+/// Each example's loss (mean negative log-likelihood of its scored tokens) under `adapter`, or
+/// the base model alone: what a datamodel compares across retrained adapters. `examples`:
+/// tokens and the index of the first scored token, as for `GradientProbe::gradients`.
+pub fn example_losses(
+    model: &LlamaModel,
+    adapter: Option<&crate::lora::LoraAdapter>,
+    examples: &[(&[u32], usize)],
+    batch_tokens: usize,
+) -> Result<Vec<f64>> {
+    let base = TrainBase::new(model)?;
+    let lora = adapter.map(|a| vars_from_adapter(&base, a)).transpose()?;
+    let (mut sums, mut counts) = (vec![0f64; examples.len()], vec![0usize; examples.len()]);
+    let order: Vec<usize> = (0..examples.len()).collect();
+    for chunk in micro_batches(&order, |i| examples[i].0.len(), batch_tokens) {
+        let parts: Vec<(&[u32], usize)> = chunk.iter().map(|&i| examples[i]).collect();
+        let batch = Batch::new(&parts, base.device())?;
+        let nll: Vec<f32> = base.forward(lora.as_ref(), &batch, &Mode::eval())?.0.to_vec1()?;
+        for (row, value) in batch.row_example.iter().zip(nll) {
+            sums[chunk[*row]] += value as f64;
+            counts[chunk[*row]] += 1;
+        }
+    }
+    if let Some(i) = counts.iter().position(|&c| c == 0) {
+        return Err(MlError::InvalidRequest(format!("example {i} has no scored token")));
+    }
+    Ok(sums.iter().zip(&counts).map(|(s, &c)| s / c as f64).collect())
+}
+
 /// Held-out loss, perplexity and label accuracy, for the adapter and the base model.
 pub(super) struct Evaluator<'a> {
     base: &'a TrainBase,

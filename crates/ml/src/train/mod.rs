@@ -41,7 +41,7 @@ use checkpoint::{
 pub use config::{MAX_BATCH_TOKENS, MAX_EPOCHS, MAX_RANK, TrainConfig};
 use data::{Dataset, Example, RecordKind, micro_batches};
 use eval::Evaluator;
-pub use eval::{EvalReport, evaluate};
+pub use eval::{EvalReport, evaluate, example_losses};
 use net::{Batch, LoraVars, Mode, TrainBase};
 use optim::{AdamW, AdamWParams, clip_grad_norm, learning_rate};
 
