@@ -168,3 +168,38 @@ impl<'a> Evaluator<'a> {
         Ok((loss, Some(correct as f64 / self.candidates.len() as f64)))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use candle_core::Device;
+    use candle_core::quantized::GgmlDType;
+
+    use super::*;
+    use crate::adapters::load_adapter_dir;
+    use crate::lora::Target;
+    use crate::testing::{TinyModel, TinySpec, write_peft_adapter};
+
+    #[test]
+    fn per_example_losses_of_a_batch_equal_each_example_alone_and_follow_the_adapter() {
+        let dir = tempfile::tempdir().unwrap();
+        let tiny = TinyModel::new(TinySpec::default()).unwrap();
+        let path = tiny.write_gguf(&dir.path().join("t.gguf"), GgmlDType::F32).unwrap();
+        let model = LlamaModel::from_gguf(&path, &Device::Cpu).unwrap();
+        let adapter_dir = dir.path().join("adapter");
+        write_peft_adapter(&adapter_dir, model.config(), 4, &[Target::Q, Target::V], 3, false).unwrap();
+        let adapter = load_adapter_dir("a", &adapter_dir, &model).unwrap();
+        let tokens: Vec<Vec<u32>> = vec![(1..=9).map(|i| i * 7 % 250).collect(), (1..=4).collect()];
+        let examples: Vec<(&[u32], usize)> = tokens.iter().map(|t| (t.as_slice(), 2)).collect();
+        let batched = example_losses(&model, Some(&adapter), &examples, 64).unwrap();
+        for (i, example) in examples.iter().enumerate() {
+            let alone = example_losses(&model, Some(&adapter), std::slice::from_ref(example), 64).unwrap();
+            assert!((alone[0] - batched[i]).abs() < 1e-4, "{} vs {}", alone[0], batched[i]);
+            assert!(batched[i].is_finite() && batched[i] > 0.0);
+        }
+        let base = example_losses(&model, None, &examples, 64).unwrap();
+        assert!(base.iter().zip(&batched).any(|(a, b)| (a - b).abs() > 1e-4), "the adapter changes the losses");
+        let empty: Vec<(&[u32], usize)> = vec![(&tokens[1], 4)];
+        assert!(example_losses(&model, None, &empty, 64).is_err(), "an example with nothing scored is refused");
+    }
+}
