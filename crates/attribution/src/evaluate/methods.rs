@@ -52,7 +52,7 @@ pub(super) fn influence(
     projection: Option<Projection>,
     estimators: &[Estimator],
     on_progress: &mut dyn FnMut(&str, u64, u64),
-) -> Result<Vec<MethodScores>> {
+) -> Result<(Vec<MethodScores>, Gradients)> {
     on_progress("gradients", 0, 3);
     let rows = trainer.gradients(adapter, projection, &trainer.train.examples)?;
     let hashes = trainer.train.examples.iter().map(|e| e.hash).collect();
@@ -65,7 +65,7 @@ pub(super) fn influence(
     let all = |probes: &[Vec<Vec<f32>>], estimator| -> Result<Vec<Vec<f64>>> {
         probes.iter().map(|probe| scores(&index, probe, estimator)).collect()
     };
-    estimators
+    let methods = estimators
         .iter()
         .map(|&estimator| {
             Ok(MethodScores {
@@ -74,7 +74,15 @@ pub(super) fn influence(
                 per_test: all(&test, estimator)?,
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((methods, Gradients { records: index, test }))
+}
+
+/// The gradients the influence methods scored with: every training record's, and every test
+/// example's (the probes).
+pub(super) struct Gradients {
+    pub records: GradientSet,
+    pub test: Vec<Vec<Vec<f32>>>,
 }
 
 /// KNN-Shapley on MiniLM embeddings (when `spec.minilm` is set) and on TF-IDF, and random.

@@ -32,7 +32,6 @@ use rand::seq::index::sample;
 use rand::{SeedableRng, rngs::StdRng};
 
 pub use corpus::{CorpusSpec, GeneratedCorpus, GroundTruth, LabelledText, Role};
-use methods::MethodScores;
 pub use model::BaseModel;
 use model::Trainer;
 pub use report::{EvaluationReport, MethodResult, ReplicationReport, VerbatimReport};
@@ -170,13 +169,120 @@ pub fn evaluate(spec: &EvaluationSpec, on_progress: &mut dyn FnMut(&str, u64, u6
     let adapter = trainer.train_on(&everything, "adapter")?;
     on_progress("train", 1, 1);
     let summary = report::AdapterSummary::measure(&trainer, &adapter)?;
-    let mut methods: Vec<MethodScores> =
+    let (mut methods, gradients) =
         methods::influence(&trainer, &adapter, spec.projection, &spec.estimators, on_progress)?;
     methods.extend(methods::baselines(g, spec, on_progress)?);
     let actual = counterfactual_losses(&trainer, n, spec, on_progress)?;
     let results = methods.iter().map(|m| m.result(g, actual.as_ref())).collect();
-    Ok(EvaluationReport::new(g, &trainer, summary, spec.subsets, results))
+    let mut report = EvaluationReport::new(g, &trainer, summary, spec.subsets, results);
+    on_progress("credit", 0, 2);
+    report.replication = Some(measure_replication(g, &trainer, &adapter, spec, &gradients)?);
+    on_progress("credit", 1, 2);
+    report.verbatim = Some(measure_verbatim(g, &trainer, spec)?);
+    on_progress("credit", 2, 2);
+    Ok(report)
 }
+
+/// The estimator payouts are measured with: the quality default when the run has it.
+fn paying_estimator(spec: &EvaluationSpec) -> Estimator {
+    let default = crate::quality::DEFAULT_QUALITY_ESTIMATOR;
+    if spec.estimators.contains(&default) { default } else { spec.estimators.first().copied().unwrap_or(default) }
+}
+
+/// The first honest contributor re-posts every record under two new identities: an exact copy
+/// and one with about a word in ten replaced; `R` over the test examples' attributions.
+fn measure_replication(
+    g: &GeneratedCorpus,
+    trainer: &Trainer,
+    adapter: &openledger_ml::lora::LoraAdapter,
+    spec: &EvaluationSpec,
+    gradients: &methods::Gradients,
+) -> Result<ReplicationReport> {
+    use crate::corpus::CorpusRecord;
+    use replication::{Copies, edit_tenth, payout_inflation};
+
+    let honest = g
+        .truth
+        .contributors
+        .iter()
+        .find(|c| c.role == Role::Honest)
+        .map(|c| c.contributor.clone())
+        .ok_or_else(|| AttributionError::invalid("the corpus has no honest contributor to copy"))?;
+    let originals: Vec<usize> = (0..n_records(g)).filter(|&i| g.corpus.records[i].contributor == honest).collect();
+    let mut vocabulary: Vec<&str> = g.records.iter().flat_map(|r| r.text.split_whitespace()).collect();
+    vocabulary.sort_unstable();
+    vocabulary.dedup();
+    let copy = |i: usize, text: &str, label: &str, kind: &str| {
+        let source = &g.corpus.records[i];
+        CorpusRecord {
+            position: 0,
+            hash: openledger_core::ContentHash::of(format!("{kind}/{}/{text}", source.hash).as_bytes()),
+            contribution: format!("{}-{kind}", source.contribution),
+            contributor: format!("{honest}-{kind}"),
+            text: format!("{text}\n{label}"),
+        }
+    };
+    let exact = Copies {
+        records: originals.iter().map(|&i| copy(i, &g.records[i].text, &g.records[i].label, "exact")).collect(),
+        gradients: originals
+            .iter()
+            .map(|&i| replication::split(gradients.records.row(i), &gradients.records.layer_dims))
+            .collect(),
+    };
+    let edited_texts: Vec<LabelledText> = originals
+        .iter()
+        .map(|&i| LabelledText {
+            text: edit_tenth(&g.records[i].text, &vocabulary, spec.seed ^ i as u64),
+            label: g.records[i].label.clone(),
+        })
+        .collect();
+    let edited = Copies {
+        records: originals.iter().zip(&edited_texts).map(|(&i, t)| copy(i, &t.text, &t.label, "edited")).collect(),
+        gradients: trainer.gradients(adapter, spec.projection, &trainer.dataset(&edited_texts)?.examples)?,
+    };
+    let estimator = paying_estimator(spec);
+    let identities = |kind: &str| vec![honest.clone(), format!("{honest}-{kind}")];
+    let (records, probes) = (&gradients.records, &gradients.test);
+    Ok(ReplicationReport {
+        estimator: estimator.name().into(),
+        records_copied: originals.len(),
+        exact: payout_inflation(&g.corpus, records, &exact, &identities("exact"), probes, estimator)?,
+        edited: payout_inflation(&g.corpus, records, &edited, &identities("edited"), probes, estimator)?,
+        note: "with the adapter trained without the copies (influence only, over the test examples)".into(),
+    })
+}
+
+fn n_records(g: &GeneratedCorpus) -> usize {
+    g.corpus.records.len()
+}
+
+/// Quotes of eight tokens cut from the corpus's records, attributed span-only.
+fn measure_verbatim(g: &GeneratedCorpus, trainer: &Trainer, spec: &EvaluationSpec) -> Result<VerbatimReport> {
+    use crate::credit::{CreditGroups, CreditParams};
+    use crate::span::SpanIndex;
+
+    let dir = spec.work_dir.join("span-index");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| AttributionError::io(&dir, e))?;
+    }
+    SpanIndex::build(&g.corpus, &trainer.tokenizer, &dir, crate::span::MAX_SHARD_TOKENS, &mut |_, _| {})?;
+    let index = SpanIndex::open_for(&dir, &trainer.tokenizer)?;
+    let groups = CreditGroups::build(&g.corpus, &CreditParams::default())?;
+    let quotes = g.corpus.records.len().min(VERBATIM_QUOTES);
+    let check = verbatim::check(&g.corpus, &groups, &index, &trainer.tokenizer, quotes, 8)?;
+    Ok(VerbatimReport {
+        credited_share: check.credited_share(),
+        spans: check.quotes,
+        note: format!(
+            "quotes of 8 tokens: {} of {} paid to the first accepted copy holding them ({} of them through a near \
+             copy's group), {} in full; misses: {:?}",
+            check.credited, check.quotes, check.moved_to_first_copy, check.credited_in_full, check.misses
+        ),
+    })
+}
+
+/// Quotes the verbatim check cuts at most.
+const VERBATIM_QUOTES: usize = 100;
 
 /// The random half subsets (record indices, sorted) and each test example's loss after
 /// training on each: `losses[subset][test example]`.
@@ -242,6 +348,16 @@ mod tests {
         assert_eq!(names, expected);
         assert!(report.methods.iter().all(|m| m.lds.is_some()), "8 subsets give every method an LDS");
         assert!(report.test_loss < report.test_base_loss, "training on the corpus lowers the test loss");
+        // Copies under new identities: the credit rule holds R at 1 (exact) and near it
+        // (edited); without the rule the copier is paid more.
+        let r = report.replication.as_ref().unwrap();
+        assert!(r.records_copied > 0);
+        assert!(r.exact.with_rule <= 1.0 + 1e-9, "{r:?}");
+        assert!(r.edited.with_rule <= 1.05, "{r:?}");
+        assert!(r.exact.without_rule > 1.2 && r.edited.without_rule > 1.2, "{r:?}");
+        let v = report.verbatim.as_ref().unwrap();
+        assert!(v.spans > 0);
+        assert_eq!(v.credited_share, 1.0, "{v:?}");
         let again = run(11, tempfile::tempdir().unwrap().path());
         assert_eq!(serde_json::to_value(&again).unwrap(), serde_json::to_value(&report).unwrap());
     }

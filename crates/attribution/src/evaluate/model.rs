@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use openledger_ml::LlamaModel;
 use openledger_ml::adapters::load_adapter_dir;
 use openledger_ml::lora::LoraAdapter;
 use openledger_ml::testing::{TinyModel, TinySpec};
 use openledger_ml::train::data::{Dataset, Example, RecordKind, Tokenize, micro_batches, parse_records};
 use openledger_ml::train::grads::{GradientProbe, Projection};
 use openledger_ml::train::{Control, TrainConfig, TrainJob, example_losses, train};
+use openledger_ml::{LlamaModel, Tokenizer};
 
 use super::corpus::LabelledText;
 use crate::{AttributionError, Result};
@@ -37,6 +37,9 @@ pub(super) struct Trainer {
     config: TrainConfig,
     work_dir: PathBuf,
     pub batch_tokens: usize,
+    pub tokenizer: Tokenizer,
+    labels: Vec<String>,
+    max_tokens: usize,
 }
 
 impl Trainer {
@@ -55,18 +58,31 @@ impl Trainer {
         };
         let (model, tokenizer) = openledger_ml::load_model(&model_path, &Device::Cpu)?;
         let max_tokens = config.max_seq_tokens.unwrap_or(model.config().context_length);
-        let tokenize = Tokenize { tokenizer: &tokenizer, max_tokens };
-        let dataset = |texts: &[LabelledText]| -> Result<Dataset> {
-            let lines: Vec<String> =
-                texts.iter().map(|t| serde_json::json!({"text": t.text, "label": t.label}).to_string()).collect();
-            let (kind, parsed) = parse_records(&lines.join("\n")).map_err(AttributionError::invalid)?;
-            debug_assert_eq!(kind, RecordKind::Labelled);
-            Ok(tokenize.dataset(kind, &parsed, Some(labels))?)
-        };
-        let (train, validation, test) = (dataset(records)?, dataset(validation)?, dataset(test)?);
+        let (train, validation, test) = (
+            tokenized(&tokenizer, max_tokens, labels, records)?,
+            tokenized(&tokenizer, max_tokens, labels, validation)?,
+            tokenized(&tokenizer, max_tokens, labels, test)?,
+        );
         let config = TrainConfig { eval_split: 0.0, checkpoint_every: 0, keep_checkpoints: 1, ..config.clone() };
         let batch_tokens = config.batch_tokens;
-        Ok(Self { model, model_path, train, validation, test, config, work_dir: work_dir.to_path_buf(), batch_tokens })
+        Ok(Self {
+            model,
+            model_path,
+            train,
+            validation,
+            test,
+            config,
+            work_dir: work_dir.to_path_buf(),
+            batch_tokens,
+            tokenizer,
+            labels: labels.to_vec(),
+            max_tokens,
+        })
+    }
+
+    /// `texts` tokenized as the corpus was (for records made after the corpus, such as copies).
+    pub fn dataset(&self, texts: &[LabelledText]) -> Result<Dataset> {
+        tokenized(&self.tokenizer, self.max_tokens, &self.labels, texts)
     }
 
     /// Trains a fresh adapter on the training records at `indices` into `work_dir/name`, or
@@ -133,6 +149,14 @@ impl Trainer {
         let all: Vec<usize> = (0..examples.len()).collect();
         Ok(example_losses(&self.model, Some(adapter), &parts(examples, &all), self.batch_tokens)?)
     }
+}
+
+fn tokenized(tokenizer: &Tokenizer, max_tokens: usize, labels: &[String], texts: &[LabelledText]) -> Result<Dataset> {
+    let lines: Vec<String> =
+        texts.iter().map(|t| serde_json::json!({"text": t.text, "label": t.label}).to_string()).collect();
+    let (kind, parsed) = parse_records(&lines.join("\n")).map_err(AttributionError::invalid)?;
+    debug_assert_eq!(kind, RecordKind::Labelled);
+    Ok(Tokenize { tokenizer, max_tokens }.dataset(kind, &parsed, Some(labels))?)
 }
 
 fn parts<'a>(examples: &'a [Example], indices: &[usize]) -> Vec<(&'a [u32], usize)> {

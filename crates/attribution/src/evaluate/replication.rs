@@ -84,7 +84,8 @@ fn paid_to(
     Ok(total as f64)
 }
 
-fn split(row: &[f32], layer_dims: &[usize]) -> Vec<Vec<f32>> {
+/// A gradient row cut into its layers.
+pub(crate) fn split(row: &[f32], layer_dims: &[usize]) -> Vec<Vec<f32>> {
     let mut rest = row;
     layer_dims
         .iter()

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::corpus::GeneratedCorpus;
 use super::model::Trainer;
+use super::replication::Inflation;
 use crate::Result;
 
 /// One method's measures.
@@ -25,14 +26,17 @@ pub struct MethodResult {
     pub lds: Option<f64>,
 }
 
-/// Payout inflation under copying, measured by the credit rule.
+/// Payout inflation under copying: one honest contributor re-posts each of his records under
+/// two new identities, once exactly and once with about one word in ten replaced.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReplicationReport {
-    /// `R`: what the copiers' identities are paid with their copies in the corpus, over what
-    /// the copied records' contributors are paid without them (1: copying gains nothing).
-    pub payout_inflation: f64,
-    pub exact_copies: usize,
-    pub edited_copies: usize,
+    pub estimator: String,
+    /// Records copied (each once exactly, once edited).
+    pub records_copied: usize,
+    /// `R` for the exact copies: with the credit rule, and without it (each record its own group).
+    pub exact: Inflation,
+    /// `R` for the edited copies.
+    pub edited: Inflation,
     pub note: String,
 }
 
@@ -157,8 +161,15 @@ impl fmt::Display for EvaluationReport {
         if let Some(r) = &self.replication {
             writeln!(
                 f,
-                "\npayout inflation R = {:.3} ({} exact, {} edited copies) {}",
-                r.payout_inflation, r.exact_copies, r.edited_copies, r.note
+                "\npayout inflation R ({}, {} records copied): exact copies {:.3} with the credit rule ({:.3} without), \
+                 edited copies {:.3} ({:.3} without) {}",
+                r.estimator,
+                r.records_copied,
+                r.exact.with_rule,
+                r.exact.without_rule,
+                r.edited.with_rule,
+                r.edited.without_rule,
+                r.note
             )?;
         }
         if let Some(v) = &self.verbatim {

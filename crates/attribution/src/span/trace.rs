@@ -36,13 +36,17 @@ pub(super) fn trace(
             params.max_completion_tokens
         )));
     }
-    let mut candidates = maximal_spans(index, &ids, params);
+    let blank: Vec<bool> = offsets.iter().map(|&(start, end)| text[start..end].trim().is_empty()).collect();
+    let mut candidates = maximal_spans(index, &ids, &blank, params);
     rank_and_limit(index, &ids, &mut candidates, params);
     candidates.iter().map(|candidate| evidence(index, &ids, &offsets, candidate)).collect()
 }
 
-/// The maximal spans that pass the length and frequency filters, in text order.
-fn maximal_spans(index: &SpanIndex, ids: &[u32], params: &SpanParams) -> Vec<Candidate> {
+/// The maximal spans that pass the length and frequency filters, in text order. A span's edge
+/// tokens that are only whitespace are trimmed first: whether a quote is followed by a space or
+/// a line break in the corpus must not decide which record holds it (the trimmed span's records
+/// are the ones credited).
+fn maximal_spans(index: &SpanIndex, ids: &[u32], blank: &[bool], params: &SpanParams) -> Vec<Candidate> {
     // A token the index cannot hold becomes the separator, which ends every match there.
     let text: Vec<u16> = ids.iter().map(|&id| u16::try_from(id).unwrap_or(SEPARATOR_TOKEN)).collect();
     let mut spans = Vec::new();
@@ -53,7 +57,11 @@ fn maximal_spans(index: &SpanIndex, ids: &[u32], params: &SpanParams) -> Vec<Can
         // Ends never decrease with the start, so a span is maximal when it ends further right.
         let maximal = end > previous_end;
         previous_end = previous_end.max(end);
-        if !maximal || length < params.min_span_tokens {
+        if !maximal {
+            continue;
+        }
+        let (start, end) = trim_blank(blank, start, end);
+        if end - start < params.min_span_tokens {
             continue;
         }
         let occurrences = index.count(&ids[start..end]);
@@ -62,6 +70,17 @@ fn maximal_spans(index: &SpanIndex, ids: &[u32], params: &SpanParams) -> Vec<Can
         }
     }
     spans
+}
+
+/// `start..end` without whitespace-only tokens at either edge.
+fn trim_blank(blank: &[bool], mut start: usize, mut end: usize) -> (usize, usize) {
+    while start < end && blank[start] {
+        start += 1;
+    }
+    while end > start && blank[end - 1] {
+        end -= 1;
+    }
+    (start, end)
 }
 
 /// Keeps the rarest spans, at most `ceil(max_spans_per_token × tokens)` but at least one.
