@@ -168,3 +168,35 @@ fn model_finetune_eval_and_grads() {
         run(&["model", "finetune", "--base", gguf, "--data", empty.to_str().expect("path"), "--out", out_s]);
     assert!(!ok && stderr.contains("no records"), "{stderr}");
 }
+
+/// `openledger attribution evaluate` as a user first runs it: the CI-size evaluation on the
+/// tiny model, as JSON, with every method, the copy measure and the verbatim check.
+#[test]
+fn attribution_evaluate_reports_every_method_and_the_credit_checks() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = openledger(&[
+        "attribution",
+        "evaluate",
+        "--subsets",
+        "3",
+        "--seed",
+        "5",
+        "--work-dir",
+        work.path().to_str().expect("utf-8 path"),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let methods: Vec<&str> =
+        report["methods"].as_array().expect("methods").iter().filter_map(|m| m["method"].as_str()).collect();
+    assert!(methods.contains(&"datainf_normalized") && methods.contains(&"random"), "{methods:?}");
+    assert!(report["replication"]["exact"]["with_rule"].as_f64().expect("R") <= 1.0 + 1e-9, "{report}");
+    assert_eq!(report["verbatim"]["credited_share"], 1.0, "{report}");
+    let bad = openledger(&["attribution", "evaluate", "--subsets", "2"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("subsets must be"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
