@@ -88,7 +88,11 @@ fn write_index(
     let mut pending = PendingShard::default();
     let mut tokens = 0u64;
     for (index, record) in corpus.records.iter().enumerate() {
-        let ids = tokenizer.encode_continuation(&record.text)?;
+        // A record is tokenized as if it followed a space, as a quote of its first words does
+        // in running text: byte-level BPE (SmolLM2, GPT-2) spells a word after a space with
+        // other tokens than at the start of a text, so an index of bare records would miss
+        // quotes of their first words.
+        let ids = tokenizer.encode_continuation(&format!(" {}", record.text))?;
         if !pending.is_empty() && pending.text.len() + ids.len() + 1 > shard_tokens {
             shards.push(pending.write(staging, shards.len())?);
             pending = PendingShard { first_record: index, ..PendingShard::default() };

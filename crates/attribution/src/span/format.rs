@@ -14,7 +14,7 @@ use super::shard::Shard;
 use crate::{AttributionError, Result};
 
 /// The format string of `header.json`; bumped on any change to the files' layout.
-pub const INDEX_FORMAT: &str = "openledger-span-index/1";
+pub const INDEX_FORMAT: &str = "openledger-span-index/2";
 pub(super) const HEADER_FILE: &str = "header.json";
 pub(super) const RECORDS_FILE: &str = "records.bin";
 

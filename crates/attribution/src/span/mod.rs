@@ -202,6 +202,24 @@ mod tests {
         assert_eq!(spans[0].record, corpus.records[1].hash);
     }
 
+    /// Byte-level BPE spells "the" after a space as one token and at the start of a text as
+    /// two: a quote of a record's first words in running text still matches from its first word.
+    #[test]
+    fn a_quote_of_a_records_first_words_matches_from_the_first_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = openledger_ml::testing::TinyModel::new(openledger_ml::testing::TinySpec::default()).unwrap();
+        let tokenizer =
+            Tokenizer::from_file(&model.write_safetensors(dir.path()).unwrap().join("tokenizer.json")).unwrap();
+        let corpus = corpus(&["zzz qqq", "the ant ate a tiny bun in the inn"]);
+        let index_dir = dir.path().join("index");
+        SpanIndex::build(&corpus, &tokenizer, &index_dir, WIDE, &mut |_, _| {}).unwrap();
+        let index = SpanIndex::open_for(&index_dir, &tokenizer).unwrap();
+        let text = "so the ant ate a tiny bun in the inn ok";
+        let spans = index.trace(&tokenizer, text, &SpanParams::default()).unwrap();
+        assert_eq!(spans.len(), 1, "{spans:?}");
+        assert_eq!(&text[spans[0].start..spans[0].end], "the ant ate a tiny bun in the inn");
+    }
+
     #[test]
     fn the_first_accepted_copy_gets_the_credit_and_every_copy_is_listed() {
         let dir = tempfile::tempdir().unwrap();

@@ -39,7 +39,7 @@ pub(super) fn trace(
     let blank: Vec<bool> = offsets.iter().map(|&(start, end)| text[start..end].trim().is_empty()).collect();
     let mut candidates = maximal_spans(index, &ids, &blank, params);
     rank_and_limit(index, &ids, &mut candidates, params);
-    candidates.iter().map(|candidate| evidence(index, &ids, &offsets, candidate)).collect()
+    candidates.iter().map(|candidate| evidence(index, text, &ids, &offsets, candidate)).collect()
 }
 
 /// The maximal spans that pass the length and frequency filters, in text order. A span's edge
@@ -99,7 +99,15 @@ fn rank_and_limit(index: &SpanIndex, ids: &[u32], candidates: &mut Vec<Candidate
     candidates.sort_by_key(|candidate| candidate.start);
 }
 
-fn evidence(index: &SpanIndex, ids: &[u32], offsets: &[(usize, usize)], candidate: &Candidate) -> Result<SpanEvidence> {
+/// The span's records and its bytes in `text`, without the whitespace a first token may carry
+/// (byte-level BPE spells a word with the space before it).
+fn evidence(
+    index: &SpanIndex,
+    text: &str,
+    ids: &[u32],
+    offsets: &[(usize, usize)],
+    candidate: &Candidate,
+) -> Result<SpanEvidence> {
     let pattern = narrow(&ids[candidate.start..candidate.end]).unwrap_or_default();
     let mut records: Vec<usize> = Vec::new();
     for shard in &index.shards {
@@ -113,9 +121,13 @@ fn evidence(index: &SpanIndex, ids: &[u32], offsets: &[(usize, usize)], candidat
         .first()
         .copied()
         .ok_or_else(|| AttributionError::corrupt("span index", "a span was counted but no record holds it"))?;
+    let (start, end) = (offsets[candidate.start].0, offsets[candidate.end - 1].1);
+    let quoted = &text[start..end];
+    let start = start + (quoted.len() - quoted.trim_start().len());
+    let end = end - (quoted.len() - quoted.trim_end().len());
     Ok(SpanEvidence {
-        start: offsets[candidate.start].0,
-        end: offsets[candidate.end - 1].1,
+        start,
+        end,
         tokens: candidate.end - candidate.start,
         occurrences: candidate.occurrences,
         record: first,
