@@ -1078,8 +1078,11 @@ async fn datanets_work_from_the_cli_and_over_rest() {
 
 /// What a model builder does with an export (with a tiny model the test writes): fine-tune on
 /// it, index it, trace a quote, attribute an output, and read contributor quality.
+/// How a test runs the CLI: exit code and output.
+type Cli<'a> = dyn Fn(&[&str]) -> (Option<i32>, String) + 'a;
+
 fn attribute_an_export(
-    cli: &dyn Fn(&[&str]) -> (Option<i32>, String),
+    cli: &Cli<'_>,
     dir: &std::path::Path,
     corpus: &openledger_attribution::corpus::Corpus,
 ) {
