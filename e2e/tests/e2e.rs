@@ -1081,11 +1081,7 @@ async fn datanets_work_from_the_cli_and_over_rest() {
 /// How a test runs the CLI: exit code and output.
 type Cli<'a> = dyn Fn(&[&str]) -> (Option<i32>, String) + 'a;
 
-fn attribute_an_export(
-    cli: &Cli<'_>,
-    dir: &std::path::Path,
-    corpus: &openledger_attribution::corpus::Corpus,
-) {
+fn attribute_an_export(cli: &Cli<'_>, dir: &std::path::Path, corpus: &openledger_attribution::corpus::Corpus) {
     use openledger_ml::testing::{TinyModel, TinySpec};
 
     let path = |name: &str| dir.join(name).display().to_string();

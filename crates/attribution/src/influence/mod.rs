@@ -99,6 +99,8 @@ pub struct GradientSet {
     /// `‖g_i,l‖²` per row and layer, computed on first use: they do not depend on the probe,
     /// so the estimators that need them read the rows once per probe instead of twice.
     squared_norms: std::sync::OnceLock<Vec<f64>>,
+    /// DataInf's per-layer damping and operators, raw and unit-norm, computed on first use.
+    datainf: [std::sync::OnceLock<score::DataInfOperator>; 2],
 }
 
 impl PartialEq for GradientSet {
@@ -126,7 +128,7 @@ impl GradientSet {
             }
             values.extend(row.into_iter().flatten());
         }
-        Ok(Self { records, layer_dims, values, squared_norms: Default::default() })
+        Ok(Self { records, layer_dims, values, squared_norms: Default::default(), datainf: Default::default() })
     }
 
     /// Rows stored flat as little-endian `dtype` values, `records.len()` rows of the layers'
@@ -152,7 +154,7 @@ impl GradientSet {
                 bytes.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect()
             }
         };
-        Ok(Self { records, layer_dims, values, squared_norms: Default::default() })
+        Ok(Self { records, layer_dims, values, squared_norms: Default::default(), datainf: Default::default() })
     }
 
     pub fn len(&self) -> usize {

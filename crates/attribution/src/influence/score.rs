@@ -125,23 +125,83 @@ fn cosine(set: &GradientSet, probe: &[Vec<f32>]) -> Vec<f64> {
     })
 }
 
+/// Widest layer for which DataInf keeps its per-layer operator as a matrix (`d × d` f64): with
+/// projected gradients (64 values per layer by default) the matrix makes a probe cost one pass
+/// over the rows instead of three; full-width gradients keep the three passes.
+pub const MAX_DATAINF_MATRIX_DIM: usize = 1024;
+
+/// What DataInf needs of a set besides the probe: per layer, the damping `λ_l` and, for narrow
+/// layers, `M_l = Σ_j ĝ_j ĝ_jᵀ / (λ_l + ‖ĝ_j‖²)` (row-major), so that the sum DataInf takes over
+/// the records for a probe `p` is `M_l p`.
+#[derive(Clone, Debug)]
+pub(crate) struct DataInfOperator {
+    lambda: Vec<f64>,
+    matrices: Option<Vec<Vec<f64>>>,
+}
+
 /// DataInf: per layer, `w_l = H_l⁻¹ p_l` with
 /// `H_l⁻¹ v ≈ (1/λ_l)(v − (1/n) Σ_j ⟨v,g_j⟩/(λ_l + ‖g_j‖²) g_j)`, then `score_i = Σ_l ⟨w_l, g_i,l⟩`
 /// (the approximation is symmetric, so `⟨p, H⁻¹ g_i⟩ = ⟨H⁻¹ p, g_i⟩` and one `w` serves all rows).
 /// `normalized`: every record's and the probe's layer gradient is first scaled to unit norm.
 fn datainf(set: &GradientSet, probe: &[Vec<f32>], normalized: bool) -> Vec<f64> {
+    let operator = set.datainf[usize::from(normalized)].get_or_init(|| datainf_operator(set, normalized, true));
+    datainf_with(set, probe, normalized, operator)
+}
+
+fn datainf_with(set: &GradientSet, probe: &[Vec<f32>], normalized: bool, operator: &DataInfOperator) -> Vec<f64> {
     let n_layers = probe.len();
     let n = set.len() as f64;
     let probe: Vec<Vec<f32>> = if normalized { probe.iter().map(|p| unit(p)).collect() } else { probe.to_vec() };
-    // Pass 1: per row and layer, ⟨p_l, g_j,l⟩ (‖g_j,l‖² is cached in the set).
+    let scale = row_scales(set, normalized);
+    let lambda = &operator.lambda;
+    let u: Vec<Vec<f64>> = match &operator.matrices {
+        // u_l = M_l p_l: no pass over the rows.
+        Some(matrices) => matrices
+            .iter()
+            .zip(&probe)
+            .map(|(m, p)| {
+                m.chunks_exact(p.len()).map(|row| row.iter().zip(p).map(|(a, &b)| a * b as f64).sum()).collect()
+            })
+            .collect(),
+        None => {
+            // Pass 1: per row and layer, ⟨p_l, g_j,l⟩ (‖g_j,l‖² is cached in the set).
+            let norms = squared_norms(set);
+            let dots = layer_dots(set, &probe);
+            // c_j,l = ⟨p_l, ĝ_j,l⟩ / (λ_l + ‖ĝ_j,l‖²), times ĝ's scale so pass 2 can sum raw rows.
+            let coefficients: Vec<f64> = (0..set.len() * n_layers)
+                .map(|k| {
+                    let (l, s) = (k % n_layers, scale[k]);
+                    dots[k] * s / (lambda[l] + norms[k] * s * s) * s
+                })
+                .collect();
+            // Pass 2: u_l = Σ_j c_j,l ĝ_j,l, in fixed chunks combined in order.
+            weighted_sum(set, &coefficients)
+        }
+    };
+    let w: Vec<Vec<f32>> = (0..n_layers)
+        .map(|l| probe[l].iter().zip(&u[l]).map(|(&p, &u)| ((p as f64 - u / n) / lambda[l]) as f32).collect())
+        .collect();
+    // The pass every probe pays: ⟨w_l, ĝ_i,l⟩.
+    score_rows(set, &w, |i, dots| dots.iter().enumerate().map(|(l, d)| d * scale[i * n_layers + l]).sum())
+}
+
+/// Per row and layer, what scales `g` to `ĝ`: 1, or `1/‖g‖` for unit-norm DataInf.
+fn row_scales(set: &GradientSet, normalized: bool) -> Vec<f64> {
     let norms = squared_norms(set);
-    let dots = layer_dots(set, &probe);
-    // Unit-norm rows are scaled by 1/‖g‖ on the fly: `scale[i*L+l]` multiplies row i's layer l.
-    let scale: Vec<f64> = if normalized {
+    if normalized {
         norms.iter().map(|&s| if s > 0.0 { 1.0 / s.sqrt() } else { 0.0 }).collect()
     } else {
         vec![1.0; norms.len()]
-    };
+    }
+}
+
+/// The damping per layer and, when every layer is at most [`MAX_DATAINF_MATRIX_DIM`] wide and
+/// `matrices` is asked for, the operators `M_l` (sums in fixed chunks, combined in order).
+fn datainf_operator(set: &GradientSet, normalized: bool, matrices: bool) -> DataInfOperator {
+    let n_layers = set.layer_dims.len();
+    let n = set.len() as f64;
+    let norms = squared_norms(set);
+    let scale = row_scales(set, normalized);
     let lambda: Vec<f64> = (0..n_layers)
         .map(|l| {
             let squares: f64 = (0..set.len()).map(|i| norms[i * n_layers + l] * scale[i * n_layers + l].powi(2)).sum();
@@ -150,21 +210,43 @@ fn datainf(set: &GradientSet, probe: &[Vec<f32>], normalized: bool) -> Vec<f64> 
             if lambda > 0.0 { lambda } else { 1.0 }
         })
         .collect();
-    // c_j,l = ⟨p_l, ĝ_j,l⟩ / (λ_l + ‖ĝ_j,l‖²), times ĝ's scale so pass 2 can sum raw rows.
-    let coefficients: Vec<f64> = (0..set.len() * n_layers)
-        .map(|k| {
-            let l = k % n_layers;
-            let s = scale[k];
-            dots[k] * s / (lambda[l] + norms[k] * s * s) * s
-        })
-        .collect();
-    // Pass 2: u_l = Σ_j c_j,l ĝ_j,l, in fixed chunks combined in order.
-    let u = weighted_sum(set, &coefficients);
-    let w: Vec<Vec<f32>> = (0..n_layers)
-        .map(|l| probe[l].iter().zip(&u[l]).map(|(&p, &u)| ((p as f64 - u / n) / lambda[l]) as f32).collect())
-        .collect();
-    // Pass 3: ⟨w_l, ĝ_i,l⟩.
-    score_rows(set, &w, |i, dots| dots.iter().enumerate().map(|(l, d)| d * scale[i * n_layers + l]).sum())
+    let narrow = set.layer_dims.iter().all(|&d| d <= MAX_DATAINF_MATRIX_DIM);
+    let matrices = (matrices && narrow).then(|| {
+        let chunks = set.len().div_ceil(CHUNK_RECORDS);
+        let partial: Vec<Vec<Vec<f64>>> = (0..chunks)
+            .into_par_iter()
+            .map(|chunk| {
+                let mut sums: Vec<Vec<f64>> = set.layer_dims.iter().map(|&d| vec![0.0; d * d]).collect();
+                let mut g = Vec::new();
+                for i in chunk * CHUNK_RECORDS..((chunk + 1) * CHUNK_RECORDS).min(set.len()) {
+                    for (l, raw) in layers(set, i).enumerate() {
+                        let k = i * n_layers + l;
+                        let weight = scale[k] * scale[k] / (lambda[l] + norms[k] * scale[k] * scale[k]);
+                        g.clear();
+                        g.extend(raw.iter().map(|&v| v as f64));
+                        let d = g.len();
+                        for (a, row) in g.iter().zip(sums[l].chunks_exact_mut(d)) {
+                            let wa = weight * a;
+                            for (m, b) in row.iter_mut().zip(&g) {
+                                *m += wa * b;
+                            }
+                        }
+                    }
+                }
+                sums
+            })
+            .collect();
+        let mut total: Vec<Vec<f64>> = set.layer_dims.iter().map(|&d| vec![0.0; d * d]).collect();
+        for sums in partial {
+            for (t, s) in total.iter_mut().zip(sums) {
+                for (t, s) in t.iter_mut().zip(s) {
+                    *t += s;
+                }
+            }
+        }
+        total
+    });
+    DataInfOperator { lambda, matrices }
 }
 
 /// `Σ_i coefficients[i*L+l] · g_i,l` per layer, in f64: per chunk in parallel, then the chunks'
@@ -317,6 +399,23 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn datainf_by_matrix_equals_datainf_by_three_passes() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let dims = [6, 4];
+        // More rows than one chunk, so the operator's chunked sums are exercised.
+        let (set, _) = random_set(&mut rng, 700, &dims);
+        let (_, probe) = random_set(&mut rng, 1, &dims);
+        let probe = &probe[0];
+        for normalized in [false, true] {
+            let by_matrix = datainf_with(&set, probe, normalized, &datainf_operator(&set, normalized, true));
+            let by_passes = datainf_with(&set, probe, normalized, &datainf_operator(&set, normalized, false));
+            for (a, b) in by_matrix.iter().zip(&by_passes) {
+                assert!(close(*a, *b), "{a} vs {b}");
+            }
+        }
     }
 
     #[test]
