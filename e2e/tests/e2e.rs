@@ -874,6 +874,19 @@ async fn datanets_work_from_the_cli_and_over_rest() {
     assert_eq!(code, Some(1), "a grant not yet approved reads nothing: {out}");
     assert!(out.contains("no approved grant"), "{out}");
     assert!(!data_dir.path().join("export").exists());
+    let (code, out) = cli(&[
+        "datanet",
+        "export",
+        "notes@7",
+        "--grant",
+        &grant,
+        "--out",
+        &path("export"),
+        "--key-file",
+        &path("alice.key"),
+    ]);
+    assert_eq!(code, Some(1), "a version that was never sealed cannot be exported: {out}");
+    assert!(out.contains("no snapshot") && out.contains('7'), "{out}");
     let (code, out) =
         cli(&["datanet", "grant", "notes", "--grant", &grant, "--approve", "--key-file", &path("owner.key")]);
     assert_eq!(code, Some(0), "{out}");

@@ -147,7 +147,9 @@ fn cost(a: &Args) {
         (a.records * width * 2) as f64 / 1e6,
         load_s * 1e3
     );
-    println!("| estimator | first call ms (builds what is cached per index) | scan ms | probe + scan ms | share of generation |");
+    println!(
+        "| estimator | first call ms (builds what is cached per index) | scan ms | probe + scan ms | share of generation |"
+    );
     println!("|---|---|---|---|---|");
     for estimator in Estimator::ALL {
         let started = Instant::now();
