@@ -886,7 +886,10 @@ async fn datanets_work_from_the_cli_and_over_rest() {
         &path("alice.key"),
     ]);
     assert_eq!(code, Some(1), "a version that was never sealed cannot be exported: {out}");
-    assert!(out.contains("no snapshot") && out.contains('7'), "{out}");
+    assert!(
+        out.contains("error: no snapshot \"7\" of this Datanet (not_found)"),
+        "a refusal reads as its message and code: {out}"
+    );
     let (code, out) =
         cli(&["datanet", "grant", "notes", "--grant", &grant, "--approve", "--key-file", &path("owner.key")]);
     assert_eq!(code, Some(0), "{out}");

@@ -177,7 +177,13 @@ fn client_command(command: impl Future<Output = anyhow::Result<bool>>) -> ExitCo
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // A service's refusal reads as its message and code, not as tonic's debug text.
+            match error.downcast_ref::<tonic::Status>().filter(|_| error.chain().count() == 1) {
+                Some(status) => {
+                    eprintln!("error: {} ({})", status.message(), openledger_runtime::grpc::error_code_of(status))
+                }
+                None => eprintln!("error: {error:#}"),
+            }
             ExitCode::FAILURE
         }
     }
