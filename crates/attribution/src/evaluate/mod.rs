@@ -208,7 +208,8 @@ fn measure_replication(
         .find(|c| c.role == Role::Honest)
         .map(|c| c.contributor.clone())
         .ok_or_else(|| AttributionError::invalid("the corpus has no honest contributor to copy"))?;
-    let originals: Vec<usize> = (0..n_records(g)).filter(|&i| g.corpus.records[i].contributor == honest).collect();
+    let originals: Vec<usize> =
+        (0..g.corpus.records.len()).filter(|&i| g.corpus.records[i].contributor == honest).collect();
     let mut vocabulary: Vec<&str> = g.records.iter().flat_map(|r| r.text.split_whitespace()).collect();
     vocabulary.sort_unstable();
     vocabulary.dedup();
@@ -224,10 +225,7 @@ fn measure_replication(
     };
     let exact = Copies {
         records: originals.iter().map(|&i| copy(i, &g.records[i].text, &g.records[i].label, "exact")).collect(),
-        gradients: originals
-            .iter()
-            .map(|&i| replication::split(gradients.records.row(i), &gradients.records.layer_dims))
-            .collect(),
+        gradients: originals.iter().map(|&i| gradients.records.layers(i).map(<[f32]>::to_vec).collect()).collect(),
     };
     let edited_texts: Vec<LabelledText> = originals
         .iter()
@@ -250,10 +248,6 @@ fn measure_replication(
         edited: payout_inflation(&g.corpus, records, &edited, &identities("edited"), probes, estimator)?,
         note: "with the adapter trained without the copies (influence only, over the test examples)".into(),
     })
-}
-
-fn n_records(g: &GeneratedCorpus) -> usize {
-    g.corpus.records.len()
 }
 
 /// Quotes of eight tokens cut from the corpus's records, attributed span-only.

@@ -39,7 +39,7 @@ pub fn payout_inflation(
     }
     let mut records = corpus.records.clone();
     let mut rows: Vec<Vec<Vec<f32>>> =
-        (0..gradients.len()).map(|i| split(gradients.row(i), &gradients.layer_dims)).collect();
+        (0..gradients.len()).map(|i| gradients.layers(i).map(<[f32]>::to_vec).collect()).collect();
     let last = records.last().map_or(0, |r| r.position);
     for (offset, copy) in copies.records.iter().enumerate() {
         records.push(CorpusRecord { position: last + 1 + offset as u64, ..copy.clone() });
@@ -82,19 +82,6 @@ fn paid_to(
             .sum::<u64>();
     }
     Ok(total as f64)
-}
-
-/// A gradient row cut into its layers.
-pub(crate) fn split(row: &[f32], layer_dims: &[usize]) -> Vec<Vec<f32>> {
-    let mut rest = row;
-    layer_dims
-        .iter()
-        .map(|&dim| {
-            let (layer, tail) = rest.split_at(dim);
-            rest = tail;
-            layer.to_vec()
-        })
-        .collect()
 }
 
 /// Replaces about one word in ten of `text` (at least one) with another word of `vocabulary`,

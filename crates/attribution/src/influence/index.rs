@@ -14,7 +14,7 @@ use openledger_core::ContentHash;
 use openledger_ml::adapters::{ADAPTER_WEIGHTS, load_adapter_dir};
 use openledger_ml::train::data::{Example, Record, Tokenize, read_records};
 use openledger_ml::train::grads::{GradDType, GradFile, GradHeader, GradientProbe, Projection};
-use openledger_ml::train::{LINEAGE_FILE, Lineage};
+use openledger_ml::train::{LINEAGE_FILE, Lineage, hash_path};
 use openledger_ml::{LlamaModel, Tokenizer};
 use serde::{Deserialize, Serialize};
 
@@ -112,7 +112,7 @@ impl GradientIndex {
         let result = written.map_err(AttributionError::from).and_then(|_| {
             let manifest = IndexManifest {
                 format: INDEX_FORMAT.into(),
-                adapter_weights_blake3: file_blake3(&adapter_dir.join(ADAPTER_WEIGHTS))?,
+                adapter_weights_blake3: hash_path(&adapter_dir.join(ADAPTER_WEIGHTS))?,
                 base_model_blake3: lineage.base_model_blake3.clone(),
                 dataset: lineage.dataset.clone(),
                 dataset_blake3: lineage.dataset_blake3.clone(),
@@ -120,7 +120,7 @@ impl GradientIndex {
                 records: indexed,
                 checksums: GRAD_FILES
                     .iter()
-                    .map(|f| Ok((f.to_string(), file_blake3(&staging.join(GRADS_DIR).join(f))?)))
+                    .map(|f| Ok((f.to_string(), hash_path(&staging.join(GRADS_DIR).join(f))?)))
                     .collect::<Result<_>>()?,
             };
             let path = staging.join(MANIFEST_FILE);
@@ -152,7 +152,7 @@ impl GradientIndex {
             if !GRAD_FILES.contains(&file.as_str()) {
                 return Err(AttributionError::corrupt(what(), format!("unknown file {file:?} in the manifest")));
             }
-            let actual = file_blake3(&dir.join(GRADS_DIR).join(file))?;
+            let actual = hash_path(&dir.join(GRADS_DIR).join(file))?;
             if &actual != expected {
                 return Err(AttributionError::corrupt(
                     what(),
@@ -184,7 +184,7 @@ impl GradientIndex {
 
     /// Checks the index was built for the adapter in `adapter_dir` (its weights' BLAKE3).
     pub fn check_adapter(&self, adapter_dir: &Path) -> Result<()> {
-        let actual = file_blake3(&adapter_dir.join(ADAPTER_WEIGHTS))?;
+        let actual = hash_path(&adapter_dir.join(ADAPTER_WEIGHTS))?;
         if actual != self.manifest.adapter_weights_blake3 {
             return Err(AttributionError::Mismatch(format!(
                 "the gradient index {} was built for other adapter weights: rebuild it for {}",
@@ -280,13 +280,6 @@ fn staging_dir(out_dir: &Path) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| AttributionError::io(&staging, e))?;
     Ok(staging)
-}
-
-fn file_blake3(path: &Path) -> Result<String> {
-    let file = std::fs::File::open(path).map_err(|e| AttributionError::io(path, e))?;
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(file).map_err(|e| AttributionError::io(path, e))?;
-    Ok(hasher.finalize().to_hex().to_string())
 }
 
 #[cfg(test)]

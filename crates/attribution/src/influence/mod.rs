@@ -173,4 +173,15 @@ impl GradientSet {
         let width = self.width();
         &self.values[i * width..(i + 1) * width]
     }
+
+    /// Row `i` cut into its layers.
+    pub fn layers(&self, i: usize) -> impl Iterator<Item = &[f32]> + '_ {
+        let row = self.row(i);
+        let mut start = 0;
+        self.layer_dims.iter().map(move |&dim| {
+            let layer = &row[start..start + dim];
+            start += dim;
+            layer
+        })
+    }
 }

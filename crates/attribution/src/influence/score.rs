@@ -51,17 +51,6 @@ fn check_probe(index: &GradientSet, probe: &[Vec<f32>]) -> Result<()> {
     Ok(())
 }
 
-/// The layers of row `i` of `set`.
-fn layers<'a>(set: &'a GradientSet, i: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
-    let row = set.row(i);
-    let mut start = 0;
-    set.layer_dims.iter().map(move |&dim| {
-        let layer = &row[start..start + dim];
-        start += dim;
-        layer
-    })
-}
-
 /// For each row, `combine(i, per-layer ⟨w_l, g_i,l⟩)`; rows in parallel (each row's own sums
 /// are sequential, so the result does not depend on the threads).
 fn score_rows(set: &GradientSet, w: &[Vec<f32>], combine: impl Fn(usize, &[f64]) -> f64 + Sync) -> Vec<f64> {
@@ -70,7 +59,7 @@ fn score_rows(set: &GradientSet, w: &[Vec<f32>], combine: impl Fn(usize, &[f64])
         let mut dots = vec![0.0; w.len()];
         for (k, score) in scores.iter_mut().enumerate() {
             let i = chunk * CHUNK_RECORDS + k;
-            for ((dot_l, g), w_l) in dots.iter_mut().zip(layers(set, i)).zip(w) {
+            for ((dot_l, g), w_l) in dots.iter_mut().zip(set.layers(i)).zip(w) {
                 *dot_l = dot(w_l, g);
             }
             *score = combine(i, &dots);
@@ -85,7 +74,7 @@ fn layer_dots(set: &GradientSet, probe: &[Vec<f32>]) -> Vec<f64> {
     let mut out = vec![0.0; set.len() * n_layers];
     out.par_chunks_mut(CHUNK_RECORDS * n_layers).enumerate().for_each(|(chunk, dots)| {
         for (k, row) in dots.chunks_mut(n_layers).enumerate() {
-            for ((d, g), p) in row.iter_mut().zip(layers(set, chunk * CHUNK_RECORDS + k)).zip(probe) {
+            for ((d, g), p) in row.iter_mut().zip(set.layers(chunk * CHUNK_RECORDS + k)).zip(probe) {
                 *d = dot(p, g);
             }
         }
@@ -100,7 +89,7 @@ fn squared_norms(set: &GradientSet) -> &[f64] {
         let mut out = vec![0.0; set.len() * n_layers];
         out.par_chunks_mut(CHUNK_RECORDS * n_layers).enumerate().for_each(|(chunk, norms)| {
             for (k, row) in norms.chunks_mut(n_layers).enumerate() {
-                for (norm, g) in row.iter_mut().zip(layers(set, chunk * CHUNK_RECORDS + k)) {
+                for (norm, g) in row.iter_mut().zip(set.layers(chunk * CHUNK_RECORDS + k)) {
                     *norm = dot(g, g);
                 }
             }
@@ -219,7 +208,7 @@ fn datainf_operator(set: &GradientSet, normalized: bool, matrices: bool) -> Data
                 let mut sums: Vec<Vec<f64>> = set.layer_dims.iter().map(|&d| vec![0.0; d * d]).collect();
                 let mut g = Vec::new();
                 for i in chunk * CHUNK_RECORDS..((chunk + 1) * CHUNK_RECORDS).min(set.len()) {
-                    for (l, raw) in layers(set, i).enumerate() {
+                    for (l, raw) in set.layers(i).enumerate() {
                         let k = i * n_layers + l;
                         let weight = scale[k] * scale[k] / (lambda[l] + norms[k] * scale[k] * scale[k]);
                         g.clear();
@@ -259,7 +248,7 @@ fn weighted_sum(set: &GradientSet, coefficients: &[f64]) -> Vec<Vec<f64>> {
         .map(|chunk| {
             let mut sum: Vec<Vec<f64>> = set.layer_dims.iter().map(|&d| vec![0.0; d]).collect();
             for i in chunk * CHUNK_RECORDS..((chunk + 1) * CHUNK_RECORDS).min(set.len()) {
-                for (l, g) in layers(set, i).enumerate() {
+                for (l, g) in set.layers(i).enumerate() {
                     let c = coefficients[i * n_layers + l];
                     for (s, &v) in sum[l].iter_mut().zip(g) {
                         *s += c * v as f64;
