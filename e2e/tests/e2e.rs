@@ -860,31 +860,24 @@ async fn datanets_work_from_the_cli_and_over_rest() {
     let (code, out) = cli(&["datanet", "grant", "notes", "--purpose", "fine-tuning", "--key-file", &path("alice.key")]);
     assert_eq!(code, Some(0), "{out}");
     let grant = out.split_whitespace().nth(1).map(|id| id.trim_end_matches(':').to_owned()).expect("grant id");
-    let (code, out) = cli(&[
-        "datanet",
-        "export",
-        "notes@1",
-        "--grant",
-        &grant,
-        "--out",
-        &path("export"),
-        "--key-file",
-        &path("alice.key"),
-    ]);
+    let export = |version: &str| {
+        cli(&[
+            "datanet",
+            "export",
+            version,
+            "--grant",
+            &grant,
+            "--out",
+            &path("export"),
+            "--key-file",
+            &path("alice.key"),
+        ])
+    };
+    let (code, out) = export("notes@1");
     assert_eq!(code, Some(1), "a grant not yet approved reads nothing: {out}");
     assert!(out.contains("no approved grant"), "{out}");
     assert!(!data_dir.path().join("export").exists());
-    let (code, out) = cli(&[
-        "datanet",
-        "export",
-        "notes@7",
-        "--grant",
-        &grant,
-        "--out",
-        &path("export"),
-        "--key-file",
-        &path("alice.key"),
-    ]);
+    let (code, out) = export("notes@7");
     assert_eq!(code, Some(1), "a version that was never sealed cannot be exported: {out}");
     assert!(
         out.contains("error: no snapshot \"7\" of this Datanet (not_found)"),
@@ -893,39 +886,17 @@ async fn datanets_work_from_the_cli_and_over_rest() {
     let (code, out) =
         cli(&["datanet", "grant", "notes", "--grant", &grant, "--approve", "--key-file", &path("owner.key")]);
     assert_eq!(code, Some(0), "{out}");
-    let (code, out) = cli(&[
-        "datanet",
-        "export",
-        "notes@1",
-        "--grant",
-        &grant,
-        "--out",
-        &path("export"),
-        "--key-file",
-        &path("alice.key"),
-    ]);
+    let (code, out) = export("notes@1");
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("datanet:notes@1"), "{out}");
     let corpus =
         openledger_attribution::corpus::Corpus::read_export(&data_dir.path().join("export")).expect("a valid export");
     assert_eq!(corpus.name, "datanet:notes@1");
     assert!(!corpus.records.is_empty());
-    let alice = std::fs::read_to_string(path("alice.key")).expect("key");
-    let alice =
-        ed25519_dalek::SigningKey::from_bytes(&hex::decode(alice.trim()).expect("hex").try_into().expect("32 bytes"));
+    let alice = signing_key(&path("alice.key"));
     assert!(corpus.records.iter().all(|r| r.contributor == hex::encode(alice.verifying_key().to_bytes())));
     assert!(corpus.records.iter().any(|r| r.contribution == contribution));
-    let (code, out) = cli(&[
-        "datanet",
-        "export",
-        "notes",
-        "--grant",
-        &grant,
-        "--out",
-        &path("export"),
-        "--key-file",
-        &path("alice.key"),
-    ]);
+    let (code, out) = export("notes");
     assert_eq!(code, Some(1), "an existing directory is never overwritten: {out}");
     assert!(out.contains("exists"), "{out}");
 
@@ -1008,10 +979,7 @@ async fn datanets_work_from_the_cli_and_over_rest() {
         .expect("contribute");
     assert_eq!(response.status().as_u16(), 413);
     // Publishing over REST seals version 2; the proof route answers for the first contribution.
-    let owner_secret = std::fs::read_to_string(path("owner.key")).expect("key");
-    let owner = ed25519_dalek::SigningKey::from_bytes(
-        &hex::decode(owner_secret.trim()).expect("hex").try_into().expect("32 bytes"),
-    );
+    let owner = signing_key(&path("owner.key"));
     let signed_at = signing::now_unix();
     let sealed = http
         .post(format!("http://{rest}/v1/datanets/{id}/snapshots"))
@@ -1094,6 +1062,12 @@ async fn datanets_work_from_the_cli_and_over_rest() {
 
 /// What a model builder does with an export (with a tiny model the test writes): fine-tune on
 /// it, index it, trace a quote, attribute an output, and read contributor quality.
+/// The key in a file `openledger ledger keygen` wrote (hex of the 32-byte secret).
+fn signing_key(path: &str) -> ed25519_dalek::SigningKey {
+    let secret = std::fs::read_to_string(path).expect("key file");
+    ed25519_dalek::SigningKey::from_bytes(&hex::decode(secret.trim()).expect("hex").try_into().expect("32 bytes"))
+}
+
 /// How a test runs the CLI: exit code and output.
 type Cli<'a> = dyn Fn(&[&str]) -> (Option<i32>, String) + 'a;
 
