@@ -217,30 +217,13 @@ fn to_ppb(shares: &BTreeMap<&str, (f64, &str)>) -> Vec<ContributionWeight> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use openledger_ml::train::data::RecordKind;
     use proptest::prelude::*;
 
     use super::*;
-    use crate::corpus::CorpusRecord;
+    use crate::corpus::test_corpus as corpus;
     use crate::credit::CreditParams;
 
-    fn corpus(texts: &[(&str, &str)]) -> Corpus {
-        let records = texts
-            .iter()
-            .enumerate()
-            .map(|(i, (text, contributor))| CorpusRecord {
-                position: i as u64,
-                hash: ContentHash::of(text.as_bytes()),
-                contribution: format!("c{i}"),
-                contributor: (*contributor).into(),
-                text: (*text).into(),
-            })
-            .collect();
-        Corpus::new("test", RecordKind::Text, records).unwrap()
-    }
-
-    fn span(record: &str, start: usize, end: usize, tokens: usize) -> SpanEvidence {
-        let hash = ContentHash::of(record.as_bytes());
+    fn span(hash: ContentHash, start: usize, end: usize, tokens: usize) -> SpanEvidence {
         SpanEvidence { start, end, tokens, occurrences: 1, record: hash, records: vec![hash] }
     }
 
@@ -255,7 +238,7 @@ mod tests {
     fn a_quoted_record_takes_the_whole_weight_when_there_is_no_influence() {
         let c = corpus(&[(A, "alice"), (B, "bob")]);
         let groups = CreditGroups::build(&c, &CreditParams::default()).unwrap();
-        let spans = [span(B, 0, 40, 9)];
+        let spans = [span(c.records[1].hash, 0, 40, 9)];
         let evidence = Evidence { corpus: &c, groups: &groups, output_bytes: 60, spans: &spans, influence: None };
         let attribution = blend(&evidence).unwrap();
         assert_eq!(attribution.method, Method::SpanMatch);
@@ -268,7 +251,7 @@ mod tests {
         let c = corpus(&[(A, "alice"), (B, "bob"), ("a third record about tides and moons", "carol")]);
         let groups = CreditGroups::build(&c, &CreditParams::default()).unwrap();
         // A quarter of the output quotes A; influence helps B only, C harmed.
-        let spans = [span(A, 0, 25, 8)];
+        let spans = [span(c.records[0].hash, 0, 25, 8)];
         let influence = [0.0, 2.0, -5.0];
         let evidence =
             Evidence { corpus: &c, groups: &groups, output_bytes: 100, spans: &spans, influence: Some(&influence) };
@@ -302,10 +285,10 @@ mod tests {
     fn evidence_outside_the_corpus_or_the_output_is_refused() {
         let c = corpus(&[(A, "alice")]);
         let groups = CreditGroups::singletons(1);
-        let stranger = [span(B, 0, 5, 8)];
+        let stranger = [span(ContentHash::of(b"a record not in the corpus"), 0, 5, 8)];
         let evidence = Evidence { corpus: &c, groups: &groups, output_bytes: 10, spans: &stranger, influence: None };
         assert!(matches!(blend(&evidence), Err(AttributionError::Mismatch(_))));
-        let too_far = [span(A, 5, 50, 8)];
+        let too_far = [span(c.records[0].hash, 5, 50, 8)];
         let evidence = Evidence { corpus: &c, groups: &groups, output_bytes: 10, spans: &too_far, influence: None };
         assert!(matches!(blend(&evidence), Err(AttributionError::InvalidInput(_))));
     }

@@ -199,6 +199,24 @@ impl Corpus {
     }
 }
 
+/// A corpus of `(text, contributor)` pairs for tests: record `i` is contribution `c{i}`, at
+/// position `i`, named by a hash of its index and text (so equal texts are distinct records).
+#[cfg(test)]
+pub(crate) fn test_corpus(records: &[(&str, &str)]) -> Corpus {
+    let records = records
+        .iter()
+        .enumerate()
+        .map(|(i, (text, contributor))| CorpusRecord {
+            position: i as u64,
+            hash: ContentHash::of(format!("{i}/{text}").as_bytes()),
+            contribution: format!("c{i}"),
+            contributor: (*contributor).into(),
+            text: (*text).into(),
+        })
+        .collect();
+    Corpus::new("test", RecordKind::Text, records).expect("a test corpus has records")
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -120,26 +120,9 @@ impl CreditGroups {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use openledger_core::ContentHash;
-    use openledger_ml::train::data::RecordKind;
 
     use super::*;
-    use crate::corpus::CorpusRecord;
-
-    fn corpus(texts: &[(&str, &str)]) -> Corpus {
-        let records = texts
-            .iter()
-            .enumerate()
-            .map(|(i, (text, contributor))| CorpusRecord {
-                position: i as u64,
-                hash: ContentHash::of(format!("{i}{text}").as_bytes()),
-                contribution: format!("c{i}"),
-                contributor: (*contributor).into(),
-                text: (*text).into(),
-            })
-            .collect();
-        Corpus::new("test", RecordKind::Text, records).unwrap()
-    }
+    use crate::corpus::test_corpus as corpus;
 
     const ORIGINAL: &str = "the river floods every spring when snow melts in the northern hills and farmers move \
                             their cattle to higher pastures until the water falls again in early summer";
