@@ -289,13 +289,19 @@ fn spam_text(rng: &mut StdRng) -> LabelledText {
 /// About a tenth of the words replaced by a filler word (at least one).
 fn edited(rng: &mut StdRng, source: &LabelledText) -> LabelledText {
     const FILLERS: [&str; 5] = ["really", "quite", "also", "then", "just"];
-    let mut words: Vec<String> = source.text.split(' ').map(String::from).collect();
+    LabelledText { text: replace_tenth(rng, &source.text, &FILLERS), label: source.label.clone() }
+}
+
+/// `text` with about a tenth of its space-separated words (at least one) replaced by words of
+/// `vocabulary`: the evaluation's "lightly edited copy".
+pub(crate) fn replace_tenth(rng: &mut StdRng, text: &str, vocabulary: &[&str]) -> String {
+    let mut words: Vec<&str> = text.split(' ').collect();
     let edits = (words.len() / 10).max(1);
     for _ in 0..edits {
         let at = rng.random_range(0..words.len());
-        words[at] = FILLERS.choose(rng).copied().unwrap_or("really").to_string();
+        words[at] = vocabulary.choose(rng).copied().unwrap_or(words[at]);
     }
-    LabelledText { text: words.join(" "), label: source.label.clone() }
+    words.join(" ")
 }
 
 fn contributor_key(seed: u64, index: usize) -> String {

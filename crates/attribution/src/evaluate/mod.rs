@@ -199,7 +199,7 @@ fn measure_replication(
     gradients: &methods::Gradients,
 ) -> Result<ReplicationReport> {
     use crate::corpus::CorpusRecord;
-    use replication::{Copies, edit_tenth, payout_inflation};
+    use replication::{Copies, payout_inflation};
 
     let honest = g
         .truth
@@ -230,7 +230,11 @@ fn measure_replication(
     let edited_texts: Vec<LabelledText> = originals
         .iter()
         .map(|&i| LabelledText {
-            text: edit_tenth(&g.records[i].text, &vocabulary, spec.seed ^ i as u64),
+            text: corpus::replace_tenth(
+                &mut StdRng::seed_from_u64(spec.seed ^ i as u64),
+                &g.records[i].text,
+                &vocabulary,
+            ),
             label: g.records[i].label.clone(),
         })
         .collect();

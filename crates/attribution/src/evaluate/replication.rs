@@ -84,31 +84,6 @@ fn paid_to(
     Ok(total as f64)
 }
 
-/// Replaces about one word in ten of `text` (at least one) with another word of `vocabulary`,
-/// deterministically from `seed`: the "lightly edited copy" of the evaluation.
-pub fn edit_tenth(text: &str, vocabulary: &[&str], seed: u64) -> String {
-    let mut words: Vec<&str> = text.split_whitespace().collect();
-    if words.is_empty() || vocabulary.is_empty() {
-        return text.to_owned();
-    }
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let edits = words.len().div_ceil(10);
-    for _ in 0..edits {
-        let at = (next() % words.len() as u64) as usize;
-        let replacement = vocabulary[(next() % vocabulary.len() as u64) as usize];
-        if replacement != words[at] {
-            words[at] = replacement;
-        }
-    }
-    words.join(" ")
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -143,7 +118,8 @@ mod tests {
         .unwrap();
         let rows = vec![vec![vec![1.0, 0.0]], vec![vec![0.0, 1.0]], vec![vec![0.6, 0.6]]];
         let gradients = GradientSet::new(corpus.records.iter().map(|r| r.hash).collect(), rows).unwrap();
-        let edited = edit_tenth(TEXTS[0], &["stone", "river", "slow"], 7);
+        let mut rng = rand::SeedableRng::seed_from_u64(7);
+        let edited = crate::evaluate::corpus::replace_tenth(&mut rng, TEXTS[0], &["stone", "river", "slow"]);
         assert_ne!(edited, TEXTS[0]);
         let copies = Copies {
             records: vec![record(0, TEXTS[0], "sock-1"), record(0, &edited, "sock-2")],
