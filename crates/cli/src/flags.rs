@@ -134,6 +134,36 @@ pub struct AllFlags {
     /// gRPC URL of datanet-ingest, for the gateway and `datanet` commands [env: OPENLEDGER_DATANET_URL] [default: this process, else the local datanet-ingest port]
     #[arg(long, value_name = "URL")]
     datanet_url: Option<String>,
+    /// gRPC URL of model-factory (the adapter registry) [env: OPENLEDGER_MODEL_FACTORY_URL] [default: this process, else the local model-factory port]
+    #[arg(long, value_name = "URL")]
+    model_factory_url: Option<String>,
+    /// Base model the engines serve: GGUF/safetensors path or hf://owner/name[@rev]/file [env: OPENLEDGER_BASE_MODEL] [default: the packaged SmolLM2 if found]
+    #[arg(long, value_name = "MODEL")]
+    base_model: Option<String>,
+    /// Comma-separated gRPC URLs of engine replicas [env: OPENLEDGER_ENGINE_URLS] [default: the engine runs in the gateway's process]
+    #[arg(long, value_name = "URLS")]
+    engine_urls: Option<String>,
+    /// gRPC port of an engine replica [env: OPENLEDGER_ENGINE_PORT] [default: 50060]
+    #[arg(long, value_name = "PORT")]
+    engine_port: Option<String>,
+    /// Compute threads of an engine, 0 for every core [env: OPENLEDGER_ENGINE_THREADS] [default: 0]
+    #[arg(long, value_name = "N")]
+    engine_threads: Option<String>,
+    /// Sequences an engine decodes together [env: OPENLEDGER_ENGINE_MAX_BATCH_SIZE] [default: 16]
+    #[arg(long, value_name = "N")]
+    engine_max_batch_size: Option<String>,
+    /// Requests an engine queues before answering overloaded [env: OPENLEDGER_ENGINE_MAX_QUEUE] [default: 256]
+    #[arg(long, value_name = "N")]
+    engine_max_queue: Option<String>,
+    /// Bytes of adapter weights an engine keeps in memory [env: OPENLEDGER_ADAPTER_CACHE_BYTES] [default: 2147483648]
+    #[arg(long, value_name = "BYTES")]
+    adapter_cache_bytes: Option<String>,
+    /// Default request limit per API key per minute [env: OPENLEDGER_API_KEY_REQUESTS_PER_MINUTE] [default: 600]
+    #[arg(long, value_name = "N")]
+    api_key_requests_per_minute: Option<String>,
+    /// Default token limit per API key per minute [env: OPENLEDGER_API_KEY_TOKENS_PER_MINUTE] [default: 1000000]
+    #[arg(long, value_name = "N")]
+    api_key_tokens_per_minute: Option<String>,
     /// Address every listener binds to [env: OPENLEDGER_LISTEN_HOST] [default: 127.0.0.1]
     #[arg(long, value_name = "IP")]
     listen_host: Option<String>,
@@ -183,6 +213,16 @@ impl SettingFlags for AllFlags {
             ("object_store_url", &self.object_store_url),
             ("ledger_url", &self.ledger_url),
             ("datanet_url", &self.datanet_url),
+            ("model_factory_url", &self.model_factory_url),
+            ("base_model", &self.base_model),
+            ("engine_urls", &self.engine_urls),
+            ("engine_port", &self.engine_port),
+            ("engine_threads", &self.engine_threads),
+            ("engine_max_batch_size", &self.engine_max_batch_size),
+            ("engine_max_queue", &self.engine_max_queue),
+            ("adapter_cache_bytes", &self.adapter_cache_bytes),
+            ("api_key_requests_per_minute", &self.api_key_requests_per_minute),
+            ("api_key_tokens_per_minute", &self.api_key_tokens_per_minute),
             ("listen_host", &self.listen_host),
             ("http_port", &self.http_port),
             ("grpc_base_port", &self.grpc_base_port),

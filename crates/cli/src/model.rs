@@ -241,13 +241,13 @@ pub async fn run(command: ModelCommand) -> anyhow::Result<bool> {
             stop,
             threads,
         } => {
-            let sampling = SamplingParams { temperature, top_p, top_k, repetition_penalty, seed };
+            let sampling = SamplingParams { temperature, top_p, top_k, repetition_penalty, seed, ..Default::default() };
             let prompt =
                 if chat { Prompt::Chat(vec![ChatMessage::new("user", &prompt)]) } else { Prompt::Text(prompt) };
             generate(
                 &model,
                 &adapters,
-                GenerateRequest { prompt, adapters: Vec::new(), sampling, max_tokens, stop },
+                GenerateRequest { prompt, adapters: Vec::new(), sampling, max_tokens, stop, logprobs: None },
                 threads,
             )
             .await

@@ -106,6 +106,29 @@ pub struct Config {
     /// gRPC URL of datanet-ingest for services that call it (the gateway); empty means the
     /// service in this process, else `listen_host` at its gRPC port.
     pub datanet_url: Option<String>,
+    /// gRPC URL of model-factory (the adapter registry) for services that call it; empty means
+    /// the service in this process, else `listen_host` at its gRPC port.
+    pub model_factory_url: Option<String>,
+    /// The base model the OpenLoRA engines serve: a GGUF or safetensors path, or
+    /// `hf://owner/name[@rev]/file`. Empty: the packaged SmolLM2-135M-Instruct Q4_1 if found
+    /// (see `openledger dev`'s message), else no engine.
+    pub base_model: Option<String>,
+    /// Comma-separated gRPC URLs of OpenLoRA engine replicas (`http://engine-0:50060,…`); empty
+    /// means the gateway runs the engine in its own process.
+    pub engine_urls: String,
+    /// gRPC port an engine replica (`openledger engine`) listens on.
+    pub engine_port: u16,
+    /// Compute threads of an in-process engine or replica; 0 uses every core.
+    pub engine_threads: u64,
+    /// Sequences one engine decodes together.
+    pub engine_max_batch_size: u64,
+    /// Requests an engine queues before answering overloaded (503).
+    pub engine_max_queue: u64,
+    /// Bytes of adapter weights an engine keeps in memory (least recently used evicted).
+    pub adapter_cache_bytes: u64,
+    /// Default per-API-key limits (a key may set lower ones).
+    pub api_key_requests_per_minute: u64,
+    pub api_key_tokens_per_minute: u64,
     /// Address every listener binds to.
     pub listen_host: String,
     /// Port of the public REST edge (inference-gateway).
@@ -143,6 +166,16 @@ impl Default for Config {
             object_store_url: None,
             ledger_url: None,
             datanet_url: None,
+            model_factory_url: None,
+            base_model: None,
+            engine_urls: String::new(),
+            engine_port: 50060,
+            engine_threads: 0,
+            engine_max_batch_size: 16,
+            engine_max_queue: 256,
+            adapter_cache_bytes: 2 << 30,
+            api_key_requests_per_minute: 600,
+            api_key_tokens_per_minute: 1_000_000,
             listen_host: "127.0.0.1".to_owned(),
             http_port: 8080,
             grpc_base_port: 50051,
@@ -188,6 +221,11 @@ impl Config {
         }
     }
 
+    /// The engine replicas of `engine_urls`; empty when the engine runs in-process.
+    pub fn engine_url_list(&self) -> Vec<String> {
+        self.engine_urls.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect()
+    }
+
     pub fn grpc_port(&self, service: ServiceKind) -> u16 {
         offset_port(self.grpc_base_port, service)
     }
@@ -222,7 +260,11 @@ impl Config {
                 "accepted values are file:///PATH, s3://BUCKET[/PREFIX] or memory://",
             ));
         }
-        for (key, url) in [("ledger_url", &self.ledger_url), ("datanet_url", &self.datanet_url)] {
+        for (key, url) in [
+            ("ledger_url", &self.ledger_url),
+            ("datanet_url", &self.datanet_url),
+            ("model_factory_url", &self.model_factory_url),
+        ] {
             if let Some(url) = url
                 && !["http://", "https://"].iter().any(|scheme| url.starts_with(scheme))
             {
@@ -239,6 +281,23 @@ impl Config {
         for (key, base) in [("grpc_base_port", self.grpc_base_port), ("ops_base_port", self.ops_base_port)] {
             if base != 0 && base > u16::MAX - ServiceKind::ALL.len() as u16 {
                 return Err(bad(key, &base, "accepted values are 0 (free ports) or 1..=65530"));
+            }
+        }
+        for url in self.engine_url_list() {
+            if !["http://", "https://"].iter().any(|scheme| url.starts_with(scheme)) {
+                return Err(bad("engine_urls", &url, "accepted values are comma-separated http://HOST:PORT URLs"));
+            }
+        }
+        for (key, value, max) in [
+            ("engine_threads", self.engine_threads, 1024),
+            ("engine_max_batch_size", self.engine_max_batch_size, 1024),
+            ("engine_max_queue", self.engine_max_queue, 1 << 20),
+            ("api_key_requests_per_minute", self.api_key_requests_per_minute, 1 << 32),
+            ("api_key_tokens_per_minute", self.api_key_tokens_per_minute, 1 << 40),
+        ] {
+            let min = u64::from(key != "engine_threads");
+            if value < min || value > max {
+                return Err(bad(key, &value, &format!("accepted values are {min}..={max}")));
             }
         }
         if self.max_body_bytes == 0 || self.max_body_bytes > 1 << 30 {

@@ -16,6 +16,8 @@ pub enum ErrorCode {
     AlreadyExists,
     FailedPrecondition,
     PayloadTooLarge,
+    /// The paying account cannot cover the (held) fee.
+    InsufficientFunds,
     ResourceExhausted,
     Timeout,
     Unimplemented,
@@ -24,7 +26,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         Self::InvalidArgument,
         Self::Unauthenticated,
         Self::PermissionDenied,
@@ -33,6 +35,7 @@ impl ErrorCode {
         Self::AlreadyExists,
         Self::FailedPrecondition,
         Self::PayloadTooLarge,
+        Self::InsufficientFunds,
         Self::ResourceExhausted,
         Self::Timeout,
         Self::Unimplemented,
@@ -51,6 +54,7 @@ impl ErrorCode {
             Self::AlreadyExists => "already_exists",
             Self::FailedPrecondition => "failed_precondition",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::InsufficientFunds => "insufficient_funds",
             Self::ResourceExhausted => "resource_exhausted",
             Self::Timeout => "timeout",
             Self::Unimplemented => "unimplemented",
@@ -69,6 +73,7 @@ impl ErrorCode {
             Self::AlreadyExists => 409,
             Self::FailedPrecondition => 412,
             Self::PayloadTooLarge => 413,
+            Self::InsufficientFunds => 402,
             Self::ResourceExhausted => 429,
             Self::Timeout => 408,
             Self::Unimplemented => 501,
@@ -86,7 +91,7 @@ impl ErrorCode {
             Self::AlreadyExists => 6,
             Self::PermissionDenied => 7,
             Self::ResourceExhausted | Self::PayloadTooLarge => 8,
-            Self::FailedPrecondition => 9,
+            Self::FailedPrecondition | Self::InsufficientFunds => 9,
             Self::MethodNotAllowed | Self::Unimplemented => 12,
             Self::Internal => 13,
             Self::Unavailable => 14,
@@ -95,8 +100,9 @@ impl ErrorCode {
     }
 
     /// The code a gRPC status code number means: the inverse of [`Self::grpc_code`] for every
-    /// code but the two gRPC merges (`PayloadTooLarge` reads back as `ResourceExhausted`,
-    /// `MethodNotAllowed` as `Unimplemented`; the runtime's status metadata keeps them), plus
+    /// code but the gRPC merges (`PayloadTooLarge` reads back as `ResourceExhausted`,
+    /// `MethodNotAllowed` as `Unimplemented`, `InsufficientFunds` as `FailedPrecondition`; the
+    /// runtime's status metadata keeps them), plus
     /// gRPC's own codes no platform code makes.
     pub const fn from_grpc_code(code: i32) -> Self {
         match code {
@@ -150,6 +156,7 @@ mod tests {
             match code {
                 ErrorCode::PayloadTooLarge => assert_eq!(back, ErrorCode::ResourceExhausted),
                 ErrorCode::MethodNotAllowed => assert_eq!(back, ErrorCode::Unimplemented),
+                ErrorCode::InsufficientFunds => assert_eq!(back, ErrorCode::FailedPrecondition),
                 _ => assert_eq!(back, code),
             }
         }

@@ -78,11 +78,25 @@ pub struct GenerateRequest {
     pub max_tokens: usize,
     #[serde(default)]
     pub stop: Vec<String>,
+    /// Log-probabilities of each sampled token and of this many alternatives
+    /// (`0..=MAX_TOP_LOGPROBS`); `None` computes none.
+    #[serde(default)]
+    pub logprobs: Option<usize>,
 }
+
+/// Most alternatives a request may ask log-probabilities for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl GenerateRequest {
     pub fn new(prompt: Prompt, max_tokens: usize) -> Self {
-        Self { prompt, adapters: Vec::new(), sampling: SamplingParams::default(), max_tokens, stop: Vec::new() }
+        Self {
+            prompt,
+            adapters: Vec::new(),
+            sampling: SamplingParams::default(),
+            max_tokens,
+            stop: Vec::new(),
+            logprobs: None,
+        }
     }
 
     pub fn with_adapter(mut self, id: &str) -> Self {
@@ -114,12 +128,22 @@ pub enum Event {
     Token {
         id: u32,
         text: String,
+        /// Set when the request asked for log-probabilities.
+        logprobs: Option<TokenLogprobs>,
     },
     Done {
         finish_reason: FinishReason,
         usage: Usage,
     },
     Error(MlError),
+}
+
+/// The log-probability of a sampled token and of the most likely alternatives (most likely
+/// first), from the model's distribution after penalties and before temperature.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
 }
 
 /// A running generation: its event stream. Dropping it cancels the request.
@@ -140,7 +164,7 @@ impl Generation {
         let (mut text, mut ids) = (String::new(), Vec::new());
         while let Some(event) = self.events.recv().await {
             match event {
-                Event::Token { id, text: piece } => {
+                Event::Token { id, text: piece, .. } => {
                     ids.push(id);
                     text.push_str(&piece);
                 }
@@ -164,6 +188,7 @@ struct Pending {
     sampling: SamplingParams,
     max_tokens: usize,
     stop: Vec<String>,
+    logprobs: Option<usize>,
     events: UnboundedSender<Event>,
     cancel: Arc<AtomicBool>,
 }
@@ -290,6 +315,16 @@ impl Engine {
         &self.tokenizer
     }
 
+    /// Most tokens one sequence may hold (prompt + output): the model's context, capped by the
+    /// engine's KV budget.
+    pub fn context_length(&self) -> usize {
+        self.context_length.min(self.config.max_kv_tokens)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
     pub fn adapter_cache(&self) -> &AdapterCache {
         &self.adapters
     }
@@ -312,6 +347,7 @@ impl Engine {
             sampling: request.sampling,
             max_tokens: request.max_tokens,
             stop: request.stop,
+            logprobs: request.logprobs,
             events,
             cancel: cancel.clone(),
         };
@@ -341,6 +377,9 @@ impl Engine {
             });
         }
         request.sampling.validate()?;
+        if request.logprobs.is_some_and(|top| top > MAX_TOP_LOGPROBS) {
+            return invalid(format!("top_logprobs must be within 0..={MAX_TOP_LOGPROBS}"));
+        }
         if request.adapters.len() > MAX_ADAPTERS_PER_REQUEST {
             return invalid(format!("at most {MAX_ADAPTERS_PER_REQUEST} adapters per request"));
         }
@@ -595,16 +634,20 @@ impl Scheduler {
             if r.fed < r.prompt_len {
                 continue; // more prompt to prefill before the first token
             }
-            let token = r.sampler.sample(&mut row, &r.tokens);
+            r.sampler.penalize(&mut row, &r.tokens, r.prompt_len);
+            let token = r.sampler.choose(&row);
+            let logprobs = r.request.logprobs.map(|top| {
+                let (logprob, top) = crate::sampling::logprobs(&row, token, top);
+                TokenLogprobs { logprob, top }
+            });
             r.tokens.push(token);
             self.stats.tokens_generated.fetch_add(1, Ordering::Relaxed);
             let is_stop_token = self.tokenizer.stop_ids().contains(&token);
-            let (piece, stop_string) = if is_stop_token {
+            let (mut piece, stop_string) = if is_stop_token {
                 (String::new(), false)
             } else {
                 r.text.push(&self.tokenizer, &r.tokens[r.prompt_len..])
             };
-            let _ = r.request.events.send(Event::Token { id: token, text: piece });
             let generated = r.generated().len();
             let reason = if is_stop_token || stop_string {
                 Some(FinishReason::Stop)
@@ -613,11 +656,12 @@ impl Scheduler {
             } else {
                 None
             };
+            if reason == Some(FinishReason::Length) {
+                // Text held back for a possible stop string belongs to the last token.
+                piece.push_str(&r.text.flush());
+            }
+            let _ = r.request.events.send(Event::Token { id: token, text: piece, logprobs });
             if let Some(finish_reason) = reason {
-                let tail = if finish_reason == FinishReason::Length { r.text.flush() } else { String::new() };
-                if !tail.is_empty() {
-                    let _ = r.request.events.send(Event::Token { id: token, text: tail });
-                }
                 let usage = Usage { prompt_tokens: r.prompt_len, completion_tokens: generated };
                 let _ = r.request.events.send(Event::Done { finish_reason, usage });
                 finished.push(i);

@@ -19,7 +19,10 @@ pub mod tokenizer;
 pub mod train;
 
 pub use config::ModelConfig;
-pub use engine::{Engine, EngineConfig, EngineStats, Event, FinishReason, GenerateRequest, Generation, Prompt, Usage};
+pub use engine::{
+    Engine, EngineConfig, EngineStats, Event, FinishReason, GenerateRequest, Generation, MAX_TOP_LOGPROBS, Prompt,
+    TokenLogprobs, Usage,
+};
 pub use error::{MlError, Result};
 pub use lora::{AdapterConfig, AdapterMix, LoraAdapter, Target};
 pub use model::{KvCache, LlamaModel, SeqStep};

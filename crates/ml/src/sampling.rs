@@ -16,12 +16,24 @@ pub struct SamplingParams {
     pub top_k: usize,
     /// CTRL-style penalty on tokens already in the prompt or output (1: off).
     pub repetition_penalty: f32,
+    /// OpenAI's penalties on tokens already generated (not the prompt): each logit loses
+    /// `presence_penalty` once the token has appeared and `frequency_penalty` per appearance.
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
     pub seed: Option<u64>,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, top_k: 0, repetition_penalty: 1.0, seed: None }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: None,
+        }
     }
 }
 
@@ -36,6 +48,12 @@ impl SamplingParams {
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 10.0) {
             return bad("repetition_penalty must be within (0, 10]");
+        }
+        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+            return bad("presence_penalty must be within -2..=2");
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return bad("frequency_penalty must be within -2..=2");
         }
         Ok(())
     }
@@ -59,7 +77,23 @@ impl Sampler {
 
     /// Picks the next token. `history` is the prompt and the tokens generated so far.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        self.penalize(logits, history, history.len());
+        self.choose(logits)
+    }
+
+    /// Applies the repetition penalty (over `history`) and the presence and frequency penalties
+    /// (over `history[prompt_len..]`, the generated tokens) to `logits`.
+    pub fn penalize(&self, logits: &mut [f32], history: &[u32], prompt_len: usize) {
         let p = &self.params;
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            let mut generated = history.get(prompt_len..).unwrap_or_default().to_vec();
+            generated.sort_unstable();
+            for run in generated.chunk_by(|a, b| a == b) {
+                if let Some(l) = logits.get_mut(run[0] as usize) {
+                    *l -= p.presence_penalty + p.frequency_penalty * run.len() as f32;
+                }
+            }
+        }
         if p.repetition_penalty != 1.0 {
             let mut seen = history.to_vec();
             seen.sort_unstable();
@@ -70,6 +104,11 @@ impl Sampler {
                 }
             }
         }
+    }
+
+    /// Picks a token from (already penalized) logits by temperature, top-k and top-p.
+    pub fn choose(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
         if p.temperature == 0.0 {
             return crate::model::argmax(logits);
         }
@@ -110,10 +149,49 @@ impl Sampler {
     }
 }
 
+/// Log-probabilities of the model's distribution (`logits` after penalties, before
+/// temperature): of `token`, and of the `top` most likely tokens, most likely first.
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_total = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
+    let of = |l: f32| l - log_total;
+    let chosen = logits.get(token as usize).map_or(f32::NEG_INFINITY, |&l| of(l));
+    let mut ranked: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let top = top.min(ranked.len());
+    if top > 0 && top < ranked.len() {
+        ranked.select_nth_unstable_by(top - 1, |a, b| b.1.total_cmp(&a.1));
+    }
+    ranked.truncate(top);
+    ranked.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    (chosen, ranked.into_iter().map(|(id, l)| (id, of(l))).collect())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presence_and_frequency_penalties_count_generated_tokens_only() {
+        let params = SamplingParams { presence_penalty: 1.0, frequency_penalty: 0.5, ..Default::default() };
+        let sampler = Sampler::new(params);
+        let mut logits = vec![0.0; 4];
+        // Prompt [1, 1], then token 2 generated twice and token 3 once.
+        sampler.penalize(&mut logits, &[1, 1, 2, 2, 3], 2);
+        assert_eq!(logits, vec![0.0, 0.0, -2.0, -1.5]);
+        assert!(SamplingParams { presence_penalty: 2.5, ..Default::default() }.validate().is_err());
+    }
+
+    #[test]
+    fn logprobs_are_a_normalized_log_softmax_with_the_top_first() {
+        let logits = [1.0f32, 3.0, 2.0, 0.5];
+        let (chosen, top) = logprobs(&logits, 2, 2);
+        let total: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((chosen - (2.0f32.exp() / total).ln()).abs() < 1e-5);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!((top[1].1 - chosen).abs() < 1e-6);
+        assert!(logprobs(&logits, 0, 0).1.is_empty());
+    }
 
     #[test]
     fn greedy_topk_topp_and_seed() {

@@ -10,7 +10,8 @@
 //!   (`limit`/`after`/`next_cursor`), `edge::openapi` (the document, links, drift test).
 //! - `ledger`: `/v1/accounts/**` and `/v1/governance/**`, forwarded to the ledger.
 //! - `datanets`: `/v1/datanets/**`, forwarded to datanet-ingest.
-//! - `openlora`: the gateway's own gRPC API and, next, the OpenLoRA engine host.
+//! - `openlora`: the OpenAI-compatible routes, API keys, the adapter registry's routes,
+//!   metering, and the engines (in this process or replicas); see its module doc.
 
 pub mod datanets;
 pub mod edge;
@@ -24,11 +25,25 @@ use openledger_runtime::{Config, Deps, RuntimeError, ServiceKind, ServiceSpec, c
 
 /// Runs the gateway until the process shuts down.
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
-    let api = openlora::Api::new(deps.backends.clone());
+    let api = openlora::Api {};
     let ledger = ServiceChannel::new(ServiceKind::Ledger, config.ledger_url.clone(), &config, deps.endpoints.clone());
     let datanet =
         ServiceChannel::new(ServiceKind::DatanetIngest, config.datanet_url.clone(), &config, deps.endpoints.clone());
-    let edge = edge::router(edge::EdgeSettings::from_config(&config), &deps, ledger, datanet);
+    let model_factory = ServiceChannel::new(
+        ServiceKind::ModelFactory,
+        config.model_factory_url.clone(),
+        &config,
+        deps.endpoints.clone(),
+    );
+    let openlora = openlora::OpenLora {
+        engines: None,
+        keys: openlora::keys::Keys::default(),
+        catalog: openlora::catalog::Catalog::new(model_factory.clone()),
+        metering: openlora::metering::Metering::new(ledger.clone()),
+        metrics: openlora::metrics::ServingMetrics::default(),
+        model_factory,
+    };
+    let edge = edge::router(edge::EdgeSettings::from_config(&config), &deps, ledger, datanet, openlora);
     let spec = ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(api)).rest(edge);
     run_service(spec, &config, deps).await
 }

@@ -31,11 +31,27 @@ pub struct ErrorDetail {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// A finer code than `code`'s text for the body (`model_not_found`, `overloaded`); the
+    /// status still comes from `code`.
+    pub detail_code: Option<&'static str>,
+    /// Sent as `Retry-After` (429 and 503 answers).
+    pub retry_after_seconds: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), detail_code: None, retry_after_seconds: None }
+    }
+
+    /// The same error with a finer code in its body.
+    pub fn with_detail_code(mut self, detail_code: &'static str) -> Self {
+        self.detail_code = Some(detail_code);
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_seconds = Some(seconds);
+        self
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -53,7 +69,12 @@ impl From<tonic::Status> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ErrorBody { error: ErrorDetail { code: self.code.as_str().to_owned(), message: self.message } };
-        (status, Json(body)).into_response()
+        let code = self.detail_code.unwrap_or(self.code.as_str()).to_owned();
+        let body = ErrorBody { error: ErrorDetail { code, message: self.message } };
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_seconds {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

@@ -59,11 +59,18 @@ impl EdgeSettings {
 }
 
 /// The whole edge: public routes plus ops routes, behind the middleware.
-pub fn router(settings: EdgeSettings, deps: &Deps, ledger: ServiceChannel, datanet: ServiceChannel) -> Router {
+pub fn router(
+    settings: EdgeSettings,
+    deps: &Deps,
+    ledger: ServiceChannel,
+    datanet: ServiceChannel,
+    openlora: crate::openlora::OpenLora,
+) -> Router {
     let routes = Router::new()
         .route("/openapi.json", get(openapi::openapi_json))
         .merge(crate::ledger::routes(ledger))
         .merge(crate::datanets::routes(datanet))
+        .merge(crate::openlora::routes(openlora))
         .merge(ops::router(deps.clone()));
     edge(routes, settings, &deps.metrics)
 }

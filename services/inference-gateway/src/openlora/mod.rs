@@ -1,23 +1,49 @@
-//! OpenLoRA: the gateway's own gRPC API (`InferenceService`) and the place the OpenLoRA engine
-//! host lands next: loading base models and LoRA adapters, scheduling requests onto engines,
-//! and the OpenAI-compatible routes `/v1/chat/completions`, `/v1/completions` and
-//! `/v1/models`, which join the edge's router from here like the `ledger` and `datanets`
-//! routes do. Until then every RPC answers `UNIMPLEMENTED`.
+//! OpenLoRA behind the REST edge: the OpenAI-compatible routes, API keys, the adapter registry's
+//! routes, metering on the ledger, and the engines that generate (in this process, or replicas
+//! chosen by adapter affinity in cluster mode).
+//!
+//! - `engines`: the [`engines::EngineHost`] seam; `engines::local` (the engine in this
+//!   process), `engines::remote` (replicas over gRPC `EngineService`, consistent hashing with
+//!   bounded load) and `engines::server` (what a replica serves).
+//! - `keys`: API keys (`/v1/api_keys`, stored hashed), the Bearer check and per-key limits.
+//! - `adapters`: `/v1/adapters/**`, forwarded to model-factory's registry.
+//! - `catalog`: what `model` names: the base model or a registry adapter, with its prices and
+//!   who may call it.
+//! - `metering`: the ledger hold before generating and the capture after.
+//! - `openai`: `/v1/chat/completions`, `/v1/completions`, `/v1/models` in OpenAI's shapes, SSE.
+//! - `metrics`: serving metrics on `/metrics`.
 
-use openledger_proto::inference::v1::inference_service_server::InferenceService;
-use openledger_runtime::BackendsHandle;
+pub mod adapters;
+pub mod catalog;
+pub mod engines;
+pub mod keys;
+pub mod metering;
+pub mod metrics;
+pub mod openai;
 
-/// The gRPC API of the gateway.
+use std::sync::Arc;
+
+use axum::Router;
+use openledger_runtime::clients::ServiceChannel;
+
+pub use keys::Api;
+
+/// What the OpenLoRA routes share.
 #[derive(Clone)]
-pub struct Api {
-    #[allow(dead_code)]
-    backends: BackendsHandle,
+pub struct OpenLora {
+    /// `None` when no base model is configured: inference routes answer 503 saying how to get one.
+    pub engines: Option<Arc<dyn engines::EngineHost>>,
+    pub keys: keys::Keys,
+    pub catalog: catalog::Catalog,
+    pub metering: metering::Metering,
+    pub metrics: metrics::ServingMetrics,
+    pub model_factory: ServiceChannel,
 }
 
-impl Api {
-    pub fn new(backends: BackendsHandle) -> Self {
-        Self { backends }
-    }
+/// Every OpenLoRA route.
+pub fn routes(state: OpenLora) -> Router {
+    Router::new()
+        .merge(openai::routes(state.clone()))
+        .merge(keys::routes(state.keys.clone()))
+        .merge(adapters::routes(state.model_factory.clone()))
 }
-
-impl InferenceService for Api {}
