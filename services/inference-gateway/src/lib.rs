@@ -35,15 +35,17 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         &config,
         deps.endpoints.clone(),
     );
+    let spec = ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(api));
     let openlora = openlora::OpenLora {
-        engines: None,
+        engine_slot: openlora::engines::EngineSlot::default(),
         keys: openlora::keys::Keys::default(),
         catalog: openlora::catalog::Catalog::new(model_factory.clone()),
         metering: openlora::metering::Metering::new(ledger.clone()),
-        metrics: openlora::metrics::ServingMetrics::default(),
+        metrics: openlora::metrics::ServingMetrics::register(&deps.metrics),
+        events: openlora::events::Events::new(deps.backends.clone(), spec.outbox_waker()),
         model_factory,
     };
     let edge = edge::router(edge::EdgeSettings::from_config(&config), &deps, ledger, datanet, openlora);
-    let spec = ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(api)).rest(edge);
+    let spec = spec.rest(edge);
     run_service(spec, &config, deps).await
 }
