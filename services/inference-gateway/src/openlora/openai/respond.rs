@@ -54,10 +54,18 @@ fn attribution(inference_id: &str, fee: Option<u128>) -> AttributionRef {
     AttributionRef { inference_id: inference_id.to_owned(), fee: fee.map(|fee| fee.to_string()) }
 }
 
+/// One choice as collected: its text, its tokens' log-probabilities and its finish reason.
+#[derive(Default)]
+struct CollectedChoice {
+    text: String,
+    logprobs: Vec<(u32, TokenLogprobs)>,
+    finish: Option<String>,
+}
+
 /// Everything the driver produced, per choice.
 #[derive(Default)]
 struct Collected {
-    choices: BTreeMap<u32, (String, Vec<(u32, TokenLogprobs)>, Option<String>)>,
+    choices: BTreeMap<u32, CollectedChoice>,
     usage: Option<(u32, u32, Option<u128>)>,
     failure: Option<ApiError>,
 }
@@ -68,13 +76,13 @@ async fn collect(mut started: Started) -> Result<Collected, ApiError> {
         match output {
             Output::Token { choice, id, text, logprobs } => {
                 let entry = collected.choices.entry(choice).or_default();
-                entry.0.push_str(&text);
+                entry.text.push_str(&text);
                 if let Some(logprobs) = logprobs {
-                    entry.1.push((id, logprobs));
+                    entry.logprobs.push((id, logprobs));
                 }
             }
             Output::Finished { choice, reason } => {
-                collected.choices.entry(choice).or_default().2 = Some(finish_name(reason));
+                collected.choices.entry(choice).or_default().finish = Some(finish_name(reason));
             }
             Output::Failed(error) => collected.failure = Some(error),
             Output::Summary { prompt_tokens, completion_tokens, fee } => {
@@ -105,13 +113,13 @@ pub async fn chat(started: Started, logprobs: bool, tokenizer: &Tokenizer) -> Re
     let choices = collected
         .choices
         .into_iter()
-        .map(|(index, (text, tokens, finish))| ChatChoice {
+        .map(|(index, choice)| ChatChoice {
             index,
-            message: AssistantMessage { role: "assistant".into(), content: text },
+            message: AssistantMessage { role: "assistant".into(), content: choice.text },
             logprobs: logprobs.then(|| ChatLogprobs {
-                content: tokens.iter().map(|(id, lp)| chat_logprob(tokenizer, *id, lp)).collect(),
+                content: choice.logprobs.iter().map(|(id, lp)| chat_logprob(tokenizer, *id, lp)).collect(),
             }),
-            finish_reason: finish.unwrap_or_else(|| "stop".into()),
+            finish_reason: choice.finish.unwrap_or_else(|| "stop".into()),
         })
         .collect();
     Ok(ChatCompletion {
@@ -151,11 +159,11 @@ pub async fn completion(started: Started, logprobs: bool, tokenizer: &Tokenizer)
     let choices = collected
         .choices
         .into_iter()
-        .map(|(index, (text, tokens, finish))| CompletionChoice {
+        .map(|(index, choice)| CompletionChoice {
             index,
-            text,
-            logprobs: logprobs.then(|| completion_logprobs(tokenizer, &tokens, 0)),
-            finish_reason: Some(finish.unwrap_or_else(|| "stop".into())),
+            logprobs: logprobs.then(|| completion_logprobs(tokenizer, &choice.logprobs, 0)),
+            text: choice.text,
+            finish_reason: Some(choice.finish.unwrap_or_else(|| "stop".into())),
         })
         .collect();
     Ok(Completion {
