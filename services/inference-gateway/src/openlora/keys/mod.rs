@@ -45,8 +45,8 @@ use crate::{edge::ApiError, ledger::Ledger};
 pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Most keys held in the authentication cache.
 pub const MAX_CACHED_KEYS: usize = 65_536;
-/// Longest key name, in bytes.
-pub const MAX_KEY_NAME_BYTES: usize = 200;
+/// Longest key name, in characters.
+pub const MAX_KEY_NAME_CHARS: usize = 200;
 /// Most keys one account may hold at once (revoked ones do not count).
 pub const MAX_ACTIVE_KEYS_PER_ACCOUNT: u64 = 100;
 
@@ -207,9 +207,10 @@ impl Keys {
     /// bad or stale, 403 when the signer does not own the account); the secret is returned
     /// once and never again.
     pub async fn create(&self, new: NewKey) -> Result<(pb::ApiKey, String), ApiError> {
-        if new.name.is_empty() || new.name.len() > MAX_KEY_NAME_BYTES || new.name.chars().any(char::is_control) {
+        let name_chars = new.name.chars().count();
+        if name_chars == 0 || name_chars > MAX_KEY_NAME_CHARS || new.name.chars().any(char::is_control) {
             return Err(ApiError::invalid(format!(
-                "name must be 1 to {MAX_KEY_NAME_BYTES} bytes of text without control characters"
+                "name must be 1 to {MAX_KEY_NAME_CHARS} characters without control characters"
             )));
         }
         if new.account_id == 0 {

@@ -50,7 +50,8 @@ pub struct CreateApiKeyRequest {
     /// The ledger account the key acts for (and that pays), decimal.
     #[schema(pattern = "^[0-9]{1,38}$")]
     pub account_id: String,
-    /// What the key is for (1 to 200 bytes, no control characters).
+    /// What the key is for (1 to 200 characters, no control characters).
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     pub name: String,
     #[serde(default)]
     pub limits: Option<ApiKeyLimits>,
