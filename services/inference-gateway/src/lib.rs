@@ -21,7 +21,10 @@ pub mod openlora;
 use std::sync::Arc;
 
 use openledger_proto::inference::v1::inference_service_server::InferenceServiceServer;
-use openledger_runtime::{Config, Deps, RuntimeError, ServiceKind, ServiceSpec, clients::ServiceChannel, run_service};
+use openledger_runtime::{
+    Config, Deps, RuntimeError, ServiceKind, ServiceSpec, Worker, clients::ServiceChannel, run_service,
+};
+use openledger_telemetry::Metrics;
 
 /// Runs the gateway until the process shuts down.
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
@@ -35,8 +38,9 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         &config,
         deps.endpoints.clone(),
     );
+    let engines = openlora::engines::EngineSlot::default();
     let openlora = openlora::OpenLora {
-        engines: None,
+        engines: engines.clone(),
         keys: openlora::keys::Keys::default(),
         catalog: openlora::catalog::Catalog::new(model_factory.clone()),
         metering: openlora::metering::Metering::new(ledger.clone()),
@@ -44,6 +48,29 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         model_factory,
     };
     let edge = edge::router(edge::EdgeSettings::from_config(&config), &deps, ledger, datanet, openlora);
-    let spec = ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(api)).rest(edge);
+    let spec = ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(api))
+        .rest(edge)
+        .worker(start_engines(config.clone(), deps.metrics.clone(), engines));
     run_service(spec, &config, deps).await
+}
+
+/// Starts the engine host once the object store is connected (loading the base model takes a
+/// while; the edge serves meanwhile, its inference routes answering 503 until then).
+fn start_engines(config: Arc<Config>, metrics: Metrics, slot: openlora::engines::EngineSlot) -> Worker {
+    Box::new(move |backends, shutdown| {
+        Box::pin(async move {
+            let started = tokio::select! {
+                started = openlora::engines::from_config(&config, backends.objects, &metrics) => started,
+                () = shutdown.cancelled() => return,
+            };
+            match started {
+                Ok(Some(host)) => slot.fill(Ok(host)),
+                Ok(None) => slot.fill(Err(openlora::engines::missing_model_message(&config))),
+                Err(error) => {
+                    tracing::error!(%error, "no engine: inference routes answer 503");
+                    slot.fill(Err(error.to_string()));
+                }
+            }
+        })
+    })
 }

@@ -21,8 +21,6 @@ pub mod metering;
 pub mod metrics;
 pub mod openai;
 
-use std::sync::Arc;
-
 use axum::Router;
 use openledger_runtime::clients::ServiceChannel;
 
@@ -31,8 +29,9 @@ pub use keys::Api;
 /// What the OpenLoRA routes share.
 #[derive(Clone)]
 pub struct OpenLora {
-    /// `None` when no base model is configured: inference routes answer 503 saying how to get one.
-    pub engines: Option<Arc<dyn engines::EngineHost>>,
+    /// The engine host once started; until then (or without a base model) `get` gives the 503
+    /// message saying why.
+    pub engines: engines::EngineSlot,
     pub keys: keys::Keys,
     pub catalog: catalog::Catalog,
     pub metering: metering::Metering,
