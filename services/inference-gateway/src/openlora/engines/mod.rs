@@ -8,6 +8,8 @@ pub mod local;
 pub mod remote;
 pub mod ring;
 pub mod server;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, OnceLock};
 
