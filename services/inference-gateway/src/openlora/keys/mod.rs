@@ -129,11 +129,6 @@ impl Keys {
         }
     }
 
-    /// The limits a key gets when it asks for none.
-    pub fn defaults(&self) -> Limits {
-        self.inner.defaults
-    }
-
     /// The caller of a request from its `Authorization: Bearer <secret>` header: 401
     /// (`invalid_api_key`) without one or with an unknown or revoked key.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
