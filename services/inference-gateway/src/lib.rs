@@ -35,18 +35,19 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         &config,
         deps.endpoints.clone(),
     );
+    let api = openlora::Api::new(keys.clone());
+    let spec = ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(api));
     let openlora = openlora::OpenLora {
-        engines: None,
+        engine_slot: openlora::engines::EngineSlot::default(),
         keys: keys.clone(),
         catalog: openlora::catalog::Catalog::new(model_factory.clone()),
         metering: openlora::metering::Metering::new(ledger.clone()),
-        metrics: openlora::metrics::ServingMetrics::default(),
+        metrics: openlora::metrics::ServingMetrics::register(&deps.metrics),
+        events: openlora::events::Events::new(deps.backends.clone(), spec.outbox_waker()),
         model_factory,
     };
     let edge = edge::router(edge::EdgeSettings::from_config(&config), &deps, ledger, datanet, openlora);
-    let mut spec =
-        ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(openlora::Api::new(keys.clone())))
-            .rest(edge);
+    let mut spec = spec.rest(edge);
     if deps.embedded {
         let published = deps.dev_api_key.clone();
         spec = spec.worker(openlora::keys::dev::bootstrap_worker(keys, &config, published));

@@ -13,7 +13,10 @@ use utoipa::{
 };
 
 use super::error::{ErrorBody, ErrorDetail};
-use crate::{datanets, ledger, openlora::keys};
+use crate::{
+    datanets, ledger,
+    openlora::{keys, openai},
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -46,7 +49,10 @@ use crate::{datanets, ledger, openlora::keys};
         datanets::decide_access,
         keys::create_api_key,
         keys::list_api_keys,
-        keys::revoke_api_key
+        keys::revoke_api_key,
+        openai::chat_completions,
+        openai::completions,
+        openai::list_models
     ),
     components(schemas(
         ErrorBody,
@@ -88,7 +94,14 @@ use crate::{datanets, ledger, openlora::keys};
         keys::ApiKey,
         keys::CreatedApiKey,
         keys::ApiKeyPage,
-        keys::RevokeApiKeyRequest
+        keys::RevokeApiKeyRequest,
+        openai::types::ChatCompletionRequest,
+        openai::types::CompletionRequest,
+        openai::types::ChatCompletion,
+        openai::types::ChatCompletionChunk,
+        openai::types::Completion,
+        openai::types::ModelList,
+        openai::types::ModelCard
     ))
 )]
 pub struct ApiDoc;
@@ -127,6 +140,11 @@ const SIGNED: [&str; 19] = [
     "revoke_api_key",
 ];
 
+/// Operations that take an API key (`Authorization: Bearer`), and those of them that generate
+/// (metered, rate limited, naming a model).
+const API_KEY: [&str; 3] = ["chat_completions", "completions", "list_models"];
+const GENERATING: [&str; 2] = ["chat_completions", "completions"];
+
 fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     [item.get.as_mut(), item.post.as_mut(), item.delete.as_mut()].into_iter().flatten()
 }
@@ -160,6 +178,22 @@ fn shared_answers(_path: &str, item: &mut PathItem) {
                 "401",
                 "The signer or the caller headers are missing, malformed or do not verify \
                  (keys are 64 hex characters, signatures 128)",
+            ));
+        }
+        if API_KEY.contains(&id.as_str()) {
+            shared.push(("401", "The API key (Authorization: Bearer) is missing, unknown or revoked"));
+        }
+        if GENERATING.contains(&id.as_str()) {
+            shared.extend([
+                ("402", "insufficient_funds: the key's account cannot cover the request's largest fee"),
+                ("403", "The key's account may not use this adapter"),
+                ("404", "model_not_found: no such model, or it is unlisted"),
+                ("429", "rate_limited: the key's requests or tokens per minute are spent; see Retry-After"),
+            ]);
+            shared.retain(|(status, _)| *status != "503");
+            shared.push((
+                "503",
+                "overloaded (see Retry-After), no base model loaded, or a service behind this route is not up yet",
             ));
         }
         for (status, description) in shared {
