@@ -35,8 +35,8 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         &config,
         deps.endpoints.clone(),
     );
-    let api = openlora::Api::new(keys.clone());
-    let spec = ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(api));
+    let spec =
+        ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(openlora::Api::new(keys.clone())));
     let openlora = openlora::OpenLora {
         engine_slot: openlora::engines::EngineSlot::default(),
         keys: keys.clone(),

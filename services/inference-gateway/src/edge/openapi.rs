@@ -47,12 +47,12 @@ use crate::{
         datanets::remove_record,
         datanets::request_access,
         datanets::decide_access,
-        keys::create_api_key,
-        keys::list_api_keys,
-        keys::revoke_api_key,
         openai::chat_completions,
         openai::completions,
-        openai::list_models
+        openai::list_models,
+        keys::create_api_key,
+        keys::list_api_keys,
+        keys::revoke_api_key
     ),
     components(schemas(
         ErrorBody,
@@ -89,19 +89,19 @@ use crate::{
         datanets::RequestAccessRequest,
         datanets::DecideAccessRequest,
         datanets::Grant,
-        keys::ApiKeyLimits,
-        keys::CreateApiKeyRequest,
-        keys::ApiKey,
-        keys::CreatedApiKey,
-        keys::ApiKeyPage,
-        keys::RevokeApiKeyRequest,
         openai::types::ChatCompletionRequest,
         openai::types::CompletionRequest,
         openai::types::ChatCompletion,
         openai::types::ChatCompletionChunk,
         openai::types::Completion,
         openai::types::ModelList,
-        openai::types::ModelCard
+        openai::types::ModelCard,
+        keys::ApiKeyLimits,
+        keys::CreateApiKeyRequest,
+        keys::ApiKey,
+        keys::CreatedApiKey,
+        keys::ApiKeyPage,
+        keys::RevokeApiKeyRequest
     ))
 )]
 pub struct ApiDoc;
