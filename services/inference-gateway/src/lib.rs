@@ -54,7 +54,7 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
     let mut spec = spec.rest(edge).worker(start_engines(config.clone(), deps.metrics.clone(), engines));
     if deps.embedded {
         let published = deps.dev_api_key.clone();
-        spec = spec.worker(openlora::keys::dev::bootstrap_worker(keys, config.data_dir.clone(), published));
+        spec = spec.worker(openlora::keys::dev::bootstrap_worker(keys, &config, published));
     }
     run_service(spec, &config, deps).await
 }
