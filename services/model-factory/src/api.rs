@@ -19,17 +19,32 @@ use crate::{
 /// The process's one [`Registry`], made once the backends are connected.
 #[derive(Clone)]
 pub struct SharedRegistry {
-    backends: BackendsHandle,
-    owners: Arc<dyn Owners>,
-    bases: Arc<BaseModels>,
-    subjects: Subjects,
+    /// What the registry is made of; `None` when it was given ready-made.
+    parts: Option<Parts>,
     outbox_wake: Arc<Mutex<Option<Arc<Notify>>>>,
     registry: Arc<OnceLock<Arc<Registry>>>,
 }
 
+#[derive(Clone)]
+struct Parts {
+    backends: BackendsHandle,
+    owners: Arc<dyn Owners>,
+    bases: Arc<BaseModels>,
+    subjects: Subjects,
+}
+
 impl SharedRegistry {
     pub fn new(backends: BackendsHandle, owners: Arc<dyn Owners>, bases: Arc<BaseModels>, subjects: Subjects) -> Self {
-        Self { backends, owners, bases, subjects, outbox_wake: Arc::default(), registry: Arc::default() }
+        Self {
+            parts: Some(Parts { backends, owners, bases, subjects }),
+            outbox_wake: Arc::default(),
+            registry: Arc::default(),
+        }
+    }
+
+    /// A registry made elsewhere (tests, tools).
+    pub fn ready(registry: Arc<Registry>) -> Self {
+        Self { parts: None, outbox_wake: Arc::default(), registry: Arc::new(OnceLock::from(registry)) }
     }
 
     pub fn set_outbox_waker(&self, wake: Arc<Notify>) {
@@ -40,7 +55,8 @@ impl SharedRegistry {
         if let Some(registry) = self.registry.get() {
             return Some(registry.clone());
         }
-        let backends = self.backends.current()?;
+        let parts = self.parts.as_ref()?;
+        let backends = parts.backends.current()?;
         let wake = self.outbox_wake.lock().clone();
         Some(
             self.registry
@@ -48,9 +64,9 @@ impl SharedRegistry {
                     let registry = Registry::new(
                         backends.db,
                         backends.objects,
-                        self.owners.clone(),
-                        self.bases.clone(),
-                        self.subjects.clone(),
+                        parts.owners.clone(),
+                        parts.bases.clone(),
+                        parts.subjects.clone(),
                     );
                     Arc::new(match wake {
                         Some(wake) => registry.with_outbox_waker(wake),

@@ -24,7 +24,7 @@ use openledger_proto::modelfactory::v1::model_factory_service_server::ModelFacto
 use openledger_runtime::{Config, Deps, RuntimeError, ServiceKind, ServiceSpec, clients::ServiceChannel, run_service};
 use openledger_store::db::MaybeBusy;
 
-pub use api::Api;
+pub use api::{Api, SharedRegistry};
 pub use registry::Registry;
 
 /// An error with the code callers act on and a message naming the problem.
