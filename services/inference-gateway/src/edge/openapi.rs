@@ -13,7 +13,7 @@ use utoipa::{
 };
 
 use super::error::{ErrorBody, ErrorDetail};
-use crate::{datanets, ledger};
+use crate::{datanets, ledger, openlora::adapters};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,7 +43,12 @@ use crate::{datanets, ledger};
         datanets::leaderboard,
         datanets::remove_record,
         datanets::request_access,
-        datanets::decide_access
+        datanets::decide_access,
+        adapters::import_adapter,
+        adapters::list_adapters,
+        adapters::get_adapter,
+        adapters::update_adapter,
+        adapters::unlist_adapter
     ),
     components(schemas(
         ErrorBody,
@@ -79,7 +84,14 @@ use crate::{datanets, ledger};
         datanets::RemoveRecordRequest,
         datanets::RequestAccessRequest,
         datanets::DecideAccessRequest,
-        datanets::Grant
+        datanets::Grant,
+        adapters::Adapter,
+        adapters::AdapterFile,
+        adapters::Lineage,
+        adapters::AdapterPage,
+        adapters::ImportAdapterRequest,
+        adapters::UpdateAdapterRequest,
+        adapters::UnlistAdapterRequest
     ))
 )]
 pub struct ApiDoc;
@@ -96,7 +108,7 @@ pub fn openapi() -> serde_json::Value {
 }
 
 /// Operations whose requests carry a signer or the signed caller headers.
-const SIGNED: [&str; 16] = [
+const SIGNED: [&str; 21] = [
     "stake",
     "unstake",
     "propose",
@@ -113,10 +125,15 @@ const SIGNED: [&str; 16] = [
     "remove_record",
     "request_access",
     "decide_access",
+    "import_adapter",
+    "list_adapters",
+    "get_adapter",
+    "update_adapter",
+    "unlist_adapter",
 ];
 
 fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
-    [item.get.as_mut(), item.post.as_mut()].into_iter().flatten()
+    [item.get.as_mut(), item.post.as_mut(), item.patch.as_mut(), item.delete.as_mut()].into_iter().flatten()
 }
 
 fn error_answer(description: &str) -> RefOr<Response> {
@@ -133,7 +150,6 @@ fn error_answer(description: &str) -> RefOr<Response> {
 /// request over the timeout (408), an upstream service not started (503); and 401 where a
 /// signer or caller headers are read.
 fn shared_answers(_path: &str, item: &mut PathItem) {
-    let has_body = item.post.is_some();
     for operation in operations(item) {
         let id = operation.operation_id.clone().unwrap_or_default();
         let mut shared = vec![
@@ -141,7 +157,7 @@ fn shared_answers(_path: &str, item: &mut PathItem) {
             ("408", "The request took longer than the edge's timeout"),
             ("503", "The service behind this route is not available yet; retry shortly"),
         ];
-        if has_body && operation.request_body.is_some() || id == "contribute" {
+        if operation.request_body.is_some() || id == "contribute" {
             shared.push(("413", "The body is larger than the edge's limit"));
         }
         if SIGNED.contains(&id.as_str()) {
@@ -187,6 +203,9 @@ const LINKS: &[Link] = &[
         "review",
         &[("id", "$response.body#/datanet_id"), ("contribution_id", "$response.body#/id")],
     ),
+    ("import_adapter", "201", "GetAdapter", "get_adapter", &[("id", "$response.body#/id")]),
+    ("import_adapter", "201", "UpdateAdapter", "update_adapter", &[("id", "$response.body#/id")]),
+    ("import_adapter", "201", "UnlistAdapter", "unlist_adapter", &[("id", "$response.body#/id")]),
     (
         "request_access",
         "201",
@@ -294,7 +313,9 @@ mod tests {
         };
         let mut documented = Vec::new();
         for item in doc.paths.paths.values() {
-            for operation in [item.get.as_ref(), item.post.as_ref()].into_iter().flatten() {
+            for operation in
+                [item.get.as_ref(), item.post.as_ref(), item.patch.as_ref(), item.delete.as_ref()].into_iter().flatten()
+            {
                 let id = operation.operation_id.clone().expect("operation id");
                 if SIGNED.contains(&id.as_str()) {
                     assert!(operation.responses.responses.contains_key("401"), "{id} does not document 401");
