@@ -76,18 +76,22 @@ async fn fetch_hub(source: &str, limits: &AdapterLimits) -> Result<(Bytes, Bytes
             ),
         ),
     })?;
-    let read = |name: &str, max_bytes: u64| -> Result<Bytes, RegistryError> {
-        let path = dir.join(name);
-        let unreadable = |error: std::io::Error| {
-            RegistryError::new(ErrorCode::FailedPrecondition, format!("{source}: reading {name}: {error}"))
-        };
-        let size = std::fs::metadata(&path).map_err(unreadable)?.len();
-        if size > max_bytes {
-            return Err(invalid(format!("{source}: {name} is {size} bytes; the registry accepts at most {max_bytes}")));
-        }
-        Ok(Bytes::from(std::fs::read(&path).map_err(unreadable)?))
+    let config = read_file(source, &dir.join(ADAPTER_CONFIG), limits.max_config_bytes).await?;
+    let weights = read_file(source, &dir.join(ADAPTER_WEIGHTS), limits.max_weights_bytes).await?;
+    Ok((config, weights))
+}
+
+/// One downloaded file, its size checked before it is read.
+async fn read_file(source: &str, path: &std::path::Path, max_bytes: u64) -> Result<Bytes, RegistryError> {
+    let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let unreadable = |error: std::io::Error| {
+        RegistryError::new(ErrorCode::FailedPrecondition, format!("{source}: reading {name}: {error}"))
     };
-    Ok((read(ADAPTER_CONFIG, limits.max_config_bytes)?, read(ADAPTER_WEIGHTS, limits.max_weights_bytes)?))
+    let size = tokio::fs::metadata(path).await.map_err(unreadable)?.len();
+    if size > max_bytes {
+        return Err(invalid(format!("{source}: {name} is {size} bytes; the registry accepts at most {max_bytes}")));
+    }
+    Ok(Bytes::from(tokio::fs::read(path).await.map_err(unreadable)?))
 }
 
 #[cfg(test)]
