@@ -6,6 +6,7 @@ mod cluster;
 mod datanet;
 mod keys;
 mod model;
+mod openai;
 mod openapi;
 mod signing;
 mod support;

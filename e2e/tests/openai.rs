@@ -46,10 +46,17 @@ async fn account(client: &reqwest::Client, rest: &str, id: u128, owner: &Signing
 }
 
 /// An API key for `account`, signed by its owner.
-async fn api_key(client: &reqwest::Client, rest: &str, account: u128, owner: &SigningKey, requests_per_minute: u64) -> String {
+async fn api_key(
+    client: &reqwest::Client,
+    rest: &str,
+    account: u128,
+    owner: &SigningKey,
+    requests_per_minute: u64,
+) -> String {
     let signed_at = openledger_signing::now_unix();
     let name = format!("e2e-{account}-{requests_per_minute}");
-    let message = openledger_signing::messages::api_key_create_message(account, signed_at, requests_per_minute, 0, &name);
+    let message =
+        openledger_signing::messages::api_key_create_message(account, signed_at, requests_per_minute, 0, &name);
     let body = json!({
         "account_id": account.to_string(),
         "name": name,
@@ -69,6 +76,59 @@ async fn balance(client: &reqwest::Client, rest: &str, id: u128) -> (u128, u128)
     (amount("credits_posted") - amount("debits_posted"), amount("debits_pending"))
 }
 
+/// A rank-8 q/v adapter for the base at `model`, imported over REST as a public, priced adapter
+/// owned by `account`; returns its id.
+async fn import_adapter(
+    client: &reqwest::Client,
+    rest: &str,
+    model: &Path,
+    account: u128,
+    owner: &SigningKey,
+) -> String {
+    let id = "e2e-cat-stories";
+    let config = openledger_ml::source::read_model_config(model).expect("base config");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let targets = [openledger_ml::Target::Q, openledger_ml::Target::V];
+    openledger_ml::testing::write_peft_adapter(dir.path(), &config, 8, &targets, 7, false).expect("adapter");
+    let files = (
+        std::fs::read(dir.path().join("adapter_config.json")).expect("config"),
+        std::fs::read(dir.path().join("adapter_model.safetensors")).expect("weights"),
+    );
+    let (config_hash, weights_hash) =
+        (openledger_core::ContentHash::of(&files.0), openledger_core::ContentHash::of(&files.1));
+    let signed_at = openledger_signing::now_unix();
+    let message = openledger_signing::adapter_import_message(&openledger_signing::AdapterImport {
+        adapter_id: id,
+        base_model: "",
+        owner_account: account,
+        files: openledger_signing::AdapterFiles::Upload { config: &config_hash, weights: &weights_hash },
+        price_in: ADAPTER_PRICE_IN,
+        price_out: ADAPTER_PRICE_OUT,
+        visibility: "public",
+        allowed_accounts: &[],
+        signed_at,
+        description: "e2e",
+    });
+    let signed = openledger_signing::sign(owner, &message);
+    let form = reqwest::multipart::Form::new()
+        .text("id", id)
+        .text("owned_by", account.to_string())
+        .text("price_in", ADAPTER_PRICE_IN.to_string())
+        .text("price_out", ADAPTER_PRICE_OUT.to_string())
+        .text("visibility", "public")
+        .text("description", "e2e")
+        .text("signed_at", signed_at.to_string())
+        .text("public_key", signed.public_key_hex())
+        .text("signature", signed.signature_hex())
+        .part("adapter_config", reqwest::multipart::Part::bytes(files.0).file_name("adapter_config.json"))
+        .part("adapter_model", reqwest::multipart::Part::bytes(files.1).file_name("adapter_model.safetensors"));
+    let response = client.post(format!("{rest}/v1/adapters")).multipart(form).send().await.expect("import");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 201, "{body}");
+    id.to_owned()
+}
+
 fn ceil_cost(tokens: u128, price: u128) -> u128 {
     (tokens * price).div_ceil(1000)
 }
@@ -77,7 +137,8 @@ fn ceil_cost(tokens: u128, price: u128) -> u128 {
 async fn the_official_client_works_against_dev_and_every_fee_is_exact() {
     let model = openledger_ml::testing::smollm2_path();
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let args = ["--data-dir", &data_dir.path().display().to_string(), "dev", "--base-model", &model.display().to_string()];
+    let args =
+        ["--data-dir", &data_dir.path().display().to_string(), "dev", "--base-model", &model.display().to_string()];
     let mut platform = Platform::spawn::<&str>(&args, &[]);
     let rest_addr = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
     platform.wait_ready(rest_addr).await;
@@ -86,7 +147,8 @@ async fn the_official_client_works_against_dev_and_every_fee_is_exact() {
     let mut ledger = LedgerServiceClient::connect(format!("http://{ledger_addr}")).await.expect("ledger");
     let client = reqwest::Client::new();
 
-    let (rich, poor, limited) = (SigningKey::from_bytes(&[41; 32]), SigningKey::from_bytes(&[42; 32]), SigningKey::from_bytes(&[43; 32]));
+    let (rich, poor, limited) =
+        (SigningKey::from_bytes(&[41; 32]), SigningKey::from_bytes(&[42; 32]), SigningKey::from_bytes(&[43; 32]));
     let (rich_id, poor_id, limited_id) = (90_001u128, 90_002u128, 90_003u128);
     for (id, owner) in [(rich_id, &rich), (poor_id, &poor), (limited_id, &limited)] {
         account(&client, &rest, id, owner).await;
@@ -99,15 +161,22 @@ async fn the_official_client_works_against_dev_and_every_fee_is_exact() {
 
     // The engine loads after the edge is up: wait until the base model is listed.
     let base_model: String = eventually("the base model is served", async || {
-        let response = client.get(format!("{rest}/v1/models")).bearer_auth(&rich_key).send().await.map_err(|e| e.to_string())?;
+        let response =
+            client.get(format!("{rest}/v1/models")).bearer_auth(&rich_key).send().await.map_err(|e| e.to_string())?;
         let body: Value = response.json().await.map_err(|e| e.to_string())?;
         body["data"][0]["id"].as_str().map(str::to_owned).ok_or_else(|| body.to_string())
     })
     .await;
-    let adapter = crate::openai_adapter::import(&client, &rest, rich_id, &rich, ADAPTER_PRICE_IN, ADAPTER_PRICE_OUT).await;
+    let adapter = import_adapter(&client, &rest, &model, rich_id, &rich).await;
     let platform_fee: u128 = {
-        let parameters: Value =
-            client.get(format!("{rest}/v1/governance/parameters")).send().await.expect("get").json().await.expect("json");
+        let parameters: Value = client
+            .get(format!("{rest}/v1/governance/parameters"))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
         parameters["platform_fee"].as_str().expect("platform_fee").parse().expect("amount")
     };
     let (before, _) = balance(&client, &rest, rich_id).await;
@@ -157,7 +226,11 @@ async fn the_official_client_works_against_dev_and_every_fee_is_exact() {
     assert!(disconnected["inference_id"].is_string(), "{disconnected}");
     let (after, pending) = eventually("the disconnected stream is captured", async || {
         let (after, pending) = balance(&client, &rest, rich_id).await;
-        if pending == 0 && after < before - rich_paid { Ok((after, pending)) } else { Err(format!("{after} pending {pending}")) }
+        if pending == 0 && after < before - rich_paid {
+            Ok((after, pending))
+        } else {
+            Err(format!("{after} pending {pending}"))
+        }
     })
     .await;
     assert_eq!(pending, 0);
@@ -166,7 +239,10 @@ async fn the_official_client_works_against_dev_and_every_fee_is_exact() {
     let output_cost = hung_up - platform_fee - ceil_cost(prompt_tokens, ADAPTER_PRICE_IN);
     assert_eq!(output_cost % 3, 0, "whole tokens at 3 base units each: {output_cost}");
     let produced = output_cost / 3;
-    assert!((3..400).contains(&produced), "the hung-up stream paid for {produced} tokens: those it produced, not max_tokens");
+    assert!(
+        (3..400).contains(&produced),
+        "the hung-up stream paid for {produced} tokens: those it produced, not max_tokens"
+    );
     let (poor_balance, poor_pending) = balance(&client, &rest, poor_id).await;
     assert_eq!((poor_balance, poor_pending), (0, 0), "a refused request pays nothing and holds nothing");
 

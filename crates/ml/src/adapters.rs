@@ -131,6 +131,15 @@ async fn download_adapter_files(store: &dyn ObjectStore, prefix: &str, id: &str,
     Ok(())
 }
 
+/// Downloads (or finds in hf-hub's cache) the PEFT adapter `hf://owner/name[@revision]` and
+/// returns the local directory holding its two files.
+pub async fn fetch_hub_adapter_dir(source: &str) -> Result<PathBuf> {
+    let crate::Source::Hub { repo, revision, file: None } = source.parse()? else {
+        return Err(MlError::InvalidRequest(format!("{source:?} is not hf://owner/name[@revision]")));
+    };
+    fetch_hub_adapter(source, &repo, revision).await
+}
+
 async fn fetch_hub_adapter(id: &str, repo: &str, revision: Option<String>) -> Result<PathBuf> {
     let fetch = |e: hf_hub::api::tokio::ApiError| MlError::Fetch { what: id.to_string(), detail: e.to_string() };
     let repo = crate::source::hub_repo(repo, revision.as_deref()).map_err(fetch)?;

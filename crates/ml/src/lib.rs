@@ -17,6 +17,7 @@ pub mod source;
 pub mod testing;
 pub mod tokenizer;
 pub mod train;
+pub mod validate;
 
 pub use config::ModelConfig;
 pub use engine::{

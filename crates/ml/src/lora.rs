@@ -261,7 +261,7 @@ impl LoraAdapter {
 }
 
 /// Parses `base_model.model.model.layers.{i}.{self_attn|mlp}.{module}.lora_{A|B}.weight`.
-fn parse_peft_name(name: &str) -> Option<(usize, Target, bool)> {
+pub(crate) fn parse_peft_name(name: &str) -> Option<(usize, Target, bool)> {
     let rest = name.split_once("layers.")?.1;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;

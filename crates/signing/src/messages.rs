@@ -428,3 +428,191 @@ mod tests {
         );
     }
 }
+
+/// What the owner of a new registry adapter signs (see [`adapter_import_message`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterImport<'a> {
+    pub adapter_id: &'a str,
+    /// The base model's id; empty for the platform's configured base.
+    pub base_model: &'a str,
+    pub owner_account: u128,
+    pub files: AdapterFiles<'a>,
+    pub price_in: u128,
+    pub price_out: u128,
+    /// `public`, `private` or `allow_list`.
+    pub visibility: &'a str,
+    pub allowed_accounts: &'a [u128],
+    pub signed_at: i64,
+    pub description: &'a str,
+}
+
+/// Where an imported adapter's files come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdapterFiles<'a> {
+    /// Sent with the request: BLAKE3 of `adapter_config.json`, then of `adapter_model.safetensors`.
+    Upload { config: &'a ContentHash, weights: &'a ContentHash },
+    /// An object-store key prefix or `hf://owner/name[@rev]` (no line breaks).
+    Source(&'a str),
+}
+
+/// `openledger/adapter/import/v1\n<adapter id>\n<base model id>\n<owner account id>\n<files>\n<price_in>\n<price_out>\n<visibility>\n<allowed accounts>\n<signed_at>\n<description>`,
+/// signed by the key owning the account. `<files>` is `upload <config BLAKE3 hex> <weights
+/// BLAKE3 hex>` or `source <source>`; prices are base units per 1000 tokens; the allowed
+/// accounts are comma-separated as sent (`-` for none); the description is last (free text).
+pub fn adapter_import_message(import: &AdapterImport<'_>) -> Vec<u8> {
+    let files = match import.files {
+        AdapterFiles::Upload { config, weights } => format!("upload {} {}", config.to_hex(), weights.to_hex()),
+        AdapterFiles::Source(source) => format!("source {source}"),
+    };
+    format!(
+        "openledger/adapter/import/v1\n{}\n{}\n{}\n{files}\n{}\n{}\n{}\n{}\n{}\n{}",
+        import.adapter_id,
+        import.base_model,
+        import.owner_account,
+        import.price_in,
+        import.price_out,
+        import.visibility,
+        account_list(import.allowed_accounts),
+        import.signed_at,
+        import.description,
+    )
+    .into_bytes()
+}
+
+/// What the owner of an adapter signs to change it; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdapterUpdate<'a> {
+    pub adapter_id: &'a str,
+    pub price_in: Option<u128>,
+    pub price_out: Option<u128>,
+    pub visibility: Option<&'a str>,
+    /// `Some` replaces the allow-list (possibly with an empty one).
+    pub allowed_accounts: Option<&'a [u128]>,
+    pub signed_at: i64,
+    pub description: Option<&'a str>,
+}
+
+/// `openledger/adapter/update/v1\n<adapter id>\n<price_in>\n<price_out>\n<visibility>\n<allowed accounts>\n<signed_at>\n<description>`,
+/// signed by the adapter's owner. A field left unchanged is `-`; a replaced allow-list is
+/// `[<ids comma-separated>]` (`[]` empties it); a new description is `=` then the text (last:
+/// free text).
+pub fn adapter_update_message(update: &AdapterUpdate<'_>) -> Vec<u8> {
+    let keep = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
+    format!(
+        "openledger/adapter/update/v1\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+        update.adapter_id,
+        keep(update.price_in.map(|price| price.to_string())),
+        keep(update.price_out.map(|price| price.to_string())),
+        keep(update.visibility.map(str::to_owned)),
+        keep(
+            update.allowed_accounts.map(|accounts| {
+                format!("[{}]", accounts.iter().map(u128::to_string).collect::<Vec<_>>().join(","))
+            })
+        ),
+        update.signed_at,
+        keep(update.description.map(|text| format!("={text}"))),
+    )
+    .into_bytes()
+}
+
+/// `openledger/adapter/unlist/v1\n<adapter id>\n<signed_at>`, signed by the adapter's owner.
+pub fn adapter_unlist_message(adapter_id: &str, signed_at: i64) -> Vec<u8> {
+    format!("openledger/adapter/unlist/v1\n{adapter_id}\n{signed_at}").into_bytes()
+}
+
+fn account_list(accounts: &[u128]) -> String {
+    if accounts.is_empty() {
+        return "-".to_owned();
+    }
+    accounts.iter().map(u128::to_string).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod adapter_tests {
+    //! Golden bytes of the adapter registry's messages (same key and rules as `tests`).
+
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::{sign, verify};
+
+    fn golden(message: &[u8], text: &str, signature: &str) {
+        assert_eq!(String::from_utf8_lossy(message), text);
+        let signed = sign(&SigningKey::from_bytes(&[7; 32]), message);
+        assert_eq!(signed.public_key_hex(), "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c");
+        assert_eq!(signed.signature_hex(), signature, "signature of {text:?}");
+        assert_eq!(verify(&signed.public_key, &signed.signature, message), Ok(signed.public_key));
+    }
+
+    #[test]
+    fn adapter_import() {
+        let (config, weights) = (ContentHash::of(b"config"), ContentHash::of(b"weights"));
+        let import = AdapterImport {
+            adapter_id: "med-notes-r16",
+            base_model: "SmolLM2-135M-Instruct.Q4_1",
+            owner_account: 70_001,
+            files: AdapterFiles::Upload { config: &config, weights: &weights },
+            price_in: 1_000,
+            price_out: 2_000,
+            visibility: "allow_list",
+            allowed_accounts: &[70_002, 70_003],
+            signed_at: 1_800_000_000,
+            description: "Clinical notes.\nSecond line.",
+        };
+        golden(
+            &adapter_import_message(&import),
+            concat!(
+                "openledger/adapter/import/v1\nmed-notes-r16\nSmolLM2-135M-Instruct.Q4_1\n70001\n",
+                "upload b756e64ea90c4036e88f3f07ff9a708666dc0527bf14a015249e84ff6daabaa7 ",
+                "3edc5c4a5df8c79ef4f8dbdc373cd21ca041ccf39fe5693250d004092094dc4a\n",
+                "1000\n2000\nallow_list\n70002,70003\n1800000000\nClinical notes.\nSecond line."
+            ),
+            "870998b1fbbad81338210775817627b4af3850e06aeeffad7832b0d3fc80abf862ca283dfc4e2b9f686756fc83b1f67db5a7718fe64ee7a49c7345b7eb1f9508",
+        );
+        let from_hub = AdapterImport {
+            files: AdapterFiles::Source("hf://owner/name@main"),
+            visibility: "public",
+            allowed_accounts: &[],
+            description: "",
+            ..import
+        };
+        golden(
+            &adapter_import_message(&from_hub),
+            "openledger/adapter/import/v1\nmed-notes-r16\nSmolLM2-135M-Instruct.Q4_1\n70001\nsource hf://owner/name@main\n1000\n2000\npublic\n-\n1800000000\n",
+            "1b6846bfc2f393d9b363879eade973dbada6b6b4b7574844e68e29edea0167c9ce5a507ef08a142c971d361c52c52302e4851128c1dba9697c5579389972ac03",
+        );
+    }
+
+    #[test]
+    fn adapter_update() {
+        let all = AdapterUpdate {
+            adapter_id: "med-notes-r16",
+            price_in: Some(5),
+            price_out: Some(0),
+            visibility: Some("private"),
+            allowed_accounts: Some(&[]),
+            signed_at: 1_800_000_000,
+            description: Some("-"),
+        };
+        golden(
+            &adapter_update_message(&all),
+            "openledger/adapter/update/v1\nmed-notes-r16\n5\n0\nprivate\n[]\n1800000000\n=-",
+            "25c759f2c231a376d09b4325a420ced9ba5b0ceaf4025dc4239784b95dd168febdd3e24f47420c2caa3f76602ffc73a1ce7145032cffd7ad40d6b5c5ae5e180b",
+        );
+        let none = AdapterUpdate { adapter_id: "a", signed_at: 1_800_000_000, ..Default::default() };
+        golden(
+            &adapter_update_message(&none),
+            "openledger/adapter/update/v1\na\n-\n-\n-\n-\n1800000000\n-",
+            "bdc7450abceba4139e023ea5d652e0a771f090fb5014a90bae3fe7c9fe3020b5d0bd79dc93c6f995afa209931f0bb0b3cb7b76ff57c39e39c450fbed9f3d500d",
+        );
+    }
+
+    #[test]
+    fn adapter_unlist() {
+        golden(
+            &adapter_unlist_message("med-notes-r16", 1_800_000_000),
+            "openledger/adapter/unlist/v1\nmed-notes-r16\n1800000000",
+            "c8325e3fa23a329635c26f2150048200cf9af2f19f782e755d5c04230a87620fdd985043c0c965a88aff273b9617ec25ed60eb57d8ca724c23f7afe80898c406",
+        );
+    }
+}

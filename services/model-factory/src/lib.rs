@@ -1,27 +1,84 @@
-//! The ModelFactory: LoRA fine-tuning jobs on Datanet snapshots and the adapters they produce, with lineage. This issue ships its gRPC surface; training lands with the ML engine issues.
+//! The ModelFactory: the adapter registry (imported and, later, trained LoRA adapters, each
+//! validated against its base model and stored in the object store) and the fine-tuning jobs
+//! that produce adapters (their RPCs answer `UNIMPLEMENTED` until the jobs issue lands).
 //!
-//! Every RPC of `ModelFactoryService` answers `UNIMPLEMENTED` until its handler lands: the generated
-//! trait's default methods do that, so the API can be listed, called and health-checked now.
+//! - [`registry`] is the registry itself: import, read, update, unlist;
+//! - [`base`] finds the base model adapters are validated against (the one the engines serve);
+//! - [`owners`] checks with the ledger that a key owns an account;
+//! - [`signing`] rebuilds what each signed request signs; [`events`] names the subjects;
+//! - [`limits`] holds every limit; `api` is the gRPC surface.
+
+mod api;
+pub mod base;
+mod entities;
+pub mod events;
+pub mod limits;
+pub mod owners;
+pub mod registry;
+pub mod signing;
 
 use std::sync::Arc;
 
-use openledger_proto::modelfactory::v1::model_factory_service_server::{
-    ModelFactoryService, ModelFactoryServiceServer,
-};
-use openledger_runtime::{BackendsHandle, Deps, RuntimeError, ServiceSpec, run_service};
+use openledger_core::ErrorCode;
+use openledger_proto::modelfactory::v1::model_factory_service_server::ModelFactoryServiceServer;
+use openledger_runtime::{Config, Deps, RuntimeError, ServiceKind, ServiceSpec, clients::ServiceChannel, run_service};
+use openledger_store::db::MaybeBusy;
 
-/// The gRPC API of this service.
-#[derive(Clone)]
-pub struct Api {
-    #[allow(dead_code)]
-    backends: BackendsHandle,
+pub use api::{Api, SharedRegistry};
+pub use registry::Registry;
+
+/// An error with the code callers act on and a message naming the problem.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct RegistryError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// SQLite refused the write as busy: the whole operation may run again.
+    busy: bool,
 }
 
-impl ModelFactoryService for Api {}
+impl RegistryError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), busy: false }
+    }
+}
+
+impl From<sea_orm::DbErr> for RegistryError {
+    fn from(error: sea_orm::DbErr) -> Self {
+        Self { code: ErrorCode::Unavailable, busy: error.is_busy(), message: format!("database: {error}") }
+    }
+}
+
+impl MaybeBusy for RegistryError {
+    fn is_busy(&self) -> bool {
+        self.busy
+    }
+}
+
+impl From<openledger_store::StoreError> for RegistryError {
+    fn from(error: openledger_store::StoreError) -> Self {
+        Self::new(ErrorCode::Internal, error.to_string())
+    }
+}
+
+impl From<openledger_signing::SigningError> for RegistryError {
+    fn from(error: openledger_signing::SigningError) -> Self {
+        Self::new(error.code(), error.to_string())
+    }
+}
 
 /// Runs the service until the process shuts down.
-pub async fn serve(config: Arc<openledger_runtime::Config>, deps: Deps) -> Result<(), RuntimeError> {
-    let api = Api { backends: deps.backends.clone() };
-    let spec = ServiceSpec::new(openledger_runtime::ServiceKind::ModelFactory, ModelFactoryServiceServer::new(api));
+pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
+    let ledger = ServiceChannel::new(ServiceKind::Ledger, config.ledger_url.clone(), &config, deps.endpoints.clone());
+    let shared = api::SharedRegistry::new(
+        deps.backends.clone(),
+        Arc::new(owners::LedgerOwners::new(ledger)),
+        Arc::new(base::BaseModels::from_config(&config)),
+        events::Subjects::new(&config.bus_subject_prefix),
+    );
+    let server = ModelFactoryServiceServer::new(Api::new(shared.clone()))
+        .max_decoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES);
+    let spec = ServiceSpec::new(ServiceKind::ModelFactory, server);
+    shared.set_outbox_waker(spec.outbox_waker());
     run_service(spec, &config, deps).await
 }

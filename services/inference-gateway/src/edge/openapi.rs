@@ -15,7 +15,7 @@ use utoipa::{
 use super::error::{ErrorBody, ErrorDetail};
 use crate::{
     datanets, ledger,
-    openlora::{keys, openai},
+    openlora::{adapters, keys, openai},
 };
 
 #[derive(OpenApi)]
@@ -52,7 +52,12 @@ use crate::{
         openai::list_models,
         keys::create_api_key,
         keys::list_api_keys,
-        keys::revoke_api_key
+        keys::revoke_api_key,
+        adapters::import_adapter,
+        adapters::list_adapters,
+        adapters::get_adapter,
+        adapters::update_adapter,
+        adapters::unlist_adapter
     ),
     components(schemas(
         ErrorBody,
@@ -101,7 +106,14 @@ use crate::{
         keys::ApiKey,
         keys::CreatedApiKey,
         keys::ApiKeyPage,
-        keys::RevokeApiKeyRequest
+        keys::RevokeApiKeyRequest,
+        adapters::Adapter,
+        adapters::AdapterFile,
+        adapters::Lineage,
+        adapters::AdapterPage,
+        adapters::ImportAdapterRequest,
+        adapters::UpdateAdapterRequest,
+        adapters::UnlistAdapterRequest
     ))
 )]
 pub struct ApiDoc;
@@ -118,7 +130,7 @@ pub fn openapi() -> serde_json::Value {
 }
 
 /// Operations whose requests carry a signer or the signed caller headers.
-const SIGNED: [&str; 19] = [
+const SIGNED: [&str; 24] = [
     "stake",
     "unstake",
     "propose",
@@ -138,6 +150,11 @@ const SIGNED: [&str; 19] = [
     "create_api_key",
     "list_api_keys",
     "revoke_api_key",
+    "import_adapter",
+    "list_adapters",
+    "get_adapter",
+    "update_adapter",
+    "unlist_adapter",
 ];
 
 /// Operations that take an API key (`Authorization: Bearer`), and those of them that generate
@@ -146,7 +163,7 @@ const API_KEY: [&str; 3] = ["chat_completions", "completions", "list_models"];
 const GENERATING: [&str; 2] = ["chat_completions", "completions"];
 
 fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
-    [item.get.as_mut(), item.post.as_mut(), item.delete.as_mut()].into_iter().flatten()
+    [item.get.as_mut(), item.post.as_mut(), item.patch.as_mut(), item.delete.as_mut()].into_iter().flatten()
 }
 
 fn error_answer(description: &str) -> RefOr<Response> {
@@ -232,6 +249,9 @@ const LINKS: &[Link] = &[
         "review",
         &[("id", "$response.body#/datanet_id"), ("contribution_id", "$response.body#/id")],
     ),
+    ("import_adapter", "201", "GetAdapter", "get_adapter", &[("id", "$response.body#/id")]),
+    ("import_adapter", "201", "UpdateAdapter", "update_adapter", &[("id", "$response.body#/id")]),
+    ("import_adapter", "201", "UnlistAdapter", "unlist_adapter", &[("id", "$response.body#/id")]),
     (
         "request_access",
         "201",
@@ -341,7 +361,9 @@ mod tests {
         };
         let mut documented = Vec::new();
         for item in doc.paths.paths.values() {
-            for operation in [item.get.as_ref(), item.post.as_ref(), item.delete.as_ref()].into_iter().flatten() {
+            for operation in
+                [item.get.as_ref(), item.post.as_ref(), item.patch.as_ref(), item.delete.as_ref()].into_iter().flatten()
+            {
                 let id = operation.operation_id.clone().expect("operation id");
                 if SIGNED.contains(&id.as_str()) {
                     assert!(operation.responses.responses.contains_key("401"), "{id} does not document 401");

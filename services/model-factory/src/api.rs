@@ -1,0 +1,163 @@
+//! The gRPC surface: the registry RPCs of `ModelFactoryService` over [`Registry`]; the
+//! fine-tuning job RPCs answer `UNIMPLEMENTED` (the generated defaults) until the jobs land.
+//! `ListAdapters` also reads the signed caller metadata (`x-openledger-key`, `-timestamp`,
+//! `-signature`): a verified caller sees the adapters its key owns, whatever their visibility.
+
+use std::sync::{Arc, OnceLock};
+
+use openledger_core::ErrorCode;
+use openledger_proto::modelfactory::v1::{self as pb, model_factory_service_server::ModelFactoryService};
+use openledger_runtime::{BackendsHandle, grpc::status};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+
+use crate::{
+    RegistryError, base::BaseModels, events::Subjects, owners::Owners, registry::Registry, registry::read::ListCaller,
+};
+
+/// The process's one [`Registry`], made once the backends are connected.
+#[derive(Clone)]
+pub struct SharedRegistry {
+    /// What the registry is made of; `None` when it was given ready-made.
+    parts: Option<Parts>,
+    outbox_wake: Arc<Mutex<Option<Arc<Notify>>>>,
+    registry: Arc<OnceLock<Arc<Registry>>>,
+}
+
+#[derive(Clone)]
+struct Parts {
+    backends: BackendsHandle,
+    owners: Arc<dyn Owners>,
+    bases: Arc<BaseModels>,
+    subjects: Subjects,
+}
+
+impl SharedRegistry {
+    pub fn new(backends: BackendsHandle, owners: Arc<dyn Owners>, bases: Arc<BaseModels>, subjects: Subjects) -> Self {
+        Self {
+            parts: Some(Parts { backends, owners, bases, subjects }),
+            outbox_wake: Arc::default(),
+            registry: Arc::default(),
+        }
+    }
+
+    /// A registry made elsewhere (tests, tools).
+    pub fn ready(registry: Arc<Registry>) -> Self {
+        Self { parts: None, outbox_wake: Arc::default(), registry: Arc::new(OnceLock::from(registry)) }
+    }
+
+    pub fn set_outbox_waker(&self, wake: Arc<Notify>) {
+        *self.outbox_wake.lock() = Some(wake);
+    }
+
+    fn get(&self) -> Option<Arc<Registry>> {
+        if let Some(registry) = self.registry.get() {
+            return Some(registry.clone());
+        }
+        let parts = self.parts.as_ref()?;
+        let backends = parts.backends.current()?;
+        let wake = self.outbox_wake.lock().clone();
+        Some(
+            self.registry
+                .get_or_init(|| {
+                    let registry = Registry::new(
+                        backends.db,
+                        backends.objects,
+                        parts.owners.clone(),
+                        parts.bases.clone(),
+                        parts.subjects.clone(),
+                    );
+                    Arc::new(match wake {
+                        Some(wake) => registry.with_outbox_waker(wake),
+                        None => registry,
+                    })
+                })
+                .clone(),
+        )
+    }
+}
+
+/// The gRPC API of this service.
+#[derive(Clone)]
+pub struct Api {
+    shared: SharedRegistry,
+}
+
+impl Api {
+    pub fn new(shared: SharedRegistry) -> Self {
+        Self { shared }
+    }
+
+    fn registry(&self) -> Result<Arc<Registry>, Status> {
+        self.shared.get().ok_or_else(|| {
+            status(ErrorCode::Unavailable, "the model-factory service is starting: its database is not connected yet")
+        })
+    }
+}
+
+fn failed(error: RegistryError) -> Status {
+    status(error.code, error.message)
+}
+
+/// The caller's key from signed metadata, if the request carries it.
+fn caller(metadata: &MetadataMap) -> Result<Option<openledger_signing::Key>, Status> {
+    let text = |name: &str| metadata.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let [Some(key), Some(at), Some(signature)] = openledger_signing::headers::CALLER.map(text) else {
+        return Ok(None);
+    };
+    openledger_signing::verify_caller(&key, &at, &signature, openledger_signing::now_unix())
+        .map(Some)
+        .map_err(|error| failed(error.into()))
+}
+
+#[tonic::async_trait]
+impl ModelFactoryService for Api {
+    async fn import_adapter(
+        &self,
+        request: Request<pb::ImportAdapterRequest>,
+    ) -> Result<Response<pb::Adapter>, Status> {
+        Ok(Response::new(self.registry()?.import(request.into_inner()).await.map_err(failed)?))
+    }
+
+    async fn get_adapter(&self, request: Request<pb::GetAdapterRequest>) -> Result<Response<pb::Adapter>, Status> {
+        Ok(Response::new(self.registry()?.get(&request.into_inner().id).await.map_err(failed)?))
+    }
+
+    async fn list_adapters(
+        &self,
+        request: Request<pb::ListAdaptersRequest>,
+    ) -> Result<Response<pb::ListAdaptersResponse>, Status> {
+        let key = caller(request.metadata())?;
+        let request = request.into_inner();
+        let page = request.page.unwrap_or_default();
+        let account = request.caller_account_id.map(u128::from).filter(|account| *account != 0);
+        let (adapters, page) = self
+            .registry()?
+            .list(page.page_size, &page.page_token, ListCaller { account, key }, request.include_unlisted)
+            .await
+            .map_err(failed)?;
+        Ok(Response::new(pb::ListAdaptersResponse { adapters, page: Some(page) }))
+    }
+
+    async fn update_adapter(
+        &self,
+        request: Request<pb::UpdateAdapterRequest>,
+    ) -> Result<Response<pb::Adapter>, Status> {
+        Ok(Response::new(self.registry()?.update(request.into_inner()).await.map_err(failed)?))
+    }
+
+    async fn unlist_adapter(
+        &self,
+        request: Request<pb::UnlistAdapterRequest>,
+    ) -> Result<Response<pb::Adapter>, Status> {
+        Ok(Response::new(self.registry()?.unlist(request.into_inner()).await.map_err(failed)?))
+    }
+
+    async fn list_base_models(
+        &self,
+        _request: Request<pb::ListBaseModelsRequest>,
+    ) -> Result<Response<pb::ListBaseModelsResponse>, Status> {
+        Ok(Response::new(pb::ListBaseModelsResponse { models: self.registry()?.base_models().await.map_err(failed)? }))
+    }
+}

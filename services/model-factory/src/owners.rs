@@ -1,0 +1,76 @@
+//! Who owns a ledger account: an adapter's owner account must be owned (on the ledger) by the
+//! key that signs its import.
+
+use openledger_core::ErrorCode;
+use openledger_proto::ledger::v1::{self as pb, ledger_service_client::LedgerServiceClient};
+use openledger_runtime::clients::ServiceChannel;
+use openledger_signing::Key;
+
+use crate::RegistryError;
+
+/// The ledger question the registry asks.
+#[async_trait::async_trait]
+pub trait Owners: Send + Sync {
+    /// Fails unless `account` exists and is owned by `key`: `PERMISSION_DENIED` when another
+    /// key owns it, `FAILED_PRECONDITION` when it does not exist.
+    async fn check_owner(&self, account: u128, key: &Key) -> Result<(), RegistryError>;
+}
+
+/// Account owners through the ledger service's `LookupAccounts`.
+pub struct LedgerOwners {
+    ledger: ServiceChannel,
+}
+
+impl LedgerOwners {
+    pub fn new(ledger: ServiceChannel) -> Self {
+        Self { ledger }
+    }
+}
+
+#[async_trait::async_trait]
+impl Owners for LedgerOwners {
+    async fn check_owner(&self, account: u128, key: &Key) -> Result<(), RegistryError> {
+        let unreachable = |status: tonic::Status| {
+            RegistryError::new(
+                ErrorCode::Unavailable,
+                format!("looking up ledger account {account}: the ledger says: {}", status.message()),
+            )
+        };
+        let channel = self.ledger.channel().map_err(unreachable)?;
+        let found = LedgerServiceClient::new(channel)
+            .lookup_accounts(pb::LookupAccountsRequest { ids: vec![account.into()] })
+            .await
+            .map_err(unreachable)?
+            .into_inner()
+            .accounts;
+        owned_by(account, found.first().and_then(|found| found.owner.as_ref()), key)
+    }
+}
+
+/// The verdict on a looked-up account's owner.
+pub fn owned_by(account: u128, owner: Option<&pb::account::Owner>, key: &Key) -> Result<(), RegistryError> {
+    match owner {
+        None => Err(RegistryError::new(
+            ErrorCode::FailedPrecondition,
+            format!("ledger account {account} does not exist: create it (POST /v1/accounts) with your key first"),
+        )),
+        Some(pb::account::Owner::PublicKey(owner)) if owner.as_slice() == key.as_slice() => Ok(()),
+        Some(_) => Err(RegistryError::new(
+            ErrorCode::PermissionDenied,
+            format!("ledger account {account} is not owned by the signing key: sign with the account owner's key"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_owning_key_passes() {
+        let owner = pb::account::Owner::PublicKey(vec![1; 32]);
+        assert!(owned_by(7, Some(&owner), &[1; 32]).is_ok());
+        assert_eq!(owned_by(7, Some(&owner), &[2; 32]).expect_err("another key").code, ErrorCode::PermissionDenied);
+        assert_eq!(owned_by(7, None, &[1; 32]).expect_err("no account").code, ErrorCode::FailedPrecondition);
+    }
+}
