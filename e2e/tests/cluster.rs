@@ -57,13 +57,16 @@ async fn complete(edge: &dyn EngineHost, adapter: &str) -> Vec<u32> {
     panic!("{adapter}: the stream ended without Done");
 }
 
-/// The edge's `openledger_engine_replica_healthy` gauge for `replica`, from its `/metrics`.
-async fn edge_sees_healthy(rest: SocketAddr, replica: &str) -> Option<bool> {
+/// The edge's `openledger_engine_replica_healthy` gauge for `replica`, from its `/metrics`
+/// (`Err` with what the edge exports when the gauge is not there).
+async fn edge_sees_healthy(rest: SocketAddr, replica: &str) -> Result<bool, String> {
     let (_, metrics) = get(rest, "/metrics").await;
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with("openledger_engine_replica_healthy{") && l.contains(&format!("\"{replica}\"")))?;
-    Some(line.ends_with(" 1"))
+    let label = format!("{{replica=\"{replica}\"}} ");
+    let line = metrics.lines().find(|l| l.starts_with("openledger_engine_replica_healthy{") && l.contains(&label));
+    match line {
+        Some(line) => Ok(line.ends_with(" 1")),
+        None => Err(metrics.lines().filter(|l| l.contains("engine")).collect::<Vec<_>>().join("\n")),
+    }
 }
 
 #[tokio::test]
@@ -125,8 +128,8 @@ async fn an_edge_and_two_engine_processes_keep_adapters_on_one_engine_and_surviv
     edge_process.wait_ready(rest).await;
     for url in &urls {
         eventually("the edge process checks every engine", async || match edge_sees_healthy(rest, url).await {
-            Some(true) => Ok(()),
-            other => Err(format!("{url}: {other:?}")),
+            Ok(true) => Ok(()),
+            other => Err(format!("{url}: {other:?}; edge stderr:\n{}", edge_process.stderr())),
         })
         .await;
     }
@@ -171,7 +174,7 @@ async fn an_edge_and_two_engine_processes_keep_adapters_on_one_engine_and_surviv
     assert!(!status[victim].healthy && status[survivor].healthy, "{status:?}");
     eventually("the edge process marks the killed engine down", async || {
         match edge_sees_healthy(rest, &urls[victim]).await {
-            Some(false) => Ok(()),
+            Ok(false) => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })

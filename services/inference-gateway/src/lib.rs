@@ -55,7 +55,8 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
 }
 
 /// Starts the engine host once the object store is connected (loading the base model takes a
-/// while; the edge serves meanwhile, its inference routes answering 503 until then).
+/// while; the edge serves meanwhile, its inference routes answering 503 until then), and keeps
+/// it until shutdown.
 fn start_engines(config: Arc<Config>, metrics: Metrics, slot: openlora::engines::EngineSlot) -> Worker {
     Box::new(move |backends, shutdown| {
         Box::pin(async move {
@@ -71,6 +72,9 @@ fn start_engines(config: Arc<Config>, metrics: Metrics, slot: openlora::engines:
                     slot.fill(Err(error.to_string()));
                 }
             }
+            // The worker holds the host for the service's life (routes hold it only while a
+            // request uses it), and lets it go at shutdown.
+            shutdown.cancelled().await;
         })
     })
 }

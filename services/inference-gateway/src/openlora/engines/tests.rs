@@ -262,8 +262,13 @@ async fn a_replica_serving_another_base_model_is_refused() {
     let stranger = TestReplica::start(other.local("stranger").await).await;
     let base = good.engine.base().clone();
     let urls = [stranger.url.clone(), good.url.clone()];
-    let remote = RemoteEngines::start(base, &urls, None).expect("remote engines");
+    let metrics = Metrics::new();
+    let remote = RemoteEngines::start(base, &urls, Some(&metrics)).expect("remote engines");
     eventually("the matching replica passes", || remote.describe()[1].healthy).await;
+    let text = metrics.encode();
+    let gauge = |url: &str, value: u8| format!("openledger_engine_replica_healthy{{replica=\"{url}\"}} {value}");
+    assert!(text.lines().any(|l| l == gauge(&good.url, 1)), "{text}");
+    assert!(text.lines().any(|l| l == gauge(&stranger.url, 0)), "{text}");
     // The stranger was checked (it answers) and stays out.
     for _ in 0..4 {
         generate(&remote, Some("style"), 4).await;
