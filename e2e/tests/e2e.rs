@@ -4,6 +4,7 @@
 
 mod cluster;
 mod datanet;
+mod keys;
 mod model;
 mod openapi;
 mod signing;

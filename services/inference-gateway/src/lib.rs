@@ -28,8 +28,8 @@ use openledger_telemetry::Metrics;
 
 /// Runs the gateway until the process shuts down.
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
-    let api = openlora::Api {};
     let ledger = ServiceChannel::new(ServiceKind::Ledger, config.ledger_url.clone(), &config, deps.endpoints.clone());
+    let keys = openlora::keys::Keys::new(&config, deps.backends.clone(), ledger.clone());
     let datanet =
         ServiceChannel::new(ServiceKind::DatanetIngest, config.datanet_url.clone(), &config, deps.endpoints.clone());
     let model_factory = ServiceChannel::new(
@@ -38,19 +38,24 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         &config,
         deps.endpoints.clone(),
     );
-    let engines = openlora::engines::EngineSlot::default();
+    let spec =
+        ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(openlora::Api::new(keys.clone())));
+    let engine_slot = openlora::engines::EngineSlot::default();
     let openlora = openlora::OpenLora {
-        engines: engines.clone(),
-        keys: openlora::keys::Keys::default(),
+        engine_slot: engine_slot.clone(),
+        keys: keys.clone(),
         catalog: openlora::catalog::Catalog::new(model_factory.clone()),
         metering: openlora::metering::Metering::new(ledger.clone()),
-        metrics: openlora::metrics::ServingMetrics::default(),
+        metrics: openlora::metrics::ServingMetrics::register(&deps.metrics),
+        events: openlora::events::Events::new(deps.backends.clone(), spec.outbox_waker()),
         model_factory,
     };
     let edge = edge::router(edge::EdgeSettings::from_config(&config), &deps, ledger, datanet, openlora);
-    let spec = ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(api))
-        .rest(edge)
-        .worker(start_engines(config.clone(), deps.metrics.clone(), engines));
+    let mut spec = spec.rest(edge).worker(start_engines(config.clone(), deps.metrics.clone(), engine_slot));
+    if deps.embedded {
+        let published = deps.dev_api_key.clone();
+        spec = spec.worker(openlora::keys::dev::bootstrap_worker(keys, config.data_dir.clone(), published));
+    }
     run_service(spec, &config, deps).await
 }
 
@@ -65,15 +70,14 @@ fn start_engines(config: Arc<Config>, metrics: Metrics, slot: openlora::engines:
                 () = shutdown.cancelled() => return,
             };
             match started {
-                Ok(Some(host)) => slot.fill(Ok(host)),
-                Ok(None) => slot.fill(Err(openlora::engines::missing_model_message(&config))),
-                Err(error) => {
-                    tracing::error!(%error, "no engine: inference routes answer 503");
-                    slot.fill(Err(error.to_string()));
+                Ok(Some(host)) => {
+                    let _ = slot.set(host);
                 }
+                // from_config logged where it looked for a model and how to get one.
+                Ok(None) => {}
+                Err(error) => tracing::error!(%error, "no engine: inference routes answer 503"),
             }
-            // The worker holds the host for the service's life (routes hold it only while a
-            // request uses it), and lets it go at shutdown.
+            // Held for the service's life, let go at shutdown.
             shutdown.cancelled().await;
         })
     })
