@@ -40,9 +40,9 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
     );
     let spec =
         ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(openlora::Api::new(keys.clone())));
-    let engine_slot = openlora::engines::EngineSlot::default();
+    let engines = openlora::engines::EngineSlot::default();
     let openlora = openlora::OpenLora {
-        engine_slot: engine_slot.clone(),
+        engines: engines.clone(),
         keys: keys.clone(),
         catalog: openlora::catalog::Catalog::new(model_factory.clone()),
         metering: openlora::metering::Metering::new(ledger.clone()),
@@ -51,17 +51,16 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         model_factory,
     };
     let edge = edge::router(edge::EdgeSettings::from_config(&config), &deps, ledger, datanet, openlora);
-    let mut spec = spec.rest(edge).worker(start_engines(config.clone(), deps.metrics.clone(), engine_slot));
+    let mut spec = spec.rest(edge).worker(start_engines(config.clone(), deps.metrics.clone(), engines));
     if deps.embedded {
         let published = deps.dev_api_key.clone();
-        spec = spec.worker(openlora::keys::dev::bootstrap_worker(keys, config.data_dir.clone(), published));
+        spec = spec.worker(openlora::keys::dev::bootstrap_worker(keys, &config, published));
     }
     run_service(spec, &config, deps).await
 }
 
 /// Starts the engine host once the object store is connected (loading the base model takes a
-/// while; the edge serves meanwhile, its inference routes answering 503 until then), and keeps
-/// it until shutdown.
+/// while; the edge serves meanwhile, its inference routes answering 503 until then).
 fn start_engines(config: Arc<Config>, metrics: Metrics, slot: openlora::engines::EngineSlot) -> Worker {
     Box::new(move |backends, shutdown| {
         Box::pin(async move {
@@ -70,14 +69,14 @@ fn start_engines(config: Arc<Config>, metrics: Metrics, slot: openlora::engines:
                 () = shutdown.cancelled() => return,
             };
             match started {
-                Ok(Some(host)) => {
-                    let _ = slot.set(host);
+                Ok(Some(host)) => slot.fill(Ok(host)),
+                Ok(None) => slot.fill(Err(openlora::engines::missing_model_message(&config))),
+                Err(error) => {
+                    tracing::error!(%error, "no engine: inference routes answer 503");
+                    slot.fill(Err(error.to_string()));
                 }
-                // from_config logged where it looked for a model and how to get one.
-                Ok(None) => {}
-                Err(error) => tracing::error!(%error, "no engine: inference routes answer 503"),
             }
-            // Held for the service's life, let go at shutdown.
+            // Held for the service's life (not only by the routes), let go at shutdown.
             shutdown.cancelled().await;
         })
     })

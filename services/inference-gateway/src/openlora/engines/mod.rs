@@ -11,7 +11,7 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use openledger_core::{ContentHash, ErrorCode};
@@ -19,10 +19,6 @@ use openledger_ml::{Event, GenerateRequest, MlError, Tokenizer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 pub use host::{HostError, from_config, missing_model_message};
-
-/// Where the gateway finds its engine host once it is built (models load after the service
-/// starts listening).
-pub type EngineSlot = Arc<std::sync::OnceLock<Arc<dyn EngineHost>>>;
 
 /// The base model every engine of a host serves.
 #[derive(Clone, Debug)]
@@ -94,5 +90,36 @@ pub fn error_code(error: &MlError) -> ErrorCode {
         MlError::Overloaded(_) => ErrorCode::ResourceExhausted,
         MlError::EngineStopped | MlError::Fetch { .. } => ErrorCode::Unavailable,
         MlError::Tensor(_) | MlError::Diverged(_) | MlError::Checkpoint(_) | MlError::Io { .. } => ErrorCode::Internal,
+    }
+}
+
+/// The engine host once it has started. The edge binds and serves while the base model loads
+/// (or replicas are checked), so routes read the host from here: [`EngineSlot::get`] says why
+/// there is none yet.
+#[derive(Clone, Default)]
+pub struct EngineSlot {
+    state: Arc<OnceLock<Result<Arc<dyn EngineHost>, String>>>,
+}
+
+impl EngineSlot {
+    /// A slot holding `host` from the start (tests, embedders that built one themselves).
+    pub fn ready(host: Arc<dyn EngineHost>) -> Self {
+        let slot = Self::default();
+        slot.fill(Ok(host));
+        slot
+    }
+
+    /// Sets the host, or why there is none (e.g. [`missing_model_message`]); only the first
+    /// call counts.
+    pub fn fill(&self, host: Result<Arc<dyn EngineHost>, String>) {
+        let _ = self.state.set(host);
+    }
+
+    /// The host, or a message for a 503: still starting, or why there is no engine.
+    pub fn get(&self) -> Result<Arc<dyn EngineHost>, String> {
+        match self.state.get() {
+            Some(state) => state.clone(),
+            None => Err("the engine is still loading the base model; retry in a few seconds".into()),
+        }
     }
 }
