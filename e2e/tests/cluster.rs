@@ -57,13 +57,64 @@ async fn complete(edge: &dyn EngineHost, adapter: &str) -> Vec<u32> {
     panic!("{adapter}: the stream ended without Done");
 }
 
-/// The edge's `openledger_engine_replica_healthy` gauge for `replica`, from its `/metrics`.
-async fn edge_sees_healthy(rest: SocketAddr, replica: &str) -> Option<bool> {
+/// The edge's `openledger_engine_replica_healthy` gauge for `replica`, from its `/metrics`
+/// (`Err` with what the edge exports when the gauge is not there).
+async fn edge_sees_healthy(rest: SocketAddr, replica: &str) -> Result<bool, String> {
     let (_, metrics) = get(rest, "/metrics").await;
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with("openledger_engine_replica_healthy{") && l.contains(&format!("\"{replica}\"")))?;
-    Some(line.ends_with(" 1"))
+    let label = format!("{{replica=\"{replica}\"}} ");
+    let line = metrics.lines().find(|l| l.starts_with("openledger_engine_replica_healthy{") && l.contains(&label));
+    match line {
+        Some(line) => Ok(line.ends_with(" 1")),
+        None => Err(metrics.lines().filter(|l| l.contains("engine")).collect::<Vec<_>>().join("\n")),
+    }
+}
+
+/// A funded ledger account owned by a fresh key, and an API key for it made through the edge.
+async fn api_key(ledger: SocketAddr, rest: SocketAddr) -> String {
+    use openledger_proto::{ledger::v1 as lpb, uint128};
+    const ACCOUNT: u128 = 72_001;
+    let owner = ed25519_dalek::SigningKey::from_bytes(&[21; 32]);
+    let mut client =
+        lpb::ledger_service_client::LedgerServiceClient::connect(format!("http://{ledger}")).await.expect("ledger");
+    let account = lpb::Account {
+        id: uint128(ACCOUNT),
+        owner: Some(lpb::account::Owner::PublicKey(owner.verifying_key().to_bytes().to_vec())),
+        ledger: 1,
+        ..Default::default()
+    };
+    let created = client.create_accounts(lpb::CreateAccountsRequest { accounts: vec![account] }).await;
+    assert_eq!(created.expect("account").into_inner().results[0].result, lpb::CreateResult::Ok as i32);
+    crate::support::fund_from_community(&mut client, 9_100_001, ACCOUNT, 10u128.pow(22)).await;
+    let signed_at = openledger_signing::now_unix();
+    let message = openledger_signing::api_key_create_message(ACCOUNT, signed_at, 0, 0, "cluster");
+    let signed = openledger_signing::sign(&owner, &message);
+    let body = serde_json::json!({
+        "account_id": ACCOUNT.to_string(),
+        "name": "cluster",
+        "limits": {"requests_per_minute": 0, "tokens_per_minute": 0},
+        "signed_at": signed_at,
+        "signature": {"public_key": signed.public_key_hex(), "signature": signed.signature_hex()},
+    });
+    let response =
+        reqwest::Client::new().post(format!("http://{rest}/v1/api_keys")).json(&body).send().await.expect("post");
+    let status = response.status().as_u16();
+    let created: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(status, 201, "{created}");
+    created["secret"].as_str().expect("secret").to_owned()
+}
+
+/// `POST /v1/completions` on the edge process for the base model: status and body.
+async fn rest_completion(rest: SocketAddr, key: &str) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({"model": "tiny", "prompt": "the tin man", "max_tokens": 5, "temperature": 0});
+    let response = reqwest::Client::new()
+        .post(format!("http://{rest}/v1/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
 }
 
 #[tokio::test]
@@ -119,17 +170,26 @@ async fn an_edge_and_two_engine_processes_keep_adapters_on_one_engine_and_surviv
     edge_env.push(("DATABASE_URL".into(), postgres.create_database("gateway")));
     edge_env.push(("NATS_URL".into(), nats.url()));
     let engine_urls = urls.join(",");
-    let edge_args = ["serve", "inference-gateway", "--base-model", &model, "--engine-urls", &engine_urls];
+    // The edge hosts the ledger too: API keys and fees need one, and the engines stay apart.
+    let edge_args = ["serve", "ledger", "inference-gateway", "--base-model", &model, "--engine-urls", &engine_urls];
     let mut edge_process = Platform::spawn(&edge_args, &edge_env);
     let rest = edge_process.wait_endpoint(ServiceKind::InferenceGateway, "rest");
     edge_process.wait_ready(rest).await;
     for url in &urls {
         eventually("the edge process checks every engine", async || match edge_sees_healthy(rest, url).await {
-            Some(true) => Ok(()),
-            other => Err(format!("{url}: {other:?}")),
+            Ok(true) => Ok(()),
+            other => Err(format!("{url}: {other:?}; edge stderr:\n{}", edge_process.stderr())),
         })
         .await;
     }
+
+    // An app's completion through the edge process's REST API reaches an engine.
+    let ledger = edge_process.wait_endpoint(ServiceKind::Ledger, "grpc");
+    let key = api_key(ledger, rest).await;
+    let (status, answer) = rest_completion(rest, &key).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["usage"]["completion_tokens"].as_u64().map(|n| n > 0), Some(true), "{answer}");
+    assert!(answer["attribution"]["inference_id"].is_string(), "{answer}");
 
     // Requests routed the way the edge routes them (the same code, here in the test process).
     let config = Config { base_model: Some(model.clone()), engine_urls: engine_urls.clone(), ..Config::default() };
@@ -171,11 +231,13 @@ async fn an_edge_and_two_engine_processes_keep_adapters_on_one_engine_and_surviv
     assert!(!status[victim].healthy && status[survivor].healthy, "{status:?}");
     eventually("the edge process marks the killed engine down", async || {
         match edge_sees_healthy(rest, &urls[victim]).await {
-            Some(false) => Ok(()),
+            Ok(false) => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })
     .await;
+    let (status, answer) = rest_completion(rest, &key).await;
+    assert_eq!(status, 200, "the edge process serves with one engine left: {answer}");
 
     let exit = edge_process.terminate();
     assert_eq!(exit.code(), Some(0), "the edge drains and exits 0; stderr:\n{}", edge_process.stderr());

@@ -255,7 +255,11 @@ impl Engine {
         }
         let model = Arc::new(model);
         let adapters = Arc::new(AdapterCache::new(source, config.adapter_cache_bytes));
-        let loader_runtime = tokio::runtime::Builder::new_current_thread()
+        // A runtime with its own worker thread: `Handle::block_on` on a current-thread runtime
+        // does not drive I/O, so an object-store or hub fetch from the loader would never finish.
+        let loader_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("openlora-adapter-io")
             .enable_all()
             .build()
             .map_err(|e| MlError::Io { path: "tokio runtime".into(), source: e })?;

@@ -76,6 +76,8 @@ fn start_engines(config: Arc<Config>, metrics: Metrics, slot: openlora::engines:
                     slot.fill(Err(error.to_string()));
                 }
             }
+            // Held for the service's life (not only by the routes), let go at shutdown.
+            shutdown.cancelled().await;
         })
     })
 }
