@@ -112,6 +112,8 @@ use crate::{
         adapters::Lineage,
         adapters::AdapterPage,
         adapters::ImportAdapterRequest,
+        adapters::ImportAdapterUpload,
+        adapters::AccountIdText,
         adapters::UpdateAdapterRequest,
         adapters::UnlistAdapterRequest
     ))

@@ -216,8 +216,7 @@ pub struct ImportAdapterRequest {
     #[serde(default)]
     pub base_model: String,
     /// An object-store key prefix holding the two files, or `hf://owner/name[@revision]`.
-    #[serde(default)]
-    #[schema(max_length = 1024)]
+    #[schema(min_length = 1, max_length = 1024)]
     pub source: String,
     /// The owner's ledger account, decimal.
     #[schema(pattern = "^[0-9]{1,39}$")]
@@ -231,9 +230,10 @@ pub struct ImportAdapterRequest {
     pub price_out: String,
     /// `public` (default), `private` or `allow_list`.
     #[serde(default)]
+    #[schema(pattern = "^(public|private|allow_list)$")]
     pub visibility: Option<String>,
     #[serde(default)]
-    #[schema(max_items = 1000)]
+    #[schema(value_type = Vec<AccountIdText>, max_items = 1000)]
     pub allowed_accounts: Vec<String>,
     #[serde(default)]
     #[schema(max_length = 1000)]
@@ -241,6 +241,54 @@ pub struct ImportAdapterRequest {
     /// Unix seconds; within 300 s of the server's clock.
     pub signed_at: i64,
     pub signature: Signature,
+}
+
+/// A ledger account id, decimal.
+#[derive(Debug, ToSchema)]
+#[schema(pattern = "^[0-9]{1,39}$")]
+#[allow(dead_code)]
+pub struct AccountIdText(String);
+
+/// The multipart form of an import (documentation only: the parts are read one by one): the
+/// fields of [`ImportAdapterRequest`] but `source`, as text parts, and the two files.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ImportAdapterUpload {
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")]
+    id: String,
+    #[serde(default)]
+    base_model: String,
+    #[schema(pattern = "^[0-9]{1,39}$")]
+    owned_by: String,
+    #[serde(default)]
+    #[schema(pattern = "^[0-9]{0,39}$")]
+    price_in: String,
+    #[serde(default)]
+    #[schema(pattern = "^[0-9]{0,39}$")]
+    price_out: String,
+    #[serde(default)]
+    #[schema(pattern = "^(public|private|allow_list)$")]
+    visibility: String,
+    /// Comma-separated account ids.
+    #[serde(default)]
+    #[schema(pattern = "^[0-9]{1,39}(,[0-9]{1,39})*$")]
+    allowed_accounts: String,
+    #[serde(default)]
+    #[schema(max_length = 1000)]
+    description: String,
+    signed_at: i64,
+    /// 64 hex characters.
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
+    public_key: String,
+    /// 128 hex characters.
+    #[schema(pattern = "^[0-9a-fA-F]{128}$")]
+    signature: String,
+    /// adapter_config.json
+    #[schema(value_type = String, format = Binary)]
+    adapter_config: Vec<u8>,
+    /// adapter_model.safetensors
+    #[schema(value_type = String, format = Binary)]
+    adapter_model: Vec<u8>,
 }
 
 /// A signed change by the owner; absent fields stay as they are. Signs
@@ -255,10 +303,11 @@ pub struct UpdateAdapterRequest {
     #[schema(pattern = "^[0-9]{1,39}$")]
     pub price_out: Option<String>,
     #[serde(default)]
+    #[schema(pattern = "^(public|private|allow_list)$")]
     pub visibility: Option<String>,
     /// Replaces the allow-list (an empty list empties it).
     #[serde(default)]
-    #[schema(max_items = 1000)]
+    #[schema(value_type = Option<Vec<AccountIdText>>, max_items = 1000)]
     pub allowed_accounts: Option<Vec<String>>,
     #[serde(default)]
     #[schema(max_length = 1000)]
@@ -319,7 +368,7 @@ impl ImportAdapterRequest {
 #[utoipa::path(post, path = "/v1/adapters", tag = "adapters",
     request_body(content(
         (ImportAdapterRequest = "application/json"),
-        (ImportAdapterRequest = "multipart/form-data"),
+        (ImportAdapterUpload = "multipart/form-data"),
     )),
     responses(
         (status = 201, description = "Imported; the same import again answers 201 with the adapter as it is", body = Adapter),

@@ -303,6 +303,9 @@ async fn forward(
                     prompt_tokens: finished.prompt_tokens as usize,
                     completion_tokens: finished.completion_tokens as usize,
                 };
+                // The replica's slot is free before the caller hears the end, so a caller that
+                // sends its next request at once sees the load it left.
+                drop(in_flight);
                 let _ = events.send(Event::Done { finish_reason, usage });
                 return;
             }
