@@ -219,7 +219,7 @@ pub struct ImportAdapterRequest {
     #[schema(min_length = 1, max_length = 1024)]
     pub source: String,
     /// The owner's ledger account, decimal.
-    #[schema(pattern = "^[0-9]{1,39}$")]
+    #[schema(pattern = "^[1-9][0-9]{0,38}$")]
     pub owned_by: String,
     /// Base units per 1000 prompt tokens, decimal (default 0).
     #[serde(default)]
@@ -258,7 +258,7 @@ pub struct ImportAdapterUpload {
     id: String,
     #[serde(default)]
     base_model: String,
-    #[schema(pattern = "^[0-9]{1,39}$")]
+    #[schema(pattern = "^[1-9][0-9]{0,38}$")]
     owned_by: String,
     #[serde(default)]
     #[schema(pattern = "^[0-9]{0,39}$")]

@@ -230,9 +230,8 @@ pub(super) fn check_visibility(visibility: i32, allowed: usize) -> Result<(), Re
             limits::MAX_ALLOWED_ACCOUNTS
         )));
     }
-    if allowed > 0 && visibility != pb::Visibility::AllowList as i32 {
-        return Err(invalid("allowed_accounts applies to visibility allow_list only"));
-    }
+    // An allow-list is kept with any visibility and takes effect under `allow_list` only, so an
+    // owner can prepare it before switching.
     Ok(())
 }
 
