@@ -3,6 +3,7 @@
 //! between the steps of relaying).
 
 mod datanet;
+mod keys;
 mod model;
 mod openapi;
 mod signing;

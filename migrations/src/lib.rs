@@ -9,6 +9,7 @@ mod m20261124_000002_ledger;
 mod m20261124_000003_ledger_codes;
 mod m20261124_000004_governance;
 mod m20261125_000005_datanet;
+mod m20261205_000007_gateway;
 
 /// Applies every schema in order.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_ledger_codes::Migration),
             Box::new(m20261124_000004_governance::Migration),
             Box::new(m20261125_000005_datanet::Migration),
+            Box::new(m20261205_000007_gateway::Migration),
         ]
     }
 }

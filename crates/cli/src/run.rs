@@ -56,7 +56,8 @@ pub fn run(config: Config, services: Vec<ServiceKind>, embedded: bool) -> ExitCo
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
         openledger_runtime::shutdown::cancel_on_signals(shutdown.clone());
-        let deps = Deps::start(config.clone(), shutdown.clone());
+        let mut deps = Deps::start(config.clone(), shutdown.clone());
+        deps.embedded = embedded;
         let mut tasks = tokio::task::JoinSet::new();
         for &kind in &services {
             let future = service_future(kind, config.clone(), deps.clone());
@@ -96,16 +97,18 @@ async fn announce_when_ready(
     services: usize,
     started: Instant,
 ) {
-    loop {
+    // Ready, and the gateway has made the development API key (or said why it could not).
+    let dev_api_key = loop {
         let states = deps.readiness.services();
-        if states.len() == services && states.values().all(|ready| *ready) {
-            break;
+        let dev_api_key = deps.dev_api_key.get();
+        if states.len() == services && states.values().all(|ready| *ready) && dev_api_key.is_some() {
+            break dev_api_key;
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(10)) => {}
             () = shutdown.cancelled() => return,
         }
-    }
+    };
     let endpoints = deps.endpoints.all();
     let find =
         |kind: ServiceKind, role: &str| endpoints.iter().find(|e| e.service == kind && e.role == role).map(|e| e.addr);
@@ -113,6 +116,11 @@ async fn announce_when_ready(
     let mut summary = format!("\nOpenLedger is ready in {:.2} s\n\n", started.elapsed().as_secs_f64());
     if let Some(rest) = rest {
         summary += &format!("  REST API     http://{rest}   (OpenAPI: http://{rest}/openapi.json)\n");
+        match dev_api_key {
+            Some(Ok(secret)) => summary += &format!("  API key      {secret}   (OpenAI base URL http://{rest}/v1)\n"),
+            Some(Err(reason)) => summary += &format!("  API key      none: {reason}\n"),
+            None => {}
+        }
     }
     let data_dir = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
     summary += &format!("  data dir     {}\n", data_dir.display());

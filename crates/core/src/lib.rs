@@ -5,6 +5,7 @@
 pub mod amount;
 pub mod config;
 pub mod error;
+pub mod fee;
 pub mod hash;
 pub mod id;
 pub mod merkle;

@@ -11,7 +11,11 @@ pub mod ops;
 mod service;
 pub mod shutdown;
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+};
 
 use parking_lot::Mutex;
 
@@ -40,6 +44,12 @@ pub struct Deps {
     pub readiness: Readiness,
     pub shutdown: CancellationToken,
     pub endpoints: Endpoints,
+    /// Every service runs in this one process (`openledger dev`): the inference gateway then
+    /// makes a funded development account and API key. Never set in cluster mode.
+    pub embedded: bool,
+    /// The development API key, once the gateway of an embedded process has it (for the
+    /// ready banner).
+    pub dev_api_key: DevApiKey,
 }
 
 impl Deps {
@@ -48,7 +58,31 @@ impl Deps {
     pub fn start(config: Arc<Config>, shutdown: CancellationToken) -> Self {
         let metrics = Metrics::new();
         let backends = BackendsHandle::connect_in_background(config, shutdown.clone(), &metrics);
-        Self { backends, metrics, readiness: Readiness::default(), shutdown, endpoints: Endpoints::default() }
+        Self {
+            backends,
+            metrics,
+            readiness: Readiness::default(),
+            shutdown,
+            endpoints: Endpoints::default(),
+            embedded: false,
+            dev_api_key: DevApiKey::default(),
+        }
+    }
+}
+
+/// The development API key of an embedded process: its secret, or why there is none, set once.
+#[derive(Clone, Default)]
+pub struct DevApiKey(Arc<OnceLock<Result<String, String>>>);
+
+impl DevApiKey {
+    /// Records the outcome; later calls change nothing.
+    pub fn set(&self, outcome: Result<String, String>) {
+        let _ = self.0.set(outcome);
+    }
+
+    /// The secret, or why there is none; `None` while the gateway is still making it.
+    pub fn get(&self) -> Option<Result<String, String>> {
+        self.0.get().cloned()
     }
 }
 

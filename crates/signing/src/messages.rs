@@ -109,11 +109,30 @@ pub fn vote_message(proposal_id: &str, account: u128, approve: bool) -> Vec<u8> 
     format!("openledger/vote/v1\n{proposal_id}\n{account}\n{}", if approve { "yes" } else { "no" }).into_bytes()
 }
 
-/// `openledger/api-key/create/v1\n<account id>\n<signed_at>\n<key name>`, signed by the
-/// account's owner to create an API key acting for the account. The name is last because it is
-/// free text.
-pub fn api_key_create_message(account: u128, signed_at: i64, key_name: &str) -> Vec<u8> {
-    format!("openledger/api-key/create/v1\n{account}\n{signed_at}\n{key_name}").into_bytes()
+/// `openledger/api-key/create/v2\n<account id>\n<signed_at>\n<requests per minute>\n<tokens per
+/// minute>\n<key name>`, signed by the account's owner to create an API key acting for the
+/// account. The limits are the ones asked for (0: the gateway's default); the name is last
+/// because it is free text.
+///
+/// v1 (`…/create/v1\n<account id>\n<signed_at>\n<key name>`) left the limits unsigned; no
+/// service ever accepted it.
+pub fn api_key_create_message(
+    account: u128,
+    signed_at: i64,
+    requests_per_minute: u64,
+    tokens_per_minute: u64,
+    key_name: &str,
+) -> Vec<u8> {
+    format!(
+        "openledger/api-key/create/v2\n{account}\n{signed_at}\n{requests_per_minute}\n{tokens_per_minute}\n{key_name}"
+    )
+    .into_bytes()
+}
+
+/// `openledger/api-key/revoke/v1\n<key id>\n<signed_at>`, signed by the owner of the account
+/// the key acts for.
+pub fn api_key_revoke_message(key_id: &str, signed_at: i64) -> Vec<u8> {
+    format!("openledger/api-key/revoke/v1\n{key_id}\n{signed_at}").into_bytes()
 }
 
 #[cfg(test)]
@@ -394,9 +413,18 @@ mod tests {
     #[test]
     fn api_key_create() {
         golden(
-            &api_key_create_message(70_001, 1_800_000_000, "ci deploys"),
-            "openledger/api-key/create/v1\n70001\n1800000000\nci deploys",
-            "b435b8ead0af98acd5d378538fa343f81e63392a743c3c6f3c8fd7b3158e9229f53b45e3c79cdddd00460c6d9005f7a4061ca6794c7b52a47298b67897bddd09",
+            &api_key_create_message(70_001, 1_800_000_000, 60, 0, "ci deploys"),
+            "openledger/api-key/create/v2\n70001\n1800000000\n60\n0\nci deploys",
+            "bdcfbc6782e1bd7fd2ce8172f98de82e7c48010e99ed9cfbb0579d5f956743997bfb6a8671d3d8933ca08254b4c046f0ead176049ba43f8edda627eddaa0cd00",
+        );
+    }
+
+    #[test]
+    fn api_key_revoke() {
+        golden(
+            &api_key_revoke_message("0192e4c0-0000-7000-8000-000000000001", 1_800_000_000),
+            "openledger/api-key/revoke/v1\n0192e4c0-0000-7000-8000-000000000001\n1800000000",
+            "0c3eb0fc1f4f1c06072efa5a2473275813a368750e97521230fb3ddbab78fcb05d109ea314390fa7b99c2bd1abe1e67f977151812c7b9dbf6fdd34667b49f907",
         );
     }
 }

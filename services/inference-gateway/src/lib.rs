@@ -25,8 +25,8 @@ use openledger_runtime::{Config, Deps, RuntimeError, ServiceKind, ServiceSpec, c
 
 /// Runs the gateway until the process shuts down.
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
-    let api = openlora::Api {};
     let ledger = ServiceChannel::new(ServiceKind::Ledger, config.ledger_url.clone(), &config, deps.endpoints.clone());
+    let keys = openlora::keys::Keys::new(&config, deps.backends.clone(), ledger.clone());
     let datanet =
         ServiceChannel::new(ServiceKind::DatanetIngest, config.datanet_url.clone(), &config, deps.endpoints.clone());
     let model_factory = ServiceChannel::new(
@@ -35,15 +35,21 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         &config,
         deps.endpoints.clone(),
     );
+    let spec = ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(openlora::Api::new(keys.clone())));
     let openlora = openlora::OpenLora {
-        engines: None,
-        keys: openlora::keys::Keys::default(),
+        engine_slot: openlora::engines::EngineSlot::default(),
+        keys: keys.clone(),
         catalog: openlora::catalog::Catalog::new(model_factory.clone()),
         metering: openlora::metering::Metering::new(ledger.clone()),
-        metrics: openlora::metrics::ServingMetrics::default(),
+        metrics: openlora::metrics::ServingMetrics::register(&deps.metrics),
+        events: openlora::events::Events::new(deps.backends.clone(), spec.outbox_waker()),
         model_factory,
     };
     let edge = edge::router(edge::EdgeSettings::from_config(&config), &deps, ledger, datanet, openlora);
-    let spec = ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(api)).rest(edge);
+    let mut spec = spec.rest(edge);
+    if deps.embedded {
+        let published = deps.dev_api_key.clone();
+        spec = spec.worker(openlora::keys::dev::bootstrap_worker(keys, config.data_dir.clone(), published));
+    }
     run_service(spec, &config, deps).await
 }

@@ -86,6 +86,7 @@ fn operation_error(error: OperationError) -> Status {
         OperationError::NotFound { .. } => status(ErrorCode::NotFound, error.to_string()),
         OperationError::Unauthenticated(ref signing) => status(signing.code(), error.to_string()),
         OperationError::NotOwner { .. } => status(ErrorCode::PermissionDenied, error.to_string()),
+        OperationError::InsufficientFunds { .. } => status(ErrorCode::InsufficientFunds, error.to_string()),
     }
 }
 

@@ -100,6 +100,9 @@ pub enum OperationError {
     /// The signature verifies, but its key does not own the account.
     #[error("{operation} refused: the key does not own account {account}: sign with the account owner's key")]
     NotOwner { operation: &'static str, account: u128 },
+    /// The debited account's balance cannot cover the amount.
+    #[error("{operation} refused: the account's balance cannot cover it: fund the account and try again")]
+    InsufficientFunds { operation: &'static str },
 }
 
 fn refused(operation: &'static str, reason: impl Into<String>) -> OperationError {
@@ -126,12 +129,7 @@ pub struct Settlement {
     pub already_settled: bool,
 }
 
-/// `ceil(tokens * price_per_1000 / 1000)`, checked.
-pub fn token_cost(tokens: u32, price_per_1000: u128) -> Option<u128> {
-    u128::from(tokens).checked_mul(price_per_1000).map(|units| units.div_ceil(1000))
-}
-
-/// The fee of an inference: `ceil(in * price_in / 1000) + ceil(out * price_out / 1000) + platform_fee`.
+/// The fee of an inference under `economics` (the formula: `openledger_core::fee`).
 pub fn inference_fee(
     tokens_in: u32,
     tokens_out: u32,
@@ -139,9 +137,7 @@ pub fn inference_fee(
     price_out: u128,
     economics: &Economics,
 ) -> Option<u128> {
-    token_cost(tokens_in, price_in)?
-        .checked_add(token_cost(tokens_out, price_out)?)?
-        .checked_add(economics.platform_fee)
+    openledger_core::fee::inference_fee(tokens_in, tokens_out, price_in, price_out, economics.platform_fee)
 }
 
 /// `bps` basis points of `amount`, rounded down, without overflow for any `u128` amount.
@@ -196,6 +192,7 @@ fn single(results: &[CreateTransferResult], operation: &'static str) -> Result<b
     match results {
         [CreateTransferResult::Ok] => Ok(false),
         [CreateTransferResult::Exists] => Ok(true),
+        [CreateTransferResult::InsufficientFunds] => Err(OperationError::InsufficientFunds { operation }),
         [other] => Err(refused(operation, other.as_str())),
         _ => Err(refused(operation, "unexpected result count")),
     }

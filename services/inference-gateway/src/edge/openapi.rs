@@ -13,7 +13,10 @@ use utoipa::{
 };
 
 use super::error::{ErrorBody, ErrorDetail};
-use crate::{datanets, ledger};
+use crate::{
+    datanets, ledger,
+    openlora::{keys, openai},
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,7 +46,13 @@ use crate::{datanets, ledger};
         datanets::leaderboard,
         datanets::remove_record,
         datanets::request_access,
-        datanets::decide_access
+        datanets::decide_access,
+        openai::chat_completions,
+        openai::completions,
+        openai::list_models,
+        keys::create_api_key,
+        keys::list_api_keys,
+        keys::revoke_api_key
     ),
     components(schemas(
         ErrorBody,
@@ -79,7 +88,20 @@ use crate::{datanets, ledger};
         datanets::RemoveRecordRequest,
         datanets::RequestAccessRequest,
         datanets::DecideAccessRequest,
-        datanets::Grant
+        datanets::Grant,
+        openai::types::ChatCompletionRequest,
+        openai::types::CompletionRequest,
+        openai::types::ChatCompletion,
+        openai::types::ChatCompletionChunk,
+        openai::types::Completion,
+        openai::types::ModelList,
+        openai::types::ModelCard,
+        keys::ApiKeyLimits,
+        keys::CreateApiKeyRequest,
+        keys::ApiKey,
+        keys::CreatedApiKey,
+        keys::ApiKeyPage,
+        keys::RevokeApiKeyRequest
     ))
 )]
 pub struct ApiDoc;
@@ -96,7 +118,7 @@ pub fn openapi() -> serde_json::Value {
 }
 
 /// Operations whose requests carry a signer or the signed caller headers.
-const SIGNED: [&str; 16] = [
+const SIGNED: [&str; 19] = [
     "stake",
     "unstake",
     "propose",
@@ -113,10 +135,18 @@ const SIGNED: [&str; 16] = [
     "remove_record",
     "request_access",
     "decide_access",
+    "create_api_key",
+    "list_api_keys",
+    "revoke_api_key",
 ];
 
+/// Operations that take an API key (`Authorization: Bearer`), and those of them that generate
+/// (metered, rate limited, naming a model).
+const API_KEY: [&str; 3] = ["chat_completions", "completions", "list_models"];
+const GENERATING: [&str; 2] = ["chat_completions", "completions"];
+
 fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
-    [item.get.as_mut(), item.post.as_mut()].into_iter().flatten()
+    [item.get.as_mut(), item.post.as_mut(), item.delete.as_mut()].into_iter().flatten()
 }
 
 fn error_answer(description: &str) -> RefOr<Response> {
@@ -133,7 +163,6 @@ fn error_answer(description: &str) -> RefOr<Response> {
 /// request over the timeout (408), an upstream service not started (503); and 401 where a
 /// signer or caller headers are read.
 fn shared_answers(_path: &str, item: &mut PathItem) {
-    let has_body = item.post.is_some();
     for operation in operations(item) {
         let id = operation.operation_id.clone().unwrap_or_default();
         let mut shared = vec![
@@ -141,7 +170,7 @@ fn shared_answers(_path: &str, item: &mut PathItem) {
             ("408", "The request took longer than the edge's timeout"),
             ("503", "The service behind this route is not available yet; retry shortly"),
         ];
-        if has_body && operation.request_body.is_some() || id == "contribute" {
+        if operation.request_body.is_some() || id == "contribute" {
             shared.push(("413", "The body is larger than the edge's limit"));
         }
         if SIGNED.contains(&id.as_str()) {
@@ -149,6 +178,22 @@ fn shared_answers(_path: &str, item: &mut PathItem) {
                 "401",
                 "The signer or the caller headers are missing, malformed or do not verify \
                  (keys are 64 hex characters, signatures 128)",
+            ));
+        }
+        if API_KEY.contains(&id.as_str()) {
+            shared.push(("401", "The API key (Authorization: Bearer) is missing, unknown or revoked"));
+        }
+        if GENERATING.contains(&id.as_str()) {
+            shared.extend([
+                ("402", "insufficient_funds: the key's account cannot cover the request's largest fee"),
+                ("403", "The key's account may not use this adapter"),
+                ("404", "model_not_found: no such model, or it is unlisted"),
+                ("429", "rate_limited: the key's requests or tokens per minute are spent; see Retry-After"),
+            ]);
+            shared.retain(|(status, _)| *status != "503");
+            shared.push((
+                "503",
+                "overloaded (see Retry-After), no base model loaded, or a service behind this route is not up yet",
             ));
         }
         for (status, description) in shared {
@@ -194,6 +239,8 @@ const LINKS: &[Link] = &[
         "decide_access",
         &[("id", "$response.body#/datanet_id"), ("grant_id", "$response.body#/id")],
     ),
+    ("create_api_key", "201", "RevokeApiKey", "revoke_api_key", &[("id", "$response.body#/key/id")]),
+    ("create_api_key", "201", "ListApiKeys", "list_api_keys", &[("account_id", "$response.body#/key/account_id")]),
 ];
 
 /// Links go in as JSON: utoipa 5.5 writes its `Link` fields in snake_case (`operation_id`),
@@ -294,7 +341,7 @@ mod tests {
         };
         let mut documented = Vec::new();
         for item in doc.paths.paths.values() {
-            for operation in [item.get.as_ref(), item.post.as_ref()].into_iter().flatten() {
+            for operation in [item.get.as_ref(), item.post.as_ref(), item.delete.as_ref()].into_iter().flatten() {
                 let id = operation.operation_id.clone().expect("operation id");
                 if SIGNED.contains(&id.as_str()) {
                     assert!(operation.responses.responses.contains_key("401"), "{id} does not document 401");

@@ -10,18 +10,18 @@
 //! - `catalog`: what `model` names: the base model or a registry adapter, with its prices and
 //!   who may call it.
 //! - `metering`: the ledger hold before generating and the capture after.
+//! - `events`: `ol.inference.completed` through the outbox.
 //! - `openai`: `/v1/chat/completions`, `/v1/completions`, `/v1/models` in OpenAI's shapes, SSE.
 //! - `metrics`: serving metrics on `/metrics`.
 
 pub mod adapters;
 pub mod catalog;
 pub mod engines;
+pub mod events;
 pub mod keys;
 pub mod metering;
 pub mod metrics;
 pub mod openai;
-
-use std::sync::Arc;
 
 use axum::Router;
 use openledger_runtime::clients::ServiceChannel;
@@ -31,12 +31,14 @@ pub use keys::Api;
 /// What the OpenLoRA routes share.
 #[derive(Clone)]
 pub struct OpenLora {
-    /// `None` when no base model is configured: inference routes answer 503 saying how to get one.
-    pub engines: Option<Arc<dyn engines::EngineHost>>,
+    /// Empty until the engines are up, and when no base model is configured: inference routes
+    /// then answer 503 saying how to get one.
+    pub engine_slot: engines::EngineSlot,
     pub keys: keys::Keys,
     pub catalog: catalog::Catalog,
     pub metering: metering::Metering,
     pub metrics: metrics::ServingMetrics,
+    pub events: events::Events,
     pub model_factory: ServiceChannel,
 }
 

@@ -12,6 +12,10 @@ use openledger_core::ContentHash;
 use openledger_ml::{Event, GenerateRequest, MlError, Tokenizer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+/// Where the gateway finds its engine host once it is built (models load after the service
+/// starts listening).
+pub type EngineSlot = Arc<std::sync::OnceLock<Arc<dyn EngineHost>>>;
+
 /// The base model every engine of a host serves.
 #[derive(Clone, Debug)]
 pub struct BaseModel {

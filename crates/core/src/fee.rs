@@ -1,0 +1,34 @@
+//! The inference fee formula, one place for the ledger (which captures it) and the edge (which
+//! holds its maximum before generating): `ceil(in·price_in/1000) + ceil(out·price_out/1000) +
+//! platform_fee`, prices in base units per 1,000 tokens, every step checked.
+
+/// `ceil(tokens · price_per_1000 / 1000)`; `None` on overflow.
+pub fn token_cost(tokens: u32, price_per_1000: u128) -> Option<u128> {
+    u128::from(tokens).checked_mul(price_per_1000).map(|units| units.div_ceil(1000))
+}
+
+/// The fee of an inference; `None` when it overflows `u128`.
+pub fn inference_fee(
+    tokens_in: u32,
+    tokens_out: u32,
+    price_in: u128,
+    price_out: u128,
+    platform_fee: u128,
+) -> Option<u128> {
+    token_cost(tokens_in, price_in)?.checked_add(token_cost(tokens_out, price_out)?)?.checked_add(platform_fee)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_part_rounds_up_separately() {
+        assert_eq!(token_cost(1, 1), Some(1));
+        assert_eq!(token_cost(1000, 3), Some(3));
+        assert_eq!(token_cost(0, 999), Some(0));
+        assert_eq!(inference_fee(1500, 1, 3, 999, 7), Some(5 + 1 + 7));
+        assert_eq!(inference_fee(u32::MAX, 0, u128::MAX, 0, 0), None);
+        assert_eq!(inference_fee(0, 0, 0, 0, u128::MAX), Some(u128::MAX));
+    }
+}
