@@ -107,13 +107,27 @@ ours() { # base|adapters
         >"$work/openledger-$1.log" 2>&1 &
     local pid=$!
     wait_http "http://127.0.0.1:$ours_port/readyz" 300
-    local key
-    key=$(sed -n 's/.*API key[^A-Za-z0-9_-]*\([A-Za-z0-9_-]\{16,\}\).*/\1/p' "$work/openledger-$1.log" | head -1)
-    local model_name
-    model_name=$(curl -fsS -H "Authorization: Bearer $key" "http://127.0.0.1:$ours_port/v1/models" |
-        "$py" -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
+    # The development account's API key (the ready banner's `API key` line; kept in the data dir).
+    for _ in $(seq 600); do [ -s "$data/dev-api-key" ] && break; sleep 0.1; done
+    local key model_name=""
+    key=$(cat "$data/dev-api-key")
+    # The engine loads after the edge is up: wait until the base model is listed.
+    for _ in $(seq 600); do
+        model_name=$(curl -fsS -H "Authorization: Bearer $key" "http://127.0.0.1:$ours_port/v1/models" 2>/dev/null |
+            "$py" -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])' 2>/dev/null) && break
+        sleep 0.5
+    done
+    [ -n "$model_name" ] || { echo "no model listed by openledger dev" >&2; stop "$pid"; return 1; }
     local extra=()
     if [ "$1" = adapters ]; then
+        # Imports $work/adapters/peft/a* through POST /v1/adapters (signed by the development
+        # account's key, $data/dev-account.key) and writes their model names, one a line.
+        if [ ! -f "$here/register.py" ]; then
+            echo "ours adapters: bench/serving/register.py is not written yet (POST /v1/adapters was not on main" \
+                "when this benchmark was recorded)" >&2
+            stop "$pid"
+            return 2
+        fi
         "$py" "$here/register.py" --base-url "http://127.0.0.1:$ours_port" --api-key "$key" \
             --data-dir "$data" --adapters "$work/adapters/peft" --count "$n_adapters" \
             --out "$work/adapter-names.txt"
