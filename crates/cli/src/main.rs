@@ -4,6 +4,7 @@
 
 mod attribution;
 mod datanet;
+mod engine;
 mod flags;
 mod ledger;
 mod model;
@@ -57,6 +58,11 @@ enum Command {
         #[command(flatten)]
         settings: flags::AllFlags,
     },
+    /// Run one OpenLoRA engine replica (cluster mode): gRPC on --engine-port, health and metrics on --ops-base-port
+    Engine {
+        #[command(flatten)]
+        settings: flags::AllFlags,
+    },
     /// Inspect the configuration
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -91,9 +97,10 @@ impl Command {
     /// The setting flags given after the command.
     fn settings(&self) -> Option<&dyn SettingFlags> {
         match self {
-            Self::Dev { settings } | Self::Serve { settings, .. } | Self::Config(ConfigCommand::Print { settings }) => {
-                Some(settings)
-            }
+            Self::Dev { settings }
+            | Self::Serve { settings, .. }
+            | Self::Engine { settings }
+            | Self::Config(ConfigCommand::Print { settings }) => Some(settings),
             Self::Ledger(command) => command.settings(),
             Self::Datanet { settings, .. } => Some(settings),
             Self::Model(_) | Self::Attribution(_) => None,
@@ -127,6 +134,7 @@ fn main() -> ExitCode {
         Command::Model(command) => client_command(model::run(command)),
         Command::Attribution(command) => client_command(attribution::run(command)),
         Command::Dev { .. } => run::run(resolved.config, ServiceKind::ALL.to_vec(), true),
+        Command::Engine { .. } => engine::run(resolved.config),
         Command::Serve { mut services, .. } => {
             services.sort();
             services.dedup();

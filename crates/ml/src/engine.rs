@@ -459,6 +459,8 @@ impl Scheduler {
         loop {
             // Idle: block for work. Busy: take what has arrived without waiting.
             if self.running.is_empty() && self.ready_count() == 0 {
+                // Idle: say so before waiting, or the last batch's counts would stay published.
+                self.publish_stats();
                 match inbox.recv() {
                     Ok(command) => self.handle(command),
                     Err(_) => return,

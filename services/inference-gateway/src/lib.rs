@@ -21,7 +21,10 @@ pub mod openlora;
 use std::sync::Arc;
 
 use openledger_proto::inference::v1::inference_service_server::InferenceServiceServer;
-use openledger_runtime::{Config, Deps, RuntimeError, ServiceKind, ServiceSpec, clients::ServiceChannel, run_service};
+use openledger_runtime::{
+    Config, Deps, RuntimeError, ServiceKind, ServiceSpec, Worker, clients::ServiceChannel, run_service,
+};
+use openledger_telemetry::Metrics;
 
 /// Runs the gateway until the process shuts down.
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
@@ -35,9 +38,11 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         &config,
         deps.endpoints.clone(),
     );
-    let spec = ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(openlora::Api::new(keys.clone())));
+    let spec =
+        ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(openlora::Api::new(keys.clone())));
+    let engines = openlora::engines::EngineSlot::default();
     let openlora = openlora::OpenLora {
-        engine_slot: openlora::engines::EngineSlot::default(),
+        engines: engines.clone(),
         keys: keys.clone(),
         catalog: openlora::catalog::Catalog::new(model_factory.clone()),
         metering: openlora::metering::Metering::new(ledger.clone()),
@@ -46,10 +51,31 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         model_factory,
     };
     let edge = edge::router(edge::EdgeSettings::from_config(&config), &deps, ledger, datanet, openlora);
-    let mut spec = spec.rest(edge);
+    let mut spec = spec.rest(edge).worker(start_engines(config.clone(), deps.metrics.clone(), engines));
     if deps.embedded {
         let published = deps.dev_api_key.clone();
-        spec = spec.worker(openlora::keys::dev::bootstrap_worker(keys, config.data_dir.clone(), published));
+        spec = spec.worker(openlora::keys::dev::bootstrap_worker(keys, &config, published));
     }
     run_service(spec, &config, deps).await
+}
+
+/// Starts the engine host once the object store is connected (loading the base model takes a
+/// while; the edge serves meanwhile, its inference routes answering 503 until then).
+fn start_engines(config: Arc<Config>, metrics: Metrics, slot: openlora::engines::EngineSlot) -> Worker {
+    Box::new(move |backends, shutdown| {
+        Box::pin(async move {
+            let started = tokio::select! {
+                started = openlora::engines::from_config(&config, backends.objects, &metrics) => started,
+                () = shutdown.cancelled() => return,
+            };
+            match started {
+                Ok(Some(host)) => slot.fill(Ok(host)),
+                Ok(None) => slot.fill(Err(openlora::engines::missing_model_message(&config))),
+                Err(error) => {
+                    tracing::error!(%error, "no engine: inference routes answer 503");
+                    slot.fill(Err(error.to_string()));
+                }
+            }
+        })
+    })
 }

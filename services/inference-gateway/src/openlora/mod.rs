@@ -31,9 +31,9 @@ pub use keys::Api;
 /// What the OpenLoRA routes share.
 #[derive(Clone)]
 pub struct OpenLora {
-    /// Empty until the engines are up, and when no base model is configured: inference routes
-    /// then answer 503 saying how to get one.
-    pub engine_slot: engines::EngineSlot,
+    /// The engine host once started; until then (or without a base model) `get` gives the 503
+    /// message saying why.
+    pub engines: engines::EngineSlot,
     pub keys: keys::Keys,
     pub catalog: catalog::Catalog,
     pub metering: metering::Metering,

@@ -3,18 +3,22 @@
 //! its events back. `local` runs the engine in this process (embedded mode); `remote` routes to
 //! engine replicas by adapter affinity (cluster mode); `server` is what a replica serves.
 
+pub mod host;
 pub mod local;
+pub mod remote;
+pub mod ring;
+pub mod server;
+#[cfg(test)]
+mod tests;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use openledger_core::ContentHash;
+use openledger_core::{ContentHash, ErrorCode};
 use openledger_ml::{Event, GenerateRequest, MlError, Tokenizer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-/// Where the gateway finds its engine host once it is built (models load after the service
-/// starts listening).
-pub type EngineSlot = Arc<std::sync::OnceLock<Arc<dyn EngineHost>>>;
+pub use host::{HostError, from_config, missing_model_message};
 
 /// The base model every engine of a host serves.
 #[derive(Clone, Debug)]
@@ -71,4 +75,51 @@ pub struct EngineStatus {
     pub healthy: bool,
     pub running: usize,
     pub waiting: usize,
+}
+
+/// The platform error code of an engine error: the one mapping behind both the gRPC status a
+/// replica answers with and (through `edge::error`) the REST status.
+pub fn error_code(error: &MlError) -> ErrorCode {
+    match error {
+        MlError::NotFound { .. } => ErrorCode::NotFound,
+        MlError::InvalidRequest(_)
+        | MlError::ContextOverflow { .. }
+        | MlError::AdapterMismatch { .. }
+        | MlError::Corrupt { .. }
+        | MlError::Unsupported { .. } => ErrorCode::InvalidArgument,
+        MlError::Overloaded(_) => ErrorCode::ResourceExhausted,
+        MlError::EngineStopped | MlError::Fetch { .. } => ErrorCode::Unavailable,
+        MlError::Tensor(_) | MlError::Diverged(_) | MlError::Checkpoint(_) | MlError::Io { .. } => ErrorCode::Internal,
+    }
+}
+
+/// The engine host once it has started. The edge binds and serves while the base model loads
+/// (or replicas are checked), so routes read the host from here: [`EngineSlot::get`] says why
+/// there is none yet.
+#[derive(Clone, Default)]
+pub struct EngineSlot {
+    state: Arc<OnceLock<Result<Arc<dyn EngineHost>, String>>>,
+}
+
+impl EngineSlot {
+    /// A slot holding `host` from the start (tests, embedders that built one themselves).
+    pub fn ready(host: Arc<dyn EngineHost>) -> Self {
+        let slot = Self::default();
+        slot.fill(Ok(host));
+        slot
+    }
+
+    /// Sets the host, or why there is none (e.g. [`missing_model_message`]); only the first
+    /// call counts.
+    pub fn fill(&self, host: Result<Arc<dyn EngineHost>, String>) {
+        let _ = self.state.set(host);
+    }
+
+    /// The host, or a message for a 503: still starting, or why there is no engine.
+    pub fn get(&self) -> Result<Arc<dyn EngineHost>, String> {
+        match self.state.get() {
+            Some(state) => state.clone(),
+            None => Err("the engine is still loading the base model; retry in a few seconds".into()),
+        }
+    }
 }

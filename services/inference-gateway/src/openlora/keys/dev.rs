@@ -1,20 +1,16 @@
 //! The development account of an embedded process (`openledger dev`): on the first start an
 //! ed25519 key (kept in `<data_dir>/dev-account.key`, the format of `openledger ledger keygen`),
-//! its ledger account (the id derived from the key), [`DEV_ACCOUNT_FUNDS`] from the first
-//! genesis allocation (community by default) by a transfer whose id is derived from the
-//! account, so it happens once, and an API key whose secret is kept in `<data_dir>/dev-api-key`.
+//! its ledger account (the id derived from the key), [`DEV_ACCOUNT_FUNDS`] from the genesis
+//! allocation named [`FUNDING_ALLOCATION`] (else the first) by a transfer whose id is derived
+//! from the account, so it happens once, and an API key whose secret is kept in
+//! `<data_dir>/dev-api-key`.
 //! Both files are mode 0600. A restart reuses all of it, and makes a new API key only when the
 //! kept one no longer authenticates (revoked, or a new database). Cluster mode never runs this.
 
-use std::{
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path, time::Duration};
 
 use ed25519_dalek::SigningKey;
-use openledger_core::{ContentHash, ErrorCode};
+use openledger_core::{Config, ContentHash, ErrorCode};
 use openledger_proto::{common::v1 as common, ledger::v1 as lpb, uint128};
 use openledger_runtime::{DevApiKey, Worker};
 use rand::{TryRngCore, rngs::OsRng};
@@ -26,8 +22,12 @@ use crate::edge::ApiError;
 const OPEN: u128 = 1_000_000_000_000_000_000;
 /// What the development account receives once: 1,000 OPEN.
 pub const DEV_ACCOUNT_FUNDS: u128 = 1_000 * OPEN;
-/// The account the funds come from: the first genesis allocation (community by default).
-pub const FUNDING_ACCOUNT_ID: u128 = 101;
+/// The genesis allocation the funds come from, when the configuration has one of this name
+/// (it does by default); else the first allocation.
+pub const FUNDING_ALLOCATION: &str = "ecosystem";
+/// The ledger numbers its genesis allocation accounts from this id, in the order of the
+/// `genesis_allocations` setting.
+const FIRST_ALLOCATION_ACCOUNT_ID: u128 = 101;
 /// The development account's key file in the data directory.
 pub const DEV_ACCOUNT_KEY_FILE: &str = "dev-account.key";
 /// The development API key's secret in the data directory.
@@ -49,12 +49,14 @@ pub struct DevAccount {
 
 /// The worker that makes (or finds) the development account and key, then publishes the
 /// secret (or why there is none) for the ready banner.
-pub fn bootstrap_worker(keys: Keys, data_dir: PathBuf, published: DevApiKey) -> Worker {
+pub fn bootstrap_worker(keys: Keys, config: &Config, published: DevApiKey) -> Worker {
+    let data_dir = config.data_dir.clone();
+    let funding_account = funding_account_id(config);
     Box::new(move |_backends, shutdown| {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + BOOTSTRAP_TIMEOUT;
             let outcome = loop {
-                match bootstrap(&keys, &data_dir).await {
+                match bootstrap(&keys, &data_dir, funding_account).await {
                     Ok(account) => break Ok(account),
                     Err(error) if tokio::time::Instant::now() >= deadline => break Err(error),
                     Err(error) => {
@@ -81,7 +83,7 @@ pub fn bootstrap_worker(keys: Keys, data_dir: PathBuf, published: DevApiKey) -> 
 }
 
 /// One attempt: every step is idempotent, so a failed attempt is simply run again.
-pub async fn bootstrap(keys: &Keys, data_dir: &Path) -> Result<DevAccount, ApiError> {
+pub async fn bootstrap(keys: &Keys, data_dir: &Path, funding_account: u128) -> Result<DevAccount, ApiError> {
     let signing_key = account_key(&data_dir.join(DEV_ACCOUNT_KEY_FILE))?;
     let account_id = dev_account_id(&signing_key);
     let mut ledger = keys.inner.ledger.client()?;
@@ -96,7 +98,7 @@ pub async fn bootstrap(keys: &Keys, data_dir: &Path) -> Result<DevAccount, ApiEr
     check_created("the development account", created.results.first().map(|result| result.result))?;
     let funding = lpb::Transfer {
         id: uint128(funding_transfer_id(account_id)),
-        debit_account_id: uint128(FUNDING_ACCOUNT_ID),
+        debit_account_id: uint128(funding_account),
         credit_account_id: uint128(account_id),
         amount: uint128(DEV_ACCOUNT_FUNDS),
         ledger: 1,
@@ -127,6 +129,13 @@ pub async fn bootstrap(keys: &Keys, data_dir: &Path) -> Result<DevAccount, ApiEr
 pub fn dev_account_id(key: &SigningKey) -> u128 {
     let id = ContentHash::of_parts(&[b"openledger/dev-account/v1/", key.verifying_key().as_bytes()]).prefix_u128();
     id.max(FIRST_CLIENT_ACCOUNT_ID)
+}
+
+/// The allocation account the development account is funded from (see [`FUNDING_ALLOCATION`]).
+pub fn funding_account_id(config: &Config) -> u128 {
+    let allocations = config.genesis_shares().unwrap_or_default();
+    let index = allocations.iter().position(|(name, _)| name == FUNDING_ALLOCATION).unwrap_or(0);
+    FIRST_ALLOCATION_ACCOUNT_ID + index as u128
 }
 
 /// The id of the one transfer that funds `account_id`.
@@ -201,6 +210,13 @@ mod tests {
         assert_eq!(account_key(&path).expect("read").to_bytes(), made.to_bytes());
         std::fs::write(&path, "not a key").expect("overwrite");
         assert!(account_key(&path).expect_err("refused").message.contains("move it away"));
+    }
+
+    #[test]
+    fn funds_come_from_the_ecosystem_allocation_else_the_first() {
+        assert_eq!(funding_account_id(&Config::default()), 104);
+        let custom = Config { genesis_allocations: "community=6000,team=4000".into(), ..Config::default() };
+        assert_eq!(funding_account_id(&custom), 101);
     }
 
     #[test]

@@ -129,11 +129,6 @@ impl Keys {
         }
     }
 
-    /// The limits a key gets when it asks for none.
-    pub fn defaults(&self) -> Limits {
-        self.inner.defaults
-    }
-
     /// The caller of a request from its `Authorization: Bearer <secret>` header: 401
     /// (`invalid_api_key`) without one or with an unknown or revoked key.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
@@ -148,6 +143,10 @@ impl Keys {
 
     /// The caller a secret stands for, as [`Keys::authenticate`] decides it.
     pub async fn authenticate_secret(&self, secret: &str) -> Result<Caller, ApiError> {
+        self.authenticate_secret_at(secret, Instant::now()).await
+    }
+
+    async fn authenticate_secret_at(&self, secret: &str, now: Instant) -> Result<Caller, ApiError> {
         let invalid = || {
             invalid_api_key(
                 "the API key is not valid (unknown, revoked or mistyped): create a key with POST /v1/api_keys \
@@ -155,7 +154,7 @@ impl Keys {
             )
         };
         let key_id = secret::key_id_of(secret).ok_or_else(invalid)?;
-        let key = self.key(key_id).await?.ok_or_else(invalid)?;
+        let key = self.key_at(key_id, now).await?.ok_or_else(invalid)?;
         // The hash is compared first and whatever the key's state, so an answer takes as long
         // for a revoked key as for a wrong secret.
         let matches = secret::matches(secret, &key.secret_hash);
@@ -288,33 +287,36 @@ impl Keys {
         let key = store::find(&db, key_id).await?.ok_or_else(not_found)?;
         self.check_owner(key.account_id, &signer).await?;
         let key = store::revoke(&db, key_id, now_ms()).await?.ok_or_else(not_found)?;
-        self.remember(key.clone());
+        self.remember_at(key.clone(), Instant::now());
         tracing::info!(key_id = %key.id, account = key.account_id, "API key revoked");
         Ok(self.view(&key))
     }
 
-    /// The key from memory while fresh, else from the database.
-    async fn key(&self, key_id: &str) -> Result<Option<StoredKey>, ApiError> {
-        let cached = self.inner.cache.lock().get(key_id).cloned();
-        if let Some(cached) = cached.filter(|cached| cached.read_at.elapsed() < AUTH_CACHE_TTL) {
+    /// The key from memory while read less than [`AUTH_CACHE_TTL`] before `now`, else from
+    /// the database.
+    async fn key_at(&self, key_id: &str, now: Instant) -> Result<Option<StoredKey>, ApiError> {
+        let fresh = |cached: &Cached| now.saturating_duration_since(cached.read_at) < AUTH_CACHE_TTL;
+        let cached = self.inner.cache.lock().get(key_id).filter(|cached| fresh(cached)).cloned();
+        if let Some(cached) = cached {
             return Ok(Some(cached.key));
         }
         let key = store::find(&self.db()?, key_id).await?;
         if let Some(key) = &key {
-            self.remember(key.clone());
+            self.remember_at(key.clone(), now);
         }
         Ok(key)
     }
 
-    fn remember(&self, key: StoredKey) {
+    /// Caches `key` as read at `now`; a full cache first drops what is stale, then everything.
+    fn remember_at(&self, key: StoredKey, now: Instant) {
         let mut cache = self.inner.cache.lock();
         if cache.len() >= MAX_CACHED_KEYS && !cache.contains_key(&key.id) {
-            cache.retain(|_, cached| cached.read_at.elapsed() < AUTH_CACHE_TTL);
+            cache.retain(|_, cached| now.saturating_duration_since(cached.read_at) < AUTH_CACHE_TTL);
             if cache.len() >= MAX_CACHED_KEYS {
                 cache.clear();
             }
         }
-        cache.insert(key.id.clone(), Cached { key, read_at: Instant::now() });
+        cache.insert(key.id.clone(), Cached { key, read_at: now });
     }
 
     fn db(&self) -> Result<DatabaseConnection, ApiError> {
@@ -472,6 +474,41 @@ mod tests {
             assert_eq!((error.code, error.detail_code), (ErrorCode::Unauthenticated, Some(INVALID_API_KEY)));
             assert!(error.message.contains("POST /v1/api_keys"), "{}", error.message);
         }
+    }
+
+    #[tokio::test]
+    async fn a_key_revoked_by_another_replica_stops_working_here_within_the_cache_ttl() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display());
+        let db = openledger_store::connect(&url).await.expect("connect");
+        openledger_store::migrate(&db).await.expect("migrate");
+        let mut keys = keys(Limits { requests_per_minute: 1, tokens_per_minute: 1 });
+        Arc::get_mut(&mut keys.inner).expect("one handle").database = Database::Connected(db.clone());
+        let id = Id::new().to_string();
+        let secret = secret::generate(&id).expect("secret");
+        let stored = StoredKey {
+            id: id.clone(),
+            account_id: 70_001,
+            name: "replicated".into(),
+            secret_hash: secret::hash(&secret),
+            limits: Limits { requests_per_minute: 0, tokens_per_minute: 0 },
+            created_at_ms: 1,
+            revoked_at_ms: None,
+        };
+        store::insert(&db, &stored, [9; 32]).await.expect("stored");
+
+        let read_at = Instant::now();
+        let caller = keys.authenticate_secret_at(&secret, read_at).await.expect("valid");
+        assert_eq!(caller, Caller { key_id: id.clone(), account_id: 70_001 });
+        let last = if secret.ends_with('0') { '1' } else { '0' };
+        let wrong = format!("{}{last}", &secret[..secret.len() - 1]);
+        assert!(keys.authenticate_secret_at(&wrong, read_at).await.is_err(), "only the secret itself");
+        // Another replica revokes it in the database: this one trusts its copy until the TTL.
+        store::revoke(&db, &id, 2).await.expect("revoked");
+        let almost = read_at + AUTH_CACHE_TTL - Duration::from_millis(1);
+        assert!(keys.authenticate_secret_at(&secret, almost).await.is_ok());
+        let error = keys.authenticate_secret_at(&secret, read_at + AUTH_CACHE_TTL).await.expect_err("revoked");
+        assert_eq!(error.detail_code, Some(INVALID_API_KEY));
     }
 
     #[test]

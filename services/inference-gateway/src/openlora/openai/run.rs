@@ -317,13 +317,8 @@ impl Run {
 }
 
 impl OpenLora {
-    /// The engines, or 503 saying how to get a base model.
+    /// The engines, or 503 saying why there are none (still loading, or no base model).
     pub fn engines(&self) -> Result<std::sync::Arc<dyn EngineHost>, ApiError> {
-        self.engine_slot.get().cloned().ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Unavailable,
-                "no base model is loaded: start with --base-model PATH (scripts/fetch-models.sh smollm2 fetches SmolLM2-135M-Instruct)",
-            )
-        })
+        self.engines.get().map_err(|message| ApiError::new(ErrorCode::Unavailable, message))
     }
 }
