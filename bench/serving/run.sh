@@ -111,13 +111,18 @@ ours() { # base|adapters
     for _ in $(seq 600); do [ -s "$data/dev-api-key" ] && break; sleep 0.1; done
     local key model_name=""
     key=$(cat "$data/dev-api-key")
-    # The engine loads after the edge is up: wait until the base model is listed.
+    # The base model's id is its file name without .gguf; the engine loads after the edge is up,
+    # so wait until a one-token completion is answered (/v1/models also lists the registry's
+    # adapters, which answered 501 on main when this was recorded).
+    model_name=$(basename "$model" .gguf)
+    local ok=""
     for _ in $(seq 600); do
-        model_name=$(curl -fsS -H "Authorization: Bearer $key" "http://127.0.0.1:$ours_port/v1/models" 2>/dev/null |
-            "$py" -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])' 2>/dev/null) && break
+        if curl -fsS -o /dev/null -H "Authorization: Bearer $key" -H 'content-type: application/json' \
+            -d "{\"model\":\"$model_name\",\"prompt\":\"Hi\",\"max_tokens\":1}" \
+            "http://127.0.0.1:$ours_port/v1/completions" 2>/dev/null; then ok=1; break; fi
         sleep 0.5
     done
-    [ -n "$model_name" ] || { echo "no model listed by openledger dev" >&2; stop "$pid"; return 1; }
+    [ -n "$ok" ] || { echo "openledger dev does not answer completions for $model_name" >&2; stop "$pid"; return 1; }
     local extra=()
     if [ "$1" = adapters ]; then
         # Imports $work/adapters/peft/a* through POST /v1/adapters (signed by the development
