@@ -166,10 +166,8 @@ fn measure(engine: &Arc<Engine>, args: &Args, messages: &Arc<Vec<Vec<ChatMessage
     // Over every request, warm-up included: a stream parked behind others shows here.
     let since = |r: &Record, t: &Instant| (*t - r.start).as_secs_f64() * 1e3;
     let all_latency = ok.iter().filter_map(|r| r.tokens.last().map(|t| since(r, t))).fold(0.0, f64::max);
-    let all_gaps = ok
-        .iter()
-        .flat_map(|r| r.tokens.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3))
-        .fold(0.0, f64::max);
+    let all_gaps =
+        ok.iter().flat_map(|r| r.tokens.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)).fold(0.0, f64::max);
     let completion: Vec<usize> = ok.iter().filter_map(|r| r.completion_tokens).collect();
     let total: usize = completion.iter().sum();
     let mean = |v: &[f64]| {

@@ -216,7 +216,7 @@ pub struct ImportAdapterRequest {
     #[serde(default)]
     pub base_model: String,
     /// An object-store key prefix holding the two files, or `hf://owner/name[@revision]`.
-    #[schema(min_length = 1, max_length = 1024)]
+    #[schema(min_length = 1, max_length = 1024, pattern = "^[^\\s]+$")]
     pub source: String,
     /// The owner's ledger account, decimal.
     #[schema(pattern = "^[1-9][0-9]{0,38}$")]
@@ -252,6 +252,7 @@ pub struct AccountIdText(String);
 /// The multipart form of an import (documentation only: the parts are read one by one): the
 /// fields of [`ImportAdapterRequest`] but `source`, as text parts, and the two files.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ImportAdapterUpload {
     #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")]
@@ -284,10 +285,10 @@ pub struct ImportAdapterUpload {
     #[schema(pattern = "^[0-9a-fA-F]{128}$")]
     signature: String,
     /// adapter_config.json
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1)]
     adapter_config: Vec<u8>,
     /// adapter_model.safetensors
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1)]
     adapter_model: Vec<u8>,
 }
 
