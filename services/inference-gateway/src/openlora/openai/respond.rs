@@ -186,6 +186,17 @@ fn error_event(error: ApiError) -> SseEvent {
     json_event(&ErrorBody { error: ErrorDetail { code, message: error.message } })
 }
 
+/// The last chunk of a stream, when `stream_options.include_usage` asked for it: no choices,
+/// the usage and the fee captured.
+fn usage_events<T: serde::Serialize>(
+    include_usage: bool,
+    usage: Usage,
+    fee: Option<u128>,
+    chunk: impl FnOnce(Option<Usage>, Option<u128>) -> T,
+) -> Vec<SseEvent> {
+    if include_usage { vec![json_event(&chunk(Some(usage), fee))] } else { Vec::new() }
+}
+
 type SseStream = Sse<std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>>>;
 
 /// Turns the driver's outputs into SSE events with `shape`, then `data: [DONE]`.
@@ -244,11 +255,7 @@ pub fn chat_stream(started: Started, include_usage: bool, logprobs: bool, tokeni
         }
         Output::Failed(error) => vec![error_event(error)],
         Output::Summary { prompt_tokens, completion_tokens, fee } => {
-            if include_usage {
-                vec![json_event(&chunk(Vec::new(), Some(usage(prompt_tokens, completion_tokens)), fee))]
-            } else {
-                Vec::new()
-            }
+            usage_events(include_usage, usage(prompt_tokens, completion_tokens), fee, |u, f| chunk(Vec::new(), u, f))
         }
     })
 }
@@ -301,11 +308,7 @@ pub fn completion_stream(
         }
         Output::Failed(error) => vec![error_event(error)],
         Output::Summary { prompt_tokens, completion_tokens, fee } => {
-            if include_usage {
-                vec![json_event(&chunk(Vec::new(), Some(usage(prompt_tokens, completion_tokens)), fee))]
-            } else {
-                Vec::new()
-            }
+            usage_events(include_usage, usage(prompt_tokens, completion_tokens), fee, |u, f| chunk(Vec::new(), u, f))
         }
     })
 }
