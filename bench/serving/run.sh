@@ -35,10 +35,10 @@ ours_port=${OURS_PORT:-8092}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 bin=${OPENLEDGER_BIN:-$CARGO_TARGET_DIR/release/openledger}
 # The client and the adapter writer, pinned.
-requirements="openai==3.51.0 numpy==2.4.6 safetensors==0.8.0 gguf==0.19.0"
+requirements="openai==3.51.0 numpy==2.4.6 safetensors==0.8.0 gguf==0.19.0 blake3==1.0.11 cryptography==50.0.2"
 
 setup() {
-    if ! "$py" -c 'import openai, gguf, safetensors, numpy; assert openai.__version__ == "3.51.0"' 2>/dev/null; then
+    if ! "$py" -c 'import openai, gguf, safetensors, numpy, blake3, cryptography; assert openai.__version__ == "3.51.0"' 2>/dev/null; then
         python3 -m venv "$venv"
         # shellcheck disable=SC2086
         "$venv/bin/pip" install -q $requirements
