@@ -62,6 +62,26 @@ struct CollectedChoice {
     finish: Option<String>,
 }
 
+/// What every answer and chunk of one generation repeats.
+struct Header {
+    id: String,
+    model: String,
+    created: u64,
+    inference_id: String,
+}
+
+impl Header {
+    /// `prefix` is OpenAI's id prefix (`chatcmpl`, `cmpl`).
+    fn of(started: &Started, prefix: &str) -> Self {
+        Self {
+            id: format!("{prefix}-{}", started.inference_id),
+            model: started.model.clone(),
+            created: started.created,
+            inference_id: started.inference_id.clone(),
+        }
+    }
+}
+
 /// Everything the driver produced, per choice.
 #[derive(Default)]
 struct Collected {
@@ -102,12 +122,7 @@ async fn collect(mut started: Started) -> Result<Collected, ApiError> {
 
 /// A whole chat completion.
 pub async fn chat(started: Started, logprobs: bool, tokenizer: &Tokenizer) -> Result<ChatCompletion, ApiError> {
-    let (id, model, created, inference_id) = (
-        format!("chatcmpl-{}", started.inference_id),
-        started.model.clone(),
-        started.created,
-        started.inference_id.clone(),
-    );
+    let Header { id, model, created, inference_id } = Header::of(&started, "chatcmpl");
     let collected = collect(started).await?;
     let (prompt_tokens, completion_tokens, fee) = collected.usage.unwrap_or_default();
     let choices = collected
@@ -148,12 +163,7 @@ fn completion_logprobs(tokenizer: &Tokenizer, tokens: &[(u32, TokenLogprobs)], m
 
 /// A whole text completion.
 pub async fn completion(started: Started, logprobs: bool, tokenizer: &Tokenizer) -> Result<Completion, ApiError> {
-    let (id, model, created, inference_id) = (
-        format!("cmpl-{}", started.inference_id),
-        started.model.clone(),
-        started.created,
-        started.inference_id.clone(),
-    );
+    let Header { id, model, created, inference_id } = Header::of(&started, "cmpl");
     let collected = collect(started).await?;
     let (prompt_tokens, completion_tokens, fee) = collected.usage.unwrap_or_default();
     let choices = collected
@@ -211,12 +221,7 @@ fn sse(started: Started, mut shape: impl FnMut(Output) -> Vec<SseEvent> + Send +
 
 /// A streamed chat completion.
 pub fn chat_stream(started: Started, include_usage: bool, logprobs: bool, tokenizer: Arc<Tokenizer>) -> SseStream {
-    let (id, model, created, inference_id) = (
-        format!("chatcmpl-{}", started.inference_id),
-        started.model.clone(),
-        started.created,
-        started.inference_id.clone(),
-    );
+    let Header { id, model, created, inference_id } = Header::of(&started, "chatcmpl");
     let mut opened = std::collections::HashSet::new();
     let chunk = move |choices: Vec<ChatChunkChoice>, usage: Option<Usage>, fee: Option<u128>| ChatCompletionChunk {
         id: id.clone(),
@@ -267,12 +272,7 @@ pub fn completion_stream(
     logprobs: bool,
     tokenizer: Arc<Tokenizer>,
 ) -> SseStream {
-    let (id, model, created, inference_id) = (
-        format!("cmpl-{}", started.inference_id),
-        started.model.clone(),
-        started.created,
-        started.inference_id.clone(),
-    );
+    let Header { id, model, created, inference_id } = Header::of(&started, "cmpl");
     let mut offsets: BTreeMap<u32, u32> = BTreeMap::new();
     let chunk = move |choices: Vec<CompletionChoice>, usage: Option<Usage>, fee: Option<u128>| Completion {
         id: id.clone(),
