@@ -12,6 +12,7 @@ mod host;
 pub mod kernels;
 pub mod lora;
 pub mod model;
+mod pool;
 pub mod sampling;
 pub mod source;
 pub mod testing;

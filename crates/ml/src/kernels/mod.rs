@@ -5,12 +5,18 @@
 //! and falls back to portable code elsewhere.
 
 use candle_core::quantized::GgmlDType;
-use rayon::prelude::*;
-
 use crate::error::{MlError, Result};
 
-/// Elements per GGML block.
+mod isa;
+mod kquant;
+
+pub use isa::{Isa, KERNELS_ENV};
+
+/// Elements per GGML block (Q4_0, Q4_1, Q8_0).
 pub const BLOCK: usize = 32;
+
+/// Elements per K-quant super-block (Q4_K, Q5_K, Q6_K).
+pub const SUPER_BLOCK: usize = 256;
 
 /// The block formats these kernels implement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +24,9 @@ pub enum BlockFormat {
     Q4_0,
     Q4_1,
     Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
 }
 
 impl BlockFormat {
@@ -30,12 +39,24 @@ impl BlockFormat {
         }
     }
 
+    /// Elements per block.
+    pub fn block_len(self) -> usize {
+        if self.is_k_quant() { SUPER_BLOCK } else { BLOCK }
+    }
+
+    pub fn is_k_quant(self) -> bool {
+        matches!(self, Self::Q4K | Self::Q5K | Self::Q6K)
+    }
+
     /// Bytes of one block: f16 scale (and f16 min for Q4_1), then the quants.
     pub fn block_bytes(self) -> usize {
         match self {
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
             Self::Q8_0 => 34,
+            Self::Q4K => 144,
+            Self::Q5K => 176,
+            Self::Q6K => 210,
         }
     }
 }
@@ -51,7 +72,8 @@ pub struct BlockMatrix {
 
 impl BlockMatrix {
     pub fn new(format: BlockFormat, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self> {
-        if !cols.is_multiple_of(BLOCK) || data.len() != rows * cols / BLOCK * format.block_bytes() {
+        let block = format.block_len();
+        if !cols.is_multiple_of(block) || data.len() != rows * cols / block * format.block_bytes() {
             return Err(MlError::corrupt(
                 "model",
                 format!("{format:?} matrix {rows}x{cols} cannot hold {} bytes", data.len()),
@@ -72,11 +94,14 @@ impl BlockMatrix {
     }
 
     fn row_bytes(&self) -> usize {
-        self.cols / BLOCK * self.format.block_bytes()
+        self.cols / self.format.block_len() * self.format.block_bytes()
     }
 
     /// Row `r` as f32 (the embedding lookup).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        if self.format.is_k_quant() {
+            return kquant::dequantize_row(self, r, out);
+        }
         let row = &self.data[r * self.row_bytes()..(r + 1) * self.row_bytes()];
         for (block, out) in row.chunks_exact(self.format.block_bytes()).zip(out.chunks_exact_mut(BLOCK)) {
             let d = f16_at(block, 0);
@@ -99,6 +124,7 @@ impl BlockMatrix {
                         out[j] = d * f32::from(block[2 + j] as i8);
                     }
                 }
+                BlockFormat::Q4K | BlockFormat::Q5K | BlockFormat::Q6K => unreachable!("K-quants go to kquant"),
             }
         }
     }
@@ -106,6 +132,9 @@ impl BlockMatrix {
     /// `x · Wᵀ` for `x` of `m` rows × `cols`: returns `m` rows × `self.rows`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
+        if self.format.is_k_quant() {
+            return kquant::matmul(self, x, m, Isa::active());
+        }
         let activations = Q8Activations::quantize(x, m, self.cols);
         let n = self.rows;
         let row_bytes = self.row_bytes();
@@ -114,7 +143,7 @@ impl BlockMatrix {
         // measured), still several tasks for work stealing on the smallest matrices (576 rows).
         let chunk = 128;
         let mut transposed = vec![0f32; n * m]; // (n, m): each chunk writes a contiguous slice
-        transposed.par_chunks_mut(chunk * m).enumerate().for_each(|(c, out)| {
+        crate::pool::for_each_chunk(&mut transposed, chunk * m, |c, out| {
             let first = c * chunk;
             let rows = out.len() / m;
             let row = |j: usize| &self.data[(first + j) * row_bytes..(first + j + 1) * row_bytes];
@@ -328,6 +357,7 @@ fn portable_dot(format: BlockFormat, w: &[u8], scales: &[f32], sums: &[f32], qua
                 let s: i32 = (0..32).map(|j| i32::from(block[2 + j] as i8) * i32::from(q[j])).sum();
                 d * s as f32
             }
+            BlockFormat::Q4K | BlockFormat::Q5K | BlockFormat::Q6K => unreachable!("K-quants go to kquant"),
         };
     }
     total
@@ -384,6 +414,9 @@ mod avx2 {
                         BlockFormat::Q8_0 => {
                             let x = _mm256_loadu_si256(block.add(2).cast());
                             _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+                        }
+                        BlockFormat::Q4K | BlockFormat::Q5K | BlockFormat::Q6K => {
+                            unreachable!("K-quants go to kquant")
                         }
                     };
                     let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
