@@ -18,7 +18,7 @@ pub(crate) fn run(tasks: usize, f: impl Fn(usize) + Sync) {
     match tasks {
         0 => {}
         1 => f(0),
-        _ => (0..tasks).into_par_iter().with_max_len(1).for_each(|i| f(i)),
+        _ => (0..tasks).into_par_iter().with_max_len(1).for_each(&f),
     }
 }
 
