@@ -71,7 +71,11 @@ impl Isa {
                 "avx2" => Self::Avx2,
                 "avx512" | "avx512-vnni" => Self::Avx512Vnni,
                 other => {
-                    tracing::warn!(value = other, "{KERNELS_ENV} is not portable, avx2 or avx512; using {}", best.name());
+                    tracing::warn!(
+                        value = other,
+                        "{KERNELS_ENV} is not portable, avx2 or avx512; using {}",
+                        best.name()
+                    );
                     return best;
                 }
             };

@@ -1,0 +1,191 @@
+//! Q4_0, Q4_1 and Q8_0 weights repacked into panels of [`PANEL`] rows, and the product of a
+//! panel with activation rows on each [`Isa`] level.
+//!
+//! A matrix is its panels one after another; a panel is its blocks (32 columns each) one after
+//! another; a panel block is a header of 16 f16 scales `d` (and, for Q4_1, 16 f16 mins `m`),
+//! then the quants in 64-byte groups: group `g` holds bytes `4g..4g+4` of each row's block,
+//! row `l` at `64g + 4l`. Q4 bytes hold elements `j` (low nibble) and `j + 16` (high nibble);
+//! Q8_0 bytes are stored plus 128, so every weight quant is an unsigned byte, as `vpdpbusd`
+//! wants. The row dot product of a block is then
+//! `d·dx·(Σ u·x − offset·Σx) + m·dx·Σx`, with `offset` 8 for Q4_0, 128 for Q8_0 and 0 for Q4_1
+//! (which has the `m` term instead): the integer part is exact on every level.
+
+use super::{BLOCK, BlockFormat, Isa, PANEL, Q8Activations, Q8Row, TILE, f16_at};
+use crate::error::{MlError, Result};
+
+mod portable;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Where things are in a panel block of one format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub(crate) format: BlockFormat,
+    /// 4-bit quants (two elements a byte) or 8-bit ones.
+    pub(crate) nibbles: bool,
+    /// Subtracted from every unsigned quant: 8 (Q4_0), 128 (Q8_0) or 0 (Q4_1, which has mins).
+    pub(crate) offset: i32,
+    pub(crate) has_min: bool,
+}
+
+impl Layout {
+    pub(crate) fn of(format: BlockFormat) -> Option<Self> {
+        match format {
+            BlockFormat::Q4_0 => Some(Self { format, nibbles: true, offset: 8, has_min: false }),
+            BlockFormat::Q4_1 => Some(Self { format, nibbles: true, offset: 0, has_min: true }),
+            BlockFormat::Q8_0 => Some(Self { format, nibbles: false, offset: 128, has_min: false }),
+            BlockFormat::Q4K | BlockFormat::Q5K | BlockFormat::Q6K => None,
+        }
+    }
+
+    /// Bytes of the scales (and mins) before a panel block's quants.
+    pub(crate) fn header_bytes(self) -> usize {
+        if self.has_min { 4 * PANEL } else { 2 * PANEL }
+    }
+
+    /// 64-byte quant groups per panel block: 4 for Q4, 8 for Q8.
+    pub(crate) fn groups(self) -> usize {
+        if self.nibbles { 4 } else { 8 }
+    }
+
+    pub(crate) fn block_bytes(self) -> usize {
+        self.header_bytes() + 64 * self.groups()
+    }
+
+    /// Quant bytes of one row's GGML block, and where they start in it.
+    fn source_quants(self) -> (usize, usize) {
+        match self.format {
+            BlockFormat::Q4_1 => (4, 16),
+            _ if self.nibbles => (2, 16),
+            _ => (2, 32),
+        }
+    }
+
+    /// Repacks `rows × cols` row-major GGML blocks into panels.
+    pub(crate) fn pack(self, data: &[u8], rows: usize, cols: usize) -> Result<Vec<u8>> {
+        let (blocks, source_block) = (cols / BLOCK, self.format.block_bytes());
+        let panels = rows.div_ceil(PANEL);
+        let block_bytes = self.block_bytes();
+        if data.len() != rows * blocks * source_block {
+            return Err(MlError::corrupt("model", format!("{:?} blocks of the wrong size", self.format)));
+        }
+        let (quants_at, quant_bytes) = self.source_quants();
+        let mut packed = vec![0u8; panels * blocks * block_bytes];
+        for (p, panel) in packed.chunks_exact_mut(blocks * block_bytes).enumerate() {
+            for (b, out) in panel.chunks_exact_mut(block_bytes).enumerate() {
+                for lane in 0..PANEL.min(rows - p * PANEL) {
+                    let row = p * PANEL + lane;
+                    let source = &data[(row * blocks + b) * source_block..][..source_block];
+                    out[2 * lane..2 * lane + 2].copy_from_slice(&source[..2]);
+                    if self.has_min {
+                        out[2 * PANEL + 2 * lane..][..2].copy_from_slice(&source[2..4]);
+                    }
+                    let quants = &source[quants_at..quants_at + quant_bytes];
+                    for (g, four) in quants.chunks_exact(4).enumerate() {
+                        let at = self.header_bytes() + 64 * g + 4 * lane;
+                        for (o, &q) in out[at..at + 4].iter_mut().zip(four) {
+                            *o = if self.nibbles { q } else { q ^ 0x80 };
+                        }
+                    }
+                }
+            }
+        }
+        Ok(packed)
+    }
+
+    /// Row `r` as f32, exactly as GGML dequantizes the original block.
+    pub(crate) fn dequantize_row(self, data: &[u8], cols: usize, r: usize, out: &mut [f32]) {
+        let blocks = cols / BLOCK;
+        let (panel, lane) = (r / PANEL, r % PANEL);
+        let block_bytes = self.block_bytes();
+        for (b, out) in out.chunks_exact_mut(BLOCK).enumerate().take(blocks) {
+            let block = &data[(panel * blocks + b) * block_bytes..][..block_bytes];
+            let d = f16_at(block, 2 * lane);
+            let m = if self.has_min { f16_at(block, 2 * PANEL + 2 * lane) } else { 0.0 };
+            let quant = |g: usize, i: usize| block[self.header_bytes() + 64 * g + 4 * lane + i];
+            for g in 0..self.groups() {
+                for i in 0..4 {
+                    let q = quant(g, i);
+                    match self.format {
+                        BlockFormat::Q4_0 => {
+                            out[4 * g + i] = d * (f32::from(q & 0x0F) - 8.0);
+                            out[16 + 4 * g + i] = d * (f32::from(q >> 4) - 8.0);
+                        }
+                        BlockFormat::Q4_1 => {
+                            out[4 * g + i] = d * f32::from(q & 0x0F) + m;
+                            out[16 + 4 * g + i] = d * f32::from(q >> 4) + m;
+                        }
+                        _ => out[4 * g + i] = d * f32::from((q ^ 0x80) as i8),
+                    }
+                }
+            }
+        }
+    }
+
+    /// `x · Wᵀ` for panels `data` of a `rows × cols` matrix and `m` rows of `x`.
+    pub(crate) fn matmul(self, isa: Isa, data: &[u8], rows: usize, cols: usize, x: &[f32], m: usize) -> Vec<f32> {
+        let activations = Q8Activations::quantize(x, m, cols);
+        let blocks = cols / BLOCK;
+        let panel_bytes = blocks * self.block_bytes();
+        let panels = rows.div_ceil(PANEL);
+        // Several tasks a thread so a slow thread's share moves to a fast one; at least one
+        // panel each. One thread: one task, no hand-off at all.
+        let threads = crate::pool::threads();
+        let per_task = if threads == 1 { panels } else { panels.div_ceil(threads * 4).max(1) };
+        // Output panel-major, (panel, row of x, lane): each task writes one contiguous part.
+        let mut out = vec![0f32; panels * m * PANEL];
+        crate::pool::for_each_chunk(&mut out, per_task * m * PANEL, |task, out| {
+            for (p, out) in out.chunks_exact_mut(m * PANEL).enumerate() {
+                let panel = &data[(task * per_task + p) * panel_bytes..][..panel_bytes];
+                let mut i = 0;
+                while i < m {
+                    let c = (m - i).min(TILE);
+                    let out = &mut out[i * PANEL..(i + c) * PANEL];
+                    match c {
+                        4 => self.tile::<4>(isa, panel, blocks, &activations, i, out),
+                        3 => self.tile::<3>(isa, panel, blocks, &activations, i, out),
+                        2 => self.tile::<2>(isa, panel, blocks, &activations, i, out),
+                        _ => self.tile::<1>(isa, panel, blocks, &activations, i, out),
+                    }
+                    i += c;
+                }
+            }
+        });
+        if m == 1 {
+            out.truncate(rows);
+            return out;
+        }
+        let mut result = vec![0f32; m * rows];
+        for (p, panel) in out.chunks_exact(m * PANEL).enumerate() {
+            let lanes = PANEL.min(rows - p * PANEL);
+            for (i, lanes_out) in panel.chunks_exact(PANEL).enumerate() {
+                result[i * rows + p * PANEL..][..lanes].copy_from_slice(&lanes_out[..lanes]);
+            }
+        }
+        result
+    }
+
+    /// One panel against activation rows `first..first + C`, into `out` (`C × PANEL`).
+    fn tile<const C: usize>(
+        self,
+        isa: Isa,
+        panel: &[u8],
+        blocks: usize,
+        x: &Q8Activations,
+        first: usize,
+        out: &mut [f32],
+    ) {
+        let rows: [Q8Row<'_>; C] = std::array::from_fn(|c| x.row(first + c));
+        debug_assert_eq!(panel.len(), blocks * self.block_bytes());
+        debug_assert_eq!(out.len(), C * PANEL);
+        match isa {
+            Isa::Portable => portable::tile(self, panel, blocks, &rows, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86::tile_avx2(self, panel, blocks, &rows, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => x86::tile_avx512(self, panel, blocks, &rows, out),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => portable::tile(self, panel, blocks, &rows, out),
+        }
+    }
+}
