@@ -7,6 +7,7 @@
 use rayon::prelude::*;
 
 use crate::error::{MlError, Result};
+use crate::kernels::Dense;
 
 /// A contiguous CPU f32 tensor's elements.
 pub(crate) fn f32_slice<'a>(storage: &'a candle_core::Storage, layout: &candle_core::Layout) -> Result<&'a [f32]> {
@@ -102,6 +103,20 @@ pub(crate) fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {
     }
 }
 
+/// Softmax of `scale·s` over each `width`-wide row of scores, causally: row `i` sees columns
+/// `..=first + i`; later columns become 0.
+pub(crate) fn causal_softmax(scores: &mut [f32], width: usize, first: usize, scale: f32) {
+    for (i, row) in scores.chunks_exact_mut(width).enumerate() {
+        let (seen, masked) = row.split_at_mut((first + i + 1).min(width));
+        let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        seen.iter_mut().for_each(|s| *s = (*s - max) * scale);
+        exp_in_place(seen);
+        let sum: f32 = seen.iter().sum();
+        seen.iter_mut().for_each(|s| *s /= sum);
+        masked.fill(0.0);
+    }
+}
+
 /// One layer's keys and values of one sequence, laid out `[kv_head][position][head_dim]` so a
 /// head's keys are contiguous.
 #[derive(Debug)]
@@ -109,6 +124,12 @@ pub(crate) struct HostKv {
     pub(crate) keys: Vec<f32>,
     pub(crate) values: Vec<f32>,
 }
+
+/// Rows of one sequence from which its attention runs as matrix products (a prefill).
+const MATRIX_ROWS: usize = 16;
+
+/// Query rows per task of the matrix path: keys after a block's last row are not scored.
+const QUERY_BLOCK: usize = 64;
 
 /// Shapes the attention needs.
 pub(crate) struct Heads {
@@ -137,15 +158,58 @@ impl Heads {
             let keys = &kv.keys[base..base + (position + 1) * d];
             let values = &kv.values[base..base + (position + 1) * d];
             scores.clear();
-            scores.extend(keys.chunks_exact(d).map(|k| dot(q, k) * scale));
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
+            scores.extend(keys.chunks_exact(d).map(|k| dot(q, k)));
+            causal_softmax(scores, position + 1, position, scale);
             for (p, v) in scores.iter().zip(values.chunks_exact(d)) {
-                axpy(p / sum, v, out);
+                axpy(*p, v, out);
+            }
+        }
+    }
+}
+
+impl Heads {
+    /// Causal attention of `t` consecutive rows of one sequence (positions `first..first + t`,
+    /// keys and values already in `kv`), written to `out` (`t · heads · head_dim`): per head and
+    /// block of [`QUERY_BLOCK`] queries, scores and outputs are two small matrix products
+    /// (`gemm`) instead of a dot product per key, the tasks spread over the pool.
+    fn attend_rows(&self, qkv: &[f32], kv: &HostKv, first: usize, out: &mut [f32]) {
+        let d = self.head_dim;
+        let (q_width, row_width) = (self.heads * d, (self.heads + 2 * self.kv_heads) * d);
+        let t = qkv.len() / row_width;
+        let group = self.heads / self.kv_heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let blocks = t.div_ceil(QUERY_BLOCK);
+        // Head-major results, (head, block, QUERY_BLOCK rows, d): one contiguous part a task.
+        let mut by_head = vec![0f32; self.heads * blocks * QUERY_BLOCK * d];
+        crate::pool::for_each_chunk(&mut by_head, QUERY_BLOCK * d, |task, part| {
+            let (head, block) = (task / blocks, task % blocks);
+            let rows = block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(t);
+            let n = rows.len();
+            let keys = first + rows.end; // the last row sees this many positions
+            let queries: Vec<f32> =
+                rows.clone().flat_map(|r| qkv[r * row_width + head * d..][..d].iter().copied()).collect();
+            let base = self.slot(kv, head / group, 0).start;
+            let (k, v) = (&kv.keys[base..base + keys * d], &kv.values[base..base + keys * d]);
+            let mut scores = vec![0f32; n * keys];
+            crate::kernels::matmul_with(
+                Dense::new(&queries, n, d),
+                Dense::new(k, keys, d).t(),
+                &mut scores,
+                false,
+                false,
+            );
+            causal_softmax(&mut scores, keys, first + rows.start, scale);
+            crate::kernels::matmul_with(
+                Dense::new(&scores, n, keys),
+                Dense::new(v, keys, d),
+                &mut part[..n * d],
+                false,
+                false,
+            );
+        });
+        for (head, rows) in by_head.chunks_exact(blocks * QUERY_BLOCK * d).enumerate() {
+            for (r, row) in rows.chunks_exact(d).take(t).enumerate() {
+                out[r * q_width + head * d..][..d].copy_from_slice(row);
             }
         }
     }
@@ -189,22 +253,35 @@ pub(crate) fn attention(
             }
         }
     }
-    // Every row with its query, cache and position; attention then runs rows in parallel.
-    let rows: Vec<(&[f32], &HostKv, usize)> = seqs
-        .iter()
-        .flat_map(|seq| {
-            let kv: &HostKv = seq.kv;
-            seq.qkv.chunks_exact(row_width).enumerate().map(move |(i, row)| (&row[..q_width], kv, seq.first + i))
-        })
-        .collect();
-    let mut out = vec![0f32; rows.len() * q_width];
-    if rows.len() == 1 {
-        let (q, kv, position) = rows[0];
-        shape.attend(q, kv, position, &mut Vec::new(), &mut out);
-    } else {
-        out.par_chunks_mut(q_width)
-            .zip(rows.par_iter())
+    let mut out = vec![0f32; seqs.iter().map(|s| s.qkv.len() / row_width).sum::<usize>() * q_width];
+    // Long runs of rows (prefills) as matrix products per head; the other rows one by one.
+    let mut single_rows: Vec<(&[f32], &HostKv, usize)> = Vec::new();
+    let mut single_at = Vec::new();
+    let mut at = 0;
+    for seq in seqs.iter() {
+        let t = seq.qkv.len() / row_width;
+        if t >= MATRIX_ROWS {
+            shape.attend_rows(seq.qkv, seq.kv, seq.first, &mut out[at..at + t * q_width]);
+        } else {
+            for (i, row) in seq.qkv.chunks_exact(row_width).enumerate() {
+                single_rows.push((&row[..q_width], &*seq.kv, seq.first + i));
+                single_at.push(at + i * q_width);
+            }
+        }
+        at += t * q_width;
+    }
+    if single_rows.len() == 1 {
+        let (q, kv, position) = single_rows[0];
+        shape.attend(q, kv, position, &mut Vec::new(), &mut out[single_at[0]..][..q_width]);
+    } else if !single_rows.is_empty() {
+        let mut singles = vec![0f32; single_rows.len() * q_width];
+        singles
+            .par_chunks_mut(q_width)
+            .zip(single_rows.par_iter())
             .for_each_init(Vec::new, |scores, (out, &(q, kv, position))| shape.attend(q, kv, position, scores, out));
+        for (row, at) in singles.chunks_exact(q_width).zip(single_at) {
+            out[at..at + q_width].copy_from_slice(row);
+        }
     }
     out
 }

@@ -833,15 +833,22 @@ mod tests {
                 Arc::new(load_adapter_dir(name, &path, &model).unwrap())
             };
             let (a, b) = (adapter("a", &Target::ALL, 1), adapter("b", &[Target::Q, Target::Down], 2));
-            let mixes =
-                [AdapterMix(vec![(a.clone(), 1.0)]), AdapterMix::default(), AdapterMix(vec![(a, 0.5), (b, 1.0)])];
-            let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[9], &[40, 41, 42]];
+            let mixes = [
+                AdapterMix(vec![(a.clone(), 1.0)]),
+                AdapterMix::default(),
+                AdapterMix(vec![(a.clone(), 0.5), (b, 1.0)]),
+                AdapterMix(vec![(a, 1.0)]),
+            ];
+            // The fourth is long enough for the matrix attention path: two query blocks, then a
+            // second chunk of prefill starting after its cached rows.
+            let long: Vec<u32> = (0..70).map(|i| i % 40 + 1).collect();
+            let prompts: [&[u32]; 4] = [&[1, 2, 3, 4, 5], &[9], &[40, 41, 42], &long];
             let mut run = |host: bool| {
                 model.host = host;
-                let mut caches: Vec<KvCache> = (0..3).map(|_| model.new_cache(16).unwrap()).collect();
+                let mut caches: Vec<KvCache> = (0..4).map(|_| model.new_cache(128).unwrap()).collect();
                 let mut outputs = Vec::new();
-                // A prefill of all three, then a step where one sequence decodes and one prefills.
-                for round in [&prompts[..], &[&[7u32][..], &[8, 9][..], &[10][..]][..]] {
+                // A prefill of all four, then a step where sequences decode and prefill.
+                for round in [&prompts[..], &[&[7u32][..], &[8, 9][..], &[10][..], &long[..20]][..]] {
                     let mut steps: Vec<SeqStep<'_>> = caches
                         .iter_mut()
                         .zip(&mixes)

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::fused::{cpu, host, reference, slice};
 use crate::error::Result;
-use crate::host::{exp_in_place, rope};
+use crate::host::{causal_softmax, rope};
 use crate::kernels::{Dense, matmul_with};
 
 /// Causal self-attention with RoPE (Hugging Face's half-split layout) over a padded batch of
@@ -72,15 +72,7 @@ impl Attention {
         let scale = 1.0 / (d as f32).sqrt();
         let mut p = vec![0f32; t * t];
         matmul_with(Dense::new(q, t, d), Dense::new(k, t, d).t(), &mut p, false, false);
-        for (i, row) in p.chunks_exact_mut(t).enumerate() {
-            let (seen, masked) = row.split_at_mut(i + 1);
-            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            seen.iter_mut().for_each(|s| *s = (*s - max) * scale);
-            exp_in_place(seen);
-            let sum: f32 = seen.iter().sum();
-            seen.iter_mut().for_each(|s| *s /= sum);
-            masked.fill(0.0);
-        }
+        causal_softmax(&mut p, t, 0, scale);
         p
     }
 
