@@ -9,12 +9,12 @@
 
 use super::{BlockMatrix, Isa, SUPER_BLOCK};
 
-mod layout;
-mod portable;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod layout;
+mod portable;
 
 /// Weight rows per tile: each activation block is loaded once for this many rows, and the
 /// rows' accumulators form independent chains.

@@ -60,8 +60,7 @@ unsafe fn q4k_or_q5k<const R: usize, const FIVE_BITS: bool>(rows: [&[u8]; R], x:
                 let d = f16_at(block, 0) * x.scale[b];
                 let dmin = f16_at(block, 2) * x.scale[b];
                 let [s0, s1, m0, m1] = layout::scales_and_mins_words(&block[4..16]);
-                let scales_and_mins =
-                    _mm256_cvtepu8_epi16(_mm_set_epi32(m1 as i32, m0 as i32, s1 as i32, s0 as i32));
+                let scales_and_mins = _mm256_cvtepu8_epi16(_mm_set_epi32(m1 as i32, m0 as i32, s1 as i32, s0 as i32));
                 let mins = _mm_madd_epi16(_mm256_extracti128_si256(scales_and_mins, 1), sums);
                 acc_mins[r] = _mm_fmadd_ps(_mm_set1_ps(-dmin), _mm_cvtepi32_ps(mins), acc_mins[r]);
                 let scales = _mm256_castsi256_si128(scales_and_mins);
@@ -80,9 +79,12 @@ unsafe fn q4k_or_q5k<const R: usize, const FIVE_BITS: bool>(rows: [&[u8]; R], x:
                     }
                     let x_low = _mm256_loadu_si256(q8.add(64 * k).cast());
                     let x_high = _mm256_loadu_si256(q8.add(64 * k + 32).cast());
-                    let low = _mm256_madd_epi16(broadcast_scale(scales, 2 * k as i16), _mm256_maddubs_epi16(low, x_low));
-                    let high =
-                        _mm256_madd_epi16(broadcast_scale(scales, 2 * k as i16 + 1), _mm256_maddubs_epi16(high, x_high));
+                    let low =
+                        _mm256_madd_epi16(broadcast_scale(scales, 2 * k as i16), _mm256_maddubs_epi16(low, x_low));
+                    let high = _mm256_madd_epi16(
+                        broadcast_scale(scales, 2 * k as i16 + 1),
+                        _mm256_maddubs_epi16(high, x_high),
+                    );
                     sum = _mm256_add_epi32(sum, _mm256_add_epi32(low, high));
                 }
                 acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sum), acc[r]);

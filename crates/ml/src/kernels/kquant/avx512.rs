@@ -44,8 +44,10 @@ unsafe fn load_activations(q8: *const i8) -> [__m512i; 4] {
 
 /// Element `l` of 32 16-bit elements is `l / 16` (halves) or `l / 8` (quarters): added to a
 /// broadcast index, `vpermw` then spreads two or four sub-block scales over a vector.
-const HALVES: [i16; 32] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
-const QUARTERS: [i16; 32] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3];
+const HALVES: [i16; 32] =
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
+const QUARTERS: [i16; 32] =
+    [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3];
 
 /// Q4_K, or Q5_K if `FIVE_BITS` (the same but for the fifth bit of every quant).
 #[inline]
@@ -72,8 +74,7 @@ unsafe fn q4k_or_q5k<const R: usize, const FIVE_BITS: bool>(rows: [&[u8]; R], x:
                 let mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, m1 as i32, m0 as i32));
                 acc_mins[r] =
                     _mm_fmadd_ps(_mm_set1_ps(-dmin), _mm_cvtepi32_ps(_mm_madd_epi16(mins, sums)), acc_mins[r]);
-                let scales =
-                    _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, s1 as i32, s0 as i32)));
+                let scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, s1 as i32, s0 as i32)));
                 // Fifth bits: the low half of this vector serves even sub-blocks, the high half odd.
                 let high_bits = _mm256_loadu_si256(block.as_ptr().add(16).cast());
                 let mut high_bits =
@@ -88,7 +89,8 @@ unsafe fn q4k_or_q5k<const R: usize, const FIVE_BITS: bool>(rows: [&[u8]; R], x:
                         quants = _mm512_or_si512(quants, fifth);
                         high_bits = _mm512_srli_epi16(high_bits, 2);
                     }
-                    let scale = _mm512_permutexvar_epi16(_mm512_add_epi16(halves, _mm512_set1_epi16(2 * k as i16)), scales);
+                    let scale =
+                        _mm512_permutexvar_epi16(_mm512_add_epi16(halves, _mm512_set1_epi16(2 * k as i16)), scales);
                     sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(quants, activations), scale);
                 }
                 acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sum), acc[r]);
