@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Q8KRow, f16_at, layout};
+use super::{Q8KRow, f16_at};
 use crate::kernels::{BlockFormat, SUPER_BLOCK};
 
 /// `R` weight rows against one activation row.
@@ -30,6 +30,28 @@ pub(super) unsafe fn dot_rows<const R: usize>(format: BlockFormat, rows: [&[u8];
             BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0 => unreachable!("not a K-quant"),
         }
     }
+}
+
+/// The eight 6-bit scales (bytes 0-7) and eight 6-bit mins (bytes 8-15) of a Q4_K/Q5_K block
+/// from the 12 packed bytes at `packed` (ggml's `utmp` shuffle, on one vector).
+///
+/// # Safety
+/// `packed` must be followed by at least 16 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn scales_and_mins(packed: *const u8) -> __m128i {
+    // Words w0 w1 w2 (w3 is not ours). Scales: w0 & 0x3f.., then the low nibbles of w2 with the
+    // top two bits of w0's bytes on top; mins the same from w1 and the high nibbles of w2.
+    // SAFETY: the caller guarantees 16 readable bytes.
+    let words = unsafe { _mm_loadu_si128(packed.cast()) };
+    let low = _mm_shuffle_epi32(words, 0b10_01_10_00); // w0 w2 w1 w2
+    let low = _mm_and_si128(
+        _mm_srlv_epi32(low, _mm_set_epi32(4, 0, 0, 0)),
+        _mm_set_epi32(0x0f0f_0f0f, 0x3f3f_3f3f, 0x0f0f_0f0f, 0x3f3f_3f3f),
+    );
+    let top = _mm_shuffle_epi32(words, 0b01_00_00_00); // -- w0 -- w1
+    let top = _mm_and_si128(_mm_srli_epi32(top, 2), _mm_set_epi32(0x3030_3030, 0, 0x3030_3030, 0));
+    _mm_or_si128(low, top)
 }
 
 /// `scales` (eight i16 in each 128-bit lane) with scale `j` in every 16-bit element.
@@ -59,8 +81,7 @@ unsafe fn q4k_or_q5k<const R: usize, const FIVE_BITS: bool>(rows: [&[u8]; R], x:
                 let block = rows[r].get_unchecked(b * bytes..(b + 1) * bytes);
                 let d = f16_at(block, 0) * x.scale[b];
                 let dmin = f16_at(block, 2) * x.scale[b];
-                let [s0, s1, m0, m1] = layout::scales_and_mins_words(&block[4..16]);
-                let scales_and_mins = _mm256_cvtepu8_epi16(_mm_set_epi32(m1 as i32, m0 as i32, s1 as i32, s0 as i32));
+                let scales_and_mins = _mm256_cvtepu8_epi16(scales_and_mins(block.as_ptr().add(4)));
                 let mins = _mm_madd_epi16(_mm256_extracti128_si256(scales_and_mins, 1), sums);
                 acc_mins[r] = _mm_fmadd_ps(_mm_set1_ps(-dmin), _mm_cvtepi32_ps(mins), acc_mins[r]);
                 let scales = _mm256_castsi256_si128(scales_and_mins);
@@ -157,4 +178,30 @@ fn horizontal_sum(acc: __m256) -> f32 {
 fn horizontal_sum_128(quad: __m128) -> f32 {
     let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::Isa;
+    use crate::kernels::kquant::layout;
+
+    #[test]
+    fn the_vector_unpacking_of_scales_and_mins_matches_the_byte_unpacking() {
+        if Isa::detected() < Isa::Avx2 {
+            return;
+        }
+        for seed in 0..16u8 {
+            let packed: Vec<u8> = (0..16u8).map(|i| i.wrapping_mul(97).wrapping_add(seed.wrapping_mul(61))).collect();
+            let (scales, mins) = layout::scales_and_mins(&packed[..12]);
+            let mut got = [0u8; 16];
+            // SAFETY: AVX2 is present (checked above) and `packed` has 16 bytes.
+            #[allow(unsafe_code)]
+            unsafe {
+                _mm_storeu_si128(got.as_mut_ptr().cast(), scales_and_mins(packed.as_ptr()));
+            }
+            assert_eq!(got[..8], scales, "scales, seed {seed}");
+            assert_eq!(got[8..], mins, "mins, seed {seed}");
+        }
+    }
 }

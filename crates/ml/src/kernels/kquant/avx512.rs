@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Q8KRow, f16_at, layout};
+use super::{Q8KRow, avx2, f16_at};
 use crate::kernels::{BlockFormat, SUPER_BLOCK};
 
 /// `R` weight rows against one activation row.
@@ -70,11 +70,11 @@ unsafe fn q4k_or_q5k<const R: usize, const FIVE_BITS: bool>(rows: [&[u8]; R], x:
                 let block = rows[r].get_unchecked(b * bytes..(b + 1) * bytes);
                 let d = f16_at(block, 0) * x.scale[b];
                 let dmin = f16_at(block, 2) * x.scale[b];
-                let [s0, s1, m0, m1] = layout::scales_and_mins_words(&block[4..16]);
-                let mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, m1 as i32, m0 as i32));
+                let scales_and_mins = _mm256_cvtepu8_epi16(avx2::scales_and_mins(block.as_ptr().add(4)));
+                let mins = _mm256_extracti128_si256(scales_and_mins, 1);
                 acc_mins[r] =
                     _mm_fmadd_ps(_mm_set1_ps(-dmin), _mm_cvtepi32_ps(_mm_madd_epi16(mins, sums)), acc_mins[r]);
-                let scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, s1 as i32, s0 as i32)));
+                let scales = _mm512_castsi256_si512(scales_and_mins);
                 // Fifth bits: the low half of this vector serves even sub-blocks, the high half odd.
                 let high_bits = _mm256_loadu_si256(block.as_ptr().add(16).cast());
                 let mut high_bits =

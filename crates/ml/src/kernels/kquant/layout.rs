@@ -28,22 +28,6 @@ pub(super) fn scales_and_mins(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
     (scales, mins)
 }
 
-/// The same unpacking on the 12 bytes read as three little-endian words, the way ggml's SIMD
-/// kernels do it: words 0-1 hold the eight scales, words 2-3 the eight mins, a byte each.
-pub(super) fn scales_and_mins_words(packed: &[u8]) -> [u32; 4] {
-    const LOW_SIX: u32 = 0x3f3f_3f3f;
-    const LOW_FOUR: u32 = 0x0f0f_0f0f;
-    const LOW_TWO: u32 = 0x0303_0303;
-    let word = |i: usize| u32::from_le_bytes([packed[4 * i], packed[4 * i + 1], packed[4 * i + 2], packed[4 * i + 3]]);
-    let (w0, w1, w2) = (word(0), word(1), word(2));
-    [
-        w0 & LOW_SIX,
-        (w2 & LOW_FOUR) | (((w0 >> 6) & LOW_TWO) << 4),
-        w1 & LOW_SIX,
-        ((w2 >> 4) & LOW_FOUR) | (((w1 >> 6) & LOW_TWO) << 4),
-    ]
-}
-
 /// The unsigned 6-bit quant (0..64, stored with +32) of value `v` of a Q6_K block.
 pub(super) fn q6k_quant(block: &[u8], v: usize) -> u8 {
     let (half, within) = (v / 128, v % 128);
@@ -86,20 +70,5 @@ pub(super) fn dequantize_block(format: BlockFormat, block: &[u8], out: &mut [f32
             }
         }
         BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0 => unreachable!("not a K-quant"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_word_unpacking_matches_the_byte_unpacking() {
-        let packed: Vec<u8> = (0..12u8).map(|i| i.wrapping_mul(97).wrapping_add(13)).collect();
-        let (scales, mins) = scales_and_mins(&packed);
-        let words = scales_and_mins_words(&packed);
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        assert_eq!(&bytes[..8], &scales);
-        assert_eq!(&bytes[8..], &mins);
     }
 }
