@@ -87,7 +87,9 @@ fn main() {
 }
 
 fn run(what: &str, threads: usize) {
-    let path = smollm2_path();
+    // OPENLEDGER_BENCH_MODEL=<gguf> runs the same benches on another model (e.g. a Q4_K_M one).
+    let model_env = std::env::var_os("OPENLEDGER_BENCH_MODEL");
+    let path = model_env.map_or_else(smollm2_path, std::path::PathBuf::from);
     assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh smollm2", path.display());
     let (model, _) = load_model(&path, &Device::Cpu).expect("model");
     let weight_bytes = model.format().weight_bytes as f64;
