@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::Device;
 use openledger_ml::adapters::load_adapter_dir;
 use openledger_ml::lora::AdapterMix;
-use openledger_ml::testing::{peak_rss_mib, smollm2_path, write_peft_adapter};
+use openledger_ml::testing::{peak_rss_mib, smollm2_path, thread_minor_faults, write_peft_adapter};
 use openledger_ml::{LlamaModel, SeqStep, Target, load_model};
 
 const PROMPT: [u32; 5] = [504, 3575, 282, 4649, 314];
@@ -118,24 +118,28 @@ fn run(what: &str, threads: usize) {
         }
     }
     if what == "load" || what == "all" {
-        let mut times = Vec::new();
+        let (mut times, mut faults) = (Vec::new(), Vec::new());
         for round in 0..5 {
             for i in 0..100 {
-                let started = Instant::now();
+                let (started, faults_before) = (Instant::now(), thread_minor_faults());
                 let a = load_adapter_dir(&format!("a{i}"), &dir.path().join(format!("a{i}")), &model).expect("load");
                 times.push(started.elapsed().as_secs_f64() * 1e3);
+                faults.push((thread_minor_faults() - faults_before) as f64);
                 if round == 0 {
                     adapters.push(Arc::new(a));
                 }
             }
         }
         times.sort_by(f64::total_cmp);
+        faults.sort_by(f64::total_cmp);
         println!(
-            "adapter cold load (rank 16, q/k/v/o, {:.1} MB in memory): p50 {:.2} ms, p99 {:.2} ms over {} loads",
+            "adapter cold load (rank 16, q/k/v/o, {:.1} MB in memory): p50 {:.2} ms, p99 {:.2} ms over {} loads; minor page faults per load p50 {:.0}, p99 {:.0}",
             adapters[0].size_bytes() as f64 / 1e6,
             percentile(&times, 0.5),
             percentile(&times, 0.99),
-            times.len()
+            times.len(),
+            percentile(&faults, 0.5),
+            percentile(&faults, 0.99)
         );
     } else if needs_adapters {
         for i in 0..100 {

@@ -29,12 +29,17 @@ pub fn load_adapter_dir(id: &str, dir: &Path, model: &LlamaModel) -> Result<Lora
         .map_err(|_| MlError::NotFound { what: "adapter", path: config_path.display().to_string() })?;
     let config = AdapterConfig::parse(&config)?;
     let weights_path = dir.join(ADAPTER_WEIGHTS);
-    let size = std::fs::metadata(&weights_path).map_err(|e| MlError::io(&weights_path, e))?.len();
+    let file = std::fs::File::open(&weights_path).map_err(|e| MlError::io(&weights_path, e))?;
+    let size = file.metadata().map_err(|e| MlError::io(&weights_path, e))?.len();
     if size > MAX_ADAPTER_BYTES {
         return Err(MlError::corrupt("adapter", format!("{size} bytes exceeds {MAX_ADAPTER_BYTES}")));
     }
-    let tensors = crate::model::read_safetensors(&weights_path, model.device())?;
-    LoraAdapter::from_peft(id, &config, tensors, model.config(), model.device())
+    // Mapped rather than read: each tensor is converted once, from the page cache straight
+    // into the adapter's own buffer.
+    let mapped = crate::memory::map_file(&file).map_err(|e| MlError::io(&weights_path, e))?;
+    let weights = safetensors::SafeTensors::deserialize(&mapped)
+        .map_err(|e| MlError::corrupt("safetensors", format!("{}: {e}", weights_path.display())))?;
+    LoraAdapter::from_safetensors(id, &config, &weights, model.config(), model.device())
 }
 
 /// Where adapter ids resolve to files. Ids of the directory and object-store sources are
@@ -304,5 +309,50 @@ impl AdapterCache {
 
     pub fn cached_bytes(&self) -> usize {
         self.lock().bytes
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use candle_core::Device;
+    use candle_core::quantized::GgmlDType;
+
+    use super::*;
+    use crate::Target;
+    use crate::testing::{TinyModel, TinySpec, write_peft_adapter};
+
+    /// The mapped weights file is checked like a read one: cut short, empty or garbled, it is
+    /// refused as corrupt with the file named; missing, as not found.
+    #[test]
+    fn a_truncated_or_garbled_weights_file_is_refused_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let tiny = TinyModel::new(TinySpec::default()).unwrap();
+        let model =
+            LlamaModel::from_gguf(&tiny.write_gguf(&dir.path().join("t.gguf"), GgmlDType::Q8_0).unwrap(), &Device::Cpu)
+                .unwrap();
+        let adapter =
+            write_peft_adapter(&dir.path().join("a"), model.config(), 4, &[Target::Q, Target::V], 1, false).unwrap();
+        let weights = adapter.join(ADAPTER_WEIGHTS);
+        let good = std::fs::read(&weights).unwrap();
+        assert_eq!(load_adapter_dir("a", &adapter, &model).unwrap().pairs().count(), 2 * model.config().num_layers);
+
+        let cases: [(&str, &[u8]); 4] = [
+            ("one byte short", &good[..good.len() - 1]),
+            ("cut in its header", &good[..40]),
+            ("empty", b""),
+            ("garbled", b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a safetensors file"),
+        ];
+        for (case, bytes) in cases {
+            std::fs::write(&weights, bytes).unwrap();
+            let err = load_adapter_dir("a", &adapter, &model).unwrap_err();
+            assert!(
+                matches!(err, MlError::Corrupt { .. }) && err.to_string().contains(&weights.display().to_string()),
+                "{case}: {err}"
+            );
+        }
+        std::fs::remove_file(&weights).unwrap();
+        let err = load_adapter_dir("a", &adapter, &model).unwrap_err();
+        assert!(matches!(err, MlError::NotFound { .. }), "{err}");
     }
 }

@@ -11,6 +11,9 @@ pub mod error;
 mod host;
 pub mod kernels;
 pub mod lora;
+// Maps files and advises the kernel about buffers: the crate's only system calls on memory.
+#[allow(unsafe_code)]
+mod memory;
 pub mod model;
 mod pool;
 pub mod sampling;

@@ -1,11 +1,14 @@
 //! LoRA adapters in PEFT format (`adapter_config.json` + `adapter_model.safetensors`) and the
 //! per-row application of their deltas inside a batched forward pass.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::config::ModelConfig;
@@ -190,13 +193,45 @@ impl LoraAdapter {
         base: &ModelConfig,
         device: &Device,
     ) -> Result<Self> {
+        let tensors = tensors
+            .into_iter()
+            .map(|(name, tensor)| Ok((name, PeftTensor::from_tensor(&tensor)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Self::build(id, config, tensors, base, device)
+    }
+
+    /// Builds an adapter from a parsed `adapter_model.safetensors` (a mapped file, say),
+    /// converting each tensor once, straight from the file's bytes into the adapter's buffer.
+    pub fn from_safetensors(
+        id: &str,
+        config: &AdapterConfig,
+        file: &SafeTensors<'_>,
+        base: &ModelConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let tensors =
+            file.iter().map(|(name, view)| Ok((name, PeftTensor::from_view(&view)?))).collect::<Result<Vec<_>>>()?;
+        Self::build(id, config, tensors, base, device)
+    }
+
+    /// Checks the tensors' names, layers, targets, pairing and shapes against `config` and
+    /// `base`, then converts them into one f32 buffer (q/k `B` rows permuted for bases with
+    /// interleaved RoPE). On the CPU the pairs are views of that buffer; on other devices
+    /// each pair is copied there.
+    fn build<'a>(
+        id: &str,
+        config: &AdapterConfig,
+        tensors: Vec<(impl AsRef<str>, PeftTensor<'a>)>,
+        base: &ModelConfig,
+        device: &Device,
+    ) -> Result<Self> {
         let mismatch = |detail: String| MlError::AdapterMismatch { adapter: id.to_string(), detail };
         let targets = config.targets()?;
         let scale = config.scale();
-        let mut pairs: Vec<[Option<LoraPair>; 7]> = (0..base.num_layers).map(|_| Default::default()).collect();
-        let mut halves: HashMap<(usize, Target), (Option<Tensor>, Option<Tensor>)> = HashMap::new();
+        let mut halves: BTreeMap<(usize, Target), (Option<PeftTensor<'a>>, Option<PeftTensor<'a>>)> = BTreeMap::new();
         for (name, tensor) in tensors {
-            let Some((layer, target, is_a)) = parse_peft_name(&name) else {
+            let name = name.as_ref();
+            let Some((layer, target, is_a)) = parse_peft_name(name) else {
                 return Err(MlError::corrupt("adapter_model.safetensors", format!("unexpected tensor {name:?}")));
             };
             if layer >= base.num_layers {
@@ -209,13 +244,12 @@ impl LoraAdapter {
                 ));
             }
             let slot = halves.entry((layer, target)).or_default();
-            let tensor = tensor.to_dtype(DType::F32)?.to_device(device)?;
             if is_a { slot.0 = Some(tensor) } else { slot.1 = Some(tensor) }
         }
         if halves.is_empty() {
             return Err(MlError::corrupt("adapter_model.safetensors", "no LoRA tensors"));
         }
-        let mut bytes = 0;
+        let mut pairs = Vec::with_capacity(halves.len());
         for ((layer, target), (a, b)) in halves {
             let (Some(a), Some(b)) = (a, b) else {
                 return Err(MlError::corrupt(
@@ -224,24 +258,45 @@ impl LoraAdapter {
                 ));
             };
             let (in_features, out_features) = base.projection_shape(target);
-            if a.dims() != [config.r, in_features] || b.dims() != [out_features, config.r] {
+            if a.shape != [config.r, in_features] || b.shape != [out_features, config.r] {
                 return Err(mismatch(format!(
                     "layer {layer} {}: A {:?} and B {:?}, the base needs A [{}, {in_features}] and B [{out_features}, {}]",
                     target.module_name(),
-                    a.dims(),
-                    b.dims(),
+                    a.shape,
+                    b.shape,
                     config.r,
                     config.r
                 )));
             }
-            let b = match base.interleaved_rope_heads(target) {
-                Some(heads) => permute_for_interleaved_rope(&b, heads)?,
-                None => b,
-            };
-            bytes += (a.elem_count() + b.elem_count()) * 4;
-            pairs[layer][target.index()] = Some(LoraPair { a: a.contiguous()?, b: b.contiguous()? });
+            pairs.push(((layer, target), a, b));
         }
-        Ok(Self { id: id.to_string(), rank: config.r, scale, pairs, bytes })
+        let elements: usize = pairs.iter().map(|(_, a, b)| a.len() + b.len()).sum();
+        let mut host = crate::memory::prefaulted_f32(elements);
+        for ((_, target), a, b) in &pairs {
+            a.extend_all(&mut host);
+            match base.interleaved_rope_heads(*target) {
+                Some(heads) => b.extend_rows(interleaved_rope_order(b.shape[0], heads), &mut host),
+                None => b.extend_all(&mut host),
+            }
+        }
+        debug_assert_eq!(host.len(), elements);
+        let (shared, host) =
+            if device.is_cpu() { (Some(Tensor::from_vec(host, elements, device)?), Vec::new()) } else { (None, host) };
+        let part = |offset: usize, shape: &[usize]| -> Result<Tensor> {
+            let (rows, cols) = (shape[0], shape[1]);
+            Ok(match &shared {
+                Some(all) => all.narrow(0, offset, rows * cols)?.reshape((rows, cols))?,
+                None => Tensor::from_slice(&host[offset..offset + rows * cols], (rows, cols), device)?,
+            })
+        };
+        let mut slots: Vec<[Option<LoraPair>; 7]> = (0..base.num_layers).map(|_| Default::default()).collect();
+        let mut offset = 0;
+        for ((layer, target), a, b) in &pairs {
+            slots[*layer][target.index()] =
+                Some(LoraPair { a: part(offset, &a.shape)?, b: part(offset + a.len(), &b.shape)? });
+            offset += a.len() + b.len();
+        }
+        Ok(Self { id: id.to_string(), rank: config.r, scale, pairs: slots, bytes: elements * 4 })
     }
 
     /// Every (layer, target) the adapter covers, with its pair.
@@ -259,6 +314,87 @@ impl LoraAdapter {
     pub fn size_bytes(&self) -> usize {
         self.bytes
     }
+}
+
+/// One half of a PEFT pair as the file holds it: its shape, and its elements not yet converted.
+struct PeftTensor<'a> {
+    shape: Vec<usize>,
+    elements: Elements<'a>,
+}
+
+enum Elements<'a> {
+    /// Little-endian bytes of the dtypes PEFT writes, read in place (from a mapped file).
+    F32(&'a [u8]),
+    F16(&'a [u8]),
+    Bf16(&'a [u8]),
+    /// Any other dtype candle reads, or a tensor already in memory, converted to f32.
+    Host(Vec<f32>),
+}
+
+impl<'a> PeftTensor<'a> {
+    fn from_view(view: &TensorView<'a>) -> Result<Self> {
+        let elements = match view.dtype() {
+            Dtype::F32 => Elements::F32(view.data()),
+            Dtype::F16 => Elements::F16(view.data()),
+            Dtype::BF16 => Elements::Bf16(view.data()),
+            _ => Elements::Host(view.load(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?),
+        };
+        Ok(Self { shape: view.shape().to_vec(), elements })
+    }
+
+    fn from_tensor(tensor: &Tensor) -> Result<Self> {
+        let elements = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        Ok(Self { shape: tensor.dims().to_vec(), elements: Elements::Host(elements) })
+    }
+
+    fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Appends all elements, in order, as f32.
+    fn extend_all(&self, out: &mut Vec<f32>) {
+        self.extend_elements(0..self.len(), out);
+    }
+
+    /// Appends the given rows (of this 2-D tensor), in that order, as f32.
+    fn extend_rows(&self, rows: impl Iterator<Item = usize>, out: &mut Vec<f32>) {
+        let cols = self.shape[1];
+        for row in rows {
+            self.extend_elements(row * cols..(row + 1) * cols, out);
+        }
+    }
+
+    fn extend_elements(&self, range: std::ops::Range<usize>, out: &mut Vec<f32>) {
+        match &self.elements {
+            Elements::F32(bytes) => out.extend(
+                bytes[range.start * 4..range.end * 4]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+            Elements::F16(bytes) => out.extend(
+                bytes[range.start * 2..range.end * 2]
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
+            Elements::Bf16(bytes) => out.extend(
+                bytes[range.start * 2..range.end * 2]
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
+            Elements::Host(values) => out.extend_from_slice(&values[range]),
+        }
+    }
+}
+
+/// The source row of each row of `permute_for_interleaved_rope`'s output, in output order:
+/// within each head, "two halves" rows `i` and `half + i` become the pair `2i`, `2i + 1`.
+fn interleaved_rope_order(rows: usize, heads: usize) -> impl Iterator<Item = usize> {
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    (0..rows).map(move |row| {
+        let (head, within) = (row / head_dim, row % head_dim);
+        head * head_dim + (within % 2) * half + within / 2
+    })
 }
 
 /// Parses `base_model.model.model.layers.{i}.{self_attn|mlp}.{module}.lora_{A|B}.weight`.
@@ -554,6 +690,69 @@ mod tests {
             .apply_cpu(0, Target::Q, &x.narrow(1, 0, 16).unwrap(), Tensor::ones((4, 18), DType::F32, &device).unwrap())
             .unwrap();
         assert_eq!(untouched.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 4 * 18]);
+    }
+
+    /// Tensors read in place from safetensors bytes (F32, F16 and BF16, and F64 through candle)
+    /// load as the tensors they were saved from, with the q/k `B` rows of a base with
+    /// interleaved RoPE permuted as `permute_for_interleaved_rope` does.
+    #[test]
+    fn safetensors_bytes_load_as_the_tensors_saved() {
+        let device = Device::Cpu;
+        let base = ModelConfig {
+            architecture: "llama".into(),
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_layers: 2,
+            num_heads: 2,
+            num_kv_heads: 1,
+            head_dim: 8,
+            vocab_size: 10,
+            context_length: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 1e4,
+            rope_scaling: None,
+            rope_interleaved: true,
+            tie_word_embeddings: false,
+        };
+        let config =
+            AdapterConfig::parse(r#"{"r":4,"lora_alpha":8,"target_modules":["q_proj","k_proj","v_proj","o_proj"]}"#)
+                .unwrap();
+        let dtypes = [DType::F32, DType::F16, DType::BF16, DType::F64];
+        let mut tensors = HashMap::new();
+        for layer in 0..2 {
+            for (i, target) in [Target::Q, Target::K, Target::V, Target::O].into_iter().enumerate() {
+                let (in_features, out_features) = base.projection_shape(target);
+                let values = |rows: usize, cols: usize, seed: usize| {
+                    let n = (rows * cols) as f32;
+                    let ramp = (Tensor::arange(0f32, n, &device).unwrap() * 0.37).unwrap();
+                    (ramp + seed as f64).unwrap().sin().unwrap().reshape((rows, cols))
+                };
+                let dtype = dtypes[(2 * layer + i) % dtypes.len()];
+                let a = values(4, in_features, 2 * i).unwrap().to_dtype(dtype).unwrap();
+                let b = values(out_features, 4, 2 * i + 1).unwrap().to_dtype(dtype).unwrap();
+                tensors.insert(peft_tensor_name(layer, target, true), a);
+                tensors.insert(peft_tensor_name(layer, target, false), b);
+            }
+        }
+        let bytes = safetensors::serialize(&tensors, None).unwrap();
+        let adapter =
+            LoraAdapter::from_safetensors("t", &config, &SafeTensors::deserialize(&bytes).unwrap(), &base, &device)
+                .unwrap();
+
+        assert_eq!(adapter.pairs().count(), 8);
+        let mut elements = 0;
+        for ((layer, target), pair) in adapter.pairs() {
+            let saved = |a: bool| tensors[&peft_tensor_name(layer, target, a)].to_dtype(DType::F32).unwrap();
+            let b = match base.interleaved_rope_heads(target) {
+                Some(heads) => permute_for_interleaved_rope(&saved(false), heads).unwrap(),
+                None => saved(false),
+            };
+            let rows = |t: &Tensor| t.to_vec2::<f32>().unwrap();
+            assert_eq!(rows(&pair.a), rows(&saved(true)), "layer {layer} {target:?} A");
+            assert_eq!(rows(&pair.b), rows(&b), "layer {layer} {target:?} B");
+            elements += pair.a.elem_count() + pair.b.elem_count();
+        }
+        assert_eq!(adapter.size_bytes(), elements * 4);
     }
 
     #[test]

@@ -245,3 +245,12 @@ pub fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0);
     kib / 1024.0
 }
+
+/// Minor page faults taken so far by the calling thread (`minflt` of `/proc/thread-self/stat`),
+/// for benches; 0 where that file does not exist.
+pub fn thread_minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces: minflt is
+    // the 10th field of the line, the 8th after the closing parenthesis.
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(7)?.parse().ok()).unwrap_or(0)
+}

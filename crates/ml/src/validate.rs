@@ -1,7 +1,7 @@
 //! Checks a PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`, as bytes) against
 //! a base model before anything stores or serves it: sizes, the config's options, rank and
 //! targets, then every tensor's name, dtype and shape against the base's projection shapes,
-//! and last the engine's own loader ([`LoraAdapter::from_peft`]), so an adapter that passes here
+//! and last the engine's own loader ([`LoraAdapter::from_safetensors`]), so an adapter that passes here
 //! loads in every engine serving that base. Pure: no I/O, no network.
 
 use std::collections::BTreeMap;
@@ -75,8 +75,8 @@ pub fn check_adapter(
     targets.dedup();
     let pairs = check_tensors(base_id, base, &config, &targets, weights)?;
     // The engine's loader has the last word: what it refuses, no engine could serve.
-    let tensors = candle_core::safetensors::load_buffer(weights, &Device::Cpu)?;
-    LoraAdapter::from_peft(base_id, &config, tensors, base, &Device::Cpu)?;
+    let file = SafeTensors::deserialize(weights).map_err(|e| MlError::corrupt("adapter_model.safetensors", e))?;
+    LoraAdapter::from_safetensors(base_id, &config, &file, base, &Device::Cpu)?;
     Ok(CheckedAdapter { rank: config.r, targets, pairs, config })
 }
 
