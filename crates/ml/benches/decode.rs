@@ -11,7 +11,7 @@ use candle_core::Device;
 use openledger_ml::adapters::load_adapter_dir;
 use openledger_ml::lora::AdapterMix;
 use openledger_ml::testing::{peak_rss_mib, smollm2_path, write_peft_adapter};
-use openledger_ml::{LlamaModel, SeqStep, Target, load_model};
+use openledger_ml::{ComputePool, LlamaModel, SeqStep, Target, load_model};
 
 const PROMPT: [u32; 5] = [504, 3575, 282, 4649, 314];
 
@@ -81,9 +81,11 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    // Like the engine: the whole run inside the compute pool, so the caller is a worker.
+    // Like the engine: the whole run with the compute pool installed (the caller is one of its
+    // threads), and rayon sized alike for what still runs on it.
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("rayon pool");
-    rayon::scope(|_| run(&what, threads));
+    let pool = ComputePool::new(threads).expect("compute pool");
+    pool.install(|| run(&what, threads));
 }
 
 fn run(what: &str, threads: usize) {

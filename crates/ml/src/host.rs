@@ -4,8 +4,6 @@
 //! (`kernels.rs`) and LoRA deltas on `LoraPlan::apply_host`. The tensor path in `model.rs` is
 //! the same computation for other devices (and the reference the tests hold this one to).
 
-use rayon::prelude::*;
-
 use crate::error::{MlError, Result};
 
 /// A contiguous CPU f32 tensor's elements.
@@ -202,9 +200,10 @@ pub(crate) fn attention(
         let (q, kv, position) = rows[0];
         shape.attend(q, kv, position, &mut Vec::new(), &mut out);
     } else {
-        out.par_chunks_mut(q_width)
-            .zip(rows.par_iter())
-            .for_each_init(Vec::new, |scores, (out, &(q, kv, position))| shape.attend(q, kv, position, scores, out));
+        crate::pool::for_each_chunk(&mut out, q_width, |r, out| {
+            let (q, kv, position) = rows[r];
+            shape.attend(q, kv, position, &mut Vec::new(), out);
+        });
     }
     out
 }

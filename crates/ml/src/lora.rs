@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::config::ModelConfig;
@@ -419,10 +418,10 @@ impl LoraPlan {
                 g.rows.chunks(ROWS_PER_TASK).zip(g.weights.chunks(ROWS_PER_TASK)).map(move |(r, w)| (pair, r, w))
             })
             .collect();
-        let deltas = tasks
-            .par_iter()
-            .map(|&(pair, rows, weights)| {
-                with_f32(&pair.a, |a| {
+        let mut deltas: Vec<Result<Vec<f32>>> = tasks.iter().map(|_| Ok(Vec::new())).collect();
+        crate::pool::for_each_chunk(&mut deltas, 1, |t, delta| {
+            let (pair, rows, weights) = tasks[t];
+            delta[0] = with_f32(&pair.a, |a| {
                     with_f32(&pair.b, |b| {
                         let rank = a.len() / in_features;
                         let out_features = b.len() / rank;
@@ -436,9 +435,9 @@ impl LoraPlan {
                         }
                         Ok(delta)
                     })
-                })
-            })
-            .collect::<Result<Vec<Vec<f32>>>>()?;
+                });
+        });
+        let deltas = deltas.into_iter().collect::<Result<Vec<Vec<f32>>>>()?;
         for ((_, rows, _), delta) in tasks.iter().zip(&deltas) {
             let out_features = delta.len() / rows.len();
             for (&row, d) in rows.iter().zip(delta.chunks_exact(out_features)) {
