@@ -13,19 +13,21 @@ use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-/// How long a worker spins for the next dispatch before it parks. Within a decode step the
-/// caller's serial work between two dispatches (norms, activation quantization, sampling
-/// between steps) takes microseconds to a few tens of them; a wake-up from park costs about
-/// 15 µs per dispatch. 500 µs covers the gaps between the steps of a busy engine too, and
-/// costs an idle engine half a millisecond of CPU per worker once, after its last step.
+/// How long a worker spins for the next dispatch before it parks (and a caller for stragglers
+/// before it parks). The caller's serial work between two dispatches of a two-thread SmolLM2
+/// decode (norms, activation quantization, the argmax between tokens) took 7 µs at the median,
+/// 54 µs at p99 and 112 µs at p99.9 on a loaded machine, measured; a wake-up from park costs
+/// about 15 µs. 500 µs also spans the engine's own work between two steps (sampling, events),
+/// so a busy engine's workers never park; an idle pool spins this long once, then parks.
+/// `OPENLEDGER_POOL_SPIN_US` overrides it (0 parks at once), read when a pool starts.
 pub const SPIN: Duration = Duration::from_micros(500);
 
-/// Spins between two reads of the clock while spinning.
+/// Spins between two reads of the clock (and yields of the core) while spinning.
 const SPINS_PER_CLOCK_READ: u32 = 64;
 
 /// Threads a `run` spreads over: the installed pool's, else the current rayon pool's.
@@ -91,19 +93,22 @@ pub struct ComputePool {
 type Task<'a> = dyn Fn(usize) + Sync + 'a;
 
 /// A dispatch as the workers see it.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Job {
-    /// Lives until the dispatch returns: see `ComputePool::dispatch`.
+    /// Lives until the dispatch returns: see `Shared::dispatch`.
     f: &'static Task<'static>,
     tasks: usize,
     generation: usize,
+    /// Unparked by the last worker to finish, in case it waits past its spin window.
+    caller: Thread,
 }
 
 /// What workers wait on, under one lock.
 struct Slot {
     /// The dispatch in progress; cleared by its caller once all its tasks are claimed.
     job: Option<Job>,
-    /// Workers waiting on `Shared::wake`.
+    /// Workers waiting on `Shared::wake` and not yet notified: the next dispatch notifies
+    /// only if some are, once (a notified worker may take a while to run on a busy machine).
     parked: usize,
     stop: bool,
 }
@@ -127,9 +132,11 @@ struct Shared {
 }
 
 impl ComputePool {
-    /// A pool of `threads` threads (at least one: the caller), whose workers spin for [`SPIN`].
+    /// A pool of `threads` threads (at least one: the caller), whose workers spin for [`SPIN`]
+    /// (or `OPENLEDGER_POOL_SPIN_US` µs).
     pub fn new(threads: usize) -> std::io::Result<Self> {
-        Self::with_spin(threads, SPIN)
+        let spin = std::env::var("OPENLEDGER_POOL_SPIN_US").ok().and_then(|v| v.parse().ok());
+        Self::with_spin(threads, spin.map_or(SPIN, Duration::from_micros))
     }
 
     fn with_spin(threads: usize, spin: Duration) -> std::io::Result<Self> {
@@ -196,6 +203,7 @@ impl Drop for ComputePool {
         {
             let mut slot = lock(&self.shared.slot);
             slot.stop = true;
+            slot.parked = 0;
             self.shared.generation.fetch_add(1, Ordering::Release);
             self.shared.wake.notify_all();
         }
@@ -233,11 +241,12 @@ impl Shared {
         let job = {
             let mut slot = lock(&self.slot);
             let generation = self.generation.load(Ordering::Relaxed).wrapping_add(1);
-            let job = Job { f, tasks, generation };
+            let job = Job { f, tasks, generation, caller: std::thread::current() };
             self.next_task.store(0, Ordering::Relaxed);
-            slot.job = Some(job);
+            slot.job = Some(job.clone());
             self.generation.store(generation, Ordering::Release);
             if slot.parked > 0 {
+                slot.parked = 0;
                 self.wake.notify_all();
             }
             job
@@ -267,7 +276,10 @@ impl Shared {
         let mut seen = 0; // the pool starts at generation 0, before any dispatch
         while let Some(job) = self.next_job(&mut seen) {
             self.claim_tasks(&job);
-            self.busy.fetch_sub(1, Ordering::Release);
+            let Job { caller, .. } = job; // done with `f`: it may dangle once `busy` drops
+            if self.busy.fetch_sub(1, Ordering::Release) == 1 {
+                caller.unpark();
+            }
         }
     }
 
@@ -275,24 +287,21 @@ impl Shared {
     /// in `busy`; `None` once the pool is dropped.
     fn next_job(&self, seen: &mut usize) -> Option<Job> {
         loop {
-            let spun_out = !self.spin_until_changed(*seen);
+            let spun_out = !spin_until(self.spin, || self.generation.load(Ordering::Acquire) != *seen);
             let mut slot = lock(&self.slot);
-            if spun_out {
+            let idle = |s: &mut Slot| !s.stop && self.generation.load(Ordering::Relaxed) == *seen;
+            if spun_out && idle(&mut slot) {
                 slot.parked += 1;
-                slot = self
-                    .wake
-                    .wait_while(slot, |s| !s.stop && self.generation.load(Ordering::Relaxed) == *seen)
-                    .unwrap_or_else(PoisonError::into_inner);
-                slot.parked -= 1;
+                slot = self.wake.wait_while(slot, idle).unwrap_or_else(PoisonError::into_inner);
             }
             if slot.stop {
                 return None;
             }
-            match slot.job {
+            match &slot.job {
                 Some(job) if job.generation != *seen => {
                     *seen = job.generation;
                     self.busy.fetch_add(1, Ordering::Relaxed);
-                    return Some(job);
+                    return Some(job.clone());
                 }
                 // The caller finished that dispatch alone: spin again for the next one.
                 _ => *seen = self.generation.load(Ordering::Relaxed),
@@ -300,20 +309,27 @@ impl Shared {
         }
     }
 
-    /// Spins until the generation differs from `seen` (true) or the spin window passes (false).
-    fn spin_until_changed(&self, seen: usize) -> bool {
-        let started = Instant::now();
-        loop {
-            for _ in 0..SPINS_PER_CLOCK_READ {
-                if self.generation.load(Ordering::Acquire) != seen {
-                    return true;
-                }
-                std::hint::spin_loop();
+}
+
+/// Spins until `done()` (true) or for `window` (false), offering the core to other threads
+/// every few spins: on an idle core `yield_now` returns at once (a fraction of a µs), but
+/// where threads outnumber cores, as on a shared machine or when the caller and a worker land
+/// on one core, pure spinning holds the core the other thread needs for a whole time slice.
+/// Measured on 2 shared cores at load 5-9: pure spinning made one futex call per dispatch
+/// (parks, wake-ups) and decoded slower than rayon; yielding made 150-500 futex calls per run.
+fn spin_until(window: Duration, done: impl Fn() -> bool) -> bool {
+    let started = Instant::now();
+    loop {
+        for _ in 0..SPINS_PER_CLOCK_READ {
+            if done() {
+                return true;
             }
-            if started.elapsed() >= self.spin {
-                return false;
-            }
+            std::hint::spin_loop();
         }
+        if started.elapsed() >= window {
+            return false;
+        }
+        std::thread::yield_now();
     }
 }
 
@@ -323,14 +339,12 @@ struct Published<'a>(&'a Shared);
 impl Drop for Published<'_> {
     fn drop(&mut self) {
         lock(&self.0.slot).job = None;
-        // Stragglers finish tasks they claimed. Past the spin window (a worker descheduled on
-        // a busy machine) yield the core to it rather than spin against it.
-        let started = Instant::now();
-        while self.0.busy.load(Ordering::Acquire) > 0 {
-            if started.elapsed() < self.0.spin {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
+        // Stragglers finish the tasks they claimed. Past the spin window (a worker descheduled
+        // on a busy machine) park until the last one unparks us, rather than burn the core.
+        let idle = || self.0.busy.load(Ordering::Acquire) == 0;
+        if !spin_until(self.0.spin, idle) {
+            while !idle() {
+                std::thread::park();
             }
         }
     }
