@@ -292,8 +292,8 @@ impl Engine {
         // step's operations; the rayon pool beside it serves what still runs on rayon (candle's
         // tensor operations off the host path).
         let threads = config.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-        let compute = ComputePool::new(threads)
-            .map_err(|e| MlError::Io { path: "compute pool threads".into(), source: e })?;
+        let compute =
+            ComputePool::new(threads).map_err(|e| MlError::Io { path: "compute pool threads".into(), source: e })?;
         let tokenizer = Arc::new(tokenizer);
         let context_length = model.config().context_length;
         let stats = Arc::new(SharedStats::default());

@@ -419,23 +419,23 @@ impl LoraPlan {
             })
             .collect();
         let mut deltas: Vec<Result<Vec<f32>>> = tasks.iter().map(|_| Ok(Vec::new())).collect();
-        crate::pool::for_each_chunk(&mut deltas, 1, |t, delta| {
+        crate::pool::for_each_chunk(&mut deltas, 1, |t, out| {
             let (pair, rows, weights) = tasks[t];
-            delta[0] = with_f32(&pair.a, |a| {
-                    with_f32(&pair.b, |b| {
-                        let rank = a.len() / in_features;
-                        let out_features = b.len() / rank;
-                        let mut delta = Vec::with_capacity(rows.len() * out_features);
-                        let mut u = Vec::with_capacity(rank);
-                        for (&row, &weight) in rows.iter().zip(weights) {
-                            let x_row = &xs[row as usize * in_features..][..in_features];
-                            u.clear();
-                            u.extend(a.chunks_exact(in_features).map(|a_row| weight * dot(a_row, x_row)));
-                            delta.extend(b.chunks_exact(rank).map(|b_row| dot(b_row, &u)));
-                        }
-                        Ok(delta)
-                    })
-                });
+            out[0] = with_f32(&pair.a, |a| {
+                with_f32(&pair.b, |b| {
+                    let rank = a.len() / in_features;
+                    let out_features = b.len() / rank;
+                    let mut delta = Vec::with_capacity(rows.len() * out_features);
+                    let mut u = Vec::with_capacity(rank);
+                    for (&row, &weight) in rows.iter().zip(weights) {
+                        let x_row = &xs[row as usize * in_features..][..in_features];
+                        u.clear();
+                        u.extend(a.chunks_exact(in_features).map(|a_row| weight * dot(a_row, x_row)));
+                        delta.extend(b.chunks_exact(rank).map(|b_row| dot(b_row, &u)));
+                    }
+                    Ok(delta)
+                })
+            });
         });
         let deltas = deltas.into_iter().collect::<Result<Vec<Vec<f32>>>>()?;
         for ((_, rows, _), delta) in tasks.iter().zip(&deltas) {

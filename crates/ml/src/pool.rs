@@ -22,8 +22,10 @@ use rayon::prelude::*;
 /// before it parks). The caller's serial work between two dispatches of a two-thread SmolLM2
 /// decode (norms, activation quantization, the argmax between tokens) took 7 µs at the median,
 /// 54 µs at p99 and 112 µs at p99.9 on a loaded machine, measured; a wake-up from park costs
-/// about 15 µs. 500 µs also spans the engine's own work between two steps (sampling, events),
-/// so a busy engine's workers never park; an idle pool spins this long once, then parks.
+/// about 15 µs. 500 µs is meant to span the engine's own work between two steps too (sampling,
+/// events; not measured), so a busy engine's workers stay awake; an idle pool spins this long
+/// once, then parks. Spinning yields the core every few µs (see `spin_until`), so a longer
+/// window costs a loaded machine little: 100 and 500 µs decoded alike there.
 /// `OPENLEDGER_POOL_SPIN_US` overrides it (0 parks at once), read when a pool starts.
 pub const SPIN: Duration = Duration::from_micros(500);
 
@@ -308,15 +310,15 @@ impl Shared {
             }
         }
     }
-
 }
 
 /// Spins until `done()` (true) or for `window` (false), offering the core to other threads
 /// every few spins: on an idle core `yield_now` returns at once (a fraction of a µs), but
 /// where threads outnumber cores, as on a shared machine or when the caller and a worker land
 /// on one core, pure spinning holds the core the other thread needs for a whole time slice.
-/// Measured on 2 shared cores at load 5-9: pure spinning made one futex call per dispatch
-/// (parks, wake-ups) and decoded slower than rayon; yielding made 150-500 futex calls per run.
+/// Measured on 2 shared cores at load 5-9, one decode bench run (~80k dispatches): pure
+/// spinning made 70-88k futex calls (parks, wake-ups) and decoded slower than rayon; with the
+/// yields, 150-850.
 fn spin_until(window: Duration, done: impl Fn() -> bool) -> bool {
     let started = Instant::now();
     loop {
