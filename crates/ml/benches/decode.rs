@@ -1,8 +1,10 @@
 //! OpenLoRA engine benchmarks on SmolLM2-135M-Instruct Q4_1 (`scripts/fetch-models.sh smollm2`):
-//! single-stream decode, batch-16 decode with 1, 16 and 100 distinct adapters, adapter cold
-//! load, and peak RSS. Results and peers in bench/RESULTS.md.
+//! single-stream decode, prefill of a 512-token prompt, batch-16 decode of the base model and
+//! with 1, 16 and 100 distinct adapters, adapter cold load, and peak RSS. Results and peers in
+//! bench/RESULTS.md (`bench/llamacpp/engine.sh` runs this next to llama.cpp's own benches).
 //!
-//! `cargo bench -p openledger-ml --bench decode -- [single|batch|load|all] [--threads N]`
+//! `cargo bench -p openledger-ml --bench decode -- [single|prefill|batch|load|all] [--threads N]`
+//! (`OPENLEDGER_CPU_KERNELS` picks a lower kernel level, `OPENLEDGER_BENCH_MODEL` another GGUF).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +13,7 @@ use candle_core::Device;
 use openledger_ml::adapters::load_adapter_dir;
 use openledger_ml::lora::AdapterMix;
 use openledger_ml::testing::{peak_rss_mib, smollm2_path, thread_minor_faults, write_peft_adapter};
-use openledger_ml::{LlamaModel, SeqStep, Target, load_model};
+use openledger_ml::{ComputePool, LlamaModel, SeqStep, Target, load_model};
 
 const PROMPT: [u32; 5] = [504, 3575, 282, 4649, 314];
 
@@ -28,11 +30,34 @@ fn single_stream(model: &LlamaModel, n: usize) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Tokens/s of one forward pass over a `n`-token prompt (median of 3 after a warm-up), as
+/// `llama-bench`'s pp512 measures: the prompt's tokens are arbitrary ids.
+fn prefill(model: &LlamaModel, n: usize) -> f64 {
+    let none = AdapterMix::default();
+    let prompt: Vec<u32> = (0..n as u32).map(|i| 100 + (i * 37) % 40_000).collect();
+    let mut runs: Vec<f64> = (0..4)
+        .map(|_| {
+            let mut cache = model.new_cache(n + 1).expect("cache");
+            let started = Instant::now();
+            model.logits_for(&prompt, &mut cache, &none).expect("prefill");
+            n as f64 / started.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[1]
+}
+
 /// Aggregate decode tokens/s of 16 sequences, row i using adapter `i % distinct` of `adapters`.
 fn batch16(model: &LlamaModel, adapters: &[Arc<openledger_ml::LoraAdapter>], distinct: usize, n: usize) -> f64 {
     let rows = 16;
-    let mixes: Vec<AdapterMix> =
-        (0..rows).map(|i| AdapterMix(vec![(adapters[i % distinct.max(1)].clone(), 1.0)])).collect();
+    // `distinct == 0`: the base model, no adapter.
+    let mixes: Vec<AdapterMix> = (0..rows)
+        .map(|i| match distinct {
+            0 => AdapterMix::default(),
+            _ => AdapterMix(vec![(adapters[i % distinct].clone(), 1.0)]),
+        })
+        .collect();
     let mut caches: Vec<_> = (0..rows).map(|_| model.new_cache(PROMPT.len() + n + 1).expect("cache")).collect();
     let mut next: Vec<[u32; 1]> = vec![[0]; rows];
     {
@@ -81,9 +106,11 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    // Like the engine: the whole run inside the compute pool, so the caller is a worker.
+    // Like the engine: the whole run with the compute pool installed (the caller is one of its
+    // threads), and rayon sized alike for what still runs on it.
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("rayon pool");
-    rayon::scope(|_| run(&what, threads));
+    let pool = ComputePool::new(threads).expect("compute pool");
+    pool.install(|| run(&what, threads));
 }
 
 fn run(what: &str, threads: usize) {
@@ -93,7 +120,13 @@ fn run(what: &str, threads: usize) {
     assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh smollm2", path.display());
     let (model, _) = load_model(&path, &Device::Cpu).expect("model");
     let weight_bytes = model.format().weight_bytes as f64;
-    println!("model {} ({:.1} MB of weights), {threads} thread(s)", path.display(), weight_bytes / 1e6);
+    println!(
+        "model {} ({:.1} MB of weights), {threads} thread(s), CPU kernels {} (detected {})",
+        path.display(),
+        weight_bytes / 1e6,
+        openledger_ml::kernels::Isa::active().name(),
+        openledger_ml::kernels::Isa::detected().name()
+    );
 
     if what == "single" || what == "all" {
         single_stream(&model, 16); // warm-up
@@ -106,6 +139,9 @@ fn run(what: &str, threads: usize) {
             runs[4],
             median * weight_bytes / 1e9
         );
+    }
+    if what == "prefill" || what == "all" {
+        println!("prefill of a 512-token prompt: median {:.1} tok/s", prefill(&model, 512));
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let qkvo = [Target::Q, Target::K, Target::V, Target::O];
@@ -150,12 +186,13 @@ fn run(what: &str, threads: usize) {
     if what == "batch" || what == "all" {
         let n = 32;
         batch16(&model, &adapters, 1, 4); // warm-up
+        let base = batch16(&model, &adapters, 0, n);
         let one = batch16(&model, &adapters, 1, n);
         let sixteen = batch16(&model, &adapters, 16, n);
         // 100 adapters over 16 rows: each step's rows use different adapters (rotating sets).
         let hundred = batch16_rotating(&model, &adapters, n);
         println!(
-            "batch 16 decode: 1 adapter {one:.1} tok/s, 16 adapters {sixteen:.1} tok/s, 100 adapters {hundred:.1} tok/s ({:.2}x of one)",
+            "batch 16 decode: base model {base:.1} tok/s, 1 adapter {one:.1} tok/s, 16 adapters {sixteen:.1} tok/s, 100 adapters {hundred:.1} tok/s ({:.2}x of one)",
             hundred / one
         );
     }

@@ -16,6 +16,7 @@ use crate::adapters::{AdapterCache, AdapterSource, validate_adapter_id};
 use crate::error::{MlError, Result};
 use crate::lora::{AdapterMix, LoraAdapter};
 use crate::model::{KvCache, LlamaModel, SeqStep};
+use crate::pool::ComputePool;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
@@ -33,7 +34,8 @@ pub struct EngineConfig {
     pub adapter_cache_bytes: usize,
     /// Adapters loaded at start.
     pub preload: Vec<String>,
-    /// Compute threads (rayon); `None` uses all cores.
+    /// Compute threads (the compute pool's, and rayon's for what still runs on it); `None` uses
+    /// all cores.
     pub threads: Option<usize>,
 }
 
@@ -250,7 +252,8 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Starts the engine thread and the adapter loader thread; preloads `config.preload`.
     pub fn start(model: LlamaModel, tokenizer: Tokenizer, source: AdapterSource, config: EngineConfig) -> Result<Self> {
-        if config.max_batch_size == 0 || config.max_queue == 0 || config.max_prefill_tokens_per_step == 0 {
+        let limits = [config.max_batch_size, config.max_queue, config.max_prefill_tokens_per_step];
+        if limits.contains(&0) || config.threads == Some(0) {
             return Err(MlError::InvalidRequest("engine limits must be positive".into()));
         }
         let model = Arc::new(model);
@@ -285,6 +288,19 @@ impl Engine {
             ),
             None => None,
         };
+        // The forward pass's kernels dispatch to the compute pool, whose workers spin between a
+        // step's operations; the rayon pool beside it serves what still runs on rayon (candle's
+        // tensor operations off the host path).
+        let threads = config.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        let compute =
+            ComputePool::new(threads).map_err(|e| MlError::Io { path: "compute pool threads".into(), source: e })?;
+        tracing::info!(
+            kernels = crate::kernels::Isa::active().name(),
+            detected = crate::kernels::Isa::detected().name(),
+            threads,
+            "engine compute: CPU kernels chosen at run time ({} overrides them)",
+            crate::kernels::KERNELS_ENV
+        );
         let tokenizer = Arc::new(tokenizer);
         let context_length = model.config().context_length;
         let stats = Arc::new(SharedStats::default());
@@ -302,8 +318,9 @@ impl Engine {
         std::thread::Builder::new()
             .name("openlora-engine".into())
             .spawn(move || match pool {
-                Some(pool) => pool.install(|| scheduler.run(inbox)),
-                None => scheduler.run(inbox),
+                // Inside rayon's install: it runs the closure on one of its own threads.
+                Some(pool) => pool.install(|| compute.install(|| scheduler.run(inbox))),
+                None => compute.install(|| scheduler.run(inbox)),
             })
             .map_err(|e| MlError::Io { path: "engine thread".into(), source: e })?;
         Ok(Self { commands, stats, tokenizer, context_length, adapters, config })

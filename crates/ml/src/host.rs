@@ -4,8 +4,6 @@
 //! (`kernels.rs`) and LoRA deltas on `LoraPlan::apply_host`. The tensor path in `model.rs` is
 //! the same computation for other devices (and the reference the tests hold this one to).
 
-use rayon::prelude::*;
-
 use crate::error::{MlError, Result};
 use crate::kernels::Dense;
 
@@ -275,10 +273,10 @@ pub(crate) fn attention(
         shape.attend(q, kv, position, &mut Vec::new(), &mut out[single_at[0]..][..q_width]);
     } else if !single_rows.is_empty() {
         let mut singles = vec![0f32; single_rows.len() * q_width];
-        singles
-            .par_chunks_mut(q_width)
-            .zip(single_rows.par_iter())
-            .for_each_init(Vec::new, |scores, (out, &(q, kv, position))| shape.attend(q, kv, position, scores, out));
+        crate::pool::for_each_chunk(&mut singles, q_width, |r, out| {
+            let (q, kv, position) = single_rows[r];
+            shape.attend(q, kv, position, &mut Vec::new(), out);
+        });
         for (row, at) in singles.chunks_exact(q_width).zip(single_at) {
             out[at..at + q_width].copy_from_slice(row);
         }

@@ -31,5 +31,6 @@ pub use engine::{
 pub use error::{MlError, Result};
 pub use lora::{AdapterConfig, AdapterMix, LoraAdapter, Target};
 pub use model::{KvCache, LlamaModel, SeqStep};
+pub use pool::ComputePool;
 pub use source::{Source, load_model};
 pub use tokenizer::{ChatFormat, ChatMessage, Tokenizer};

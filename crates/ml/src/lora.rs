@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
-use crate::host::{add_assign, with_f32};
+use crate::host::{add_assign, dot, with_f32};
 use crate::kernels::{Dense, matmul_with};
 
 /// One of the seven projections of a Llama block an adapter may target.
@@ -556,43 +555,50 @@ impl LoraPlan {
                 g.rows.chunks(ROWS_PER_TASK).zip(g.weights.chunks(ROWS_PER_TASK)).map(move |(r, w)| (pair, r, w))
             })
             .collect();
-        let deltas = tasks
-            .par_iter()
-            .map(|&(pair, rows, weights)| {
-                with_f32(&pair.a, |a| {
-                    with_f32(&pair.b, |b| {
-                        // The task's rows as one small matrix: U = X·Aᵀ (rows × rank), each row
-                        // scaled by its weight, then Δ = U·Bᵀ (rows × out): two gemm products.
-                        let (n, rank) = (rows.len(), a.len() / in_features);
-                        let out_features = b.len() / rank;
-                        let x: Vec<f32> = rows
-                            .iter()
-                            .flat_map(|&row| xs[row as usize * in_features..][..in_features].iter().copied())
-                            .collect();
-                        let mut u = vec![0f32; n * rank];
-                        matmul_with(
-                            Dense::new(&x, n, in_features),
-                            Dense::new(a, rank, in_features).t(),
-                            &mut u,
-                            false,
-                            false,
-                        );
-                        for (u, &weight) in u.chunks_exact_mut(rank).zip(weights) {
-                            u.iter_mut().for_each(|u| *u *= weight);
-                        }
-                        let mut delta = vec![0f32; n * out_features];
-                        matmul_with(
-                            Dense::new(&u, n, rank),
-                            Dense::new(b, out_features, rank).t(),
-                            &mut delta,
-                            false,
-                            false,
-                        );
-                        Ok(delta)
-                    })
+        let mut deltas: Vec<Result<Vec<f32>>> = tasks.iter().map(|_| Ok(Vec::new())).collect();
+        crate::pool::for_each_chunk(&mut deltas, 1, |t, out| {
+            let (pair, rows, weights) = tasks[t];
+            out[0] = with_f32(&pair.a, |a| {
+                with_f32(&pair.b, |b| {
+                    let (n, rank) = (rows.len(), a.len() / in_features);
+                    let out_features = b.len() / rank;
+                    if n == 1 {
+                        // One row (a batch of distinct adapters): two matrix-vector products
+                        // of dot products; a gemm call costs more than the work at this size.
+                        let x = &xs[rows[0] as usize * in_features..][..in_features];
+                        let u: Vec<f32> = a.chunks_exact(in_features).map(|a| weights[0] * dot(a, x)).collect();
+                        return Ok(b.chunks_exact(rank).map(|b| dot(b, &u)).collect());
+                    }
+                    // The task's rows as one small matrix: U = X·Aᵀ (rows × rank), each row
+                    // scaled by its weight, then Δ = U·Bᵀ (rows × out): two gemm products.
+                    let x: Vec<f32> = rows
+                        .iter()
+                        .flat_map(|&row| xs[row as usize * in_features..][..in_features].iter().copied())
+                        .collect();
+                    let mut u = vec![0f32; n * rank];
+                    matmul_with(
+                        Dense::new(&x, n, in_features),
+                        Dense::new(a, rank, in_features).t(),
+                        &mut u,
+                        false,
+                        false,
+                    );
+                    for (u, &weight) in u.chunks_exact_mut(rank).zip(weights) {
+                        u.iter_mut().for_each(|u| *u *= weight);
+                    }
+                    let mut delta = vec![0f32; n * out_features];
+                    matmul_with(
+                        Dense::new(&u, n, rank),
+                        Dense::new(b, out_features, rank).t(),
+                        &mut delta,
+                        false,
+                        false,
+                    );
+                    Ok(delta)
                 })
-            })
-            .collect::<Result<Vec<Vec<f32>>>>()?;
+            });
+        });
+        let deltas = deltas.into_iter().collect::<Result<Vec<Vec<f32>>>>()?;
         for ((_, rows, _), delta) in tasks.iter().zip(&deltas) {
             let out_features = delta.len() / rows.len();
             for (&row, d) in rows.iter().zip(delta.chunks_exact(out_features)) {
