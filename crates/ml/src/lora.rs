@@ -627,15 +627,13 @@ mod tests {
         assert_eq!(parse_peft_name("base_model.model.lm_head.lora_A.weight"), None);
     }
 
-    /// The CPU slice path and the tensor path (used on GPUs) agree.
-    #[test]
-    fn cpu_path_matches_tensor_path() {
-        let device = Device::Cpu;
-        let base = ModelConfig {
+    /// A two-head, 16-wide base shape for adapters to be checked against.
+    fn tiny_base(num_layers: usize, rope_interleaved: bool) -> ModelConfig {
+        ModelConfig {
             architecture: "llama".into(),
             hidden_size: 16,
             intermediate_size: 32,
-            num_layers: 1,
+            num_layers,
             num_heads: 2,
             num_kv_heads: 1,
             head_dim: 8,
@@ -644,9 +642,16 @@ mod tests {
             rms_norm_eps: 1e-5,
             rope_theta: 1e4,
             rope_scaling: None,
-            rope_interleaved: false,
+            rope_interleaved,
             tie_word_embeddings: false,
-        };
+        }
+    }
+
+    /// The CPU slice path and the tensor path (used on GPUs) agree.
+    #[test]
+    fn cpu_path_matches_tensor_path() {
+        let device = Device::Cpu;
+        let base = tiny_base(1, false);
         let config = AdapterConfig::parse(r#"{"r":4,"lora_alpha":8,"target_modules":["down_proj"]}"#).unwrap();
         let adapter = |seed: f64| {
             let a = (Tensor::arange(0f32, 128.0, &device).unwrap().reshape((4, 32)).unwrap() * (0.01 * seed)).unwrap();
@@ -704,22 +709,7 @@ mod tests {
     #[test]
     fn safetensors_bytes_load_as_the_tensors_saved() {
         let device = Device::Cpu;
-        let base = ModelConfig {
-            architecture: "llama".into(),
-            hidden_size: 16,
-            intermediate_size: 32,
-            num_layers: 2,
-            num_heads: 2,
-            num_kv_heads: 1,
-            head_dim: 8,
-            vocab_size: 10,
-            context_length: 8,
-            rms_norm_eps: 1e-5,
-            rope_theta: 1e4,
-            rope_scaling: None,
-            rope_interleaved: true,
-            tie_word_embeddings: false,
-        };
+        let base = tiny_base(2, true);
         let config =
             AdapterConfig::parse(r#"{"r":4,"lora_alpha":8,"target_modules":["q_proj","k_proj","v_proj","o_proj"]}"#)
                 .unwrap();
