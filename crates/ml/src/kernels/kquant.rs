@@ -132,6 +132,17 @@ struct Q8KRow<'a> {
     bsums: &'a [i16],
 }
 
+impl Q8KRow<'_> {
+    /// Panics unless each of `rows` holds exactly this row's super-blocks of `format` and this
+    /// row's quants and sums are whole: the bounds the SIMD kernels rely on for every read.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn assert_fits(&self, format: super::BlockFormat, rows: &[&[u8]]) {
+        let blocks = self.scale.len();
+        assert!(rows.iter().all(|r| r.len() == blocks * format.block_bytes()));
+        assert!(self.quants.len() == blocks * SUPER_BLOCK && self.bsums.len() == blocks * 16);
+    }
+}
+
 impl Q8K {
     fn quantize(x: &[f32], m: usize, cols: usize) -> Self {
         let blocks = m * cols / SUPER_BLOCK;

@@ -18,10 +18,8 @@ use crate::kernels::{BlockFormat, SUPER_BLOCK};
 /// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn dot_rows<const R: usize>(format: BlockFormat, rows: [&[u8]; R], x: Q8KRow<'_>) -> [f32; R] {
-    let blocks = x.scale.len();
-    assert!(rows.iter().all(|r| r.len() == blocks * format.block_bytes()));
-    assert!(x.quants.len() == blocks * SUPER_BLOCK && x.bsums.len() == blocks * 16);
-    // SAFETY: the caller vouches for the CPU features; the asserts above bound every block and
+    x.assert_fits(format, &rows);
+    // SAFETY: the caller vouches for the CPU features; the assert above bounds every block and
     // activation access the kernels make (they read block `b` of each row within
     // `b*bytes..(b+1)*bytes`, and activation bytes `256b..256b+256`, sums `16b..16b+16`).
     unsafe {
