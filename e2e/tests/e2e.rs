@@ -770,9 +770,12 @@ async fn genesis_follows_the_configured_allocation() {
     );
     let rest = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
     platform.wait_ready(rest).await;
+    // The account can be readable before genesis's transfer to it has posted: wait for a balance.
     let body = support::eventually("genesis funds the team allocation", async || {
         let (status, body) = get(rest, "/v1/accounts/102").await;
-        if status == 200 { Ok(body) } else { Err(body) }
+        let funded = status == 200
+            && serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|account| account["balance"] != "0");
+        if funded { Ok(body) } else { Err(body) }
     })
     .await;
     let team: serde_json::Value = serde_json::from_str(&body).expect("json");
