@@ -533,6 +533,7 @@ async fn full_life(platform: &mut InProcess) {
         datanet_id: private.id.clone(),
         snapshot_id: sealed_private.id.clone(),
         grant_id: grant.id.clone(),
+        ..Default::default()
     };
     let denied = platform.datanet.read_records(as_caller(read.clone(), &builder)).await;
     assert_eq!(denied.expect_err("not granted yet").code(), Code::PermissionDenied);

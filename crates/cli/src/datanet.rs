@@ -349,7 +349,12 @@ async fn export(
     std::fs::create_dir_all(&partial)?;
     let mut file = std::io::BufWriter::new(std::fs::File::create(partial.join(corpus::RECORDS_FILE))?);
     let request =
-        pb::ReadRecordsRequest { datanet_id: found.id.clone(), snapshot_id: sealed.id.clone(), grant_id: grant };
+        pb::ReadRecordsRequest {
+        datanet_id: found.id.clone(),
+        snapshot_id: sealed.id.clone(),
+        grant_id: grant,
+        ..Default::default()
+    };
     let mut records = client.read_records(as_caller(request, Some(&key))).await?.into_inner();
     let bar = ProgressBar::new(sealed.record_count).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} records ({per_sec}, {eta})").expect("a valid template"),

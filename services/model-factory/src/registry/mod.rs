@@ -30,6 +30,11 @@ use tokio::sync::Notify;
 
 use crate::{RegistryError, base::BaseModels, events::Subjects, limits::AdapterLimits, owners::Owners};
 
+/// The `source` of a trained adapter: `job:<fine-tuning job id>`.
+pub const JOB_SOURCE_PREFIX: &str = "job:";
+/// A trained adapter's lineage, beside its two PEFT files.
+pub const LINEAGE_FILE: &str = openledger_ml::train::LINEAGE_FILE;
+
 /// The registry over a database, the platform's object store and the ledger.
 pub struct Registry {
     db: DatabaseConnection,

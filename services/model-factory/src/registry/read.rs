@@ -180,6 +180,7 @@ pub(super) fn view(row: &adapter::Model, allowed: Vec<u128>) -> Result<pb::Adapt
 
 /// The event describing a stored adapter as it is now.
 pub(super) fn event(row: &adapter::Model) -> Result<AdapterChanged, RegistryError> {
+    let job_id = row.source.strip_prefix(super::JOB_SOURCE_PREFIX);
     Ok(AdapterChanged {
         adapter_id: row.id.clone(),
         owner: row.owner.clone(),
@@ -190,5 +191,10 @@ pub(super) fn event(row: &adapter::Model) -> Result<AdapterChanged, RegistryErro
         at: Some(timestamp(row.updated_at_ms)),
         file_hashes: vec![hash("config hash", &row.config_hash)?, hash("weights hash", &row.weights_hash)?],
         location: row.location.clone(),
+        datanet_id: row.datanet_id.clone(),
+        snapshot_id: row.snapshot_id.clone(),
+        snapshot_root: (!row.snapshot_root.is_empty()).then(|| Hash { value: row.snapshot_root.clone() }),
+        lineage_location: job_id.map(|_| super::object_path(&row.id, super::LINEAGE_FILE).to_string()).unwrap_or_default(),
+        job_id: job_id.unwrap_or_default().to_owned(),
     })
 }
