@@ -11,6 +11,7 @@ mod m20261124_000004_governance;
 mod m20261125_000005_datanet;
 mod m20261205_000006_modelfactory;
 mod m20261205_000007_gateway;
+mod m20261206_000008_finetune;
 
 /// Applies every schema in order.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000005_datanet::Migration),
             Box::new(m20261205_000006_modelfactory::Migration),
             Box::new(m20261205_000007_gateway::Migration),
+            Box::new(m20261206_000008_finetune::Migration),
         ]
     }
 }

@@ -68,14 +68,15 @@ pub fn validate_adapter_id(id: &str) -> Result<()> {
     if id.starts_with("hf://") {
         return id.parse::<crate::Source>().map(|_| ());
     }
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    // Fine-tuned adapters are named `ft:<base>:<owner>:<suffix>:<job>` (OpenAI's form).
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c) || (c == ':' && id.starts_with("ft:"));
+    let ok = !id.is_empty() && id.len() <= 128 && !id.starts_with('.') && id.chars().all(allowed);
     if ok {
         Ok(())
     } else {
-        Err(MlError::InvalidRequest(format!("adapter id {id:?} must match [A-Za-z0-9._-]{{1,128}}")))
+        Err(MlError::InvalidRequest(format!(
+            "adapter id {id:?} must match [A-Za-z0-9._-]{{1,128}} (or ft:… with colons, for fine-tuned adapters)"
+        )))
     }
 }
 

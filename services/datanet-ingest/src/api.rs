@@ -303,6 +303,13 @@ impl DatanetService for Api {
         Ok(Response::new(records.map(|record| record.map_err(failed)).boxed()))
     }
 
+    async fn check_read_access(
+        &self,
+        request: Request<pb::CheckReadAccessRequest>,
+    ) -> Result<Response<pb::ReadAccess>, Status> {
+        Ok(Response::new(self.datanets()?.check_read_access(request.get_ref()).await.map_err(failed)?))
+    }
+
     async fn get_leaderboard(
         &self,
         request: Request<pb::GetLeaderboardRequest>,

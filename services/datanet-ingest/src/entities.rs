@@ -126,6 +126,8 @@ entity!(read, "datanet_reads", {
     pub datanet_id: String,
     pub snapshot_id: String,
     pub grantee: Vec<u8>,
+    /// A platform service reading for the grantee (`job:<id>`), or empty.
+    pub reader: String,
     pub records: i64,
     pub at: i64,
 });

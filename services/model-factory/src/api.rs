@@ -1,5 +1,5 @@
-//! The gRPC surface: the registry RPCs of `ModelFactoryService` over [`Registry`]; the
-//! fine-tuning job RPCs answer `UNIMPLEMENTED` (the generated defaults) until the jobs land.
+//! The gRPC surface: the registry RPCs of `ModelFactoryService` over [`Registry`] and the
+//! fine-tuning job RPCs over [`Jobs`] (`UNAVAILABLE` until the service's backends are up).
 //! `ListAdapters` also reads the signed caller metadata (`x-openledger-key`, `-timestamp`,
 //! `-signature`): a verified caller sees the adapters its key owns, whatever their visibility.
 
@@ -13,7 +13,8 @@ use tokio::sync::Notify;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
-    RegistryError, base::BaseModels, events::Subjects, owners::Owners, registry::Registry, registry::read::ListCaller,
+    RegistryError, base::BaseModels, events::Subjects, jobs::Jobs, owners::Owners, registry::Registry,
+    registry::read::ListCaller,
 };
 
 /// The process's one [`Registry`], made once the backends are connected.
@@ -51,7 +52,7 @@ impl SharedRegistry {
         *self.outbox_wake.lock() = Some(wake);
     }
 
-    fn get(&self) -> Option<Arc<Registry>> {
+    pub fn get(&self) -> Option<Arc<Registry>> {
         if let Some(registry) = self.registry.get() {
             return Some(registry.clone());
         }
@@ -78,15 +79,25 @@ impl SharedRegistry {
     }
 }
 
+/// The process's [`Jobs`], set once the backends are connected.
+pub type SharedJobs = Arc<OnceLock<Arc<Jobs>>>;
+
 /// The gRPC API of this service.
 #[derive(Clone)]
 pub struct Api {
     shared: SharedRegistry,
+    jobs: SharedJobs,
 }
 
 impl Api {
-    pub fn new(shared: SharedRegistry) -> Self {
-        Self { shared }
+    pub fn new(shared: SharedRegistry, jobs: SharedJobs) -> Self {
+        Self { shared, jobs }
+    }
+
+    fn jobs(&self) -> Result<Arc<Jobs>, Status> {
+        self.jobs.get().cloned().ok_or_else(|| {
+            status(ErrorCode::Unavailable, "the model-factory service is starting: fine-tuning jobs are not ready yet")
+        })
     }
 
     fn registry(&self) -> Result<Arc<Registry>, Status> {
@@ -111,8 +122,90 @@ fn caller(metadata: &MetadataMap) -> Result<Option<openledger_signing::Key>, Sta
         .map_err(|error| failed(error.into()))
 }
 
+type JobEventStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl ModelFactoryService for Api {
+    async fn create_fine_tune_job(
+        &self,
+        request: Request<pb::CreateFineTuneJobRequest>,
+    ) -> Result<Response<pb::FineTuneJob>, Status> {
+        Ok(Response::new(self.jobs()?.create(request.into_inner()).await.map_err(failed)?))
+    }
+
+    async fn get_fine_tune_job(
+        &self,
+        request: Request<pb::GetFineTuneJobRequest>,
+    ) -> Result<Response<pb::FineTuneJob>, Status> {
+        Ok(Response::new(self.jobs()?.get(request.get_ref()).await.map_err(failed)?))
+    }
+
+    async fn list_fine_tune_jobs(
+        &self,
+        request: Request<pb::ListFineTuneJobsRequest>,
+    ) -> Result<Response<pb::ListFineTuneJobsResponse>, Status> {
+        Ok(Response::new(self.jobs()?.list(request.get_ref()).await.map_err(failed)?))
+    }
+
+    async fn cancel_fine_tune_job(
+        &self,
+        request: Request<pb::FineTuneJobActionRequest>,
+    ) -> Result<Response<pb::FineTuneJob>, Status> {
+        Ok(Response::new(self.jobs()?.cancel(request.get_ref()).await.map_err(failed)?))
+    }
+
+    async fn pause_fine_tune_job(
+        &self,
+        request: Request<pb::FineTuneJobActionRequest>,
+    ) -> Result<Response<pb::FineTuneJob>, Status> {
+        Ok(Response::new(self.jobs()?.pause(request.get_ref()).await.map_err(failed)?))
+    }
+
+    async fn resume_fine_tune_job(
+        &self,
+        request: Request<pb::FineTuneJobActionRequest>,
+    ) -> Result<Response<pb::FineTuneJob>, Status> {
+        Ok(Response::new(self.jobs()?.resume(request.get_ref()).await.map_err(failed)?))
+    }
+
+    async fn list_job_events(
+        &self,
+        request: Request<pb::ListJobEventsRequest>,
+    ) -> Result<Response<pb::ListJobEventsResponse>, Status> {
+        Ok(Response::new(self.jobs()?.events(request.get_ref()).await.map_err(failed)?))
+    }
+
+    async fn stream_job_events(
+        &self,
+        request: Request<pb::StreamJobEventsRequest>,
+    ) -> Result<Response<JobEventStream>, Status> {
+        let jobs = self.jobs()?;
+        let (sink, events) = tokio::sync::mpsc::channel(64);
+        let request = request.into_inner();
+        // The first answer (not found, not allowed) comes before the stream starts.
+        jobs.get(&pb::GetFineTuneJobRequest {
+            id: request.job_id.clone(),
+            caller_account_id: request.caller_account_id,
+        })
+        .await
+        .map_err(failed)?;
+        tokio::spawn(async move {
+            let errors = sink.clone();
+            if let Err(error) = jobs.stream(request, sink).await {
+                let _ = errors.send(Err(error)).await;
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(events);
+        Ok(Response::new(Box::pin(futures::StreamExt::map(stream, |event| event.map_err(failed)))))
+    }
+
+    async fn list_job_checkpoints(
+        &self,
+        request: Request<pb::ListJobCheckpointsRequest>,
+    ) -> Result<Response<pb::ListJobCheckpointsResponse>, Status> {
+        Ok(Response::new(self.jobs()?.checkpoints(request.get_ref()).await.map_err(failed)?))
+    }
+
     async fn import_adapter(
         &self,
         request: Request<pb::ImportAdapterRequest>,

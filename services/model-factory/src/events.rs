@@ -31,6 +31,11 @@ impl Subjects {
         Self { prefix: prefix.trim_end_matches('.').to_owned() }
     }
 
+    /// The prefix without its trailing dot (`ol`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn of(&self, change: Change) -> String {
         let name = match change {
             Change::Registered => "registered",

@@ -12,6 +12,7 @@ mod api;
 pub mod base;
 mod entities;
 pub mod events;
+pub mod jobs;
 pub mod limits;
 pub mod owners;
 pub mod registry;
@@ -24,7 +25,7 @@ use openledger_proto::modelfactory::v1::model_factory_service_server::ModelFacto
 use openledger_runtime::{Config, Deps, RuntimeError, ServiceKind, ServiceSpec, clients::ServiceChannel, run_service};
 use openledger_store::db::MaybeBusy;
 
-pub use api::{Api, SharedRegistry};
+pub use api::{Api, SharedJobs, SharedRegistry};
 pub use registry::Registry;
 
 /// An error with the code callers act on and a message naming the problem.
@@ -40,6 +41,11 @@ pub struct RegistryError {
 impl RegistryError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self { code, message: message.into(), busy: false }
+    }
+
+    /// Whether trying again later may succeed (a service or the database was unreachable).
+    pub fn is_transient(&self) -> bool {
+        self.busy || matches!(self.code, ErrorCode::Unavailable | ErrorCode::Timeout)
     }
 }
 
@@ -70,15 +76,41 @@ impl From<openledger_signing::SigningError> for RegistryError {
 /// Runs the service until the process shuts down.
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
     let ledger = ServiceChannel::new(ServiceKind::Ledger, config.ledger_url.clone(), &config, deps.endpoints.clone());
-    let shared = api::SharedRegistry::new(
-        deps.backends.clone(),
-        Arc::new(owners::LedgerOwners::new(ledger)),
-        Arc::new(base::BaseModels::from_config(&config)),
-        events::Subjects::new(&config.bus_subject_prefix),
-    );
-    let server = ModelFactoryServiceServer::new(Api::new(shared.clone()))
+    let datanet =
+        ServiceChannel::new(ServiceKind::DatanetIngest, config.datanet_url.clone(), &config, deps.endpoints.clone());
+    let owners: Arc<dyn owners::Owners> = Arc::new(owners::LedgerOwners::new(ledger));
+    let bases = Arc::new(base::BaseModels::from_config(&config));
+    let subjects = events::Subjects::new(&config.bus_subject_prefix);
+    let shared = api::SharedRegistry::new(deps.backends.clone(), owners.clone(), bases.clone(), subjects.clone());
+    let jobs = SharedJobs::default();
+    let server = ModelFactoryServiceServer::new(Api::new(shared.clone(), jobs.clone()))
         .max_decoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES);
     let spec = ServiceSpec::new(ServiceKind::ModelFactory, server);
     shared.set_outbox_waker(spec.outbox_waker());
-    run_service(spec, &config, deps).await
+    let outbox_wake = spec.outbox_waker();
+    let work_dir = config.data_dir.join("finetune");
+    let executor: Arc<dyn jobs::executor::Executor> = Arc::new(jobs::executor::LocalExecutor);
+    let worker: openledger_runtime::Worker = Box::new(move |backends, shutdown| {
+        Box::pin(async move {
+            let Some(registry) = shared.get() else {
+                tracing::error!("the registry is not ready although the backends are: no fine-tuning jobs");
+                return;
+            };
+            let made = jobs::Jobs::new(jobs::JobsParts {
+                db: backends.db,
+                registry,
+                datanets: Arc::new(jobs::datanets::DatanetService::new(datanet)),
+                owners,
+                bases,
+                subjects,
+                work_dir,
+                executor: executor.name(),
+                threads: jobs::default_threads(),
+                outbox_wake: Some(outbox_wake),
+            });
+            let _ = jobs.set(made.clone());
+            executor.run(made, shutdown).await;
+        })
+    });
+    run_service(spec.worker(worker), &config, deps).await
 }

@@ -14,6 +14,11 @@ pub trait Owners: Send + Sync {
     /// Fails unless `account` exists and is owned by `key`: `PERMISSION_DENIED` when another
     /// key owns it, `FAILED_PRECONDITION` when it does not exist.
     async fn check_owner(&self, account: u128, key: &Key) -> Result<(), RegistryError>;
+
+    /// The key owning `account` (a fine-tuning job reads Datanets as it, and the adapter it
+    /// trains is owned by it): `FAILED_PRECONDITION` when the account does not exist or no
+    /// key owns it.
+    async fn owner_key(&self, account: u128) -> Result<Key, RegistryError>;
 }
 
 /// Account owners through the ledger service's `LookupAccounts`.
@@ -44,6 +49,36 @@ impl Owners for LedgerOwners {
             .into_inner()
             .accounts;
         owned_by(account, found.first().and_then(|found| found.owner.as_ref()), key)
+    }
+
+    async fn owner_key(&self, account: u128) -> Result<Key, RegistryError> {
+        let unreachable = |status: tonic::Status| {
+            RegistryError::new(
+                ErrorCode::Unavailable,
+                format!("looking up ledger account {account}: the ledger says: {}", status.message()),
+            )
+        };
+        let channel = self.ledger.channel().map_err(unreachable)?;
+        let found = LedgerServiceClient::new(channel)
+            .lookup_accounts(pb::LookupAccountsRequest { ids: vec![account.into()] })
+            .await
+            .map_err(unreachable)?
+            .into_inner()
+            .accounts;
+        key_of(account, found.first().and_then(|found| found.owner.as_ref()))
+    }
+}
+
+/// The key owning a looked-up account.
+pub fn key_of(account: u128, owner: Option<&pb::account::Owner>) -> Result<Key, RegistryError> {
+    match owner {
+        Some(pb::account::Owner::PublicKey(key)) => Key::try_from(key.as_slice()).map_err(|_| {
+            RegistryError::new(ErrorCode::Internal, format!("ledger account {account} has a malformed owner key"))
+        }),
+        _ => Err(RegistryError::new(
+            ErrorCode::FailedPrecondition,
+            format!("ledger account {account} does not exist or has no owner key: create it with your key first"),
+        )),
     }
 }
 

@@ -24,6 +24,9 @@ pub struct TrainConfig {
     pub batch_tokens: usize,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
+    /// Most examples in one micro-batch (`None`: as many as `batch_tokens` holds).
+    #[serde(default)]
+    pub max_batch_examples: Option<usize>,
     /// Global gradient-norm clip (0 turns it off).
     pub max_grad_norm: f64,
     pub seed: u64,
@@ -55,6 +58,7 @@ impl Default for TrainConfig {
             max_steps: None,
             batch_tokens: 2048,
             grad_accum: 1,
+            max_batch_examples: None,
             max_grad_norm: 1.0,
             seed: 0,
             eval_split: 0.1,
@@ -101,6 +105,9 @@ impl TrainConfig {
         }
         if self.grad_accum == 0 || self.grad_accum > 1024 {
             return bad(format!("gradient accumulation {} must be in 1..=1024", self.grad_accum));
+        }
+        if self.max_batch_examples == Some(0) {
+            return bad("max batch examples must be at least 1".into());
         }
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
             return bad(format!("max grad norm {} must be ≥ 0", self.max_grad_norm));

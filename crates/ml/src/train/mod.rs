@@ -98,6 +98,9 @@ pub enum Finish {
 pub struct TrainOutcome {
     pub finish: Finish,
     pub steps: u64,
+    /// Tokens of the training examples fed in the steps run so far (padding excluded), counted
+    /// from the schedule so that a resumed run counts the same as an uninterrupted one.
+    pub trained_tokens: u64,
     pub last_eval: Option<EvalReport>,
     /// The adapter directory (`out`), or the checkpoint when interrupted.
     pub adapter_dir: PathBuf,
@@ -210,7 +213,12 @@ pub fn train(
             finish = end;
         }
     }
-    conclude(job, config, &run.lora, &run.state, finish, (&train_idx, &eval_idx))
+    let trained_tokens = schedule[..run.state.step as usize]
+        .iter()
+        .flat_map(|(_, micro)| micro.iter().flatten())
+        .map(|&i| dataset.examples[i].tokens.len() as u64)
+        .sum();
+    conclude(job, config, &run.lora, &run.state, finish, (&train_idx, &eval_idx), trained_tokens)
 }
 
 /// What the steps of a run share: the adapter being trained, its optimizer, the state saved with
@@ -276,6 +284,7 @@ fn conclude(
     state: &TrainerState,
     finish: Finish,
     (train_idx, eval_idx): (&[usize], &[usize]),
+    trained_tokens: u64,
 ) -> Result<TrainOutcome> {
     let dataset = job.dataset;
     if finish == Finish::Interrupted {
@@ -284,6 +293,7 @@ fn conclude(
         return Ok(TrainOutcome {
             finish,
             steps: state.step,
+            trained_tokens,
             last_eval: state.history.last().cloned(),
             adapter_dir: dir,
         });
@@ -308,6 +318,7 @@ fn conclude(
     Ok(TrainOutcome {
         finish,
         steps: state.step,
+        trained_tokens,
         last_eval: state.history.last().cloned(),
         adapter_dir: job.out.to_path_buf(),
     })
@@ -402,7 +413,10 @@ fn schedule(dataset: &Dataset, train: &[usize], config: &TrainConfig) -> Vec<(us
     for epoch in 0..config.epochs {
         let mut order = train.to_vec();
         order.shuffle(&mut StdRng::seed_from_u64(mix(config.seed, epoch as u64, u64::MAX)));
-        let micro = micro_batches(&order, |i| dataset.examples[i].tokens.len(), config.batch_tokens);
+        let mut micro = micro_batches(&order, |i| dataset.examples[i].tokens.len(), config.batch_tokens);
+        if let Some(cap) = config.max_batch_examples {
+            micro = micro.iter().flat_map(|batch| batch.chunks(cap).map(<[usize]>::to_vec)).collect();
+        }
         for chunk in micro.chunks(config.grad_accum) {
             steps.push((epoch, chunk.to_vec()));
         }

@@ -99,26 +99,8 @@ impl Datanets {
     ) -> Result<futures::stream::BoxStream<'static, Result<pb::Record, DatanetError>>, DatanetError> {
         use futures::{StreamExt, TryStreamExt};
 
-        let caller = caller.ok_or_else(|| {
-            DatanetError::new(
-                ErrorCode::Unauthenticated,
-                "reading records for training needs the caller's signed identity (x-openledger-key, -timestamp, -signature)",
-            )
-        })?;
-        let found = grant::Entity::find_by_id(&request.grant_id)
-            .filter(grant::Column::DatanetId.eq(&request.datanet_id))
-            .one(&self.db)
-            .await?;
-        let approved = match &found {
-            Some(grant) => grant.grantee == caller && GrantState::try_from(grant.state)? == GrantState::Approved,
-            None => false,
-        };
-        let Some(found) = found.filter(|_| approved) else {
-            return Err(DatanetError::new(
-                ErrorCode::PermissionDenied,
-                format!("no approved grant {:?} for this key on this Datanet: request access first", request.grant_id),
-            ));
-        };
+        let caller = reader_key(caller, &request.grantee)?;
+        let found = self.approved_grant(&request.datanet_id, &request.grant_id, &caller).await?;
         let sealed = self.snapshot_row(&request.datanet_id, &request.snapshot_id).await?;
         read::ActiveModel {
             id: Set(Id::new().to_string()),
@@ -126,6 +108,7 @@ impl Datanets {
             datanet_id: Set(request.datanet_id.clone()),
             snapshot_id: Set(sealed.id.clone()),
             grantee: Set(caller.to_vec()),
+            reader: Set(request.reader.clone()),
             records: Set(sealed.record_count),
             at: Set(now_ms()),
         }
@@ -143,6 +126,109 @@ impl Datanets {
             Ok::<_, DatanetError>(if page.is_empty() { None } else { Some((page, cursor)) })
         });
         Ok(pages.map_ok(|page| futures::stream::iter(page.into_iter().map(Ok))).try_flatten().boxed())
+    }
+}
+
+impl Datanets {
+    /// What a grantee would read for training (a fine-tuning job's check when it is created):
+    /// the Datanet, its approved grant and the sealed version. A Datanet the grantee may not
+    /// read answers `PERMISSION_DENIED`, except a private one it has never asked for, which
+    /// stays invisible (`NOT_FOUND`); a Datanet without a sealed version `FAILED_PRECONDITION`.
+    pub async fn check_read_access(
+        &self,
+        request: &pb::CheckReadAccessRequest,
+    ) -> Result<pb::ReadAccess, DatanetError> {
+        let grantee = reader_key(None, &request.grantee)?;
+        let row = match datanet::Entity::find_by_id(&request.datanet).one(&self.db).await? {
+            Some(row) => Some(row),
+            None => datanet::Entity::find().filter(datanet::Column::Slug.eq(&request.datanet)).one(&self.db).await?,
+        };
+        let invisible = || DatanetError::new(ErrorCode::NotFound, format!("no Datanet {:?}", request.datanet));
+        let row = row.ok_or_else(invisible)?;
+        let asked = grant::Entity::find()
+            .filter(grant::Column::DatanetId.eq(&row.id))
+            .filter(grant::Column::Grantee.eq(grantee.to_vec()))
+            .one(&self.db)
+            .await?;
+        if asked.is_none() && !self.may_see(&row, Some(grantee)).await? {
+            return Err(invisible());
+        }
+        let grant = self.approved_grant(&row.id, &request.grant_id, &grantee).await?;
+        let sealed = match self.snapshot_row(&row.id, &request.snapshot_id).await {
+            Err(error) if error.code == ErrorCode::NotFound && !self.has_sealed_version(&row.id).await? => {
+                return Err(DatanetError::new(
+                    ErrorCode::FailedPrecondition,
+                    format!("Datanet {:?} has no sealed version yet: its owner publishes one first", row.slug),
+                ));
+            }
+            found => found?,
+        };
+        Ok(pb::ReadAccess {
+            datanet_id: row.id.clone(),
+            slug: row.slug.clone(),
+            schema: i32::from(row.schema),
+            snapshot: Some(super::snapshots::snapshot_view(sealed)?),
+            grant_id: grant.id,
+        })
+    }
+
+    async fn has_sealed_version(&self, datanet_id: &str) -> Result<bool, DatanetError> {
+        use sea_orm::PaginatorTrait;
+        let count = crate::entities::snapshot::Entity::find()
+            .filter(crate::entities::snapshot::Column::DatanetId.eq(datanet_id))
+            .count(&self.db)
+            .await?;
+        Ok(count > 0)
+    }
+
+    /// `grantee`'s approved grant `grant_id` on the Datanet, or its approved grant there when
+    /// `grant_id` is empty; `PERMISSION_DENIED` saying what to do otherwise.
+    async fn approved_grant(
+        &self,
+        datanet_id: &str,
+        grant_id: &str,
+        grantee: &Key,
+    ) -> Result<grant::Model, DatanetError> {
+        let query = grant::Entity::find().filter(grant::Column::DatanetId.eq(datanet_id));
+        let found = if grant_id.is_empty() {
+            query
+                .filter(grant::Column::Grantee.eq(grantee.to_vec()))
+                .filter(grant::Column::State.eq(GrantState::Approved))
+                .one(&self.db)
+                .await?
+        } else {
+            query.filter(grant::Column::Id.eq(grant_id)).one(&self.db).await?
+        };
+        let approved = |grant: &grant::Model| {
+            Ok::<_, DatanetError>(
+                grant.grantee == grantee.as_slice() && GrantState::try_from(grant.state)? == GrantState::Approved,
+            )
+        };
+        match found {
+            Some(grant) if approved(&grant)? => Ok(grant),
+            _ if grant_id.is_empty() => Err(DatanetError::new(
+                ErrorCode::PermissionDenied,
+                "this key holds no approved grant on this Datanet: request access (POST /v1/datanets/{id}/access) and wait for its owner's approval",
+            )),
+            _ => Err(DatanetError::new(
+                ErrorCode::PermissionDenied,
+                format!("no approved grant {grant_id:?} for this key on this Datanet: request access first"),
+            )),
+        }
+    }
+}
+
+/// Who reads: the signed caller, or the grantee a platform service reads for (never both).
+fn reader_key(caller: Option<Key>, grantee: &[u8]) -> Result<Key, DatanetError> {
+    match (caller, grantee.is_empty()) {
+        (Some(caller), true) => Ok(caller),
+        (None, false) => Key::try_from(grantee)
+            .map_err(|_| invalid(format!("grantee must be a 32-byte ed25519 public key, not {} bytes", grantee.len()))),
+        (Some(_), false) => Err(invalid("name a grantee or sign as the caller, not both")),
+        (None, true) => Err(DatanetError::new(
+            ErrorCode::Unauthenticated,
+            "reading records for training needs the caller's signed identity (x-openledger-key, -timestamp, -signature)",
+        )),
     }
 }
 

@@ -61,25 +61,7 @@ impl Datanets {
         caller: Option<Key>,
     ) -> Result<pb::Snapshot, DatanetError> {
         let row = self.row(datanet_id, caller).await?;
-        let found = self.snapshot_row(&row.id, snapshot_id).await?;
-        let counts: BTreeMap<String, u64> = stored_json("contributor counts", &found.contributor_counts)?;
-        Ok(pb::Snapshot {
-            id: found.id,
-            datanet_id: found.datanet_id,
-            version: found.version as u64,
-            merkle_root: Some(Hash { value: found.merkle_root }),
-            record_count: found.record_count as u64,
-            contributor_counts: counts
-                .into_iter()
-                .map(|(contributor, records)| {
-                    let contributor = hex::decode(&contributor).map_err(|_| corrupt("contributor", &contributor))?;
-                    Ok(pb::ContributorCount { contributor, records })
-                })
-                .collect::<Result<_, DatanetError>>()?,
-            records_added: found.records_added as u64,
-            records_removed: found.records_removed as u64,
-            sealed_at: Some(timestamp(found.sealed_at)),
-        })
+        snapshot_view(self.snapshot_row(&row.id, snapshot_id).await?)
     }
 
     pub(super) async fn snapshot_row(
@@ -248,4 +230,26 @@ pub(super) struct SealedTree {
     pub(super) snapshot_id: String,
     pub(super) tree: MerkleTree,
     pub(super) leaves: Vec<snapshot_record::Model>,
+}
+
+/// The API view of a sealed version.
+pub(super) fn snapshot_view(found: snapshot::Model) -> Result<pb::Snapshot, DatanetError> {
+    let counts: BTreeMap<String, u64> = stored_json("contributor counts", &found.contributor_counts)?;
+    Ok(pb::Snapshot {
+        id: found.id,
+        datanet_id: found.datanet_id,
+        version: found.version as u64,
+        merkle_root: Some(Hash { value: found.merkle_root }),
+        record_count: found.record_count as u64,
+        contributor_counts: counts
+            .into_iter()
+            .map(|(contributor, records)| {
+                let contributor = hex::decode(&contributor).map_err(|_| corrupt("contributor", &contributor))?;
+                Ok(pb::ContributorCount { contributor, records })
+            })
+            .collect::<Result<_, DatanetError>>()?,
+        records_added: found.records_added as u64,
+        records_removed: found.records_removed as u64,
+        sealed_at: Some(timestamp(found.sealed_at)),
+    })
 }

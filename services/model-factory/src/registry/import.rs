@@ -24,15 +24,15 @@ use crate::{
 };
 
 /// An import's files and what identifies them.
-struct Files {
-    config: Bytes,
-    weights: Bytes,
-    config_hash: ContentHash,
-    weights_hash: ContentHash,
+pub(super) struct Files {
+    pub(super) config: Bytes,
+    pub(super) weights: Bytes,
+    pub(super) config_hash: ContentHash,
+    pub(super) weights_hash: ContentHash,
 }
 
 impl Files {
-    fn new(config: Bytes, weights: Bytes) -> Self {
+    pub(super) fn new(config: Bytes, weights: Bytes) -> Self {
         Self { config_hash: ContentHash::of(&config), weights_hash: ContentHash::of(&weights), config, weights }
     }
 }
@@ -110,7 +110,12 @@ impl Registry {
     }
 
     /// The files against the base model, on a blocking thread (the engine's loader reads them).
-    async fn validate(&self, base: &BaseModel, id: &str, files: &Files) -> Result<CheckedAdapter, RegistryError> {
+    pub(super) async fn validate(
+        &self,
+        base: &BaseModel,
+        id: &str,
+        files: &Files,
+    ) -> Result<CheckedAdapter, RegistryError> {
         let (base_id, config, limits) = (base.id.clone(), base.config.clone(), self.limits);
         let (config_json, weights) = (files.config.clone(), files.weights.clone());
         let checked = tokio::task::spawn_blocking(move || {
@@ -123,7 +128,12 @@ impl Registry {
 
     /// Writes the files where the engines read them, then marks the claimed row ready with its
     /// allow-list and event. A failed write gives the id back.
-    async fn store_and_commit(&self, id: &str, files: &Files, allowed: &[u128]) -> Result<pb::Adapter, RegistryError> {
+    pub(super) async fn store_and_commit(
+        &self,
+        id: &str,
+        files: &Files,
+        allowed: &[u128],
+    ) -> Result<pb::Adapter, RegistryError> {
         let stored = async {
             for (name, bytes) in [(ADAPTER_CONFIG, &files.config), (ADAPTER_WEIGHTS, &files.weights)] {
                 self.objects.put(&object_path(id, name), PutPayload::from(bytes.clone())).await?;
@@ -210,6 +220,11 @@ pub(super) fn check_id(id: &str) -> Result<(), RegistryError> {
     if id.starts_with("hf://") {
         return Err(invalid(format!(
             "adapter id {id:?} names a hub adapter: choose a registry id ([A-Za-z0-9._-]{{1,128}}) and pass hf://… as the source"
+        )));
+    }
+    if id.starts_with("ft:") {
+        return Err(invalid(format!(
+            "adapter id {id:?}: ft:… names are given to adapters trained by fine-tuning jobs; choose another id"
         )));
     }
     openledger_ml::adapters::validate_adapter_id(id).map_err(|error| invalid(error.to_string()))

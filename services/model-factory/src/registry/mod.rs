@@ -19,7 +19,8 @@ mod fetch;
 mod import;
 pub mod read;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
+mod trained;
 
 use std::sync::Arc;
 
@@ -27,6 +28,8 @@ use object_store::ObjectStore;
 use openledger_core::ErrorCode;
 use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
+
+pub use trained::{DEFAULT_TRAINED_PRICE_PER_1K_TOKENS, TrainedAdapter};
 
 use crate::{RegistryError, base::BaseModels, events::Subjects, limits::AdapterLimits, owners::Owners};
 

@@ -194,7 +194,9 @@ pub(super) fn event(row: &adapter::Model) -> Result<AdapterChanged, RegistryErro
         datanet_id: row.datanet_id.clone(),
         snapshot_id: row.snapshot_id.clone(),
         snapshot_root: (!row.snapshot_root.is_empty()).then(|| Hash { value: row.snapshot_root.clone() }),
-        lineage_location: job_id.map(|_| super::object_path(&row.id, super::LINEAGE_FILE).to_string()).unwrap_or_default(),
+        lineage_location: job_id
+            .map(|_| super::object_path(&row.id, super::LINEAGE_FILE).to_string())
+            .unwrap_or_default(),
         job_id: job_id.unwrap_or_default().to_owned(),
     })
 }

@@ -31,11 +31,11 @@ use crate::{
 /// An adapter's two files: `adapter_config.json`, `adapter_model.safetensors`.
 type Files = (Vec<u8>, Vec<u8>);
 
-const ALICE_ACCOUNT: u128 = 70_001;
+pub(crate) const ALICE_ACCOUNT: u128 = 70_001;
 const BOB_ACCOUNT: u128 = 70_002;
 const CAROL_ACCOUNT: u128 = 70_003;
 
-fn alice() -> SigningKey {
+pub(crate) fn alice() -> SigningKey {
     SigningKey::from_bytes(&[1; 32])
 }
 
@@ -44,7 +44,7 @@ fn bob() -> SigningKey {
 }
 
 /// A ledger whose accounts are a fixed map of owners.
-struct ScriptedLedger(HashMap<u128, Key>);
+pub(crate) struct ScriptedLedger(HashMap<u128, Key>);
 
 #[async_trait::async_trait]
 impl Owners for ScriptedLedger {
@@ -53,9 +53,15 @@ impl Owners for ScriptedLedger {
             self.0.get(&account).map(|owner| openledger_proto::ledger::v1::account::Owner::PublicKey(owner.to_vec()));
         owned_by(account, owner.as_ref(), key)
     }
+
+    async fn owner_key(&self, account: u128) -> Result<Key, RegistryError> {
+        let owner =
+            self.0.get(&account).map(|owner| openledger_proto::ledger::v1::account::Owner::PublicKey(owner.to_vec()));
+        crate::owners::key_of(account, owner.as_ref())
+    }
 }
 
-fn ledger() -> Arc<ScriptedLedger> {
+pub(crate) fn ledger() -> Arc<ScriptedLedger> {
     Arc::new(ScriptedLedger(HashMap::from([
         (ALICE_ACCOUNT, alice().verifying_key().to_bytes()),
         (BOB_ACCOUNT, bob().verifying_key().to_bytes()),
@@ -435,7 +441,7 @@ async fn sources_are_read_from_the_object_store_and_the_hub(db: DatabaseConnecti
     assert!(hub.message.contains("hf://openledger-tests/no-such-adapter"), "{hub}");
 }
 
-async fn sqlite() -> (DatabaseConnection, tempfile::TempDir) {
+pub(crate) async fn sqlite() -> (DatabaseConnection, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = openledger_store::connect(&format!("sqlite://{}/db.sqlite?mode=rwc", dir.path().display()))
         .await

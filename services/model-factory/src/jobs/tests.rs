@@ -1,0 +1,477 @@
+//! Jobs end to end inside the service: a tiny GGUF base, a scripted datanet-ingest holding a
+//! sealed version's records, the scripted ledger of the registry's tests, the local executor.
+//! The success scenario runs on SQLite and on PostgreSQL; the rest on SQLite.
+
+use std::{sync::Arc, time::Duration};
+
+use candle_core::quantized::GgmlDType;
+use object_store::{ObjectStore, path::Path as ObjectPath};
+use openledger_core::{ContentHash, ErrorCode, MerkleTree};
+use openledger_ml::testing::{TinyModel, TinySpec};
+use openledger_proto::{common::v1::Hash, datanet::v1 as dpb, events::v1::FineTuneJobChanged, modelfactory::v1 as pb};
+use openledger_signing::Key;
+use prost::Message;
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Jobs, JobsParts,
+    datanets::{DatanetReads, VersionRecord},
+    executor::{Executor, LocalExecutor},
+};
+use crate::{
+    RegistryError,
+    base::BaseModels,
+    events::Subjects,
+    registry::{
+        Registry,
+        tests::{ALICE_ACCOUNT, alice, ledger, sqlite},
+    },
+};
+
+/// A sealed version of one Datanet that Alice holds a grant on.
+struct ScriptedDatanet {
+    records: Vec<VersionRecord>,
+    refuse: Option<ErrorCode>,
+}
+
+impl ScriptedDatanet {
+    fn with_bodies(bodies: &[String]) -> Arc<Self> {
+        let records = bodies
+            .iter()
+            .map(|body| VersionRecord {
+                hash: ContentHash::of(body.as_bytes()),
+                contributor: vec![7; 32],
+                body: body.as_bytes().to_vec(),
+            })
+            .collect();
+        Arc::new(Self { records, refuse: None })
+    }
+
+    fn instructions(n: usize) -> Arc<Self> {
+        let bodies: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"instruction":"what is {i} plus {i}?","response":"{} is the answer"}}"#, 2 * i))
+            .collect();
+        Self::with_bodies(&bodies)
+    }
+
+    fn root(&self) -> Vec<u8> {
+        let leaves: Vec<ContentHash> = self.records.iter().map(|r| r.hash).collect();
+        MerkleTree::new(&leaves).root().as_bytes().to_vec()
+    }
+}
+
+#[async_trait::async_trait]
+impl DatanetReads for ScriptedDatanet {
+    async fn check(
+        &self,
+        datanet: &str,
+        version: &str,
+        grantee: &Key,
+        _grant: &str,
+    ) -> Result<dpb::ReadAccess, RegistryError> {
+        if let Some(code) = self.refuse {
+            return Err(RegistryError::new(code, format!("datanet-ingest: refused ({code:?})")));
+        }
+        assert_eq!(grantee, &alice().verifying_key().to_bytes(), "jobs read as the owner account's key");
+        assert!(datanet == "notes" || datanet == "dn-1", "{datanet}");
+        assert!(version == "1" || version == "latest" || version == "snap-1", "{version}");
+        Ok(dpb::ReadAccess {
+            datanet_id: "dn-1".into(),
+            slug: "notes".into(),
+            schema: dpb::RecordSchema::InstructionResponse as i32,
+            snapshot: Some(dpb::Snapshot {
+                id: "snap-1".into(),
+                datanet_id: "dn-1".into(),
+                version: 1,
+                merkle_root: Some(Hash { value: self.root() }),
+                record_count: self.records.len() as u64,
+                ..Default::default()
+            }),
+            grant_id: "grant-1".into(),
+        })
+    }
+
+    async fn read(&self, _: &dpb::ReadAccess, _: &Key, reader: &str) -> Result<Vec<VersionRecord>, RegistryError> {
+        assert!(reader.starts_with("job:ftjob-"), "{reader}");
+        Ok(self.records.clone())
+    }
+}
+
+/// One "process": the jobs of the service and its local executor.
+struct Service {
+    jobs: Arc<Jobs>,
+    shutdown: CancellationToken,
+    runner: tokio::task::JoinHandle<()>,
+}
+
+/// What outlives a process: the database, the object store and the data directory.
+struct World {
+    db: DatabaseConnection,
+    objects: Arc<dyn ObjectStore>,
+    base: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    datanet: Arc<ScriptedDatanet>,
+}
+
+impl World {
+    async fn new(db: DatabaseConnection, datanet: Arc<ScriptedDatanet>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let base = TinyModel::new(TinySpec::default())
+            .expect("tiny model")
+            .write_gguf(&dir.path().join("tiny-base.gguf"), GgmlDType::F32)
+            .expect("gguf");
+        let objects =
+            openledger_store::open_object_store(&format!("file://{}/objects", dir.path().display())).expect("objects");
+        Self { db, objects, base, dir, datanet }
+    }
+
+    fn start(&self) -> Service {
+        let bases = Arc::new(BaseModels::at(&self.base));
+        let registry = Arc::new(Registry::new(
+            self.db.clone(),
+            self.objects.clone(),
+            ledger(),
+            bases.clone(),
+            Subjects::default(),
+        ));
+        let jobs = Jobs::new(JobsParts {
+            db: self.db.clone(),
+            registry,
+            datanets: self.datanet.clone(),
+            owners: ledger(),
+            bases,
+            subjects: Subjects::default(),
+            work_dir: self.dir.path().join("finetune"),
+            executor: "local",
+            threads: 1,
+            outbox_wake: None,
+        });
+        let shutdown = CancellationToken::new();
+        let runner = tokio::spawn({
+            let (jobs, shutdown) = (jobs.clone(), shutdown.clone());
+            async move { LocalExecutor.run(jobs, shutdown).await }
+        });
+        Service { jobs, shutdown, runner }
+    }
+
+    async fn outbox(&self, subject_part: &str) -> Vec<(String, Vec<u8>)> {
+        let statement = Statement::from_string(
+            self.db.get_database_backend(),
+            "SELECT subject, payload FROM outbox WHERE producer = 'model-factory' ORDER BY id",
+        );
+        let rows = self.db.query_all(statement).await.expect("outbox");
+        rows.iter()
+            .map(|row| {
+                (row.try_get::<String>("", "subject").expect("subject"), row.try_get("", "payload").expect("payload"))
+            })
+            .filter(|(subject, _)| subject.contains(subject_part))
+            .collect()
+    }
+}
+
+impl Service {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.runner.await.expect("executor");
+    }
+
+    async fn get(&self, id: &str) -> pb::FineTuneJob {
+        let request = pb::GetFineTuneJobRequest { id: id.into(), caller_account_id: Some(ALICE_ACCOUNT.into()) };
+        self.jobs.get(&request).await.expect("get")
+    }
+
+    /// Polls until `done` holds for the job (two minutes at most).
+    async fn until(&self, id: &str, done: impl Fn(&pb::FineTuneJob) -> bool) -> pb::FineTuneJob {
+        for _ in 0..2400 {
+            let job = self.get(id).await;
+            if done(&job) {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("job {id} never got there: {:?}", self.get(id).await);
+    }
+
+    async fn until_state(&self, id: &str, state: pb::JobState) -> pb::FineTuneJob {
+        let job = self.until(id, |job| job.state == state as i32 || super::is_terminal(job.state())).await;
+        assert_eq!(job.state(), state, "{job:?}");
+        job
+    }
+
+    async fn events(&self, id: &str) -> Vec<pb::JobEvent> {
+        let request = pb::ListJobEventsRequest {
+            job_id: id.into(),
+            caller_account_id: Some(ALICE_ACCOUNT.into()),
+            page: Some(openledger_proto::common::v1::PageRequest { page_size: 1000, page_token: String::new() }),
+        };
+        self.jobs.events(&request).await.expect("events").events
+    }
+}
+
+fn create(hyperparameters: pb::Hyperparameters) -> pb::CreateFineTuneJobRequest {
+    pb::CreateFineTuneJobRequest {
+        caller_account_id: Some(ALICE_ACCOUNT.into()),
+        model: "tiny-base".into(),
+        training_file: "datanet:notes@1".into(),
+        hyperparameters: Some(hyperparameters),
+        suffix: "notes".into(),
+        seed: Some(42),
+        ..Default::default()
+    }
+}
+
+fn quick() -> pb::Hyperparameters {
+    pb::Hyperparameters {
+        n_epochs: Some(2),
+        batch_size: Some(2),
+        rank: Some(4),
+        checkpoint_every: Some(2),
+        eval_every: Some(3),
+        ..Default::default()
+    }
+}
+
+fn action(id: &str) -> pb::FineTuneJobActionRequest {
+    pb::FineTuneJobActionRequest { id: id.into(), caller_account_id: Some(ALICE_ACCOUNT.into()) }
+}
+
+async fn a_job_trains_and_registers_its_adapter_with_lineage(db: DatabaseConnection) {
+    let world = World::new(db, ScriptedDatanet::instructions(12)).await;
+    let service = world.start();
+    let job = service.jobs.create(create(quick())).await.expect("create");
+    assert_eq!(job.state(), pb::JobState::ValidatingFiles);
+    assert!(job.id.starts_with("ftjob-") && job.fine_tuned_model.is_empty());
+    assert_eq!((job.datanet_id.as_str(), job.datanet_version, job.grant_id.as_str()), ("dn-1", 1, "grant-1"));
+    let hyper = job.hyperparameters.clone().expect("resolved");
+    assert_eq!((hyper.n_epochs, hyper.batch_size, hyper.rank), (Some(2), Some(2), Some(4)));
+    assert_eq!(hyper.eval_split, Some(0.1), "auto: a tenth from 10 records");
+    let done = service.until_state(&job.id, pb::JobState::Succeeded).await;
+    let hex = job.id.strip_prefix("ftjob-").expect("prefix");
+    assert_eq!(done.fine_tuned_model, format!("ft:tiny-base:{ALICE_ACCOUNT}:notes:{hex}"));
+    assert!(done.trained_tokens > 0 && done.finished_at.is_some() && done.step == done.total_steps, "{done:?}");
+    let metrics = done.final_metrics.expect("evaluated next to the base");
+    assert!(metrics.loss.is_finite() && metrics.base_loss.is_finite());
+
+    // Registered whole: the files and the lineage, owned by Alice, private, at default prices.
+    let adapter = service.jobs.registry.get(&done.fine_tuned_model).await.expect("registered");
+    assert_eq!((adapter.source.as_str(), adapter.datanet_id.as_str()), (format!("job:{}", job.id).as_str(), "dn-1"));
+    assert_eq!(adapter.visibility(), pb::Visibility::Private);
+    assert_eq!(adapter.snapshot_root.expect("root").value, world.datanet.root());
+    let key = ObjectPath::from(format!("adapters/{}/lineage.json", done.fine_tuned_model));
+    let lineage: serde_json::Value =
+        serde_json::from_slice(&world.objects.get(&key).await.expect("lineage").bytes().await.expect("bytes"))
+            .expect("json");
+    assert_eq!(lineage["datanet"]["merkle_root"], hex::encode(world.datanet.root()));
+    // The record hashes are exactly the version's records: training ones in version order.
+    let hashes = |field: &str| -> Vec<String> {
+        lineage["trainer"][field].as_array().expect(field).iter().map(|h| h.as_str().expect("hex").to_owned()).collect()
+    };
+    let (train, eval) = (hashes("train_records"), hashes("eval_records"));
+    let version: Vec<String> = world.datanet.records.iter().map(|r| r.hash.to_hex()).collect();
+    assert_eq!((train.len(), eval.len()), (11, 1));
+    let in_order: Vec<&String> = version.iter().filter(|h| train.contains(h)).collect();
+    assert_eq!(train.iter().collect::<Vec<_>>(), in_order);
+    let mut all: Vec<String> = train.iter().chain(&eval).cloned().collect();
+    all.sort();
+    let mut expected = version.clone();
+    expected.sort();
+    assert_eq!(all, expected);
+
+    // Events: the states, metrics per step, evaluations; checkpoints with their metrics.
+    let events = service.events(&job.id).await;
+    let states: Vec<pb::JobState> = events
+        .iter()
+        .rev()
+        .filter_map(|e| match e.event {
+            Some(pb::job_event::Event::StateChange(s)) => pb::JobState::try_from(s).ok(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, [pb::JobState::Queued, pb::JobState::Running, pb::JobState::Succeeded]);
+    let steps = events.iter().filter(|e| matches!(e.event, Some(pb::job_event::Event::Step(_)))).count() as u64;
+    assert_eq!(steps, done.total_steps);
+    assert!(events.iter().any(|e| matches!(e.event, Some(pb::job_event::Event::Eval(_)))));
+    let checkpoints = service
+        .jobs
+        .checkpoints(&pb::ListJobCheckpointsRequest {
+            job_id: job.id.clone(),
+            caller_account_id: Some(ALICE_ACCOUNT.into()),
+            page: None,
+        })
+        .await
+        .expect("checkpoints")
+        .checkpoints;
+    assert!(!checkpoints.is_empty() && checkpoints[0].train_loss.is_finite());
+    assert!(checkpoints.windows(2).all(|w| w[0].step > w[1].step), "newest first");
+
+    // The bus: every state and the adapter, through the outbox.
+    let job_events: Vec<String> = world.outbox(".job.").await.into_iter().map(|(subject, _)| subject).collect();
+    assert_eq!(
+        job_events,
+        ["ol.modelfactory.job.queued", "ol.modelfactory.job.running", "ol.modelfactory.job.succeeded"]
+    );
+    let (_, payload) = world.outbox(".job.succeeded").await.pop().expect("succeeded");
+    assert_eq!(FineTuneJobChanged::decode(payload.as_slice()).expect("event").fine_tuned_model, done.fine_tuned_model);
+    let registered = world.outbox("adapter.registered").await;
+    assert_eq!(registered.len(), 1);
+    let event = openledger_proto::events::v1::AdapterChanged::decode(registered[0].1.as_slice()).expect("event");
+    assert_eq!((event.job_id.as_str(), event.datanet_id.as_str()), (job.id.as_str(), "dn-1"));
+    assert!(event.lineage_location.ends_with("/lineage.json"));
+
+    // Listing: newest first, the metadata filter, other accounts see nothing.
+    let mine = pb::ListFineTuneJobsRequest { caller_account_id: Some(ALICE_ACCOUNT.into()), ..Default::default() };
+    assert_eq!(service.jobs.list(&mine).await.expect("list").jobs.len(), 1);
+    let other = pb::GetFineTuneJobRequest { id: job.id.clone(), caller_account_id: Some(9u128.into()) };
+    assert_eq!(service.jobs.get(&other).await.expect_err("not hers").code, ErrorCode::NotFound);
+    service.stop().await;
+}
+
+macro_rules! on_both {
+    ($scenario:ident) => {
+        mod on_sqlite {
+            #[tokio::test]
+            async fn $scenario() {
+                let (db, _dir) = crate::registry::tests::sqlite().await;
+                super::$scenario(db).await;
+            }
+        }
+
+        #[tokio::test]
+        async fn a_job_on_postgres() {
+            let postgres = openledger_testkit::Postgres::start();
+            let db = openledger_store::connect(&postgres.create_database("jobs")).await.expect("database");
+            openledger_store::migrate(&db).await.expect("migrate");
+            $scenario(db).await;
+        }
+    };
+}
+
+on_both!(a_job_trains_and_registers_its_adapter_with_lineage);
+
+#[tokio::test]
+async fn bad_requests_are_refused_naming_the_problem() {
+    let (db, _keep) = sqlite().await;
+    let world = World::new(db, ScriptedDatanet::instructions(4)).await;
+    let service = world.start();
+    let refused = |request: pb::CreateFineTuneJobRequest| {
+        let jobs = service.jobs.clone();
+        async move { jobs.create(request).await.expect_err("refused") }
+    };
+    let error = refused(pb::CreateFineTuneJobRequest { model: "gpt-4o".into(), ..create(quick()) }).await;
+    assert_eq!(error.code, ErrorCode::NotFound, "{error}");
+    assert!(error.message.contains("tiny-base"), "{error}");
+    let error = refused(pb::CreateFineTuneJobRequest { training_file: "file-abc".into(), ..create(quick()) }).await;
+    assert_eq!(error.code, ErrorCode::InvalidArgument, "{error}");
+    assert!(error.message.starts_with("training_file"), "{error}");
+    let error = refused(create(pb::Hyperparameters { n_epochs: Some(0), ..quick() })).await;
+    assert!(error.message.starts_with("hyperparameters.n_epochs"), "{error}");
+    let error = refused(pb::CreateFineTuneJobRequest { caller_account_id: None, ..create(quick()) }).await;
+    assert_eq!(error.code, ErrorCode::Unauthenticated, "{error}");
+    let error = refused(pb::CreateFineTuneJobRequest { suffix: "has space".into(), ..create(quick()) }).await;
+    assert!(error.message.starts_with("suffix"), "{error}");
+    for code in [ErrorCode::PermissionDenied, ErrorCode::NotFound, ErrorCode::FailedPrecondition] {
+        let world =
+            World::new(sqlite().await.0, Arc::new(ScriptedDatanet { records: Vec::new(), refuse: Some(code) })).await;
+        let service = world.start();
+        let error = service.jobs.create(create(quick())).await.expect_err("refused upstream");
+        assert_eq!(error.code, code, "datanet-ingest's answer stands: {error}");
+        service.stop().await;
+    }
+    // Nothing was created by any refusal.
+    let mine = pb::ListFineTuneJobsRequest { caller_account_id: Some(ALICE_ACCOUNT.into()), ..Default::default() };
+    assert!(service.jobs.list(&mine).await.expect("list").jobs.is_empty());
+    // An idempotency key answers the job it created.
+    let keyed = pb::CreateFineTuneJobRequest { idempotency_key: "k-1".into(), ..create(quick()) };
+    let first = service.jobs.create(keyed.clone()).await.expect("create");
+    assert_eq!(service.jobs.create(keyed).await.expect("again").id, first.id);
+    service.jobs.cancel(&action(&first.id)).await.expect("cancel");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_version_that_cannot_train_fails_the_job_saying_why() {
+    let (db, _keep) = sqlite().await;
+    let bodies = [r#"{"instruction":"a","response":"b"}"#.to_owned(), r#"{"text":"free text"}"#.to_owned()];
+    let world = World::new(db, ScriptedDatanet::with_bodies(&bodies)).await;
+    let service = world.start();
+    let job = service.jobs.create(create(quick())).await.expect("create");
+    let failed = service.until_state(&job.id, pb::JobState::Failed).await;
+    let error = failed.error.expect("error");
+    assert_eq!((error.code.as_str(), error.param.as_str()), ("invalid_training_file", "training_file"));
+    assert!(error.message.contains("a job trains on one kind"), "{}", error.message);
+    assert!(service.jobs.registry.get(&spec_name(&job.id)).await.is_err(), "nothing registered");
+    service.stop().await;
+}
+
+fn spec_name(id: &str) -> String {
+    super::spec::fine_tuned_name("tiny-base", ALICE_ACCOUNT, "notes", id).expect("name")
+}
+
+#[tokio::test]
+async fn cancel_pause_and_resume() {
+    let (db, _keep) = sqlite().await;
+    let world = World::new(db, ScriptedDatanet::instructions(12)).await;
+    let service = world.start();
+    // Long enough (1,100 steps, seconds on the tiny model) that nothing ends by itself here.
+    let long = pb::Hyperparameters { n_epochs: Some(100), batch_size: Some(1), ..quick() };
+    let first = service.jobs.create(create(long.clone())).await.expect("create");
+    service.until(&first.id, |job| job.step >= 2).await;
+    // Pausing a running job checkpoints it.
+    let paused = service.jobs.pause(&action(&first.id)).await.expect("pause");
+    assert_eq!(paused.state(), pb::JobState::Paused, "{paused:?}");
+    let at = paused.step;
+    // Meanwhile another job runs, and a running job is cancelled at its next step.
+    let second = service.jobs.create(create(long.clone())).await.expect("create");
+    service.until(&second.id, |job| job.step >= 1).await;
+    let cancelled = service.jobs.cancel(&action(&second.id)).await.expect("cancel a running job");
+    assert_eq!(cancelled.state(), pb::JobState::Cancelled, "{cancelled:?}");
+    assert!(cancelled.fine_tuned_model.is_empty());
+    assert!(service.jobs.resume(&action(&second.id)).await.is_err(), "a cancelled job stays cancelled");
+    // Resuming continues from the checkpoint; a job created meanwhile waits (one at a time)
+    // and is cancelled at once.
+    service.jobs.resume(&action(&first.id)).await.expect("resume");
+    let third = service.jobs.create(create(long)).await.expect("create");
+    let running = service.until(&first.id, |job| job.step > at + 1).await;
+    assert_eq!(running.state(), pb::JobState::Running);
+    assert_eq!(service.get(&third.id).await.state(), pb::JobState::Queued);
+    assert_eq!(service.jobs.cancel(&action(&third.id)).await.expect("cancel").state(), pb::JobState::Cancelled);
+    assert_eq!(service.jobs.cancel(&action(&first.id)).await.expect("cancel").state(), pb::JobState::Cancelled);
+    let events = service.events(&first.id).await;
+    assert!(
+        events.iter().any(|e| e.message.starts_with(&format!("{} training and", 11))),
+        "restarted from a checkpoint"
+    );
+    let subjects: Vec<String> = world.outbox(".job.").await.into_iter().map(|(s, _)| s).collect();
+    assert!(subjects.contains(&"ol.modelfactory.job.paused".to_owned()));
+    assert_eq!(subjects.iter().filter(|s| s.ends_with(".cancelled")).count(), 3);
+    service.stop().await;
+}
+
+/// The adapter's weights, as registered.
+async fn weights(world: &World, name: &str) -> bytes::Bytes {
+    let key = ObjectPath::from(format!("adapters/{name}/adapter_model.safetensors"));
+    world.objects.get(&key).await.expect("weights").bytes().await.expect("bytes")
+}
+
+#[tokio::test]
+async fn a_job_stopped_with_its_process_continues_and_equals_an_uninterrupted_run() {
+    let (db, _keep) = sqlite().await;
+    let world = World::new(db, ScriptedDatanet::instructions(12)).await;
+    let hyper = pb::Hyperparameters { n_epochs: Some(3), batch_size: Some(1), checkpoint_every: Some(3), ..quick() };
+    let service = world.start();
+    let straight = service.jobs.create(create(hyper.clone())).await.expect("create");
+    let straight = service.until_state(&straight.id, pb::JobState::Succeeded).await;
+    let interrupted = service.jobs.create(create(hyper)).await.expect("create");
+    service.until(&interrupted.id, |job| job.step >= 7).await;
+    service.stop().await; // the process ends mid-run: the job stays running
+    let left = world.start();
+    let job = left.get(&interrupted.id).await;
+    assert!(job.step < job.total_steps, "stopped before the end: {job:?}");
+    let done = left.until_state(&interrupted.id, pb::JobState::Succeeded).await;
+    let events = left.events(&interrupted.id).await;
+    assert!(events.iter().any(|e| e.message.contains("continuing after a restart")));
+    assert_eq!(done.trained_tokens, straight.trained_tokens);
+    assert_eq!(weights(&world, &done.fine_tuned_model).await, weights(&world, &straight.fine_tuned_model).await);
+    left.stop().await;
+}
