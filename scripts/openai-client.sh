@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs e2e/openai/client_test.py, the official OpenAI Python client against a running
+# Runs e2e/openai/client_test.py (or the e2e/openai script named as the first argument, e.g.
+# finetune_test.py), the official OpenAI Python client against a running
 # `openledger dev` (see that file for the environment it reads). A pinned `openai` is installed
 # from PyPI into a venv outside git on first use
 # (${OPENLEDGER_TOOLS_DIR:-/var/tmp/openledger-tools}/openai-venv); later runs reuse it.
@@ -14,4 +15,4 @@ if [ "$("$venv/bin/python" -c 'import openai; print(openai.__version__)' 2>/dev/
     "$python" -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "openai==$version"
 fi
-exec "$venv/bin/python" e2e/openai/client_test.py
+exec "$venv/bin/python" "e2e/openai/${1:-client_test.py}"

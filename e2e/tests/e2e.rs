@@ -4,6 +4,7 @@
 
 mod cluster;
 mod datanet;
+mod finetune;
 mod keys;
 mod model;
 mod openai;

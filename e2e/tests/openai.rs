@@ -21,21 +21,21 @@ const ADAPTER_PRICE_IN: u128 = 2_000;
 const ADAPTER_PRICE_OUT: u128 = 3_000;
 const APP_FUNDS: u128 = 10_000_000_000_000_000_000;
 
-fn signature(key: &SigningKey, message: &[u8]) -> Value {
+pub(crate) fn signature(key: &SigningKey, message: &[u8]) -> Value {
     json!({
         "public_key": hex::encode(key.verifying_key().to_bytes()),
         "signature": hex::encode(key.sign(message).to_bytes()),
     })
 }
 
-async fn post(client: &reqwest::Client, url: String, body: &Value) -> (u16, Value) {
+pub(crate) async fn post(client: &reqwest::Client, url: String, body: &Value) -> (u16, Value) {
     let response = client.post(url).json(body).send().await.expect("post");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// A ledger account owned by `owner` that cannot go below zero.
-async fn account(client: &reqwest::Client, rest: &str, id: u128, owner: &SigningKey) {
+pub(crate) async fn account(client: &reqwest::Client, rest: &str, id: u128, owner: &SigningKey) {
     let body = json!({
         "id": id.to_string(),
         "public_key": hex::encode(owner.verifying_key().to_bytes()),
@@ -46,7 +46,7 @@ async fn account(client: &reqwest::Client, rest: &str, id: u128, owner: &Signing
 }
 
 /// An API key for `account`, signed by its owner.
-async fn api_key(
+pub(crate) async fn api_key(
     client: &reqwest::Client,
     rest: &str,
     account: u128,
