@@ -15,7 +15,7 @@ use utoipa::{
 use super::error::{ErrorBody, ErrorDetail};
 use crate::{
     datanets, ledger,
-    openlora::{adapters, keys, openai},
+    openlora::{adapters, fine_tuning, keys, openai},
 };
 
 #[derive(OpenApi)]
@@ -57,7 +57,15 @@ use crate::{
         adapters::list_adapters,
         adapters::get_adapter,
         adapters::update_adapter,
-        adapters::unlist_adapter
+        adapters::unlist_adapter,
+        fine_tuning::create_fine_tuning_job,
+        fine_tuning::list_fine_tuning_jobs,
+        fine_tuning::get_fine_tuning_job,
+        fine_tuning::cancel_fine_tuning_job,
+        fine_tuning::pause_fine_tuning_job,
+        fine_tuning::resume_fine_tuning_job,
+        fine_tuning::list_fine_tuning_events,
+        fine_tuning::list_fine_tuning_checkpoints
     ),
     components(schemas(
         ErrorBody,
@@ -115,7 +123,29 @@ use crate::{
         adapters::ImportAdapterUpload,
         adapters::AccountIdText,
         adapters::UpdateAdapterRequest,
-        adapters::UnlistAdapterRequest
+        adapters::UnlistAdapterRequest,
+        fine_tuning::auto::AutoInteger,
+        fine_tuning::auto::AutoNumber,
+        fine_tuning::auto::AutoModules,
+        fine_tuning::request::CreateFineTuningJobRequest,
+        fine_tuning::view::Hyperparameters,
+        fine_tuning::view::Method,
+        fine_tuning::view::Supervised,
+        fine_tuning::view::LoraSettings,
+        fine_tuning::view::JobError,
+        fine_tuning::view::DatanetVersion,
+        fine_tuning::view::EvalData,
+        fine_tuning::view::FineTuningJob,
+        fine_tuning::view::FineTuningJobList,
+        fine_tuning::view::StepData,
+        fine_tuning::view::StatusData,
+        fine_tuning::view::NoData,
+        fine_tuning::view::EventData,
+        fine_tuning::view::FineTuningEvent,
+        fine_tuning::view::FineTuningEventList,
+        fine_tuning::view::CheckpointMetrics,
+        fine_tuning::view::FineTuningCheckpoint,
+        fine_tuning::view::FineTuningCheckpointList
     ))
 )]
 pub struct ApiDoc;
@@ -161,7 +191,19 @@ const SIGNED: [&str; 24] = [
 
 /// Operations that take an API key (`Authorization: Bearer`), and those of them that generate
 /// (metered, rate limited, naming a model).
-const API_KEY: [&str; 3] = ["chat_completions", "completions", "list_models"];
+const API_KEY: [&str; 11] = [
+    "chat_completions",
+    "completions",
+    "list_models",
+    "create_fine_tuning_job",
+    "list_fine_tuning_jobs",
+    "get_fine_tuning_job",
+    "cancel_fine_tuning_job",
+    "pause_fine_tuning_job",
+    "resume_fine_tuning_job",
+    "list_fine_tuning_events",
+    "list_fine_tuning_checkpoints",
+];
 const GENERATING: [&str; 2] = ["chat_completions", "completions"];
 
 fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
@@ -260,6 +302,23 @@ const LINKS: &[Link] = &[
         "DecideAccess",
         "decide_access",
         &[("id", "$response.body#/datanet_id"), ("grant_id", "$response.body#/id")],
+    ),
+    ("create_fine_tuning_job", "200", "GetFineTuningJob", "get_fine_tuning_job", &[("id", "$response.body#/id")]),
+    ("create_fine_tuning_job", "200", "CancelFineTuningJob", "cancel_fine_tuning_job", &[("id", "$response.body#/id")]),
+    ("create_fine_tuning_job", "200", "PauseFineTuningJob", "pause_fine_tuning_job", &[("id", "$response.body#/id")]),
+    (
+        "create_fine_tuning_job",
+        "200",
+        "ListFineTuningEvents",
+        "list_fine_tuning_events",
+        &[("id", "$response.body#/id")],
+    ),
+    (
+        "create_fine_tuning_job",
+        "200",
+        "ListFineTuningCheckpoints",
+        "list_fine_tuning_checkpoints",
+        &[("id", "$response.body#/id")],
     ),
     ("create_api_key", "201", "RevokeApiKey", "revoke_api_key", &[("id", "$response.body#/key/id")]),
     ("create_api_key", "201", "ListApiKeys", "list_api_keys", &[("account_id", "$response.body#/key/account_id")]),

@@ -611,6 +611,10 @@ mod tests {
             });
             openledger_model_factory::owners::owned_by(account, owner.as_ref(), key)
         }
+
+        async fn owner_key(&self, _account: u128) -> Result<openledger_signing::Key, RegistryError> {
+            Ok(alice().verifying_key().to_bytes())
+        }
     }
 
     struct Edge {
@@ -633,8 +637,9 @@ mod tests {
             openledger_store::open_object_store(&format!("file://{}/objects", dir.path().display())).expect("objects");
         let registry =
             Registry::new(db, objects, Arc::new(AliceOwns), Arc::new(BaseModels::at(&base_path)), Subjects::default());
-        let api = ModelFactoryServiceServer::new(Api::new(SharedRegistry::ready(Arc::new(registry))))
-            .max_decoding_message_size(MAX_UPSTREAM_MESSAGE_BYTES);
+        let api =
+            ModelFactoryServiceServer::new(Api::new(SharedRegistry::ready(Arc::new(registry)), Default::default()))
+                .max_decoding_message_size(MAX_UPSTREAM_MESSAGE_BYTES);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(

@@ -7,6 +7,8 @@
 //!   bounded load) and `engines::server` (what a replica serves).
 //! - `keys`: API keys (`/v1/api_keys`, stored hashed), the Bearer check and per-key limits.
 //! - `adapters`: `/v1/adapters/**`, forwarded to model-factory's registry.
+//! - `fine_tuning`: `/v1/fine_tuning/jobs/**` (OpenAI's fine-tuning API), forwarded to
+//!   model-factory's jobs for the API key's account.
 //! - `catalog`: what `model` names: the base model or a registry adapter, with its prices and
 //!   who may call it.
 //! - `metering`: the ledger hold before generating and the capture after.
@@ -18,6 +20,7 @@ pub mod adapters;
 pub mod catalog;
 pub mod engines;
 pub mod events;
+pub mod fine_tuning;
 pub mod keys;
 pub mod metering;
 pub mod metrics;
@@ -48,4 +51,5 @@ pub fn routes(state: OpenLora) -> Router {
         .merge(openai::routes(state.clone()))
         .merge(keys::routes(state.keys.clone()))
         .merge(adapters::routes(state.model_factory.clone()))
+        .merge(fine_tuning::routes(state.keys.clone(), state.model_factory.clone()))
 }

@@ -535,3 +535,38 @@ mod tests {
         );
     }
 }
+
+/// Fixtures for other modules' route tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Keys on a fresh SQLite database in `dir` holding one key of `account_id`, and that key's
+    /// secret (to send as `Authorization: Bearer`).
+    pub(crate) async fn keys_with_one_key(dir: &std::path::Path, account_id: u128) -> (Keys, String) {
+        let url = format!("sqlite://{}?mode=rwc", dir.join("keys.db").display());
+        let db = openledger_store::connect(&url).await.expect("connect");
+        openledger_store::migrate(&db).await.expect("migrate");
+        let ledger = ServiceChannel::new(
+            openledger_core::ServiceKind::Ledger,
+            None,
+            &Config::default(),
+            openledger_runtime::Endpoints::default(),
+        );
+        let keys =
+            Keys::with_database(db.clone(), ledger, Limits { requests_per_minute: 60, tokens_per_minute: 1_000 });
+        let id = Id::new().to_string();
+        let secret = secret::generate(&id).expect("secret");
+        let stored = StoredKey {
+            id,
+            account_id,
+            name: "test".into(),
+            secret_hash: secret::hash(&secret),
+            limits: Limits { requests_per_minute: 0, tokens_per_minute: 0 },
+            created_at_ms: 1,
+            revoked_at_ms: None,
+        };
+        store::insert(&db, &stored, [7; 32]).await.expect("stored");
+        (keys, secret)
+    }
+}
