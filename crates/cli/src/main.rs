@@ -5,6 +5,7 @@
 mod attribution;
 mod datanet;
 mod engine;
+mod finetune;
 mod flags;
 mod ledger;
 mod model;
@@ -79,6 +80,13 @@ enum Command {
     /// Models: inspect one, generate text with it and LoRA adapters on this machine
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Fine-tuning jobs on the platform (through the REST edge, with an API key): create, list, follow, cancel
+    Finetune {
+        #[command(subcommand)]
+        command: finetune::FinetuneCommand,
+        #[command(flatten)]
+        edge: finetune::EdgeFlags,
+    },
     /// Proof of Attribution on an exported Datanet version: indexes, trace, score, quality
     #[command(subcommand)]
     Attribution(attribution::AttributionCommand),
@@ -103,7 +111,7 @@ impl Command {
             | Self::Config(ConfigCommand::Print { settings }) => Some(settings),
             Self::Ledger(command) => command.settings(),
             Self::Datanet { settings, .. } => Some(settings),
-            Self::Model(_) | Self::Attribution(_) => None,
+            Self::Model(_) | Self::Attribution(_) | Self::Finetune { .. } => None,
         }
     }
 }
@@ -132,6 +140,7 @@ fn main() -> ExitCode {
         Command::Ledger(command) => client_command(ledger::run(command, &resolved.config)),
         Command::Datanet { command, .. } => client_command(datanet::run(command, &resolved.config)),
         Command::Model(command) => client_command(model::run(command)),
+        Command::Finetune { command, edge } => client_command(finetune::run(command, edge, &resolved.config)),
         Command::Attribution(command) => client_command(attribution::run(command)),
         Command::Dev { .. } => run::run(resolved.config, ServiceKind::ALL.to_vec(), true),
         Command::Engine { .. } => engine::run(resolved.config),
@@ -240,6 +249,73 @@ mod tests {
         for setting in SERVICE_SETTINGS.iter().chain(&["--ledger-url", "--datanet-url", "--config", "Settings:"]) {
             assert!(!text.contains(setting), "model finetune --help lists {setting}:\n{text}");
         }
+    }
+
+    #[test]
+    fn finetune_create_help_lists_its_options_and_the_edge_but_no_service_setting() {
+        let text = help(&["finetune", "create"]);
+        for option in [
+            "--model",
+            "--training-file",
+            "--validation-file",
+            "--suffix",
+            "--seed",
+            "--n-epochs",
+            "--batch-size",
+            "--learning-rate-multiplier",
+            "--rank",
+            "--alpha",
+            "--targets",
+            "--max-steps",
+            "--checkpoint-every",
+            "--eval-split",
+            "--batch-tokens",
+            "--grant",
+            "--metadata",
+            "--follow",
+            "--url",
+            "--api-key",
+        ] {
+            assert!(text.contains(option), "finetune create --help misses {option}:\n{text}");
+        }
+        for setting in SERVICE_SETTINGS.iter().chain(&["--ledger-url", "--datanet-url", "Settings:"]) {
+            assert!(!text.contains(setting), "finetune create --help lists {setting}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn finetune_commands_parse_their_ids_and_flags_anywhere_after_finetune() {
+        let cli =
+            Cli::try_parse_from(["openledger", "finetune", "--api-key", "olk_x", "events", "ftjob-1", "--follow"])
+                .expect("parses");
+        let Command::Finetune { command: finetune::FinetuneCommand::Events { id, follow, .. }, .. } = cli.command
+        else {
+            panic!("not finetune events");
+        };
+        assert_eq!((id.as_str(), follow), ("ftjob-1", true));
+        let cli = Cli::try_parse_from([
+            "openledger",
+            "finetune",
+            "create",
+            "--model",
+            "m",
+            "--training-file",
+            "datanet:a@1",
+            "--metadata",
+            "a=1",
+            "--metadata",
+            "b=2",
+            "--targets",
+            "q_proj,v_proj",
+            "--url",
+            "http://edge:8080",
+        ]);
+        assert!(cli.is_ok(), "create parses");
+        assert!(
+            Cli::try_parse_from(["openledger", "finetune", "create", "--model", "m"]).is_err(),
+            "needs a training file"
+        );
+        assert!(Cli::try_parse_from(["openledger", "finetune", "events", "x", "--follow", "--json"]).is_err());
     }
 
     #[test]
