@@ -348,8 +348,7 @@ async fn export(
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)?;
     let mut file = std::io::BufWriter::new(std::fs::File::create(partial.join(corpus::RECORDS_FILE))?);
-    let request =
-        pb::ReadRecordsRequest {
+    let request = pb::ReadRecordsRequest {
         datanet_id: found.id.clone(),
         snapshot_id: sealed.id.clone(),
         grant_id: grant,

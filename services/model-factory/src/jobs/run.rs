@@ -367,11 +367,17 @@ fn eval_metrics(report: &EvalReport) -> pb::EvalMetrics {
 
 /// The trainer's error as the job's: a diverged run, a full disk, or anything else.
 fn trainer_failure(error: MlError) -> Failure {
-    let full = |source: &std::io::Error| source.raw_os_error() == Some(28); // ENOSPC
+    let full = |source: &std::io::Error| {
+        source.kind() == std::io::ErrorKind::StorageFull || source.raw_os_error() == Some(28) // ENOSPC
+    };
+    let full_text = |message: &str| {
+        let message = message.to_lowercase();
+        message.contains("no space left") || message.contains("no storage space")
+    };
     let code = match &error {
         MlError::Diverged(_) => "diverged",
         MlError::Io { source, .. } if full(source) => "storage_full",
-        MlError::Checkpoint(message) if message.contains("No space left") => "storage_full",
+        MlError::Checkpoint(message) if full_text(message) => "storage_full",
         MlError::InvalidRequest(_) => "invalid_training_file",
         _ => "training_failed",
     };

@@ -475,3 +475,41 @@ async fn a_job_stopped_with_its_process_continues_and_equals_an_uninterrupted_ru
     assert_eq!(weights(&world, &done.fine_tuned_model).await, weights(&world, &straight.fine_tuned_model).await);
     left.stop().await;
 }
+
+/// A job whose run fails at `failpoint` (the trainer's), with the code it fails with.
+async fn failing_job(failpoint: &str, actions: &str) -> (pb::FineTuneJob, World) {
+    let (db, keep) = sqlite().await;
+    let world = World::new(db, ScriptedDatanet::instructions(12)).await;
+    let service = world.start();
+    let scenario = fail::FailScenario::setup();
+    fail::cfg(failpoint, actions).expect("fail point");
+    let hyper = pb::Hyperparameters { checkpoint_every: Some(1), ..quick() };
+    let job = service.jobs.create(create(hyper)).await.expect("create");
+    let failed = service.until_state(&job.id, pb::JobState::Failed).await;
+    scenario.teardown();
+    service.stop().await;
+    drop(keep);
+    (failed, world)
+}
+
+#[tokio::test]
+async fn a_diverging_run_fails_the_job_and_keeps_the_last_good_checkpoint() {
+    let (failed, world) = failing_job("train-loss", "2*off->return").await;
+    let error = failed.error.expect("error");
+    assert_eq!(error.code, "diverged", "{error:?}");
+    assert!(error.message.contains("step 3: loss NaN") && error.message.contains("step-00000002"), "{error:?}");
+    let checkpoints = world.dir.path().join("finetune").join(&failed.id).join("out/checkpoints/step-00000002");
+    assert!(checkpoints.join("trainer_state.json").is_file(), "the last good checkpoint is kept");
+    assert!(failed.fine_tuned_model.is_empty());
+    assert!(world.outbox("adapter.registered").await.is_empty(), "nothing registered");
+    assert_eq!(world.outbox(".job.failed").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_the_job_saying_so() {
+    // A checkpoint writes four files; the second checkpoint's first write finds the disk full.
+    let (failed, world) = failing_job("train-write-file", "4*off->return").await;
+    let error = failed.error.expect("error");
+    assert_eq!(error.code, "storage_full", "{error:?}");
+    assert!(world.outbox("adapter.registered").await.is_empty(), "nothing registered");
+}
