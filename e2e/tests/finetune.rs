@@ -25,13 +25,26 @@ const RECORDS: &str = "{\"text\": \"Dehydration in older adults often presents w
 {\"text\": \"A fever in a baby younger than three months needs prompt medical assessment.\"}\n\
 {\"text\": \"Sunscreen should be applied fifteen minutes before going outside and again every two hours.\"}\n";
 
-#[tokio::test]
-async fn the_official_client_fine_tunes_on_a_datanet_and_calls_the_result() {
+/// What a model builder has once a Datanet version is sealed and its grant approved.
+struct Builder {
+    rest: String,
+    client: reqwest::Client,
+    key: String,
+    signer: SigningKey,
+    base_model: String,
+    training_file: String,
+}
+
+/// `openledger dev` with the packaged SmolLM2 in `data_dir`, with `env`.
+fn dev(data_dir: &Path, env: &[(&str, String)]) -> Platform {
     let model = openledger_ml::testing::smollm2_path();
-    let data_dir = tempfile::tempdir().expect("temp dir");
-    let args =
-        ["--data-dir", &data_dir.path().display().to_string(), "dev", "--base-model", &model.display().to_string()];
-    let mut platform = Platform::spawn::<&str>(&args, &[]);
+    let args = ["--data-dir", &data_dir.display().to_string(), "dev", "--base-model", &model.display().to_string()];
+    Platform::spawn(&args, env)
+}
+
+/// Dana's public Datanet with one sealed version; the builder's account, API key and grant
+/// (a job before the grant is refused with 403).
+async fn builder_with_a_grant(platform: &mut Platform) -> Builder {
     let rest_addr = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
     platform.wait_ready(rest_addr).await;
     let rest = format!("http://{rest_addr}");
@@ -114,7 +127,14 @@ async fn the_official_client_fine_tunes_on_a_datanet_and_calls_the_result() {
         signature: Some(signing::sign(&dana, &signing::access_decision_message(&datanet.id, &grant.id, true, now))),
     };
     datanets.decide_access(decide).await.expect("approve");
+    Builder { rest, client, key, signer: builder, base_model, training_file }
+}
 
+#[tokio::test]
+async fn the_official_client_fine_tunes_on_a_datanet_and_calls_the_result() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut platform = dev(data_dir.path(), &[]);
+    let Builder { rest, key, base_model, training_file, .. } = builder_with_a_grant(&mut platform).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai-client.sh");
     let envs = [
         ("OL_BASE_URL", format!("{rest}/v1")),
@@ -135,6 +155,103 @@ async fn the_official_client_fine_tunes_on_a_datanet_and_calls_the_result() {
         run.status,
         String::from_utf8_lossy(&run.stderr),
         platform.stderr()
+    );
+    platform.terminate();
+}
+
+impl Builder {
+    async fn create(&self, body: &Value) -> Value {
+        let response = self
+            .client
+            .post(format!("{}/v1/fine_tuning/jobs", self.rest))
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status().as_u16(), 200);
+        response.json().await.expect("json")
+    }
+
+    /// The job once `done` holds (ten minutes at most).
+    async fn until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            let response =
+                self.client.get(format!("{}/v1/fine_tuning/jobs/{id}", self.rest)).bearer_auth(&self.key).send().await;
+            if let Ok(response) = response {
+                let job: Value = response.json().await.expect("json");
+                assert!(job["status"] != "failed" && job["status"] != "cancelled", "job {id} ended: {job}");
+                if done(&job) {
+                    return job;
+                }
+                assert!(std::time::Instant::now() < deadline, "job {id}: {job}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// BLAKE3 of the adapter's weights, as the registry lists them to its owner.
+    async fn weights_hash(&self, adapter: &str) -> String {
+        let mut request = self.client.get(format!("{}/v1/adapters/{adapter}", self.rest));
+        for (name, value) in openledger_signing::caller_headers(&self.signer, openledger_signing::now_unix()) {
+            request = request.header(name, value);
+        }
+        let adapter: Value = request.send().await.expect("get").json().await.expect("json");
+        adapter["files"][1]["blake3"].as_str().unwrap_or_else(|| panic!("{adapter}")).to_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_job_killed_mid_training_continues_after_a_restart_and_yields_the_same_adapter_on_postgres_and_nats() {
+    let postgres = openledger_testkit::Postgres::start();
+    let nats = openledger_testkit::Nats::start();
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let env = [("DATABASE_URL", postgres.create_database("finetune")), ("NATS_URL", nats.url())];
+    let mut platform = dev(data_dir.path(), &env);
+    let builder = builder_with_a_grant(&mut platform).await;
+    // Nine steps (three training records, three epochs), a checkpoint every two.
+    let body = serde_json::json!({
+        "model": builder.base_model,
+        "training_file": builder.training_file,
+        "seed": 11,
+        "hyperparameters": {"n_epochs": 3, "batch_size": 1},
+        "lora": {"rank": 4, "checkpoint_every": 2, "eval_every": 100, "max_seq_tokens": 96},
+    });
+    let straight = builder.create(&body).await;
+    let straight = builder.until(straight["id"].as_str().expect("id"), |job| job["status"] == "succeeded").await;
+    let killed = builder.create(&body).await;
+    let id = killed["id"].as_str().expect("id").to_owned();
+    let at = builder.until(&id, |job| job["step"].as_u64() >= Some(3)).await;
+    platform.kill_hard();
+    assert!(at["step"].as_u64() < at["total_steps"].as_u64(), "killed before the end: {at}");
+
+    let mut platform = dev(data_dir.path(), &env);
+    let rest_addr = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
+    platform.wait_ready(rest_addr).await;
+    let builder = Builder { rest: format!("http://{rest_addr}"), ..builder };
+    let done = builder.until(&id, |job| job["status"] == "succeeded").await;
+    assert_eq!(done["trained_tokens"], straight["trained_tokens"], "{done}");
+    let events: Value = builder
+        .client
+        .get(format!("{}/v1/fine_tuning/jobs/{id}/events?limit=1000", builder.rest))
+        .bearer_auth(&builder.key)
+        .send()
+        .await
+        .expect("events")
+        .json()
+        .await
+        .expect("json");
+    let messages: Vec<&str> =
+        events["data"].as_array().expect("events").iter().filter_map(|e| e["message"].as_str()).collect();
+    assert!(messages.iter().any(|m| m.contains("continuing after a restart")), "{messages:?}");
+    let (a, b) =
+        (straight["fine_tuned_model"].as_str().expect("name"), done["fine_tuned_model"].as_str().expect("name"));
+    assert_ne!(a, b);
+    assert_eq!(
+        builder.weights_hash(a).await,
+        builder.weights_hash(b).await,
+        "the resumed adapter equals the uninterrupted one"
     );
     platform.terminate();
 }
