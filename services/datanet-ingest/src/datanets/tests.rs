@@ -226,3 +226,106 @@ async fn unique_violations_are_read_from_the_error_code_on_postgres() {
     openledger_store::migrate(&db).await.expect("migrate");
     unique_violations_are_read_from_the_error_code(&db).await;
 }
+
+/// `CheckReadAccess` and a read for a grantee: no version 409, no grant 403, a private Datanet
+/// its never-asked grantee cannot see 404; once granted, the read for the grantee is logged
+/// with its reader and returns the version's records.
+#[tokio::test]
+async fn a_service_reads_for_a_grantee_only_under_an_approved_grant() {
+    use futures::TryStreamExt;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = sqlite(&dir).await;
+    let datanets = Arc::new(Datanets::new(db.clone(), objects(&dir), Arc::new(ScriptedLedger::default())));
+    let (owner, builder, stranger) =
+        (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]), SigningKey::from_bytes(&[3; 32]));
+    let grantee = builder.verifying_key().to_bytes().to_vec();
+    let datanet = create(&datanets, &owner, pb::Datanet { policy: None, ..staked_datanet("washing") }).await;
+    let check = |grantee: &SigningKey, version: &str| pb::CheckReadAccessRequest {
+        datanet: "washing".into(),
+        snapshot_id: version.into(),
+        grantee: grantee.verifying_key().to_bytes().to_vec(),
+        grant_id: String::new(),
+    };
+    let code = |result: Result<pb::ReadAccess, DatanetError>| result.expect_err("refused").code;
+    let mut upload = upload(&datanet.id, &owner);
+    upload.account_id = None;
+    upload.signature = signing::sign(
+        &owner,
+        &signing::contribution_message(&datanet.id, "washing.md", &ContentHash::of(TEXT.as_bytes()), None),
+    );
+    datanets.contribute(upload).await.expect("contribute");
+    // Requested: no approved grant yet.
+    let purpose = "train";
+    let asked = datanets
+        .request_access(pb::RequestAccessRequest {
+            datanet_id: datanet.id.clone(),
+            purpose: purpose.into(),
+            signature: Some(signing::sign(&builder, &signing::access_request_message(&datanet.id, purpose))),
+        })
+        .await
+        .expect("ask");
+    assert_eq!(code(datanets.check_read_access(&check(&builder, "latest")).await), ErrorCode::PermissionDenied);
+    assert_eq!(code(datanets.check_read_access(&check(&stranger, "latest")).await), ErrorCode::PermissionDenied);
+    let now = signing::now_unix();
+    datanets
+        .decide_access(pb::DecideAccessRequest {
+            datanet_id: datanet.id.clone(),
+            grant_id: asked.id.clone(),
+            approve: true,
+            signature: Some(signing::sign(
+                &owner,
+                &signing::access_decision_message(&datanet.id, &asked.id, true, now),
+            )),
+            signed_at: now,
+        })
+        .await
+        .expect("approve");
+    // Granted, but nothing sealed yet.
+    assert_eq!(code(datanets.check_read_access(&check(&builder, "latest")).await), ErrorCode::FailedPrecondition);
+    let now = signing::now_unix();
+    datanets
+        .publish(pb::PublishSnapshotRequest {
+            datanet_id: datanet.id.clone(),
+            signature: Some(signing::sign(&owner, &signing::publish_message(&datanet.id, now))),
+            signed_at: now,
+        })
+        .await
+        .expect("publish");
+    assert_eq!(code(datanets.check_read_access(&check(&builder, "7")).await), ErrorCode::NotFound);
+    let access = datanets.check_read_access(&check(&builder, "1")).await.expect("granted");
+    assert_eq!((access.grant_id.as_str(), access.slug.as_str()), (asked.id.as_str(), "washing"));
+    let version = access.snapshot.clone().expect("version");
+    let read = pb::ReadRecordsRequest {
+        datanet_id: datanet.id.clone(),
+        snapshot_id: version.id.clone(),
+        grant_id: String::new(),
+        grantee: grantee.clone(),
+        reader: "job:ftjob-1".into(),
+    };
+    let records: Vec<pb::Record> =
+        datanets.read_records(&read, None).await.expect("read").try_collect().await.expect("records");
+    assert_eq!(records.len() as u64, version.record_count);
+    let logged = crate::entities::read::Entity::find().all(&db).await.expect("reads");
+    assert_eq!(
+        (logged.len(), logged[0].reader.as_str(), logged[0].grantee.clone()),
+        (1, "job:ftjob-1", grantee.clone())
+    );
+    // A signed caller and a grantee at once is refused; a stranger's key reads nothing.
+    let both = datanets.read_records(&read, Some(owner.verifying_key().to_bytes())).await;
+    assert_eq!(both.err().expect("both").code, ErrorCode::InvalidArgument);
+    let stranger_read = pb::ReadRecordsRequest { grantee: stranger.verifying_key().to_bytes().to_vec(), ..read };
+    assert_eq!(
+        datanets.read_records(&stranger_read, None).await.err().expect("stranger").code,
+        ErrorCode::PermissionDenied
+    );
+    // A private Datanet is invisible to a key that never asked for it.
+    create(
+        &datanets,
+        &owner,
+        pb::Datanet { visibility: pb::Visibility::Private as i32, policy: None, ..staked_datanet("hidden") },
+    )
+    .await;
+    let hidden = pb::CheckReadAccessRequest { datanet: "hidden".into(), ..check(&stranger, "latest") };
+    assert_eq!(code(datanets.check_read_access(&hidden).await), ErrorCode::NotFound);
+}
