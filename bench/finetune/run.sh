@@ -22,12 +22,22 @@ bin=$target/release/openledger
 model=$(scripts/fetch-models.sh smollm2)
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# Distinct natural sentences (the first lines of standard-library docstrings), so that the
+# Datanet's duplicate and spam screens accept them.
 python3 - "$records" > "$work/records.jsonl" <<'PY'
-import json, sys
-topics = ["fluids", "hand washing", "fever", "sunscreen", "sleep", "walking", "vaccines", "salt"]
-for i in range(int(sys.argv[1])):
-    topic = topics[i % len(topics)]
-    print(json.dumps({"text": f"Note {i} on {topic}: carers check {topic} every morning and write down what changed, step {i % 7}."}))
+import importlib, inspect, json, sys
+wanted, seen = int(sys.argv[1]), set()
+for module in ["os", "json", "re", "string", "textwrap", "collections", "itertools", "functools", "pathlib",
+               "datetime", "statistics", "random", "math", "shutil", "subprocess", "email", "csv", "heapq",
+               "bisect", "argparse", "logging", "threading", "socket", "urllib.parse", "zipfile", "tarfile"]:
+    for name, item in inspect.getmembers(importlib.import_module(module)):
+        doc = " ".join((inspect.getdoc(item) or "").split("\n\n")[0].split())
+        if name.startswith("_") or not 60 <= len(doc) <= 400 or doc in seen:
+            continue
+        seen.add(doc)
+        print(json.dumps({"text": doc}))
+        if len(seen) == wanted:
+            sys.exit(0)
 PY
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
@@ -39,6 +49,8 @@ service_round() {
     local pid=$!
     until curl -sf "http://127.0.0.1:$http/readyz" >/dev/null; do sleep 0.05; done
     local key=$dir/dev-account.key api
+    # The development account and key are made just after the platform is ready.
+    until [ -s "$dir/dev-api-key" ] && [ -s "$key" ]; do sleep 0.05; done
     api=$(cat "$dir/dev-api-key")
     local dn="--datanet-url http://127.0.0.1:$((grpc + 1))"
     "$bin" datanet create --slug bench --name Bench --schema free-text --key-file "$key" $dn >/dev/null
@@ -47,6 +59,8 @@ service_round() {
     local grant
     grant=$("$bin" datanet grant bench --purpose bench --key-file "$key" $dn | awk '{print $2}' | tr -d :)
     "$bin" datanet grant bench --grant "$grant" --approve --key-file "$key" $dn >/dev/null
+    # The CLI trains on exactly the sealed version's records.
+    [ -d "$work/version" ] || "$bin" datanet export bench@1 --grant "$grant" --out "$work/version" --key-file "$key" $dn >/dev/null
     until curl -sf -H "authorization: Bearer $api" "http://127.0.0.1:$http/v1/models" | grep -q '"id"'; do sleep 0.1; done
     local before_kib body start first="" id status
     before_kib=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
@@ -54,26 +68,29 @@ service_round() {
     start=$(ms)
     id=$(curl -sf -H "authorization: Bearer $api" -H 'content-type: application/json' -d "$body" \
         "http://127.0.0.1:$http/v1/fine_tuning/jobs" | json 'd["id"]')
+    # Polled once a second with one small process per poll: on two cores a busier poll loop
+    # takes time from the training thread (the first runs of this script polled every 50 ms
+    # through three processes and measured 16-19% "overhead" that was the poller's).
+    local job step
     while :; do
-        local job
         job=$(curl -sf -H "authorization: Bearer $api" "http://127.0.0.1:$http/v1/fine_tuning/jobs/$id")
-        status=$(echo "$job" | json 'd["status"]')
-        if [ -z "$first" ] && [ "$(echo "$job" | json 'd["step"]')" -ge 1 ]; then first=$(ms); fi
+        read -r status step <<<"$(echo "$job" | json 'd["status"] + " " + str(d["step"])')"
+        if [ -z "$first" ] && [ "$step" -ge 1 ]; then first=$(ms); fi
         case $status in succeeded|failed|cancelled) break ;; esac
-        sleep 0.05
+        sleep 1
     done
     local end steps hwm_kib
     end=$(ms)
     steps=$(echo "$job" | json 'd["total_steps"]')
     hwm_kib=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
     kill -TERM $pid; wait $pid || true
-    echo "service round $1: $status, $steps steps, create→succeeded $(( end - start )) ms, create→first step $(( ${first:-$end} - start )) ms, platform RSS before $(( before_kib / 1024 )) MiB, peak $(( hwm_kib / 1024 )) MiB"
+    echo "service round $1: $status, $(echo "$job" | json 'd["training_records"]') records, $steps steps, create→succeeded $(( end - start )) ms, create→first step $(( ${first:-$end} - start )) ms, platform RSS before $(( before_kib / 1024 )) MiB, peak $(( hwm_kib / 1024 )) MiB"
 }
 
 cli_round() {
     local out=$work/cli-$1 start end
     start=$(ms)
-    /usr/bin/time -f "%M" -o "$work/cli-$1.rss" "$bin" model finetune --base "$model" --data "$work/records.jsonl" \
+    /usr/bin/time -f "%M" -o "$work/cli-$1.rss" "$bin" model finetune --base "$model" --data "$work/version/records.jsonl" \
         --out "$out" --rank "$rank" --epochs "$epochs" --seed 7 --checkpoint-every 50 --eval-every 50 --threads "$threads" >/dev/null 2>&1
     end=$(ms)
     echo "cli round $1: wall $(( end - start )) ms, peak RSS $(( $(cat "$work/cli-$1.rss") / 1024 )) MiB"
