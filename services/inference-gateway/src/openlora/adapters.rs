@@ -215,8 +215,9 @@ pub struct ImportAdapterRequest {
     /// The base model's id; empty or absent for the platform's base.
     #[serde(default)]
     pub base_model: String,
-    /// An object-store key prefix holding the two files, or `hf://owner/name[@revision]`.
-    #[schema(min_length = 1, max_length = 1024, pattern = "^[^\\s]+$")]
+    /// An object-store key prefix holding the two files, or `hf://owner/name[@revision]`
+    /// (printable ASCII without spaces; the service refuses spaces and control characters).
+    #[schema(min_length = 1, max_length = 1024, pattern = "^[!-~]+$")]
     pub source: String,
     /// The owner's ledger account, decimal.
     #[schema(pattern = "^[1-9][0-9]{0,38}$")]
