@@ -35,23 +35,17 @@ impl LedgerOwners {
 #[async_trait::async_trait]
 impl Owners for LedgerOwners {
     async fn check_owner(&self, account: u128, key: &Key) -> Result<(), RegistryError> {
-        let unreachable = |status: tonic::Status| {
-            RegistryError::new(
-                ErrorCode::Unavailable,
-                format!("looking up ledger account {account}: the ledger says: {}", status.message()),
-            )
-        };
-        let channel = self.ledger.channel().map_err(unreachable)?;
-        let found = LedgerServiceClient::new(channel)
-            .lookup_accounts(pb::LookupAccountsRequest { ids: vec![account.into()] })
-            .await
-            .map_err(unreachable)?
-            .into_inner()
-            .accounts;
-        owned_by(account, found.first().and_then(|found| found.owner.as_ref()), key)
+        owned_by(account, self.lookup_owner(account).await?.as_ref(), key)
     }
 
     async fn owner_key(&self, account: u128) -> Result<Key, RegistryError> {
+        key_of(account, self.lookup_owner(account).await?.as_ref())
+    }
+}
+
+impl LedgerOwners {
+    /// The owner of `account` on the ledger (`None` when the account does not exist).
+    async fn lookup_owner(&self, account: u128) -> Result<Option<pb::account::Owner>, RegistryError> {
         let unreachable = |status: tonic::Status| {
             RegistryError::new(
                 ErrorCode::Unavailable,
@@ -65,7 +59,7 @@ impl Owners for LedgerOwners {
             .map_err(unreachable)?
             .into_inner()
             .accounts;
-        key_of(account, found.first().and_then(|found| found.owner.as_ref()))
+        Ok(found.into_iter().next().and_then(|found| found.owner))
     }
 }
 

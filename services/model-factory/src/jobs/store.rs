@@ -2,7 +2,6 @@
 //! its checkpoints, and state changes, each written with its `ol.modelfactory.job.<status>`
 //! event to the outbox in one transaction.
 
-use openledger_core::ErrorCode;
 use openledger_proto::{common::v1::Hash, events::v1::FineTuneJobChanged, modelfactory::v1 as pb};
 use openledger_store::{db::retry_when_busy, now_ms, outbox::NewEvent};
 use prost::Message;
@@ -15,6 +14,7 @@ use crate::{
     RegistryError,
     entities::{job, job_checkpoint, job_event},
     events::PRODUCER,
+    registry::{corrupt, timestamp},
 };
 
 pub(super) fn state_of(row: &job::Model) -> Result<pb::JobState, RegistryError> {
@@ -37,14 +37,6 @@ pub fn status_name(state: pb::JobState) -> &'static str {
 
 pub fn is_terminal(state: pb::JobState) -> bool {
     matches!(state, pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
-}
-
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> RegistryError {
-    RegistryError::new(ErrorCode::Internal, format!("the stored {what} is corrupt: {detail}"))
-}
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 /// The API view of a stored job.

@@ -86,11 +86,11 @@ fn not_found(id: &str) -> RegistryError {
     RegistryError::new(ErrorCode::NotFound, format!("no adapter {id:?}: list adapters with ListAdapters"))
 }
 
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> RegistryError {
+pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> RegistryError {
     RegistryError::new(ErrorCode::Internal, format!("the stored {what} is corrupt: {detail}"))
 }
 
-fn timestamp(ms: i64) -> prost_types::Timestamp {
+pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
