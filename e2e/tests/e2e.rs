@@ -392,11 +392,13 @@ async fn settle_all(
                 contributor_account_id: id(80_002),
                 contribution_id: "c1".into(),
                 weight_ppb: 700_000_000,
+                contributor: Vec::new(),
             },
             pb::ContributorWeight {
                 contributor_account_id: id(80_003),
                 contribution_id: "c2".into(),
                 weight_ppb: 300_000_000,
+                contributor: Vec::new(),
             },
         ];
         client

@@ -18,9 +18,28 @@ pub fn inference_fee(
     token_cost(tokens_in, price_in)?.checked_add(token_cost(tokens_out, price_out)?)?.checked_add(platform_fee)
 }
 
+/// Client account ids start here; lower ids are the ledger's system and allocation accounts.
+pub const FIRST_CLIENT_ACCOUNT_ID: u128 = 1 << 16;
+
+/// The ledger account a contributor is paid to when their contribution named no bond account:
+/// derived from their ed25519 public key (owned by it, created by the ledger on the first
+/// payout), so every contributor is paid to an account only their key controls.
+pub fn earnings_account_id(contributor_public_key: &[u8]) -> u128 {
+    let id = crate::ContentHash::of_parts(&[b"openledger/earnings-account/v1/", contributor_public_key]).prefix_u128();
+    id.max(FIRST_CLIENT_ACCOUNT_ID)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_earnings_account_is_a_client_account_of_its_key_alone() {
+        let (a, b) = (earnings_account_id(&[1; 32]), earnings_account_id(&[2; 32]));
+        assert_ne!(a, b);
+        assert_eq!(a, earnings_account_id(&[1; 32]));
+        assert!(a >= FIRST_CLIENT_ACCOUNT_ID && b >= FIRST_CLIENT_ACCOUNT_ID);
+    }
 
     #[test]
     fn each_part_rounds_up_separately() {

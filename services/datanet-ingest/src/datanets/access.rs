@@ -289,6 +289,7 @@ impl ReadCursor {
                 contribution_id: leaf.contribution_id,
                 contributor: leaf.contributor,
                 body,
+                ..Default::default()
             });
         }
         Ok(records)

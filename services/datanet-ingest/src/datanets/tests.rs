@@ -302,6 +302,7 @@ async fn a_service_reads_for_a_grantee_only_under_an_approved_grant() {
         grant_id: String::new(),
         grantee: grantee.clone(),
         reader: "job:ftjob-1".into(),
+        attribution: false,
     };
     let records: Vec<pb::Record> =
         datanets.read_records(&read, None).await.expect("read").try_collect().await.expect("records");

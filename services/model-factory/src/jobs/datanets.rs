@@ -92,6 +92,7 @@ impl DatanetReads for DatanetService {
             grant_id: access.grant_id.clone(),
             grantee: grantee.to_vec(),
             reader: reader.to_owned(),
+            attribution: false,
         };
         let mut stream = self.client()?.read_records(request).await.map_err(|status| upstream(&status))?.into_inner();
         let mut records = Vec::with_capacity(snapshot.record_count.min(MAX_TRAINING_RECORDS) as usize);

@@ -10,7 +10,7 @@
 use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path, time::Duration};
 
 use ed25519_dalek::SigningKey;
-use openledger_core::{Config, ContentHash, ErrorCode};
+use openledger_core::{Config, ContentHash, ErrorCode, fee::FIRST_CLIENT_ACCOUNT_ID};
 use openledger_proto::{common::v1 as common, ledger::v1 as lpb, uint128};
 use openledger_runtime::{DevApiKey, Worker};
 use rand::{TryRngCore, rngs::OsRng};
@@ -37,8 +37,6 @@ const DEV_KEY_NAME: &str = "openledger dev";
 /// How long the bootstrap keeps trying (the ledger mints genesis as it starts).
 pub const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// Account ids below this are the ledger's own.
-const FIRST_CLIENT_ACCOUNT_ID: u128 = 1 << 16;
 
 /// What the bootstrap made or found.
 #[derive(Clone, Debug, PartialEq, Eq)]
