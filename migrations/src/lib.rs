@@ -12,6 +12,7 @@ mod m20261125_000005_datanet;
 mod m20261205_000006_modelfactory;
 mod m20261205_000007_gateway;
 mod m20261206_000008_finetune;
+mod m20261206_000010_attribution;
 
 /// Applies every schema in order.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000006_modelfactory::Migration),
             Box::new(m20261205_000007_gateway::Migration),
             Box::new(m20261206_000008_finetune::Migration),
+            Box::new(m20261206_000010_attribution::Migration),
         ]
     }
 }

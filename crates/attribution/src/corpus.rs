@@ -82,6 +82,87 @@ pub struct Provenance {
     pub contributor: String,
 }
 
+/// Writes an export directory record by record, as `openledger datanet export` and the
+/// attribution-worker read a version: into `<out>.partial`, then renamed to `out` once every
+/// record hashed to its body and the records to the version's Merkle root, so a half-written
+/// export is never read.
+pub struct ExportWriter {
+    out: std::path::PathBuf,
+    partial: std::path::PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    leaves: Vec<ContentHash>,
+}
+
+impl ExportWriter {
+    /// Starts an export into `out`, which must not exist.
+    pub fn create(out: &Path) -> Result<Self> {
+        if out.exists() {
+            return Err(AttributionError::invalid(format!("{} exists: export into a new directory", out.display())));
+        }
+        let partial = out.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial).map_err(|e| AttributionError::io(&partial, e))?;
+        let path = partial.join(RECORDS_FILE);
+        let file = std::fs::File::create(&path).map_err(|e| AttributionError::io(&path, e))?;
+        Ok(Self { out: out.to_path_buf(), partial, file: std::io::BufWriter::new(file), leaves: Vec::new() })
+    }
+
+    /// Appends the next record of the version (its body as stored, a JSON object).
+    pub fn push(&mut self, hash: ContentHash, contribution: &str, contributor: &[u8], body: &[u8]) -> Result<()> {
+        use std::io::Write;
+        if ContentHash::of(body) != hash {
+            return Err(AttributionError::Mismatch(format!("record {hash} does not match its body")));
+        }
+        let mut value: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(body).map_err(|e| AttributionError::corrupt(format!("record {hash}"), e))?;
+        let provenance = Provenance {
+            position: self.leaves.len() as u64,
+            record: hash.to_hex(),
+            contribution: contribution.to_owned(),
+            contributor: hex::encode(contributor),
+        };
+        let provenance = serde_json::to_value(provenance).map_err(|e| AttributionError::corrupt("provenance", e))?;
+        value.insert(PROVENANCE_MEMBER.into(), provenance);
+        let path = self.partial.join(RECORDS_FILE);
+        serde_json::to_writer(&mut self.file, &value).map_err(|e| AttributionError::io(&path, e.into()))?;
+        self.file.write_all(b"\n").map_err(|e| AttributionError::io(&path, e))?;
+        self.leaves.push(hash);
+        Ok(())
+    }
+
+    /// Records written so far.
+    pub fn len(&self) -> usize {
+        self.leaves.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leaves.is_empty()
+    }
+
+    /// Checks the records against the version's root, writes the manifest and publishes the
+    /// directory. `manifest.records` is set here; a root that does not match writes nothing.
+    pub fn finish(self, mut manifest: Manifest) -> Result<Manifest> {
+        let path = self.partial.join(RECORDS_FILE);
+        let file = self.file.into_inner().map_err(|e| AttributionError::io(&path, e.into_error()))?;
+        file.sync_all().map_err(|e| AttributionError::io(&path, e))?;
+        let root = openledger_core::MerkleTree::new(&self.leaves).root();
+        if root.to_hex() != manifest.merkle_root {
+            let _ = std::fs::remove_dir_all(&self.partial);
+            return Err(AttributionError::Mismatch(format!(
+                "the records read do not hash to version {}'s root {}: nothing was written",
+                manifest.version, manifest.merkle_root
+            )));
+        }
+        manifest.format = EXPORT_FORMAT.into();
+        manifest.records = self.leaves.len() as u64;
+        let path = self.partial.join(MANIFEST_FILE);
+        let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| AttributionError::corrupt("manifest", e))?;
+        std::fs::write(&path, bytes).map_err(|e| AttributionError::io(&path, e))?;
+        std::fs::rename(&self.partial, &self.out).map_err(|e| AttributionError::io(&self.out, e))?;
+        Ok(manifest)
+    }
+}
+
 /// One record of a version.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CorpusRecord {

@@ -294,3 +294,23 @@ fn dead_letter(settings: &BusSettings, durable_name: &str, delivery: &Delivery) 
         headers,
     }
 }
+
+/// Header saying why a consumer dead-lettered a message at once (a poison message).
+pub const HEADER_DEAD_LETTER_REASON: &str = "Ol-Dead-Letter-Reason";
+
+/// Gives up on a message that can never be handled (it does not decode, or what it asks is
+/// refused for good): publishes its copy to the consumer's dead-letter subject with `reason`,
+/// then stops its delivery. Retrying a poison message `max_deliver` times first would only
+/// delay the report.
+pub async fn dead_letter_now(
+    bus: &dyn EventBus,
+    durable_name: &str,
+    delivery: Delivery,
+    reason: &str,
+) -> Result<(), BusError> {
+    let mut copy = dead_letter(bus.settings(), durable_name, &delivery);
+    let reason: String = reason.chars().filter(|c| !c.is_control()).take(512).collect();
+    copy.headers.insert(HEADER_DEAD_LETTER_REASON.to_owned(), reason);
+    bus.publish(copy).await?;
+    delivery.term().await
+}

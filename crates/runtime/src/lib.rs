@@ -6,6 +6,7 @@
 
 mod backends;
 pub mod clients;
+pub mod consume;
 pub mod grpc;
 pub mod ops;
 mod service;

@@ -1,25 +1,236 @@
-//! Proof of Attribution: which contributions shaped each paid output (span matching, projected-gradient influence). This issue ships its gRPC surface; the methods land with the attribution issue.
-//!
-//! Every RPC of `AttributionService` answers `UNIMPLEMENTED` until its handler lands: the generated
-//! trait's default methods do that, so the API can be listed, called and health-checked now.
+//! The attribution-worker: Proof of Attribution for every paid inference. It consumes
+//! `ol.inference.completed`, attributes each output to the contributions of the Datanet
+//! version its adapter was trained on (`attribute`), keeps a canonical receipt of each
+//! (`receipt`), batches the receipts into Merkle trees whose roots the ledger's journal records
+//! (`batches`), and emits `ol.attribution.computed`, which the ledger settles. It builds the
+//! indexes it reads without anyone asking (`indexes`: a span index per sealed version, on
+//! `ol.datanet.snapshot.sealed`). `api` is the gRPC surface; `limits` holds every limit.
 
-use std::sync::Arc;
+mod api;
+pub mod attribute;
+pub mod batches;
+mod entities;
+pub mod indexes;
+pub mod limits;
+pub mod receipt;
+#[cfg(test)]
+mod tests;
+pub mod upstream;
+pub mod verify;
 
-use openledger_proto::attribution::v1::attribution_service_server::{AttributionService, AttributionServiceServer};
-use openledger_runtime::{BackendsHandle, Deps, RuntimeError, ServiceSpec, run_service};
+use std::{path::Path, sync::Arc};
 
-/// The gRPC API of this service.
-#[derive(Clone)]
-pub struct Api {
-    #[allow(dead_code)]
-    backends: BackendsHandle,
+use openledger_bus::ConsumerConfig;
+use openledger_core::{ContentHash, ErrorCode};
+use openledger_model_factory::base::BaseModels;
+use openledger_proto::{
+    attribution::v1::attribution_service_server::AttributionServiceServer,
+    events::v1::{AdapterChanged, InferenceCompleted, SnapshotSealed},
+};
+use openledger_runtime::{
+    Config, Deps, RuntimeError, ServiceKind, ServiceSpec,
+    clients::ServiceChannel,
+    consume::{Handled, consume},
+};
+use prost::Message;
+use tokio::sync::OnceCell;
+
+pub use api::Api;
+pub use attribute::{Attributions, Outcome};
+pub use batches::Batches;
+pub use indexes::{Indexes, open_version};
+
+/// Subjects the worker consumes.
+pub const SUBJECT_INFERENCE_COMPLETED: &str = "ol.inference.completed";
+pub const SUBJECT_SNAPSHOT_SEALED: &str = "ol.datanet.snapshot.sealed";
+pub const SUBJECT_ADAPTER_REGISTERED: &str = "ol.modelfactory.adapter.registered";
+/// Its durable consumers.
+pub const CONSUMER_INFERENCES: &str = "attribution-inferences";
+pub const CONSUMER_VERSIONS: &str = "attribution-versions";
+pub const CONSUMER_ADAPTERS: &str = "attribution-adapters";
+
+/// An error with the code callers act on; `transient` when trying again later may succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct WorkerError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub transient: bool,
 }
 
-impl AttributionService for Api {}
+impl WorkerError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let transient = matches!(code, ErrorCode::Unavailable | ErrorCode::Timeout);
+        Self { code, message: message.into(), transient }
+    }
+
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::Internal, error.to_string())
+    }
+
+    pub fn io(path: &Path, error: std::io::Error) -> Self {
+        Self::new(ErrorCode::Internal, format!("{}: {error}", path.display()))
+    }
+
+    /// Attribution's errors: bad input stays the caller's; a mismatch or damage is ours.
+    pub fn attribution(error: openledger_attribution::AttributionError) -> Self {
+        use openledger_attribution::AttributionError as E;
+        let code = match &error {
+            E::InvalidInput(_) => ErrorCode::InvalidArgument,
+            _ => ErrorCode::Internal,
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+impl From<sea_orm::DbErr> for WorkerError {
+    fn from(error: sea_orm::DbErr) -> Self {
+        Self::new(ErrorCode::Unavailable, format!("database: {error}"))
+    }
+}
+
+/// What the gRPC API and the workers share once the backends are up.
+#[derive(Clone)]
+pub struct Parts {
+    pub attributions: Arc<Attributions>,
+    pub indexes: Arc<Indexes>,
+    pub batches: Arc<Batches>,
+}
+
+/// Set once the backends are connected.
+pub type SharedParts = Arc<OnceCell<Parts>>;
+
+/// Builds the worker's parts on `db` under `dir` (`<data_dir>/attribution`).
+pub fn parts(
+    db: sea_orm::DatabaseConnection,
+    upstream: Arc<dyn upstream::Upstream>,
+    bases: Arc<BaseModels>,
+    dir: std::path::PathBuf,
+    outbox_wake: Option<Arc<tokio::sync::Notify>>,
+) -> Parts {
+    let indexes = Arc::new(Indexes::new(db.clone(), upstream.clone(), bases, dir));
+    Parts {
+        attributions: Arc::new(Attributions::new(db.clone(), indexes.clone(), upstream.clone(), outbox_wake)),
+        indexes,
+        batches: Arc::new(Batches::new(db, upstream)),
+    }
+}
+
+/// What the inference consumer does with one delivery.
+pub async fn on_inference(attributions: &Attributions, payload: &[u8]) -> Handled {
+    let event = match InferenceCompleted::decode(payload) {
+        Ok(event) => event,
+        Err(error) => return Handled::Poison(format!("not an InferenceCompleted: {error}")),
+    };
+    match attributions.handle(&event, openledger_store::now_ms()).await {
+        Ok(Outcome::Attributed | Outcome::AlreadyAttributed) => Handled::Ack,
+        Ok(Outcome::Wait(delay)) => Handled::Retry(delay),
+        Err(error) if error.transient => {
+            tracing::warn!(inference_id = %event.inference_id, %error, "attributing failed for now; trying again");
+            Handled::Retry(limits::RETRY_DELAY)
+        }
+        Err(error) => Handled::Poison(format!("attributing inference {:?} failed: {error}", event.inference_id)),
+    }
+}
+
+/// What the version consumer does with one delivery: queue the sealed version's span index.
+pub async fn on_sealed(indexes: &Arc<Indexes>, payload: &[u8]) -> Handled {
+    let event = match SnapshotSealed::decode(payload) {
+        Ok(event) => event,
+        Err(error) => return Handled::Poison(format!("not a SnapshotSealed: {error}")),
+    };
+    let Some(root) = event.merkle_root.as_ref().and_then(|h| ContentHash::try_from(h.value.as_slice()).ok()) else {
+        return Handled::Poison(format!("version {} names no 32-byte root", event.snapshot_id));
+    };
+    let version = indexes::VersionRef {
+        datanet_id: event.datanet_id,
+        snapshot_id: event.snapshot_id,
+        root,
+        version: event.version,
+    };
+    match indexes.request(&version).await {
+        Ok(_) => Handled::Ack,
+        Err(error) if error.transient => Handled::Retry(limits::RETRY_DELAY),
+        Err(error) => Handled::Poison(format!("indexing version {} failed: {error}", version.snapshot_id)),
+    }
+}
+
+/// What the adapter consumer does with one delivery: an adapter trained on a version makes
+/// sure that version is indexed (it may have been sealed before this worker ran).
+pub async fn on_adapter(indexes: &Arc<Indexes>, payload: &[u8]) -> Handled {
+    let event = match AdapterChanged::decode(payload) {
+        Ok(event) => event,
+        Err(error) => return Handled::Poison(format!("not an AdapterChanged: {error}")),
+    };
+    if event.snapshot_id.is_empty() {
+        return Handled::Ack;
+    }
+    let Some(root) = event.snapshot_root.as_ref().and_then(|h| ContentHash::try_from(h.value.as_slice()).ok()) else {
+        return Handled::Poison(format!(
+            "adapter {} names version {} without its root",
+            event.adapter_id, event.snapshot_id
+        ));
+    };
+    let version =
+        indexes::VersionRef { datanet_id: event.datanet_id, snapshot_id: event.snapshot_id, root, version: 0 };
+    match indexes.request(&version).await {
+        Ok(_) => Handled::Ack,
+        Err(error) if error.transient => Handled::Retry(limits::RETRY_DELAY),
+        Err(error) => Handled::Poison(format!("indexing version {} failed: {error}", version.snapshot_id)),
+    }
+}
 
 /// Runs the service until the process shuts down.
-pub async fn serve(config: Arc<openledger_runtime::Config>, deps: Deps) -> Result<(), RuntimeError> {
-    let api = Api { backends: deps.backends.clone() };
-    let spec = ServiceSpec::new(openledger_runtime::ServiceKind::AttributionWorker, AttributionServiceServer::new(api));
-    run_service(spec, &config, deps).await
+pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
+    let channel = |kind, url: &Option<String>| ServiceChannel::new(kind, url.clone(), &config, deps.endpoints.clone());
+    let upstream: Arc<dyn upstream::Upstream> = Arc::new(upstream::Services {
+        model_factory: channel(ServiceKind::ModelFactory, &config.model_factory_url),
+        datanets: channel(ServiceKind::DatanetIngest, &config.datanet_url),
+        ledger: channel(ServiceKind::Ledger, &config.ledger_url),
+    });
+    let bases = Arc::new(BaseModels::from_config(&config));
+    let dir = config.data_dir.join("attribution");
+    let shared: SharedParts = Arc::default();
+    let spec =
+        ServiceSpec::new(ServiceKind::AttributionWorker, AttributionServiceServer::new(Api::new(shared.clone())));
+    let outbox_wake = spec.outbox_waker();
+    let worker: openledger_runtime::Worker = Box::new(move |backends, shutdown| {
+        Box::pin(async move {
+            let made = parts(backends.db.clone(), upstream, bases, dir, Some(outbox_wake));
+            let _ = shared.set(made.clone());
+            match made.indexes.resume().await {
+                Ok(0) => {}
+                Ok(resumed) => tracing::info!(resumed, "index builds resumed"),
+                Err(error) => tracing::warn!(%error, "resuming index builds failed"),
+            }
+            let inferences = ConsumerConfig::new(CONSUMER_INFERENCES, SUBJECT_INFERENCE_COMPLETED)
+                .ack_wait(limits::ACK_WAIT)
+                .max_deliver(limits::MAX_DELIVER);
+            let versions = ConsumerConfig::new(CONSUMER_VERSIONS, SUBJECT_SNAPSHOT_SEALED)
+                .ack_wait(limits::ACK_WAIT)
+                .max_deliver(limits::MAX_DELIVER);
+            let adapters = ConsumerConfig::new(CONSUMER_ADAPTERS, SUBJECT_ADAPTER_REGISTERED)
+                .ack_wait(limits::ACK_WAIT)
+                .max_deliver(limits::MAX_DELIVER);
+            let attributions = made.attributions.clone();
+            let indexes = made.indexes.clone();
+            let batches = made.batches.clone();
+            tokio::join!(
+                consume(backends.bus.clone(), inferences, shutdown.clone(), |delivery| {
+                    let (attributions, payload) = (attributions.clone(), delivery.payload.clone());
+                    async move { on_inference(&attributions, &payload).await }
+                }),
+                consume(backends.bus.clone(), versions, shutdown.clone(), |delivery| {
+                    let (indexes, payload) = (indexes.clone(), delivery.payload.clone());
+                    async move { on_sealed(&indexes, &payload).await }
+                }),
+                consume(backends.bus.clone(), adapters, shutdown.clone(), |delivery| {
+                    let (indexes, payload) = (indexes.clone(), delivery.payload.clone());
+                    async move { on_adapter(&indexes, &payload).await }
+                }),
+                batches.run(shutdown.clone()),
+            );
+        })
+    });
+    openledger_runtime::run_service(spec.worker(worker), &config, deps).await
 }

@@ -1,0 +1,381 @@
+//! The indexes attribution reads, built without anyone asking: a span index for every sealed
+//! Datanet version (`ol.datanet.snapshot.sealed`, or the first inference of an adapter trained
+//! on a version the worker has not indexed). Builds run here on a bounded pool
+//! ([`CONCURRENT_INDEX_BUILDS`]); their state is a row (`queued`, `building`, `ready`,
+//! `failed`), so a build a restart interrupted is started again.
+//!
+//! On disk, under `<data_dir>/attribution/versions/<snapshot_id>/`: the version as
+//! `openledger datanet export` writes it (`records.jsonl`, `manifest.json`), `accounts.json`
+//! (each contribution's bond account) and `span-index/`. [`files_hash`] over those files is
+//! what receipts name.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use openledger_attribution::{
+    corpus::{Corpus, ExportWriter, Manifest},
+    credit::{CreditGroups, CreditParams},
+    span::SpanIndex,
+};
+use openledger_core::{ContentHash, ErrorCode};
+use openledger_ml::Tokenizer;
+use openledger_model_factory::base::BaseModels;
+use openledger_store::now_ms;
+use parking_lot::Mutex;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, sea_query::OnConflict,
+};
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::{
+    WorkerError,
+    entities::index,
+    limits::{CONCURRENT_INDEX_BUILDS, RETRY_DELAY, SHARD_TOKENS},
+    upstream::Upstream,
+};
+
+pub const QUEUED: &str = "queued";
+pub const BUILDING: &str = "building";
+pub const READY: &str = "ready";
+pub const FAILED: &str = "failed";
+/// Each contribution's bond account, beside the export.
+pub const ACCOUNTS_FILE: &str = "accounts.json";
+pub const SPAN_INDEX_DIR: &str = "span-index";
+
+/// Where a version's files are under the worker's directory (`<data_dir>/attribution`).
+pub fn version_dir(dir: &Path, snapshot_id: &str) -> PathBuf {
+    dir.join("versions").join(snapshot_id)
+}
+
+/// The id of a version's span index.
+pub fn span_index_id(snapshot_id: &str) -> String {
+    format!("span:{snapshot_id}")
+}
+
+/// A version ready to attribute against.
+pub struct Version {
+    pub corpus: Corpus,
+    pub groups: CreditGroups,
+    pub spans: SpanIndex,
+    pub tokenizer: Arc<Tokenizer>,
+    /// Contribution id → the bond account it named (absent: none).
+    pub accounts: HashMap<String, u128>,
+    pub files_hash: ContentHash,
+    pub snapshot_root: ContentHash,
+}
+
+/// The worker's indexes.
+pub struct Indexes {
+    db: DatabaseConnection,
+    upstream: Arc<dyn Upstream>,
+    bases: Arc<BaseModels>,
+    tokenizer: OnceCell<Arc<Tokenizer>>,
+    dir: PathBuf,
+    loaded: Mutex<HashMap<String, Arc<Version>>>,
+    builds: Semaphore,
+}
+
+/// What to index.
+#[derive(Clone, Debug)]
+pub struct VersionRef {
+    pub datanet_id: String,
+    pub snapshot_id: String,
+    pub root: ContentHash,
+    /// 0 when only the id is known.
+    pub version: u64,
+}
+
+fn check_path_part(value: &str, what: &str) -> Result<(), WorkerError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !value.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(WorkerError::new(ErrorCode::InvalidArgument, format!("{what} {value:?} is not a valid id")))
+    }
+}
+
+impl Indexes {
+    pub fn new(db: DatabaseConnection, upstream: Arc<dyn Upstream>, bases: Arc<BaseModels>, dir: PathBuf) -> Self {
+        Self {
+            db,
+            upstream,
+            bases,
+            tokenizer: OnceCell::new(),
+            dir,
+            loaded: Mutex::new(HashMap::new()),
+            builds: Semaphore::new(CONCURRENT_INDEX_BUILDS),
+        }
+    }
+
+    /// The base model's tokenizer (what span indexes are built with).
+    pub async fn tokenizer(&self) -> Result<Arc<Tokenizer>, WorkerError> {
+        self.tokenizer
+            .get_or_try_init(|| async {
+                let base = self.bases.require().await.map_err(|e| WorkerError::new(e.code, e.message))?;
+                let path = base.path.clone();
+                let tokenizer = tokio::task::spawn_blocking(move || openledger_ml::source::load_tokenizer(&path))
+                    .await
+                    .map_err(WorkerError::internal)?
+                    .map_err(|e| {
+                        WorkerError::new(ErrorCode::FailedPrecondition, format!("the base model's tokenizer: {e}"))
+                    })?;
+                Ok(Arc::new(tokenizer))
+            })
+            .await
+            .cloned()
+    }
+
+    fn version_dir(&self, snapshot_id: &str) -> PathBuf {
+        version_dir(&self.dir, snapshot_id)
+    }
+
+    /// Asks for the version's span index: queued and built unless it exists. Returns its row.
+    pub async fn request(self: &Arc<Self>, version: &VersionRef) -> Result<index::Model, WorkerError> {
+        check_path_part(&version.snapshot_id, "snapshot id")?;
+        let id = span_index_id(&version.snapshot_id);
+        let now = now_ms();
+        let row = index::ActiveModel {
+            id: Set(id.clone()),
+            kind: Set("span".into()),
+            datanet_id: Set(version.datanet_id.clone()),
+            snapshot_id: Set(version.snapshot_id.clone()),
+            snapshot_root: Set(version.root.as_bytes().to_vec()),
+            version: Set(version.version as i64),
+            adapter_id: Set(String::new()),
+            state: Set(QUEUED.into()),
+            records_indexed: Set(0),
+            location: Set(self.version_dir(&version.snapshot_id).display().to_string()),
+            files_hash: Set(Vec::new()),
+            error: Set(String::new()),
+            created_at_ms: Set(now),
+            updated_at_ms: Set(now),
+        };
+        let inserted = index::Entity::insert(row)
+            .on_conflict(OnConflict::column(index::Column::Id).do_nothing().to_owned())
+            .exec_without_returning(&self.db)
+            .await?;
+        let row =
+            self.row(&id).await?.ok_or_else(|| WorkerError::new(ErrorCode::Internal, "the index row vanished"))?;
+        if inserted == 1 {
+            tracing::info!(index = %id, datanet = %version.datanet_id, "span index queued");
+            self.spawn_build(row.clone());
+        }
+        Ok(row)
+    }
+
+    /// Builds a failed index again.
+    pub async fn retry(self: &Arc<Self>, id: &str) -> Result<index::Model, WorkerError> {
+        let row =
+            self.row(id).await?.ok_or_else(|| WorkerError::new(ErrorCode::NotFound, format!("no index {id:?}")))?;
+        if row.state != FAILED {
+            return Ok(row);
+        }
+        let mut active: index::ActiveModel = row.into();
+        active.state = Set(QUEUED.into());
+        active.error = Set(String::new());
+        active.updated_at_ms = Set(now_ms());
+        let row = active.update(&self.db).await?;
+        self.spawn_build(row.clone());
+        Ok(row)
+    }
+
+    pub async fn row(&self, id: &str) -> Result<Option<index::Model>, WorkerError> {
+        Ok(index::Entity::find_by_id(id).one(&self.db).await?)
+    }
+
+    pub async fn rows(&self, snapshot_id: &str) -> Result<Vec<index::Model>, WorkerError> {
+        let mut query = index::Entity::find();
+        if !snapshot_id.is_empty() {
+            query = query.filter(index::Column::SnapshotId.eq(snapshot_id));
+        }
+        Ok(query.all(&self.db).await?)
+    }
+
+    /// Starts again every build a restart interrupted.
+    pub async fn resume(self: &Arc<Self>) -> Result<usize, WorkerError> {
+        let rows = index::Entity::find().filter(index::Column::State.is_in([QUEUED, BUILDING])).all(&self.db).await?;
+        let count = rows.len();
+        for row in rows {
+            self.spawn_build(row);
+        }
+        Ok(count)
+    }
+
+    fn spawn_build(self: &Arc<Self>, row: index::Model) {
+        let indexes = self.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = indexes.builds.acquire().await else { return };
+            loop {
+                match indexes.build(&row).await {
+                    Ok(()) => return,
+                    Err(error) if error.transient => {
+                        tracing::warn!(index = %row.id, %error, "building the index failed for now; trying again");
+                        tokio::time::sleep(RETRY_DELAY).await;
+                    }
+                    Err(error) => {
+                        tracing::error!(index = %row.id, %error, "building the index failed");
+                        let _ = indexes
+                            .set_state(&row.id, FAILED, |active| active.error = Set(error.message.clone()))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    async fn set_state(
+        &self,
+        id: &str,
+        state: &str,
+        change: impl FnOnce(&mut index::ActiveModel),
+    ) -> Result<(), WorkerError> {
+        let Some(row) = self.row(id).await? else { return Ok(()) };
+        let mut active: index::ActiveModel = row.into();
+        active.state = Set(state.into());
+        active.updated_at_ms = Set(now_ms());
+        change(&mut active);
+        active.update(&self.db).await?;
+        Ok(())
+    }
+
+    async fn build(&self, row: &index::Model) -> Result<(), WorkerError> {
+        self.set_state(&row.id, BUILDING, |_| {}).await?;
+        let tokenizer = self.tokenizer().await?;
+        let records = self.upstream.records(&row.datanet_id, &row.snapshot_id).await?;
+        let dir = self.version_dir(&row.snapshot_id);
+        let root = ContentHash::try_from(row.snapshot_root.as_slice()).map_err(|_| {
+            WorkerError::new(ErrorCode::Internal, format!("index {} has no valid version root", row.id))
+        })?;
+        let manifest = Manifest {
+            format: String::new(),
+            datanet_id: row.datanet_id.clone(),
+            slug: row.datanet_id.clone(),
+            version: row.version as u64,
+            snapshot_id: row.snapshot_id.clone(),
+            merkle_root: root.to_hex(),
+            records: 0,
+        };
+        let (count, files_hash) =
+            tokio::task::spawn_blocking(move || write_version(&dir, &records, manifest, &tokenizer))
+                .await
+                .map_err(WorkerError::internal)??;
+        self.set_state(&row.id, READY, |active| {
+            active.records_indexed = Set(count as i64);
+            active.files_hash = Set(files_hash.as_bytes().to_vec());
+        })
+        .await?;
+        tracing::info!(index = %row.id, records = count, "span index ready");
+        Ok(())
+    }
+
+    /// The version, when its span index is ready (opened once, then kept).
+    pub async fn version(&self, snapshot_id: &str) -> Result<Option<Arc<Version>>, WorkerError> {
+        if let Some(found) = self.loaded.lock().get(snapshot_id) {
+            return Ok(Some(found.clone()));
+        }
+        let Some(row) = self.row(&span_index_id(snapshot_id)).await? else { return Ok(None) };
+        if row.state != READY {
+            return Ok(None);
+        }
+        let tokenizer = self.tokenizer().await?;
+        let dir = self.version_dir(snapshot_id);
+        let version = tokio::task::spawn_blocking(move || open_version(&dir, tokenizer))
+            .await
+            .map_err(WorkerError::internal)??;
+        if version.files_hash.as_bytes().as_slice() != row.files_hash.as_slice() {
+            return Err(WorkerError::new(
+                ErrorCode::Internal,
+                format!("the files of index {} changed since it was built: rebuild it", row.id),
+            ));
+        }
+        let version = Arc::new(version);
+        self.loaded.lock().insert(snapshot_id.to_owned(), version.clone());
+        Ok(Some(version))
+    }
+}
+
+/// Writes the export, the accounts and the span index of a version into `dir` (replacing a
+/// half-built one); returns the record count and the files' hash.
+fn write_version(
+    dir: &Path,
+    records: &[crate::upstream::VersionRecord],
+    manifest: Manifest,
+    tokenizer: &Tokenizer,
+) -> Result<(usize, ContentHash), WorkerError> {
+    let _ = std::fs::remove_dir_all(dir);
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| WorkerError::io(parent, e))?;
+    }
+    let mut export = ExportWriter::create(dir).map_err(WorkerError::attribution)?;
+    let mut accounts = std::collections::BTreeMap::new();
+    for record in records {
+        export
+            .push(record.hash, &record.contribution_id, &record.contributor, &record.body)
+            .map_err(WorkerError::attribution)?;
+        if record.account != 0 {
+            accounts.insert(record.contribution_id.clone(), record.account.to_string());
+        }
+    }
+    export.finish(manifest).map_err(WorkerError::attribution)?;
+    let path = dir.join(ACCOUNTS_FILE);
+    std::fs::write(&path, serde_json::to_vec(&accounts).map_err(WorkerError::internal)?)
+        .map_err(|e| WorkerError::io(&path, e))?;
+    let corpus = Corpus::read_export(dir).map_err(WorkerError::attribution)?;
+    SpanIndex::build(&corpus, tokenizer, &dir.join(SPAN_INDEX_DIR), SHARD_TOKENS, &mut |_, _| {})
+        .map_err(WorkerError::attribution)?;
+    Ok((corpus.records.len(), files_hash(dir)?))
+}
+
+/// Opens a version directory the worker wrote (what `verify` reads on the worker's machine).
+pub fn open_version(dir: &Path, tokenizer: Arc<Tokenizer>) -> Result<Version, WorkerError> {
+    let corpus = Corpus::read_export(dir).map_err(WorkerError::attribution)?;
+    let groups = CreditGroups::build(&corpus, &CreditParams::default()).map_err(WorkerError::attribution)?;
+    let spans = SpanIndex::open_for(&dir.join(SPAN_INDEX_DIR), &tokenizer).map_err(WorkerError::attribution)?;
+    let path = dir.join(ACCOUNTS_FILE);
+    let text = std::fs::read(&path).map_err(|e| WorkerError::io(&path, e))?;
+    let by_contribution: HashMap<String, String> = serde_json::from_slice(&text).map_err(WorkerError::internal)?;
+    let accounts = by_contribution
+        .into_iter()
+        .map(|(contribution, account)| account.parse().map(|account| (contribution, account)))
+        .collect::<Result<HashMap<String, u128>, _>>()
+        .map_err(WorkerError::internal)?;
+    let snapshot_root = corpus
+        .manifest
+        .as_ref()
+        .and_then(|m| m.merkle_root.parse::<ContentHash>().ok())
+        .ok_or_else(|| WorkerError::new(ErrorCode::Internal, "the export names no version root"))?;
+    Ok(Version { corpus, groups, spans, tokenizer, accounts, files_hash: files_hash(dir)?, snapshot_root })
+}
+
+/// BLAKE3 over every file under `dir` (relative path, a zero byte, the file's BLAKE3), in
+/// path order: what a receipt names as the index it was computed with.
+pub fn files_hash(dir: &Path) -> Result<ContentHash, WorkerError> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, ContentHash)>) -> Result<(), WorkerError> {
+        for entry in std::fs::read_dir(dir).map_err(|e| WorkerError::io(dir, e))? {
+            let path = entry.map_err(|e| WorkerError::io(dir, e))?.path();
+            if path.is_dir() {
+                walk(root, &path, out)?;
+            } else {
+                let bytes = std::fs::read(&path).map_err(|e| WorkerError::io(&path, e))?;
+                let relative = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+                out.push((relative, ContentHash::of(&bytes)));
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort();
+    let mut parts: Vec<&[u8]> = vec![b"openledger/attribution-index/v1\n"];
+    for (path, hash) in &files {
+        parts.extend([path.as_bytes(), b"\0".as_slice(), hash.as_bytes().as_slice()]);
+    }
+    Ok(ContentHash::of_parts(&parts))
+}

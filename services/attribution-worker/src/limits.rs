@@ -1,0 +1,27 @@
+//! Every limit and timing of the attribution-worker, in one place.
+
+use std::time::Duration;
+
+/// How long an inference waits for its version's span index (from the inference's completion)
+/// before it is attributed with what exists, which the attribution then says
+/// (`completeness: partial`).
+pub const INDEX_WAIT: Duration = Duration::from_secs(120);
+/// Delay before a waiting or failed delivery is tried again.
+pub const RETRY_DELAY: Duration = Duration::from_secs(2);
+/// Deliveries of one event before it goes to the dead-letter subject: enough to wait
+/// [`INDEX_WAIT`] at [`RETRY_DELAY`] and ride out restarts of the services it asks.
+pub const MAX_DELIVER: u32 = 100;
+/// Time a delivery may stay unacknowledged before the bus delivers it again.
+pub const ACK_WAIT: Duration = Duration::from_secs(60);
+/// Time between two receipt batches.
+pub const BATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// Most receipts in one batch (one Merkle tree, one journal record).
+pub const MAX_BATCH_RECEIPTS: u64 = 4096;
+/// Span-index builds running at once (each uses one core while it sorts).
+pub const CONCURRENT_INDEX_BUILDS: usize = 1;
+/// Tokens per span-index shard (about 1.5 GB of suffix array at 6 bytes per token).
+pub const SHARD_TOKENS: usize = 256 * 1024 * 1024;
+/// Most stored attributions one `ListAttributions` page returns.
+pub const MAX_PAGE: u32 = 1000;
+/// Largest gRPC message read from datanet-ingest (a record's body is at most 1 MiB).
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 64 << 20;
