@@ -1,11 +1,12 @@
 //! The gRPC surface of the ledger: accounts, batched transfers, lookups, account history,
 //! the journal's export and verification, and the platform operations (inference fees,
-//! bonds, staking, epochs, governance). Request checks and proto ⇄ model conversions live
+//! settlements and their audit, receipt batches, earnings, bonds, staking, epochs,
+//! governance). Request checks and proto ⇄ model conversions live
 //! here; ledger errors map to gRPC statuses in `ledger_error` and `operation_error`.
 
 use std::sync::{Arc, OnceLock};
 
-use openledger_core::ErrorCode;
+use openledger_core::{ContentHash, ErrorCode};
 use openledger_proto::ledger::v1::{self as pb, ledger_service_server::LedgerService};
 use openledger_proto::{u128_of as from_uint128, uint128 as to_uint128};
 use openledger_runtime::{BackendsHandle, grpc::status};
@@ -16,14 +17,16 @@ use crate::{
     books::{Ledger, LedgerError},
     governance::{GovernanceRules, ProposalView},
     limits::{
-        DEFAULT_ACCOUNT_HISTORY_PAGE, EXPORT_PAGE_ENTRIES, MAX_ACCOUNT_HISTORY_PAGE, MAX_OPERATION_ID_BYTES,
-        NANOS_PER_SECOND,
+        DEFAULT_ACCOUNT_HISTORY_PAGE, EXPORT_PAGE_ENTRIES, MAX_ACCOUNT_HISTORY_PAGE, MAX_AUDIT_SETTLEMENTS,
+        MAX_EARNINGS_ACCOUNTS, MAX_OPERATION_ID_BYTES, MAX_SETTLE_ORDERS, NANOS_PER_SECOND,
     },
     model::{
         Account, AccountFlags, CreateAccountResult, CreateTransferResult, MAX_BATCH_EVENTS, Owner, SystemRole,
         Transfer, TransferFlags,
     },
-    operations::{BondState, ContributorWeight, Economics, OperationError},
+    operations::{BondState, Economics, OperationError},
+    receipts::ReceiptBatch,
+    settlement::{SettleOrder, SettleOutcome},
 };
 
 /// The process's one `Ledger` (one writer lock), made once the database is connected.
@@ -153,6 +156,28 @@ fn proposal_to_proto(view: &ProposalView) -> pb::Proposal {
     }
 }
 
+/// A settlement request as an order: a weight whose account is 0 is paid to its
+/// contributor's earnings account.
+fn order_from_proto(request: &pb::SettleInferenceRequest) -> SettleOrder {
+    let owner = from_uint128(request.model_owner_account_id.as_ref());
+    request.weights.iter().fold(SettleOrder::new(request.inference_id.clone(), owner), |order, weight| {
+        order.weight(from_uint128(weight.contributor_account_id.as_ref()), &weight.contributor, weight.weight_ppb)
+    })
+}
+
+fn receipt_batch_to_proto(batch: &ReceiptBatch) -> pb::ReceiptBatchRecord {
+    pb::ReceiptBatchRecord {
+        sequence: batch.sequence,
+        root: Some(openledger_proto::common::v1::Hash { value: batch.root.as_bytes().to_vec() }),
+        size: batch.size,
+        journal_sequence: batch.journal_sequence,
+        journal_entry_hash: Some(openledger_proto::common::v1::Hash {
+            value: batch.journal_entry_hash.as_bytes().to_vec(),
+        }),
+        transfer_ids: batch.transfer_ids.iter().filter_map(|id| to_uint128(*id)).collect(),
+    }
+}
+
 type ExportStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::JournalEntry, Status>> + Send>>;
 
 fn check_len(len: usize) -> Result<(), Status> {
@@ -212,7 +237,7 @@ fn account_to_proto(account: &Account) -> pb::Account {
             SystemRole::StakersPool => pb::SystemRole::StakersPool,
             SystemRole::Rewards => pb::SystemRole::Rewards,
             SystemRole::Burn => pb::SystemRole::Burn,
-            SystemRole::Allocation => pb::SystemRole::Unspecified,
+            SystemRole::Allocation | SystemRole::ReceiptAnchors => pb::SystemRole::Unspecified,
         } as i32),
     };
     let mut flags = Vec::new();
@@ -469,22 +494,9 @@ impl LedgerService for Api {
     ) -> Result<Response<pb::SettleInferenceResponse>, Status> {
         let request = request.into_inner();
         operation_id(&request.inference_id, "inference_id")?;
-        let weights: Vec<ContributorWeight> = request
-            .weights
-            .iter()
-            .map(|weight| ContributorWeight {
-                account_id: from_uint128(weight.contributor_account_id.as_ref()),
-                weight_ppb: weight.weight_ppb,
-            })
-            .collect();
         let settlement = self
             .ledger()?
-            .settle_inference(
-                &request.inference_id,
-                from_uint128(request.model_owner_account_id.as_ref()),
-                &weights,
-                &self.parameters().await?,
-            )
+            .settle_order_at(order_from_proto(&request), &self.parameters().await?, Ledger::now_ns())
             .await
             .map_err(operation_error)?;
         Ok(Response::new(pb::SettleInferenceResponse {
@@ -682,6 +694,141 @@ impl LedgerService for Api {
         let view = self.ledger()?.proposal(&request.proposal_id).await.map_err(ledger_error)?;
         let view = view.ok_or_else(|| status(ErrorCode::NotFound, format!("no proposal {:?}", request.proposal_id)))?;
         Ok(Response::new(proposal_to_proto(&view)))
+    }
+
+    async fn settle_inferences(
+        &self,
+        request: Request<pb::SettleInferencesRequest>,
+    ) -> Result<Response<pb::SettleInferencesResponse>, Status> {
+        let request = request.into_inner();
+        if request.settlements.len() > MAX_SETTLE_ORDERS {
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                format!("at most {MAX_SETTLE_ORDERS} settlements per request, got {}", request.settlements.len()),
+            ));
+        }
+        let orders: Vec<SettleOrder> = request.settlements.iter().map(order_from_proto).collect();
+        let economics = self.parameters().await?;
+        let outcomes =
+            self.ledger()?.settle_inferences_at(&orders, &economics, Ledger::now_ns()).await.map_err(ledger_error)?;
+        let results = orders
+            .iter()
+            .zip(outcomes)
+            .map(|(order, outcome)| pb::SettlementResult {
+                inference_id: order.inference_id.clone(),
+                outcome: outcome.name().to_owned(),
+                reason: match &outcome {
+                    SettleOutcome::Refused(refusal) => refusal.to_string(),
+                    SettleOutcome::Settled(_) => String::new(),
+                },
+                transfer_count: match &outcome {
+                    SettleOutcome::Settled(settlement) => settlement.transfers.len() as u64,
+                    SettleOutcome::Refused(_) => 0,
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::SettleInferencesResponse { results }))
+    }
+
+    async fn get_settlement(
+        &self,
+        request: Request<pb::GetSettlementRequest>,
+    ) -> Result<Response<pb::SettlementRecord>, Status> {
+        let request = request.into_inner();
+        operation_id(&request.inference_id, "inference_id")?;
+        let record = self.ledger()?.settlement_record(&request.inference_id).await.map_err(ledger_error)?;
+        Ok(Response::new(pb::SettlementRecord {
+            inference_id: request.inference_id,
+            capture: record.capture.as_ref().map(transfer_to_proto),
+            transfers: record.transfers.iter().map(transfer_to_proto).collect(),
+        }))
+    }
+
+    async fn record_receipt_batch(
+        &self,
+        request: Request<pb::RecordReceiptBatchRequest>,
+    ) -> Result<Response<pb::ReceiptBatchRecord>, Status> {
+        let request = request.into_inner();
+        let root = request
+            .root
+            .as_ref()
+            .and_then(|root| ContentHash::try_from(root.value.as_slice()).ok())
+            .ok_or_else(|| status(ErrorCode::InvalidArgument, "root must be a 32-byte hash"))?;
+        if request.size == 0 {
+            return Err(status(ErrorCode::InvalidArgument, "size must be at least 1: a batch holds receipts"));
+        }
+        let batch = self
+            .ledger()?
+            .record_receipt_batch_at(request.sequence, &root, request.size, Ledger::now_ns())
+            .await
+            .map_err(operation_error)?;
+        Ok(Response::new(receipt_batch_to_proto(&batch)))
+    }
+
+    async fn get_receipt_batch(
+        &self,
+        request: Request<pb::GetReceiptBatchRequest>,
+    ) -> Result<Response<pb::ReceiptBatchRecord>, Status> {
+        let sequence = request.into_inner().sequence;
+        let batch = self.ledger()?.receipt_batch(sequence).await.map_err(ledger_error)?;
+        let batch = batch
+            .ok_or_else(|| status(ErrorCode::NotFound, format!("receipt batch {sequence} has not been recorded")))?;
+        Ok(Response::new(receipt_batch_to_proto(&batch)))
+    }
+
+    async fn get_earnings(
+        &self,
+        request: Request<pb::GetEarningsRequest>,
+    ) -> Result<Response<pb::GetEarningsResponse>, Status> {
+        let request = request.into_inner();
+        if request.account_ids.len() > MAX_EARNINGS_ACCOUNTS {
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                format!("at most {MAX_EARNINGS_ACCOUNTS} accounts per request, got {}", request.account_ids.len()),
+            ));
+        }
+        let ids: Vec<u128> = request.account_ids.iter().map(|id| from_uint128(Some(id))).collect();
+        let earnings = self.ledger()?.earnings(&ids).await.map_err(ledger_error)?;
+        Ok(Response::new(pb::GetEarningsResponse {
+            earnings: earnings
+                .iter()
+                .map(|earned| pb::Earnings {
+                    account_id: to_uint128(earned.account_id),
+                    earned: to_uint128(earned.earned),
+                    payouts: earned.payouts,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn audit_settlements(
+        &self,
+        request: Request<tonic::Streaming<pb::AuditSettlementsRequest>>,
+    ) -> Result<Response<pb::AuditReport>, Status> {
+        let mut pages = request.into_inner();
+        let mut expected = Vec::new();
+        while let Some(page) = pages.message().await? {
+            if expected.len() + page.settlements.len() > MAX_AUDIT_SETTLEMENTS {
+                return Err(status(
+                    ErrorCode::ResourceExhausted,
+                    format!("an audit holds at most {MAX_AUDIT_SETTLEMENTS} expected settlements"),
+                ));
+            }
+            expected.extend(page.settlements.iter().map(order_from_proto));
+        }
+        let report = self.ledger()?.audit_settlements(&expected).await.map_err(ledger_error)?;
+        Ok(Response::new(pb::AuditReport {
+            ok: report.ok(),
+            expected: report.expected,
+            captures: report.captures,
+            settled: report.settled,
+            unsettled: report.unsettled,
+            mismatched: report.mismatched,
+            unknown_captures: report.unknown_captures,
+            stray_settlement_transfers: report.stray_settlement_transfers,
+            books_verified: report.books_verified,
+            first_exception: report.first_exception.unwrap_or_default(),
+        }))
     }
 
     async fn export_journal(

@@ -4,13 +4,19 @@
 //! that `verify` recomputes. Platform operations (inference fees and settlement, bonds,
 //! staking, epochs, governance) build on this core as linked chains of transfers.
 //!
+//! Settlement is driven by attribution: the service consumes `ol.attribution.computed` and
+//! settles many inferences per transaction, exactly once; attribution receipt batch roots are
+//! recorded in the journal; an audit checks the books against the attributions.
+//!
 //! Layout: `model` (the data model) and `engine` (applying a batch in memory, no I/O) are the
-//! core; `books` keeps them in the database; `operations`, `staking`, `epochs` and
-//! `governance` are the platform operations; `api` is the gRPC surface; `limits` holds every
-//! limit.
+//! core; `books` keeps them in the database; `operations`, `settlement`, `receipts`,
+//! `staking`, `epochs` and `governance` are the platform operations; `consumer` settles from
+//! the bus; `audit` checks settlements; `api` is the gRPC surface; `limits` holds every limit.
 
 mod api;
+pub mod audit;
 pub mod books;
+pub mod consumer;
 pub mod engine;
 mod entities;
 pub mod epochs;
@@ -18,9 +24,13 @@ pub mod governance;
 pub mod limits;
 pub mod model;
 pub mod operations;
+pub mod receipts;
+pub mod settlement;
 pub mod staking;
 
 use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use openledger_proto::ledger::v1::ledger_service_server::LedgerServiceServer;
 use openledger_runtime::{Config, Deps, RuntimeError, ServiceKind, ServiceSpec, Worker, run_service};
@@ -36,9 +46,23 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         .into_iter()
         .map(|(name, basis_points)| Allocation { name, basis_points })
         .collect();
-    let spec = ServiceSpec::new(ServiceKind::Ledger, LedgerServiceServer::new(api::Api::new(shared.clone())))
-        .worker(housekeeping(shared, allocations));
+    let metrics = consumer::SettlementMetrics::default();
+    deps.metrics.register("ledger_settlement", |registry| metrics.register(registry));
+    let spec = ServiceSpec::new(ServiceKind::Ledger, LedgerServiceServer::new(api::Api::new(shared.clone())));
+    let outbox = spec.outbox_waker();
+    let spec = spec.worker(housekeeping(shared.clone(), allocations)).worker(settlement(shared, metrics, outbox));
     run_service(spec, &config, deps).await
+}
+
+/// Settles inferences as their attributions arrive (see `consumer`).
+fn settlement(shared: api::SharedLedger, metrics: consumer::SettlementMetrics, outbox: Arc<Notify>) -> Worker {
+    Box::new(move |backends, shutdown| {
+        Box::pin(async move {
+            let Some(ledger) = shared.get() else { return };
+            let config = consumer::consumer_config();
+            consumer::consume_attributions(ledger, backends.bus, config, metrics, outbox, shutdown).await;
+        })
+    })
 }
 
 /// Mints the genesis supply once, then every second voids expired holds, pays back stakes

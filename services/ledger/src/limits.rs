@@ -39,6 +39,20 @@ pub const MAX_EPOCH_SECONDS: u64 = 365 * 86_400;
 /// advances governance.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Most attribution deliveries the settlement consumer settles in one transaction, and the
+/// longest it waits after the first for the others.
+pub const SETTLEMENT_BATCH: usize = 256;
+pub const SETTLEMENT_LINGER: Duration = Duration::from_millis(20);
+/// How long a delivery the ledger could not settle now (a database error, a failed payout)
+/// waits before it comes again.
+pub const SETTLEMENT_RETRY_DELAY: Duration = Duration::from_secs(2);
+/// Most accounts in one `GetEarnings` request.
+pub const MAX_EARNINGS_ACCOUNTS: usize = 1000;
+/// Most orders in one `SettleInferences` request.
+pub const MAX_SETTLE_ORDERS: usize = 4096;
+/// Most expected settlements one audit holds in memory (about a kilobyte each).
+pub const MAX_AUDIT_SETTLEMENTS: usize = 1_000_000;
+
 /// The transfers a settlement adds beside one per contributor: platform fee, model owner,
 /// stakers pool and rounding remainder.
 const SETTLEMENT_FIXED_LEGS: usize = 4;
@@ -56,6 +70,10 @@ const _: () = assert!(
 const _: () = assert!(
     crate::operations::MAX_SETTLEMENT_CONTRIBUTORS + SETTLEMENT_FIXED_LEGS <= MAX_BATCH_EVENTS,
     "a settlement's chain must fit in one batch"
+);
+const _: () = assert!(
+    SETTLEMENT_BATCH * (SETTLEMENT_FIXED_LEGS + 10) <= MAX_BATCH_EVENTS,
+    "a consumer batch of settlements with ten contributors each fits one ledger transaction"
 );
 const _: () = assert!(EXPORT_PAGE_ENTRIES > 0 && DEFAULT_ACCOUNT_HISTORY_PAGE <= MAX_ACCOUNT_HISTORY_PAGE);
 

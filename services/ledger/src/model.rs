@@ -94,10 +94,13 @@ pub enum SystemRole {
     Burn = 6,
     /// A genesis allocation (community, investors, team, ecosystem, liquidity).
     Allocation = 7,
+    /// The other side of the net-zero transfers that record attribution receipt batch roots
+    /// in the journal (see `receipts`); its balance is always zero between batches.
+    ReceiptAnchors = 8,
 }
 
 impl SystemRole {
-    pub const ALL: [SystemRole; 7] = [
+    pub const ALL: [SystemRole; 8] = [
         Self::Treasury,
         Self::Genesis,
         Self::FeeEscrow,
@@ -105,6 +108,7 @@ impl SystemRole {
         Self::Rewards,
         Self::Burn,
         Self::Allocation,
+        Self::ReceiptAnchors,
     ];
 
     pub fn from_code(code: u8) -> Option<Self> {

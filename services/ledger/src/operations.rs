@@ -3,18 +3,20 @@
 //!
 //! Inference payment: `hold_inference_fee` reserves the most a request may cost (app → fee
 //! escrow, pending); `capture_inference_fee` posts the actual fee and releases the rest;
-//! `settle_inference` pays the captured fee out of escrow:
+//! settlement (`settlement`: `settle_inferences`, and `settle_inference` as a batch of one)
+//! pays the captured fee out of escrow as [`split_fee`] says:
 //!
 //! * the platform fee to the treasury;
 //! * of the rest (`net`), β to the model owner, γ to the stakers pool, δ to contributors in
 //!   proportion to their positive attribution weights (negative weights are never paid);
-//! * every share is rounded down, and whatever rounding leaves (plus δ when no weight is
-//!   positive) goes to the treasury, so a settlement always balances to the base unit.
+//! * no model owner (account 0: the base model alone, which nobody owns): β goes to the
+//!   treasury, still as a model-owner leg, so the chain has the same shape either way;
+//! * no positive weight (an output that quotes nothing attributable, or an attribution made
+//!   without its index): δ goes to the treasury with the rounding remainder;
+//! * every share is rounded down, and whatever rounding leaves goes to the treasury, so a
+//!   settlement always balances to the base unit.
 
-use openledger_proto::{
-    common::v1::Uint128,
-    events::v1::{BondSlashed, InferenceSettled},
-};
+use openledger_proto::{common::v1::Uint128, events::v1::BondSlashed};
 use openledger_store::NewEvent;
 use prost::Message;
 
@@ -36,6 +38,8 @@ pub mod codes {
     pub const BOND_HOLD: u16 = 20;
     pub const BOND_RELEASE: u16 = 21;
     pub const BOND_SLASH: u16 = 22;
+    /// The two net-zero legs that record an attribution receipt batch's root (`receipts`).
+    pub const RECEIPT_BATCH: u16 = 30;
 }
 
 /// Subjects of the operations' events (published through the outbox).
@@ -105,7 +109,7 @@ pub enum OperationError {
     InsufficientFunds { operation: &'static str },
 }
 
-fn refused(operation: &'static str, reason: impl Into<String>) -> OperationError {
+pub(crate) fn refused(operation: &'static str, reason: impl Into<String>) -> OperationError {
     OperationError::Refused { operation, reason: reason.into() }
 }
 
@@ -146,9 +150,9 @@ pub(crate) fn bps_share(amount: u128, bps: u32) -> u128 {
     amount / total * u128::from(bps) + amount % total * u128::from(bps) / total
 }
 
-/// Splits `fee` into (account, amount, code) payouts; they sum to `fee` exactly. Weights
-/// must be within ±`MAX_WEIGHT_PPB` and at most `MAX_SETTLEMENT_CONTRIBUTORS` (checked by
-/// `settle_inference`).
+/// Splits `fee` into (account, amount, code) payouts; they sum to `fee` exactly. A
+/// `model_owner` of 0 is the treasury. Weights must be within ±`MAX_WEIGHT_PPB` and at most
+/// `MAX_SETTLEMENT_CONTRIBUTORS` (checked by `settle_inferences`).
 pub fn split_fee(
     fee: u128,
     model_owner: u128,
@@ -163,9 +167,10 @@ pub fn split_fee(
     let contributors = share(economics.contributors_bps);
     let positive: Vec<&ContributorWeight> = weights.iter().filter(|w| w.weight_ppb > 0).collect();
     let total_weight: u128 = positive.iter().map(|w| w.weight_ppb as u128).sum();
+    let owner_account = if model_owner == 0 { TREASURY } else { model_owner };
     let mut payouts = vec![
         (TREASURY, platform, codes::SETTLE_PLATFORM_FEE),
-        (model_owner, owner, codes::SETTLE_MODEL_OWNER),
+        (owner_account, owner, codes::SETTLE_MODEL_OWNER),
         (STAKERS_POOL, stakers, codes::SETTLE_STAKERS),
     ];
     let mut paid = platform + owner + stakers;
@@ -324,68 +329,6 @@ impl Ledger {
         }
         single(&self.create_transfers_at(&[capture], now_ns).await?, operation)?;
         Ok(fee)
-    }
-
-    /// Pays out a captured fee; settling the same inference again changes nothing.
-    pub async fn settle_inference(
-        &self,
-        inference_id: &str,
-        model_owner: u128,
-        weights: &[ContributorWeight],
-        economics: &Economics,
-    ) -> Result<Settlement, OperationError> {
-        self.settle_inference_at(inference_id, model_owner, weights, economics, Self::now_ns()).await
-    }
-
-    pub async fn settle_inference_at(
-        &self,
-        inference_id: &str,
-        model_owner: u128,
-        weights: &[ContributorWeight],
-        economics: &Economics,
-        now_ns: u64,
-    ) -> Result<Settlement, OperationError> {
-        let operation = "settling the inference";
-        if weights.len() > MAX_SETTLEMENT_CONTRIBUTORS {
-            return Err(refused(
-                operation,
-                format!("at most {MAX_SETTLEMENT_CONTRIBUTORS} contributors, got {}", weights.len()),
-            ));
-        }
-        if let Some(weight) = weights.iter().find(|w| w.weight_ppb.abs() > MAX_WEIGHT_PPB) {
-            return Err(refused(
-                operation,
-                format!("weight {} is outside ±{MAX_WEIGHT_PPB} parts per billion", weight.weight_ppb),
-            ));
-        }
-        let capture_id = system_transfer_id("inference-capture", key(inference_id));
-        let capture = self
-            .lookup_transfers(&[capture_id])
-            .await?
-            .pop()
-            .ok_or_else(|| refused(operation, "the inference's fee has not been captured"))?;
-        let transfers = settlement_transfers(inference_id, capture.amount, model_owner, weights, economics);
-        let event = InferenceSettled {
-            inference_id: inference_id.to_owned(),
-            fee: Some(Uint128::from(capture.amount)),
-            transfer_count: transfers.len() as u64,
-            journal_entry: None,
-        };
-        let results =
-            self.write_operation_at(&transfers, NewEvent::new(SUBJECT_SETTLED, event.encode_to_vec()), now_ns).await?;
-        if results.iter().all(|result| *result == CreateTransferResult::Exists) {
-            return Ok(Settlement { fee: capture.amount, transfers, already_settled: true });
-        }
-        if let Some(failed) = results
-            .iter()
-            .find(|result| !matches!(result, CreateTransferResult::Ok | CreateTransferResult::LinkedEventFailed))
-        {
-            return Err(refused(operation, failed.as_str()));
-        }
-        if results.iter().any(|result| *result != CreateTransferResult::Ok) {
-            return Err(refused(operation, "a payout failed"));
-        }
-        Ok(Settlement { fee: capture.amount, transfers, already_settled: false })
     }
 }
 

@@ -1395,3 +1395,472 @@ async fn stakers_govern_the_parameters_by_signed_stake_weighted_votes() {
         "300 of 900 staked is under the 50% quorum"
     );
 }
+
+// ---------------------------------------------------------------- settlement driven by attribution
+
+mod settling {
+    use std::{sync::Arc, time::Duration};
+
+    use openledger_bus::{ConsumerConfig, EventBus, InProcessBus, OutgoingMessage};
+    use openledger_core::{ContentHash, fee::earnings_account_id};
+    use openledger_ledger::{
+        Ledger,
+        books::RECEIPT_ANCHORS_ACCOUNT_ID,
+        consumer::{CONSUMER, SUBJECT_ATTRIBUTION_COMPUTED, SettlementMetrics, consume_attributions},
+        default_allocations,
+        model::{Account, AccountFlags, CreateTransferResult as R, OPEN_LEDGER, Owner, Transfer},
+        operations::{Economics, FEE_ESCROW, OperationError, TREASURY, capture_transfer, hold_transfer},
+        settlement::{Refusal, SettleOrder, SettleOutcome},
+    };
+    use openledger_proto::{
+        common::v1::Uint128,
+        events::v1::{AttributionComputed, AttributionWeight},
+    };
+    use prost::Message;
+    use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+
+    use super::{START, sqlite};
+
+    const APP: u128 = 90_000;
+    const OWNER: u128 = 90_001;
+    /// The default platform fee and 10,000 base units to split.
+    const FEE: u128 = 10u128.pow(15) + 10_000;
+
+    /// The economics in force (what the consumer settles with and the audit checks with).
+    fn economics() -> Economics {
+        Economics::default()
+    }
+
+    /// Books with genesis, a funded app account and a model owner's account.
+    struct Books {
+        ledger: Arc<Ledger>,
+        db: DatabaseConnection,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    async fn books_on(db: DatabaseConnection, dir: Option<tempfile::TempDir>) -> Books {
+        openledger_store::migrate(&db).await.expect("migrate");
+        let ledger = Ledger::new(db.clone());
+        ledger.ensure_genesis(&default_allocations()).await.expect("genesis");
+        let guarded = AccountFlags(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS);
+        let accounts = [
+            Account::new(APP, Owner::Key([1; 32]), OPEN_LEDGER, 0, guarded),
+            Account::new(OWNER, Owner::Key([2; 32]), OPEN_LEDGER, 0, guarded),
+        ];
+        ledger.create_accounts(&accounts).await.expect("accounts");
+        let funding = Transfer {
+            id: 1,
+            debit_account_id: 101,
+            credit_account_id: APP,
+            amount: 10u128.pow(20),
+            ledger: OPEN_LEDGER,
+            ..Transfer::default()
+        };
+        assert_eq!(ledger.create_transfers(&[funding]).await.expect("fund"), vec![R::Ok]);
+        Books { ledger: Arc::new(ledger), db, _dir: dir }
+    }
+
+    async fn books() -> Books {
+        let (db, dir) = sqlite().await;
+        books_on(db, Some(dir)).await
+    }
+
+    impl Books {
+        /// Holds and captures `FEE` for each inference.
+        async fn capture(&self, ids: &[&str]) {
+            let holds: Vec<Transfer> = ids.iter().map(|id| hold_transfer(id, APP, FEE, 0)).collect();
+            let captures: Vec<Transfer> = ids.iter().map(|id| capture_transfer(id, FEE)).collect();
+            for batch in [holds, captures] {
+                assert!(self.ledger.create_transfers(&batch).await.expect("batch").iter().all(|r| *r == R::Ok));
+            }
+        }
+
+        async fn balance(&self, account: u128) -> u128 {
+            self.ledger
+                .lookup_accounts(&[account])
+                .await
+                .expect("lookup")
+                .first()
+                .map_or(0, |a| a.credits_posted - a.debits_posted)
+        }
+
+        async fn settled_events(&self) -> i64 {
+            let sql = "SELECT COUNT(*) AS n FROM outbox WHERE subject = 'ol.ledger.settled'";
+            let row = self
+                .db
+                .query_one(Statement::from_string(self.db.get_database_backend(), sql))
+                .await
+                .expect("count")
+                .expect("row");
+            row.try_get("", "n").expect("n")
+        }
+
+        async fn assert_verified(&self) {
+            let report = self.ledger.verify().await.expect("verify");
+            assert!(report.ok(), "{report:?}");
+        }
+    }
+
+    fn key(n: u8) -> [u8; 32] {
+        [n; 32]
+    }
+
+    /// Three contributors paid to their earnings accounts (one harmful, never paid), one to a
+    /// named account.
+    fn order(inference_id: &str, owner: u128) -> SettleOrder {
+        SettleOrder::new(inference_id, owner)
+            .weight(0, &key(7), 500_000_000)
+            .weight(0, &key(8), 300_000_000)
+            .weight(0, &key(9), -100_000_000)
+            .weight(OWNER, &[], 123_456_789)
+    }
+
+    fn payouts(transfers: &[Transfer]) -> Vec<(u128, u128, u128, u16)> {
+        transfers.iter().map(|t| (t.debit_account_id, t.credit_account_id, t.amount, t.code)).collect()
+    }
+
+    async fn a_batch_pays_what_settlements_one_by_one_pay(books: Books) {
+        let ids = ["b-1", "b-2", "b-3", "s-1", "s-2", "s-3"];
+        books.capture(&ids).await;
+        let owners = [OWNER, 0, OWNER];
+        let batch: Vec<SettleOrder> = ids[..3].iter().zip(owners).map(|(id, owner)| order(id, owner)).collect();
+        let outcomes = books.ledger.settle_inferences_at(&batch, &economics(), START).await.expect("batch");
+        assert!(outcomes.iter().all(|o| matches!(o, SettleOutcome::Settled(s) if !s.already_settled)), "{outcomes:?}");
+        for (id, owner) in ids[3..].iter().zip(owners) {
+            let settlement = books.ledger.settle_order_at(order(id, owner), &economics(), START).await.expect("settle");
+            assert!(!settlement.already_settled);
+        }
+        for (batched, single) in ids[..3].iter().zip(&ids[3..]) {
+            let batched = books.ledger.settlement_record(batched).await.expect("record");
+            let single = books.ledger.settlement_record(single).await.expect("record");
+            assert_eq!(payouts(&batched.transfers), payouts(&single.transfers), "the same payouts to the base unit");
+            assert_eq!(batched.transfers.iter().map(|t| t.amount).sum::<u128>(), FEE, "a settlement pays its fee");
+        }
+        // fee 10^15 + 10,000: platform 10^15; net 10,000 → owner 3,000, stakers 2,000, contributors 5,000
+        // split 500:300:123.456789 (of 923.456789 million ppb) → 2707, 1624, 668; remainder 1.
+        let first = books.ledger.settlement_record("b-1").await.expect("record");
+        let (seven, eight) = (earnings_account_id(&key(7)), earnings_account_id(&key(8)));
+        assert_eq!(
+            payouts(&first.transfers),
+            vec![
+                (FEE_ESCROW, TREASURY, 10u128.pow(15), 12),
+                (FEE_ESCROW, OWNER, 3_000, 13),
+                (FEE_ESCROW, 4, 2_000, 14),
+                (FEE_ESCROW, seven, 2_707, 15),
+                (FEE_ESCROW, eight, 1_624, 15),
+                (FEE_ESCROW, OWNER, 668, 15),
+                (FEE_ESCROW, TREASURY, 1, 16),
+            ]
+        );
+        let ownerless = books.ledger.settlement_record("b-2").await.expect("record");
+        assert_eq!(
+            (ownerless.transfers[1].credit_account_id, ownerless.transfers[1].amount),
+            (TREASURY, 3_000),
+            "no model owner: the treasury takes the owner's share"
+        );
+        assert_eq!(books.balance(FEE_ESCROW).await, 0, "the escrow is empty after settlement");
+        assert_eq!(books.balance(seven).await, 6 * 2_707);
+        assert_eq!(books.settled_events().await, 6, "one InferenceSettled per inference");
+        books.assert_verified().await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_pays_what_settlements_one_by_one_pay_on_sqlite() {
+        a_batch_pays_what_settlements_one_by_one_pay(books().await).await;
+    }
+
+    #[test]
+    fn settlement_on_postgres() {
+        let server = openledger_testkit::Postgres::start();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let connect = async |name: &str| {
+                let db = openledger_store::connect(&server.create_database(name)).await.expect("postgres");
+                books_on(db, None).await
+            };
+            a_batch_pays_what_settlements_one_by_one_pay(connect("settle_batch").await).await;
+            a_bad_order_is_refused_and_the_rest_of_its_batch_settles(connect("settle_refusals").await).await;
+            receipt_batches_are_recorded_once(connect("settle_receipts").await).await;
+            the_audit_passes_on_correct_books_and_names_the_first_exception(connect("settle_audit").await).await;
+        });
+    }
+
+    async fn a_bad_order_is_refused_and_the_rest_of_its_batch_settles(books: Books) {
+        books.capture(&["good-1", "heavy", "keyless", "good-2", "owner-missing"]).await;
+        let batch = vec![
+            order("good-1", OWNER),
+            order("uncaptured", OWNER),
+            order("heavy", OWNER).weight(0, &key(10), 2_000_000_000),
+            order("keyless", OWNER).weight(0, &[1, 2, 3], 5),
+            order("good-2", OWNER),
+            order("owner-missing", 777_777),
+        ];
+        let outcomes = books.ledger.settle_inferences_at(&batch, &economics(), START).await.expect("batch");
+        let names: Vec<&str> = outcomes.iter().map(SettleOutcome::name).collect();
+        assert_eq!(names, ["settled", "refused", "refused", "refused", "settled", "refused"]);
+        assert_eq!(outcomes[1], SettleOutcome::Refused(Refusal::NoCapture));
+        assert!(matches!(&outcomes[2], SettleOutcome::Refused(Refusal::BadWeights(why)) if why.contains("outside")));
+        assert!(matches!(&outcomes[3], SettleOutcome::Refused(Refusal::BadWeights(why)) if why.contains("32-byte")));
+        assert_eq!(outcomes[5], SettleOutcome::Refused(Refusal::PayoutFailed("account_not_found")));
+        assert!(!Refusal::PayoutFailed("account_not_found").is_permanent() && Refusal::NoCapture.is_permanent());
+        for refused in ["uncaptured", "heavy", "keyless", "owner-missing"] {
+            assert!(books.ledger.settlement_record(refused).await.expect("record").transfers.is_empty(), "{refused}");
+        }
+        assert_eq!(books.balance(FEE_ESCROW).await, 3 * FEE, "the refused captures stay in escrow");
+        assert_eq!(books.settled_events().await, 2);
+
+        // Again: nothing changes, and the journal gains no entry.
+        let entries = books.ledger.verify().await.expect("verify").entries;
+        let again = books.ledger.settle_inferences_at(&batch, &economics(), START).await.expect("batch");
+        assert!(matches!(&again[0], SettleOutcome::Settled(s) if s.already_settled));
+        assert!(matches!(&again[4], SettleOutcome::Settled(s) if s.already_settled));
+        assert_eq!(books.ledger.verify().await.expect("verify").entries, entries, "repeating a batch writes nothing");
+        assert_eq!(books.settled_events().await, 2, "no event for an inference settled before");
+        // The same inference with other weights is refused, never paid twice.
+        let other = SettleOrder::new("good-1", OWNER).weight(0, &key(7), 1);
+        let outcome = books.ledger.settle_inferences_at(&[other], &economics(), START).await.expect("batch");
+        assert_eq!(outcome, vec![SettleOutcome::Refused(Refusal::SettledDifferently)]);
+        // The single settlement is the same operation and answers a refusal as an error.
+        let error = books.ledger.settle_inference("uncaptured", OWNER, &[], &economics()).await.expect_err("refused");
+        assert!(matches!(error, OperationError::Refused { .. }), "{error}");
+        books.assert_verified().await;
+    }
+
+    #[tokio::test]
+    async fn a_bad_order_is_refused_and_the_rest_of_its_batch_settles_on_sqlite() {
+        a_bad_order_is_refused_and_the_rest_of_its_batch_settles(books().await).await;
+    }
+
+    #[tokio::test]
+    async fn earnings_accounts_are_created_for_their_contributors_and_paid() {
+        let books = books().await;
+        books.capture(&["e-1", "e-2"]).await;
+        let seven = earnings_account_id(&key(7));
+        assert!(books.ledger.lookup_accounts(&[seven]).await.expect("lookup").is_empty());
+        for id in ["e-1", "e-2"] {
+            books.ledger.settle_order_at(order(id, OWNER), &economics(), START).await.expect("settle");
+        }
+        let account = books.ledger.lookup_accounts(&[seven]).await.expect("lookup")[0];
+        assert_eq!(account.owner, Owner::Key(key(7)), "owned by the contributor's key");
+        assert!(account.flags.has(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS));
+        let nine = earnings_account_id(&key(9));
+        assert!(
+            books.ledger.lookup_accounts(&[nine]).await.expect("lookup").is_empty(),
+            "a harmful contributor is paid nothing and gets no account"
+        );
+        let earnings = books.ledger.earnings(&[seven, OWNER, nine]).await.expect("earnings");
+        let summary: Vec<(u128, u128, u64)> = earnings.iter().map(|e| (e.account_id, e.earned, e.payouts)).collect();
+        assert_eq!(
+            summary,
+            vec![(seven, 2 * 2_707, 2), (OWNER, 2 * 668, 2), (nine, 0, 0)],
+            "contributor payouts only (the owner's model-owner share is not an earning)"
+        );
+        books.assert_verified().await;
+    }
+
+    fn event(inference_id: &str) -> AttributionComputed {
+        let weight = |contributor: u8, weight_ppb| AttributionWeight {
+            contribution_id: format!("c-{contributor}"),
+            contributor: key(contributor).to_vec(),
+            weight_ppb,
+            contributor_account_id: None,
+        };
+        AttributionComputed {
+            inference_id: inference_id.to_owned(),
+            method: "span_match".into(),
+            weights: vec![weight(7, 700_000_000), weight(8, 300_000_000)],
+            model_owner_account_id: Some(Uint128::from(OWNER)),
+            ..AttributionComputed::default()
+        }
+    }
+
+    async fn publish(bus: &dyn EventBus, id: &str, payload: Vec<u8>) {
+        bus.publish(OutgoingMessage::new(SUBJECT_ATTRIBUTION_COMPUTED, id, payload)).await.expect("publish");
+    }
+
+    /// Runs the consumer until `done` holds of its metrics (or a minute passes: a failure).
+    async fn consume_until(
+        books: &Books,
+        bus: Arc<dyn EventBus>,
+        config: ConsumerConfig,
+        done: impl Fn(&SettlementMetrics) -> bool,
+    ) -> SettlementMetrics {
+        let metrics = SettlementMetrics::default();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let worker = tokio::spawn(consume_attributions(
+            books.ledger.clone(),
+            bus,
+            config,
+            metrics.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+            shutdown.clone(),
+        ));
+        for _ in 0..600 {
+            if done(&metrics) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        shutdown.cancel();
+        worker.await.expect("the consumer stops at shutdown");
+        metrics
+    }
+
+    #[tokio::test]
+    async fn an_attribution_delivered_twice_and_redelivered_settles_once() {
+        let books = books().await;
+        books.capture(&["inf-a"]).await;
+        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Default::default()));
+        let config = ConsumerConfig::new(CONSUMER, SUBJECT_ATTRIBUTION_COMPUTED).ack_wait(Duration::from_millis(300));
+        publish(bus.as_ref(), "attribution:inf-a", event("inf-a").encode_to_vec()).await;
+        // A ledger that took the delivery and died before acking it: it comes again after ack_wait.
+        let mut dying = bus.consumer(config.clone()).await.expect("consumer");
+        drop(dying.next().await.expect("delivery"));
+        drop(dying);
+        // The same attribution published again under another message id (past the bus's dedup).
+        publish(bus.as_ref(), "attribution:inf-a:again", event("inf-a").encode_to_vec()).await;
+        let metrics = consume_until(&books, bus, config, |m| m.settled.get() + m.already_settled.get() >= 2).await;
+        assert_eq!(
+            (metrics.settled.get(), metrics.already_settled.get(), metrics.dead_lettered.get()),
+            (1, 1, 0),
+            "settled once; the duplicate and the redelivery found it settled"
+        );
+        let record = books.ledger.settlement_record("inf-a").await.expect("record");
+        assert_eq!(record.transfers.len(), 5, "platform, owner, stakers, two contributors (no remainder)");
+        assert_eq!(books.balance(earnings_account_id(&key(7))).await, 3_500, "70% of the contributors' 5,000");
+        assert_eq!(books.settled_events().await, 1);
+        books.assert_verified().await;
+    }
+
+    #[tokio::test]
+    async fn a_poison_attribution_is_dead_lettered_and_settles_nothing() {
+        let books = books().await;
+        books.capture(&["inf-ok"]).await;
+        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Default::default()));
+        let dead_letters = bus.settings().dead_letter_subject(CONSUMER);
+        assert_eq!(dead_letters, "ol.dlq.ledger-settlement");
+        let mut dlq = bus.consumer(ConsumerConfig::new("dlq-reader", dead_letters.clone())).await.expect("dlq");
+        publish(bus.as_ref(), "garbage", vec![0xff, 0xff, 0xff]).await;
+        publish(bus.as_ref(), "attribution:never-captured", event("never-captured").encode_to_vec()).await;
+        publish(bus.as_ref(), "attribution:inf-ok", event("inf-ok").encode_to_vec()).await;
+        let config = ConsumerConfig::new(CONSUMER, SUBJECT_ATTRIBUTION_COMPUTED);
+        let metrics =
+            consume_until(&books, bus.clone(), config, |m| m.dead_lettered.get() + m.settled.get() >= 3).await;
+        assert_eq!((metrics.dead_lettered.get(), metrics.settled.get(), metrics.retried.get()), (2, 1, 0));
+        let mut reasons = Vec::new();
+        for _ in 0..2 {
+            let dead = dlq.next().await.expect("dead letter");
+            assert_eq!(dead.headers[openledger_bus::HEADER_ORIGINAL_SUBJECT], SUBJECT_ATTRIBUTION_COMPUTED);
+            assert_eq!(dead.headers[openledger_bus::HEADER_DEAD_LETTER_CONSUMER], CONSUMER);
+            reasons.push(dead.headers[openledger_bus::HEADER_DEAD_LETTER_REASON].clone());
+            dead.ack().await.expect("ack");
+        }
+        assert!(reasons.iter().any(|r| r.contains("not an AttributionComputed")), "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.contains("never-captured") && r.contains("not been captured")), "{reasons:?}");
+        assert!(books.ledger.settlement_record("never-captured").await.expect("record").transfers.is_empty());
+        assert_eq!(books.settled_events().await, 1, "only the good attribution settled");
+        books.assert_verified().await;
+    }
+
+    async fn receipt_batches_are_recorded_once(books: Books) {
+        let root = ContentHash::of(b"batch 1");
+        assert_eq!(books.ledger.receipt_batch(1).await.expect("read"), None, "never recorded");
+        let recorded = books.ledger.record_receipt_batch_at(1, &root, 64, START).await.expect("record");
+        assert_eq!((recorded.sequence, recorded.root, recorded.size), (1, root, 64));
+        let again = books.ledger.record_receipt_batch_at(1, &root, 64, START).await.expect("record again");
+        assert_eq!(again, recorded, "recording the same batch again answers the existing record");
+        let other = ContentHash::of(b"another batch");
+        let error = books.ledger.record_receipt_batch_at(1, &other, 64, START).await.expect_err("refused");
+        assert!(error.to_string().contains("receipt batch 1 is already recorded"), "{error}");
+        assert_eq!(books.ledger.receipt_batch(1).await.expect("read"), Some(recorded.clone()));
+        // The journal entry named is the one holding the pair, and the chain still verifies.
+        let entry = books.ledger.journal_entries(recorded.journal_sequence - 1, 1).await.expect("entries");
+        assert_eq!(entry[0].entry_hash, recorded.journal_entry_hash);
+        let pair = books.ledger.lookup_transfers(&recorded.transfer_ids).await.expect("lookup");
+        assert_eq!(
+            pair.iter().map(|t| (t.debit_account_id, t.credit_account_id, t.amount, t.code)).collect::<Vec<_>>(),
+            vec![(RECEIPT_ANCHORS_ACCOUNT_ID, TREASURY, 64, 30), (TREASURY, RECEIPT_ANCHORS_ACCOUNT_ID, 64, 30)]
+        );
+        assert_eq!(books.balance(TREASURY).await, 0, "the pair moves nothing");
+        let anchors = books.ledger.lookup_accounts(&[RECEIPT_ANCHORS_ACCOUNT_ID]).await.expect("lookup")[0];
+        assert_eq!(anchors.credits_posted, anchors.debits_posted);
+        let theft = Transfer {
+            id: 55,
+            debit_account_id: RECEIPT_ANCHORS_ACCOUNT_ID,
+            credit_account_id: APP,
+            amount: 1,
+            ledger: OPEN_LEDGER,
+            ..Transfer::default()
+        };
+        assert_eq!(books.ledger.create_transfers(&[theft]).await.expect("batch"), vec![R::ReservedAccount]);
+        assert!(books.ledger.record_receipt_batch_at(2, &other, 0, START).await.is_err(), "an empty batch");
+        books.assert_verified().await;
+    }
+
+    #[tokio::test]
+    async fn receipt_batches_are_recorded_once_on_sqlite() {
+        receipt_batches_are_recorded_once(books().await).await;
+    }
+
+    #[tokio::test]
+    async fn books_made_before_receipt_anchors_get_the_account_at_start() {
+        let books = books().await;
+        let sql = "DELETE FROM ledger_accounts WHERE owner_kind = 1 AND code = 8";
+        books.db.execute(Statement::from_string(books.db.get_database_backend(), sql)).await.expect("delete");
+        assert!(books.ledger.lookup_accounts(&[RECEIPT_ANCHORS_ACCOUNT_ID]).await.expect("lookup").is_empty());
+        books.ledger.ensure_genesis(&default_allocations()).await.expect("start");
+        assert_eq!(books.ledger.lookup_accounts(&[RECEIPT_ANCHORS_ACCOUNT_ID]).await.expect("lookup").len(), 1);
+        let root = ContentHash::of(b"after the upgrade");
+        books.ledger.record_receipt_batch_at(1, &root, 1, START).await.expect("record");
+        books.assert_verified().await;
+    }
+
+    async fn the_audit_passes_on_correct_books_and_names_the_first_exception(books: Books) {
+        books.capture(&["a-1", "a-2", "a-3"]).await;
+        let orders = vec![order("a-1", OWNER), order("a-2", 0), order("a-3", OWNER)];
+        books.ledger.settle_inferences_at(&orders, &economics(), START).await.expect("settle");
+        let report = books.ledger.audit_settlements(&orders).await.expect("audit");
+        assert!(report.ok(), "{report:?}");
+        assert_eq!((report.expected, report.captures, report.settled, report.books_verified), (3, 3, 3, true));
+
+        // An attribution whose weights differ from what was paid.
+        let mut changed = orders.clone();
+        changed[1] = SettleOrder::new("a-2", 0).weight(0, &key(7), 1);
+        let report = books.ledger.audit_settlements(&changed).await.expect("audit");
+        assert_eq!((report.settled, report.mismatched), (2, 1));
+        let words = report.first_exception.expect("an exception");
+        assert!(words.contains("\"a-2\"") && words.contains("settlement leg 3"), "{words}");
+
+        // A captured inference whose settlement is missing, and a capture nobody attributed.
+        books.capture(&["a-4", "a-5"]).await;
+        let mut with_lost = orders.clone();
+        with_lost.push(order("a-4", OWNER));
+        let report = books.ledger.audit_settlements(&with_lost).await.expect("audit");
+        assert_eq!((report.settled, report.unsettled, report.unknown_captures), (3, 1, 1));
+        let words = report.first_exception.expect("an exception");
+        assert!(words.contains("\"a-4\"") && words.contains("not settled (lost)"), "{words}");
+        let report = books.ledger.audit_settlements(&orders).await.expect("audit");
+        assert_eq!(report.unknown_captures, 2);
+        assert!(report.first_exception.expect("an exception").contains("belongs to no attributed inference"));
+
+        // A settlement no expected settlement accounts for.
+        books.ledger.settle_order_at(order("a-5", OWNER), &economics(), START).await.expect("settle");
+        let report = books.ledger.audit_settlements(&with_lost).await.expect("audit");
+        assert_eq!(report.stray_settlement_transfers, 7, "{report:?}");
+        // Once every inference is attributed and settled as attributed, the audit passes again.
+        books.ledger.settle_order_at(order("a-4", OWNER), &economics(), START).await.expect("settle");
+        let mut everything = with_lost;
+        everything.push(SettleOrder::new("a-5", OWNER).with_weights(&[]));
+        let report = books.ledger.audit_settlements(&everything).await.expect("audit");
+        assert_eq!(report.mismatched, 1, "a-5 was paid to contributors its attribution does not name");
+        everything[4] = order("a-5", OWNER);
+        let report = books.ledger.audit_settlements(&everything).await.expect("audit");
+        assert!(report.ok(), "{report:?}");
+        assert_eq!((report.settled, report.captures), (5, 5));
+    }
+
+    #[tokio::test]
+    async fn the_audit_passes_on_correct_books_and_names_the_first_exception_on_sqlite() {
+        the_audit_passes_on_correct_books_and_names_the_first_exception(books().await).await;
+    }
+}

@@ -53,14 +53,18 @@ fn check_allocations(allocations: &[Allocation]) -> Result<(), LedgerError> {
     Ok(())
 }
 
-/// The system accounts (all roles but allocations): only the genesis account may go negative.
+/// The system accounts (all roles but allocations): only the genesis account and the receipt
+/// anchors may go negative, and clients may debit neither (see `write::client_reserved`). The
+/// receipt anchors go one unit below zero for an instant inside each receipt batch's net-zero
+/// chain, which then pays it back.
 fn system_accounts() -> Vec<Account> {
     let guarded = AccountFlags(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS);
     SystemRole::ALL
         .into_iter()
         .filter(|role| *role != SystemRole::Allocation)
         .map(|role| {
-            let flags = if role == SystemRole::Genesis { AccountFlags::default() } else { guarded };
+            let unguarded = matches!(role, SystemRole::Genesis | SystemRole::ReceiptAnchors);
+            let flags = if unguarded { AccountFlags::default() } else { guarded };
             Account::new(role as u128, Owner::System(role), OPEN_LEDGER, role as u16, flags)
         })
         .collect()
@@ -100,9 +104,12 @@ fn allocation_mint(allocations: &[Allocation]) -> (Vec<Account>, Vec<Transfer>) 
 }
 
 impl Ledger {
-    /// Mints the supply into the allocation accounts, once; later calls change nothing.
+    /// Mints the supply into the allocation accounts, once; later calls change nothing but
+    /// create the system accounts later versions added (books made before the receipt anchors
+    /// get that account at the next start).
     pub async fn ensure_genesis(&self, allocations: &[Allocation]) -> Result<(), LedgerError> {
         if meta::Entity::find_by_id(GENESIS_META_KEY).one(&self.db).await?.is_some() {
+            self.insert_accounts(&system_accounts(), true).await?;
             return Ok(());
         }
         check_allocations(allocations)?;

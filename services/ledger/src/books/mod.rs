@@ -28,6 +28,8 @@ pub use genesis::{Allocation, GENESIS_ACCOUNT_ID, GENESIS_SUPPLY, default_alloca
 pub use ids::{expiry_transfer_id, operation_key, system_transfer_id};
 pub use journal::{JournalRecord, batch_hash, entry_hash};
 pub use verify::JournalReport;
+pub(crate) use write::Chain;
+pub use write::RECEIPT_ANCHORS_ACCOUNT_ID;
 
 use crate::entities::meta;
 

@@ -1,17 +1,20 @@
 //! Reads of the books: accounts and transfers by id, an account's history and its balances at
-//! a past moment, transfers by code or time range (for the platform operations), and the
-//! `ledger_meta` key-value rows the operations keep their progress in.
+//! a past moment, transfers by code, credited account or time range (for the platform
+//! operations), the journal entry of a transfer, and the `ledger_meta` key-value rows the
+//! operations keep their progress in.
 
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, sea_query::OnConflict};
+use sea_orm::{
+    ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, sea_query::OnConflict,
+};
 
 use super::{
-    Ledger, LedgerError,
-    rows::{encode, load_by_ids, nanos, to_transfer},
+    JournalRecord, Ledger, LedgerError,
+    rows::{encode, load_by_ids, nanos, to_journal_record, to_transfer},
     verify::Replay,
 };
 use crate::{
-    entities::{account, meta, transfer},
-    limits::{MAX_ACCOUNT_HISTORY_PAGE, MAX_BATCH_EVENTS},
+    entities::{account, journal, meta, transfer},
+    limits::{LOOKUP_CHUNK_IDS, MAX_ACCOUNT_HISTORY_PAGE, MAX_BATCH_EVENTS},
     model::{Account, Transfer},
 };
 
@@ -108,6 +111,39 @@ impl Ledger {
             .all(&self.db)
             .await?;
         rows.iter().map(to_transfer).collect()
+    }
+
+    /// Transfers with `code` crediting any of `accounts` (`LOOKUP_CHUNK_IDS` accounts per query).
+    pub(crate) async fn credits_with_code(&self, accounts: &[u128], code: u16) -> Result<Vec<Transfer>, LedgerError> {
+        let mut found = Vec::new();
+        for chunk in accounts.chunks(LOOKUP_CHUNK_IDS) {
+            let rows = transfer::Entity::find()
+                .filter(transfer::Column::CreditAccountId.is_in(chunk.iter().map(|id| encode(*id))))
+                .filter(transfer::Column::Code.eq(i32::from(code)))
+                .all(&self.db)
+                .await?;
+            for row in &rows {
+                found.push(to_transfer(row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// How many transfers have `code`.
+    pub(crate) async fn count_with_code(&self, code: u16) -> Result<u64, LedgerError> {
+        Ok(transfer::Entity::find().filter(transfer::Column::Code.eq(i32::from(code))).count(&self.db).await?)
+    }
+
+    /// The journal entry that recorded transfer `id`, if the transfer exists.
+    pub(crate) async fn journal_entry_of(&self, id: u128) -> Result<Option<JournalRecord>, LedgerError> {
+        let Some(row) = transfer::Entity::find_by_id(encode(id)).one(&self.db).await? else { return Ok(None) };
+        let entry = journal::Entity::find_by_id(row.journal_sequence).one(&self.db).await?.ok_or_else(|| {
+            LedgerError::Corrupt(format!(
+                "transfer {id} names journal entry {}, which is missing",
+                row.journal_sequence
+            ))
+        })?;
+        to_journal_record(&entry).map(Some)
     }
 
     pub(crate) async fn meta_text(&self, key: &str) -> Result<Option<String>, LedgerError> {

@@ -4,7 +4,10 @@
 //! states, one journal entry, and the batch's event(s) to the outbox before committing.
 //! Also the service's own writes: voiding expired holds and platform operations' chains.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::{BTreeSet, HashMap},
+    ops::Range,
+};
 
 use openledger_core::ContentHash;
 use openledger_proto::{
@@ -28,12 +31,20 @@ use crate::{
     entities::{account, journal, pending, transfer},
     limits::{INSERT_CHUNK_ROWS, MAX_BATCH_EVENTS},
     model::{
-        Account, CODE_HOLD_EXPIRED, CreateAccountResult, CreateTransferResult, PendingState, Transfer, TransferFlags,
+        Account, CODE_HOLD_EXPIRED, CreateAccountResult, CreateTransferResult, PendingState, SystemRole, Transfer,
+        TransferFlags,
     },
 };
 
-/// Accounts clients may not debit: the genesis account, so there is no mint after genesis.
+/// Accounts a batch may not debit.
 type ReservedDebit = dyn Fn(u128) -> bool + Sync;
+
+/// One platform operation's linked chain (its last transfer unlinked) and the event it
+/// records when all of it is accepted.
+pub(crate) struct Chain {
+    pub transfers: Vec<Transfer>,
+    pub event: NewEvent,
+}
 
 /// The newest journal entry, which the next one chains from.
 struct LastEntry {
@@ -42,9 +53,15 @@ struct LastEntry {
     last_timestamp: u64,
 }
 
+/// Accounts clients (and the platform operations) may not debit: the two system accounts
+/// that may go negative, the genesis account (so there is no mint after genesis) and the
+/// receipt anchors (debited only inside a receipt batch's net-zero chain).
 fn client_reserved(id: u128) -> bool {
-    id == GENESIS_ACCOUNT_ID
+    id == GENESIS_ACCOUNT_ID || id == RECEIPT_ANCHORS_ACCOUNT_ID
 }
+
+/// The receipt anchors' account (see `receipts`).
+pub const RECEIPT_ANCHORS_ACCOUNT_ID: u128 = SystemRole::ReceiptAnchors as u128;
 
 impl Ledger {
     /// Creates client accounts (ids below 2^16 are reserved for the system).
@@ -132,7 +149,44 @@ impl Ledger {
         now_ns: u64,
         reserved_debit: &ReservedDebit,
     ) -> Result<TransfersOutcome, LedgerError> {
-        retry_when_busy(|| self.write_once(batch, now_ns, reserved_debit, None)).await
+        retry_when_busy(|| self.write_once(batch, now_ns, reserved_debit, &[], &[])).await
+    }
+
+    /// Applies a batch the service makes itself that may debit the receipt anchors (their
+    /// net-zero chains); the genesis account stays reserved.
+    pub(crate) async fn write_system_at(
+        &self,
+        batch: &[Transfer],
+        now_ns: u64,
+    ) -> Result<Vec<CreateTransferResult>, LedgerError> {
+        let reserved = |id: u128| id == GENESIS_ACCOUNT_ID;
+        Ok(retry_when_busy(|| self.write_once(batch, now_ns, &reserved, &[], &[])).await?.results)
+    }
+
+    /// Applies many platform operations' chains in one transaction and one journal entry,
+    /// after creating those of `accounts` that do not exist yet (accounts the service derives,
+    /// such as contributors' earnings accounts: one that exists, whatever its fields, is left
+    /// as it is). Each chain's event is recorded when every transfer of that chain is newly
+    /// accepted. Returns each chain's results.
+    pub(crate) async fn write_chains_at(
+        &self,
+        accounts: &[Account],
+        chains: &[Chain],
+        now_ns: u64,
+    ) -> Result<Vec<Vec<CreateTransferResult>>, LedgerError> {
+        let mut batch = Vec::with_capacity(chains.iter().map(|chain| chain.transfers.len()).sum());
+        let mut events = Vec::with_capacity(chains.len());
+        for chain in chains {
+            debug_assert!(
+                chain.transfers.last().is_none_or(|last| !last.flags.has(TransferFlags::LINKED)),
+                "each chain closes itself, so one chain's failure never reaches the next"
+            );
+            events.push((batch.len()..batch.len() + chain.transfers.len(), chain.event.clone()));
+            batch.extend_from_slice(&chain.transfers);
+        }
+        let write = || self.write_once(&batch, now_ns, &client_reserved, accounts, &events);
+        let results = retry_when_busy(write).await?.results;
+        Ok(events.iter().map(|(range, _)| results[range.clone()].to_vec()).collect())
     }
 
     /// Applies a platform operation's chain; `event` is recorded in the same transaction when
@@ -151,19 +205,25 @@ impl Ledger {
         event: NewEvent,
         now_ns: u64,
     ) -> Result<Vec<CreateTransferResult>, LedgerError> {
-        let write = || self.write_once(batch, now_ns, &client_reserved, Some(event.clone()));
+        let events = [(0..batch.len(), event)];
+        let write = || self.write_once(batch, now_ns, &client_reserved, &[], &events);
         Ok(retry_when_busy(write).await?.results)
     }
 
+    /// One transaction: `accounts` created where missing, `batch` applied, and each of
+    /// `events` recorded when every transfer of its range was newly accepted.
     async fn write_once(
         &self,
         batch: &[Transfer],
         now_ns: u64,
         reserved_debit: &ReservedDebit,
-        event: Option<NewEvent>,
+        accounts: &[Account],
+        events: &[(Range<usize>, NewEvent)],
     ) -> Result<TransfersOutcome, LedgerError> {
         check_batch(batch.len())?;
+        check_batch(accounts.len())?;
         let (_writer, txn) = self.begin_write().await?;
+        create_missing_accounts(&txn, accounts, now_ns).await?;
         let mut books = load_books(&txn, batch).await?;
         let last = last_entry(&txn).await?;
         let outcome = engine::apply_transfers(&mut books, batch, now_ns, last.last_timestamp, reserved_debit);
@@ -174,8 +234,11 @@ impl Ledger {
             store_pending(&txn, &outcome).await?;
             let committed = append_journal(&txn, &last, sequence, &outcome.accepted).await?;
             let batch_event = NewEvent::new(SUBJECT_BATCH_COMMITTED, committed.encode_to_vec());
-            let all_accepted = outcome.accepted.len() == batch.len();
-            for event in std::iter::once(batch_event).chain(event.filter(|_| all_accepted)) {
+            let accepted = events
+                .iter()
+                .filter(|(range, _)| outcome.results[range.clone()].iter().all(|r| *r == CreateTransferResult::Ok))
+                .map(|(_, event)| event.clone());
+            for event in std::iter::once(batch_event).chain(accepted) {
                 openledger_store::outbox::enqueue(&txn, "ledger", event)
                     .await
                     .map_err(|error| LedgerError::Outbox(error.to_string()))?;
@@ -184,6 +247,24 @@ impl Ledger {
         txn.commit().await?;
         Ok(outcome)
     }
+}
+
+/// Inserts those of `accounts` that do not exist yet, timestamped from `now_ns`.
+async fn create_missing_accounts(
+    txn: &DatabaseTransaction,
+    accounts: &[Account],
+    now_ns: u64,
+) -> Result<(), LedgerError> {
+    if accounts.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<u128> = accounts.iter().map(|account| account.id).collect();
+    let existing = load_by_ids::<account::Entity>(txn, &ids).await?;
+    let (_, created) = engine::apply_accounts(&existing, accounts, now_ns, true);
+    for chunk in created.chunks(INSERT_CHUNK_ROWS) {
+        account::Entity::insert_many(chunk.iter().map(account_row)).exec_without_returning(txn).await?;
+    }
+    Ok(())
 }
 
 fn check_batch(len: usize) -> Result<(), LedgerError> {
