@@ -137,6 +137,9 @@ pub struct AllFlags {
     /// gRPC URL of model-factory (the adapter registry) [env: OPENLEDGER_MODEL_FACTORY_URL] [default: this process, else the local model-factory port]
     #[arg(long, value_name = "URL")]
     model_factory_url: Option<String>,
+    /// gRPC URL of the attribution-worker, for the gateway's attribution routes [env: OPENLEDGER_ATTRIBUTION_URL] [default: this process, else the local attribution-worker port]
+    #[arg(long, value_name = "URL")]
+    attribution_url: Option<String>,
     /// Base model the engines serve: GGUF/safetensors path or hf://owner/name[@rev]/file [env: OPENLEDGER_BASE_MODEL] [default: the packaged SmolLM2 if found]
     #[arg(long, value_name = "MODEL")]
     base_model: Option<String>,
@@ -214,6 +217,7 @@ impl SettingFlags for AllFlags {
             ("ledger_url", &self.ledger_url),
             ("datanet_url", &self.datanet_url),
             ("model_factory_url", &self.model_factory_url),
+            ("attribution_url", &self.attribution_url),
             ("base_model", &self.base_model),
             ("engine_urls", &self.engine_urls),
             ("engine_port", &self.engine_port),

@@ -56,6 +56,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "http://HOST:PORT of model-factory's gRPC API (empty: this process, else listen_host)",
     },
     Setting {
+        key: "attribution_url",
+        flag: "--attribution-url",
+        env: "OPENLEDGER_ATTRIBUTION_URL",
+        help: "http://HOST:PORT of the attribution-worker's gRPC API (empty: this process, else listen_host)",
+    },
+    Setting {
         key: "base_model",
         flag: "--base-model",
         env: "OPENLEDGER_BASE_MODEL",

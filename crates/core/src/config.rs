@@ -109,6 +109,10 @@ pub struct Config {
     /// gRPC URL of model-factory (the adapter registry) for services that call it; empty means
     /// the service in this process, else `listen_host` at its gRPC port.
     pub model_factory_url: Option<String>,
+    /// gRPC URL of the attribution-worker for services that call it (the gateway's
+    /// `/v1/attributions/**` routes); empty means the service in this process, else
+    /// `listen_host` at its gRPC port.
+    pub attribution_url: Option<String>,
     /// The base model the OpenLoRA engines serve: a GGUF or safetensors path, or
     /// `hf://owner/name[@rev]/file`. Empty: the packaged SmolLM2-135M-Instruct Q4_1 if found
     /// (see `openledger dev`'s message), else no engine.
@@ -167,6 +171,7 @@ impl Default for Config {
             ledger_url: None,
             datanet_url: None,
             model_factory_url: None,
+            attribution_url: None,
             base_model: None,
             engine_urls: String::new(),
             engine_port: 50060,
@@ -264,6 +269,7 @@ impl Config {
             ("ledger_url", &self.ledger_url),
             ("datanet_url", &self.datanet_url),
             ("model_factory_url", &self.model_factory_url),
+            ("attribution_url", &self.attribution_url),
         ] {
             if let Some(url) = url
                 && !["http://", "https://"].iter().any(|scheme| url.starts_with(scheme))

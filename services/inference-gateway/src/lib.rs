@@ -11,7 +11,8 @@
 //! - `ledger`: `/v1/accounts/**` and `/v1/governance/**`, forwarded to the ledger.
 //! - `datanets`: `/v1/datanets/**`, forwarded to datanet-ingest.
 //! - `openlora`: the OpenAI-compatible routes, API keys, the adapter registry's routes,
-//!   metering, and the engines (in this process or replicas); see its module doc.
+//!   fine-tuning (model-factory), attributions (the attribution-worker), metering, and the
+//!   engines (in this process or replicas); see its module doc.
 
 pub mod datanets;
 pub mod edge;
@@ -38,6 +39,12 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         &config,
         deps.endpoints.clone(),
     );
+    let attribution = ServiceChannel::new(
+        ServiceKind::AttributionWorker,
+        config.attribution_url.clone(),
+        &config,
+        deps.endpoints.clone(),
+    );
     let spec =
         ServiceSpec::new(ServiceKind::InferenceGateway, InferenceServiceServer::new(openlora::Api::new(keys.clone())));
     let engines = openlora::engines::EngineSlot::default();
@@ -49,6 +56,7 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         metrics: openlora::metrics::ServingMetrics::register(&deps.metrics),
         events: openlora::events::Events::new(deps.backends.clone(), spec.outbox_waker()),
         model_factory,
+        attribution,
     };
     let edge = edge::router(edge::EdgeSettings::from_config(&config), &deps, ledger, datanet, openlora);
     let mut spec = spec.rest(edge).worker(start_engines(config.clone(), deps.metrics.clone(), engines));

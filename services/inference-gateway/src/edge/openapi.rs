@@ -15,7 +15,7 @@ use utoipa::{
 use super::error::{ErrorBody, ErrorDetail};
 use crate::{
     datanets, ledger,
-    openlora::{adapters, fine_tuning, keys, openai},
+    openlora::{adapters, attributions, fine_tuning, keys, openai},
 };
 
 #[derive(OpenApi)]
@@ -65,7 +65,10 @@ use crate::{
         fine_tuning::pause_fine_tuning_job,
         fine_tuning::resume_fine_tuning_job,
         fine_tuning::list_fine_tuning_events,
-        fine_tuning::list_fine_tuning_checkpoints
+        fine_tuning::list_fine_tuning_checkpoints,
+        attributions::get_attribution,
+        attributions::list_attribution_indexes,
+        attributions::get_attribution_index
     ),
     components(schemas(
         ErrorBody,
@@ -145,7 +148,14 @@ use crate::{
         fine_tuning::view::FineTuningEventList,
         fine_tuning::view::CheckpointMetrics,
         fine_tuning::view::FineTuningCheckpoint,
-        fine_tuning::view::FineTuningCheckpointList
+        fine_tuning::view::FineTuningCheckpointList,
+        attributions::view::Attribution,
+        attributions::view::AttributionWeight,
+        attributions::view::AttributionSpan,
+        attributions::view::AttributionBatch,
+        attributions::view::ReceiptInclusionProof,
+        attributions::view::AttributionIndex,
+        attributions::view::AttributionIndexList
     ))
 )]
 pub struct ApiDoc;
@@ -191,7 +201,7 @@ const SIGNED: [&str; 24] = [
 
 /// Operations that take an API key (`Authorization: Bearer`), and those of them that generate
 /// (metered, rate limited, naming a model).
-const API_KEY: [&str; 11] = [
+const API_KEY: [&str; 14] = [
     "chat_completions",
     "completions",
     "list_models",
@@ -203,6 +213,9 @@ const API_KEY: [&str; 11] = [
     "resume_fine_tuning_job",
     "list_fine_tuning_events",
     "list_fine_tuning_checkpoints",
+    "get_attribution",
+    "list_attribution_indexes",
+    "get_attribution_index",
 ];
 const GENERATING: [&str; 2] = ["chat_completions", "completions"];
 

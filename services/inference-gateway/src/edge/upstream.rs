@@ -44,3 +44,22 @@ pub fn with_caller<T>(message: T, headers: &HeaderMap) -> tonic::Request<T> {
     }
     request
 }
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use openledger_core::{Config, ServiceKind};
+    use openledger_runtime::{Endpoints, clients::ServiceChannel};
+
+    /// Serves `routes` (a scripted or real upstream service) on a free local port and answers
+    /// the channel a route's [`super::Upstream`] is built on, as `kind`.
+    pub(crate) async fn serve(kind: ServiceKind, routes: tonic::service::Routes) -> ServiceChannel {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        ServiceChannel::new(kind, Some(format!("http://{addr}")), &Config::default(), Endpoints::default())
+    }
+}

@@ -581,7 +581,7 @@ mod tests {
     use axum::body::Body;
     use ed25519_dalek::SigningKey;
     use http_body_util::BodyExt;
-    use openledger_core::{Config, ContentHash, ServiceKind};
+    use openledger_core::{ContentHash, ServiceKind};
     use openledger_ml::{
         ModelConfig, Target,
         testing::{TinyModel, TinySpec, write_peft_adapter},
@@ -590,10 +590,10 @@ mod tests {
         Api, Registry, RegistryError, SharedRegistry, base::BaseModels, events::Subjects, owners::Owners,
     };
     use openledger_proto::modelfactory::v1::model_factory_service_server::ModelFactoryServiceServer;
-    use openledger_runtime::Endpoints;
     use tower::ServiceExt;
 
     use super::*;
+    use crate::edge::upstream::testing::serve;
 
     const ACCOUNT: u128 = 70_001;
 
@@ -641,19 +641,7 @@ mod tests {
         let api =
             ModelFactoryServiceServer::new(Api::new(SharedRegistry::ready(Arc::new(registry)), Default::default()))
                 .max_decoding_message_size(MAX_UPSTREAM_MESSAGE_BYTES);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(api)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        let channel = ServiceChannel::new(
-            ServiceKind::ModelFactory,
-            Some(format!("http://{addr}")),
-            &Config::default(),
-            Endpoints::default(),
-        );
+        let channel = serve(ServiceKind::ModelFactory, tonic::service::Routes::new(api)).await;
         let base = openledger_ml::source::read_model_config(&base_path).expect("config");
         Edge { router: routes(channel), base, dir }
     }

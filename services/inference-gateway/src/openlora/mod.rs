@@ -9,6 +9,8 @@
 //! - `adapters`: `/v1/adapters/**`, forwarded to model-factory's registry.
 //! - `fine_tuning`: `/v1/fine_tuning/jobs/**` (OpenAI's fine-tuning API), forwarded to
 //!   model-factory's jobs for the API key's account.
+//! - `attributions`: `/v1/attributions/{inference_id}` and `/v1/attribution/indexes/**`, what
+//!   the attribution-worker made of each paid inference, forwarded for the API key's account.
 //! - `catalog`: what `model` names: the base model or a registry adapter, with its prices and
 //!   who may call it.
 //! - `metering`: the ledger hold before generating and the capture after.
@@ -17,6 +19,7 @@
 //! - `metrics`: serving metrics on `/metrics`.
 
 pub mod adapters;
+pub mod attributions;
 pub mod catalog;
 pub mod engines;
 pub mod events;
@@ -43,6 +46,7 @@ pub struct OpenLora {
     pub metrics: metrics::ServingMetrics,
     pub events: events::Events,
     pub model_factory: ServiceChannel,
+    pub attribution: ServiceChannel,
 }
 
 /// Every OpenLoRA route.
@@ -52,4 +56,5 @@ pub fn routes(state: OpenLora) -> Router {
         .merge(keys::routes(state.keys.clone()))
         .merge(adapters::routes(state.model_factory.clone()))
         .merge(fine_tuning::routes(state.keys.clone(), state.model_factory.clone()))
+        .merge(attributions::routes(state.keys.clone(), state.attribution.clone()))
 }

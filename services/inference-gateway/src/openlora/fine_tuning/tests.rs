@@ -6,18 +6,18 @@ use std::{collections::HashMap, sync::Arc};
 
 use axum::body::Body;
 use http_body_util::BodyExt;
-use openledger_core::{Config, ServiceKind};
+use openledger_core::ServiceKind;
 use openledger_proto::{
     common::v1::{Hash, PageResponse},
     modelfactory::v1::model_factory_service_server::{ModelFactoryService, ModelFactoryServiceServer},
 };
-use openledger_runtime::Endpoints;
 use parking_lot::Mutex;
 use prost_types::Timestamp;
 use serde_json::json;
 use tower::ServiceExt;
 
 use super::*;
+use crate::edge::upstream::testing::serve;
 
 const ACCOUNT: u128 = 70_001;
 
@@ -367,19 +367,8 @@ async fn edge() -> Edge {
     let dir = tempfile::tempdir().expect("temp dir");
     let (keys, secret) = crate::openlora::keys::testing::keys_with_one_key(dir.path(), ACCOUNT).await;
     let factory = ScriptedFactory::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ModelFactoryServiceServer::new(factory.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let channel = ServiceChannel::new(
-        ServiceKind::ModelFactory,
-        Some(format!("http://{addr}")),
-        &Config::default(),
-        Endpoints::default(),
-    );
+    let served = tonic::service::Routes::new(ModelFactoryServiceServer::new(factory.clone()));
+    let channel = serve(ServiceKind::ModelFactory, served).await;
     Edge { router: routes(keys, channel), secret, factory, _dir: dir }
 }
 

@@ -544,6 +544,13 @@ pub(crate) mod testing {
     /// Keys on a fresh SQLite database in `dir` holding one key of `account_id`, and that key's
     /// secret (to send as `Authorization: Bearer`).
     pub(crate) async fn keys_with_one_key(dir: &std::path::Path, account_id: u128) -> (Keys, String) {
+        let (keys, mut secrets) = keys_of_accounts(dir, &[account_id]).await;
+        (keys, secrets.remove(0))
+    }
+
+    /// Keys on a fresh SQLite database in `dir` holding one key of each account, and their
+    /// secrets in the same order.
+    pub(crate) async fn keys_of_accounts(dir: &std::path::Path, account_ids: &[u128]) -> (Keys, Vec<String>) {
         let url = format!("sqlite://{}?mode=rwc", dir.join("keys.db").display());
         let db = openledger_store::connect(&url).await.expect("connect");
         openledger_store::migrate(&db).await.expect("migrate");
@@ -555,18 +562,23 @@ pub(crate) mod testing {
         );
         let keys =
             Keys::with_database(db.clone(), ledger, Limits { requests_per_minute: 60, tokens_per_minute: 1_000 });
-        let id = Id::new().to_string();
-        let secret = secret::generate(&id).expect("secret");
-        let stored = StoredKey {
-            id,
-            account_id,
-            name: "test".into(),
-            secret_hash: secret::hash(&secret),
-            limits: Limits { requests_per_minute: 0, tokens_per_minute: 0 },
-            created_at_ms: 1,
-            revoked_at_ms: None,
-        };
-        store::insert(&db, &stored, [7; 32]).await.expect("stored");
-        (keys, secret)
+        let mut secrets = Vec::with_capacity(account_ids.len());
+        for (digest, &account_id) in (7u8..).zip(account_ids) {
+            let id = Id::new().to_string();
+            let secret = secret::generate(&id).expect("secret");
+            let stored = StoredKey {
+                id,
+                account_id,
+                name: "test".into(),
+                secret_hash: secret::hash(&secret),
+                limits: Limits { requests_per_minute: 0, tokens_per_minute: 0 },
+                created_at_ms: 1,
+                revoked_at_ms: None,
+            };
+            // Each key's request digest differs, as each signed request's does.
+            store::insert(&db, &stored, [digest; 32]).await.expect("stored");
+            secrets.push(secret);
+        }
+        (keys, secrets)
     }
 }
