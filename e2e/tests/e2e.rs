@@ -2,6 +2,7 @@
 //! and nats-server from the testkit, plus the outbox crash tests (a relay process killed
 //! between the steps of relaying).
 
+mod attribution;
 mod cluster;
 mod datanet;
 mod finetune;

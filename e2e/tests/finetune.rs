@@ -26,17 +26,17 @@ const RECORDS: &str = "{\"text\": \"Dehydration in older adults often presents w
 {\"text\": \"Sunscreen should be applied fifteen minutes before going outside and again every two hours.\"}\n";
 
 /// What a model builder has once a Datanet version is sealed and its grant approved.
-struct Builder {
-    rest: String,
-    client: reqwest::Client,
-    key: String,
-    signer: SigningKey,
-    base_model: String,
-    training_file: String,
+pub(crate) struct Builder {
+    pub(crate) rest: String,
+    pub(crate) client: reqwest::Client,
+    pub(crate) key: String,
+    pub(crate) signer: SigningKey,
+    pub(crate) base_model: String,
+    pub(crate) training_file: String,
 }
 
 /// `openledger dev` with the packaged SmolLM2 in `data_dir`, with `env`.
-fn dev(data_dir: &Path, env: &[(&str, String)]) -> Platform {
+pub(crate) fn dev(data_dir: &Path, env: &[(&str, String)]) -> Platform {
     let model = openledger_ml::testing::smollm2_path();
     let args = ["--data-dir", &data_dir.display().to_string(), "dev", "--base-model", &model.display().to_string()];
     Platform::spawn(&args, env)
@@ -45,6 +45,11 @@ fn dev(data_dir: &Path, env: &[(&str, String)]) -> Platform {
 /// Dana's public Datanet with one sealed version; the builder's account, API key and grant
 /// (a job before the grant is refused with 403).
 async fn builder_with_a_grant(platform: &mut Platform) -> Builder {
+    builder_with_a_grant_on(platform, &[]).await
+}
+
+/// The same, with more contributions (each by its key, JSONL records) in the version.
+pub(crate) async fn builder_with_a_grant_on(platform: &mut Platform, more: &[(&SigningKey, &str)]) -> Builder {
     let rest_addr = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
     platform.wait_ready(rest_addr).await;
     let rest = format!("http://{rest_addr}");
@@ -86,6 +91,27 @@ async fn builder_with_a_grant(platform: &mut Platform) -> Builder {
     ];
     let contribution = datanets.contribute(futures::stream::iter(messages)).await.expect("contribute").into_inner();
     assert_eq!(contribution.records.len(), 4, "{contribution:?}");
+    for (index, (contributor, records)) in more.iter().enumerate() {
+        let file_name = format!("more-{index}.jsonl");
+        let hash = ContentHash::of(records.as_bytes());
+        let header = pb::ContributeHeader {
+            datanet_id: datanet.id.clone(),
+            file_name: file_name.clone(),
+            size_bytes: records.len() as u64,
+            file_hash: Some(Hash { value: hash.as_bytes().to_vec() }),
+            signature: Some(signing::sign(
+                contributor,
+                &signing::contribution_message(&datanet.id, &file_name, &hash, None),
+            )),
+            ..Default::default()
+        };
+        let messages = vec![
+            pb::ContributeRequest { part: Some(pb::contribute_request::Part::Header(header)) },
+            pb::ContributeRequest { part: Some(pb::contribute_request::Part::Chunk(records.as_bytes().to_vec())) },
+        ];
+        let more = datanets.contribute(futures::stream::iter(messages)).await.expect("contribute").into_inner();
+        assert!(!more.records.is_empty(), "{more:?}");
+    }
     let now = signing::now_unix();
     let publish = pb::PublishSnapshotRequest {
         datanet_id: datanet.id.clone(),
@@ -160,7 +186,7 @@ async fn the_official_client_fine_tunes_on_a_datanet_and_calls_the_result() {
 }
 
 impl Builder {
-    async fn create(&self, body: &Value) -> Value {
+    pub(crate) async fn create(&self, body: &Value) -> Value {
         let response = self
             .client
             .post(format!("{}/v1/fine_tuning/jobs", self.rest))
@@ -174,7 +200,7 @@ impl Builder {
     }
 
     /// The job once `done` holds (ten minutes at most).
-    async fn until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
         loop {
             let response =

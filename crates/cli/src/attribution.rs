@@ -73,6 +73,11 @@ pub enum AttributionCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check a paid inference's attribution from outside: its receipt is canonical and
+    /// published, its inputs are the ones hashed, the weights recomputed from the version are
+    /// the receipt's, and the receipt is in a batch whose root the ledger's journal recorded
+    /// (and the journal verifies). Prints each check; stops at the first difference.
+    Verify(VerifyArgs),
     /// Measure attribution on a generated labelled corpus split among honest, label-flipping,
     /// off-domain, spam and copying contributors: detection AUC and LDS per estimator next to
     /// KNN-Shapley and random, payout inflation under copies, verbatim credit
@@ -95,6 +100,26 @@ pub enum AttributionCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What `verify` reads besides the services.
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The paid inference (its response's `attribution.inference_id`)
+    inference_id: String,
+    /// gRPC URL of the attribution-worker [default: the local port]
+    #[arg(long, value_name = "URL")]
+    attribution_url: Option<String>,
+    /// gRPC URL of the ledger [default: the local port]
+    #[arg(long, value_name = "URL")]
+    ledger_url: Option<String>,
+    /// The version to recompute the weights with (the worker's copy, or `datanet export` +
+    /// its span index) [default: DATA_DIR/attribution/versions/<snapshot id>]
+    #[arg(long, value_name = "DIR")]
+    version_dir: Option<PathBuf>,
+    /// The base model whose tokenizer indexed the version [default: the configured or packaged one]
+    #[arg(long)]
+    base: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -141,8 +166,9 @@ impl VersionArgs {
     }
 }
 
-pub async fn run(command: AttributionCommand) -> anyhow::Result<bool> {
+pub async fn run(command: AttributionCommand, config: &openledger_core::Config) -> anyhow::Result<bool> {
     match command {
+        AttributionCommand::Verify(args) => verify(args, config).await,
         AttributionCommand::Index(IndexCommand::Build { version, adapter, shard_tokens, project, seed }) => {
             build(&version, adapter.as_deref(), shard_tokens, project, seed).await
         }
@@ -386,4 +412,157 @@ async fn assess(
         println!("    {id}");
     }
     Ok(true)
+}
+
+/// One check's outcome, printed as it is made.
+fn report(name: &str, outcome: Result<String, String>) -> bool {
+    match outcome {
+        Ok(detail) => {
+            println!("ok    {name}: {detail}");
+            true
+        }
+        Err(difference) => {
+            println!("FAIL  {name}: {difference}");
+            false
+        }
+    }
+}
+
+async fn verify(args: VerifyArgs, config: &openledger_core::Config) -> anyhow::Result<bool> {
+    use openledger_attribution_worker::{
+        attribute::Inputs,
+        indexes::version_dir,
+        open_version,
+        receipt::ReceiptWeight,
+        verify::{check_answered, check_inclusion, check_inputs, check_receipt, check_recomputed},
+    };
+    use openledger_core::{ContentHash, MerkleProof, ServiceKind};
+    use openledger_proto::{
+        attribution::v1::{GetAttributionRequest, attribution_service_client::AttributionServiceClient},
+        ledger::v1::{GetReceiptBatchRequest, VerifyJournalRequest, ledger_service_client::LedgerServiceClient},
+    };
+
+    let hash = |bytes: Option<&openledger_proto::common::v1::Hash>, what: &str| {
+        bytes
+            .and_then(|h| ContentHash::try_from(h.value.as_slice()).ok())
+            .ok_or_else(|| anyhow::anyhow!("the answer carries no valid {what}"))
+    };
+    let channel = crate::service_channel(ServiceKind::AttributionWorker, args.attribution_url.clone(), config)?;
+    let request =
+        GetAttributionRequest { inference_id: args.inference_id.clone(), include_inputs: true, ..Default::default() };
+    let answer = AttributionServiceClient::new(channel).get_attribution(request).await?.into_inner();
+    let published = hash(answer.receipt_hash.as_ref(), "receipt hash")?;
+
+    let receipt = check_receipt(&answer.receipt, &published);
+    if !report(
+        "receipt",
+        receipt.as_ref().map(|r| format!("canonical, {} ({})", published, r.method)).map_err(Clone::clone),
+    ) {
+        return Ok(false);
+    }
+    let receipt = receipt.map_err(anyhow::Error::msg)?;
+    let answered: Vec<ReceiptWeight> = answer
+        .weights
+        .iter()
+        .map(|w| ReceiptWeight {
+            contribution: w.contribution_id.clone(),
+            contributor: hex::encode(&w.contributor),
+            account: openledger_proto::u128_of(w.contributor_account_id.as_ref()).to_string(),
+            weight_ppb: w.weight_ppb.max(0) as u64,
+        })
+        .collect();
+    if !report(
+        "weights",
+        check_answered(&receipt, &answered).map(|()| format!("{} contributions, as in the receipt", answered.len())),
+    ) {
+        return Ok(false);
+    }
+    let inputs: Inputs = serde_json::from_str(&answer.inputs_json)
+        .with_context(|| "the attribution-worker did not answer the inputs")?;
+    if !report(
+        "inputs",
+        check_inputs(&receipt, &inputs).map(|()| "prompt and completion hash as in the receipt".into()),
+    ) {
+        return Ok(false);
+    }
+    if receipt.snapshot_id.is_empty() {
+        report("recompute", Ok("no Datanet version behind this output: nothing to recompute".into()));
+    } else {
+        let dir = args
+            .version_dir
+            .clone()
+            .unwrap_or_else(|| version_dir(&config.data_dir.join("attribution"), &receipt.snapshot_id));
+        anyhow::ensure!(
+            dir.exists(),
+            "cannot recompute: no copy of version {} at {} (give --version-dir)",
+            receipt.snapshot_id,
+            dir.display()
+        );
+        let base = match &args.base {
+            Some(base) => base.parse::<openledger_ml::Source>()?.resolve_model().await?,
+            None => openledger_model_factory::base::BaseModels::from_config(config)
+                .require()
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?
+                .path
+                .clone(),
+        };
+        let (receipt_copy, inputs_copy) = (receipt.clone(), inputs.clone());
+        let checked = compute(None, move || {
+            let tokenizer = std::sync::Arc::new(openledger_ml::source::load_tokenizer(&base)?);
+            let version = open_version(&dir, tokenizer).map_err(|e| anyhow::anyhow!(e.message))?;
+            Ok(check_recomputed(&receipt_copy, &inputs_copy, &version))
+        })
+        .await?;
+        if !report("recompute", checked.map(|()| format!("the same weights from version {}", receipt.snapshot_id))) {
+            return Ok(false);
+        }
+    }
+    let Some(proof) = answer.batch_proof else {
+        report("batch", Err("not batched yet (batches are sealed every second): try again".into()));
+        return Ok(false);
+    };
+    let root = hash(proof.root.as_ref(), "batch root")?;
+    let path: Vec<ContentHash> = proof.path.iter().map(|h| hash(Some(h), "proof hash")).collect::<Result<_, _>>()?;
+    let merkle = MerkleProof { leaf_index: proof.leaf_index, tree_size: proof.tree_size, path };
+    if !report(
+        "inclusion",
+        check_inclusion(&published, &merkle, &root)
+            .map(|()| format!("leaf {} of {} in batch {}", proof.leaf_index, proof.tree_size, answer.batch_sequence)),
+    ) {
+        return Ok(false);
+    }
+    let mut ledger =
+        LedgerServiceClient::new(crate::service_channel(ServiceKind::Ledger, args.ledger_url.clone(), config)?);
+    let recorded = ledger.get_receipt_batch(GetReceiptBatchRequest { sequence: answer.batch_sequence }).await;
+    let recorded = match recorded {
+        Ok(recorded) => recorded.into_inner(),
+        Err(status) => {
+            report(
+                "journal",
+                Err(format!("the ledger has no record of batch {}: {}", answer.batch_sequence, status.message())),
+            );
+            return Ok(false);
+        }
+    };
+    let recorded_root = hash(recorded.root.as_ref(), "recorded root")?;
+    if !report(
+        "journal",
+        (recorded_root == root)
+            .then(|| {
+                format!("batch {} root recorded in journal entry {}", answer.batch_sequence, recorded.journal_sequence)
+            })
+            .ok_or_else(|| format!("the journal recorded root {recorded_root}, the proof leads to {root}")),
+    ) {
+        return Ok(false);
+    }
+    let books = ledger.verify_journal(VerifyJournalRequest {}).await?.into_inner();
+    Ok(report(
+        "books",
+        if books.ok {
+            Ok(format!("the journal's {} entries verify", books.entries_checked))
+        } else {
+            Err(format!("the journal does not verify from entry {}: {}", books.first_mismatch, books.detail))
+        },
+    ))
 }

@@ -333,8 +333,7 @@ async fn export(
     key_file: &Path,
 ) -> anyhow::Result<bool> {
     use futures::TryStreamExt;
-    use openledger_attribution::corpus::{self, Manifest, Provenance};
-    use std::io::Write;
+    use openledger_attribution::corpus::{ExportWriter, Manifest};
 
     anyhow::ensure!(!out.exists(), "{} exists: export into a new directory", out.display());
     let key = read_key(key_file)?;
@@ -344,10 +343,7 @@ async fn export(
     let sealed = pb::GetSnapshotRequest { datanet_id: found.id.clone(), snapshot_id: snapshot.into() };
     let sealed = client.get_snapshot(as_caller(sealed, Some(&key))).await?.into_inner();
     let root = hash(sealed.merkle_root.as_ref())?;
-    let partial = out.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir_all(&partial)?;
-    let mut file = std::io::BufWriter::new(std::fs::File::create(partial.join(corpus::RECORDS_FILE))?);
+    let mut export = ExportWriter::create(out)?;
     let request = pb::ReadRecordsRequest {
         datanet_id: found.id.clone(),
         snapshot_id: sealed.id.clone(),
@@ -358,46 +354,24 @@ async fn export(
     let bar = ProgressBar::new(sealed.record_count).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} records ({per_sec}, {eta})").expect("a valid template"),
     );
-    let mut leaves = Vec::with_capacity(sealed.record_count as usize);
     while let Some(record) = records.try_next().await? {
-        let leaf = hash(record.hash.as_ref())?;
-        anyhow::ensure!(ContentHash::of(&record.body) == leaf, "record {} does not match its body", leaf.to_hex());
-        let mut body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&record.body)?;
-        let provenance = Provenance {
-            position: leaves.len() as u64,
-            record: leaf.to_hex(),
-            contribution: record.contribution_id,
-            contributor: hex::encode(&record.contributor),
-        };
-        body.insert(corpus::PROVENANCE_MEMBER.into(), serde_json::to_value(provenance)?);
-        serde_json::to_writer(&mut file, &body)?;
-        file.write_all(b"\n")?;
-        leaves.push(leaf);
+        export.push(hash(record.hash.as_ref())?, &record.contribution_id, &record.contributor, &record.body)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    anyhow::ensure!(
-        openledger_core::MerkleTree::new(&leaves).root() == root,
-        "the records read do not hash to version {}'s root {}: nothing was written",
-        sealed.version,
-        root.to_hex()
-    );
-    let manifest = Manifest {
-        format: corpus::EXPORT_FORMAT.into(),
+    let manifest = export.finish(Manifest {
+        format: String::new(),
         datanet_id: found.id,
         slug: found.slug,
         version: sealed.version,
         snapshot_id: sealed.id,
         merkle_root: root.to_hex(),
-        records: leaves.len() as u64,
-    };
-    std::fs::write(partial.join(corpus::MANIFEST_FILE), serde_json::to_vec_pretty(&manifest)?)?;
-    std::fs::rename(&partial, out)?;
+        records: 0,
+    })?;
     println!(
         "{}: {} records of version {} (root {}) in {}",
         manifest.dataset_name(),
-        leaves.len(),
+        manifest.records,
         manifest.version,
         manifest.merkle_root,
         out.display()

@@ -141,7 +141,7 @@ fn main() -> ExitCode {
         Command::Datanet { command, .. } => client_command(datanet::run(command, &resolved.config)),
         Command::Model(command) => client_command(model::run(command)),
         Command::Finetune { command, edge } => client_command(finetune::run(command, edge, &resolved.config)),
-        Command::Attribution(command) => client_command(attribution::run(command)),
+        Command::Attribution(command) => client_command(attribution::run(command, &resolved.config)),
         Command::Dev { .. } => run::run(resolved.config, ServiceKind::ALL.to_vec(), true),
         Command::Engine { .. } => engine::run(resolved.config),
         Command::Serve { mut services, .. } => {
