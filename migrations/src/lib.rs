@@ -13,6 +13,7 @@ mod m20261205_000006_modelfactory;
 mod m20261205_000007_gateway;
 mod m20261206_000008_finetune;
 mod m20261206_000010_attribution;
+mod m20261206_000011_datanet_quality;
 
 /// Applies every schema in order.
 pub struct Migrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000007_gateway::Migration),
             Box::new(m20261206_000008_finetune::Migration),
             Box::new(m20261206_000010_attribution::Migration),
+            Box::new(m20261206_000011_datanet_quality::Migration),
         ]
     }
 }
