@@ -16,6 +16,7 @@ use crate::{
     DatanetError,
     bonds::Bonds,
     datanets::{Datanets, Upload},
+    earnings::Earnings,
     limits,
     signing::{self, Key},
 };
@@ -26,13 +27,14 @@ use crate::{
 pub struct SharedDatanets {
     backends: BackendsHandle,
     bonds: Arc<dyn Bonds>,
+    earnings: Arc<dyn Earnings>,
     outbox_wake: Arc<Mutex<Option<Arc<Notify>>>>,
     datanets: Arc<OnceLock<Arc<Datanets>>>,
 }
 
 impl SharedDatanets {
-    pub fn new(backends: BackendsHandle, bonds: Arc<dyn Bonds>) -> Self {
-        Self { backends, bonds, outbox_wake: Arc::default(), datanets: Arc::default() }
+    pub fn new(backends: BackendsHandle, bonds: Arc<dyn Bonds>, earnings: Arc<dyn Earnings>) -> Self {
+        Self { backends, bonds, earnings, outbox_wake: Arc::default(), datanets: Arc::default() }
     }
 
     pub fn set_outbox_waker(&self, wake: Arc<Notify>) {
@@ -48,7 +50,8 @@ impl SharedDatanets {
         Some(
             self.datanets
                 .get_or_init(|| {
-                    let datanets = Datanets::new(backends.db, backends.objects, self.bonds.clone());
+                    let datanets = Datanets::new(backends.db, backends.objects, self.bonds.clone())
+                        .with_earnings(self.earnings.clone());
                     Arc::new(match wake {
                         Some(wake) => datanets.with_outbox_waker(wake),
                         None => datanets,

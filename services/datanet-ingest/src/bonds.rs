@@ -1,6 +1,7 @@
-//! Stake bonds on the ledger: each contribution holds its stake, released when it is
-//! accepted and slashed to the treasury when it is rejected as spam or a duplicate. The
-//! ledger makes every operation idempotent by contribution id, so retrying is always safe.
+//! Stake bonds on the ledger: each contribution holds its stake, slashed to the treasury when
+//! it is rejected as spam or a duplicate, or later for harmful data; an accepted contribution's
+//! bond is released once its quality is known (see `datanets::quality`). The ledger makes every
+//! operation idempotent by contribution id, so retrying is always safe.
 
 use openledger_core::ErrorCode;
 use openledger_proto::ledger::v1::{self as pb, ledger_service_client::LedgerServiceClient};
@@ -39,13 +40,17 @@ impl LedgerBonds {
     }
 
     fn client(&self) -> Result<LedgerServiceClient<tonic::transport::Channel>, DatanetError> {
-        Ok(LedgerServiceClient::new(
-            self.ledger.channel().map_err(|status| ledger_error("reaching the ledger", status))?,
-        ))
+        ledger_client(&self.ledger)
     }
 }
 
-fn ledger_error(doing: &str, status: Status) -> DatanetError {
+pub(crate) fn ledger_client(
+    ledger: &ServiceChannel,
+) -> Result<LedgerServiceClient<tonic::transport::Channel>, DatanetError> {
+    Ok(LedgerServiceClient::new(ledger.channel().map_err(|status| ledger_error("reaching the ledger", status))?))
+}
+
+pub(crate) fn ledger_error(doing: &str, status: Status) -> DatanetError {
     let code = match status.code() {
         tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument | tonic::Code::NotFound => {
             ErrorCode::FailedPrecondition

@@ -1,4 +1,5 @@
-//! sea-orm entities of the Datanet tables (see migration `m20261125_000005_datanet`).
+//! sea-orm entities of the Datanet tables (see migrations `m20261125_000005_datanet` and
+//! `m20261206_000011_datanet_quality`).
 
 macro_rules! entity {
     ($module:ident, $table:literal, { $($body:tt)* }) => {
@@ -65,6 +66,9 @@ entity!(contribution, "datanet_contributions", {
     pub submitted_at: i64,
     pub decided_at: Option<i64>,
     pub decided_by: Option<Vec<u8>>,
+    /// Why a decided bond is released or slashed when that is not `reason` (the contribution's
+    /// own decision), e.g. its quality assessment; given to the ledger.
+    pub bond_reason: Option<String>,
 });
 
 entity!(record, "datanet_records", {
@@ -131,3 +135,34 @@ entity!(read, "datanet_reads", {
     pub records: i64,
     pub at: i64,
 });
+
+/// The evidence of a bond slashed for harmful data (`datanet_bond_slashes`): apart from the
+/// macro because its scores are floating point (no `Eq`).
+pub mod bond_slash {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "datanet_bond_slashes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub contribution_id: String,
+        pub datanet_id: String,
+        /// The sealed version whose first evaluated adapter measured the contribution.
+        pub snapshot_id: String,
+        pub adapter_id: String,
+        pub estimator: String,
+        /// Robust z-score of the contribution's influence on the validation loss.
+        pub score: f64,
+        /// Deviations below the typical record's score that made the contribution a candidate.
+        pub threshold: f64,
+        pub evidence: String,
+        /// The `ol.attribution.quality.assessed` event that decided the slash.
+        pub event_id: String,
+        pub at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -6,12 +6,19 @@
 //!   `openledger-screen`, which attribution shares);
 //! - [`datanets`] is the service's core (policy, contributions, review, snapshots, access);
 //! - [`limits`] holds every limit and policy default, and the relations between them;
-//! - [`bonds`] holds, releases and slashes stake bonds on the ledger;
+//! - [`bonds`] holds, releases and slashes stake bonds on the ledger; [`earnings`] reads
+//!   contributors' earnings from it for the leaderboard;
 //! - [`signing`] defines what each signed request signs; `api` is the gRPC surface.
+//!
+//! Besides its API the service runs two workers: the bond housekeeping (decisions the ledger
+//! did not take, abandoned uploads, bonds whose quality was never assessed in time) and the
+//! durable consumer `datanet-quality` of quality assessments, which release or slash the bonds
+//! of accepted contributions (see [`datanets`]).
 
 mod api;
 pub mod bonds;
 pub mod datanets;
+pub mod earnings;
 mod entities;
 pub mod limits;
 pub mod parse;
@@ -21,10 +28,14 @@ pub use openledger_screen::{dedup, quality};
 
 use std::{sync::Arc, time::Duration};
 
+use openledger_bus::ConsumerConfig;
 use openledger_core::ErrorCode;
 use openledger_proto::datanet::v1::datanet_service_server::DatanetServiceServer;
 use openledger_runtime::{
-    Config, Deps, RuntimeError, ServiceKind, ServiceSpec, Worker, clients::ServiceChannel, run_service,
+    Config, Deps, RuntimeError, ServiceKind, ServiceSpec, Worker,
+    clients::ServiceChannel,
+    consume::{Handled, consume},
+    run_service,
 };
 use openledger_store::db::MaybeBusy;
 
@@ -61,23 +72,31 @@ impl MaybeBusy for DatanetError {
 
 impl From<openledger_store::StoreError> for DatanetError {
     fn from(error: openledger_store::StoreError) -> Self {
-        Self::new(ErrorCode::Internal, error.to_string())
+        match error {
+            // A database error stays one (unavailable, and retried when SQLite was busy).
+            openledger_store::StoreError::Database(error) => error.into(),
+            other => Self::new(ErrorCode::Internal, other.to_string()),
+        }
     }
 }
 
 /// Runs the service until the process shuts down.
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
     let ledger = ServiceChannel::new(ServiceKind::Ledger, config.ledger_url.clone(), &config, deps.endpoints.clone());
-    let bonds = Arc::new(bonds::LedgerBonds::new(ledger));
-    let shared = api::SharedDatanets::new(deps.backends.clone(), bonds);
+    let bonds = Arc::new(bonds::LedgerBonds::new(ledger.clone()));
+    let earnings = Arc::new(earnings::LedgerEarnings::new(ledger));
+    let shared = api::SharedDatanets::new(deps.backends.clone(), bonds, earnings);
     let mut spec = ServiceSpec::new(ServiceKind::DatanetIngest, DatanetServiceServer::new(Api::new(shared.clone())));
     shared.set_outbox_waker(spec.outbox_waker());
-    spec = spec.worker(bond_retries(shared));
+    spec = spec.worker(bond_housekeeping(shared.clone())).worker(quality_assessments(shared));
     run_service(spec, &config, deps).await
 }
 
-/// Applies bond decisions the ledger could not take when they were made.
-fn bond_retries(shared: api::SharedDatanets) -> Worker {
+/// Every [`limits::BOND_RETRY_INTERVAL_MS`]: applies bond decisions the ledger could not take
+/// when they were made, gives back the bonds of abandoned uploads, and releases the bonds of
+/// accepted contributions whose quality was not assessed within
+/// [`limits::BOND_QUALITY_TIMEOUT_MS`].
+fn bond_housekeeping(shared: api::SharedDatanets) -> Worker {
     Box::new(move |_backends, shutdown| {
         Box::pin(async move {
             loop {
@@ -92,6 +111,28 @@ fn bond_retries(shared: api::SharedDatanets) -> Worker {
                     Err(error) => tracing::warn!(%error, "applying waiting bond decisions failed"),
                 }
             }
+        })
+    })
+}
+
+/// The durable consumer `datanet-quality` of `ol.attribution.quality.assessed` (see
+/// [`Datanets::handle_quality`]).
+fn quality_assessments(shared: api::SharedDatanets) -> Worker {
+    Box::new(move |backends, shutdown| {
+        Box::pin(async move {
+            let config = ConsumerConfig::new(limits::QUALITY_CONSUMER, datanets::SUBJECT_QUALITY_ASSESSED)
+                .ack_wait(Duration::from_millis(limits::QUALITY_ACK_WAIT_MS))
+                .max_deliver(limits::QUALITY_MAX_DELIVER);
+            consume(backends.bus.clone(), config, shutdown, |delivery| {
+                let (datanets, id, payload) = (shared.get(), delivery.id.clone(), delivery.payload.clone());
+                async move {
+                    match datanets {
+                        Some(datanets) => datanets.handle_quality(&id, &payload).await,
+                        None => Handled::Retry(Duration::from_millis(limits::QUALITY_RETRY_DELAY_MS)),
+                    }
+                }
+            })
+            .await;
         })
     })
 }

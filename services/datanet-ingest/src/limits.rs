@@ -88,6 +88,35 @@ pub const BOND_RETRY_BATCH: u64 = 1_000;
 /// A UTC day, for the daily limits.
 pub const DAY_MS: i64 = 86_400_000;
 
+/// An accepted contribution's bond is held until its quality is known: an
+/// `ol.attribution.quality.assessed` event for a sealed version containing it (the first
+/// adapter trained on that version was evaluated), or, when none comes, this long after the
+/// acceptance, when the housekeeping worker releases it (30 days: long enough for a version to
+/// be sealed, trained on and evaluated; short enough that a contributor's stake is not tied up
+/// indefinitely by a Datanet nobody trains on).
+pub const BOND_QUALITY_TIMEOUT_MS: u64 = 30 * DAY_MS as u64;
+const _: () = assert!(BOND_QUALITY_TIMEOUT_MS > RECEIVING_TIMEOUT_MS);
+/// The durable consumer of quality assessments, and its delivery settings: an assessment not
+/// acknowledged within the ack wait is delivered again, up to the deliveries before it goes
+/// to `ol.dlq.datanet-quality` (a poison one, undecodable or naming an unknown version, goes
+/// there at once).
+pub const QUALITY_CONSUMER: &str = "datanet-quality";
+pub const QUALITY_ACK_WAIT_MS: u64 = 60_000;
+pub const QUALITY_MAX_DELIVER: u32 = 10;
+/// How long an assessment that could not be recorded (database unavailable) waits before it
+/// is delivered again.
+pub const QUALITY_RETRY_DELAY_MS: u64 = 5_000;
+/// Contribution ids bound per statement when an assessment decides bonds (well under the
+/// databases' bound-parameter limits).
+pub const QUALITY_IDS_PER_STATEMENT: usize = 500;
+const _: () = assert!(QUALITY_IDS_PER_STATEMENT + 4 <= SQLITE_MAX_BOUND_PARAMETERS);
+/// Bond decisions sent to the ledger at once after an assessment.
+pub const BOND_APPLY_CONCURRENCY: usize = 8;
+
+/// Account ids per `GetEarnings` request to the ledger (the leaderboard sums a page of
+/// contributors' bond and earnings accounts).
+pub const EARNINGS_ACCOUNTS_PER_REQUEST: usize = 1_000;
+
 #[cfg(test)]
 mod tests {
     use sea_orm::Iterable;

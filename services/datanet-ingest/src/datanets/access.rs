@@ -1,7 +1,10 @@
 //! Access for training: grant requests and decisions, and the logged, paged read of a sealed
-//! version's records with their bodies.
+//! version's records with their bodies, for a grantee or for the attribution-worker.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use object_store::ObjectStore;
 use openledger_core::{ContentHash, ErrorCode, Id};
@@ -14,13 +17,13 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrde
 
 use crate::{
     DatanetError,
-    entities::{datanet, grant, read, snapshot_record},
+    entities::{contribution, datanet, grant, read, snapshot_record},
     limits,
     signing::{self, Key},
 };
 
 use super::Datanets;
-use super::states::GrantState;
+use super::states::{GrantState, corrupt, stored_account};
 use super::validation::check_text;
 use super::{contribution_object, invalid, require_owner};
 
@@ -89,9 +92,13 @@ impl Datanets {
         grant_view(active.update(&self.db).await?)
     }
 
-    /// The records of a sealed version, for training: the caller must hold an approved grant;
-    /// every read is logged (when it starts). Records come in the version's order, with their
-    /// bodies, read a page at a time (memory stays bounded by a page and one contribution).
+    /// The records of a sealed version, for training or for attribution. For training the
+    /// caller must hold an approved grant; the attribution-worker indexing a version
+    /// (`attribution`, an internal caller: the REST edge never reads records) needs none, and
+    /// names no grant or grantee. Every read is logged (when it starts), an attribution read
+    /// with no grant and its reader (`attribution` when it names none). Records come in the
+    /// version's order with their positions, bodies and bond accounts, read a page at a time
+    /// (memory stays bounded by a page and one contribution).
     pub async fn read_records(
         self: &Arc<Self>,
         request: &pb::ReadRecordsRequest,
@@ -99,16 +106,25 @@ impl Datanets {
     ) -> Result<futures::stream::BoxStream<'static, Result<pb::Record, DatanetError>>, DatanetError> {
         use futures::{StreamExt, TryStreamExt};
 
-        let caller = reader_key(caller, &request.grantee)?;
-        let found = self.approved_grant(&request.datanet_id, &request.grant_id, &caller).await?;
+        let (grant_id, grantee, reader) = if request.attribution {
+            if !request.grant_id.is_empty() || !request.grantee.is_empty() {
+                return Err(invalid("an attribution read needs no grant: name neither grant_id nor grantee"));
+            }
+            let reader = if request.reader.is_empty() { ATTRIBUTION_READER.to_owned() } else { request.reader.clone() };
+            (String::new(), caller.map(|key| key.to_vec()).unwrap_or_default(), reader)
+        } else {
+            let caller = reader_key(caller, &request.grantee)?;
+            let found = self.approved_grant(&request.datanet_id, &request.grant_id, &caller).await?;
+            (found.id, caller.to_vec(), request.reader.clone())
+        };
         let sealed = self.snapshot_row(&request.datanet_id, &request.snapshot_id).await?;
         read::ActiveModel {
             id: Set(Id::new().to_string()),
-            grant_id: Set(found.id),
+            grant_id: Set(grant_id),
             datanet_id: Set(request.datanet_id.clone()),
             snapshot_id: Set(sealed.id.clone()),
-            grantee: Set(caller.to_vec()),
-            reader: Set(request.reader.clone()),
+            grantee: Set(grantee),
+            reader: Set(reader),
             records: Set(sealed.record_count),
             at: Set(now_ms()),
         }
@@ -218,6 +234,9 @@ impl Datanets {
     }
 }
 
+/// The reader logged for an attribution read that names none.
+pub(super) const ATTRIBUTION_READER: &str = "attribution";
+
 /// Who reads: the signed caller, or the grantee a platform service reads for (never both).
 fn reader_key(caller: Option<Key>, grantee: &[u8]) -> Result<Key, DatanetError> {
     match (caller, grantee.is_empty()) {
@@ -242,6 +261,9 @@ pub(super) struct ReadCursor {
     pub(super) bodies: Option<(String, RecordBodies)>,
 }
 
+/// The bond account of each contribution of a page that named one.
+type BondAccounts = HashMap<String, u128>;
+
 pub(super) type RecordBodies = HashMap<Vec<u8>, Vec<u8>>;
 
 impl ReadCursor {
@@ -253,8 +275,10 @@ impl ReadCursor {
             .limit(limits::READ_PAGE_RECORDS)
             .all(&self.datanets.db)
             .await?;
+        let accounts = self.bond_accounts(&leaves).await?;
         let mut records = Vec::with_capacity(leaves.len());
         for leaf in leaves {
+            debug_assert!(leaf.position >= self.next_position, "leaves come in the version's order");
             self.next_position = leaf.position + 1;
             if self.bodies.as_ref().is_none_or(|(id, _)| *id != leaf.contribution_id) {
                 let object = contribution_object(&self.datanet_id, &leaf.contribution_id);
@@ -284,15 +308,35 @@ impl ReadCursor {
                         format!("the body of record {} is missing", hex::encode(&leaf.hash)),
                     )
                 })?;
+            let position = u64::try_from(leaf.position).map_err(|_| corrupt("record position", leaf.position))?;
             records.push(pb::Record {
                 hash: Some(Hash { value: leaf.hash }),
+                contributor_account_id: accounts.get(&leaf.contribution_id).map(|&account| account.into()),
                 contribution_id: leaf.contribution_id,
                 contributor: leaf.contributor,
                 body,
-                ..Default::default()
+                position,
             });
         }
         Ok(records)
+    }
+
+    /// The bond accounts of the page's contributions (one query per page).
+    async fn bond_accounts(&self, leaves: &[snapshot_record::Model]) -> Result<BondAccounts, DatanetError> {
+        let ids: BTreeSet<&str> = leaves.iter().map(|leaf| leaf.contribution_id.as_str()).collect();
+        if ids.is_empty() {
+            return Ok(BondAccounts::new());
+        }
+        let bonded: Vec<(String, Vec<u8>)> = contribution::Entity::find()
+            .select_only()
+            .column(contribution::Column::Id)
+            .column(contribution::Column::AccountId)
+            .filter(contribution::Column::Id.is_in(ids))
+            .filter(contribution::Column::AccountId.is_not_null())
+            .into_tuple()
+            .all(&self.datanets.db)
+            .await?;
+        bonded.into_iter().map(|(id, account)| Ok((id, stored_account(&account)?))).collect()
     }
 }
 

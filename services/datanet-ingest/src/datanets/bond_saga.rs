@@ -1,6 +1,13 @@
 //! The bond saga around a contribution: a placeholder row before the hold, the give-back when
-//! the upload is not stored, applying decided releases and slashes on the ledger, and retrying
-//! what the ledger did not take (abandoned placeholders included).
+//! the upload is not stored, applying decided releases and slashes on the ledger, retrying
+//! what the ledger did not take (abandoned placeholders included), and releasing the bonds of
+//! accepted contributions whose quality was never assessed in time.
+//!
+//! Every ledger call follows a committed decision (a `To…` bond state, or a placeholder row for
+//! a hold) and the ledger is idempotent by contribution id, so a process that dies anywhere
+//! leaves a row from which [`Datanets::resolve_bonds`] finishes the work.
+
+use std::time::Duration;
 
 use openledger_core::ErrorCode;
 use openledger_proto::datanet::v1::ContributionStatus;
@@ -62,6 +69,7 @@ impl Datanets {
             submitted_at: Set(now_ms()),
             decided_at: Set(None),
             decided_by: Set(None),
+            bond_reason: Set(None),
         }
         .insert(&self.db)
         .await?;
@@ -107,9 +115,10 @@ impl Datanets {
 
     pub(super) async fn try_resolve_bond(&self, contribution_id: &str) -> Result<(), DatanetError> {
         let Some(row) = contribution::Entity::find_by_id(contribution_id).one(&self.db).await? else { return Ok(()) };
+        let reason = row.bond_reason.as_deref().unwrap_or(&row.reason);
         let (resolved, done) = match BondState::try_from(row.bond_state)? {
-            BondState::ToRelease => (self.bonds.release(contribution_id, &row.reason).await?, BondState::Released),
-            BondState::ToSlash => (self.bonds.slash(contribution_id, &row.reason).await?, BondState::Slashed),
+            BondState::ToRelease => (self.bonds.release(contribution_id, reason).await?, BondState::Released),
+            BondState::ToSlash => (self.bonds.slash(contribution_id, reason).await?, BondState::Slashed),
             _ => return Ok(()),
         };
         if resolved == Resolved::NotHeld {
@@ -128,15 +137,57 @@ impl Datanets {
         Ok(())
     }
 
-    /// Applies every bond decision the ledger has not taken yet, and gives back the bonds of
+    /// Applies every bond decision the ledger has not taken yet, gives back the bonds of
     /// contributions whose upload never finished (placeholders older than
-    /// [`limits::RECEIVING_TIMEOUT_MS`]); returns how many.
+    /// [`limits::RECEIVING_TIMEOUT_MS`]), and releases the bonds of accepted contributions
+    /// still waiting for a quality assessment after [`limits::BOND_QUALITY_TIMEOUT_MS`];
+    /// returns how many.
     pub async fn resolve_bonds(&self) -> Result<usize, DatanetError> {
-        self.resolve_bonds_older_than(std::time::Duration::from_millis(limits::RECEIVING_TIMEOUT_MS)).await
+        let unassessed =
+            self.release_unassessed_bonds_older_than(Duration::from_millis(limits::BOND_QUALITY_TIMEOUT_MS)).await?;
+        Ok(unassessed + self.resolve_bonds_older_than(Duration::from_millis(limits::RECEIVING_TIMEOUT_MS)).await?)
     }
 
-    /// [`Datanets::resolve_bonds`] with another age for abandoned uploads.
-    pub async fn resolve_bonds_older_than(&self, abandoned_after: std::time::Duration) -> Result<usize, DatanetError> {
+    /// Decides to release the bonds of accepted contributions whose quality has not been
+    /// assessed for `timeout` since their acceptance, applies them, and returns how many the
+    /// ledger took (the others are retried with every decided bond).
+    pub async fn release_unassessed_bonds_older_than(&self, timeout: Duration) -> Result<usize, DatanetError> {
+        let cutoff = now_ms().saturating_sub(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
+        let reason = format!("bond released: no quality assessment within {} of acceptance", in_days(timeout));
+        let due: Vec<String> = contribution::Entity::find()
+            .select_only()
+            .column(contribution::Column::Id)
+            .filter(contribution::Column::BondState.eq(BondState::QualityPending))
+            .filter(contribution::Column::DecidedAt.lte(cutoff))
+            .order_by_asc(contribution::Column::DecidedAt)
+            .limit(limits::BOND_RETRY_BATCH)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        // Only bonds still waiting: an assessment committed meanwhile keeps its decision.
+        contribution::Entity::update_many()
+            .col_expr(contribution::Column::BondState, Expr::value(BondState::ToRelease))
+            .col_expr(contribution::Column::BondReason, Expr::value(reason))
+            .filter(contribution::Column::Id.is_in(due.clone()))
+            .filter(contribution::Column::BondState.eq(BondState::QualityPending))
+            .exec(&self.db)
+            .await?;
+        let mut released = 0;
+        for id in &due {
+            if self.try_resolve_bond(id).await.is_ok() {
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+
+    /// Applies every bond decision the ledger has not taken yet and gives back the bonds of
+    /// uploads abandoned for `abandoned_after` ([`Datanets::resolve_bonds`] without the
+    /// quality timeout).
+    pub async fn resolve_bonds_older_than(&self, abandoned_after: Duration) -> Result<usize, DatanetError> {
         let cutoff = now_ms() - i64::try_from(abandoned_after.as_millis()).unwrap_or(i64::MAX);
         let abandoned = contribution::Entity::find()
             .filter(contribution::Column::Status.eq(ContributionStatus::Unspecified as i16))
@@ -168,5 +219,15 @@ impl Datanets {
             }
         }
         Ok(resolved)
+    }
+}
+
+/// A timeout as people read it: whole days when it is at least one, else milliseconds.
+fn in_days(timeout: Duration) -> String {
+    let day = Duration::from_millis(limits::DAY_MS as u64);
+    if timeout >= day {
+        format!("{} days", timeout.as_secs() / day.as_secs())
+    } else {
+        format!("{} ms", timeout.as_millis())
     }
 }

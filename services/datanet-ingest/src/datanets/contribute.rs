@@ -358,9 +358,11 @@ pub(super) async fn write_contribution(
     (status, reason, decided): &(ContributionStatus, String, Vec<Decided>),
     index: &mut DatanetIndex,
 ) -> Result<(), DatanetError> {
+    // An accepted contribution's bond stays held until its quality is known; spam and
+    // duplicates are slashed at once.
     let bond = match (new.account, status) {
         (None, _) => BondState::None,
-        (Some(_), ContributionStatus::Accepted) => BondState::ToRelease,
+        (Some(_), ContributionStatus::Accepted) => BondState::QualityPending,
         (Some(_), ContributionStatus::PendingReview) => BondState::Held,
         (Some(_), _) => BondState::ToSlash,
     };
@@ -398,6 +400,7 @@ pub(super) async fn write_contribution(
         submitted_at: Set(submitted_at),
         decided_at: Set((*status != ContributionStatus::PendingReview).then_some(submitted_at)),
         decided_by: Set(None),
+        bond_reason: Set(None),
     }
     .insert(txn)
     .await?;

@@ -3,11 +3,13 @@
 //! - [`definitions`]: Datanets themselves (create, edit, get, list) and who may see them;
 //! - [`contribute`]: a signed upload becomes a contribution ([`decide`] says what its records
 //!   and the contribution become; [`index`] holds the duplicate indexes and their memory budget);
-//! - [`bond_saga`]: the stake bond around a contribution, on the ledger;
+//! - [`bond_saga`]: the stake bond around a contribution, on the ledger; [`quality`]: bonds of
+//!   accepted contributions held until a quality assessment releases or slashes them;
 //! - [`contributions`]: reading contributions, and their events;
 //! - [`review`]: review decisions and record removal;
 //! - [`snapshots`]: sealed versions and Merkle inclusion proofs;
-//! - [`access`]: grants and logged reads for training; [`leaderboard`];
+//! - [`access`]: grants and logged reads for training and for attribution; [`leaderboard`]
+//!   (with earnings from the ledger);
 //! - [`validation`] of what callers send, and [`states`]: stored states and their names.
 //!
 //! This module holds the [`Datanets`] service itself and what every concern shares: finding a
@@ -21,8 +23,12 @@
 //! object); events go through the outbox in the same transaction.
 //!
 //! Bonds: the stake is held on the ledger before the transaction (and given back if the
-//! transaction fails). The decision (release or slash) is committed with the contribution and
-//! applied right after; [`Datanets::resolve_bonds`] retries any the ledger did not take.
+//! transaction fails). Spam and duplicates are slashed at once: the decision is committed with
+//! the contribution and applied right after. An accepted contribution's bond stays held until
+//! its quality is known ([`quality`]): a quality assessment of a sealed version containing it
+//! releases it, or slashes it with the evidence recorded when it is a slashing candidate; with
+//! no assessment it is released after [`limits::BOND_QUALITY_TIMEOUT_MS`].
+//! [`Datanets::resolve_bonds`] retries every decision the ledger did not take.
 
 mod access;
 mod bond_saga;
@@ -32,6 +38,7 @@ mod decide;
 mod definitions;
 mod index;
 mod leaderboard;
+mod quality;
 mod review;
 mod snapshots;
 mod states;
@@ -39,6 +46,7 @@ mod states;
 mod tests;
 mod validation;
 
+pub use quality::{QualityDecisions, SUBJECT_QUALITY_ASSESSED};
 pub use validation::complete_policy;
 
 use std::{collections::HashMap, sync::Arc};
@@ -56,6 +64,7 @@ use crate::{
     DatanetError,
     bonds::Bonds,
     dedup::{DedupParams, MinHasher},
+    earnings::Earnings,
     entities::{datanet, grant},
     limits,
     parse::ParseLimits,
@@ -93,6 +102,8 @@ pub struct Datanets {
     db: DatabaseConnection,
     objects: Arc<dyn ObjectStore>,
     bonds: Arc<dyn Bonds>,
+    /// Where the leaderboard reads earnings; without it the leaderboard shows none.
+    earnings: Option<Arc<dyn Earnings>>,
     hasher: MinHasher,
     dedup: DedupParams,
     parse_limits: ParseLimits,
@@ -112,6 +123,7 @@ impl Datanets {
             db,
             objects,
             bonds,
+            earnings: None,
             hasher: MinHasher::new(dedup),
             dedup,
             parse_limits: ParseLimits::default(),
@@ -135,6 +147,12 @@ impl Datanets {
     /// when next needed).
     pub fn with_index_budget(mut self, bytes: usize) -> Self {
         self.index_budget = bytes;
+        self
+    }
+
+    /// Reads contributors' earnings for the leaderboard from `earnings` (the ledger).
+    pub fn with_earnings(mut self, earnings: Arc<dyn Earnings>) -> Self {
+        self.earnings = Some(earnings);
         self
     }
 

@@ -111,7 +111,8 @@ async fn decide_review(
         ));
     }
     let (status, records, bond) = if request.approve {
-        (ContributionStatus::Accepted, RecordStatus::Accepted, BondState::ToRelease)
+        // Held until the contribution's quality is known (see `super::quality`).
+        (ContributionStatus::Accepted, RecordStatus::Accepted, BondState::QualityPending)
     } else {
         (ContributionStatus::Rejected, RecordStatus::Rejected, BondState::ToSlash)
     };

@@ -74,6 +74,9 @@ stored_enum!(
         ToSlash = 5,
         /// Being held for a contribution still being received.
         Holding = 6,
+        /// An accepted contribution's bond, held until its quality is known: an assessment of
+        /// a sealed version containing it, or [`crate::limits::BOND_QUALITY_TIMEOUT_MS`].
+        QualityPending = 7,
     }
 );
 
@@ -82,6 +85,7 @@ impl BondState {
     pub(super) fn api_name(self) -> &'static str {
         match self {
             Self::Held | Self::ToRelease | Self::ToSlash | Self::Holding => "held",
+            Self::QualityPending => "held: quality pending",
             Self::Released => "released",
             Self::Slashed => "slashed",
             Self::None => "none",
@@ -150,6 +154,11 @@ pub(super) fn stored_hash(stored: &[u8]) -> Result<openledger_core::ContentHash,
         .map_err(|_| corrupt("record hash", hex::encode(stored)))
 }
 
+/// A stored ledger account id (16 bytes, big-endian).
+pub(super) fn stored_account(stored: &[u8]) -> Result<u128, DatanetError> {
+    <[u8; 16]>::try_from(stored).map(u128::from_be_bytes).map_err(|_| corrupt("account id", hex::encode(stored)))
+}
+
 /// A JSON column (tags, labels, counts) decoded, or an error naming it.
 pub(super) fn stored_json<T: serde::de::DeserializeOwned>(what: &str, stored: &str) -> Result<T, DatanetError> {
     serde_json::from_str(stored).map_err(|error| corrupt(what, format!("{stored:?} ({error})")))
@@ -164,11 +173,11 @@ mod tests {
         for state in [RecordStatus::Pending, RecordStatus::Accepted, RecordStatus::Removed] {
             assert_eq!(RecordStatus::try_from(i16::from(state)).expect("known"), state);
         }
-        for state in [BondState::None, BondState::ToSlash, BondState::Holding] {
+        for state in [BondState::None, BondState::ToSlash, BondState::Holding, BondState::QualityPending] {
             assert_eq!(BondState::try_from(i16::from(state)).expect("known"), state);
         }
         assert_eq!(GrantState::try_from(2).expect("known"), GrantState::Denied);
-        for unknown in [-1, 7, i16::MAX] {
+        for unknown in [-1, 8, i16::MAX] {
             assert_eq!(BondState::try_from(unknown).expect_err("unknown").code, ErrorCode::Internal);
             assert!(RecordStatus::try_from(unknown).is_err() && GrantState::try_from(unknown).is_err());
             assert!(contribution_status(unknown).is_err() && visibility(unknown).is_err());
@@ -177,5 +186,7 @@ mod tests {
         assert!(visibility(0).is_err(), "a stored Datanet is public or private");
         assert!(stored_schema(0).is_err());
         assert!(stored_json::<Vec<String>>("tags", "[\"a\"").is_err());
+        assert_eq!(stored_account(&7u128.to_be_bytes()).expect("16 bytes"), 7);
+        assert_eq!(stored_account(&[7; 15]).expect_err("15 bytes").code, ErrorCode::Internal);
     }
 }
