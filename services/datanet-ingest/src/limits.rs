@@ -114,7 +114,8 @@ const _: () = assert!(QUALITY_IDS_PER_STATEMENT + 4 <= SQLITE_MAX_BOUND_PARAMETE
 pub const BOND_APPLY_CONCURRENCY: usize = 8;
 
 /// Account ids per `GetEarnings` request to the ledger (the leaderboard sums a page of
-/// contributors' bond and earnings accounts).
+/// contributors' bond and earnings accounts): the ledger refuses more than its
+/// `MAX_EARNINGS_ACCOUNTS` (1,000) in one request.
 pub const EARNINGS_ACCOUNTS_PER_REQUEST: usize = 1_000;
 
 #[cfg(test)]
