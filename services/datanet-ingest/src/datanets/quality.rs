@@ -52,12 +52,12 @@ impl QualityDecisions {
 }
 
 impl Datanets {
-    /// Handles one delivery (`event_id`, `payload`) of the `datanet-quality` consumer (run by the runtime's consumer
-    /// loop, which then settles it): records the assessment once and starts taking its bond
-    /// decisions to the ledger (what the ledger does not take now, the housekeeping worker
-    /// retries). An assessment that cannot be decoded or names a version never sealed here is
-    /// poison (dead-lettered at once); one that could not be recorded is delivered again after
-    /// [`limits::QUALITY_RETRY_DELAY_MS`].
+    /// Handles one delivery (`event_id`, `payload`) of the `datanet-quality` consumer (run by
+    /// the runtime's consumer loop, which then settles it): records the assessment once and
+    /// starts taking its bond decisions to the ledger in the background (what the ledger does
+    /// not take now, the housekeeping worker retries). An assessment that cannot be decoded or
+    /// names a version never sealed here is poison (dead-lettered at once); one that could not
+    /// be recorded is delivered again after [`limits::QUALITY_RETRY_DELAY_MS`].
     pub async fn handle_quality(self: &Arc<Self>, event_id: &str, payload: &[u8]) -> Handled {
         let recorded = match QualityAssessed::decode(payload) {
             Ok(assessed) => self.record_quality(event_id, &assessed).await,
