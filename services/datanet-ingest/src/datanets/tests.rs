@@ -727,8 +727,7 @@ impl crate::earnings::Earnings for ScriptedEarnings {
 
 /// Each contributor's earnings are the sum over the bond accounts their contributions named
 /// and their key's earnings account; without the ledger the leaderboard answers without them.
-#[tokio::test]
-async fn the_leaderboard_sums_each_contributors_earnings_over_their_accounts() {
+async fn the_leaderboard_sums_each_contributors_earnings_over_their_accounts(db: DatabaseConnection) {
     use openledger_core::fee::earnings_account_id;
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -739,7 +738,6 @@ async fn the_leaderboard_sums_each_contributors_earnings_over_their_accounts() {
         earned: HashMap::from([(7, 100), (9, 20), (earnings_account_id(&alice_key), 3), (8, 50), (1234, 1_000)]),
         ..Default::default()
     });
-    let db = sqlite(&dir).await;
     let datanets =
         Datanets::new(db.clone(), objects(&dir), Arc::new(ScriptedLedger::default())).with_earnings(earnings.clone());
     let datanet = create(&datanets, &owner, staked_datanet("care")).await;
@@ -761,4 +759,18 @@ async fn the_leaderboard_sums_each_contributors_earnings_over_their_accounts() {
     let unconfigured = Datanets::new(db, objects(&dir), Arc::new(ScriptedLedger::default()));
     let board = unconfigured.leaderboard(&datanet.id, 0, None).await.expect("leaderboard");
     assert!(board.entries.iter().all(|entry| entry.earnings.is_none()));
+}
+
+#[tokio::test]
+async fn the_leaderboard_sums_each_contributors_earnings_over_their_accounts_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    the_leaderboard_sums_each_contributors_earnings_over_their_accounts(sqlite(&dir).await).await;
+}
+
+#[tokio::test]
+async fn the_leaderboard_sums_each_contributors_earnings_over_their_accounts_on_postgres() {
+    let postgres = openledger_testkit::Postgres::start();
+    let db = openledger_store::connect(&postgres.create_database("earnings")).await.expect("database");
+    openledger_store::migrate(&db).await.expect("migrate");
+    the_leaderboard_sums_each_contributors_earnings_over_their_accounts(db).await;
 }
