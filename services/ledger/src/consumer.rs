@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     books::Ledger,
-    limits::{SETTLEMENT_BATCH, SETTLEMENT_LINGER, SETTLEMENT_RETRY_DELAY},
+    limits::{SETTLEMENT_BATCH, SETTLEMENT_LINGER, SETTLEMENT_MAX_DELIVER, SETTLEMENT_RETRY_DELAY},
     settlement::{SettleOrder, SettleOutcome},
 };
 
@@ -37,9 +37,9 @@ pub const SUBJECT_ATTRIBUTION_COMPUTED: &str = "ol.attribution.computed";
 /// Pause before reopening the consumer after a bus error.
 const REOPEN_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The consumer's configuration (the bus's defaults for `ack_wait` and `max_deliver`).
+/// The consumer's configuration: the bus's default `ack_wait`, `SETTLEMENT_MAX_DELIVER`.
 pub fn consumer_config() -> ConsumerConfig {
-    ConsumerConfig::new(CONSUMER, SUBJECT_ATTRIBUTION_COMPUTED)
+    ConsumerConfig::new(CONSUMER, SUBJECT_ATTRIBUTION_COMPUTED).max_deliver(SETTLEMENT_MAX_DELIVER)
 }
 
 /// What the consumer counts, by how each delivery ended.

@@ -46,6 +46,10 @@ pub const SETTLEMENT_LINGER: Duration = Duration::from_millis(20);
 /// How long a delivery the ledger could not settle now (a database error, a failed payout)
 /// waits before it comes again.
 pub const SETTLEMENT_RETRY_DELAY: Duration = Duration::from_secs(2);
+/// Deliveries of one attribution before the bus dead-letters it: enough to wait out a hold's
+/// 900 s (the gateway's `HOLD_TIMEOUT_SECONDS`) at `SETTLEMENT_RETRY_DELAY` while its capture
+/// may still come.
+pub const SETTLEMENT_MAX_DELIVER: u32 = 500;
 /// Most accounts in one `GetEarnings` request.
 pub const MAX_EARNINGS_ACCOUNTS: usize = 1000;
 /// Most orders in one `SettleInferences` request.

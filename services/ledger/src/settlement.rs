@@ -12,10 +12,11 @@
 //!   account is created when missing, in the settlement's own transaction, owned by that key,
 //!   with code [`EARNINGS_ACCOUNT_CODE`] and `debits_must_not_exceed_credits` like the
 //!   accounts clients open; an account that already exists is left as it is;
-//! - a refusal is per inference and never stops the others: no capture, bad weights (too
-//!   many, out of range, one that names neither an account nor a 32-byte key, a bad inference
-//!   id) and a different earlier settlement are permanent; a failed payout (an account
-//!   missing, a limit) may pass later;
+//! - a refusal is per inference and never stops the others: no capture (and no hold still
+//!   standing), bad weights (too many, out of range, one that names neither an account nor a
+//!   32-byte key, a bad inference id) and a different earlier settlement are permanent; a
+//!   failed payout (an account missing, a limit) and a capture not made yet while the hold
+//!   stands (the gateway writes its event just before it captures) may pass later;
 //! - an `InferenceSettled` event goes to the outbox, in the same transaction, for each
 //!   inference whose chain was accepted now (not for one settled before).
 
@@ -28,7 +29,7 @@ use prost::Message;
 
 use crate::{
     books::{Chain, Ledger, LedgerError, operation_key as key, system_transfer_id},
-    limits::{MAX_BATCH_EVENTS, MAX_OPERATION_ID_BYTES},
+    limits::{MAX_BATCH_EVENTS, MAX_OPERATION_ID_BYTES, NANOS_PER_SECOND},
     model::{Account, AccountFlags, CreateTransferResult, OPEN_LEDGER, Owner, Transfer},
     operations::{
         ContributorWeight, Economics, MAX_SETTLEMENT_CONTRIBUTORS, MAX_WEIGHT_PPB, OperationError, SUBJECT_SETTLED,
@@ -146,8 +147,14 @@ impl SettleOrder {
 /// Why an inference was not settled.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("the inference's fee has not been captured")]
+    /// Never captured, and it never will be: no hold, or its hold expired (the app was not
+    /// charged; the gateway writes the event before it captures, so a gateway that died in
+    /// between leaves exactly this).
+    #[error("the inference's fee was never captured: its hold is gone or expired, the app was not charged")]
     NoCapture,
+    /// Not captured yet while its hold still stands: the capture may be on its way.
+    #[error("the inference's fee is not captured yet (its hold still stands)")]
+    NotCapturedYet,
     #[error("bad weights: {0}")]
     BadWeights(String),
     #[error("the inference was already settled with other payouts")]
@@ -159,7 +166,7 @@ pub enum Refusal {
 impl Refusal {
     /// True when trying again cannot succeed.
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, Self::PayoutFailed(_))
+        !matches!(self, Self::PayoutFailed(_) | Self::NotCapturedYet)
     }
 }
 
@@ -195,6 +202,11 @@ pub struct Earnings {
     pub account_id: u128,
     pub earned: u128,
     pub payouts: u64,
+}
+
+/// The id of an inference's hold transfer.
+pub fn hold_id(inference_id: &str) -> u128 {
+    system_transfer_id("inference-hold", key(inference_id))
 }
 
 /// The id of an inference's capture transfer.
@@ -236,6 +248,26 @@ impl Ledger {
         let capture_ids: Vec<u128> = orders.iter().map(|order| capture_id(&order.inference_id)).collect();
         let captures: HashMap<u128, Transfer> =
             self.lookup_transfers(&capture_ids).await?.into_iter().map(|t| (t.id, t)).collect();
+        // Holds of the orders not captured: one still standing means the capture may come.
+        let uncaptured: Vec<u128> = orders
+            .iter()
+            .zip(&capture_ids)
+            .filter(|(_, id)| !captures.contains_key(id))
+            .map(|(order, _)| hold_id(&order.inference_id))
+            .collect();
+        let standing: std::collections::HashSet<u128> = if uncaptured.is_empty() {
+            Default::default()
+        } else {
+            self.lookup_transfers(&uncaptured)
+                .await?
+                .into_iter()
+                .filter(|hold| {
+                    hold.timeout_seconds == 0
+                        || hold.timestamp.saturating_add(u64::from(hold.timeout_seconds) * NANOS_PER_SECOND) > now_ns
+                })
+                .map(|hold| hold.id)
+                .collect()
+        };
         let mut outcomes: Vec<Option<SettleOutcome>> = vec![None; orders.len()];
         // The orders to write (their index and fee) and their chains, side by side.
         let (mut ready, mut chains) = (Vec::with_capacity(orders.len()), Vec::with_capacity(orders.len()));
@@ -245,7 +277,12 @@ impl Ledger {
                 continue;
             }
             let Some(capture) = captures.get(&capture_ids[index]) else {
-                outcomes[index] = Some(SettleOutcome::Refused(Refusal::NoCapture));
+                let refusal = if standing.contains(&hold_id(&order.inference_id)) {
+                    Refusal::NotCapturedYet
+                } else {
+                    Refusal::NoCapture
+                };
+                outcomes[index] = Some(SettleOutcome::Refused(refusal));
                 continue;
             };
             let transfers = order.transfers(capture.amount, economics);

@@ -1,5 +1,5 @@
 //! `ol.inference.completed`: what attribution and settlement need of a paid inference, written
-//! to the gateway's outbox (the runtime's relay publishes it) once its fee is captured.
+//! to the gateway's outbox (the runtime's relay publishes it) just before its fee is captured.
 
 use std::{sync::Arc, time::SystemTime};
 
@@ -97,8 +97,8 @@ impl Events {
         Self { backends, wake }
     }
 
-    /// Writes the event (retrying while the database is away); logs it when it cannot.
-    pub async fn completed(&self, completed: Completed<'_>) {
+    /// Writes the event (retrying while the database is away); false, logged, when it cannot.
+    pub async fn completed(&self, completed: Completed<'_>) -> bool {
         let payload = completed.to_event().encode_to_vec();
         for attempt in 0..ENQUEUE_ATTEMPTS {
             let Some(backends) = self.backends.current() else {
@@ -109,7 +109,7 @@ impl Events {
             match enqueue(&backends.db, PRODUCER, event).await {
                 Ok(_) => {
                     self.wake.notify_one();
-                    return;
+                    return true;
                 }
                 Err(error) => {
                     tracing::warn!(inference_id = completed.inference_id, attempt, %error, "writing the inference event failed");
@@ -119,7 +119,8 @@ impl Events {
         }
         tracing::error!(
             inference_id = completed.inference_id,
-            "ol.inference.completed was not written: attribution will miss it"
+            "ol.inference.completed was not written: the fee is not captured (the hold expires unpaid)"
         );
+        false
     }
 }

@@ -2,7 +2,7 @@
 //! checks the context and the key's limits, starts the choices on the engines (an engine's
 //! refusal costs nothing) and holds the largest fee; [`drive`] then runs in its own task: it
 //! forwards tokens as [`Output`]s, notices a caller that went away (cancelling at once),
-//! captures the fee of what was produced, publishes `ol.inference.completed` and records metrics.
+//! publishes `ol.inference.completed`, captures the fee of what was produced and records metrics.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -257,27 +257,18 @@ impl Run {
         }
     }
 
-    /// Captures the fee of what was produced (retrying) and publishes the completion.
+    /// Publishes the completion, then captures the fee of what was produced (retrying).
+    ///
+    /// The event goes to the outbox first, so a capture can never exist without the event that
+    /// gets it settled: a gateway killed after its capture would otherwise leave the fee in
+    /// escrow with nobody to attribute it. Killed between the two, the event exists and the
+    /// capture does not: the hold expires, the app is not charged, and the ledger reports the
+    /// settlement as never captured. The ledger settles what it captured; the event's `fee` is
+    /// the same formula over the same tariff.
     async fn settle(&self, choices: &[ChoiceState]) -> Option<u128> {
         let tokens_in = self.prompt.len() as u32;
         let tokens_out: u32 = choices.iter().map(|c| c.ids.len() as u32).sum();
-        let mut fee = None;
-        for attempt in 0..CAPTURE_ATTEMPTS {
-            match self.state.metering.capture(&self.inference_id, tokens_in, tokens_out, &self.tariff).await {
-                Ok(captured) => {
-                    fee = Some(captured);
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(inference_id = %self.inference_id, attempt, error = %error.message, "capturing the fee failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
-                }
-            }
-        }
-        let Some(fee) = fee else {
-            tracing::error!(inference_id = %self.inference_id, "the fee was not captured: the hold will expire unpaid");
-            return None;
-        };
+        let expected = self.tariff.fee(tokens_in, tokens_out).ok()?;
         let completed = Completed {
             inference_id: &self.inference_id,
             base: &self.base_model,
@@ -289,11 +280,23 @@ impl Run {
                 .map(|c| (c.ids.as_slice(), c.text.as_str(), c.finish.unwrap_or("cancelled")))
                 .collect(),
             tariff: &self.tariff,
-            fee,
+            fee: expected,
             started_at: self.started_at,
         };
-        self.state.events.completed(completed).await;
-        Some(fee)
+        if !self.state.events.completed(completed).await {
+            return None;
+        }
+        for attempt in 0..CAPTURE_ATTEMPTS {
+            match self.state.metering.capture(&self.inference_id, tokens_in, tokens_out, &self.tariff).await {
+                Ok(captured) => return Some(captured),
+                Err(error) => {
+                    tracing::warn!(inference_id = %self.inference_id, attempt, error = %error.message, "capturing the fee failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+        tracing::error!(inference_id = %self.inference_id, "the fee was not captured: the hold will expire unpaid");
+        None
     }
 
     fn record(&self, choices: &[ChoiceState], outcome: &str) {
