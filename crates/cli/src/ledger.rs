@@ -1,5 +1,7 @@
-//! `openledger ledger …`: balances, transfers and history through the ledger's gRPC API, and
-//! `verify`, which checks the journal straight from the database (no running service needed).
+//! `openledger ledger …`: balances, transfers and history through the ledger's gRPC API;
+//! `audit`, which checks the settlements against the attributions (the attribution-worker's
+//! or a file's) through the ledger's `AuditSettlements`; and `verify`, which checks the
+//! journal straight from the database (no running service needed).
 
 use clap::{Args, Subcommand};
 use openledger_core::{Amount, Config, ServiceKind};
@@ -81,6 +83,10 @@ pub enum LedgerCommand {
         #[command(flatten)]
         settings: LedgerUrlFlags,
     },
+    /// Check every attributed inference is settled exactly once as its attribution and fee
+    /// say, to the base unit, no capture or settlement is unaccounted for, and the books verify;
+    /// names the first exception
+    Audit(AuditArgs),
     /// Recompute the journal's hash chain and replay every transfer, from the database
     Verify {
         #[command(flatten)]
@@ -97,6 +103,21 @@ pub enum LedgerCommand {
         #[command(flatten)]
         settings: DatabaseFlags,
     },
+}
+
+/// Where `audit` reads the expected settlements, and the ledger it checks.
+#[derive(Args)]
+pub struct AuditArgs {
+    /// JSON lines of attributions (`inference_id`, `model_owner_account_id`, `weights` of
+    /// `contributor_account_id`, `contributor` hex and `weight_ppb`; account ids as decimal
+    /// strings) instead of the attribution-worker's stored attributions
+    #[arg(long, value_name = "FILE")]
+    attributions: Option<std::path::PathBuf>,
+    /// gRPC URL of the attribution-worker [default: the local port]
+    #[arg(long, value_name = "URL")]
+    attribution_url: Option<String>,
+    #[command(flatten)]
+    settings: LedgerUrlFlags,
 }
 
 /// `stake` and `unstake`: the same request, opposite directions.
@@ -157,7 +178,8 @@ impl LedgerCommand {
             | Self::Stake(StakeArgs { settings, .. })
             | Self::Unstake(StakeArgs { settings, .. })
             | Self::Propose(ProposeArgs { settings, .. })
-            | Self::Vote { settings, .. } => Some(settings),
+            | Self::Vote { settings, .. }
+            | Self::Audit(AuditArgs { settings, .. }) => Some(settings),
             Self::Verify { settings } | Self::Export { settings, .. } => Some(settings),
             Self::Keygen { .. } => None,
         }
@@ -213,6 +235,7 @@ async fn run_command(command: LedgerCommand, config: &Config) -> anyhow::Result<
         LedgerCommand::Stake(args) => stake(&mut client(config)?, StakeAction::Stake, args).await,
         LedgerCommand::Unstake(args) => stake(&mut client(config)?, StakeAction::Unstake, args).await,
         LedgerCommand::Propose(args) => propose(&mut client(config)?, args).await,
+        LedgerCommand::Audit(args) => audit(&mut client(config)?, args, config).await,
         LedgerCommand::Vote { proposal, account, key_file, yes, .. } => {
             vote(&mut client(config)?, proposal, account, &key_file, yes).await
         }
@@ -445,6 +468,120 @@ async fn verify(config: &Config) -> anyhow::Result<bool> {
     Ok(report.ok())
 }
 
+/// Attributions per `ListAttributions` page, and expected settlements per audit message.
+const AUDIT_PAGE: u32 = 500;
+
+async fn audit(client: &mut LedgerClient, args: AuditArgs, config: &Config) -> anyhow::Result<bool> {
+    let expected = match &args.attributions {
+        Some(path) => attributions_from_file(path)?,
+        None => stored_attributions(args.attribution_url.clone(), config).await?,
+    };
+    let count = expected.len();
+    let pages: Vec<pb::AuditSettlementsRequest> = expected
+        .chunks(AUDIT_PAGE as usize)
+        .map(|page| pb::AuditSettlementsRequest { settlements: page.to_vec() })
+        .collect();
+    let report = client.audit_settlements(futures::stream::iter(pages)).await?.into_inner();
+    println!("attributions:              {count}");
+    println!("captures in the books:     {}", report.captures);
+    println!("settled as attributed:     {}", report.settled);
+    println!("unsettled (lost):          {}", report.unsettled);
+    println!("mismatched or doubled:     {}", report.mismatched);
+    println!("captures not attributed:   {}", report.unknown_captures);
+    println!("stray settlement legs:     {}", report.stray_settlement_transfers);
+    println!("books verify:              {}", if report.books_verified { "yes" } else { "NO" });
+    if report.ok {
+        println!("audit:                     ok");
+    } else {
+        println!("audit:                     FIRST EXCEPTION: {}", report.first_exception);
+    }
+    Ok(report.ok)
+}
+
+/// Every stored attribution as the settlement it calls for, paged in inference-id order.
+async fn stored_attributions(url: Option<String>, config: &Config) -> anyhow::Result<Vec<pb::SettleInferenceRequest>> {
+    use openledger_proto::attribution::v1::{
+        ListAttributionsRequest, attribution_service_client::AttributionServiceClient,
+    };
+    let channel = crate::service_channel(ServiceKind::AttributionWorker, url, config)?;
+    let mut worker = AttributionServiceClient::new(channel);
+    let (mut expected, mut after) = (Vec::new(), String::new());
+    loop {
+        let request = ListAttributionsRequest { after: after.clone(), limit: AUDIT_PAGE };
+        let page = worker.list_attributions(request).await?.into_inner();
+        for attribution in &page.attributions {
+            expected.push(pb::SettleInferenceRequest {
+                inference_id: attribution.inference_id.clone(),
+                model_owner_account_id: attribution.model_owner_account_id,
+                weights: attribution
+                    .weights
+                    .iter()
+                    .map(|w| pb::ContributorWeight {
+                        contributor_account_id: w.contributor_account_id,
+                        contribution_id: w.contribution_id.clone(),
+                        weight_ppb: w.weight_ppb,
+                        contributor: w.contributor.clone(),
+                    })
+                    .collect(),
+            });
+        }
+        match page.attributions.last() {
+            Some(last) if page.has_more => after = last.inference_id.clone(),
+            _ => return Ok(expected),
+        }
+    }
+}
+
+/// Attributions from a JSON lines file (see `AuditArgs::attributions`).
+fn attributions_from_file(path: &std::path::Path) -> anyhow::Result<Vec<pb::SettleInferenceRequest>> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        inference_id: String,
+        #[serde(default)]
+        model_owner_account_id: Option<String>,
+        #[serde(default)]
+        weights: Vec<Weight>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Weight {
+        #[serde(default)]
+        contributor_account_id: Option<String>,
+        #[serde(default)]
+        contributor: String,
+        weight_ppb: i64,
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|error| anyhow::anyhow!("cannot read {}: {error}", path.display()))?;
+    let id = |value: &Option<String>, line: usize| -> anyhow::Result<Option<Uint128>> {
+        match value.as_deref() {
+            None | Some("") => Ok(None),
+            Some(text) => Ok(wire(parse_id(text).map_err(|error| anyhow::anyhow!("line {line}: {error}"))?)),
+        }
+    };
+    let mut expected = Vec::new();
+    for (index, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+        let number = index + 1;
+        let parsed: Line =
+            serde_json::from_str(line).map_err(|error| anyhow::anyhow!("{} line {number}: {error}", path.display()))?;
+        let mut weights = Vec::with_capacity(parsed.weights.len());
+        for weight in &parsed.weights {
+            weights.push(pb::ContributorWeight {
+                contributor_account_id: id(&weight.contributor_account_id, number)?,
+                contributor: hex::decode(&weight.contributor)
+                    .map_err(|_| anyhow::anyhow!("line {number}: contributor must be a hex public key"))?,
+                weight_ppb: weight.weight_ppb,
+                ..Default::default()
+            });
+        }
+        expected.push(pb::SettleInferenceRequest {
+            inference_id: parsed.inference_id,
+            model_owner_account_id: id(&parsed.model_owner_account_id, number)?,
+            weights,
+        });
+    }
+    Ok(expected)
+}
+
 fn keygen(out: &std::path::Path) -> anyhow::Result<bool> {
     use std::{io::Read, os::unix::fs::OpenOptionsExt};
     let mut secret = [0u8; 32];
@@ -496,4 +633,37 @@ fn print_proposal(proposal: &pb::Proposal) {
         proposal.voting_ends_unix_seconds,
         proposal.executable_after_unix_seconds
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attributions_file_reads_as_the_settlements_it_calls_for() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("attributions.jsonl");
+        let key = hex::encode([7u8; 32]);
+        let lines = format!(
+            "{{\"inference_id\":\"a\",\"model_owner_account_id\":\"70001\",\"weights\":[{{\"contributor\":\"{key}\",\"weight_ppb\":600}},{{\"contributor_account_id\":\"70002\",\"weight_ppb\":-5}}]}}\n\n{{\"inference_id\":\"b\"}}\n"
+        );
+        std::fs::write(&path, lines).expect("write");
+        let expected = attributions_from_file(&path).expect("parse");
+        assert_eq!(expected.len(), 2, "blank lines are skipped");
+        assert_eq!(
+            (expected[0].inference_id.as_str(), unwire(expected[0].model_owner_account_id.as_ref())),
+            ("a", 70_001)
+        );
+        let weights: Vec<(u128, Vec<u8>, i64)> = expected[0]
+            .weights
+            .iter()
+            .map(|w| (unwire(w.contributor_account_id.as_ref()), w.contributor.clone(), w.weight_ppb))
+            .collect();
+        assert_eq!(weights, vec![(0, vec![7; 32], 600), (70_002, vec![], -5)]);
+        assert_eq!(unwire(expected[1].model_owner_account_id.as_ref()), 0, "no model owner: the treasury's share");
+        std::fs::write(&path, "{\"inference_id\":\"c\",\"weights\":[{\"contributor\":\"zz\",\"weight_ppb\":1}]}")
+            .expect("write");
+        let error = attributions_from_file(&path).expect_err("not hex");
+        assert!(error.to_string().contains("line 1"), "{error}");
+    }
 }
