@@ -54,11 +54,12 @@ async fn setup(ledger: &Ledger) {
         id: 1,
         debit_account_id: 101,
         credit_account_id: APP,
-        amount: 10u128.pow(27),
+        amount: 10u128.pow(24),
         ledger: OPEN_LEDGER,
         ..Transfer::default()
     };
-    ledger.create_transfers(&[funding]).await.expect("funding");
+    let funded = ledger.create_transfers(&[funding]).await.expect("funding");
+    assert!(funded.iter().all(|r| r.is_success()), "{funded:?}");
 }
 
 /// Holds and captures `count` inferences' fees, 1,000 per batch.

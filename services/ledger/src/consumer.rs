@@ -17,11 +17,11 @@
 
 use std::sync::Arc;
 
-use openledger_bus::{BusError, ConsumerConfig, Delivery, EventBus, dead_letter_now};
+use openledger_bus::{BusError, Consumer, ConsumerConfig, Delivery, EventBus, dead_letter_now};
 use openledger_proto::{events::v1::AttributionComputed, u128_of};
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use prost::Message;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -93,50 +93,83 @@ pub async fn consume_attributions(
     outbox: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
+    let name = config.durable_name.clone();
     loop {
-        let mut consumer = tokio::select! {
+        let consumer = tokio::select! {
             () = shutdown.cancelled() => return,
-            opened = bus.consumer(config.clone()) => match opened {
-                Ok(consumer) => consumer,
-                Err(error) => {
-                    tracing::warn!(consumer = %config.durable_name, %error, "opening the settlement consumer failed; trying again");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(REOPEN_PAUSE) => continue,
-                    }
-                }
-            },
+            opened = bus.consumer(config.clone()) => opened,
         };
-        loop {
-            let first = tokio::select! {
-                () = shutdown.cancelled() => return,
-                next = consumer.next() => next,
-            };
-            let mut failed: Option<BusError> = None;
-            let mut batch = Vec::with_capacity(SETTLEMENT_BATCH);
-            match first {
-                Ok(delivery) => batch.push(delivery),
-                Err(error) => failed = Some(error),
-            }
-            let linger = tokio::time::Instant::now() + SETTLEMENT_LINGER;
-            while failed.is_none() && batch.len() < SETTLEMENT_BATCH {
-                match tokio::time::timeout_at(linger, consumer.next()).await {
-                    Ok(Ok(delivery)) => batch.push(delivery),
-                    Ok(Err(error)) => failed = Some(error),
-                    Err(_) => break,
+        let failure = match consumer {
+            Err(error) => error,
+            Ok(consumer) => {
+                // A reader task owns the consumer, so the linger's timeout only ever cancels a
+                // channel receive, never a pull in flight (whose message would wait ack_wait).
+                let (sender, mut deliveries) = mpsc::channel(SETTLEMENT_BATCH);
+                let reader = tokio::spawn(read_into(consumer, sender));
+                let settled = settle_from(&mut deliveries, &ledger, bus.as_ref(), &name, &metrics, &outbox, &shutdown);
+                let failure = settled.await;
+                reader.abort();
+                match failure {
+                    Some(error) => error,
+                    None => return,
                 }
             }
-            if !batch.is_empty() {
-                settle_batch(&ledger, bus.as_ref(), &config.durable_name, batch, &metrics).await;
-                outbox.notify_one();
+        };
+        tracing::warn!(consumer = %name, error = %failure, "the settlement consumer failed; reopening it");
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(REOPEN_PAUSE) => {}
+        }
+    }
+}
+
+/// Forwards the consumer's deliveries until it fails or nobody listens.
+async fn read_into(mut consumer: Box<dyn Consumer>, sender: mpsc::Sender<Result<Delivery, BusError>>) {
+    loop {
+        let next = consumer.next().await;
+        let failed = next.is_err();
+        if sender.send(next).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Settles batches from `deliveries` until `shutdown` (`None`) or the bus fails (the error).
+async fn settle_from(
+    deliveries: &mut mpsc::Receiver<Result<Delivery, BusError>>,
+    ledger: &Ledger,
+    bus: &dyn EventBus,
+    consumer: &str,
+    metrics: &SettlementMetrics,
+    outbox: &Notify,
+    shutdown: &CancellationToken,
+) -> Option<BusError> {
+    loop {
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            first = deliveries.recv() => first.unwrap_or(Err(BusError::Closed)),
+        };
+        let mut failed = None;
+        let mut batch = Vec::with_capacity(SETTLEMENT_BATCH);
+        match first {
+            Ok(delivery) => batch.push(delivery),
+            Err(error) => failed = Some(error),
+        }
+        let linger = tokio::time::Instant::now() + SETTLEMENT_LINGER;
+        while failed.is_none() && batch.len() < SETTLEMENT_BATCH {
+            match tokio::time::timeout_at(linger, deliveries.recv()).await {
+                Ok(Some(Ok(delivery))) => batch.push(delivery),
+                Ok(Some(Err(error))) => failed = Some(error),
+                Ok(None) => failed = Some(BusError::Closed),
+                Err(_) => break,
             }
-            if let Some(error) = failed {
-                tracing::warn!(consumer = %config.durable_name, %error, "the settlement consumer failed; reopening it");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(REOPEN_PAUSE) => break,
-                }
-            }
+        }
+        if !batch.is_empty() {
+            settle_batch(ledger, bus, consumer, batch, metrics).await;
+            outbox.notify_one();
+        }
+        if failed.is_some() {
+            return failed;
         }
     }
 }

@@ -6,7 +6,8 @@
 //! Where each concern lives:
 //! - `rows`: table rows ⇄ domain values, and the one way to load rows by id;
 //! - `ids`: ids the service derives (system transfers, operation keys);
-//! - `write`: applying batches of accounts and transfers, expiring holds;
+//! - `write`: applying batches of accounts and transfers, expiring holds, and many platform
+//!   operations' chains (with the accounts they derive) in one transaction;
 //! - `queries`: lookups, account history, balances in the past, `ledger_meta`;
 //! - `genesis`: the system accounts and the one mint of the supply;
 //! - `journal`: the hash chain, its format, and the JSON-lines export;
