@@ -14,6 +14,7 @@ mod m20261205_000007_gateway;
 mod m20261206_000008_finetune;
 mod m20261206_000010_attribution;
 mod m20261206_000011_datanet_quality;
+mod m20261206_000012_attribution_quality;
 
 /// Applies every schema in order.
 pub struct Migrator;
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000008_finetune::Migration),
             Box::new(m20261206_000010_attribution::Migration),
             Box::new(m20261206_000011_datanet_quality::Migration),
+            Box::new(m20261206_000012_attribution_quality::Migration),
         ]
     }
 }
