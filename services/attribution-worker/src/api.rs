@@ -126,7 +126,8 @@ fn index_to_proto(row: index::Model) -> pb::AttributionIndex {
         id: row.id,
         snapshot_id: row.snapshot_id,
         adapter_id: row.adapter_id,
-        method: pb::Method::SpanMatch as i32,
+        method: if row.kind == crate::indexes::GRADIENT { pb::Method::GradientInfluence } else { pb::Method::SpanMatch }
+            as i32,
         state: row.state,
         records_indexed: row.records_indexed as u64,
         location: row.location,
@@ -150,12 +151,17 @@ impl AttributionService for Api {
             completions: vec![InputCompletion { text: request.completion, token_ids: Vec::new() }],
         };
         let parameters = ReceiptParameters::of(&SpanParams::default(), &CreditParams::default());
+        // Influence when the adapter's gradient index is ready, as for a paid inference.
+        let gradients = parts.indexes.gradients(&request.adapter_id).await.map_err(failed)?;
         let attributed = {
             let version = version.clone();
-            tokio::task::spawn_blocking(move || attribute_text(&version, &inputs, &parameters))
-                .await
-                .map_err(|e| status(ErrorCode::Internal, e.to_string()))?
-                .map_err(failed)?
+            tokio::task::spawn_blocking(move || {
+                let influence = gradients.as_deref().map(|g| (g, crate::attribute::INFLUENCE_ESTIMATOR));
+                attribute_text(&version, &inputs, &parameters, influence)
+            })
+            .await
+            .map_err(|e| status(ErrorCode::Internal, e.to_string()))?
+            .map_err(failed)?
         };
         let weights = receipt_weights(&version, &attributed);
         let explained = serde_json::to_value(stored_explanation(&version, &attributed)).unwrap_or_default();

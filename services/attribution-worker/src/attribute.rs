@@ -10,6 +10,10 @@
 //! - an inference whose version's index is not ready waits up to [`INDEX_WAIT`] from its
 //!   completion, then is attributed without it (`completeness: partial`, no weights): its
 //!   contributors' share goes to the treasury, as for an output that quotes nothing;
+//! - influence is blended in when the adapter's gradient index is ready and was built for the
+//!   adapter files the inference names (read with [`INFLUENCE_ESTIMATOR`]; the receipt names
+//!   the index and the estimator); an inference never waits for a gradient index: without one
+//!   it is attributed span-only, and its notes say why;
 //! - a contribution is paid to the bond account it named, else to its contributor's earnings
 //!   account (`openledger_core::fee::earnings_account_id`), which the event leaves as 0 for the
 //!   ledger to resolve and the receipt names.
@@ -17,15 +21,16 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use openledger_attribution::{
-    attribute::{Attributor, Explained},
+    attribute::{Attributor, Explained, Influence},
     blend::Method,
     credit::CreditParams,
+    influence::Estimator,
     span::SpanParams,
 };
 use openledger_core::{ContentHash, ErrorCode, fee::earnings_account_id};
 use openledger_proto::{
     common::v1::Hash,
-    events::v1::{AttributionComputed, AttributionWeight, InferenceCompleted},
+    events::v1::{AttributionComputed, AttributionWeight, InferenceAdapter, InferenceCompleted},
     u128_of, uint128,
 };
 use openledger_store::{NewEvent, now_ms, outbox::enqueue};
@@ -38,6 +43,7 @@ use tokio::sync::Notify;
 use crate::{
     WorkerError,
     entities::attribution,
+    gradients::{AdapterGradients, gradient_index_id},
     indexes::{FAILED, Indexes, Version, VersionRef},
     limits::{INDEX_WAIT, RETRY_DELAY},
     receipt::{CHOICE_SEPARATOR, RECEIPT_FORMAT, Receipt, ReceiptParameters, ReceiptWeight, token_hash},
@@ -50,6 +56,9 @@ pub const COMPLETE: &str = "complete";
 pub const PARTIAL: &str = "partial";
 /// Longest inference id accepted (the column's width).
 pub const MAX_INFERENCE_ID_BYTES: usize = 128;
+/// How a gradient index is read for attribution: the estimator `openledger attribution score`
+/// and contributor quality default to.
+pub const INFLUENCE_ESTIMATOR: Estimator = openledger_attribution::quality::DEFAULT_QUALITY_ESTIMATOR;
 
 /// What handling an inference came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,12 +105,14 @@ pub fn method_name(method: Method) -> &'static str {
     }
 }
 
-/// Attributes `inputs` against `version` with the receipt's parameters: what the worker runs
-/// and what `verify` runs again.
+/// Attributes `inputs` against `version` with the receipt's parameters, and with the adapter's
+/// gradient index read by an estimator when given: what the worker runs and what `verify` runs
+/// again.
 pub fn attribute_text(
     version: &Version,
     inputs: &Inputs,
     parameters: &ReceiptParameters,
+    influence: Option<(&AdapterGradients, Estimator)>,
 ) -> Result<Explained, WorkerError> {
     if parameters.credit_params() != CreditParams::default() {
         return Err(WorkerError::new(
@@ -115,9 +126,29 @@ pub fn attribute_text(
         tokenizer: &version.tokenizer,
         spans: &version.spans,
         span_params: parameters.span_params(),
-        influence: None,
+        influence: influence.map(|(gradients, estimator)| Influence {
+            gradients: &gradients.gradients,
+            probe: &gradients.probe,
+            estimator,
+        }),
     };
     attributor.attribute(inputs.prompt(), &inputs.completion_text()).map_err(WorkerError::attribution)
+}
+
+/// [`attribute_text`] on a blocking thread (the model's compute must not hold the runtime).
+async fn attribute_blocking(
+    version: &Arc<Version>,
+    inputs: &Inputs,
+    parameters: &ReceiptParameters,
+    gradients: Option<Arc<AdapterGradients>>,
+) -> Result<Result<Explained, WorkerError>, WorkerError> {
+    let (version, inputs, parameters) = (version.clone(), inputs.clone(), parameters.clone());
+    tokio::task::spawn_blocking(move || {
+        let influence = gradients.as_deref().map(|g| (g, INFLUENCE_ESTIMATOR));
+        attribute_text(&version, &inputs, &parameters, influence)
+    })
+    .await
+    .map_err(WorkerError::internal)
 }
 
 /// The receipt's weights: each contribution's weight and the account it is paid to.
@@ -311,13 +342,26 @@ impl Attributions {
                 .map(|c| InputCompletion { text: c.text.clone(), token_ids: c.token_ids.clone() })
                 .collect(),
         };
+        let mut gradients = match (adapter, &version) {
+            (Some(adapter), Some(_)) => self.gradients_for(adapter, &mut notes).await,
+            _ => None,
+        };
         let parameters = ReceiptParameters::of(&SpanParams::default(), &CreditParams::default());
         let explained = match &version {
             Some(found) => {
-                let (found, inputs, parameters) = (found.clone(), inputs.clone(), parameters.clone());
-                let attributed = tokio::task::spawn_blocking(move || attribute_text(&found, &inputs, &parameters))
-                    .await
-                    .map_err(WorkerError::internal)?;
+                let mut attributed = attribute_blocking(found, &inputs, &parameters, gradients.clone()).await?;
+                if let Err(error) = &attributed
+                    && error.code == ErrorCode::InvalidArgument
+                    && gradients.is_some()
+                {
+                    // An output the probe refuses (too long, say) is still attributed by its spans.
+                    notes.push(format!(
+                        "influence cannot be computed for this output ({}): attributed span-only",
+                        error
+                    ));
+                    gradients = None;
+                    attributed = attribute_blocking(found, &inputs, &parameters, None).await?;
+                }
                 match attributed {
                     Ok(explained) => Some(explained),
                     Err(error) if error.code == ErrorCode::InvalidArgument => {
@@ -353,6 +397,8 @@ impl Attributions {
             snapshot_id: lineage.as_ref().map(|l| l.snapshot_id.clone()).unwrap_or_default(),
             snapshot_root: lineage.as_ref().and_then(|l| l.snapshot_root).map(|r| r.to_hex()).unwrap_or_default(),
             span_index: version.as_ref().map(|v| v.files_hash.to_hex()).unwrap_or_default(),
+            gradient_index: gradients.as_ref().map(|g| g.files_hash.to_hex()).unwrap_or_default(),
+            estimator: gradients.as_ref().map(|_| INFLUENCE_ESTIMATOR.name().to_owned()).unwrap_or_default(),
             method: method_name(method).into(),
             method_version: openledger_attribution::METHOD_VERSION.into(),
             parameters,
@@ -365,6 +411,46 @@ impl Attributions {
             _ => None,
         };
         self.store(event, &receipt, &inputs, explained.as_ref(), explanation.as_ref(), &notes).await
+    }
+
+    /// The adapter's gradient index when it is ready and was built for the files the inference
+    /// names; else `None`, and a note saying why the attribution is span-only.
+    async fn gradients_for(
+        &self,
+        adapter: &InferenceAdapter,
+        notes: &mut Vec<String>,
+    ) -> Option<Arc<AdapterGradients>> {
+        let id = &adapter.adapter_id;
+        match self.indexes.gradients(id).await {
+            Ok(Some(found)) => {
+                let named: Vec<String> = adapter.file_hashes.iter().map(|h| hex::encode(&h.value)).collect();
+                if named == found.adapter_files {
+                    return Some(found);
+                }
+                notes.push(format!(
+                    "the inference names other files of adapter {id:?} than its gradient index was built for: \
+                     attributed span-only"
+                ));
+            }
+            Ok(None) => match self.indexes.row(&gradient_index_id(id)).await {
+                Ok(Some(row)) => {
+                    notes.push(format!("the gradient index of adapter {id:?} was {}: attributed span-only", row.state))
+                }
+                Ok(None) => notes.push(format!(
+                    "adapter {id:?} has no gradient index (registered without lineage): attributed span-only"
+                )),
+                Err(error) => {
+                    notes.push(format!("the gradient index of adapter {id:?}: {error}: attributed span-only"))
+                }
+            },
+            Err(error) => {
+                tracing::warn!(adapter = %id, %error, "opening the gradient index failed; attributing span-only");
+                notes.push(format!(
+                    "the gradient index of adapter {id:?} cannot be read ({error}): attributed span-only"
+                ));
+            }
+        }
+        None
     }
 
     async fn store(

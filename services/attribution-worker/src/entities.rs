@@ -1,15 +1,17 @@
-//! sea-orm entities of the worker's tables (see migration `m20261206_000010_attribution`).
+//! sea-orm entities of the worker's tables (see migrations `m20261206_000010_attribution` and
+//! `m20261206_000012_attribution_quality`).
 
 pub mod index {
     use sea_orm::entity::prelude::*;
 
-    /// One index: `span:<snapshot_id>` (a sealed version's span index).
+    /// One index: `span:<snapshot_id>` (a sealed version's span index) or
+    /// `gradient:<adapter_id>` (a trained adapter's gradient index).
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "attribution_indexes")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: String,
-        /// `span`.
+        /// `span` or `gradient`.
         pub kind: String,
         pub datanet_id: String,
         pub snapshot_id: String,
@@ -29,6 +31,9 @@ pub mod index {
         pub error: String,
         pub created_at_ms: i64,
         pub updated_at_ms: i64,
+        /// A gradient index: JSON of where its adapter's files are and their hashes
+        /// (`indexes::GradientSource`); empty for a span index.
+        pub source: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -96,6 +101,33 @@ pub mod batch {
         pub journal_sequence: Option<i64>,
         pub journal_entry_hash: Option<Vec<u8>>,
         pub recorded_at_ms: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod quality {
+    use sea_orm::entity::prelude::*;
+
+    /// A version whose contributor quality was assessed (once, on the first adapter trained on
+    /// it whose gradient index was built).
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "attribution_quality")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub snapshot_id: String,
+        pub datanet_id: String,
+        pub adapter_id: String,
+        pub estimator: String,
+        pub threshold: f64,
+        pub contributions: i64,
+        pub candidates: i64,
+        /// JSON: the quality report (`openledger_attribution::quality::QualityReport`).
+        pub report: String,
+        pub assessed_at_ms: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,8 +1,12 @@
 //! The indexes attribution reads, built without anyone asking: a span index for every sealed
 //! Datanet version (`ol.datanet.snapshot.sealed`, or the first inference of an adapter trained
-//! on a version the worker has not indexed). Builds run here on a bounded pool
+//! on a version the worker has not indexed), and a gradient index for every adapter registered
+//! with lineage (`ol.modelfactory.adapter.registered`; see `gradients`), built once its
+//! version's span index is ready. The first gradient index of a version is followed by that
+//! version's contributor quality (`quality`). Builds run here on a bounded pool
 //! ([`CONCURRENT_INDEX_BUILDS`]); their state is a row (`queued`, `building`, `ready`,
-//! `failed`), so a build a restart interrupted is started again.
+//! `failed`), so a build a restart interrupted is started again. The base model is loaded once
+//! for every gradient build and probe; each adapter's opened gradient index is kept.
 //!
 //! On disk, under `<data_dir>/attribution/versions/<snapshot_id>/`: the version as
 //! `openledger datanet export` writes it (`records.jsonl`, `manifest.json`), `accounts.json`
@@ -15,25 +19,32 @@ use std::{
     sync::Arc,
 };
 
+use object_store::ObjectStore;
 use openledger_attribution::{
     corpus::{Corpus, ExportWriter, Manifest},
     credit::{CreditGroups, CreditParams},
+    quality::{DEFAULT_QUALITY_ESTIMATOR, DEFAULT_SLASHING_THRESHOLD},
     span::SpanIndex,
 };
 use openledger_core::{ContentHash, ErrorCode};
-use openledger_ml::Tokenizer;
+use openledger_ml::{LlamaModel, Tokenizer};
 use openledger_model_factory::base::BaseModels;
 use openledger_store::now_ms;
 use parking_lot::Mutex;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, sea_query::OnConflict,
 };
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{Notify, OnceCell, Semaphore};
 
 use crate::{
     WorkerError,
     entities::index,
+    gradients::{
+        AdapterGradients, GRADIENT_INDEX_DIR, GradientSource, adapter_dir, build_gradient_index, fetch_adapter,
+        gradient_index_id, open_gradients,
+    },
     limits::{CONCURRENT_INDEX_BUILDS, RETRY_DELAY, SHARD_TOKENS},
+    quality::{self, Assessed},
     upstream::Upstream,
 };
 
@@ -41,6 +52,8 @@ pub const QUEUED: &str = "queued";
 pub const BUILDING: &str = "building";
 pub const READY: &str = "ready";
 pub const FAILED: &str = "failed";
+pub const SPAN: &str = "span";
+pub const GRADIENT: &str = "gradient";
 /// Each contribution's bond account, beside the export.
 pub const ACCOUNTS_FILE: &str = "accounts.json";
 pub const SPAN_INDEX_DIR: &str = "span-index";
@@ -72,10 +85,24 @@ pub struct Indexes {
     db: DatabaseConnection,
     upstream: Arc<dyn Upstream>,
     bases: Arc<BaseModels>,
+    objects: Arc<dyn ObjectStore>,
     tokenizer: OnceCell<Arc<Tokenizer>>,
+    /// The base model, loaded once for every gradient build and probe.
+    model: OnceCell<Arc<LlamaModel>>,
     dir: PathBuf,
     loaded: Mutex<HashMap<String, Arc<Version>>>,
+    /// Adapter id → its opened gradient index.
+    gradients: Mutex<HashMap<String, Arc<AdapterGradients>>>,
     builds: Semaphore,
+    outbox_wake: Option<Arc<Notify>>,
+}
+
+/// An adapter registered with lineage, whose gradient index to build.
+#[derive(Clone, Debug)]
+pub struct AdapterRef {
+    pub adapter_id: String,
+    pub version: VersionRef,
+    pub source: GradientSource,
 }
 
 /// What to index.
@@ -101,16 +128,44 @@ fn check_path_part(value: &str, what: &str) -> Result<(), WorkerError> {
 }
 
 impl Indexes {
-    pub fn new(db: DatabaseConnection, upstream: Arc<dyn Upstream>, bases: Arc<BaseModels>, dir: PathBuf) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        upstream: Arc<dyn Upstream>,
+        bases: Arc<BaseModels>,
+        objects: Arc<dyn ObjectStore>,
+        dir: PathBuf,
+        outbox_wake: Option<Arc<Notify>>,
+    ) -> Self {
         Self {
             db,
             upstream,
             bases,
+            objects,
             tokenizer: OnceCell::new(),
+            model: OnceCell::new(),
             dir,
             loaded: Mutex::new(HashMap::new()),
+            gradients: Mutex::new(HashMap::new()),
             builds: Semaphore::new(CONCURRENT_INDEX_BUILDS),
+            outbox_wake,
         }
+    }
+
+    /// The base model (what gradient indexes and probes are computed with), loaded once.
+    pub async fn model(&self) -> Result<Arc<LlamaModel>, WorkerError> {
+        self.model
+            .get_or_try_init(|| async {
+                let base = self.bases.require().await.map_err(|e| WorkerError::new(e.code, e.message))?;
+                let path = base.path.clone();
+                let (model, _) =
+                    tokio::task::spawn_blocking(move || openledger_ml::load_model(&path, &candle_core::Device::Cpu))
+                        .await
+                        .map_err(WorkerError::internal)?
+                        .map_err(|e| WorkerError::new(ErrorCode::FailedPrecondition, format!("the base model: {e}")))?;
+                Ok(Arc::new(model))
+            })
+            .await
+            .cloned()
     }
 
     /// The base model's tokenizer (what span indexes are built with).
@@ -142,7 +197,7 @@ impl Indexes {
         let now = now_ms();
         let row = index::ActiveModel {
             id: Set(id.clone()),
-            kind: Set("span".into()),
+            kind: Set(SPAN.into()),
             datanet_id: Set(version.datanet_id.clone()),
             snapshot_id: Set(version.snapshot_id.clone()),
             snapshot_root: Set(version.root.as_bytes().to_vec()),
@@ -155,15 +210,53 @@ impl Indexes {
             error: Set(String::new()),
             created_at_ms: Set(now),
             updated_at_ms: Set(now),
+            source: Set(String::new()),
         };
+        self.insert(&id, row).await
+    }
+
+    /// Asks for an adapter's gradient index: queued unless it exists, built once the span index
+    /// of its version is ready. Returns its row.
+    pub async fn request_gradient(self: &Arc<Self>, adapter: &AdapterRef) -> Result<index::Model, WorkerError> {
+        let version = &adapter.version;
+        check_path_part(&version.snapshot_id, "snapshot id")?;
+        if adapter.adapter_id.is_empty() || adapter.adapter_id.len() > 128 {
+            return Err(WorkerError::new(
+                ErrorCode::InvalidArgument,
+                format!("adapter id {:?} must be 1..=128 bytes", adapter.adapter_id),
+            ));
+        }
+        let id = gradient_index_id(&adapter.adapter_id);
+        let now = now_ms();
+        let row = index::ActiveModel {
+            id: Set(id.clone()),
+            kind: Set(GRADIENT.into()),
+            datanet_id: Set(version.datanet_id.clone()),
+            snapshot_id: Set(version.snapshot_id.clone()),
+            snapshot_root: Set(version.root.as_bytes().to_vec()),
+            version: Set(version.version as i64),
+            adapter_id: Set(adapter.adapter_id.clone()),
+            state: Set(QUEUED.into()),
+            records_indexed: Set(0),
+            location: Set(adapter_dir(&self.dir, &adapter.adapter_id).join(GRADIENT_INDEX_DIR).display().to_string()),
+            files_hash: Set(Vec::new()),
+            error: Set(String::new()),
+            created_at_ms: Set(now),
+            updated_at_ms: Set(now),
+            source: Set(serde_json::to_string(&adapter.source).map_err(WorkerError::internal)?),
+        };
+        self.insert(&id, row).await
+    }
+
+    /// Inserts a queued row unless its id exists, and builds it; returns the row as stored.
+    async fn insert(self: &Arc<Self>, id: &str, row: index::ActiveModel) -> Result<index::Model, WorkerError> {
         let inserted = index::Entity::insert(row)
             .on_conflict(OnConflict::column(index::Column::Id).do_nothing().to_owned())
             .exec_without_returning(&self.db)
             .await?;
-        let row =
-            self.row(&id).await?.ok_or_else(|| WorkerError::new(ErrorCode::Internal, "the index row vanished"))?;
+        let row = self.row(id).await?.ok_or_else(|| WorkerError::new(ErrorCode::Internal, "the index row vanished"))?;
         if inserted == 1 {
-            tracing::info!(index = %id, datanet = %version.datanet_id, "span index queued");
+            tracing::info!(index = %id, datanet = %row.datanet_id, "index queued");
             self.spawn_build(row.clone());
         }
         Ok(row)
@@ -189,6 +282,11 @@ impl Indexes {
         Ok(index::Entity::find_by_id(id).one(&self.db).await?)
     }
 
+    /// The index's row when the index is ready.
+    async fn ready_row(&self, id: &str) -> Result<Option<index::Model>, WorkerError> {
+        Ok(self.row(id).await?.filter(|row| row.state == READY))
+    }
+
     pub async fn rows(&self, snapshot_id: &str) -> Result<Vec<index::Model>, WorkerError> {
         let mut query = index::Entity::find();
         if !snapshot_id.is_empty() {
@@ -197,23 +295,45 @@ impl Indexes {
         Ok(query.all(&self.db).await?)
     }
 
-    /// Starts again every build a restart interrupted.
+    /// Starts again every build a restart interrupted, and every quality assessment a restart
+    /// interrupted after its gradient index was ready.
     pub async fn resume(self: &Arc<Self>) -> Result<usize, WorkerError> {
         let rows = index::Entity::find().filter(index::Column::State.is_in([QUEUED, BUILDING])).all(&self.db).await?;
         let count = rows.len();
         for row in rows {
             self.spawn_build(row);
         }
+        let ready = index::Entity::find()
+            .filter(index::Column::Kind.eq(GRADIENT))
+            .filter(index::Column::State.eq(READY))
+            .all(&self.db)
+            .await?;
+        for row in ready {
+            if !quality::assessed(&self.db, &row.snapshot_id).await? {
+                let indexes = self.clone();
+                tokio::spawn(async move { indexes.assess_logged(&row).await });
+            }
+        }
         Ok(count)
     }
 
+    /// Builds the row's index, trying again after a transient failure. The pool's permit is
+    /// held for one attempt only: a gradient index waiting for its span index lets it build.
     fn spawn_build(self: &Arc<Self>, row: index::Model) {
         let indexes = self.clone();
         tokio::spawn(async move {
-            let Ok(_permit) = indexes.builds.acquire().await else { return };
             loop {
-                match indexes.build(&row).await {
-                    Ok(()) => return,
+                let Ok(permit) = indexes.builds.acquire().await else { return };
+                let built =
+                    if row.kind == GRADIENT { indexes.build_gradient(&row).await } else { indexes.build(&row).await };
+                drop(permit);
+                match built {
+                    Ok(()) => {
+                        if row.kind == GRADIENT {
+                            indexes.assess_logged(&row).await;
+                        }
+                        return;
+                    }
                     Err(error) if error.transient => {
                         tracing::warn!(index = %row.id, %error, "building the index failed for now; trying again");
                         tokio::time::sleep(RETRY_DELAY).await;
@@ -275,30 +395,135 @@ impl Indexes {
         Ok(())
     }
 
+    /// Builds an adapter's gradient index once its version's span index is ready (a transient
+    /// error until then).
+    async fn build_gradient(&self, row: &index::Model) -> Result<(), WorkerError> {
+        let span = self.row(&span_index_id(&row.snapshot_id)).await?;
+        match span.as_ref().map(|span| span.state.as_str()) {
+            Some(READY) => {}
+            Some(FAILED) => {
+                return Err(WorkerError::new(
+                    ErrorCode::FailedPrecondition,
+                    format!("the span index of version {} failed: retry it, then this index", row.snapshot_id),
+                ));
+            }
+            _ => {
+                return Err(WorkerError::new(
+                    ErrorCode::Unavailable,
+                    format!("waiting for the span index of version {}", row.snapshot_id),
+                ));
+            }
+        }
+        self.set_state(&row.id, BUILDING, |_| {}).await?;
+        let source: GradientSource = serde_json::from_str(&row.source).map_err(|e| {
+            WorkerError::new(ErrorCode::Internal, format!("index {} names no valid source: {e}", row.id))
+        })?;
+        let adapter = adapter_dir(&self.dir, &row.adapter_id);
+        fetch_adapter(self.objects.as_ref(), &source, &adapter).await?;
+        let (model, tokenizer) = (self.model().await?, self.tokenizer().await?);
+        let version = self.version_dir(&row.snapshot_id);
+        let (count, files_hash) =
+            tokio::task::spawn_blocking(move || build_gradient_index(&model, &tokenizer, &adapter, &version))
+                .await
+                .map_err(WorkerError::internal)??;
+        self.gradients.lock().remove(&row.adapter_id);
+        self.set_state(&row.id, READY, |active| {
+            active.records_indexed = Set(count as i64);
+            active.files_hash = Set(files_hash.as_bytes().to_vec());
+        })
+        .await?;
+        tracing::info!(index = %row.id, records = count, "gradient index ready");
+        Ok(())
+    }
+
+    /// The adapter's gradient index when it is ready (opened once, then kept).
+    pub async fn gradients(&self, adapter_id: &str) -> Result<Option<Arc<AdapterGradients>>, WorkerError> {
+        if let Some(found) = self.gradients.lock().get(adapter_id) {
+            return Ok(Some(found.clone()));
+        }
+        let Some(row) = self.ready_row(&gradient_index_id(adapter_id)).await? else { return Ok(None) };
+        let model = self.model().await?;
+        let dir = adapter_dir(&self.dir, adapter_id);
+        let opened = tokio::task::spawn_blocking(move || open_gradients(&dir, &model))
+            .await
+            .map_err(WorkerError::internal)??;
+        check_unchanged(&row, &opened.files_hash)?;
+        let opened = Arc::new(opened);
+        self.gradients.lock().insert(adapter_id.to_owned(), opened.clone());
+        Ok(Some(opened))
+    }
+
+    async fn assess_logged(&self, row: &index::Model) {
+        if let Err(error) = self.assess(row).await {
+            tracing::error!(index = %row.id, %error, "assessing contributor quality failed");
+        }
+    }
+
+    /// The contributor quality of the row's version on its adapter, unless the version was
+    /// assessed before (on its first adapter): the held-out split as the validation set, the
+    /// default estimator and slashing threshold; recorded with its event.
+    async fn assess(&self, row: &index::Model) -> Result<(), WorkerError> {
+        if quality::assessed(&self.db, &row.snapshot_id).await? {
+            return Ok(());
+        }
+        let Some(opened) = self.gradients(&row.adapter_id).await? else { return Ok(()) };
+        let (model, tokenizer) = (self.model().await?, self.tokenizer().await?);
+        let (adapter, version) = (adapter_dir(&self.dir, &row.adapter_id), self.version_dir(&row.snapshot_id));
+        let report = tokio::task::spawn_blocking(move || {
+            openledger_attribution::quality::assess(
+                &model,
+                &tokenizer,
+                &adapter,
+                &version,
+                &opened.index,
+                None,
+                DEFAULT_QUALITY_ESTIMATOR,
+                DEFAULT_SLASHING_THRESHOLD,
+            )
+        })
+        .await
+        .map_err(WorkerError::internal)?
+        .map_err(WorkerError::attribution)?;
+        let assessed = Assessed {
+            datanet_id: row.datanet_id.clone(),
+            snapshot_id: row.snapshot_id.clone(),
+            adapter_id: row.adapter_id.clone(),
+        };
+        if quality::record(&self.db, &assessed, &report).await?
+            && let Some(wake) = &self.outbox_wake
+        {
+            wake.notify_one();
+        }
+        Ok(())
+    }
+
     /// The version, when its span index is ready (opened once, then kept).
     pub async fn version(&self, snapshot_id: &str) -> Result<Option<Arc<Version>>, WorkerError> {
         if let Some(found) = self.loaded.lock().get(snapshot_id) {
             return Ok(Some(found.clone()));
         }
-        let Some(row) = self.row(&span_index_id(snapshot_id)).await? else { return Ok(None) };
-        if row.state != READY {
-            return Ok(None);
-        }
+        let Some(row) = self.ready_row(&span_index_id(snapshot_id)).await? else { return Ok(None) };
         let tokenizer = self.tokenizer().await?;
         let dir = self.version_dir(snapshot_id);
         let version = tokio::task::spawn_blocking(move || open_version(&dir, tokenizer))
             .await
             .map_err(WorkerError::internal)??;
-        if version.files_hash.as_bytes().as_slice() != row.files_hash.as_slice() {
-            return Err(WorkerError::new(
-                ErrorCode::Internal,
-                format!("the files of index {} changed since it was built: rebuild it", row.id),
-            ));
-        }
+        check_unchanged(&row, &version.files_hash)?;
         let version = Arc::new(version);
         self.loaded.lock().insert(snapshot_id.to_owned(), version.clone());
         Ok(Some(version))
     }
+}
+
+/// An opened index's files hash to what its row recorded when it was built.
+fn check_unchanged(row: &index::Model, files_hash: &ContentHash) -> Result<(), WorkerError> {
+    if files_hash.as_bytes().as_slice() != row.files_hash.as_slice() {
+        return Err(WorkerError::new(
+            ErrorCode::Internal,
+            format!("the files of index {} changed since it was built: rebuild it", row.id),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes the export, the accounts and the span index of a version into `dir` (replacing a

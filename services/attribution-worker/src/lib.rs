@@ -4,14 +4,20 @@
 //! (`receipt`), batches the receipts into Merkle trees whose roots the ledger's journal records
 //! (`batches`), and emits `ol.attribution.computed`, which the ledger settles. It builds the
 //! indexes it reads without anyone asking (`indexes`: a span index per sealed version, on
-//! `ol.datanet.snapshot.sealed`). `api` is the gRPC surface; `limits` holds every limit.
+//! `ol.datanet.snapshot.sealed`; `gradients`: a gradient index per adapter registered with
+//! lineage, on `ol.modelfactory.adapter.registered`, which attribution blends in once ready),
+//! and measures each version's contributor quality on its first adapter (`quality`:
+//! `ol.attribution.quality.assessed`, which releases or slashes bonds). `api` is the gRPC
+//! surface; `limits` holds every limit.
 
 mod api;
 pub mod attribute;
 pub mod batches;
 mod entities;
+pub mod gradients;
 pub mod indexes;
 pub mod limits;
+pub mod quality;
 pub mod receipt;
 #[cfg(test)]
 mod tests;
@@ -105,10 +111,11 @@ pub fn parts(
     db: sea_orm::DatabaseConnection,
     upstream: Arc<dyn upstream::Upstream>,
     bases: Arc<BaseModels>,
+    objects: Arc<dyn object_store::ObjectStore>,
     dir: std::path::PathBuf,
     outbox_wake: Option<Arc<tokio::sync::Notify>>,
 ) -> Parts {
-    let indexes = Arc::new(Indexes::new(db.clone(), upstream.clone(), bases, dir));
+    let indexes = Arc::new(Indexes::new(db.clone(), upstream.clone(), bases, objects, dir, outbox_wake.clone()));
     Parts {
         attributions: Arc::new(Attributions::new(db.clone(), indexes.clone(), upstream.clone(), outbox_wake)),
         indexes,
@@ -156,7 +163,8 @@ pub async fn on_sealed(indexes: &Arc<Indexes>, payload: &[u8]) -> Handled {
 }
 
 /// What the adapter consumer does with one delivery: an adapter trained on a version makes
-/// sure that version is indexed (it may have been sealed before this worker ran).
+/// sure that version is indexed (it may have been sealed before this worker ran), and one
+/// registered with its lineage gets a gradient index.
 pub async fn on_adapter(indexes: &Arc<Indexes>, payload: &[u8]) -> Handled {
     let event = match AdapterChanged::decode(payload) {
         Ok(event) => event,
@@ -173,8 +181,21 @@ pub async fn on_adapter(indexes: &Arc<Indexes>, payload: &[u8]) -> Handled {
     };
     let version =
         indexes::VersionRef { datanet_id: event.datanet_id, snapshot_id: event.snapshot_id, root, version: 0 };
-    match indexes.request(&version).await {
-        Ok(_) => Handled::Ack,
+    let requested = match indexes.request(&version).await {
+        Ok(_) if event.lineage_location.is_empty() => Ok(()),
+        Ok(_) => {
+            let source = gradients::GradientSource {
+                location: event.location,
+                lineage_location: event.lineage_location,
+                file_hashes: event.file_hashes.iter().map(|h| hex::encode(&h.value)).collect(),
+            };
+            let adapter = indexes::AdapterRef { adapter_id: event.adapter_id, version: version.clone(), source };
+            indexes.request_gradient(&adapter).await.map(|_| ())
+        }
+        Err(error) => Err(error),
+    };
+    match requested {
+        Ok(()) => Handled::Ack,
         Err(error) if error.transient => Handled::Retry(limits::RETRY_DELAY),
         Err(error) => Handled::Poison(format!("indexing version {} failed: {error}", version.snapshot_id)),
     }
@@ -196,7 +217,7 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
     let outbox_wake = spec.outbox_waker();
     let worker: openledger_runtime::Worker = Box::new(move |backends, shutdown| {
         Box::pin(async move {
-            let made = parts(backends.db.clone(), upstream, bases, dir, Some(outbox_wake));
+            let made = parts(backends.db.clone(), upstream, bases, backends.objects.clone(), dir, Some(outbox_wake));
             let _ = shared.set(made.clone());
             match made.indexes.resume().await {
                 Ok(0) => {}

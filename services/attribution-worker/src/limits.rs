@@ -19,6 +19,11 @@ pub const BATCH_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_BATCH_RECEIPTS: u64 = 4096;
 /// Span-index builds running at once (each uses one core while it sorts).
 pub const CONCURRENT_INDEX_BUILDS: usize = 1;
+/// Values per layer a gradient index's rows are projected to at least (see
+/// `gradients::projection_for`): the size `openledger attribution evaluate` measures with.
+pub const GRADIENT_PROJECTION_MIN_DIM: usize = 256;
+/// Seed of the projection matrices (fixed: an index rebuilt from the same files is the same).
+pub const GRADIENT_PROJECTION_SEED: u64 = 1;
 /// Tokens per span-index shard (about 1.5 GB of suffix array at 6 bytes per token).
 pub const SHARD_TOKENS: usize = 256 * 1024 * 1024;
 /// Most stored attributions one `ListAttributions` page returns.

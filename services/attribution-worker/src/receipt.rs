@@ -85,6 +85,12 @@ pub struct Receipt {
     pub snapshot_root: String,
     /// BLAKE3 over the span index's files (see `indexes::files_hash`), hex; empty without one.
     pub span_index: String,
+    /// BLAKE3 over the adapter's gradient index files (see `indexes::files_hash`), hex; empty
+    /// when the weights were computed span-only.
+    pub gradient_index: String,
+    /// The influence estimator (`openledger_attribution::influence::Estimator`'s name) the
+    /// gradient index was read with; empty span-only.
+    pub estimator: String,
     pub method: String,
     pub method_version: String,
     pub parameters: ReceiptParameters,
@@ -152,6 +158,8 @@ mod tests {
             snapshot_id: "s".into(),
             snapshot_root: "11".repeat(32),
             span_index: "22".repeat(32),
+            gradient_index: String::new(),
+            estimator: String::new(),
             method: "span_match".into(),
             method_version: "openledger-attribution/1".into(),
             parameters: ReceiptParameters::of(&Default::default(), &Default::default()),

@@ -1,15 +1,21 @@
 //! The worker against a real database (SQLite and PostgreSQL), the packaged SmolLM2's
 //! tokenizer, and scripted neighbours: a paid inference is attributed once, with a receipt
 //! that lands in a batch whose root the (scripted) journal records; an inference that comes
-//! before its index waits, then is attributed with what exists; poison is reported.
+//! before its index waits, then is attributed with what exists; poison is reported. With a
+//! tiny model and an adapter trained on a version for two epochs: the adapter's gradient index
+//! is built from the object store, inferences blend influence in with receipts that recompute,
+//! and the version's contributor quality is emitted once.
 
 use std::sync::Arc;
 
+use openledger_attribution::{influence::GradientIndex, quality};
 use openledger_core::{ContentHash, MerkleTree, fee::earnings_account_id};
 use openledger_model_factory::base::BaseModels;
 use openledger_proto::{
     common::v1::Hash,
-    events::v1::{AttributionComputed, Completion, InferenceAdapter, InferenceCompleted},
+    events::v1::{
+        AdapterChanged, AttributionComputed, Completion, InferenceAdapter, InferenceCompleted, QualityAssessed,
+    },
 };
 use openledger_runtime::consume::Handled;
 use parking_lot::Mutex;
@@ -19,9 +25,10 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use crate::{
     Outcome, Parts, WorkerError,
     attribute::Inputs,
+    gradients::gradient_index_id,
     indexes::{READY, VersionRef, span_index_id},
     limits::INDEX_WAIT,
-    on_inference,
+    on_adapter, on_inference,
     receipt::Receipt,
     upstream::{AdapterLineage, Recorded, Upstream, VersionRecord},
     verify,
@@ -43,16 +50,24 @@ struct Scripted {
 
 impl Scripted {
     fn new() -> Self {
-        let records: Vec<VersionRecord> = TEXTS
-            .iter()
+        let bodies =
+            TEXTS.iter().map(|text| serde_json::to_vec(&serde_json::json!({ "text": text })).expect("json")).collect();
+        Self::with(bodies, 1)
+    }
+
+    /// A version of `bodies`, `per_contribution` records to each contribution (the first one
+    /// bonded to [`BOND_ACCOUNT`]), one contributor per contribution.
+    fn with(bodies: Vec<Vec<u8>>, per_contribution: usize) -> Self {
+        let records: Vec<VersionRecord> = bodies
+            .into_iter()
             .enumerate()
-            .map(|(i, text)| {
-                let body = serde_json::to_vec(&serde_json::json!({ "text": text })).expect("json");
+            .map(|(i, body)| {
+                let contribution = i / per_contribution;
                 VersionRecord {
                     hash: ContentHash::of(&body),
-                    contribution_id: format!("contribution-{i}"),
-                    contributor: vec![i as u8 + 1; 32],
-                    account: if i == 0 { BOND_ACCOUNT } else { 0 },
+                    contribution_id: format!("contribution-{contribution}"),
+                    contributor: vec![contribution as u8 + 1; 32],
+                    account: if contribution == 0 { BOND_ACCOUNT } else { 0 },
                     body,
                 }
             })
@@ -65,7 +80,7 @@ impl Scripted {
 #[async_trait::async_trait]
 impl Upstream for Scripted {
     async fn adapter(&self, id: &str) -> Result<Option<AdapterLineage>, WorkerError> {
-        Ok((id == "ft:care").then(|| AdapterLineage {
+        Ok((id == "ft:care" || id.starts_with("ft:colours")).then(|| AdapterLineage {
             id: id.into(),
             owner_account: OWNER_ACCOUNT,
             datanet_id: "datanet-1".into(),
@@ -116,23 +131,38 @@ fn openledger_proto_timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 }
 }
 
-async fn computed_events(db: &DatabaseConnection) -> Vec<AttributionComputed> {
-    let statement = Statement::from_string(
+/// The events of `subject` in the outbox, in order.
+async fn outbox_events<M: Message + Default>(db: &DatabaseConnection, subject: &str) -> Vec<M> {
+    let statement = Statement::from_sql_and_values(
         db.get_database_backend(),
-        "SELECT payload FROM outbox WHERE subject = 'ol.attribution.computed' ORDER BY id",
+        match db.get_database_backend() {
+            sea_orm::DatabaseBackend::Postgres => "SELECT payload FROM outbox WHERE subject = $1 ORDER BY id",
+            _ => "SELECT payload FROM outbox WHERE subject = ? ORDER BY id",
+        },
+        [subject.into()],
     );
     let rows = db.query_all(statement).await.expect("outbox");
     rows.iter()
         .map(|row| {
             let payload: Vec<u8> = row.try_get("", "payload").expect("payload");
-            AttributionComputed::decode(payload.as_slice()).expect("event")
+            M::decode(payload.as_slice()).expect("event")
         })
         .collect()
 }
 
+async fn computed_events(db: &DatabaseConnection) -> Vec<AttributionComputed> {
+    outbox_events(db, crate::attribute::SUBJECT_COMPUTED).await
+}
+
 fn worker(db: &DatabaseConnection, upstream: Arc<Scripted>, dir: &std::path::Path) -> Parts {
-    let bases = Arc::new(BaseModels::at(&openledger_ml::testing::smollm2_path()));
-    crate::parts(db.clone(), upstream, bases, dir.join("attribution"), None)
+    worker_on(db, upstream, dir, &openledger_ml::testing::smollm2_path())
+}
+
+fn worker_on(db: &DatabaseConnection, upstream: Arc<Scripted>, dir: &std::path::Path, base: &std::path::Path) -> Parts {
+    let bases = Arc::new(BaseModels::at(base));
+    let objects = openledger_store::open_object_store(&format!("file://{}", dir.join("objects").display()))
+        .expect("object store");
+    crate::parts(db.clone(), upstream, bases, objects, dir.join("attribution"), None)
 }
 
 async fn until_ready(parts: &Parts, snapshot_id: &str) {
@@ -187,6 +217,8 @@ async fn a_paid_inference_is_attributed_once_and_its_receipt_is_batched_and_reco
     assert_eq!(receipt.weights[0].account, earnings_account_id(&[2; 32]).to_string());
     assert!(!receipt.span_index.is_empty());
     assert_eq!(receipt.completeness, "complete");
+    assert!(receipt.gradient_index.is_empty() && receipt.estimator.is_empty(), "no gradient index: span-only");
+    assert!(stored.notes.contains("no gradient index") && stored.notes.contains("span-only"), "{}", stored.notes);
 
     // Batched: one tree over both receipts, its root recorded once, each proof verifying.
     assert_eq!(parts.batches.seal().await.expect("seal"), Some(1));
@@ -266,6 +298,257 @@ async fn an_inference_waits_for_its_index_then_is_attributed_with_what_exists(db
     assert!(events[1].weights.is_empty() && events[1].model_owner_account_id.is_none());
 }
 
+/// The colour decides the label; records 24..32 (contribution 3 at eight records each) carry
+/// wrong labels.
+fn colour_bodies(n: usize) -> Vec<Vec<u8>> {
+    let fillers = ["the sky", "a pen", "this ball", "that car", "my hat", "an apple", "our door", "his cup"];
+    let classes = [("red", "warm"), ("blue", "cold"), ("green", "fresh"), ("black", "dark")];
+    (0..n)
+        .map(|i| {
+            let (colour, label) = classes[i % classes.len()];
+            let label = if (24..32).contains(&i) { classes[(i + 1) % classes.len()].1 } else { label };
+            let text = format!("{} is {colour} {i}", fillers[i % fillers.len()]);
+            openledger_core::record::canonical_json(&[("text", &text), ("label", label)])
+        })
+        .collect()
+}
+
+/// A tiny base model and a rank-4 adapter trained four epochs on `bodies` (a quarter held
+/// out), as model-factory trains one; answers the model's path and the adapter's directory.
+/// Four epochs, as the attribution crate's quality test: the task is learnt, the flipped
+/// records not yet memorised.
+fn train_adapter(dir: &std::path::Path, bodies: &[Vec<u8>]) -> (std::path::PathBuf, std::path::PathBuf) {
+    use openledger_ml::{
+        Target,
+        testing::{TinyModel, TinySpec},
+        train::{Control, TrainConfig, TrainJob, data::Tokenize, data::parse_records, train},
+    };
+    let base = TinyModel::new(TinySpec::default())
+        .expect("tiny model")
+        .write_gguf(&dir.join("tiny.gguf"), candle_core::quantized::GgmlDType::F32)
+        .expect("gguf");
+    let (model, tokenizer) = openledger_ml::load_model(&base, &candle_core::Device::Cpu).expect("load");
+    let text = bodies.iter().map(|b| String::from_utf8(b.clone()).expect("utf-8")).collect::<Vec<_>>().join("\n");
+    let (kind, records) = parse_records(&text).expect("records");
+    let dataset = Tokenize { tokenizer: &tokenizer, max_tokens: 64 }.dataset(kind, &records, None).expect("dataset");
+    let adapter = dir.join("trained");
+    let config = TrainConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: vec![Target::Q, Target::V, Target::Down],
+        learning_rate: 1e-2,
+        warmup_steps: Some(2),
+        epochs: 4,
+        batch_tokens: 256,
+        eval_split: 0.25,
+        eval_every: 1000,
+        checkpoint_every: 0,
+        max_seq_tokens: Some(64),
+        ..TrainConfig::default()
+    };
+    let job = TrainJob {
+        model: &model,
+        model_path: &base,
+        dataset: &dataset,
+        dataset_name: "datanet:colours@1",
+        out: &adapter,
+        resume: false,
+    };
+    train(&job, &config, &mut |_| Control::Continue).expect("train");
+    (base, adapter)
+}
+
+/// Registers the trained adapter as model-factory does: its files and the registry's lineage
+/// (wrapping the trainer's) in the object store; answers the event.
+async fn register(
+    objects: &dyn object_store::ObjectStore,
+    adapter: &std::path::Path,
+    id: &str,
+    root: ContentHash,
+) -> AdapterChanged {
+    use openledger_ml::adapters::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+    let location = format!("adapters/{id}");
+    let mut file_hashes = Vec::new();
+    for name in [ADAPTER_CONFIG, ADAPTER_WEIGHTS] {
+        let bytes = std::fs::read(adapter.join(name)).expect("adapter file");
+        file_hashes.push(Hash { value: ContentHash::of(&bytes).as_bytes().to_vec() });
+        let key = object_store::path::Path::from(format!("{location}/{name}"));
+        objects.put(&key, bytes.into()).await.expect("put");
+    }
+    let trainer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(adapter.join(openledger_ml::train::LINEAGE_FILE)).expect("lineage"))
+            .expect("json");
+    let lineage = serde_json::json!({ "format": "openledger.lineage/1", "adapter": id, "trainer": trainer });
+    let lineage_location = format!("{location}/lineage.json");
+    let key = object_store::path::Path::from(lineage_location.clone());
+    objects.put(&key, serde_json::to_vec(&lineage).expect("json").into()).await.expect("put");
+    AdapterChanged {
+        adapter_id: id.into(),
+        owner_account_id: Some(OWNER_ACCOUNT.into()),
+        file_hashes,
+        location,
+        datanet_id: "datanet-1".into(),
+        snapshot_id: "version-1".into(),
+        snapshot_root: Some(Hash { value: root.as_bytes().to_vec() }),
+        lineage_location,
+        job_id: "job-1".into(),
+        ..Default::default()
+    }
+}
+
+async fn until_index(parts: &Parts, id: &str) -> crate::entities::index::Model {
+    for _ in 0..2400 {
+        let row = parts.indexes.row(id).await.expect("row").expect("queued");
+        assert_ne!(row.state, crate::indexes::FAILED, "the build of {id} failed: {}", row.error);
+        if row.state == READY {
+            return row;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("index {id} never became ready");
+}
+
+async fn quality_events(db: &DatabaseConnection) -> Vec<QualityAssessed> {
+    outbox_events(db, crate::quality::SUBJECT_QUALITY_ASSESSED).await
+}
+
+async fn until_assessed(db: &DatabaseConnection) {
+    for _ in 0..2400 {
+        if crate::quality::assessed(db, "version-1").await.expect("read") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("version-1 was never assessed");
+}
+
+async fn a_trained_adapter_gets_a_gradient_index_inferences_blend_influence_and_quality_is_assessed_once(
+    db: DatabaseConnection,
+) {
+    let dir = tempfile::tempdir().expect("dir");
+    let bodies = colour_bodies(64);
+    let (base, trained) = train_adapter(dir.path(), &bodies);
+    let upstream = Arc::new(Scripted::with(bodies, 8));
+    let parts = worker_on(&db, upstream.clone(), dir.path(), &base);
+    let objects = openledger_store::open_object_store(&format!("file://{}", dir.path().join("objects").display()))
+        .expect("object store");
+    let registered = register(objects.as_ref(), &trained, "ft:colours", upstream.root).await;
+
+    // The registration queues the version's span index and the adapter's gradient index.
+    assert!(matches!(on_adapter(&parts.indexes, &registered.encode_to_vec()).await, Handled::Ack));
+    until_ready(&parts, "version-1").await;
+    let gradient = until_index(&parts, &gradient_index_id("ft:colours")).await;
+    assert_eq!((gradient.kind.as_str(), gradient.records_indexed), ("gradient", 48), "the training split is indexed");
+
+    // Contributor quality of the version, on its first adapter: what `quality::assess` says.
+    until_assessed(&db).await;
+    let (model, tokenizer) = openledger_ml::load_model(&base, &candle_core::Device::Cpu).expect("load");
+    let adapter_dir = crate::gradients::adapter_dir(&dir.path().join("attribution"), "ft:colours");
+    let version_dir = crate::indexes::version_dir(&dir.path().join("attribution"), "version-1");
+    let index = GradientIndex::open(&adapter_dir.join(crate::gradients::GRADIENT_INDEX_DIR)).expect("index");
+    let report = quality::assess(
+        &model,
+        &tokenizer,
+        &adapter_dir,
+        &version_dir,
+        &index,
+        None,
+        quality::DEFAULT_QUALITY_ESTIMATOR,
+        quality::DEFAULT_SLASHING_THRESHOLD,
+    )
+    .expect("assess");
+    let events = quality_events(&db).await;
+    assert_eq!(events.len(), 1, "one assessment per version");
+    let event = &events[0];
+    assert_eq!((event.datanet_id.as_str(), event.snapshot_id.as_str()), ("datanet-1", "version-1"));
+    assert_eq!((event.adapter_id.as_str(), event.estimator.as_str()), ("ft:colours", "datainf_normalized"));
+    assert_eq!(event.threshold, quality::DEFAULT_SLASHING_THRESHOLD);
+    let mut assessed: Vec<String> = report.contributions.iter().map(|c| c.contribution.clone()).collect();
+    assessed.sort();
+    assert_eq!(event.contribution_ids, assessed);
+    assert_eq!(assessed.len(), 8, "the training split holds records of every contribution: {assessed:?}");
+    let candidates: Vec<&str> = event.candidates.iter().map(|c| c.contribution_id.as_str()).collect();
+    assert_eq!(candidates, report.slashing_candidates.iter().map(String::as_str).collect::<Vec<_>>());
+    // The label-flipped contribution is the most harmful; on this tiny run it stays above the
+    // threshold (the candidates' evidence is tested in `quality`).
+    assert_eq!(report.contributions[0].contribution, "contribution-3");
+    for candidate in &event.candidates {
+        let quality = report.contributions.iter().find(|c| c.contribution == candidate.contribution_id).expect("c");
+        assert_eq!(candidate.score, quality.score);
+        assert_eq!(hex::encode(&candidate.contributor), quality.contributor);
+        assert!(candidate.evidence.contains("datainf_normalized") && candidate.evidence.contains("threshold"));
+    }
+
+    // Redelivered, a second adapter on the same version, a restart: still one assessment.
+    assert!(matches!(on_adapter(&parts.indexes, &registered.encode_to_vec()).await, Handled::Ack));
+    let second = register(objects.as_ref(), &trained, "ft:colours-2", upstream.root).await;
+    assert!(matches!(on_adapter(&parts.indexes, &second.encode_to_vec()).await, Handled::Ack));
+    until_index(&parts, &gradient_index_id("ft:colours-2")).await;
+    let restarted = worker_on(&db, upstream.clone(), dir.path(), &base);
+    restarted.indexes.resume().await.expect("resume");
+    assert_eq!(quality_events(&db).await.len(), 1, "the version was assessed on its first adapter only");
+
+    // A paid inference of the adapter blends influence in; its receipt names the index.
+    let now = openledger_store::now_ms();
+    let paid = InferenceCompleted {
+        adapters: vec![InferenceAdapter {
+            adapter_id: "ft:colours".into(),
+            weight: 1.0,
+            file_hashes: registered.file_hashes.clone(),
+            owner_account_id: Some(OWNER_ACCOUNT.into()),
+        }],
+        prompt_text: "the sky is red 0".into(),
+        ..inference("inf-influence", "warm", now)
+    };
+    assert_eq!(parts.attributions.handle(&paid, now).await.expect("handle"), Outcome::Attributed);
+    let stored =
+        crate::entities::attribution::Entity::find_by_id("inf-influence").one(&db).await.expect("r").expect("row");
+    let receipt = Receipt::parse(&stored.receipt).expect("canonical receipt");
+    assert!(["blended", "gradient_influence"].contains(&receipt.method.as_str()), "{}", receipt.method);
+    assert_eq!(receipt.gradient_index, hex::encode(&gradient.files_hash));
+    assert_eq!(receipt.estimator, "datainf_normalized");
+    assert!(!receipt.weights.is_empty(), "influence pays the records that shaped the output");
+    let total: u64 = receipt.weights.iter().map(|w| w.weight_ppb).sum();
+    assert_eq!(total, 1_000_000_000);
+    assert!(!stored.notes.contains("span-only"), "{}", stored.notes);
+
+    // Recomputed from outside with the index opened afresh: the same weights; without it, a
+    // clear refusal; a changed weight is caught.
+    let version = parts.indexes.version("version-1").await.expect("open").expect("ready");
+    let inputs: Inputs = serde_json::from_str(&stored.inputs).expect("inputs");
+    let opened = crate::gradients::open_gradients(&adapter_dir, &model).expect("gradients");
+    verify::check_recomputed_with(&receipt, &inputs, &version, Some(&opened)).expect("the same weights recomputed");
+    let error = verify::check_recomputed(&receipt, &inputs, &version).expect_err("needs the gradient index");
+    assert!(error.contains("give that index"), "{error}");
+    let mut tampered = receipt.clone();
+    tampered.weights[0].weight_ppb -= 1;
+    let error = verify::check_recomputed_with(&tampered, &inputs, &version, Some(&opened)).expect_err("tampered");
+    assert!(error.contains("recomputing gives other weights"), "{error}");
+
+    // Inference files other than the indexed adapter's: span-only, and the notes say so.
+    let other = InferenceCompleted {
+        adapters: vec![InferenceAdapter { file_hashes: vec![Hash { value: vec![4; 32] }], ..paid.adapters[0].clone() }],
+        ..inference("inf-other-files", "warm", now)
+    };
+    assert_eq!(parts.attributions.handle(&other, now).await.expect("handle"), Outcome::Attributed);
+    let stored =
+        crate::entities::attribution::Entity::find_by_id("inf-other-files").one(&db).await.expect("r").expect("row");
+    assert!(stored.notes.contains("other files") && stored.notes.contains("span-only"), "{}", stored.notes);
+    assert!(Receipt::parse(&stored.receipt).expect("receipt").gradient_index.is_empty());
+
+    // An output longer than the probe takes: attributed by its spans, and the notes say why.
+    let long =
+        InferenceCompleted { adapters: paid.adapters.clone(), ..inference("inf-long", &"warm ".repeat(300), now) };
+    assert_eq!(parts.attributions.handle(&long, now).await.expect("handle"), Outcome::Attributed);
+    let stored = crate::entities::attribution::Entity::find_by_id("inf-long").one(&db).await.expect("r").expect("row");
+    assert!(stored.notes.contains("influence cannot be computed"), "{}", stored.notes);
+    let receipt = Receipt::parse(&stored.receipt).expect("receipt");
+    assert_eq!((receipt.method.as_str(), receipt.gradient_index.as_str()), ("span_match", ""));
+    let inputs: Inputs = serde_json::from_str(&stored.inputs).expect("inputs");
+    verify::check_recomputed(&receipt, &inputs, &version).expect("span-only recomputes without the gradient index");
+}
+
 use sea_orm::EntityTrait;
 
 macro_rules! on_both {
@@ -296,4 +579,5 @@ macro_rules! on_both {
 on_both!(
     a_paid_inference_is_attributed_once_and_its_receipt_is_batched_and_recorded,
     an_inference_waits_for_its_index_then_is_attributed_with_what_exists,
+    a_trained_adapter_gets_a_gradient_index_inferences_blend_influence_and_quality_is_assessed_once,
 );

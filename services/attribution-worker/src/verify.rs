@@ -8,6 +8,7 @@ use openledger_core::{ContentHash, MerkleProof};
 
 use crate::{
     attribute::{Inputs, attribute_text, receipt_weights},
+    gradients::AdapterGradients,
     indexes::Version,
     receipt::{Receipt, ReceiptWeight, receipt_hash, token_hash},
 };
@@ -43,8 +44,21 @@ pub fn check_answered(receipt: &Receipt, answered: &[ReceiptWeight]) -> Result<(
         .map_or(Ok(()), |d| Err(format!("the answer's weights differ from the receipt's: {d}")))
 }
 
-/// Recomputes the weights from the version and compares them with the receipt's.
+/// Recomputes the weights from the version and compares them with the receipt's; a receipt
+/// computed with influence needs [`check_recomputed_with`] and the adapter's gradient index.
 pub fn check_recomputed(receipt: &Receipt, inputs: &Inputs, version: &Version) -> Result<(), String> {
+    check_recomputed_with(receipt, inputs, version, None)
+}
+
+/// Recomputes the weights from the version, and from the adapter's gradient index when the
+/// receipt names one (`gradients`: that index, opened with `gradients::open_gradients`), and
+/// compares them with the receipt's.
+pub fn check_recomputed_with(
+    receipt: &Receipt,
+    inputs: &Inputs,
+    version: &Version,
+    gradients: Option<&AdapterGradients>,
+) -> Result<(), String> {
     if version.snapshot_root.to_hex() != receipt.snapshot_root {
         return Err(format!(
             "the local version's root is {}, the receipt names {}",
@@ -57,7 +71,29 @@ pub fn check_recomputed(receipt: &Receipt, inputs: &Inputs, version: &Version) -
             version.files_hash, receipt.span_index
         ));
     }
-    let explained = attribute_text(version, inputs, &receipt.parameters).map_err(|e| e.message)?;
+    let influence = match (receipt.gradient_index.is_empty(), gradients) {
+        (true, _) => None,
+        (false, None) => {
+            return Err(format!(
+                "the receipt was computed with the gradient index {} of adapter {:?}: give that index to recompute it",
+                receipt.gradient_index, receipt.adapter_id
+            ));
+        }
+        (false, Some(gradients)) => {
+            if gradients.files_hash.to_hex() != receipt.gradient_index {
+                return Err(format!(
+                    "the local gradient index hashes to {}, the receipt names {}: rebuild it for the adapter",
+                    gradients.files_hash, receipt.gradient_index
+                ));
+            }
+            if gradients.adapter_files != receipt.adapter_files {
+                return Err("the local adapter's files are not the ones the receipt names".into());
+            }
+            let estimator = receipt.estimator.parse().map_err(|e| format!("the receipt's estimator: {e}"))?;
+            Some((gradients, estimator))
+        }
+    };
+    let explained = attribute_text(version, inputs, &receipt.parameters, influence).map_err(|e| e.message)?;
     let recomputed = receipt_weights(version, &explained);
     first_weight_difference(&receipt.weights, &recomputed)
         .map_or(Ok(()), |d| Err(format!("recomputing gives other weights: {d}")))

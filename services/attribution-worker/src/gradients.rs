@@ -1,0 +1,181 @@
+//! The gradient index of an adapter trained with lineage: its files fetched from the object
+//! store where its registration put them (checked against the hashes the registration named),
+//! the per-record gradients of its training records computed over the version's export
+//! (`openledger_attribution::influence::GradientIndex`, as `openledger attribution index
+//! build --adapter` does), and the index opened for attribution with its probe.
+//!
+//! On disk, under `<data_dir>/attribution/adapters/<BLAKE3 of the adapter id>/`: the PEFT
+//! directory (`adapter_config.json`, `adapter_model.safetensors`), the trainer's
+//! `lineage.json`, and `gradient-index/`. [`crate::indexes::files_hash`] over the index is
+//! what receipts name.
+
+use std::path::{Path, PathBuf};
+
+use object_store::{ObjectStore, path::Path as ObjectPath};
+use openledger_attribution::influence::{GradientIndex, GradientSet};
+use openledger_core::{ContentHash, ErrorCode};
+use openledger_ml::{
+    AdapterConfig, LlamaModel, Tokenizer,
+    adapters::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter_dir},
+    train::{
+        LINEAGE_FILE,
+        grads::{GradientProbe, Projection, ProjectionKind},
+    },
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    WorkerError,
+    indexes::files_hash,
+    limits::{GRADIENT_PROJECTION_MIN_DIM, GRADIENT_PROJECTION_SEED},
+};
+
+pub const GRADIENT_INDEX_DIR: &str = openledger_attribution::influence::DEFAULT_INDEX_DIR;
+
+/// The id of an adapter's gradient index.
+pub fn gradient_index_id(adapter_id: &str) -> String {
+    format!("gradient:{adapter_id}")
+}
+
+/// Where an adapter's files and gradient index are under the worker's directory. Adapter ids
+/// hold `:` and `/`, so the directory is named by the id's BLAKE3.
+pub fn adapter_dir(dir: &Path, adapter_id: &str) -> PathBuf {
+    dir.join("adapters").join(ContentHash::of(adapter_id.as_bytes()).to_hex())
+}
+
+/// Where a registered adapter's files are, as its `ol.modelfactory.adapter.registered` named
+/// them (the gradient index row keeps it, so a restart builds from the same files).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GradientSource {
+    /// Object store key prefix of the PEFT directory.
+    pub location: String,
+    /// Object store key of the registry's lineage.json.
+    pub lineage_location: String,
+    /// BLAKE3 of adapter_config.json and adapter_model.safetensors, hex, in that order.
+    pub file_hashes: Vec<String>,
+}
+
+fn objects_error(key: &str, error: object_store::Error) -> WorkerError {
+    match error {
+        object_store::Error::NotFound { .. } => {
+            WorkerError::new(ErrorCode::FailedPrecondition, format!("object {key:?} is not in the object store"))
+        }
+        other => WorkerError::new(ErrorCode::Unavailable, format!("object store: reading {key:?}: {other}")),
+    }
+}
+
+async fn get(objects: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, WorkerError> {
+    let path = ObjectPath::from(key);
+    let got = objects.get(&path).await.map_err(|e| objects_error(key, e))?;
+    Ok(got.bytes().await.map_err(|e| objects_error(key, e))?.to_vec())
+}
+
+/// Fetches the adapter's PEFT files and lineage into `dir` (replacing what was there),
+/// checking each file against the hash its registration named.
+pub async fn fetch_adapter(objects: &dyn ObjectStore, source: &GradientSource, dir: &Path) -> Result<(), WorkerError> {
+    if source.file_hashes.len() != 2 || source.lineage_location.is_empty() {
+        return Err(WorkerError::new(
+            ErrorCode::InvalidArgument,
+            "a gradient index needs the adapter's two file hashes and its lineage's location",
+        ));
+    }
+    let mut files = Vec::with_capacity(3);
+    for (name, expected) in [ADAPTER_CONFIG, ADAPTER_WEIGHTS].into_iter().zip(&source.file_hashes) {
+        let key = format!("{}/{name}", source.location.trim_end_matches('/'));
+        let bytes = get(objects, &key).await?;
+        let actual = ContentHash::of(&bytes).to_hex();
+        if &actual != expected {
+            return Err(WorkerError::new(
+                ErrorCode::FailedPrecondition,
+                format!("{key} hashes to {actual}, its registration names {expected}: the adapter's files changed"),
+            ));
+        }
+        files.push((name, bytes));
+    }
+    files.push((LINEAGE_FILE, trainer_lineage(&get(objects, &source.lineage_location).await?)?));
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| WorkerError::io(dir, e))?;
+    for (name, bytes) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|e| WorkerError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// The trainer's lineage (record hashes in training order, the held-out split, the settings)
+/// out of the registry's lineage.json, which wraps it under `trainer`; a trainer's own
+/// lineage.json is taken as it is.
+fn trainer_lineage(bytes: &[u8]) -> Result<Vec<u8>, WorkerError> {
+    let corrupt = |e: String| WorkerError::new(ErrorCode::FailedPrecondition, format!("the adapter's lineage: {e}"));
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let trainer = value.get("trainer").cloned().unwrap_or(value);
+    serde_json::to_vec(&trainer).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Builds the gradient index of the adapter in `adapter_dir` over the version exported in
+/// `version_dir` (replacing a half-built one); returns the records indexed and the files' hash.
+pub fn build_gradient_index(
+    model: &LlamaModel,
+    tokenizer: &Tokenizer,
+    adapter_dir: &Path,
+    version_dir: &Path,
+) -> Result<(usize, ContentHash), WorkerError> {
+    let out = adapter_dir.join(GRADIENT_INDEX_DIR);
+    let _ = std::fs::remove_dir_all(&out);
+    let projection = Some(projection_for(adapter_dir)?);
+    let index = GradientIndex::build(model, tokenizer, adapter_dir, version_dir, &out, projection, &mut |_, _| {})
+        .map_err(WorkerError::attribution)?;
+    Ok((index.len(), files_hash(&out)?))
+}
+
+/// The projection of an adapter's gradient rows: Rademacher, to the smallest multiple of
+/// 2 × rank × targets (what a projection must be) of at least [`GRADIENT_PROJECTION_MIN_DIM`]
+/// values per layer. Whole rows of a SmolLM2 adapter are megabytes per record; projected, a
+/// version of 100,000 records fits in a few GB. The index's manifest records it, so probes
+/// and `verify` use the same.
+pub fn projection_for(adapter_dir: &Path) -> Result<Projection, WorkerError> {
+    let path = adapter_dir.join(ADAPTER_CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(|e| WorkerError::io(&path, e))?;
+    let invalid = |e: String| WorkerError::new(ErrorCode::FailedPrecondition, format!("{}: {e}", path.display()));
+    let config: AdapterConfig = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let targets = config.targets().map_err(|e| invalid(e.to_string()))?.len();
+    let per_layer = 2 * config.r * targets;
+    if per_layer == 0 {
+        return Err(invalid("the adapter has no rank or no targets".into()));
+    }
+    let dim = GRADIENT_PROJECTION_MIN_DIM.div_ceil(per_layer) * per_layer;
+    Ok(Projection { kind: ProjectionKind::Rademacher, dim, seed: GRADIENT_PROJECTION_SEED })
+}
+
+/// An adapter's gradient index opened for attribution: the rows in memory and the probe that
+/// takes an output's gradient under the adapter.
+pub struct AdapterGradients {
+    pub index: GradientIndex,
+    pub gradients: GradientSet,
+    pub probe: GradientProbe,
+    /// BLAKE3 over the index's files (what receipts name).
+    pub files_hash: ContentHash,
+    /// BLAKE3 of adapter_config.json and adapter_model.safetensors, hex, in that order.
+    pub adapter_files: Vec<String>,
+}
+
+/// Opens the gradient index in `adapter_dir` (what attribution and `verify` read), checking it
+/// was built for the adapter's weights there.
+pub fn open_gradients(adapter_dir: &Path, model: &LlamaModel) -> Result<AdapterGradients, WorkerError> {
+    let dir = adapter_dir.join(GRADIENT_INDEX_DIR);
+    let index = GradientIndex::open(&dir).map_err(WorkerError::attribution)?;
+    index.check_adapter(adapter_dir).map_err(WorkerError::attribution)?;
+    let gradients = index.gradients().map_err(WorkerError::attribution)?;
+    let weights = load_adapter_dir("attribution", adapter_dir, model)
+        .map_err(|e| WorkerError::new(ErrorCode::Internal, format!("the adapter in {}: {e}", adapter_dir.display())))?;
+    let probe = GradientProbe::new(model, &weights, index.manifest.projection)
+        .map_err(|e| WorkerError::new(ErrorCode::Internal, format!("the adapter's gradient probe: {e}")))?;
+    let adapter_files = [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
+        .into_iter()
+        .map(|name| {
+            let path = adapter_dir.join(name);
+            std::fs::read(&path).map(|bytes| ContentHash::of(&bytes).to_hex()).map_err(|e| WorkerError::io(&path, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AdapterGradients { files_hash: files_hash(&dir)?, index, gradients, probe, adapter_files })
+}
