@@ -431,10 +431,11 @@ fn report(name: &str, outcome: Result<String, String>) -> bool {
 async fn verify(args: VerifyArgs, config: &openledger_core::Config) -> anyhow::Result<bool> {
     use openledger_attribution_worker::{
         attribute::Inputs,
+        gradients::open_adapter_gradients,
         indexes::version_dir,
         open_version,
         receipt::ReceiptWeight,
-        verify::{check_answered, check_inclusion, check_inputs, check_receipt, check_recomputed},
+        verify::{check_answered, check_inclusion, check_inputs, check_receipt, check_recomputed_with},
     };
     use openledger_core::{ContentHash, MerkleProof, ServiceKind};
     use openledger_proto::{
@@ -508,10 +509,16 @@ async fn verify(args: VerifyArgs, config: &openledger_core::Config) -> anyhow::R
                 .clone(),
         };
         let (receipt_copy, inputs_copy) = (receipt.clone(), inputs.clone());
+        let worker_dir = config.data_dir.join("attribution");
         let checked = compute(None, move || {
             let tokenizer = std::sync::Arc::new(openledger_ml::source::load_tokenizer(&base)?);
             let version = open_version(&dir, tokenizer).map_err(|e| anyhow::anyhow!(e.message))?;
-            Ok(check_recomputed(&receipt_copy, &inputs_copy, &version))
+            // A receipt computed with influence is recomputed with the adapter's gradient index.
+            let gradients = (!receipt_copy.gradient_index.is_empty())
+                .then(|| open_adapter_gradients(&worker_dir, &receipt_copy.adapter_id, &base))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            Ok(check_recomputed_with(&receipt_copy, &inputs_copy, &version, gradients.as_ref()))
         })
         .await?;
         if !report("recompute", checked.map(|()| format!("the same weights from version {}", receipt.snapshot_id))) {

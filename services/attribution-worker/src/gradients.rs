@@ -179,3 +179,16 @@ pub fn open_gradients(adapter_dir: &Path, model: &LlamaModel) -> Result<AdapterG
         .collect::<Result<Vec<_>, _>>()?;
     Ok(AdapterGradients { files_hash: files_hash(&dir)?, index, gradients, probe, adapter_files })
 }
+
+/// The gradient index of `adapter_id` as the worker keeps it under `worker_dir`
+/// (`<data_dir>/attribution`), opened with the base model at `base`: what `openledger
+/// attribution verify` recomputes an influence receipt with.
+pub fn open_adapter_gradients(
+    worker_dir: &Path,
+    adapter_id: &str,
+    base: &Path,
+) -> Result<AdapterGradients, WorkerError> {
+    let (model, _) = openledger_ml::load_model(base, &candle_core::Device::Cpu)
+        .map_err(|e| WorkerError::new(ErrorCode::FailedPrecondition, format!("the base model: {e}")))?;
+    open_gradients(&adapter_dir(worker_dir, adapter_id), &model)
+}

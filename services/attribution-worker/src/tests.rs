@@ -517,7 +517,8 @@ async fn a_trained_adapter_gets_a_gradient_index_inferences_blend_influence_and_
     // clear refusal; a changed weight is caught.
     let version = parts.indexes.version("version-1").await.expect("open").expect("ready");
     let inputs: Inputs = serde_json::from_str(&stored.inputs).expect("inputs");
-    let opened = crate::gradients::open_gradients(&adapter_dir, &model).expect("gradients");
+    let opened = crate::gradients::open_adapter_gradients(&dir.path().join("attribution"), "ft:colours", &base)
+        .expect("the gradient index as verify opens it");
     verify::check_recomputed_with(&receipt, &inputs, &version, Some(&opened)).expect("the same weights recomputed");
     let error = verify::check_recomputed(&receipt, &inputs, &version).expect_err("needs the gradient index");
     assert!(error.contains("give that index"), "{error}");
