@@ -462,7 +462,7 @@ impl Indexes {
     /// The contributor quality of the row's version on its adapter, unless the version was
     /// assessed before (on its first adapter): the held-out split as the validation set, the
     /// default estimator and slashing threshold; recorded with its event.
-    async fn assess(&self, row: &index::Model) -> Result<(), WorkerError> {
+    pub(crate) async fn assess(&self, row: &index::Model) -> Result<(), WorkerError> {
         if quality::assessed(&self.db, &row.snapshot_id).await? {
             return Ok(());
         }

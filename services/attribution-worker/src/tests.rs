@@ -484,9 +484,18 @@ async fn a_trained_adapter_gets_a_gradient_index_inferences_blend_influence_and_
     assert!(matches!(on_adapter(&parts.indexes, &registered.encode_to_vec()).await, Handled::Ack));
     let second = register(objects.as_ref(), &trained, "ft:colours-2", upstream.root).await;
     assert!(matches!(on_adapter(&parts.indexes, &second.encode_to_vec()).await, Handled::Ack));
-    until_index(&parts, &gradient_index_id("ft:colours-2")).await;
+    let second_row = until_index(&parts, &gradient_index_id("ft:colours-2")).await;
+    parts.indexes.assess(&second_row).await.expect("assessing again is a no-op");
     let restarted = worker_on(&db, upstream.clone(), dir.path(), &base);
     restarted.indexes.resume().await.expect("resume");
+    restarted.indexes.assess(&second_row).await.expect("assessing after a restart is a no-op");
+    // Two assessments racing past that check: the version's row lets one event out.
+    let racing = crate::quality::Assessed {
+        datanet_id: "datanet-1".into(),
+        snapshot_id: "version-1".into(),
+        adapter_id: "ft:colours-2".into(),
+    };
+    assert!(!crate::quality::record(&db, &racing, &report).await.expect("record"), "recorded before");
     assert_eq!(quality_events(&db).await.len(), 1, "the version was assessed on its first adapter only");
 
     // A paid inference of the adapter blends influence in; its receipt names the index.
