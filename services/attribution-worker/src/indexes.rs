@@ -6,7 +6,8 @@
 //! version's contributor quality (`quality`). Builds run here on a bounded pool
 //! ([`CONCURRENT_INDEX_BUILDS`]); their state is a row (`queued`, `building`, `ready`,
 //! `failed`), so a build a restart interrupted is started again. The base model is loaded once
-//! for every gradient build and probe; each adapter's opened gradient index is kept.
+//! for every gradient build; the
+//! gradient indexes of the adapters used most recently are kept open ([`MAX_OPEN_GRADIENT_INDEXES`]).
 //!
 //! On disk, under `<data_dir>/attribution/versions/<snapshot_id>/`: the version as
 //! `openledger datanet export` writes it (`records.jsonl`, `manifest.json`), `accounts.json`
@@ -43,7 +44,7 @@ use crate::{
         AdapterGradients, GRADIENT_INDEX_DIR, GradientSource, adapter_dir, build_gradient_index, fetch_adapter,
         gradient_index_id, open_gradients,
     },
-    limits::{CONCURRENT_INDEX_BUILDS, RETRY_DELAY, SHARD_TOKENS},
+    limits::{CONCURRENT_INDEX_BUILDS, MAX_OPEN_GRADIENT_INDEXES, RETRY_DELAY, SHARD_TOKENS},
     quality::{self, Assessed},
     upstream::Upstream,
 };
@@ -91,10 +92,53 @@ pub struct Indexes {
     model: OnceCell<Arc<LlamaModel>>,
     dir: PathBuf,
     loaded: Mutex<HashMap<String, Arc<Version>>>,
-    /// Adapter id → its opened gradient index.
-    gradients: Mutex<HashMap<String, Arc<AdapterGradients>>>,
+    /// The opened gradient indexes by adapter id, at most [`MAX_OPEN_GRADIENT_INDEXES`].
+    gradients: Mutex<Recent<Arc<AdapterGradients>>>,
     builds: Semaphore,
     outbox_wake: Option<Arc<Notify>>,
+}
+
+/// Values by key, the least recently used dropped past `capacity`: the opened gradient indexes
+/// (each holds its rows and a probe with f32 copies of the base model's weights, so their
+/// number is what bounds the worker's memory).
+struct Recent<T> {
+    /// Key → the value and when it was last used (a counter).
+    by_key: HashMap<String, (T, u64)>,
+    uses: u64,
+    capacity: usize,
+}
+
+impl<T: Clone> Recent<T> {
+    fn new(capacity: usize) -> Self {
+        assert!(capacity > 0, "a cache holds at least one value");
+        Self { by_key: HashMap::new(), uses: 0, capacity }
+    }
+
+    fn get(&mut self, key: &str) -> Option<T> {
+        self.uses += 1;
+        let uses = self.uses;
+        self.by_key.get_mut(key).map(|(found, last)| {
+            *last = uses;
+            found.clone()
+        })
+    }
+
+    fn insert(&mut self, key: &str, value: T) {
+        self.by_key.remove(key);
+        while self.by_key.len() >= self.capacity {
+            let Some(oldest) = self.by_key.iter().min_by_key(|(_, (_, last))| *last).map(|(key, _)| key.clone()) else {
+                break;
+            };
+            self.by_key.remove(&oldest);
+        }
+        self.uses += 1;
+        self.by_key.insert(key.to_owned(), (value, self.uses));
+        debug_assert!(self.by_key.len() <= self.capacity);
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.by_key.remove(key);
+    }
 }
 
 /// An adapter registered with lineage, whose gradient index to build.
@@ -145,7 +189,7 @@ impl Indexes {
             model: OnceCell::new(),
             dir,
             loaded: Mutex::new(HashMap::new()),
-            gradients: Mutex::new(HashMap::new()),
+            gradients: Mutex::new(Recent::new(MAX_OPEN_GRADIENT_INDEXES)),
             builds: Semaphore::new(CONCURRENT_INDEX_BUILDS),
             outbox_wake,
         }
@@ -449,7 +493,7 @@ impl Indexes {
             .map_err(WorkerError::internal)??;
         check_unchanged(&row, &opened.files_hash)?;
         let opened = Arc::new(opened);
-        self.gradients.lock().insert(adapter_id.to_owned(), opened.clone());
+        self.gradients.lock().insert(adapter_id, opened.clone());
         Ok(Some(opened))
     }
 
@@ -603,4 +647,23 @@ pub fn files_hash(dir: &Path) -> Result<ContentHash, WorkerError> {
         parts.extend([path.as_bytes(), b"\0".as_slice(), hash.as_bytes().as_slice()]);
     }
     Ok(ContentHash::of_parts(&parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_gradient_indexes_are_bounded_and_the_least_recently_used_is_closed_first() {
+        let mut open = Recent::new(2);
+        open.insert("ft:a", 1);
+        open.insert("ft:b", 2);
+        assert_eq!(open.get("ft:a"), Some(1), "a is now the more recently used");
+        open.insert("ft:c", 3);
+        assert_eq!((open.get("ft:a"), open.get("ft:b"), open.get("ft:c")), (Some(1), None, Some(3)));
+        open.insert("ft:c", 4);
+        assert_eq!((open.by_key.len(), open.get("ft:c")), (2, Some(4)), "a rebuilt index replaces its old copy");
+        open.remove("ft:a");
+        assert_eq!(open.get("ft:a"), None);
+    }
 }

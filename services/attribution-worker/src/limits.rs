@@ -24,6 +24,9 @@ pub const CONCURRENT_INDEX_BUILDS: usize = 1;
 pub const GRADIENT_PROJECTION_MIN_DIM: usize = 256;
 /// Seed of the projection matrices (fixed: an index rebuilt from the same files is the same).
 pub const GRADIENT_PROJECTION_SEED: u64 = 1;
+/// Adapters' gradient indexes kept open at once (each holds its rows and f32 copies of the base
+/// model's weights: about 540 MB for SmolLM2-135M); the least recently used is closed first.
+pub const MAX_OPEN_GRADIENT_INDEXES: usize = 4;
 /// Tokens per span-index shard (about 1.5 GB of suffix array at 6 bytes per token).
 pub const SHARD_TOKENS: usize = 256 * 1024 * 1024;
 /// Most stored attributions one `ListAttributions` page returns.
