@@ -6,8 +6,8 @@
 //! version's contributor quality (`quality`). Builds run here on a bounded pool
 //! ([`CONCURRENT_INDEX_BUILDS`]); their state is a row (`queued`, `building`, `ready`,
 //! `failed`), so a build a restart interrupted is started again. The base model is loaded once
-//! for every gradient build; the
-//! gradient indexes of the adapters used most recently are kept open ([`MAX_OPEN_GRADIENT_INDEXES`]).
+//! for every gradient build; the gradient indexes of the adapters used most recently are kept
+//! open ([`MAX_OPEN_GRADIENT_INDEXES`]).
 //!
 //! On disk, under `<data_dir>/attribution/versions/<snapshot_id>/`: the version as
 //! `openledger datanet export` writes it (`records.jsonl`, `manifest.json`), `accounts.json`
