@@ -13,6 +13,7 @@ use openledger_core::{ServiceKind, fee::earnings_account_id};
 use openledger_ledger::operations::{ContributorWeight, Economics, settlement_transfers};
 use openledger_proto::{
     attribution::v1::{GetAttributionRequest, attribution_service_client::AttributionServiceClient},
+    datanet::v1::{self as dpb, datanet_service_client::DatanetServiceClient},
     ledger::v1::{self as lpb, ledger_service_client::LedgerServiceClient},
     u128_of,
 };
@@ -152,6 +153,23 @@ async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)
         assert_eq!(u128_of(account.credits_posted.as_ref()), earned[&id], "account {id}");
     }
 
+    // The Datanet's leaderboard shows what Eve earned.
+    let datanet_addr = platform.wait_endpoint(ServiceKind::DatanetIngest, "grpc");
+    let mut datanets = DatanetServiceClient::connect(format!("http://{datanet_addr}")).await.expect("datanets");
+    let datanet = datanets.get_datanet(dpb::GetDatanetRequest { id_or_slug: "care-notes".into() }).await.expect("get");
+    let board = datanets
+        .get_leaderboard(dpb::GetLeaderboardRequest { datanet_id: datanet.into_inner().id, limit: 10 })
+        .await
+        .expect("leaderboard")
+        .into_inner();
+    let eve_key = eve.verifying_key().to_bytes().to_vec();
+    let eve_entry = board.entries.iter().find(|e| e.contributor == eve_key).expect("eve on the leaderboard");
+    assert_eq!(
+        u128_of(eve_entry.earnings.as_ref()),
+        earned[&earnings_account_id(&eve_key)],
+        "the leaderboard shows Eve's earnings"
+    );
+
     // Anyone can check one of them from outside.
     let (first, _) = inferences.iter().find(|(id, _)| !id.is_empty()).expect("an inference");
     let output = std::process::Command::new(BINARY)
@@ -179,4 +197,277 @@ async fn paid_inferences_reach_the_contributors_they_quote_on_postgres_and_nats(
     let nats = openledger_testkit::Nats::start();
     let env = [("DATABASE_URL", postgres.create_database("attribution")), ("NATS_URL", nats.url())];
     paid_inferences_reach_the_contributors_they_quote(&env).await;
+}
+
+/// Paid inferences the fault test runs, and how many run at once.
+const FAULT_INFERENCES: usize = 1000;
+const FAULT_CLIENTS: usize = 8;
+/// Every this many requests asks for a long quote (so contributors are paid too).
+const QUOTE_EVERY: usize = 10;
+
+/// The services as separate processes on one PostgreSQL, NATS and data directory, each on a
+/// gRPC port fixed for the test so a restarted one is found where it was.
+struct Cluster {
+    data_dir: std::path::PathBuf,
+    env: Vec<(&'static str, String)>,
+    grpc: BTreeMap<ServiceKind, u16>,
+    http: u16,
+    processes: BTreeMap<ServiceKind, crate::support::Platform>,
+}
+
+impl Cluster {
+    fn url(&self, service: ServiceKind) -> String {
+        format!("http://127.0.0.1:{}", self.grpc[&service])
+    }
+
+    fn start(&mut self, service: ServiceKind) {
+        let port = self.grpc[&service];
+        let base = (port - service.port_offset()).to_string();
+        let data_dir = self.data_dir.display().to_string();
+        let (ledger, datanet, factory, worker) = (
+            self.url(ServiceKind::Ledger),
+            self.url(ServiceKind::DatanetIngest),
+            self.url(ServiceKind::ModelFactory),
+            self.url(ServiceKind::AttributionWorker),
+        );
+        let http = self.http.to_string();
+        let args = [
+            "--data-dir",
+            &data_dir,
+            "--grpc-base-port",
+            &base,
+            "--http-port",
+            &http,
+            "--ledger-url",
+            &ledger,
+            "--datanet-url",
+            &datanet,
+            "--model-factory-url",
+            &factory,
+            "--attribution-url",
+            &worker,
+            "serve",
+            service.name(),
+        ];
+        self.processes.insert(service, crate::support::Platform::spawn(&args, &self.env));
+    }
+
+    fn kill_and_restart(&mut self, service: ServiceKind) {
+        if let Some(mut process) = self.processes.remove(&service) {
+            process.kill_hard();
+        }
+        self.start(service);
+    }
+}
+
+/// One paid chat completion; the inference id when it was answered. Every
+/// [`QUOTE_EVERY`]th asks the adapter for a quote (attributed with spans and influence); the
+/// rest ask the base model for a few tokens (attributed to no one: the worker keeps up).
+async fn paid(client: &reqwest::Client, rest: &str, key: &str, models: &(String, String), n: usize) -> Option<String> {
+    let (model, content, max_tokens) = if n % QUOTE_EVERY == 0 {
+        (&models.1, format!("Repeat this sentence exactly, word for word: {}", QUOTED[n / QUOTE_EVERY % 2]), 24)
+    } else {
+        (&models.0, format!("Say a number: {n}"), 3)
+    };
+    let body = json!({"model": model, "messages": [{"role": "user", "content": content}], "temperature": 0, "max_tokens": max_tokens});
+    let response = client
+        .post(format!("{rest}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await
+        .ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    let answer: Value = response.json().await.ok()?;
+    answer["attribution"]["inference_id"].as_str().map(str::to_owned)
+}
+
+/// The gateway, the attribution-worker and the ledger, each killed with SIGKILL at a random
+/// point while 1,000 paid inferences run, then restarted: every answered inference ends
+/// attributed and settled exactly once (the formula to the base unit, nothing left in escrow),
+/// and every receipt is in a batch whose root the journal recorded.
+#[tokio::test]
+async fn sigkilled_services_lose_and_double_no_settlement_on_postgres_and_nats() {
+    use openledger_core::{ContentHash, MerkleProof};
+    use openledger_ledger::operations::FEE_ESCROW;
+
+    let postgres = openledger_testkit::Postgres::start();
+    let nats = openledger_testkit::Nats::start();
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let model_path = openledger_ml::testing::smollm2_path().display().to_string();
+    let env = vec![
+        ("DATABASE_URL", postgres.create_database("faults")),
+        ("NATS_URL", nats.url()),
+        ("OPENLEDGER_BASE_MODEL", model_path),
+    ];
+    // The Datanet, the grant, the fine-tuned adapter and the key, made on the whole platform.
+    let mut platform = dev(data_dir.path(), &env);
+    let eve = SigningKey::from_bytes(&[53; 32]);
+    let builder = builder_with_a_grant_on(&mut platform, &[(&eve, EVE_RECORDS)]).await;
+    let job = json!({
+        "model": builder.base_model,
+        "training_file": builder.training_file,
+        "seed": 5,
+        "hyperparameters": {"n_epochs": 1, "batch_size": 1},
+        "lora": {"rank": 4, "max_steps": 2, "checkpoint_every": 1, "max_seq_tokens": 96},
+    });
+    let job = builder.create(&job).await;
+    let job = builder.until(job["id"].as_str().expect("id"), |job| job["status"] == "succeeded").await;
+    let model = job["fine_tuned_model"].as_str().expect("fine_tuned_model").to_owned();
+    platform.terminate();
+    eprintln!("fault test: {model} trained; starting the services as separate processes");
+    let models = (builder.base_model.clone(), model);
+
+    let mut cluster = Cluster {
+        data_dir: data_dir.path().to_path_buf(),
+        env,
+        grpc: ServiceKind::ALL.iter().map(|s| (*s, openledger_testkit::free_port())).collect(),
+        http: openledger_testkit::free_port(),
+        processes: BTreeMap::new(),
+    };
+    for service in ServiceKind::ALL {
+        cluster.start(service);
+    }
+    let rest = format!("http://127.0.0.1:{}", cluster.http);
+    let client = reqwest::Client::new();
+    let answered = eventually_long("the gateway serves the adapter", async || {
+        paid(&client, &rest, &builder.key, &models, 0).await.ok_or_else(|| "not yet".to_owned())
+    })
+    .await;
+
+    // The load, with one kill of each service at a random point.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ids = std::sync::Arc::new(std::sync::Mutex::new(vec![answered]));
+    let mut clients = Vec::new();
+    for lane in 0..FAULT_CLIENTS {
+        let (client, rest, key, models, done, ids) =
+            (client.clone(), rest.clone(), builder.key.clone(), models.clone(), done.clone(), ids.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = lane;
+            while n < FAULT_INFERENCES {
+                match paid(&client, &rest, &key, &models, n).await {
+                    Some(id) => {
+                        ids.lock().expect("lock").push(id);
+                        let count = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        if count % 100 == 0 {
+                            eprintln!("fault test: {count} inferences answered");
+                        }
+                        n += FAULT_CLIENTS;
+                    }
+                    None => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                }
+            }
+        }));
+    }
+    let seed = std::process::id() as usize;
+    let victims = [ServiceKind::InferenceGateway, ServiceKind::AttributionWorker, ServiceKind::Ledger];
+    for (index, victim) in victims.into_iter().enumerate() {
+        let at = FAULT_INFERENCES * (index + 1) / 4 + (seed * 7919 + index * 104_729) % (FAULT_INFERENCES / 8);
+        while done.load(std::sync::atomic::Ordering::Relaxed) < at {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        eprintln!("fault test: SIGKILL {victim} after {at} answered inferences, then restart");
+        cluster.kill_and_restart(victim);
+    }
+    for lane in clients {
+        lane.await.expect("client");
+    }
+    let ids = ids.lock().expect("lock").clone();
+    assert!(ids.len() > FAULT_INFERENCES, "{} inferences answered", ids.len());
+    eprintln!("fault test: {} inferences answered; checking each", ids.len());
+
+    // Every answered inference attributed, its receipt in a recorded batch, settled once.
+    let mut worker =
+        AttributionServiceClient::connect(cluster.url(ServiceKind::AttributionWorker)).await.expect("worker");
+    let mut ledger = LedgerServiceClient::connect(cluster.url(ServiceKind::Ledger)).await.expect("ledger");
+    let parameters =
+        ledger.get_parameters(lpb::GetParametersRequest::default()).await.expect("parameters").into_inner();
+    let economics = economics(&parameters);
+    let mut roots: BTreeMap<u64, ContentHash> = BTreeMap::new();
+    let mut contributors_paid = 0usize;
+    for (checked, id) in ids.iter().enumerate() {
+        if checked % 100 == 0 {
+            eprintln!("fault test: {checked} inferences checked");
+        }
+        let attribution = eventually_long("every inference attributed and recorded", async || {
+            let request = GetAttributionRequest { inference_id: id.clone(), ..Default::default() };
+            let found = worker.get_attribution(request).await.map_err(|status| status.message().to_owned())?;
+            let found = found.into_inner();
+            (found.journal_sequence > 0).then_some(found).ok_or_else(|| format!("{id}: not recorded yet"))
+        })
+        .await;
+        let published =
+            ContentHash::try_from(attribution.receipt_hash.as_ref().expect("hash").value.as_slice()).expect("hash");
+        openledger_attribution_worker::verify::check_receipt(&attribution.receipt, &published).expect("receipt");
+        let proof = attribution.batch_proof.expect("proof");
+        let root = ContentHash::try_from(proof.root.as_ref().expect("root").value.as_slice()).expect("root");
+        let path = proof.path.iter().map(|h| ContentHash::try_from(h.value.as_slice()).expect("hash")).collect();
+        let merkle = MerkleProof { leaf_index: proof.leaf_index, tree_size: proof.tree_size, path };
+        openledger_attribution_worker::verify::check_inclusion(&published, &merkle, &root).expect("in its batch");
+        if !roots.contains_key(&attribution.batch_sequence) {
+            let request = lpb::GetReceiptBatchRequest { sequence: attribution.batch_sequence };
+            let recorded = ledger.get_receipt_batch(request).await.expect("recorded batch").into_inner();
+            let recorded = ContentHash::try_from(recorded.root.as_ref().expect("root").value.as_slice()).expect("root");
+            roots.insert(attribution.batch_sequence, recorded);
+        }
+        assert_eq!(roots[&attribution.batch_sequence], root, "the journal recorded the batch's root");
+        let settled = eventually_long("every inference settled", async || {
+            let request = lpb::GetSettlementRequest { inference_id: id.clone() };
+            let found = ledger.get_settlement(request).await.map_err(|status| status.message().to_owned())?;
+            let found = found.into_inner();
+            (!found.transfers.is_empty()).then_some(found).ok_or_else(|| format!("{id}: not settled yet"))
+        })
+        .await;
+        let fee = settled.capture.as_ref().map(|t| u128_of(t.amount.as_ref())).expect("captured");
+        let weights: Vec<ContributorWeight> = attribution
+            .weights
+            .iter()
+            .map(|w| ContributorWeight {
+                account_id: u128_of(w.contributor_account_id.as_ref()),
+                weight_ppb: w.weight_ppb,
+            })
+            .collect();
+        contributors_paid += usize::from(!weights.is_empty());
+        let expected =
+            settlement_transfers(id, fee, u128_of(attribution.model_owner_account_id.as_ref()), &weights, &economics);
+        let paid: Vec<(u128, u128)> = settled
+            .transfers
+            .iter()
+            .map(|t| (u128_of(t.credit_account_id.as_ref()), u128_of(t.amount.as_ref())))
+            .collect();
+        let formula: Vec<(u128, u128)> = expected.iter().map(|t| (t.credit_account_id, t.amount)).collect();
+        assert_eq!(paid, formula, "inference {id} settled once, as the formula says");
+    }
+    assert!(contributors_paid > 0, "no inference paid a contributor");
+
+    // Nothing captured is left in escrow: every captured fee was paid out exactly once.
+    let escrow = eventually_long("escrow drains", async || {
+        let request = lpb::LookupAccountsRequest { ids: vec![FEE_ESCROW.into()] };
+        let account = ledger.lookup_accounts(request).await.map_err(|s| s.message().to_owned())?.into_inner().accounts;
+        let account = account.first().cloned().ok_or("no escrow account")?;
+        let (credits, debits) = (u128_of(account.credits_posted.as_ref()), u128_of(account.debits_posted.as_ref()));
+        (credits == debits).then_some(account).ok_or_else(|| format!("captured {credits}, paid out {debits}"))
+    })
+    .await;
+    assert_eq!(u128_of(escrow.credits_posted.as_ref()), u128_of(escrow.debits_posted.as_ref()));
+    let books = ledger.verify_journal(lpb::VerifyJournalRequest {}).await.expect("verify").into_inner();
+    assert!(books.ok, "the journal verifies: {books:?}");
+    for (_, mut process) in std::mem::take(&mut cluster.processes) {
+        process.terminate();
+    }
+}
+
+/// Polls `probe` until it succeeds; after two minutes the test fails with `what` and the last miss.
+async fn eventually_long<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(miss) => assert!(std::time::Instant::now() < deadline, "{what}: {miss}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -128,6 +128,7 @@ pub async fn leaderboard(
                 accepted_records: entry.accepted_records,
                 acceptance_ratio_ppt: entry.acceptance_ratio_ppt,
                 duplicates_rejected: entry.duplicates_rejected,
+                earnings: entry.earnings.map(|earned| u128::from(earned).to_string()),
             })
             .collect(),
     ))

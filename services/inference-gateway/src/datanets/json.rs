@@ -308,6 +308,11 @@ pub struct LeaderboardEntry {
     pub accepted_records: u64,
     pub acceptance_ratio_ppt: u32,
     pub duplicates_rejected: u64,
+    /// Base units the contributor was paid by settlements (decimal); absent when the ledger
+    /// could not be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9]{1,39}$")]
+    pub earnings: Option<String>,
 }
 
 /// Seal the draft, signed by the owner over `openledger/publish/v1\n<datanet id>\n<signed_at>`;
