@@ -22,7 +22,8 @@ const CONTRIBUTOR_KEYS: u64 = 1_000;
 const MODEL_OWNERS: u128 = 16;
 const APP: u128 = 1 << 20;
 const FIRST_OWNER: u128 = APP + 1;
-const FEE: u128 = 1_000_000_000;
+/// The default platform fee and 10^9 base units to split (so every leg is paid).
+const FEE: u128 = 10u128.pow(15) + 1_000_000_000;
 
 fn contributor_key(n: u64) -> [u8; 32] {
     let mut key = [0u8; 32];
@@ -75,9 +76,15 @@ async fn capture(ledger: &Ledger, name: &str, count: u64) {
     }
 }
 
+/// Every settlement paid now, with a leg for the platform, the owner, the stakers and each
+/// of the 10 contributors.
 fn check(outcomes: &[SettleOutcome]) {
     for outcome in outcomes {
-        assert!(matches!(outcome, SettleOutcome::Settled(s) if !s.already_settled), "{outcome:?}");
+        let legs = 3 + CONTRIBUTORS_PER_SETTLEMENT as usize;
+        assert!(
+            matches!(outcome, SettleOutcome::Settled(s) if !s.already_settled && s.transfers.len() >= legs),
+            "{outcome:?}"
+        );
     }
 }
 
@@ -98,7 +105,7 @@ async fn one_per_transaction(ledger: &Ledger, count: u64, economics: &Economics)
     let started = Instant::now();
     for order in orders {
         let settlement = ledger.settle_order_at(order, economics, Ledger::now_ns()).await.expect("settle");
-        assert!(!settlement.already_settled);
+        check(&[SettleOutcome::Settled(settlement)]);
     }
     count as f64 / started.elapsed().as_secs_f64()
 }
@@ -130,4 +137,7 @@ async fn main() {
     let report = ledger.verify().await.expect("verify");
     assert!(report.ok(), "{report:?}");
     println!("postgres  journal       : {} entries, {} transfers, verified", report.entries, report.transfers);
+    let settled = 1_024 + single_count + total;
+    let setup = 2 * settled + 1 + default_allocations().len() as u64;
+    println!("postgres  per settlement: {:.2} transfers", (report.transfers - setup) as f64 / settled as f64);
 }

@@ -20,7 +20,10 @@
 //! - an `InferenceSettled` event goes to the outbox, in the same transaction, for each
 //!   inference whose chain was accepted now (not for one settled before).
 
-use std::{collections::HashMap, ops::Range};
+use std::{
+    collections::{BTreeMap, HashMap},
+    ops::Range,
+};
 
 use openledger_core::fee::earnings_account_id;
 use openledger_proto::{common::v1::Uint128, events::v1::InferenceSettled};
@@ -303,9 +306,12 @@ impl Ledger {
             chains.push(Chain { transfers, event });
         }
         for range in chunks_within(&chains, MAX_BATCH_EVENTS) {
+            // Contributors recur across a batch: each earnings account is looked for once.
             let accounts: Vec<Account> = ready[range.clone()]
                 .iter()
-                .flat_map(|(index, _)| orders[*index].earnings_accounts.iter().copied())
+                .flat_map(|(index, _)| orders[*index].earnings_accounts.iter().map(|account| (account.id, *account)))
+                .collect::<BTreeMap<u128, Account>>()
+                .into_values()
                 .collect();
             let results = self.write_chains_at(&accounts, &chains[range.clone()], now_ns).await?;
             for (((index, fee), chain), results) in ready[range.clone()].iter().zip(&chains[range]).zip(results) {
