@@ -486,6 +486,7 @@ async fn audit(client: &mut LedgerClient, args: AuditArgs, config: &Config) -> a
     println!("captures in the books:     {}", report.captures);
     println!("settled as attributed:     {}", report.settled);
     println!("unsettled (lost):          {}", report.unsettled);
+    println!("never captured (no charge):{}", format_args!(" {}", report.never_captured));
     println!("mismatched or doubled:     {}", report.mismatched);
     println!("captures not attributed:   {}", report.unknown_captures);
     println!("stray settlement legs:     {}", report.stray_settlement_transfers);

@@ -823,6 +823,7 @@ impl LedgerService for Api {
             captures: report.captures,
             settled: report.settled,
             unsettled: report.unsettled,
+            never_captured: report.never_captured,
             mismatched: report.mismatched,
             unknown_captures: report.unknown_captures,
             stray_settlement_transfers: report.stray_settlement_transfers,

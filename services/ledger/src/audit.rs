@@ -3,10 +3,11 @@
 //!
 //! Given every expected settlement (inference, model owner, weights with their accounts, from
 //! the attribution-worker's stored attributions), it checks that
-//! - every expected inference has a capture and exactly the settlement chain
+//! - every expected inference that was captured has exactly the settlement chain
 //!   `settlement_transfers` gives for its captured fee, under the economics in force at the
 //!   settlement's first leg's timestamp (missing: "lost"; longer, shorter or other: "doubled"
-//!   or "mismatched");
+//!   or "mismatched"); one never captured is counted apart (nothing charged, nothing owed:
+//!   the gateway writes its event just before it captures);
 //! - every `INFERENCE_CAPTURE` transfer in the books belongs to an expected inference;
 //! - no settlement transfer exists that the expected inferences' chains do not account for
 //!   (a settlement without its capture, or of an inference nobody attributed);
@@ -41,8 +42,12 @@ pub struct AuditReport {
     pub captures: u64,
     /// Expected inferences settled exactly as the formula says.
     pub settled: u64,
-    /// Expected inferences without a capture, or captured and not settled ("lost").
+    /// Expected inferences captured and not settled ("lost").
     pub unsettled: u64,
+    /// Expected inferences never captured: the gateway writes the event just before it
+    /// captures, so one that died in between (or could not reach the ledger) leaves an
+    /// attribution with nothing charged and nothing owed. Not an exception.
+    pub never_captured: u64,
     /// Settled otherwise than expected ("doubled" or "mismatched"), or without a capture.
     pub mismatched: u64,
     /// Captures no expected settlement names.
@@ -67,6 +72,7 @@ impl AuditReport {
 /// One expected inference's standing.
 enum Verdict {
     Settled,
+    NeverCaptured,
     Unsettled(String),
     Mismatched(String),
 }
@@ -121,6 +127,7 @@ impl Ledger {
             accounted_legs += record.transfers.len() as u64;
             match self.judge(order, &record).await? {
                 Verdict::Settled => report.settled += 1,
+                Verdict::NeverCaptured => report.never_captured += 1,
                 Verdict::Unsettled(words) => {
                     report.unsettled += 1;
                     report.exception(words);
@@ -167,14 +174,16 @@ impl Ledger {
     async fn judge(&self, order: &ExpectedSettlement, record: &SettlementRecord) -> Result<Verdict, LedgerError> {
         let id = &order.inference_id;
         let verdict = match (&record.capture, record.transfers.first()) {
-            (None, None) => {
-                Verdict::Unsettled(format!("inference {id:?} was attributed but its fee was never captured"))
-            }
+            (None, None) => Verdict::NeverCaptured,
             (None, Some(_)) => Verdict::Mismatched(format!("inference {id:?} was settled without a capture")),
-            (Some(capture), None) => Verdict::Unsettled(format!(
-                "inference {id:?} is captured ({} base units) but not settled (lost)",
-                capture.amount
-            )),
+            (Some(capture), None) => Verdict::Unsettled(match order.check() {
+                Ok(()) => {
+                    format!("inference {id:?} is captured ({} base units) but not settled (lost)", capture.amount)
+                }
+                Err(refusal) => {
+                    format!("inference {id:?} is captured but its attribution cannot be settled: {refusal}")
+                }
+            }),
             (Some(capture), Some(first)) => {
                 debug_assert_eq!(first.debit_account_id, FEE_ESCROW, "settlements pay out of the fee escrow");
                 let economics = self.parameters_at(first.timestamp).await?;

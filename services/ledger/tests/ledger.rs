@@ -1870,6 +1870,13 @@ mod settling {
         let report = books.ledger.audit_settlements(&everything).await.expect("audit");
         assert!(report.ok(), "{report:?}");
         assert_eq!((report.settled, report.captures), (5, 5));
+
+        // An attribution whose fee was never captured (the gateway died between writing its
+        // event and capturing): counted apart, nothing owed, not an exception.
+        everything.push(order("never-charged", OWNER));
+        let report = books.ledger.audit_settlements(&everything).await.expect("audit");
+        assert!(report.ok(), "{report:?}");
+        assert_eq!((report.settled, report.never_captured, report.unsettled), (5, 1, 0));
     }
 
     #[tokio::test]
