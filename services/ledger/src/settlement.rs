@@ -116,7 +116,8 @@ impl SettleOrder {
         self.earnings_accounts.iter().map(|account| account.id)
     }
 
-    fn check(&self) -> Result<(), Refusal> {
+    /// Why this order can never be settled, if it cannot.
+    pub(crate) fn check(&self) -> Result<(), Refusal> {
         if self.inference_id.is_empty() || self.inference_id.len() > MAX_OPERATION_ID_BYTES {
             return Err(Refusal::BadWeights(format!(
                 "the inference id must be 1 to {MAX_OPERATION_ID_BYTES} bytes, got {}",

@@ -1877,6 +1877,14 @@ mod settling {
         let report = books.ledger.audit_settlements(&everything).await.expect("audit");
         assert!(report.ok(), "{report:?}");
         assert_eq!((report.settled, report.never_captured, report.unsettled), (5, 1, 0));
+
+        // A captured inference whose attribution the ledger can never settle is named with why.
+        books.capture(&["a-6"]).await;
+        everything.push(SettleOrder::new("a-6", OWNER).weight(0, &[1, 2], 5));
+        let report = books.ledger.audit_settlements(&everything).await.expect("audit");
+        assert_eq!((report.settled, report.unsettled), (5, 1));
+        let words = report.first_exception.expect("an exception");
+        assert!(words.contains("\"a-6\"") && words.contains("cannot be settled: bad weights"), "{words}");
     }
 
     #[tokio::test]
