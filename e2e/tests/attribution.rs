@@ -183,6 +183,9 @@ async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)
         "verify failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // And the books against every stored attribution.
+    let report = audit(&format!("http://{worker_addr}"), &format!("http://{ledger_addr}"));
+    assert!(report.contains(&format!("settled as attributed:     {}", inferences.len())), "{report}");
     platform.terminate();
 }
 
@@ -260,10 +263,17 @@ impl Cluster {
     }
 }
 
-/// One paid chat completion; the inference id when it was answered. Every
+/// One paid chat completion; the inference id when it was answered, and whether its fee was
+/// captured (a gateway that cannot reach the ledger answers without charging). Every
 /// [`QUOTE_EVERY`]th asks the adapter for a quote (attributed with spans and influence); the
 /// rest ask the base model for a few tokens (attributed to no one: the worker keeps up).
-async fn paid(client: &reqwest::Client, rest: &str, key: &str, models: &(String, String), n: usize) -> Option<String> {
+async fn paid(
+    client: &reqwest::Client,
+    rest: &str,
+    key: &str,
+    models: &(String, String),
+    n: usize,
+) -> Option<(String, bool)> {
     let (model, content, max_tokens) = if n % QUOTE_EVERY == 0 {
         (&models.1, format!("Repeat this sentence exactly, word for word: {}", QUOTED[n / QUOTE_EVERY % 2]), 24)
     } else {
@@ -282,7 +292,8 @@ async fn paid(client: &reqwest::Client, rest: &str, key: &str, models: &(String,
         return None;
     }
     let answer: Value = response.json().await.ok()?;
-    answer["attribution"]["inference_id"].as_str().map(str::to_owned)
+    let charged = answer["attribution"]["fee"].is_string();
+    answer["attribution"]["inference_id"].as_str().map(|id| (id.to_owned(), charged))
 }
 
 /// The gateway, the attribution-worker and the ledger, each killed with SIGKILL at a random
@@ -388,7 +399,9 @@ async fn sigkilled_services_lose_and_double_no_settlement_on_postgres_and_nats()
     let economics = economics(&parameters);
     let mut roots: BTreeMap<u64, ContentHash> = BTreeMap::new();
     let mut contributors_paid = 0usize;
-    for (checked, id) in ids.iter().enumerate() {
+    let mut uncharged = 0usize;
+    for (checked, (id, charged)) in ids.iter().enumerate() {
+        let charged = *charged;
         if checked % 100 == 0 {
             eprintln!("fault test: {checked} inferences checked");
         }
@@ -414,6 +427,15 @@ async fn sigkilled_services_lose_and_double_no_settlement_on_postgres_and_nats()
             roots.insert(attribution.batch_sequence, recorded);
         }
         assert_eq!(roots[&attribution.batch_sequence], root, "the journal recorded the batch's root");
+        if !charged {
+            // Answered while the ledger was away: never captured, so nothing is owed; the
+            // ledger must not have paid anything out for it.
+            let request = lpb::GetSettlementRequest { inference_id: id.clone() };
+            let record = ledger.get_settlement(request).await.expect("settlement").into_inner();
+            assert!(record.capture.is_none() && record.transfers.is_empty(), "{id}: {record:?}");
+            uncharged += 1;
+            continue;
+        }
         let settled = eventually_long("every inference settled", async || {
             let request = lpb::GetSettlementRequest { inference_id: id.clone() };
             let found = ledger.get_settlement(request).await.map_err(|status| status.message().to_owned())?;
@@ -442,6 +464,7 @@ async fn sigkilled_services_lose_and_double_no_settlement_on_postgres_and_nats()
         assert_eq!(paid, formula, "inference {id} settled once, as the formula says");
     }
     assert!(contributors_paid > 0, "no inference paid a contributor");
+    eprintln!("fault test: {uncharged} answered while the ledger was away, never charged");
 
     // Nothing captured is left in escrow: every captured fee was paid out exactly once.
     let escrow = eventually_long("escrow drains", async || {
@@ -455,9 +478,30 @@ async fn sigkilled_services_lose_and_double_no_settlement_on_postgres_and_nats()
     assert_eq!(u128_of(escrow.credits_posted.as_ref()), u128_of(escrow.debits_posted.as_ref()));
     let books = ledger.verify_journal(lpb::VerifyJournalRequest {}).await.expect("verify").into_inner();
     assert!(books.ok, "the journal verifies: {books:?}");
+    let report = audit(&cluster.url(ServiceKind::AttributionWorker), &cluster.url(ServiceKind::Ledger));
+    eprintln!("fault test: the audit:\n{report}");
     for (_, mut process) in std::mem::take(&mut cluster.processes) {
         process.terminate();
     }
+}
+
+/// `openledger ledger audit` against the worker's stored attributions: passes, and says how
+/// many were settled as attributed and how many never captured.
+fn audit(worker: &str, ledger: &str) -> String {
+    let output = std::process::Command::new(BINARY)
+        .args(["ledger", "audit", "--attribution-url", worker, "--ledger-url", ledger])
+        .output()
+        .expect("run the audit");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success() && stdout.contains("audit:                     ok"),
+        "the audit failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in ["unsettled (lost):          0", "mismatched or doubled:     0", "captures not attributed:   0"] {
+        assert!(stdout.contains(line), "{line:?} expected in:\n{stdout}");
+    }
+    stdout
 }
 
 /// Polls `probe` until it succeeds; after two minutes the test fails with `what` and the last miss.
