@@ -11,8 +11,8 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use openledger_bus::{EventBus, OutgoingMessage};
 use openledger_core::Id;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -63,25 +63,48 @@ impl NewEvent {
 pub async fn enqueue<C: ConnectionTrait>(
     connection: &C,
     producer: &str,
-    mut event: NewEvent,
+    event: NewEvent,
 ) -> Result<String, StoreError> {
-    // At write time, so the span changing state is the parent consumers see, not the relay's.
-    openledger_bus::check_event(&event.subject, event.payload.len(), &mut event.headers)
-        .map_err(|error| StoreError::InvalidEvent(error.to_string()))?;
-    let event_id = Id::new().to_string();
-    ActiveModel {
-        event_id: Set(event_id.clone()),
-        producer: Set(producer.to_owned()),
-        subject: Set(event.subject),
-        payload: Set(event.payload),
-        headers: Set(serde_json::to_string(&event.headers).expect("string maps serialize")),
-        created_at_ms: Set(now_ms()),
-        sent_at_ms: Set(None),
-        ..Default::default()
+    let mut ids = enqueue_all(connection, producer, vec![event]).await?;
+    Ok(ids.pop().expect("one event, one id"))
+}
+
+/// Rows per outbox insert statement: 7 columns each keeps a statement far inside SQLite's
+/// 32,766 and PostgreSQL's 65,535 bound parameters.
+pub const INSERT_ROWS: usize = 500;
+
+/// Writes `events` to the outbox on `connection` in as few statements as [`INSERT_ROWS`]
+/// allows (a settlement batch writes hundreds at once) and returns their event ids in order.
+pub async fn enqueue_all<C: ConnectionTrait>(
+    connection: &C,
+    producer: &str,
+    events: Vec<NewEvent>,
+) -> Result<Vec<String>, StoreError> {
+    let now = now_ms();
+    let mut ids = Vec::with_capacity(events.len());
+    let mut rows = Vec::with_capacity(events.len());
+    for mut event in events {
+        // At write time, so the span changing state is the parent consumers see, not the relay's.
+        openledger_bus::check_event(&event.subject, event.payload.len(), &mut event.headers)
+            .map_err(|error| StoreError::InvalidEvent(error.to_string()))?;
+        let event_id = Id::new().to_string();
+        ids.push(event_id.clone());
+        rows.push(ActiveModel {
+            event_id: Set(event_id),
+            producer: Set(producer.to_owned()),
+            subject: Set(event.subject),
+            payload: Set(event.payload),
+            headers: Set(serde_json::to_string(&event.headers).expect("string maps serialize")),
+            created_at_ms: Set(now),
+            sent_at_ms: Set(None),
+            ..Default::default()
+        });
     }
-    .insert(connection)
-    .await?;
-    Ok(event_id)
+    while !rows.is_empty() {
+        let rest = rows.split_off(rows.len().min(INSERT_ROWS));
+        Entity::insert_many(std::mem::replace(&mut rows, rest)).exec_without_returning(connection).await?;
+    }
+    Ok(ids)
 }
 
 /// Publishes a producer's unsent outbox rows to the bus.

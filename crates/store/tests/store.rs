@@ -71,6 +71,25 @@ async fn outbox_commits_only_with_its_transaction(db: &DatabaseConnection) {
         outbox::enqueue(db, "widgets", NewEvent::new("ol.*", Vec::new())).await.is_err(),
         "wildcard subjects are refused"
     );
+
+    // Many events in one call: more rows than one statement takes, relayed in order.
+    let many: Vec<NewEvent> =
+        (0..outbox::INSERT_ROWS + 7).map(|i| NewEvent::new("ol.widget.counted", i.to_string().into_bytes())).collect();
+    let ids = outbox::enqueue_all(db, "widgets", many).await.expect("enqueue all");
+    assert_eq!(ids.iter().collect::<std::collections::BTreeSet<_>>().len(), outbox::INSERT_ROWS + 7, "distinct ids");
+    let mut relayed = 0;
+    while relay.unsent().await.expect("count") > 0 {
+        relayed += relay.relay_once().await.expect("relay");
+    }
+    assert_eq!(relayed as usize, outbox::INSERT_ROWS + 7);
+    for (i, expected_id) in ids.iter().enumerate() {
+        let delivery =
+            tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.expect("in time").expect("delivery");
+        assert_eq!((&delivery.id, &delivery.payload[..]), (expected_id, i.to_string().as_bytes()));
+        delivery.ack().await.expect("ack");
+    }
+    let bad = vec![NewEvent::new("ol.widget.fine", Vec::new()), NewEvent::new("ol.*", Vec::new())];
+    assert!(outbox::enqueue_all(db, "widgets", bad).await.is_err(), "one bad event refuses the call");
 }
 
 async fn inbox_recognises_repeats(db: &DatabaseConnection) {

@@ -238,11 +238,14 @@ impl Ledger {
                 .iter()
                 .filter(|(range, _)| outcome.results[range.clone()].iter().all(|r| *r == CreateTransferResult::Ok))
                 .map(|(_, event)| event.clone());
-            for event in std::iter::once(batch_event).chain(accepted) {
-                openledger_store::outbox::enqueue(&txn, "ledger", event)
-                    .await
-                    .map_err(|error| LedgerError::Outbox(error.to_string()))?;
-            }
+            // One statement for the batch's events, not one per settled inference.
+            openledger_store::outbox::enqueue_all(
+                &txn,
+                "ledger",
+                std::iter::once(batch_event).chain(accepted).collect(),
+            )
+            .await
+            .map_err(|error| LedgerError::Outbox(error.to_string()))?;
         }
         txn.commit().await?;
         Ok(outcome)
