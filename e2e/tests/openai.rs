@@ -150,7 +150,10 @@ async fn the_official_client_works_against_dev_and_every_fee_is_exact() {
     let (rich, poor, limited) =
         (SigningKey::from_bytes(&[41; 32]), SigningKey::from_bytes(&[42; 32]), SigningKey::from_bytes(&[43; 32]));
     let (rich_id, poor_id, limited_id) = (90_001u128, 90_002u128, 90_003u128);
-    for (id, owner) in [(rich_id, &rich), (poor_id, &poor), (limited_id, &limited)] {
+    // The adapter's owner is its own account: settlements pay it the model owner's share, so
+    // the app's balance shows only what the app paid.
+    let (maker, maker_id) = (SigningKey::from_bytes(&[44; 32]), 90_004u128);
+    for (id, owner) in [(rich_id, &rich), (poor_id, &poor), (limited_id, &limited), (maker_id, &maker)] {
         account(&client, &rest, id, owner).await;
     }
     fund_from_community(&mut ledger, 9_000_001, rich_id, APP_FUNDS).await;
@@ -167,7 +170,7 @@ async fn the_official_client_works_against_dev_and_every_fee_is_exact() {
         body["data"][0]["id"].as_str().map(str::to_owned).ok_or_else(|| body.to_string())
     })
     .await;
-    let adapter = import_adapter(&client, &rest, &model, rich_id, &rich).await;
+    let adapter = import_adapter(&client, &rest, &model, maker_id, &maker).await;
     let platform_fee: u128 = {
         let parameters: Value = client
             .get(format!("{rest}/v1/governance/parameters"))
