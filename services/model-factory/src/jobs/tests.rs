@@ -434,7 +434,9 @@ async fn cancel_pause_and_resume() {
     let third = service.jobs.create(create(long)).await.expect("create");
     let running = service.until(&first.id, |job| job.step > at + 1).await;
     assert_eq!(running.state(), pb::JobState::Running);
-    assert_eq!(service.get(&third.id).await.state(), pb::JobState::Queued);
+    // Its files are validated first (a moment, longer on a busy machine), then it waits.
+    let waiting = service.until(&third.id, |job| job.state() != pb::JobState::ValidatingFiles).await;
+    assert_eq!(waiting.state(), pb::JobState::Queued);
     assert_eq!(service.jobs.cancel(&action(&third.id)).await.expect("cancel").state(), pb::JobState::Cancelled);
     assert_eq!(service.jobs.cancel(&action(&first.id)).await.expect("cancel").state(), pb::JobState::Cancelled);
     let events = service.events(&first.id).await;
