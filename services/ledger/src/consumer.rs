@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     books::Ledger,
-    limits::{SETTLEMENT_BATCH, SETTLEMENT_LINGER, SETTLEMENT_MAX_DELIVER, SETTLEMENT_RETRY_DELAY},
-    settlement::{SettleOrder, SettleOutcome},
+    limits::{CAPTURE_RETRY_STEP, SETTLEMENT_BATCH, SETTLEMENT_LINGER, SETTLEMENT_MAX_DELIVER, SETTLEMENT_RETRY_DELAY},
+    settlement::{Refusal, SettleOrder, SettleOutcome},
 };
 
 /// The durable consumer's name.
@@ -36,6 +36,13 @@ pub const CONSUMER: &str = "ledger-settlement";
 pub const SUBJECT_ATTRIBUTION_COMPUTED: &str = "ol.attribution.computed";
 /// Pause before reopening the consumer after a bus error.
 const REOPEN_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long an attribution whose capture has not come waits before its next try: 50 ms after
+/// the first delivery, growing by 50 ms a delivery up to `SETTLEMENT_RETRY_DELAY` (so
+/// `SETTLEMENT_MAX_DELIVER` deliveries still cover the gateway's 900 s hold).
+pub fn capture_wait(delivered: u32) -> std::time::Duration {
+    (CAPTURE_RETRY_STEP * delivered.max(1)).min(SETTLEMENT_RETRY_DELAY)
+}
 
 /// The consumer's configuration: the bus's default `ack_wait`, `SETTLEMENT_MAX_DELIVER`.
 pub fn consumer_config() -> ConsumerConfig {
@@ -224,9 +231,15 @@ async fn settle_batch(
                 dead_letter(bus, consumer, delivery, &reason, metrics).await;
             }
             SettleOutcome::Refused(refusal) => {
-                tracing::warn!(inference_id = %order.inference_id, %refusal, "settlement refused for now; it will come again");
+                // A capture not made yet is usually milliseconds away (the gateway writes its
+                // event just before it captures): try again soon, then back off.
+                let delay = match refusal {
+                    Refusal::NotCapturedYet => capture_wait(delivery.delivered),
+                    _ => SETTLEMENT_RETRY_DELAY,
+                };
+                tracing::debug!(inference_id = %order.inference_id, %refusal, ?delay, "settlement refused for now; it will come again");
                 metrics.retried.inc();
-                report(delivery.nak(SETTLEMENT_RETRY_DELAY).await);
+                report(delivery.nak(delay).await);
             }
         }
     }

@@ -50,6 +50,8 @@ pub const SETTLEMENT_RETRY_DELAY: Duration = Duration::from_secs(2);
 /// 900 s (the gateway's `HOLD_TIMEOUT_SECONDS`) at `SETTLEMENT_RETRY_DELAY` while its capture
 /// may still come.
 pub const SETTLEMENT_MAX_DELIVER: u32 = 500;
+/// The step by which the wait for a capture grows per delivery (see `consumer::capture_wait`).
+pub const CAPTURE_RETRY_STEP: Duration = Duration::from_millis(50);
 /// Most accounts in one `GetEarnings` request.
 pub const MAX_EARNINGS_ACCOUNTS: usize = 1000;
 /// Most orders in one `SettleInferences` request.

@@ -1617,6 +1617,13 @@ mod settling {
         let now = books.ledger.settle_inferences_at(&held_only, &economics(), START).await.expect("batch");
         assert_eq!(now[0], SettleOutcome::Refused(Refusal::NotCapturedYet));
         assert!(!Refusal::NotCapturedYet.is_permanent());
+        // It is tried again soon, then less often; 500 deliveries outlast the 900 s hold.
+        use openledger_ledger::consumer::capture_wait;
+        assert_eq!(capture_wait(1), std::time::Duration::from_millis(50));
+        assert_eq!(capture_wait(1000), openledger_ledger::limits::SETTLEMENT_RETRY_DELAY);
+        let waited: std::time::Duration =
+            (1..openledger_ledger::limits::SETTLEMENT_MAX_DELIVER).map(capture_wait).sum();
+        assert!(waited.as_secs() > 900, "{waited:?}");
         let stamped = books.ledger.lookup_transfers(&[held.id]).await.expect("hold").pop().expect("held").timestamp;
         let later = stamped + 61 * 1_000_000_000;
         let expired = books.ledger.settle_inferences_at(&held_only, &economics(), later).await.expect("batch");
