@@ -20,43 +20,22 @@ use openledger_proto::{
 use serde_json::{Value, json};
 
 use crate::{
-    finetune::{builder_with_a_grant_on, dev},
+    finetune::{EVE_RECORDS, builder_with_a_grant_on, dev},
     support::{BINARY, eventually},
 };
 
-/// Eve's records: the ones the completions are asked to repeat.
-const EVE_RECORDS: &str = "{\"text\": \"Pressure ulcers are prevented by changing position every two hours and keeping skin clean and dry.\"}\n\
-{\"text\": \"Falls at home are less likely with good lighting, secured rugs and grab rails beside the bath.\"}\n";
+/// Eve's records (`finetune::EVE_RECORDS`), the sentences the completions are asked to repeat.
 const QUOTED: [&str; 2] = [
     "Pressure ulcers are prevented by changing position every two hours and keeping skin clean and dry.",
     "Falls at home are less likely with good lighting, secured rugs and grab rails beside the bath.",
 ];
-
-fn economics(parameters: &lpb::Parameters) -> Economics {
-    Economics {
-        model_owner_bps: parameters.model_owner_bps,
-        stakers_bps: parameters.stakers_bps,
-        contributors_bps: parameters.contributors_bps,
-        platform_fee: u128_of(parameters.platform_fee.as_ref()),
-        ..Economics::default()
-    }
-}
 
 async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)]) {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut platform = dev(data_dir.path(), env);
     let eve = SigningKey::from_bytes(&[53; 32]);
     let builder = builder_with_a_grant_on(&mut platform, &[(&eve, EVE_RECORDS)]).await;
-    let job = json!({
-        "model": builder.base_model,
-        "training_file": builder.training_file,
-        "seed": 5,
-        "hyperparameters": {"n_epochs": 1, "batch_size": 1},
-        "lora": {"rank": 4, "max_steps": 2, "checkpoint_every": 1, "max_seq_tokens": 96},
-    });
-    let job = builder.create(&job).await;
-    let job = builder.until(job["id"].as_str().expect("id"), |job| job["status"] == "succeeded").await;
-    let model = job["fine_tuned_model"].as_str().expect("fine_tuned_model").to_owned();
+    let model = builder.small_adapter().await;
 
     // Paid completions asking the adapter to repeat Eve's records.
     let mut inferences = Vec::new();
@@ -87,7 +66,7 @@ async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)
     let mut ledger = LedgerServiceClient::connect(format!("http://{ledger_addr}")).await.expect("ledger");
     let parameters =
         ledger.get_parameters(lpb::GetParametersRequest::default()).await.expect("parameters").into_inner();
-    let economics = economics(&parameters);
+    let economics = Economics::from_proto(&parameters);
 
     let mut earned: BTreeMap<u128, u128> = BTreeMap::new();
     let mut quoted = 0;
@@ -318,16 +297,7 @@ async fn sigkilled_services_lose_and_double_no_settlement_on_postgres_and_nats()
     let mut platform = dev(data_dir.path(), &env);
     let eve = SigningKey::from_bytes(&[53; 32]);
     let builder = builder_with_a_grant_on(&mut platform, &[(&eve, EVE_RECORDS)]).await;
-    let job = json!({
-        "model": builder.base_model,
-        "training_file": builder.training_file,
-        "seed": 5,
-        "hyperparameters": {"n_epochs": 1, "batch_size": 1},
-        "lora": {"rank": 4, "max_steps": 2, "checkpoint_every": 1, "max_seq_tokens": 96},
-    });
-    let job = builder.create(&job).await;
-    let job = builder.until(job["id"].as_str().expect("id"), |job| job["status"] == "succeeded").await;
-    let model = job["fine_tuned_model"].as_str().expect("fine_tuned_model").to_owned();
+    let model = builder.small_adapter().await;
     platform.terminate();
     eprintln!("fault test: {model} trained; starting the services as separate processes");
     let models = (builder.base_model.clone(), model);
@@ -396,7 +366,7 @@ async fn sigkilled_services_lose_and_double_no_settlement_on_postgres_and_nats()
     let mut ledger = LedgerServiceClient::connect(cluster.url(ServiceKind::Ledger)).await.expect("ledger");
     let parameters =
         ledger.get_parameters(lpb::GetParametersRequest::default()).await.expect("parameters").into_inner();
-    let economics = economics(&parameters);
+    let economics = Economics::from_proto(&parameters);
     let mut roots: BTreeMap<u64, ContentHash> = BTreeMap::new();
     let mut contributors_paid = 0usize;
     let mut uncharged = 0usize;

@@ -185,7 +185,25 @@ async fn the_official_client_fine_tunes_on_a_datanet_and_calls_the_result() {
     platform.terminate();
 }
 
+/// Eve's two records, what the attribution tests and the lag bench ask adapters to quote.
+pub(crate) const EVE_RECORDS: &str = "{\"text\": \"Pressure ulcers are prevented by changing position every two hours and keeping skin clean and dry.\"}\n\
+{\"text\": \"Falls at home are less likely with good lighting, secured rugs and grab rails beside the bath.\"}\n";
+
 impl Builder {
+    /// A rank-4 adapter trained for two steps on the version (seconds on SmolLM2): its `ft:` name.
+    pub(crate) async fn small_adapter(&self) -> String {
+        let job = serde_json::json!({
+            "model": self.base_model,
+            "training_file": self.training_file,
+            "seed": 5,
+            "hyperparameters": {"n_epochs": 1, "batch_size": 1},
+            "lora": {"rank": 4, "max_steps": 2, "checkpoint_every": 1, "max_seq_tokens": 96},
+        });
+        let job = self.create(&job).await;
+        let job = self.until(job["id"].as_str().expect("id"), |job| job["status"] == "succeeded").await;
+        job["fine_tuned_model"].as_str().expect("fine_tuned_model").to_owned()
+    }
+
     pub(crate) async fn create(&self, body: &Value) -> Value {
         let response = self
             .client

@@ -32,8 +32,6 @@ use openledger_proto::{
 use serde_json::json;
 
 const CLIENTS: usize = 16;
-const EVE_RECORDS: &str = "{\"text\": \"Pressure ulcers are prevented by changing position every two hours and keeping skin clean and dry.\"}\n\
-{\"text\": \"Falls at home are less likely with good lighting, secured rugs and grab rails beside the bath.\"}\n";
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
@@ -133,17 +131,8 @@ async fn main() {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut platform = finetune::dev(data_dir.path(), &[]);
     let eve = SigningKey::from_bytes(&[53; 32]);
-    let builder = finetune::builder_with_a_grant_on(&mut platform, &[(&eve, EVE_RECORDS)]).await;
-    let job = json!({
-        "model": builder.base_model,
-        "training_file": builder.training_file,
-        "seed": 5,
-        "hyperparameters": {"n_epochs": 1, "batch_size": 1},
-        "lora": {"rank": 4, "max_steps": 2, "checkpoint_every": 1, "max_seq_tokens": 96},
-    });
-    let job = builder.create(&job).await;
-    let job = builder.until(job["id"].as_str().expect("id"), |job| job["status"] == "succeeded").await;
-    let adapter = job["fine_tuned_model"].as_str().expect("fine_tuned_model").to_owned();
+    let builder = finetune::builder_with_a_grant_on(&mut platform, &[(&eve, finetune::EVE_RECORDS)]).await;
+    let adapter = builder.small_adapter().await;
     let worker = format!("http://{}", platform.wait_endpoint(ServiceKind::AttributionWorker, "grpc"));
     let ledger = format!("http://{}", platform.wait_endpoint(ServiceKind::Ledger, "grpc"));
     // Let the adapter's gradient index build before the adapter phase (it is built unasked).

@@ -129,19 +129,6 @@ fn parameters_to_proto(parameters: &Economics) -> pb::Parameters {
     }
 }
 
-fn parameters_from_proto(parameters: &pb::Parameters) -> Economics {
-    Economics {
-        model_owner_bps: parameters.model_owner_bps,
-        stakers_bps: parameters.stakers_bps,
-        contributors_bps: parameters.contributors_bps,
-        platform_fee: from_uint128(parameters.platform_fee.as_ref()),
-        slashing_bps: parameters.slashing_bps,
-        minimum_stake: from_uint128(parameters.minimum_stake.as_ref()),
-        unbonding_seconds: parameters.unbonding_seconds,
-        epoch_seconds: parameters.epoch_seconds,
-    }
-}
-
 fn proposal_to_proto(view: &ProposalView) -> pb::Proposal {
     pb::Proposal {
         proposal_id: view.id.clone(),
@@ -650,7 +637,7 @@ impl LedgerService for Api {
         let parameters = request
             .parameters
             .as_ref()
-            .map(parameters_from_proto)
+            .map(Economics::from_proto)
             .ok_or_else(|| status(ErrorCode::InvalidArgument, "parameters are required"))?;
         let signature = request.signature.unwrap_or_default();
         let view = self

@@ -73,6 +73,23 @@ pub struct Economics {
     pub epoch_seconds: u64,
 }
 
+impl Economics {
+    /// The parameters as `GetParameters` answers them (and proposals carry them).
+    pub fn from_proto(parameters: &openledger_proto::ledger::v1::Parameters) -> Self {
+        use openledger_proto::u128_of;
+        Self {
+            model_owner_bps: parameters.model_owner_bps,
+            stakers_bps: parameters.stakers_bps,
+            contributors_bps: parameters.contributors_bps,
+            platform_fee: u128_of(parameters.platform_fee.as_ref()),
+            slashing_bps: parameters.slashing_bps,
+            minimum_stake: u128_of(parameters.minimum_stake.as_ref()),
+            unbonding_seconds: parameters.unbonding_seconds,
+            epoch_seconds: parameters.epoch_seconds,
+        }
+    }
+}
+
 impl Default for Economics {
     fn default() -> Self {
         Self {
