@@ -161,6 +161,30 @@ pub struct AllFlags {
     /// Bytes of adapter weights an engine keeps in memory [env: OPENLEDGER_ADAPTER_CACHE_BYTES] [default: 2147483648]
     #[arg(long, value_name = "BYTES")]
     adapter_cache_bytes: Option<String>,
+    /// Comma-separated adapter ids an engine replica loads at start [env: OPENLEDGER_ENGINE_PRELOAD_ADAPTERS]
+    #[arg(long, value_name = "IDS")]
+    engine_preload_adapters: Option<String>,
+    /// Where fine-tuning jobs and index builds run: local or kubernetes [env: OPENLEDGER_JOB_EXECUTOR] [default: local]
+    #[arg(long, value_name = "EXECUTOR")]
+    job_executor: Option<String>,
+    /// Namespace of the kubernetes executor's resources [env: OPENLEDGER_KUBERNETES_NAMESPACE] [default: the pod's own]
+    #[arg(long, value_name = "NAME")]
+    kubernetes_namespace: Option<String>,
+    /// Container image of job pods (kubernetes executor) [env: OPENLEDGER_KUBERNETES_JOB_IMAGE]
+    #[arg(long, value_name = "IMAGE")]
+    kubernetes_job_image: Option<String>,
+    /// Comma-separated configmap:NAME / secret:NAME job pods get as environment [env: OPENLEDGER_KUBERNETES_JOB_ENV_FROM]
+    #[arg(long, value_name = "SOURCES")]
+    kubernetes_job_env_from: Option<String>,
+    /// ReadWriteMany PVC shared with job pods (checkpoints, indexes) [env: OPENLEDGER_KUBERNETES_DATA_CLAIM] [default: pod scratch]
+    #[arg(long, value_name = "CLAIM")]
+    kubernetes_data_claim: Option<String>,
+    /// nvidia.com/gpu per training job [env: OPENLEDGER_KUBERNETES_TRAINING_GPUS] [default: 0]
+    #[arg(long, value_name = "N")]
+    kubernetes_training_gpus: Option<String>,
+    /// Kueue LocalQueue of job pods [env: OPENLEDGER_KUBERNETES_QUEUE] [default: none]
+    #[arg(long, value_name = "QUEUE")]
+    kubernetes_queue: Option<String>,
     /// Default request limit per API key per minute [env: OPENLEDGER_API_KEY_REQUESTS_PER_MINUTE] [default: 600]
     #[arg(long, value_name = "N")]
     api_key_requests_per_minute: Option<String>,
@@ -225,6 +249,14 @@ impl SettingFlags for AllFlags {
             ("engine_max_batch_size", &self.engine_max_batch_size),
             ("engine_max_queue", &self.engine_max_queue),
             ("adapter_cache_bytes", &self.adapter_cache_bytes),
+            ("engine_preload_adapters", &self.engine_preload_adapters),
+            ("job_executor", &self.job_executor),
+            ("kubernetes_namespace", &self.kubernetes_namespace),
+            ("kubernetes_job_image", &self.kubernetes_job_image),
+            ("kubernetes_job_env_from", &self.kubernetes_job_env_from),
+            ("kubernetes_data_claim", &self.kubernetes_data_claim),
+            ("kubernetes_training_gpus", &self.kubernetes_training_gpus),
+            ("kubernetes_queue", &self.kubernetes_queue),
             ("api_key_requests_per_minute", &self.api_key_requests_per_minute),
             ("api_key_tokens_per_minute", &self.api_key_tokens_per_minute),
             ("listen_host", &self.listen_host),

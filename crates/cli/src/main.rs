@@ -9,6 +9,7 @@ mod finetune;
 mod flags;
 mod ledger;
 mod model;
+mod operator;
 mod run;
 mod settings;
 
@@ -90,6 +91,9 @@ enum Command {
     /// Proof of Attribution on an exported Datanet version: indexes, trace, score, quality
     #[command(subcommand)]
     Attribution(attribution::AttributionCommand),
+    /// The Kubernetes operator and its CRDs
+    #[command(subcommand)]
+    Operator(operator::OperatorCommand),
 }
 
 #[derive(Subcommand)]
@@ -111,7 +115,7 @@ impl Command {
             | Self::Config(ConfigCommand::Print { settings }) => Some(settings),
             Self::Ledger(command) => command.settings(),
             Self::Datanet { settings, .. } => Some(settings),
-            Self::Model(_) | Self::Attribution(_) | Self::Finetune { .. } => None,
+            Self::Model(_) | Self::Attribution(_) | Self::Finetune { .. } | Self::Operator(_) => None,
         }
     }
 }
@@ -142,6 +146,7 @@ fn main() -> ExitCode {
         Command::Model(command) => client_command(model::run(command)),
         Command::Finetune { command, edge } => client_command(finetune::run(command, edge, &resolved.config)),
         Command::Attribution(command) => client_command(attribution::run(command, &resolved.config)),
+        Command::Operator(operator::OperatorCommand::Crdgen { dir, check }) => operator::crdgen(dir, check),
         Command::Dev { .. } => run::run(resolved.config, ServiceKind::ALL.to_vec(), true),
         Command::Engine { .. } => engine::run(resolved.config),
         Command::Serve { mut services, .. } => {

@@ -130,6 +130,27 @@ pub struct Config {
     pub engine_max_queue: u64,
     /// Bytes of adapter weights an engine keeps in memory (least recently used evicted).
     pub adapter_cache_bytes: u64,
+    /// Comma-separated adapter ids an engine replica loads into its cache at start.
+    pub engine_preload_adapters: String,
+    /// Where fine-tuning jobs and attribution index builds run: `local` (threads of the
+    /// service's own process) or `kubernetes` (`LoraJob` and `AttributionJob` resources the
+    /// operator runs as Jobs).
+    pub job_executor: String,
+    /// Namespace of the `kubernetes` executor's resources; empty means the pod's own.
+    pub kubernetes_namespace: String,
+    /// Container image of the `kubernetes` executor's job pods (the platform's, or its CUDA
+    /// variant for GPU nodes).
+    pub kubernetes_job_image: String,
+    /// Comma-separated `configmap:NAME` / `secret:NAME` whose entries job pods get as
+    /// environment (the settings and credentials the service itself has).
+    pub kubernetes_job_env_from: String,
+    /// A PersistentVolumeClaim (ReadWriteMany) shared by the service and its job pods:
+    /// checkpoints and indexes; empty means each pod's own scratch volume.
+    pub kubernetes_data_claim: String,
+    /// `nvidia.com/gpu` each training job requests (0: CPU).
+    pub kubernetes_training_gpus: u64,
+    /// A Kueue `LocalQueue` for job pods: the Jobs start suspended and Kueue admits them.
+    pub kubernetes_queue: String,
     /// Default per-API-key limits (a key may set lower ones).
     pub api_key_requests_per_minute: u64,
     pub api_key_tokens_per_minute: u64,
@@ -179,6 +200,14 @@ impl Default for Config {
             engine_max_batch_size: 16,
             engine_max_queue: 256,
             adapter_cache_bytes: 2 << 30,
+            engine_preload_adapters: String::new(),
+            job_executor: "local".to_owned(),
+            kubernetes_namespace: String::new(),
+            kubernetes_job_image: String::new(),
+            kubernetes_job_env_from: String::new(),
+            kubernetes_data_claim: String::new(),
+            kubernetes_training_gpus: 0,
+            kubernetes_queue: String::new(),
             api_key_requests_per_minute: 600,
             api_key_tokens_per_minute: 1_000_000,
             listen_host: "127.0.0.1".to_owned(),
@@ -290,9 +319,49 @@ impl Config {
             }
         }
         for url in self.engine_url_list() {
-            if !["http://", "https://"].iter().any(|scheme| url.starts_with(scheme)) {
-                return Err(bad("engine_urls", &url, "accepted values are comma-separated http://HOST:PORT URLs"));
+            if !["http://", "https://", "kubernetes://"].iter().any(|scheme| url.starts_with(scheme)) {
+                return Err(bad(
+                    "engine_urls",
+                    &url,
+                    "accepted values are comma-separated http://HOST:PORT URLs, or kubernetes://SERVICE[.NAMESPACE]:PORT \
+                     (the replicas behind a Service, found through its EndpointSlices)",
+                ));
             }
+        }
+        if !["local", "kubernetes"].contains(&self.job_executor.as_str()) {
+            return Err(bad("job_executor", &self.job_executor, "accepted values are local, kubernetes"));
+        }
+        for (key, name) in [
+            ("kubernetes_namespace", &self.kubernetes_namespace),
+            ("kubernetes_data_claim", &self.kubernetes_data_claim),
+            ("kubernetes_queue", &self.kubernetes_queue),
+        ] {
+            if !name.is_empty() && !dns_label(name) {
+                return Err(bad(key, name, "accepted values are Kubernetes names: 1-63 of a-z, 0-9 and '-'"));
+            }
+        }
+        for part in self.kubernetes_job_env_from.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+            let valid = match part.split_once(':') {
+                Some(("configmap" | "secret", name)) => dns_label(name),
+                _ => false,
+            };
+            if !valid {
+                return Err(bad(
+                    "kubernetes_job_env_from",
+                    &part,
+                    "accepted values are comma-separated configmap:NAME or secret:NAME",
+                ));
+            }
+        }
+        if self.job_executor == "kubernetes" && self.kubernetes_job_image.trim().is_empty() {
+            return Err(bad(
+                "kubernetes_job_image",
+                &self.kubernetes_job_image,
+                "the kubernetes job executor needs the job pods' container image",
+            ));
+        }
+        if self.kubernetes_training_gpus > 16 {
+            return Err(bad("kubernetes_training_gpus", &self.kubernetes_training_gpus, "accepted values are 0..=16"));
         }
         for (key, value, max) in [
             ("engine_threads", self.engine_threads, 1024),
@@ -369,6 +438,15 @@ pub fn redact_url(url: &str) -> String {
         },
         _ => url.to_owned(),
     }
+}
+
+/// A Kubernetes object name of the DNS-label kind (RFC 1123): 1-63 of `a-z`, `0-9`, `-`,
+/// starting and ending with a letter or digit.
+pub fn dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 fn offset_port(base: u16, service: ServiceKind) -> u16 {
