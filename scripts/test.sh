@@ -8,6 +8,7 @@
 # First checks the Helm chart offline (scripts/check-chart.sh: helm lint and template of each
 # ci value set, every object validated against the Kubernetes schemas, the custom resources
 # against the CRDs; it fetches helm and kubernetes-validate into /var/tmp/openledger-tools once).
+# Then lints the Dockerfiles against the workspace (scripts/check-images.sh; no Docker here).
 # The cluster test (e2e/cluster.sh) needs a real cluster and is skipped here.
 # Then compiles every bench target (test profile, so it reuses the tests' build) so the
 # benches behind bench/RESULTS.md cannot rot, and runs the tests.
@@ -64,6 +65,7 @@ fi
 
 echo "==> checking the Helm chart offline (scripts/check-chart.sh)"
 scripts/check-chart.sh
+scripts/check-images.sh
 echo "==> skipping the cluster test (e2e/cluster.sh): it needs KUBECONFIG and a real cluster, CI has neither"
 
 scripts/fetch-models.sh smollm2 >/dev/null
