@@ -3,6 +3,7 @@
 //! hosts the controllers; `openledger operator crdgen` writes the CRDs into the Helm chart.
 
 pub mod conditions;
+pub mod controllers;
 pub mod crd;
 pub mod crdgen;
 #[cfg(any(test, feature = "testing"))]

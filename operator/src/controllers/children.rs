@@ -1,0 +1,83 @@
+//! Making the objects a resource stands for exist as they should, with as few writes as
+//! possible: each carries the hash of what the operator wants of it, so an object in sync is
+//! recognised from one read and left alone; one that differs is brought back by server-side
+//! apply (the operator owns only the fields it sets); one that is missing is created.
+
+use std::fmt::Debug;
+
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy},
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{Error, MANAGER};
+
+/// The annotation holding the hash of the operator's wanted state of an object.
+pub const SPEC_HASH: &str = "openledger.io/spec-hash";
+
+/// What [`ensure`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    Updated,
+    InSync,
+}
+
+/// Makes `wanted` (with name, namespace, labels and owner set) exist as it is; returns the
+/// object as the API server has it and what was done.
+pub async fn ensure<K>(api: &Api<K>, mut wanted: K) -> Result<(K, Change), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let hash = hash(&wanted);
+    wanted.annotations_mut().insert(SPEC_HASH.to_owned(), hash.clone());
+    let name = wanted.name_any();
+    match api.get_opt(&name).await? {
+        Some(current) if current.annotations().get(SPEC_HASH) == Some(&hash) => Ok((current, Change::InSync)),
+        Some(_) => {
+            let applied =
+                api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&with_type(&wanted))).await?;
+            Ok((applied, Change::Updated))
+        }
+        None => match api
+            .create(&PostParams { field_manager: Some(MANAGER.to_owned()), ..PostParams::default() }, &wanted)
+            .await
+        {
+            Ok(created) => Ok((created, Change::Created)),
+            // Created since the read (another reconcile, a restart): take it as it is now.
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok((api.get(&name).await?, Change::InSync)),
+            Err(error) => Err(error.into()),
+        },
+    }
+}
+
+/// Deletes the object `name` if it exists (its dependents in the background); whether it did.
+pub async fn ensure_absent<K>(api: &Api<K>, name: &str) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+{
+    if api.get_opt(name).await?.is_none() {
+        return Ok(false);
+    }
+    let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The hash of an object's wanted state (its serialized form without the hash annotation).
+pub fn hash<K: Serialize>(object: &K) -> String {
+    let json = serde_json::to_vec(object).expect("a Kubernetes object serializes");
+    blake3::hash(&json).to_hex()[..16].to_owned()
+}
+
+/// Server-side apply needs `apiVersion` and `kind` in the body.
+fn with_type<K: Resource<DynamicType = ()> + Serialize>(object: &K) -> serde_json::Value {
+    let mut value = serde_json::to_value(object).expect("a Kubernetes object serializes");
+    value["apiVersion"] = K::api_version(&()).into();
+    value["kind"] = K::kind(&()).into();
+    value
+}
