@@ -50,7 +50,7 @@ api_versions() {
 
 for values in "$chart"/ci/*-values.yaml; do
     name=$(basename "$values" -values.yaml)
-    echo "==> $name: helm lint --strict, helm template$(printf " %s" $(api_versions "$values"))"
+    echo "==> $name: helm lint --strict, helm template $(api_versions "$values")"
     if ! "$helm" lint --strict "$chart" -f "$values" > "$work/lint" 2>&1; then
         cat "$work/lint"
         exit 1
