@@ -13,12 +13,14 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p openledger-cli \
-    && install -D -m 0755 target/release/openledger /out/usr/local/bin/openledger \
-    && install -d -o 10001 -g 10001 /out/var/lib/openledger
+    && install -D -m 0755 target/release/openledger /out/openledger \
+    && mkdir -p /out/data
 
 # glibc, libgcc, libstdc++ and CA certificates, nothing else (no shell).
 FROM --platform=linux/amd64 gcr.io/distroless/cc-debian12
-COPY --from=builder /out/ /
+COPY --from=builder /out/openledger /usr/local/bin/openledger
+# The data directory, writable by the image's user when no volume is mounted there.
+COPY --from=builder --chown=10001:10001 /out/data /var/lib/openledger
 # In a container every listener binds all interfaces; hf:// models are cached on the data
 # directory (hf-hub reads HF_HOME), since the chart mounts the root file system read-only.
 ENV OPENLEDGER_LISTEN_HOST=0.0.0.0 \

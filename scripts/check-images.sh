@@ -49,7 +49,7 @@ for dockerfile, features in [("Dockerfile", ""), ("Dockerfile.cuda", " --feature
     runtime = stages[-1]
     check("USER 10001:10001" in runtime, f"{dockerfile}'s runtime stage runs as uid 10001")
     check('ENTRYPOINT ["/usr/local/bin/openledger"]' in runtime, f"{dockerfile}'s entrypoint is /usr/local/bin/openledger")
-    check("target/release/openledger /out/usr/local/bin/openledger" in text, f"{dockerfile} installs the binary at /usr/local/bin/openledger")
+    check("COPY --from=builder /out/openledger /usr/local/bin/openledger" in runtime, f"{dockerfile} installs the binary at /usr/local/bin/openledger")
 sys.exit(1 if failures else 0)
 PY
 
