@@ -26,8 +26,11 @@ pub struct Expect {
 
 enum Answer {
     Json(Value),
-    /// The request's body (what a create or a patch returns, near enough).
+    /// The request's body (what a create returns, near enough).
     Echo,
+    /// The object given, with the request's body merged into it (JSON merge patch): what a
+    /// patch of that object returns.
+    Merged(Value),
 }
 
 impl Expect {
@@ -72,6 +75,12 @@ impl Expect {
     /// Answers 409 with the API server's `Status` body.
     pub fn conflict(self) -> Self {
         self.respond(409, status_body(409, "AlreadyExists", "already exists"))
+    }
+    /// Answers 200 with `object` patched by the request's body (RFC 7386 merge).
+    pub fn merged_into(mut self, object: Value) -> Self {
+        self.status = StatusCode::OK;
+        self.answer = Answer::Merged(object);
+        self
     }
     /// Runs `check` on the request's JSON body (`null` without one).
     pub fn check(mut self, check: impl Fn(&Value) + Send + 'static) -> Self {
@@ -208,6 +217,10 @@ async fn serve(mut handle: Handle, expected: Vec<Expect>, mut stopped: oneshot::
         let answer = match expect.answer {
             Answer::Json(value) => value,
             Answer::Echo => recorded.body.clone(),
+            Answer::Merged(mut object) => {
+                merge(&mut object, &recorded.body);
+                object
+            }
         };
         respond.send_response(json_response(expect.status, &answer));
         outcome.received.push(recorded);
@@ -215,6 +228,22 @@ async fn serve(mut handle: Handle, expected: Vec<Expect>, mut stopped: oneshot::
     }
     outcome.missing = next.into_iter().chain(expected).map(|expect| format!("{expect:?}")).collect();
     outcome
+}
+
+/// RFC 7386 JSON merge patch.
+pub fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {

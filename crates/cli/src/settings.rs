@@ -304,7 +304,10 @@ pub fn resolve(
     let config: Config =
         serde_json::from_value(Value::Object(merged)).map_err(|error| SettingsError(error.to_string()))?;
     config.validate().map_err(|error| {
-        let origin = origins.get(error.key).cloned().unwrap_or_else(|| error.key.to_owned());
+        let origin = match origins.get(error.key).map(String::as_str) {
+            Some("default") | None => format!("{} (not set)", error.key),
+            Some(origin) => origin.to_owned(),
+        };
         SettingsError(format!("invalid {origin} {:?}: {}", error.value, error.accepted))
     })?;
     Ok(Resolved { config, origins })
@@ -339,13 +342,15 @@ fn check_one(
     let mut probe = defaults.clone();
     probe.insert(setting.key.to_owned(), value.clone());
     match serde_json::from_value::<Config>(Value::Object(probe)) {
-        Ok(config) => config.validate().map_err(|error| {
-            if error.key == setting.key {
-                SettingsError(format!("invalid {origin} {:?}: {}", error.value, error.accepted))
-            } else {
-                SettingsError(format!("invalid {origin}: {error}"))
+        Ok(config) => match config.validate() {
+            Ok(()) => Ok(()),
+            Err(error) if error.key == setting.key => {
+                Err(SettingsError(format!("invalid {origin} {:?}: {}", error.value, error.accepted)))
             }
-        }),
+            // A rule between settings (`job_executor: kubernetes` needs `kubernetes_job_image`)
+            // is checked once every layer is merged, not against the others' defaults.
+            Err(_) => Ok(()),
+        },
         Err(_) => {
             let accepted = match setting.key {
                 "log_format" => "accepted values are pretty, json".to_owned(),
@@ -412,6 +417,20 @@ mod tests {
         assert!(resolved.origins["log_format"].starts_with("log_format in "));
         let printed = print_yaml(&resolved);
         assert!(printed.contains("http_port: 7002  # --http-port"), "{printed}");
+    }
+
+    #[test]
+    fn a_rule_between_settings_is_checked_on_the_merged_layers() {
+        let env = |name: &str| match name {
+            "OPENLEDGER_JOB_EXECUTOR" => Some("kubernetes".to_owned()),
+            "OPENLEDGER_KUBERNETES_JOB_IMAGE" => Some("ghcr.io/openledger/openledger:0.1".to_owned()),
+            _ => None,
+        };
+        let resolved = resolve(&BTreeMap::new(), &env, None).expect("the image comes with the executor");
+        assert_eq!(resolved.config.job_executor, "kubernetes");
+        let flags = BTreeMap::from([("job_executor", "kubernetes".to_owned())]);
+        let error = resolve(&flags, &no_env, None).err().expect("no image").0;
+        assert!(error.starts_with("invalid kubernetes_job_image (not set) \"\": the kubernetes job executor needs"), "{error}");
     }
 
     #[test]

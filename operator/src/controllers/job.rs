@@ -99,8 +99,8 @@ async fn apply<K: JobResource>(object: &K, ctx: &Context, api: &Api<K>, namespac
     } else {
         match jobs.get_opt(&name).await? {
             Some(job) => Some(job),
-            // A finished Job removed by its time-to-live is not run again.
-            None if phase.is_finished() => None,
+            // A finished Job removed by its time-to-live is not run again; its status stays.
+            None if phase.is_finished() => return Ok(Action::await_change()),
             None => {
                 let job = create_job(object, &jobs).await?;
                 ctx.metrics.wrote(K::kind(&()).as_ref());

@@ -4,6 +4,7 @@
 
 pub mod attribution_job;
 pub mod children;
+pub mod datanet;
 pub mod job;
 pub mod lora_job;
 mod metrics;
@@ -142,3 +143,6 @@ mod tests {
         assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 }
+
+#[cfg(test)]
+mod job_tests;
