@@ -177,6 +177,18 @@ async fn ensure(object: &Datanet, ctx: &Context, namespace: &str) -> Result<Outc
         Err(status) if status.code() == Code::NotFound => return Ok(create(&mut client, wanted, &owner).await),
         Err(status) => return Ok(refusal(&status, None)),
     };
+    Ok(sync(&mut client, spec, &wanted, present, &owner).await)
+}
+
+/// Brings the existing Datanet `present` to the spec: only its owner may, only the editable
+/// fields can change, and only those that differ are written.
+async fn sync(
+    client: &mut DatanetServiceClient<Channel>,
+    spec: &DatanetSpec,
+    wanted: &pb::Datanet,
+    present: pb::Datanet,
+    owner: &SigningKey,
+) -> Outcome {
     let id = present.id.clone();
     if present.owner != owner.verifying_key().as_bytes() {
         let message = format!(
@@ -185,32 +197,33 @@ async fn ensure(object: &Datanet, ctx: &Context, namespace: &str) -> Result<Outc
             hex::encode(&present.owner),
             spec.owner_key_secret.name
         );
-        return Ok(Outcome::Refused { reason: "OwnerMismatch", message, id: Some(id), retry: Some(RESYNC) });
+        return Outcome::Refused { reason: "OwnerMismatch", message, id: Some(id), retry: Some(RESYNC) };
     }
-    let change = match update(spec, &present) {
-        Err(problem) => {
-            return Ok(Outcome::Refused { reason: "InvalidSpec", message: problem, id: Some(id), retry: None });
-        }
-        Ok(None) => Change::None,
-        Ok(Some(request)) => {
-            let fields = EDITABLE.into_iter().filter(|field| request.update_mask.iter().any(|masked| masked == field));
-            let fields = fields.collect();
-            if let Err(status) = client.update_datanet(sign_update(request, &owner)).await {
-                return Ok(refusal(&status, Some(id)));
-            }
-            Change::Updated(fields)
-        }
-    };
-    let fixed = immutable_differences(&wanted, &present);
+    // A resource that disagrees on what cannot change may name the wrong Datanet: no write.
+    let fixed = immutable_differences(wanted, &present);
     if !fixed.is_empty() {
         let message = format!(
             "{} of Datanet {} cannot change after its creation: declare what datanet-ingest has",
             fixed.join(", "),
             spec.slug
         );
-        return Ok(Outcome::Refused { reason: "Immutable", message, id: Some(id), retry: None });
+        return Outcome::Refused { reason: "Immutable", message, id: Some(id), retry: None };
     }
-    Ok(Outcome::Ready { id, change })
+    let change = match update(spec, &present) {
+        Err(problem) => {
+            return Outcome::Refused { reason: "InvalidSpec", message: problem, id: Some(id), retry: None };
+        }
+        Ok(None) => Change::None,
+        Ok(Some(request)) => {
+            let fields = EDITABLE.into_iter().filter(|field| request.update_mask.iter().any(|masked| masked == field));
+            let fields = fields.collect();
+            if let Err(status) = client.update_datanet(sign_update(request, owner)).await {
+                return refusal(&status, Some(id));
+            }
+            Change::Updated(fields)
+        }
+    };
+    Outcome::Ready { id, change }
 }
 
 async fn create(client: &mut DatanetServiceClient<Channel>, wanted: pb::Datanet, owner: &SigningKey) -> Outcome {

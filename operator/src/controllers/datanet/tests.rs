@@ -297,7 +297,10 @@ async fn a_new_resource_gets_the_finalizer_then_its_datanet_is_created_as_declar
 #[tokio::test]
 async fn a_resource_in_sync_costs_one_secret_read_and_one_get_and_no_write() {
     let ingest = Ingest::start().await;
-    let object = created(&ingest, &resource()).await;
+    // Private: only the owner's signed GetDatanet sees it.
+    let mut declared = resource();
+    declared.spec.visibility = "private".into();
+    let object = created(&ingest, &declared).await;
     let (result, requests) =
         reconcile_with(&object, &ingest.url, vec![Expect::get(SECRET).returns(secret(&owner()))]).await;
     assert_eq!(result.expect("in sync"), Action::requeue(RESYNC));
@@ -377,7 +380,6 @@ async fn a_spec_datanet_ingest_refuses_is_ready_false_invalid_spec_with_its_mess
     assert!(ingest.datanet("medical-qa").await.is_none());
 
     // The same refusal again writes nothing.
-    let mut object = object;
     object.status = Some(serde_json::from_value(sent.lock()["status"].clone()).expect("a status"));
     let (result, requests) =
         reconcile_with(&object, &ingest.url, vec![Expect::get(SECRET).returns(secret(&owner()))]).await;
@@ -403,6 +405,25 @@ async fn a_datanet_owned_by_another_key_is_ready_false_owner_mismatch_and_unchan
     assert_eq!(ingest.calls(), ["GetDatanet"], "no write");
     let datanet = ingest.datanet("medical-qa").await.expect("the Datanet");
     assert_eq!(datanet.summary, resource().spec.summary);
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn a_changed_immutable_field_is_ready_false_immutable_and_nothing_is_written() {
+    let ingest = Ingest::start().await;
+    let mut object = created(&ingest, &resource()).await;
+    object.spec.licence = "MIT".into();
+    object.spec.summary = "not applied either".into();
+    let sent = Arc::new(Mutex::new(Value::Null));
+    let script = vec![Expect::get(SECRET).returns(secret(&owner())), status_patch(&object, &sent), event("Immutable")];
+    let (result, _) = reconcile_with(&object, &ingest.url, script).await;
+    assert_eq!(result.expect("a condition"), Action::await_change());
+    let (status, reason, message) = ready_of(&sent.lock());
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Immutable"));
+    assert!(message.starts_with("licence of Datanet medical-qa"), "{message}");
+    assert_eq!(ingest.calls(), ["GetDatanet"], "no write");
+    let datanet = ingest.datanet("medical-qa").await.expect("the Datanet");
+    assert_eq!((datanet.licence.as_str(), datanet.summary), ("CC-BY-4.0", resource().spec.summary));
     ingest.stop().await;
 }
 
