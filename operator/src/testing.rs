@@ -203,10 +203,11 @@ async fn serve(mut handle: Handle, expected: Vec<Expect>, mut stopped: oneshot::
         });
         if !matches {
             let wanted = next.as_ref().map_or("nothing more".to_owned(), |expect| format!("{expect:?}"));
-            outcome.unexpected.push(format!("{described} (expected {wanted})"));
+            let message = format!("{described} (expected {wanted})");
+            outcome.unexpected.push(message.clone());
             respond.send_response(json_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &status_body(500, "Unexpected", &described),
+                &status_body(500, "Unexpected", &message),
             ));
             continue;
         }
