@@ -20,7 +20,11 @@ const JOBS: &str = "/apis/batch/v1/namespaces/ml/jobs";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ml/events";
 
 fn pod() -> PodSettings {
-    PodSettings { image: "ghcr.io/openledger/openledger:0.1".into(), data_volume_claim: Some("ol-data".into()), ..Default::default() }
+    PodSettings {
+        image: "ghcr.io/openledger/openledger:0.1".into(),
+        data_volume_claim: Some("ol-data".into()),
+        ..Default::default()
+    }
 }
 
 fn lora_job(queue: Option<&str>) -> LoraJob {
@@ -88,7 +92,12 @@ async fn a_new_lora_job_gets_its_job_and_a_status() {
             assert_eq!(container["args"], json!(["train-job", "ftjob-7"]));
             assert_eq!(container["resources"]["limits"]["nvidia.com/gpu"], "1");
             assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
-            assert!(container["env"].as_array().expect("env").contains(&json!({"name": "OPENLEDGER_BASE_MODEL", "value": "smollm2-135m"})));
+            assert!(
+                container["env"]
+                    .as_array()
+                    .expect("env")
+                    .contains(&json!({"name": "OPENLEDGER_BASE_MODEL", "value": "smollm2-135m"}))
+            );
         }),
         Expect::post(EVENTS).check(|event| assert_eq!(event["reason"], "Created")),
         Expect::patch(format!("{LORA_JOBS}/ftjob-7/status")).merged_into(json_of(&object)).check(|patch| {
@@ -191,7 +200,12 @@ async fn a_failed_job_turns_into_the_failed_condition_with_its_reason() {
             let status = &patch["status"];
             assert_eq!(status["phase"], "Failed");
             assert_eq!(status["failedPods"], 3);
-            let failed = status["conditions"].as_array().expect("conditions").iter().find(|c| c["type"] == "Failed").expect("Failed");
+            let failed = status["conditions"]
+                .as_array()
+                .expect("conditions")
+                .iter()
+                .find(|c| c["type"] == "Failed")
+                .expect("Failed");
             assert_eq!(failed["status"], "True");
             assert_eq!(failed["reason"], "BackoffLimitExceeded");
             assert_eq!(failed["message"], "Job has reached the specified backoff limit");
@@ -209,7 +223,11 @@ async fn a_failed_job_turns_into_the_failed_condition_with_its_reason() {
 #[tokio::test]
 async fn a_finished_job_removed_by_its_ttl_is_not_run_again() {
     let mut object = lora_job(None);
-    object.status = Some(crate::crd::LoraJobStatus { phase: JobPhase::Succeeded, job_name: Some("ftjob-7".into()), ..Default::default() });
+    object.status = Some(crate::crd::LoraJobStatus {
+        phase: JobPhase::Succeeded,
+        job_name: Some("ftjob-7".into()),
+        ..Default::default()
+    });
     let (client, script) = testing::pair();
     let server = script.run(vec![Expect::get(format!("{JOBS}/ftjob-7")).not_found()]);
     assert_eq!(reconcile(object, client).await, Action::await_change());
@@ -312,7 +330,10 @@ async fn an_attribution_job_runs_as_an_indexed_job_one_completion_per_shard() {
             assert_eq!(spec["backoffLimitPerIndex"], 1);
             assert_eq!(spec["ttlSecondsAfterFinished"], 600);
             let container = &spec["template"]["spec"]["containers"][0];
-            assert_eq!(container["args"], json!(["index-job", "gradient", "ft:smollm2:alice:medical:ftjob-7", "--shards", "4"]));
+            assert_eq!(
+                container["args"],
+                json!(["index-job", "gradient", "ft:smollm2:alice:medical:ftjob-7", "--shards", "4"])
+            );
             assert!(container["resources"].is_null(), "no GPUs, no resources asked");
         }),
         Expect::post(EVENTS),

@@ -7,6 +7,7 @@ pub mod children;
 pub mod datanet;
 pub mod job;
 pub mod lora_job;
+pub mod lora_server;
 mod metrics;
 mod pod;
 
@@ -146,3 +147,5 @@ mod tests {
 
 #[cfg(test)]
 mod job_tests;
+#[cfg(test)]
+mod lora_server_tests;
