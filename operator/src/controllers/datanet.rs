@@ -13,10 +13,10 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{controller::Action, finalizer},
 };
+use openledger_datanet_ingest::{signed_caller, signing};
 use openledger_proto::datanet::v1::{self as pb, datanet_service_client::DatanetServiceClient};
-use openledger_signing::canonical::{ContributionPolicy, DatanetDefinition, DatanetEdit};
 use serde_json::json;
-use tonic::{Code, Request, transport::Channel};
+use tonic::{Code, transport::Channel};
 
 use super::{Context, Error, RESYNC};
 use crate::{
@@ -171,7 +171,7 @@ async fn ensure(object: &Datanet, ctx: &Context, namespace: &str) -> Result<Outc
         Err(message) => return Ok(Outcome::Unavailable { message }),
     };
     let get = pb::GetDatanetRequest { id_or_slug: spec.slug.clone() };
-    let present = match client.get_datanet(as_caller(get, &owner)).await {
+    let present = match client.get_datanet(signed_caller(get, &owner)).await {
         Ok(present) => present.into_inner(),
         // Unknown, or private and someone else's (then creating it says the slug is taken).
         Err(status) if status.code() == Code::NotFound => return Ok(create(&mut client, wanted, &owner).await),
@@ -227,8 +227,8 @@ async fn sync(
 }
 
 async fn create(client: &mut DatanetServiceClient<Channel>, wanted: pb::Datanet, owner: &SigningKey) -> Outcome {
-    let signed = openledger_signing::sign(owner, &openledger_signing::datanet_create_message(&definition(&wanted)));
-    let request = pb::CreateDatanetRequest { datanet: Some(wanted), signature: Some(signed.into()) };
+    let signature = signing::sign(owner, &signing::create_message(&wanted));
+    let request = pb::CreateDatanetRequest { datanet: Some(wanted), signature: Some(signature) };
     match client.create_datanet(request).await {
         Ok(created) => Outcome::Ready { id: created.into_inner().id, change: Change::Created },
         Err(status) => refusal(&status, None),
@@ -289,18 +289,6 @@ async fn owner_key(ctx: &Context, namespace: &str, spec: &DatanetSpec) -> Result
     }))
 }
 
-/// `message` signed by `key` as its caller, so a private Datanet is visible to its owner.
-fn as_caller<T>(message: T, key: &SigningKey) -> Request<T> {
-    let mut request = Request::new(message);
-    for (name, value) in openledger_signing::caller_headers(key, openledger_signing::now_unix()) {
-        // Hex and decimal digits are always valid metadata values.
-        if let Ok(value) = value.parse() {
-            request.metadata_mut().insert(name, value);
-        }
-    }
-    request
-}
-
 /// The Datanet the spec declares, as `CreateDatanet` takes it.
 fn wanted(spec: &DatanetSpec) -> Result<pb::Datanet, String> {
     let schema = match spec.schema.as_str() {
@@ -348,11 +336,12 @@ fn policy(declared: &DatanetPolicy, base: pb::ContributionPolicy) -> Result<pb::
     if let Some(bytes) = declared.max_file_bytes {
         policy.max_file_bytes = bytes;
     }
-    if let Some(score) = declared.auto_accept_score {
-        policy.auto_accept_score = score;
-    }
-    if let Some(score) = declared.reject_below_score {
-        policy.reject_below_score = score;
+    let auto_accept = declared.auto_accept_score.unwrap_or(policy.auto_accept_score);
+    let reject_below = declared.reject_below_score.unwrap_or(policy.reject_below_score);
+    // Both zero is "the service's defaults" to datanet-ingest, which it fills in: declaring that
+    // keeps what it has (else every reconcile would find a difference).
+    if auto_accept != 0 || reject_below != 0 {
+        (policy.auto_accept_score, policy.reject_below_score) = (auto_accept, reject_below);
     }
     policy.review_all = declared.review_all;
     Ok(policy)
@@ -366,7 +355,7 @@ fn update(spec: &DatanetSpec, present: &pb::Datanet) -> Result<Option<pb::Update
         spec.summary != present.summary,
         spec.description_markdown != present.description_markdown,
         spec.tags != present.tags,
-        canonical_policy(&policy) != canonical_policy(&present.policy.clone().unwrap_or_default()),
+        comparable(policy.clone()) != comparable(present.policy.clone().unwrap_or_default()),
     ];
     let update_mask: Vec<String> =
         EDITABLE.into_iter().zip(differs).filter(|(_, differs)| *differs).map(|(field, _)| field.to_owned()).collect();
@@ -390,66 +379,15 @@ fn update(spec: &DatanetSpec, present: &pb::Datanet) -> Result<Option<pb::Update
 
 /// `request` signed by the owner now.
 fn sign_update(mut request: pb::UpdateDatanetRequest, owner: &SigningKey) -> pb::UpdateDatanetRequest {
-    let datanet = request.datanet.clone().unwrap_or_default();
-    let edit = DatanetEdit {
-        summary: datanet.summary,
-        description_markdown: datanet.description_markdown,
-        tags: datanet.tags,
-        policy: canonical_policy(&datanet.policy.unwrap_or_default()),
-        update_mask: request.update_mask.clone(),
-    };
-    request.signed_at = openledger_signing::now_unix();
-    let message = openledger_signing::datanet_update_message(&request.id, &edit, request.signed_at);
-    request.signature = Some(openledger_signing::sign(owner, &message).into());
+    request.signed_at = signing::now_unix();
+    request.signature = Some(signing::sign(owner, &signing::update_message(&request)));
     request
 }
 
-/// The canonical definition of `datanet` as datanet-ingest rebuilds it to check the creation's
-/// signature (the REST spellings of the protobuf values; `tests` pins it to the service's).
-fn definition(datanet: &pb::Datanet) -> DatanetDefinition {
-    let name = |known: Option<&str>, prefix: &str, number: i32| {
-        known.map_or_else(|| number.to_string(), |name| name.trim_start_matches(prefix).to_lowercase())
-    };
-    DatanetDefinition {
-        slug: datanet.slug.clone(),
-        name: datanet.name.clone(),
-        summary: datanet.summary.clone(),
-        description_markdown: datanet.description_markdown.clone(),
-        tags: datanet.tags.clone(),
-        schema: name(
-            pb::RecordSchema::try_from(datanet.schema).ok().map(|s| s.as_str_name()),
-            "RECORD_SCHEMA_",
-            datanet.schema,
-        ),
-        label_set: datanet.label_set.clone(),
-        licence: datanet.licence.clone(),
-        visibility: name(
-            pb::Visibility::try_from(datanet.visibility).ok().map(|v| v.as_str_name()),
-            "VISIBILITY_",
-            datanet.visibility,
-        ),
-        policy: canonical_policy(&datanet.policy.clone().unwrap_or_default()),
-        validators: datanet.validators.clone(),
-    }
-}
-
-/// A protobuf policy as the canonical form signs it (and as this controller compares it: an
-/// absent stake is a zero stake).
-fn canonical_policy(policy: &pb::ContributionPolicy) -> ContributionPolicy {
-    ContributionPolicy {
-        allow_list_only: policy.allow_list_only,
-        allowed_contributors: policy.allowed_contributors.clone(),
-        stake_per_contribution: policy.stake_per_contribution.map(u128::from).unwrap_or(0),
-        max_bytes_per_contributor_per_day: policy.max_bytes_per_contributor_per_day,
-        max_files_per_contributor_per_day: policy.max_files_per_contributor_per_day,
-        max_bytes_per_day: policy.max_bytes_per_day,
-        max_files_per_day: policy.max_files_per_day,
-        max_file_bytes: policy.max_file_bytes,
-        auto_accept_score: policy.auto_accept_score,
-        reject_below_score: policy.reject_below_score,
-        near_duplicate_jaccard_ppt: policy.near_duplicate_jaccard_ppt,
-        review_all: policy.review_all,
-    }
+/// `policy` with an absent stake as the zero stake it means.
+fn comparable(mut policy: pb::ContributionPolicy) -> pb::ContributionPolicy {
+    policy.stake_per_contribution = Some(policy.stake_per_contribution.map_or(0, u128::from).into());
+    policy
 }
 
 /// The immutable fields the spec declares otherwise than datanet-ingest has them.
