@@ -6,5 +6,6 @@ pub mod conditions;
 pub mod controllers;
 pub mod crd;
 pub mod crdgen;
+pub mod run;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -8,6 +8,7 @@ mod engine;
 mod finetune;
 mod flags;
 mod ledger;
+mod migrate;
 mod model;
 mod operator;
 mod run;
@@ -94,6 +95,11 @@ enum Command {
     /// The Kubernetes operator and its CRDs
     #[command(subcommand)]
     Operator(operator::OperatorCommand),
+    /// Apply every pending database migration, then exit (the Helm chart's hook Job)
+    Migrate {
+        #[command(flatten)]
+        settings: flags::AllFlags,
+    },
 }
 
 #[derive(Subcommand)]
@@ -112,7 +118,9 @@ impl Command {
             Self::Dev { settings }
             | Self::Serve { settings, .. }
             | Self::Engine { settings }
-            | Self::Config(ConfigCommand::Print { settings }) => Some(settings),
+            | Self::Config(ConfigCommand::Print { settings })
+            | Self::Migrate { settings }
+            | Self::Operator(operator::OperatorCommand::Run { settings, .. }) => Some(settings),
             Self::Ledger(command) => command.settings(),
             Self::Datanet { settings, .. } => Some(settings),
             Self::Model(_) | Self::Attribution(_) | Self::Finetune { .. } | Self::Operator(_) => None,
@@ -147,6 +155,11 @@ fn main() -> ExitCode {
         Command::Finetune { command, edge } => client_command(finetune::run(command, edge, &resolved.config)),
         Command::Attribution(command) => client_command(attribution::run(command, &resolved.config)),
         Command::Operator(operator::OperatorCommand::Crdgen { dir, check }) => operator::crdgen(dir, check),
+        Command::Operator(operator::OperatorCommand::Run { namespace, ops_port, .. }) => {
+            let namespace = namespace.or_else(|| Some(resolved.config.kubernetes_namespace.clone()));
+            operator::run(resolved.config, namespace, ops_port)
+        }
+        Command::Migrate { .. } => migrate::migrate(&resolved.config),
         Command::Dev { .. } => run::run(resolved.config, ServiceKind::ALL.to_vec(), true),
         Command::Engine { .. } => engine::run(resolved.config),
         Command::Serve { mut services, .. } => {

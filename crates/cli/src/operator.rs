@@ -1,11 +1,33 @@
 //! `openledger operator`: the Kubernetes operator (`run`) and its CRDs (`crdgen`).
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use clap::Subcommand;
+use openledger_core::{Config, LogFormat};
+use openledger_operator::{controllers::Context, run::Scope};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Subcommand)]
 pub enum OperatorCommand {
+    /// Run the controllers of LoraJob, AttributionJob, LoraServer and Datanet (in a pod: its
+    /// service account; elsewhere KUBECONFIG). Datanets are ensured through --datanet-url.
+    Run {
+        /// Watch only this namespace [env: OPENLEDGER_KUBERNETES_NAMESPACE] [default: every namespace]
+        #[arg(long, value_name = "NAME")]
+        namespace: Option<String>,
+        /// Port of /healthz, /readyz and /metrics [default: 9096]
+        #[arg(long, value_name = "PORT", default_value_t = 9096)]
+        ops_port: u16,
+        #[command(flatten)]
+        settings: crate::flags::AllFlags,
+    },
     /// Write the CRDs derived from the operator's types as YAML (into the Helm chart by default)
     Crdgen {
         /// Directory of the CRD files
@@ -42,4 +64,84 @@ pub fn crdgen(dir: PathBuf, check: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the operator until SIGTERM/SIGINT: the controllers, and `/healthz`, `/readyz` (the
+/// CRDs answer) and `/metrics` on `listen_host:ops_port`.
+pub fn run(config: Config, namespace: Option<String>, ops_port: u16) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let telemetry = openledger_telemetry::init(&openledger_telemetry::TelemetryConfig {
+            service_name: "openledger-operator".to_owned(),
+            json_logs: config.log_format == LogFormat::Json,
+            log_filter: config.log_level.clone(),
+        });
+        let _telemetry = match telemetry {
+            Ok(guard) => guard,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        // In a pod: the service account; elsewhere: KUBECONFIG or ~/.kube/config.
+        let client = match kube::Client::try_default().await {
+            Ok(client) => client,
+            Err(error) => {
+                eprintln!("error: cannot reach the Kubernetes API (in-cluster service account or KUBECONFIG): {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let namespace = namespace.filter(|namespace| !namespace.is_empty());
+        let ctx = Context::new(client, config.datanet_url.clone());
+        let metrics = openledger_telemetry::Metrics::new();
+        metrics.register("operator", |registry| ctx.metrics.register(registry));
+        let ready = Arc::new(AtomicBool::new(false));
+        let shutdown = CancellationToken::new();
+        openledger_runtime::shutdown::cancel_on_signals(shutdown.clone());
+        let address = format!("{}:{ops_port}", config.listen_host);
+        let listener = match tokio::net::TcpListener::bind(&address).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("error: cannot listen on {address} (--ops-port): {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let ops = ops_router(ready.clone(), metrics);
+        let ops = axum::serve(listener, ops).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let scope = Scope { namespace };
+        let (served, ()) = tokio::join!(ops, openledger_operator::run::run(ctx, scope, ready, shutdown));
+        match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: the ops endpoints failed: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn ops_router(ready: Arc<AtomicBool>, metrics: openledger_telemetry::Metrics) -> axum::Router {
+    use axum::{http::StatusCode, routing::get};
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "the custom resources do not answer yet")
+                    }
+                }
+            }),
+        )
+        .route("/metrics", get(move || async move { metrics.encode() }))
 }

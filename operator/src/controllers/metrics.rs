@@ -20,9 +20,9 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("openledger_operator_reconciles", "Reconciles run", self.reconciles.clone());
-        registry.register("openledger_operator_reconcile_failures", "Reconciles that failed", self.failures.clone());
-        registry.register("openledger_operator_writes", "Objects created, changed or deleted", self.writes.clone());
+        registry.register("reconciles", "Reconciles run", self.reconciles.clone());
+        registry.register("reconcile_failures", "Reconciles that failed", self.failures.clone());
+        registry.register("writes", "Objects created, changed or deleted", self.writes.clone());
     }
 
     pub fn reconciled(&self, kind: &str) {
