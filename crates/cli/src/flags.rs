@@ -143,7 +143,7 @@ pub struct AllFlags {
     /// Base model the engines serve: GGUF/safetensors path or hf://owner/name[@rev]/file [env: OPENLEDGER_BASE_MODEL] [default: the packaged SmolLM2 if found]
     #[arg(long, value_name = "MODEL")]
     base_model: Option<String>,
-    /// Comma-separated gRPC URLs of engine replicas [env: OPENLEDGER_ENGINE_URLS] [default: the engine runs in the gateway's process]
+    /// Comma-separated gRPC URLs of engine replicas, or kubernetes://SERVICE[.NAMESPACE]:PORT for the ready replicas behind a Service [env: OPENLEDGER_ENGINE_URLS] [default: the engine runs in the gateway's process]
     #[arg(long, value_name = "URLS")]
     engine_urls: Option<String>,
     /// gRPC port of an engine replica [env: OPENLEDGER_ENGINE_PORT] [default: 50060]

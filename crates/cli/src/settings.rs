@@ -71,7 +71,7 @@ pub const SETTINGS: &[Setting] = &[
         key: "engine_urls",
         flag: "--engine-urls",
         env: "OPENLEDGER_ENGINE_URLS",
-        help: "comma-separated http://HOST:PORT of engine replicas (empty: engine in the gateway's process)",
+        help: "comma-separated http://HOST:PORT of engine replicas, or kubernetes://SERVICE[.NAMESPACE]:PORT (the ready replicas behind a Service, followed through its EndpointSlices; empty: engine in the gateway's process)",
     },
     Setting {
         key: "engine_port",

@@ -1,8 +1,10 @@
 //! Starting the engine host the configuration asks for: the base model in this process
 //! (embedded mode, `engine_urls` empty) or the replicas of `engine_urls` (cluster mode, where
-//! the edge loads only the tokenizer). Also where the base model is found, what is said when
-//! there is none, and the engine's metrics on `/metrics`.
+//! the edge loads only the tokenizer; `kubernetes://` entries are followed through
+//! `discovery`). Also where the base model is found, what is said when there is none, a
+//! replica's preloaded adapters, and the engine's metrics on `/metrics`.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Weak};
@@ -18,6 +20,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
+use super::discovery::{self, Discovered, ServiceTarget};
 use super::local::LocalEngine;
 use super::remote::RemoteEngines;
 use super::{BaseModel, EngineHost};
@@ -42,6 +45,12 @@ pub enum HostError {
     NoModel(String),
     #[error("invalid engine replica URL {url:?}: {reason}")]
     ReplicaUrl { url: String, reason: String },
+    #[error(
+        "cannot reach the Kubernetes API to discover engine replicas: {0}; run in a pod with a service account allowed to list and watch endpointslices, or set KUBECONFIG"
+    )]
+    Kubernetes(String),
+    #[error("invalid engine_preload_adapters: {0}")]
+    Preload(#[source] MlError),
 }
 
 /// What to say when no base model is configured and the packaged one is missing: where it was
@@ -76,20 +85,113 @@ pub async fn from_config(
         tracing::info!(base_model = %local.base().id, base_model_hash = %local.base().hash, "engine running in this process");
         return Ok(Some(Arc::new(local)));
     }
+    let mut fixed = Vec::new();
+    let mut services = Vec::new();
+    for url in &urls {
+        match ServiceTarget::parse(url) {
+            Some(target) => services.push(target?),
+            None => fixed.push(url.clone()),
+        }
+    }
     let base = blocking(move || read_base(&path)).await?;
-    tracing::info!(base_model = %base.id, replicas = urls.len(), "routing to engine replicas");
-    Ok(Some(Arc::new(RemoteEngines::start(base, &urls, Some(metrics))?)))
+    tracing::info!(
+        base_model = %base.id,
+        replicas = fixed.len(),
+        services = services.len(),
+        "routing to engine replicas"
+    );
+    let engines = Arc::new(RemoteEngines::start(base, &fixed, Some(metrics))?);
+    if !services.is_empty() {
+        let client = kube::Client::try_default().await.map_err(|e| HostError::Kubernetes(e.to_string()))?;
+        follow_services(&engines, fixed, services, client, discovery::Retry::default());
+    }
+    Ok(Some(engines))
+}
+
+/// Keeps `engines` routing to `fixed` plus the ready replicas of each Service, as discovery
+/// finds them, for as long as `engines` lives (its drop stops the discovery tasks).
+pub fn follow_services(
+    engines: &Arc<RemoteEngines>,
+    fixed: Vec<String>,
+    services: Vec<ServiceTarget>,
+    client: kube::Client,
+    retry: discovery::Retry,
+) {
+    let mut receivers: Vec<_> = services
+        .into_iter()
+        .map(|target| {
+            let (publish, receiver) = tokio::sync::watch::channel(Discovered::default());
+            let api = target.api(client.clone());
+            engines.hold_task(tokio::spawn(discovery::follow(api, target, publish, retry)).abort_handle());
+            receiver
+        })
+        .collect();
+    let weak = Arc::downgrade(engines);
+    let forward = tokio::spawn(async move {
+        loop {
+            let (changed, _, _) =
+                futures::future::select_all(receivers.iter_mut().map(|r| Box::pin(r.changed()))).await;
+            let Some(engines) = weak.upgrade() else { return };
+            if changed.is_err() {
+                return;
+            }
+            let mut urls: BTreeSet<String> = fixed.iter().cloned().collect();
+            for receiver in &mut receivers {
+                urls.extend(receiver.borrow_and_update().replicas.iter().cloned());
+            }
+            engines.set_replicas(&urls.into_iter().collect::<Vec<_>>());
+        }
+    });
+    engines.hold_task(forward.abort_handle());
 }
 
 /// The engine of an `openledger engine` replica: as embedded mode's, but no base model is an
-/// error.
+/// error, and the adapters of `engine_preload_adapters` are in its cache before it returns
+/// (see [`preload_list`]).
 pub async fn start_replica_engine(
     config: &Config,
     objects: Arc<dyn ObjectStore>,
     metrics: &Metrics,
 ) -> Result<LocalEngine, HostError> {
     let path = resolve_base_model(config).await?.ok_or_else(|| HostError::NoModel(missing_model_message(config)))?;
-    start_local(config, path, objects, metrics).await
+    let preload = preload_list(config, objects.as_ref()).await?;
+    start_engine(config, path, objects, metrics, preload).await
+}
+
+/// The adapters of `engine_preload_adapters` a replica loads at start, fetched from the
+/// registry's objects as a first request would fetch them. A malformed id stops the start (a
+/// mistake in the settings); an adapter not in the registry is left out with a warning, so a
+/// deleted adapter does not keep every replica from starting (a request for it is a 404
+/// `model_not_found` as ever). Other store errors are left to the load, which stops the start.
+pub async fn preload_list(config: &Config, objects: &dyn ObjectStore) -> Result<Vec<String>, HostError> {
+    let ids: Vec<String> = config
+        .engine_preload_adapters
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut kept = Vec::with_capacity(ids.len());
+    for id in ids {
+        openledger_ml::adapters::validate_adapter_id(&id).map_err(HostError::Preload)?;
+        if !id.starts_with("hf://") {
+            let config_file = object_store::path::Path::from(format!(
+                "{ADAPTER_PREFIX}/{id}/{}",
+                openledger_ml::adapters::ADAPTER_CONFIG
+            ));
+            if let Err(object_store::Error::NotFound { .. }) = objects.head(&config_file).await {
+                tracing::warn!(
+                    adapter = %id,
+                    "engine_preload_adapters names an adapter the registry does not have; not preloaded"
+                );
+                continue;
+            }
+        }
+        kept.push(id);
+    }
+    Ok(kept)
 }
 
 /// The configured base model as local files (downloading `hf://` ones), else the packaged
@@ -158,7 +260,21 @@ pub async fn start_local(
     objects: Arc<dyn ObjectStore>,
     metrics: &Metrics,
 ) -> Result<LocalEngine, HostError> {
-    let engine_config = engine_config(config);
+    start_engine(config, path, objects, metrics, Vec::new()).await
+}
+
+/// [`start_local`], with `preload` in the adapter cache before it returns.
+async fn start_engine(
+    config: &Config,
+    path: PathBuf,
+    objects: Arc<dyn ObjectStore>,
+    metrics: &Metrics,
+    preload: Vec<String>,
+) -> Result<LocalEngine, HostError> {
+    let engine_config = EngineConfig { preload, ..engine_config(config) };
+    if !engine_config.preload.is_empty() {
+        tracing::info!(adapters = ?engine_config.preload, "preloading adapters");
+    }
     let adapters = AdapterSource::ObjectStore {
         store: objects,
         prefix: ADAPTER_PREFIX.into(),

@@ -1,8 +1,10 @@
 //! The seam between the edge and the engines that generate: [`EngineHost`]. The edge tokenizes,
 //! meters and answers; a host runs one sequence per [`EngineHost::generate`] call and streams
 //! its events back. `local` runs the engine in this process (embedded mode); `remote` routes to
-//! engine replicas by adapter affinity (cluster mode); `server` is what a replica serves.
+//! engine replicas by adapter affinity (cluster mode), the replicas of a Kubernetes Service
+//! found by `discovery`; `server` is what a replica serves.
 
+pub mod discovery;
 pub mod host;
 pub mod local;
 pub mod remote;

@@ -3,9 +3,13 @@
 //! adapter stays on the replica that has it loaded; base-model requests go to the least loaded
 //! replica. A background task per replica checks it with `GetEngineInfo` (and refuses one
 //! serving another base model); a replica whose connection fails is marked down at once and its
-//! keys move to the next replica on the ring. Dropping an [`EngineStream`] aborts the task
-//! forwarding it, which drops the gRPC stream and so cancels the generation on the replica.
+//! keys move to the next replica on the ring. The set of replicas may change while serving
+//! ([`RemoteEngines::set_replicas`], fed by `discovery`): replicas that stay keep their state
+//! and their place on the ring, so only the keys of those that came or went move. Dropping an
+//! [`EngineStream`] aborts the task forwarding it, which drops the gRPC stream and so cancels
+//! the generation on the replica.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,12 +75,41 @@ impl Replica {
     }
 }
 
+/// A replica in the current set and the task checking it, stopped when the replica leaves
+/// the set (and no request still holds the set it was in).
+struct Member {
+    replica: Arc<Replica>,
+    checker: tokio::task::AbortHandle,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.checker.abort();
+    }
+}
+
+/// The replicas at one moment and their ring (indexes of one are indexes of the other).
+struct ReplicaSet {
+    ring: Ring,
+    members: Vec<Arc<Member>>,
+}
+
+impl ReplicaSet {
+    fn new(members: Vec<Arc<Member>>) -> Self {
+        let names: Vec<&str> = members.iter().map(|m| m.replica.url.as_str()).collect();
+        Self { ring: Ring::new(&names), members }
+    }
+}
+
+/// The current replica set; a request routes on the snapshot it took.
+type Members = Arc<parking_lot::RwLock<Arc<ReplicaSet>>>;
+
 /// Engine replicas behind one [`EngineHost`].
 pub struct RemoteEngines {
     base: BaseModel,
-    ring: Ring,
-    replicas: Arc<[Replica]>,
-    checkers: Vec<tokio::task::AbortHandle>,
+    set: Members,
+    /// Tasks that live as long as these engines (discovery feeding [`Self::set_replicas`]).
+    tasks: Mutex<Vec<AbortOnDrop>>,
 }
 
 impl std::fmt::Debug for RemoteEngines {
@@ -88,49 +121,69 @@ impl std::fmt::Debug for RemoteEngines {
 impl RemoteEngines {
     /// Routes to the replicas at `urls` (gRPC `http://host:port`), all serving `base`. Starts
     /// one checker task per replica; a replica takes requests once its check has passed.
-    /// Registers per-replica gauges on `metrics` when given.
+    /// Registers per-replica gauges on `metrics` when given. `urls` may be empty and change
+    /// later ([`Self::set_replicas`]).
     pub fn start(base: BaseModel, urls: &[String], metrics: Option<&Metrics>) -> Result<Self, HostError> {
-        let replicas: Vec<Replica> = urls
-            .iter()
-            .map(|url| {
-                let endpoint = Endpoint::from_shared(url.clone())
-                    .map_err(|e| HostError::ReplicaUrl { url: url.clone(), reason: e.to_string() })?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_while_idle(true);
-                Ok(Replica {
-                    url: url.clone(),
-                    client: EngineServiceClient::new(endpoint.connect_lazy()),
-                    healthy: AtomicBool::new(false),
-                    in_flight: AtomicUsize::new(0),
-                    reported: Mutex::new((0, 0)),
-                    recheck: Notify::new(),
-                })
-            })
-            .collect::<Result<_, HostError>>()?;
-        let replicas: Arc<[Replica]> = replicas.into();
-        let checkers = (0..replicas.len())
-            .map(|index| tokio::spawn(check_replica(replicas.clone(), index, base.hash)).abort_handle())
-            .collect();
+        let members = unique(urls).map(|url| member(url, base.hash)).collect::<Result<Vec<_>, _>>()?;
+        let set: Members = Arc::new(parking_lot::RwLock::new(Arc::new(ReplicaSet::new(members))));
         if let Some(metrics) = metrics {
-            let collector = ReplicaCollector(Arc::downgrade(&replicas));
+            let collector = ReplicaCollector(Arc::downgrade(&set));
             metrics.register("engine_replica", |registry| registry.register_collector(Box::new(collector)));
         }
-        Ok(Self { base, ring: Ring::new(urls), replicas, checkers })
+        Ok(Self { base, set, tasks: Mutex::default() })
     }
 
-    /// The replica for a request: by `key` on the ring, else the least loaded; never one in
-    /// `excluded`.
-    fn pick(&self, key: Option<&str>, excluded: &[usize]) -> Option<usize> {
-        let loads: Vec<usize> = self.replicas.iter().map(|r| r.in_flight.load(Ordering::SeqCst)).collect();
-        let available: Vec<bool> = self
-            .replicas
-            .iter()
-            .enumerate()
-            .map(|(i, r)| r.healthy.load(Ordering::SeqCst) && !excluded.contains(&i))
-            .collect();
+    /// Stops `task` when these engines are dropped.
+    pub fn hold_task(&self, task: tokio::task::AbortHandle) {
+        self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(AbortOnDrop(task));
+    }
+
+    /// Routes to the replicas at `urls` from now on: those already known keep their checks,
+    /// loads and ring places; new ones start being checked; those gone stop taking requests
+    /// (requests running there finish). A URL that is not a valid endpoint is skipped with an
+    /// error log.
+    pub fn set_replicas(&self, urls: &[String]) {
+        let mut current = self.set.write();
+        let ordered: Vec<&str> = unique(urls).collect();
+        let wanted: BTreeSet<&str> = ordered.iter().copied().collect();
+        let known: BTreeSet<&str> = current.members.iter().map(|m| m.replica.url.as_str()).collect();
+        if wanted == known {
+            return;
+        }
+        let mut members = Vec::with_capacity(wanted.len());
+        for url in ordered {
+            match current.members.iter().find(|m| m.replica.url == *url) {
+                Some(kept) => members.push(kept.clone()),
+                None => match member(url, self.base.hash) {
+                    Ok(added) => members.push(added),
+                    Err(error) => tracing::error!(%error, "engine replica skipped"),
+                },
+            }
+        }
+        let added: Vec<&&str> = wanted.difference(&known).collect();
+        let removed: Vec<&&str> = known.difference(&wanted).collect();
+        tracing::info!(
+            replicas = members.len(),
+            ?added,
+            ?removed,
+            "engine replicas changed; only the adapters of those that came or went move"
+        );
+        *current = Arc::new(ReplicaSet::new(members));
+    }
+
+    fn snapshot(&self) -> Arc<ReplicaSet> {
+        self.set.read().clone()
+    }
+
+    /// The replica of `set` for a request: by `key` on the ring, else the least loaded; never
+    /// one in `excluded`.
+    fn pick(set: &ReplicaSet, key: Option<&str>, excluded: &[usize]) -> Option<usize> {
+        let replicas = set.members.iter().map(|m| &m.replica);
+        let loads: Vec<usize> = replicas.clone().map(|r| r.in_flight.load(Ordering::SeqCst)).collect();
+        let available: Vec<bool> =
+            replicas.enumerate().map(|(i, r)| r.healthy.load(Ordering::SeqCst) && !excluded.contains(&i)).collect();
         match key {
-            Some(key) => self.ring.choose(key, &loads, &available),
+            Some(key) => set.ring.choose(key, &loads, &available),
             None => Ring::least_loaded(&loads, &available),
         }
     }
@@ -178,12 +231,29 @@ impl RemoteEngines {
     }
 }
 
-impl Drop for RemoteEngines {
-    fn drop(&mut self) {
-        for checker in &self.checkers {
-            checker.abort();
-        }
-    }
+/// `urls` without repeats, in their order (which `describe` keeps; the ring ignores it).
+fn unique(urls: &[String]) -> impl Iterator<Item = &str> {
+    let mut seen = BTreeSet::new();
+    urls.iter().map(String::as_str).filter(move |url| seen.insert(*url))
+}
+
+/// A replica at `url` and its checker task.
+fn member(url: &str, base_hash: ContentHash) -> Result<Arc<Member>, HostError> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| HostError::ReplicaUrl { url: url.to_owned(), reason: e.to_string() })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let replica = Arc::new(Replica {
+        url: url.to_owned(),
+        client: EngineServiceClient::new(endpoint.connect_lazy()),
+        healthy: AtomicBool::new(false),
+        in_flight: AtomicUsize::new(0),
+        reported: Mutex::new((0, 0)),
+        recheck: Notify::new(),
+    });
+    let checker = tokio::spawn(check_replica(replica.clone(), base_hash)).abort_handle();
+    Ok(Arc::new(Member { replica, checker }))
 }
 
 #[async_trait]
@@ -195,16 +265,17 @@ impl EngineHost for RemoteEngines {
     async fn generate(&self, inference_id: &str, request: GenerateRequest) -> Result<EngineStream, MlError> {
         let key = request.adapters.first().map(|(id, _)| id.clone());
         let request = self.to_proto(inference_id, request)?;
+        let set = self.snapshot();
         let mut tried = Vec::new();
         loop {
-            let Some(index) = self.pick(key.as_deref(), &tried) else {
+            let Some(index) = Self::pick(&set, key.as_deref(), &tried) else {
                 return Err(MlError::Overloaded(format!(
-                    "no engine replica is reachable ({} configured)",
-                    self.replicas.len()
+                    "no engine replica is reachable ({} known)",
+                    set.members.len()
                 )));
             };
-            let replica = &self.replicas[index];
-            let in_flight = InFlight::take(self.replicas.clone(), index);
+            let replica = &set.members[index].replica;
+            let in_flight = InFlight::take(replica.clone());
             match replica.client.clone().generate(request.clone()).await {
                 Ok(response) => {
                     let (events, receiver) = mpsc::unbounded_channel();
@@ -225,9 +296,11 @@ impl EngineHost for RemoteEngines {
     }
 
     fn describe(&self) -> Vec<EngineStatus> {
-        self.replicas
+        self.snapshot()
+            .members
             .iter()
-            .map(|r| {
+            .map(|m| {
+                let r = &m.replica;
                 let (running, waiting) = r.reported();
                 EngineStatus { name: r.url.clone(), healthy: r.healthy.load(Ordering::SeqCst), running, waiting }
             })
@@ -236,24 +309,22 @@ impl EngineHost for RemoteEngines {
 }
 
 /// Counts a request against its replica's load until dropped.
-struct InFlight {
-    replicas: Arc<[Replica]>,
-    index: usize,
-}
+struct InFlight(Arc<Replica>);
 
 impl InFlight {
-    fn take(replicas: Arc<[Replica]>, index: usize) -> Self {
-        replicas[index].in_flight.fetch_add(1, Ordering::SeqCst);
-        Self { replicas, index }
+    fn take(replica: Arc<Replica>) -> Self {
+        replica.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(replica)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.replicas[self.index].in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
+/// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
@@ -268,7 +339,7 @@ async fn forward(
     events: mpsc::UnboundedSender<Event>,
     in_flight: InFlight,
 ) {
-    let replica = &in_flight.replicas[in_flight.index];
+    let replica = in_flight.0.clone();
     loop {
         let event = match stream.message().await {
             Ok(Some(pb::GenerateResponse { event: Some(event) })) => event,
@@ -334,8 +405,7 @@ pub fn ml_error_of(status: &Status, url: &str) -> MlError {
 
 /// Checks one replica until the host is dropped: often while healthy (refreshing its counts),
 /// with growing pauses while down, rarely while refused for serving another base model.
-async fn check_replica(replicas: Arc<[Replica]>, index: usize, base_hash: ContentHash) {
-    let replica = &replicas[index];
+async fn check_replica(replica: Arc<Replica>, base_hash: ContentHash) {
     let mut pause = FIRST_RETRY;
     let mut refused = false;
     loop {
@@ -394,7 +464,7 @@ fn next_pause(pause: Duration, refused: bool) -> Duration {
 
 /// Per-replica gauges read at each scrape.
 #[derive(Debug)]
-struct ReplicaCollector(std::sync::Weak<[Replica]>);
+struct ReplicaCollector(std::sync::Weak<parking_lot::RwLock<Arc<ReplicaSet>>>);
 
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -404,7 +474,8 @@ impl std::fmt::Debug for Replica {
 
 impl Collector for ReplicaCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(replicas) = self.0.upgrade() else { return Ok(()) };
+        let Some(set) = self.0.upgrade() else { return Ok(()) };
+        let set = set.read().clone();
         type Read = fn(&Replica) -> i64;
         let gauges: [(&str, &str, Read); 4] = [
             ("healthy", "1 while the replica passes its checks", |r| i64::from(r.healthy.load(Ordering::SeqCst))),
@@ -417,7 +488,7 @@ impl Collector for ReplicaCollector {
         for (name, help, read) in gauges {
             let kind = ConstGauge::<i64>::default().metric_type();
             let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
-            for replica in replicas.iter() {
+            for replica in set.members.iter().map(|m| &m.replica) {
                 let labels = [("replica", replica.url.as_str())];
                 ConstGauge::new(read(replica)).encode(metric.encode_family(&labels)?)?;
             }

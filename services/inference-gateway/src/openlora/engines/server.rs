@@ -224,7 +224,8 @@ async fn bind(role: &'static str, addr: SocketAddr, hint: &'static str) -> Resul
 
 /// Runs one engine replica until `shutdown`: gRPC `EngineService` and health on
 /// `listen_host:engine_port`, ops HTTP on `listen_host:ops_base_port`, the base model of
-/// `base_model` (or the packaged one), adapters from the configured object store. Fails when
+/// `base_model` (or the packaged one), adapters from the configured object store, those of
+/// `engine_preload_adapters` loaded before it reports ready (`host::preload_list`). Fails when
 /// there is no base model, saying where it looked.
 pub async fn run_replica(
     config: Arc<Config>,

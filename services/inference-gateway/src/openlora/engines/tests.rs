@@ -321,3 +321,127 @@ fn without_a_model_the_message_says_where_it_looked_and_how_to_get_one() {
         assert!(message.contains(part), "{part:?} in {message}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_has_its_preload_adapters_in_cache_before_the_first_request() {
+    let fixture = Fixture::new(TinySpec::default()).await;
+    let config = Config {
+        engine_preload_adapters: " style, not-registered,facts,style ".into(),
+        ..fixture.config("preloading")
+    };
+    let engine = host::start_replica_engine(&config, fixture.objects.clone(), &Metrics::new()).await.expect("engine");
+    let cache = engine.engine().adapter_cache();
+    assert_eq!(cache.cached_ids(), vec!["facts", "style"], "registered adapters loaded, the unknown one left out");
+    assert_eq!(engine.engine().stats().tokens_generated, 0, "before any request");
+    let misses = cache.metrics.misses.get();
+    let replica = TestReplica::start(Arc::new(engine)).await;
+    let remote = edge(&[&replica]).await;
+    generate(&remote, Some("style"), 4).await;
+    assert_eq!(
+        replica.engine.engine().adapter_cache().metrics.misses.get(),
+        misses,
+        "the first request found it loaded"
+    );
+
+    let malformed = Config { engine_preload_adapters: "style,../etc".into(), ..fixture.config("malformed") };
+    let Err(error) = host::start_replica_engine(&malformed, fixture.objects.clone(), &Metrics::new()).await else {
+        panic!("a malformed adapter id stops the start");
+    };
+    assert!(matches!(error, super::HostError::Preload(_)), "{error}");
+    assert!(error.to_string().contains("engine_preload_adapters"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_joining_and_leaving_move_only_their_own_adapters() {
+    let fixture = Fixture::new(TinySpec::default()).await;
+    let replicas = [
+        TestReplica::start(fixture.local("a").await).await,
+        TestReplica::start(fixture.local("b").await).await,
+        TestReplica::start(fixture.local("c").await).await,
+    ];
+    let remote = edge(&[&replicas[0], &replicas[1], &replicas[2]]).await;
+    let holder = |adapter: &str| {
+        let holders: Vec<usize> = (0..3).filter(|&i| replicas[i].holds(adapter)).collect();
+        assert_eq!(holders.len(), 1, "{adapter} is loaded on exactly one replica: {holders:?}");
+        holders[0]
+    };
+    let mut expected = Vec::new();
+    for adapter in ADAPTERS {
+        expected.push(generate(&remote, Some(adapter), 6).await);
+    }
+    let homes: Vec<usize> = ADAPTERS.iter().map(|a| holder(a)).collect();
+
+    // The last replica with adapters leaves the set (as discovery says when its pod goes).
+    let leaving = *homes.iter().max().expect("homes");
+    let staying: Vec<String> = (0..3).filter(|&i| i != leaving).map(|i| replicas[i].url.clone()).collect();
+    remote.set_replicas(&staying);
+    assert_eq!(remote.describe().len(), 2);
+    for ((adapter, output), home) in ADAPTERS.iter().zip(&expected).zip(&homes) {
+        assert_eq!(&generate(&remote, Some(adapter), 6).await, output, "{adapter} after the change");
+        if *home != leaving {
+            assert_eq!(holder(adapter), *home, "{adapter} stayed where it was");
+        }
+    }
+    let served = replicas[leaving].engine.engine().stats().tokens_generated;
+
+    // It comes back: its adapters return to it, the others stay.
+    let all: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    remote.set_replicas(&all);
+    eventually("the returning replica passes its check", || remote.describe().iter().all(|s| s.healthy)).await;
+    for ((adapter, output), home) in ADAPTERS.iter().zip(&expected).zip(&homes) {
+        assert_eq!(&generate(&remote, Some(adapter), 6).await, output, "{adapter} after the return");
+        assert!(replicas[*home].holds(adapter), "{adapter} is served by its home replica again");
+    }
+    let again = replicas[leaving].engine.engine().stats().tokens_generated;
+    assert!(again > served, "the returning replica takes its adapters' requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_routes_to_the_replicas_behind_a_services_endpoint_slices() {
+    use openledger_operator::testing::{self, Expect, status_body};
+    use serde_json::json;
+
+    let fixture = Fixture::new(TinySpec::default()).await;
+    let a = TestReplica::start(fixture.local("a").await).await;
+    let b = TestReplica::start(fixture.local("b").await).await;
+    let slice = |name: &str, replica: &TestReplica| {
+        let port: u16 = replica.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+        json!({
+            "metadata": {"name": name, "namespace": "serving", "resourceVersion": "5"},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+            "ports": [{"name": "grpc", "port": port}],
+        })
+    };
+    let path = "/apis/discovery.k8s.io/v1/namespaces/serving/endpointslices";
+    let (client, script) = testing::pair();
+    let server = script.run(vec![
+        Expect::get(path)
+            .returns(json!({"metadata": {"resourceVersion": "5"}, "items": [slice("e-a", &a), slice("e-b", &b)]})),
+        Expect::get(path).query("watch=true").respond(503, status_body(503, "ServiceUnavailable", "try later")),
+    ]);
+    let remote = Arc::new(RemoteEngines::start(a.engine.base().clone(), &[], None).expect("remote engines"));
+    let none = remote.generate("x", request(remote.as_ref(), Some("style"), 4)).await.expect_err("no replica yet");
+    assert!(matches!(none, openledger_ml::MlError::Overloaded(_)), "{none}");
+    let target =
+        super::discovery::ServiceTarget::parse("kubernetes://engines.serving:50060").expect("scheme").expect("valid");
+    let retry = super::discovery::Retry { first: Duration::from_secs(3600), longest: Duration::from_secs(3600) };
+    host::follow_services(&remote, Vec::new(), vec![target], client, retry);
+    eventually("both discovered replicas pass their checks", || {
+        let status = remote.describe();
+        status.len() == 2 && status.iter().all(|s| s.healthy)
+    })
+    .await;
+    let mut names: Vec<String> = remote.describe().into_iter().map(|s| s.name).collect();
+    names.sort();
+    let mut urls = vec![a.url.clone(), b.url.clone()];
+    urls.sort();
+    assert_eq!(names, urls);
+    for adapter in ADAPTERS {
+        generate(remote.as_ref(), Some(adapter), 4).await;
+    }
+    for adapter in ADAPTERS {
+        assert!(a.holds(adapter) != b.holds(adapter), "{adapter} is loaded on exactly one replica");
+    }
+    server.finish().await;
+}
