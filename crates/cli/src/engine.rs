@@ -6,36 +6,14 @@
 
 use std::{process::ExitCode, sync::Arc};
 
-use openledger_core::{Config, LogFormat};
-use tokio_util::sync::CancellationToken;
+use openledger_core::Config;
 
 /// Runs the replica until SIGTERM/SIGINT; exit code 0 after a clean drain.
 pub fn run(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
-        let telemetry = openledger_telemetry::init(&openledger_telemetry::TelemetryConfig {
-            service_name: "openledger-engine".to_owned(),
-            json_logs: config.log_format == LogFormat::Json,
-            log_filter: config.log_level.clone(),
-        });
-        let _telemetry = match telemetry {
-            Ok(guard) => guard,
-            Err(error) => {
-                eprintln!("error: {error}");
-                return ExitCode::from(2);
-            }
-        };
-        let shutdown = CancellationToken::new();
-        openledger_runtime::shutdown::cancel_on_signals(shutdown.clone());
+    let config = Arc::new(config);
+    crate::run::with_runtime(&config.clone(), "openledger-engine", |shutdown| async move {
         let metrics = openledger_telemetry::Metrics::new();
-        let replica =
-            openledger_inference_gateway::openlora::engines::server::run_replica(Arc::new(config), metrics, shutdown);
+        let replica = openledger_inference_gateway::openlora::engines::server::run_replica(config, metrics, shutdown);
         match replica.await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

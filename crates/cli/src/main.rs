@@ -13,6 +13,7 @@ mod model;
 mod operator;
 mod run;
 mod settings;
+mod train_job;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -100,6 +101,13 @@ enum Command {
         #[command(flatten)]
         settings: flags::AllFlags,
     },
+    /// Train one fine-tuning job in this process, then exit (the entrypoint of the pods the operator runs for a LoraJob)
+    TrainJob {
+        /// The model-factory job (ftjob-…)
+        job_id: String,
+        #[command(flatten)]
+        settings: flags::AllFlags,
+    },
 }
 
 #[derive(Subcommand)]
@@ -118,6 +126,7 @@ impl Command {
             Self::Dev { settings }
             | Self::Serve { settings, .. }
             | Self::Engine { settings }
+            | Self::TrainJob { settings, .. }
             | Self::Config(ConfigCommand::Print { settings })
             | Self::Migrate { settings }
             | Self::Operator(operator::OperatorCommand::Run { settings, .. }) => Some(settings),
@@ -162,6 +171,7 @@ fn main() -> ExitCode {
         Command::Migrate { .. } => migrate::migrate(&resolved.config),
         Command::Dev { .. } => run::run(resolved.config, ServiceKind::ALL.to_vec(), true),
         Command::Engine { .. } => engine::run(resolved.config),
+        Command::TrainJob { job_id, .. } => train_job::run(resolved.config, job_id),
         Command::Serve { mut services, .. } => {
             services.sort();
             services.dedup();

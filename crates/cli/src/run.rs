@@ -89,6 +89,40 @@ pub fn run(config: Config, services: Vec<ServiceKind>, embedded: bool) -> ExitCo
     })
 }
 
+/// Runs `work` on a multi-threaded runtime with telemetry as `service_name` and a shutdown
+/// token cancelled by SIGTERM/SIGINT: the frame of the one-purpose commands (`engine`,
+/// `train-job`). Exit code 2 when the runtime or telemetry cannot start.
+pub fn with_runtime<F, W>(config: &Config, service_name: &str, work: W) -> ExitCode
+where
+    W: FnOnce(CancellationToken) -> F,
+    F: Future<Output = ExitCode>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async move {
+        let telemetry = openledger_telemetry::init(&openledger_telemetry::TelemetryConfig {
+            service_name: service_name.to_owned(),
+            json_logs: config.log_format == LogFormat::Json,
+            log_filter: config.log_level.clone(),
+        });
+        let _telemetry = match telemetry {
+            Ok(guard) => guard,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        let shutdown = CancellationToken::new();
+        openledger_runtime::shutdown::cancel_on_signals(shutdown.clone());
+        work(shutdown).await
+    })
+}
+
 /// Prints where everything is, once every service is ready.
 async fn announce_when_ready(
     deps: &Deps,

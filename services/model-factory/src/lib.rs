@@ -26,6 +26,7 @@ use openledger_runtime::{Config, Deps, RuntimeError, ServiceKind, ServiceSpec, c
 use openledger_store::db::MaybeBusy;
 
 pub use api::{Api, SharedJobs, SharedRegistry};
+pub use jobs::pod::{JobOutcome, run_job};
 pub use registry::Registry;
 
 /// An error with the code callers act on and a message naming the problem.
@@ -89,7 +90,7 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
     shared.set_outbox_waker(spec.outbox_waker());
     let outbox_wake = spec.outbox_waker();
     let work_dir = config.data_dir.join("finetune");
-    let executor: Arc<dyn jobs::executor::Executor> = Arc::new(jobs::executor::LocalExecutor);
+    let executor = executor(&config, deps.embedded).await?;
     let worker: openledger_runtime::Worker = Box::new(move |backends, shutdown| {
         Box::pin(async move {
             let Some(registry) = shared.get() else {
@@ -113,4 +114,25 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         })
     });
     run_service(spec.worker(worker), &config, deps).await
+}
+
+/// The executor `job_executor` names; embedded mode always runs jobs in its own process.
+async fn executor(config: &Config, embedded: bool) -> Result<Arc<dyn jobs::executor::Executor>, RuntimeError> {
+    if config.job_executor != jobs::kubernetes::NAME {
+        return Ok(Arc::new(jobs::executor::LocalExecutor));
+    }
+    if embedded {
+        tracing::warn!("job_executor is kubernetes, but `openledger dev` runs fine-tuning jobs in its own process");
+        return Ok(Arc::new(jobs::executor::LocalExecutor));
+    }
+    match jobs::kubernetes::KubernetesExecutor::from_config(config).await {
+        Ok(executor) => Ok(Arc::new(executor)),
+        Err(error) => Err(RuntimeError::Server {
+            service: ServiceKind::ModelFactory,
+            role: "kubernetes job executor",
+            reason: format!(
+                "{error}: run it in a cluster (a service account) or with a kubeconfig, or set job_executor to local"
+            ),
+        }),
+    }
 }

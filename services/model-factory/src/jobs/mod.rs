@@ -4,17 +4,24 @@
 //! - [`spec`]: the request's checks and the hyper-parameters ("auto" resolved from the data);
 //! - [`datanets`]: the access check and the records, from datanet-ingest;
 //! - `store`: rows, events, checkpoints, and state changes with their bus events;
-//! - [`executor`]: where jobs run (the local executor here; the Kubernetes contract);
+//! - [`executor`]: where jobs run: in this process, or ([`kubernetes`]) as `LoraJob`s whose
+//!   pods run [`pod::run_job`];
 //! - `validate` and `run`: reading the records of a new job, and training a queued one.
 //!
 //! Life of a job: `validating_files` (its records are read, checked against the version's
 //! Merkle root and parsed) → `queued` → `running` (checkpoints as it goes) → `succeeded` (the
 //! adapter is registered) | `failed` | `cancelled`; `paused` from `queued` or `running` (a
 //! running job checkpoints first) until resumed. A job a dead process left `running` or
-//! `validating_files` continues when the service starts again, from its last checkpoint.
+//! `validating_files` continues when the service starts again, from its last checkpoint. A
+//! job of the Kubernetes executor stays `queued` until its pod starts training it; cancelling
+//! or pausing it while it runs changes its state at once and its pod stops at its next step.
 
 pub mod datanets;
 pub mod executor;
+pub mod kubernetes;
+#[cfg(test)]
+mod kubernetes_tests;
+pub mod pod;
 mod run;
 pub mod spec;
 mod store;
@@ -359,20 +366,26 @@ impl Jobs {
         signal: Signal,
     ) -> Result<pb::FineTuneJob, RegistryError> {
         let row = self.owned(&request.id, request.caller_account_id.as_ref()).await?;
-        let (waiting, to, verb): (&[pb::JobState], _, _) = match signal {
+        let (mut waiting, to, verb) = match signal {
             Signal::Cancel => (
-                &[pb::JobState::ValidatingFiles, pb::JobState::Queued, pb::JobState::Paused],
+                vec![pb::JobState::ValidatingFiles, pb::JobState::Queued, pb::JobState::Paused],
                 pb::JobState::Cancelled,
                 "cancelled",
             ),
-            _ => (&[pb::JobState::Queued], pb::JobState::Paused, "paused"),
+            _ => (vec![pb::JobState::Queued], pb::JobState::Paused, "paused"),
         };
+        // A job running in another process (a pod) is stopped by its state: its pod sees it
+        // at its next step and stops after a checkpoint; the executor removes the pod.
+        if self.executor != executor::LocalExecutor::NAME {
+            waiting.push(pb::JobState::Running);
+        }
         let mut watch = self.progress.subscribe();
         if let Some(row) =
-            store::transition(&self.db, &self.subjects, &row.id, waiting, to, format!("{verb} by its owner"), |_| {})
+            store::transition(&self.db, &self.subjects, &row.id, &waiting, to, format!("{verb} by its owner"), |_| {})
                 .await?
         {
             self.changed();
+            self.runnable.notify_one();
             return store::view(&row);
         }
         // Moved on meanwhile (or running): read it again.

@@ -30,8 +30,8 @@ use crate::{
 };
 
 /// A sealed version of one Datanet that Alice holds a grant on.
-struct ScriptedDatanet {
-    records: Vec<VersionRecord>,
+pub(super) struct ScriptedDatanet {
+    pub(super) records: Vec<VersionRecord>,
     refuse: Option<ErrorCode>,
 }
 
@@ -48,7 +48,7 @@ impl ScriptedDatanet {
         Arc::new(Self { records, refuse: None })
     }
 
-    fn instructions(n: usize) -> Arc<Self> {
+    pub(super) fn instructions(n: usize) -> Arc<Self> {
         let bodies: Vec<String> = (0..n)
             .map(|i| format!(r#"{{"instruction":"what is {i} plus {i}?","response":"{} is the answer"}}"#, 2 * i))
             .collect();
@@ -99,23 +99,23 @@ impl DatanetReads for ScriptedDatanet {
 }
 
 /// One "process": the jobs of the service and its local executor.
-struct Service {
-    jobs: Arc<Jobs>,
+pub(super) struct Service {
+    pub(super) jobs: Arc<Jobs>,
     shutdown: CancellationToken,
     runner: tokio::task::JoinHandle<()>,
 }
 
 /// What outlives a process: the database, the object store and the data directory.
-struct World {
-    db: DatabaseConnection,
-    objects: Arc<dyn ObjectStore>,
+pub(super) struct World {
+    pub(super) db: DatabaseConnection,
+    pub(super) objects: Arc<dyn ObjectStore>,
     base: std::path::PathBuf,
-    dir: tempfile::TempDir,
+    pub(super) dir: tempfile::TempDir,
     datanet: Arc<ScriptedDatanet>,
 }
 
 impl World {
-    async fn new(db: DatabaseConnection, datanet: Arc<ScriptedDatanet>) -> Self {
+    pub(super) async fn new(db: DatabaseConnection, datanet: Arc<ScriptedDatanet>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let base = TinyModel::new(TinySpec::default())
             .expect("tiny model")
@@ -127,26 +127,7 @@ impl World {
     }
 
     fn start(&self) -> Service {
-        let bases = Arc::new(BaseModels::at(&self.base));
-        let registry = Arc::new(Registry::new(
-            self.db.clone(),
-            self.objects.clone(),
-            ledger(),
-            bases.clone(),
-            Subjects::default(),
-        ));
-        let jobs = Jobs::new(JobsParts {
-            db: self.db.clone(),
-            registry,
-            datanets: self.datanet.clone(),
-            owners: ledger(),
-            bases,
-            subjects: Subjects::default(),
-            work_dir: self.dir.path().join("finetune"),
-            executor: "local",
-            threads: 1,
-            outbox_wake: None,
-        });
+        let jobs = self.jobs(super::executor::LocalExecutor::NAME);
         let shutdown = CancellationToken::new();
         let runner = tokio::spawn({
             let (jobs, shutdown) = (jobs.clone(), shutdown.clone());
@@ -155,7 +136,36 @@ impl World {
         Service { jobs, shutdown, runner }
     }
 
-    async fn outbox(&self, subject_part: &str) -> Vec<(String, Vec<u8>)> {
+    /// A service of jobs recorded for `executor`, whose executor the test drives itself.
+    pub(super) fn start_idle(&self, executor: &'static str) -> Service {
+        Service { jobs: self.jobs(executor), shutdown: CancellationToken::new(), runner: tokio::spawn(async {}) }
+    }
+
+    /// The jobs of a service (over this world's database, objects and data directory).
+    pub(super) fn jobs(&self, executor: &'static str) -> Arc<Jobs> {
+        let bases = Arc::new(BaseModels::at(&self.base));
+        let registry = Arc::new(Registry::new(
+            self.db.clone(),
+            self.objects.clone(),
+            ledger(),
+            bases.clone(),
+            Subjects::default(),
+        ));
+        Jobs::new(JobsParts {
+            db: self.db.clone(),
+            registry,
+            datanets: self.datanet.clone(),
+            owners: ledger(),
+            bases,
+            subjects: Subjects::default(),
+            work_dir: self.dir.path().join("finetune"),
+            executor,
+            threads: 1,
+            outbox_wake: None,
+        })
+    }
+
+    pub(super) async fn outbox(&self, subject_part: &str) -> Vec<(String, Vec<u8>)> {
         let statement = Statement::from_string(
             self.db.get_database_backend(),
             "SELECT subject, payload FROM outbox WHERE producer = 'model-factory' ORDER BY id",
@@ -171,18 +181,18 @@ impl World {
 }
 
 impl Service {
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         self.shutdown.cancel();
         self.runner.await.expect("executor");
     }
 
-    async fn get(&self, id: &str) -> pb::FineTuneJob {
+    pub(super) async fn get(&self, id: &str) -> pb::FineTuneJob {
         let request = pb::GetFineTuneJobRequest { id: id.into(), caller_account_id: Some(ALICE_ACCOUNT.into()) };
         self.jobs.get(&request).await.expect("get")
     }
 
     /// Polls until `done` holds for the job (two minutes at most).
-    async fn until(&self, id: &str, done: impl Fn(&pb::FineTuneJob) -> bool) -> pb::FineTuneJob {
+    pub(super) async fn until(&self, id: &str, done: impl Fn(&pb::FineTuneJob) -> bool) -> pb::FineTuneJob {
         for _ in 0..2400 {
             let job = self.get(id).await;
             if done(&job) {
@@ -193,13 +203,13 @@ impl Service {
         panic!("job {id} never got there: {:?}", self.get(id).await);
     }
 
-    async fn until_state(&self, id: &str, state: pb::JobState) -> pb::FineTuneJob {
+    pub(super) async fn until_state(&self, id: &str, state: pb::JobState) -> pb::FineTuneJob {
         let job = self.until(id, |job| job.state == state as i32 || super::is_terminal(job.state())).await;
         assert_eq!(job.state(), state, "{job:?}");
         job
     }
 
-    async fn events(&self, id: &str) -> Vec<pb::JobEvent> {
+    pub(super) async fn events(&self, id: &str) -> Vec<pb::JobEvent> {
         let request = pb::ListJobEventsRequest {
             job_id: id.into(),
             caller_account_id: Some(ALICE_ACCOUNT.into()),
@@ -209,7 +219,7 @@ impl Service {
     }
 }
 
-fn create(hyperparameters: pb::Hyperparameters) -> pb::CreateFineTuneJobRequest {
+pub(super) fn create(hyperparameters: pb::Hyperparameters) -> pb::CreateFineTuneJobRequest {
     pb::CreateFineTuneJobRequest {
         caller_account_id: Some(ALICE_ACCOUNT.into()),
         model: "tiny-base".into(),
@@ -221,7 +231,7 @@ fn create(hyperparameters: pb::Hyperparameters) -> pb::CreateFineTuneJobRequest 
     }
 }
 
-fn quick() -> pb::Hyperparameters {
+pub(super) fn quick() -> pb::Hyperparameters {
     pb::Hyperparameters {
         n_epochs: Some(2),
         batch_size: Some(2),
@@ -232,7 +242,7 @@ fn quick() -> pb::Hyperparameters {
     }
 }
 
-fn action(id: &str) -> pb::FineTuneJobActionRequest {
+pub(super) fn action(id: &str) -> pb::FineTuneJobActionRequest {
     pb::FineTuneJobActionRequest { id: id.into(), caller_account_id: Some(ALICE_ACCOUNT.into()) }
 }
 
