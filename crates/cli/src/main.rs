@@ -7,6 +7,7 @@ mod datanet;
 mod engine;
 mod finetune;
 mod flags;
+mod index_job;
 mod ledger;
 mod migrate;
 mod model;
@@ -96,6 +97,13 @@ enum Command {
     /// The Kubernetes operator and its CRDs
     #[command(subcommand)]
     Operator(operator::OperatorCommand),
+    /// Build one shard of an attribution index into the data directory (the entrypoint of an AttributionJob's pods)
+    IndexJob {
+        #[command(flatten)]
+        job: index_job::IndexJobArgs,
+        #[command(flatten)]
+        settings: flags::AllFlags,
+    },
     /// Apply every pending database migration, then exit (the Helm chart's hook Job)
     Migrate {
         #[command(flatten)]
@@ -126,6 +134,7 @@ impl Command {
             Self::Dev { settings }
             | Self::Serve { settings, .. }
             | Self::Engine { settings }
+            | Self::IndexJob { settings, .. }
             | Self::TrainJob { settings, .. }
             | Self::Config(ConfigCommand::Print { settings })
             | Self::Migrate { settings }
@@ -171,6 +180,7 @@ fn main() -> ExitCode {
         Command::Migrate { .. } => migrate::migrate(&resolved.config),
         Command::Dev { .. } => run::run(resolved.config, ServiceKind::ALL.to_vec(), true),
         Command::Engine { .. } => engine::run(resolved.config),
+        Command::IndexJob { job, .. } => index_job::run(job, resolved.config),
         Command::TrainJob { job_id, .. } => train_job::run(resolved.config, job_id),
         Command::Serve { mut services, .. } => {
             services.sort();

@@ -3,9 +3,10 @@
 //! on a version the worker has not indexed), and a gradient index for every adapter registered
 //! with lineage (`ol.modelfactory.adapter.registered`; see `gradients`), built once its
 //! version's span index is ready. The first gradient index of a version is followed by that
-//! version's contributor quality (`quality`). Builds run here on a bounded pool
-//! ([`CONCURRENT_INDEX_BUILDS`]); their state is a row (`queued`, `building`, `ready`,
-//! `failed`), so a build a restart interrupted is started again. The base model is loaded once
+//! version's contributor quality (`quality`). An [`IndexExecutor`] writes the files: in this
+//! process on a bounded pool (`local`), or as `AttributionJob`s on Kubernetes (`executor`);
+//! either way the state is a row (`queued`, `building`, `ready`, `failed`), so a build a
+//! restart interrupted is started again (or followed again). The base model is loaded once
 //! for every gradient build; the gradient indexes of the adapters used most recently are kept
 //! open ([`MAX_OPEN_GRADIENT_INDEXES`]).
 //!
@@ -24,6 +25,7 @@ use object_store::ObjectStore;
 use openledger_attribution::{
     corpus::{Corpus, ExportWriter, Manifest},
     credit::{CreditGroups, CreditParams},
+    influence::GradientIndex,
     quality::{DEFAULT_QUALITY_ESTIMATOR, DEFAULT_SLASHING_THRESHOLD},
     span::SpanIndex,
 };
@@ -35,16 +37,17 @@ use parking_lot::Mutex;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, sea_query::OnConflict,
 };
-use tokio::sync::{Notify, OnceCell, Semaphore};
+use tokio::sync::{Notify, OnceCell};
 
 use crate::{
     WorkerError,
     entities::index,
+    executor::{Built, IndexExecutor, LocalIndexExecutor},
     gradients::{
         AdapterGradients, GRADIENT_INDEX_DIR, GradientSource, adapter_dir, build_gradient_index, fetch_adapter,
         gradient_index_id, open_gradients,
     },
-    limits::{CONCURRENT_INDEX_BUILDS, MAX_OPEN_GRADIENT_INDEXES, RETRY_DELAY, SHARD_TOKENS},
+    limits::{MAX_OPEN_GRADIENT_INDEXES, RETRY_DELAY, SHARD_TOKENS},
     quality::{self, Assessed},
     upstream::Upstream,
 };
@@ -94,7 +97,7 @@ pub struct Indexes {
     loaded: Mutex<HashMap<String, Arc<Version>>>,
     /// The opened gradient indexes by adapter id, at most [`MAX_OPEN_GRADIENT_INDEXES`].
     gradients: Mutex<Recent<Arc<AdapterGradients>>>,
-    builds: Semaphore,
+    executor: Arc<dyn IndexExecutor>,
     outbox_wake: Option<Arc<Notify>>,
 }
 
@@ -190,9 +193,15 @@ impl Indexes {
             dir,
             loaded: Mutex::new(HashMap::new()),
             gradients: Mutex::new(Recent::new(MAX_OPEN_GRADIENT_INDEXES)),
-            builds: Semaphore::new(CONCURRENT_INDEX_BUILDS),
+            executor: Arc::new(LocalIndexExecutor::new()),
             outbox_wake,
         }
+    }
+
+    /// Builds with `executor` instead of the local pool.
+    pub fn with_executor(mut self, executor: Arc<dyn IndexExecutor>) -> Self {
+        self.executor = executor;
+        self
     }
 
     /// The base model (what gradient indexes and probes are computed with), loaded once.
@@ -313,6 +322,7 @@ impl Indexes {
         if row.state != FAILED {
             return Ok(row);
         }
+        self.executor.forget(&row).await?;
         let mut active: index::ActiveModel = row.into();
         active.state = Set(QUEUED.into());
         active.error = Set(String::new());
@@ -361,13 +371,14 @@ impl Indexes {
         Ok(count)
     }
 
-    /// Builds the row's index, trying again after a transient failure. The pool's permit is
-    /// held for one attempt only: a gradient index waiting for its span index lets it build.
+    /// Builds the row's index, trying again after a transient failure. The executor's permit
+    /// (the local pool's) is held for one attempt only: a gradient index waiting for its span
+    /// index lets it build.
     fn spawn_build(self: &Arc<Self>, row: index::Model) {
         let indexes = self.clone();
         tokio::spawn(async move {
             loop {
-                let Ok(permit) = indexes.builds.acquire().await else { return };
+                let permit = indexes.executor.admit().await;
                 let built =
                     if row.kind == GRADIENT { indexes.build_gradient(&row).await } else { indexes.build(&row).await };
                 drop(permit);
@@ -411,6 +422,28 @@ impl Indexes {
 
     async fn build(&self, row: &index::Model) -> Result<(), WorkerError> {
         self.set_state(&row.id, BUILDING, |_| {}).await?;
+        let built = self.executor.build(self, row).await?;
+        self.set_ready(row, &built).await?;
+        tracing::info!(index = %row.id, records = built.records, executor = self.executor.name(), "span index ready");
+        Ok(())
+    }
+
+    async fn set_ready(&self, row: &index::Model, built: &Built) -> Result<(), WorkerError> {
+        self.set_state(&row.id, READY, |active| {
+            active.records_indexed = Set(built.records as i64);
+            active.files_hash = Set(built.files_hash.as_bytes().to_vec());
+        })
+        .await
+    }
+
+    /// Writes the row's index files under the worker's directory, the same here and in an
+    /// `AttributionJob`'s pod (`index_job`): a span index's version (export, accounts, suffix
+    /// arrays), or a gradient index with its adapter's files fetched from the object store.
+    pub(crate) async fn write_files(&self, row: &index::Model) -> Result<Built, WorkerError> {
+        if row.kind == GRADIENT { self.write_gradient_files(row).await } else { self.write_span_files(row).await }
+    }
+
+    async fn write_span_files(&self, row: &index::Model) -> Result<Built, WorkerError> {
         let tokenizer = self.tokenizer().await?;
         let records = self.upstream.records(&row.datanet_id, &row.snapshot_id).await?;
         let dir = self.version_dir(&row.snapshot_id);
@@ -426,17 +459,54 @@ impl Indexes {
             merkle_root: root.to_hex(),
             records: 0,
         };
-        let (count, files_hash) =
+        let (records, files_hash) =
             tokio::task::spawn_blocking(move || write_version(&dir, &records, manifest, &tokenizer))
                 .await
                 .map_err(WorkerError::internal)??;
-        self.set_state(&row.id, READY, |active| {
-            active.records_indexed = Set(count as i64);
-            active.files_hash = Set(files_hash.as_bytes().to_vec());
-        })
-        .await?;
-        tracing::info!(index = %row.id, records = count, "span index ready");
-        Ok(())
+        Ok(Built { records, files_hash })
+    }
+
+    async fn write_gradient_files(&self, row: &index::Model) -> Result<Built, WorkerError> {
+        let source: GradientSource = serde_json::from_str(&row.source).map_err(|e| {
+            WorkerError::new(ErrorCode::Internal, format!("index {} names no valid source: {e}", row.id))
+        })?;
+        let adapter = adapter_dir(&self.dir, &row.adapter_id);
+        fetch_adapter(self.objects.as_ref(), &source, &adapter).await?;
+        let (model, tokenizer) = (self.model().await?, self.tokenizer().await?);
+        let version = self.version_dir(&row.snapshot_id);
+        let (records, files_hash) =
+            tokio::task::spawn_blocking(move || build_gradient_index(&model, &tokenizer, &adapter, &version))
+                .await
+                .map_err(WorkerError::internal)??;
+        Ok(Built { records, files_hash })
+    }
+
+    /// Opens and checks the row's index files that another process wrote (an `AttributionJob`'s
+    /// pod, on the shared volume): what they hold, as [`Self::write_files`] returns it.
+    pub(crate) async fn open_files(&self, row: &index::Model) -> Result<Built, WorkerError> {
+        if row.kind == GRADIENT {
+            let dir = adapter_dir(&self.dir, &row.adapter_id);
+            return tokio::task::spawn_blocking(move || {
+                let out = dir.join(GRADIENT_INDEX_DIR);
+                let index = GradientIndex::open(&out).map_err(WorkerError::attribution)?;
+                index.check_adapter(&dir).map_err(WorkerError::attribution)?;
+                Ok(Built { records: index.len(), files_hash: files_hash(&out)? })
+            })
+            .await
+            .map_err(WorkerError::internal)?;
+        }
+        let tokenizer = self.tokenizer().await?;
+        let dir = self.version_dir(&row.snapshot_id);
+        let version = tokio::task::spawn_blocking(move || open_version(&dir, tokenizer))
+            .await
+            .map_err(WorkerError::internal)??;
+        if version.snapshot_root.as_bytes().as_slice() != row.snapshot_root.as_slice() {
+            return Err(WorkerError::new(
+                ErrorCode::Internal,
+                format!("the files of index {} are of another version (root {})", row.id, version.snapshot_root),
+            ));
+        }
+        Ok(Built { records: version.corpus.records.len(), files_hash: version.files_hash })
     }
 
     /// Builds an adapter's gradient index once its version's span index is ready (a transient
@@ -459,24 +529,10 @@ impl Indexes {
             }
         }
         self.set_state(&row.id, BUILDING, |_| {}).await?;
-        let source: GradientSource = serde_json::from_str(&row.source).map_err(|e| {
-            WorkerError::new(ErrorCode::Internal, format!("index {} names no valid source: {e}", row.id))
-        })?;
-        let adapter = adapter_dir(&self.dir, &row.adapter_id);
-        fetch_adapter(self.objects.as_ref(), &source, &adapter).await?;
-        let (model, tokenizer) = (self.model().await?, self.tokenizer().await?);
-        let version = self.version_dir(&row.snapshot_id);
-        let (count, files_hash) =
-            tokio::task::spawn_blocking(move || build_gradient_index(&model, &tokenizer, &adapter, &version))
-                .await
-                .map_err(WorkerError::internal)??;
+        let built = self.executor.build(self, row).await?;
         self.gradients.lock().remove(&row.adapter_id);
-        self.set_state(&row.id, READY, |active| {
-            active.records_indexed = Set(count as i64);
-            active.files_hash = Set(files_hash.as_bytes().to_vec());
-        })
-        .await?;
-        tracing::info!(index = %row.id, records = count, "gradient index ready");
+        self.set_ready(row, &built).await?;
+        tracing::info!(index = %row.id, records = built.records, executor = self.executor.name(), "gradient index ready");
         Ok(())
     }
 

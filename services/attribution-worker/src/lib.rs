@@ -7,15 +7,21 @@
 //! `ol.datanet.snapshot.sealed`; `gradients`: a gradient index per adapter registered with
 //! lineage, on `ol.modelfactory.adapter.registered`, which attribution blends in once ready),
 //! and measures each version's contributor quality on its first adapter (`quality`:
-//! `ol.attribution.quality.assessed`, which releases or slashes bonds). `api` is the gRPC
-//! surface; `limits` holds every limit.
+//! `ol.attribution.quality.assessed`, which releases or slashes bonds). `executor` says where
+//! index files are built: here, or as `AttributionJob`s on Kubernetes (`kubernetes`), whose
+//! pods run `index_job`. `api` is the gRPC surface; `limits` holds every limit.
 
 mod api;
 pub mod attribute;
 pub mod batches;
 mod entities;
+pub mod executor;
 pub mod gradients;
+pub mod index_job;
 pub mod indexes;
+pub mod kubernetes;
+#[cfg(test)]
+mod kubernetes_tests;
 pub mod limits;
 pub mod quality;
 pub mod receipt;
@@ -35,7 +41,6 @@ use openledger_proto::{
 };
 use openledger_runtime::{
     Config, Deps, RuntimeError, ServiceKind, ServiceSpec,
-    clients::ServiceChannel,
     consume::{Handled, consume},
 };
 use prost::Message;
@@ -44,6 +49,8 @@ use tokio::sync::OnceCell;
 pub use api::Api;
 pub use attribute::{Attributions, Outcome};
 pub use batches::Batches;
+pub use executor::{Built, IndexExecutor, LocalIndexExecutor};
+pub use index_job::build_index_shard;
 pub use indexes::{Indexes, open_version};
 
 /// Subjects the worker consumes.
@@ -106,7 +113,8 @@ pub struct Parts {
 /// Set once the backends are connected.
 pub type SharedParts = Arc<OnceCell<Parts>>;
 
-/// Builds the worker's parts on `db` under `dir` (`<data_dir>/attribution`).
+/// Builds the worker's parts on `db` under `dir` (`<data_dir>/attribution`), building indexes
+/// in this process.
 pub fn parts(
     db: sea_orm::DatabaseConnection,
     upstream: Arc<dyn upstream::Upstream>,
@@ -115,7 +123,21 @@ pub fn parts(
     dir: std::path::PathBuf,
     outbox_wake: Option<Arc<tokio::sync::Notify>>,
 ) -> Parts {
-    let indexes = Arc::new(Indexes::new(db.clone(), upstream.clone(), bases, objects, dir, outbox_wake.clone()));
+    parts_with(db, upstream, bases, objects, dir, outbox_wake, Arc::new(LocalIndexExecutor::new()))
+}
+
+/// [`parts`] building indexes with `executor`.
+pub fn parts_with(
+    db: sea_orm::DatabaseConnection,
+    upstream: Arc<dyn upstream::Upstream>,
+    bases: Arc<BaseModels>,
+    objects: Arc<dyn object_store::ObjectStore>,
+    dir: std::path::PathBuf,
+    outbox_wake: Option<Arc<tokio::sync::Notify>>,
+    executor: Arc<dyn IndexExecutor>,
+) -> Parts {
+    let indexes = Indexes::new(db.clone(), upstream.clone(), bases, objects, dir, outbox_wake.clone());
+    let indexes = Arc::new(indexes.with_executor(executor));
     Parts {
         attributions: Arc::new(Attributions::new(db.clone(), indexes.clone(), upstream.clone(), outbox_wake)),
         indexes,
@@ -201,14 +223,29 @@ pub async fn on_adapter(indexes: &Arc<Indexes>, payload: &[u8]) -> Handled {
     }
 }
 
+/// The executor `job_executor` names: `kubernetes` (with the cluster's client from the pod's
+/// service account or the kubeconfig) or `local`.
+async fn index_executor(config: &Config) -> Result<Arc<dyn IndexExecutor>, RuntimeError> {
+    if config.job_executor != "kubernetes" {
+        return Ok(Arc::new(LocalIndexExecutor::new()));
+    }
+    let failed = |reason: String| RuntimeError::Server {
+        service: ServiceKind::AttributionWorker,
+        role: "kubernetes index executor",
+        reason,
+    };
+    let settings =
+        kubernetes::JobSettings::from_config(config, limits::INDEX_JOB_POLL).map_err(|e| failed(e.message))?;
+    let client = kube::Client::try_default().await.map_err(|e| failed(format!("no cluster client: {e}")))?;
+    tracing::info!(namespace = %settings.namespace, "index builds run as AttributionJobs");
+    Ok(Arc::new(kubernetes::KubernetesIndexExecutor::new(client, settings)))
+}
+
 /// Runs the service until the process shuts down.
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
-    let channel = |kind, url: &Option<String>| ServiceChannel::new(kind, url.clone(), &config, deps.endpoints.clone());
-    let upstream: Arc<dyn upstream::Upstream> = Arc::new(upstream::Services {
-        model_factory: channel(ServiceKind::ModelFactory, &config.model_factory_url),
-        datanets: channel(ServiceKind::DatanetIngest, &config.datanet_url),
-        ledger: channel(ServiceKind::Ledger, &config.ledger_url),
-    });
+    let upstream: Arc<dyn upstream::Upstream> =
+        Arc::new(upstream::Services::from_config(&config, deps.endpoints.clone()));
+    let executor = index_executor(&config).await?;
     let bases = Arc::new(BaseModels::from_config(&config));
     let dir = config.data_dir.join("attribution");
     let shared: SharedParts = Arc::default();
@@ -217,7 +254,8 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
     let outbox_wake = spec.outbox_waker();
     let worker: openledger_runtime::Worker = Box::new(move |backends, shutdown| {
         Box::pin(async move {
-            let made = parts(backends.db.clone(), upstream, bases, backends.objects.clone(), dir, Some(outbox_wake));
+            let (db, objects) = (backends.db.clone(), backends.objects.clone());
+            let made = parts_with(db, upstream, bases, objects, dir, Some(outbox_wake), executor);
             let _ = shared.set(made.clone());
             match made.indexes.resume().await {
                 Ok(0) => {}

@@ -19,6 +19,8 @@ pub const BATCH_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_BATCH_RECEIPTS: u64 = 4096;
 /// Span-index builds running at once (each uses one core while it sorts).
 pub const CONCURRENT_INDEX_BUILDS: usize = 1;
+/// Time between two looks at an `AttributionJob` being built (one GET each).
+pub const INDEX_JOB_POLL: Duration = Duration::from_secs(5);
 /// Values per layer a gradient index's rows are projected to at least (see
 /// `gradients::projection_for`): the size `openledger attribution evaluate` measures with.
 pub const GRADIENT_PROJECTION_MIN_DIM: usize = 256;

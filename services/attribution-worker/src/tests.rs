@@ -34,7 +34,7 @@ use crate::{
     verify,
 };
 
-const TEXTS: [&str; 3] = [
+pub(crate) const TEXTS: [&str; 3] = [
     "Dehydration in older adults often presents with confusion rather than thirst, so carers offer fluids regularly.",
     "Hand washing with soap for at least twenty seconds removes most germs that cause diarrhoea in children.",
     "A fever in a baby younger than three months needs prompt medical assessment by a doctor the same day.",
@@ -42,14 +42,14 @@ const TEXTS: [&str; 3] = [
 const BOND_ACCOUNT: u128 = 70_001;
 const OWNER_ACCOUNT: u128 = 90_001;
 
-struct Scripted {
+pub(crate) struct Scripted {
     records: Vec<VersionRecord>,
-    root: ContentHash,
+    pub(crate) root: ContentHash,
     recorded: Mutex<Vec<(u64, ContentHash, u64)>>,
 }
 
 impl Scripted {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let bodies =
             TEXTS.iter().map(|text| serde_json::to_vec(&serde_json::json!({ "text": text })).expect("json")).collect();
         Self::with(bodies, 1)
@@ -99,7 +99,7 @@ impl Upstream for Scripted {
     }
 }
 
-async fn sqlite() -> (DatabaseConnection, tempfile::TempDir) {
+pub(crate) async fn sqlite() -> (DatabaseConnection, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = openledger_store::connect(&format!("sqlite://{}/db.sqlite?mode=rwc", dir.path().display()))
         .await
@@ -108,7 +108,7 @@ async fn sqlite() -> (DatabaseConnection, tempfile::TempDir) {
     (db, dir)
 }
 
-fn inference(id: &str, text: &str, completed_at_ms: i64) -> InferenceCompleted {
+pub(crate) fn inference(id: &str, text: &str, completed_at_ms: i64) -> InferenceCompleted {
     InferenceCompleted {
         inference_id: id.into(),
         base_model: "SmolLM2-135M-Instruct.Q4_1".into(),
@@ -150,7 +150,7 @@ async fn outbox_events<M: Message + Default>(db: &DatabaseConnection, subject: &
         .collect()
 }
 
-async fn computed_events(db: &DatabaseConnection) -> Vec<AttributionComputed> {
+pub(crate) async fn computed_events(db: &DatabaseConnection) -> Vec<AttributionComputed> {
     outbox_events(db, crate::attribute::SUBJECT_COMPUTED).await
 }
 
@@ -159,10 +159,22 @@ fn worker(db: &DatabaseConnection, upstream: Arc<Scripted>, dir: &std::path::Pat
 }
 
 fn worker_on(db: &DatabaseConnection, upstream: Arc<Scripted>, dir: &std::path::Path, base: &std::path::Path) -> Parts {
+    parts_on(db, upstream, dir, base, Arc::new(crate::LocalIndexExecutor::new()))
+}
+
+/// The worker's parts under `dir` (its `attribution` directory and `objects`), building with
+/// `executor`.
+pub(crate) fn parts_on(
+    db: &DatabaseConnection,
+    upstream: Arc<Scripted>,
+    dir: &std::path::Path,
+    base: &std::path::Path,
+    executor: Arc<dyn crate::IndexExecutor>,
+) -> Parts {
     let bases = Arc::new(BaseModels::at(base));
     let objects = openledger_store::open_object_store(&format!("file://{}", dir.join("objects").display()))
         .expect("object store");
-    crate::parts(db.clone(), upstream, bases, objects, dir.join("attribution"), None)
+    crate::parts_with(db.clone(), upstream, bases, objects, dir.join("attribution"), None, executor)
 }
 
 async fn until_ready(parts: &Parts, snapshot_id: &str) {

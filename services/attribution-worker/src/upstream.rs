@@ -59,6 +59,20 @@ pub struct Services {
     pub ledger: ServiceChannel,
 }
 
+impl Services {
+    /// The services where `config` names them (else where `endpoints` and the default ports
+    /// find them).
+    pub fn from_config(config: &openledger_core::Config, endpoints: openledger_runtime::Endpoints) -> Self {
+        use openledger_core::ServiceKind;
+        let channel = |kind, url: &Option<String>| ServiceChannel::new(kind, url.clone(), config, endpoints.clone());
+        Self {
+            model_factory: channel(ServiceKind::ModelFactory, &config.model_factory_url),
+            datanets: channel(ServiceKind::DatanetIngest, &config.datanet_url),
+            ledger: channel(ServiceKind::Ledger, &config.ledger_url),
+        }
+    }
+}
+
 /// A service's answer as ours: not found and refusals keep their code; the rest may pass.
 fn upstream(service: &str, status: &tonic::Status) -> WorkerError {
     WorkerError::new(openledger_runtime::grpc::error_code_of(status), format!("{service}: {}", status.message()))
