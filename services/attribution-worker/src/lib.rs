@@ -224,9 +224,15 @@ pub async fn on_adapter(indexes: &Arc<Indexes>, payload: &[u8]) -> Handled {
 }
 
 /// The executor `job_executor` names: `kubernetes` (with the cluster's client from the pod's
-/// service account or the kubeconfig) or `local`.
-async fn index_executor(config: &Config) -> Result<Arc<dyn IndexExecutor>, RuntimeError> {
+/// service account or the kubeconfig) or `local`; embedded mode always builds in its process.
+async fn index_executor(config: &Config, embedded: bool) -> Result<Arc<dyn IndexExecutor>, RuntimeError> {
     if config.job_executor != "kubernetes" {
+        return Ok(Arc::new(LocalIndexExecutor::new()));
+    }
+    if embedded {
+        tracing::warn!(
+            "job_executor is kubernetes, but `openledger dev` builds attribution indexes in its own process"
+        );
         return Ok(Arc::new(LocalIndexExecutor::new()));
     }
     let failed = |reason: String| RuntimeError::Server {
@@ -236,7 +242,12 @@ async fn index_executor(config: &Config) -> Result<Arc<dyn IndexExecutor>, Runti
     };
     let settings =
         kubernetes::JobSettings::from_config(config, limits::INDEX_JOB_POLL).map_err(|e| failed(e.message))?;
-    let client = kube::Client::try_default().await.map_err(|e| failed(format!("no cluster client: {e}")))?;
+    let client = kube::Client::try_default().await.map_err(|e| {
+        failed(format!(
+            "no cluster client ({e}): run it in a cluster (a service account) or with a kubeconfig, or set job_executor \
+             to local"
+        ))
+    })?;
     tracing::info!(namespace = %settings.namespace, "index builds run as AttributionJobs");
     Ok(Arc::new(kubernetes::KubernetesIndexExecutor::new(client, settings)))
 }
@@ -245,7 +256,7 @@ async fn index_executor(config: &Config) -> Result<Arc<dyn IndexExecutor>, Runti
 pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> {
     let upstream: Arc<dyn upstream::Upstream> =
         Arc::new(upstream::Services::from_config(&config, deps.endpoints.clone()));
-    let executor = index_executor(&config).await?;
+    let executor = index_executor(&config, deps.embedded).await?;
     let bases = Arc::new(BaseModels::from_config(&config));
     let dir = config.data_dir.join("attribution");
     let shared: SharedParts = Arc::default();
