@@ -47,7 +47,10 @@ pub async fn check_crds(client: &Client, scope: &Scope) -> Result<(), String> {
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     {
-        api.list(&ListParams::default().limit(1)).await.map(|_| ()).map_err(|error| format!("{}: {error}", K::plural(&())))
+        api.list(&ListParams::default().limit(1))
+            .await
+            .map(|_| ())
+            .map_err(|error| format!("{}: {error}", K::plural(&())))
     }
     one(scope.api::<LoraJob>(client)).await?;
     one(scope.api::<AttributionJob>(client)).await?;
@@ -104,5 +107,43 @@ async fn report<T: std::fmt::Debug, E: std::fmt::Display>(outcome: Result<T, E>)
     match outcome {
         Ok(object) => tracing::debug!(?object, "reconciled"),
         Err(error) => tracing::debug!(%error, "reconcile not done"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::{self, Expect};
+
+    fn empty_list() -> serde_json::Value {
+        json!({"apiVersion": "openledger.io/v1alpha1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []})
+    }
+
+    #[tokio::test]
+    async fn the_operator_is_ready_once_every_crd_answers_in_its_namespace() {
+        let (client, script) = testing::pair();
+        let base = "/apis/openledger.io/v1alpha1/namespaces/ml";
+        let server = script.run(
+            ["lorajobs", "attributionjobs", "loraservers", "datanets"]
+                .into_iter()
+                .map(|plural| Expect::get(format!("{base}/{plural}")).query("limit=1").returns(empty_list()))
+                .collect(),
+        );
+        check_crds(&client, &Scope { namespace: Some("ml".into()) }).await.expect("ready");
+        server.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_crd_is_named() {
+        let (client, script) = testing::pair();
+        let server = script.run(vec![
+            Expect::get("/apis/openledger.io/v1alpha1/lorajobs").returns(empty_list()),
+            Expect::get("/apis/openledger.io/v1alpha1/attributionjobs").not_found(),
+        ]);
+        let error = check_crds(&client, &Scope::default()).await.expect_err("not installed");
+        assert!(error.starts_with("attributionjobs: "), "{error}");
+        server.finish().await;
     }
 }

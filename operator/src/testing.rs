@@ -5,7 +5,7 @@
 //! request's. [`Server::finish`] fails the test when an expected request never came or an
 //! unexpected one did, and returns every request for further checks (and counting).
 
-use std::{fmt, time::Duration};
+use std::fmt;
 
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
@@ -158,8 +158,8 @@ impl Server {
     /// Ends the script: panics when an expected request did not come or another one did;
     /// returns every request received.
     pub async fn finish(self) -> Vec<Recorded> {
-        // Requests already sent are answered before the stop is seen.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Called once the code under test returned: every request it made was answered (a
+        // request still queued is served first: the loop prefers requests over the stop).
         let _ = self.stop.send(());
         let outcome = self.task.await.expect("the script task ran");
         assert!(outcome.unexpected.is_empty(), "unexpected requests: {:?}", outcome.unexpected);

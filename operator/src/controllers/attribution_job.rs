@@ -63,6 +63,9 @@ impl JobResource for AttributionJob {
             completions: Some(spec.shards),
             parallelism: Some(spec.parallelism.unwrap_or(spec.shards)),
             backoff_limit_per_index: Some(spec.backoff_limit_per_index),
+            pod_failure_policy: Some(k8s_openapi::api::batch::v1::PodFailurePolicy {
+                rules: vec![super::job::ignore_disruptions()],
+            }),
             active_deadline_seconds: spec.active_deadline_seconds,
             ttl_seconds_after_finished: spec.ttl_seconds_after_finished,
             template: pod::template(&spec.pod, workload, labels),

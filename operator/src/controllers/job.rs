@@ -227,3 +227,17 @@ pub fn owned_fields<S: Serialize>(status: &S, drop: &[&str]) -> Value {
     }
     value
 }
+
+/// The pod failure rule every job-like resource has: a pod evicted, preempted or drained
+/// (`DisruptionTarget`) is replaced without using up a retry.
+pub fn ignore_disruptions() -> k8s_openapi::api::batch::v1::PodFailurePolicyRule {
+    use k8s_openapi::api::batch::v1::{PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule};
+    PodFailurePolicyRule {
+        action: "Ignore".to_owned(),
+        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+            type_: "DisruptionTarget".to_owned(),
+            status: "True".to_owned(),
+        }]),
+        ..PodFailurePolicyRule::default()
+    }
+}

@@ -84,6 +84,15 @@ async fn a_new_lora_job_gets_its_job_and_a_status() {
             assert!(spec.get("suspend").is_none(), "no queue: not suspended");
             assert_eq!(spec["backoffLimit"], 2);
             assert_eq!(spec["activeDeadlineSeconds"], 3600);
+            // A training that failed is not tried again; an evicted pod does not use up a retry.
+            let rules = &spec["podFailurePolicy"]["rules"];
+            assert_eq!(rules[0]["action"], "Ignore");
+            assert_eq!(rules[0]["onPodConditions"][0]["type"], "DisruptionTarget");
+            assert_eq!(rules[1]["action"], "FailJob");
+            assert_eq!(
+                rules[1]["onExitCodes"],
+                json!({"containerName": "trainer", "operator": "In", "values": [1, 2]})
+            );
             let pod = &spec["template"]["spec"];
             assert_eq!(pod["restartPolicy"], "Never");
             assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
@@ -328,6 +337,7 @@ async fn an_attribution_job_runs_as_an_indexed_job_one_completion_per_shard() {
             assert_eq!(spec["completions"], 4);
             assert_eq!(spec["parallelism"], 2);
             assert_eq!(spec["backoffLimitPerIndex"], 1);
+            assert_eq!(spec["podFailurePolicy"]["rules"][0]["action"], "Ignore");
             assert_eq!(spec["ttlSecondsAfterFinished"], 600);
             let container = &spec["template"]["spec"]["containers"][0];
             assert_eq!(

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::batch::v1::{Job, JobSpec},
+    api::batch::v1::{Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule},
     apimachinery::pkg::apis::meta::v1::Condition,
 };
 use serde_json::Value;
@@ -13,6 +13,9 @@ use super::{
     pod::{self, Workload},
 };
 use crate::crd::{JobPhase, LoraJob, LoraJobStatus};
+
+/// The training container's name.
+const CONTAINER: &str = "trainer";
 
 /// Status fields the model-factory writes, not the operator.
 const NOT_OURS: &[&str] = &["progress"];
@@ -45,7 +48,7 @@ impl JobResource for LoraJob {
     fn job_spec(&self, labels: BTreeMap<String, String>) -> JobSpec {
         let spec = &self.spec;
         let workload = Workload {
-            container: "trainer",
+            container: CONTAINER,
             args: vec!["train-job".to_owned(), spec.job_id.clone()],
             env: vec![("OPENLEDGER_BASE_MODEL", spec.base_model.clone())],
             ports: Vec::new(),
@@ -54,6 +57,7 @@ impl JobResource for LoraJob {
         };
         JobSpec {
             backoff_limit: Some(spec.backoff_limit),
+            pod_failure_policy: Some(failure_policy()),
             active_deadline_seconds: spec.active_deadline_seconds,
             ttl_seconds_after_finished: spec.ttl_seconds_after_finished,
             template: pod::template(&spec.pod, workload, labels),
@@ -79,5 +83,27 @@ impl JobResource for LoraJob {
 
     fn phase_and_conditions(&self) -> (JobPhase, Vec<Condition>) {
         self.status.as_ref().map(|status| (status.phase, status.conditions.clone())).unwrap_or_default()
+    }
+}
+
+/// How `openledger train-job` ends, as the Job should read it: 1 (the training failed) and 2
+/// (it cannot start) fail the Job at once, a retry would end the same way; a pod evicted or
+/// preempted (`DisruptionTarget`) does not use up a retry; any other end (75: the job was left
+/// running, e.g. a service was unreachable) is retried up to `backoffLimit`, resuming from the
+/// last checkpoint.
+fn failure_policy() -> PodFailurePolicy {
+    PodFailurePolicy {
+        rules: vec![
+            super::job::ignore_disruptions(),
+            PodFailurePolicyRule {
+                action: "FailJob".to_owned(),
+                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                    container_name: Some(CONTAINER.to_owned()),
+                    operator: "In".to_owned(),
+                    values: vec![1, 2],
+                }),
+                ..PodFailurePolicyRule::default()
+            },
+        ],
     }
 }

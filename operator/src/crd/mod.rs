@@ -2,6 +2,9 @@
 //! OpenAPI schemas (with CEL rules where one field depends on another), status subresources,
 //! printer columns and short names. `openledger operator crdgen` writes them into the chart.
 
+// kube-derive's `printcolumn(...)` entries repeat one attribute name by design.
+#![allow(clippy::duplicated_attributes)]
+
 mod attribution_job;
 mod datanet;
 mod lora_job;
