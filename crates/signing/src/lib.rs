@@ -1,7 +1,9 @@
 //! What every signed OpenLedger request signs, and the one check of such a signature. Owns the
 //! message formats (a spec: see [`messages`] and [`canonical`]), ed25519 verification with the
-//! clock-skew rule, the caller header names and signing for clients and tests. It does not know
-//! protobuf or HTTP: services turn their requests into the plain values the builders take.
+//! clock-skew rule, the caller header names and signing for clients and tests. It knows neither
+//! HTTP nor, without its `proto` feature, protobuf: services turn their requests into the plain
+//! values the builders take (the `proto` module does it for wire signatures, signed caller
+//! metadata and a Datanet's protobuf form).
 //!
 //! # The rules every message follows
 //!
@@ -25,6 +27,8 @@
 pub mod canonical;
 pub mod headers;
 pub mod messages;
+#[cfg(feature = "proto")]
+pub mod proto;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 pub use messages::*;
@@ -82,13 +86,6 @@ impl Signed {
     /// The signature as lowercase hex.
     pub fn signature_hex(&self) -> String {
         hex::encode(self.signature)
-    }
-}
-
-#[cfg(feature = "proto")]
-impl From<Signed> for openledger_proto::common::v1::Signature {
-    fn from(signed: Signed) -> Self {
-        Self { public_key: signed.public_key.to_vec(), signature: signed.signature.to_vec() }
     }
 }
 

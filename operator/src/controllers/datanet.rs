@@ -13,8 +13,11 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{controller::Action, finalizer},
 };
-use openledger_datanet_ingest::{signed_caller, signing};
 use openledger_proto::datanet::v1::{self as pb, datanet_service_client::DatanetServiceClient};
+use openledger_signing::{
+    now_unix,
+    proto::{datanet_create_message, datanet_update_message, sign, signed_caller},
+};
 use serde_json::json;
 use tonic::{Code, transport::Channel};
 
@@ -227,7 +230,7 @@ async fn sync(
 }
 
 async fn create(client: &mut DatanetServiceClient<Channel>, wanted: pb::Datanet, owner: &SigningKey) -> Outcome {
-    let signature = signing::sign(owner, &signing::create_message(&wanted));
+    let signature = sign(owner, &datanet_create_message(&wanted));
     let request = pb::CreateDatanetRequest { datanet: Some(wanted), signature: Some(signature) };
     match client.create_datanet(request).await {
         Ok(created) => Outcome::Ready { id: created.into_inner().id, change: Change::Created },
@@ -379,8 +382,8 @@ fn update(spec: &DatanetSpec, present: &pb::Datanet) -> Result<Option<pb::Update
 
 /// `request` signed by the owner now.
 fn sign_update(mut request: pb::UpdateDatanetRequest, owner: &SigningKey) -> pb::UpdateDatanetRequest {
-    request.signed_at = signing::now_unix();
-    request.signature = Some(signing::sign(owner, &signing::update_message(&request)));
+    request.signed_at = now_unix();
+    request.signature = Some(sign(owner, &datanet_update_message(&request)));
     request
 }
 

@@ -93,18 +93,6 @@ pub fn caller(metadata: &MetadataMap) -> Result<Option<Key>, Status> {
     signing::verify_caller(&key, &at, &signature, signing::now_unix()).map(Some).map_err(failed)
 }
 
-/// `message` as a request signed by `key` as its caller (what [`caller`] reads).
-pub fn signed_caller<T>(message: T, key: &ed25519_dalek::SigningKey) -> Request<T> {
-    let mut request = Request::new(message);
-    for (name, value) in openledger_signing::caller_headers(key, signing::now_unix()) {
-        // Hex and decimal digits are always valid metadata values.
-        if let Ok(value) = value.parse() {
-            request.metadata_mut().insert(name, value);
-        }
-    }
-    request
-}
-
 type RecordStream = futures::stream::BoxStream<'static, Result<pb::Record, Status>>;
 
 #[tonic::async_trait]

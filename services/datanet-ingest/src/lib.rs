@@ -39,8 +39,10 @@ use openledger_runtime::{
 };
 use openledger_store::db::MaybeBusy;
 
-pub use api::{Api, signed_caller};
+pub use api::Api;
 pub use datanets::{Datanets, Upload};
+/// A request signed by a key as its caller (what the API reads on private Datanets).
+pub use openledger_signing::proto::signed_caller;
 
 /// An error with the code callers act on and a message naming the problem.
 #[derive(Debug, Clone, thiserror::Error)]

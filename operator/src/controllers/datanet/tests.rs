@@ -476,8 +476,9 @@ fn an_update_is_masked_to_the_differing_fields_and_signed_by_the_owner() {
     let request = sign_update(update(&spec, &present).expect("valid").expect("a change"), &owner());
     assert_eq!(request.update_mask, ["summary", "policy"]);
     let signature = request.signature.clone().expect("signed");
-    let message = signing::update_message(&request);
-    let signer = signing::verify(&signature.public_key, &signature.signature, &message).expect("it verifies");
+    let message = datanet_update_message(&request);
+    let signer =
+        openledger_signing::verify(&signature.public_key, &signature.signature, &message).expect("it verifies");
     assert_eq!(signer, owner().verifying_key().to_bytes());
 }
 
