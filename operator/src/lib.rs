@@ -6,6 +6,7 @@ pub mod conditions;
 pub mod controllers;
 pub mod crd;
 pub mod crdgen;
+pub mod executor;
 pub mod run;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

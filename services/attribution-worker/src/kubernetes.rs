@@ -14,13 +14,16 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMapEnvSource, EnvFromSource, SecretEnvSource};
+use k8s_openapi::api::core::v1::EnvFromSource;
 use kube::{
     Api,
     api::{DeleteParams, ObjectMeta, PostParams},
 };
 use openledger_core::{Config, ContentHash, ErrorCode};
-use openledger_operator::crd::{AttributionJob, AttributionJobSpec, IndexKind, JobPhase, PodSettings};
+use openledger_operator::{
+    crd::{AttributionJob, AttributionJobSpec, IndexKind, JobPhase, PodSettings},
+    executor::ExecutorSettings,
+};
 use tokio::sync::watch;
 
 use crate::{
@@ -38,8 +41,6 @@ pub const MANAGED_BY: &str = "openledger-attribution-worker";
 pub const INDEX_ID_LABEL: &str = "openledger.io/index-id";
 /// Failures of a shard's pod the Job retries before the index fails.
 pub const BACKOFF_LIMIT_PER_SHARD: i32 = 2;
-/// Where a pod's own namespace is written.
-const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 /// What every `AttributionJob` the executor creates shares, from the configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,40 +67,16 @@ impl JobSettings {
                  worker's data directory, where the job pods write the indexes",
             ));
         }
-        let namespace = if config.kubernetes_namespace.is_empty() {
-            std::fs::read_to_string(NAMESPACE_FILE).map(|text| text.trim().to_owned()).unwrap_or_default()
-        } else {
-            config.kubernetes_namespace.clone()
-        };
+        let common = ExecutorSettings::from_config(config);
         Ok(Self {
-            namespace: if namespace.is_empty() { "default".into() } else { namespace },
-            image: config.kubernetes_job_image.clone(),
-            env_from: env_from(&config.kubernetes_job_env_from),
+            namespace: common.namespace,
+            image: common.image,
+            env_from: common.env_from,
             data_claim: config.kubernetes_data_claim.clone(),
-            queue: (!config.kubernetes_queue.is_empty()).then(|| config.kubernetes_queue.clone()),
+            queue: common.queue,
             poll,
         })
     }
-}
-
-/// `configmap:NAME,secret:NAME` (as `Config::validate` accepts it) as `envFrom`.
-pub fn env_from(setting: &str) -> Vec<EnvFromSource> {
-    setting
-        .split(',')
-        .map(str::trim)
-        .filter_map(|part| part.split_once(':'))
-        .filter_map(|(kind, name)| match kind {
-            "configmap" => Some(EnvFromSource {
-                config_map_ref: Some(ConfigMapEnvSource { name: name.to_owned(), optional: None }),
-                ..Default::default()
-            }),
-            "secret" => Some(EnvFromSource {
-                secret_ref: Some(SecretEnvSource { name: name.to_owned(), optional: None }),
-                ..Default::default()
-            }),
-            _ => None,
-        })
-        .collect()
 }
 
 /// An index id (`span:<snapshot>`, `gradient:<adapter>`) as a label value: its kind and 16 hex

@@ -19,7 +19,7 @@ use crate::{
     entities::index,
     index_job::build_shard,
     indexes::{FAILED, READY, VersionRef, span_index_id},
-    kubernetes::{JobSettings, KubernetesIndexExecutor, env_from, job_name},
+    kubernetes::{JobSettings, KubernetesIndexExecutor, job_name},
     tests::{Scripted, TEXTS, computed_events, inference, parts_on, sqlite},
 };
 
@@ -30,7 +30,9 @@ fn settings() -> JobSettings {
     JobSettings {
         namespace: NAMESPACE.into(),
         image: "ghcr.io/openledger/openledger:0.1.0".into(),
-        env_from: env_from("configmap:openledger-settings, secret:openledger-credentials"),
+        env_from: openledger_operator::executor::env_from(
+            "configmap:openledger-settings, secret:openledger-credentials",
+        ),
         data_claim: "openledger-data".into(),
         queue: Some("attribution".into()),
         // Tests look when they say so (`poll_now`).

@@ -11,9 +11,9 @@
 //! - the job's progress is mirrored into the `LoraJob`'s `status.progress` (a merge patch of
 //!   that field alone), only when it changed: a pass in sync costs reads only.
 
-use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use k8s_openapi::api::core::v1::{ConfigMapEnvSource, EnvFromSource, SecretEnvSource};
+use k8s_openapi::api::core::v1::EnvFromSource;
 use kube::{
     Api, Client,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
@@ -22,6 +22,7 @@ use openledger_core::Config;
 use openledger_operator::{
     conditions,
     crd::{JobPhase, LoraJob, LoraJobProgress, LoraJobSpec, PodSettings},
+    executor::ExecutorSettings,
 };
 use openledger_proto::modelfactory::v1 as pb;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
@@ -47,9 +48,6 @@ pub const BACKOFF_LIMIT: i32 = 2;
 const POLL: Duration = Duration::from_secs(3);
 /// `LoraJob`s read per list request.
 const LIST_PAGE: u32 = 500;
-/// Where a pod finds its own namespace.
-const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
-
 /// What the job pods get, from the configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KubernetesSettings {
@@ -64,50 +62,16 @@ pub struct KubernetesSettings {
 impl KubernetesSettings {
     /// The `kubernetes_*` settings; an empty namespace is the pod's own, else `default`.
     pub fn from_config(config: &Config) -> Self {
-        let namespace = match config.kubernetes_namespace.trim() {
-            "" => own_namespace(Path::new(NAMESPACE_FILE)),
-            name => name.to_owned(),
-        };
-        let named = |value: &str| Some(value.trim().to_owned()).filter(|value| !value.is_empty());
+        let common = ExecutorSettings::from_config(config);
         Self {
-            namespace,
-            image: config.kubernetes_job_image.trim().to_owned(),
-            env_from: env_from(&config.kubernetes_job_env_from),
-            data_claim: named(&config.kubernetes_data_claim),
+            namespace: common.namespace,
+            image: common.image,
+            env_from: common.env_from,
+            data_claim: common.data_claim,
             gpus: u32::try_from(config.kubernetes_training_gpus).unwrap_or(u32::MAX),
-            queue: named(&config.kubernetes_queue),
+            queue: common.queue,
         }
     }
-}
-
-fn own_namespace(file: &Path) -> String {
-    std::fs::read_to_string(file)
-        .ok()
-        .map(|text| text.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "default".to_owned())
-}
-
-/// `configmap:NAME,secret:NAME` as the pod's `envFrom` (the configuration checked the form).
-fn env_from(setting: &str) -> Vec<EnvFromSource> {
-    setting
-        .split(',')
-        .filter_map(|part| part.trim().split_once(':'))
-        .filter_map(|(kind, name)| {
-            let name = name.trim().to_owned();
-            match kind.trim() {
-                "configmap" => Some(EnvFromSource {
-                    config_map_ref: Some(ConfigMapEnvSource { name, optional: None }),
-                    ..Default::default()
-                }),
-                "secret" => Some(EnvFromSource {
-                    secret_ref: Some(SecretEnvSource { name, optional: None }),
-                    ..Default::default()
-                }),
-                _ => None,
-            }
-        })
-        .collect()
 }
 
 /// The `LoraJob` of a job id: a DNS-1123 label (`ftjob-<hex>` already is one).
@@ -467,7 +431,6 @@ mod tests {
             (settings.data_claim.as_deref(), settings.gpus, settings.queue.as_deref()),
             (Some("openledger-data"), 1, None)
         );
-        assert_eq!(own_namespace(Path::new("/nonexistent/namespace")), "default");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::{
     store,
     tests::{ScriptedDatanet, Service, World, action, create, quick},
 };
-use crate::{entities::job, registry::tests::sqlite};
+use crate::entities::job;
 
 const LORA_JOBS: &str = "/apis/openledger.io/v1alpha1/namespaces/ml/lorajobs";
 
@@ -81,7 +81,7 @@ async fn running_at(service: &Service, id: &str, step: u64) {
 
 #[tokio::test]
 async fn a_queued_job_becomes_one_lora_job_and_stays_queued_until_its_pod_trains() {
-    let world = World::new(sqlite().await.0, ScriptedDatanet::instructions(12)).await;
+    let world = World::sqlite(ScriptedDatanet::instructions(12)).await;
     let (service, id) = queued_job(&world).await;
     let create = Expect::post(LORA_JOBS).query("fieldManager=openledger-model-factory").check({
         let id = id.clone();
@@ -129,7 +129,7 @@ async fn a_queued_job_becomes_one_lora_job_and_stays_queued_until_its_pod_trains
 
 #[tokio::test]
 async fn a_lora_job_that_already_exists_is_not_created_twice() {
-    let world = World::new(sqlite().await.0, ScriptedDatanet::instructions(12)).await;
+    let world = World::sqlite(ScriptedDatanet::instructions(12)).await;
     let (service, id) = queued_job(&world).await;
     // Another replica (or an earlier pass whose list missed it) made it: 409.
     let (first, _) =
@@ -143,7 +143,7 @@ async fn a_lora_job_that_already_exists_is_not_created_twice() {
 
 #[tokio::test]
 async fn a_failed_lora_job_fails_its_job_with_the_reason_and_keeps_the_checkpoints() {
-    let world = World::new(sqlite().await.0, ScriptedDatanet::instructions(12)).await;
+    let world = World::sqlite(ScriptedDatanet::instructions(12)).await;
     let (service, id) = queued_job(&world).await;
     running_at(&service, &id, 4).await;
     let failed = json!({
@@ -186,7 +186,7 @@ async fn a_failed_lora_job_fails_its_job_with_the_reason_and_keeps_the_checkpoin
 
 #[tokio::test]
 async fn progress_is_mirrored_into_status_only_when_it_changed() {
-    let world = World::new(sqlite().await.0, ScriptedDatanet::instructions(12)).await;
+    let world = World::sqlite(ScriptedDatanet::instructions(12)).await;
     let (service, id) = queued_job(&world).await;
     running_at(&service, &id, 3).await;
     let running = resource(&service, &id, json!({"phase": "Running"})).await;
@@ -223,7 +223,7 @@ async fn progress_is_mirrored_into_status_only_when_it_changed() {
 
 #[tokio::test]
 async fn cancel_and_pause_remove_the_lora_job_and_a_vanished_one_is_made_again() {
-    let world = World::new(sqlite().await.0, ScriptedDatanet::instructions(12)).await;
+    let world = World::sqlite(ScriptedDatanet::instructions(12)).await;
     let (service, first) = queued_job(&world).await;
     let second = service.jobs.create(create(quick())).await.expect("create").id;
     service.until_state(&second, pb::JobState::Queued).await;
@@ -276,7 +276,7 @@ async fn cancel_and_pause_remove_the_lora_job_and_a_vanished_one_is_made_again()
 
 #[tokio::test]
 async fn the_pod_entrypoint_trains_its_job_to_the_end() {
-    let world = World::new(sqlite().await.0, ScriptedDatanet::instructions(12)).await;
+    let world = World::sqlite(ScriptedDatanet::instructions(12)).await;
     let (service, id) = queued_job(&world).await;
     // The pod: the same world (database, objects, data directory), jobs of its own.
     let pod = world.jobs(kubernetes::NAME);
@@ -303,7 +303,7 @@ async fn the_pod_entrypoint_trains_its_job_to_the_end() {
 #[tokio::test]
 async fn a_pod_stops_when_its_job_is_cancelled_through_the_api() {
     // Thousands of steps: it does not end by itself before the cancel reaches it.
-    let world = World::new(sqlite().await.0, ScriptedDatanet::instructions(36)).await;
+    let world = World::sqlite(ScriptedDatanet::instructions(36)).await;
     let service = world.start_idle(kubernetes::NAME);
     let long = pb::Hyperparameters { n_epochs: Some(100), batch_size: Some(1), ..quick() };
     let id = service.jobs.create(create(long)).await.expect("create").id;

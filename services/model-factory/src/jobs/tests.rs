@@ -112,6 +112,8 @@ pub(super) struct World {
     base: std::path::PathBuf,
     pub(super) dir: tempfile::TempDir,
     datanet: Arc<ScriptedDatanet>,
+    /// The SQLite database's directory, kept as long as the world (new connections open it).
+    _db_dir: Option<tempfile::TempDir>,
 }
 
 impl World {
@@ -123,7 +125,13 @@ impl World {
             .expect("gguf");
         let objects =
             openledger_store::open_object_store(&format!("file://{}/objects", dir.path().display())).expect("objects");
-        Self { db, objects, base, dir, datanet }
+        Self { db, objects, base, dir, datanet, _db_dir: None }
+    }
+
+    /// A world on a SQLite database of its own.
+    pub(super) async fn sqlite(datanet: Arc<ScriptedDatanet>) -> Self {
+        let (db, db_dir) = sqlite().await;
+        Self { _db_dir: Some(db_dir), ..Self::new(db, datanet).await }
     }
 
     fn start(&self) -> Service {
@@ -381,8 +389,7 @@ async fn bad_requests_are_refused_naming_the_problem() {
     let error = refused(pb::CreateFineTuneJobRequest { suffix: "has space".into(), ..create(quick()) }).await;
     assert!(error.message.starts_with("suffix"), "{error}");
     for code in [ErrorCode::PermissionDenied, ErrorCode::NotFound, ErrorCode::FailedPrecondition] {
-        let world =
-            World::new(sqlite().await.0, Arc::new(ScriptedDatanet { records: Vec::new(), refuse: Some(code) })).await;
+        let world = World::sqlite(Arc::new(ScriptedDatanet { records: Vec::new(), refuse: Some(code) })).await;
         let service = world.start();
         let error = service.jobs.create(create(quick())).await.expect_err("refused upstream");
         assert_eq!(error.code, code, "datanet-ingest's answer stands: {error}");
