@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use openledger_core::{Config, LogFormat};
+use openledger_core::Config;
 use openledger_operator::crd::IndexKind;
 
 #[derive(Args)]
@@ -45,19 +45,7 @@ pub fn run(args: IndexJobArgs, config: Config) -> ExitCode {
         Index::Span => IndexKind::Span,
         Index::Gradient => IndexKind::Gradient,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
-        let _telemetry = openledger_telemetry::init(&openledger_telemetry::TelemetryConfig {
-            service_name: "openledger-index-job".into(),
-            json_logs: config.log_format == LogFormat::Json,
-            log_filter: config.log_level.clone(),
-        });
+    crate::run::with_runtime(&config.clone(), "openledger-index-job", |_shutdown| async move {
         let built =
             openledger_attribution_worker::build_index_shard(&config, kind, &args.target, shard, args.shards).await;
         match built {

@@ -10,9 +10,8 @@ use std::{
 };
 
 use clap::Subcommand;
-use openledger_core::{Config, LogFormat};
+use openledger_core::Config;
 use openledger_operator::{controllers::Context, run::Scope};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Subcommand)]
 pub enum OperatorCommand {
@@ -69,26 +68,7 @@ pub fn crdgen(dir: PathBuf, check: bool) -> ExitCode {
 /// Runs the operator until SIGTERM/SIGINT: the controllers, and `/healthz`, `/readyz` (the
 /// CRDs answer) and `/metrics` on `listen_host:ops_port`.
 pub fn run(config: Config, namespace: Option<String>, ops_port: u16) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
-        let telemetry = openledger_telemetry::init(&openledger_telemetry::TelemetryConfig {
-            service_name: "openledger-operator".to_owned(),
-            json_logs: config.log_format == LogFormat::Json,
-            log_filter: config.log_level.clone(),
-        });
-        let _telemetry = match telemetry {
-            Ok(guard) => guard,
-            Err(error) => {
-                eprintln!("error: {error}");
-                return ExitCode::from(2);
-            }
-        };
+    crate::run::with_runtime(&config.clone(), "openledger-operator", |shutdown| async move {
         // In a pod: the service account; elsewhere: KUBECONFIG or ~/.kube/config.
         let client = match kube::Client::try_default().await {
             Ok(client) => client,
@@ -102,8 +82,6 @@ pub fn run(config: Config, namespace: Option<String>, ops_port: u16) -> ExitCode
         let metrics = openledger_telemetry::Metrics::new();
         metrics.register("operator", |registry| ctx.metrics.register(registry));
         let ready = Arc::new(AtomicBool::new(false));
-        let shutdown = CancellationToken::new();
-        openledger_runtime::shutdown::cancel_on_signals(shutdown.clone());
         let address = format!("{}:{ops_port}", config.listen_host);
         let listener = match tokio::net::TcpListener::bind(&address).await {
             Ok(listener) => listener,

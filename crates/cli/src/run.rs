@@ -91,7 +91,7 @@ pub fn run(config: Config, services: Vec<ServiceKind>, embedded: bool) -> ExitCo
 
 /// Runs `work` on a multi-threaded runtime with telemetry as `service_name` and a shutdown
 /// token cancelled by SIGTERM/SIGINT: the frame of the one-purpose commands (`engine`,
-/// `train-job`). Exit code 2 when the runtime or telemetry cannot start.
+/// `train-job`, `index-job`, `operator run`). Exit code 2 when the runtime or telemetry cannot start.
 pub fn with_runtime<F, W>(config: &Config, service_name: &str, work: W) -> ExitCode
 where
     W: FnOnce(CancellationToken) -> F,
