@@ -140,6 +140,13 @@ impl Jobs {
             store::transition(&self.db, &self.subjects, id, &running, to, message, |_| {}).await?;
             return Ok(());
         }
+        // With the kubernetes executor a cancel or pause moves the row itself while the pod
+        // trains; a job stopped that way in the instant its training ended is not registered.
+        let now = <job::Entity as sea_orm::EntityTrait>::find_by_id(id.clone()).one(&self.db).await?;
+        if let Some(now) = now.filter(|now| store::state_of(now).ok() != Some(pb::JobState::Running)) {
+            tracing::info!(job = %id, state = now.state, "the job was stopped as its training ended; nothing registered");
+            return Ok(());
+        }
         match self.register(row, &outcome).await {
             Ok(name) => {
                 let metrics = outcome.last_eval.as_ref().map(eval_metrics);
