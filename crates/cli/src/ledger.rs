@@ -8,7 +8,7 @@ use openledger_core::{Amount, Config, ServiceKind};
 use openledger_ledger::limits::NANOS_PER_SECOND;
 use openledger_proto::{common::v1::Uint128, ledger::v1 as pb};
 use openledger_proto::{u128_of as unwire, uint128 as wire};
-use openledger_signing::StakeAction;
+use openledger_signing::{StakeAction, proto::sign};
 
 use crate::flags::{DatabaseFlags, LedgerUrlFlags, SettingFlags};
 
@@ -618,10 +618,6 @@ fn staking_signature(
 ) -> anyhow::Result<Option<openledger_proto::common::v1::Signature>> {
     let message = openledger_signing::staking_message(action, operation_id, account, amount.base_units());
     key_file.map(|path| read_key(&path).map(|key| sign(&key, &message))).transpose()
-}
-
-fn sign(key: &ed25519_dalek::SigningKey, message: &[u8]) -> openledger_proto::common::v1::Signature {
-    openledger_signing::sign(key, message).into()
 }
 
 fn print_proposal(proposal: &pb::Proposal) {

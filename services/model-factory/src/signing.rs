@@ -78,7 +78,5 @@ pub fn signer(signature: Option<&Signature>, message: &[u8], signed_at: i64) -> 
     Ok(key)
 }
 
-/// Signs `message` (for clients and tests): the wire `Signature`.
-pub fn sign(key: &ed25519_dalek::SigningKey, message: &[u8]) -> Signature {
-    openledger_signing::sign(key, message).into()
-}
+/// The proto signature of `message` by `key` (one definition, in openledger-signing).
+pub use openledger_signing::proto::sign;
