@@ -7,7 +7,10 @@
 //! On disk, under `<data_dir>/attribution/adapters/<BLAKE3 of the adapter id>/`: the PEFT
 //! directory (`adapter_config.json`, `adapter_model.safetensors`), the trainer's
 //! `lineage.json`, and `gradient-index/`. [`crate::indexes::files_hash`] over the index is
-//! what receipts name.
+//! what receipts name. An index built in shards (by an `AttributionJob`'s pods, see
+//! `kubernetes`) is built under `<data_dir>/attribution/adapter-shards/<BLAKE3 of the adapter
+//! id>/<shard>/`, each shard with its own copy of the adapter's files, then merged into
+//! `gradient-index/`.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +21,7 @@ use openledger_ml::{
     AdapterConfig, LlamaModel, Tokenizer,
     adapters::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter_dir},
     train::{
-        LINEAGE_FILE,
+        LINEAGE_FILE, Lineage,
         grads::{GradientProbe, Projection, ProjectionKind},
     },
 };
@@ -41,6 +44,18 @@ pub fn gradient_index_id(adapter_id: &str) -> String {
 /// hold `:` and `/`, so the directory is named by the id's BLAKE3.
 pub fn adapter_dir(dir: &Path, adapter_id: &str) -> PathBuf {
     dir.join("adapters").join(ContentHash::of(adapter_id.as_bytes()).to_hex())
+}
+
+/// Where the shards of an adapter's gradient index are built when it is built in shards.
+pub fn gradient_shards_dir(dir: &Path, adapter_id: &str) -> PathBuf {
+    dir.join("adapter-shards").join(ContentHash::of(adapter_id.as_bytes()).to_hex())
+}
+
+/// The working directory of one shard (the adapter's files and the shard's `gradient-index/`):
+/// one per shard, because [`fetch_adapter`] replaces the directory it writes and the shards'
+/// pods run at once on the same claim.
+pub fn gradient_shard_dir(dir: &Path, adapter_id: &str, shard: usize) -> PathBuf {
+    gradient_shards_dir(dir, adapter_id).join(shard.to_string())
 }
 
 /// Where a registered adapter's files are, as its `ol.modelfactory.adapter.registered` named
@@ -112,20 +127,42 @@ fn trainer_lineage(bytes: &[u8]) -> Result<Vec<u8>, WorkerError> {
     serde_json::to_vec(&trainer).map_err(|e| corrupt(e.to_string()))
 }
 
+/// Training records (each once) the adapter's lineage lists: what an index of it holds.
+pub async fn lineage_records(objects: &dyn ObjectStore, source: &GradientSource) -> Result<usize, WorkerError> {
+    let bytes = trainer_lineage(&get(objects, &source.lineage_location).await?)?;
+    let lineage: Lineage = serde_json::from_slice(&bytes)
+        .map_err(|e| WorkerError::new(ErrorCode::FailedPrecondition, format!("the adapter's lineage: {e}")))?;
+    Ok(lineage.train_records.iter().collect::<std::collections::HashSet<_>>().len())
+}
+
 /// Builds the gradient index of the adapter in `adapter_dir` over the version exported in
-/// `version_dir` (replacing a half-built one); returns the records indexed and the files' hash.
+/// `version_dir` (replacing a half-built one): shard `part.0` of `part.1`, `(0, 1)` for the
+/// whole index; returns the records indexed and the files' hash.
 pub fn build_gradient_index(
     model: &LlamaModel,
     tokenizer: &Tokenizer,
     adapter_dir: &Path,
     version_dir: &Path,
+    part: (usize, usize),
 ) -> Result<(usize, ContentHash), WorkerError> {
     let out = adapter_dir.join(GRADIENT_INDEX_DIR);
     let _ = std::fs::remove_dir_all(&out);
     let projection = Some(projection_for(adapter_dir)?);
-    let index = GradientIndex::build(model, tokenizer, adapter_dir, version_dir, &out, projection, &mut |_, _| {})
-        .map_err(WorkerError::attribution)?;
+    let index =
+        GradientIndex::build_shard(model, tokenizer, adapter_dir, version_dir, &out, projection, part, &mut |_, _| {})
+            .map_err(WorkerError::attribution)?;
     Ok((index.len(), files_hash(&out)?))
+}
+
+/// Merges the `shards` shards built under `shards_dir` into the gradient index of the adapter
+/// in `adapter_dir` (replacing what was there), then deletes them. A missing or damaged shard
+/// fails the merge and is kept, to be looked at.
+pub fn merge_gradient_shards(adapter_dir: &Path, shards_dir: &Path, shards: usize) -> Result<(), WorkerError> {
+    let out = adapter_dir.join(GRADIENT_INDEX_DIR);
+    let _ = std::fs::remove_dir_all(&out);
+    let parts: Vec<PathBuf> = (0..shards).map(|s| shards_dir.join(s.to_string()).join(GRADIENT_INDEX_DIR)).collect();
+    GradientIndex::merge(&parts, &out).map_err(WorkerError::attribution)?;
+    std::fs::remove_dir_all(shards_dir).map_err(|e| WorkerError::io(shards_dir, e))
 }
 
 /// The projection of an adapter's gradient rows: Rademacher, to the smallest multiple of

@@ -4,6 +4,8 @@
 //! claim) with the code the local pool runs, and changes nothing else: the worker sees the
 //! resource succeed, opens the files and marks the row ready. Everything else it needs comes
 //! from the same settings as the worker's (database, object store, datanet-ingest, base model).
+//! A gradient index in several shards is written shard by shard into working directories of
+//! their own, which the worker merges once the resource has succeeded.
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use crate::{
     executor::Built,
     gradients::gradient_index_id,
     indexes::{Indexes, span_index_id},
+    limits::MAX_GRADIENT_SHARDS,
     upstream::Services,
 };
 
@@ -59,17 +62,24 @@ pub async fn build_shard(
             format!("no index {id:?}: the attribution-worker queues it before its job"),
         )
     })?;
-    let built = indexes.write_files(&row).await?;
+    let built = match kind {
+        IndexKind::Gradient if shards > 1 => {
+            indexes.write_gradient_shard(&row, shard as usize, shards as usize).await?
+        }
+        _ => indexes.write_files(&row).await?,
+    };
     tracing::info!(index = %id, records = built.records, shard, shards, "index files written");
     Ok(built)
 }
 
-/// Both kinds are built in one shard (see `kubernetes`).
+/// A span index is built in one shard (see `kubernetes`), a gradient index in at most
+/// [`MAX_GRADIENT_SHARDS`].
 fn check_shard(kind: IndexKind, shard: u32, shards: u32) -> Result<(), WorkerError> {
-    if shards != 1 || shard != 0 {
+    let most = if kind == IndexKind::Gradient { MAX_GRADIENT_SHARDS } else { 1 };
+    if shards == 0 || shards as usize > most || shard >= shards {
         return Err(WorkerError::new(
             ErrorCode::InvalidArgument,
-            format!("a {} index is built in one shard: got shard {shard} of {shards}", kind.as_str()),
+            format!("a {} index is built in 1..={most} shards: got shard {shard} of {shards}", kind.as_str()),
         ));
     }
     Ok(())

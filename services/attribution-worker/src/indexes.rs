@@ -45,7 +45,8 @@ use crate::{
     executor::{Built, IndexExecutor, LocalIndexExecutor},
     gradients::{
         AdapterGradients, GRADIENT_INDEX_DIR, GradientSource, adapter_dir, build_gradient_index, fetch_adapter,
-        gradient_index_id, open_gradients,
+        gradient_index_id, gradient_shard_dir, gradient_shards_dir, lineage_records, merge_gradient_shards,
+        open_gradients,
     },
     limits::{MAX_OPEN_GRADIENT_INDEXES, RETRY_DELAY, SHARD_TOKENS},
     quality::{self, Assessed},
@@ -467,18 +468,56 @@ impl Indexes {
     }
 
     async fn write_gradient_files(&self, row: &index::Model) -> Result<Built, WorkerError> {
-        let source: GradientSource = serde_json::from_str(&row.source).map_err(|e| {
-            WorkerError::new(ErrorCode::Internal, format!("index {} names no valid source: {e}", row.id))
-        })?;
-        let adapter = adapter_dir(&self.dir, &row.adapter_id);
-        fetch_adapter(self.objects.as_ref(), &source, &adapter).await?;
+        self.write_gradient_part(row, adapter_dir(&self.dir, &row.adapter_id), (0, 1)).await
+    }
+
+    /// Shard `shard` of `shards` of a gradient row's index, in the shard's own working
+    /// directory (`gradients::gradient_shard_dir`), for [`Self::merge_gradient_shards`].
+    pub(crate) async fn write_gradient_shard(
+        &self,
+        row: &index::Model,
+        shard: usize,
+        shards: usize,
+    ) -> Result<Built, WorkerError> {
+        let work = gradient_shard_dir(&self.dir, &row.adapter_id, shard);
+        self.write_gradient_part(row, work, (shard, shards)).await
+    }
+
+    async fn write_gradient_part(
+        &self,
+        row: &index::Model,
+        adapter: PathBuf,
+        part: (usize, usize),
+    ) -> Result<Built, WorkerError> {
+        fetch_adapter(self.objects.as_ref(), &gradient_source(row)?, &adapter).await?;
         let (model, tokenizer) = (self.model().await?, self.tokenizer().await?);
         let version = self.version_dir(&row.snapshot_id);
         let (records, files_hash) =
-            tokio::task::spawn_blocking(move || build_gradient_index(&model, &tokenizer, &adapter, &version))
+            tokio::task::spawn_blocking(move || build_gradient_index(&model, &tokenizer, &adapter, &version, part))
                 .await
                 .map_err(WorkerError::internal)??;
         Ok(Built { records, files_hash })
+    }
+
+    /// Training records of a gradient row's adapter, read from its lineage in the object store
+    /// (what the kubernetes executor picks the shard count by).
+    pub(crate) async fn gradient_records(&self, row: &index::Model) -> Result<usize, WorkerError> {
+        lineage_records(self.objects.as_ref(), &gradient_source(row)?).await
+    }
+
+    /// Once every shard's pod is done: fetches the adapter's files where the index is read and
+    /// merges the shards into its index, as a whole build writes it. A worker restarted after
+    /// a merge (the shards deleted, the index whole) finds it done.
+    pub(crate) async fn merge_gradient_shards(&self, row: &index::Model, shards: usize) -> Result<(), WorkerError> {
+        let adapter = adapter_dir(&self.dir, &row.adapter_id);
+        let shards_dir = gradient_shards_dir(&self.dir, &row.adapter_id);
+        if !shards_dir.exists() && GradientIndex::find(&adapter.join(GRADIENT_INDEX_DIR)).is_ok_and(|i| i.is_some()) {
+            return Ok(());
+        }
+        fetch_adapter(self.objects.as_ref(), &gradient_source(row)?, &adapter).await?;
+        tokio::task::spawn_blocking(move || merge_gradient_shards(&adapter, &shards_dir, shards))
+            .await
+            .map_err(WorkerError::internal)?
     }
 
     /// Opens and checks the row's index files that another process wrote (an `AttributionJob`'s
@@ -616,6 +655,11 @@ impl Indexes {
 }
 
 /// An opened index's files hash to what its row recorded when it was built.
+fn gradient_source(row: &index::Model) -> Result<GradientSource, WorkerError> {
+    serde_json::from_str(&row.source)
+        .map_err(|e| WorkerError::new(ErrorCode::Internal, format!("index {} names no valid source: {e}", row.id)))
+}
+
 fn check_unchanged(row: &index::Model, files_hash: &ContentHash) -> Result<(), WorkerError> {
     if files_hash.as_bytes().as_slice() != row.files_hash.as_slice() {
         return Err(WorkerError::new(

@@ -7,10 +7,12 @@
 //! `Failed` fails the row with the resource's `Failed` condition. The row's state is in the
 //! database and the resource in the cluster, so a restarted worker follows the same resource.
 //!
-//! Both index kinds are built in one shard. A span index is one pass over the version (the
-//! export, the accounts and the suffix arrays, which it already cuts at `SHARD_TOKENS` whole
-//! records); a gradient index's rows are independent per record, so it could be split, but its
-//! files (`grads.bin`, `index.bin`, the manifest) have no merge yet (see the README).
+//! A gradient index's rows are independent per record, so one of more than
+//! [`GRADIENT_RECORDS_PER_SHARD`] records is built in shards ([`gradient_shards`]), one pod
+//! each in a working directory of its own, and merged by the worker once the resource has
+//! succeeded, before it opens the files. A span index stays one shard: its suffix arrays are one
+//! structure over the whole version (already cut at `SHARD_TOKENS` whole records inside one
+//! pass), with no merge of separately built parts.
 
 use std::time::Duration;
 
@@ -31,6 +33,7 @@ use crate::{
     entities::index,
     executor::{Built, IndexExecutor},
     indexes::{GRADIENT, Indexes},
+    limits::{GRADIENT_RECORDS_PER_SHARD, MAX_GRADIENT_SHARDS},
 };
 
 /// The label every resource the worker creates carries, with [`MANAGED_BY`].
@@ -92,10 +95,18 @@ pub fn job_name(index_id: &str) -> String {
     format!("ol-index-{}", index_label(index_id))
 }
 
+/// Shards of a gradient index of `records` training records: one per `records_per_shard`
+/// begun, at most [`MAX_GRADIENT_SHARDS`], at least 1.
+pub fn gradient_shards(records: usize, records_per_shard: usize) -> usize {
+    records.div_ceil(records_per_shard.max(1)).clamp(1, MAX_GRADIENT_SHARDS)
+}
+
 /// Builds indexes as `AttributionJob`s.
 pub struct KubernetesIndexExecutor {
     api: Api<AttributionJob>,
     settings: JobSettings,
+    /// [`GRADIENT_RECORDS_PER_SHARD`] unless a test says otherwise.
+    records_per_shard: usize,
     /// Bumped to make every follower look now.
     polls: watch::Sender<u64>,
 }
@@ -103,7 +114,13 @@ pub struct KubernetesIndexExecutor {
 impl KubernetesIndexExecutor {
     pub fn new(client: kube::Client, settings: JobSettings) -> Self {
         let api = Api::namespaced(client, &settings.namespace);
-        Self { api, settings, polls: watch::Sender::new(0) }
+        Self { api, settings, records_per_shard: GRADIENT_RECORDS_PER_SHARD, polls: watch::Sender::new(0) }
+    }
+
+    /// Cuts gradient indexes at `records` training records a shard instead.
+    pub fn with_records_per_shard(mut self, records: usize) -> Self {
+        self.records_per_shard = records;
+        self
     }
 
     /// Makes every build being followed look at its resource now, not at its next poll.
@@ -111,8 +128,8 @@ impl KubernetesIndexExecutor {
         self.polls.send_modify(|polls| *polls += 1);
     }
 
-    /// The resource the row's index is built by.
-    pub fn resource(&self, row: &index::Model) -> AttributionJob {
+    /// The resource the row's index is built by, in `shards` shards.
+    pub fn resource(&self, row: &index::Model, shards: usize) -> AttributionJob {
         let (index, target) = if row.kind == GRADIENT {
             (IndexKind::Gradient, row.adapter_id.clone())
         } else {
@@ -122,7 +139,7 @@ impl KubernetesIndexExecutor {
         let spec = AttributionJobSpec {
             index,
             target,
-            shards: 1,
+            shards: i32::try_from(shards).unwrap_or(i32::MAX),
             parallelism: None,
             pod: PodSettings {
                 image: settings.image.clone(),
@@ -152,14 +169,15 @@ impl KubernetesIndexExecutor {
         job
     }
 
-    /// Creates the row's resource unless it exists, and follows it until it has succeeded.
-    async fn follow(&self, row: &index::Model) -> Result<(), WorkerError> {
+    /// Creates the row's resource unless it exists (in `shards` shards), and follows it until it
+    /// has succeeded; returns the shards it was built in (an existing resource's).
+    async fn follow(&self, row: &index::Model, shards: usize) -> Result<usize, WorkerError> {
         let name = job_name(&row.id);
         let mut polls = self.polls.subscribe();
         let mut seen = None;
         loop {
             match self.api.get_opt(&name).await.map_err(|e| api_error(&name, e))? {
-                None => match self.api.create(&PostParams::default(), &self.resource(row)).await {
+                None => match self.api.create(&PostParams::default(), &self.resource(row, shards)).await {
                     Ok(_) => tracing::info!(index = %row.id, job = %name, "AttributionJob created"),
                     Err(kube::Error::Api(status)) if status.is_already_exists() => {}
                     Err(error) => return Err(api_error(&name, error)),
@@ -169,7 +187,7 @@ impl KubernetesIndexExecutor {
                     let status = job.status.unwrap_or_default();
                     if job.metadata.deletion_timestamp.is_none() {
                         match status.phase {
-                            JobPhase::Succeeded => return Ok(()),
+                            JobPhase::Succeeded => return Ok(usize::try_from(job.spec.shards).unwrap_or(1)),
                             JobPhase::Failed => return Err(failure(&name, &status)),
                             phase if seen != Some(phase) => {
                                 tracing::info!(index = %row.id, job = %name, ?phase, "AttributionJob");
@@ -235,8 +253,18 @@ impl IndexExecutor for KubernetesIndexExecutor {
         "kubernetes"
     }
 
+    /// A gradient index's shard count comes from its lineage (read once per build, also when
+    /// the resource already exists, whose own count is then used).
     async fn build(&self, indexes: &Indexes, row: &index::Model) -> Result<Built, WorkerError> {
-        self.follow(row).await?;
+        let shards = if row.kind == GRADIENT {
+            gradient_shards(indexes.gradient_records(row).await?, self.records_per_shard)
+        } else {
+            1
+        };
+        let shards = self.follow(row, shards).await?;
+        if row.kind == GRADIENT && shards > 1 {
+            indexes.merge_gradient_shards(row, shards).await?;
+        }
         indexes.open_files(row).await
     }
 
@@ -244,7 +272,7 @@ impl IndexExecutor for KubernetesIndexExecutor {
     /// it anew (a follower waits while it is being deleted).
     async fn forget(&self, row: &index::Model) -> Result<(), WorkerError> {
         let name = job_name(&row.id);
-        match self.api.delete(&name, &DeleteParams::background()).await {
+        match self.api.delete(&name, &DeleteParams::foreground()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
             Err(error) => Err(api_error(&name, error)),

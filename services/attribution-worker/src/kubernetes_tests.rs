@@ -3,7 +3,9 @@
 //! resource that succeeds after its pod (`index_job::build_shard`) wrote the files on the
 //! shared directory (the index turns ready and inferences attribute with it), one that fails
 //! (the row fails with its reason; a retry deletes and creates it anew), and a restarted
-//! worker following the same resource with GETs only.
+//! worker following the same resource with GETs only; a gradient index big enough for three
+//! shards, whose pods write a shard each and which the worker merges into the files a whole
+//! build writes.
 
 use std::{sync::Arc, time::Duration};
 
@@ -328,6 +330,99 @@ async fn a_restarted_worker_follows_the_same_job_with_one_get_per_poll_and_no_wr
     assert!(writes(&requests).is_empty(), "following a resource in sync writes nothing");
 }
 
+/// The resource as the executor creates it for `ft:colours`'s gradient index in `shards`.
+fn expected_gradient_job(shards: i32) -> Value {
+    let id = crate::gradients::gradient_index_id("ft:colours");
+    let mut job = expected_span_job();
+    job["metadata"]["name"] = json!(job_name(&id));
+    job["metadata"]["labels"]["openledger.io/index-id"] = json!(crate::kubernetes::index_label(&id));
+    job["metadata"]["annotations"]["openledger.io/index-id"] = json!(id);
+    job["spec"]["index"] = json!("gradient");
+    job["spec"]["target"] = json!("ft:colours");
+    job["spec"]["shards"] = json!(shards);
+    job
+}
+
+#[tokio::test]
+async fn a_big_gradient_index_is_built_in_shards_and_merged_into_the_whole_index() {
+    use prost::Message;
+    let (db, db_dir) = sqlite().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let bodies = crate::tests::colour_bodies(64);
+    let (base, trained) = crate::tests::train_adapter(dir.path(), &bodies);
+    let setup = Setup { db, _db_dir: db_dir, dir, upstream: Arc::new(Scripted::with(bodies, 8)) };
+    let pod = parts_on(
+        &setup.db,
+        setup.upstream.clone(),
+        setup.dir.path(),
+        &base,
+        Arc::new(crate::LocalIndexExecutor::new()),
+    );
+    // The version's span index is ready (built here: its own resource is tested above).
+    pod.indexes.request(&setup.version()).await.expect("request");
+    let span = crate::tests::until_index(&pod, &span_index_id("version-1")).await;
+    assert_eq!(span.state, READY);
+
+    let id = crate::gradients::gradient_index_id("ft:colours");
+    let path = format!("{COLLECTION}/{}", job_name(&id));
+    let mut succeeded = expected_gradient_job(3);
+    succeeded["metadata"]["uid"] = json!("5f0e6a52-0000-4000-8000-000000000002");
+    succeeded["status"] = json!({"phase": "Succeeded", "conditions": [condition("Complete", "Completed", "")],
+                                 "succeededShards": 3});
+    let (client, script) = testing::pair();
+    let mut seen = Seen::new();
+    let server = script.run(vec![
+        seen.on(Expect::get(path.clone()).not_found()),
+        // 48 training records at 20 a shard: 3 shards.
+        seen.checking(Expect::post(COLLECTION), |body| assert_eq!(body, &expected_gradient_job(3))),
+        seen.on(Expect::get(path.clone()).returns(succeeded)),
+    ]);
+    let executor = Arc::new(KubernetesIndexExecutor::new(client, settings()).with_records_per_shard(20));
+    let parts = parts_on(&setup.db, setup.upstream.clone(), setup.dir.path(), &base, executor.clone());
+    let objects =
+        openledger_store::open_object_store(&format!("file://{}", setup.dir.path().join("objects").display()))
+            .expect("object store");
+    let registered = crate::tests::register(objects.as_ref(), &trained, "ft:colours", setup.upstream.root).await;
+    assert!(matches!(crate::on_adapter(&parts.indexes, &registered.encode_to_vec()).await, crate::Handled::Ack));
+    seen.wait(2).await;
+
+    // Each pod writes its shard, in its own directory.
+    let mut held = 0;
+    for shard in 0..3 {
+        let built = build_shard(&pod.indexes, IndexKind::Gradient, "ft:colours", shard, 3).await.expect("a shard");
+        held += built.records;
+    }
+    assert_eq!(held, 48);
+    let worker_dir = setup.dir.path().join("attribution");
+    let shards_dir = crate::gradients::gradient_shards_dir(&worker_dir, "ft:colours");
+    assert!(shards_dir.join("2").join(crate::gradients::GRADIENT_INDEX_DIR).is_dir());
+    executor.poll_now();
+    seen.wait(1).await;
+    let row = crate::tests::until_index(&parts, &id).await;
+    assert_eq!(row.records_indexed, 48);
+    assert!(!shards_dir.exists(), "the shards are deleted once merged");
+
+    // The merged index is the one a whole build writes, file for file.
+    let adapter = crate::gradients::adapter_dir(&worker_dir, "ft:colours");
+    let (model, tokenizer) = openledger_ml::load_model(&base, &candle_core::Device::Cpu).expect("load");
+    let whole = setup.dir.path().join("whole");
+    let projection = Some(crate::gradients::projection_for(&adapter).expect("projection"));
+    let version = crate::indexes::version_dir(&worker_dir, "version-1");
+    openledger_attribution::influence::GradientIndex::build(
+        &model,
+        &tokenizer,
+        &adapter,
+        &version,
+        &whole,
+        projection,
+        &mut |_, _| {},
+    )
+    .expect("whole build");
+    assert_eq!(row.files_hash, crate::indexes::files_hash(&whole).expect("hash").as_bytes().to_vec());
+    let requests = server.finish().await;
+    assert_eq!(writes(&requests), [format!("POST {COLLECTION}")]);
+}
+
 #[test]
 fn job_names_are_dns_labels_with_room_for_the_operators_suffixes() {
     for id in [span_index_id("version-1"), crate::gradients::gradient_index_id(&"ft:".repeat(40))] {
@@ -360,7 +455,7 @@ async fn a_gradient_index_is_built_for_its_adapter() {
         updated_at_ms: 0,
         source: String::new(),
     };
-    let job = serde_json::to_value(executor.resource(&row)).expect("json");
+    let job = serde_json::to_value(executor.resource(&row, 1)).expect("json");
     assert_eq!(job["metadata"]["name"], json!(job_name("gradient:ft:care")));
     assert_eq!(job["metadata"]["annotations"]["openledger.io/index-id"], json!("gradient:ft:care"));
     assert_eq!(
@@ -368,4 +463,9 @@ async fn a_gradient_index_is_built_for_its_adapter() {
         (&json!("gradient"), &json!("ft:care"), &json!(1))
     );
     assert!(job["spec"].get("queueName").is_none(), "no queue named, no queue");
+    use crate::kubernetes::gradient_shards;
+    let per_shard = crate::limits::GRADIENT_RECORDS_PER_SHARD;
+    assert_eq!([gradient_shards(0, per_shard), gradient_shards(per_shard, per_shard)], [1, 1], "small: one shard");
+    assert_eq!(gradient_shards(per_shard + 1, per_shard), 2);
+    assert_eq!(gradient_shards(1 << 40, per_shard), crate::limits::MAX_GRADIENT_SHARDS, "capped");
 }

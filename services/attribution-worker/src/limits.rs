@@ -29,6 +29,14 @@ pub const GRADIENT_PROJECTION_SEED: u64 = 1;
 /// Adapters' gradient indexes kept open at once (each holds its rows and f32 copies of the base
 /// model's weights: about 540 MB for SmolLM2-135M); the least recently used is closed first.
 pub const MAX_OPEN_GRADIENT_INDEXES: usize = 4;
+/// Training records per shard of a gradient index built by an `AttributionJob` (one pod
+/// each): enough work to pay for a pod's start (fetching the adapter, loading the base model);
+/// not measured on a cluster yet. An index of at most this many records is one shard, with no
+/// merge.
+pub const GRADIENT_RECORDS_PER_SHARD: usize = 16 * 1024;
+/// Most shards of one gradient index (pods of one Job; each fetches the adapter and loads the
+/// base model).
+pub const MAX_GRADIENT_SHARDS: usize = 16;
 /// Tokens per span-index shard (about 1.5 GB of suffix array at 6 bytes per token).
 pub const SHARD_TOKENS: usize = 256 * 1024 * 1024;
 /// Most stored attributions one `ListAttributions` page returns.

@@ -57,7 +57,7 @@ impl Scripted {
 
     /// A version of `bodies`, `per_contribution` records to each contribution (the first one
     /// bonded to [`BOND_ACCOUNT`]), one contributor per contribution.
-    fn with(bodies: Vec<Vec<u8>>, per_contribution: usize) -> Self {
+    pub(crate) fn with(bodies: Vec<Vec<u8>>, per_contribution: usize) -> Self {
         let records: Vec<VersionRecord> = bodies
             .into_iter()
             .enumerate()
@@ -312,7 +312,7 @@ async fn an_inference_waits_for_its_index_then_is_attributed_with_what_exists(db
 
 /// The colour decides the label; records 24..32 (contribution 3 at eight records each) carry
 /// wrong labels.
-fn colour_bodies(n: usize) -> Vec<Vec<u8>> {
+pub(crate) fn colour_bodies(n: usize) -> Vec<Vec<u8>> {
     let fillers = ["the sky", "a pen", "this ball", "that car", "my hat", "an apple", "our door", "his cup"];
     let classes = [("red", "warm"), ("blue", "cold"), ("green", "fresh"), ("black", "dark")];
     (0..n)
@@ -329,7 +329,7 @@ fn colour_bodies(n: usize) -> Vec<Vec<u8>> {
 /// out), as model-factory trains one; answers the model's path and the adapter's directory.
 /// Four epochs, as the attribution crate's quality test: the task is learnt, the flipped
 /// records not yet memorised.
-fn train_adapter(dir: &std::path::Path, bodies: &[Vec<u8>]) -> (std::path::PathBuf, std::path::PathBuf) {
+pub(crate) fn train_adapter(dir: &std::path::Path, bodies: &[Vec<u8>]) -> (std::path::PathBuf, std::path::PathBuf) {
     use openledger_ml::{
         Target,
         testing::{TinyModel, TinySpec},
@@ -373,7 +373,7 @@ fn train_adapter(dir: &std::path::Path, bodies: &[Vec<u8>]) -> (std::path::PathB
 
 /// Registers the trained adapter as model-factory does: its files and the registry's lineage
 /// (wrapping the trainer's) in the object store; answers the event.
-async fn register(
+pub(crate) async fn register(
     objects: &dyn object_store::ObjectStore,
     adapter: &std::path::Path,
     id: &str,
@@ -409,7 +409,7 @@ async fn register(
     }
 }
 
-async fn until_index(parts: &Parts, id: &str) -> crate::entities::index::Model {
+pub(crate) async fn until_index(parts: &Parts, id: &str) -> crate::entities::index::Model {
     for _ in 0..2400 {
         let row = parts.indexes.row(id).await.expect("row").expect("queued");
         assert_ne!(row.state, crate::indexes::FAILED, "the build of {id} failed: {}", row.error);

@@ -6,6 +6,10 @@
 //! `grads/{header.json,grads.bin,index.bin}` (written by [`GradientProbe::write`]) and
 //! `manifest.json` with the BLAKE3 of each of those files. It is written into a staging
 //! directory beside the target and renamed into place, so an index exists only whole.
+//!
+//! An index can also be built in shards ([`GradientIndex::build_shard`], each a contiguous
+//! range of the training records, as separate processes may) and joined by
+//! [`GradientIndex::merge`] into the files a whole build writes.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -59,6 +63,27 @@ pub struct IndexManifest {
     pub records: Vec<IndexedRecord>,
     /// File name under `grads/` → BLAKE3 hex.
     pub checksums: Vec<(String, String)>,
+    /// Set on a shard's index only: which part of the records it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardOf>,
+}
+
+/// Which part of a lineage's training records a shard's index holds: the records (each once,
+/// in training order) `[total × shard / shards, total × (shard + 1) / shards)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardOf {
+    pub shard: usize,
+    pub shards: usize,
+    /// Records of the whole index.
+    pub total_records: usize,
+}
+
+impl ShardOf {
+    /// The record positions this shard covers.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        debug_assert!(self.shard < self.shards);
+        self.total_records * self.shard / self.shards..self.total_records * (self.shard + 1) / self.shards
+    }
 }
 
 /// An opened, verified gradient index.
@@ -86,6 +111,26 @@ impl GradientIndex {
         projection: Option<Projection>,
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
+        Self::build_shard(model, tokenizer, adapter_dir, corpus_dir, out_dir, projection, (0, 1), on_progress)
+    }
+
+    /// [`Self::build`] of shard `shard` of `shards` only (see [`ShardOf`]): an index of its
+    /// records whose manifest says which part it is, for [`Self::merge`]. Shard 0 of 1 is the
+    /// whole index.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build_shard(
+        model: &LlamaModel,
+        tokenizer: &Tokenizer,
+        adapter_dir: &Path,
+        corpus_dir: &Path,
+        out_dir: &Path,
+        projection: Option<Projection>,
+        (shard, shards): (usize, usize),
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        if shard >= shards {
+            return Err(AttributionError::invalid(format!("shard {shard} of {shards}: shards count from 0")));
+        }
         if out_dir.exists() {
             return Err(AttributionError::invalid(format!(
                 "{} already exists: remove it to rebuild the index",
@@ -95,7 +140,14 @@ impl GradientIndex {
         let lineage = read_lineage(adapter_dir)?;
         let max_tokens = lineage.config.max_seq_tokens.unwrap_or(model.config().context_length);
         let tokenize = Tokenize { tokenizer, max_tokens };
-        let (examples, indexed) = corpus_examples(&lineage.train_records, corpus_dir, &tokenize, &lineage.dataset)?;
+        let (mut examples, mut indexed) =
+            corpus_examples(&lineage.train_records, corpus_dir, &tokenize, &lineage.dataset)?;
+        let shard = (shards > 1).then_some(ShardOf { shard, shards, total_records: indexed.len() });
+        if let Some(shard) = shard {
+            let range = shard.range();
+            examples = examples.drain(range.clone()).collect();
+            indexed = indexed.drain(range).collect();
+        }
         let adapter = load_adapter_dir("attribution", adapter_dir, model)?;
         let probe = GradientProbe::new(model, &adapter, projection)?;
         let staging = staging_dir(out_dir)?;
@@ -118,15 +170,66 @@ impl GradientIndex {
                 dataset_blake3: lineage.dataset_blake3.clone(),
                 projection,
                 records: indexed,
-                checksums: GRAD_FILES
-                    .iter()
-                    .map(|f| Ok((f.to_string(), hash_path(&staging.join(GRADS_DIR).join(f))?)))
-                    .collect::<Result<_>>()?,
+                checksums: Vec::new(),
+                shard,
             };
-            let path = staging.join(MANIFEST_FILE);
-            let text = serde_json::to_string_pretty(&manifest).map_err(|e| AttributionError::invalid(e.to_string()))?;
+            finish(&staging, manifest, out_dir)
+        });
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        Self::open(out_dir)
+    }
+
+    /// Joins the indexes of shards `0..shard_dirs.len()` (each opened and checked: a missing,
+    /// damaged or foreign shard is refused) into `out_dir`, which must not exist yet: rows and
+    /// records in shard order, the record index and header rebuilt and the checksums
+    /// rewritten, so the files are those a whole build writes (a row's gradient does not depend
+    /// on the batch it was computed in; the test compares the bytes).
+    pub fn merge(shard_dirs: &[PathBuf], out_dir: &Path) -> Result<Self> {
+        if out_dir.exists() {
+            return Err(AttributionError::invalid(format!(
+                "{} already exists: remove it to merge the shards again",
+                out_dir.display()
+            )));
+        }
+        let shards = shard_dirs.len();
+        let mut parts = Vec::with_capacity(shards);
+        for (at, dir) in shard_dirs.iter().enumerate() {
+            let part = Self::open(dir).map_err(|e| {
+                AttributionError::corrupt(
+                    format!("gradient index shard {at} of {shards}"),
+                    format!("{e}: build the shard again"),
+                )
+            })?;
+            check_shard(&part, parts.first(), at, shards)?;
+            parts.push(part);
+        }
+        let Some(first) = parts.first() else {
+            return Err(AttributionError::invalid("merging a gradient index needs at least one shard"));
+        };
+        let total = first.manifest.shard.map(|s| s.total_records).unwrap_or_default();
+        let held: usize = parts.iter().map(Self::len).sum();
+        if held != total {
+            return Err(AttributionError::corrupt(
+                "gradient index shards",
+                format!("{held} records in {shards} shards, the whole index has {total}"),
+            ));
+        }
+        let staging = staging_dir(out_dir)?;
+        let result = merge_files(&parts, &staging).and_then(|header| {
+            let manifest = IndexManifest {
+                records: parts.iter().flat_map(|p| p.manifest.records.iter().cloned()).collect(),
+                checksums: Vec::new(),
+                shard: None,
+                ..first.manifest.clone()
+            };
+            let grads = staging.join(GRADS_DIR);
+            let text = serde_json::to_string_pretty(&header).map_err(|e| AttributionError::invalid(e.to_string()))?;
+            let path = grads.join(GRAD_FILES[0]);
             std::fs::write(&path, text).map_err(|e| AttributionError::io(&path, e))?;
-            std::fs::rename(&staging, out_dir).map_err(|e| AttributionError::io(out_dir, e))
+            finish(&staging, manifest, out_dir)
         });
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&staging);
@@ -273,6 +376,100 @@ pub(crate) fn read_lineage(adapter_dir: &Path) -> Result<Lineage> {
     serde_json::from_str(&text).map_err(|e| AttributionError::corrupt(path.display().to_string(), e))
 }
 
+/// Writes the manifest (with the checksums of `staging`'s gradient files) and renames the
+/// staging directory to `out_dir`.
+fn finish(staging: &Path, mut manifest: IndexManifest, out_dir: &Path) -> Result<()> {
+    manifest.checksums = GRAD_FILES
+        .iter()
+        .map(|f| Ok((f.to_string(), hash_path(&staging.join(GRADS_DIR).join(f))?)))
+        .collect::<Result<_>>()?;
+    let path = staging.join(MANIFEST_FILE);
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| AttributionError::invalid(e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| AttributionError::io(&path, e))?;
+    std::fs::rename(staging, out_dir).map_err(|e| AttributionError::io(out_dir, e))
+}
+
+/// Shard `at` of `shards` says it is that shard, of the same whole index as the first.
+fn check_shard(part: &GradientIndex, first: Option<&GradientIndex>, at: usize, shards: usize) -> Result<()> {
+    let what = || format!("gradient index shard {at} of {shards} ({})", part.dir.display());
+    let Some(shard) = part.manifest.shard else {
+        return Err(AttributionError::corrupt(what(), "it is a whole index, not a shard"));
+    };
+    if shard.shard != at || shard.shards != shards {
+        return Err(AttributionError::corrupt(
+            what(),
+            format!("its manifest says shard {} of {}: give the shards in order", shard.shard, shard.shards),
+        ));
+    }
+    if shard.range().len() != part.len() {
+        return Err(AttributionError::corrupt(
+            what(),
+            format!("{} records, its range holds {}", part.len(), shard.range().len()),
+        ));
+    }
+    if let Some(first) = first {
+        let (a, b) = (&first.manifest, &part.manifest);
+        let same = a.format == b.format
+            && a.adapter_weights_blake3 == b.adapter_weights_blake3
+            && a.base_model_blake3 == b.base_model_blake3
+            && a.dataset_blake3 == b.dataset_blake3
+            && a.projection == b.projection
+            && a.shard.map(|s| s.total_records) == Some(shard.total_records)
+            && first.header.layer_dims == part.header.layer_dims
+            && first.header.dtype == part.header.dtype;
+        if !same {
+            return Err(AttributionError::Mismatch(format!(
+                "{} was built for other inputs than shard 0 (adapter, base model, dataset, projection or \
+                 size): build every shard again",
+                what()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Writes `grads.bin` (the shards' rows in order) and `index.bin` (every record's hash and row,
+/// by hash) under `staging`; returns the header of the joined file.
+fn merge_files(parts: &[GradientIndex], staging: &Path) -> Result<GradHeader> {
+    let grads = staging.join(GRADS_DIR);
+    std::fs::create_dir_all(&grads).map_err(|e| AttributionError::io(&grads, e))?;
+    let rows_path = grads.join(GRAD_FILES[1]);
+    let file = std::fs::File::create(&rows_path).map_err(|e| AttributionError::io(&rows_path, e))?;
+    let mut rows = std::io::BufWriter::new(file);
+    let mut index = std::collections::BTreeMap::new();
+    for part in parts {
+        let path = part.dir.join(GRADS_DIR).join(GRAD_FILES[1]);
+        let mut from = std::fs::File::open(&path).map_err(|e| AttributionError::io(&path, e))?;
+        std::io::copy(&mut from, &mut rows).map_err(|e| AttributionError::io(&rows_path, e))?;
+        for record in &part.manifest.records {
+            let hash: ContentHash = record.record.parse().map_err(|_| {
+                AttributionError::corrupt("gradient index manifest", format!("record {:?}", record.record))
+            })?;
+            let row = index.len() as u64;
+            if index.insert(hash, row).is_some() {
+                return Err(AttributionError::corrupt(
+                    "gradient index shards",
+                    format!("record {} is in two shards: build every shard again", record.record),
+                ));
+            }
+        }
+    }
+    rows.into_inner()
+        .map_err(|e| AttributionError::io(&rows_path, e.into_error()))?
+        .sync_all()
+        .map_err(|e| AttributionError::io(&rows_path, e))?;
+    let mut index_bytes = Vec::with_capacity(index.len() * 40);
+    for (hash, row) in &index {
+        index_bytes.extend_from_slice(hash.as_bytes());
+        index_bytes.extend_from_slice(&row.to_le_bytes());
+    }
+    let path = grads.join(GRAD_FILES[2]);
+    std::fs::write(&path, index_bytes).map_err(|e| AttributionError::io(&path, e))?;
+    let mut header = parts[0].header.clone();
+    header.records = index.len();
+    Ok(header)
+}
+
 /// A fresh staging directory beside `out_dir` (same file system, so the rename is atomic).
 fn staging_dir(out_dir: &Path) -> Result<PathBuf> {
     let name = out_dir.file_name().and_then(|n| n.to_str()).unwrap_or("gradient-index");
@@ -335,6 +532,84 @@ mod tests {
         }
         let err = GradientIndex::build(&f.model, &f.tokenizer, &f.adapter, &f.corpus, &out, None, &mut |_, _| {});
         assert!(err.err().unwrap().to_string().contains("already exists"));
+    }
+
+    fn build_shards(f: &crate::influence::fixture::Fixture, shards: usize) -> Vec<PathBuf> {
+        (0..shards)
+            .map(|shard| {
+                let out = f.dir.path().join(format!("shard-{shard}"));
+                GradientIndex::build_shard(
+                    &f.model,
+                    &f.tokenizer,
+                    &f.adapter,
+                    &f.corpus,
+                    &out,
+                    Some(PROJECTION),
+                    (shard, shards),
+                    &mut |_, _| {},
+                )
+                .unwrap();
+                out
+            })
+            .collect()
+    }
+
+    #[test]
+    fn three_shards_merged_are_the_whole_index_file_for_file() {
+        let f = fixture(32, 1, |_| false);
+        let whole = build(&f, &f.dir.path().join("whole"));
+        let shards = build_shards(&f, 3);
+        let lens: Vec<usize> = shards.iter().map(|d| GradientIndex::open(d).unwrap().len()).collect();
+        assert_eq!(lens.iter().sum::<usize>(), whole.len());
+        assert!(lens.iter().all(|&n| n > 0 && n < whole.len()), "{lens:?}");
+        let merged = GradientIndex::merge(&shards, &f.dir.path().join("merged")).unwrap();
+        assert_eq!(merged.manifest, whole.manifest);
+        assert_eq!(merged.header, whole.header);
+        // Each row's gradient does not depend on the other records of its batch, so the bytes
+        // are the same; the checksums in the manifests (equal above) say so.
+        for file in GRAD_FILES {
+            let read = |index: &GradientIndex| std::fs::read(index.dir.join(GRADS_DIR).join(file)).unwrap();
+            assert!(read(&merged) == read(&whole), "{file} differs");
+        }
+        let read = |index: &GradientIndex| std::fs::read(index.dir.join(MANIFEST_FILE)).unwrap();
+        assert_eq!(read(&merged), read(&whole));
+        // And so the scores of a query.
+        let (a, b) = (whole.gradients().unwrap(), merged.gradients().unwrap());
+        assert_eq!(a.records, b.records);
+        let query: Vec<Vec<f32>> = a.layers(3).map(<[f32]>::to_vec).collect();
+        for estimator in [Estimator::Cosine, Estimator::DataInfNormalized] {
+            assert_eq!(scores(&a, &query, estimator).unwrap(), scores(&b, &query, estimator).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_missing_corrupt_foreign_or_misplaced_shard_is_refused_at_merge() {
+        let f = fixture(16, 1, |_| false);
+        let shards = build_shards(&f, 3);
+        let out = f.dir.path().join("merged");
+        let refused = |dirs: &[PathBuf]| {
+            let err = GradientIndex::merge(dirs, &out).err().unwrap().to_string();
+            assert!(!out.exists(), "{err}");
+            err
+        };
+        // Two of three: the first shard already says there are three.
+        let err = refused(&shards[..2]);
+        assert!(err.contains("shard 0 of 2") && err.contains("says shard 0 of 3"), "{err}");
+        let swapped = [shards[1].clone(), shards[0].clone(), shards[2].clone()];
+        let err = refused(&swapped);
+        assert!(err.contains("shard 0 of 3") && err.contains("in order"), "{err}");
+        let whole = build(&f, &f.dir.path().join("whole"));
+        let err = refused(&[shards[0].clone(), whole.dir.clone(), shards[2].clone()]);
+        assert!(err.contains("shard 1 of 3") && err.contains("whole index"), "{err}");
+        let rows = shards[2].join(GRADS_DIR).join("grads.bin");
+        let mut bytes = std::fs::read(&rows).unwrap();
+        bytes[1] ^= 0x40;
+        std::fs::write(&rows, &bytes).unwrap();
+        let err = refused(&shards);
+        assert!(err.contains("shard 2 of 3 is corrupt") && err.contains("checksum"), "{err}");
+        std::fs::remove_dir_all(&shards[2]).unwrap();
+        let err = refused(&shards);
+        assert!(err.contains("shard 2 of 3 is corrupt") && err.contains("manifest.json"), "{err}");
     }
 
     #[test]
