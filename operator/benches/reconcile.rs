@@ -26,7 +26,6 @@ fn namespaced<K: Resource>(mut object: K) -> K {
     meta.namespace = Some("bench".into());
     meta.uid = Some("uid".into());
     meta.generation = Some(1);
-    meta.finalizers = Some(vec![job::FINALIZER.into()]);
     object
 }
 
@@ -64,7 +63,7 @@ fn attribution_job() -> AttributionJob {
 }
 
 fn lora_server() -> LoraServer {
-    let mut object = namespaced(LoraServer::new(
+    namespaced(LoraServer::new(
         "smol",
         LoraServerSpec {
             base_model: "/models/smol.gguf".into(),
@@ -78,9 +77,7 @@ fn lora_server() -> LoraServer {
             port: 50060,
             pod: pod(),
         },
-    ));
-    object.meta_mut().finalizers = None;
-    object
+    ))
 }
 
 /// Per-kind figures: reconciles timed, and the requests of the last one.
@@ -133,7 +130,7 @@ async fn main() {
     println!("{iterations} reconciles per case, scripted API server in-process");
     let jobs = "/apis/batch/v1/namespaces/bench/jobs";
     let events = "/apis/events.k8s.io/v1/namespaces/bench/events";
-    let running = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "ftjob-1"}, "spec": {"template": {}}, "status": {"active": 1}});
+    let running = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "ftjob-1", "ownerReferences": [{"apiVersion": "openledger.io/v1alpha1", "kind": "LoraJob", "name": "ftjob-1", "uid": "uid", "controller": true}]}, "spec": {"template": {}}, "status": {"active": 1}});
 
     // LoraJob: new, then in sync.
     let object = lora_job();
@@ -191,7 +188,7 @@ async fn main() {
             }
         }
     };
-    let indexing = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "span-1"}, "spec": {"template": {}}, "status": {"active": 1}});
+    let indexing = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "span-1", "ownerReferences": [{"apiVersion": "openledger.io/v1alpha1", "kind": "AttributionJob", "name": "span-1", "uid": "uid", "controller": true}]}, "spec": {"template": {}}, "status": {"active": 1}});
     let first = measure(
         1,
         || {
@@ -233,7 +230,7 @@ async fn main() {
         let mut script = Vec::new();
         for path in paths {
             script.push(Expect::get(format!("{path}/smol")).not_found());
-            script.push(Expect::post(path));
+            script.push(Expect::patch(format!("{path}/smol")));
         }
         script.push(Expect::post(events));
         script.push(Expect::patch(status).merged_into(serde_json::to_value(lora_server()).expect("json")));
@@ -244,7 +241,7 @@ async fn main() {
     let children: Vec<Value> = created
         .requests
         .iter()
-        .filter(|request| request.method == http::Method::POST && !request.path.ends_with("events"))
+        .filter(|request| request.method == http::Method::PATCH && !request.path.ends_with("status"))
         .map(|request| {
             let mut child = request.body.clone();
             assert!(child["metadata"]["annotations"][SPEC_HASH].is_string());

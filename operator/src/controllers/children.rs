@@ -1,13 +1,14 @@
 //! Making the objects a resource stands for exist as they should, with as few writes as
 //! possible: each carries the hash of what the operator wants of it, so an object in sync is
-//! recognised from one read and left alone; one that differs is brought back by server-side
-//! apply (the operator owns only the fields it sets); one that is missing is created.
+//! recognised from one read and left alone; one that differs or is missing is (re)made by
+//! server-side apply (the operator owns exactly the fields it sets, so a field it stops setting
+//! goes).
 
 use std::fmt::Debug;
 
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy},
+    api::{DeleteParams, Patch, PatchParams, PropagationPolicy},
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -33,23 +34,16 @@ where
     let hash = hash(&wanted);
     wanted.annotations_mut().insert(SPEC_HASH.to_owned(), hash.clone());
     let name = wanted.name_any();
-    match api.get_opt(&name).await? {
-        Some(current) if current.annotations().get(SPEC_HASH) == Some(&hash) => Ok((current, Change::InSync)),
-        Some(_) => {
-            let applied =
-                api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&with_type(&wanted))).await?;
-            Ok((applied, Change::Updated))
-        }
-        None => match api
-            .create(&PostParams { field_manager: Some(MANAGER.to_owned()), ..PostParams::default() }, &wanted)
-            .await
-        {
-            Ok(created) => Ok((created, Change::Created)),
-            // Created since the read (another reconcile, a restart): take it as it is now.
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok((api.get(&name).await?, Change::InSync)),
-            Err(error) => Err(error.into()),
-        },
-    }
+    let change = match api.get_opt(&name).await? {
+        Some(current) if current.annotations().get(SPEC_HASH) == Some(&hash) => return Ok((current, Change::InSync)),
+        Some(_) => Change::Updated,
+        None => Change::Created,
+    };
+    // Server-side apply creates as well as updates, under one field manager and one operation:
+    // a field the operator stops setting is removed (a POST would have recorded the fields under
+    // an `Update` entry that a later apply cannot take back).
+    let applied = api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&with_type(&wanted))).await?;
+    Ok((applied, change))
 }
 
 /// Deletes the object `name` if it exists (its dependents in the background); whether it did.

@@ -1,6 +1,10 @@
 //! What `LoraJob` and `AttributionJob` share: each runs as one `batch/v1` Job the resource
 //! owns, created once (suspended for Kueue when a queue is named), never changed, observed
-//! into the resource's status, and deleted with the resource.
+//! into the resource's status, and deleted with the resource by the garbage collector: no
+//! finalizer, so a resource is never stuck when the operator is away. The services delete
+//! their resources in the foreground (the Job and its pods go first, each owner reference
+//! blocks its owner's deletion), so a resource of the same name is made again only once the
+//! old pods are gone: two pods never train one job.
 
 use std::{collections::BTreeMap, fmt::Debug, sync::Arc};
 
@@ -11,8 +15,8 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy},
-    runtime::{controller::Action, finalizer},
+    api::{Patch, PatchParams, PostParams},
+    runtime::controller::Action,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
@@ -23,8 +27,6 @@ use crate::{
     crd::JobPhase,
 };
 
-/// The finalizer on job-like resources: their Job goes before they do.
-pub const FINALIZER: &str = "openledger.io/job";
 /// Kueue's label naming the `LocalQueue` of a Job.
 pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
 
@@ -72,14 +74,11 @@ pub async fn reconcile<K: JobResource>(object: Arc<K>, ctx: Arc<Context>) -> Res
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = super::key(object.as_ref());
     ctx.metrics.reconciled(K::kind(&()).as_ref());
-    let action = finalizer::finalizer(&api, FINALIZER, object, |event| async {
-        match event {
-            finalizer::Event::Apply(object) => apply(object.as_ref(), &ctx, &api, &namespace).await,
-            finalizer::Event::Cleanup(object) => cleanup(object.as_ref(), &ctx, &namespace).await,
-        }
-    })
-    .await
-    .map_err(Error::from_finalizer)?;
+    // Going: the garbage collector removes its Job through the owner reference.
+    if object.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let action = apply(object.as_ref(), &ctx, &api, &namespace).await?;
     ctx.succeeded(&key);
     Ok(action)
 }
@@ -98,6 +97,14 @@ async fn apply<K: JobResource>(object: &K, ctx: &Context, api: &Api<K>, namespac
         None
     } else {
         match jobs.get_opt(&name).await? {
+            Some(job) if !controlled_by(&job, object) => {
+                observation.phase = JobPhase::Failed;
+                let message =
+                    format!("a Job named {name} exists and is not this resource's: delete it or rename this one");
+                let conflict = Observed { type_: "Failed", status: true, reason: "Conflict", message };
+                conditions::set(&mut observation.conditions, conflict, generation, now);
+                None
+            }
             Some(job) => Some(job),
             // A finished Job removed by its time-to-live is not run again; its status stays.
             None if phase.is_finished() => return Ok(Action::await_change()),
@@ -135,7 +142,7 @@ async fn create_job<K: JobResource>(object: &K, jobs: &Api<Job>) -> Result<Job, 
             name: Some(name.clone()),
             namespace: object.namespace(),
             labels: Some(labels),
-            owner_references: object.controller_owner_ref(&()).map(|owner| vec![owner]),
+            owner_references: super::owner(object).map(|owner| vec![owner]),
             ..ObjectMeta::default()
         },
         spec: Some(spec),
@@ -144,9 +151,21 @@ async fn create_job<K: JobResource>(object: &K, jobs: &Api<Job>) -> Result<Job, 
     let params = PostParams { field_manager: Some(MANAGER.to_owned()), ..PostParams::default() };
     match jobs.create(&params, &job).await {
         Ok(job) => Ok(job),
+        // Made since the read: ours if it is controlled by this resource, checked by the caller's
+        // next reconcile like any other.
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(jobs.get(&name).await?),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Whether `job` is controlled by `object` (same uid), not a leftover of another resource.
+fn controlled_by<K: Resource<DynamicType = ()>>(job: &Job, object: &K) -> bool {
+    let uid = object.meta().uid.as_deref();
+    job.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|owner| owner.controller == Some(true) && Some(owner.uid.as_str()) == uid)
 }
 
 /// The phase and conditions the Job shows.
@@ -204,17 +223,6 @@ async fn announce<K: JobResource>(object: &K, ctx: &Context, before: JobPhase, n
         JobPhase::Running if before == JobPhase::Queued => ctx.event(object, false, "Admitted", note("Admitted")).await,
         _ => {}
     }
-}
-
-async fn cleanup<K: JobResource>(object: &K, ctx: &Context, namespace: &str) -> Result<Action, Error> {
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
-    match jobs.delete(&object.name_any(), &params).await {
-        Ok(_) => ctx.metrics.wrote(K::kind(&()).as_ref()),
-        Err(kube::Error::Api(status)) if status.code == 404 => {}
-        Err(error) => return Err(error.into()),
-    }
-    Ok(Action::await_change())
 }
 
 /// The JSON object of a status struct's operator-owned fields (`drop` removes the others).

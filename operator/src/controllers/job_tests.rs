@@ -4,11 +4,10 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::batch::v1::Job;
 use kube::{Resource, runtime::controller::Action};
 use serde_json::{Value, json};
 
-use super::{Context, job::FINALIZER};
+use super::Context;
 use crate::{
     crd::{AttributionJob, AttributionJobSpec, IndexKind, JobPhase, LoraJob, LoraJobSpec, PodSettings},
     testing::{self, Expect, Recorded},
@@ -45,7 +44,6 @@ fn lora_job(queue: Option<&str>) -> LoraJob {
     meta.namespace = Some(NS.into());
     meta.uid = Some("uid-7".into());
     meta.generation = Some(1);
-    meta.finalizers = Some(vec![FINALIZER.into()]);
     job
 }
 
@@ -60,8 +58,12 @@ fn with_status(object: &LoraJob, recorded: &Recorded) -> LoraJob {
     serde_json::from_value(value).expect("a LoraJob")
 }
 
+/// A Job of the resource `owner_uid` (its controller).
 fn job_with(name: &str, suspend: bool, status: Value) -> Value {
-    json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": NS}, "spec": {"suspend": suspend, "template": {}}, "status": status})
+    let owner_uid = if name == "ftjob-7" { "uid-7" } else { "uid-3" };
+    json!({"apiVersion": "batch/v1", "kind": "Job",
+           "metadata": {"name": name, "namespace": NS, "ownerReferences": [{"apiVersion": "openledger.io/v1alpha1", "kind": "LoraJob", "name": name, "uid": owner_uid, "controller": true}]},
+           "spec": {"suspend": suspend, "template": {}}, "status": status})
 }
 
 async fn reconcile<K: super::job::JobResource>(object: K, client: kube::Client) -> Action {
@@ -78,6 +80,7 @@ async fn a_new_lora_job_gets_its_job_and_a_status() {
             assert_eq!(job["metadata"]["name"], "ftjob-7");
             assert_eq!(job["metadata"]["ownerReferences"][0]["uid"], "uid-7");
             assert_eq!(job["metadata"]["ownerReferences"][0]["controller"], true);
+            assert_eq!(job["metadata"]["ownerReferences"][0]["blockOwnerDeletion"], true);
             assert_eq!(job["metadata"]["labels"]["openledger.io/lora-job"], "ftjob-7");
             assert!(job["metadata"]["labels"].get("kueue.x-k8s.io/queue-name").is_none());
             let spec = &job["spec"];
@@ -269,33 +272,33 @@ async fn an_impossible_spec_is_reported_in_a_condition_without_a_job() {
 }
 
 #[tokio::test]
-async fn a_lora_job_without_the_finalizer_gets_it_first() {
-    let mut object = lora_job(None);
-    object.meta_mut().finalizers = None;
-    let (client, script) = testing::pair();
-    let mut answered = json_of(&object);
-    answered["metadata"]["finalizers"] = json!([FINALIZER]);
-    let server = script.run(vec![Expect::patch(format!("{LORA_JOBS}/ftjob-7")).returns(answered).check(|patch| {
-        assert_eq!(patch[1], json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}));
-    })]);
-    assert_eq!(reconcile(object, client).await, Action::await_change());
-    server.finish().await;
-}
-
-#[tokio::test]
-async fn deleting_a_lora_job_deletes_its_job_then_releases_the_finalizer() {
+async fn a_lora_job_being_deleted_is_left_to_the_garbage_collector() {
+    // No finalizer: the owner reference takes the Job (and its pods, first, when the service
+    // deletes in the foreground); the operator writes nothing.
     let mut object = lora_job(None);
     object.meta_mut().deletion_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
     let (client, script) = testing::pair();
+    let server = script.run(vec![]);
+    assert_eq!(reconcile(object, client).await, Action::await_change());
+    assert!(server.finish().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_job_of_the_same_name_that_is_not_ours_is_not_adopted() {
+    // A leftover of an earlier LoraJob of this name (orphaned), complete: not this one's result.
+    let object = lora_job(None);
+    let mut leftover =
+        job_with("ftjob-7", false, json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}));
+    leftover["metadata"]["ownerReferences"][0]["uid"] = json!("uid-of-another");
+    let (client, script) = testing::pair();
     let server = script.run(vec![
-        Expect::delete(format!("{JOBS}/ftjob-7"))
-            .returns(json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}}))
-            .check(|options| assert_eq!(options["propagationPolicy"], "Background")),
-        Expect::patch(format!("{LORA_JOBS}/ftjob-7")).returns(json_of(&object)).check(|patch| {
-            assert_eq!(patch[0], json!({"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER}));
-            assert_eq!(patch[1], json!({"op": "remove", "path": "/metadata/finalizers/0"}));
+        Expect::get(format!("{JOBS}/ftjob-7")).returns(leftover),
+        Expect::patch(format!("{LORA_JOBS}/ftjob-7/status")).merged_into(json_of(&object)).check(|patch| {
+            assert_eq!(patch["status"]["phase"], "Failed");
+            assert_eq!(patch["status"]["conditions"][0]["reason"], "Conflict");
         }),
+        Expect::post(EVENTS).check(|event| assert_eq!(event["type"], "Warning")),
     ]);
     assert_eq!(reconcile(object, client).await, Action::await_change());
     server.finish().await;
@@ -320,7 +323,6 @@ fn attribution_job() -> AttributionJob {
     meta.namespace = Some(NS.into());
     meta.uid = Some("uid-3".into());
     meta.generation = Some(1);
-    meta.finalizers = Some(vec![FINALIZER.into()]);
     job
 }
 
@@ -372,11 +374,4 @@ async fn an_attribution_job_runs_as_an_indexed_job_one_completion_per_shard() {
     ]);
     reconcile(object, client).await;
     server.finish().await;
-}
-
-#[test]
-fn the_job_types_are_the_kinds_the_chart_installs() {
-    assert_eq!(LoraJob::kind(&()), "LoraJob");
-    assert_eq!(AttributionJob::plural(&()), "attributionjobs");
-    assert_eq!(Job::api_version(&()), "batch/v1");
 }

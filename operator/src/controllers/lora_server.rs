@@ -166,7 +166,7 @@ fn meta(object: &LoraServer, labels: &BTreeMap<String, String>) -> ObjectMeta {
         name: Some(object.name_any()),
         namespace: object.namespace(),
         labels: Some(labels.clone()),
-        owner_references: object.controller_owner_ref(&()).map(|owner| vec![owner]),
+        owner_references: super::owner(object).map(|owner| vec![owner]),
         ..ObjectMeta::default()
     }
 }
@@ -193,6 +193,8 @@ fn deployment(object: &LoraServer) -> Deployment {
             ("OPENLEDGER_ENGINE_PRELOAD_ADAPTERS", spec.preload_adapters.join(",")),
             ("OPENLEDGER_ENGINE_THREADS", spec.threads.to_string()),
             ("OPENLEDGER_ENGINE_MAX_BATCH_SIZE", spec.max_batch_size.to_string()),
+            // The probes' port, whatever the settings the pod also reads (envFrom) say.
+            ("OPENLEDGER_OPS_BASE_PORT", OPS_PORT.to_string()),
         ],
         ports: vec![ContainerPort {
             name: Some("grpc".to_owned()),

@@ -67,7 +67,7 @@ async fn a_lora_server_becomes_a_deployment_a_service_and_a_status() {
         &object,
         vec![
             Expect::get(format!("{DEPLOYMENTS}/smol")).not_found(),
-            Expect::post(DEPLOYMENTS).check(|deployment| {
+            Expect::patch(format!("{DEPLOYMENTS}/smol")).query("fieldManager=openledger-operator").query("force=true").check(|deployment| {
                 assert_eq!(deployment["spec"]["replicas"], 1);
                 assert_eq!(deployment["metadata"]["ownerReferences"][0]["kind"], "LoraServer");
                 assert!(deployment["metadata"]["annotations"][SPEC_HASH].is_string());
@@ -78,10 +78,12 @@ async fn a_lora_server_becomes_a_deployment_a_service_and_a_status() {
                 assert!(env.contains(&json!({"name": "OPENLEDGER_ENGINE_PRELOAD_ADAPTERS", "value": "ft:smol:alice:med:ftjob-1,ft:smol:bob:law:ftjob-2"})));
                 assert!(env.contains(&json!({"name": "OPENLEDGER_ADAPTER_CACHE_BYTES", "value": "1073741824"})));
                 assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+                assert_eq!(container["readinessProbe"]["httpGet"]["port"], 9091);
+                assert!(env.contains(&json!({"name": "OPENLEDGER_OPS_BASE_PORT", "value": "9091"})));
                 assert_eq!(container["ports"][0]["containerPort"], 50060);
             }),
             Expect::get(format!("{SERVICES}/smol")).not_found(),
-            Expect::post(SERVICES).check(|service| {
+            Expect::patch(format!("{SERVICES}/smol")).query("fieldManager=openledger-operator").query("force=true").check(|service| {
                 assert_eq!(service["spec"]["ports"][0]["port"], 50060);
                 assert_eq!(service["spec"]["selector"], json!({"openledger.io/lora-server": "smol"}));
             }),
@@ -112,9 +114,9 @@ async fn a_lora_server_in_sync_costs_reads_only_and_a_spec_change_one_apply() {
         &object,
         vec![
             Expect::get(format!("{DEPLOYMENTS}/smol")).not_found(),
-            Expect::post(DEPLOYMENTS),
+            Expect::patch(format!("{DEPLOYMENTS}/smol")),
             Expect::get(format!("{SERVICES}/smol")).not_found(),
-            Expect::post(SERVICES),
+            Expect::patch(format!("{SERVICES}/smol")),
             Expect::get(format!("{HPAS}/smol")).not_found(),
             Expect::get(format!("{PDBS}/smol")).not_found(),
             Expect::post(EVENTS),
@@ -202,14 +204,19 @@ async fn scaling_out_adds_an_autoscaler_and_a_disruption_budget_and_scaling_back
             Expect::get(format!("{SERVICES}/smol")).returns(service.clone()),
             Expect::patch(format!("{SERVICES}/smol")).merged_into(service.clone()),
             Expect::get(format!("{HPAS}/smol")).not_found(),
-            Expect::post(HPAS).check(|hpa| {
-                assert_eq!(hpa["spec"]["minReplicas"], 2);
-                assert_eq!(hpa["spec"]["maxReplicas"], 6);
-                assert_eq!(hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 70);
-                assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "smol");
-            }),
+            Expect::patch(format!("{HPAS}/smol")).query("fieldManager=openledger-operator").query("force=true").check(
+                |hpa| {
+                    assert_eq!(hpa["spec"]["minReplicas"], 2);
+                    assert_eq!(hpa["spec"]["maxReplicas"], 6);
+                    assert_eq!(hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 70);
+                    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "smol");
+                },
+            ),
             Expect::get(format!("{PDBS}/smol")).not_found(),
-            Expect::post(PDBS).check(|pdb| assert_eq!(pdb["spec"]["maxUnavailable"], 1)),
+            Expect::patch(format!("{PDBS}/smol"))
+                .query("fieldManager=openledger-operator")
+                .query("force=true")
+                .check(|pdb| assert_eq!(pdb["spec"]["maxUnavailable"], 1)),
             Expect::post(EVENTS),
             Expect::patch(STATUS).merged_into(json_of(&object)),
         ],

@@ -94,6 +94,16 @@ pub fn backoff(failures: u32) -> Duration {
     (FIRST_BACKOFF * 2u32.pow(doublings)).min(MAX_BACKOFF)
 }
 
+/// The controller owner reference to `object` for what the operator makes of it; it blocks
+/// the owner's foreground deletion until the child is gone.
+pub fn owner<K: Resource<DynamicType = ()>>(
+    object: &K,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    let mut owner = object.controller_owner_ref(&())?;
+    owner.block_owner_deletion = Some(true);
+    Some(owner)
+}
+
 /// The key of `object` for back-off and metrics.
 pub fn key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())

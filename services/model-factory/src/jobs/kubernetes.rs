@@ -283,7 +283,7 @@ impl KubernetesExecutor {
     async fn delete(&self, row: &job::Model, resource: &LoraJob, pass: &mut Pass) -> Result<(), KubernetesError> {
         let name = resource.metadata.name.clone().unwrap_or_else(|| lora_job_name(&row.id));
         pass.deleted += 1;
-        match self.api.delete(&name, &DeleteParams::background()).await {
+        match self.api.delete(&name, &DeleteParams::foreground()).await {
             Ok(_) => {
                 tracing::info!(job = %row.id, lora_job = %name, state = status_name(store::state_of(row)?), "LoraJob deleted");
                 Ok(())

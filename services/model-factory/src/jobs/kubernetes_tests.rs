@@ -240,7 +240,7 @@ async fn cancel_and_pause_remove_the_lora_job_and_a_vanished_one_is_made_again()
     let deleted = |id: &str| {
         Expect::delete(format!("{LORA_JOBS}/{id}"))
             .returns(testing::status_body(200, "", "deleted"))
-            .check(|body| assert_eq!(body["propagationPolicy"], "Background"))
+            .check(|body| assert_eq!(body["propagationPolicy"], "Foreground"))
     };
     let (stop, _) = pass(
         &service,
