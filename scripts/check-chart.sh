@@ -156,4 +156,14 @@ for bad in jobs.executor=remote engine.replicas=0 ports.http=70000 operator.opsP
     fi
     echo "    refused --set $bad: $(grep -m1 'at ' "$work/schema-error" | sed 's/^[- ]*//')"
 done
+echo "==> value combinations the pods could not work with are refused (templates/checks.yaml)"
+jobs_values="$chart/ci/kubernetes-jobs-values.yaml"
+for bad in "-f $jobs_values --set database.urlKey=url" "-f $jobs_values --set operator.clusterWide=false --set operator.watchNamespace=elsewhere" "--set objectStore.accessKeyIdKey=id"; do
+    # shellcheck disable=SC2086 # the flags are words on purpose
+    if "$helm" template openledger "$chart" $bad >/dev/null 2>"$work/check-error"; then
+        echo "    FAIL: $bad was accepted"
+        exit 1
+    fi
+    echo "    refused $bad: $(grep -m1 'execution error' "$work/check-error" | sed 's/^.*): //' | cut -c1-110)…"
+done
 echo "==> the chart checks passed"
