@@ -430,7 +430,10 @@ mod tests {
         assert_eq!(resolved.config.job_executor, "kubernetes");
         let flags = BTreeMap::from([("job_executor", "kubernetes".to_owned())]);
         let error = resolve(&flags, &no_env, None).err().expect("no image").0;
-        assert!(error.starts_with("invalid kubernetes_job_image (not set) \"\": the kubernetes job executor needs"), "{error}");
+        assert!(
+            error.starts_with("invalid kubernetes_job_image (not set) \"\": the kubernetes job executor needs"),
+            "{error}"
+        );
     }
 
     #[test]
