@@ -10,6 +10,10 @@ use openledger_core::Config;
 /// Where a pod finds its own namespace (its service account's).
 pub const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
+/// How long a finished Job and its pods (their logs) are kept before Kubernetes removes them;
+/// the resource that made the Job keeps its status.
+pub const FINISHED_JOB_TTL_SECONDS: i32 = 86_400;
+
 /// The `kubernetes_*` settings every executor uses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExecutorSettings {

@@ -212,8 +212,19 @@ async fn serve(mut handle: Handle, expected: Vec<Expect>, mut stopped: oneshot::
             continue;
         }
         let expect = next.take().expect("matched");
-        if let Some(check) = &expect.check {
-            check(&recorded.body);
+        // A failed check answers 500 at once (the code under test sees an error instead of
+        // waiting for an answer that never comes) and fails `finish`; its message is printed.
+        if let Some(check) = &expect.check
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&recorded.body))).is_err()
+        {
+            let message = format!("{described}: its check failed (see the panic above)");
+            respond.send_response(json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &status_body(500, "CheckFailed", &message),
+            ));
+            outcome.unexpected.push(message);
+            next = expected.next();
+            continue;
         }
         let answer = match expect.answer {
             Answer::Json(value) => value,
@@ -253,4 +264,33 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
         .header("content-type", "application/json")
         .body(Body::from(serde_json::to_vec(body).expect("JSON serializes")))
         .expect("a response")
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+    use kube::{Api, api::PostParams};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_check_answers_at_once_and_fails_the_script() {
+        let (client, script) = pair();
+        let server = script.run(vec![
+            Expect::post("/api/v1/namespaces/ns/configmaps")
+                .check(|body| assert_eq!(body["metadata"]["name"], "other")),
+        ]);
+        let created = Api::<ConfigMap>::namespaced(client, "ns")
+            .create(
+                &PostParams::default(),
+                &ConfigMap {
+                    metadata: ObjectMeta { name: Some("mine".into()), ..ObjectMeta::default() },
+                    ..ConfigMap::default()
+                },
+            )
+            .await;
+        assert!(matches!(created, Err(kube::Error::Api(status)) if status.code == 500));
+        let finished = tokio::spawn(server.finish()).await;
+        assert!(finished.is_err(), "finish fails the test");
+    }
 }

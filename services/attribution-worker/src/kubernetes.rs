@@ -150,7 +150,7 @@ impl KubernetesIndexExecutor {
             backoff_limit_per_index: BACKOFF_LIMIT_PER_SHARD,
             queue_name: settings.queue.clone(),
             active_deadline_seconds: None,
-            ttl_seconds_after_finished: None,
+            ttl_seconds_after_finished: Some(openledger_operator::executor::FINISHED_JOB_TTL_SECONDS),
         };
         let mut job = AttributionJob::new(&job_name(&row.id), spec);
         job.metadata = ObjectMeta {

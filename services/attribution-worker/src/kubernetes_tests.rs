@@ -76,6 +76,7 @@ fn expected_span_job() -> Value {
             "dataVolumeClaim": "openledger-data",
             "backoffLimitPerIndex": 2,
             "queueName": "attribution",
+            "ttlSecondsAfterFinished": 86_400,
         },
     })
 }

@@ -145,7 +145,7 @@ impl KubernetesExecutor {
             queue_name: settings.queue.clone(),
             backoff_limit: BACKOFF_LIMIT,
             active_deadline_seconds: None,
-            ttl_seconds_after_finished: None,
+            ttl_seconds_after_finished: Some(openledger_operator::executor::FINISHED_JOB_TTL_SECONDS),
         };
         let labels = BTreeMap::from([
             ("app.kubernetes.io/managed-by".to_owned(), MANAGED_BY.to_owned()),

@@ -105,6 +105,7 @@ async fn a_queued_job_becomes_one_lora_job_and_stays_queued_until_its_pod_trains
                     "gpus": 1,
                     "queueName": "gpu",
                     "backoffLimit": 2,
+                    "ttlSecondsAfterFinished": 86_400,
                 })
             );
             assert!(body.get("status").is_none_or(Value::is_null), "the status is the operator's: {body}");
