@@ -276,6 +276,28 @@ async fn cancel_and_pause_remove_the_lora_job_and_a_vanished_one_is_made_again()
 }
 
 #[tokio::test]
+async fn a_waiting_job_whose_lora_job_already_succeeded_gets_a_new_one_once_the_old_is_gone() {
+    // Paused as its pod ended and resumed: the old resource says Succeeded, the job waits.
+    let world = World::sqlite(ScriptedDatanet::instructions(12)).await;
+    let (service, id) = queued_job(&world).await;
+    let done = resource(&service, &id, json!({"phase": "Succeeded"})).await;
+    let delete = Expect::delete(format!("{LORA_JOBS}/{id}"))
+        .returns(testing::status_body(200, "", "deleted"))
+        .check(|body| assert_eq!(body["propagationPolicy"], "Foreground"));
+    let (first, _) = pass(&service, vec![list_request().returns(list(vec![done.clone()])), delete]).await;
+    assert_eq!(first, Pass { reads: 1, deleted: 1, ..Pass::default() });
+    // Its Job and pods still going: nothing is made meanwhile (one pod per job).
+    let mut going = done;
+    going["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let (waiting, _) = pass(&service, vec![list_request().returns(list(vec![going]))]).await;
+    assert_eq!(waiting, Pass { reads: 1, ..Pass::default() });
+    // Gone: a new one.
+    let (made, requests) = pass(&service, vec![list_request().returns(list(vec![])), Expect::post(LORA_JOBS)]).await;
+    assert_eq!(made, Pass { reads: 1, created: 1, ..Pass::default() });
+    assert_eq!(requests[1].body["spec"]["jobId"], id.as_str());
+}
+
+#[tokio::test]
 async fn the_pod_entrypoint_trains_its_job_to_the_end() {
     let world = World::sqlite(ScriptedDatanet::instructions(12)).await;
     let (service, id) = queued_job(&world).await;
