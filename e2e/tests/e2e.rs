@@ -10,6 +10,7 @@ mod keys;
 mod model;
 mod openai;
 mod openapi;
+mod operator;
 mod signing;
 mod support;
 

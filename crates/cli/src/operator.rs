@@ -90,6 +90,9 @@ pub fn run(config: Config, namespace: Option<String>, ops_port: u16) -> ExitCode
                 return ExitCode::FAILURE;
             }
         };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(service = "operator", role = "ops", %addr, "listening");
+        }
         let ops = ops_router(ready.clone(), metrics);
         let ops = axum::serve(listener, ops).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let scope = Scope { namespace };
