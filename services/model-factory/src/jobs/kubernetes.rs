@@ -46,6 +46,9 @@ pub const JOB_ID_LABEL: &str = "openledger.io/job-id";
 pub const BACKOFF_LIMIT: i32 = 2;
 /// How often the executor looks at its jobs and resources when nothing woke it.
 const POLL: Duration = Duration::from_secs(3);
+/// How long the `LoraJob` of an ended job is kept once it shows the end (for `kubectl get`);
+/// the job, its events and checkpoints stay in the database.
+pub const ENDED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// `LoraJob`s read per list request.
 const LIST_PAGE: u32 = 500;
 /// What the job pods get, from the configuration.
@@ -193,6 +196,28 @@ impl KubernetesExecutor {
         for (id, row) in &rows {
             if let Err(error) = self.reconcile(jobs, row, resources.get(id), &mut pass).await {
                 tracing::warn!(job = %id, %error, "following a job on the cluster failed; trying again at the next pass");
+            }
+        }
+        // Ended and shown as ended for longer than the retention: the resource goes, so the
+        // list each pass makes does not grow with every job ever run.
+        let now = k8s_openapi::jiff::Timestamp::now();
+        for (id, resource) in &resources {
+            let age = resource.metadata.creation_timestamp.as_ref().map(|created| now.duration_since(created.0));
+            let expired = age.is_some_and(|age| age.unsigned_abs() > ENDED_RETENTION);
+            if rows.contains_key(id) || !settled(resource) || !expired || resource.metadata.deletion_timestamp.is_some()
+            {
+                continue;
+            }
+            let name = resource.metadata.name.clone().unwrap_or_else(|| lora_job_name(id));
+            pass.deleted += 1;
+            match self.api.delete(&name, &DeleteParams::foreground()).await {
+                Ok(_) => {
+                    tracing::info!(job = %id, lora_job = %name, "the LoraJob of an ended job removed after its retention")
+                }
+                Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                Err(error) => {
+                    tracing::warn!(job = %id, %error, "removing an ended job's LoraJob failed; trying again at the next pass")
+                }
             }
         }
         Ok(pass)

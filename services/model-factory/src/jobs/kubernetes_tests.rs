@@ -298,6 +298,37 @@ async fn a_waiting_job_whose_lora_job_already_succeeded_gets_a_new_one_once_the_
 }
 
 #[tokio::test]
+async fn the_lora_job_of_a_long_ended_job_is_removed_and_a_recent_one_kept() {
+    let world = World::sqlite(ScriptedDatanet::instructions(12)).await;
+    let (service, id) = queued_job(&world).await;
+    running_at(&service, &id, 10).await;
+    let jobs = &service.jobs;
+    store::transition(
+        &jobs.db,
+        &jobs.subjects,
+        &id,
+        &[pb::JobState::Running],
+        pb::JobState::Succeeded,
+        "done".into(),
+        |_| {},
+    )
+    .await
+    .expect("succeeded");
+    let ended = json!({"phase": "Succeeded", "progress": {"status": "succeeded", "step": 10, "totalSteps": 10, "trainedTokens": 0}});
+    let mut recent = resource(&service, &id, ended).await;
+    recent["metadata"]["creationTimestamp"] = json!(k8s_openapi::jiff::Timestamp::now().to_string());
+    let (kept, _) = pass(&service, vec![list_request().returns(list(vec![recent.clone()]))]).await;
+    assert_eq!(kept, Pass { reads: 1, ..Pass::default() }, "within its retention: kept, no write");
+    let mut old = recent;
+    old["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let delete = Expect::delete(format!("{LORA_JOBS}/{id}"))
+        .returns(testing::status_body(200, "", "deleted"))
+        .check(|body| assert_eq!(body["propagationPolicy"], "Foreground"));
+    let (removed, _) = pass(&service, vec![list_request().returns(list(vec![old])), delete]).await;
+    assert_eq!(removed, Pass { reads: 1, deleted: 1, ..Pass::default() });
+}
+
+#[tokio::test]
 async fn the_pod_entrypoint_trains_its_job_to_the_end() {
     let world = World::sqlite(ScriptedDatanet::instructions(12)).await;
     let (service, id) = queued_job(&world).await;
