@@ -3,17 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{
-    api::batch::v1::{Job, JobSpec},
-    apimachinery::pkg::apis::meta::v1::Condition,
-};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use serde_json::Value;
 
 use super::{
-    job::{JobResource, Observation, owned_fields},
+    job::{JobResource, owned_fields},
     pod::{self, Workload},
 };
-use crate::crd::{AttributionJob, AttributionJobStatus, JobPhase};
+use crate::crd::{AttributionJob, AttributionJobStatus, JobRun};
 
 impl JobResource for AttributionJob {
     const COMPONENT: &'static str = "openledger-indexer";
@@ -77,13 +74,10 @@ impl JobResource for AttributionJob {
         self.status.as_ref().map(|status| owned_fields(status, &[]))
     }
 
-    fn status_for(observation: &Observation, job: Option<&Job>) -> Value {
+    fn status_for(observation: &JobRun, job: Option<&Job>) -> Value {
         let job_status = job.and_then(|job| job.status.clone()).unwrap_or_default();
         let status = AttributionJobStatus {
-            phase: observation.phase,
-            conditions: observation.conditions.clone(),
-            observed_generation: observation.observed_generation,
-            job_name: observation.job_name.clone(),
+            run: observation.clone(),
             succeeded_shards: job_status.succeeded.unwrap_or(0),
             completed_shards: job_status.completed_indexes.filter(|indexes| !indexes.is_empty()),
             failed_shards: job_status.failed_indexes.filter(|indexes| !indexes.is_empty()),
@@ -91,7 +85,7 @@ impl JobResource for AttributionJob {
         owned_fields(&status, &[])
     }
 
-    fn phase_and_conditions(&self) -> (JobPhase, Vec<Condition>) {
-        self.status.as_ref().map(|status| (status.phase, status.conditions.clone())).unwrap_or_default()
+    fn run(&self) -> Option<&JobRun> {
+        self.status.as_ref().map(|status| &status.run)
     }
 }

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fmt::Debug, sync::Arc};
 
 use k8s_openapi::{
     api::batch::v1::{Job, JobSpec},
-    apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
     jiff::Timestamp,
 };
 use kube::{
@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use super::{Context, Error, MANAGER, RESYNC};
 use crate::{
     conditions::{self, Observed},
-    crd::JobPhase,
+    crd::{JobPhase, JobRun},
 };
 
 /// Kueue's label naming the `LocalQueue` of a Job.
@@ -54,18 +54,9 @@ pub trait JobResource:
     /// The status fields the operator owns, as they are on the resource now.
     fn owned_status(&self) -> Option<Value>;
     /// Those fields for `observation` (and the Job, for kind-specific counts).
-    fn status_for(observation: &Observation, job: Option<&Job>) -> Value;
-    /// The phase and conditions the resource has now.
-    fn phase_and_conditions(&self) -> (JobPhase, Vec<Condition>);
-}
-
-/// The phase and conditions of a job-like resource, from its Job.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Observation {
-    pub phase: JobPhase,
-    pub conditions: Vec<Condition>,
-    pub observed_generation: Option<i64>,
-    pub job_name: Option<String>,
+    fn status_for(observation: &JobRun, job: Option<&Job>) -> Value;
+    /// What its status says of its Job now.
+    fn run(&self) -> Option<&JobRun>;
 }
 
 /// Reconciles one job-like resource.
@@ -86,9 +77,10 @@ pub async fn reconcile<K: JobResource>(object: Arc<K>, ctx: Arc<Context>) -> Res
 async fn apply<K: JobResource>(object: &K, ctx: &Context, api: &Api<K>, namespace: &str) -> Result<Action, Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let name = object.name_any();
-    let (phase, conditions) = object.phase_and_conditions();
+    let phase = object.run().map(|run| run.phase).unwrap_or_default();
     let generation = object.meta().generation;
-    let mut observation = Observation { phase, conditions, observed_generation: generation, job_name: None };
+    let conditions = object.run().map(|run| run.conditions.clone()).unwrap_or_default();
+    let mut observation = JobRun { phase, conditions, observed_generation: generation, job_name: None };
     let now = Timestamp::now();
     let job = if let Some(problem) = object.problem() {
         observation.phase = JobPhase::Failed;
@@ -169,7 +161,7 @@ fn controlled_by<K: Resource<DynamicType = ()>>(job: &Job, object: &K) -> bool {
 }
 
 /// The phase and conditions the Job shows.
-fn observe<K: JobResource>(object: &K, job: &Job, observation: &mut Observation, now: Timestamp) {
+fn observe<K: JobResource>(object: &K, job: &Job, observation: &mut JobRun, now: Timestamp) {
     let generation = observation.observed_generation;
     observation.job_name = job.metadata.name.clone();
     let status = job.status.clone().unwrap_or_default();
@@ -212,7 +204,7 @@ fn observe<K: JobResource>(object: &K, job: &Job, observation: &mut Observation,
 }
 
 /// Events for what changed: admission, success, failure.
-async fn announce<K: JobResource>(object: &K, ctx: &Context, before: JobPhase, now: &Observation) {
+async fn announce<K: JobResource>(object: &K, ctx: &Context, before: JobPhase, now: &JobRun) {
     if before == now.phase {
         return;
     }

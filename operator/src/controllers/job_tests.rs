@@ -180,7 +180,7 @@ async fn a_queued_lora_job_waits_suspended_until_kueue_admits_it() {
     reconcile(object.clone(), client).await;
     let requests = server.finish().await;
     let queued = with_status(&object, &requests[3]);
-    assert_eq!(queued.status.as_ref().map(|status| status.phase), Some(JobPhase::Queued));
+    assert_eq!(queued.status.as_ref().map(|status| status.run.phase), Some(JobPhase::Queued));
 
     // Kueue resumes the Job; a pod starts.
     let (client, script) = testing::pair();
@@ -236,8 +236,7 @@ async fn a_failed_job_turns_into_the_failed_condition_with_its_reason() {
 async fn a_finished_job_removed_by_its_ttl_is_not_run_again() {
     let mut object = lora_job(None);
     object.status = Some(crate::crd::LoraJobStatus {
-        phase: JobPhase::Succeeded,
-        job_name: Some("ftjob-7".into()),
+        run: crate::crd::JobRun { phase: JobPhase::Succeeded, job_name: Some("ftjob-7".into()), ..Default::default() },
         ..Default::default()
     });
     let (client, script) = testing::pair();

@@ -2,17 +2,16 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{
-    api::batch::v1::{Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule},
-    apimachinery::pkg::apis::meta::v1::Condition,
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
 };
 use serde_json::Value;
 
 use super::{
-    job::{JobResource, Observation, owned_fields},
+    job::{JobResource, owned_fields},
     pod::{self, Workload},
 };
-use crate::crd::{JobPhase, LoraJob, LoraJobStatus};
+use crate::crd::{JobRun, LoraJob, LoraJobStatus};
 
 /// The training container's name.
 const CONTAINER: &str = "trainer";
@@ -69,20 +68,17 @@ impl JobResource for LoraJob {
         self.status.as_ref().map(|status| owned_fields(status, NOT_OURS))
     }
 
-    fn status_for(observation: &Observation, job: Option<&Job>) -> Value {
+    fn status_for(observation: &JobRun, job: Option<&Job>) -> Value {
         let status = LoraJobStatus {
-            phase: observation.phase,
-            conditions: observation.conditions.clone(),
-            observed_generation: observation.observed_generation,
-            job_name: observation.job_name.clone(),
+            run: observation.clone(),
             failed_pods: job.and_then(|job| job.status.as_ref()?.failed).unwrap_or(0),
             progress: None,
         };
         owned_fields(&status, NOT_OURS)
     }
 
-    fn phase_and_conditions(&self) -> (JobPhase, Vec<Condition>) {
-        self.status.as_ref().map(|status| (status.phase, status.conditions.clone())).unwrap_or_default()
+    fn run(&self) -> Option<&JobRun> {
+        self.status.as_ref().map(|status| &status.run)
     }
 }
 

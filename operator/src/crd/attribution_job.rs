@@ -3,7 +3,7 @@
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, JobPhase, PodSettings};
+use super::{JobRun, PodSettings};
 
 /// Which index an `AttributionJob` builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -83,18 +83,12 @@ fn default_backoff_limit_per_index() -> i32 {
     2
 }
 
+/// What the operator observes of the Indexed Job and its shards.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttributionJobStatus {
-    #[serde(default)]
-    pub phase: JobPhase,
-    /// `Admitted`, `Complete`, `Failed`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job_name: Option<String>,
+    #[serde(flatten)]
+    pub run: JobRun,
     #[serde(default)]
     pub succeeded_shards: i32,
     /// The shards done, as the Job lists them (`0-3,5`).

@@ -3,7 +3,7 @@
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, JobPhase, PodSettings};
+use super::{JobRun, PodSettings};
 
 /// A fine-tuning job of the model-factory (`ftjob-…`) to run on the cluster. The model-factory's
 /// Kubernetes executor creates one per queued job; the operator runs it as a Job whose pod runs
@@ -68,16 +68,8 @@ fn default_backoff_limit() -> i32 {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoraJobStatus {
-    #[serde(default)]
-    pub phase: JobPhase,
-    /// `Admitted`, `Complete`, `Failed`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// The `batch/v1` Job running it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job_name: Option<String>,
+    #[serde(flatten)]
+    pub run: JobRun,
     /// Pods that failed so far (each retry resumes from the last checkpoint).
     #[serde(default)]
     pub failed_pods: i32,

@@ -16,7 +16,7 @@ pub use datanet::{Datanet, DatanetPolicy, DatanetSpec, DatanetStatus, DeletionPo
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 pub use lora_job::{LoraJob, LoraJobProgress, LoraJobSpec, LoraJobStatus};
 pub use lora_server::{LoraServer, LoraServerSpec, LoraServerStatus};
-pub use pod::{JobPhase, PodSettings};
+pub use pod::{JobPhase, JobRun, PodSettings};
 
 /// The API group of every resource here.
 pub const GROUP: &str = "openledger.io";

@@ -52,6 +52,23 @@ pub enum JobPhase {
     Failed,
 }
 
+/// What the operator observes of the Job running a job-like resource: the part of its status
+/// a `LoraJob` and an `AttributionJob` share.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRun {
+    #[serde(default)]
+    pub phase: JobPhase,
+    /// `Admitted`, `Complete`, `Failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<super::Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The `batch/v1` Job running it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+}
+
 impl JobPhase {
     pub fn is_finished(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed)

@@ -186,7 +186,7 @@ impl KubernetesIndexExecutor {
                     check_owned(&job, row)?;
                     let status = job.status.unwrap_or_default();
                     if job.metadata.deletion_timestamp.is_none() {
-                        match status.phase {
+                        match status.run.phase {
                             JobPhase::Succeeded => return Ok(usize::try_from(job.spec.shards).unwrap_or(1)),
                             JobPhase::Failed => return Err(failure(&name, &status)),
                             phase if seen != Some(phase) => {
@@ -226,7 +226,8 @@ fn check_owned(job: &AttributionJob, row: &index::Model) -> Result<(), WorkerErr
 
 /// A failed resource's `Failed` condition as the row's error.
 fn failure(name: &str, status: &openledger_operator::crd::AttributionJobStatus) -> WorkerError {
-    let condition = status.conditions.iter().find(|c| c.type_ == "Failed" && c.status == "True");
+    let condition =
+        openledger_operator::conditions::get(&status.run.conditions, "Failed").filter(|c| c.status == "True");
     let why = match condition {
         Some(c) if c.message.is_empty() => c.reason.clone(),
         Some(c) => format!("{}: {}", c.reason, c.message),

@@ -260,7 +260,7 @@ impl KubernetesExecutor {
         if resource.metadata.deletion_timestamp.is_some() {
             return Ok(()); // going: created again once gone, if the job still waits
         }
-        let phase = resource.status.as_ref().map(|status| status.phase).unwrap_or_default();
+        let phase = resource.status.as_ref().map(|status| status.run.phase).unwrap_or_default();
         match state {
             pb::JobState::Paused | pb::JobState::Cancelled => return self.delete(row, resource, pass).await,
             pb::JobState::Queued | pb::JobState::Running if phase == JobPhase::Failed => {
@@ -326,7 +326,7 @@ impl KubernetesExecutor {
         resource: &LoraJob,
         pass: &mut Pass,
     ) -> Result<(), KubernetesError> {
-        let condition = resource.status.as_ref().and_then(|status| conditions::get(&status.conditions, "Failed"));
+        let condition = resource.status.as_ref().and_then(|status| conditions::get(&status.run.conditions, "Failed"));
         let reason = condition.map(|c| c.reason.as_str()).filter(|r| !r.is_empty()).unwrap_or("Failed");
         let detail = condition.map(|c| c.message.as_str()).filter(|m| !m.is_empty()).unwrap_or("no message");
         let name = resource.metadata.name.as_deref().unwrap_or_default();
