@@ -253,7 +253,7 @@ async fn paid(
     models: &(String, String),
     n: usize,
 ) -> Option<(String, bool)> {
-    let (model, content, max_tokens) = if n % QUOTE_EVERY == 0 {
+    let (model, content, max_tokens) = if n.is_multiple_of(QUOTE_EVERY) {
         (&models.1, format!("Repeat this sentence exactly, word for word: {}", QUOTED[n / QUOTE_EVERY % 2]), 24)
     } else {
         (&models.0, format!("Say a number: {n}"), 3)
@@ -390,11 +390,11 @@ async fn sigkilled_services_lose_and_double_no_settlement_on_postgres_and_nats()
         let path = proof.path.iter().map(|h| ContentHash::try_from(h.value.as_slice()).expect("hash")).collect();
         let merkle = MerkleProof { leaf_index: proof.leaf_index, tree_size: proof.tree_size, path };
         openledger_attribution_worker::verify::check_inclusion(&published, &merkle, &root).expect("in its batch");
-        if !roots.contains_key(&attribution.batch_sequence) {
+        if let std::collections::btree_map::Entry::Vacant(entry) = roots.entry(attribution.batch_sequence) {
             let request = lpb::GetReceiptBatchRequest { sequence: attribution.batch_sequence };
             let recorded = ledger.get_receipt_batch(request).await.expect("recorded batch").into_inner();
             let recorded = ContentHash::try_from(recorded.root.as_ref().expect("root").value.as_slice()).expect("root");
-            roots.insert(attribution.batch_sequence, recorded);
+            entry.insert(recorded);
         }
         assert_eq!(roots[&attribution.batch_sequence], root, "the journal recorded the batch's root");
         if !charged {

@@ -21,7 +21,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use openledger_ml::adapters::load_adapter_dir;
+use openledger_ml::AdapterPrecision;
+use openledger_ml::adapters::load_adapter_dir_as;
 use openledger_ml::train::data::{Example, Tokenize, micro_batches, read_records};
 use openledger_ml::train::grads::GradientProbe;
 use openledger_ml::{LlamaModel, Tokenizer};
@@ -132,7 +133,7 @@ pub fn assess(
             (examples, ValidationSet::HeldOut { records })
         }
     };
-    let adapter = load_adapter_dir("attribution", adapter_dir, model)?;
+    let adapter = load_adapter_dir_as("attribution", adapter_dir, model, AdapterPrecision::Exact)?;
     let probe = GradientProbe::new(model, &adapter, index.manifest.projection)?;
     let rows: Vec<(&[u32], usize)> = examples.iter().map(|e| (e.tokens.as_slice(), e.first_scored)).collect();
     let gradient = mean_gradient(&probe, &rows)?;

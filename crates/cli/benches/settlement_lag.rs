@@ -77,8 +77,7 @@ async fn load(rest: &str, key: &str, model: &str, seconds: u64) -> Vec<(String, 
     for lane in lanes {
         lane.await.expect("client");
     }
-    let answered = answered.lock().expect("lock").clone();
-    answered
+    answered.lock().expect("lock").clone()
 }
 
 /// Waits for every inference's attribution and settlement; prints the lags.

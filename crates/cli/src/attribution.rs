@@ -14,7 +14,8 @@ use openledger_attribution::credit::{CreditGroups, CreditParams};
 use openledger_attribution::influence::{Estimator, GradientIndex};
 use openledger_attribution::quality::{self, DEFAULT_QUALITY_ESTIMATOR, DEFAULT_SLASHING_THRESHOLD, QualityReport};
 use openledger_attribution::span::{SpanIndex, SpanParams};
-use openledger_ml::adapters::load_adapter_dir;
+use openledger_ml::AdapterPrecision;
+use openledger_ml::adapters::load_adapter_dir_as;
 use openledger_ml::train::grads::{GradientProbe, Projection, ProjectionKind};
 
 use crate::model::{bar, compute, load};
@@ -332,7 +333,7 @@ async fn score(
             (Some(index), Some(dir)) => {
                 index.check_adapter(dir)?;
                 let gradients = index.gradients()?;
-                let weights = load_adapter_dir("attribution", dir, &model)?;
+                let weights = load_adapter_dir_as("attribution", dir, &model, AdapterPrecision::Exact)?;
                 let probe = GradientProbe::new(&model, &weights, index.manifest.projection)?;
                 attributor.influence = Some(Influence { gradients: &gradients, probe: &probe, estimator });
                 attributor.attribute(prompt.as_deref(), &completion)?

@@ -9,8 +9,9 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use openledger_core::ContentHash;
+use openledger_ml::AdapterPrecision;
 use openledger_ml::adapters::AdapterSource;
-use openledger_ml::adapters::load_adapter_dir;
+use openledger_ml::adapters::{load_adapter_dir, load_adapter_dir_as};
 use openledger_ml::lora::AdapterMix;
 use openledger_ml::sampling::SamplingParams;
 use openledger_ml::train::data::{Dataset, Tokenize, read_records};
@@ -405,7 +406,8 @@ fn eval_line(r: &EvalReport) -> String {
 
 async fn eval(base: &str, adapter: Option<&Path>, data: &Path, args: &DataArgs) -> anyhow::Result<bool> {
     let (model, _, dataset) = load_with_data(base, data, args).await?;
-    let adapter = adapter.map(|dir| load_adapter_dir("adapter", dir, &model)).transpose()?;
+    let adapter =
+        adapter.map(|dir| load_adapter_dir_as("adapter", dir, &model, AdapterPrecision::Exact)).transpose()?;
     let batch_tokens = args.batch_tokens;
     let report = compute(args.threads, move || Ok(evaluate(&model, adapter.as_ref(), &dataset, batch_tokens)?)).await?;
     println!("{}", serde_json::to_string(&report)?);
@@ -423,7 +425,7 @@ async fn grads(
     args: &DataArgs,
 ) -> anyhow::Result<bool> {
     let (model, _, dataset) = load_with_data(base, data, args).await?;
-    let adapter = load_adapter_dir("adapter", adapter, &model)?;
+    let adapter = load_adapter_dir_as("adapter", adapter, &model, AdapterPrecision::Exact)?;
     let (out, batch_tokens, name) = (out.to_path_buf(), args.batch_tokens, adapter_name(adapter.id.as_str(), data));
     let progress = bar(dataset.examples.len() as u64, "{bar:30} {pos}/{len} records [{elapsed} < {eta}] {per_sec}");
     let p = progress.clone();

@@ -186,13 +186,22 @@ fn run(what: &str, threads: usize) {
     if what == "batch" || what == "all" {
         let n = 32;
         batch16(&model, &adapters, 1, 4); // warm-up
-        let base = batch16(&model, &adapters, 0, n);
-        let one = batch16(&model, &adapters, 1, n);
-        let sixteen = batch16(&model, &adapters, 16, n);
-        // 100 adapters over 16 rows: each step's rows use different adapters (rotating sets).
-        let hundred = batch16_rotating(&model, &adapters, n);
+        // Five interleaved rounds, medians: a shared machine's speed drifts within seconds, and
+        // the ratios compare configurations measured side by side.
+        let mut rounds: [Vec<f64>; 4] = Default::default();
+        for _ in 0..5 {
+            rounds[0].push(batch16(&model, &adapters, 0, n));
+            rounds[1].push(batch16(&model, &adapters, 1, n));
+            rounds[2].push(batch16(&model, &adapters, 16, n));
+            // 100 adapters over 16 rows: each step's rows use different adapters (rotating sets).
+            rounds[3].push(batch16_rotating(&model, &adapters, n));
+        }
+        let [base, one, sixteen, hundred] = rounds.map(|mut runs| {
+            runs.sort_by(f64::total_cmp);
+            runs[2]
+        });
         println!(
-            "batch 16 decode: base model {base:.1} tok/s, 1 adapter {one:.1} tok/s, 16 adapters {sixteen:.1} tok/s, 100 adapters {hundred:.1} tok/s ({:.2}x of one)",
+            "batch 16 decode (medians of 5 rounds): base model {base:.1} tok/s, 1 adapter {one:.1} tok/s, 16 adapters {sixteen:.1} tok/s, 100 adapters {hundred:.1} tok/s ({:.2}x of one)",
             hundred / one
         );
     }

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use candle_core::Device;
 use openledger_core::ContentHash;
-use openledger_ml::adapters::load_adapter_dir;
+use openledger_ml::AdapterPrecision;
+use openledger_ml::adapters::load_adapter_dir_as;
 use openledger_ml::testing::{peak_rss_mib, smollm2_path};
 use openledger_ml::train::data::{Tokenize, parse_records};
 use openledger_ml::train::grads::{GradDType, GradientProbe, Projection, ProjectionKind};
@@ -105,7 +106,7 @@ fn main() {
             let adapter_dir = dir.path().join("probe-adapter");
             openledger_ml::testing::write_peft_adapter(&adapter_dir, model.config(), 16, &[Target::Q, Target::V], 3, false)
                 .expect("adapter");
-            let adapter = load_adapter_dir("bench", &adapter_dir, &model).expect("adapter");
+            let adapter = load_adapter_dir_as("bench", &adapter_dir, &model, AdapterPrecision::Exact).expect("adapter");
             let examples: Vec<(ContentHash, &[u32], usize)> =
                 data.examples.iter().map(|e| (e.hash, e.tokens.as_slice(), 1)).collect();
             for projection in [None, Some(Projection { kind: ProjectionKind::Rademacher, dim: 512, seed: 0 })] {

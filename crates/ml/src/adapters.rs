@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::error::{MlError, Result};
-use crate::lora::{AdapterConfig, LoraAdapter};
+use crate::lora::{AdapterConfig, AdapterPrecision, LoraAdapter};
 use crate::model::LlamaModel;
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -22,8 +22,19 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 /// Largest adapter weights file accepted (rank 1024 on all seven projections of a 1B model).
 pub const MAX_ADAPTER_BYTES: u64 = 2 << 30;
 
-/// Reads a PEFT adapter directory and fits it to `model`.
+/// Reads a PEFT adapter directory and fits it to `model`, for serving
+/// ([`AdapterPrecision::Serving`]).
 pub fn load_adapter_dir(id: &str, dir: &Path, model: &LlamaModel) -> Result<LoraAdapter> {
+    load_adapter_dir_as(id, dir, model, AdapterPrecision::Serving)
+}
+
+/// [`load_adapter_dir`] with its weights held as `precision` says (`Exact` for gradients).
+pub fn load_adapter_dir_as(
+    id: &str,
+    dir: &Path,
+    model: &LlamaModel,
+    precision: AdapterPrecision,
+) -> Result<LoraAdapter> {
     let config_path = dir.join(ADAPTER_CONFIG);
     let config = std::fs::read_to_string(&config_path)
         .map_err(|_| MlError::NotFound { what: "adapter", path: config_path.display().to_string() })?;
@@ -39,7 +50,7 @@ pub fn load_adapter_dir(id: &str, dir: &Path, model: &LlamaModel) -> Result<Lora
     let mapped = crate::memory::map_file(&file).map_err(|e| MlError::io(&weights_path, e))?;
     let weights = safetensors::SafeTensors::deserialize(&mapped)
         .map_err(|e| MlError::corrupt("safetensors", format!("{}: {e}", weights_path.display())))?;
-    LoraAdapter::from_safetensors(id, &config, &weights, model.config(), model.device())
+    LoraAdapter::from_safetensors(id, &config, &weights, model.config(), model.device(), precision)
 }
 
 /// Where adapter ids resolve to files. Ids of the directory and object-store sources are

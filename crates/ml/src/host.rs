@@ -7,18 +7,29 @@
 use crate::error::{MlError, Result};
 use crate::kernels::Dense;
 
-/// A contiguous CPU f32 tensor's elements.
-pub(crate) fn f32_slice<'a>(storage: &'a candle_core::Storage, layout: &candle_core::Layout) -> Result<&'a [f32]> {
+/// A contiguous CPU tensor's elements, of the tensor's own dtype.
+fn host_slice<'a, T: candle_core::WithDType>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> Result<&'a [T]> {
     match (storage, layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(cpu), Some((start, end))) => Ok(&cpu.as_slice::<f32>()?[start..end]),
-        _ => Err(MlError::corrupt("model", "expected a contiguous CPU f32 tensor")),
+        (candle_core::Storage::Cpu(cpu), Some((start, end))) => Ok(&cpu.as_slice::<T>()?[start..end]),
+        _ => Err(MlError::corrupt("model", format!("expected a contiguous CPU {:?} tensor", T::DTYPE))),
     }
 }
 
-/// Runs `f` on the elements of a contiguous CPU f32 tensor without copying them.
-pub(crate) fn with_f32<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+/// Runs `f` on the elements of a contiguous CPU tensor of dtype `T` without copying them.
+pub(crate) fn with_host<T: candle_core::WithDType, R>(
+    t: &candle_core::Tensor,
+    f: impl FnOnce(&[T]) -> Result<R>,
+) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
-    f(f32_slice(&storage, layout)?)
+    f(host_slice(&storage, layout)?)
+}
+
+/// [`with_host`] for f32 tensors.
+pub(crate) fn with_f32<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    with_host(t, f)
 }
 
 /// f32 dot product in eight independent lanes, so the compiler can vectorize it.

@@ -29,7 +29,7 @@ pub use engine::{
     TokenLogprobs, Usage,
 };
 pub use error::{MlError, Result};
-pub use lora::{AdapterConfig, AdapterMix, LoraAdapter, Target};
+pub use lora::{AdapterConfig, AdapterMix, AdapterPrecision, LoraAdapter, Target};
 pub use model::{KvCache, LlamaModel, SeqStep};
 pub use pool::ComputePool;
 pub use source::{Source, load_model};

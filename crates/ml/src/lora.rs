@@ -12,8 +12,8 @@ use serde::Deserialize;
 
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
-use crate::host::{add_assign, dot, with_f32};
-use crate::kernels::{Dense, matmul_with};
+use crate::host::{add_assign, with_host};
+use crate::kernels::adapter::AdapterWeight;
 
 /// One of the seven projections of a Llama block an adapter may target.
 /// Serialized as the module name (`"q_proj"`).
@@ -166,10 +166,27 @@ impl AdapterConfig {
 
 /// `A` (rank × in) and `B` (out × rank) of one projection of one layer (the adapter's scale is
 /// applied with the mixing weight, per row, when the batch is planned).
+///
+/// On the CPU, with [`AdapterPrecision::Serving`], both are f16: when every row of a batch
+/// reads its own adapter these reads cost as much as the base model's, and f16 halves them
+/// (and the bytes a load writes, and the memory a cached adapter takes). The products still
+/// run in f32 (`kernels::adapter`); the only change is each weight's rounding to 11 significant
+/// bits, the storage llama.cpp's LoRA files and vLLM's f16 adapters use. An adapter with a
+/// value beyond f16's range (±65504) stays f32. Other devices hold f32.
 #[derive(Clone, Debug)]
 pub struct LoraPair {
     pub a: Tensor,
     pub b: Tensor,
+}
+
+/// How a loaded adapter holds its weights on the CPU (other devices always hold f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AdapterPrecision {
+    /// f16 (see [`LoraPair`]): for serving.
+    #[default]
+    Serving,
+    /// f32, exactly the file's values: for training from an adapter and for its gradients.
+    Exact,
 }
 
 /// A loaded adapter: per layer and target an optional pair, already fitted to the base model
@@ -191,12 +208,13 @@ impl LoraAdapter {
         tensors: HashMap<String, Tensor>,
         base: &ModelConfig,
         device: &Device,
+        precision: AdapterPrecision,
     ) -> Result<Self> {
         let tensors = tensors
             .into_iter()
             .map(|(name, tensor)| Ok((name, PeftTensor::from_tensor(&tensor)?)))
             .collect::<Result<Vec<_>>>()?;
-        Self::build(id, config, tensors, base, device)
+        Self::build(id, config, tensors, base, device, precision)
     }
 
     /// Builds an adapter from a parsed `adapter_model.safetensors` (a mapped file, say),
@@ -207,10 +225,11 @@ impl LoraAdapter {
         file: &SafeTensors<'_>,
         base: &ModelConfig,
         device: &Device,
+        precision: AdapterPrecision,
     ) -> Result<Self> {
         let tensors =
             file.iter().map(|(name, view)| Ok((name, PeftTensor::from_view(&view)?))).collect::<Result<Vec<_>>>()?;
-        Self::build(id, config, tensors, base, device)
+        Self::build(id, config, tensors, base, device, precision)
     }
 
     /// Checks the tensors' names, layers, targets, pairing and shapes against `config` and
@@ -223,6 +242,7 @@ impl LoraAdapter {
         tensors: Vec<(impl AsRef<str>, PeftTensor<'a>)>,
         base: &ModelConfig,
         device: &Device,
+        precision: AdapterPrecision,
     ) -> Result<Self> {
         let mismatch = |detail: String| MlError::AdapterMismatch { adapter: id.to_string(), detail };
         let targets = config.targets()?;
@@ -270,19 +290,31 @@ impl LoraAdapter {
             pairs.push(((layer, target), a, b));
         }
         let elements: usize = pairs.iter().map(|(_, a, b)| a.len() + b.len()).sum();
-        let mut host = crate::memory::prefaulted_f32(elements);
-        for ((_, target), a, b) in &pairs {
-            a.extend_all(&mut host);
-            match base.interleaved_rope_heads(*target) {
-                Some(heads) => b.extend_rows(interleaved_rope_order(b.shape[0], heads), &mut host),
-                None => b.extend_all(&mut host),
+        // Each tensor's elements in the buffer's order: A, then B (rows permuted for bases
+        // with interleaved RoPE), pair after pair.
+        let cpu = device.is_cpu();
+        let fill = |push: &mut dyn Sink| {
+            for ((_, target), a, b) in &pairs {
+                a.for_each_chunk(std::iter::once(0..a.len()), push);
+                match base.interleaved_rope_heads(*target) {
+                    Some(heads) => b.for_each_row_chunk(interleaved_rope_order(b.shape[0], heads), push),
+                    None => b.for_each_chunk(std::iter::once(0..b.len()), push),
+                }
             }
-        }
-        debug_assert_eq!(host.len(), elements);
-        let (shared, host) =
-            if device.is_cpu() { (Some(Tensor::from_vec(host, elements, device)?), Vec::new()) } else { (None, host) };
-        let part = |offset: usize, shape: &[usize]| -> Result<Tensor> {
-            let (rows, cols) = (shape[0], shape[1]);
+        };
+        let f16 = cpu && precision == AdapterPrecision::Serving;
+        let host = match f16.then(|| HostWeights::f16(elements, fill)).flatten() {
+            Some(f16) => f16,
+            None => HostWeights::f32(elements, fill),
+        };
+        let bytes = host.bytes();
+        let (shared, host) = match host {
+            HostWeights::F16(all) if cpu => (Some(Tensor::from_vec(all, elements, device)?), Vec::new()),
+            HostWeights::F32(all) if cpu => (Some(Tensor::from_vec(all, elements, device)?), Vec::new()),
+            HostWeights::F32(all) => (None, all),
+            HostWeights::F16(_) => unreachable!("f16 weights are only made for the CPU"),
+        };
+        let part = |offset: usize, (rows, cols): (usize, usize)| -> Result<Tensor> {
             Ok(match &shared {
                 Some(all) => all.narrow(0, offset, rows * cols)?.reshape((rows, cols))?,
                 None => Tensor::from_slice(&host[offset..offset + rows * cols], (rows, cols), device)?,
@@ -291,11 +323,12 @@ impl LoraAdapter {
         let mut slots: Vec<[Option<LoraPair>; 7]> = (0..base.num_layers).map(|_| Default::default()).collect();
         let mut offset = 0;
         for ((layer, target), a, b) in &pairs {
-            slots[*layer][target.index()] =
-                Some(LoraPair { a: part(offset, &a.shape)?, b: part(offset + a.len(), &b.shape)? });
+            let (a_part, b_part) =
+                (part(offset, (a.shape[0], a.shape[1]))?, part(offset + a.len(), (b.shape[0], b.shape[1]))?);
+            slots[*layer][target.index()] = Some(LoraPair { a: a_part, b: b_part });
             offset += a.len() + b.len();
         }
-        Ok(Self { id: id.to_string(), rank: config.r, scale, pairs: slots, bytes: elements * 4 })
+        Ok(Self { id: id.to_string(), rank: config.r, scale, pairs: slots, bytes })
     }
 
     /// Every (layer, target) the adapter covers, with its pair.
@@ -350,37 +383,108 @@ impl<'a> PeftTensor<'a> {
         self.shape.iter().product()
     }
 
-    /// Appends all elements, in order, as f32.
-    fn extend_all(&self, out: &mut Vec<f32>) {
-        self.extend_elements(0..self.len(), out);
-    }
-
-    /// Appends the given rows (of this 2-D tensor), in that order, as f32.
-    fn extend_rows(&self, rows: impl Iterator<Item = usize>, out: &mut Vec<f32>) {
-        let cols = self.shape[1];
-        for row in rows {
-            self.extend_elements(row * cols..(row + 1) * cols, out);
+    /// Gives `sink` the elements of each of `ranges` in turn, in order: f32 bytes as the file
+    /// holds them, other dtypes converted to f32 a few hundred at a time on the stack.
+    fn for_each_chunk(&self, ranges: impl IntoIterator<Item = std::ops::Range<usize>>, sink: &mut dyn Sink) {
+        const CHUNK: usize = 512;
+        let mut chunk = [0f32; CHUNK];
+        let mut halves = [half::f16::ZERO; CHUNK];
+        for range in ranges {
+            let mut each = |bytes: &[u8], decode: &mut dyn FnMut(&[u8], &mut [f32])| {
+                for part in bytes[range.start * 2..range.end * 2].chunks(CHUNK * 2) {
+                    let n = part.len() / 2;
+                    decode(part, &mut chunk[..n]);
+                    sink.push(&chunk[..n]);
+                }
+            };
+            match &self.elements {
+                Elements::F32(bytes) => sink.push_le(&bytes[range.start * 4..range.end * 4]),
+                Elements::F16(bytes) => each(bytes, &mut |part, out| {
+                    let halves = &mut halves[..out.len()];
+                    for (h, b) in halves.iter_mut().zip(part.chunks_exact(2)) {
+                        *h = half::f16::from_le_bytes([b[0], b[1]]);
+                    }
+                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(&*halves, out);
+                }),
+                Elements::Bf16(bytes) => each(bytes, &mut |part, out| {
+                    for (o, b) in out.iter_mut().zip(part.chunks_exact(2)) {
+                        *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                    }
+                }),
+                Elements::Host(values) => values[range].chunks(CHUNK).for_each(|c| sink.push(c)),
+            }
         }
     }
 
-    fn extend_elements(&self, range: std::ops::Range<usize>, out: &mut Vec<f32>) {
-        match &self.elements {
-            Elements::F32(bytes) => out.extend(
-                bytes[range.start * 4..range.end * 4]
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            ),
-            Elements::F16(bytes) => out.extend(
-                bytes[range.start * 2..range.end * 2]
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-            ),
-            Elements::Bf16(bytes) => out.extend(
-                bytes[range.start * 2..range.end * 2]
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-            ),
-            Elements::Host(values) => out.extend_from_slice(&values[range]),
+    /// [`Self::for_each_chunk`] over the given rows of this 2-D tensor, in that order.
+    fn for_each_row_chunk(&self, rows: impl Iterator<Item = usize>, sink: &mut dyn Sink) {
+        let cols = self.shape[1];
+        self.for_each_chunk(rows.map(|row| row * cols..(row + 1) * cols), sink);
+    }
+}
+
+/// Where a loader's values go, converted as they arrive.
+trait Sink {
+    fn push(&mut self, values: &[f32]);
+    /// Little-endian f32 values, as a file holds them.
+    fn push_le(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<f32> {
+    fn push(&mut self, values: &[f32]) {
+        self.extend_from_slice(values);
+    }
+
+    fn push_le(&mut self, bytes: &[u8]) {
+        self.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+    }
+}
+
+/// Values rounded to f16, and whether all of them fit.
+struct F16Sink {
+    out: Vec<half::f16>,
+    in_range: bool,
+}
+
+impl Sink for F16Sink {
+    fn push(&mut self, values: &[f32]) {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.push_le(&bytes);
+    }
+
+    fn push_le(&mut self, bytes: &[u8]) {
+        self.in_range &= crate::kernels::adapter::narrow(bytes, &mut self.out);
+    }
+}
+
+/// An adapter's weights in one buffer as it is filled: f32, or f16 on the CPU.
+enum HostWeights {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+impl HostWeights {
+    /// `elements` values from `fill`, as f32.
+    fn f32(elements: usize, fill: impl FnOnce(&mut dyn Sink)) -> Self {
+        let mut out = crate::memory::prefaulted::<f32>(elements);
+        fill(&mut out);
+        debug_assert_eq!(out.len(), elements);
+        Self::F32(out)
+    }
+
+    /// The same rounded to f16, or `None` if a value is beyond f16's range (or not finite), so
+    /// that no weight ever becomes infinite by being stored.
+    fn f16(elements: usize, fill: impl FnOnce(&mut dyn Sink)) -> Option<Self> {
+        let mut sink = F16Sink { out: crate::memory::prefaulted::<half::f16>(elements), in_range: true };
+        fill(&mut sink);
+        debug_assert_eq!(sink.out.len(), elements);
+        sink.in_range.then_some(Self::F16(sink.out))
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::F32(v) => v.len() * 4,
+            Self::F16(v) => v.len() * 2,
         }
     }
 }
@@ -514,7 +618,8 @@ impl LoraPlan {
         for group in &self.groups {
             let Some(pair) = group.adapter.pair(layer, target) else { continue };
             let xs = x.index_select(&group.row_tensor, 0)?;
-            let delta = xs.matmul(&pair.a.t()?)?.matmul(&pair.b.t()?)?.broadcast_mul(&group.weight_tensor)?;
+            let (a, b) = (pair.a.to_dtype(xs.dtype())?, pair.b.to_dtype(xs.dtype())?);
+            let delta = xs.matmul(&a.t()?)?.matmul(&b.t()?)?.broadcast_mul(&group.weight_tensor)?;
             out = out.index_add(&group.row_tensor, &delta, 0)?;
         }
         Ok(out)
@@ -558,45 +663,10 @@ impl LoraPlan {
         let mut deltas: Vec<Result<Vec<f32>>> = tasks.iter().map(|_| Ok(Vec::new())).collect();
         crate::pool::for_each_chunk(&mut deltas, 1, |t, out| {
             let (pair, rows, weights) = tasks[t];
-            out[0] = with_f32(&pair.a, |a| {
-                with_f32(&pair.b, |b| {
-                    let (n, rank) = (rows.len(), a.len() / in_features);
-                    let out_features = b.len() / rank;
-                    if n == 1 {
-                        // One row (a batch of distinct adapters): two matrix-vector products
-                        // of dot products; a gemm call costs more than the work at this size.
-                        let x = &xs[rows[0] as usize * in_features..][..in_features];
-                        let u: Vec<f32> = a.chunks_exact(in_features).map(|a| weights[0] * dot(a, x)).collect();
-                        return Ok(b.chunks_exact(rank).map(|b| dot(b, &u)).collect());
-                    }
-                    // The task's rows as one small matrix: U = X·Aᵀ (rows × rank), each row
-                    // scaled by its weight, then Δ = U·Bᵀ (rows × out): two gemm products.
-                    let x: Vec<f32> = rows
-                        .iter()
-                        .flat_map(|&row| xs[row as usize * in_features..][..in_features].iter().copied())
-                        .collect();
-                    let mut u = vec![0f32; n * rank];
-                    matmul_with(
-                        Dense::new(&x, n, in_features),
-                        Dense::new(a, rank, in_features).t(),
-                        &mut u,
-                        false,
-                        false,
-                    );
-                    for (u, &weight) in u.chunks_exact_mut(rank).zip(weights) {
-                        u.iter_mut().for_each(|u| *u *= weight);
-                    }
-                    let mut delta = vec![0f32; n * out_features];
-                    matmul_with(
-                        Dense::new(&u, n, rank),
-                        Dense::new(b, out_features, rank).t(),
-                        &mut delta,
-                        false,
-                        false,
-                    );
-                    Ok(delta)
-                })
-            });
+            out[0] = match pair.a.dtype() {
+                DType::F16 => task_delta::<half::f16>(pair, xs, in_features, rows, weights),
+                _ => task_delta::<f32>(pair, xs, in_features, rows, weights),
+            };
         });
         let deltas = deltas.into_iter().collect::<Result<Vec<Vec<f32>>>>()?;
         for ((_, rows, _), delta) in tasks.iter().zip(&deltas) {
@@ -607,6 +677,34 @@ impl LoraPlan {
         }
         Ok(())
     }
+}
+
+/// One task's deltas, `rows.len() × out_features`: for each of its rows `xs[row]` (of
+/// `in_features`), `weight · B·A·x`, from a CPU pair held as `W`, by dot products: `u =
+/// weight·A·x`, then `Δ = B·u`. A task's rows are few (at most four), so `A` and `B` are read
+/// from memory once and from cache for the others; a gemm call would cost more than the work.
+fn task_delta<W: AdapterWeight>(
+    pair: &LoraPair,
+    xs: &[f32],
+    in_features: usize,
+    rows: &[u32],
+    weights: &[f32],
+) -> Result<Vec<f32>> {
+    with_host::<W, _>(&pair.a, |a| {
+        with_host::<W, _>(&pair.b, |b| {
+            let rank = a.len() / in_features;
+            let mut delta = Vec::with_capacity(rows.len() * (b.len() / rank));
+            let mut u = vec![0f32; rank];
+            for (&row, &weight) in rows.iter().zip(weights) {
+                let x = &xs[row as usize * in_features..][..in_features];
+                for (u, a) in u.iter_mut().zip(a.chunks_exact(in_features)) {
+                    *u = weight * W::dot(a, x);
+                }
+                delta.extend(b.chunks_exact(rank).map(|b| W::dot(b, &u)));
+            }
+            Ok(delta)
+        })
+    })
 }
 
 #[cfg(test)]
@@ -647,9 +745,16 @@ mod tests {
         }
     }
 
-    /// The CPU slice path and the tensor path (used on GPUs) agree.
+    /// The CPU slice path and the tensor path (used on GPUs) agree with an f64 reference, with
+    /// the weights held exactly (f32) and for serving (f16), for rows alone and sharing a task.
     #[test]
     fn cpu_path_matches_tensor_path() {
+        for precision in [AdapterPrecision::Exact, AdapterPrecision::Serving] {
+            cpu_path_matches_tensor_path_at(precision);
+        }
+    }
+
+    fn cpu_path_matches_tensor_path_at(precision: AdapterPrecision) {
         let device = Device::Cpu;
         let base = tiny_base(1, false);
         let config = AdapterConfig::parse(r#"{"r":4,"lora_alpha":8,"target_modules":["down_proj"]}"#).unwrap();
@@ -661,7 +766,7 @@ mod tests {
                 (peft_tensor_name(0, Target::Down, true), a),
                 (peft_tensor_name(0, Target::Down, false), b),
             ]);
-            Arc::new(LoraAdapter::from_peft("t", &config, tensors, &base, &device).unwrap())
+            Arc::new(LoraAdapter::from_peft("t", &config, tensors, &base, &device, precision).unwrap())
         };
         let (first, second) =
             (AdapterMix(vec![(adapter(1.0), 1.0)]), AdapterMix(vec![(adapter(2.0), 0.5), (adapter(3.0), -1.0)]));
@@ -674,9 +779,14 @@ mod tests {
         let tensors: Vec<f32> =
             plan.apply_tensors(0, Target::Down, &x, out).unwrap().flatten_all().unwrap().to_vec1().unwrap();
 
-        // The reference: 1 + Σ weight · alpha/r · B·A·x per row, in f64 from the same formulas.
-        let a = |seed: f64, r: usize, k: usize| (r * 32 + k) as f64 * 0.01 * seed;
-        let b = |seed: f64, o: usize, r: usize| ((o * 4 + r) as f64).cos() * seed;
+        // The reference: 1 + Σ weight · alpha/r · B·A·x per row, in f64 from the same formulas,
+        // each weight as the adapter holds it (its f32 value, rounded to f16 for serving).
+        let held = |v: f64| match precision {
+            AdapterPrecision::Exact => f64::from(v as f32),
+            AdapterPrecision::Serving => half::f16::from_f32(v as f32).to_f64(),
+        };
+        let a = |seed: f64, r: usize, k: usize| held((r * 32 + k) as f64 * 0.01 * seed);
+        let b = |seed: f64, o: usize, r: usize| held(((o * 4 + r) as f64).cos() * seed);
         let x_at = |row: usize, k: usize| ((row * 32 + k) as f64).sin();
         let delta = |seed: f64, row: usize, o: usize| {
             (0..4).map(|r| b(seed, o, r) * (0..32).map(|k| a(seed, r, k) * x_at(row, k)).sum::<f64>()).sum::<f64>()
@@ -690,7 +800,7 @@ mod tests {
                 for (path, got) in [("cpu", cpu[row * 16 + o]), ("tensors", tensors[row * 16 + o])] {
                     assert!(
                         (f64::from(got) - expected).abs() < tolerance,
-                        "{path} row {row} output {o}: {got} vs reference {expected}"
+                        "{precision:?} {path} row {row} output {o}: {got} vs reference {expected}"
                     );
                 }
             }
@@ -704,8 +814,9 @@ mod tests {
     }
 
     /// Tensors read in place from safetensors bytes (F32, F16 and BF16, and F64 through candle)
-    /// load as the tensors they were saved from, with the q/k `B` rows of a base with
-    /// interleaved RoPE permuted as `permute_for_interleaved_rope` does.
+    /// load as the tensors they were saved from (exactly, or rounded to f16 for serving), with
+    /// the q/k `B` rows of a base with interleaved RoPE permuted as
+    /// `permute_for_interleaved_rope` does.
     #[test]
     fn safetensors_bytes_load_as_the_tensors_saved() {
         let device = Device::Cpu;
@@ -731,24 +842,51 @@ mod tests {
             }
         }
         let bytes = safetensors::serialize(&tensors, None).unwrap();
-        let adapter =
-            LoraAdapter::from_safetensors("t", &config, &SafeTensors::deserialize(&bytes).unwrap(), &base, &device)
-                .unwrap();
-
-        assert_eq!(adapter.pairs().count(), 8);
-        let mut elements = 0;
-        for ((layer, target), pair) in adapter.pairs() {
-            let saved = |a: bool| tensors[&peft_tensor_name(layer, target, a)].to_dtype(DType::F32).unwrap();
-            let b = match base.interleaved_rope_heads(target) {
-                Some(heads) => permute_for_interleaved_rope(&saved(false), heads).unwrap(),
-                None => saved(false),
-            };
-            let rows = |t: &Tensor| t.to_vec2::<f32>().unwrap();
-            assert_eq!(rows(&pair.a), rows(&saved(true)), "layer {layer} {target:?} A");
-            assert_eq!(rows(&pair.b), rows(&b), "layer {layer} {target:?} B");
-            elements += pair.a.elem_count() + pair.b.elem_count();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        for (precision, held, width) in
+            [(AdapterPrecision::Exact, DType::F32, 4), (AdapterPrecision::Serving, DType::F16, 2)]
+        {
+            let adapter = LoraAdapter::from_safetensors("t", &config, &file, &base, &device, precision).unwrap();
+            assert_eq!(adapter.pairs().count(), 8);
+            let mut elements = 0;
+            for ((layer, target), pair) in adapter.pairs() {
+                let saved = |a: bool| {
+                    let t = &tensors[&peft_tensor_name(layer, target, a)];
+                    t.to_dtype(DType::F32).unwrap().to_dtype(held).unwrap().to_dtype(DType::F32).unwrap()
+                };
+                let b = match base.interleaved_rope_heads(target) {
+                    Some(heads) => permute_for_interleaved_rope(&saved(false), heads).unwrap(),
+                    None => saved(false),
+                };
+                assert_eq!((pair.a.dtype(), pair.b.dtype()), (held, held));
+                let rows = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+                assert_eq!(rows(&pair.a), rows(&saved(true)), "{precision:?} layer {layer} {target:?} A");
+                assert_eq!(rows(&pair.b), rows(&b), "{precision:?} layer {layer} {target:?} B");
+                elements += pair.a.elem_count() + pair.b.elem_count();
+            }
+            assert_eq!(adapter.size_bytes(), elements * width, "{precision:?}");
         }
-        assert_eq!(adapter.size_bytes(), elements * 4);
+    }
+
+    /// An adapter with a weight f16 cannot hold is served from f32, exactly, not infinite.
+    #[test]
+    fn weights_beyond_f16_range_stay_f32() {
+        let device = Device::Cpu;
+        let base = tiny_base(1, false);
+        let config = AdapterConfig::parse(r#"{"r":2,"lora_alpha":2,"target_modules":["v_proj"]}"#).unwrap();
+        let (in_features, out_features) = base.projection_shape(Target::V);
+        let mut a = vec![0.5f32; 2 * in_features];
+        a[3] = 1.0e5;
+        let tensors = HashMap::from([
+            (peft_tensor_name(0, Target::V, true), Tensor::from_vec(a.clone(), (2, in_features), &device).unwrap()),
+            (peft_tensor_name(0, Target::V, false), Tensor::ones((out_features, 2), DType::F32, &device).unwrap()),
+        ]);
+        let adapter =
+            LoraAdapter::from_peft("big", &config, tensors, &base, &device, AdapterPrecision::Serving).unwrap();
+        let pair = adapter.pair(0, Target::V).unwrap();
+        assert_eq!(pair.a.dtype(), DType::F32);
+        assert_eq!(pair.a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), a);
+        assert_eq!(adapter.size_bytes(), (2 * in_features + 2 * out_features) * 4);
     }
 
     #[test]

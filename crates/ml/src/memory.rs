@@ -1,5 +1,5 @@
 //! Memory that a loader fills in one go: files mapped with their pages already present, and
-//! large f32 buffers backed by the kernel before the first write (in huge pages where it can).
+//! large buffers backed by the kernel before the first write (in huge pages where it can).
 //! A fresh 7 MB buffer written page by page takes ~1800 page faults, which cost more than the
 //! copy itself; asked for up front it is a couple of system calls.
 
@@ -23,9 +23,9 @@ pub(crate) fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
 /// huge pages where the buffer spans aligned 2 MiB (where the system allows them), so that
 /// filling it takes no page fault per 4 KiB. Pages a previous user of the same heap memory
 /// left in place stay as they are.
-pub(crate) fn prefaulted_f32(len: usize) -> Vec<f32> {
-    let mut buffer: Vec<f32> = Vec::with_capacity(len);
-    let bytes = len * size_of::<f32>();
+pub(crate) fn prefaulted<T>(len: usize) -> Vec<T> {
+    let mut buffer: Vec<T> = Vec::with_capacity(len);
+    let bytes = len * size_of::<T>();
     if bytes >= ADVISE_MIN_BYTES {
         advise_fill_soon(buffer.as_mut_ptr().cast(), bytes);
     }
@@ -74,7 +74,7 @@ mod tests {
     #[test]
     fn a_prefaulted_buffer_holds_what_is_written() {
         for len in [0, 10, (3 << 20) + 5] {
-            let mut buffer = prefaulted_f32(len);
+            let mut buffer = prefaulted::<f32>(len);
             assert!(buffer.is_empty() && buffer.capacity() >= len);
             buffer.extend((0..len).map(|i| i as f32));
             assert!(buffer.iter().enumerate().all(|(i, &v)| v == i as f32), "len {len}");

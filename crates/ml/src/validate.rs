@@ -12,7 +12,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::adapters::MAX_ADAPTER_BYTES;
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
-use crate::lora::{AdapterConfig, LoraAdapter, Target, parse_peft_name};
+use crate::lora::{AdapterConfig, AdapterPrecision, LoraAdapter, Target, parse_peft_name};
 
 /// Largest `adapter_config.json` accepted, in bytes (PEFT writes well under 2 KiB).
 pub const MAX_ADAPTER_CONFIG_BYTES: u64 = 64 * 1024;
@@ -76,7 +76,7 @@ pub fn check_adapter(
     let pairs = check_tensors(base_id, base, &config, &targets, weights)?;
     // The engine's loader has the last word: what it refuses, no engine could serve.
     let file = SafeTensors::deserialize(weights).map_err(|e| MlError::corrupt("adapter_model.safetensors", e))?;
-    LoraAdapter::from_safetensors(base_id, &config, &file, base, &Device::Cpu)?;
+    LoraAdapter::from_safetensors(base_id, &config, &file, base, &Device::Cpu, AdapterPrecision::Serving)?;
     Ok(CheckedAdapter { rank: config.r, targets, pairs, config })
 }
 

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use openledger_ml::adapters::load_adapter_dir;
+use openledger_ml::AdapterPrecision;
+use openledger_ml::adapters::load_adapter_dir_as;
 use openledger_ml::lora::LoraAdapter;
 use openledger_ml::testing::{TinyModel, TinySpec};
 use openledger_ml::train::data::{Dataset, Example, RecordKind, Tokenize, micro_batches, parse_records};
@@ -99,7 +100,7 @@ impl Trainer {
         let key = self.run_key(&subset)?;
         let key_path = out.join(RUN_KEY_FILE);
         if std::fs::read_to_string(&key_path).is_ok_and(|k| k == key) {
-            return Ok(load_adapter_dir(name, &out, &self.model)?);
+            return Ok(load_adapter_dir_as(name, &out, &self.model, AdapterPrecision::Exact)?);
         }
         if out.exists() {
             std::fs::remove_dir_all(&out).map_err(|e| AttributionError::io(&out, e))?;
@@ -114,7 +115,7 @@ impl Trainer {
         };
         train(&job, &self.config, &mut |_| Control::Continue)?;
         std::fs::write(&key_path, key).map_err(|e| AttributionError::io(&key_path, e))?;
-        Ok(load_adapter_dir(name, &out, &self.model)?)
+        Ok(load_adapter_dir_as(name, &out, &self.model, AdapterPrecision::Exact)?)
     }
 
     /// What an adapter depends on: the model file, the settings and the records in order.

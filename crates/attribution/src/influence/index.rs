@@ -15,7 +15,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use openledger_core::ContentHash;
-use openledger_ml::adapters::{ADAPTER_WEIGHTS, load_adapter_dir};
+use openledger_ml::AdapterPrecision;
+use openledger_ml::adapters::{ADAPTER_WEIGHTS, load_adapter_dir_as};
 use openledger_ml::train::data::{Example, Record, Tokenize, read_records};
 use openledger_ml::train::grads::{GradDType, GradFile, GradHeader, GradientProbe, Projection};
 use openledger_ml::train::{LINEAGE_FILE, Lineage, hash_path};
@@ -148,7 +149,7 @@ impl GradientIndex {
             examples = examples.drain(range.clone()).collect();
             indexed = indexed.drain(range).collect();
         }
-        let adapter = load_adapter_dir("attribution", adapter_dir, model)?;
+        let adapter = load_adapter_dir_as("attribution", adapter_dir, model, AdapterPrecision::Exact)?;
         let probe = GradientProbe::new(model, &adapter, projection)?;
         let staging = staging_dir(out_dir)?;
         let rows: Vec<(ContentHash, &[u32], usize)> =
@@ -523,7 +524,7 @@ mod tests {
         // Row 0 is record 0's gradient under the same projection (to bf16 precision).
         let tokenize = Tokenize { tokenizer: &f.tokenizer, max_tokens: 64 };
         let (examples, _) = corpus_examples(&lineage.train_records[..1], &f.corpus, &tokenize, "x").unwrap();
-        let adapter = load_adapter_dir("a", &f.adapter, &f.model).unwrap();
+        let adapter = load_adapter_dir_as("a", &f.adapter, &f.model, AdapterPrecision::Exact).unwrap();
         let probe = GradientProbe::new(&f.model, &adapter, Some(PROJECTION)).unwrap();
         let direct = probe.gradients(&[(&examples[0].tokens, examples[0].first_scored)]).unwrap().remove(0);
         let largest = direct.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
@@ -648,7 +649,7 @@ mod tests {
         let f = fixture(32, 1, |_| false);
         let index = build(&f, &f.dir.path().join("index"));
         let set = index.gradients().unwrap();
-        let adapter = load_adapter_dir("a", &f.adapter, &f.model).unwrap();
+        let adapter = load_adapter_dir_as("a", &f.adapter, &f.model, AdapterPrecision::Exact).unwrap();
         let probe = GradientProbe::new(&f.model, &adapter, Some(PROJECTION)).unwrap();
         let (_, bodies) = read_records(&f.corpus.join(RECORDS_FILE)).unwrap();
         let target = set.records[5];

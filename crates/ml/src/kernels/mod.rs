@@ -15,6 +15,7 @@ use candle_core::quantized::GgmlDType;
 
 use crate::error::{MlError, Result};
 
+pub(crate) mod adapter;
 mod dense;
 mod isa;
 mod kquant;

@@ -366,7 +366,7 @@ mod tests {
     use candle_core::quantized::GgmlDType;
 
     use super::*;
-    use crate::adapters::load_adapter_dir;
+    use crate::adapters::load_adapter_dir_as;
     use crate::testing::{TinyModel, TinySpec, write_peft_adapter};
 
     struct Setup {
@@ -383,7 +383,7 @@ mod tests {
                 .unwrap();
         let path = dir.path().join("adapter");
         write_peft_adapter(&path, model.config(), 4, &[Target::Q, Target::V, Target::Down], 2, false).unwrap();
-        let adapter = load_adapter_dir("a", &path, &model).unwrap();
+        let adapter = load_adapter_dir_as("a", &path, &model, crate::lora::AdapterPrecision::Exact).unwrap();
         Setup { _dir: dir, model, adapter }
     }
 

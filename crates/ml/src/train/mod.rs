@@ -458,11 +458,14 @@ pub fn hash_path(path: &Path) -> Result<String> {
 pub(crate) fn vars_from_adapter(base: &TrainBase, adapter: &crate::lora::LoraAdapter) -> Result<LoraVars> {
     let mut pairs = std::collections::BTreeMap::new();
     for ((layer, target), pair) in adapter.pairs() {
+        // Adapters loaded for serving hold f16 on the CPU (`LoraPair`); training wants f32.
+        let f32 = |t: &candle_core::Tensor| t.to_dtype(candle_core::DType::F32);
+        let (a, b) = (f32(&pair.a)?, f32(&pair.b)?);
         let b = match base.config.interleaved_rope_heads(target) {
-            Some(heads) => crate::lora::unpermute_for_interleaved_rope(&pair.b, heads)?,
-            None => pair.b.clone(),
+            Some(heads) => crate::lora::unpermute_for_interleaved_rope(&b, heads)?,
+            None => b,
         };
-        pairs.insert((layer, target), (Var::from_tensor(&pair.a)?, Var::from_tensor(&b)?));
+        pairs.insert((layer, target), (Var::from_tensor(&a)?, Var::from_tensor(&b)?));
     }
     Ok(LoraVars { rank: adapter.rank, scale: adapter.scale as f64, pairs })
 }
