@@ -1,9 +1,9 @@
 //! CPU kernels for quantized weights: `x · Wᵀ` with `W` in the GGML block formats Llama GGUFs
-//! use (Q4_0, Q4_1, Q8_0 here; Q4_K, Q5_K, Q6_K in `kquant`), on the widest instruction set
+//! use (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 here; Q4_K, Q5_K, Q6_K in `kquant`), on the widest instruction set
 //! the CPU has ([`Isa`], chosen at run time), plus the dense f32 products training uses
 //! (`dense`).
 //!
-//! Q4_0, Q4_1 and Q8_0 weights are repacked at load into panels of [`PANEL`] rows whose 4-byte
+//! Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 weights are repacked at load into panels of [`PANEL`] rows whose 4-byte
 //! groups interleave (the idea of llama.cpp's `Q4_0_8x8` repacking): one 512-bit load holds
 //! the same 4 quants of 16 rows, so an 8-bit dot-product instruction (`vpdpbusd`, or AVX2's
 //! `maddubs`) against 4 activation bytes broadcast to every lane advances 16 row dot products
@@ -24,7 +24,7 @@ mod panel;
 pub(crate) use dense::{Dense, matmul, matmul_with};
 pub use isa::{Isa, KERNELS_ENV};
 
-/// Elements per GGML block (Q4_0, Q4_1, Q8_0).
+/// Elements per GGML block (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
 pub const BLOCK: usize = 32;
 
 /// Elements per K-quant super-block (Q4_K, Q5_K, Q6_K).
@@ -41,6 +41,8 @@ pub const TILE: usize = 4;
 pub enum BlockFormat {
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
     Q4K,
     Q5K,
@@ -52,6 +54,8 @@ impl BlockFormat {
         match dtype {
             GgmlDType::Q4_0 => Some(Self::Q4_0),
             GgmlDType::Q4_1 => Some(Self::Q4_1),
+            GgmlDType::Q5_0 => Some(Self::Q5_0),
+            GgmlDType::Q5_1 => Some(Self::Q5_1),
             GgmlDType::Q8_0 => Some(Self::Q8_0),
             GgmlDType::Q4K => Some(Self::Q4K),
             GgmlDType::Q5K => Some(Self::Q5K),
@@ -69,11 +73,14 @@ impl BlockFormat {
         matches!(self, Self::Q4K | Self::Q5K | Self::Q6K)
     }
 
-    /// Bytes of one GGML block: f16 scale (and f16 min for Q4_1), then the quants.
+    /// Bytes of one GGML block: f16 scale (and f16 min for Q4_1 and Q5_1), then the quants
+    /// (for Q5, 4 bytes of fifth bits and then 16 of nibbles).
     pub fn block_bytes(self) -> usize {
         match self {
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
             Self::Q8_0 => 34,
             Self::Q4K => 144,
             Self::Q5K => 176,
@@ -82,7 +89,7 @@ impl BlockFormat {
     }
 }
 
-/// A weight matrix (out × in) of GGML blocks. Q4_0, Q4_1 and Q8_0 are held as panels
+/// A weight matrix (out × in) of GGML blocks. Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 are held as panels
 /// (see [`panel::Layout`]); K-quants as the file's blocks, row-major.
 #[derive(Debug)]
 pub struct BlockMatrix {
@@ -232,7 +239,7 @@ mod tests {
         for m in [1, 3, 9] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &device).unwrap();
             let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-            for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
                 let q = QTensor::quantize(&w, dtype).unwrap();
                 let expected: Vec<f32> = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap())
                     .unwrap()

@@ -1,14 +1,19 @@
-//! Q4_0, Q4_1 and Q8_0 weights repacked into panels of [`PANEL`] rows, and the product of a
-//! panel with activation rows on each [`Isa`] level.
+//! Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 weights repacked into panels of [`PANEL`] rows, and the
+//! product of a panel with activation rows on each [`Isa`] level.
 //!
 //! A matrix is its panels one after another; a panel is its blocks (32 columns each) one after
-//! another; a panel block is a header of 16 f16 scales `d` (and, for Q4_1, 16 f16 mins `m`),
+//! another; a panel block is a header of 16 f16 scales `d` (and, for Q4_1 and Q5_1, 16 f16
+//! mins `m`),
 //! then the quants in 64-byte groups: group `g` holds bytes `4g..4g+4` of each row's block,
 //! row `l` at `64g + 4l`. Q4 bytes hold elements `j` (low nibble) and `j + 16` (high nibble);
-//! Q8_0 bytes are stored plus 128, so every weight quant is an unsigned byte, as `vpdpbusd`
-//! wants. The row dot product of a block is then
-//! `d·dx·(Σ u·x − offset·Σx) + m·dx·Σx`, with `offset` 8 for Q4_0, 128 for Q8_0 and 0 for Q4_1
-//! (which has the `m` term instead): the integer part is exact on every level.
+//! the other formats hold one element a byte, in order: Q8_0's quants plus 128, Q5_0's 5-bit
+//! quants `q` as `q + 112` (that is `(q − 16) + 128`, so it is Q8_0 from there on) and Q5_1's as
+//! they are (0..=31); every weight quant is an unsigned byte, as `vpdpbusd` wants. Q5 thus
+//! takes 8 bits a weight in memory instead of 5 (34 or 36 bytes a block instead of 22 or 24),
+//! for one kernel with Q8_0. The row dot product of a block is then
+//! `d·dx·(Σ u·x − offset·Σx) + m·dx·Σx`, with `offset` 8 for Q4_0, 128 for Q8_0 and Q5_0, and 0
+//! for Q4_1 and Q5_1 (which have the `m` term instead): the integer part is exact on every
+//! level.
 
 use super::{BLOCK, BlockFormat, Isa, PANEL, Q8Activations, Q8Row, TILE, f16_at};
 use crate::error::{MlError, Result};
@@ -23,7 +28,8 @@ pub(crate) struct Layout {
     pub(crate) format: BlockFormat,
     /// 4-bit quants (two elements a byte) or 8-bit ones.
     pub(crate) nibbles: bool,
-    /// Subtracted from every unsigned quant: 8 (Q4_0), 128 (Q8_0) or 0 (Q4_1, which has mins).
+    /// Subtracted from every unsigned quant: 8 (Q4_0), 128 (Q8_0, Q5_0) or 0 (Q4_1, Q5_1,
+    /// which have mins).
     pub(crate) offset: i32,
     pub(crate) has_min: bool,
 }
@@ -33,6 +39,8 @@ impl Layout {
         match format {
             BlockFormat::Q4_0 => Some(Self { format, nibbles: true, offset: 8, has_min: false }),
             BlockFormat::Q4_1 => Some(Self { format, nibbles: true, offset: 0, has_min: true }),
+            BlockFormat::Q5_0 => Some(Self { format, nibbles: false, offset: 128, has_min: false }),
+            BlockFormat::Q5_1 => Some(Self { format, nibbles: false, offset: 0, has_min: true }),
             BlockFormat::Q8_0 => Some(Self { format, nibbles: false, offset: 128, has_min: false }),
             BlockFormat::Q4K | BlockFormat::Q5K | BlockFormat::Q6K => None,
         }
@@ -52,13 +60,27 @@ impl Layout {
         self.header_bytes() + 64 * self.groups()
     }
 
-    /// Quant bytes of one row's GGML block, and where they start in it.
-    fn source_quants(self) -> (usize, usize) {
+    /// A row's GGML block's 32 quants as this layout stores them, in its byte order (see the
+    /// module's comment): Q4 bytes as they are (16), the others one element a byte (32).
+    fn stored_quants(self, source: &[u8], out: &mut [u8; BLOCK]) -> usize {
         match self.format {
-            BlockFormat::Q4_1 => (4, 16),
-            _ if self.nibbles => (2, 16),
-            _ => (2, 32),
+            BlockFormat::Q4_0 => out[..16].copy_from_slice(&source[2..18]),
+            BlockFormat::Q4_1 => out[..16].copy_from_slice(&source[4..20]),
+            BlockFormat::Q8_0 => out.iter_mut().zip(&source[2..34]).for_each(|(o, q)| *o = q ^ 0x80),
+            BlockFormat::Q5_0 | BlockFormat::Q5_1 => {
+                let at = if self.format == BlockFormat::Q5_0 { 2 } else { 4 };
+                let high = u32::from_le_bytes([source[at], source[at + 1], source[at + 2], source[at + 3]]);
+                let nibbles = &source[at + 4..at + 20];
+                let bias: u8 = if self.format == BlockFormat::Q5_0 { 112 } else { 0 };
+                for (j, &q) in nibbles.iter().enumerate() {
+                    let fifth = |bit: usize| (((high >> bit) & 1) as u8) << 4;
+                    out[j] = ((q & 0x0F) | fifth(j)) + bias;
+                    out[j + 16] = ((q >> 4) | fifth(j + 16)) + bias;
+                }
+            }
+            BlockFormat::Q4K | BlockFormat::Q5K | BlockFormat::Q6K => unreachable!("K-quants are not panels"),
         }
+        if self.nibbles { 16 } else { 32 }
     }
 
     /// Repacks `rows × cols` row-major GGML blocks into panels.
@@ -69,7 +91,7 @@ impl Layout {
         if data.len() != rows * blocks * source_block {
             return Err(MlError::corrupt("model", format!("{:?} blocks of the wrong size", self.format)));
         }
-        let (quants_at, quant_bytes) = self.source_quants();
+        let mut quants = [0u8; BLOCK];
         let mut packed = vec![0u8; panels * blocks * block_bytes];
         for (p, panel) in packed.chunks_exact_mut(blocks * block_bytes).enumerate() {
             for (b, out) in panel.chunks_exact_mut(block_bytes).enumerate() {
@@ -80,12 +102,10 @@ impl Layout {
                     if self.has_min {
                         out[2 * PANEL + 2 * lane..][..2].copy_from_slice(&source[2..4]);
                     }
-                    let quants = &source[quants_at..quants_at + quant_bytes];
-                    for (g, four) in quants.chunks_exact(4).enumerate() {
+                    let stored = self.stored_quants(source, &mut quants);
+                    for (g, four) in quants[..stored].chunks_exact(4).enumerate() {
                         let at = self.header_bytes() + 64 * g + 4 * lane;
-                        for (o, &q) in out[at..at + 4].iter_mut().zip(four) {
-                            *o = if self.nibbles { q } else { q ^ 0x80 };
-                        }
+                        out[at..at + 4].copy_from_slice(four);
                     }
                 }
             }
@@ -115,6 +135,7 @@ impl Layout {
                             out[4 * g + i] = d * f32::from(q & 0x0F) + m;
                             out[16 + 4 * g + i] = d * f32::from(q >> 4) + m;
                         }
+                        BlockFormat::Q5_1 => out[4 * g + i] = d * f32::from(q) + m,
                         _ => out[4 * g + i] = d * f32::from((q ^ 0x80) as i8),
                     }
                 }

@@ -27,7 +27,9 @@ pub(super) unsafe fn dot_rows<const R: usize>(format: BlockFormat, rows: [&[u8];
             BlockFormat::Q4K => q4k_or_q5k::<R, false>(rows, x),
             BlockFormat::Q5K => q4k_or_q5k::<R, true>(rows, x),
             BlockFormat::Q6K => q6k(rows, x),
-            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0 => unreachable!("not a K-quant"),
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q5_0 | BlockFormat::Q5_1 | BlockFormat::Q8_0 => {
+                unreachable!("not a K-quant")
+            }
         }
     }
 }

@@ -69,6 +69,8 @@ pub(super) fn dequantize_block(format: BlockFormat, block: &[u8], out: &mut [f32
                 *out = d * f32::from(scale) * f32::from(q);
             }
         }
-        BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0 => unreachable!("not a K-quant"),
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q5_0 | BlockFormat::Q5_1 | BlockFormat::Q8_0 => {
+            unreachable!("not a K-quant")
+        }
     }
 }

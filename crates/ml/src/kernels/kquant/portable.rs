@@ -11,7 +11,9 @@ pub(super) fn dot_rows<const R: usize>(format: BlockFormat, rows: [&[u8]; R], x:
         BlockFormat::Q4K => q4k,
         BlockFormat::Q5K => q5k,
         BlockFormat::Q6K => q6k,
-        BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0 => unreachable!("not a K-quant"),
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q5_0 | BlockFormat::Q5_1 | BlockFormat::Q8_0 => {
+            unreachable!("not a K-quant")
+        }
     };
     let bytes = format.block_bytes();
     rows.map(|row| {

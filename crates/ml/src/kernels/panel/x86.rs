@@ -158,9 +158,24 @@ unsafe fn avx2<const C: usize>(layout: Layout, panel: &[u8], blocks: usize, x: &
                             _mm256_set1_epi32(layout.offset * *row.sum.get_unchecked(b)),
                         );
                     }
+                } else if layout.offset == 0 {
+                    // Q5_1: quants of 0..=31, so `maddubs` pairs stay below 2·31·127 and four
+                    // of them fit an i16 lane; no offset (the min term instead).
+                    for (row, dot) in x.iter().zip(dots.iter_mut()) {
+                        for half_block in 0..2 {
+                            let mut pairs = _mm256_setzero_si256();
+                            for j in 4 * half_block..4 * half_block + 4 {
+                                let w = _mm256_loadu_si256(quants.add(64 * j).cast());
+                                let xq = _mm256_set1_epi32(four(row.quants, b, j));
+                                pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(w, xq));
+                            }
+                            *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(pairs, ones));
+                        }
+                    }
                 } else {
-                    // Q8_0: unsigned×signed `maddubs` would saturate at 255·127·2, so multiply
-                    // |s| by x with s's sign (llama.cpp's trick); the dot is signed, no offset.
+                    // Q8_0 and Q5_0 (stored plus 128): unsigned×signed `maddubs` would saturate
+                    // at 255·127·2, so multiply |s| by x with s's sign (llama.cpp's trick) for
+                    // s = stored − 128; the dot is signed, the offset already taken.
                     for (row, dot) in x.iter().zip(dots.iter_mut()) {
                         for j in 0..8 {
                             let s = _mm256_xor_si256(_mm256_loadu_si256(quants.add(64 * j).cast()), flip);
