@@ -680,9 +680,10 @@ impl LoraPlan {
 }
 
 /// One task's deltas, `rows.len() × out_features`: for each of its rows `xs[row]` (of
-/// `in_features`), `weight · B·A·x`, from a CPU pair held as `W`, by dot products: `u =
-/// weight·A·x`, then `Δ = B·u`. A task's rows are few (at most four), so `A` and `B` are read
-/// from memory once and from cache for the others; a gemm call would cost more than the work.
+/// `in_features`), `weight · B·A·x`, from a CPU pair held as `W`, by two matrix-vector
+/// products: `u = weight·A·x`, then `Δ = B·u`. A task's rows are few (at most four), so `A` and
+/// `B` are read from memory once and from cache for the others; a gemm call would cost more
+/// than the work.
 fn task_delta<W: AdapterWeight>(
     pair: &LoraPair,
     xs: &[f32],
@@ -694,13 +695,12 @@ fn task_delta<W: AdapterWeight>(
         with_host::<W, _>(&pair.b, |b| {
             let rank = a.len() / in_features;
             let mut delta = Vec::with_capacity(rows.len() * (b.len() / rank));
-            let mut u = vec![0f32; rank];
+            let mut u = Vec::with_capacity(rank);
             for (&row, &weight) in rows.iter().zip(weights) {
-                let x = &xs[row as usize * in_features..][..in_features];
-                for (u, a) in u.iter_mut().zip(a.chunks_exact(in_features)) {
-                    *u = weight * W::dot(a, x);
-                }
-                delta.extend(b.chunks_exact(rank).map(|b| W::dot(b, &u)));
+                u.clear();
+                W::matvec(a, &xs[row as usize * in_features..][..in_features], &mut u);
+                u.iter_mut().for_each(|u| *u *= weight);
+                W::matvec(b, &u, &mut delta);
             }
             Ok(delta)
         })

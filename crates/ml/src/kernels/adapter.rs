@@ -1,9 +1,11 @@
-//! LoRA adapter weights on the CPU: the dot products a delta is made of (`u = A·x`, `Δ = B·u`)
-//! for weights held as f16 or f32 against f32 activations, and the rounding of a file's f32
-//! values to f16 at load. f16 weights (what the CPU holds for serving: half the bytes to read
-//! when every row of a batch reads its own adapter) are widened in registers (F16C's
-//! `vcvtph2ps`, part of x86-64-v3) and multiplied in f32, so the only difference from f32
-//! weights is the rounding of the stored values.
+//! LoRA adapter weights on the CPU: the matrix-vector products a delta is made of (`u = A·x`,
+//! `Δ = B·u`) for weights held as f16 or f32 against f32 activations, and the rounding of a
+//! file's f32 values to f16 at load. f16 weights (what the CPU holds for serving: half the
+//! bytes to read when every row of a batch reads its own adapter) are widened in registers
+//! (F16C's `vcvtph2ps`, part of x86-64-v3) and multiplied in f32, so the only difference from
+//! f32 weights is the rounding of the stored values. The x86 product takes eight weight rows
+//! at a time and sums their eight lanes together (three rounds of `hadd`), so `B·u`, with rows
+//! as short as the rank, does not pay a horizontal sum per output.
 
 use half::f16;
 
@@ -11,25 +13,30 @@ use super::Isa;
 
 /// An element type adapter weights are held in.
 pub(crate) trait AdapterWeight: candle_core::WithDType {
-    /// `Σ w[i]·x[i]`; the slices have equal length.
-    fn dot(w: &[Self], x: &[f32]) -> f32;
+    /// Appends `W·x` to `out`: `W` row-major with `x.len()` columns (`w.len()` a multiple of it).
+    fn matvec(w: &[Self], x: &[f32], out: &mut Vec<f32>);
 }
 
 impl AdapterWeight for f32 {
-    fn dot(w: &[f32], x: &[f32]) -> f32 {
-        crate::host::dot(w, x)
+    fn matvec(w: &[f32], x: &[f32], out: &mut Vec<f32>) {
+        match Isa::active() {
+            Isa::Portable => out.extend(w.chunks_exact(x.len()).map(|w| crate::host::dot(w, x))),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512Vnni => x86::matvec(w, x, out),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => out.extend(w.chunks_exact(x.len()).map(|w| crate::host::dot(w, x))),
+        }
     }
 }
 
 impl AdapterWeight for f16 {
-    fn dot(w: &[f16], x: &[f32]) -> f32 {
-        assert_eq!(w.len(), x.len());
+    fn matvec(w: &[f16], x: &[f32], out: &mut Vec<f32>) {
         match Isa::active() {
-            Isa::Portable => portable::dot(w, x),
+            Isa::Portable => out.extend(w.chunks_exact(x.len()).map(|w| portable::dot(w, x))),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512Vnni => x86::dot(w, x),
+            Isa::Avx2 | Isa::Avx512Vnni => x86::matvec(w, x, out),
             #[cfg(not(target_arch = "x86_64"))]
-            _ => portable::dot(w, x),
+            _ => out.extend(w.chunks_exact(x.len()).map(|w| portable::dot(w, x))),
         }
     }
 }
@@ -89,13 +96,99 @@ mod x86 {
 
     use super::super::Isa;
 
-    /// Callers pass slices of equal length.
-    pub(super) fn dot(w: &[f16], x: &[f32]) -> f32 {
+    /// A weight type the AVX2 product reads eight at a time, as f32.
+    pub(super) trait Load8: Copy {
+        /// Safety: F16C; `p` points at 8 readable values (unaligned is fine).
+        unsafe fn load8(p: *const Self) -> __m256;
+        fn widen(self) -> f32;
+    }
+
+    impl Load8 for f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f16) -> __m256 {
+            // SAFETY: the caller's contract.
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        }
+
+        fn widen(self) -> f32 {
+            self.to_f32()
+        }
+    }
+
+    impl Load8 for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            // SAFETY: the caller's contract.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+
+        fn widen(self) -> f32 {
+            self
+        }
+    }
+
+    pub(super) fn matvec<W: Load8>(w: &[W], x: &[f32], out: &mut Vec<f32>) {
         assert!(Isa::detected() >= Isa::Avx2, "this CPU cannot run AVX2");
-        assert_eq!(w.len(), x.len());
-        // SAFETY: the CPU has AVX2, FMA and F16C (checked above) and the slices are of equal
-        // length, which is all `dot_avx2` reads within.
-        unsafe { dot_avx2(w, x) }
+        let cols = x.len();
+        assert!(cols > 0 && w.len().is_multiple_of(cols), "matvec: {} weights are not rows of {cols}", w.len());
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked above), and `w` holds whole rows of
+        // `cols`, which is all `matvec_avx2` reads within.
+        unsafe { matvec_avx2(w, x, w.len() / cols, cols, out) }
+    }
+
+    /// Eight rows at a time: eight accumulators over the columns in steps of 8, then their
+    /// lanes summed together into one vector of eight results; leftover rows one at a time,
+    /// leftover columns (`cols % 8`) added one by one.
+    ///
+    /// Safety: the CPU has AVX2, FMA and F16C; `w.len() == rows · cols`, `x.len() == cols`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn matvec_avx2<W: Load8>(w: &[W], x: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
+        let (pw, px) = (w.as_ptr(), x.as_ptr());
+        let body = cols / 8 * 8;
+        let tail = |row: usize| -> f32 { (body..cols).map(|j| w[row * cols + j].widen() * x[j]).sum() };
+        out.reserve(rows);
+        let mut row = 0;
+        // SAFETY (all loads): rows `row..row + 8` (or `row`) are below `rows` and columns
+        // `j..j + 8` within `body ≤ cols`, so every read is inside `w` and `x`.
+        while row + 8 <= rows {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for j in (0..body).step_by(8) {
+                let xs = unsafe { _mm256_loadu_ps(px.add(j)) };
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(unsafe { W::load8(pw.add((row + r) * cols + j)) }, xs, *acc);
+                }
+            }
+            // hadd pairs lanes within each 128-bit half: after two rounds the low half holds
+            // rows 0-3's sums of lanes 0-3 and the high half their sums of lanes 4-7 (rows 4-7
+            // likewise in the second vector); adding the halves gives the eight rows' sums.
+            let s01 = _mm256_hadd_ps(acc[0], acc[1]);
+            let s23 = _mm256_hadd_ps(acc[2], acc[3]);
+            let s45 = _mm256_hadd_ps(acc[4], acc[5]);
+            let s67 = _mm256_hadd_ps(acc[6], acc[7]);
+            let (s0123, s4567) = (_mm256_hadd_ps(s01, s23), _mm256_hadd_ps(s45, s67));
+            let sums = _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(s0123, s4567),
+                _mm256_permute2f128_ps::<0x31>(s0123, s4567),
+            );
+            let mut lanes = [0f32; 8];
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
+            out.extend(lanes.iter().enumerate().map(|(r, sum)| sum + tail(row + r)));
+            row += 8;
+        }
+        while row < rows {
+            let mut acc = _mm256_setzero_ps();
+            for j in (0..body).step_by(8) {
+                acc = _mm256_fmadd_ps(
+                    unsafe { W::load8(pw.add(row * cols + j)) },
+                    unsafe { _mm256_loadu_ps(px.add(j)) },
+                    acc,
+                );
+            }
+            let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+            out.push(_mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair))) + tail(row));
+            row += 1;
+        }
     }
 
     pub(super) fn narrow(bytes: &[u8], out: &mut Vec<f16>) -> bool {
@@ -109,46 +202,6 @@ mod x86 {
         // SAFETY: `narrow_avx2` initialised the `n` spare elements after the current length.
         unsafe { out.set_len(out.len() + n) };
         in_range
-    }
-
-    /// Eight f16 at `p` as eight f32.
-    ///
-    /// Safety: F16C; `p` points at 8 readable f16 (unaligned is fine).
-    #[inline(always)]
-    unsafe fn eight(p: *const f16) -> __m256 {
-        // SAFETY: the caller's contract.
-        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
-    }
-
-    /// Two accumulators of 8 lanes (16 weights an iteration), then the tail one at a time.
-    ///
-    /// Safety: the CPU has AVX2, FMA and F16C; `w.len() == x.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_avx2(w: &[f16], x: &[f32]) -> f32 {
-        let n = w.len();
-        let (pw, px) = (w.as_ptr(), x.as_ptr());
-        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut i = 0;
-        // SAFETY (all loads): `i + 16 ≤ n`, then `i + 8 ≤ n`; the loads are unaligned.
-        while i + 16 <= n {
-            unsafe {
-                acc0 = _mm256_fmadd_ps(eight(pw.add(i)), _mm256_loadu_ps(px.add(i)), acc0);
-                acc1 = _mm256_fmadd_ps(eight(pw.add(i + 8)), _mm256_loadu_ps(px.add(i + 8)), acc1);
-            }
-            i += 16;
-        }
-        if i + 8 <= n {
-            unsafe { acc0 = _mm256_fmadd_ps(eight(pw.add(i)), _mm256_loadu_ps(px.add(i)), acc0) };
-            i += 8;
-        }
-        let acc = _mm256_add_ps(acc0, acc1);
-        let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        let mut sum = _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
-        for j in i..n {
-            sum += w[j].to_f32() * x[j];
-        }
-        sum
     }
 
     /// Eight values an iteration: rounded by `vcvtps2ph` (to nearest even), checked by
@@ -188,25 +241,44 @@ mod tests {
 
     use super::*;
 
-    /// Every level this CPU runs agrees with f64 arithmetic on the same f16 values, on lengths
-    /// around the vector widths (the tails) and the widths LoRA uses (rank 16, 576 features);
-    /// f32 weights (the fallback) too.
+    /// The product agrees with f64 arithmetic on the same (f16 or f32) weights on every level
+    /// this CPU runs, for row counts around the eight-row blocks and widths around the vector
+    /// width (the tails), including LoRA's (rank 16, 576 features), appended after what `out`
+    /// held.
     #[test]
-    fn dot_matches_f64_arithmetic_on_every_level() {
+    fn matvec_matches_f64_arithmetic_on_every_level() {
+        fn check<W: AdapterWeight + Copy>(name: &str, w: &[W], x: &[f32], wide: &[f32], got: &[f32]) {
+            let cols = x.len();
+            assert_eq!(got.len(), 1 + w.len() / cols, "{name}");
+            assert_eq!(got[0], -1.0, "{name}: what out held");
+            for (row, (weights, got)) in wide.chunks_exact(cols).zip(&got[1..]).enumerate() {
+                let exact: f64 = weights.iter().zip(x).map(|(w, x)| f64::from(*w) * f64::from(*x)).sum();
+                let scale: f64 = weights.iter().zip(x).map(|(w, x)| f64::from((w * x).abs())).sum::<f64>().max(1.0);
+                assert!((f64::from(*got) - exact).abs() < 1e-5 * scale, "{name} row {row}: {got} vs {exact}");
+            }
+        }
         let mut rng = StdRng::seed_from_u64(5);
-        for n in [0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 576, 1000] {
-            let w: Vec<f16> = (0..n).map(|_| f16::from_f32(rng.random_range(-1.0..1.0))).collect();
-            let x: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
-            let wide: Vec<f32> = w.iter().map(|w| w.to_f32()).collect();
-            let exact: f64 = wide.iter().zip(&x).map(|(w, x)| f64::from(*w) * f64::from(*x)).sum();
-            let scale: f64 = wide.iter().zip(&x).map(|(w, x)| f64::from((w * x).abs())).sum::<f64>().max(1.0);
-            let check = |name: &str, dot: f32| assert!((f64::from(dot) - exact).abs() < 1e-5 * scale, "{name}, n {n}");
-            check("portable", portable::dot(&w, &x));
-            check("f32 weights", <f32 as AdapterWeight>::dot(&wide, &x));
-            check("active", <f16 as AdapterWeight>::dot(&w, &x));
-            #[cfg(target_arch = "x86_64")]
-            if Isa::detected() >= Isa::Avx2 {
-                check("avx2", x86::dot(&w, &x));
+        for rows in [1, 7, 8, 9, 17, 576] {
+            for cols in [1, 7, 8, 16, 33, 576] {
+                let halves: Vec<f16> = (0..rows * cols).map(|_| f16::from_f32(rng.random_range(-1.0..1.0))).collect();
+                let wide: Vec<f32> = halves.iter().map(|w| w.to_f32()).collect();
+                let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-2.0..2.0)).collect();
+                let run = |f: &dyn Fn(&mut Vec<f32>)| {
+                    let mut out = vec![-1.0];
+                    f(&mut out);
+                    out
+                };
+                let name = format!("{rows}x{cols}");
+                let portable: Vec<f32> =
+                    std::iter::once(-1.0).chain(halves.chunks_exact(cols).map(|w| portable::dot(w, &x))).collect();
+                check(&format!("portable {name}"), &halves, &x, &wide, &portable);
+                check(&format!("active f16 {name}"), &halves, &x, &wide, &run(&|o| f16::matvec(&halves, &x, o)));
+                check(&format!("active f32 {name}"), &wide, &x, &wide, &run(&|o| f32::matvec(&wide, &x, o)));
+                #[cfg(target_arch = "x86_64")]
+                if Isa::detected() >= Isa::Avx2 {
+                    check(&format!("avx2 f16 {name}"), &halves, &x, &wide, &run(&|o| x86::matvec(&halves, &x, o)));
+                    check(&format!("avx2 f32 {name}"), &wide, &x, &wide, &run(&|o| x86::matvec(&wide, &x, o)));
+                }
             }
         }
     }
