@@ -166,16 +166,22 @@ fn run(what: &str, threads: usize) {
                 }
             }
         }
+        // The slowest loads and their page faults, to tell a fault storm from a busy machine.
+        let mut slowest: Vec<(f64, f64)> = times.iter().copied().zip(faults.iter().copied()).collect();
+        slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let slowest: Vec<String> = slowest[..5].iter().map(|(t, f)| format!("{t:.2} ms ({f:.0} faults)")).collect();
         times.sort_by(f64::total_cmp);
         faults.sort_by(f64::total_cmp);
         println!(
-            "adapter cold load (rank 16, q/k/v/o, {:.1} MB in memory): p50 {:.2} ms, p99 {:.2} ms over {} loads; minor page faults per load p50 {:.0}, p99 {:.0}",
+            "adapter cold load (rank 16, q/k/v/o, {:.1} MB in memory): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms over {} loads; minor page faults per load p50 {:.0}, p99 {:.0}; slowest {}",
             adapters[0].size_bytes() as f64 / 1e6,
             percentile(&times, 0.5),
+            percentile(&times, 0.9),
             percentile(&times, 0.99),
             times.len(),
             percentile(&faults, 0.5),
-            percentile(&faults, 0.99)
+            percentile(&faults, 0.99),
+            slowest.join(", ")
         );
     } else if needs_adapters {
         for i in 0..100 {
