@@ -1561,6 +1561,24 @@ mod settling {
         assert_eq!(books.balance(FEE_ESCROW).await, 0, "the escrow is empty after settlement");
         assert_eq!(books.balance(seven).await, 6 * 2_707);
         assert_eq!(books.settled_events().await, 6, "one InferenceSettled per inference");
+
+        // Settled chains redelivered beside a new one (each chain is looked for by its first
+        // leg): the old ones are recognised whole, only the new one is paid.
+        books.capture(&["m-1"]).await;
+        let mixed = [order("b-1", OWNER), order("m-1", OWNER), order("s-3", OWNER)];
+        let outcomes = books.ledger.settle_inferences_at(&mixed, &economics(), START).await.expect("batch");
+        let already: Vec<bool> = outcomes
+            .iter()
+            .map(|o| match o {
+                SettleOutcome::Settled(s) => s.already_settled,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(already, [true, false, true]);
+        let new = books.ledger.settlement_record("m-1").await.expect("record");
+        assert_eq!(payouts(&new.transfers), payouts(&first.transfers), "the new one paid in full");
+        assert_eq!(books.balance(seven).await, 7 * 2_707, "and only it");
+        assert_eq!(books.settled_events().await, 7);
         books.assert_verified().await;
     }
 
