@@ -20,6 +20,8 @@ bin=$(bash "$peer_script")
 model=${OPENLEDGER_BENCH_MODEL:-$("$repo/scripts/fetch-models.sh" smollm2)}
 prio=${PRIO:-}
 cd "$repo"
+# The build cache CI and scripts/test.sh use, not a fresh ./target (a cold build of ~10 minutes).
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/openledger-target}
 cargo bench -q -p openledger-ml --bench decode --no-run 2>/dev/null
 ours() { OPENLEDGER_BENCH_MODEL=$model $prio taskset -c "$1" cargo bench -q -p openledger-ml --bench decode -- "${@:2}"; }
 

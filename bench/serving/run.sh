@@ -32,7 +32,7 @@ n_adapters=${ADAPTERS:-100}
 read -r -a prio <<<"${PRIO:-nice -n ${NICE:-0}}"
 llama_port=${LLAMA_PORT:-8091}
 ours_port=${OURS_PORT:-8092}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/openledger-target} # the build cache CI uses
 bin=${OPENLEDGER_BIN:-$CARGO_TARGET_DIR/release/openledger}
 # The client and the adapter writer, pinned.
 requirements="openai==3.51.0 numpy==2.4.6 safetensors==0.8.0 gguf==0.19.0 blake3==1.0.11 cryptography==50.0.2"
