@@ -20,6 +20,7 @@ mod dense;
 mod isa;
 mod kquant;
 mod panel;
+mod q8;
 
 pub(crate) use dense::{Dense, matmul, matmul_with};
 pub use isa::{Isa, KERNELS_ENV};
@@ -185,14 +186,7 @@ impl Q8Activations {
         let mut scaled_sum = Vec::with_capacity(blocks);
         let mut quants = vec![0i8; m * cols];
         for (values, q) in x.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)) {
-            let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut s = 0i32;
-            for (q, v) in q.iter_mut().zip(values) {
-                *q = (v * inverse).round() as i8;
-                s += i32::from(*q);
-            }
+            let (d, s) = q8::quantize_block(values, q);
             scale.push(d);
             sum.push(s);
             scaled_sum.push(d * s as f32);
