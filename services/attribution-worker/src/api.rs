@@ -5,7 +5,7 @@
 use openledger_core::ErrorCode;
 use openledger_proto::{
     attribution::v1::{self as pb, attribution_service_server::AttributionService},
-    common::v1::{Hash, MerkleProof},
+    common::v1::{Hash, MerkleProof, PageResponse},
 };
 use openledger_runtime::grpc::status;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -264,7 +264,15 @@ impl AttributionService for Api {
     ) -> Result<Response<pb::ListIndexesResponse>, Status> {
         let parts = self.parts()?;
         let request = request.into_inner();
-        let rows = parts.indexes.rows(&request.snapshot_id).await.map_err(failed)?;
-        Ok(Response::new(pb::ListIndexesResponse { indexes: rows.into_iter().map(index_to_proto).collect() }))
+        let page = request.page.unwrap_or_default();
+        let (rows, next) = parts
+            .indexes
+            .page(&request.snapshot_id, &request.adapter_id, page.page_size, &page.page_token)
+            .await
+            .map_err(failed)?;
+        Ok(Response::new(pb::ListIndexesResponse {
+            indexes: rows.into_iter().map(index_to_proto).collect(),
+            page: Some(PageResponse { next_page_token: next }),
+        }))
     }
 }

@@ -35,7 +35,8 @@ use openledger_model_factory::base::BaseModels;
 use openledger_store::now_ms;
 use parking_lot::Mutex;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, sea_query::OnConflict,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    sea_query::OnConflict,
 };
 use tokio::sync::{Notify, OnceCell};
 
@@ -48,7 +49,7 @@ use crate::{
         gradient_index_id, gradient_shard_dir, gradient_shards_dir, lineage_records, merge_gradient_shards,
         open_gradients,
     },
-    limits::{MAX_OPEN_GRADIENT_INDEXES, RETRY_DELAY, SHARD_TOKENS},
+    limits::{self, MAX_OPEN_GRADIENT_INDEXES, RETRY_DELAY, SHARD_TOKENS},
     quality::{self, Assessed},
     upstream::Upstream,
 };
@@ -342,12 +343,32 @@ impl Indexes {
         Ok(self.row(id).await?.filter(|row| row.state == READY))
     }
 
-    pub async fn rows(&self, snapshot_id: &str) -> Result<Vec<index::Model>, WorkerError> {
-        let mut query = index::Entity::find();
+    /// A page of indexes in id order, of one version and/or adapter when named (empty: any),
+    /// after `page_token` (the last id of the previous page); the next page's token is empty on
+    /// the last page. A size of 0 is the default, above the maximum the maximum.
+    pub async fn page(
+        &self,
+        snapshot_id: &str,
+        adapter_id: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<index::Model>, String), WorkerError> {
+        let size = if page_size == 0 { limits::DEFAULT_PAGE_SIZE } else { page_size.min(limits::MAX_PAGE_SIZE) };
+        let mut query = index::Entity::find().order_by_asc(index::Column::Id).limit(u64::from(size) + 1);
         if !snapshot_id.is_empty() {
             query = query.filter(index::Column::SnapshotId.eq(snapshot_id));
         }
-        Ok(query.all(&self.db).await?)
+        if !adapter_id.is_empty() {
+            query = query.filter(index::Column::AdapterId.eq(adapter_id));
+        }
+        if !page_token.is_empty() {
+            query = query.filter(index::Column::Id.gt(page_token));
+        }
+        let mut rows = query.all(&self.db).await?;
+        let more = rows.len() > size as usize;
+        rows.truncate(size as usize);
+        let next = if more { rows.last().map(|row| row.id.clone()).unwrap_or_default() } else { String::new() };
+        Ok((rows, next))
     }
 
     /// Starts again every build a restart interrupted, and every quality assessment a restart

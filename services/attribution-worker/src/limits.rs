@@ -6,6 +6,9 @@ use std::time::Duration;
 /// before it is attributed with what exists, which the attribution then says
 /// (`completeness: partial`).
 pub const INDEX_WAIT: Duration = Duration::from_secs(120);
+/// Indexes a `ListIndexes` page holds when the request names no size, and at most.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1_000;
 /// Delay before a waiting or failed delivery is tried again.
 pub const RETRY_DELAY: Duration = Duration::from_secs(2);
 /// Deliveries of one event before it goes to the dead-letter subject: enough to wait

@@ -573,6 +573,53 @@ async fn a_trained_adapter_gets_a_gradient_index_inferences_blend_influence_and_
 
 use sea_orm::EntityTrait;
 
+/// Indexes are listed in id order a page at a time, by version, by adapter, or both.
+async fn indexes_are_listed_a_page_at_a_time_by_version_and_adapter(db: DatabaseConnection) {
+    use sea_orm::{ActiveModelTrait, Set};
+
+    use crate::entities::index;
+    let dir = tempfile::tempdir().expect("dir");
+    let parts = worker(&db, Arc::new(Scripted::new()), dir.path());
+    let rows = [("gradient:a1", "s1", "a1"), ("gradient:a2", "s1", "a2"), ("span:s1", "s1", ""), ("span:s2", "s2", "")];
+    for (id, snapshot, adapter) in rows {
+        let kind = if adapter.is_empty() { "span" } else { "gradient" };
+        index::ActiveModel {
+            id: Set(id.into()),
+            kind: Set(kind.into()),
+            datanet_id: Set("d".into()),
+            snapshot_id: Set(snapshot.into()),
+            snapshot_root: Set(Vec::new()),
+            version: Set(1),
+            adapter_id: Set(adapter.into()),
+            state: Set("ready".into()),
+            records_indexed: Set(0),
+            location: Set(String::new()),
+            files_hash: Set(Vec::new()),
+            error: Set(String::new()),
+            created_at_ms: Set(0),
+            updated_at_ms: Set(0),
+            source: Set(String::new()),
+        }
+        .insert(&db)
+        .await
+        .expect("index row");
+    }
+    let page = |snapshot: &'static str, adapter: &'static str, size: u32, after: String| {
+        let indexes = parts.indexes.clone();
+        async move {
+            let (rows, next) = indexes.page(snapshot, adapter, size, &after).await.expect("page");
+            (rows.into_iter().map(|row| row.id).collect::<Vec<_>>(), next)
+        }
+    };
+    let (first, next) = page("", "", 3, String::new()).await;
+    assert_eq!((first, next.as_str()), (vec!["gradient:a1".into(), "gradient:a2".into(), "span:s1".into()], "span:s1"));
+    assert_eq!(page("", "", 3, next).await, (vec!["span:s2".into()], String::new()), "the last page has no next");
+    assert_eq!(page("s1", "", 0, String::new()).await.0.len(), 3, "size 0 is the default");
+    assert_eq!(page("", "a2", 0, String::new()).await.0, ["gradient:a2"]);
+    assert_eq!(page("s2", "a2", 0, String::new()).await.0, Vec::<String>::new());
+    assert_eq!(page("", "", 5000, String::new()).await.0.len(), 4, "a size above the maximum is the maximum");
+}
+
 macro_rules! on_both {
     ($($scenario:ident),* $(,)?) => {
         mod on_sqlite {
@@ -599,6 +646,7 @@ macro_rules! on_both {
 }
 
 on_both!(
+    indexes_are_listed_a_page_at_a_time_by_version_and_adapter,
     a_paid_inference_is_attributed_once_and_its_receipt_is_batched_and_recorded,
     an_inference_waits_for_its_index_then_is_attributed_with_what_exists,
     a_trained_adapter_gets_a_gradient_index_inferences_blend_influence_and_quality_is_assessed_once,

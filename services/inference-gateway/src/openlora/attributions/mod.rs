@@ -29,7 +29,10 @@ use utoipa::IntoParams;
 
 use self::view::{Attribution, AttributionIndex, AttributionIndexList};
 use super::keys::Keys;
-use crate::edge::{ApiError, ErrorBody, Upstream};
+use crate::edge::{
+    ApiError, ErrorBody, Upstream,
+    page::{PageQuery, next_cursor},
+};
 
 /// The attribution-worker as the state of these routes.
 pub type AttributionWorker = Upstream<AttributionServiceClient<Channel>>;
@@ -135,23 +138,32 @@ pub struct IndexListQuery {
     /// Only the indexes of this sealed Datanet version; absent for every index.
     #[param(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
     pub snapshot_id: Option<String>,
+    /// Only the gradient index of this adapter; absent for every index.
+    #[param(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
+    pub adapter_id: Option<String>,
 }
 
-/// The attribution indexes and their state: a span index per sealed Datanet version, built
-/// when the version is sealed.
-#[utoipa::path(get, path = "/v1/attribution/indexes", tag = "attribution", params(IndexListQuery), responses(
-    (status = 200, description = "The indexes", body = AttributionIndexList),
+/// The attribution indexes and their state, a page at a time in id order: a span index per
+/// sealed Datanet version (built when the version is sealed) and a gradient index per adapter
+/// trained with lineage.
+#[utoipa::path(get, path = "/v1/attribution/indexes", tag = "attribution", params(IndexListQuery, PageQuery), responses(
+    (status = 200, description = "A page of indexes", body = AttributionIndexList),
 ))]
 pub async fn list_attribution_indexes(
     State(state): State<Attributions>,
     headers: HeaderMap,
     Query(query): Query<IndexListQuery>,
+    Query(page): Query<PageQuery>,
 ) -> Result<Json<AttributionIndexList>, ApiError> {
     let (_, mut client) = state.caller(&headers).await?;
     let snapshot_id = query.snapshot_id.map(|id| checked_id("snapshot_id", id)).transpose()?.unwrap_or_default();
-    let request = pb::ListIndexesRequest { snapshot_id, adapter_id: String::new() };
+    let adapter_id = query.adapter_id.map(|id| checked_id("adapter_id", id)).transpose()?.unwrap_or_default();
+    let request = pb::ListIndexesRequest { snapshot_id, adapter_id, page: Some(page.request()?) };
     let answer = client.list_indexes(request).await?.into_inner();
-    Ok(Json(AttributionIndexList { indexes: answer.indexes.into_iter().map(AttributionIndex::from).collect() }))
+    Ok(Json(AttributionIndexList {
+        indexes: answer.indexes.into_iter().map(AttributionIndex::from).collect(),
+        next_cursor: next_cursor(answer.page),
+    }))
 }
 
 /// One attribution index and how far it is built.

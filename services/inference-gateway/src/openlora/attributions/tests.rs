@@ -273,7 +273,8 @@ impl AttributionService for ScriptedWorker {
             files_hash: None,
             ..ready_index()
         };
-        Ok(tonic::Response::new(pb::ListIndexesResponse { indexes: vec![ready_index(), building] }))
+        let page = Some(openledger_proto::common::v1::PageResponse { next_page_token: "span:snap-2".into() });
+        Ok(tonic::Response::new(pb::ListIndexesResponse { indexes: vec![ready_index(), building], page }))
     }
 }
 
@@ -418,10 +419,20 @@ async fn indexes_are_listed_for_a_version_and_read_one_by_one() {
         .filter_map(|index| Some((index["id"].as_str()?, index["state"].as_str()?)))
         .collect();
     assert_eq!(states, [("span:snap-1", "ready"), ("span:snap-2", "building")]);
-    assert_eq!(edge.worker.received.lock().list_indexes.pop().expect("listed").snapshot_id, "snap-1");
-    let (status, _) = edge.get("/v1/attribution/indexes", &edge.other).await;
+    assert_eq!(list["next_cursor"], "span:snap-2", "the worker's next page token");
+    let asked = edge.worker.received.lock().list_indexes.pop().expect("listed");
+    assert_eq!((asked.snapshot_id.as_str(), asked.page.expect("page").page_size), ("snap-1", 100), "the default page");
+    let (status, _) = edge.get("/v1/attribution/indexes?adapter_id=ft:x&limit=2&after=span:a", &edge.other).await;
     assert_eq!(status, http::StatusCode::OK);
-    assert_eq!(edge.worker.received.lock().list_indexes.pop().expect("listed").snapshot_id, "", "every index");
+    let asked = edge.worker.received.lock().list_indexes.pop().expect("listed");
+    let page = asked.page.expect("page");
+    assert_eq!(
+        (asked.snapshot_id.as_str(), asked.adapter_id.as_str(), page.page_size, page.page_token.as_str()),
+        ("", "ft:x", 2, "span:a"),
+        "every version, one adapter, the page asked for"
+    );
+    let (status, error) = edge.get("/v1/attribution/indexes?limit=0", &edge.other).await;
+    assert_eq!(status, http::StatusCode::BAD_REQUEST, "{error}");
 
     let (status, index) = edge.get("/v1/attribution/indexes/span:snap-1", &edge.other).await;
     assert_eq!(status, http::StatusCode::OK, "{index}");

@@ -124,10 +124,12 @@ pub struct AttributionIndex {
     pub updated_at: i64,
 }
 
-/// The indexes asked for, in the order the worker lists them.
+/// A page of the indexes asked for, in id order.
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct AttributionIndexList {
     pub indexes: Vec<AttributionIndex>,
+    /// `after` for the next page; absent on the last one.
+    pub next_cursor: Option<String>,
 }
 
 /// The REST name of a method.
