@@ -305,6 +305,9 @@ pub struct LlamaModel {
     sin: Tensor,
     /// Forward on the fused CPU slice path (`host.rs`); the tensor path otherwise.
     host: bool,
+    /// The f32 copy of the weights gradient probes run on (`train::net::TrainBase`), kept while
+    /// a probe holds it, so the probes of several adapters on this base share one copy.
+    frozen: std::sync::Mutex<std::sync::Weak<crate::train::net::TrainBase>>,
 }
 
 impl LlamaModel {
@@ -450,7 +453,12 @@ impl LlamaModel {
             norm,
             output,
             host: device.is_cpu(),
+            frozen: Default::default(),
         })
+    }
+
+    pub(crate) fn frozen_base(&self) -> &std::sync::Mutex<std::sync::Weak<crate::train::net::TrainBase>> {
+        &self.frozen
     }
 
     pub fn config(&self) -> &ModelConfig {

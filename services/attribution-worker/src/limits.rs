@@ -29,8 +29,9 @@ pub const INDEX_JOB_POLL: Duration = Duration::from_secs(5);
 pub const GRADIENT_PROJECTION_MIN_DIM: usize = 256;
 /// Seed of the projection matrices (fixed: an index rebuilt from the same files is the same).
 pub const GRADIENT_PROJECTION_SEED: u64 = 1;
-/// Adapters' gradient indexes kept open at once (each holds its rows and f32 copies of the base
-/// model's weights: about 540 MB for SmolLM2-135M); the least recently used is closed first.
+/// Adapters' gradient indexes kept open at once (each holds its rows and a probe; the probes
+/// share one f32 copy of the base model's weights, about 540 MB for SmolLM2-135M); the least
+/// recently used is closed first.
 pub const MAX_OPEN_GRADIENT_INDEXES: usize = 4;
 /// Training records per shard of a gradient index built by an `AttributionJob` (one pod
 /// each): enough work to pay for a pod's start (fetching the adapter, loading the base model);

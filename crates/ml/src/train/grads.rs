@@ -85,9 +85,10 @@ const HEADER_FILE: &str = "header.json";
 const ROWS_FILE: &str = "grads.bin";
 const INDEX_FILE: &str = "index.bin";
 
-/// Computes per-example gradients of one adapter on one base model.
+/// Computes per-example gradients of one adapter on one base model. Probes on the same
+/// [`LlamaModel`] share its f32 copy of the weights (538 MB for SmolLM2-135M) while any holds it.
 pub struct GradientProbe {
-    base: TrainBase,
+    base: std::sync::Arc<TrainBase>,
     vars: LoraVars,
     targets: Vec<Target>,
     layers: usize,
@@ -98,7 +99,7 @@ pub struct GradientProbe {
 
 impl GradientProbe {
     pub fn new(model: &LlamaModel, adapter: &LoraAdapter, projection: Option<Projection>) -> Result<Self> {
-        let base = TrainBase::new(model)?;
+        let base = TrainBase::shared(model)?;
         let vars = super::vars_from_adapter(&base, adapter)?;
         let targets: Vec<Target> =
             Target::ALL.into_iter().filter(|t| vars.pairs.keys().any(|(_, target)| target == t)).collect();
@@ -392,6 +393,20 @@ mod tests {
     }
 
     /// Gradients from one batched pass equal autograd's gradient of each example run alone.
+    /// Probes on one model share its f32 copy while any holds it; the last one gone frees it.
+    #[test]
+    fn probes_on_one_model_share_its_f32_weights() {
+        let s = setup();
+        let first = GradientProbe::new(&s.model, &s.adapter, None).unwrap();
+        let projection = Projection { kind: ProjectionKind::Rademacher, dim: 2 * 4 * 3 * 5, seed: 11 };
+        let second = GradientProbe::new(&s.model, &s.adapter, Some(projection)).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first.base, &second.base));
+        drop((first, second));
+        assert!(s.model.frozen_base().lock().unwrap().upgrade().is_none(), "freed with its last probe");
+        let again = GradientProbe::new(&s.model, &s.adapter, None).unwrap();
+        assert_eq!(std::sync::Arc::strong_count(&again.base), 1);
+    }
+
     #[test]
     fn batched_per_example_gradients_equal_single_runs() {
         let s = setup();

@@ -20,7 +20,7 @@ mod fused;
 pub mod grads;
 mod layer;
 mod lm_head;
-mod net;
+pub(crate) mod net;
 mod optim;
 
 use std::path::{Path, PathBuf};

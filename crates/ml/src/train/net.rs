@@ -30,6 +30,18 @@ pub(crate) struct TrainBase {
 }
 
 impl TrainBase {
+    /// The model's shared copy: the one a live holder (a gradient probe) has, or a new one.
+    /// Building one takes the model's lock, so probes made at once wait and then share it.
+    pub(crate) fn shared(model: &LlamaModel) -> Result<std::sync::Arc<Self>> {
+        let mut slot = model.frozen_base().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(base) = slot.upgrade() {
+            return Ok(base);
+        }
+        let base = std::sync::Arc::new(Self::new(model)?);
+        *slot = std::sync::Arc::downgrade(&base);
+        Ok(base)
+    }
+
     pub(crate) fn new(model: &LlamaModel) -> Result<Self> {
         let (cos, sin) = model.rope_tables();
         let weights = model.dense_weights()?;
