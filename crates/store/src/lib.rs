@@ -8,6 +8,7 @@ pub mod db;
 pub mod inbox;
 pub mod objects;
 pub mod outbox;
+pub mod page;
 
 pub use db::{connect, migrate, pending_migrations, ping};
 pub use objects::{check_object_store, open_object_store, open_object_store_with};

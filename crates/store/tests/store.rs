@@ -81,7 +81,7 @@ async fn outbox_commits_only_with_its_transaction(db: &DatabaseConnection) {
     while relay.unsent().await.expect("count") > 0 {
         relayed += relay.relay_once().await.expect("relay");
     }
-    assert_eq!(relayed as usize, outbox::INSERT_ROWS + 7);
+    assert_eq!(relayed, outbox::INSERT_ROWS + 7);
     for (i, expected_id) in ids.iter().enumerate() {
         let delivery =
             tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.expect("in time").expect("delivery");

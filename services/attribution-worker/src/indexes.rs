@@ -353,7 +353,7 @@ impl Indexes {
         page_size: u32,
         page_token: &str,
     ) -> Result<(Vec<index::Model>, String), WorkerError> {
-        let size = if page_size == 0 { limits::DEFAULT_PAGE_SIZE } else { page_size.min(limits::MAX_PAGE_SIZE) };
+        let size = openledger_store::page::page_size(page_size, limits::DEFAULT_PAGE_SIZE, limits::MAX_PAGE_SIZE);
         let mut query = index::Entity::find().order_by_asc(index::Column::Id).limit(u64::from(size) + 1);
         if !snapshot_id.is_empty() {
             query = query.filter(index::Column::SnapshotId.eq(snapshot_id));
@@ -365,9 +365,7 @@ impl Indexes {
             query = query.filter(index::Column::Id.gt(page_token));
         }
         let mut rows = query.all(&self.db).await?;
-        let more = rows.len() > size as usize;
-        rows.truncate(size as usize);
-        let next = if more { rows.last().map(|row| row.id.clone()).unwrap_or_default() } else { String::new() };
+        let next = openledger_store::page::cut_page(&mut rows, size, |row| row.id.clone());
         Ok((rows, next))
     }
 

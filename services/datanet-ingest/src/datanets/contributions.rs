@@ -61,9 +61,7 @@ impl Datanets {
             query = query.filter(contribution::Column::Id.gt(page_token));
         }
         let mut rows = query.all(&self.db).await?;
-        let more = rows.len() > size as usize;
-        rows.truncate(size as usize);
-        let next = if more { rows.last().map(|row| row.id.clone()).unwrap_or_default() } else { String::new() };
+        let next = openledger_store::page::cut_page(&mut rows, size, |row| row.id.clone());
         // Lists leave the per-record summaries out (a file may hold 100,000 records): one
         // contribution with its records is `contribution`.
         let views = rows.into_iter().map(|row| summary_view(row, Vec::new())).collect::<Result<_, _>>()?;

@@ -176,9 +176,7 @@ impl Datanets {
             query = query.filter(datanet::Column::Id.lt(page_token));
         }
         let mut rows = query.limit(u64::from(size) + 1).all(&self.db).await?;
-        let more = rows.len() > size as usize;
-        rows.truncate(size as usize);
-        let next = if more { rows.last().map(|row| row.id.clone()).unwrap_or_default() } else { String::new() };
+        let next = openledger_store::page::cut_page(&mut rows, size, |row| row.id.clone());
         let found = rows.iter().map(view).collect::<Result<Vec<_>, _>>()?;
         Ok((found, PageResponse { next_page_token: next }))
     }

@@ -252,5 +252,5 @@ fn timestamp(ms: i64) -> prost_types::Timestamp {
 }
 
 fn page_size_of(requested: u32) -> u32 {
-    if requested == 0 { limits::DEFAULT_PAGE_SIZE } else { requested.min(limits::MAX_PAGE_SIZE) }
+    openledger_store::page::page_size(requested, limits::DEFAULT_PAGE_SIZE, limits::MAX_PAGE_SIZE)
 }

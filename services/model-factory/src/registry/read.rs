@@ -49,7 +49,7 @@ impl Registry {
         caller: ListCaller,
         include_unlisted: bool,
     ) -> Result<(Vec<pb::Adapter>, PageResponse), RegistryError> {
-        let size = if page_size == 0 { limits::DEFAULT_PAGE_SIZE } else { page_size.min(limits::MAX_PAGE_SIZE) };
+        let size = openledger_store::page::page_size(page_size, limits::DEFAULT_PAGE_SIZE, limits::MAX_PAGE_SIZE);
         let mut visible = Condition::any().add(adapter::Column::Visibility.eq(Visibility::Public as i16));
         if let Some(account) = caller.account {
             let allow_listed = access::Entity::find()
@@ -77,9 +77,7 @@ impl Registry {
             query = query.filter(adapter::Column::Id.gt(page_token));
         }
         let mut rows = query.limit(u64::from(size) + 1).all(&self.db).await?;
-        let more = rows.len() > size as usize;
-        rows.truncate(size as usize);
-        let next = if more { rows.last().map(|row| row.id.clone()).unwrap_or_default() } else { String::new() };
+        let next = openledger_store::page::cut_page(&mut rows, size, |row| row.id.clone());
         let ids: Vec<String> = rows.iter().map(|row| row.id.clone()).collect();
         let mut allowed = self.allow_lists(&ids).await?;
         let adapters = rows
