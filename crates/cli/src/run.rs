@@ -38,17 +38,9 @@ pub fn run(config: Config, services: Vec<ServiceKind>, embedded: bool) -> ExitCo
         } else {
             format!("openledger-{}", services.iter().map(|s| s.name()).collect::<Vec<_>>().join("+"))
         };
-        let telemetry = openledger_telemetry::init(&openledger_telemetry::TelemetryConfig {
-            service_name: name,
-            json_logs: config.log_format == LogFormat::Json,
-            log_filter: config.log_level.clone(),
-        });
-        let _telemetry = match telemetry {
+        let _telemetry = match start_telemetry(&config, name) {
             Ok(guard) => guard,
-            Err(error) => {
-                eprintln!("error: {error}");
-                return ExitCode::from(2);
-            }
+            Err(code) => return code,
         };
         if !embedded && config.nats_url.is_none() {
             tracing::warn!("NATS_URL is not set: events stay inside this process (in-process bus)");
@@ -105,21 +97,27 @@ where
         }
     };
     runtime.block_on(async move {
-        let telemetry = openledger_telemetry::init(&openledger_telemetry::TelemetryConfig {
-            service_name: service_name.to_owned(),
-            json_logs: config.log_format == LogFormat::Json,
-            log_filter: config.log_level.clone(),
-        });
-        let _telemetry = match telemetry {
+        let _telemetry = match start_telemetry(config, service_name.to_owned()) {
             Ok(guard) => guard,
-            Err(error) => {
-                eprintln!("error: {error}");
-                return ExitCode::from(2);
-            }
+            Err(code) => return code,
         };
         let shutdown = CancellationToken::new();
         openledger_runtime::shutdown::cancel_on_signals(shutdown.clone());
         work(shutdown).await
+    })
+}
+
+/// Logs and traces as `service_name`, as the settings ask; exit code 2 (said on stderr) when
+/// they cannot start.
+fn start_telemetry(config: &Config, service_name: String) -> Result<openledger_telemetry::TelemetryGuard, ExitCode> {
+    openledger_telemetry::init(&openledger_telemetry::TelemetryConfig {
+        service_name,
+        json_logs: config.log_format == LogFormat::Json,
+        log_filter: config.log_level.clone(),
+    })
+    .map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::from(2)
     })
 }
 
