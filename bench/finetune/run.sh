@@ -40,6 +40,8 @@ for module in ["os", "json", "re", "string", "textwrap", "collections", "itertoo
             sys.exit(0)
 PY
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
+# The process's minor page faults so far (field 10 of /proc/PID/stat; the name in field 2 has no spaces).
+minor_faults() { awk '{print $10}' "/proc/$1/stat"; }
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 service_round() {
@@ -64,6 +66,8 @@ service_round() {
     until curl -sf -H "authorization: Bearer $api" "http://127.0.0.1:$http/v1/models" | grep -q '"id"'; do sleep 0.1; done
     local before_kib body start first="" id status
     before_kib=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
+    local faults_before faults_after
+    faults_before=$(minor_faults $pid)
     body=$(printf '{"model":"SmolLM2-135M-Instruct.Q4_1","training_file":"datanet:bench@1","seed":7,"hyperparameters":{"n_epochs":%s,"batch_size":256},"lora":{"rank":%s}}' "$epochs" "$rank")
     start=$(ms)
     id=$(curl -sf -H "authorization: Bearer $api" -H 'content-type: application/json' -d "$body" \
@@ -81,19 +85,20 @@ service_round() {
     done
     local end steps hwm_kib
     end=$(ms)
+    faults_after=$(minor_faults $pid)
     steps=$(echo "$job" | json 'd["total_steps"]')
     hwm_kib=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
     kill -TERM $pid; wait $pid || true
-    echo "service round $1: $status, $(echo "$job" | json 'd["training_records"]') records, $steps steps, create→succeeded $(( end - start )) ms, create→first step $(( ${first:-$end} - start )) ms, platform RSS before $(( before_kib / 1024 )) MiB, peak $(( hwm_kib / 1024 )) MiB"
+    echo "service round $1: $status, $(echo "$job" | json 'd["training_records"]') records, $steps steps, create→succeeded $(( end - start )) ms, create→first step $(( ${first:-$end} - start )) ms, platform RSS before $(( before_kib / 1024 )) MiB, peak $(( hwm_kib / 1024 )) MiB, minor page faults during the job $(( faults_after - faults_before ))"
 }
 
 cli_round() {
     local out=$work/cli-$1 start end
     start=$(ms)
-    /usr/bin/time -f "%M" -o "$work/cli-$1.rss" "$bin" model finetune --base "$model" --data "$work/version/records.jsonl" \
+    /usr/bin/time -f "%M %R" -o "$work/cli-$1.rss" "$bin" model finetune --base "$model" --data "$work/version/records.jsonl" \
         --out "$out" --rank "$rank" --epochs "$epochs" --seed 7 --checkpoint-every 50 --eval-every 50 --threads "$threads" >/dev/null 2>&1
     end=$(ms)
-    echo "cli round $1: wall $(( end - start )) ms, peak RSS $(( $(cat "$work/cli-$1.rss") / 1024 )) MiB"
+    echo "cli round $1: wall $(( end - start )) ms, peak RSS $(( $(cut -d' ' -f1 "$work/cli-$1.rss") / 1024 )) MiB, minor page faults $(cut -d' ' -f2 "$work/cli-$1.rss")"
 }
 
 echo "records $records, epochs $epochs, rank $rank, training threads $threads, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"

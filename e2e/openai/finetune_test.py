@@ -81,8 +81,11 @@ while cancelled.status != "cancelled":
     time.sleep(0.5)
     cancelled = client.fine_tuning.jobs.retrieve(long.id)
 
-# Bad input: an unknown base, a bad training file, out-of-range hyper-parameters.
+# Bad input: an unknown base, a bad training file, out-of-range hyper-parameters, a validation
+# file that is the training version itself or names no version.
 for kwargs, status in [
+    ({"model": BASE_MODEL, "training_file": TRAINING_FILE, "validation_file": TRAINING_FILE}, 400),
+    ({"model": BASE_MODEL, "training_file": TRAINING_FILE, "validation_file": "datanet:no-such-datanet@1"}, 404),
     ({"model": "gpt-4o-mini", "training_file": TRAINING_FILE}, 404),
     ({"model": BASE_MODEL, "training_file": "file-abc123"}, 400),
     ({"model": BASE_MODEL, "training_file": TRAINING_FILE, "hyperparameters": {"n_epochs": 0}}, 400),

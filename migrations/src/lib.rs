@@ -15,6 +15,7 @@ mod m20261206_000008_finetune;
 mod m20261206_000010_attribution;
 mod m20261206_000011_datanet_quality;
 mod m20261206_000012_attribution_quality;
+mod m20261206_000013_finetune_validation;
 
 /// Applies every schema in order.
 pub struct Migrator;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000010_attribution::Migration),
             Box::new(m20261206_000011_datanet_quality::Migration),
             Box::new(m20261206_000012_attribution_quality::Migration),
+            Box::new(m20261206_000013_finetune_validation::Migration),
         ]
     }
 }

@@ -164,6 +164,9 @@ pub struct AllFlags {
     /// Comma-separated adapter ids an engine replica loads at start [env: OPENLEDGER_ENGINE_PRELOAD_ADAPTERS]
     #[arg(long, value_name = "IDS")]
     engine_preload_adapters: Option<String>,
+    /// Bytes one fine-tuning job may take at its peak; 0: what is available when it starts [env: OPENLEDGER_JOB_MEMORY_LIMIT_BYTES] [default: 0]
+    #[arg(long, value_name = "BYTES")]
+    job_memory_limit_bytes: Option<String>,
     /// Where fine-tuning jobs and index builds run: local or kubernetes [env: OPENLEDGER_JOB_EXECUTOR] [default: local]
     #[arg(long, value_name = "EXECUTOR")]
     job_executor: Option<String>,
@@ -251,6 +254,7 @@ impl SettingFlags for AllFlags {
             ("adapter_cache_bytes", &self.adapter_cache_bytes),
             ("engine_preload_adapters", &self.engine_preload_adapters),
             ("job_executor", &self.job_executor),
+            ("job_memory_limit_bytes", &self.job_memory_limit_bytes),
             ("kubernetes_namespace", &self.kubernetes_namespace),
             ("kubernetes_job_image", &self.kubernetes_job_image),
             ("kubernetes_job_env_from", &self.kubernetes_job_env_from),

@@ -16,7 +16,9 @@ use openledger_ml::lora::AdapterMix;
 use openledger_ml::sampling::SamplingParams;
 use openledger_ml::train::data::{Dataset, Tokenize, read_records};
 use openledger_ml::train::grads::{GradDType, GradientProbe, Projection, ProjectionKind};
-use openledger_ml::train::{Control, EvalReport, Finish, TrainConfig, TrainEvent, TrainJob, evaluate, train};
+use openledger_ml::train::{
+    Control, EvalReport, Finish, Footprint, TrainConfig, TrainEvent, TrainJob, available_bytes, evaluate, train,
+};
 use openledger_ml::{ChatMessage, Engine, EngineConfig, Event, GenerateRequest, Prompt, Source, Target, load_model};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -180,6 +182,10 @@ pub struct TrainArgs {
     /// Share of records held out for evaluation
     #[arg(long, default_value_t = 0.1)]
     eval_split: f64,
+    /// Held-out records of their own (JSONL of the training data's kind): every training record
+    /// trains and these are evaluated instead of an --eval-split share
+    #[arg(long, conflicts_with = "eval_split")]
+    validation: Option<PathBuf>,
     #[arg(long, default_value_t = 50)]
     eval_every: u64,
     /// Stop after this many evaluations without a better held-out loss
@@ -297,13 +303,48 @@ async fn load_with_data(
     data: &Path,
     args: &DataArgs,
 ) -> anyhow::Result<(openledger_ml::LlamaModel, PathBuf, Dataset)> {
+    let (model, path, dataset, _) = load_with_validation(base, data, None, args).await?;
+    Ok((model, path, dataset))
+}
+
+/// Model, tokenizer, the tokenized dataset and, when given, the validation records tokenized
+/// with the dataset's labels.
+async fn load_with_validation(
+    base: &str,
+    data: &Path,
+    validation: Option<&Path>,
+    args: &DataArgs,
+) -> anyhow::Result<(openledger_ml::LlamaModel, PathBuf, Dataset, Option<Dataset>)> {
     let (model, tokenizer, path) = load_from(base).await?;
     let (kind, records) = read_records(data)?;
     let max_tokens = args.max_seq_tokens.unwrap_or(model.config().context_length).min(model.config().context_length);
     let labels: Option<Vec<String>> =
         args.labels.as_ref().map(|l| l.split(',').map(|s| s.trim().to_string()).collect());
-    let dataset = Tokenize { tokenizer: &tokenizer, max_tokens }.dataset(kind, &records, labels.as_deref())?;
-    Ok((model, path, dataset))
+    let tokenize = Tokenize { tokenizer: &tokenizer, max_tokens };
+    let dataset = tokenize.dataset(kind, &records, labels.as_deref())?;
+    let validation = match validation {
+        Some(file) => {
+            let (held_kind, held) = read_records(file)?;
+            anyhow::ensure!(
+                held_kind == kind,
+                "{} holds {held_kind:?} records but {} holds {kind:?}: both must be of one kind",
+                file.display(),
+                data.display()
+            );
+            Some(tokenize.dataset(kind, &held, Some(&dataset.labels)).with_context(|| file.display().to_string())?)
+        }
+        None => None,
+    };
+    Ok((model, path, dataset, validation))
+}
+
+/// A data file's name in the lineage: an exported Datanet version names itself
+/// (`datanet:<slug>@<version>`), any other file by its path.
+fn dataset_name(file: &Path) -> anyhow::Result<String> {
+    Ok(match openledger_attribution::corpus::Manifest::beside(file)? {
+        Some(manifest) => manifest.dataset_name(),
+        None => file.display().to_string(),
+    })
 }
 
 /// Runs `work` on a blocking thread inside a thread pool of `threads` (all cores by default).
@@ -325,7 +366,8 @@ pub(crate) fn bar(total: u64, template: &str) -> ProgressBar {
 async fn finetune(base: &str, data: &Path, out: &Path, args: &TrainArgs, resume: bool) -> anyhow::Result<bool> {
     let config = args.config()?;
     config.validate()?;
-    let (model, model_path, dataset) = load_with_data(base, data, &args.data).await?;
+    let (model, model_path, dataset, held_out) =
+        load_with_validation(base, data, args.validation.as_deref(), &args.data).await?;
     let progress = bar(0, "{bar:30} {pos}/{len} steps {msg} [{elapsed} < {eta}]");
     let stop = Arc::new(AtomicBool::new(false));
     let on_signal = stop.clone();
@@ -334,15 +376,24 @@ async fn finetune(base: &str, data: &Path, out: &Path, args: &TrainArgs, resume:
             on_signal.store(true, Ordering::SeqCst);
         }
     });
-    // An exported Datanet version names itself in the lineage (`datanet:<slug>@<version>`).
-    let name = match openledger_attribution::corpus::Manifest::beside(data)? {
-        Some(manifest) => manifest.dataset_name(),
-        None => data.display().to_string(),
-    };
+    let name = dataset_name(data)?;
+    let held_out_name = args.validation.as_deref().map(dataset_name).transpose()?;
     let (out, threads) = (out.to_path_buf(), args.data.threads);
     let p = progress.clone();
     let outcome = compute(threads, move || {
-        let job = TrainJob { model: &model, model_path: &model_path, dataset: &dataset, dataset_name: &name, out: &out, resume };
+        // The run's memory, estimated before anything is allocated (a warning when it exceeds
+        // what is free: the service refuses such a job, a person at a terminal may know better).
+        let datasets: Vec<&Dataset> = std::iter::once(&dataset).chain(held_out.as_ref()).collect();
+        let footprint = Footprint::for_run(&model, &model_path, &datasets, &config, rayon::current_num_threads());
+        say(&p, format!("estimated peak memory {:.2} GiB", footprint.peak() as f64 / f64::from(1u32 << 30)));
+        if let Some(Err(error)) = available_bytes().map(|available| footprint.check(available)) {
+            say(&p, format!("warning: {error}"));
+        }
+        let validation = held_out
+            .as_ref()
+            .zip(held_out_name.as_deref())
+            .map(|(dataset, name)| openledger_ml::train::Validation { dataset, name });
+        let job = TrainJob { model: &model, model_path: &model_path, dataset: &dataset, dataset_name: &name, validation, out: &out, resume };
         let outcome = train(&job, &config, &mut |event| {
             match event {
                 TrainEvent::Started { total_steps, start_step, train_examples, eval_examples, truncated_examples, base_f32_bytes } => {

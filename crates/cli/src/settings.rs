@@ -116,6 +116,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "where fine-tuning jobs and index builds run: local or kubernetes",
     },
     Setting {
+        key: "job_memory_limit_bytes",
+        flag: "--job-memory-limit-bytes",
+        env: "OPENLEDGER_JOB_MEMORY_LIMIT_BYTES",
+        help: "bytes one fine-tuning job may take at its peak (0: what is available when it starts)",
+    },
+    Setting {
         key: "kubernetes_namespace",
         flag: "--kubernetes-namespace",
         env: "OPENLEDGER_KUBERNETES_NAMESPACE",

@@ -136,6 +136,10 @@ pub struct Config {
     /// service's own process) or `kubernetes` (`LoraJob` and `AttributionJob` resources the
     /// operator runs as Jobs).
     pub job_executor: String,
+    /// Bytes one fine-tuning job may take at its peak (its estimate, from the model's shape and
+    /// the run's settings, is checked before training starts); 0: the memory available when it
+    /// starts (`MemAvailable`, or the container's cgroup limit less its usage, the smaller).
+    pub job_memory_limit_bytes: u64,
     /// Namespace of the `kubernetes` executor's resources; empty means the pod's own.
     pub kubernetes_namespace: String,
     /// Container image of the `kubernetes` executor's job pods (the platform's, or its CUDA
@@ -202,6 +206,7 @@ impl Default for Config {
             adapter_cache_bytes: 2 << 30,
             engine_preload_adapters: String::new(),
             job_executor: "local".to_owned(),
+            job_memory_limit_bytes: 0,
             kubernetes_namespace: String::new(),
             kubernetes_job_image: String::new(),
             kubernetes_job_env_from: String::new(),

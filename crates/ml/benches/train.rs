@@ -78,6 +78,7 @@ fn main() {
                 model_path: &path,
                 dataset: &data,
                 dataset_name: "bench",
+                validation: None,
                 out: &dir.path().join("adapter"),
                 resume: false,
             };

@@ -39,6 +39,10 @@ pub enum MlError {
     /// checkpoint.
     #[error("training stopped: {0}")]
     Diverged(String),
+    /// A run would need more memory than it may take; the message says how much and what to
+    /// lower.
+    #[error("not enough memory: {0}")]
+    InsufficientMemory(String),
     /// Writing a checkpoint failed (disk full, permissions); earlier checkpoints are intact.
     #[error("checkpoint not written: {0}")]
     Checkpoint(String),

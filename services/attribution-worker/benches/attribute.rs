@@ -249,6 +249,7 @@ fn train_adapter(model_path: &Path, texts: &[String], out: &Path) -> f64 {
         model_path,
         dataset: &dataset,
         dataset_name: &format!("datanet:{DATANET_ID}@1"),
+        validation: None,
         out,
         resume: false,
     };

@@ -364,6 +364,7 @@ pub(crate) fn train_adapter(dir: &std::path::Path, bodies: &[Vec<u8>]) -> (std::
         model_path: &base,
         dataset: &dataset,
         dataset_name: "datanet:colours@1",
+        validation: None,
         out: &adapter,
         resume: false,
     };

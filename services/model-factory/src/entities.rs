@@ -105,6 +105,10 @@ pub mod job {
         pub step: i64,
         pub total_steps: i64,
         pub training_records: i64,
+        /// The validation version as JSON (`jobs::store::HeldOutVersion`, migration
+        /// `m20261206_000013_finetune_validation`); none when a share of the training version is
+        /// held out.
+        pub validation: Option<String>,
         pub estimated_finish_ms: Option<i64>,
         pub error_code: String,
         pub error_message: String,

@@ -89,7 +89,7 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
     let spec = ServiceSpec::new(ServiceKind::ModelFactory, server);
     shared.set_outbox_waker(spec.outbox_waker());
     let outbox_wake = spec.outbox_waker();
-    let work_dir = config.data_dir.join("finetune");
+    let (work_dir, memory_limit) = (config.data_dir.join("finetune"), config.job_memory_limit_bytes);
     let executor = executor(&config, deps.embedded).await?;
     let worker: openledger_runtime::Worker = Box::new(move |backends, shutdown| {
         Box::pin(async move {
@@ -107,6 +107,7 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
                 work_dir,
                 executor: executor.name(),
                 threads: jobs::default_threads(),
+                memory_limit,
                 outbox_wake: Some(outbox_wake),
             });
             let _ = jobs.set(made.clone());

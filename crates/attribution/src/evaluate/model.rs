@@ -110,6 +110,7 @@ impl Trainer {
             model_path: &self.model_path,
             dataset: &subset,
             dataset_name: name,
+            validation: None,
             out: &out,
             resume: false,
         };

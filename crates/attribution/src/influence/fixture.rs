@@ -87,6 +87,7 @@ pub fn fixture(n: usize, epochs: usize, flipped: impl Fn(usize) -> bool) -> Fixt
         model_path: &path,
         dataset: &dataset,
         dataset_name: "datanet:colours@1",
+        validation: None,
         out: &adapter,
         resume: false,
     };

@@ -16,6 +16,7 @@ mod checkpoint;
 mod config;
 pub mod data;
 mod eval;
+mod footprint;
 mod fused;
 pub mod grads;
 mod layer;
@@ -42,6 +43,7 @@ pub use config::{MAX_BATCH_TOKENS, MAX_EPOCHS, MAX_RANK, TrainConfig};
 use data::{Dataset, Example, RecordKind, micro_batches};
 use eval::Evaluator;
 pub use eval::{EvalReport, evaluate, example_losses};
+pub use footprint::{Footprint, RUNTIME_BYTES, available_bytes};
 use net::{Batch, LoraVars, Mode, TrainBase};
 use optim::{AdamW, AdamWParams, clip_grad_norm, learning_rate};
 
@@ -115,7 +117,12 @@ pub struct Lineage {
     pub dataset_kind: RecordKind,
     /// Content hashes of the training records, in file order.
     pub train_records: Vec<String>,
+    /// Content hashes of the held-out records: a share of `dataset`, or every record of
+    /// `validation_dataset` when the run had one.
     pub eval_records: Vec<String>,
+    /// The held-out records' own dataset, when they were not a share of `dataset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_dataset: Option<String>,
     /// BLAKE3 over the training record hashes in order: the dataset's identity.
     pub dataset_blake3: String,
     pub labels: Vec<String>,
@@ -134,9 +141,21 @@ pub struct TrainJob<'a> {
     pub dataset: &'a Dataset,
     /// A name for the dataset in the lineage (its path or Datanet snapshot id).
     pub dataset_name: &'a str,
+    /// Held-out records of their own (a validation file): every record of `dataset` trains and
+    /// these are evaluated, instead of holding out `config.eval_split` of `dataset`.
+    pub validation: Option<Validation<'a>>,
     pub out: &'a Path,
     /// Continue from the newest checkpoint in `out/checkpoints` if there is one.
     pub resume: bool,
+}
+
+/// A run's held-out records when they come from a file of their own.
+#[derive(Clone, Copy)]
+pub struct Validation<'a> {
+    /// Tokenized like the training dataset, with its labels (`Tokenize::dataset(.., Some(labels))`).
+    pub dataset: &'a Dataset,
+    /// A name for it in the lineage (its path or Datanet snapshot id).
+    pub name: &'a str,
 }
 
 pub const LINEAGE_FILE: &str = "lineage.json";
@@ -149,7 +168,14 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     config.validate()?;
     let dataset = job.dataset;
-    let (train_idx, eval_idx) = split(dataset.examples.len(), config.eval_split, config.seed)?;
+    let (train_idx, eval_idx) = match job.validation {
+        Some(validation) => {
+            check_validation(dataset, validation.dataset)?;
+            ((0..dataset.examples.len()).collect(), (0..validation.dataset.examples.len()).collect())
+        }
+        None => split(dataset.examples.len(), config.eval_split, config.seed)?,
+    };
+    let eval_set = job.validation.map_or(dataset, |validation| validation.dataset);
     let dataset_blake3 = dataset_identity(dataset, &train_idx);
     let base = TrainBase::new(job.model)?;
     let lora = LoraVars::init(&base, config.rank, config.scale(), &config.targets, config.seed)?;
@@ -161,7 +187,7 @@ pub fn train(
     let checkpoints = job.out.join(CHECKPOINTS);
     std::fs::create_dir_all(&checkpoints).map_err(|e| MlError::io(&checkpoints, e))?;
     let state = start_state(job, config, &checkpoints, &lora, &mut optimizer, dataset_blake3)?;
-    let eval = Evaluator::new(&base, dataset, &eval_idx, config.batch_tokens)?;
+    let eval = Evaluator::new(&base, eval_set, &eval_idx, config.batch_tokens)?;
     let started = TrainEvent::Started {
         total_steps: total,
         start_step: state.step,
@@ -305,7 +331,8 @@ fn conclude(
         dataset: job.dataset_name.to_string(),
         dataset_kind: dataset.kind,
         train_records: record_hashes(dataset, train_idx),
-        eval_records: record_hashes(dataset, eval_idx),
+        eval_records: record_hashes(job.validation.map_or(dataset, |validation| validation.dataset), eval_idx),
+        validation_dataset: job.validation.map(|validation| validation.name.to_string()),
         dataset_blake3: state.dataset_blake3.clone(),
         labels: dataset.labels.clone(),
         config: config.clone(),
@@ -382,6 +409,25 @@ fn mix(seed: u64, step: u64, micro: u64) -> u64 {
     x ^= x >> 31;
     x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x ^ (x >> 29)
+}
+
+/// A validation dataset must be of the training dataset's kind and labels, and not empty.
+fn check_validation(train: &Dataset, validation: &Dataset) -> Result<()> {
+    if validation.kind != train.kind {
+        return Err(MlError::InvalidRequest(format!(
+            "the validation records are {:?} but the training records are {:?}: both must be of one kind",
+            validation.kind, train.kind
+        )));
+    }
+    if validation.labels != train.labels {
+        return Err(MlError::InvalidRequest(
+            "the validation records were tokenized with other labels than the training records".into(),
+        ));
+    }
+    if validation.examples.is_empty() {
+        return Err(MlError::InvalidRequest("the validation dataset has no records".into()));
+    }
+    Ok(())
 }
 
 /// Held-out and training example indices: a seeded shuffle, the first `split` share held out.

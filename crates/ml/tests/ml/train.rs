@@ -6,7 +6,9 @@ use openledger_ml::adapters::load_adapter_dir;
 use openledger_ml::lora::AdapterMix;
 use openledger_ml::testing::{TinyModel, TinySpec};
 use openledger_ml::train::data::{Dataset, Tokenize, parse_records};
-use openledger_ml::train::{Control, Finish, LINEAGE_FILE, Lineage, TrainConfig, TrainEvent, TrainJob, train};
+use openledger_ml::train::{
+    Control, Finish, LINEAGE_FILE, Lineage, TrainConfig, TrainEvent, TrainJob, Validation, train,
+};
 use openledger_ml::{LlamaModel, MlError, Target, Tokenizer, load_model};
 
 struct Setup {
@@ -53,8 +55,15 @@ fn run(
     resume: bool,
     on_event: &mut dyn FnMut(&TrainEvent) -> Control,
 ) -> openledger_ml::Result<openledger_ml::train::TrainOutcome> {
-    let job =
-        TrainJob { model: &s.model, model_path: &s.path, dataset: data, dataset_name: "colours.jsonl", out, resume };
+    let job = TrainJob {
+        model: &s.model,
+        model_path: &s.path,
+        dataset: data,
+        dataset_name: "colours.jsonl",
+        validation: None,
+        out,
+        resume,
+    };
     train(&job, config, on_event)
 }
 
@@ -121,6 +130,54 @@ fn training_learns_a_labelled_task_that_then_serves_on_the_quantized_base() {
     assert_eq!(lineage.base_model_blake3, openledger_ml::train::hash_path(&s.path).unwrap());
     assert_eq!(lineage.metrics.unwrap().accuracy, Some(accuracy));
     assert_eq!(lineage.config, quick());
+}
+
+#[test]
+fn a_validation_set_is_the_held_out_set_and_every_training_record_trains() {
+    let s = setup();
+    let data = dataset(&s, &colour_records(24));
+    // Records 24..32 of the same task: none of them is a training record.
+    let held_jsonl: String = colour_records(32).lines().skip(24).map(|line| format!("{line}\n")).collect();
+    let (kind, held_records) = parse_records(&held_jsonl).unwrap();
+    let tokenize = Tokenize { tokenizer: &s.tokenizer, max_tokens: 64 };
+    let held = tokenize.dataset(kind, &held_records, Some(&data.labels)).unwrap();
+    let config = TrainConfig { max_steps: Some(4), eval_every: 2, ..quick() };
+    let out = s.dir.path().join("validated");
+    let job = TrainJob {
+        model: &s.model,
+        model_path: &s.path,
+        dataset: &data,
+        dataset_name: "colours.jsonl",
+        validation: Some(Validation { dataset: &held, name: "held.jsonl" }),
+        out: &out,
+        resume: false,
+    };
+    let mut started = None;
+    let outcome = train(&job, &config, &mut |event| {
+        if let TrainEvent::Started { train_examples, eval_examples, .. } = event {
+            started = Some((*train_examples, *eval_examples));
+        }
+        Control::Continue
+    })
+    .unwrap();
+    assert_eq!(started, Some((24, 8)), "eval_split is not applied beside a validation set");
+    assert!(outcome.last_eval.unwrap().accuracy.is_some(), "labelled validation reports accuracy");
+    let lineage: Lineage = serde_json::from_slice(&std::fs::read(out.join(LINEAGE_FILE)).unwrap()).unwrap();
+    let hashes = |d: &Dataset| -> Vec<String> { d.examples.iter().map(|e| e.hash.to_string()).collect() };
+    assert_eq!(lineage.train_records, hashes(&data));
+    assert_eq!(lineage.eval_records, hashes(&held));
+    assert_eq!(lineage.validation_dataset.as_deref(), Some("held.jsonl"));
+
+    // A validation set of another kind, or with other labels, is refused before any step.
+    let texts = dataset(&s, "{\"text\":\"the sky is red\"}\n");
+    let relabelled = tokenize
+        .dataset(kind, &held_records, Some(&["cold".into(), "warm".into(), "dark".into(), "fresh".into(), "x".into()]))
+        .unwrap();
+    for (bad, why) in [(&texts, "one kind"), (&relabelled, "other labels")] {
+        let job = TrainJob { validation: Some(Validation { dataset: bad, name: "bad.jsonl" }), ..job };
+        let error = train(&job, &config, &mut |_| Control::Continue).expect_err(why);
+        assert!(matches!(&error, MlError::InvalidRequest(m) if m.contains(why)), "{error}");
+    }
 }
 
 fn adapter_bytes(dir: &Path) -> Vec<u8> {

@@ -88,6 +88,8 @@ pub struct Jobs {
     executor: &'static str,
     /// Training threads of a local run.
     threads: usize,
+    /// Bytes a run's estimated peak may take; 0: what is available when it starts.
+    memory_limit: u64,
     signals: Mutex<HashMap<String, Signal>>,
     /// A job became runnable (queued or resumed).
     runnable: Notify,
@@ -108,6 +110,8 @@ pub struct JobsParts {
     pub work_dir: PathBuf,
     pub executor: &'static str,
     pub threads: usize,
+    /// `job_memory_limit_bytes`.
+    pub memory_limit: u64,
     pub outbox_wake: Option<Arc<Notify>>,
 }
 
@@ -126,6 +130,7 @@ impl Jobs {
             work_dir: parts.work_dir,
             executor: parts.executor,
             threads: parts.threads.max(1),
+            memory_limit: parts.memory_limit,
             signals: Mutex::default(),
             runnable: Notify::new(),
             progress: tokio::sync::watch::Sender::new(0),
@@ -139,6 +144,49 @@ impl Jobs {
         if let Some(wake) = &self.outbox_wake {
             wake.notify_one();
         }
+    }
+
+    /// The sealed version a `validation_file` names, when the caller may read it and it is not
+    /// the training version itself. A version of the training Datanet is read under the job's
+    /// grant; another Datanet's under the caller's approved grant there.
+    async fn held_out_version(
+        &self,
+        held: &spec::TrainingFile,
+        training: &spec::TrainingFile,
+        access: &openledger_proto::datanet::v1::ReadAccess,
+        grantee: &openledger_signing::Key,
+        grant_id: &str,
+    ) -> Result<store::HeldOutVersion, RegistryError> {
+        let grant = if held.datanet == training.datanet { grant_id } else { "" };
+        let held_access = self
+            .datanets
+            .check(&held.datanet, &held.version, grantee, grant)
+            .await
+            .map_err(|error| RegistryError::new(error.code, format!("validation_file: {}", error.message)))?;
+        let version = held_access.snapshot.ok_or_else(|| internal("datanet-ingest answered no version"))?;
+        let training_snapshot = access.snapshot.as_ref().map(|s| s.id.as_str()).unwrap_or_default();
+        if version.id == training_snapshot {
+            return Err(invalid(
+                "validation_file names the training version itself: leave it empty to hold out lora.eval_split of that version, or name another sealed version",
+            ));
+        }
+        if version.record_count == 0 {
+            return Err(RegistryError::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "validation_file: version {} of Datanet {:?} has no records",
+                    version.version, held_access.slug
+                ),
+            ));
+        }
+        Ok(store::HeldOutVersion {
+            datanet_id: held_access.datanet_id,
+            snapshot_id: version.id,
+            version: version.version,
+            merkle_root: version.merkle_root.map(|h| hex::encode(h.value)).unwrap_or_default(),
+            grant_id: held_access.grant_id,
+            records: version.record_count,
+        })
     }
 
     fn job_dir(&self, id: &str) -> PathBuf {
@@ -169,11 +217,10 @@ impl Jobs {
         let metadata: BTreeMap<String, String> = request.metadata.clone().into_iter().collect();
         spec::check_metadata(&metadata)?;
         let file = spec::TrainingFile::parse(&request.training_file, "training_file")?;
-        if !request.validation_file.is_empty() {
-            return Err(invalid(
-                "validation_file is not supported yet: the adapter is evaluated on a held-out share of the training version (lora.eval_split)",
-            ));
-        }
+        let validation_file = request.validation_file.trim();
+        let held_out_file = (!validation_file.is_empty())
+            .then(|| spec::TrainingFile::parse(validation_file, "validation_file"))
+            .transpose()?;
         let base = self.bases.require().await?;
         if request.model != base.id {
             return Err(RegistryError::new(
@@ -196,7 +243,11 @@ impl Jobs {
             .seed
             .unwrap_or_else(|| u64::from_le_bytes(id.as_bytes()[id.len() - 8..].try_into().unwrap_or_default()));
         let asked = request.hyperparameters.clone().unwrap_or_default();
-        let plan = spec::resolve(&asked, version.record_count, seed)?;
+        let held_out = match &held_out_file {
+            Some(held) => Some(self.held_out_version(held, &file, &access, &grantee, &request.grant_id).await?),
+            None => None,
+        };
+        let plan = spec::resolve(&asked, version.record_count, seed, held_out.is_some())?;
         spec::fine_tuned_name(&base.id, owner, &request.suffix, &id)?;
         let now = now_ms();
         let row = job::ActiveModel {
@@ -206,7 +257,7 @@ impl Jobs {
             state: Set(pb::JobState::ValidatingFiles as i16),
             base_model: Set(base.id.clone()),
             training_file: Set(request.training_file.clone()),
-            validation_file: Set(String::new()),
+            validation_file: Set(validation_file.to_owned()),
             datanet_id: Set(access.datanet_id.clone()),
             snapshot_id: Set(version.id.clone()),
             datanet_version: Set(version.version as i64),
@@ -222,6 +273,11 @@ impl Jobs {
             step: Set(0),
             total_steps: Set(0),
             training_records: Set(version.record_count as i64),
+            validation: Set(held_out
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|e| internal(e.to_string()))?),
             estimated_finish_ms: Set(None),
             error_code: Set(String::new()),
             error_message: Set(String::new()),

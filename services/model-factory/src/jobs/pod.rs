@@ -92,6 +92,7 @@ pub async fn run_job(
         work_dir: config.data_dir.join("finetune"),
         executor: kubernetes::NAME,
         threads: super::default_threads(),
+        memory_limit: config.job_memory_limit_bytes,
         outbox_wake: Some(wake),
     });
     let outcome = run_one_job(&jobs, job_id, &shutdown).await;

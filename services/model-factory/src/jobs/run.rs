@@ -10,7 +10,11 @@ use std::sync::Arc;
 use openledger_core::ErrorCode;
 use openledger_ml::{
     MlError,
-    train::{Control, EvalReport, Finish, TrainEvent, TrainJob, TrainOutcome, data::Tokenize, train},
+    train::{
+        Control, EvalReport, Finish, Footprint, TrainEvent, TrainJob, TrainOutcome, Validation, available_bytes,
+        data::{Dataset, Tokenize},
+        train,
+    },
 };
 use openledger_proto::modelfactory::v1 as pb;
 use openledger_store::now_ms;
@@ -21,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Jobs, Signal,
     store::{self, StoredPlan},
-    validate::{Failure, Trouble, training_records},
+    validate::{Failure, Part, Trouble, training_records},
 };
 use crate::{RegistryError, entities::job, registry::TrainedAdapter};
 
@@ -55,6 +59,11 @@ enum Progress {
     },
     EarlyStopped {
         step: u64,
+    },
+    /// The run's estimated peak memory and what it may take.
+    Memory {
+        peak: u64,
+        limit: u64,
     },
 }
 
@@ -178,14 +187,27 @@ impl Jobs {
         }
         let records = self.fetch_records(row).await?;
         let (kind, records) =
-            training_records(&records).map_err(|e| Trouble::Fail(Failure::new("invalid_training_file", e)))?;
+            training_records(&records).map_err(|e| Trouble::Fail(Failure::file(Part::Training, e)))?;
+        let held_out = match self.fetch_held_out(row).await? {
+            Some(held) => {
+                let (_, held) =
+                    training_records(&held).map_err(|e| Trouble::Fail(Failure::file(Part::Validation, e)))?;
+                Some(held)
+            }
+            None => None,
+        };
         let dir = self.job_dir(&row.id);
         let (tx, mut rx) = mpsc::channel(PROGRESS_BUFFER);
         let jobs = self.clone();
         let id = row.id.clone();
-        let dataset_name = row.training_file.clone();
-        let threads = self.threads;
+        let (dataset_name, held_out_name) = (row.training_file.clone(), row.validation_file.clone());
+        let (threads, memory_limit) = (self.threads, self.memory_limit);
         let trainer = tokio::task::spawn_blocking(move || -> Result<TrainOutcome, MlError> {
+            // What is free before this run loads anything (its model included).
+            let limit = match memory_limit {
+                0 => available_bytes().unwrap_or(u64::MAX),
+                limit => limit,
+            };
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .thread_name(|i| format!("finetune-{i}"))
@@ -195,13 +217,20 @@ impl Jobs {
                 let (model, tokenizer) = openledger_ml::load_model(&base.path, &candle_core::Device::Cpu)?;
                 let context = model.config().context_length;
                 let max_tokens = plan.config.max_seq_tokens.unwrap_or(context).min(context);
-                let dataset = Tokenize { tokenizer: &tokenizer, max_tokens }.dataset(kind, &records, None)?;
+                let tokenize = Tokenize { tokenizer: &tokenizer, max_tokens };
+                let dataset = tokenize.dataset(kind, &records, None)?;
+                let held_out = held_out.map(|held| tokenize.dataset(kind, &held, Some(&dataset.labels))).transpose()?;
+                let datasets: Vec<&Dataset> = std::iter::once(&dataset).chain(held_out.as_ref()).collect();
+                let footprint = Footprint::for_run(&model, &base.path, &datasets, &plan.config, threads);
+                let _ = tx.blocking_send(Progress::Memory { peak: footprint.peak(), limit });
+                footprint.check(limit)?;
                 let out = dir.join(OUT_DIR);
                 let job = TrainJob {
                     model: &model,
                     model_path: &base.path,
                     dataset: &dataset,
                     dataset_name: &dataset_name,
+                    validation: held_out.as_ref().map(|dataset| Validation { dataset, name: &held_out_name }),
                     out: &out,
                     resume: true,
                 };
@@ -271,6 +300,15 @@ impl Jobs {
                 store::record_checkpoint(&self.db, id, step, *last_loss, last_eval.as_ref()).await?;
                 store::append_event(&self.db, id, "info", format!("checkpoint at step {step}"), None).await?;
             }
+            Progress::Memory { peak, limit } => {
+                let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+                let message = if limit == u64::MAX {
+                    format!("estimated peak memory {:.2} GiB", gib(peak))
+                } else {
+                    format!("estimated peak memory {:.2} GiB of {:.2} GiB it may take", gib(peak), gib(limit))
+                };
+                store::append_event(&self.db, id, "info", message, None).await?;
+            }
             Progress::EarlyStopped { step } => {
                 let message = format!("stopped early at step {step}: the held-out loss stopped improving");
                 store::append_event(&self.db, id, "info", message, None).await?;
@@ -293,6 +331,7 @@ impl Jobs {
             std::fs::read(dir.join(file))
                 .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("reading the trained {file}: {e}")))
         };
+        let held_out = store::HeldOutVersion::of(row)?;
         let trainer_lineage: serde_json::Value = serde_json::from_slice(&read(openledger_ml::train::LINEAGE_FILE)?)
             .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("the trainer's lineage: {e}")))?;
         let lineage = serde_json::json!({
@@ -308,6 +347,14 @@ impl Jobs {
                 "grant_id": row.grant_id,
                 "training_file": row.training_file,
             },
+            "validation": held_out.map(|held| serde_json::json!({
+                "id": held.datanet_id,
+                "version": held.version,
+                "snapshot_id": held.snapshot_id,
+                "merkle_root": held.merkle_root,
+                "grant_id": held.grant_id,
+                "validation_file": row.validation_file,
+            })),
             "trainer": trainer_lineage,
         });
         let adapter = TrainedAdapter {
@@ -386,6 +433,7 @@ fn trainer_failure(error: MlError) -> Failure {
         MlError::Io { source, .. } if full(source) => "storage_full",
         MlError::Checkpoint(message) if full_text(message) => "storage_full",
         MlError::InvalidRequest(_) => "invalid_training_file",
+        MlError::InsufficientMemory(_) => "insufficient_memory",
         _ => "training_failed",
     };
     Failure::new(code, error.to_string())

@@ -6,7 +6,8 @@
 //! - `n_epochs`: `clamp(ceil(100 / n), 1, 10)`, so small sets are seen about 100 times in all;
 //! - `batch_size` (examples per step, at most): `clamp(n / 100, 1, 8)`;
 //! - `learning_rate_multiplier`: 1 (the base rate is [`BASE_LEARNING_RATE`]);
-//! - `eval_split`: 0.1 from 10 records, one record from 3, none below;
+//! - `eval_split`: 0.1 from 10 records, one record from 3, none below; none with a
+//!   `validation_file` (its version is the held-out set and every training record trains);
 //! - LoRA: rank 16, alpha 2 × rank, dropout 0.05, `q_proj,v_proj`, 2048 batch tokens,
 //!   weight decay 0.01, warmup a tenth of the steps, a checkpoint and an evaluation every
 //!   50 steps.
@@ -102,8 +103,14 @@ pub struct Plan {
     pub config: TrainConfig,
 }
 
-/// Resolves `asked` ("auto" where unset) for a version of `records` records and a run `seed`.
-pub fn resolve(asked: &pb::Hyperparameters, records: u64, seed: u64) -> Result<Plan, RegistryError> {
+/// Resolves `asked` ("auto" where unset) for a version of `records` records and a run `seed`;
+/// `validation_file` when the held-out records are a version of their own.
+pub fn resolve(
+    asked: &pb::Hyperparameters,
+    records: u64,
+    seed: u64,
+    validation_file: bool,
+) -> Result<Plan, RegistryError> {
     let n = records.max(1);
     let n_epochs = ranged("hyperparameters.n_epochs", asked.n_epochs, 1, MAX_JOB_EPOCHS)?
         .unwrap_or_else(|| 100u64.div_ceil(n).clamp(1, 10) as u32);
@@ -132,6 +139,12 @@ pub fn resolve(asked: &pb::Hyperparameters, records: u64, seed: u64) -> Result<P
         Some(share) if !(0.0..0.9).contains(&share) => {
             return Err(invalid(format!("lora.eval_split {share} must be in [0, 0.9)")));
         }
+        Some(share) if validation_file && share > 0.0 => {
+            return Err(invalid(format!(
+                "lora.eval_split {share} and validation_file exclude each other: the validation version is the held-out set"
+            )));
+        }
+        _ if validation_file => 0.0,
         Some(share) => share,
         None if n >= 10 => 0.1,
         None if n >= 3 => 1.0 / n as f64,
@@ -243,16 +256,23 @@ mod tests {
     #[test]
     fn auto_follows_the_data_size() {
         let auto = pb::Hyperparameters::default();
-        let small = resolve(&auto, 6, 1).expect("resolves");
+        let small = resolve(&auto, 6, 1, false).expect("resolves");
         assert_eq!(small.hyperparameters.n_epochs, Some(10));
         assert_eq!(small.hyperparameters.batch_size, Some(1));
         assert!((small.config.eval_split - 1.0 / 6.0).abs() < 1e-12);
         assert_eq!(small.config.learning_rate, BASE_LEARNING_RATE);
-        let large = resolve(&auto, 5_000, 1).expect("resolves");
+        let large = resolve(&auto, 5_000, 1, false).expect("resolves");
         assert_eq!(large.hyperparameters.n_epochs, Some(1));
         assert_eq!(large.hyperparameters.batch_size, Some(8));
         assert_eq!(large.config.eval_split, 0.1);
-        assert_eq!(resolve(&auto, 2, 1).expect("resolves").config.eval_split, 0.0);
+        assert_eq!(resolve(&auto, 2, 1, false).expect("resolves").config.eval_split, 0.0);
+        // A validation version is the held-out set: nothing of the training version is held out.
+        assert_eq!(resolve(&auto, 5_000, 1, true).expect("resolves").config.eval_split, 0.0);
+        let zero = pb::Hyperparameters { eval_split: Some(0.0), ..Default::default() };
+        assert_eq!(resolve(&zero, 5_000, 1, true).expect("resolves").config.eval_split, 0.0);
+        let both = pb::Hyperparameters { eval_split: Some(0.2), ..Default::default() };
+        let error = resolve(&both, 5_000, 1, true).expect_err("eval_split beside a validation version");
+        assert!(error.message.starts_with("lora.eval_split"), "{}", error.message);
     }
 
     #[test]
@@ -266,7 +286,7 @@ mod tests {
             max_steps: Some(5),
             ..Default::default()
         };
-        let plan = resolve(&asked, 100, 9).expect("resolves");
+        let plan = resolve(&asked, 100, 9, false).expect("resolves");
         assert_eq!((plan.config.epochs, plan.config.max_batch_examples, plan.config.rank), (2, Some(4), 8));
         assert_eq!(plan.config.alpha, 16.0);
         assert_eq!(plan.config.learning_rate, BASE_LEARNING_RATE * 0.5);
@@ -285,7 +305,7 @@ mod tests {
             (pb::Hyperparameters { eval_split: Some(0.95), ..Default::default() }, "lora.eval_split"),
             (pb::Hyperparameters { max_steps: Some(0), ..Default::default() }, "lora.max_steps"),
         ] {
-            let error = resolve(&asked, 100, 0).expect_err(field);
+            let error = resolve(&asked, 100, 0, false).expect_err(field);
             assert_eq!(error.code, ErrorCode::InvalidArgument);
             assert!(error.message.starts_with(field), "{field}: {}", error.message);
         }

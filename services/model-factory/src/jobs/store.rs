@@ -53,6 +53,7 @@ pub(super) fn view(row: &job::Model) -> Result<pb::FineTuneJob, RegistryError> {
         .then(|| pb::EvalMetrics::decode(row.final_metrics.as_slice()))
         .transpose()
         .map_err(|e| corrupt("job metrics", e))?;
+    let held_out = HeldOutVersion::of(row)?;
     Ok(pb::FineTuneJob {
         id: row.id.clone(),
         owner_account_id: Some(owner.into()),
@@ -84,7 +85,33 @@ pub(super) fn view(row: &job::Model) -> Result<pb::FineTuneJob, RegistryError> {
         final_metrics,
         executor: row.executor.clone(),
         training_records: row.training_records as u64,
+        validation_snapshot_id: held_out.as_ref().map(|v| v.snapshot_id.clone()).unwrap_or_default(),
+        validation_records: held_out.map_or(0, |v| v.records),
     })
+}
+
+/// The sealed version a job's held-out records come from (its `validation_file`), resolved
+/// when the job was created; kept as JSON in `job.validation`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct HeldOutVersion {
+    pub datanet_id: String,
+    pub snapshot_id: String,
+    pub version: u64,
+    /// The version's Merkle root, hex.
+    pub merkle_root: String,
+    /// The grant its records are read under.
+    pub grant_id: String,
+    pub records: u64,
+}
+
+impl HeldOutVersion {
+    pub fn of(row: &job::Model) -> Result<Option<Self>, RegistryError> {
+        row.validation
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt("job validation version", e))
+    }
 }
 
 /// The resolved hyper-parameters kept beside the trainer's configuration.

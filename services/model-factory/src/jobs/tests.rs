@@ -29,23 +29,34 @@ use crate::{
     },
 };
 
-/// A sealed version of one Datanet that Alice holds a grant on.
+/// Sealed versions of one Datanet that Alice holds a grant on: version 1 (`snap-1`) and,
+/// with a validation set, version 2 (`snap-2`).
 pub(super) struct ScriptedDatanet {
     pub(super) records: Vec<VersionRecord>,
+    held_out: Vec<VersionRecord>,
     refuse: Option<ErrorCode>,
+}
+
+fn version_records(bodies: &[String]) -> Vec<VersionRecord> {
+    bodies
+        .iter()
+        .map(|body| VersionRecord {
+            hash: ContentHash::of(body.as_bytes()),
+            contributor: vec![7; 32],
+            body: body.as_bytes().to_vec(),
+        })
+        .collect()
 }
 
 impl ScriptedDatanet {
     fn with_bodies(bodies: &[String]) -> Arc<Self> {
-        let records = bodies
-            .iter()
-            .map(|body| VersionRecord {
-                hash: ContentHash::of(body.as_bytes()),
-                contributor: vec![7; 32],
-                body: body.as_bytes().to_vec(),
-            })
-            .collect();
-        Arc::new(Self { records, refuse: None })
+        Arc::new(Self { records: version_records(bodies), held_out: Vec::new(), refuse: None })
+    }
+
+    /// Version 1 of `n` instruction records and version 2 of `held_out`.
+    fn with_validation(n: usize, held_out: &[String]) -> Arc<Self> {
+        let records = Self::instructions(n).records.clone();
+        Arc::new(Self { records, held_out: version_records(held_out), refuse: None })
     }
 
     pub(super) fn instructions(n: usize) -> Arc<Self> {
@@ -56,9 +67,13 @@ impl ScriptedDatanet {
     }
 
     fn root(&self) -> Vec<u8> {
-        let leaves: Vec<ContentHash> = self.records.iter().map(|r| r.hash).collect();
-        MerkleTree::new(&leaves).root().as_bytes().to_vec()
+        root_of(&self.records)
     }
+}
+
+fn root_of(records: &[VersionRecord]) -> Vec<u8> {
+    let leaves: Vec<ContentHash> = records.iter().map(|r| r.hash).collect();
+    MerkleTree::new(&leaves).root().as_bytes().to_vec()
 }
 
 #[async_trait::async_trait]
@@ -75,26 +90,33 @@ impl DatanetReads for ScriptedDatanet {
         }
         assert_eq!(grantee, &alice().verifying_key().to_bytes(), "jobs read as the owner account's key");
         assert!(datanet == "notes" || datanet == "dn-1", "{datanet}");
-        assert!(version == "1" || version == "latest" || version == "snap-1", "{version}");
+        let (number, records) = match version {
+            "1" | "latest" | "snap-1" => (1, &self.records),
+            "2" | "snap-2" if !self.held_out.is_empty() => (2, &self.held_out),
+            _ => return Err(RegistryError::new(ErrorCode::NotFound, format!("datanet-ingest: no version {version}"))),
+        };
         Ok(dpb::ReadAccess {
             datanet_id: "dn-1".into(),
             slug: "notes".into(),
             schema: dpb::RecordSchema::InstructionResponse as i32,
             snapshot: Some(dpb::Snapshot {
-                id: "snap-1".into(),
+                id: format!("snap-{number}"),
                 datanet_id: "dn-1".into(),
-                version: 1,
-                merkle_root: Some(Hash { value: self.root() }),
-                record_count: self.records.len() as u64,
+                version: number,
+                merkle_root: Some(Hash { value: root_of(records) }),
+                record_count: records.len() as u64,
                 ..Default::default()
             }),
             grant_id: "grant-1".into(),
         })
     }
 
-    async fn read(&self, _: &dpb::ReadAccess, _: &Key, reader: &str) -> Result<Vec<VersionRecord>, RegistryError> {
+    async fn read(&self, access: &dpb::ReadAccess, _: &Key, reader: &str) -> Result<Vec<VersionRecord>, RegistryError> {
         assert!(reader.starts_with("job:ftjob-"), "{reader}");
-        Ok(self.records.clone())
+        match access.snapshot.as_ref().map(|s| s.id.as_str()) {
+            Some("snap-2") => Ok(self.held_out.clone()),
+            _ => Ok(self.records.clone()),
+        }
     }
 }
 
@@ -112,6 +134,8 @@ pub(super) struct World {
     base: std::path::PathBuf,
     pub(super) dir: tempfile::TempDir,
     datanet: Arc<ScriptedDatanet>,
+    /// `job_memory_limit_bytes` of the services started on it.
+    memory_limit: u64,
     /// The SQLite database's directory, kept as long as the world (new connections open it).
     _db_dir: Option<tempfile::TempDir>,
 }
@@ -125,7 +149,7 @@ impl World {
             .expect("gguf");
         let objects =
             openledger_store::open_object_store(&format!("file://{}/objects", dir.path().display())).expect("objects");
-        Self { db, objects, base, dir, datanet, _db_dir: None }
+        Self { db, objects, base, dir, datanet, memory_limit: 0, _db_dir: None }
     }
 
     /// A world on a SQLite database of its own.
@@ -169,6 +193,7 @@ impl World {
             work_dir: self.dir.path().join("finetune"),
             executor,
             threads: 1,
+            memory_limit: self.memory_limit,
             outbox_wake: None,
         })
     }
@@ -310,6 +335,7 @@ async fn a_job_trains_and_registers_its_adapter_with_lineage(db: DatabaseConnect
     let steps = events.iter().filter(|e| matches!(e.event, Some(pb::job_event::Event::Step(_)))).count() as u64;
     assert_eq!(steps, done.total_steps);
     assert!(events.iter().any(|e| matches!(e.event, Some(pb::job_event::Event::Eval(_)))));
+    assert!(events.iter().any(|e| e.message.starts_with("estimated peak memory")), "the estimate is reported");
     let checkpoints = service
         .jobs
         .checkpoints(&pb::ListJobCheckpointsRequest {
@@ -389,7 +415,8 @@ async fn bad_requests_are_refused_naming_the_problem() {
     let error = refused(pb::CreateFineTuneJobRequest { suffix: "has space".into(), ..create(quick()) }).await;
     assert!(error.message.starts_with("suffix"), "{error}");
     for code in [ErrorCode::PermissionDenied, ErrorCode::NotFound, ErrorCode::FailedPrecondition] {
-        let world = World::sqlite(Arc::new(ScriptedDatanet { records: Vec::new(), refuse: Some(code) })).await;
+        let refusing = ScriptedDatanet { records: Vec::new(), held_out: Vec::new(), refuse: Some(code) };
+        let world = World::sqlite(Arc::new(refusing)).await;
         let service = world.start();
         let error = service.jobs.create(create(quick())).await.expect_err("refused upstream");
         assert_eq!(error.code, code, "datanet-ingest's answer stands: {error}");
@@ -418,6 +445,96 @@ async fn a_version_that_cannot_train_fails_the_job_saying_why() {
     assert_eq!((error.code.as_str(), error.param.as_str()), ("invalid_training_file", "training_file"));
     assert!(error.message.contains("a job trains on one kind"), "{}", error.message);
     assert!(service.jobs.registry.get(&spec_name(&job.id)).await.is_err(), "nothing registered");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_that_would_not_fit_in_memory_fails_before_training_saying_what_to_lower() {
+    let (db, _keep) = sqlite().await;
+    let world = World { memory_limit: 1 << 20, ..World::new(db, ScriptedDatanet::instructions(12)).await };
+    let service = world.start();
+    let job = service.jobs.create(create(quick())).await.expect("create");
+    let failed = service.until_state(&job.id, pb::JobState::Failed).await;
+    let error = failed.error.expect("error");
+    assert_eq!(error.code, "insufficient_memory");
+    assert!(error.message.contains("but may take 0.00 GiB"), "{}", error.message);
+    assert_eq!(failed.step, 0, "no step ran");
+    let events = service.events(&job.id).await;
+    assert!(events.iter().any(|e| e.message.starts_with("estimated peak memory")), "{events:?}");
+    assert!(service.jobs.registry.get(&spec_name(&job.id)).await.is_err(), "nothing registered");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_validation_version_is_the_held_out_set() {
+    let (db, _keep) = sqlite().await;
+    let training = ScriptedDatanet::instructions(8);
+    // Two records of their own and one the training version also holds.
+    let mut held_out: Vec<String> = (0..2)
+        .map(|i| format!(r#"{{"instruction":"what is {i} times ten?","response":"{} it is"}}"#, 10 * i))
+        .collect();
+    held_out.push(String::from_utf8(training.records[3].body.clone()).expect("utf-8"));
+    let world = World::new(db, ScriptedDatanet::with_validation(8, &held_out)).await;
+    let service = world.start();
+    let asked = pb::CreateFineTuneJobRequest { validation_file: "datanet:notes@2".into(), ..create(quick()) };
+    let job = service.jobs.create(asked).await.expect("create");
+    assert_eq!((job.validation_file.as_str(), job.validation_snapshot_id.as_str()), ("datanet:notes@2", "snap-2"));
+    assert_eq!(job.validation_records, 3);
+    assert_eq!(job.hyperparameters.clone().expect("resolved").eval_split, Some(0.0), "nothing of version 1 held out");
+    let done = service.until_state(&job.id, pb::JobState::Succeeded).await;
+    assert!(done.final_metrics.expect("evaluated on version 2").loss.is_finite());
+    let events = service.events(&job.id).await;
+    assert!(
+        events.iter().any(|e| e
+            .message
+            .contains("3 held-out records from the validation version (1 of them also in the training version)")),
+        "{events:?}"
+    );
+    // Lineage: every record of version 1 trained, in order; version 2's records held out.
+    let key = ObjectPath::from(format!("adapters/{}/lineage.json", done.fine_tuned_model));
+    let lineage: serde_json::Value =
+        serde_json::from_slice(&world.objects.get(&key).await.expect("lineage").bytes().await.expect("bytes"))
+            .expect("json");
+    let hashes = |field: &str| -> Vec<String> {
+        lineage["trainer"][field].as_array().expect(field).iter().map(|h| h.as_str().expect("hex").to_owned()).collect()
+    };
+    let version = |records: &[VersionRecord]| -> Vec<String> { records.iter().map(|r| r.hash.to_hex()).collect() };
+    assert_eq!(hashes("train_records"), version(&world.datanet.records));
+    assert_eq!(hashes("eval_records"), version(&world.datanet.held_out));
+    assert_eq!(lineage["trainer"]["validation_dataset"], "datanet:notes@2");
+    assert_eq!(lineage["validation"]["snapshot_id"], "snap-2");
+    assert_eq!(lineage["validation"]["merkle_root"], hex::encode(root_of(&world.datanet.held_out)));
+
+    // Refused at creation: the training version itself, an eval split beside it, a bad name,
+    // an unknown version.
+    let refused = |validation_file: &str, hyperparameters: pb::Hyperparameters| {
+        let jobs = service.jobs.clone();
+        let request =
+            pb::CreateFineTuneJobRequest { validation_file: validation_file.into(), ..create(hyperparameters) };
+        async move { jobs.create(request).await.expect_err("refused") }
+    };
+    let error = refused("datanet:notes@1", quick()).await;
+    assert_eq!(error.code, ErrorCode::InvalidArgument, "{error}");
+    assert!(error.message.starts_with("validation_file names the training version"), "{error}");
+    let error = refused("datanet:notes@2", pb::Hyperparameters { eval_split: Some(0.2), ..quick() }).await;
+    assert!(error.message.starts_with("lora.eval_split"), "{error}");
+    let error = refused("file-abc", quick()).await;
+    assert!(error.message.starts_with("validation_file"), "{error}");
+    let error = refused("datanet:notes@7", quick()).await;
+    assert_eq!(error.code, ErrorCode::NotFound, "{error}");
+    assert!(error.message.starts_with("validation_file: "), "{error}");
+    service.stop().await;
+
+    // A validation version of another kind fails the job while its files are checked.
+    let (db, _keep) = sqlite().await;
+    let world = World::new(db, ScriptedDatanet::with_validation(8, &[r#"{"text":"free text"}"#.to_owned()])).await;
+    let service = world.start();
+    let asked = pb::CreateFineTuneJobRequest { validation_file: "datanet:notes@2".into(), ..create(quick()) };
+    let job = service.jobs.create(asked).await.expect("create");
+    let failed = service.until_state(&job.id, pb::JobState::Failed).await;
+    let error = failed.error.expect("error");
+    assert_eq!((error.code.as_str(), error.param.as_str()), ("invalid_validation_file", "validation_file"));
+    assert!(error.message.contains("both must be of one kind"), "{}", error.message);
     service.stop().await;
 }
 

@@ -1,7 +1,8 @@
 //! `validating_files`: a new job's records are read from datanet-ingest (for the job's owner,
 //! under its grant), checked against the version's Merkle root, parsed as training records of
-//! one kind, and kept in the job's directory; then the job is queued. A version that cannot
-//! train fails the job with `invalid_training_file` and the reason.
+//! one kind, and kept in the job's directory; likewise its validation version's, which must be
+//! of the same kind; then the job is queued. A version that cannot train fails the job with
+//! `invalid_training_file` (or `invalid_validation_file`) and the reason.
 
 use std::{path::Path, sync::Arc};
 
@@ -15,7 +16,44 @@ use super::{Jobs, datanets::VersionRecord, spec::TrainingFile, store};
 use crate::{RegistryError, entities::job};
 
 /// The records file in a job's directory: one `{"hash", "body"}` object per line.
-pub(super) const RECORDS_FILE: &str = "records.jsonl";
+const RECORDS_FILE: &str = "records.jsonl";
+/// The validation version's records in a job's directory, as [`RECORDS_FILE`].
+const VALIDATION_RECORDS_FILE: &str = "validation.jsonl";
+
+/// One of a job's sealed versions: the one it trains on or the one it is evaluated on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Part {
+    Training,
+    Validation,
+}
+
+impl Part {
+    /// The request field that names it.
+    pub fn param(self) -> &'static str {
+        match self {
+            Part::Training => "training_file",
+            Part::Validation => "validation_file",
+        }
+    }
+
+    fn records_file(self) -> &'static str {
+        match self {
+            Part::Training => RECORDS_FILE,
+            Part::Validation => VALIDATION_RECORDS_FILE,
+        }
+    }
+}
+
+/// Where one of a job's versions is read from.
+struct VersionSource {
+    part: Part,
+    /// As asked (`datanet:<slug-or-id>@<version>`).
+    file: String,
+    datanet_id: String,
+    snapshot_id: String,
+    grant_id: String,
+    merkle_root: Vec<u8>,
+}
 
 #[derive(Serialize, Deserialize)]
 struct StoredRecord {
@@ -36,8 +74,13 @@ impl Failure {
         Self { code, message: message.into(), param: "" }
     }
 
-    fn training_file(message: impl Into<String>) -> Self {
-        Self { code: "invalid_training_file", message: message.into(), param: "training_file" }
+    /// The version named by `part`'s field cannot be used, for `message`.
+    pub fn file(part: Part, message: impl Into<String>) -> Self {
+        let code = match part {
+            Part::Training => "invalid_training_file",
+            Part::Validation => "invalid_validation_file",
+        };
+        Self { code, message: message.into(), param: part.param() }
     }
 }
 
@@ -96,9 +139,30 @@ impl Jobs {
             return Ok(());
         }
         let records = self.fetch_records(&row).await?;
-        let (kind, parsed) = training_records(&records).map_err(|e| Trouble::Fail(Failure::training_file(e)))?;
-        let message =
-            format!("{} {} records read and checked against the version's root: queued", parsed.len(), kind_name(kind));
+        let (kind, parsed) = training_records(&records).map_err(|e| Trouble::Fail(Failure::file(Part::Training, e)))?;
+        let mut message =
+            format!("{} {} records read and checked against the version's root", parsed.len(), kind_name(kind));
+        if let Some(held) = self.fetch_held_out(&row).await? {
+            let (held_kind, _) =
+                training_records(&held).map_err(|e| Trouble::Fail(Failure::file(Part::Validation, e)))?;
+            if held_kind != kind {
+                return Err(Trouble::Fail(Failure::file(
+                    Part::Validation,
+                    format!(
+                        "the validation version holds {} records but the training version {}: both must be of one kind",
+                        kind_name(held_kind),
+                        kind_name(kind)
+                    ),
+                )));
+            }
+            let training: std::collections::HashSet<ContentHash> = records.iter().map(|r| r.hash).collect();
+            let shared = held.iter().filter(|r| training.contains(&r.hash)).count();
+            message.push_str(&format!("; {} held-out records from the validation version", held.len()));
+            if shared > 0 {
+                message.push_str(&format!(" ({shared} of them also in the training version)"));
+            }
+        }
+        message.push_str(": queued");
         let moved = store::transition(
             &self.db,
             &self.subjects,
@@ -116,11 +180,40 @@ impl Jobs {
         Ok(())
     }
 
-    /// The job's records: from its directory when read before, else from datanet-ingest
-    /// (checked against the version's root, then written whole to the directory).
+    /// The job's training records: from its directory when read before, else from
+    /// datanet-ingest (checked against the version's root, then written whole to the directory).
     pub(super) async fn fetch_records(&self, row: &job::Model) -> Result<Vec<VersionRecord>, Trouble> {
+        let source = VersionSource {
+            part: Part::Training,
+            file: row.training_file.clone(),
+            datanet_id: row.datanet_id.clone(),
+            snapshot_id: row.snapshot_id.clone(),
+            grant_id: row.grant_id.clone(),
+            merkle_root: row.snapshot_root.clone(),
+        };
+        self.fetch_version(row, &source).await
+    }
+
+    /// The job's validation records, when it has a validation version; read as
+    /// [`Self::fetch_records`] reads the training records.
+    pub(super) async fn fetch_held_out(&self, row: &job::Model) -> Result<Option<Vec<VersionRecord>>, Trouble> {
+        let Some(held) = store::HeldOutVersion::of(row)? else { return Ok(None) };
+        let merkle_root = hex::decode(&held.merkle_root)
+            .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("a job's validation root is corrupt: {e}")))?;
+        let source = VersionSource {
+            part: Part::Validation,
+            file: row.validation_file.clone(),
+            datanet_id: held.datanet_id,
+            snapshot_id: held.snapshot_id,
+            grant_id: held.grant_id,
+            merkle_root,
+        };
+        self.fetch_version(row, &source).await.map(Some)
+    }
+
+    async fn fetch_version(&self, row: &job::Model, source: &VersionSource) -> Result<Vec<VersionRecord>, Trouble> {
         let dir = self.job_dir(&row.id);
-        let file = dir.join(RECORDS_FILE);
+        let file = dir.join(source.part.records_file());
         if file.exists() {
             return read_records_file(&file).map_err(|e| Trouble::Fail(Failure::new("internal_error", e)));
         }
@@ -129,24 +222,28 @@ impl Jobs {
             .parse()
             .map_err(|_| RegistryError::new(ErrorCode::Internal, "a job's owner is corrupt"))?;
         let grantee = self.owners.owner_key(owner).await?;
-        let training = TrainingFile::parse(&row.training_file, "training_file")?;
-        let access = self.datanets.check(&row.datanet_id, &row.snapshot_id, &grantee, &row.grant_id).await?;
+        let named = TrainingFile::parse(&source.file, source.part.param())?;
+        let access = self.datanets.check(&source.datanet_id, &source.snapshot_id, &grantee, &source.grant_id).await?;
         let snapshot = access.snapshot.as_ref().map(|s| s.id.as_str()).unwrap_or_default();
-        if snapshot != row.snapshot_id {
-            return Err(Trouble::Fail(Failure::training_file(format!(
-                "{} now names another version",
-                training.datanet
-            ))));
+        if snapshot != source.snapshot_id {
+            return Err(Trouble::Fail(Failure::file(
+                source.part,
+                format!("{} now names another version", named.datanet),
+            )));
         }
         let records = self.datanets.read(&access, &grantee, &format!("job:{}", row.id)).await?;
         let leaves: Vec<ContentHash> = records.iter().map(|r| r.hash).collect();
-        if MerkleTree::new(&leaves).root().as_bytes().as_slice() != row.snapshot_root.as_slice() {
-            return Err(Trouble::Fail(Failure::training_file(format!(
-                "the {} records read do not hash to the version's Merkle root: nothing was trained",
-                records.len()
-            ))));
+        if MerkleTree::new(&leaves).root().as_bytes().as_slice() != source.merkle_root.as_slice() {
+            return Err(Trouble::Fail(Failure::file(
+                source.part,
+                format!(
+                    "the {} records read do not hash to the version's Merkle root: nothing was trained",
+                    records.len()
+                ),
+            )));
         }
-        write_records_file(&dir, &records).map_err(|e| Trouble::Fail(Failure::new("storage_error", e)))?;
+        write_records_file(&dir, source.part.records_file(), &records)
+            .map_err(|e| Trouble::Fail(Failure::new("storage_error", e)))?;
         Ok(records)
     }
 
@@ -210,10 +307,10 @@ fn kind_name(kind: RecordKind) -> &'static str {
     }
 }
 
-fn write_records_file(dir: &Path, records: &[VersionRecord]) -> Result<(), String> {
+fn write_records_file(dir: &Path, name: &str, records: &[VersionRecord]) -> Result<(), String> {
     use std::io::Write;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let partial = dir.join(format!("{RECORDS_FILE}.partial"));
+    let partial = dir.join(format!("{name}.partial"));
     let write = || -> std::io::Result<()> {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&partial)?);
         for record in records {
@@ -223,7 +320,7 @@ fn write_records_file(dir: &Path, records: &[VersionRecord]) -> Result<(), Strin
             out.write_all(b"\n")?;
         }
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&partial, dir.join(RECORDS_FILE))
+        std::fs::rename(&partial, dir.join(name))
     };
     write().map_err(|e| format!("writing the job's records to {}: {e}", dir.display()))
 }

@@ -89,7 +89,7 @@ pub fn error_code(error: &MlError) -> ErrorCode {
         | MlError::AdapterMismatch { .. }
         | MlError::Corrupt { .. }
         | MlError::Unsupported { .. } => ErrorCode::InvalidArgument,
-        MlError::Overloaded(_) => ErrorCode::ResourceExhausted,
+        MlError::Overloaded(_) | MlError::InsufficientMemory(_) => ErrorCode::ResourceExhausted,
         MlError::EngineStopped | MlError::Fetch { .. } => ErrorCode::Unavailable,
         MlError::Tensor(_) | MlError::Diverged(_) | MlError::Checkpoint(_) | MlError::Io { .. } => ErrorCode::Internal,
     }

@@ -78,6 +78,8 @@ fn succeeded_job() -> pb::FineTuneJob {
         }),
         executor: "local".into(),
         training_records: 1_000,
+        validation_snapshot_id: String::new(),
+        validation_records: 0,
     }
 }
 
@@ -110,6 +112,7 @@ fn a_succeeded_job_reads_as_openais_job_with_the_extensions() {
         (job["step"].as_u64(), job["total_steps"].as_u64(), job["training_records"].as_u64()),
         (Some(300), Some(300), Some(1_000))
     );
+    assert_eq!(job["validation_records"].as_u64(), Some(0));
     assert_eq!(
         job["final_metrics"],
         json!({"step": 300, "valid_loss": 1.25, "valid_perplexity": 3.5, "base_valid_loss": 2.5, "base_valid_perplexity": 12.25}),

@@ -1,7 +1,7 @@
 //! model-factory's jobs, events and checkpoints in OpenAI's shapes (`fine_tuning.job`,
 //! `fine_tuning.job.event`, `fine_tuning.job.checkpoint`), with the extensions after OpenAI's
 //! fields: `lora`, `datanet`, `grant_id`, `step`, `total_steps`, `training_records`,
-//! `final_metrics`, `executor`. Absent values are `null`, as OpenAI writes them; unset
+//! `validation_records`, `final_metrics`, `executor`. Absent values are `null`, as OpenAI writes them; unset
 //! hyper-parameters are `"auto"`. Times are Unix seconds.
 
 use std::collections::BTreeMap;
@@ -196,6 +196,8 @@ pub struct FineTuningJob {
     pub total_steps: u64,
     /// Extension: records trained on.
     pub training_records: u64,
+    /// Extension: records of the `validation_file` version (0 without one).
+    pub validation_records: u64,
     /// Extension: the adapter on the held-out split next to its base, once it has one.
     pub final_metrics: Option<EvalData>,
     /// Extension: `local` or `kubernetes`.
@@ -302,6 +304,7 @@ impl From<&pb::FineTuneJob> for FineTuningJob {
             step: job.step,
             total_steps: job.total_steps,
             training_records: job.training_records,
+            validation_records: job.validation_records,
             final_metrics: job.final_metrics.as_ref().map(EvalData::from),
             executor: some(&job.executor),
         }
