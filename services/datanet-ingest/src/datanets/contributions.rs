@@ -13,7 +13,7 @@ use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryO
 
 use crate::{
     DatanetError,
-    entities::{contribution, record},
+    entities::{bond_slash, contribution, record},
     signing::Key,
 };
 
@@ -68,13 +68,27 @@ impl Datanets {
         Ok((views, PageResponse { next_page_token: next }))
     }
 
+    /// One contribution with its records and, when its bond was slashed for harmful data, the
+    /// evidence.
     pub(super) async fn contribution_view(&self, row: contribution::Model) -> Result<pb::Contribution, DatanetError> {
         let records = record::Entity::find()
             .filter(record::Column::ContributionId.eq(&row.id))
             .order_by_asc(record::Column::Ordinal)
             .all(&self.db)
             .await?;
-        summary_view(row, records)
+        let slash = bond_slash::Entity::find_by_id(row.id.clone()).one(&self.db).await?;
+        let mut view = summary_view(row, records)?;
+        view.slash = slash.map(|slash| pb::BondSlash {
+            snapshot_id: slash.snapshot_id,
+            adapter_id: slash.adapter_id,
+            estimator: slash.estimator,
+            score: slash.score,
+            threshold: slash.threshold,
+            evidence: slash.evidence,
+            event_id: slash.event_id,
+            at: Some(timestamp(slash.at)),
+        });
+        Ok(view)
     }
 }
 
@@ -97,6 +111,7 @@ pub(super) fn summary_view(
         quality_score: u32::try_from(row.quality_score).map_err(|_| corrupt("quality score", row.quality_score))?,
         bond_state: BondState::try_from(row.bond_state)?.api_name().to_owned(),
         size_bytes: u64::try_from(row.size_bytes).map_err(|_| corrupt("size", row.size_bytes))?,
+        slash: None,
     })
 }
 

@@ -596,6 +596,18 @@ async fn a_quality_assessment_releases_the_others_and_slashes_the_candidate_exac
     assert_eq!(bond_state(datanets, &good).await, "released");
     assert_eq!(bond_state(datanets, &harmful).await, "slashed");
     assert_eq!(bond_state(datanets, &late).await, "held: quality pending", "not in the assessed version");
+    // The evidence is shown with the slashed contribution, and only there.
+    let shown = datanets.contribution(&harmful.datanet_id, &harmful.id, None).await.expect("contribution");
+    let slash = shown.slash.expect("the slash's evidence");
+    assert_eq!(
+        (slash.snapshot_id.as_str(), slash.adapter_id.as_str(), slash.estimator.as_str()),
+        (version.id.as_str(), "ft:care-1", "tracin-lora")
+    );
+    assert_eq!((slash.score, slash.threshold, slash.event_id.as_str()), (-4.25, 3.5, "quality:1"));
+    assert_eq!(slash.evidence, assessed.candidates[0].evidence);
+    assert!(slash.at.is_some());
+    let released = datanets.contribution(&good.datanet_id, &good.id, None).await.expect("contribution");
+    assert!(released.slash.is_none());
     let evidence = crate::entities::bond_slash::Entity::find().all(db).await.expect("evidence");
     assert_eq!(evidence.len(), 1);
     let recorded = &evidence[0];

@@ -231,6 +231,42 @@ pub struct Contribution {
     /// `none`, `held`, `released` or `slashed`.
     pub bond_state: String,
     pub records: Vec<Record>,
+    /// Why the bond was slashed for harmful data, when it was (on one contribution's view;
+    /// null in lists and for a bond slashed because the owner rejected the contribution).
+    pub slash: Option<BondSlash>,
+}
+
+/// The evidence recorded with a bond slashed for harmful data.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BondSlash {
+    /// The sealed version whose first evaluated adapter measured the contribution.
+    pub snapshot_id: String,
+    pub adapter_id: String,
+    /// The quality estimator, its score for the contribution (a robust z-score of its influence
+    /// on the validation loss) and the threshold the score fell below.
+    pub estimator: String,
+    pub score: f64,
+    pub threshold: f64,
+    /// What was measured, for people.
+    pub evidence: String,
+    /// The `ol.attribution.quality.assessed` event that decided the slash.
+    pub event_id: String,
+    pub at_unix_ms: i64,
+}
+
+impl From<&pb::BondSlash> for BondSlash {
+    fn from(slash: &pb::BondSlash) -> Self {
+        Self {
+            snapshot_id: slash.snapshot_id.clone(),
+            adapter_id: slash.adapter_id.clone(),
+            estimator: slash.estimator.clone(),
+            score: slash.score,
+            threshold: slash.threshold,
+            evidence: slash.evidence.clone(),
+            event_id: slash.event_id.clone(),
+            at_unix_ms: slash.at.map_or(0, |at| at.seconds * 1000 + i64::from(at.nanos) / 1_000_000),
+        }
+    }
 }
 
 impl From<&pb::Contribution> for Contribution {
@@ -256,6 +292,7 @@ impl From<&pb::Contribution> for Contribution {
                     duplicate_of: record.duplicate_of.clone(),
                 })
                 .collect(),
+            slash: contribution.slash.as_ref().map(BondSlash::from),
         }
     }
 }

@@ -95,6 +95,7 @@ use crate::{
         datanets::DatanetPage,
         datanets::Record,
         datanets::Contribution,
+        datanets::BondSlash,
         datanets::Snapshot,
         datanets::InclusionProof,
         datanets::RecordProof,
