@@ -184,6 +184,8 @@ async fn paid_inferences_reach_the_contributors_they_quote_on_postgres_and_nats(
 /// Paid inferences the fault test runs, and how many run at once.
 const FAULT_INFERENCES: usize = 1000;
 const FAULT_CLIENTS: usize = 8;
+/// How long the ledger stays down after its SIGKILL: longer than the gateway's capture retries.
+const LEDGER_OUTAGE: std::time::Duration = std::time::Duration::from_secs(6);
 /// Every this many requests asks for a long quote (so contributors are paid too).
 const QUOTE_EVERY: usize = 10;
 
@@ -234,10 +236,12 @@ impl Cluster {
         self.processes.insert(service, crate::support::Platform::spawn(&args, &self.env));
     }
 
-    fn kill_and_restart(&mut self, service: ServiceKind) {
+    /// SIGKILLs `service`, leaves it down for `outage`, and starts it again.
+    async fn kill_and_restart(&mut self, service: ServiceKind, outage: std::time::Duration) {
         if let Some(mut process) = self.processes.remove(&service) {
             process.kill_hard();
         }
+        tokio::time::sleep(outage).await;
         self.start(service);
     }
 }
@@ -351,7 +355,10 @@ async fn sigkilled_services_lose_and_double_no_settlement_on_postgres_and_nats()
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         eprintln!("fault test: SIGKILL {victim} after {at} answered inferences, then restart");
-        cluster.kill_and_restart(victim);
+        // The ledger stays away longer than the gateway's capture retries (~3 s): the requests
+        // it held for and answered meanwhile are captured later, from their events.
+        let outage = if victim == ServiceKind::Ledger { LEDGER_OUTAGE } else { std::time::Duration::ZERO };
+        cluster.kill_and_restart(victim, outage).await;
     }
     for lane in clients {
         lane.await.expect("client");
@@ -397,15 +404,10 @@ async fn sigkilled_services_lose_and_double_no_settlement_on_postgres_and_nats()
             entry.insert(recorded);
         }
         assert_eq!(roots[&attribution.batch_sequence], root, "the journal recorded the batch's root");
-        if !charged {
-            // Answered while the ledger was away: never captured, so nothing is owed; the
-            // ledger must not have paid anything out for it.
-            let request = lpb::GetSettlementRequest { inference_id: id.clone() };
-            let record = ledger.get_settlement(request).await.expect("settlement").into_inner();
-            assert!(record.capture.is_none() && record.transfers.is_empty(), "{id}: {record:?}");
-            uncharged += 1;
-            continue;
-        }
+        // Answered while the ledger was away, the gateway could not capture it: the ledger
+        // captures it from its event once back (consumer ledger-capture), and it settles like
+        // every other.
+        uncharged += usize::from(!charged);
         let settled = eventually_long("every inference settled", async || {
             let request = lpb::GetSettlementRequest { inference_id: id.clone() };
             let found = ledger.get_settlement(request).await.map_err(|status| status.message().to_owned())?;
@@ -434,7 +436,9 @@ async fn sigkilled_services_lose_and_double_no_settlement_on_postgres_and_nats()
         assert_eq!(paid, formula, "inference {id} settled once, as the formula says");
     }
     assert!(contributors_paid > 0, "no inference paid a contributor");
-    eprintln!("fault test: {uncharged} answered while the ledger was away, never charged");
+    eprintln!("fault test: {uncharged} answered while the ledger was away, captured later from their events");
+    // How many is up to timing (the requests between their hold and their capture when the
+    // ledger dies; 3 of 8 in one run): the ledger's own tests cover the late capture for sure.
 
     // Nothing captured is left in escrow: every captured fee was paid out exactly once.
     let escrow = eventually_long("escrow drains", async || {

@@ -45,7 +45,8 @@ pub struct AuditReport {
     /// Expected inferences captured and not settled ("lost").
     pub unsettled: u64,
     /// Expected inferences never captured: the gateway writes the event just before it
-    /// captures, so one that died in between (or could not reach the ledger) leaves an
+    /// captures, and the ledger's `ledger-capture` consumer captures from the event what the
+    /// gateway could not while the hold stands; one whose hold ended first leaves an
     /// attribution with nothing charged and nothing owed. Not an exception.
     pub never_captured: u64,
     /// Settled otherwise than expected ("doubled" or "mismatched"), or without a capture.

@@ -16,6 +16,7 @@
 mod api;
 pub mod audit;
 pub mod books;
+pub mod capture;
 pub mod consumer;
 pub mod engine;
 mod entities;
@@ -48,9 +49,14 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
         .collect();
     let metrics = consumer::SettlementMetrics::default();
     deps.metrics.register("ledger_settlement", |registry| metrics.register(registry));
+    let capture_metrics = capture::CaptureMetrics::default();
+    deps.metrics.register("ledger_capture", |registry| capture_metrics.register(registry));
     let spec = ServiceSpec::new(ServiceKind::Ledger, LedgerServiceServer::new(api::Api::new(shared.clone())));
     let outbox = spec.outbox_waker();
-    let spec = spec.worker(housekeeping(shared.clone(), allocations)).worker(settlement(shared, metrics, outbox));
+    let spec = spec
+        .worker(housekeeping(shared.clone(), allocations))
+        .worker(settlement(shared.clone(), metrics, outbox))
+        .worker(late_capture(shared, capture_metrics));
     run_service(spec, &config, deps).await
 }
 
@@ -61,6 +67,16 @@ fn settlement(shared: api::SharedLedger, metrics: consumer::SettlementMetrics, o
             let Some(ledger) = shared.get() else { return };
             let config = consumer::consumer_config();
             consumer::consume_attributions(ledger, backends.bus, config, metrics, outbox, shutdown).await;
+        })
+    })
+}
+
+/// Captures the fees of answered inferences the gateway could not capture (see `capture`).
+fn late_capture(shared: api::SharedLedger, metrics: capture::CaptureMetrics) -> Worker {
+    Box::new(move |backends, shutdown| {
+        Box::pin(async move {
+            let Some(ledger) = shared.get() else { return };
+            capture::consume_completions(ledger, backends.bus, capture::consumer_config(), metrics, shutdown).await;
         })
     })
 }

@@ -126,6 +126,13 @@ pub enum OperationError {
     InsufficientFunds { operation: &'static str },
 }
 
+impl OperationError {
+    /// Whether trying again cannot help (everything but the database's errors).
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, Self::Ledger(_))
+    }
+}
+
 pub(crate) fn refused(operation: &'static str, reason: impl Into<String>) -> OperationError {
     OperationError::Refused { operation, reason: reason.into() }
 }
@@ -347,6 +354,55 @@ impl Ledger {
         single(&self.create_transfers_at(&[capture], now_ns).await?, operation)?;
         Ok(fee)
     }
+
+    /// Captures `fee` (what the inference's completion event says it cost) from the
+    /// inference's hold, unless its capture is in the books already; before `due_ns` an
+    /// uncaptured inference is left to the gateway (`NotDue`). The capture's id derives from the
+    /// inference id, so whichever of the gateway and this path runs first captures it once.
+    pub async fn capture_completed_at(
+        &self,
+        inference_id: &str,
+        fee: u128,
+        now_ns: u64,
+        due_ns: u64,
+    ) -> Result<LateCapture, OperationError> {
+        let operation = "capturing a completed inference's fee";
+        let capture = capture_transfer(inference_id, fee);
+        let found = self.lookup_transfers(&[capture.id, capture.pending_id]).await?;
+        if found.iter().any(|transfer| transfer.id == capture.id) {
+            return Ok(LateCapture::AlreadyCaptured);
+        }
+        if now_ns < due_ns {
+            return Ok(LateCapture::NotDue);
+        }
+        let Some(hold) = found.iter().find(|transfer| transfer.id == capture.pending_id) else {
+            return Ok(LateCapture::Uncaptured("no hold"));
+        };
+        if fee > hold.amount {
+            return Err(refused(operation, format!("the fee {fee} exceeds the hold of {}", hold.amount)));
+        }
+        match self.create_transfers_at(&[capture], now_ns).await?.as_slice() {
+            [CreateTransferResult::Ok] => Ok(LateCapture::Captured),
+            [CreateTransferResult::Exists] => Ok(LateCapture::AlreadyCaptured),
+            [CreateTransferResult::PendingAlreadyResolved] => Ok(LateCapture::Uncaptured("its hold was voided")),
+            [CreateTransferResult::PendingExpired] => Ok(LateCapture::Uncaptured("its hold expired")),
+            [other] => Err(refused(operation, other.as_str())),
+            _ => Err(refused(operation, "unexpected result count")),
+        }
+    }
+}
+
+/// What became of an inference's capture from its completion event ([`Ledger::capture_completed_at`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LateCapture {
+    /// Its capture was in the books already (the gateway's, nearly always).
+    AlreadyCaptured,
+    /// Captured now.
+    Captured,
+    /// Not captured and not due yet: the gateway may still capture it.
+    NotDue,
+    /// Nothing to capture from: no hold, or its hold was voided or expired (nothing charged).
+    Uncaptured(&'static str),
 }
 
 /// Where a contribution's bond stands.

@@ -1770,6 +1770,69 @@ mod settling {
         books.assert_verified().await;
     }
 
+    /// An inference answered while the gateway could not capture (the ledger away, the gateway
+    /// dead): its completion event captures it once the gateway's window has passed, once;
+    /// one the gateway captured is left as it is; nothing is captured without a live hold.
+    #[tokio::test]
+    async fn a_completion_the_gateway_did_not_capture_is_captured_from_its_event_once_and_settles() {
+        use openledger_ledger::capture::{CaptureMetrics, LATE_CAPTURE_AFTER, handle};
+        use openledger_proto::events::v1::InferenceCompleted;
+        use openledger_runtime::consume::Handled;
+
+        let books = books().await;
+        let now = Ledger::now_ns();
+        let at = |ns: u64| prost_types::Timestamp {
+            seconds: (ns / 1_000_000_000) as i64,
+            nanos: (ns % 1_000_000_000) as i32,
+        };
+        let completed = |id: &str, fee: u128| {
+            InferenceCompleted {
+                inference_id: id.into(),
+                fee: Some(Uint128::from(fee)),
+                completed_at: Some(at(now)),
+                ..InferenceCompleted::default()
+            }
+            .encode_to_vec()
+        };
+        let holds: Vec<Transfer> =
+            ["inf-late", "inf-short", "inf-over"].iter().map(|id| hold_transfer(id, APP, 2 * FEE, 900)).collect();
+        let mut holds = holds;
+        holds[1].timeout_seconds = 1;
+        assert!(books.ledger.create_transfers_at(&holds, now).await.expect("holds").iter().all(|r| *r == R::Ok));
+        books.capture(&["inf-gateway"]).await;
+        let metrics = CaptureMetrics::default();
+        let late = now + LATE_CAPTURE_AFTER.as_nanos() as u64 + 1;
+
+        // Within the gateway's window: left to it, to come again when due.
+        let early = handle(&books.ledger, &completed("inf-late", FEE), now, &metrics).await;
+        assert!(matches!(early, Handled::Retry(delay) if delay <= LATE_CAPTURE_AFTER), "{early:?}");
+        // Past it: captured with the event's fee, once.
+        assert_eq!(handle(&books.ledger, &completed("inf-late", FEE), late, &metrics).await, Handled::Ack);
+        assert_eq!(handle(&books.ledger, &completed("inf-late", FEE), late, &metrics).await, Handled::Ack);
+        let capture = capture_transfer("inf-late", FEE);
+        let stored = books.ledger.lookup_transfers(&[capture.id]).await.expect("lookup");
+        assert_eq!(stored.iter().map(|t| t.amount).collect::<Vec<_>>(), [FEE]);
+        // Captured by the gateway: nothing to do, even early.
+        assert_eq!(handle(&books.ledger, &completed("inf-gateway", FEE), now, &metrics).await, Handled::Ack);
+        assert_eq!((metrics.captured.get(), metrics.already_captured.get()), (1, 2));
+        // No hold, or an expired one: nothing charged, acknowledged.
+        assert_eq!(handle(&books.ledger, &completed("inf-none", FEE), late, &metrics).await, Handled::Ack);
+        let expired = now + 2_000_000_000 + LATE_CAPTURE_AFTER.as_nanos() as u64;
+        assert_eq!(handle(&books.ledger, &completed("inf-short", FEE), expired, &metrics).await, Handled::Ack);
+        assert_eq!(metrics.uncaptured.get(), 2);
+        // A fee beyond its hold, and a message that is not a completion: dead-lettered.
+        let over = handle(&books.ledger, &completed("inf-over", 3 * FEE), late, &metrics).await;
+        assert!(matches!(&over, Handled::Poison(reason) if reason.contains("exceeds the hold")), "{over:?}");
+        assert!(matches!(handle(&books.ledger, b"\xff\xff", late, &metrics).await, Handled::Poison(_)));
+        assert_eq!(metrics.dead_lettered.get(), 2);
+
+        // The late capture settles like any other.
+        let settled = books.ledger.settle_inference("inf-late", OWNER, &[], &economics()).await.expect("settle");
+        assert!(!settled.already_settled);
+        assert_eq!(books.balance(APP).await, 10u128.pow(20) - 2 * FEE, "inf-late and inf-gateway charged, once each");
+        books.assert_verified().await;
+    }
+
     #[tokio::test]
     async fn a_poison_attribution_is_dead_lettered_and_settles_nothing() {
         let books = books().await;

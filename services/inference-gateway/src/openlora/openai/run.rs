@@ -261,9 +261,10 @@ impl Run {
     ///
     /// The event goes to the outbox first, so a capture can never exist without the event that
     /// gets it settled: a gateway killed after its capture would otherwise leave the fee in
-    /// escrow with nobody to attribute it. Killed between the two, the event exists and the
-    /// capture does not: the hold expires, the app is not charged, and the ledger reports the
-    /// settlement as never captured. The ledger settles what it captured; the event's `fee` is
+    /// escrow with nobody to attribute it. Killed between the two (or the ledger away past the
+    /// retries), the event exists and the capture does not: the ledger's `ledger-capture`
+    /// consumer captures the event's `fee` from the hold a few seconds later (the same
+    /// transfer id, so never twice). The ledger settles what it captured; the event's `fee` is
     /// the same formula over the same tariff.
     async fn settle(&self, choices: &[ChoiceState]) -> Option<u128> {
         let tokens_in = self.prompt.len() as u32;
