@@ -8,6 +8,7 @@ accounts, the Datanet version, the grant and the key, and passes:
   OL_KEY            the model builder's API key (an approved grant on the Datanet)
   OL_BASE_MODEL     the base model's id
   OL_TRAINING_FILE  datanet:<slug>@<version>
+  OL_VALIDATION_FILE  a later sealed version of the same Datanet
 
 Prints `fine_tuned_model <name>` and `ok`. Any failed check raises.
 """
@@ -21,6 +22,7 @@ from openai import OpenAI
 client = OpenAI(base_url=os.environ["OL_BASE_URL"], api_key=os.environ["OL_KEY"], max_retries=0, timeout=300)
 BASE_MODEL = os.environ["OL_BASE_MODEL"]
 TRAINING_FILE = os.environ["OL_TRAINING_FILE"]
+VALIDATION_FILE = os.environ["OL_VALIDATION_FILE"]
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 # Short runs: two optimizer steps of a rank-4 adapter (the LoRA settings are an extension).
@@ -29,6 +31,7 @@ LORA = {"lora": {"rank": 4, "max_steps": 2, "checkpoint_every": 1, "max_seq_toke
 job = client.fine_tuning.jobs.create(
     model=BASE_MODEL,
     training_file=TRAINING_FILE,
+    validation_file=VALIDATION_FILE,
     hyperparameters={"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": "auto"},
     suffix="e2e",
     seed=7,
@@ -37,7 +40,7 @@ job = client.fine_tuning.jobs.create(
 )
 assert job.object == "fine_tuning.job", job
 assert job.status in ("validating_files", "queued", "running"), job.status
-assert job.model == BASE_MODEL and job.training_file == TRAINING_FILE
+assert job.model == BASE_MODEL and job.training_file == TRAINING_FILE and job.validation_file == VALIDATION_FILE
 assert job.hyperparameters.n_epochs == 1 and job.hyperparameters.batch_size == 1, job.hyperparameters
 
 listed = client.fine_tuning.jobs.list(limit=10, metadata={"purpose": "e2e"})
@@ -59,6 +62,10 @@ events = client.fine_tuning.jobs.list_events(job.id, limit=100)
 kinds = {e.type for e in events.data}
 assert kinds == {"message", "metrics"}, kinds
 assert any("succeeded" in e.message for e in events.data), [e.message for e in events.data]
+# Evaluated on the validation version: its records were read and the held-out metrics reported.
+assert any("held-out records from the validation version" in e.message for e in events.data), [e.message for e in events.data]
+assert any(e.type == "metrics" and e.data and "valid_loss" in e.data for e in events.data), [e.data for e in events.data]
+assert (job.model_extra or {}).get("validation_records", 0) >= 2, job
 checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id)
 assert checkpoints.data and checkpoints.data[0].step_number >= 1, checkpoints
 

@@ -25,6 +25,10 @@ const RECORDS: &str = "{\"text\": \"Dehydration in older adults often presents w
 {\"text\": \"A fever in a baby younger than three months needs prompt medical assessment.\"}\n\
 {\"text\": \"Sunscreen should be applied fifteen minutes before going outside and again every two hours.\"}\n";
 
+/// Records of a later version that the first jobs are evaluated on.
+const HELD_OUT: &str = "{\"text\": \"Older adults should be encouraged to drink water with every meal and between meals.\"}\n\
+{\"text\": \"Soap and running water remove germs better than a quick rinse.\"}\n";
+
 /// What a model builder has once a Datanet version is sealed and its grant approved.
 pub(crate) struct Builder {
     pub(crate) rest: String,
@@ -33,7 +37,13 @@ pub(crate) struct Builder {
     pub(crate) signer: SigningKey,
     pub(crate) base_model: String,
     pub(crate) training_file: String,
+    /// datanet-ingest's gRPC URL and the Datanet's id (Dana's key is [`DANA`]).
+    datanet_url: String,
+    datanet_id: String,
 }
+
+/// The Datanet owner's key.
+const DANA: [u8; 32] = [51; 32];
 
 /// `openledger dev` with the packaged SmolLM2 in `data_dir`, with `env`.
 pub(crate) fn dev(data_dir: &Path, env: &[(&str, String)]) -> Platform {
@@ -60,7 +70,7 @@ pub(crate) async fn builder_with_a_grant_on(platform: &mut Platform, more: &[(&S
     let client = reqwest::Client::new();
 
     // A public free-text Datanet of Dana's, with one contribution and a sealed version.
-    let (dana, builder) = (SigningKey::from_bytes(&[51; 32]), SigningKey::from_bytes(&[52; 32]));
+    let (dana, builder) = (SigningKey::from_bytes(&DANA), SigningKey::from_bytes(&[52; 32]));
     let builder_id = 95_002u128;
     account(&client, &rest, builder_id, &builder).await;
     fund_from_community(&mut ledger, 9_500_002, builder_id, 10_000_000_000_000_000_000).await;
@@ -76,49 +86,13 @@ pub(crate) async fn builder_with_a_grant_on(platform: &mut Platform, more: &[(&S
     let signature = signing::sign(&dana, &signing::create_message(&definition));
     let request = pb::CreateDatanetRequest { datanet: Some(definition), signature: Some(signature) };
     let datanet = datanets.create_datanet(request).await.expect("create").into_inner();
-    let hash = ContentHash::of(RECORDS.as_bytes());
-    let header = pb::ContributeHeader {
-        datanet_id: datanet.id.clone(),
-        file_name: "notes.jsonl".into(),
-        size_bytes: RECORDS.len() as u64,
-        file_hash: Some(Hash { value: hash.as_bytes().to_vec() }),
-        signature: Some(signing::sign(&dana, &signing::contribution_message(&datanet.id, "notes.jsonl", &hash, None))),
-        ..Default::default()
-    };
-    let messages = vec![
-        pb::ContributeRequest { part: Some(pb::contribute_request::Part::Header(header)) },
-        pb::ContributeRequest { part: Some(pb::contribute_request::Part::Chunk(RECORDS.as_bytes().to_vec())) },
-    ];
-    let contribution = datanets.contribute(futures::stream::iter(messages)).await.expect("contribute").into_inner();
+    let contribution = contribute(&mut datanets, &datanet.id, &dana, "notes.jsonl", RECORDS).await;
     assert_eq!(contribution.records.len(), 4, "{contribution:?}");
     for (index, (contributor, records)) in more.iter().enumerate() {
-        let file_name = format!("more-{index}.jsonl");
-        let hash = ContentHash::of(records.as_bytes());
-        let header = pb::ContributeHeader {
-            datanet_id: datanet.id.clone(),
-            file_name: file_name.clone(),
-            size_bytes: records.len() as u64,
-            file_hash: Some(Hash { value: hash.as_bytes().to_vec() }),
-            signature: Some(signing::sign(
-                contributor,
-                &signing::contribution_message(&datanet.id, &file_name, &hash, None),
-            )),
-            ..Default::default()
-        };
-        let messages = vec![
-            pb::ContributeRequest { part: Some(pb::contribute_request::Part::Header(header)) },
-            pb::ContributeRequest { part: Some(pb::contribute_request::Part::Chunk(records.as_bytes().to_vec())) },
-        ];
-        let more = datanets.contribute(futures::stream::iter(messages)).await.expect("contribute").into_inner();
+        let more = contribute(&mut datanets, &datanet.id, contributor, &format!("more-{index}.jsonl"), records).await;
         assert!(!more.records.is_empty(), "{more:?}");
     }
-    let now = signing::now_unix();
-    let publish = pb::PublishSnapshotRequest {
-        datanet_id: datanet.id.clone(),
-        signature: Some(signing::sign(&dana, &signing::publish_message(&datanet.id, now))),
-        signed_at: now,
-    };
-    let version = datanets.publish_snapshot(publish).await.expect("publish").into_inner();
+    let version = publish(&mut datanets, &datanet.id, &dana).await;
     let training_file = format!("datanet:care-notes@{}", version.version);
 
     // The builder's key: refused before the grant, then the owner approves it.
@@ -153,20 +127,28 @@ pub(crate) async fn builder_with_a_grant_on(platform: &mut Platform, more: &[(&S
         signature: Some(signing::sign(&dana, &signing::access_decision_message(&datanet.id, &grant.id, true, now))),
     };
     datanets.decide_access(decide).await.expect("approve");
-    Builder { rest, client, key, signer: builder, base_model, training_file }
+    let datanet_url = format!("http://{datanet_addr}");
+    Builder { rest, client, key, signer: builder, base_model, training_file, datanet_url, datanet_id: datanet.id }
 }
 
 #[tokio::test]
 async fn the_official_client_fine_tunes_on_a_datanet_and_calls_the_result() {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut platform = dev(data_dir.path(), &[]);
-    let Builder { rest, key, base_model, training_file, .. } = builder_with_a_grant(&mut platform).await;
+    let Builder { rest, key, base_model, training_file, datanet_url, datanet_id, .. } =
+        builder_with_a_grant(&mut platform).await;
+    // A second sealed version, the held-out set of the client's first job (`validation_file`).
+    let mut datanets = DatanetServiceClient::connect(datanet_url).await.expect("datanet");
+    let dana = SigningKey::from_bytes(&DANA);
+    contribute(&mut datanets, &datanet_id, &dana, "held-out.jsonl", HELD_OUT).await;
+    let held_out = publish(&mut datanets, &datanet_id, &dana).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai-client.sh");
     let envs = [
         ("OL_BASE_URL", format!("{rest}/v1")),
         ("OL_KEY", key),
         ("OL_BASE_MODEL", base_model.clone()),
         ("OL_TRAINING_FILE", training_file),
+        ("OL_VALIDATION_FILE", format!("datanet:care-notes@{}", held_out.version)),
     ];
     let run = tokio::task::spawn_blocking(move || {
         Command::new("bash").arg(script).arg("finetune_test.py").envs(envs).output()
@@ -183,6 +165,45 @@ async fn the_official_client_fine_tunes_on_a_datanet_and_calls_the_result() {
         platform.stderr()
     );
     platform.terminate();
+}
+
+/// `records` (JSONL) contributed to `datanet_id` by `contributor` as `file_name`.
+async fn contribute(
+    datanets: &mut DatanetServiceClient<tonic::transport::Channel>,
+    datanet_id: &str,
+    contributor: &SigningKey,
+    file_name: &str,
+    records: &str,
+) -> pb::Contribution {
+    let hash = ContentHash::of(records.as_bytes());
+    let header = pb::ContributeHeader {
+        datanet_id: datanet_id.to_owned(),
+        file_name: file_name.to_owned(),
+        size_bytes: records.len() as u64,
+        file_hash: Some(Hash { value: hash.as_bytes().to_vec() }),
+        signature: Some(signing::sign(contributor, &signing::contribution_message(datanet_id, file_name, &hash, None))),
+        ..Default::default()
+    };
+    let messages = vec![
+        pb::ContributeRequest { part: Some(pb::contribute_request::Part::Header(header)) },
+        pb::ContributeRequest { part: Some(pb::contribute_request::Part::Chunk(records.as_bytes().to_vec())) },
+    ];
+    datanets.contribute(futures::stream::iter(messages)).await.expect("contribute").into_inner()
+}
+
+/// Seals the Datanet's next version, signed by its owner.
+async fn publish(
+    datanets: &mut DatanetServiceClient<tonic::transport::Channel>,
+    datanet_id: &str,
+    owner: &SigningKey,
+) -> pb::Snapshot {
+    let now = signing::now_unix();
+    let publish = pb::PublishSnapshotRequest {
+        datanet_id: datanet_id.to_owned(),
+        signature: Some(signing::sign(owner, &signing::publish_message(datanet_id, now))),
+        signed_at: now,
+    };
+    datanets.publish_snapshot(publish).await.expect("publish").into_inner()
 }
 
 /// Eve's two records, what the attribution tests and the lag bench ask adapters to quote.
