@@ -16,6 +16,7 @@ mod m20261206_000010_attribution;
 mod m20261206_000011_datanet_quality;
 mod m20261206_000012_attribution_quality;
 mod m20261206_000013_finetune_validation;
+mod m20261206_000014_ledger_earnings;
 
 /// Applies every schema in order.
 pub struct Migrator;
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000011_datanet_quality::Migration),
             Box::new(m20261206_000012_attribution_quality::Migration),
             Box::new(m20261206_000013_finetune_validation::Migration),
+            Box::new(m20261206_000014_ledger_earnings::Migration),
         ]
     }
 }

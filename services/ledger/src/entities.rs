@@ -172,3 +172,24 @@ pub mod vote {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// Each account's running total of settlement payouts to contributors (migration
+/// `m20261206_000014_ledger_earnings`), written with the payouts.
+pub mod earnings {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "ledger_earnings")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: Vec<u8>,
+        /// u128, big-endian.
+        pub earned: Vec<u8>,
+        pub payouts: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

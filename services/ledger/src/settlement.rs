@@ -36,7 +36,7 @@ use crate::{
     model::{Account, AccountFlags, CreateTransferResult, OPEN_LEDGER, Owner, Transfer},
     operations::{
         ContributorWeight, Economics, MAX_SETTLEMENT_CONTRIBUTORS, MAX_WEIGHT_PPB, OperationError, SUBJECT_SETTLED,
-        Settlement, codes, refused, settlement_transfers,
+        Settlement, refused, settlement_transfers,
     },
 };
 
@@ -384,20 +384,17 @@ impl Ledger {
     }
 
     /// Per account asked, the sum and count of the settlement payouts to contributors it was
-    /// credited (`SETTLE_CONTRIBUTOR`); an account never paid earned 0.
+    /// credited (`SETTLE_CONTRIBUTOR`), from the running totals kept with them (one row per
+    /// account, however many payouts); an account never paid earned 0.
     pub async fn earnings(&self, account_ids: &[u128]) -> Result<Vec<Earnings>, LedgerError> {
-        let mut earned: HashMap<u128, Earnings> =
-            account_ids.iter().map(|id| (*id, Earnings { account_id: *id, earned: 0, payouts: 0 })).collect();
-        for payout in self.credits_with_code(account_ids, codes::SETTLE_CONTRIBUTOR).await? {
-            let entry = earned.get_mut(&payout.credit_account_id).ok_or_else(|| {
-                LedgerError::Corrupt(format!("payout {} credits an account not asked for", payout.id))
-            })?;
-            entry.earned = entry.earned.checked_add(payout.amount).ok_or_else(|| {
-                LedgerError::Corrupt(format!("account {}'s payouts overflow u128", payout.credit_account_id))
-            })?;
-            entry.payouts += 1;
-        }
-        Ok(account_ids.iter().map(|id| earned[id]).collect())
+        let totals = self.earnings_totals(account_ids).await?;
+        Ok(account_ids
+            .iter()
+            .map(|&account_id| {
+                let (earned, payouts) = totals.get(&account_id).copied().unwrap_or_default();
+                Earnings { account_id, earned, payouts }
+            })
+            .collect())
     }
 }
 

@@ -1694,6 +1694,26 @@ mod settling {
             "contributor payouts only (the owner's model-owner share is not an earning)"
         );
         books.assert_verified().await;
+
+        // Books from before the running totals: the migration fills them from the payouts.
+        let backend = books.db.get_database_backend();
+        for sql in [
+            "DROP TABLE ledger_earnings",
+            "DELETE FROM seaql_migrations WHERE version = 'm20261206_000014_ledger_earnings'",
+        ] {
+            books.db.execute(Statement::from_string(backend, sql)).await.expect(sql);
+        }
+        assert!(books.ledger.earnings(&[seven]).await.is_err(), "no totals table");
+        openledger_store::migrate(&books.db).await.expect("migrate again");
+        let again = books.ledger.earnings(&[seven, OWNER, nine]).await.expect("earnings");
+        assert_eq!(again.iter().map(|e| (e.account_id, e.earned, e.payouts)).collect::<Vec<_>>(), summary);
+        books.assert_verified().await;
+
+        // The totals are checked against the payouts: a changed one is caught.
+        let tamper = "UPDATE ledger_earnings SET payouts = payouts + 1";
+        books.db.execute(Statement::from_string(backend, tamper)).await.expect("tamper");
+        let report = books.ledger.verify().await.expect("verify");
+        assert!(report.book_errors.iter().any(|e| e.contains("earnings kept as")), "{report:?}");
     }
 
     fn event(inference_id: &str) -> AttributionComputed {

@@ -3,6 +3,8 @@
 //! operations), the journal entry of a transfer, and the `ledger_meta` key-value rows the
 //! operations keep their progress in.
 
+use std::collections::HashMap;
+
 use sea_orm::{
     ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, sea_query::OnConflict,
 };
@@ -13,8 +15,8 @@ use super::{
     verify::Replay,
 };
 use crate::{
-    entities::{account, journal, meta, transfer},
-    limits::{LOOKUP_CHUNK_IDS, MAX_ACCOUNT_HISTORY_PAGE, MAX_BATCH_EVENTS},
+    entities::{account, earnings, journal, meta, transfer},
+    limits::{MAX_ACCOUNT_HISTORY_PAGE, MAX_BATCH_EVENTS},
     model::{Account, Transfer},
 };
 
@@ -113,20 +115,10 @@ impl Ledger {
         rows.iter().map(to_transfer).collect()
     }
 
-    /// Transfers with `code` crediting any of `accounts` (`LOOKUP_CHUNK_IDS` accounts per query).
-    pub(crate) async fn credits_with_code(&self, accounts: &[u128], code: u16) -> Result<Vec<Transfer>, LedgerError> {
-        let mut found = Vec::new();
-        for chunk in accounts.chunks(LOOKUP_CHUNK_IDS) {
-            let rows = transfer::Entity::find()
-                .filter(transfer::Column::CreditAccountId.is_in(chunk.iter().map(|id| encode(*id))))
-                .filter(transfer::Column::Code.eq(i32::from(code)))
-                .all(&self.db)
-                .await?;
-            for row in &rows {
-                found.push(to_transfer(row)?);
-            }
-        }
-        Ok(found)
+    /// Per account of `accounts` with payouts to contributors: their sum and count (the
+    /// running totals written with them).
+    pub(crate) async fn earnings_totals(&self, accounts: &[u128]) -> Result<HashMap<u128, (u128, u64)>, LedgerError> {
+        load_by_ids::<earnings::Entity>(&self.db, accounts).await
     }
 
     /// How many transfers have `code`.

@@ -10,7 +10,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 use super::LedgerError;
 use crate::{
-    entities::{account, journal, pending, transfer},
+    entities::{account, earnings, journal, pending, transfer},
     limits::LOOKUP_CHUNK_IDS,
     model::{Account, AccountFlags, Owner, OwnerKind, PendingState, SystemRole, Transfer, TransferFlags},
 };
@@ -162,6 +162,17 @@ impl ById for pending::Entity {
     const ID: pending::Column = pending::Column::Id;
     fn decode_row(row: &pending::Model) -> Result<(u128, PendingState), LedgerError> {
         Ok((decode(&row.id)?, pending_state(row)?))
+    }
+}
+
+impl ById for earnings::Entity {
+    /// The sum of the account's payouts to contributors, and their count.
+    type Value = (u128, u64);
+    const ID: earnings::Column = earnings::Column::AccountId;
+    fn decode_row(row: &earnings::Model) -> Result<(u128, (u128, u64)), LedgerError> {
+        let payouts = u64::try_from(row.payouts)
+            .map_err(|_| LedgerError::Corrupt(format!("an earnings row counts {} payouts", row.payouts)))?;
+        Ok((decode(&row.account_id)?, (decode(&row.earned)?, payouts)))
     }
 }
 

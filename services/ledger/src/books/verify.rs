@@ -11,11 +11,12 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use super::{
     Ledger, LedgerError,
     journal::{GENESIS_PREVIOUS, JournalRecord, batch_hash, entry_hash},
-    rows::to_account,
+    rows::{ById, to_account},
 };
 use crate::{
-    entities::{account, meta},
+    entities::{account, earnings, meta},
     model::{Account, AccountFlags, Owner, SystemRole, Transfer, TransferFlags},
+    operations::codes,
 };
 
 /// What `verify` found.
@@ -93,6 +94,27 @@ fn entry_mismatch(entry: &JournalRecord, previous: &ContentHash, transfers: &[Tr
 }
 
 /// Compares stored accounts with the replay and checks limits and that the books balance.
+/// The running totals of payouts to contributors against the payouts themselves.
+fn check_earnings(
+    stored: &HashMap<u128, (u128, u64)>,
+    replayed: &HashMap<u128, (u128, u64)>,
+    errors: &mut Vec<String>,
+) {
+    let mut accounts: Vec<&u128> = stored.keys().chain(replayed.keys()).collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    for account in accounts {
+        let (kept, paid) =
+            (stored.get(account).copied().unwrap_or_default(), replayed.get(account).copied().unwrap_or_default());
+        if kept != paid {
+            errors.push(format!(
+                "account {account}: earnings kept as {} in {} payouts, but its payouts to contributors sum to {} in {}",
+                kept.0, kept.1, paid.0, paid.1
+            ));
+        }
+    }
+}
+
 fn check_accounts(stored: &[Account], replay: &Replay, errors: &mut Vec<String>) {
     let balances = |a: &Account| (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted);
     let (mut debits_posted, mut credits_posted, mut debits_pending, mut credits_pending) = (0u128, 0u128, 0u128, 0u128);
@@ -130,6 +152,8 @@ impl Ledger {
             JournalReport { entries: 0, transfers: 0, epochs: 0, first_mismatch: None, book_errors: Vec::new() };
         let mut previous = GENESIS_PREVIOUS;
         let mut replay = Replay::default();
+        // Per account, the sum and count of its payouts to contributors, from the transfers.
+        let mut payouts: HashMap<u128, (u128, u64)> = HashMap::new();
         for entry in self.all_journal_entries().await? {
             report.entries += 1;
             let transfers = self.entry_transfers(entry.sequence).await?;
@@ -142,11 +166,18 @@ impl Ledger {
             previous = entry.entry_hash;
             for transfer in &transfers {
                 replay.apply(transfer);
+                if transfer.code == codes::SETTLE_CONTRIBUTOR {
+                    let total = payouts.entry(transfer.credit_account_id).or_default();
+                    *total = (total.0.wrapping_add(transfer.amount), total.1 + 1);
+                }
             }
         }
         let stored: Vec<Account> =
             account::Entity::find().all(&self.db).await?.iter().map(to_account).collect::<Result<_, _>>()?;
         check_accounts(&stored, &replay, &mut report.book_errors);
+        let totals = earnings::Entity::find().all(&self.db).await?;
+        let totals = totals.iter().map(earnings::Entity::decode_row).collect::<Result<HashMap<_, _>, _>>()?;
+        check_earnings(&totals, &payouts, &mut report.book_errors);
         self.check_epoch_roots(&mut report).await?;
         Ok(report)
     }

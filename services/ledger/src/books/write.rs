@@ -28,12 +28,13 @@ use super::{
 };
 use crate::{
     engine::{self, Books, TransfersOutcome},
-    entities::{account, journal, pending, transfer},
+    entities::{account, earnings, journal, pending, transfer},
     limits::{INSERT_CHUNK_ROWS, MAX_BATCH_EVENTS},
     model::{
         Account, CODE_HOLD_EXPIRED, CreateAccountResult, CreateTransferResult, PendingState, SystemRole, Transfer,
         TransferFlags,
     },
+    operations::codes,
 };
 
 /// Accounts a batch may not debit.
@@ -231,6 +232,7 @@ impl Ledger {
         if !outcome.accepted.is_empty() {
             let sequence = last.sequence + 1;
             store_transfers(&txn, &outcome.accepted, sequence).await?;
+            store_earnings(&txn, &outcome.accepted).await?;
             store_balances(&txn, &outcome.accounts).await?;
             store_pending(&txn, &outcome).await?;
             let committed = append_journal(&txn, &last, sequence, &outcome.accepted).await?;
@@ -345,6 +347,44 @@ async fn store_transfers(txn: &DatabaseTransaction, accepted: &[Transfer], seque
     let sequence = sequence_column(sequence)?;
     for chunk in accepted.chunks(INSERT_CHUNK_ROWS) {
         transfer::Entity::insert_many(chunk.iter().map(|transfer| transfer_row(transfer, sequence)))
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Adds a batch's payouts to contributors (`SETTLE_CONTRIBUTOR`) to their accounts' running
+/// totals (`ledger_earnings`), which `Ledger::earnings` reads.
+async fn store_earnings(txn: &DatabaseTransaction, accepted: &[Transfer]) -> Result<(), LedgerError> {
+    let mut added: HashMap<u128, (u128, u64)> = HashMap::new();
+    for payout in accepted.iter().filter(|t| t.code == codes::SETTLE_CONTRIBUTOR) {
+        let total = added.entry(payout.credit_account_id).or_default();
+        *total = (total.0.wrapping_add(payout.amount), total.1 + 1);
+    }
+    if added.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<u128> = added.keys().copied().collect();
+    let stored = load_by_ids::<earnings::Entity>(txn, &ids).await?;
+    let mut rows = Vec::with_capacity(added.len());
+    for (account, (amount, payouts)) in added {
+        let (earned, before) = stored.get(&account).copied().unwrap_or_default();
+        let earned = earned
+            .checked_add(amount)
+            .ok_or_else(|| LedgerError::Corrupt(format!("account {account}'s earnings overflow u128")))?;
+        rows.push(earnings::ActiveModel {
+            account_id: Set(encode(account)),
+            earned: Set(encode(earned)),
+            payouts: Set(i64::try_from(before + payouts).unwrap_or(i64::MAX)),
+        });
+    }
+    for chunk in rows.chunks(INSERT_CHUNK_ROWS) {
+        earnings::Entity::insert_many(chunk.to_vec())
+            .on_conflict(
+                OnConflict::column(earnings::Column::AccountId)
+                    .update_columns([earnings::Column::Earned, earnings::Column::Payouts])
+                    .to_owned(),
+            )
             .exec_without_returning(txn)
             .await?;
     }
