@@ -137,8 +137,8 @@ impl Command {
             | Self::IndexJob { settings, .. }
             | Self::TrainJob { settings, .. }
             | Self::Config(ConfigCommand::Print { settings })
-            | Self::Migrate { settings }
-            | Self::Operator(operator::OperatorCommand::Run { settings, .. }) => Some(settings),
+            | Self::Migrate { settings } => Some(settings),
+            Self::Operator(operator::OperatorCommand::Run { settings, .. }) => Some(settings.as_ref()),
             Self::Ledger(command) => command.settings(),
             Self::Datanet { settings, .. } => Some(settings),
             Self::Model(_) | Self::Attribution(_) | Self::Finetune { .. } | Self::Operator(_) => None,

@@ -25,7 +25,7 @@ pub enum OperatorCommand {
         #[arg(long, value_name = "PORT", default_value_t = 9096)]
         ops_port: u16,
         #[command(flatten)]
-        settings: crate::flags::AllFlags,
+        settings: Box<crate::flags::AllFlags>,
     },
     /// Write the CRDs derived from the operator's types as YAML (into the Helm chart by default)
     Crdgen {

@@ -69,7 +69,8 @@ pub async fn reconcile<K: JobResource>(object: Arc<K>, ctx: Arc<Context>) -> Res
     if object.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let action = apply(object.as_ref(), &ctx, &api, &namespace).await?;
+    // Boxed: the apply future is large (kube request builders), and every caller awaits this one.
+    let action = Box::pin(apply(object.as_ref(), &ctx, &api, &namespace)).await?;
     ctx.succeeded(&key);
     Ok(action)
 }
