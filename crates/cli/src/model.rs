@@ -385,7 +385,7 @@ async fn finetune(base: &str, data: &Path, out: &Path, args: &TrainArgs, resume:
         // what is free: the service refuses such a job, a person at a terminal may know better).
         let datasets: Vec<&Dataset> = std::iter::once(&dataset).chain(held_out.as_ref()).collect();
         let footprint = Footprint::for_run(&model, &model_path, &datasets, &config, rayon::current_num_threads());
-        say(&p, format!("estimated peak memory {:.2} GiB", footprint.peak() as f64 / f64::from(1u32 << 30)));
+        say(&p, footprint.describe(None));
         if let Some(Err(error)) = available_bytes().map(|available| footprint.check(available)) {
             say(&p, format!("warning: {error}"));
         }

@@ -99,6 +99,14 @@ impl Footprint {
         Self::of(model.config(), bytes_on_disk(model_path), config, longest, threads)
     }
 
+    /// `estimated peak memory <peak>`, and `of <limit> it may take` when a limit is given.
+    pub fn describe(&self, limit: Option<u64>) -> String {
+        match limit {
+            Some(limit) => format!("estimated peak memory {} of {} it may take", gib(self.peak()), gib(limit)),
+            None => format!("estimated peak memory {}", gib(self.peak())),
+        }
+    }
+
     /// `Ok` when the peak fits in `limit` bytes, else what the run needs and what to lower.
     pub fn check(&self, limit: u64) -> Result<()> {
         let peak = self.peak();
@@ -224,6 +232,8 @@ mod tests {
         assert_eq!(long.tokens, 4096);
         assert_eq!(long.attention, 2 * 3 * 2 * 4 * 4096 * 4096);
 
+        assert!(estimate.describe(None).starts_with("estimated peak memory 3."), "{}", estimate.describe(None));
+        assert!(estimate.describe(Some(8 << 30)).ends_with(" of 8.00 GiB it may take"));
         assert!(estimate.check(estimate.peak()).is_ok());
         let limit = estimate.peak() - 1;
         let fits = estimate.batch_tokens_within(limit).unwrap();

@@ -149,6 +149,13 @@ pub struct TrainJob<'a> {
     pub resume: bool,
 }
 
+impl<'a> TrainJob<'a> {
+    /// The dataset the held-out records are drawn from: the validation set, or `dataset`.
+    fn held_out_set(&self) -> &'a Dataset {
+        self.validation.map_or(self.dataset, |validation| validation.dataset)
+    }
+}
+
 /// A run's held-out records when they come from a file of their own.
 #[derive(Clone, Copy)]
 pub struct Validation<'a> {
@@ -175,7 +182,6 @@ pub fn train(
         }
         None => split(dataset.examples.len(), config.eval_split, config.seed)?,
     };
-    let eval_set = job.validation.map_or(dataset, |validation| validation.dataset);
     let dataset_blake3 = dataset_identity(dataset, &train_idx);
     let base = TrainBase::new(job.model)?;
     let lora = LoraVars::init(&base, config.rank, config.scale(), &config.targets, config.seed)?;
@@ -187,7 +193,7 @@ pub fn train(
     let checkpoints = job.out.join(CHECKPOINTS);
     std::fs::create_dir_all(&checkpoints).map_err(|e| MlError::io(&checkpoints, e))?;
     let state = start_state(job, config, &checkpoints, &lora, &mut optimizer, dataset_blake3)?;
-    let eval = Evaluator::new(&base, eval_set, &eval_idx, config.batch_tokens)?;
+    let eval = Evaluator::new(&base, job.held_out_set(), &eval_idx, config.batch_tokens)?;
     let started = TrainEvent::Started {
         total_steps: total,
         start_step: state.step,
@@ -331,7 +337,7 @@ fn conclude(
         dataset: job.dataset_name.to_string(),
         dataset_kind: dataset.kind,
         train_records: record_hashes(dataset, train_idx),
-        eval_records: record_hashes(job.validation.map_or(dataset, |validation| validation.dataset), eval_idx),
+        eval_records: record_hashes(job.held_out_set(), eval_idx),
         validation_dataset: job.validation.map(|validation| validation.name.to_string()),
         dataset_blake3: state.dataset_blake3.clone(),
         labels: dataset.labels.clone(),

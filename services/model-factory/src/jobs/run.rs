@@ -60,11 +60,8 @@ enum Progress {
     EarlyStopped {
         step: u64,
     },
-    /// The run's estimated peak memory and what it may take.
-    Memory {
-        peak: u64,
-        limit: u64,
-    },
+    /// The run's estimated peak memory and what it may take, described.
+    Memory(String),
 }
 
 impl Jobs {
@@ -188,14 +185,7 @@ impl Jobs {
         let records = self.fetch_records(row).await?;
         let (kind, records) =
             training_records(&records).map_err(|e| Trouble::Fail(Failure::file(Part::Training, e)))?;
-        let held_out = match self.fetch_held_out(row).await? {
-            Some(held) => {
-                let (_, held) =
-                    training_records(&held).map_err(|e| Trouble::Fail(Failure::file(Part::Validation, e)))?;
-                Some(held)
-            }
-            None => None,
-        };
+        let held_out = self.held_out_records(row, kind).await?;
         let dir = self.job_dir(&row.id);
         let (tx, mut rx) = mpsc::channel(PROGRESS_BUFFER);
         let jobs = self.clone();
@@ -222,7 +212,7 @@ impl Jobs {
                 let held_out = held_out.map(|held| tokenize.dataset(kind, &held, Some(&dataset.labels))).transpose()?;
                 let datasets: Vec<&Dataset> = std::iter::once(&dataset).chain(held_out.as_ref()).collect();
                 let footprint = Footprint::for_run(&model, &base.path, &datasets, &plan.config, threads);
-                let _ = tx.blocking_send(Progress::Memory { peak: footprint.peak(), limit });
+                let _ = tx.blocking_send(Progress::Memory(footprint.describe((limit != u64::MAX).then_some(limit))));
                 footprint.check(limit)?;
                 let out = dir.join(OUT_DIR);
                 let job = TrainJob {
@@ -300,15 +290,7 @@ impl Jobs {
                 store::record_checkpoint(&self.db, id, step, *last_loss, last_eval.as_ref()).await?;
                 store::append_event(&self.db, id, "info", format!("checkpoint at step {step}"), None).await?;
             }
-            Progress::Memory { peak, limit } => {
-                let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
-                let message = if limit == u64::MAX {
-                    format!("estimated peak memory {:.2} GiB", gib(peak))
-                } else {
-                    format!("estimated peak memory {:.2} GiB of {:.2} GiB it may take", gib(peak), gib(limit))
-                };
-                store::append_event(&self.db, id, "info", message, None).await?;
-            }
+            Progress::Memory(message) => store::append_event(&self.db, id, "info", message, None).await?,
             Progress::EarlyStopped { step } => {
                 let message = format!("stopped early at step {step}: the held-out loss stopped improving");
                 store::append_event(&self.db, id, "info", message, None).await?;

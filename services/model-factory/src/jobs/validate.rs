@@ -142,19 +142,7 @@ impl Jobs {
         let (kind, parsed) = training_records(&records).map_err(|e| Trouble::Fail(Failure::file(Part::Training, e)))?;
         let mut message =
             format!("{} {} records read and checked against the version's root", parsed.len(), kind_name(kind));
-        if let Some(held) = self.fetch_held_out(&row).await? {
-            let (held_kind, _) =
-                training_records(&held).map_err(|e| Trouble::Fail(Failure::file(Part::Validation, e)))?;
-            if held_kind != kind {
-                return Err(Trouble::Fail(Failure::file(
-                    Part::Validation,
-                    format!(
-                        "the validation version holds {} records but the training version {}: both must be of one kind",
-                        kind_name(held_kind),
-                        kind_name(kind)
-                    ),
-                )));
-            }
+        if let Some(held) = self.held_out_records(&row, kind).await? {
             let training: std::collections::HashSet<ContentHash> = records.iter().map(|r| r.hash).collect();
             let shared = held.iter().filter(|r| training.contains(&r.hash)).count();
             message.push_str(&format!("; {} held-out records from the validation version", held.len()));
@@ -194,9 +182,32 @@ impl Jobs {
         self.fetch_version(row, &source).await
     }
 
+    /// The job's validation records as training records, which must be of the training
+    /// records' `kind`; none when the job has no validation version.
+    pub(super) async fn held_out_records(
+        &self,
+        row: &job::Model,
+        kind: RecordKind,
+    ) -> Result<Option<Vec<Record>>, Trouble> {
+        let Some(held) = self.fetch_held_out(row).await? else { return Ok(None) };
+        let (held_kind, parsed) =
+            training_records(&held).map_err(|e| Trouble::Fail(Failure::file(Part::Validation, e)))?;
+        if held_kind != kind {
+            return Err(Trouble::Fail(Failure::file(
+                Part::Validation,
+                format!(
+                    "the validation version holds {} records but the training version {}: both must be of one kind",
+                    kind_name(held_kind),
+                    kind_name(kind)
+                ),
+            )));
+        }
+        Ok(Some(parsed))
+    }
+
     /// The job's validation records, when it has a validation version; read as
     /// [`Self::fetch_records`] reads the training records.
-    pub(super) async fn fetch_held_out(&self, row: &job::Model) -> Result<Option<Vec<VersionRecord>>, Trouble> {
+    async fn fetch_held_out(&self, row: &job::Model) -> Result<Option<Vec<VersionRecord>>, Trouble> {
         let Some(held) = store::HeldOutVersion::of(row)? else { return Ok(None) };
         let merkle_root = hex::decode(&held.merkle_root)
             .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("a job's validation root is corrupt: {e}")))?;
