@@ -348,9 +348,7 @@ impl Ledger {
             .await?
             .pop()
             .ok_or_else(|| refused(operation, "no hold for this inference"))?;
-        if fee > hold.amount {
-            return Err(refused(operation, format!("the fee {fee} exceeds the hold of {}", hold.amount)));
-        }
+        within_hold(operation, fee, &hold)?;
         single(&self.create_transfers_at(&[capture], now_ns).await?, operation)?;
         Ok(fee)
     }
@@ -378,9 +376,7 @@ impl Ledger {
         let Some(hold) = found.iter().find(|transfer| transfer.id == capture.pending_id) else {
             return Ok(LateCapture::Uncaptured("no hold"));
         };
-        if fee > hold.amount {
-            return Err(refused(operation, format!("the fee {fee} exceeds the hold of {}", hold.amount)));
-        }
+        within_hold(operation, fee, hold)?;
         match self.create_transfers_at(&[capture], now_ns).await?.as_slice() {
             [CreateTransferResult::Ok] => Ok(LateCapture::Captured),
             [CreateTransferResult::Exists] => Ok(LateCapture::AlreadyCaptured),
@@ -390,6 +386,14 @@ impl Ledger {
             _ => Err(refused(operation, "unexpected result count")),
         }
     }
+}
+
+/// A capture of `fee` from `hold` is refused when the fee is larger than what was held.
+fn within_hold(operation: &'static str, fee: u128, hold: &Transfer) -> Result<(), OperationError> {
+    if fee > hold.amount {
+        return Err(refused(operation, format!("the fee {fee} exceeds the hold of {}", hold.amount)));
+    }
+    Ok(())
 }
 
 /// What became of an inference's capture from its completion event ([`Ledger::capture_completed_at`]).

@@ -12,11 +12,11 @@ use super::{
     Ledger, LedgerError,
     journal::{GENESIS_PREVIOUS, JournalRecord, batch_hash, entry_hash},
     rows::{ById, to_account},
+    write::add_earnings,
 };
 use crate::{
     entities::{account, earnings, meta},
     model::{Account, AccountFlags, Owner, SystemRole, Transfer, TransferFlags},
-    operations::codes,
 };
 
 /// What `verify` found.
@@ -166,11 +166,8 @@ impl Ledger {
             previous = entry.entry_hash;
             for transfer in &transfers {
                 replay.apply(transfer);
-                if transfer.code == codes::SETTLE_CONTRIBUTOR {
-                    let total = payouts.entry(transfer.credit_account_id).or_default();
-                    *total = (total.0.wrapping_add(transfer.amount), total.1 + 1);
-                }
             }
+            add_earnings(&mut payouts, &transfers);
         }
         let stored: Vec<Account> =
             account::Entity::find().all(&self.db).await?.iter().map(to_account).collect::<Result<_, _>>()?;

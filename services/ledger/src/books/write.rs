@@ -353,14 +353,23 @@ async fn store_transfers(txn: &DatabaseTransaction, accepted: &[Transfer], seque
     Ok(())
 }
 
-/// Adds a batch's payouts to contributors (`SETTLE_CONTRIBUTOR`) to their accounts' running
-/// totals (`ledger_earnings`), which `Ledger::earnings` reads.
-async fn store_earnings(txn: &DatabaseTransaction, accepted: &[Transfer]) -> Result<(), LedgerError> {
-    let mut added: HashMap<u128, (u128, u64)> = HashMap::new();
-    for payout in accepted.iter().filter(|t| t.code == codes::SETTLE_CONTRIBUTOR) {
-        let total = added.entry(payout.credit_account_id).or_default();
+/// Per credited account, the sum and count of the payouts to contributors
+/// (`SETTLE_CONTRIBUTOR`) among `transfers`, added to `totals`: what an account earned.
+pub(super) fn add_earnings<'t>(
+    totals: &mut HashMap<u128, (u128, u64)>,
+    transfers: impl IntoIterator<Item = &'t Transfer>,
+) {
+    for payout in transfers.into_iter().filter(|t| t.code == codes::SETTLE_CONTRIBUTOR) {
+        let total = totals.entry(payout.credit_account_id).or_default();
         *total = (total.0.wrapping_add(payout.amount), total.1 + 1);
     }
+}
+
+/// Adds a batch's payouts to contributors to their accounts' running totals
+/// (`ledger_earnings`), which `Ledger::earnings` reads.
+async fn store_earnings(txn: &DatabaseTransaction, accepted: &[Transfer]) -> Result<(), LedgerError> {
+    let mut added = HashMap::new();
+    add_earnings(&mut added, accepted);
     if added.is_empty() {
         return Ok(());
     }
