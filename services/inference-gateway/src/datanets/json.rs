@@ -176,7 +176,7 @@ impl From<&pb::Datanet> for Datanet {
             },
             owner: hex::encode(&datanet.owner),
             validators: datanet.validators.iter().map(hex::encode).collect(),
-            created_at_unix_ms: datanet.created_at.map_or(0, |at| at.seconds * 1000 + i64::from(at.nanos) / 1_000_000),
+            created_at_unix_ms: unix_ms(datanet.created_at),
         }
     }
 }
@@ -236,6 +236,11 @@ pub struct Contribution {
     pub slash: Option<BondSlash>,
 }
 
+/// A protobuf time as Unix milliseconds (0 when absent).
+fn unix_ms(at: Option<prost_types::Timestamp>) -> i64 {
+    at.map_or(0, |at| at.seconds * 1000 + i64::from(at.nanos) / 1_000_000)
+}
+
 /// The evidence recorded with a bond slashed for harmful data.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BondSlash {
@@ -264,7 +269,7 @@ impl From<&pb::BondSlash> for BondSlash {
             threshold: slash.threshold,
             evidence: slash.evidence.clone(),
             event_id: slash.event_id.clone(),
-            at_unix_ms: slash.at.map_or(0, |at| at.seconds * 1000 + i64::from(at.nanos) / 1_000_000),
+            at_unix_ms: unix_ms(slash.at),
         }
     }
 }
