@@ -574,9 +574,15 @@ async fn the_ledger_cli_reads_moves_and_verifies_open() {
         "2500",
         "--contributors-bps",
         "5500",
+        "--slashing-threshold-milli",
+        "-1500",
     ]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.starts_with("proposal cheaper-owners: voting"), "{out}");
+    let (status, body) = get(rest, "/v1/governance/proposals/cheaper-owners").await;
+    let proposal: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!((status, &proposal["parameters"]["slashing_threshold_milli"]), (200, &(-1500).into()), "{body}");
+    assert_eq!(proposal["parameters"]["stakers_bps"], 2_000, "what the command left alone is what is in force");
     let (code, out) = cli(&[
         "propose",
         "--id",
@@ -739,6 +745,17 @@ async fn staking_and_governance_over_rest_require_the_owners_signature() {
         parameters,
         "the REST shape is the signed shape"
     );
+    // A threshold above the typical record would slash honest contributions: refused, signed or not.
+    let mut lenient = parameters.clone();
+    lenient["slashing_threshold_milli"] = 500.into();
+    let lenient_economics = openledger_ledger::operations::Economics { slashing_threshold_milli: 500, ..economics };
+    let refused = serde_json::json!({
+        "id": "lenient", "account": "91000", "parameters": lenient,
+        "public_key": public_key, "signature": sign(openledger_signing::proposal_message("lenient", 91_000, &(&lenient_economics).into())),
+    });
+    let (status, body) = post("/v1/governance/proposals".into(), refused).await;
+    assert_eq!(status, 412, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("slashing threshold")), "{body}");
     let proposal = serde_json::json!({
         "id": "more-for-contributors", "account": "91000", "parameters": parameters, "rationale": "data matters",
         "public_key": public_key, "signature": sign(openledger_signing::proposal_message("more-for-contributors", 91_000, &(&economics).into())),

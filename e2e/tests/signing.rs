@@ -270,6 +270,8 @@ async fn ledger_governance(rest: &Rest, keys: &Keys) {
     let mut parameters: Value = serde_json::from_str(&current).expect("json");
     parameters["model_owner_bps"] = 2_500.into();
     parameters["contributors_bps"] = 5_500.into();
+    assert_eq!(parameters["slashing_threshold_milli"], -1_000, "the default threshold: {current}");
+    parameters["slashing_threshold_milli"] = (-2_000).into();
     let number = |key: &str| parameters[key].as_u64().expect("number");
     let amount = |key: &str| parameters[key].as_str().and_then(|text| text.parse().ok()).expect("amount");
     let proposed = Parameters {
@@ -281,6 +283,7 @@ async fn ledger_governance(rest: &Rest, keys: &Keys) {
         minimum_stake: amount("minimum_stake"),
         unbonding_seconds: number("unbonding_seconds"),
         epoch_seconds: number("epoch_seconds"),
+        slashing_threshold_milli: -2_000,
     };
     let signatures = keys.signatures(&signing::proposal_message("signed-proposal", ACCOUNT, &proposed));
     let (status, body) = rest

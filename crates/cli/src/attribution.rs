@@ -13,6 +13,11 @@ use openledger_attribution::corpus::Corpus;
 use openledger_attribution::credit::{CreditGroups, CreditParams};
 use openledger_attribution::influence::{Estimator, GradientIndex};
 use openledger_attribution::quality::{self, DEFAULT_QUALITY_ESTIMATOR, DEFAULT_SLASHING_THRESHOLD, QualityReport};
+
+// The platform's threshold is a governed parameter (the ledger's, in thousandths); its default
+// is this command's.
+const _: () =
+    assert!(openledger_ledger::limits::DEFAULT_SLASHING_THRESHOLD_MILLI as f64 / 1000.0 == DEFAULT_SLASHING_THRESHOLD);
 use openledger_attribution::span::{SpanIndex, SpanParams};
 use openledger_ml::AdapterPrecision;
 use openledger_ml::adapters::load_adapter_dir_as;

@@ -162,6 +162,10 @@ pub struct ProposeArgs {
     unbonding_seconds: Option<u64>,
     #[arg(long)]
     epoch_seconds: Option<u64>,
+    /// Quality score below which a contribution's bond is slashed, in thousandths (-1000: one
+    /// median deviation below the typical record); -100000..=0
+    #[arg(long, allow_negative_numbers = true)]
+    slashing_threshold_milli: Option<i32>,
     #[arg(long, default_value = "")]
     rationale: String,
     #[command(flatten)]
@@ -363,15 +367,17 @@ async fn stake(client: &mut LedgerClient, direction: StakeAction, args: StakeArg
 
 /// The parameters in force with the proposal's changes applied.
 fn proposed_parameters(args: &ProposeArgs, current: &pb::Parameters) -> openledger_ledger::operations::Economics {
+    let current = openledger_ledger::operations::Economics::from_proto(current);
     openledger_ledger::operations::Economics {
         model_owner_bps: args.model_owner_bps.unwrap_or(current.model_owner_bps),
         stakers_bps: args.stakers_bps.unwrap_or(current.stakers_bps),
         contributors_bps: args.contributors_bps.unwrap_or(current.contributors_bps),
-        platform_fee: args.platform_fee.map_or(unwire(current.platform_fee.as_ref()), Amount::base_units),
+        platform_fee: args.platform_fee.map_or(current.platform_fee, Amount::base_units),
         slashing_bps: args.slashing_bps.unwrap_or(current.slashing_bps),
-        minimum_stake: args.minimum_stake.map_or(unwire(current.minimum_stake.as_ref()), Amount::base_units),
+        minimum_stake: args.minimum_stake.map_or(current.minimum_stake, Amount::base_units),
         unbonding_seconds: args.unbonding_seconds.unwrap_or(current.unbonding_seconds),
         epoch_seconds: args.epoch_seconds.unwrap_or(current.epoch_seconds),
+        slashing_threshold_milli: args.slashing_threshold_milli.unwrap_or(current.slashing_threshold_milli),
     }
 }
 
@@ -384,17 +390,7 @@ async fn propose(client: &mut LedgerClient, args: ProposeArgs) -> anyhow::Result
     let message = openledger_signing::proposal_message(&id, account, &(&parameters).into());
     let request = pb::SubmitProposalRequest {
         proposal_id: id,
-        parameters: Some(pb::Parameters {
-            model_owner_bps: parameters.model_owner_bps,
-            stakers_bps: parameters.stakers_bps,
-            contributors_bps: parameters.contributors_bps,
-            platform_fee: wire(parameters.platform_fee),
-            slashing_bps: parameters.slashing_bps,
-            unbonding_seconds: parameters.unbonding_seconds,
-            minimum_stake: wire(parameters.minimum_stake),
-            epoch_seconds: parameters.epoch_seconds,
-            effective_from_epoch: 0,
-        }),
+        parameters: Some(parameters.to_proto()),
         rationale,
         signature: Some(sign(&key, &message)),
         proposer_account_id: wire(account),

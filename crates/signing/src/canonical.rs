@@ -142,12 +142,16 @@ pub struct Parameters {
     pub minimum_stake: u128,
     pub unbonding_seconds: u64,
     pub epoch_seconds: u64,
+    /// Quality score below which a contribution's bond is slashed, in thousandths of a score
+    /// unit (the records' median deviation): −1000 is one deviation below the typical record.
+    pub slashing_threshold_milli: i32,
 }
 
 impl Parameters {
     /// `{"contributors_bps":<int>,"epoch_seconds":<int>,"minimum_stake":"<decimal>",
     /// "model_owner_bps":<int>,"platform_fee":"<decimal>","slashing_bps":<int>,
-    /// "stakers_bps":<int>,"unbonding_seconds":<int>}`, canonical (see the module doc). The
+    /// "slashing_threshold_milli":<int>,"stakers_bps":<int>,"unbonding_seconds":<int>}`,
+    /// canonical (see the module doc; the threshold may be negative). The
     /// ledger stores parameter sets in this form too.
     pub fn canonical_json(&self) -> String {
         canonical(&json!({
@@ -159,6 +163,7 @@ impl Parameters {
             "minimum_stake": self.minimum_stake.to_string(),
             "unbonding_seconds": self.unbonding_seconds,
             "epoch_seconds": self.epoch_seconds,
+            "slashing_threshold_milli": self.slashing_threshold_milli,
         }))
     }
 }

@@ -96,11 +96,11 @@ pub fn staking_message(action: StakeAction, operation_id: &str, account: u128, a
     format!("openledger/{}/v1\n{operation_id}\n{account}\n{amount}", action.as_str()).into_bytes()
 }
 
-/// `openledger/proposal/v1\n<proposal id>\n<proposer account id>\n<parameters' canonical JSON>`
+/// `openledger/proposal/v2\n<proposal id>\n<proposer account id>\n<parameters' canonical JSON>`
 /// (the JSON itself, not a digest: see [`Parameters::canonical_json`]), signed by the
 /// proposer's owner.
 pub fn proposal_message(proposal_id: &str, proposer: u128, parameters: &Parameters) -> Vec<u8> {
-    format!("openledger/proposal/v1\n{proposal_id}\n{proposer}\n{}", parameters.canonical_json()).into_bytes()
+    format!("openledger/proposal/v2\n{proposal_id}\n{proposer}\n{}", parameters.canonical_json()).into_bytes()
 }
 
 /// `openledger/vote/v1\n<proposal id>\n<account id>\n<yes|no>`, signed by the voting account's
@@ -209,6 +209,7 @@ mod tests {
             minimum_stake: 100_000_000_000_000_000_000,
             unbonding_seconds: 604_800,
             epoch_seconds: 86_400,
+            slashing_threshold_milli: -1_500,
         }
     }
 
@@ -262,7 +263,7 @@ mod tests {
             concat!(
                 r#"{"contributors_bps":5000,"epoch_seconds":86400,"minimum_stake":"100000000000000000000","#,
                 r#""model_owner_bps":3000,"platform_fee":"1000000000000000","slashing_bps":500,"#,
-                r#""stakers_bps":2000,"unbonding_seconds":604800}"#,
+                r#""slashing_threshold_milli":-1500,"stakers_bps":2000,"unbonding_seconds":604800}"#,
             )
         );
     }
@@ -387,12 +388,12 @@ mod tests {
         golden(
             &proposal_message("p-1", 70_001, &parameters()),
             concat!(
-                "openledger/proposal/v1\np-1\n70001\n",
+                "openledger/proposal/v2\np-1\n70001\n",
                 r#"{"contributors_bps":5000,"epoch_seconds":86400,"minimum_stake":"100000000000000000000","#,
                 r#""model_owner_bps":3000,"platform_fee":"1000000000000000","slashing_bps":500,"#,
-                r#""stakers_bps":2000,"unbonding_seconds":604800}"#,
+                r#""slashing_threshold_milli":-1500,"stakers_bps":2000,"unbonding_seconds":604800}"#,
             ),
-            "90f005ffa65af01abc170830b9dc2a164990746a0c5fbfafec7edec95343ff52fdd1f2b824949e0a0ffc8ade8495380875d7a6f6e3c024d17a1288a3e70bbb0d",
+            "a73cb18b86b4494dcb953809f9f6b4ab889bc5f7f34880e4756567f71e64893e4c9a49cd52383c23db4f9203edb5a7a41514d218852a573111ca73ebe6e65103",
         );
     }
 

@@ -218,6 +218,10 @@ impl Upstream for Scripted {
     ) -> Result<Recorded, openledger_attribution_worker::WorkerError> {
         Ok(Recorded { journal_sequence: sequence, entry_hash: vec![7; 32] })
     }
+
+    async fn slashing_threshold(&self) -> Result<f64, openledger_attribution_worker::WorkerError> {
+        Ok(openledger_attribution::quality::DEFAULT_SLASHING_THRESHOLD)
+    }
 }
 
 /// Trains a rank-8 q/v adapter on `texts` for two optimizer steps into `out` (a quarter held

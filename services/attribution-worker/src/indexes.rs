@@ -26,7 +26,7 @@ use openledger_attribution::{
     corpus::{Corpus, ExportWriter, Manifest},
     credit::{CreditGroups, CreditParams},
     influence::GradientIndex,
-    quality::{DEFAULT_QUALITY_ESTIMATOR, DEFAULT_SLASHING_THRESHOLD},
+    quality::DEFAULT_QUALITY_ESTIMATOR,
     span::SpanIndex,
 };
 use openledger_core::{ContentHash, ErrorCode};
@@ -611,20 +611,35 @@ impl Indexes {
         Ok(Some(opened))
     }
 
+    /// Assesses the row's version, trying again after a transient failure (the ledger away
+    /// when the threshold is read); bonds the assessment never reaches are released by
+    /// datanet-ingest's timeout.
     async fn assess_logged(&self, row: &index::Model) {
-        if let Err(error) = self.assess(row).await {
-            tracing::error!(index = %row.id, %error, "assessing contributor quality failed");
+        loop {
+            match self.assess(row).await {
+                Ok(()) => return,
+                Err(error) if error.transient => {
+                    tracing::warn!(index = %row.id, %error, "assessing contributor quality failed for now; trying again");
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+                Err(error) => {
+                    tracing::error!(index = %row.id, %error, "assessing contributor quality failed");
+                    return;
+                }
+            }
         }
     }
 
     /// The contributor quality of the row's version on its adapter, unless the version was
     /// assessed before (on its first adapter): the held-out split as the validation set, the
-    /// default estimator and slashing threshold; recorded with its event.
+    /// default estimator and the slashing threshold in force (governed, read from the ledger
+    /// now); recorded with its event.
     pub(crate) async fn assess(&self, row: &index::Model) -> Result<(), WorkerError> {
         if quality::assessed(&self.db, &row.snapshot_id).await? {
             return Ok(());
         }
         let Some(opened) = self.gradients(&row.adapter_id).await? else { return Ok(()) };
+        let threshold = self.upstream.slashing_threshold().await?;
         let (model, tokenizer) = (self.model().await?, self.tokenizer().await?);
         let (adapter, version) = (adapter_dir(&self.dir, &row.adapter_id), self.version_dir(&row.snapshot_id));
         let report = tokio::task::spawn_blocking(move || {
@@ -636,7 +651,7 @@ impl Indexes {
                 &opened.index,
                 None,
                 DEFAULT_QUALITY_ESTIMATOR,
-                DEFAULT_SLASHING_THRESHOLD,
+                threshold,
             )
         })
         .await

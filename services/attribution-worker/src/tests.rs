@@ -46,6 +46,10 @@ pub(crate) struct Scripted {
     records: Vec<VersionRecord>,
     pub(crate) root: ContentHash,
     recorded: Mutex<Vec<(u64, ContentHash, u64)>>,
+    /// The slashing threshold the scripted ledger's parameters set, and how many times it
+    /// answers `unavailable` first.
+    threshold: f64,
+    threshold_unavailable: std::sync::atomic::AtomicUsize,
 }
 
 impl Scripted {
@@ -73,7 +77,13 @@ impl Scripted {
             })
             .collect();
         let root = MerkleTree::new(&records.iter().map(|r| r.hash).collect::<Vec<_>>()).root();
-        Self { records, root, recorded: Mutex::new(Vec::new()) }
+        Self {
+            records,
+            root,
+            recorded: Mutex::new(Vec::new()),
+            threshold: quality::DEFAULT_SLASHING_THRESHOLD,
+            threshold_unavailable: 0.into(),
+        }
     }
 }
 
@@ -96,6 +106,16 @@ impl Upstream for Scripted {
     async fn record_batch(&self, sequence: u64, root: &ContentHash, size: u64) -> Result<Recorded, WorkerError> {
         self.recorded.lock().push((sequence, *root, size));
         Ok(Recorded { journal_sequence: 40 + sequence, entry_hash: vec![7; 32] })
+    }
+
+    async fn slashing_threshold(&self) -> Result<f64, WorkerError> {
+        use std::sync::atomic::Ordering;
+        let unavailable =
+            self.threshold_unavailable.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if unavailable.is_ok() {
+            return Err(WorkerError::new(openledger_core::ErrorCode::Unavailable, "ledger: connection refused"));
+        }
+        Ok(self.threshold)
     }
 }
 
@@ -442,7 +462,11 @@ async fn a_trained_adapter_gets_a_gradient_index_inferences_blend_influence_and_
     let dir = tempfile::tempdir().expect("dir");
     let bodies = colour_bodies(64);
     let (base, trained) = train_adapter(dir.path(), &bodies);
-    let upstream = Arc::new(Scripted::with(bodies, 8));
+    // Governance set the threshold at the typical record (0), and the ledger is away at first.
+    let mut scripted = Scripted::with(bodies, 8);
+    scripted.threshold = 0.0;
+    scripted.threshold_unavailable = 1.into();
+    let upstream = Arc::new(scripted);
     let parts = worker_on(&db, upstream.clone(), dir.path(), &base);
     let objects = openledger_store::open_object_store(&format!("file://{}", dir.path().join("objects").display()))
         .expect("object store");
@@ -468,7 +492,7 @@ async fn a_trained_adapter_gets_a_gradient_index_inferences_blend_influence_and_
         &index,
         None,
         quality::DEFAULT_QUALITY_ESTIMATOR,
-        quality::DEFAULT_SLASHING_THRESHOLD,
+        0.0,
     )
     .expect("assess");
     let events = quality_events(&db).await;
@@ -476,16 +500,20 @@ async fn a_trained_adapter_gets_a_gradient_index_inferences_blend_influence_and_
     let event = &events[0];
     assert_eq!((event.datanet_id.as_str(), event.snapshot_id.as_str()), ("datanet-1", "version-1"));
     assert_eq!((event.adapter_id.as_str(), event.estimator.as_str()), ("ft:colours", "datainf_normalized"));
-    assert_eq!(event.threshold, quality::DEFAULT_SLASHING_THRESHOLD);
+    assert_eq!(event.threshold, 0.0, "the governed threshold, read again after the ledger came back");
+    assert_eq!(upstream.threshold_unavailable.load(std::sync::atomic::Ordering::SeqCst), 0);
     let mut assessed: Vec<String> = report.contributions.iter().map(|c| c.contribution.clone()).collect();
     assessed.sort();
     assert_eq!(event.contribution_ids, assessed);
     assert_eq!(assessed.len(), 8, "the training split holds records of every contribution: {assessed:?}");
     let candidates: Vec<&str> = event.candidates.iter().map(|c| c.contribution_id.as_str()).collect();
     assert_eq!(candidates, report.slashing_candidates.iter().map(String::as_str).collect::<Vec<_>>());
-    // The label-flipped contribution is the most harmful; on this tiny run it stays above the
-    // threshold (the candidates' evidence is tested in `quality`).
+    // The label-flipped contribution is the most harmful; on this tiny run only a threshold as
+    // strict as the typical record makes it a candidate (the default's separation is tested on
+    // a larger run in `quality`).
     assert_eq!(report.contributions[0].contribution, "contribution-3");
+    assert!(candidates.contains(&"contribution-3"), "{candidates:?}");
+    assert!(candidates.len() < assessed.len(), "those above the typical record are not candidates: {candidates:?}");
     for candidate in &event.candidates {
         let quality = report.contributions.iter().find(|c| c.contribution == candidate.contribution_id).expect("c");
         assert_eq!(candidate.score, quality.score);

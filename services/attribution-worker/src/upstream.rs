@@ -1,6 +1,6 @@
 //! What the worker asks the other services: an adapter's lineage (model-factory), a sealed
-//! version's records (datanet-ingest, read as the attribution reader) and the recording of a
-//! receipt batch's root in the journal (ledger). Behind one trait so tests can script them.
+//! version's records (datanet-ingest, read as the attribution reader), the recording of a
+//! receipt batch's root in the journal and the slashing threshold governance set (ledger). Behind one trait so tests can script them.
 
 use futures::TryStreamExt;
 use openledger_core::{ContentHash, ErrorCode};
@@ -50,6 +50,9 @@ pub trait Upstream: Send + Sync {
     /// Every record of the version, in order.
     async fn records(&self, datanet_id: &str, snapshot_id: &str) -> Result<Vec<VersionRecord>, WorkerError>;
     async fn record_batch(&self, sequence: u64, root: &ContentHash, size: u64) -> Result<Recorded, WorkerError>;
+    /// The quality score below which a contribution is a slashing candidate, as the parameters
+    /// in force now set it.
+    async fn slashing_threshold(&self) -> Result<f64, WorkerError>;
 }
 
 /// The services over gRPC.
@@ -151,5 +154,17 @@ impl Upstream for Services {
             journal_sequence: record.journal_sequence,
             entry_hash: record.journal_entry_hash.map(|h| h.value).unwrap_or_default(),
         })
+    }
+
+    async fn slashing_threshold(&self) -> Result<f64, WorkerError> {
+        let mut client = LedgerServiceClient::new(channel(&self.ledger, "ledger")?);
+        let parameters = client
+            .get_parameters(lpb::GetParametersRequest { epoch: 0 })
+            .await
+            .map_err(|status| upstream("ledger", &status))?
+            .into_inner();
+        Ok(parameters
+            .slashing_threshold_milli
+            .map_or(openledger_attribution::quality::DEFAULT_SLASHING_THRESHOLD, |milli| f64::from(milli) / 1000.0))
     }
 }

@@ -115,26 +115,12 @@ fn bond_response((transfer_id, state): (u128, BondState)) -> pb::BondResponse {
     pb::BondResponse { transfer_id, state: state as i32 }
 }
 
-fn parameters_to_proto(parameters: &Economics) -> pb::Parameters {
-    pb::Parameters {
-        model_owner_bps: parameters.model_owner_bps,
-        stakers_bps: parameters.stakers_bps,
-        contributors_bps: parameters.contributors_bps,
-        platform_fee: to_uint128(parameters.platform_fee),
-        slashing_bps: parameters.slashing_bps,
-        unbonding_seconds: parameters.unbonding_seconds,
-        minimum_stake: to_uint128(parameters.minimum_stake),
-        epoch_seconds: parameters.epoch_seconds,
-        effective_from_epoch: 0,
-    }
-}
-
 fn proposal_to_proto(view: &ProposalView) -> pb::Proposal {
     pb::Proposal {
         proposal_id: view.id.clone(),
         proposer_account_id: to_uint128(view.proposer),
         effective_from_epoch: view.effective_from_epoch.unwrap_or(0),
-        parameters: Some(parameters_to_proto(&view.parameters)),
+        parameters: Some(view.parameters.to_proto()),
         state: view.state.as_str().to_owned(),
         votes_for: to_uint128(view.votes_for),
         votes_against: to_uint128(view.votes_against),
@@ -625,7 +611,7 @@ impl LedgerService for Api {
             let start = request.epoch.saturating_mul(in_force.epoch_seconds.max(1)).saturating_mul(NANOS_PER_SECOND);
             ledger.parameters_at(start).await.map_err(ledger_error)?
         };
-        Ok(Response::new(parameters_to_proto(&parameters)))
+        Ok(Response::new(parameters.to_proto()))
     }
 
     async fn submit_proposal(

@@ -1,5 +1,5 @@
-//! Governance of the economic parameters (β, γ, δ, platform fee, slashing rate, unbonding
-//! period, minimum stake, epoch length). A staker holding at least the proposal threshold
+//! Governance of the economic parameters (β, γ, δ, platform fee, slashing rate and threshold,
+//! unbonding period, minimum stake, epoch length). A staker holding at least the proposal threshold
 //! proposes a full parameter set; stakers vote with their stake at the time of voting; when
 //! the voting period ends the proposal passes if the votes cast reach the quorum (a share of
 //! everything staked) and more stake approves than rejects; after the timelock it takes
@@ -17,7 +17,10 @@ use sea_orm::{
 use crate::{
     books::{Ledger, LedgerError},
     entities::{account, parameters, proposal, vote},
-    limits::{BASIS_POINTS_TOTAL, MAX_EPOCH_SECONDS, MAX_PROPOSAL_RATIONALE_CHARS, NANOS_PER_SECOND as NANOS},
+    limits::{
+        BASIS_POINTS_TOTAL, DEFAULT_SLASHING_THRESHOLD_MILLI, MAX_EPOCH_SECONDS, MAX_PROPOSAL_RATIONALE_CHARS,
+        MIN_SLASHING_THRESHOLD_MILLI, NANOS_PER_SECOND as NANOS,
+    },
     model::{Owner, stored_enum},
     operations::{Economics, OperationError, bps_share, not_found},
     staking::codes,
@@ -104,6 +107,7 @@ impl From<&Economics> for openledger_signing::canonical::Parameters {
             minimum_stake: parameters.minimum_stake,
             unbonding_seconds: parameters.unbonding_seconds,
             epoch_seconds: parameters.epoch_seconds,
+            slashing_threshold_milli: parameters.slashing_threshold_milli,
         }
     }
 }
@@ -123,6 +127,11 @@ fn parse_parameters(text: &str) -> Result<Economics, LedgerError> {
         minimum_stake: amount("minimum_stake")?,
         unbonding_seconds: number("unbonding_seconds")?,
         epoch_seconds: number("epoch_seconds")?,
+        // Parameter sets stored before the threshold was governed had the default.
+        slashing_threshold_milli: match &value["slashing_threshold_milli"] {
+            serde_json::Value::Null => DEFAULT_SLASHING_THRESHOLD_MILLI,
+            threshold => threshold.as_i64().and_then(|t| i32::try_from(t).ok()).ok_or_else(corrupt)?,
+        },
     })
 }
 
@@ -134,6 +143,14 @@ pub fn validate_parameters(parameters: &Economics) -> Result<(), String> {
     }
     if parameters.slashing_bps > BASIS_POINTS_TOTAL {
         return Err("the slashing rate is at most 10000 basis points".into());
+    }
+    let thresholds = MIN_SLASHING_THRESHOLD_MILLI..=0;
+    if !thresholds.contains(&parameters.slashing_threshold_milli) {
+        return Err(format!(
+            "the slashing threshold must be {MIN_SLASHING_THRESHOLD_MILLI}..=0 thousandths of a quality score \
+             (0 is the typical record), got {}",
+            parameters.slashing_threshold_milli
+        ));
     }
     if parameters.minimum_stake == 0 {
         return Err("the minimum stake must be positive".into());
@@ -395,5 +412,32 @@ impl Ledger {
             executed += 1;
         }
         Ok(executed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_parameters_read_back_and_older_sets_have_the_default_threshold() {
+        let governed = Economics { slashing_threshold_milli: -2_500, platform_fee: 7, ..Economics::default() };
+        assert_eq!(parse_parameters(&parameters_json(&governed)).expect("parse"), governed);
+        // A set stored before the threshold was a parameter.
+        let older = parameters_json(&Economics::default()).replace(r#""slashing_threshold_milli":-1000,"#, "");
+        assert!(!older.contains("threshold"), "{older}");
+        assert_eq!(parse_parameters(&older).expect("parse"), Economics::default());
+        let corrupt = parameters_json(&governed).replace("-2500", r#""low""#);
+        assert!(matches!(parse_parameters(&corrupt), Err(LedgerError::Corrupt(_))), "{corrupt}");
+    }
+
+    #[test]
+    fn the_slashing_threshold_is_bounded() {
+        for (threshold, valid) in [(0, true), (-1_000, true), (MIN_SLASHING_THRESHOLD_MILLI, true), (1, false)] {
+            let parameters = Economics { slashing_threshold_milli: threshold, ..Economics::default() };
+            assert_eq!(validate_parameters(&parameters).is_ok(), valid, "{threshold}");
+        }
+        let below = Economics { slashing_threshold_milli: MIN_SLASHING_THRESHOLD_MILLI - 1, ..Economics::default() };
+        assert!(validate_parameters(&below).is_err_and(|reason| reason.contains("slashing threshold")));
     }
 }

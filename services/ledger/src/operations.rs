@@ -22,7 +22,7 @@ use prost::Message;
 
 use crate::{
     books::{Ledger, LedgerError, operation_key as key, system_transfer_id},
-    limits::BASIS_POINTS_TOTAL,
+    limits::{BASIS_POINTS_TOTAL, DEFAULT_SLASHING_THRESHOLD_MILLI},
     model::{CreateTransferResult, OPEN_LEDGER, SystemRole, Transfer, TransferFlags},
 };
 
@@ -71,10 +71,15 @@ pub struct Economics {
     pub unbonding_seconds: u64,
     /// Length of a rewards epoch.
     pub epoch_seconds: u64,
+    /// Quality score below which the attribution-worker makes a contribution a slashing
+    /// candidate, in thousandths (see `openledger_attribution::quality`: −1000 is one median
+    /// deviation below the typical record); `MIN_SLASHING_THRESHOLD_MILLI..=0`.
+    pub slashing_threshold_milli: i32,
 }
 
 impl Economics {
-    /// The parameters as `GetParameters` answers them (and proposals carry them).
+    /// The parameters as `GetParameters` answers them (and proposals carry them); a message
+    /// without a slashing threshold (from a client older than it) means the default.
     pub fn from_proto(parameters: &openledger_proto::ledger::v1::Parameters) -> Self {
         use openledger_proto::u128_of;
         Self {
@@ -86,7 +91,32 @@ impl Economics {
             minimum_stake: u128_of(parameters.minimum_stake.as_ref()),
             unbonding_seconds: parameters.unbonding_seconds,
             epoch_seconds: parameters.epoch_seconds,
+            slashing_threshold_milli: parameters
+                .slashing_threshold_milli
+                .unwrap_or(Self::default().slashing_threshold_milli),
         }
+    }
+
+    /// The parameters as a message (`effective_from_epoch` left 0 for the caller to set).
+    pub fn to_proto(&self) -> openledger_proto::ledger::v1::Parameters {
+        use openledger_proto::uint128;
+        openledger_proto::ledger::v1::Parameters {
+            model_owner_bps: self.model_owner_bps,
+            stakers_bps: self.stakers_bps,
+            contributors_bps: self.contributors_bps,
+            platform_fee: uint128(self.platform_fee),
+            slashing_bps: self.slashing_bps,
+            unbonding_seconds: self.unbonding_seconds,
+            minimum_stake: uint128(self.minimum_stake),
+            epoch_seconds: self.epoch_seconds,
+            effective_from_epoch: 0,
+            slashing_threshold_milli: Some(self.slashing_threshold_milli),
+        }
+    }
+
+    /// The slashing threshold as the quality score it is.
+    pub fn slashing_threshold(&self) -> f64 {
+        f64::from(self.slashing_threshold_milli) / 1000.0
     }
 }
 
@@ -101,6 +131,7 @@ impl Default for Economics {
             minimum_stake: 10u128.pow(18),
             unbonding_seconds: 7 * 86_400,
             epoch_seconds: 86_400,
+            slashing_threshold_milli: DEFAULT_SLASHING_THRESHOLD_MILLI,
         }
     }
 }

@@ -1299,8 +1299,13 @@ async fn stakers_govern_the_parameters_by_signed_stake_weighted_votes() {
     f.ledger.stake("alice", ids[0], 600, &stakes).await.expect("stake");
     f.ledger.stake("bob", ids[1], 300, &stakes).await.expect("stake");
     let rules = GovernanceRules { proposal_threshold: 100, voting_seconds: 10, quorum_bps: 5_000, timelock_seconds: 5 };
-    let proposed =
-        Economics { model_owner_bps: 2_500, stakers_bps: 2_500, contributors_bps: 5_000, ..Economics::default() };
+    let proposed = Economics {
+        model_owner_bps: 2_500,
+        stakers_bps: 2_500,
+        contributors_bps: 5_000,
+        slashing_threshold_milli: -2_000,
+        ..Economics::default()
+    };
     let t = Ledger::now_ns();
 
     let sign = |who: usize, message: Vec<u8>| {
@@ -1336,6 +1341,13 @@ async fn stakers_govern_the_parameters_by_signed_stake_weighted_votes() {
     assert!(
         f.ledger.submit_proposal_at("p-bad", ids[1], &invalid, "", &ikey, &isig, &rules, t).await.is_err(),
         "shares must sum to 100%"
+    );
+    let lenient = Economics { slashing_threshold_milli: 500, ..proposed };
+    let (lkey, lsig) = sign(1, proposal_message("p-lenient", ids[1], &lenient));
+    let refused = f.ledger.submit_proposal_at("p-lenient", ids[1], &lenient, "", &lkey, &lsig, &rules, t).await;
+    assert!(
+        matches!(&refused, Err(OperationError::Refused { reason, .. }) if reason.contains("slashing threshold")),
+        "a threshold above the typical record would slash honest data: {refused:?}"
     );
     let (ckey, csig) = sign(2, proposal_message("p-carol", ids[2], &proposed));
     assert!(
