@@ -6,7 +6,8 @@
 //! Environment: `OPENLEDGER_EVAL_SUBSETS` (retrained subsets for the LDS, default 8),
 //! `OPENLEDGER_EVAL_SEED` (default 1), `OPENLEDGER_EVAL_JSON` (write the report there too),
 //! `OPENLEDGER_EVAL_WORK_DIR` (keep the adapters there: a re-run with the same settings loads
-//! them instead of training again; default a temporary directory).
+//! them instead of training again; default a temporary directory), `OPENLEDGER_EVAL_FIRST_LAYER`
+//! (gradients of the layers from this one on; default 0, all).
 //! Needs `scripts/fetch-models.sh` (SmolLM2 and all-MiniLM-L6-v2).
 
 use std::time::Instant;
@@ -32,7 +33,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let work = std::env::var("OPENLEDGER_EVAL_WORK_DIR").map_or_else(|_| temporary.path().to_path_buf(), Into::into);
     let subsets = env_or("OPENLEDGER_EVAL_SUBSETS", 8) as usize;
     let seed = env_or("OPENLEDGER_EVAL_SEED", 1);
-    let spec = EvaluationSpec::bench(work, model, minilm, subsets, seed);
+    let spec = EvaluationSpec {
+        first_layer: env_or("OPENLEDGER_EVAL_FIRST_LAYER", 0) as usize,
+        ..EvaluationSpec::bench(work, model, minilm, subsets, seed)
+    };
     let started = Instant::now();
     let mut last = String::new();
     let report = evaluate(&spec, &mut |stage, done, total| {

@@ -130,6 +130,24 @@ fn cost(a: &Args) {
     let layer_dims: Vec<usize> = gradient.iter().map(Vec::len).collect();
     let width: usize = layer_dims.iter().sum();
     println!("probe gradient: {:.0} ms ({} layers × {} values)", probe_s * 1e3, layer_dims.len(), layer_dims[0]);
+    // The same probe from later layers: the earlier ones forward only, the backward shorter.
+    let layers = model.config().num_layers;
+    println!("| probed layers | probe gradient ms | vs all layers |");
+    println!("|---|---|---|");
+    for first in [layers / 2, 2 * layers / 3, layers - 6, layers - 4, layers - 2, layers - 1] {
+        let later =
+            GradientProbe::new(&model, &adapter, Some(projection)).expect("probe").from_layer(first).expect("layer");
+        let later_s = median(
+            (0..RUNS)
+                .map(|_| {
+                    let started = Instant::now();
+                    std::hint::black_box(probe_gradient(&later, &tokenizer, Some(PROMPT), &completion).expect("probe"));
+                    started.elapsed().as_secs_f64()
+                })
+                .collect(),
+        );
+        println!("| {first}..{layers} | {:.0} | {:.2}× faster |", later_s * 1e3, probe_s / later_s);
+    }
 
     let bytes = random_index_bytes(a.records, width, 7);
     let path = dir.path().join("grads.bin");

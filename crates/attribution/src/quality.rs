@@ -134,7 +134,7 @@ pub fn assess(
         }
     };
     let adapter = load_adapter_dir_as("attribution", adapter_dir, model, AdapterPrecision::Exact)?;
-    let probe = GradientProbe::new(model, &adapter, index.manifest.projection)?;
+    let probe = index.probing().probe(model, &adapter)?;
     let rows: Vec<(&[u32], usize)> = examples.iter().map(|e| (e.tokens.as_slice(), e.first_scored)).collect();
     let gradient = mean_gradient(&probe, &rows)?;
     quality_report(&index.gradients()?, &index.manifest.records, &gradient, validation, estimator, threshold)
@@ -264,6 +264,7 @@ mod tests {
     use openledger_ml::train::grads::{Projection, ProjectionKind};
 
     use super::*;
+    use crate::influence::Probing;
     use crate::influence::fixture::fixture;
 
     #[test]
@@ -273,11 +274,13 @@ mod tests {
         // final-checkpoint gradients have shrunk and c3 no longer stands out: the limit of any
         // final-checkpoint estimator, reported in bench/RESULTS.md).
         let f = fixture(64, 4, |i| (24..32).contains(&i));
-        let projection = Projection { kind: ProjectionKind::Rademacher, dim: 48, seed: 1 };
+        let probing = Probing {
+            projection: Some(Projection { kind: ProjectionKind::Rademacher, dim: 48, seed: 1 }),
+            first_layer: 0,
+        };
         let dir = f.dir.path().join("index");
         let index =
-            GradientIndex::build(&f.model, &f.tokenizer, &f.adapter, &f.corpus, &dir, Some(projection), &mut |_, _| {})
-                .unwrap();
+            GradientIndex::build(&f.model, &f.tokenizer, &f.adapter, &f.corpus, &dir, probing, &mut |_, _| {}).unwrap();
         let report = assess(
             &f.model,
             &f.tokenizer,

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use openledger_attribution::attribute::{Attributor, Explained, Influence};
 use openledger_attribution::corpus::Corpus;
 use openledger_attribution::credit::{CreditGroups, CreditParams};
-use openledger_attribution::influence::{Estimator, GradientIndex};
+use openledger_attribution::influence::{Estimator, GradientIndex, Probing, default_first_layer};
 use openledger_attribution::quality::{self, DEFAULT_QUALITY_ESTIMATOR, DEFAULT_SLASHING_THRESHOLD, QualityReport};
 
 // The platform's threshold is a governed parameter (the ledger's, in thousandths); its default
@@ -21,7 +21,7 @@ const _: () =
 use openledger_attribution::span::{SpanIndex, SpanParams};
 use openledger_ml::AdapterPrecision;
 use openledger_ml::adapters::load_adapter_dir_as;
-use openledger_ml::train::grads::{GradientProbe, Projection, ProjectionKind};
+use openledger_ml::train::grads::{Projection, ProjectionKind};
 
 use crate::model::{bar, compute, load};
 
@@ -145,6 +145,11 @@ pub enum IndexCommand {
         project: Option<usize>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Index the gradients of the layers from this one on (0-based; the earlier layers run
+        /// forward only: a smaller index, faster probes); 0 keeps every layer [default: the upper
+        /// half, as the platform's indexes]
+        #[arg(long)]
+        from_layer: Option<usize>,
     },
 }
 
@@ -175,8 +180,16 @@ impl VersionArgs {
 pub async fn run(command: AttributionCommand, config: &openledger_core::Config) -> anyhow::Result<bool> {
     match command {
         AttributionCommand::Verify(args) => verify(args, config).await,
-        AttributionCommand::Index(IndexCommand::Build { version, adapter, shard_tokens, project, seed }) => {
-            build(&version, adapter.as_deref(), shard_tokens, project, seed).await
+        AttributionCommand::Index(IndexCommand::Build {
+            version,
+            adapter,
+            shard_tokens,
+            project,
+            seed,
+            from_layer,
+        }) => {
+            let projection = project.map(|dim| Projection { kind: ProjectionKind::Rademacher, dim, seed });
+            build(&version, adapter.as_deref(), shard_tokens, projection, from_layer).await
         }
         AttributionCommand::Trace { version, text, json } => trace(&version, &text, json).await,
         AttributionCommand::Score { version, adapter, prompt, completion, estimator, json } => {
@@ -235,13 +248,14 @@ async fn build(
     version: &VersionArgs,
     adapter: Option<&Path>,
     shard_tokens: usize,
-    project: Option<usize>,
-    seed: u64,
+    projection: Option<Projection>,
+    from_layer: Option<usize>,
 ) -> anyhow::Result<bool> {
     let corpus = version.corpus()?;
     let (model, tokenizer) = load(&version.base).await?;
+    let first_layer = from_layer.unwrap_or_else(|| default_first_layer(model.config().num_layers));
+    let probing = Probing { projection, first_layer };
     let span_dir = version.span_dir();
-    let projection = project.map(|dim| Projection { kind: ProjectionKind::Rademacher, dim, seed });
     let spans = bar(corpus.records.len() as u64, "span index {bar:30} {pos}/{len} records [{elapsed} < {eta}]");
     let gradients = bar(0, "gradient index {bar:30} {pos}/{len} records [{elapsed} < {eta}] {per_sec}");
     let (p, q) = (spans.clone(), gradients.clone());
@@ -255,25 +269,21 @@ async fn build(
         println!("span index of {} in {}: {} tokens", corpus.name, out.display(), header.tokens);
         let Some(adapter_dir) = adapter_dir else { return Ok(None) };
         let index_dir = GradientIndex::default_dir(&adapter_dir);
-        let index = GradientIndex::build(
-            &model,
-            &tokenizer,
-            &adapter_dir,
-            &data,
-            &index_dir,
-            projection,
-            &mut |done, total| {
+        let index =
+            GradientIndex::build(&model, &tokenizer, &adapter_dir, &data, &index_dir, probing, &mut |done, total| {
                 q.set_length(total as u64);
                 q.set_position(done as u64);
-            },
-        )?;
+            })?;
         Ok(Some((index_dir, index.len(), index.bytes_per_record())))
     })
     .await;
     spans.finish_and_clear();
     gradients.finish_and_clear();
     if let Some((dir, records, bytes)) = built? {
-        println!("gradient index in {}: {records} records, {bytes} bytes each", dir.display());
+        println!(
+            "gradient index in {}: {records} records, {bytes} bytes each (layers from {first_layer})",
+            dir.display()
+        );
     }
     Ok(true)
 }
@@ -339,7 +349,7 @@ async fn score(
                 index.check_adapter(dir)?;
                 let gradients = index.gradients()?;
                 let weights = load_adapter_dir_as("attribution", dir, &model, AdapterPrecision::Exact)?;
-                let probe = GradientProbe::new(&model, &weights, index.manifest.projection)?;
+                let probe = index.probing().probe(&model, &weights)?;
                 attributor.influence = Some(Influence { gradients: &gradients, probe: &probe, estimator });
                 attributor.attribute(prompt.as_deref(), &completion)?
             }

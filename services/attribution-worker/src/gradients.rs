@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use object_store::{ObjectStore, path::Path as ObjectPath};
-use openledger_attribution::influence::{GradientIndex, GradientSet};
+use openledger_attribution::influence::{GradientIndex, GradientSet, Probing, default_first_layer};
 use openledger_core::{ContentHash, ErrorCode};
 use openledger_ml::{
     AdapterConfig, LlamaModel, Tokenizer,
@@ -147,9 +147,9 @@ pub fn build_gradient_index(
 ) -> Result<(usize, ContentHash), WorkerError> {
     let out = adapter_dir.join(GRADIENT_INDEX_DIR);
     let _ = std::fs::remove_dir_all(&out);
-    let projection = Some(projection_for(adapter_dir)?);
+    let probing = probing_for(adapter_dir, model)?;
     let index =
-        GradientIndex::build_shard(model, tokenizer, adapter_dir, version_dir, &out, projection, part, &mut |_, _| {})
+        GradientIndex::build_shard(model, tokenizer, adapter_dir, version_dir, &out, probing, part, &mut |_, _| {})
             .map_err(WorkerError::attribution)?;
     Ok((index.len(), files_hash(&out)?))
 }
@@ -165,12 +165,13 @@ pub fn merge_gradient_shards(adapter_dir: &Path, shards_dir: &Path, shards: usiz
     std::fs::remove_dir_all(shards_dir).map_err(|e| WorkerError::io(shards_dir, e))
 }
 
-/// The projection of an adapter's gradient rows: Rademacher, to the smallest multiple of
+/// The gradients an adapter's index holds: those of the upper half of the layers
+/// ([`default_first_layer`]), projected (Rademacher) to the smallest multiple of
 /// 2 × rank × targets (what a projection must be) of at least [`GRADIENT_PROJECTION_MIN_DIM`]
 /// values per layer. Whole rows of a SmolLM2 adapter are megabytes per record; projected, a
-/// version of 100,000 records fits in a few GB. The index's manifest records it, so probes
-/// and `verify` use the same.
-pub fn projection_for(adapter_dir: &Path) -> Result<Projection, WorkerError> {
+/// version of 100,000 records fits in a few GB. The index records both (the manifest and the
+/// rows' header), so probes and `verify` take the same.
+pub fn probing_for(adapter_dir: &Path, model: &LlamaModel) -> Result<Probing, WorkerError> {
     let path = adapter_dir.join(ADAPTER_CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|e| WorkerError::io(&path, e))?;
     let invalid = |e: String| WorkerError::new(ErrorCode::FailedPrecondition, format!("{}: {e}", path.display()));
@@ -181,7 +182,10 @@ pub fn projection_for(adapter_dir: &Path) -> Result<Projection, WorkerError> {
         return Err(invalid("the adapter has no rank or no targets".into()));
     }
     let dim = GRADIENT_PROJECTION_MIN_DIM.div_ceil(per_layer) * per_layer;
-    Ok(Projection { kind: ProjectionKind::Rademacher, dim, seed: GRADIENT_PROJECTION_SEED })
+    Ok(Probing {
+        projection: Some(Projection { kind: ProjectionKind::Rademacher, dim, seed: GRADIENT_PROJECTION_SEED }),
+        first_layer: default_first_layer(model.config().num_layers),
+    })
 }
 
 /// An adapter's gradient index opened for attribution: the rows in memory and the probe that
@@ -205,7 +209,9 @@ pub fn open_gradients(adapter_dir: &Path, model: &LlamaModel) -> Result<AdapterG
     let gradients = index.gradients().map_err(WorkerError::attribution)?;
     let weights = load_adapter_dir("attribution", adapter_dir, model)
         .map_err(|e| WorkerError::new(ErrorCode::Internal, format!("the adapter in {}: {e}", adapter_dir.display())))?;
-    let probe = GradientProbe::new(model, &weights, index.manifest.projection)
+    let probe = index
+        .probing()
+        .probe(model, &weights)
         .map_err(|e| WorkerError::new(ErrorCode::Internal, format!("the adapter's gradient probe: {e}")))?;
     let adapter_files = [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
         .into_iter()

@@ -407,7 +407,7 @@ async fn a_big_gradient_index_is_built_in_shards_and_merged_into_the_whole_index
     let adapter = crate::gradients::adapter_dir(&worker_dir, "ft:colours");
     let (model, tokenizer) = openledger_ml::load_model(&base, &candle_core::Device::Cpu).expect("load");
     let whole = setup.dir.path().join("whole");
-    let projection = Some(crate::gradients::projection_for(&adapter).expect("projection"));
+    let probing = crate::gradients::probing_for(&adapter, &model).expect("probing");
     let version = crate::indexes::version_dir(&worker_dir, "version-1");
     openledger_attribution::influence::GradientIndex::build(
         &model,
@@ -415,7 +415,7 @@ async fn a_big_gradient_index_is_built_in_shards_and_merged_into_the_whole_index
         &adapter,
         &version,
         &whole,
-        projection,
+        probing,
         &mut |_, _| {},
     )
     .expect("whole build");

@@ -25,7 +25,7 @@ pub const CONCURRENT_INDEX_BUILDS: usize = 1;
 /// Time between two looks at an `AttributionJob` being built (one GET each).
 pub const INDEX_JOB_POLL: Duration = Duration::from_secs(5);
 /// Values per layer a gradient index's rows are projected to at least (see
-/// `gradients::projection_for`): the size `openledger attribution evaluate` measures with.
+/// `gradients::probing_for`): the size `openledger attribution evaluate` measures with.
 pub const GRADIENT_PROJECTION_MIN_DIM: usize = 256;
 /// Seed of the projection matrices (fixed: an index rebuilt from the same files is the same).
 pub const GRADIENT_PROJECTION_SEED: u64 = 1;

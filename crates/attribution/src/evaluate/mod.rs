@@ -60,6 +60,8 @@ pub struct EvaluationSpec {
     pub train: TrainConfig,
     /// The random projection of per-example gradients (`None`: full LoRA gradients).
     pub projection: Option<Projection>,
+    /// The first layer whose gradients are taken (0: all; see `GradientProbe::from_layer`).
+    pub first_layer: usize,
     pub estimators: Vec<Estimator>,
     /// Random half subsets retrained for the LDS (0 skips it; at least 3 give a correlation).
     pub subsets: usize,
@@ -94,6 +96,7 @@ impl EvaluationSpec {
             corpus: CorpusSource::Generate(CorpusSpec::ci(seed)),
             train,
             projection: None,
+            first_layer: 0,
             estimators: Estimator::ALL.to_vec(),
             subsets: 8,
             knn_k: 5,
@@ -138,6 +141,7 @@ impl EvaluationSpec {
             corpus: CorpusSource::Generate(corpus),
             train,
             projection,
+            first_layer: 0,
             estimators: Estimator::ALL.to_vec(),
             subsets,
             knn_k: 5,
@@ -170,7 +174,7 @@ pub fn evaluate(spec: &EvaluationSpec, on_progress: &mut dyn FnMut(&str, u64, u6
     on_progress("train", 1, 1);
     let summary = report::AdapterSummary::measure(&trainer, &adapter)?;
     let (mut methods, gradients) =
-        methods::influence(&trainer, &adapter, spec.projection, &spec.estimators, on_progress)?;
+        methods::influence(&trainer, &adapter, spec.projection, spec.first_layer, &spec.estimators, on_progress)?;
     methods.extend(methods::baselines(g, spec, on_progress)?);
     let actual = counterfactual_losses(&trainer, n, spec, on_progress)?;
     let results = methods.iter().map(|m| m.result(g, actual.as_ref())).collect();
@@ -240,7 +244,12 @@ fn measure_replication(
         .collect();
     let edited = Copies {
         records: originals.iter().zip(&edited_texts).map(|(&i, t)| copy(i, &t.text, &t.label, "edited")).collect(),
-        gradients: trainer.gradients(adapter, spec.projection, &trainer.dataset(&edited_texts)?.examples)?,
+        gradients: trainer.gradients(
+            adapter,
+            spec.projection,
+            spec.first_layer,
+            &trainer.dataset(&edited_texts)?.examples,
+        )?,
     };
     let estimator = paying_estimator(spec);
     let identities = |kind: &str| vec![honest.clone(), format!("{honest}-{kind}")];

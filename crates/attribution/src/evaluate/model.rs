@@ -130,14 +130,16 @@ impl Trainer {
         Ok(hasher.finalize().to_hex().to_string())
     }
 
-    /// Each example's projected LoRA gradient under `adapter`, one vector per layer.
+    /// Each example's projected LoRA gradient under `adapter`, one vector per layer from
+    /// `first_layer` on.
     pub fn gradients(
         &self,
         adapter: &LoraAdapter,
         projection: Option<Projection>,
+        first_layer: usize,
         examples: &[Example],
     ) -> Result<Vec<Vec<Vec<f32>>>> {
-        let probe = GradientProbe::new(&self.model, adapter, projection)?;
+        let probe = GradientProbe::new(&self.model, adapter, projection)?.from_layer(first_layer)?;
         let order: Vec<usize> = (0..examples.len()).collect();
         let mut rows = Vec::with_capacity(examples.len());
         for batch in micro_batches(&order, |i| examples[i].tokens.len(), self.batch_tokens) {

@@ -20,7 +20,7 @@ use openledger_ml::adapters::{ADAPTER_WEIGHTS, load_adapter_dir_as};
 use openledger_ml::train::data::{Example, Record, Tokenize, read_records};
 use openledger_ml::train::grads::{GradDType, GradFile, GradHeader, GradientProbe, Projection};
 use openledger_ml::train::{LINEAGE_FILE, Lineage, hash_path};
-use openledger_ml::{LlamaModel, Tokenizer};
+use openledger_ml::{LlamaModel, LoraAdapter, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use super::GradientSet;
@@ -38,6 +38,33 @@ pub const INDEX_BATCH_TOKENS: usize = 2048;
 /// Storage of the rows: bf16 halves the index and its read time; scores move by ~0.4% relative
 /// (bf16's 8-bit mantissa), far below the spread between records.
 pub const INDEX_DTYPE: GradDType = GradDType::Bf16;
+
+/// Which gradients an index holds, and so which gradients its probes take: projected or
+/// whole, of every layer or from a later one (see `GradientProbe::from_layer`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Probing {
+    pub projection: Option<Projection>,
+    pub first_layer: usize,
+}
+
+/// Fewest layers an index holds by default (all of a shallower model).
+pub const MIN_INDEXED_LAYERS: usize = 8;
+
+/// The first layer an index holds by default: the upper half of the model's layers, but at
+/// least [`MIN_INDEXED_LAYERS`]. On the SmolLM2 evaluation (bench/RESULTS.md, "Influence from
+/// the upper layers") the upper 15 of 30 detect harmful contributors and predict retraining as
+/// well as all 30 or better (the lower layers' gradients add noise), with half the index and a
+/// probe about 1.4× faster; 10 or fewer lose detection, 1–2 most of it.
+pub fn default_first_layer(layers: usize) -> usize {
+    layers.saturating_sub(layers.div_ceil(2).max(MIN_INDEXED_LAYERS))
+}
+
+impl Probing {
+    /// A probe of `adapter` taking these gradients.
+    pub fn probe(&self, model: &LlamaModel, adapter: &LoraAdapter) -> Result<GradientProbe> {
+        Ok(GradientProbe::new(model, adapter, self.projection)?.from_layer(self.first_layer)?)
+    }
+}
 
 /// One indexed record: which contribution pays for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,10 +136,10 @@ impl GradientIndex {
         adapter_dir: &Path,
         corpus_dir: &Path,
         out_dir: &Path,
-        projection: Option<Projection>,
+        probing: Probing,
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
-        Self::build_shard(model, tokenizer, adapter_dir, corpus_dir, out_dir, projection, (0, 1), on_progress)
+        Self::build_shard(model, tokenizer, adapter_dir, corpus_dir, out_dir, probing, (0, 1), on_progress)
     }
 
     /// [`Self::build`] of shard `shard` of `shards` only (see [`ShardOf`]): an index of its
@@ -125,7 +152,7 @@ impl GradientIndex {
         adapter_dir: &Path,
         corpus_dir: &Path,
         out_dir: &Path,
-        projection: Option<Projection>,
+        probing: Probing,
         (shard, shards): (usize, usize),
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
@@ -150,7 +177,7 @@ impl GradientIndex {
             indexed = indexed.drain(range).collect();
         }
         let adapter = load_adapter_dir_as("attribution", adapter_dir, model, AdapterPrecision::Exact)?;
-        let probe = GradientProbe::new(model, &adapter, projection)?;
+        let probe = probing.probe(model, &adapter)?;
         let staging = staging_dir(out_dir)?;
         let rows: Vec<(ContentHash, &[u32], usize)> =
             examples.iter().map(|e| (e.hash, e.tokens.as_slice(), e.first_scored)).collect();
@@ -169,7 +196,7 @@ impl GradientIndex {
                 base_model_blake3: lineage.base_model_blake3.clone(),
                 dataset: lineage.dataset.clone(),
                 dataset_blake3: lineage.dataset_blake3.clone(),
-                projection,
+                projection: probing.projection,
                 records: indexed,
                 checksums: Vec::new(),
                 shard,
@@ -284,6 +311,11 @@ impl GradientIndex {
             return Ok(None);
         }
         Self::open(dir).map(Some)
+    }
+
+    /// The gradients this index holds: what its probes must take.
+    pub fn probing(&self) -> Probing {
+        Probing { projection: self.manifest.projection, first_layer: self.header.first_layer }
     }
 
     /// Checks the index was built for the adapter in `adapter_dir` (its weights' BLAKE3).
@@ -417,6 +449,7 @@ fn check_shard(part: &GradientIndex, first: Option<&GradientIndex>, at: usize, s
             && a.projection == b.projection
             && a.shard.map(|s| s.total_records) == Some(shard.total_records)
             && first.header.layer_dims == part.header.layer_dims
+            && first.header.first_layer == part.header.first_layer
             && first.header.dtype == part.header.dtype;
         if !same {
             return Err(AttributionError::Mismatch(format!(
@@ -490,16 +523,25 @@ mod tests {
     use crate::influence::{Estimator, probe_gradient, scores};
 
     const PROJECTION: Projection = Projection { kind: ProjectionKind::Rademacher, dim: 48, seed: 3 };
+    const PROBING: Probing = Probing { projection: Some(PROJECTION), first_layer: 0 };
 
     fn build(f: &crate::influence::fixture::Fixture, out: &Path) -> GradientIndex {
+        build_with(f, out, PROBING)
+    }
+
+    fn build_with(f: &crate::influence::fixture::Fixture, out: &Path, probing: Probing) -> GradientIndex {
         let mut progress = Vec::new();
-        let index =
-            GradientIndex::build(&f.model, &f.tokenizer, &f.adapter, &f.corpus, out, Some(PROJECTION), &mut |d, t| {
-                progress.push((d, t))
-            })
-            .unwrap();
+        let index = GradientIndex::build(&f.model, &f.tokenizer, &f.adapter, &f.corpus, out, probing, &mut |d, t| {
+            progress.push((d, t))
+        })
+        .unwrap();
         assert_eq!(progress.last().map(|p| p.0), Some(index.len()));
         index
+    }
+
+    #[test]
+    fn by_default_an_index_holds_the_upper_half_of_the_layers_but_at_least_eight() {
+        assert_eq!([2, 8, 12, 16, 30, 31].map(default_first_layer), [0, 0, 4, 8, 15, 15]);
     }
 
     #[test]
@@ -531,28 +573,65 @@ mod tests {
         for (a, b) in set.row(0).iter().zip(direct.iter().flatten()) {
             assert!((a - b).abs() <= 1e-2 * b.abs().max(largest / 100.0), "{a} vs {b}");
         }
-        let err = GradientIndex::build(&f.model, &f.tokenizer, &f.adapter, &f.corpus, &out, None, &mut |_, _| {});
+        let err = GradientIndex::build(
+            &f.model,
+            &f.tokenizer,
+            &f.adapter,
+            &f.corpus,
+            &out,
+            Probing::default(),
+            &mut |_, _| {},
+        );
         assert!(err.err().unwrap().to_string().contains("already exists"));
     }
 
     fn build_shards(f: &crate::influence::fixture::Fixture, shards: usize) -> Vec<PathBuf> {
         (0..shards)
-            .map(|shard| {
-                let out = f.dir.path().join(format!("shard-{shard}"));
-                GradientIndex::build_shard(
-                    &f.model,
-                    &f.tokenizer,
-                    &f.adapter,
-                    &f.corpus,
-                    &out,
-                    Some(PROJECTION),
-                    (shard, shards),
-                    &mut |_, _| {},
-                )
-                .unwrap();
-                out
-            })
+            .map(|shard| build_shard(f, &f.dir.path().join(format!("shard-{shard}")), PROBING, (shard, shards)))
             .collect()
+    }
+
+    fn build_shard(
+        f: &crate::influence::fixture::Fixture,
+        out: &Path,
+        probing: Probing,
+        part: (usize, usize),
+    ) -> PathBuf {
+        GradientIndex::build_shard(&f.model, &f.tokenizer, &f.adapter, &f.corpus, out, probing, part, &mut |_, _| {})
+            .unwrap();
+        out.to_path_buf()
+    }
+
+    /// An index of the last layer's gradients: its header says so, the index's own probing
+    /// takes the same gradients (a record probes itself first), and a shard of all layers does
+    /// not merge with it.
+    #[test]
+    fn an_index_of_the_last_layer_probes_the_last_layer() {
+        let f = fixture(32, 1, |_| false);
+        let layers = f.model.config().num_layers;
+        let last = Probing { first_layer: layers - 1, ..PROBING };
+        let index = build_with(&f, &f.dir.path().join("last"), last);
+        assert_eq!((index.header.first_layer, index.header.layer_dims.len()), (layers - 1, 1));
+        assert_eq!(index.probing(), last);
+        assert_eq!(index.bytes_per_record(), 48 * 2);
+        let set = index.gradients().unwrap();
+        let adapter = load_adapter_dir_as("a", &f.adapter, &f.model, AdapterPrecision::Exact).unwrap();
+        let probe = index.probing().probe(&f.model, &adapter).unwrap();
+        let (_, bodies) = read_records(&f.corpus.join(RECORDS_FILE)).unwrap();
+        let target = set.records[5];
+        let body = bodies.iter().find(|b| b.hash == target).unwrap();
+        let gradient = probe_gradient(&probe, &f.tokenizer, Some(&body.prompt[0].content), &body.completion).unwrap();
+        assert_eq!(gradient.len(), 1);
+        let s = scores(&set, &gradient, Estimator::Cosine).unwrap();
+        let best = (0..s.len()).max_by(|&a, &b| s[a].total_cmp(&s[b])).unwrap();
+        assert_eq!(set.records[best], target, "best {best} {s:?}");
+
+        let shards = [
+            build_shard(&f, &f.dir.path().join("s0"), PROBING, (0, 2)),
+            build_shard(&f, &f.dir.path().join("s1"), last, (1, 2)),
+        ];
+        let refused = GradientIndex::merge(&shards, &f.dir.path().join("merged"));
+        assert!(matches!(refused, Err(AttributionError::Mismatch(_))), "{:?}", refused.err());
     }
 
     #[test]

@@ -43,7 +43,7 @@ mod score;
 
 pub use index::{
     DEFAULT_INDEX_DIR, GradientIndex, INDEX_BATCH_TOKENS, INDEX_DTYPE, INDEX_FORMAT, IndexManifest, IndexedRecord,
-    ShardOf,
+    Probing, ShardOf, default_first_layer,
 };
 pub(crate) use index::{corpus_examples, read_lineage};
 pub use probe::{MAX_COMPLETION_TOKENS, MAX_PROMPT_TOKENS, probe_gradient, top_contributions};

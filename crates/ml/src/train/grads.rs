@@ -78,6 +78,10 @@ pub struct GradHeader {
     /// Per target: `(A rows, A cols, B rows, B cols)` as stored.
     pub shapes: Vec<(usize, usize, usize, usize)>,
     pub adapter: String,
+    /// The first layer whose gradients a row holds (`layer_dims` are of `first_layer..`); 0,
+    /// every layer, in files written before probes could start later.
+    #[serde(default)]
+    pub first_layer: usize,
 }
 
 pub const GRADS_FORMAT: &str = "openledger-grads/1";
@@ -92,6 +96,8 @@ pub struct GradientProbe {
     vars: LoraVars,
     targets: Vec<Target>,
     layers: usize,
+    /// Gradients of layers `first_layer..layers` only (see [`Self::from_layer`]).
+    first_layer: usize,
     projection: Option<Projection>,
     /// Per (layer, target): `P_in` `(d, in)` and `P_out` `(d, out)`.
     matrices: BTreeMap<(usize, Target), (Tensor, Tensor)>,
@@ -133,7 +139,25 @@ impl GradientProbe {
                 matrices.insert((layer, target), (matrix(in_f)?, matrix(out_f)?));
             }
         }
-        Ok(Self { base, vars, targets, layers, projection, matrices })
+        Ok(Self { base, vars, targets, layers, first_layer: 0, projection, matrices })
+    }
+
+    /// The same probe, taking the gradients of layers `first_layer..` only: the layers before
+    /// run forward only and the backward pass stops at them, so a probe of the last few layers
+    /// costs a forward pass and a short backward (LoGra and TRAK measure what this keeps).
+    pub fn from_layer(mut self, first_layer: usize) -> Result<Self> {
+        if first_layer >= self.layers {
+            return Err(MlError::InvalidRequest(format!(
+                "gradients from layer {first_layer}: the model has {} layers (0-based)",
+                self.layers
+            )));
+        }
+        self.first_layer = first_layer;
+        Ok(self)
+    }
+
+    pub fn first_layer(&self) -> usize {
+        self.first_layer
     }
 
     /// The row layout this probe produces.
@@ -158,21 +182,22 @@ impl GradientProbe {
             format: GRADS_FORMAT.into(),
             records,
             dtype,
-            layer_dims: vec![per_layer; self.layers],
+            layer_dims: vec![per_layer; self.layers - self.first_layer],
             targets: self.targets.clone(),
             rank,
             projection: self.projection,
             shapes,
             adapter: adapter.into(),
+            first_layer: self.first_layer,
         }
     }
 
-    /// Each example's gradient, one vector per layer. `examples`: tokens and the index of the
-    /// first scored token (a prompt's length, or 1 for free text).
+    /// Each example's gradient, one vector per probed layer (`first_layer..`). `examples`:
+    /// tokens and the index of the first scored token (a prompt's length, or 1 for free text).
     pub fn gradients(&self, examples: &[(&[u32], usize)]) -> Result<Vec<Vec<Vec<f32>>>> {
         let batch = Batch::new(examples, self.base.device())?;
         let (b, t) = batch.tokens.dims2()?;
-        let (nll, probes) = self.base.forward(Some(&self.vars), &batch, &Mode::probed())?;
+        let (nll, probes) = self.base.forward(Some(&self.vars), &batch, &Mode::probed(self.first_layer))?;
         // Each example's loss is the mean over its scored tokens: weight rows by 1 / count.
         let mut counts = vec![0usize; b];
         for &e in &batch.row_example {
@@ -185,7 +210,7 @@ impl GradientProbe {
         let weights = Tensor::from_vec(weights, nll.shape(), nll.device())?;
         let grads = (nll * weights)?.sum_all()?.backward()?;
         let scale = self.vars.scale;
-        let mut out: Vec<Vec<Vec<f32>>> = vec![vec![Vec::new(); self.layers]; b];
+        let mut out: Vec<Vec<Vec<f32>>> = vec![vec![Vec::new(); self.layers - self.first_layer]; b];
         for (&(layer, target), probe) in &probes {
             let g = grads
                 .get(probe.output.as_tensor())
@@ -204,8 +229,8 @@ impl GradientProbe {
             let grad_a: Vec<Vec<f32>> = grad_a.flatten_from(1)?.to_vec2()?;
             let grad_b: Vec<Vec<f32>> = grad_b.flatten_from(1)?.to_vec2()?;
             for (e, (ga, gb)) in grad_a.into_iter().zip(grad_b).enumerate() {
-                out[e][layer].extend(ga);
-                out[e][layer].extend(gb);
+                out[e][layer - self.first_layer].extend(ga);
+                out[e][layer - self.first_layer].extend(gb);
             }
         }
         Ok(out)
@@ -437,6 +462,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A probe from a later layer gives exactly the full probe's gradients of those layers
+    /// (the earlier layers' forward is the same; only the backward stops sooner).
+    #[test]
+    fn probing_from_a_later_layer_keeps_those_layers_gradients() {
+        let s = setup();
+        let projection = Projection { kind: ProjectionKind::Rademacher, dim: 2 * 4 * 3 * 5, seed: 11 };
+        let full = GradientProbe::new(&s.model, &s.adapter, Some(projection)).unwrap();
+        let layers = full.layers;
+        assert!(layers >= 2, "the tiny model has {layers} layers");
+        let last = GradientProbe::new(&s.model, &s.adapter, Some(projection)).unwrap().from_layer(layers - 1).unwrap();
+        let examples = examples();
+        let batch: Vec<(&[u32], usize)> = examples.iter().map(|e| (e.as_slice(), 2)).collect();
+        let (f, l) = (full.gradients(&batch).unwrap(), last.gradients(&batch).unwrap());
+        for e in 0..examples.len() {
+            assert_eq!(l[e].len(), 1);
+            let scale = f[e][layers - 1].iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = l[e][0].iter().zip(&f[e][layers - 1]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(scale > 0.0 && worst <= 1e-5 * scale.max(1.0), "example {e}: {worst} (scale {scale})");
+        }
+        let header = last.header(3, GradDType::F32, "a");
+        assert_eq!((header.first_layer, header.layer_dims.len()), (layers - 1, 1));
+        let err = GradientProbe::new(&s.model, &s.adapter, None).unwrap().from_layer(layers).err().unwrap();
+        assert!(err.to_string().contains("layers"), "{err}");
     }
 
     /// The projected gradient is exactly `P_in` / `P_out` applied to the full one, and the

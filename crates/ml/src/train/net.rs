@@ -118,22 +118,25 @@ pub(crate) struct Mode {
     pub(crate) dropout: Option<(f32, u64)>,
     pub(crate) probes: bool,
     pub(crate) backward: bool,
+    /// With probes: the first layer probed. The layers before it run forward only (one node
+    /// each on the CPU, nothing kept), and the backward pass stops at its input.
+    pub(crate) first_probed: usize,
 }
 
 impl Mode {
     /// Scoring only: no dropout, no probes, no backward pass.
     pub(crate) fn eval() -> Self {
-        Self { dropout: None, probes: false, backward: false }
+        Self { dropout: None, probes: false, backward: false, first_probed: 0 }
     }
 
     /// A training step: dropout `(p, seed)` if any, then a backward pass.
     pub(crate) fn train(dropout: Option<(f32, u64)>) -> Self {
-        Self { dropout, probes: false, backward: true }
+        Self { dropout, probes: false, backward: true, first_probed: 0 }
     }
 
-    /// Per-example gradients: probes, then a backward pass.
-    pub(crate) fn probed() -> Self {
-        Self { dropout: None, probes: true, backward: true }
+    /// Per-example gradients of layers `first_probed..`: probes, then a backward pass.
+    pub(crate) fn probed(first_probed: usize) -> Self {
+        Self { dropout: None, probes: true, backward: true, first_probed }
     }
 
     /// The dropout mask of the input (`n` values) of one LoRA projection, if dropout is on: its
@@ -255,18 +258,25 @@ impl TrainBase {
         let mut x = w.embed.index_select(&batch.tokens.flatten_all()?, 0)?; // (N, H)
         let shape =
             AttentionShape { batch: b, seq: t, heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim };
-        let call = layer_nodes.then_some(LayerCall {
-            shape,
-            cos: &self.cos,
-            sin: &self.sin,
-            eps,
-            scale: scale as f32,
-            backward: mode.backward,
-        });
+        let call = |backward| LayerCall { shape, cos: &self.cos, sin: &self.sin, eps, scale: scale as f32, backward };
+        let (layer_call, forward_only) = (layer_nodes.then(|| call(mode.backward)), call(false));
+        // The layers before the first probed one, when probing starts later: forward only.
+        let skipped = if mode.probes { mode.first_probed.min(w.layers.len()) } else { 0 };
+        if skipped > 0 && !self.device.is_cpu() {
+            return Err(MlError::InvalidRequest("probing from a later layer runs on the CPU only".into()));
+        }
         for (layer, (weights, p)) in w.layers.iter().zip(&self.projections).enumerate() {
-            if let Some(call) = &call {
-                let layer_weights =
-                    LayerWeights { attn_norm: &weights.attn_norm, ffn_norm: &weights.ffn_norm, projections: p };
+            let layer_weights =
+                LayerWeights { attn_norm: &weights.attn_norm, ffn_norm: &weights.ffn_norm, projections: p };
+            if layer < skipped {
+                let (flat, slots) = self.layer_lora(lora, layer, b * t, mode)?;
+                x = decoder_layer(&x, &layer_weights, (flat.detach(), slots), &forward_only)?;
+                if layer + 1 == skipped {
+                    x = x.detach();
+                }
+                continue;
+            }
+            if let Some(call) = &layer_call {
                 x = decoder_layer(&x, &layer_weights, self.layer_lora(lora, layer, b * t, mode)?, call)?;
                 continue;
             }
