@@ -167,6 +167,9 @@ pub struct AllFlags {
     /// Bytes one fine-tuning job may take at its peak; 0: what is available when it starts [env: OPENLEDGER_JOB_MEMORY_LIMIT_BYTES] [default: 0]
     #[arg(long, value_name = "BYTES")]
     job_memory_limit_bytes: Option<String>,
+    /// How far behind its inferences the attribution-worker may be and still compute influence; 0: always [env: OPENLEDGER_ATTRIBUTION_INFLUENCE_MAX_LAG_MS] [default: 10000]
+    #[arg(long, value_name = "MS")]
+    attribution_influence_max_lag_ms: Option<String>,
     /// Where fine-tuning jobs and index builds run: local or kubernetes [env: OPENLEDGER_JOB_EXECUTOR] [default: local]
     #[arg(long, value_name = "EXECUTOR")]
     job_executor: Option<String>,
@@ -255,6 +258,7 @@ impl SettingFlags for AllFlags {
             ("engine_preload_adapters", &self.engine_preload_adapters),
             ("job_executor", &self.job_executor),
             ("job_memory_limit_bytes", &self.job_memory_limit_bytes),
+            ("attribution_influence_max_lag_ms", &self.attribution_influence_max_lag_ms),
             ("kubernetes_namespace", &self.kubernetes_namespace),
             ("kubernetes_job_image", &self.kubernetes_job_image),
             ("kubernetes_job_env_from", &self.kubernetes_job_env_from),

@@ -122,6 +122,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "bytes one fine-tuning job may take at its peak (0: what is available when it starts)",
     },
     Setting {
+        key: "attribution_influence_max_lag_ms",
+        flag: "--attribution-influence-max-lag-ms",
+        env: "OPENLEDGER_ATTRIBUTION_INFLUENCE_MAX_LAG_MS",
+        help: "how far behind its inferences the attribution-worker may be and still compute influence (0: always)",
+    },
+    Setting {
         key: "kubernetes_namespace",
         flag: "--kubernetes-namespace",
         env: "OPENLEDGER_KUBERNETES_NAMESPACE",

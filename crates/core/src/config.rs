@@ -140,6 +140,11 @@ pub struct Config {
     /// the run's settings, is checked before training starts); 0: the memory available when it
     /// starts (`MemAvailable`, or the container's cgroup limit less its usage, the smaller).
     pub job_memory_limit_bytes: u64,
+    /// How far behind its inferences the attribution-worker may fall and still compute
+    /// influence: an inference older than this when its turn comes is attributed span-only
+    /// (its notes say so), so the worker keeps up with the engines it follows. 0: always
+    /// influence, however far behind.
+    pub attribution_influence_max_lag_ms: u64,
     /// Namespace of the `kubernetes` executor's resources; empty means the pod's own.
     pub kubernetes_namespace: String,
     /// Container image of the `kubernetes` executor's job pods (the platform's, or its CUDA
@@ -207,6 +212,7 @@ impl Default for Config {
             engine_preload_adapters: String::new(),
             job_executor: "local".to_owned(),
             job_memory_limit_bytes: 0,
+            attribution_influence_max_lag_ms: 10_000,
             kubernetes_namespace: String::new(),
             kubernetes_job_image: String::new(),
             kubernetes_job_env_from: String::new(),

@@ -13,7 +13,9 @@
 //! - influence is blended in when the adapter's gradient index is ready and was built for the
 //!   adapter files the inference names (read with [`INFLUENCE_ESTIMATOR`]; the receipt names
 //!   the index and the estimator); an inference never waits for a gradient index: without one
-//!   it is attributed span-only, and its notes say why;
+//!   it is attributed span-only, and its notes say why; nor is influence computed for an
+//!   inference handled more than the worker's `influence_max_lag` after its completion (the
+//!   worker is behind: it attributes span-only until it has caught up, notes saying so);
 //! - a contribution is paid to the bond account it named, else to its contributor's earnings
 //!   account (`openledger_core::fee::earnings_account_id`), which the event leaves as 0 for the
 //!   ledger to resolve and the receipt names.
@@ -220,6 +222,8 @@ pub struct Attributions {
     upstream: Arc<dyn Upstream>,
     outbox_wake: Option<Arc<Notify>>,
     adapters: Mutex<HashMap<String, AdapterLineage>>,
+    /// Inferences older than this when handled are attributed span-only; zero: never.
+    influence_max_lag: Duration,
 }
 
 fn timestamp_ms(at: Option<&prost_types::Timestamp>) -> i64 {
@@ -238,7 +242,23 @@ impl Attributions {
         upstream: Arc<dyn Upstream>,
         outbox_wake: Option<Arc<Notify>>,
     ) -> Self {
-        Self { db, indexes, upstream, outbox_wake, adapters: Mutex::new(HashMap::new()) }
+        Self {
+            db,
+            indexes,
+            upstream,
+            outbox_wake,
+            adapters: Mutex::new(HashMap::new()),
+            influence_max_lag: crate::limits::INFLUENCE_MAX_LAG,
+        }
+    }
+
+    /// Computes influence only for inferences at most `lag` old when their turn comes (zero:
+    /// any): a worker that falls behind attributes span-only, in milliseconds each, until it
+    /// has caught up, so the lag from inference to settlement stays bounded whatever the
+    /// engines it follows answer.
+    pub fn with_influence_max_lag(mut self, lag: Duration) -> Self {
+        self.influence_max_lag = lag;
+        self
     }
 
     pub fn db(&self) -> DatabaseConnection {
@@ -342,7 +362,18 @@ impl Attributions {
                 .map(|c| InputCompletion { text: c.text.clone(), token_ids: c.token_ids.clone() })
                 .collect(),
         };
+        let lag_ms = now_ms.saturating_sub(timestamp_ms(event.completed_at.as_ref()));
+        let max_lag_ms = i64::try_from(self.influence_max_lag.as_millis()).unwrap_or(i64::MAX);
         let mut gradients = match (adapter, &version) {
+            (Some(_), Some(_)) if max_lag_ms > 0 && lag_ms > max_lag_ms => {
+                notes.push(format!(
+                    "the worker was {:.1} s behind this inference (influence is computed within {:.1} s): \
+                     attributed span-only to catch up",
+                    lag_ms as f64 / 1000.0,
+                    max_lag_ms as f64 / 1000.0
+                ));
+                None
+            }
             (Some(adapter), Some(_)) => self.gradients_for(adapter, &mut notes).await,
             _ => None,
         };

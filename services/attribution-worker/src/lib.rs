@@ -123,10 +123,13 @@ pub fn parts(
     dir: std::path::PathBuf,
     outbox_wake: Option<Arc<tokio::sync::Notify>>,
 ) -> Parts {
-    parts_with(db, upstream, bases, objects, dir, outbox_wake, Arc::new(LocalIndexExecutor::new()))
+    let executor = Arc::new(LocalIndexExecutor::new());
+    parts_with(db, upstream, bases, objects, dir, outbox_wake, executor, limits::INFLUENCE_MAX_LAG)
 }
 
-/// [`parts`] building indexes with `executor`.
+/// [`parts`] building indexes with `executor`, computing influence for inferences at most
+/// `influence_max_lag` old (zero: any; see [`Attributions::with_influence_max_lag`]).
+#[allow(clippy::too_many_arguments)]
 pub fn parts_with(
     db: sea_orm::DatabaseConnection,
     upstream: Arc<dyn upstream::Upstream>,
@@ -135,11 +138,15 @@ pub fn parts_with(
     dir: std::path::PathBuf,
     outbox_wake: Option<Arc<tokio::sync::Notify>>,
     executor: Arc<dyn IndexExecutor>,
+    influence_max_lag: std::time::Duration,
 ) -> Parts {
     let indexes = Indexes::new(db.clone(), upstream.clone(), bases, objects, dir, outbox_wake.clone());
     let indexes = Arc::new(indexes.with_executor(executor));
     Parts {
-        attributions: Arc::new(Attributions::new(db.clone(), indexes.clone(), upstream.clone(), outbox_wake)),
+        attributions: Arc::new(
+            Attributions::new(db.clone(), indexes.clone(), upstream.clone(), outbox_wake)
+                .with_influence_max_lag(influence_max_lag),
+        ),
         indexes,
         batches: Arc::new(Batches::new(db, upstream)),
     }
@@ -259,6 +266,7 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
     let executor = index_executor(&config, deps.embedded).await?;
     let bases = Arc::new(BaseModels::from_config(&config));
     let dir = config.data_dir.join("attribution");
+    let influence_max_lag = std::time::Duration::from_millis(config.attribution_influence_max_lag_ms);
     let shared: SharedParts = Arc::default();
     let spec =
         ServiceSpec::new(ServiceKind::AttributionWorker, AttributionServiceServer::new(Api::new(shared.clone())));
@@ -266,7 +274,7 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
     let worker: openledger_runtime::Worker = Box::new(move |backends, shutdown| {
         Box::pin(async move {
             let (db, objects) = (backends.db.clone(), backends.objects.clone());
-            let made = parts_with(db, upstream, bases, objects, dir, Some(outbox_wake), executor);
+            let made = parts_with(db, upstream, bases, objects, dir, Some(outbox_wake), executor, influence_max_lag);
             let _ = shared.set(made.clone());
             match made.indexes.resume().await {
                 Ok(0) => {}

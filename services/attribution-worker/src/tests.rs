@@ -194,7 +194,8 @@ pub(crate) fn parts_on(
     let bases = Arc::new(BaseModels::at(base));
     let objects = openledger_store::open_object_store(&format!("file://{}", dir.join("objects").display()))
         .expect("object store");
-    crate::parts_with(db.clone(), upstream, bases, objects, dir.join("attribution"), None, executor)
+    let lag = crate::limits::INFLUENCE_MAX_LAG;
+    crate::parts_with(db.clone(), upstream, bases, objects, dir.join("attribution"), None, executor, lag)
 }
 
 async fn until_ready(parts: &Parts, snapshot_id: &str) {
@@ -562,6 +563,16 @@ async fn a_trained_adapter_gets_a_gradient_index_inferences_blend_influence_and_
     let total: u64 = receipt.weights.iter().map(|w| w.weight_ppb).sum();
     assert_eq!(total, 1_000_000_000);
     assert!(!stored.notes.contains("span-only"), "{}", stored.notes);
+
+    // Its twin handled just past the lag bound after completing: the worker is behind, so it
+    // attributes span-only to catch up, and says so.
+    let late = InferenceCompleted { inference_id: "inf-late".into(), ..paid.clone() };
+    let behind = now + crate::limits::INFLUENCE_MAX_LAG.as_millis() as i64 + 1;
+    assert_eq!(parts.attributions.handle(&late, behind).await.expect("handle"), Outcome::Attributed);
+    let late = crate::entities::attribution::Entity::find_by_id("inf-late").one(&db).await.expect("r").expect("row");
+    let late_receipt = Receipt::parse(&late.receipt).expect("canonical receipt");
+    assert_eq!((late_receipt.gradient_index.as_str(), late_receipt.estimator.as_str()), ("", ""));
+    assert!(late.notes.contains("behind") && late.notes.contains("span-only"), "{}", late.notes);
 
     // Recomputed from outside with the index opened afresh: the same weights; without it, a
     // clear refusal; a changed weight is caught.
