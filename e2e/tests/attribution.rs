@@ -4,7 +4,9 @@
 //! batch whose root the ledger's journal records, each settled from escrow exactly as the
 //! formula says to the base unit, the contributors' balances what their quotes earned, and
 //! `openledger attribution verify` checking one of them from outside. On SQLite with the
-//! in-process bus, and on PostgreSQL with NATS JetStream.
+//! in-process bus (contributions unbonded: paid to earnings accounts), and on PostgreSQL with
+//! NATS JetStream (each contribution bonded: paid to its bond account, the bond released or
+//! slashed when the adapter's quality assessment arrives).
 
 use std::collections::BTreeMap;
 
@@ -20,7 +22,7 @@ use openledger_proto::{
 use serde_json::{Value, json};
 
 use crate::{
-    finetune::{EVE_RECORDS, builder_with_a_grant_on, dev},
+    finetune::{CONTRIBUTOR_FUNDS, EVE_RECORDS, builder_with_a_grant_on, dev},
     support::{BINARY, eventually},
 };
 
@@ -30,11 +32,17 @@ const QUOTED: [&str; 2] = [
     "Falls at home are less likely with good lighting, secured rugs and grab rails beside the bath.",
 ];
 
-async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)]) {
+/// With a `bond` per contribution (0: none), each contributor is paid to the account it bonded
+/// from, and the bonds are released or slashed once the adapter's quality assessment (with the
+/// ledger's governed slashing threshold) reaches datanet-ingest; without, contributors are paid
+/// to their earnings accounts.
+async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)], bond: u128) {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut platform = dev(data_dir.path(), env);
     let eve = SigningKey::from_bytes(&[53; 32]);
-    let builder = builder_with_a_grant_on(&mut platform, &[(&eve, EVE_RECORDS)]).await;
+    let builder = builder_with_a_grant_on(&mut platform, &[(&eve, EVE_RECORDS)], bond).await;
+    let eve_paid_to =
+        builder.contributions[1].1.unwrap_or_else(|| earnings_account_id(&eve.verifying_key().to_bytes()));
     let model = builder.small_adapter().await;
 
     // Paid completions asking the adapter to repeat Eve's records.
@@ -118,7 +126,7 @@ async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)
         }
     }
     assert!(quoted > 0, "no completion quoted Eve's records: {inferences:?}");
-    assert!(earned.contains_key(&earnings_account_id(&eve.verifying_key().to_bytes())), "{earned:?}");
+    assert!(earned.contains_key(&eve_paid_to), "{earned:?}");
 
     // Every contributor's balance is what the settlements paid them.
     let accounts = ledger
@@ -127,9 +135,11 @@ async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)
         .expect("lookup")
         .into_inner()
         .accounts;
+    let funded: Vec<u128> = builder.contributions.iter().filter_map(|(_, account)| *account).collect();
     for account in accounts {
         let id = u128_of(account.id.as_ref());
-        assert_eq!(u128_of(account.credits_posted.as_ref()), earned[&id], "account {id}");
+        let funds = if funded.contains(&id) { CONTRIBUTOR_FUNDS } else { 0 };
+        assert_eq!(u128_of(account.credits_posted.as_ref()), earned[&id] + funds, "account {id}");
     }
 
     // The Datanet's leaderboard shows what Eve earned.
@@ -143,11 +153,44 @@ async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)
         .into_inner();
     let eve_key = eve.verifying_key().to_bytes().to_vec();
     let eve_entry = board.entries.iter().find(|e| e.contributor == eve_key).expect("eve on the leaderboard");
-    assert_eq!(
-        u128_of(eve_entry.earnings.as_ref()),
-        earned[&earnings_account_id(&eve_key)],
-        "the leaderboard shows Eve's earnings"
-    );
+    assert_eq!(u128_of(eve_entry.earnings.as_ref()), earned[&eve_paid_to], "the leaderboard shows Eve's earnings");
+
+    // The bonds were held until the adapter's quality was assessed (its gradient index built
+    // unasked, the threshold read from the ledger's parameters): then released, or slashed
+    // with their evidence.
+    for (contribution_id, account) in &builder.contributions {
+        let Some(account) = account else { continue };
+        let decided = eventually_long("the bond is decided by the quality assessment", async || {
+            let request = dpb::GetContributionRequest {
+                datanet_id: builder.datanet_id.clone(),
+                contribution_id: contribution_id.clone(),
+            };
+            let found = datanets.get_contribution(request).await.map_err(|status| status.message().to_owned())?;
+            let found = found.into_inner();
+            ["released", "slashed"]
+                .contains(&found.bond_state.as_str())
+                .then_some(found.clone())
+                .ok_or_else(|| format!("bond {}", found.bond_state))
+        })
+        .await;
+        let held = ledger
+            .lookup_accounts(lpb::LookupAccountsRequest { ids: vec![(*account).into()] })
+            .await
+            .expect("lookup")
+            .into_inner()
+            .accounts
+            .pop()
+            .map(|a| u128_of(a.debits_pending.as_ref()));
+        assert_eq!(held, Some(0), "no bond of account {account} is held any more");
+        match decided.slash {
+            Some(slash) => {
+                assert_eq!(decided.bond_state, "slashed");
+                assert_eq!(slash.threshold, economics.slashing_threshold(), "the governed threshold: {slash:?}");
+                assert!(slash.score < slash.threshold, "{slash:?}");
+            }
+            None => assert_eq!(decided.bond_state, "released", "{decided:?}"),
+        }
+    }
 
     // Anyone can check one of them from outside.
     let (first, _) = inferences.iter().find(|(id, _)| !id.is_empty()).expect("an inference");
@@ -170,7 +213,7 @@ async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)
 
 #[tokio::test]
 async fn paid_inferences_reach_the_contributors_they_quote_on_sqlite() {
-    paid_inferences_reach_the_contributors_they_quote(&[]).await;
+    paid_inferences_reach_the_contributors_they_quote(&[], 0).await;
 }
 
 #[tokio::test]
@@ -178,7 +221,7 @@ async fn paid_inferences_reach_the_contributors_they_quote_on_postgres_and_nats(
     let postgres = openledger_testkit::Postgres::start();
     let nats = openledger_testkit::Nats::start();
     let env = [("DATABASE_URL", postgres.create_database("attribution")), ("NATS_URL", nats.url())];
-    paid_inferences_reach_the_contributors_they_quote(&env).await;
+    paid_inferences_reach_the_contributors_they_quote(&env, 10u128.pow(18)).await;
 }
 
 /// Paid inferences the fault test runs, and how many run at once.
@@ -300,7 +343,7 @@ async fn sigkilled_services_lose_and_double_no_settlement_on_postgres_and_nats()
     // The Datanet, the grant, the fine-tuned adapter and the key, made on the whole platform.
     let mut platform = dev(data_dir.path(), &env);
     let eve = SigningKey::from_bytes(&[53; 32]);
-    let builder = builder_with_a_grant_on(&mut platform, &[(&eve, EVE_RECORDS)]).await;
+    let builder = builder_with_a_grant_on(&mut platform, &[(&eve, EVE_RECORDS)], 0).await;
     let model = builder.small_adapter().await;
     platform.terminate();
     eprintln!("fault test: {model} trained; starting the services as separate processes");

@@ -38,12 +38,18 @@ pub(crate) struct Builder {
     pub(crate) base_model: String,
     pub(crate) training_file: String,
     /// datanet-ingest's gRPC URL and the Datanet's id (Dana's key is [`DANA`]).
-    datanet_url: String,
-    datanet_id: String,
+    pub(crate) datanet_url: String,
+    pub(crate) datanet_id: String,
+    /// The contributions of the sealed version (Dana's, then the others in order), and the
+    /// account each was bonded from (none without a bond).
+    pub(crate) contributions: Vec<(String, Option<u128>)>,
 }
 
-/// The Datanet owner's key.
+/// The Datanet owner's key, and her ledger account (when contributions are bonded).
 const DANA: [u8; 32] = [51; 32];
+const DANA_ACCOUNT: u128 = 95_051;
+/// What each bonding contributor's account is funded with: 10 OPEN.
+pub(crate) const CONTRIBUTOR_FUNDS: u128 = 10 * 10u128.pow(18);
 
 /// `openledger dev` with the packaged SmolLM2 in `data_dir`, with `env`.
 pub(crate) fn dev(data_dir: &Path, env: &[(&str, String)]) -> Platform {
@@ -55,11 +61,17 @@ pub(crate) fn dev(data_dir: &Path, env: &[(&str, String)]) -> Platform {
 /// Dana's public Datanet with one sealed version; the builder's account, API key and grant
 /// (a job before the grant is refused with 403).
 async fn builder_with_a_grant(platform: &mut Platform) -> Builder {
-    builder_with_a_grant_on(platform, &[]).await
+    builder_with_a_grant_on(platform, &[], 0).await
 }
 
-/// The same, with more contributions (each by its key, JSONL records) in the version.
-pub(crate) async fn builder_with_a_grant_on(platform: &mut Platform, more: &[(&SigningKey, &str)]) -> Builder {
+/// The same, with more contributions (each by its key, JSONL records) in the version, and a
+/// stake `bond` per contribution (0: none) that each contributor posts from an account of
+/// their own, funded with [`CONTRIBUTOR_FUNDS`].
+pub(crate) async fn builder_with_a_grant_on(
+    platform: &mut Platform,
+    more: &[(&SigningKey, &str)],
+    bond: u128,
+) -> Builder {
     let rest_addr = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
     platform.wait_ready(rest_addr).await;
     let rest = format!("http://{rest_addr}");
@@ -80,17 +92,34 @@ pub(crate) async fn builder_with_a_grant_on(platform: &mut Platform, more: &[(&S
         licence: "CC-BY-4.0".into(),
         schema: pb::RecordSchema::FreeText as i32,
         visibility: pb::Visibility::Public as i32,
-        policy: Some(pb::ContributionPolicy::default()),
+        policy: Some(pb::ContributionPolicy { stake_per_contribution: Some(bond.into()), ..Default::default() }),
         ..Default::default()
     };
     let signature = signing::sign(&dana, &signing::create_message(&definition));
     let request = pb::CreateDatanetRequest { datanet: Some(definition), signature: Some(signature) };
     let datanet = datanets.create_datanet(request).await.expect("create").into_inner();
-    let contribution = contribute(&mut datanets, &datanet.id, &dana, "notes.jsonl", RECORDS).await;
+    // With a bond, every contributor posts it from an account of their own.
+    let contributors: Vec<(&SigningKey, Option<u128>)> = std::iter::once(&dana)
+        .chain(more.iter().map(|(key, _)| *key))
+        .enumerate()
+        .map(|(index, key)| (key, (bond > 0).then_some(DANA_ACCOUNT + index as u128)))
+        .collect();
+    for (index, (key, id)) in contributors.iter().enumerate() {
+        if let Some(id) = id {
+            account(&client, &rest, *id, key).await;
+            fund_from_community(&mut ledger, 9_505_100 + index as u128, *id, CONTRIBUTOR_FUNDS).await;
+        }
+    }
+    let dana_account = contributors[0].1;
+    let contribution = contribute(&mut datanets, &datanet.id, &dana, dana_account, "notes.jsonl", RECORDS).await;
     assert_eq!(contribution.records.len(), 4, "{contribution:?}");
+    let mut contributions = vec![(contribution.id, dana_account)];
     for (index, (contributor, records)) in more.iter().enumerate() {
-        let more = contribute(&mut datanets, &datanet.id, contributor, &format!("more-{index}.jsonl"), records).await;
+        let account = contributors[index + 1].1;
+        let name = format!("more-{index}.jsonl");
+        let more = contribute(&mut datanets, &datanet.id, contributor, account, &name, records).await;
         assert!(!more.records.is_empty(), "{more:?}");
+        contributions.push((more.id, account));
     }
     let version = publish(&mut datanets, &datanet.id, &dana).await;
     let training_file = format!("datanet:care-notes@{}", version.version);
@@ -128,7 +157,17 @@ pub(crate) async fn builder_with_a_grant_on(platform: &mut Platform, more: &[(&S
     };
     datanets.decide_access(decide).await.expect("approve");
     let datanet_url = format!("http://{datanet_addr}");
-    Builder { rest, client, key, signer: builder, base_model, training_file, datanet_url, datanet_id: datanet.id }
+    Builder {
+        rest,
+        client,
+        key,
+        signer: builder,
+        base_model,
+        training_file,
+        datanet_url,
+        datanet_id: datanet.id,
+        contributions,
+    }
 }
 
 #[tokio::test]
@@ -140,7 +179,7 @@ async fn the_official_client_fine_tunes_on_a_datanet_and_calls_the_result() {
     // A second sealed version, the held-out set of the client's first job (`validation_file`).
     let mut datanets = DatanetServiceClient::connect(datanet_url).await.expect("datanet");
     let dana = SigningKey::from_bytes(&DANA);
-    contribute(&mut datanets, &datanet_id, &dana, "held-out.jsonl", HELD_OUT).await;
+    contribute(&mut datanets, &datanet_id, &dana, None, "held-out.jsonl", HELD_OUT).await;
     let held_out = publish(&mut datanets, &datanet_id, &dana).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai-client.sh");
     let envs = [
@@ -167,21 +206,25 @@ async fn the_official_client_fine_tunes_on_a_datanet_and_calls_the_result() {
     platform.terminate();
 }
 
-/// `records` (JSONL) contributed to `datanet_id` by `contributor` as `file_name`.
+/// `records` (JSONL) contributed to `datanet_id` by `contributor` as `file_name`, bonded from
+/// `account` if given.
 async fn contribute(
     datanets: &mut DatanetServiceClient<tonic::transport::Channel>,
     datanet_id: &str,
     contributor: &SigningKey,
+    account: Option<u128>,
     file_name: &str,
     records: &str,
 ) -> pb::Contribution {
     let hash = ContentHash::of(records.as_bytes());
+    let message = signing::contribution_message(datanet_id, file_name, &hash, account);
     let header = pb::ContributeHeader {
         datanet_id: datanet_id.to_owned(),
         file_name: file_name.to_owned(),
         size_bytes: records.len() as u64,
         file_hash: Some(Hash { value: hash.as_bytes().to_vec() }),
-        signature: Some(signing::sign(contributor, &signing::contribution_message(datanet_id, file_name, &hash, None))),
+        signature: Some(signing::sign(contributor, &message)),
+        contributor_account_id: account.map(Into::into),
         ..Default::default()
     };
     let messages = vec![
