@@ -5,7 +5,9 @@
 //! (nothing to attribute to: the pipeline's own overhead, span path) and calls to an adapter
 //! fine-tuned on a Datanet version (spans and, once its gradient index is ready, influence).
 //!
-//! `cargo bench -p openledger-cli --bench settlement_lag` (`LAG_SECONDS`, default 30 per phase).
+//! `cargo bench -p openledger-cli --bench settlement_lag` (`LAG_SECONDS`, default 30 per phase;
+//! `LAG_INFLUENCE_MAX_LAG_MS` sets the worker's `attribution_influence_max_lag_ms`, 0 for no
+//! bound; default the platform's).
 //! It reuses the e2e tests' helpers (the same files, compiled into this bench).
 
 // The e2e files carry tests this bench does not compile: their helpers and imports go unused here.
@@ -128,15 +130,23 @@ async fn report(phase: &str, seconds: u64, answered: &[(String, i64)], worker: &
 async fn main() {
     let seconds: u64 = std::env::var("LAG_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let mut platform = finetune::dev(data_dir.path(), &[]);
+    let env: Vec<(&str, String)> = std::env::var("LAG_INFLUENCE_MAX_LAG_MS")
+        .map(|lag| vec![("OPENLEDGER_ATTRIBUTION_INFLUENCE_MAX_LAG_MS", lag)])
+        .unwrap_or_default();
+    let mut platform = finetune::dev(data_dir.path(), &env);
     let eve = SigningKey::from_bytes(&[53; 32]);
-    let builder = finetune::builder_with_a_grant_on(&mut platform, &[(&eve, finetune::EVE_RECORDS)]).await;
+    let builder = finetune::builder_with_a_grant_on(&mut platform, &[(&eve, finetune::EVE_RECORDS)], 0).await;
     let adapter = builder.small_adapter().await;
     let worker = format!("http://{}", platform.wait_endpoint(ServiceKind::AttributionWorker, "grpc"));
     let ledger = format!("http://{}", platform.wait_endpoint(ServiceKind::Ledger, "grpc"));
     // Let the adapter's gradient index build before the adapter phase (it is built unasked).
     tokio::time::sleep(Duration::from_secs(20)).await;
-    println!("cpu: {} × {}", std::thread::available_parallelism().map_or(0, |n| n.get()), cpu_name());
+    println!(
+        "cpu: {} × {}; worker influence lag bound: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_name(),
+        env.first().map_or("the default".to_owned(), |(_, lag)| format!("{lag} ms"))
+    );
     for (phase, model) in [("base", builder.base_model.clone()), ("adapter", adapter)] {
         let answered = load(&builder.rest, &builder.key, &model, seconds).await;
         report(phase, seconds, &answered, &worker, &ledger).await;
