@@ -156,8 +156,8 @@ async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)
     assert_eq!(u128_of(eve_entry.earnings.as_ref()), earned[&eve_paid_to], "the leaderboard shows Eve's earnings");
 
     // The bonds were held until the adapter's quality was assessed (its gradient index built
-    // unasked, the threshold read from the ledger's parameters): then released, or slashed
-    // with their evidence.
+    // unasked; the worker reads the slashing threshold from the ledger's parameters before it
+    // assesses, the default here): then released, or slashed with their evidence.
     for (contribution_id, account) in &builder.contributions {
         let Some(account) = account else { continue };
         let decided = eventually_long("the bond is decided by the quality assessment", async || {

@@ -582,7 +582,7 @@ async fn the_ledger_cli_reads_moves_and_verifies_open() {
     let (status, body) = get(rest, "/v1/governance/proposals/cheaper-owners").await;
     let proposal: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!((status, &proposal["parameters"]["slashing_threshold_milli"]), (200, &(-1500).into()), "{body}");
-    assert_eq!(proposal["parameters"]["stakers_bps"], 2_000, "what the command left alone is what is in force");
+    assert_eq!(proposal["parameters"]["slashing_bps"], 10_000, "what the command left alone is what is in force");
     let (code, out) = cli(&[
         "propose",
         "--id",

@@ -7,7 +7,8 @@
 //! `OPENLEDGER_EVAL_SEED` (default 1), `OPENLEDGER_EVAL_JSON` (write the report there too),
 //! `OPENLEDGER_EVAL_WORK_DIR` (keep the adapters there: a re-run with the same settings loads
 //! them instead of training again; default a temporary directory), `OPENLEDGER_EVAL_FIRST_LAYER`
-//! (gradients of the layers from this one on; default 0, all).
+//! (gradients of the layers from this one on; 0 for all; default the platform's indexes', the
+//! upper half).
 //! Needs `scripts/fetch-models.sh` (SmolLM2 and all-MiniLM-L6-v2).
 
 use std::time::Instant;
@@ -34,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let subsets = env_or("OPENLEDGER_EVAL_SUBSETS", 8) as usize;
     let seed = env_or("OPENLEDGER_EVAL_SEED", 1);
     let spec = EvaluationSpec {
-        first_layer: env_or("OPENLEDGER_EVAL_FIRST_LAYER", 0) as usize,
+        first_layer: std::env::var("OPENLEDGER_EVAL_FIRST_LAYER").ok().and_then(|v| v.parse().ok()),
         ..EvaluationSpec::bench(work, model, minilm, subsets, seed)
     };
     let started = Instant::now();

@@ -19,6 +19,8 @@
 //! and its rank (1 = most harmful).
 
 use std::collections::BTreeMap;
+
+use openledger_core::slashing::DEFAULT_SLASHING_THRESHOLD_MILLI;
 use std::path::Path;
 
 use openledger_ml::AdapterPrecision;
@@ -36,7 +38,9 @@ use crate::{AttributionError, Result};
 /// typical record by more than the records' median deviation. A mean over a contribution's
 /// records varies less than one record, so an honest contribution rarely gets there; a planted
 /// label-flipped one does (see the tests).
-pub const DEFAULT_SLASHING_THRESHOLD: f64 = -1.0;
+/// The platform's threshold is a governed parameter (the ledger's, in thousandths); this is its
+/// default.
+pub const DEFAULT_SLASHING_THRESHOLD: f64 = DEFAULT_SLASHING_THRESHOLD_MILLI as f64 / 1000.0;
 /// The estimator quality is measured with unless the caller picks another: on the planted
 /// label-flip test it separates the harmful contribution best (see the tests).
 pub const DEFAULT_QUALITY_ESTIMATOR: Estimator = Estimator::DataInfNormalized;

@@ -13,11 +13,6 @@ use openledger_attribution::corpus::Corpus;
 use openledger_attribution::credit::{CreditGroups, CreditParams};
 use openledger_attribution::influence::{Estimator, GradientIndex, Probing, default_first_layer};
 use openledger_attribution::quality::{self, DEFAULT_QUALITY_ESTIMATOR, DEFAULT_SLASHING_THRESHOLD, QualityReport};
-
-// The platform's threshold is a governed parameter (the ledger's, in thousandths); its default
-// is this command's.
-const _: () =
-    assert!(openledger_ledger::limits::DEFAULT_SLASHING_THRESHOLD_MILLI as f64 / 1000.0 == DEFAULT_SLASHING_THRESHOLD);
 use openledger_attribution::span::{SpanIndex, SpanParams};
 use openledger_ml::AdapterPrecision;
 use openledger_ml::adapters::load_adapter_dir_as;
@@ -253,7 +248,14 @@ async fn build(
 ) -> anyhow::Result<bool> {
     let corpus = version.corpus()?;
     let (model, tokenizer) = load(&version.base).await?;
-    let first_layer = from_layer.unwrap_or_else(|| default_first_layer(model.config().num_layers));
+    let layers = model.config().num_layers;
+    let first_layer = from_layer.unwrap_or_else(|| default_first_layer(layers));
+    if adapter.is_some() && first_layer >= layers {
+        anyhow::bail!(
+            "--from-layer {first_layer}: the base model has {layers} layers (0-based, so at most {})",
+            layers - 1
+        );
+    }
     let probing = Probing { projection, first_layer };
     let span_dir = version.span_dir();
     let spans = bar(corpus.records.len() as u64, "span index {bar:30} {pos}/{len} records [{elapsed} < {eta}]");

@@ -191,6 +191,9 @@ pub struct Config {
     pub genesis_allocations: String,
 }
 
+/// `attribution_influence_max_lag_ms` unless set: influence within 10 s of completion.
+pub const DEFAULT_ATTRIBUTION_INFLUENCE_MAX_LAG_MS: u64 = 10_000;
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -212,7 +215,7 @@ impl Default for Config {
             engine_preload_adapters: String::new(),
             job_executor: "local".to_owned(),
             job_memory_limit_bytes: 0,
-            attribution_influence_max_lag_ms: 10_000,
+            attribution_influence_max_lag_ms: DEFAULT_ATTRIBUTION_INFLUENCE_MAX_LAG_MS,
             kubernetes_namespace: String::new(),
             kubernetes_job_image: String::new(),
             kubernetes_job_env_from: String::new(),

@@ -10,6 +10,7 @@ pub mod hash;
 pub mod id;
 pub mod merkle;
 pub mod record;
+pub mod slashing;
 
 pub use amount::{Amount, AmountError};
 pub use config::{Config, ConfigError, LogFormat, ServiceKind, redact_url};

@@ -8,8 +8,9 @@
 //! by their bytes (all keys are ASCII); no whitespace; strings are written as JSON strings with
 //! only `"`, `\` and control characters escaped (`\b \t \n \f \r`, others `\u00xx` with
 //! lowercase hex; non-ASCII characters as themselves, in UTF-8); arrays keep their order;
-//! booleans are `true`/`false`; integers are plain decimal digits; amounts (128-bit base
-//! units) are decimal strings; keys (ed25519 public keys) are lowercase hex strings. There are
+//! booleans are `true`/`false`; integers are plain decimal digits (after a `-` when negative);
+//! amounts (128-bit base units) are decimal strings; keys (ed25519 public keys) are lowercase
+//! hex strings. There are
 //! no floats, so this is the output of RFC 8785 (JCS) for the same value as long as integer
 //! fields stay below 2^53 (every limit the services accept does).
 //!

@@ -226,8 +226,15 @@ pub struct Attributions {
     influence_max_lag: Duration,
 }
 
-fn timestamp_ms(at: Option<&prost_types::Timestamp>) -> i64 {
-    at.map_or(0, |t| t.seconds.saturating_mul(1000).saturating_add(i64::from(t.nanos) / 1_000_000))
+fn timestamp_ms(at: &prost_types::Timestamp) -> i64 {
+    at.seconds.saturating_mul(1000).saturating_add(i64::from(at.nanos) / 1_000_000)
+}
+
+/// How long before `now_ms` the inference completed: the gateway's completion time by this
+/// worker's clock (the hosts' clocks are taken to agree, as NTP keeps them); 0 for an event
+/// without one (refused by `handle`).
+fn age_ms(event: &InferenceCompleted, now_ms: i64) -> i64 {
+    event.completed_at.as_ref().map_or(0, |at| now_ms.saturating_sub(timestamp_ms(at)))
 }
 
 /// A stored value as JSON text.
@@ -306,9 +313,16 @@ impl Attributions {
                 format!("inference id {id:?} must be 1..={MAX_INFERENCE_ID_BYTES} bytes"),
             ));
         }
+        if event.completed_at.is_none() {
+            return Err(WorkerError::new(
+                ErrorCode::InvalidArgument,
+                format!("inference {id:?} names no completion time"),
+            ));
+        }
         if attribution::Entity::find_by_id(id.as_str()).one(&self.db).await?.is_some() {
             return Ok(Outcome::AlreadyAttributed);
         }
+        let age_ms = age_ms(event, now_ms);
         let adapter = event.adapters.first();
         let lineage = match adapter {
             Some(adapter) => self.lineage(&adapter.adapter_id).await?,
@@ -338,8 +352,7 @@ impl Attributions {
                             version: 0,
                         })
                         .await?;
-                    let deadline = timestamp_ms(event.completed_at.as_ref()) + INDEX_WAIT.as_millis() as i64;
-                    if row.state != FAILED && now_ms < deadline {
+                    if row.state != FAILED && age_ms < INDEX_WAIT.as_millis() as i64 {
                         return Ok(Outcome::Wait(RETRY_DELAY));
                     }
                     completeness = PARTIAL;
@@ -362,14 +375,13 @@ impl Attributions {
                 .map(|c| InputCompletion { text: c.text.clone(), token_ids: c.token_ids.clone() })
                 .collect(),
         };
-        let lag_ms = now_ms.saturating_sub(timestamp_ms(event.completed_at.as_ref()));
         let max_lag_ms = i64::try_from(self.influence_max_lag.as_millis()).unwrap_or(i64::MAX);
         let mut gradients = match (adapter, &version) {
-            (Some(_), Some(_)) if max_lag_ms > 0 && lag_ms > max_lag_ms => {
+            (Some(_), Some(_)) if max_lag_ms > 0 && age_ms > max_lag_ms => {
                 notes.push(format!(
-                    "the worker was {:.1} s behind this inference (influence is computed within {:.1} s): \
-                     attributed span-only to catch up",
-                    lag_ms as f64 / 1000.0,
+                    "attributed {:.1} s after it completed, behind the {:.1} s within which influence is \
+                     computed: attributed span-only so the worker catches up",
+                    age_ms as f64 / 1000.0,
                     max_lag_ms as f64 / 1000.0
                 ));
                 None
@@ -560,7 +572,7 @@ impl Attributions {
             method = %receipt.method,
             contributions = receipt.weights.len(),
             completeness = %receipt.completeness,
-            lag_ms = now_ms() - timestamp_ms(event.completed_at.as_ref()),
+            lag_ms = age_ms(event, now_ms()),
             "inference attributed"
         );
         Ok(Outcome::Attributed)

@@ -49,7 +49,7 @@ use crate::{
         gradient_index_id, gradient_shard_dir, gradient_shards_dir, lineage_records, merge_gradient_shards,
         open_gradients,
     },
-    limits::{self, MAX_OPEN_GRADIENT_INDEXES, RETRY_DELAY, SHARD_TOKENS},
+    limits::{self, ASSESS_ATTEMPTS, ASSESS_RETRY_MAX_DELAY, MAX_OPEN_GRADIENT_INDEXES, RETRY_DELAY, SHARD_TOKENS},
     quality::{self, Assessed},
     upstream::Upstream,
 };
@@ -612,18 +612,20 @@ impl Indexes {
     }
 
     /// Assesses the row's version, trying again after a transient failure (the ledger away
-    /// when the threshold is read); bonds the assessment never reaches are released by
-    /// datanet-ingest's timeout.
+    /// when the threshold is read) at most [`ASSESS_ATTEMPTS`] times, backing off; bonds the
+    /// assessment never reaches are released by datanet-ingest's timeout.
     async fn assess_logged(&self, row: &index::Model) {
-        loop {
+        let mut delay = RETRY_DELAY;
+        for attempt in 1..=ASSESS_ATTEMPTS {
             match self.assess(row).await {
                 Ok(()) => return,
-                Err(error) if error.transient => {
-                    tracing::warn!(index = %row.id, %error, "assessing contributor quality failed for now; trying again");
-                    tokio::time::sleep(RETRY_DELAY).await;
+                Err(error) if error.transient && attempt < ASSESS_ATTEMPTS => {
+                    tracing::warn!(index = %row.id, %error, attempt, "assessing contributor quality failed for now; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(ASSESS_RETRY_MAX_DELAY);
                 }
                 Err(error) => {
-                    tracing::error!(index = %row.id, %error, "assessing contributor quality failed");
+                    tracing::error!(index = %row.id, %error, attempt, "assessing contributor quality failed");
                     return;
                 }
             }

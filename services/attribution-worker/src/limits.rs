@@ -9,9 +9,16 @@ pub const INDEX_WAIT: Duration = Duration::from_secs(120);
 /// Indexes a `ListIndexes` page holds when the request names no size, and at most.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1_000;
-/// How far behind its inferences the worker may be and still compute influence, unless the
-/// setting `attribution_influence_max_lag_ms` says otherwise (its default is this).
-pub const INFLUENCE_MAX_LAG: Duration = Duration::from_secs(10);
+/// How far behind its inferences the worker may be and still compute influence: the setting
+/// `attribution_influence_max_lag_ms`'s default.
+pub const INFLUENCE_MAX_LAG: Duration =
+    Duration::from_millis(openledger_core::config::DEFAULT_ATTRIBUTION_INFLUENCE_MAX_LAG_MS);
+/// Attempts at a version's quality assessment that failed for now (the ledger away when its
+/// slashing threshold is read, say), the first [`RETRY_DELAY`] apart, doubling up to
+/// [`ASSESS_RETRY_MAX_DELAY`]: about eight hours in all. A restart tries again; bonds never
+/// assessed are released by datanet-ingest's timeout.
+pub const ASSESS_ATTEMPTS: u32 = 100;
+pub const ASSESS_RETRY_MAX_DELAY: Duration = Duration::from_secs(300);
 /// Delay before a waiting or failed delivery is tried again.
 pub const RETRY_DELAY: Duration = Duration::from_secs(2);
 /// Deliveries of one event before it goes to the dead-letter subject: enough to wait

@@ -322,6 +322,10 @@ async fn an_inference_waits_for_its_index_then_is_attributed_with_what_exists(db
 
     // A message that is not an inference is poison, reported, never attributed.
     assert!(matches!(on_inference(&parts.attributions, b"\xff\xff not protobuf").await, Handled::Poison(_)));
+    let timeless = InferenceCompleted { completed_at: None, ..inference("inf-timeless", "text", now) };
+    assert!(
+        matches!(on_inference(&parts.attributions, &timeless.encode_to_vec()).await, Handled::Poison(reason) if reason.contains("completion time"))
+    );
     let unknown_adapter = InferenceCompleted {
         adapters: vec![InferenceAdapter { adapter_id: "nobody".into(), ..Default::default() }],
         ..inference("inf-unknown", "text", now)

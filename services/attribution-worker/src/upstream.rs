@@ -81,6 +81,13 @@ fn upstream(service: &str, status: &tonic::Status) -> WorkerError {
     WorkerError::new(openledger_runtime::grpc::error_code_of(status), format!("{service}: {}", status.message()))
 }
 
+/// The slashing threshold the ledger's parameters set (the default when a ledger older than
+/// the parameter leaves it out).
+fn threshold_of(parameters: &lpb::Parameters) -> f64 {
+    use openledger_core::slashing::{DEFAULT_SLASHING_THRESHOLD_MILLI, slashing_threshold};
+    slashing_threshold(parameters.slashing_threshold_milli.unwrap_or(DEFAULT_SLASHING_THRESHOLD_MILLI))
+}
+
 fn channel(service: &ServiceChannel, name: &str) -> Result<tonic::transport::Channel, WorkerError> {
     service.channel().map_err(|status| upstream(name, &status))
 }
@@ -163,8 +170,18 @@ impl Upstream for Services {
             .await
             .map_err(|status| upstream("ledger", &status))?
             .into_inner();
-        Ok(parameters
-            .slashing_threshold_milli
-            .map_or(openledger_attribution::quality::DEFAULT_SLASHING_THRESHOLD, |milli| f64::from(milli) / 1000.0))
+        Ok(threshold_of(&parameters))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threshold_is_the_ledgers_in_thousandths_or_the_default() {
+        let governed = lpb::Parameters { slashing_threshold_milli: Some(-2_500), ..Default::default() };
+        assert_eq!(threshold_of(&governed), -2.5);
+        assert_eq!(threshold_of(&lpb::Parameters::default()), -1.0, "a ledger older than the parameter");
     }
 }

@@ -620,11 +620,15 @@ impl LedgerService for Api {
     ) -> Result<Response<pb::Proposal>, Status> {
         let request = request.into_inner();
         operation_id(&request.proposal_id, "proposal_id")?;
-        let parameters = request
-            .parameters
-            .as_ref()
-            .map(Economics::from_proto)
-            .ok_or_else(|| status(ErrorCode::InvalidArgument, "parameters are required"))?;
+        let parameters =
+            request.parameters.as_ref().ok_or_else(|| status(ErrorCode::InvalidArgument, "parameters are required"))?;
+        if parameters.slashing_threshold_milli.is_none() {
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                "parameters.slashing_threshold_milli is required: a proposal names every parameter",
+            ));
+        }
+        let parameters = Economics::from_proto(parameters);
         let signature = request.signature.unwrap_or_default();
         let view = self
             .ledger()?

@@ -7,6 +7,9 @@
 //! Proposals, votes and stake changes are signed with the ed25519 key that owns the account,
 //! over the messages `openledger_signing` defines; [`Ledger::check_signature`] is the check.
 
+use openledger_core::slashing::{
+    DEFAULT_SLASHING_THRESHOLD_MILLI, MAX_SLASHING_THRESHOLD_MILLI, MIN_SLASHING_THRESHOLD_MILLI,
+};
 use openledger_proto::events::v1::ProposalExecuted;
 use openledger_store::NewEvent;
 use prost::Message;
@@ -17,10 +20,7 @@ use sea_orm::{
 use crate::{
     books::{Ledger, LedgerError},
     entities::{account, parameters, proposal, vote},
-    limits::{
-        BASIS_POINTS_TOTAL, DEFAULT_SLASHING_THRESHOLD_MILLI, MAX_EPOCH_SECONDS, MAX_PROPOSAL_RATIONALE_CHARS,
-        MIN_SLASHING_THRESHOLD_MILLI, NANOS_PER_SECOND as NANOS,
-    },
+    limits::{BASIS_POINTS_TOTAL, MAX_EPOCH_SECONDS, MAX_PROPOSAL_RATIONALE_CHARS, NANOS_PER_SECOND as NANOS},
     model::{Owner, stored_enum},
     operations::{Economics, OperationError, bps_share, not_found},
     staking::codes,
@@ -144,11 +144,11 @@ pub fn validate_parameters(parameters: &Economics) -> Result<(), String> {
     if parameters.slashing_bps > BASIS_POINTS_TOTAL {
         return Err("the slashing rate is at most 10000 basis points".into());
     }
-    let thresholds = MIN_SLASHING_THRESHOLD_MILLI..=0;
+    let thresholds = MIN_SLASHING_THRESHOLD_MILLI..=MAX_SLASHING_THRESHOLD_MILLI;
     if !thresholds.contains(&parameters.slashing_threshold_milli) {
         return Err(format!(
-            "the slashing threshold must be {MIN_SLASHING_THRESHOLD_MILLI}..=0 thousandths of a quality score \
-             (0 is the typical record), got {}",
+            "the slashing threshold must be {MIN_SLASHING_THRESHOLD_MILLI}..={MAX_SLASHING_THRESHOLD_MILLI} \
+             thousandths of a quality score ({MAX_SLASHING_THRESHOLD_MILLI}: the typical record), got {}",
             parameters.slashing_threshold_milli
         ));
     }
@@ -433,7 +433,9 @@ mod tests {
 
     #[test]
     fn the_slashing_threshold_is_bounded() {
-        for (threshold, valid) in [(0, true), (-1_000, true), (MIN_SLASHING_THRESHOLD_MILLI, true), (1, false)] {
+        for (threshold, valid) in
+            [(MAX_SLASHING_THRESHOLD_MILLI, true), (-1_000, true), (MIN_SLASHING_THRESHOLD_MILLI, true), (1, false)]
+        {
             let parameters = Economics { slashing_threshold_milli: threshold, ..Economics::default() };
             assert_eq!(validate_parameters(&parameters).is_ok(), valid, "{threshold}");
         }

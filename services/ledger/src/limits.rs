@@ -35,12 +35,6 @@ pub const BASIS_POINTS_TOTAL: u32 = 10_000;
 pub const NANOS_PER_SECOND: u64 = 1_000_000_000;
 /// The longest epoch, and the longest unbonding period, governance may set: a year.
 pub const MAX_EPOCH_SECONDS: u64 = 365 * 86_400;
-/// The default slashing threshold (a parameter governance may change), and the lowest it may
-/// set: thousandths of a quality score (`openledger_attribution::quality`), whose unit is the
-/// records' median deviation. The highest is 0 (below the typical record): above it, honest
-/// contributions would be slashed for being better than the median.
-pub const DEFAULT_SLASHING_THRESHOLD_MILLI: i32 = -1_000;
-pub const MIN_SLASHING_THRESHOLD_MILLI: i32 = -100_000;
 /// How often the service voids expired holds, pays back unbonded stakes, closes epochs and
 /// advances governance.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);

@@ -16,13 +16,14 @@
 //! * every share is rounded down, and whatever rounding leaves goes to the treasury, so a
 //!   settlement always balances to the base unit.
 
+use openledger_core::slashing::DEFAULT_SLASHING_THRESHOLD_MILLI;
 use openledger_proto::{common::v1::Uint128, events::v1::BondSlashed};
 use openledger_store::NewEvent;
 use prost::Message;
 
 use crate::{
     books::{Ledger, LedgerError, operation_key as key, system_transfer_id},
-    limits::{BASIS_POINTS_TOTAL, DEFAULT_SLASHING_THRESHOLD_MILLI},
+    limits::BASIS_POINTS_TOTAL,
     model::{CreateTransferResult, OPEN_LEDGER, SystemRole, Transfer, TransferFlags},
 };
 
@@ -72,14 +73,14 @@ pub struct Economics {
     /// Length of a rewards epoch.
     pub epoch_seconds: u64,
     /// Quality score below which the attribution-worker makes a contribution a slashing
-    /// candidate, in thousandths (see `openledger_attribution::quality`: −1000 is one median
-    /// deviation below the typical record); `MIN_SLASHING_THRESHOLD_MILLI..=0`.
+    /// candidate, in thousandths (see `openledger_core::slashing`: −1000 is one median
+    /// deviation below the typical record).
     pub slashing_threshold_milli: i32,
 }
 
 impl Economics {
     /// The parameters as `GetParameters` answers them (and proposals carry them); a message
-    /// without a slashing threshold (from a client older than it) means the default.
+    /// without a slashing threshold (from a server older than it) means the default.
     pub fn from_proto(parameters: &openledger_proto::ledger::v1::Parameters) -> Self {
         use openledger_proto::u128_of;
         Self {
@@ -91,9 +92,7 @@ impl Economics {
             minimum_stake: u128_of(parameters.minimum_stake.as_ref()),
             unbonding_seconds: parameters.unbonding_seconds,
             epoch_seconds: parameters.epoch_seconds,
-            slashing_threshold_milli: parameters
-                .slashing_threshold_milli
-                .unwrap_or(Self::default().slashing_threshold_milli),
+            slashing_threshold_milli: parameters.slashing_threshold_milli.unwrap_or(DEFAULT_SLASHING_THRESHOLD_MILLI),
         }
     }
 
@@ -116,7 +115,7 @@ impl Economics {
 
     /// The slashing threshold as the quality score it is.
     pub fn slashing_threshold(&self) -> f64 {
-        f64::from(self.slashing_threshold_milli) / 1000.0
+        openledger_core::slashing::slashing_threshold(self.slashing_threshold_milli)
     }
 }
 

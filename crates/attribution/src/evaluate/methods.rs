@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::influence::Probing;
 use candle_core::Device;
 use openledger_ml::embed::SentenceEncoder;
 use openledger_ml::lora::LoraAdapter;
-use openledger_ml::train::grads::Projection;
 
 use super::corpus::{GeneratedCorpus, LabelledText, Role};
 use super::metrics::{roc_auc, spearman};
@@ -49,19 +49,18 @@ pub(super) struct MethodScores {
 pub(super) fn influence(
     trainer: &Trainer,
     adapter: &LoraAdapter,
-    projection: Option<Projection>,
-    first_layer: usize,
+    probing: Probing,
     estimators: &[Estimator],
     on_progress: &mut dyn FnMut(&str, u64, u64),
 ) -> Result<(Vec<MethodScores>, Gradients)> {
     on_progress("gradients", 0, 3);
-    let rows = trainer.gradients(adapter, projection, first_layer, &trainer.train.examples)?;
+    let rows = trainer.gradients(adapter, probing, &trainer.train.examples)?;
     let hashes = trainer.train.examples.iter().map(|e| e.hash).collect();
     let index = GradientSet::new(hashes, rows)?;
     on_progress("gradients", 1, 3);
-    let validation = trainer.gradients(adapter, projection, first_layer, &trainer.validation.examples)?;
+    let validation = trainer.gradients(adapter, probing, &trainer.validation.examples)?;
     on_progress("gradients", 2, 3);
-    let test = trainer.gradients(adapter, projection, first_layer, &trainer.test.examples)?;
+    let test = trainer.gradients(adapter, probing, &trainer.test.examples)?;
     on_progress("gradients", 3, 3);
     let all = |probes: &[Vec<Vec<f32>>], estimator| -> Result<Vec<Vec<f64>>> {
         probes.iter().map(|probe| scores(&index, probe, estimator)).collect()

@@ -28,6 +28,8 @@ use openledger_ml::lora::Target;
 use openledger_ml::testing::TinySpec;
 use openledger_ml::train::TrainConfig;
 use openledger_ml::train::grads::{Projection, ProjectionKind};
+
+use crate::influence::{Probing, default_first_layer};
 use rand::seq::index::sample;
 use rand::{SeedableRng, rngs::StdRng};
 
@@ -60,8 +62,9 @@ pub struct EvaluationSpec {
     pub train: TrainConfig,
     /// The random projection of per-example gradients (`None`: full LoRA gradients).
     pub projection: Option<Projection>,
-    /// The first layer whose gradients are taken (0: all; see `GradientProbe::from_layer`).
-    pub first_layer: usize,
+    /// The first layer whose gradients are taken (0: all; see `GradientProbe::from_layer`);
+    /// `None`: the platform's indexes' ([`crate::influence::default_first_layer`]).
+    pub first_layer: Option<usize>,
     pub estimators: Vec<Estimator>,
     /// Random half subsets retrained for the LDS (0 skips it; at least 3 give a correlation).
     pub subsets: usize,
@@ -96,7 +99,7 @@ impl EvaluationSpec {
             corpus: CorpusSource::Generate(CorpusSpec::ci(seed)),
             train,
             projection: None,
-            first_layer: 0,
+            first_layer: None,
             estimators: Estimator::ALL.to_vec(),
             subsets: 8,
             knn_k: 5,
@@ -141,7 +144,7 @@ impl EvaluationSpec {
             corpus: CorpusSource::Generate(corpus),
             train,
             projection,
-            first_layer: 0,
+            first_layer: None,
             estimators: Estimator::ALL.to_vec(),
             subsets,
             knn_k: 5,
@@ -173,14 +176,19 @@ pub fn evaluate(spec: &EvaluationSpec, on_progress: &mut dyn FnMut(&str, u64, u6
     let adapter = trainer.train_on(&everything, "adapter")?;
     on_progress("train", 1, 1);
     let summary = report::AdapterSummary::measure(&trainer, &adapter)?;
-    let (mut methods, gradients) =
-        methods::influence(&trainer, &adapter, spec.projection, spec.first_layer, &spec.estimators, on_progress)?;
+    let layers = trainer.model.config().num_layers;
+    let probing = Probing {
+        projection: spec.projection,
+        first_layer: spec.first_layer.unwrap_or_else(|| default_first_layer(layers)),
+    };
+    let (mut methods, gradients) = methods::influence(&trainer, &adapter, probing, &spec.estimators, on_progress)?;
     methods.extend(methods::baselines(g, spec, on_progress)?);
     let actual = counterfactual_losses(&trainer, n, spec, on_progress)?;
     let results = methods.iter().map(|m| m.result(g, actual.as_ref())).collect();
     let mut report = EvaluationReport::new(g, &trainer, summary, spec.subsets, results);
+    report.first_layer = probing.first_layer;
     on_progress("credit", 0, 2);
-    report.replication = Some(measure_replication(g, &trainer, &adapter, spec, &gradients)?);
+    report.replication = Some(measure_replication(g, &trainer, &adapter, spec, probing, &gradients)?);
     on_progress("credit", 1, 2);
     report.verbatim = Some(measure_verbatim(g, &trainer, spec)?);
     on_progress("credit", 2, 2);
@@ -200,6 +208,7 @@ fn measure_replication(
     trainer: &Trainer,
     adapter: &openledger_ml::lora::LoraAdapter,
     spec: &EvaluationSpec,
+    probing: Probing,
     gradients: &methods::Gradients,
 ) -> Result<ReplicationReport> {
     use crate::corpus::CorpusRecord;
@@ -244,12 +253,7 @@ fn measure_replication(
         .collect();
     let edited = Copies {
         records: originals.iter().zip(&edited_texts).map(|(&i, t)| copy(i, &t.text, &t.label, "edited")).collect(),
-        gradients: trainer.gradients(
-            adapter,
-            spec.projection,
-            spec.first_layer,
-            &trainer.dataset(&edited_texts)?.examples,
-        )?,
+        gradients: trainer.gradients(adapter, probing, &trainer.dataset(&edited_texts)?.examples)?,
     };
     let estimator = paying_estimator(spec);
     let identities = |kind: &str| vec![honest.clone(), format!("{honest}-{kind}")];

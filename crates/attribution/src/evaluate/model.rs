@@ -3,13 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::influence::Probing;
 use candle_core::Device;
 use openledger_ml::AdapterPrecision;
 use openledger_ml::adapters::load_adapter_dir_as;
 use openledger_ml::lora::LoraAdapter;
 use openledger_ml::testing::{TinyModel, TinySpec};
 use openledger_ml::train::data::{Dataset, Example, RecordKind, Tokenize, micro_batches, parse_records};
-use openledger_ml::train::grads::{GradientProbe, Projection};
 use openledger_ml::train::{Control, TrainConfig, TrainJob, example_losses, train};
 use openledger_ml::{LlamaModel, Tokenizer};
 
@@ -130,16 +130,15 @@ impl Trainer {
         Ok(hasher.finalize().to_hex().to_string())
     }
 
-    /// Each example's projected LoRA gradient under `adapter`, one vector per layer from
-    /// `first_layer` on.
+    /// Each example's LoRA gradient under `adapter` as `probing` takes it, one vector per
+    /// layer it holds.
     pub fn gradients(
         &self,
         adapter: &LoraAdapter,
-        projection: Option<Projection>,
-        first_layer: usize,
+        probing: Probing,
         examples: &[Example],
     ) -> Result<Vec<Vec<Vec<f32>>>> {
-        let probe = GradientProbe::new(&self.model, adapter, projection)?.from_layer(first_layer)?;
+        let probe = probing.probe(&self.model, adapter)?;
         let order: Vec<usize> = (0..examples.len()).collect();
         let mut rows = Vec::with_capacity(examples.len());
         for batch in micro_batches(&order, |i| examples[i].tokens.len(), self.batch_tokens) {

@@ -80,6 +80,9 @@ pub struct EvaluationReport {
     pub harmful_contributors: usize,
     pub copying_contributors: usize,
     pub subsets: usize,
+    /// The first layer whose gradients the influence estimators read.
+    #[serde(default)]
+    pub first_layer: usize,
     /// The full-corpus adapter on the test split: loss per scored token, label accuracy.
     pub test_loss: f64,
     pub test_base_loss: f64,
@@ -107,6 +110,7 @@ impl EvaluationReport {
             harmful_contributors: roles().filter(|r| r.is_harmful()).count(),
             copying_contributors: roles().filter(|r| *r == super::Role::Copying).count(),
             subsets,
+            first_layer: 0,
             test_loss: summary.loss,
             test_base_loss: summary.base_loss,
             test_accuracy: summary.accuracy,
@@ -126,14 +130,15 @@ impl fmt::Display for EvaluationReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} on {}: {} records, {} contributors ({} harmful, {} copying), {} subsets",
+            "{} on {}: {} records, {} contributors ({} harmful, {} copying), {} subsets, gradients from layer {}",
             self.base_model,
             self.corpus,
             self.records,
             self.contributors,
             self.harmful_contributors,
             self.copying_contributors,
-            self.subsets
+            self.subsets,
+            self.first_layer
         )?;
         writeln!(
             f,

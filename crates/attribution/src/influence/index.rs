@@ -53,8 +53,9 @@ pub const MIN_INDEXED_LAYERS: usize = 8;
 /// The first layer an index holds by default: the upper half of the model's layers, but at
 /// least [`MIN_INDEXED_LAYERS`]. On the SmolLM2 evaluation (bench/RESULTS.md, "Influence from
 /// the upper layers") the upper 15 of 30 detect harmful contributors and predict retraining as
-/// well as all 30 or better (the lower layers' gradients add noise), with half the index and a
-/// probe about 1.4× faster; 10 or fewer lose detection, 1–2 most of it.
+/// well as all 30 or better on both seeds (the lower layers' gradients add noise), with half
+/// the index and a probe about 1.5× faster; the upper 10 slip on one seed, the last 4 or fewer
+/// lose detection.
 pub fn default_first_layer(layers: usize) -> usize {
     layers.saturating_sub(layers.div_ceil(2).max(MIN_INDEXED_LAYERS))
 }
@@ -453,7 +454,7 @@ fn check_shard(part: &GradientIndex, first: Option<&GradientIndex>, at: usize, s
             && first.header.dtype == part.header.dtype;
         if !same {
             return Err(AttributionError::Mismatch(format!(
-                "{} was built for other inputs than shard 0 (adapter, base model, dataset, projection or \
+                "{} was built for other inputs than shard 0 (adapter, base model, dataset, projection, layers or \
                  size): build every shard again",
                 what()
             )));

@@ -41,7 +41,7 @@ fn check_probe(index: &GradientSet, probe: &[Vec<f32>]) -> Result<()> {
     let dims: Vec<usize> = probe.iter().map(Vec::len).collect();
     if dims != index.layer_dims {
         return Err(AttributionError::Mismatch(format!(
-            "the probe gradient's layers {dims:?} do not match the index's {:?}: compute the probe with the index's adapter and projection",
+            "the probe gradient's layers {dims:?} do not match the index's {:?}: compute the probe with the index's adapter, projection and first layer (`GradientIndex::probing`)",
             index.layer_dims
         )));
     }

@@ -84,7 +84,9 @@ pub struct GradHeader {
     pub first_layer: usize,
 }
 
-pub const GRADS_FORMAT: &str = "openledger-grads/1";
+/// Format 2 records `first_layer`; format 1 files (every layer) are read as ever.
+pub const GRADS_FORMAT: &str = "openledger-grads/2";
+const GRADS_FORMAT_EVERY_LAYER: &str = "openledger-grads/1";
 const HEADER_FILE: &str = "header.json";
 const ROWS_FILE: &str = "grads.bin";
 const INDEX_FILE: &str = "index.bin";
@@ -152,12 +154,12 @@ impl GradientProbe {
                 self.layers
             )));
         }
+        if first_layer > 0 && !self.base.device().is_cpu() {
+            return Err(MlError::InvalidRequest("gradients from a later layer are computed on the CPU only".into()));
+        }
         self.first_layer = first_layer;
+        self.matrices.retain(|&(layer, _), _| layer >= first_layer);
         Ok(self)
-    }
-
-    pub fn first_layer(&self) -> usize {
-        self.first_layer
     }
 
     /// The row layout this probe produces.
@@ -321,7 +323,7 @@ impl GradFile {
         let header_path = dir.join(HEADER_FILE);
         let text = std::fs::read_to_string(&header_path).map_err(|e| MlError::io(&header_path, e))?;
         let header: GradHeader = serde_json::from_str(&text).map_err(|e| MlError::corrupt("gradient header", e))?;
-        if header.format != GRADS_FORMAT {
+        if header.format != GRADS_FORMAT && header.format != GRADS_FORMAT_EVERY_LAYER {
             return Err(MlError::unsupported("gradient file", header.format));
         }
         let index_path = dir.join(INDEX_FILE);
@@ -560,6 +562,13 @@ mod tests {
             }
             assert!(file.read(&ContentHash::of(b"absent")).unwrap().is_none());
         }
+        // A format 1 file (written before rows could start at a later layer) holds every layer.
+        let header_path = dir.path().join("F32").join(HEADER_FILE);
+        let mut old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&header_path).unwrap()).unwrap();
+        old["format"] = "openledger-grads/1".into();
+        old.as_object_mut().unwrap().remove("first_layer");
+        std::fs::write(&header_path, old.to_string()).unwrap();
+        assert_eq!(GradFile::open(&dir.path().join("F32")).unwrap().header.first_layer, 0);
         std::fs::write(dir.path().join("F32").join(ROWS_FILE), b"short").unwrap();
         assert!(GradFile::open(&dir.path().join("F32")).err().unwrap().to_string().contains("header implies"));
     }

@@ -75,11 +75,10 @@ pub struct Parameters {
     #[schema(maximum = 9223372036854775807_u64)]
     pub epoch_seconds: u64,
     /// Quality score below which a contribution's bond is slashed, in thousandths (-1000: one
-    /// median deviation below the typical record); the ledger refuses one outside
-    /// -100000..=0. Left out of a proposal: the ledger's default, -1000 (sign it as -1000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = -100000, maximum = 0, default = -1000)]
-    pub slashing_threshold_milli: Option<i32>,
+    /// median deviation below the typical record, the default); the ledger refuses one
+    /// outside -100000..=0. A proposal names it, as every parameter.
+    #[schema(minimum = -100000, maximum = 0)]
+    pub slashing_threshold_milli: i32,
 }
 
 /// A proposal, signed over `openledger/proposal/v2\n<id>\n<account>\n<canonical parameters JSON>`.
@@ -162,7 +161,7 @@ impl TryFrom<&Parameters> for pb::Parameters {
             minimum_stake: wire(parse_amount(&view.minimum_stake, "minimum_stake")?),
             epoch_seconds: view.epoch_seconds,
             effective_from_epoch: 0,
-            slashing_threshold_milli: view.slashing_threshold_milli,
+            slashing_threshold_milli: Some(view.slashing_threshold_milli),
         })
     }
 }
@@ -178,7 +177,9 @@ impl From<&pb::Parameters> for Parameters {
             minimum_stake: unwire(parameters.minimum_stake.as_ref()).to_string(),
             unbonding_seconds: parameters.unbonding_seconds,
             epoch_seconds: parameters.epoch_seconds,
-            slashing_threshold_milli: parameters.slashing_threshold_milli,
+            slashing_threshold_milli: parameters
+                .slashing_threshold_milli
+                .unwrap_or(openledger_core::slashing::DEFAULT_SLASHING_THRESHOLD_MILLI),
         }
     }
 }
