@@ -756,6 +756,20 @@ async fn staking_and_governance_over_rest_require_the_owners_signature() {
     let (status, body) = post("/v1/governance/proposals".into(), refused).await;
     assert_eq!(status, 412, "{body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("slashing threshold")), "{body}");
+    // Every parameter is named: one left out is a 400, before any signature is checked.
+    let mut partial = parameters.clone();
+    partial.as_object_mut().expect("object").remove("slashing_threshold_milli");
+    let body = serde_json::json!({"id": "partial", "account": "91000", "parameters": partial,
+        "public_key": public_key, "signature": "00".repeat(64)});
+    let (status, body) = post("/v1/governance/proposals".into(), body).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_argument")), "{body}");
+    let grpc = pb::SubmitProposalRequest {
+        proposal_id: "partial".into(),
+        parameters: Some(pb::Parameters { slashing_threshold_milli: None, ..economics.to_proto() }),
+        ..Default::default()
+    };
+    let refused = client.submit_proposal(grpc).await.expect_err("a parameter left out");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     let proposal = serde_json::json!({
         "id": "more-for-contributors", "account": "91000", "parameters": parameters, "rationale": "data matters",
         "public_key": public_key, "signature": sign(openledger_signing::proposal_message("more-for-contributors", 91_000, &(&economics).into())),
