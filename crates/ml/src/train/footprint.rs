@@ -99,6 +99,15 @@ impl Footprint {
         Self::of(model.config(), bytes_on_disk(model_path), config, longest, threads)
     }
 
+    /// The most a run of `config` on the model at `model_path` can take, before its examples are
+    /// known: its longest example as long as `max_seq_tokens` allows (or the model's context).
+    /// What a job's pod requests from its cluster before it has read its data.
+    pub fn upper_bound(model_path: &Path, config: &TrainConfig, threads: usize) -> Result<Self> {
+        let model = crate::source::read_model_config(model_path)?;
+        let longest = config.max_seq_tokens.unwrap_or(model.context_length).min(model.context_length);
+        Ok(Self::of(&model, bytes_on_disk(model_path), config, longest, threads))
+    }
+
     /// `estimated peak memory <peak>`, and `of <limit> it may take` when a limit is given.
     pub fn describe(&self, limit: Option<u64>) -> String {
         match limit {
@@ -244,6 +253,28 @@ mod tests {
         assert!(error.contains("examples of 4096 tokens do not fit: lower max_seq_tokens"), "{error}");
         let error = estimate.check(1 << 20).unwrap_err().to_string();
         assert!(error.contains("does not fit: train on a machine with more memory"), "{error}");
+    }
+
+    /// Before its data is read, a job's bound takes its examples as long as it allows: at least
+    /// any run's estimate within that length, and the model's context without a limit.
+    #[test]
+    fn the_upper_bound_covers_any_run_within_the_jobs_sequence_limit() {
+        use candle_core::quantized::GgmlDType;
+        let dir = tempfile::tempdir().expect("dir");
+        let tiny = crate::testing::TinyModel::new(crate::testing::TinySpec::default()).expect("tiny");
+        let path = tiny.write_gguf(&dir.path().join("t.gguf"), GgmlDType::F32).expect("gguf");
+        let model = crate::source::read_model_config(&path).expect("config");
+        let config = TrainConfig { max_seq_tokens: Some(48), batch_tokens: 32, ..TrainConfig::default() };
+        let bound = Footprint::upper_bound(&path, &config, 2).expect("bound");
+        let bytes = std::fs::metadata(&path).expect("file").len();
+        assert_eq!(bound.longest, 48);
+        for longest in [1, 16, 48] {
+            assert!(bound.peak() >= Footprint::of(&model, bytes, &config, longest, 2).peak(), "{longest}");
+        }
+        let unlimited =
+            Footprint::upper_bound(&path, &TrainConfig { max_seq_tokens: None, ..config }, 2).expect("bound");
+        assert_eq!(unlimited.longest, model.context_length as u64);
+        assert!(Footprint::upper_bound(&dir.path().join("absent.gguf"), &TrainConfig::default(), 1).is_err());
     }
 
     #[test]

@@ -13,7 +13,10 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use k8s_openapi::api::core::v1::EnvFromSource;
+use k8s_openapi::{
+    api::core::v1::{EnvFromSource, ResourceRequirements},
+    apimachinery::pkg::api::resource::Quantity,
+};
 use kube::{
     Api, Client,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
@@ -132,9 +135,14 @@ impl KubernetesExecutor {
         Ok(Self::new(client, KubernetesSettings::from_config(config)))
     }
 
-    /// The `LoraJob` for `row`.
-    pub fn lora_job(&self, row: &job::Model) -> LoraJob {
+    /// The `LoraJob` for `row`, its pod requesting `memory` bytes when known (the job's
+    /// estimated peak: the scheduler then places it on a node with room for it).
+    pub fn lora_job(&self, row: &job::Model, memory: Option<u64>) -> LoraJob {
         let settings = &self.settings;
+        let resources = memory.map(|bytes| ResourceRequirements {
+            requests: Some(BTreeMap::from([("memory".to_owned(), Quantity(bytes.to_string()))])),
+            ..Default::default()
+        });
         let spec = LoraJobSpec {
             job_id: row.id.clone(),
             base_model: row.base_model.clone(),
@@ -142,6 +150,7 @@ impl KubernetesExecutor {
                 image: settings.image.clone(),
                 env_from: settings.env_from.clone(),
                 data_volume_claim: settings.data_claim.clone(),
+                resources,
                 ..Default::default()
             },
             gpus: settings.gpus,
@@ -277,7 +286,7 @@ impl KubernetesExecutor {
     }
 
     async fn create(&self, jobs: &Jobs, row: &job::Model, pass: &mut Pass) -> Result<(), KubernetesError> {
-        let resource = self.lora_job(row);
+        let resource = self.lora_job(row, jobs.memory_request(row).await);
         let name = lora_job_name(&row.id);
         let params = PostParams { field_manager: Some(MANAGED_BY.to_owned()), ..Default::default() };
         match self.api.create(&params, &resource).await {

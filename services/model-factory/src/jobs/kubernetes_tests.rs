@@ -54,7 +54,9 @@ fn list_request() -> Expect {
 async fn resource(service: &Service, id: &str, status: Value) -> Value {
     let row = job::Entity::find_by_id(id).one(&service.jobs.db).await.expect("read").expect("job");
     let (client, _) = testing::pair();
-    let mut value = serde_json::to_value(KubernetesExecutor::new(client, settings()).lora_job(&row)).expect("json");
+    let memory = service.jobs.memory_request(&row).await;
+    let mut value =
+        serde_json::to_value(KubernetesExecutor::new(client, settings()).lora_job(&row, memory)).expect("json");
     value["status"] = status;
     value
 }
@@ -83,6 +85,11 @@ async fn running_at(service: &Service, id: &str, step: u64) {
 async fn a_queued_job_becomes_one_lora_job_and_stays_queued_until_its_pod_trains() {
     let world = World::sqlite(ScriptedDatanet::instructions(12)).await;
     let (service, id) = queued_job(&world).await;
+    // The pod asks for the job's estimated peak memory, more than the model's file alone.
+    let row = job::Entity::find_by_id(&id).one(&service.jobs.db).await.expect("read").expect("job");
+    let memory = service.jobs.memory_request(&row).await.expect("an estimate of the tiny model's run");
+    let base = service.jobs.bases.require().await.expect("base");
+    assert!(memory > std::fs::metadata(&base.path).expect("model file").len(), "{memory}");
     let create = Expect::post(LORA_JOBS).query("fieldManager=openledger-model-factory").check({
         let id = id.clone();
         move |body| {
@@ -102,6 +109,7 @@ async fn a_queued_job_becomes_one_lora_job_and_stays_queued_until_its_pod_trains
                     "image": "ghcr.io/openledger/openledger:0.1-cuda",
                     "envFrom": [{"configMapRef": {"name": "openledger"}}, {"secretRef": {"name": "openledger-credentials"}}],
                     "dataVolumeClaim": "openledger-data",
+                    "resources": {"requests": {"memory": memory.to_string()}},
                     "gpus": 1,
                     "queueName": "gpu",
                     "backoffLimit": 2,

@@ -193,6 +193,28 @@ impl Jobs {
         self.work_dir.join(id)
     }
 
+    /// The memory a job's pod asks its cluster for: the run's estimated peak with examples as
+    /// long as the job allows, on as many threads as this process trains with
+    /// (`Footprint::upper_bound`). `None` when the base model or the job's plan cannot be read:
+    /// the pod then asks for nothing and still checks its own limit before training.
+    pub(crate) async fn memory_request(&self, row: &job::Model) -> Option<u64> {
+        let plan = store::StoredPlan::of(row).ok()?;
+        let base = self.bases.require().await.ok()?;
+        let threads = self.threads;
+        let estimate = tokio::task::spawn_blocking(move || {
+            openledger_ml::train::Footprint::upper_bound(&base.path, &plan.config, threads)
+        })
+        .await
+        .ok()?;
+        match estimate {
+            Ok(footprint) => Some(footprint.peak()),
+            Err(error) => {
+                tracing::warn!(job = %row.id, %error, "the job's memory estimate: its pod requests no memory");
+                None
+            }
+        }
+    }
+
     /// Creates a job: checks the request, the base model and the caller's access to the
     /// version, resolves the hyper-parameters, stores the job as `validating_files` and starts
     /// reading its records. A repeated idempotency key answers the job it created.
