@@ -66,6 +66,17 @@ pub fn uint128(value: u128) -> Option<common::v1::Uint128> {
     Some(value.into())
 }
 
+/// A time in Unix milliseconds as a protobuf `Timestamp` (negative ones too: `nanos` stays in
+/// `0..1e9`, as the type requires).
+pub fn timestamp(unix_ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: unix_ms.div_euclid(1000), nanos: (unix_ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+/// A protobuf `Timestamp` as Unix milliseconds (sub-millisecond nanos dropped; saturating).
+pub fn unix_ms(at: &prost_types::Timestamp) -> i64 {
+    at.seconds.saturating_mul(1000).saturating_add(i64::from(at.nanos) / 1_000_000)
+}
+
 /// The encoded `FileDescriptorSet` of every OpenLedger proto (and the well-known types they
 /// import), for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openledger_descriptor.bin"));
@@ -98,6 +109,17 @@ mod tests {
     use prost::Message;
 
     use super::*;
+
+    #[test]
+    fn timestamps_round_trip_unix_milliseconds() {
+        for ms in [0, 1, 999, 1_500, 1_796_574_811_123, -1, -1_500] {
+            let at = timestamp(ms);
+            assert!((0..1_000_000_000).contains(&at.nanos), "{ms}: {at:?}");
+            assert_eq!(unix_ms(&at), ms);
+        }
+        assert_eq!(timestamp(1_500), prost_types::Timestamp { seconds: 1, nanos: 500_000_000 });
+        assert_eq!(unix_ms(&prost_types::Timestamp { seconds: i64::MAX, nanos: 0 }), i64::MAX);
+    }
 
     #[test]
     fn uint128_round_trips_every_bit() {

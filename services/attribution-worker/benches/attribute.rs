@@ -398,10 +398,7 @@ impl Inferences {
                 text,
                 finish_reason: "length".into(),
             }],
-            completed_at: Some(prost_types::Timestamp {
-                seconds: now / 1000,
-                nanos: ((now % 1000) * 1_000_000) as i32,
-            }),
+            completed_at: Some(openledger_proto::timestamp(now)),
             ..Default::default()
         }
     }

@@ -226,15 +226,11 @@ pub struct Attributions {
     influence_max_lag: Duration,
 }
 
-fn timestamp_ms(at: &prost_types::Timestamp) -> i64 {
-    at.seconds.saturating_mul(1000).saturating_add(i64::from(at.nanos) / 1_000_000)
-}
-
 /// How long before `now_ms` the inference completed: the gateway's completion time by this
 /// worker's clock (the hosts' clocks are taken to agree, as NTP keeps them); 0 for an event
 /// without one (refused by `handle`).
 fn age_ms(event: &InferenceCompleted, now_ms: i64) -> i64 {
-    event.completed_at.as_ref().map_or(0, |at| now_ms.saturating_sub(timestamp_ms(at)))
+    event.completed_at.as_ref().map_or(0, |at| now_ms.saturating_sub(openledger_proto::unix_ms(at)))
 }
 
 /// A stored value as JSON text.

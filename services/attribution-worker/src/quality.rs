@@ -52,10 +52,7 @@ pub fn event_of(assessed: &Assessed, report: &QualityReport, at_ms: i64) -> Qual
         candidates,
         estimator: report.estimator.name().to_owned(),
         threshold: report.threshold,
-        at: Some(prost_types::Timestamp {
-            seconds: at_ms.div_euclid(1000),
-            nanos: (at_ms.rem_euclid(1000) * 1_000_000) as i32,
-        }),
+        at: Some(openledger_proto::timestamp(at_ms)),
     }
 }
 

@@ -142,13 +142,9 @@ pub(crate) fn inference(id: &str, text: &str, completed_at_ms: i64) -> Inference
         prompt_token_ids: vec![1, 2, 3],
         prompt_text: "What should carers know?".into(),
         completions: vec![Completion { token_ids: vec![9, 8, 7], text: text.into(), finish_reason: "stop".into() }],
-        completed_at: Some(openledger_proto_timestamp(completed_at_ms)),
+        completed_at: Some(openledger_proto::timestamp(completed_at_ms)),
         ..Default::default()
     }
-}
-
-fn openledger_proto_timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 }
 }
 
 /// The events of `subject` in the outbox, in order.

@@ -6,6 +6,7 @@ use openledger_proto::{
     common::v1::{Hash, PageResponse},
     datanet::v1::{self as pb, ContributionStatus},
     events::v1::ContributionEvent,
+    timestamp,
 };
 use openledger_store::{NewEvent, now_ms};
 use prost::Message;
@@ -19,7 +20,7 @@ use crate::{
 
 use super::Datanets;
 use super::states::{BondState, RecordStatus, contribution_status, corrupt};
-use super::{PRODUCER, SUBJECT_ACCEPTED, SUBJECT_REJECTED, SUBJECT_SUBMITTED, page_size_of, timestamp};
+use super::{PRODUCER, SUBJECT_ACCEPTED, SUBJECT_REJECTED, SUBJECT_SUBMITTED, page_size_of};
 
 impl Datanets {
     /// A contribution, if the caller may see its Datanet.

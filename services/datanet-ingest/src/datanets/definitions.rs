@@ -5,6 +5,7 @@ use openledger_core::{ErrorCode, Id};
 use openledger_proto::{
     common::v1::PageResponse,
     datanet::v1::{self as pb, Visibility},
+    timestamp,
 };
 use openledger_store::{db::retry_when_busy, now_ms};
 use prost::Message;
@@ -25,7 +26,7 @@ use super::states::{GrantState, schema_of, stored_json, stored_schema, visibilit
 use super::validation::{
     check_description, check_editable, check_labels, check_slug, check_tags, check_text, complete_policy, keys,
 };
-use super::{invalid, lock_datanet, page_size_of, require_owner, timestamp};
+use super::{invalid, lock_datanet, page_size_of, require_owner};
 use crate::parse::RecordSchema;
 use openledger_proto::datanet::v1::RecordSchema as WireSchema;
 

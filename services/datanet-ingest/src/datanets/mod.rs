@@ -247,10 +247,6 @@ fn hash_of(hash: Option<&Hash>, field: &str) -> Result<ContentHash, DatanetError
         .ok_or_else(|| invalid(format!("{field} must be a 32-byte BLAKE3 hash")))
 }
 
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
-}
-
 fn page_size_of(requested: u32) -> u32 {
     openledger_store::page::page_size(requested, limits::DEFAULT_PAGE_SIZE, limits::MAX_PAGE_SIZE)
 }

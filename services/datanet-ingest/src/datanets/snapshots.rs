@@ -11,6 +11,7 @@ use openledger_proto::{
     common::v1::{Hash, MerkleProof as WireProof},
     datanet::v1::{self as pb},
     events::v1::SnapshotSealed,
+    timestamp,
 };
 use openledger_store::{NewEvent, db::retry_when_busy, now_ms};
 use prost::Message;
@@ -27,7 +28,7 @@ use crate::{
 
 use super::Datanets;
 use super::states::{RecordStatus, corrupt, stored_hash, stored_json};
-use super::{PRODUCER, SUBJECT_SNAPSHOT_SEALED, invalid, lock_datanet, require_owner, timestamp};
+use super::{PRODUCER, SUBJECT_SNAPSHOT_SEALED, invalid, lock_datanet, require_owner};
 
 impl Datanets {
     /// Seals the accepted records as the next version (or returns the latest version when

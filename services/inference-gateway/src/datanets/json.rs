@@ -238,7 +238,7 @@ pub struct Contribution {
 
 /// A protobuf time as Unix milliseconds (0 when absent).
 fn unix_ms(at: Option<prost_types::Timestamp>) -> i64 {
-    at.map_or(0, |at| at.seconds * 1000 + i64::from(at.nanos) / 1_000_000)
+    at.as_ref().map_or(0, openledger_proto::unix_ms)
 }
 
 /// The evidence recorded with a bond slashed for harmful data.

@@ -2,7 +2,7 @@
 //! its checkpoints, and state changes, each written with its `ol.modelfactory.job.<status>`
 //! event to the outbox in one transaction.
 
-use openledger_proto::{common::v1::Hash, events::v1::FineTuneJobChanged, modelfactory::v1 as pb};
+use openledger_proto::{common::v1::Hash, events::v1::FineTuneJobChanged, modelfactory::v1 as pb, timestamp};
 use openledger_store::{db::retry_when_busy, now_ms, outbox::NewEvent};
 use prost::Message;
 use sea_orm::{
@@ -14,7 +14,7 @@ use crate::{
     RegistryError,
     entities::{job, job_checkpoint, job_event},
     events::PRODUCER,
-    registry::{corrupt, timestamp},
+    registry::corrupt,
 };
 
 pub(super) fn state_of(row: &job::Model) -> Result<pb::JobState, RegistryError> {

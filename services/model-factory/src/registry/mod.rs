@@ -90,10 +90,6 @@ pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> RegistryErr
     RegistryError::new(ErrorCode::Internal, format!("the stored {what} is corrupt: {detail}"))
 }
 
-pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
-}
-
 /// The object-store key of one of an adapter's files.
 fn object_path(id: &str, file: &str) -> object_store::path::Path {
     object_store::path::Path::from(format!("{}/{id}/{file}", crate::limits::ADAPTERS_PREFIX))

@@ -8,11 +8,12 @@ use openledger_proto::{
     common::v1::{Hash, PageResponse},
     events::v1::AdapterChanged,
     modelfactory::v1::{self as pb, Visibility},
+    timestamp,
 };
 use openledger_signing::Key;
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait};
 
-use super::{Registry, corrupt, not_found, timestamp};
+use super::{Registry, corrupt, not_found};
 use crate::{
     RegistryError,
     entities::{READY, access, adapter},
