@@ -1,12 +1,17 @@
 //! Memory that a loader fills in one go: files mapped with their pages already present, and
-//! large buffers backed by the kernel before the first write (in huge pages where it can).
-//! A fresh 7 MB buffer written page by page takes ~1800 page faults, which cost more than the
-//! copy itself; asked for up front it is a couple of system calls.
+//! large buffers backed by the kernel before the first write. A fresh 7 MB buffer written page
+//! by page takes ~1800 page faults, which cost more than the copy itself; asked for up front it
+//! is one system call.
+//!
+//! No huge pages: asking for them (`MADV_HUGEPAGE`) made every load into fresh memory that got
+//! one take ~7 ms instead of ~3 ms on a KVM guest (a new 2 MiB page is zeroed, and backed by the
+//! host, whole), which put the adapter cold load's p99 past its 5 ms target, while the decode
+//! with 100 adapters read through them no faster (bench/RESULTS.md, issue 18).
 
 use std::fs::File;
 
-/// Buffers smaller than this are left to the allocator as they are: the advice is worth a
-/// system call only when a huge page could back part of the buffer.
+/// Buffers smaller than this are left to the allocator as they are: they mostly reuse memory
+/// the heap already holds, where the advice would be a system call for nothing.
 const ADVISE_MIN_BYTES: usize = 2 << 20;
 
 /// Maps `file` read-only with every page present (no fault on first read).
@@ -19,9 +24,8 @@ pub(crate) fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
     unsafe { memmap2::MmapOptions::new().populate().map(file) }
 }
 
-/// An empty `Vec` with room for `len` elements whose pages the kernel has already backed, in
-/// huge pages where the buffer spans aligned 2 MiB (where the system allows them), so that
-/// filling it takes no page fault per 4 KiB. Pages a previous user of the same heap memory
+/// An empty `Vec` with room for `len` elements whose pages the kernel has already backed, so
+/// that filling it takes no page fault per 4 KiB. Pages a previous user of the same heap memory
 /// left in place stay as they are.
 pub(crate) fn prefaulted<T>(len: usize) -> Vec<T> {
     let mut buffer: Vec<T> = Vec::with_capacity(len);
@@ -32,8 +36,8 @@ pub(crate) fn prefaulted<T>(len: usize) -> Vec<T> {
     buffer
 }
 
-/// Tells the kernel that the whole pages of `bytes` at `start` (memory this process owns
-/// and is about to write all of) may use huge pages, then backs them.
+/// Asks the kernel to back the whole pages of `bytes` at `start` (memory this process owns and
+/// is about to write all of) now, in one call.
 #[cfg(target_os = "linux")]
 fn advise_fill_soon(start: *mut u8, bytes: usize) {
     let page = 4096;
@@ -42,14 +46,11 @@ fn advise_fill_soon(start: *mut u8, bytes: usize) {
     if end <= first {
         return;
     }
-    for advice in [libc::MADV_HUGEPAGE, libc::MADV_POPULATE_WRITE] {
-        // SAFETY: [first, end) is whole pages inside an allocation of this process. Neither
-        // advice changes what the memory holds: MADV_HUGEPAGE marks the range as eligible for
-        // huge pages, MADV_POPULATE_WRITE backs its pages as a write would (zero for new
-        // pages, unchanged for present ones). Both are hints: an older kernel or a system
-        // without transparent huge pages refuses them, and the buffer works the same.
-        let _ = unsafe { libc::madvise(first as *mut libc::c_void, end - first, advice) };
-    }
+    // SAFETY: [first, end) is whole pages inside an allocation of this process.
+    // MADV_POPULATE_WRITE does not change what the memory holds: it backs its pages as a write
+    // would (zero for new pages, unchanged for present ones). It is a hint: a kernel older
+    // than 5.14 refuses it, and the buffer works the same.
+    let _ = unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_POPULATE_WRITE) };
 }
 
 #[cfg(not(target_os = "linux"))]
