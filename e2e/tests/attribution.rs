@@ -35,12 +35,29 @@ const QUOTED: [&str; 2] = [
 /// With a `bond` per contribution (0: none), each contributor is paid to the account it bonded
 /// from, and the bonds are released or slashed once the adapter's quality assessment (with the
 /// ledger's governed slashing threshold) reaches datanet-ingest; without, contributors are paid
-/// to their earnings accounts.
-async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)], bond: u128) {
+/// to their earnings accounts. With a `governed_threshold` (on a network whose governance
+/// takes seconds), a staker first governs the slashing threshold to it, and the bonds are
+/// decided against it.
+async fn paid_inferences_reach_the_contributors_they_quote(
+    env: &[(&str, String)],
+    bond: u128,
+    governed_threshold: Option<i32>,
+) {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut platform = dev(data_dir.path(), env);
     let eve = SigningKey::from_bytes(&[53; 32]);
     let builder = builder_with_a_grant_on(&mut platform, &[(&eve, EVE_RECORDS)], bond).await;
+    if let Some(threshold) = governed_threshold {
+        let rest = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
+        let ledger_addr = platform.wait_endpoint(ServiceKind::Ledger, "grpc");
+        let mut ledger = LedgerServiceClient::connect(format!("http://{ledger_addr}")).await.expect("ledger");
+        let staker = SigningKey::from_bytes(&[54; 32]);
+        let governed = crate::support::govern(rest, &mut ledger, &staker, 92_000, |economics| {
+            economics.slashing_threshold_milli = threshold;
+        })
+        .await;
+        assert_eq!(governed.slashing_threshold_milli, threshold);
+    }
     let eve_paid_to =
         builder.contributions[1].1.unwrap_or_else(|| earnings_account_id(&eve.verifying_key().to_bytes()));
     let model = builder.small_adapter().await;
@@ -75,6 +92,9 @@ async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)
     let parameters =
         ledger.get_parameters(lpb::GetParametersRequest::default()).await.expect("parameters").into_inner();
     let economics = Economics::from_proto(&parameters);
+    if let Some(threshold) = governed_threshold {
+        assert_eq!(economics.slashing_threshold_milli, threshold, "the governed threshold is in force");
+    }
 
     let mut earned: BTreeMap<u128, u128> = BTreeMap::new();
     let mut quoted = 0;
@@ -157,7 +177,8 @@ async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)
 
     // The bonds were held until the adapter's quality was assessed (its gradient index built
     // unasked; the worker reads the slashing threshold from the ledger's parameters before it
-    // assesses, the default here): then released, or slashed with their evidence.
+    // assesses, the governed one here): then released, or slashed with their evidence.
+    let mut slashed = 0;
     for (contribution_id, account) in &builder.contributions {
         let Some(account) = account else { continue };
         let decided = eventually_long("the bond is decided by the quality assessment", async || {
@@ -187,9 +208,26 @@ async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)
                 assert_eq!(decided.bond_state, "slashed");
                 assert_eq!(slash.threshold, economics.slashing_threshold(), "the governed threshold: {slash:?}");
                 assert!(slash.score < slash.threshold, "{slash:?}");
+                slashed += 1;
             }
             None => assert_eq!(decided.bond_state, "released", "{decided:?}"),
         }
+    }
+    // The worker assessed the version against the governed threshold: its event says so,
+    // whether or not a contribution fell below it.
+    if let (Some(_), Some((_, nats_url))) = (governed_threshold, env.iter().find(|(key, _)| *key == "NATS_URL")) {
+        use openledger_bus::{ConsumerConfig, EventBus, JetStreamBus};
+        use prost::Message;
+        let bus = JetStreamBus::connect(nats_url, Default::default()).await.expect("bus");
+        let subject = openledger_datanet_ingest::datanets::SUBJECT_QUALITY_ASSESSED;
+        let mut consumer = bus.consumer(ConsumerConfig::new("e2e-quality-check", subject)).await.expect("consumer");
+        let delivery = tokio::time::timeout(std::time::Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a quality assessment on the bus")
+            .expect("delivery");
+        let assessed = openledger_proto::events::v1::QualityAssessed::decode(delivery.payload).expect("decode");
+        assert_eq!(assessed.threshold, economics.slashing_threshold(), "{assessed:?}");
+        println!("assessed against the governed threshold {}; {slashed} bond(s) slashed", assessed.threshold);
     }
 
     // Anyone can check one of them from outside.
@@ -213,15 +251,19 @@ async fn paid_inferences_reach_the_contributors_they_quote(env: &[(&str, String)
 
 #[tokio::test]
 async fn paid_inferences_reach_the_contributors_they_quote_on_sqlite() {
-    paid_inferences_reach_the_contributors_they_quote(&[], 0).await;
+    paid_inferences_reach_the_contributors_they_quote(&[], 0, None).await;
 }
 
 #[tokio::test]
 async fn paid_inferences_reach_the_contributors_they_quote_on_postgres_and_nats() {
     let postgres = openledger_testkit::Postgres::start();
     let nats = openledger_testkit::Nats::start();
-    let env = [("DATABASE_URL", postgres.create_database("attribution")), ("NATS_URL", nats.url())];
-    paid_inferences_reach_the_contributors_they_quote(&env, 10u128.pow(18)).await;
+    let mut env = vec![("DATABASE_URL", postgres.create_database("attribution")), ("NATS_URL", nats.url())];
+    // Governed to the typical record (0, the strictest threshold governance allows; the
+    // default is one median deviation below it): of two contributions, the one scoring below
+    // the median is slashed.
+    env.extend(crate::support::fast_governance());
+    paid_inferences_reach_the_contributors_they_quote(&env, 10u128.pow(18), Some(0)).await;
 }
 
 /// Paid inferences the fault test runs, and how many run at once.
@@ -522,13 +564,6 @@ fn audit(worker: &str, ledger: &str) -> String {
 }
 
 /// Polls `probe` until it succeeds; after two minutes the test fails with `what` and the last miss.
-async fn eventually_long<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        match probe().await {
-            Ok(value) => return value,
-            Err(miss) => assert!(std::time::Instant::now() < deadline, "{what}: {miss}"),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+async fn eventually_long<T>(what: &str, probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    crate::support::eventually_within(what, std::time::Duration::from_secs(120), probe).await
 }

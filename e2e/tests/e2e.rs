@@ -691,7 +691,9 @@ async fn staking_and_governance_over_rest_require_the_owners_signature() {
     use openledger_signing::{StakeAction, staking_message, vote_message};
 
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let mut platform = Platform::spawn::<&str>(&["--data-dir", &data_dir.path().display().to_string(), "dev"], &[]);
+    // A test network, so that a proposal is seen through to the parameters in force.
+    let mut platform =
+        Platform::spawn(&["--data-dir", &data_dir.path().display().to_string(), "dev"], &support::fast_governance());
     let rest = platform.wait_endpoint(ServiceKind::InferenceGateway, "rest");
     platform.wait_ready(rest).await;
     let http = reqwest::Client::new();
@@ -733,11 +735,13 @@ async fn staking_and_governance_over_rest_require_the_owners_signature() {
     assert_eq!(status, 200, "{body}");
     let mut parameters: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(parameters["model_owner_bps"], 3_000);
+    assert_eq!(parameters["epoch_seconds"], 1, "the genesis parameters of this network");
     parameters["model_owner_bps"] = 2_000.into();
     parameters["contributors_bps"] = 6_000.into();
     let economics = openledger_ledger::operations::Economics {
         model_owner_bps: 2_000,
         contributors_bps: 6_000,
+        epoch_seconds: 1,
         ..openledger_ledger::operations::Economics::default()
     };
     assert_eq!(
@@ -786,6 +790,23 @@ async fn staking_and_governance_over_rest_require_the_owners_signature() {
     assert!(body.contains("data matters") || body.contains("more-for-contributors"), "{body}");
     let (status, _) = get(rest, "/v1/governance/proposals/nope").await;
     assert_eq!(status, 404);
+
+    // Voting closes, the proposal passes (all stake voted for it), waits out its timelock, is
+    // executed, and its parameters are in force from the next epoch.
+    let executed = support::eventually_within("the proposal is executed", Duration::from_secs(30), async || {
+        let (_, body) = get(rest, "/v1/governance/proposals/more-for-contributors").await;
+        let body: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        (body["state"] == "executed").then_some(body.clone()).ok_or_else(|| format!("{body}"))
+    })
+    .await;
+    assert!(executed["effective_from_epoch"].as_u64().is_some(), "{executed}");
+    let in_force = support::eventually_within("the governed parameters are in force", Duration::from_secs(10), async || {
+        let (_, body) = get(rest, "/v1/governance/parameters").await;
+        let body: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        (body["model_owner_bps"] == 2_000).then_some(body.clone()).ok_or_else(|| format!("{body}"))
+    })
+    .await;
+    assert_eq!(in_force, parameters, "exactly the proposed set");
     assert_eq!(platform.terminate().code(), Some(0));
 }
 

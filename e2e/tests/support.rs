@@ -160,8 +160,17 @@ impl Drop for Platform {
 }
 
 /// Polls `probe` until it succeeds; after 10 s the test fails with `what` and the last miss.
-pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
+pub async fn eventually<T>(what: &str, probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    eventually_within(what, Duration::from_secs(10), probe).await
+}
+
+/// [`eventually`] with another deadline, for what takes its own time (a vote, a timelock).
+pub async fn eventually_within<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + limit;
     loop {
         match probe().await {
             Ok(value) => return value,
@@ -195,6 +204,71 @@ pub async fn fund_from_community(
         if results[0].result == pb::CreateResult::Ok as i32 { Ok(()) } else { Err(format!("{results:?}")) }
     })
     .await;
+}
+
+/// The settings of a test network whose governance takes seconds: votes close after 3 s, a
+/// passed proposal waits 1 s, epochs last 1 s.
+pub fn fast_governance() -> [(&'static str, String); 3] {
+    [
+        ("OPENLEDGER_GOVERNANCE_VOTING_SECONDS", "3".to_owned()),
+        ("OPENLEDGER_GOVERNANCE_TIMELOCK_SECONDS", "1".to_owned()),
+        ("OPENLEDGER_GENESIS_EPOCH_SECONDS", "1".to_owned()),
+    ]
+}
+
+/// On a [`fast_governance`] network, governs `change` into force over REST (`rest`) as a staker
+/// would: account `account` (owned by `key`) is created, funded from the community allocation
+/// (transfer `account`) and stakes 2,000 OPEN, proposes the parameters in force with `change`
+/// applied, votes for them (the only stake, so they pass), and the call returns them once they
+/// are in force.
+pub async fn govern(
+    rest: SocketAddr,
+    ledger: &mut openledger_proto::ledger::v1::ledger_service_client::LedgerServiceClient<tonic::transport::Channel>,
+    key: &ed25519_dalek::SigningKey,
+    account: u128,
+    change: impl FnOnce(&mut openledger_ledger::operations::Economics),
+) -> openledger_ledger::operations::Economics {
+    use ed25519_dalek::Signer;
+    use openledger_ledger::{governance::parameters_json, operations::Economics};
+    use openledger_signing::{StakeAction, proposal_message, staking_message, vote_message};
+    let http = reqwest::Client::new();
+    let post = async |path: String, body: serde_json::Value| {
+        let response = http.post(format!("http://{rest}{path}")).json(&body).send().await.expect("post");
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        assert!((200..300).contains(&status), "POST {path}: {status} {body}");
+    };
+    let public_key = hex::encode(key.verifying_key().to_bytes());
+    let sign = |message: Vec<u8>| hex::encode(key.sign(&message).to_bytes());
+    post("/v1/accounts".into(), serde_json::json!({"id": account.to_string(), "public_key": public_key})).await;
+    let stake = 2_000 * 10u128.pow(18);
+    fund_from_community(ledger, account, account, stake).await;
+    let operation = format!("govern-{account}");
+    let stake_body = serde_json::json!({"operation_id": operation, "amount": stake.to_string(), "public_key": public_key,
+        "signature": sign(staking_message(StakeAction::Stake, &operation, account, stake))});
+    post(format!("/v1/accounts/{account}/stake"), stake_body).await;
+    let in_force = ledger
+        .get_parameters(openledger_proto::ledger::v1::GetParametersRequest::default())
+        .await
+        .expect("parameters")
+        .into_inner();
+    let mut governed = Economics::from_proto(&in_force);
+    change(&mut governed);
+    let parameters: serde_json::Value = serde_json::from_str(&parameters_json(&governed)).expect("json");
+    let id = format!("governed-by-{account}");
+    let proposal = serde_json::json!({"id": id, "account": account.to_string(), "parameters": parameters,
+        "public_key": public_key, "signature": sign(proposal_message(&id, account, &(&governed).into()))});
+    post("/v1/governance/proposals".into(), proposal).await;
+    let vote = serde_json::json!({"account": account.to_string(), "approve": true, "public_key": public_key,
+        "signature": sign(vote_message(&id, account, true))});
+    post(format!("/v1/governance/proposals/{id}/votes"), vote).await;
+    eventually_within("the governed parameters are in force", Duration::from_secs(60), async || {
+        let (_, body) = get(rest, "/v1/governance/parameters").await;
+        let body: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if body == parameters { Ok(()) } else { Err(format!("{body}")) }
+    })
+    .await;
+    governed
 }
 
 /// GET `path`; status 0 when nothing answers.

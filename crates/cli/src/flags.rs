@@ -233,6 +233,15 @@ pub struct AllFlags {
     /// Window in which a repeated event id is dropped [env: OPENLEDGER_BUS_DUPLICATE_WINDOW_MS] [default: 120000]
     #[arg(long, value_name = "MS")]
     bus_duplicate_window_ms: Option<String>,
+    /// How long a governance proposal is open for votes [env: OPENLEDGER_GOVERNANCE_VOTING_SECONDS] [default: 259200]
+    #[arg(long, value_name = "SECONDS")]
+    governance_voting_seconds: Option<String>,
+    /// How long a passed proposal waits before it is executed [env: OPENLEDGER_GOVERNANCE_TIMELOCK_SECONDS] [default: 86400]
+    #[arg(long, value_name = "SECONDS")]
+    governance_timelock_seconds: Option<String>,
+    /// Epoch length of the genesis parameter set, used at the ledger's first start [env: OPENLEDGER_GENESIS_EPOCH_SECONDS] [default: 86400]
+    #[arg(long, value_name = "SECONDS")]
+    genesis_epoch_seconds: Option<String>,
     /// How genesis splits the 1,000,000,000 OPEN, used at the ledger's first start [env: OPENLEDGER_GENESIS_ALLOCATIONS] [default: community=5171,investors=1829,team=1500,ecosystem=1000,liquidity=500]
     #[arg(long, value_name = "NAME=BPS,…")]
     genesis_allocations: Option<String>,
@@ -279,6 +288,9 @@ impl SettingFlags for AllFlags {
             ("bus_stream", &self.bus_stream),
             ("bus_subject_prefix", &self.bus_subject_prefix),
             ("bus_duplicate_window_ms", &self.bus_duplicate_window_ms),
+            ("governance_voting_seconds", &self.governance_voting_seconds),
+            ("governance_timelock_seconds", &self.governance_timelock_seconds),
+            ("genesis_epoch_seconds", &self.genesis_epoch_seconds),
             ("genesis_allocations", &self.genesis_allocations),
         ];
         for (key, value) in pairs {

@@ -238,6 +238,24 @@ pub const SETTINGS: &[Setting] = &[
         help: "message-id dedup window",
     },
     Setting {
+        key: "governance_voting_seconds",
+        flag: "--governance-voting-seconds",
+        env: "OPENLEDGER_GOVERNANCE_VOTING_SECONDS",
+        help: "how long a governance proposal is open for votes",
+    },
+    Setting {
+        key: "governance_timelock_seconds",
+        flag: "--governance-timelock-seconds",
+        env: "OPENLEDGER_GOVERNANCE_TIMELOCK_SECONDS",
+        help: "how long a passed proposal waits before it is executed",
+    },
+    Setting {
+        key: "genesis_epoch_seconds",
+        flag: "--genesis-epoch-seconds",
+        env: "OPENLEDGER_GENESIS_EPOCH_SECONDS",
+        help: "epoch length of the genesis parameter set, used at the ledger's first start",
+    },
+    Setting {
         key: "genesis_allocations",
         flag: "--genesis-allocations",
         env: "OPENLEDGER_GENESIS_ALLOCATIONS",

@@ -186,6 +186,14 @@ pub struct Config {
     pub bus_subject_prefix: String,
     /// Window in which a repeated message id is dropped as a duplicate.
     pub bus_duplicate_window_ms: u64,
+    /// How long a governance proposal is open for votes (not itself governed).
+    pub governance_voting_seconds: u64,
+    /// How long a passed proposal waits before it is executed (not itself governed); its
+    /// parameters then take effect from the next epoch.
+    pub governance_timelock_seconds: u64,
+    /// The epoch length of the genesis parameter set (governance may change it later). Used
+    /// once, when the ledger first starts on an empty database.
+    pub genesis_epoch_seconds: u64,
     /// How genesis splits the supply: `name=basis_points,…`, summing to 10000. Used once,
     /// when the ledger first starts on an empty database.
     pub genesis_allocations: String,
@@ -236,6 +244,9 @@ impl Default for Config {
             bus_stream: "OPENLEDGER".to_owned(),
             bus_subject_prefix: "ol".to_owned(),
             bus_duplicate_window_ms: 120_000,
+            governance_voting_seconds: crate::governance::DEFAULT_VOTING_SECONDS,
+            governance_timelock_seconds: crate::governance::DEFAULT_TIMELOCK_SECONDS,
+            genesis_epoch_seconds: crate::governance::DEFAULT_EPOCH_SECONDS,
             genesis_allocations: "community=5171,investors=1829,team=1500,ecosystem=1000,liquidity=500".to_owned(),
         }
     }
@@ -413,6 +424,16 @@ impl Config {
                 "accepted values are letters, digits, '_' and '-'",
             ));
         }
+        let max = crate::governance::MAX_SECONDS;
+        for (key, value, min) in [
+            ("governance_voting_seconds", self.governance_voting_seconds, 1),
+            ("governance_timelock_seconds", self.governance_timelock_seconds, 0),
+            ("genesis_epoch_seconds", self.genesis_epoch_seconds, 1),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(bad(key, &value, &format!("accepted values are {min}..={max} seconds (a year)")));
+            }
+        }
         if let Err(reason) = self.genesis_shares() {
             return Err(bad("genesis_allocations", &self.genesis_allocations, &reason));
         }
@@ -511,6 +532,22 @@ mod tests {
         assert_eq!(error.key, "genesis_allocations");
         assert!(error.accepted.ends_with("these sum to 9000"), "{error}");
         assert!(Config { genesis_allocations: "A=10000".into(), ..Config::default() }.validate().is_err());
+        // A test network's governance in seconds is fine; no vote at all, or past a year, is not.
+        let fast = Config {
+            governance_voting_seconds: 1,
+            governance_timelock_seconds: 0,
+            genesis_epoch_seconds: 1,
+            ..Config::default()
+        };
+        assert_eq!(fast.validate(), Ok(()));
+        for bad in [
+            Config { governance_voting_seconds: 0, ..Config::default() },
+            Config { governance_timelock_seconds: crate::governance::MAX_SECONDS + 1, ..Config::default() },
+            Config { genesis_epoch_seconds: 0, ..Config::default() },
+        ] {
+            let error = bad.validate().expect_err("invalid");
+            assert!(error.key.contains("seconds") && error.accepted.contains("31536000"), "{error}");
+        }
         assert_eq!(Config::default().genesis_shares().map(|shares| shares.len()), Ok(5));
         assert_eq!(
             "nope".parse::<ServiceKind>().expect_err("unknown"),

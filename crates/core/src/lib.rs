@@ -6,6 +6,7 @@ pub mod amount;
 pub mod config;
 pub mod error;
 pub mod fee;
+pub mod governance;
 pub mod hash;
 pub mod id;
 pub mod merkle;

@@ -45,7 +45,7 @@ fn inference_id(name: &str, n: u64) -> String {
 }
 
 async fn setup(ledger: &Ledger) {
-    ledger.ensure_genesis(&default_allocations()).await.expect("genesis");
+    ledger.ensure_genesis(&default_allocations(), &Economics::default()).await.expect("genesis");
     let guarded = AccountFlags(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS);
     let mut accounts = vec![Account::new(APP, Owner::Key([1; 32]), OPEN_LEDGER, 0, guarded)];
     accounts

@@ -53,11 +53,13 @@ impl SharedLedger {
 #[derive(Clone)]
 pub struct Api {
     shared: SharedLedger,
+    /// How proposals submitted here are decided (their voting period and timelock).
+    rules: GovernanceRules,
 }
 
 impl Api {
-    pub fn new(shared: SharedLedger) -> Self {
-        Self { shared }
+    pub fn new(shared: SharedLedger, rules: GovernanceRules) -> Self {
+        Self { shared, rules }
     }
 
     /// The economic parameters in force now.
@@ -639,7 +641,7 @@ impl LedgerService for Api {
                 &request.rationale,
                 &signature.public_key,
                 &signature.signature,
-                &GovernanceRules::default(),
+                &self.rules,
                 Ledger::now_ns(),
             )
             .await

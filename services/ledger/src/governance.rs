@@ -27,8 +27,11 @@ use crate::{
 };
 
 pub const SUBJECT_PROPOSAL_EXECUTED: &str = "ol.ledger.proposal.executed";
+/// The `proposal_id` the genesis parameter set is recorded under.
+pub const GENESIS_PROPOSAL_ID: &str = "genesis";
 
-/// How proposals are decided (fixed by configuration, not themselves governed).
+/// How proposals are decided (fixed by configuration, not themselves governed: the voting
+/// period and timelock are `governance_voting_seconds` and `governance_timelock_seconds`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GovernanceRules {
     /// Stake a proposer must hold.
@@ -44,9 +47,20 @@ impl Default for GovernanceRules {
     fn default() -> Self {
         Self {
             proposal_threshold: 1_000 * 10u128.pow(18),
-            voting_seconds: 3 * 86_400,
+            voting_seconds: openledger_core::governance::DEFAULT_VOTING_SECONDS,
             quorum_bps: 1_000,
-            timelock_seconds: 86_400,
+            timelock_seconds: openledger_core::governance::DEFAULT_TIMELOCK_SECONDS,
+        }
+    }
+}
+
+impl GovernanceRules {
+    /// The rules `config` sets (its voting period and timelock), the rest as by default.
+    pub fn from_config(config: &openledger_core::Config) -> Self {
+        Self {
+            voting_seconds: config.governance_voting_seconds,
+            timelock_seconds: config.governance_timelock_seconds,
+            ..Self::default()
         }
     }
 }
@@ -176,6 +190,23 @@ fn decode_u64(value: i64, column: &str) -> Result<u64, LedgerError> {
 impl Ledger {
     fn db(&self) -> &DatabaseConnection {
         self.connection()
+    }
+
+    /// Records `genesis` as the parameter set in force from the start (epoch 0), unless one
+    /// is already recorded there. Called once, with the genesis mint; a ledger made before
+    /// this has none and reads as [`Economics::default`] until its first proposal.
+    pub(crate) async fn record_genesis_parameters(&self, genesis: &Economics) -> Result<(), LedgerError> {
+        validate_parameters(genesis).map_err(LedgerError::InvalidAllocation)?;
+        parameters::Entity::insert(parameters::ActiveModel {
+            effective_from: Set(0),
+            effective_from_epoch: Set(0),
+            parameters: Set(parameters_json(genesis)),
+            proposal_id: Set(GENESIS_PROPOSAL_ID.into()),
+        })
+        .on_conflict(sea_orm::sea_query::OnConflict::column(parameters::Column::EffectiveFrom).do_nothing().to_owned())
+        .exec_without_returning(self.db())
+        .await?;
+        Ok(())
     }
 
     /// The parameters in force at `now_ns`.

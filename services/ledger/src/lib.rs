@@ -51,10 +51,12 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
     deps.metrics.register("ledger_settlement", |registry| metrics.register(registry));
     let capture_metrics = capture::CaptureMetrics::default();
     deps.metrics.register("ledger_capture", |registry| capture_metrics.register(registry));
-    let spec = ServiceSpec::new(ServiceKind::Ledger, LedgerServiceServer::new(api::Api::new(shared.clone())));
+    let rules = governance::GovernanceRules::from_config(&config);
+    let genesis = operations::Economics { epoch_seconds: config.genesis_epoch_seconds, ..Default::default() };
+    let spec = ServiceSpec::new(ServiceKind::Ledger, LedgerServiceServer::new(api::Api::new(shared.clone(), rules)));
     let outbox = spec.outbox_waker();
     let spec = spec
-        .worker(housekeeping(shared.clone(), allocations))
+        .worker(housekeeping(shared.clone(), allocations, genesis, rules))
         .worker(settlement(shared.clone(), metrics, outbox))
         .worker(late_capture(shared, capture_metrics));
     run_service(spec, &config, deps).await
@@ -81,14 +83,19 @@ fn late_capture(shared: api::SharedLedger, metrics: capture::CaptureMetrics) -> 
     })
 }
 
-/// Mints the genesis supply once, then every second voids expired holds, pays back stakes
-/// whose unbonding period has passed, closes the epoch that last ended (once), and decides
-/// and executes governance proposals.
-fn housekeeping(shared: api::SharedLedger, allocations: Vec<Allocation>) -> Worker {
+/// Mints the genesis supply and records the genesis parameters once, then every second voids
+/// expired holds, pays back stakes whose unbonding period has passed, closes the epoch that
+/// last ended (once), and decides and executes governance proposals under `rules`.
+fn housekeeping(
+    shared: api::SharedLedger,
+    allocations: Vec<Allocation>,
+    genesis: operations::Economics,
+    rules: governance::GovernanceRules,
+) -> Worker {
     Box::new(move |_backends, shutdown| {
         Box::pin(async move {
             let Some(ledger) = shared.get() else { return };
-            if let Err(error) = ledger.ensure_genesis(&allocations).await {
+            if let Err(error) = ledger.ensure_genesis(&allocations, &genesis).await {
                 tracing::error!(%error, "genesis failed");
             }
             // The books check themselves at every start: the journal chain, every balance
@@ -137,7 +144,7 @@ fn housekeeping(shared: api::SharedLedger, allocations: Vec<Allocation>) -> Work
                         Err(error) => tracing::warn!(epoch, %error, "closing the epoch failed"),
                     }
                 }
-                match ledger.advance_governance_at(Ledger::now_ns(), &governance::GovernanceRules::default()).await {
+                match ledger.advance_governance_at(Ledger::now_ns(), &rules).await {
                     Ok(0) => {}
                     Ok(executed) => tracing::info!(executed, "governance proposals executed"),
                     Err(error) => tracing::warn!(%error, "advancing governance failed"),

@@ -34,7 +34,7 @@ pub const MAX_GENESIS_ALLOCATIONS: usize = 50;
 pub const BASIS_POINTS_TOTAL: u32 = 10_000;
 pub const NANOS_PER_SECOND: u64 = 1_000_000_000;
 /// The longest epoch, and the longest unbonding period, governance may set: a year.
-pub const MAX_EPOCH_SECONDS: u64 = 365 * 86_400;
+pub const MAX_EPOCH_SECONDS: u64 = openledger_core::governance::MAX_SECONDS;
 /// How often the service voids expired holds, pays back unbonded stakes, closes epochs and
 /// advances governance.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);

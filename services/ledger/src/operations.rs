@@ -129,7 +129,7 @@ impl Default for Economics {
             slashing_bps: 10_000,
             minimum_stake: 10u128.pow(18),
             unbonding_seconds: 7 * 86_400,
-            epoch_seconds: 86_400,
+            epoch_seconds: openledger_core::governance::DEFAULT_EPOCH_SECONDS,
             slashing_threshold_milli: DEFAULT_SLASHING_THRESHOLD_MILLI,
         }
     }

@@ -13,6 +13,7 @@ use openledger_ledger::{
         Account, AccountFlags, CreateAccountResult, CreateTransferResult as R, OPEN_LEDGER, Owner, Transfer,
         TransferFlags,
     },
+    operations::Economics,
 };
 use proptest::prelude::*;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
@@ -386,7 +387,7 @@ async fn run_case(db: DatabaseConnection, flags: &[AccountFlags], ops: &[Op]) ->
     let ledger = Ledger::new(db);
     let mut model = Model::default();
     // Genesis makes the system accounts settlements use; the model starts from their balances.
-    ledger.ensure_genesis(&default_allocations()).await.expect("genesis");
+    ledger.ensure_genesis(&default_allocations(), &Economics::default()).await.expect("genesis");
     let system: Vec<u128> = (1..=6).chain(101..=105).collect();
     for account in ledger.lookup_accounts(&system).await.expect("system accounts") {
         let balances = Balances {
@@ -688,8 +689,17 @@ async fn account_results_and_limits() {
 #[tokio::test]
 async fn genesis_mints_the_supply_once_and_no_one_can_mint_again() {
     let f = fixture().await;
-    f.ledger.ensure_genesis(&default_allocations()).await.expect("genesis");
-    f.ledger.ensure_genesis(&default_allocations()).await.expect("genesis again is a no-op");
+    // A test network's genesis: one-second epochs, recorded as the parameters in force from the
+    // start; a later start with other settings changes neither the supply nor them.
+    let fast = Economics { epoch_seconds: 1, ..Economics::default() };
+    f.ledger.ensure_genesis(&default_allocations(), &fast).await.expect("genesis");
+    f.ledger.ensure_genesis(&default_allocations(), &Economics::default()).await.expect("genesis again is a no-op");
+    assert_eq!(f.ledger.parameters_at(0).await.expect("parameters"), fast);
+    assert_eq!(f.ledger.parameters_at(u64::MAX / 2).await.expect("parameters"), fast);
+    let unset = fixture().await;
+    assert_eq!(unset.ledger.parameters_at(0).await.expect("parameters"), Economics::default(), "before genesis");
+    let broken = Economics { epoch_seconds: 0, ..Economics::default() };
+    assert!(unset.ledger.ensure_genesis(&default_allocations(), &broken).await.is_err(), "a zero epoch");
     let allocations = f.ledger.lookup_accounts(&[101, 102, 103, 104, 105]).await.expect("lookup");
     let minted: Vec<u128> = allocations.iter().map(|a| a.credits_posted).collect();
     let open = 10u128.pow(18);
@@ -711,7 +721,7 @@ async fn genesis_mints_the_supply_once_and_no_one_can_mint_again() {
     assert_eq!(f.ledger.create_transfers(&[again]).await.expect("batch"), vec![R::ReservedAccount]);
     let bad = [openledger_ledger::Allocation { name: "all".into(), basis_points: 9_999 }];
     let fresh = fixture().await;
-    assert!(fresh.ledger.ensure_genesis(&bad).await.is_err(), "shares must sum to 100%");
+    assert!(fresh.ledger.ensure_genesis(&bad, &Economics::default()).await.is_err(), "shares must sum to 100%");
     assert!(f.ledger.verify().await.expect("verify").ok());
 }
 
@@ -805,7 +815,7 @@ async fn an_inference_is_held_captured_and_settled_exactly_once() {
     use openledger_ledger::operations::{ContributorWeight, Economics, FEE_ESCROW, STAKERS_POOL, TREASURY};
 
     let f = fixture().await;
-    f.ledger.ensure_genesis(&default_allocations()).await.expect("genesis");
+    f.ledger.ensure_genesis(&default_allocations(), &Economics::default()).await.expect("genesis");
     let (app, owner, alice, bob) = (FIRST_ID + 1, FIRST_ID + 5, FIRST_ID + 6, FIRST_ID + 7);
     let guarded = AccountFlags(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS);
     let accounts: Vec<Account> = [owner, alice, bob]
@@ -930,7 +940,7 @@ async fn bonds_are_held_then_released_or_slashed_once() {
     use openledger_ledger::operations::{BondState, Economics, NO_TRANSFER, SUBJECT_BOND_SLASHED, TREASURY};
 
     let f = fixture().await;
-    f.ledger.ensure_genesis(&default_allocations()).await.expect("genesis");
+    f.ledger.ensure_genesis(&default_allocations(), &Economics::default()).await.expect("genesis");
     let contributor = FIRST_ID + 1; // guarded: cannot bond more than it holds
     assert_eq!(f.ledger.create_transfers(&[transfer(1, 0, 1, 1_000)]).await.expect("fund"), vec![R::Ok]);
     let economics = Economics { slashing_bps: 2_500, ..Economics::default() };
@@ -1207,7 +1217,7 @@ async fn epoch_close_pays_the_stakers_pool_pro_rata_to_stake_times_time() {
     };
 
     let f = fixture().await;
-    f.ledger.ensure_genesis(&default_allocations()).await.expect("genesis");
+    f.ledger.ensure_genesis(&default_allocations(), &Economics::default()).await.expect("genesis");
     let (alice, bob) = (FIRST_ID + 1, FIRST_ID + 5);
     let guarded = AccountFlags(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS);
     f.ledger.create_accounts(&[Account::new(bob, Owner::Key([5; 32]), OPEN_LEDGER, 1, guarded)]).await.expect("bob");
@@ -1453,7 +1463,7 @@ mod settling {
     async fn books_on(db: DatabaseConnection, dir: Option<tempfile::TempDir>) -> Books {
         openledger_store::migrate(&db).await.expect("migrate");
         let ledger = Ledger::new(db.clone());
-        ledger.ensure_genesis(&default_allocations()).await.expect("genesis");
+        ledger.ensure_genesis(&default_allocations(), &Economics::default()).await.expect("genesis");
         let guarded = AccountFlags(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS);
         let accounts = [
             Account::new(APP, Owner::Key([1; 32]), OPEN_LEDGER, 0, guarded),
@@ -1941,7 +1951,7 @@ mod settling {
         let sql = "DELETE FROM ledger_accounts WHERE owner_kind = 1 AND code = 8";
         books.db.execute(Statement::from_string(books.db.get_database_backend(), sql)).await.expect("delete");
         assert!(books.ledger.lookup_accounts(&[RECEIPT_ANCHORS_ACCOUNT_ID]).await.expect("lookup").is_empty());
-        books.ledger.ensure_genesis(&default_allocations()).await.expect("start");
+        books.ledger.ensure_genesis(&default_allocations(), &Economics::default()).await.expect("start");
         assert_eq!(books.ledger.lookup_accounts(&[RECEIPT_ANCHORS_ACCOUNT_ID]).await.expect("lookup").len(), 1);
         let root = ContentHash::of(b"after the upgrade");
         books.ledger.record_receipt_batch_at(1, &root, 1, START).await.expect("record");

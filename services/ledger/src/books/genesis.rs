@@ -7,6 +7,7 @@ use sea_orm::{EntityTrait, Set, sea_query::OnConflict};
 use super::{Ledger, LedgerError, ids::system_transfer_id};
 use crate::{
     entities::meta,
+    operations::Economics,
     limits::{BASIS_POINTS_TOTAL, MAX_GENESIS_ALLOCATIONS},
     model::{Account, AccountFlags, CODE_GENESIS, OPEN_LEDGER, Owner, SystemRole, Transfer, TransferFlags},
 };
@@ -104,15 +105,17 @@ fn allocation_mint(allocations: &[Allocation]) -> (Vec<Account>, Vec<Transfer>) 
 }
 
 impl Ledger {
-    /// Mints the supply into the allocation accounts, once; later calls change nothing but
-    /// create the system accounts later versions added (books made before the receipt anchors
-    /// get that account at the next start).
-    pub async fn ensure_genesis(&self, allocations: &[Allocation]) -> Result<(), LedgerError> {
+    /// Mints the supply into the allocation accounts and records `parameters` as the genesis
+    /// parameter set, once; later calls change nothing but create the system accounts later
+    /// versions added (books made before the receipt anchors get that account at the next
+    /// start).
+    pub async fn ensure_genesis(&self, allocations: &[Allocation], parameters: &Economics) -> Result<(), LedgerError> {
         if meta::Entity::find_by_id(GENESIS_META_KEY).one(&self.db).await?.is_some() {
             self.insert_accounts(&system_accounts(), true).await?;
             return Ok(());
         }
         check_allocations(allocations)?;
+        self.record_genesis_parameters(parameters).await?;
         let (allocation_accounts, mint) = allocation_mint(allocations);
         let mut accounts = system_accounts();
         accounts.extend(allocation_accounts);
