@@ -76,7 +76,7 @@ impl Api {
 
 fn ledger_error(error: LedgerError) -> Status {
     match error {
-        LedgerError::BatchTooLarge { .. } | LedgerError::InvalidAllocation(_) => {
+        LedgerError::BatchTooLarge { .. } | LedgerError::InvalidGenesis(_) => {
             status(ErrorCode::InvalidArgument, error.to_string())
         }
         LedgerError::Database(_) => status(ErrorCode::Unavailable, error.to_string()),

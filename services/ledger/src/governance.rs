@@ -196,7 +196,7 @@ impl Ledger {
     /// is already recorded there. Called once, with the genesis mint; a ledger made before
     /// this has none and reads as [`Economics::default`] until its first proposal.
     pub(crate) async fn record_genesis_parameters(&self, genesis: &Economics) -> Result<(), LedgerError> {
-        validate_parameters(genesis).map_err(LedgerError::InvalidAllocation)?;
+        validate_parameters(genesis).map_err(|reason| LedgerError::InvalidGenesis(format!("parameters: {reason}")))?;
         parameters::Entity::insert(parameters::ActiveModel {
             effective_from: Set(0),
             effective_from_epoch: Set(0),

@@ -45,8 +45,8 @@ fn check_allocations(allocations: &[Allocation]) -> Result<(), LedgerError> {
         || total != BASIS_POINTS_TOTAL
         || allocations.iter().any(|a| a.basis_points == 0)
     {
-        return Err(LedgerError::InvalidAllocation(format!(
-            "1 to {MAX_GENESIS_ALLOCATIONS} allocations with positive shares summing to {BASIS_POINTS_TOTAL} basis \
+        return Err(LedgerError::InvalidGenesis(format!(
+            "allocations: 1 to {MAX_GENESIS_ALLOCATIONS} with positive shares summing to {BASIS_POINTS_TOTAL} basis \
              points (100%), got {} summing to {total}",
             allocations.len()
         )));

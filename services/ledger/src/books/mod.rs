@@ -46,8 +46,9 @@ pub enum LedgerError {
     BatchTooLarge { len: usize, max: usize },
     #[error("stored ledger data is corrupt: {0}")]
     Corrupt(String),
-    #[error("invalid genesis allocation: {0}")]
-    InvalidAllocation(String),
+    /// The genesis allocation or parameter set is not one the ledger can start from.
+    #[error("invalid genesis: {0}")]
+    InvalidGenesis(String),
     #[error("cannot record the batch's event: {0}")]
     Outbox(String),
 }
