@@ -3,10 +3,11 @@
 //! by page takes ~1800 page faults, which cost more than the copy itself; asked for up front it
 //! is one system call.
 //!
-//! No huge pages: asking for them (`MADV_HUGEPAGE`) made every load into fresh memory that got
-//! one take ~7 ms instead of ~3 ms on a KVM guest (a new 2 MiB page is zeroed, and backed by the
-//! host, whole), which put the adapter cold load's p99 past its 5 ms target, while the decode
-//! with 100 adapters read through them no faster (bench/RESULTS.md, issue 18).
+//! No huge pages: a load into fresh memory that the kernel backs with a 2 MiB page takes ~7 ms
+//! instead of ~3 ms on a KVM guest (the page is zeroed, and backed by the host, whole), which
+//! put the adapter cold load's p99 past its 5 ms target, while the decode with 100 adapters
+//! read through them no faster (bench/RESULTS.md, issue 18). So the buffers ask for 4 KiB
+//! pages (`MADV_NOHUGEPAGE`), which matters where transparent huge pages are `always`.
 
 use std::fs::File;
 
@@ -46,11 +47,15 @@ fn advise_fill_soon(start: *mut u8, bytes: usize) {
     if end <= first {
         return;
     }
-    // SAFETY: [first, end) is whole pages inside an allocation of this process.
-    // MADV_POPULATE_WRITE does not change what the memory holds: it backs its pages as a write
-    // would (zero for new pages, unchanged for present ones). It is a hint: a kernel older
-    // than 5.14 refuses it, and the buffer works the same.
-    let _ = unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_POPULATE_WRITE) };
+    for advice in [libc::MADV_NOHUGEPAGE, libc::MADV_POPULATE_WRITE] {
+        // SAFETY: [first, end) is whole pages inside an allocation of this process. Neither
+        // advice changes what the memory holds: MADV_NOHUGEPAGE keeps the range in 4 KiB pages
+        // (where transparent huge pages are `always`, new ones would be 2 MiB), and
+        // MADV_POPULATE_WRITE backs its pages as a write would (zero for new pages, unchanged
+        // for present ones). Both are hints: a kernel that refuses one (POPULATE_WRITE is 5.14+)
+        // leaves a buffer that works the same.
+        let _ = unsafe { libc::madvise(first as *mut libc::c_void, end - first, advice) };
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
