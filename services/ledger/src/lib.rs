@@ -62,6 +62,20 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
     run_service(spec, &config, deps).await
 }
 
+/// The epochs a housekeeping tick closes: those after the last one it closed (`closed_up_to`:
+/// its length and number) up to `last_ended`, at most [`limits::MAX_EPOCHS_CLOSED_PER_TICK`]
+/// (the rest at the next ticks); only `last_ended` at start or when the epoch length changed
+/// (epochs are numbered by their length).
+fn epochs_to_close(closed_up_to: Option<(u64, u64)>, length: u64, last_ended: u64) -> std::ops::RangeInclusive<u64> {
+    match closed_up_to {
+        Some((same_length, epoch)) if same_length == length && epoch < last_ended => {
+            epoch + 1..=last_ended.min(epoch + limits::MAX_EPOCHS_CLOSED_PER_TICK)
+        }
+        Some((same_length, epoch)) if same_length == length && epoch == last_ended => last_ended + 1..=last_ended,
+        _ => last_ended..=last_ended,
+    }
+}
+
 /// Settles inferences as their attributions arrive (see `consumer`).
 fn settlement(shared: api::SharedLedger, metrics: consumer::SettlementMetrics, outbox: Arc<Notify>) -> Worker {
     Box::new(move |backends, shutdown| {
@@ -84,8 +98,9 @@ fn late_capture(shared: api::SharedLedger, metrics: capture::CaptureMetrics) -> 
 }
 
 /// Mints the genesis supply and records the genesis parameters once, then every second voids
-/// expired holds, pays back stakes whose unbonding period has passed, closes the epoch that
-/// last ended (once), and decides and executes governance proposals under `rules`.
+/// expired holds, pays back stakes whose unbonding period has passed, closes the epochs that
+/// ended since (each once; at start, the last one), and decides and executes governance
+/// proposals under `rules`.
 fn housekeeping(
     shared: api::SharedLedger,
     allocations: Vec<Allocation>,
@@ -111,6 +126,8 @@ fn housekeeping(
                 ),
                 Err(error) => tracing::error!(%error, "verifying the books failed"),
             }
+            // The epoch length and the last epoch closed by this loop.
+            let mut closed_up_to: Option<(u64, u64)> = None;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -134,14 +151,24 @@ fn housekeeping(
                     Err(error) => tracing::warn!(%error, "paying back unbonded stakes failed"),
                 }
                 let now = Ledger::now_ns();
-                let last_ended = (now / (parameters.epoch_seconds.max(1) * limits::NANOS_PER_SECOND)).checked_sub(1);
-                if let Some(epoch) = last_ended {
-                    match ledger.close_epoch_at(epoch, now, &parameters).await {
-                        Ok(closed) if !closed.already_closed => {
-                            tracing::info!(epoch, distributed = %closed.distributed, stakers = closed.stakers, "epoch closed")
+                let length = parameters.epoch_seconds.max(1) * limits::NANOS_PER_SECOND;
+                if let Some(last_ended) = (now / length).checked_sub(1) {
+                    // Every epoch that ended since the last tick, not only the latest: a tick
+                    // takes a little over its interval, so with epochs as short as it one
+                    // would otherwise be skipped now and then (its stakers never rewarded).
+                    for epoch in epochs_to_close(closed_up_to, length, last_ended) {
+                        match ledger.close_epoch_at(epoch, now, &parameters).await {
+                            Ok(closed) => {
+                                if !closed.already_closed {
+                                    tracing::info!(epoch, distributed = %closed.distributed, stakers = closed.stakers, "epoch closed");
+                                }
+                                closed_up_to = Some((length, epoch));
+                            }
+                            Err(error) => {
+                                tracing::warn!(epoch, %error, "closing the epoch failed");
+                                break;
+                            }
                         }
-                        Ok(_) => {}
-                        Err(error) => tracing::warn!(epoch, %error, "closing the epoch failed"),
                     }
                 }
                 match ledger.advance_governance_at(Ledger::now_ns(), &rules).await {
@@ -152,4 +179,21 @@ fn housekeeping(
             }
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_epoch_that_ended_since_the_last_tick_is_closed_a_bounded_number_at_a_time() {
+        let length = 1_000_000_000;
+        assert_eq!(epochs_to_close(None, length, 41), 41..=41, "at start, the last one");
+        assert_eq!(epochs_to_close(Some((length, 40)), length, 41), 41..=41);
+        assert_eq!(epochs_to_close(Some((length, 39)), length, 41), 40..=41, "none skipped");
+        assert!(epochs_to_close(Some((length, 41)), length, 41).is_empty(), "already closed this one");
+        let max = limits::MAX_EPOCHS_CLOSED_PER_TICK;
+        assert_eq!(epochs_to_close(Some((length, 0)), length, 1000), 1..=max, "the rest at the next ticks");
+        assert_eq!(epochs_to_close(Some((86_400 * length, 7)), length, 41), 41..=41, "the length changed");
+    }
 }

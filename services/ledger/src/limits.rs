@@ -35,6 +35,9 @@ pub const BASIS_POINTS_TOTAL: u32 = 10_000;
 pub const NANOS_PER_SECOND: u64 = 1_000_000_000;
 /// The longest epoch, and the longest unbonding period, governance may set: a year.
 pub const MAX_EPOCH_SECONDS: u64 = openledger_core::governance::MAX_SECONDS;
+/// Most epochs one housekeeping tick closes, when several ended since the last (very short
+/// epochs on a test network; a ledger that was busy): the rest wait for the next ticks.
+pub const MAX_EPOCHS_CLOSED_PER_TICK: u64 = 16;
 /// How often the service voids expired holds, pays back unbonded stakes, closes epochs and
 /// advances governance.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
