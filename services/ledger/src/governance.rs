@@ -192,9 +192,10 @@ impl Ledger {
         self.connection()
     }
 
-    /// Records `genesis` as the parameter set in force from the start (epoch 0), unless one
-    /// is already recorded there. Called once, with the genesis mint; a ledger made before
-    /// this has none and reads as [`Economics::default`] until its first proposal.
+    /// Records `genesis` as the parameter set in force from the start (epoch 0). Called by
+    /// `ensure_genesis` before the mint, only while genesis has not completed, so a first start
+    /// that failed after recording is corrected by the next (with its settings); a ledger made
+    /// before this has none and reads as [`Economics::default`] until its first proposal.
     pub(crate) async fn record_genesis_parameters(&self, genesis: &Economics) -> Result<(), LedgerError> {
         validate_parameters(genesis).map_err(|reason| LedgerError::InvalidGenesis(format!("parameters: {reason}")))?;
         parameters::Entity::insert(parameters::ActiveModel {
@@ -203,7 +204,11 @@ impl Ledger {
             parameters: Set(parameters_json(genesis)),
             proposal_id: Set(GENESIS_PROPOSAL_ID.into()),
         })
-        .on_conflict(sea_orm::sea_query::OnConflict::column(parameters::Column::EffectiveFrom).do_nothing().to_owned())
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::column(parameters::Column::EffectiveFrom)
+                .update_columns([parameters::Column::Parameters, parameters::Column::ProposalId])
+                .to_owned(),
+        )
         .exec_without_returning(self.db())
         .await?;
         Ok(())

@@ -7,9 +7,9 @@ use sea_orm::{EntityTrait, Set, sea_query::OnConflict};
 use super::{Ledger, LedgerError, ids::system_transfer_id};
 use crate::{
     entities::meta,
-    operations::Economics,
     limits::{BASIS_POINTS_TOTAL, MAX_GENESIS_ALLOCATIONS},
     model::{Account, AccountFlags, CODE_GENESIS, OPEN_LEDGER, Owner, SystemRole, Transfer, TransferFlags},
+    operations::Economics,
 };
 
 /// The genesis account: debited once to mint the supply, never again.
