@@ -97,9 +97,9 @@ pub enum LedgerCommand {
         /// Output file ("-" for standard output)
         #[arg(long, default_value = "-")]
         out: String,
-        /// Epoch length for the Merkle roots
-        #[arg(long, default_value_t = 86_400)]
-        epoch_seconds: u64,
+        /// Epoch length for the Merkle roots [default: the one in force]
+        #[arg(long)]
+        epoch_seconds: Option<u64>,
         #[command(flatten)]
         settings: DatabaseFlags,
     },
@@ -431,8 +431,13 @@ async fn offline_ledger(config: &Config) -> anyhow::Result<openledger_ledger::Le
     Ok(openledger_ledger::Ledger::new(db))
 }
 
-async fn export(config: &Config, out: &str, epoch_seconds: u64) -> anyhow::Result<bool> {
+async fn export(config: &Config, out: &str, epoch_seconds: Option<u64>) -> anyhow::Result<bool> {
     let ledger = offline_ledger(config).await?;
+    let epoch_seconds = match epoch_seconds {
+        Some(seconds) => seconds,
+        None => ledger.parameters_at(openledger_ledger::Ledger::now_ns()).await?.epoch_seconds,
+    };
+    anyhow::ensure!(epoch_seconds > 0, "--epoch-seconds must be positive");
     let lines = if out == "-" {
         ledger.export_journal(&mut std::io::stdout().lock(), epoch_seconds).await?
     } else {
