@@ -800,12 +800,13 @@ async fn staking_and_governance_over_rest_require_the_owners_signature() {
     })
     .await;
     assert!(executed["effective_from_epoch"].as_u64().is_some(), "{executed}");
-    let in_force = support::eventually_within("the governed parameters are in force", Duration::from_secs(10), async || {
-        let (_, body) = get(rest, "/v1/governance/parameters").await;
-        let body: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-        (body["model_owner_bps"] == 2_000).then_some(body.clone()).ok_or_else(|| format!("{body}"))
-    })
-    .await;
+    let in_force =
+        support::eventually_within("the governed parameters are in force", Duration::from_secs(10), async || {
+            let (_, body) = get(rest, "/v1/governance/parameters").await;
+            let body: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            (body["model_owner_bps"] == 2_000).then_some(body.clone()).ok_or_else(|| format!("{body}"))
+        })
+        .await;
     assert_eq!(in_force, parameters, "exactly the proposed set");
     assert_eq!(platform.terminate().code(), Some(0));
 }

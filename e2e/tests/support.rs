@@ -165,11 +165,7 @@ pub async fn eventually<T>(what: &str, probe: impl AsyncFnMut() -> Result<T, Str
 }
 
 /// [`eventually`] with another deadline, for what takes its own time (a vote, a timelock).
-pub async fn eventually_within<T>(
-    what: &str,
-    limit: Duration,
-    mut probe: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
+pub async fn eventually_within<T>(what: &str, limit: Duration, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + limit;
     loop {
         match probe().await {
@@ -206,11 +202,12 @@ pub async fn fund_from_community(
     .await;
 }
 
-/// The settings of a test network whose governance takes seconds: votes close after 3 s, a
-/// passed proposal waits 1 s, epochs last 1 s.
+/// The settings of a test network whose governance takes seconds: votes close after 10 s (room
+/// for a loaded machine between proposing and voting), a passed proposal waits 1 s, epochs last
+/// 1 s.
 pub fn fast_governance() -> [(&'static str, String); 3] {
     [
-        ("OPENLEDGER_GOVERNANCE_VOTING_SECONDS", "3".to_owned()),
+        ("OPENLEDGER_GOVERNANCE_VOTING_SECONDS", "10".to_owned()),
         ("OPENLEDGER_GOVERNANCE_TIMELOCK_SECONDS", "1".to_owned()),
         ("OPENLEDGER_GENESIS_EPOCH_SECONDS", "1".to_owned()),
     ]
