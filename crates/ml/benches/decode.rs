@@ -49,13 +49,21 @@ fn prefill(model: &LlamaModel, n: usize) -> f64 {
 }
 
 /// Aggregate decode tokens/s of 16 sequences, row i using adapter `i % distinct` of `adapters`.
-fn batch16(model: &LlamaModel, adapters: &[Arc<openledger_ml::LoraAdapter>], distinct: usize, n: usize) -> f64 {
+/// Tokens a second of a batch-16 decode: 16 sequences of `PROMPT` (the prefill untimed), then
+/// `n` steps; with no adapter (`distinct == 0`) or rows taking `distinct` adapters in turn from
+/// adapter `first`.
+fn batch16(
+    model: &LlamaModel,
+    adapters: &[Arc<openledger_ml::LoraAdapter>],
+    distinct: usize,
+    first: usize,
+    n: usize,
+) -> f64 {
     let rows = 16;
-    // `distinct == 0`: the base model, no adapter.
     let mixes: Vec<AdapterMix> = (0..rows)
         .map(|i| match distinct {
             0 => AdapterMix::default(),
-            _ => AdapterMix(vec![(adapters[i % distinct].clone(), 1.0)]),
+            _ => AdapterMix(vec![(adapters[(first + i % distinct) % adapters.len()].clone(), 1.0)]),
         })
         .collect();
     let mut caches: Vec<_> = (0..rows).map(|_| model.new_cache(PROMPT.len() + n + 1).expect("cache")).collect();
@@ -191,16 +199,16 @@ fn run(what: &str, threads: usize) {
     }
     if what == "batch" || what == "all" {
         let n = 32;
-        batch16(&model, &adapters, 1, 4); // warm-up
+        batch16(&model, &adapters, 1, 0, 4); // warm-up
         // Five interleaved rounds, medians: a shared machine's speed drifts within seconds, and
         // the ratios compare configurations measured side by side.
         let mut rounds: [Vec<f64>; 4] = Default::default();
-        for _ in 0..5 {
-            rounds[0].push(batch16(&model, &adapters, 0, n));
-            rounds[1].push(batch16(&model, &adapters, 1, n));
-            rounds[2].push(batch16(&model, &adapters, 16, n));
-            // 100 adapters over 16 rows: each step's rows use different adapters (rotating sets).
-            rounds[3].push(batch16_rotating(&model, &adapters, n));
+        for round in 0..5 {
+            rounds[0].push(batch16(&model, &adapters, 0, 0, n));
+            rounds[1].push(batch16(&model, &adapters, 1, 0, n));
+            rounds[2].push(batch16(&model, &adapters, 16, 0, n));
+            // 100 adapters: 16 others each round (16 × round + 16 on), none the 16-adapter row's.
+            rounds[3].push(batch16(&model, &adapters, 16, 16 * (round + 1), n));
         }
         let [base, one, sixteen, hundred] = rounds.map(|mut runs| {
             runs.sort_by(f64::total_cmp);
@@ -214,30 +222,3 @@ fn run(what: &str, threads: usize) {
     println!("peak RSS {:.0} MiB (model + {} adapters in memory)", peak_rss_mib(), adapters.len());
 }
 
-/// Batch 16 where the 100 adapters take turns: sequences are replaced every 8 steps by new
-/// ones using the next adapters, so all 100 are used during the measurement.
-fn batch16_rotating(model: &LlamaModel, adapters: &[Arc<openledger_ml::LoraAdapter>], n: usize) -> f64 {
-    let rows = 16;
-    let mut total = 0usize;
-    let started = Instant::now();
-    let mut next_adapter = 0;
-    let mut done = 0;
-    while done < n {
-        let chunk = 8.min(n - done);
-        let mixes: Vec<AdapterMix> = (0..rows)
-            .map(|_| {
-                let a = adapters[next_adapter % adapters.len()].clone();
-                next_adapter += 1;
-                AdapterMix(vec![(a, 1.0)])
-            })
-            .collect();
-        let mut caches: Vec<_> = (0..rows).map(|_| model.new_cache(chunk + 2).expect("cache")).collect();
-        let mut next: Vec<[u32; 1]> = vec![[PROMPT[0]]; rows];
-        for _ in 0..chunk {
-            greedy_step(model, &mut caches, &mixes, &mut next);
-            total += rows;
-        }
-        done += chunk;
-    }
-    total as f64 / started.elapsed().as_secs_f64()
-}
