@@ -221,4 +221,3 @@ fn run(what: &str, threads: usize) {
     }
     println!("peak RSS {:.0} MiB (model + {} adapters in memory)", peak_rss_mib(), adapters.len());
 }
-
