@@ -68,10 +68,10 @@ pub async fn serve(config: Arc<Config>, deps: Deps) -> Result<(), RuntimeError> 
 /// (epochs are numbered by their length).
 fn epochs_to_close(closed_up_to: Option<(u64, u64)>, length: u64, last_ended: u64) -> std::ops::RangeInclusive<u64> {
     match closed_up_to {
-        Some((same_length, epoch)) if same_length == length && epoch < last_ended => {
+        // Empty when `epoch` is `last_ended`: nothing ended since.
+        Some((same_length, epoch)) if same_length == length && epoch <= last_ended => {
             epoch + 1..=last_ended.min(epoch + limits::MAX_EPOCHS_CLOSED_PER_TICK)
         }
-        Some((same_length, epoch)) if same_length == length && epoch == last_ended => last_ended + 1..=last_ended,
         _ => last_ended..=last_ended,
     }
 }
