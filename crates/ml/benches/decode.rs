@@ -48,7 +48,6 @@ fn prefill(model: &LlamaModel, n: usize) -> f64 {
     runs[1]
 }
 
-/// Aggregate decode tokens/s of 16 sequences, row i using adapter `i % distinct` of `adapters`.
 /// Tokens a second of a batch-16 decode: 16 sequences of `PROMPT` (the prefill untimed), then
 /// `n` steps; with no adapter (`distinct == 0`) or rows taking `distinct` adapters in turn from
 /// adapter `first`.
