@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
-use crate::host::{add_assign, with_host};
+use crate::host::add_assign;
 use crate::kernels::adapter::AdapterWeight;
 
 /// One of the seven projections of a Llama block an adapter may target.
@@ -167,16 +167,81 @@ impl AdapterConfig {
 /// `A` (rank × in) and `B` (out × rank) of one projection of one layer (the adapter's scale is
 /// applied with the mixing weight, per row, when the batch is planned).
 ///
-/// On the CPU, with [`AdapterPrecision::Serving`], both are f16: when every row of a batch
-/// reads its own adapter these reads cost as much as the base model's, and f16 halves them
-/// (and the bytes a load writes, and the memory a cached adapter takes). The products still
-/// run in f32 (`kernels::adapter`); the only change is each weight's rounding to 11 significant
+/// On the CPU both are held in panels (`kernels::adapter`), the order the delta products read
+/// them in, in one buffer per adapter; with [`AdapterPrecision::Serving`] as f16: when every
+/// row of a batch reads its own adapter these reads cost as much as the base model's, and f16
+/// halves them (and the bytes a load writes, and the memory a cached adapter takes). The
+/// products still run in f32; the only change is each weight's rounding to 11 significant
 /// bits, the storage llama.cpp's LoRA files and vLLM's f16 adapters use. An adapter with a
-/// value beyond f16's range (±65504) stays f32. Other devices hold f32.
+/// value beyond f16's range (±65504) stays f32. Other devices hold the PEFT tensors, f32.
 #[derive(Clone, Debug)]
 pub struct LoraPair {
-    pub a: Tensor,
-    pub b: Tensor,
+    rank: usize,
+    in_features: usize,
+    out_features: usize,
+    held: Held,
+}
+
+#[derive(Clone, Debug)]
+enum Held {
+    /// `A` and `B` in panels at these element offsets of the adapter's buffer.
+    Panels {
+        weights: Arc<HostPanels>,
+        a: usize,
+        b: usize,
+    },
+    Tensors {
+        a: Tensor,
+        b: Tensor,
+    },
+}
+
+/// An adapter's weights on the CPU, every pair's `A` then `B` in panels, pair after pair.
+#[derive(Debug)]
+enum HostPanels {
+    F16(Vec<half::f16>),
+    F32(Vec<f32>),
+}
+
+impl HostPanels {
+    fn bytes(&self) -> usize {
+        match self {
+            Self::F16(v) => v.len() * 2,
+            Self::F32(v) => v.len() * 4,
+        }
+    }
+}
+
+impl LoraPair {
+    /// `A` as PEFT holds it (rank × in), in the type it is held in (f16 when loaded for serving
+    /// on the CPU), on the adapter's device.
+    pub fn a(&self) -> Result<Tensor> {
+        self.tensor(true)
+    }
+
+    /// `B` (out × rank), likewise; for GGUF bases with its q/k rows permuted like the base's.
+    pub fn b(&self) -> Result<Tensor> {
+        self.tensor(false)
+    }
+
+    fn tensor(&self, a: bool) -> Result<Tensor> {
+        let (rows, cols) = if a { (self.rank, self.in_features) } else { (self.out_features, self.rank) };
+        match &self.held {
+            Held::Tensors { a: ta, b: tb } => Ok(if a { ta.clone() } else { tb.clone() }),
+            Held::Panels { weights, a: a_at, b: b_at } => {
+                let at = if a { *a_at } else { *b_at };
+                fn unpacked<W: AdapterWeight>(w: &[W], at: usize, (rows, cols): (usize, usize)) -> Result<Tensor> {
+                    let len = crate::kernels::adapter::panel_len(rows, cols);
+                    let values = crate::kernels::adapter::unpack(&w[at..at + len], rows, cols);
+                    Ok(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?)
+                }
+                match weights.as_ref() {
+                    HostPanels::F16(w) => unpacked(w, at, (rows, cols)),
+                    HostPanels::F32(w) => unpacked(w, at, (rows, cols)),
+                }
+            }
+        }
+    }
 }
 
 /// How a loaded adapter holds its weights on the CPU (other devices always hold f32).
@@ -233,9 +298,8 @@ impl LoraAdapter {
     }
 
     /// Checks the tensors' names, layers, targets, pairing and shapes against `config` and
-    /// `base`, then converts them into one f32 buffer (q/k `B` rows permuted for bases with
-    /// interleaved RoPE). On the CPU the pairs are views of that buffer; on other devices
-    /// each pair is copied there.
+    /// `base`, then converts them (q/k `B` rows permuted for bases with interleaved RoPE): on
+    /// the CPU into one buffer of panels, on other devices into a tensor each.
     fn build<'a>(
         id: &str,
         config: &AdapterConfig,
@@ -289,45 +353,53 @@ impl LoraAdapter {
             }
             pairs.push(((layer, target), a, b));
         }
-        let elements: usize = pairs.iter().map(|(_, a, b)| a.len() + b.len()).sum();
-        // Each tensor's elements in the buffer's order: A, then B (rows permuted for bases
-        // with interleaved RoPE), pair after pair.
-        let cpu = device.is_cpu();
-        let fill = |push: &mut dyn Sink| {
-            for ((_, target), a, b) in &pairs {
-                a.for_each_chunk(std::iter::once(0..a.len()), push);
-                match base.interleaved_rope_heads(*target) {
-                    Some(heads) => b.for_each_row_chunk(interleaved_rope_order(b.shape[0], heads), push),
-                    None => b.for_each_chunk(std::iter::once(0..b.len()), push),
-                }
-            }
-        };
-        let f16 = cpu && precision == AdapterPrecision::Serving;
-        let host = match f16.then(|| HostWeights::f16(elements, fill)).flatten() {
-            Some(f16) => f16,
-            None => HostWeights::f32(elements, fill),
-        };
-        let bytes = host.bytes();
-        let (shared, host) = match host {
-            HostWeights::F16(all) if cpu => (Some(Tensor::from_vec(all, elements, device)?), Vec::new()),
-            HostWeights::F32(all) if cpu => (Some(Tensor::from_vec(all, elements, device)?), Vec::new()),
-            HostWeights::F32(all) => (None, all),
-            HostWeights::F16(_) => unreachable!("f16 weights are only made for the CPU"),
-        };
-        let part = |offset: usize, (rows, cols): (usize, usize)| -> Result<Tensor> {
-            Ok(match &shared {
-                Some(all) => all.narrow(0, offset, rows * cols)?.reshape((rows, cols))?,
-                None => Tensor::from_slice(&host[offset..offset + rows * cols], (rows, cols), device)?,
-            })
-        };
         let mut slots: Vec<[Option<LoraPair>; 7]> = (0..base.num_layers).map(|_| Default::default()).collect();
-        let mut offset = 0;
-        for ((layer, target), a, b) in &pairs {
-            let (a_part, b_part) =
-                (part(offset, (a.shape[0], a.shape[1]))?, part(offset + a.len(), (b.shape[0], b.shape[1]))?);
-            slots[*layer][target.index()] = Some(LoraPair { a: a_part, b: b_part });
-            offset += a.len() + b.len();
-        }
+        let shape = |a: &PeftTensor<'_>, b: &PeftTensor<'_>| (a.shape[0], a.shape[1], b.shape[0]);
+        // The source row of each row of `B`: permuted for bases with interleaved RoPE.
+        let b_order = |target: Target, rows: usize| -> Option<Vec<usize>> {
+            base.interleaved_rope_heads(target).map(|heads| interleaved_rope_order(rows, heads).collect())
+        };
+        let bytes = if device.is_cpu() {
+            let packed = match precision {
+                AdapterPrecision::Serving => {
+                    pack_pairs::<half::f16>(&pairs, &b_order).map(|(w, offsets)| (HostPanels::F16(w), offsets))
+                }
+                AdapterPrecision::Exact => None,
+            };
+            let (weights, offsets) = match packed {
+                Some(packed) => packed,
+                None => {
+                    let (w, o) = pack_pairs::<f32>(&pairs, &b_order).expect("every value is held as f32");
+                    (HostPanels::F32(w), o)
+                }
+            };
+            let weights = Arc::new(weights);
+            for (((layer, target), a, b), (a_at, b_at)) in pairs.iter().zip(offsets) {
+                let (rank, in_features, out_features) = shape(a, b);
+                let held = Held::Panels { weights: weights.clone(), a: a_at, b: b_at };
+                slots[*layer][target.index()] = Some(LoraPair { rank, in_features, out_features, held });
+            }
+            weights.bytes()
+        } else {
+            let mut elements = 0;
+            for ((layer, target), a, b) in &pairs {
+                let (rank, in_features, out_features) = shape(a, b);
+                let mut a_values: Vec<f32> = Vec::with_capacity(a.len());
+                a.for_each_chunk(std::iter::once(0..a.len()), &mut a_values);
+                let mut b_values: Vec<f32> = Vec::with_capacity(b.len());
+                match b_order(*target, out_features) {
+                    Some(order) => b.for_each_row_chunk(order.into_iter(), &mut b_values),
+                    None => b.for_each_chunk(std::iter::once(0..b.len()), &mut b_values),
+                }
+                let held = Held::Tensors {
+                    a: Tensor::from_vec(a_values, (rank, in_features), device)?,
+                    b: Tensor::from_vec(b_values, (out_features, rank), device)?,
+                };
+                slots[*layer][target.index()] = Some(LoraPair { rank, in_features, out_features, held });
+                elements += a.len() + b.len();
+            }
+            elements * 4
+        };
         Ok(Self { id: id.to_string(), rank: config.r, scale, pairs: slots, bytes })
     }
 
@@ -416,6 +488,26 @@ impl<'a> PeftTensor<'a> {
         }
     }
 
+    /// Appends this 2-D tensor to `out` in panels of `W`, its rows in `order` if given (else as
+    /// they are): f32 bytes read in place, other dtypes converted into `scratch` first. False
+    /// if a value does not fit a `W`.
+    fn pack<W: AdapterWeight>(&self, order: Option<&[usize]>, scratch: &mut Vec<u8>, out: &mut Vec<W>) -> bool {
+        let (rows, cols) = (self.shape[0], self.shape[1]);
+        let bytes: &[u8] = match &self.elements {
+            Elements::F32(bytes) => bytes,
+            _ => {
+                scratch.clear();
+                self.for_each_chunk(std::iter::once(0..self.len()), scratch);
+                scratch
+            }
+        };
+        let row = |r: usize| {
+            let r = order.map_or(r, |order| order[r]);
+            &bytes[4 * r * cols..4 * (r + 1) * cols]
+        };
+        W::pack(rows, cols, &row, out)
+    }
+
     /// [`Self::for_each_chunk`] over the given rows of this 2-D tensor, in that order.
     fn for_each_row_chunk(&self, rows: impl Iterator<Item = usize>, sink: &mut dyn Sink) {
         let cols = self.shape[1];
@@ -440,53 +532,49 @@ impl Sink for Vec<f32> {
     }
 }
 
-/// Values rounded to f16, and whether all of them fit.
-struct F16Sink {
-    out: Vec<half::f16>,
-    in_range: bool,
-}
-
-impl Sink for F16Sink {
+impl Sink for Vec<u8> {
     fn push(&mut self, values: &[f32]) {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.push_le(&bytes);
+        self.extend(values.iter().flat_map(|v| v.to_le_bytes()));
     }
 
     fn push_le(&mut self, bytes: &[u8]) {
-        self.in_range &= crate::kernels::adapter::narrow(bytes, &mut self.out);
+        self.extend_from_slice(bytes);
     }
 }
 
-/// An adapter's weights in one buffer as it is filled: f32, or f16 on the CPU.
-enum HostWeights {
-    F32(Vec<f32>),
-    F16(Vec<half::f16>),
-}
+/// One pair of an adapter being built: where it goes, and its `A` and `B` as the file holds them.
+type SourcePair<'a> = ((usize, Target), PeftTensor<'a>, PeftTensor<'a>);
 
-impl HostWeights {
-    /// `elements` values from `fill`, as f32.
-    fn f32(elements: usize, fill: impl FnOnce(&mut dyn Sink)) -> Self {
-        let mut out = crate::memory::prefaulted::<f32>(elements);
-        fill(&mut out);
-        debug_assert_eq!(out.len(), elements);
-        Self::F32(out)
-    }
+/// An adapter's buffer of panels, and the element offsets of each pair's `A` and `B` in it.
+type Packed<W> = (Vec<W>, Vec<(usize, usize)>);
 
-    /// The same rounded to f16, or `None` if a value is beyond f16's range (or not finite), so
-    /// that no weight ever becomes infinite by being stored.
-    fn f16(elements: usize, fill: impl FnOnce(&mut dyn Sink)) -> Option<Self> {
-        let mut sink = F16Sink { out: crate::memory::prefaulted::<half::f16>(elements), in_range: true };
-        fill(&mut sink);
-        debug_assert_eq!(sink.out.len(), elements);
-        sink.in_range.then_some(Self::F16(sink.out))
-    }
-
-    fn bytes(&self) -> usize {
-        match self {
-            Self::F32(v) => v.len() * 4,
-            Self::F16(v) => v.len() * 2,
+/// Every pair's `A` then `B` in panels of `W`, pair after pair, in one buffer (its pages
+/// present before it is written), with the element offsets of each pair's `A` and `B`; `B`'s
+/// rows in `b_order(target, rows)` where that gives an order. `None` if a value does not fit a
+/// `W` (see `AdapterWeight::fits`), so that no weight ever becomes infinite by being stored.
+fn pack_pairs<W: AdapterWeight>(
+    pairs: &[SourcePair<'_>],
+    b_order: &dyn Fn(Target, usize) -> Option<Vec<usize>>,
+) -> Option<Packed<W>> {
+    use crate::kernels::adapter::panel_len;
+    let elements =
+        pairs.iter().map(|(_, a, b)| panel_len(a.shape[0], a.shape[1]) + panel_len(b.shape[0], b.shape[1])).sum();
+    let mut out = crate::memory::prefaulted::<W>(elements);
+    let mut offsets = Vec::with_capacity(pairs.len());
+    let mut scratch = Vec::new();
+    for ((_, target), a, b) in pairs {
+        let a_at = out.len();
+        if !a.pack(None, &mut scratch, &mut out) {
+            return None;
         }
+        let b_at = out.len();
+        if !b.pack(b_order(*target, b.shape[0]).as_deref(), &mut scratch, &mut out) {
+            return None;
+        }
+        offsets.push((a_at, b_at));
     }
+    debug_assert_eq!(out.len(), elements);
+    Some((out, offsets))
 }
 
 /// The source row of each row of `permute_for_interleaved_rope`'s output, in output order:
@@ -618,7 +706,7 @@ impl LoraPlan {
         for group in &self.groups {
             let Some(pair) = group.adapter.pair(layer, target) else { continue };
             let xs = x.index_select(&group.row_tensor, 0)?;
-            let (a, b) = (pair.a.to_dtype(xs.dtype())?, pair.b.to_dtype(xs.dtype())?);
+            let (a, b) = (pair.a()?.to_dtype(xs.dtype())?, pair.b()?.to_dtype(xs.dtype())?);
             let delta = xs.matmul(&a.t()?)?.matmul(&b.t()?)?.broadcast_mul(&group.weight_tensor)?;
             out = out.index_add(&group.row_tensor, &delta, 0)?;
         }
@@ -631,80 +719,113 @@ impl LoraPlan {
         let out_features = out.dim(1)?;
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let mut ys: Vec<f32> = out.flatten_all()?.to_vec1()?;
-        self.apply_host(layer, target, &xs, in_features, &mut ys, out_features, 0)?;
+        self.apply_host(layer, &[(target, 0)], &xs, in_features, &mut ys, out_features);
         Ok(Tensor::from_vec(ys, (n, out_features), x.device())?)
     }
 
-    /// Adds the deltas on CPU slices: per row two small matrix-vector products with no tensor
-    /// allocations. `xs` holds rows of `in_features`; the projection's outputs sit at `offset`
-    /// within rows of `stride` in `ys` (a stacked q/k/v or gate/up output). Each task takes a
-    /// few rows of one adapter, so an adapter's A and B are read once per task while it is in
-    /// cache, and tasks spread over the thread pool; the deltas are added afterwards, in order.
-    #[allow(clippy::too_many_arguments)]
+    /// Adds the deltas of the projections `parts` (each a target and the offset of its outputs
+    /// within rows of `stride` in `ys`: a stacked q/k/v or gate/up output) that read the same
+    /// input rows `xs` (of `in_features`), on CPU slices. Each task takes up to
+    /// [`MAX_ROWS`](crate::kernels::adapter::MAX_ROWS) rows of one adapter and every part, so it
+    /// reads that adapter's pairs of this layer once, front to back (they lie one after another
+    /// in its buffer), for all of its rows; tasks spread over the thread pool, and the deltas
+    /// are added afterwards, in order.
     pub(crate) fn apply_host(
         &self,
         layer: usize,
-        target: Target,
+        parts: &[(Target, usize)],
         xs: &[f32],
         in_features: usize,
         ys: &mut [f32],
         stride: usize,
-        offset: usize,
-    ) -> Result<()> {
-        const ROWS_PER_TASK: usize = 4;
-        let tasks: Vec<(&LoraPair, &[u32], &[f32])> = self
+    ) {
+        use crate::kernels::adapter::MAX_ROWS;
+        let tasks: Vec<(&LoraAdapter, &[u32], &[f32])> = self
             .groups
             .iter()
-            .filter_map(|g| Some((g.adapter.pair(layer, target)?, g)))
-            .flat_map(|(pair, g)| {
-                g.rows.chunks(ROWS_PER_TASK).zip(g.weights.chunks(ROWS_PER_TASK)).map(move |(r, w)| (pair, r, w))
+            .filter(|g| parts.iter().any(|(t, _)| g.adapter.pair(layer, *t).is_some()))
+            .flat_map(|g| {
+                g.rows.chunks(MAX_ROWS).zip(g.weights.chunks(MAX_ROWS)).map(move |(r, w)| (g.adapter.as_ref(), r, w))
             })
             .collect();
-        let mut deltas: Vec<Result<Vec<f32>>> = tasks.iter().map(|_| Ok(Vec::new())).collect();
+        let mut deltas: Vec<Vec<f32>> = vec![Vec::new(); tasks.len()];
         crate::pool::for_each_chunk(&mut deltas, 1, |t, out| {
-            let (pair, rows, weights) = tasks[t];
-            out[0] = match pair.a.dtype() {
-                DType::F16 => task_delta::<half::f16>(pair, xs, in_features, rows, weights),
-                _ => task_delta::<f32>(pair, xs, in_features, rows, weights),
-            };
+            let (adapter, rows, weights) = tasks[t];
+            out[0] = task_delta(adapter, layer, parts, xs, in_features, rows, weights);
         });
-        let deltas = deltas.into_iter().collect::<Result<Vec<Vec<f32>>>>()?;
-        for ((_, rows, _), delta) in tasks.iter().zip(&deltas) {
-            let out_features = delta.len() / rows.len();
-            for (&row, d) in rows.iter().zip(delta.chunks_exact(out_features)) {
-                add_assign(&mut ys[row as usize * stride + offset..][..out_features], d);
+        for ((adapter, rows, _), delta) in tasks.iter().zip(&deltas) {
+            let mut at = 0;
+            for &(target, offset) in parts {
+                let Some(pair) = adapter.pair(layer, target) else { continue };
+                for &row in rows.iter() {
+                    let width = pair.out_features;
+                    add_assign(&mut ys[row as usize * stride + offset..][..width], &delta[at..at + width]);
+                    at += width;
+                }
             }
         }
-        Ok(())
     }
 }
 
-/// One task's deltas, `rows.len() × out_features`: for each of its rows `xs[row]` (of
-/// `in_features`), `weight · B·A·x`, from a CPU pair held as `W`, by two matrix-vector
-/// products: `u = weight·A·x`, then `Δ = B·u`. A task's rows are few (at most four), so `A` and
-/// `B` are read from memory once and from cache for the others; a gemm call would cost more
-/// than the work.
-fn task_delta<W: AdapterWeight>(
-    pair: &LoraPair,
+/// One task's deltas: for each of `parts` the adapter covers at `layer`, in order, and each of
+/// its rows `xs[row]` (of `in_features`), `weight · B·A·x` (`out_features` values), by two
+/// panel products for all the rows at once: `u = weight·A·x`, then `Δ = B·u`.
+fn task_delta(
+    adapter: &LoraAdapter,
+    layer: usize,
+    parts: &[(Target, usize)],
     xs: &[f32],
     in_features: usize,
     rows: &[u32],
     weights: &[f32],
-) -> Result<Vec<f32>> {
-    with_host::<W, _>(&pair.a, |a| {
-        with_host::<W, _>(&pair.b, |b| {
-            let rank = a.len() / in_features;
-            let mut delta = Vec::with_capacity(rows.len() * (b.len() / rank));
-            let mut u = Vec::with_capacity(rank);
-            for (&row, &weight) in rows.iter().zip(weights) {
-                u.clear();
-                W::matvec(a, &xs[row as usize * in_features..][..in_features], &mut u);
-                u.iter_mut().for_each(|u| *u *= weight);
-                W::matvec(b, &u, &mut delta);
-            }
-            Ok(delta)
-        })
-    })
+) -> Vec<f32> {
+    let pairs: Vec<&LoraPair> = parts.iter().filter_map(|(t, _)| adapter.pair(layer, *t)).collect();
+    let Some(Held::Panels { weights: buffer, .. }) = pairs.first().map(|p| &p.held) else {
+        return Vec::new();
+    };
+    match buffer.as_ref() {
+        HostPanels::F16(w) => task_delta_in(w, &pairs, xs, in_features, rows, weights),
+        HostPanels::F32(w) => task_delta_in(w, &pairs, xs, in_features, rows, weights),
+    }
+}
+
+fn task_delta_in<W: AdapterWeight>(
+    buffer: &[W],
+    pairs: &[&LoraPair],
+    xs: &[f32],
+    in_features: usize,
+    rows: &[u32],
+    weights: &[f32],
+) -> Vec<f32> {
+    use crate::kernels::adapter::{MAX_ROWS, panel_len};
+    let n = rows.len();
+    let mut x: [&[f32]; MAX_ROWS] = [&[]; MAX_ROWS];
+    for (x, &row) in x.iter_mut().zip(rows) {
+        *x = &xs[row as usize * in_features..][..in_features];
+    }
+    let mut delta = vec![0f32; n * pairs.iter().map(|p| p.out_features).sum::<usize>()];
+    let mut rest = delta.as_mut_slice();
+    let mut u = Vec::new();
+    for pair in pairs {
+        let Held::Panels { a, b, .. } = pair.held else { unreachable!("CPU pairs are panels") };
+        debug_assert_eq!(pair.in_features, in_features);
+        let (rank, width) = (pair.rank, pair.out_features);
+        u.clear();
+        u.resize(n * rank, 0.0);
+        {
+            let mut outs: Vec<&mut [f32]> = u.chunks_exact_mut(rank).collect();
+            W::products(&buffer[a..a + panel_len(rank, in_features)], rank, in_features, &x[..n], &mut outs);
+        }
+        for (u, weight) in u.chunks_exact_mut(rank).zip(weights) {
+            u.iter_mut().for_each(|u| *u *= weight);
+        }
+        let us: Vec<&[f32]> = u.chunks_exact(rank).collect();
+        let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n * width);
+        rest = tail;
+        let mut outs: Vec<&mut [f32]> = mine.chunks_exact_mut(width).collect();
+        W::products(&buffer[b..b + panel_len(width, rank)], width, rank, &us, &mut outs);
+    }
+    delta
 }
 
 #[cfg(test)]
@@ -858,11 +979,14 @@ mod tests {
                     Some(heads) => permute_for_interleaved_rope(&saved(false), heads).unwrap(),
                     None => saved(false),
                 };
-                assert_eq!((pair.a.dtype(), pair.b.dtype()), (held, held));
+                let (a, b_held) = (pair.a().unwrap(), pair.b().unwrap());
+                assert_eq!((a.dtype(), b_held.dtype()), (held, held));
                 let rows = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
-                assert_eq!(rows(&pair.a), rows(&saved(true)), "{precision:?} layer {layer} {target:?} A");
-                assert_eq!(rows(&pair.b), rows(&b), "{precision:?} layer {layer} {target:?} B");
-                elements += pair.a.elem_count() + pair.b.elem_count();
+                assert_eq!(rows(&a), rows(&saved(true)), "{precision:?} layer {layer} {target:?} A");
+                assert_eq!(rows(&b_held), rows(&b), "{precision:?} layer {layer} {target:?} B");
+                // Held in panels of eight rows: rank 4's A takes eight rows' room.
+                let panels = |t: &Tensor| t.dim(0).unwrap().next_multiple_of(8) * t.dim(1).unwrap();
+                elements += panels(&a) + panels(&b_held);
             }
             assert_eq!(adapter.size_bytes(), elements * width, "{precision:?}");
         }
@@ -884,9 +1008,10 @@ mod tests {
         let adapter =
             LoraAdapter::from_peft("big", &config, tensors, &base, &device, AdapterPrecision::Serving).unwrap();
         let pair = adapter.pair(0, Target::V).unwrap();
-        assert_eq!(pair.a.dtype(), DType::F32);
-        assert_eq!(pair.a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), a);
-        assert_eq!(adapter.size_bytes(), (2 * in_features + 2 * out_features) * 4);
+        assert_eq!(pair.a().unwrap().dtype(), DType::F32);
+        assert_eq!(pair.a().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), a);
+        // Rank 2 in panels of eight rows.
+        assert_eq!(adapter.size_bytes(), (8 * in_features + 2 * out_features.next_multiple_of(8)) * 4);
     }
 
     #[test]

@@ -218,11 +218,14 @@ impl Group {
         };
         if !lora.is_empty() {
             let stride = out.len() / m;
-            let mut offset = 0;
-            for (target, width) in parts {
-                lora.apply_host(layer, target, xs, in_features, &mut out, stride, offset)?;
-                offset += width;
-            }
+            let offsets: Vec<(Target, usize)> = parts
+                .iter()
+                .scan(0, |offset, &(target, width)| {
+                    *offset += width;
+                    Some((target, *offset - width))
+                })
+                .collect();
+            lora.apply_host(layer, &offsets, xs, in_features, &mut out, stride);
         }
         Ok(out)
     }

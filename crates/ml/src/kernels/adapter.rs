@@ -1,89 +1,231 @@
-//! LoRA adapter weights on the CPU: the matrix-vector products a delta is made of (`u = A·x`,
-//! `Δ = B·u`) for weights held as f16 or f32 against f32 activations, and the rounding of a
-//! file's f32 values to f16 at load. f16 weights (what the CPU holds for serving: half the
-//! bytes to read when every row of a batch reads its own adapter) are widened in registers
-//! (F16C's `vcvtph2ps`, part of x86-64-v3) and multiplied in f32, so the only difference from
-//! f32 weights is the rounding of the stored values. The x86 product takes eight weight rows
-//! at a time and sums their eight lanes together (three rounds of `hadd`), so `B·u`, with rows
-//! as short as the rank, does not pay a horizontal sum per output.
+//! LoRA adapter weights on the CPU: how a matrix (`A`, rank × in, or `B`, out × rank) is held,
+//! and the products a delta is made of (`u = A·x`, `Δ = B·u`) for up to [`MAX_ROWS`] activation
+//! rows of one adapter at once.
+//!
+//! A matrix is held in **panels** of [`LANES`] rows: panel `p` holds, column after column, the
+//! `LANES` values of rows `LANES·p ..` in that column (rows past the matrix's last are zero).
+//! A product then reads the matrix once, front to back, as one stream, and each weight vector
+//! it loads is multiplied by one broadcast activation into `LANES` outputs at once: no
+//! horizontal sums, and one load serves every row of the task. With 16 rows each reading their
+//! own adapter, a step streams ~60 MB of adapter weights from memory, so the reading order is
+//! what costs (row-major rows eight at a time ran at a third of the memory's speed; see
+//! `bench/RESULTS.md`, issue 18).
+//!
+//! Weights are f16 (what the CPU holds for serving: half the bytes to read) or f32. f16 is
+//! widened in registers (F16C's `vcvtph2ps`, part of x86-64-v3) and multiplied in f32, so the
+//! only difference from f32 weights is the rounding of the stored values.
 
 use half::f16;
 
 use super::Isa;
 
-/// An element type adapter weights are held in.
-pub(crate) trait AdapterWeight: candle_core::WithDType {
-    /// Appends `W·x` to `out`: `W` row-major with `x.len()` columns (`w.len()` a multiple of it).
-    fn matvec(w: &[Self], x: &[f32], out: &mut Vec<f32>);
-}
+/// Rows a panel holds: one AVX2 vector of f32.
+pub(crate) const LANES: usize = 8;
 
-impl AdapterWeight for f32 {
-    fn matvec(w: &[f32], x: &[f32], out: &mut Vec<f32>) {
-        match Isa::active() {
-            Isa::Portable => out.extend(w.chunks_exact(x.len()).map(|w| crate::host::dot(w, x))),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512Vnni => x86::matvec(w, x, out),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => out.extend(w.chunks_exact(x.len()).map(|w| crate::host::dot(w, x))),
-        }
-    }
-}
-
-impl AdapterWeight for f16 {
-    fn matvec(w: &[f16], x: &[f32], out: &mut Vec<f32>) {
-        match Isa::active() {
-            Isa::Portable => out.extend(w.chunks_exact(x.len()).map(|w| portable::dot(w, x))),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512Vnni => x86::matvec(w, x, out),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => out.extend(w.chunks_exact(x.len()).map(|w| portable::dot(w, x))),
-        }
-    }
-}
+/// Activation rows one product call takes (a task's rows of one adapter).
+pub(crate) const MAX_ROWS: usize = 4;
 
 /// f32 values of this magnitude or more round to an infinite f16 (the largest finite one is
 /// 65504, and 65520 is halfway to the next power of two).
 pub(crate) const F16_OVERFLOW: f32 = 65520.0;
 
-/// Appends the little-endian f32 values in `bytes` to `out`, rounded to the nearest f16 (ties
-/// to even, as `half` and F16C round). Returns false if a value rounds to infinity (its
-/// magnitude is [`F16_OVERFLOW`] or more) or is not finite; what it appended is then not to be
-/// used.
-pub(crate) fn narrow(bytes: &[u8], out: &mut Vec<f16>) -> bool {
-    match Isa::active() {
-        Isa::Portable => portable::narrow(bytes, out),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => x86::narrow(bytes, out),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => portable::narrow(bytes, out),
+/// Elements a `rows × cols` matrix takes in panels.
+pub(crate) fn panel_len(rows: usize, cols: usize) -> usize {
+    rows.div_ceil(LANES) * LANES * cols
+}
+
+/// An element type adapter weights are held in: f16 or f32.
+#[allow(unsafe_code)]
+pub(crate) trait AdapterWeight: candle_core::WithDType {
+    /// Whether every f32 is held as one of these (else a value may not fit; see [`Self::fits`]).
+    const HOLDS_EVERY_F32: bool;
+
+    /// Appends the `rows × cols` matrix whose row `r` is `source(r)` (`cols` little-endian f32,
+    /// `4·cols` bytes) to `out` in panels ([`panel_len`] elements). Returns false if a value
+    /// does not [fit](Self::fits); what was appended is then not to be used.
+    fn pack<'a>(rows: usize, cols: usize, source: &dyn Fn(usize) -> &'a [u8], out: &mut Vec<Self>) -> bool {
+        pack_on(Isa::active(), rows, cols, source, out)
     }
+
+    /// `outs[i][..rows] = W·xs[i]` for the `rows × cols` matrix `w` in panels, every `xs[i]`
+    /// `cols` long; at most [`MAX_ROWS`] rows.
+    fn products(w: &[Self], rows: usize, cols: usize, xs: &[&[f32]], outs: &mut [&mut [f32]]) {
+        products_on(Isa::active(), w, rows, cols, xs, outs)
+    }
+
+    fn to_f32(self) -> f32;
+    /// Rounded as `half` rounds (to nearest, ties to even).
+    fn from_f32(value: f32) -> Self;
+    /// Whether `value` is held as a finite value: always for f32; for f16 if its magnitude is
+    /// below [`F16_OVERFLOW`] (so not NaN nor infinite either).
+    fn fits(value: f32) -> bool;
+
+    /// Eight values from `p` as f32. Safety: AVX2 and F16C; 8 readable values at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// Eight f32 stored at `p` (rounded as [`Self::from_f32`]). Safety: AVX2 and F16C; room
+    /// for 8 values at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn store8(v: std::arch::x86_64::__m256, p: *mut Self);
+}
+
+#[allow(unsafe_code)]
+impl AdapterWeight for f32 {
+    const HOLDS_EVERY_F32: bool = true;
+
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    fn from_f32(value: f32) -> Self {
+        value
+    }
+
+    fn fits(_: f32) -> bool {
+        true
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn store8(v: std::arch::x86_64::__m256, p: *mut f32) {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(p, v) }
+    }
+}
+
+#[allow(unsafe_code)]
+impl AdapterWeight for f16 {
+    const HOLDS_EVERY_F32: bool = false;
+
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+
+    fn from_f32(value: f32) -> Self {
+        f16::from_f32(value)
+    }
+
+    fn fits(value: f32) -> bool {
+        value.abs() < F16_OVERFLOW
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn store8(v: std::arch::x86_64::__m256, p: *mut f16) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        unsafe { _mm_storeu_si128(p.cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v)) }
+    }
+}
+
+/// The row-major `rows × cols` matrix held in panels `w`.
+pub(crate) fn unpack<W: AdapterWeight>(w: &[W], rows: usize, cols: usize) -> Vec<W> {
+    assert_eq!(w.len(), panel_len(rows, cols), "unpack: not a {rows} × {cols} matrix in panels");
+    let mut out = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        let (panel, lane) = (r / LANES, r % LANES);
+        out.extend((0..cols).map(|c| w[(panel * cols + c) * LANES + lane]));
+    }
+    out
+}
+
+/// [`AdapterWeight::pack`] on the kernels of `isa`: panel after panel, from its [`LANES`]
+/// source rows (zero rows past the last).
+fn pack_on<'a, W: AdapterWeight>(
+    isa: Isa,
+    rows: usize,
+    cols: usize,
+    source: &dyn Fn(usize) -> &'a [u8],
+    out: &mut Vec<W>,
+) -> bool {
+    let zeros = vec![0u8; 4 * cols];
+    out.reserve(panel_len(rows, cols));
+    let mut fits = true;
+    for first in (0..rows).step_by(LANES) {
+        let lanes: [&[u8]; LANES] = std::array::from_fn(|l| if first + l < rows { source(first + l) } else { &zeros });
+        assert!(lanes.iter().all(|row| row.len() == 4 * cols), "pack: a row is not {cols} f32 values");
+        fits &= match isa {
+            Isa::Portable => portable::pack_panel(&lanes, cols, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512Vnni => x86::pack_panel(&lanes, cols, out),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => portable::pack_panel(&lanes, cols, out),
+        };
+    }
+    fits
+}
+
+/// [`AdapterWeight::products`] on the kernels of `isa`.
+fn products_on<W: AdapterWeight>(isa: Isa, w: &[W], rows: usize, cols: usize, xs: &[&[f32]], outs: &mut [&mut [f32]]) {
+    assert!(!xs.is_empty() && xs.len() <= MAX_ROWS && xs.len() == outs.len(), "products: {} rows", xs.len());
+    assert_eq!(w.len(), panel_len(rows, cols), "products: not a {rows} × {cols} matrix in panels");
+    assert!(xs.iter().all(|x| x.len() == cols), "products: activations are not {cols} wide");
+    assert!(outs.iter().all(|o| o.len() >= rows), "products: outputs shorter than {rows}");
+    match isa {
+        Isa::Portable => portable::products(w, rows, cols, xs, outs),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => x86::products(w, rows, cols, xs, outs),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => portable::products(w, rows, cols, xs, outs),
+    }
+}
+
+/// The f32 value at column `c` of a row of little-endian bytes.
+fn le_f32(row: &[u8], c: usize) -> f32 {
+    f32::from_le_bytes([row[4 * c], row[4 * c + 1], row[4 * c + 2], row[4 * c + 3]])
 }
 
 /// The plain Rust reference.
 mod portable {
-    use half::f16;
+    use super::{AdapterWeight, LANES, le_f32};
 
-    /// In eight lanes like `host::dot`.
-    pub(super) fn dot(w: &[f16], x: &[f32]) -> f32 {
-        let mut lanes = [0f32; 8];
-        let (w_chunks, x_chunks) = (w.chunks_exact(8), x.chunks_exact(8));
-        let tail: f32 = w_chunks.remainder().iter().zip(x_chunks.remainder()).map(|(w, x)| w.to_f32() * x).sum();
-        for (cw, cx) in w_chunks.zip(x_chunks) {
-            for i in 0..8 {
-                lanes[i] += cw[i].to_f32() * cx[i];
+    /// Appends one panel of `rows` (each `4·cols` bytes).
+    pub(super) fn pack_panel<W: AdapterWeight>(rows: &[&[u8]; LANES], cols: usize, out: &mut Vec<W>) -> bool {
+        let mut fits = true;
+        for c in 0..cols {
+            for row in rows {
+                let v = le_f32(row, c);
+                fits &= W::fits(v);
+                out.push(W::from_f32(v));
             }
         }
-        lanes.iter().sum::<f32>() + tail
+        fits
     }
 
-    pub(super) fn narrow(bytes: &[u8], out: &mut Vec<f16>) -> bool {
-        let values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        let mut in_range = true;
-        out.extend(values.map(|v| {
-            in_range &= v.abs() < super::F16_OVERFLOW;
-            f16::from_f32(v)
-        }));
-        in_range
+    pub(super) fn products<W: AdapterWeight>(
+        w: &[W],
+        rows: usize,
+        cols: usize,
+        xs: &[&[f32]],
+        outs: &mut [&mut [f32]],
+    ) {
+        for (p, panel) in w.chunks_exact(cols * LANES).enumerate() {
+            for (x, out) in xs.iter().zip(outs.iter_mut()) {
+                let mut lanes = [0f32; LANES];
+                for (column, &x) in panel.chunks_exact(LANES).zip(x.iter()) {
+                    for (lane, w) in lanes.iter_mut().zip(column) {
+                        *lane += w.to_f32() * x;
+                    }
+                }
+                let n = (rows - p * LANES).min(LANES);
+                out[p * LANES..p * LANES + n].copy_from_slice(&lanes[..n]);
+            }
+        }
     }
 }
 
@@ -92,145 +234,169 @@ mod portable {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use half::f16;
-
     use super::super::Isa;
+    use super::{AdapterWeight, F16_OVERFLOW, LANES, MAX_ROWS};
 
-    /// A weight type the AVX2 product reads eight at a time, as f32.
-    pub(super) trait Load8: Copy {
-        /// Safety: F16C; `p` points at 8 readable values (unaligned is fine).
-        unsafe fn load8(p: *const Self) -> __m256;
-        fn widen(self) -> f32;
-    }
+    /// How far ahead of its reads a product asks for the weights it will read next.
+    const PREFETCH_BYTES: usize = 1024;
 
-    impl Load8 for f16 {
-        #[inline(always)]
-        unsafe fn load8(p: *const f16) -> __m256 {
-            // SAFETY: the caller's contract.
-            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
-        }
-
-        fn widen(self) -> f32 {
-            self.to_f32()
-        }
-    }
-
-    impl Load8 for f32 {
-        #[inline(always)]
-        unsafe fn load8(p: *const f32) -> __m256 {
-            // SAFETY: the caller's contract.
-            unsafe { _mm256_loadu_ps(p) }
-        }
-
-        fn widen(self) -> f32 {
-            self
-        }
-    }
-
-    pub(super) fn matvec<W: Load8>(w: &[W], x: &[f32], out: &mut Vec<f32>) {
+    /// Appends one panel of `rows` (each `4·cols` bytes).
+    pub(super) fn pack_panel<W: AdapterWeight>(rows: &[&[u8]; LANES], cols: usize, out: &mut Vec<W>) -> bool {
         assert!(Isa::detected() >= Isa::Avx2, "this CPU cannot run AVX2");
-        let cols = x.len();
-        assert!(cols > 0 && w.len().is_multiple_of(cols), "matvec: {} weights are not rows of {cols}", w.len());
-        // SAFETY: the CPU has AVX2, FMA and F16C (checked above), and `w` holds whole rows of
-        // `cols`, which is all `matvec_avx2` reads within.
-        unsafe { matvec_avx2(w, x, w.len() / cols, cols, out) }
+        assert!(rows.iter().all(|row| row.len() >= 4 * cols), "pack: a row shorter than {cols} values");
+        let at = out.len();
+        out.reserve(LANES * cols);
+        // SAFETY: AVX2, FMA and F16C are present and every row holds `4·cols` bytes (both
+        // checked above); `out` has room for the panel's `LANES·cols` values after `at`, all of
+        // which `pack_avx2` writes before the length covers them.
+        unsafe {
+            let fits = pack_avx2(rows, cols, out.as_mut_ptr().add(at));
+            out.set_len(at + LANES * cols);
+            fits
+        }
     }
 
-    /// Eight rows at a time: eight accumulators over the columns in steps of 8, then their
-    /// lanes summed together into one vector of eight results; leftover rows one at a time,
-    /// leftover columns (`cols % 8`) added one by one.
+    /// One panel from its eight source rows: 8 × 8 blocks transposed in registers, the last
+    /// `cols % 8` columns one by one. Returns whether every value fits (see `pack`).
     ///
-    /// Safety: the CPU has AVX2, FMA and F16C; `w.len() == rows · cols`, `x.len() == cols`.
+    /// Safety: AVX2, FMA and F16C; every row holds `4·cols` bytes; `dst` has room for
+    /// `LANES·cols` values.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn matvec_avx2<W: Load8>(w: &[W], x: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
-        let (pw, px) = (w.as_ptr(), x.as_ptr());
-        let body = cols / 8 * 8;
-        let tail = |row: usize| -> f32 { (body..cols).map(|j| w[row * cols + j].widen() * x[j]).sum() };
-        out.reserve(rows);
-        let mut row = 0;
-        // SAFETY (all loads): rows `row..row + 8` (or `row`) are below `rows` and columns
-        // `j..j + 8` within `body ≤ cols`, so every read is inside `w` and `x`.
-        while row + 8 <= rows {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for j in (0..body).step_by(8) {
-                let xs = unsafe { _mm256_loadu_ps(px.add(j)) };
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(unsafe { W::load8(pw.add((row + r) * cols + j)) }, xs, *acc);
+    unsafe fn pack_avx2<W: AdapterWeight>(rows: &[&[u8]; LANES], cols: usize, dst: *mut W) -> bool {
+        let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let overflow = _mm256_set1_ps(F16_OVERFLOW);
+        let mut fits = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+        let mut check =
+            |v: __m256| fits = _mm256_and_ps(fits, _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(v, magnitude), overflow));
+        let mut c = 0;
+        while c + 8 <= cols {
+            // SAFETY (loads): columns `c..c + 8` of each row are within its `4·cols` bytes.
+            let r: [__m256; 8] =
+                std::array::from_fn(|l| unsafe { _mm256_loadu_ps(rows[l].as_ptr().add(4 * c).cast()) });
+            // The usual 8 × 8 transpose: pairs, then quads, then halves.
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let columns = [
+                _mm256_permute2f128_ps::<0x20>(s0, s4),
+                _mm256_permute2f128_ps::<0x20>(s1, s5),
+                _mm256_permute2f128_ps::<0x20>(s2, s6),
+                _mm256_permute2f128_ps::<0x20>(s3, s7),
+                _mm256_permute2f128_ps::<0x31>(s0, s4),
+                _mm256_permute2f128_ps::<0x31>(s1, s5),
+                _mm256_permute2f128_ps::<0x31>(s2, s6),
+                _mm256_permute2f128_ps::<0x31>(s3, s7),
+            ];
+            for (j, column) in columns.into_iter().enumerate() {
+                check(column);
+                // SAFETY: column `c + j < cols` of the panel is within `dst`'s `LANES·cols`.
+                unsafe { W::store8(column, dst.add((c + j) * LANES)) };
+            }
+            c += 8;
+        }
+        while c < cols {
+            let column: [f32; LANES] = std::array::from_fn(|l| super::le_f32(rows[l], c));
+            // SAFETY: as above; `column` is 8 f32.
+            unsafe {
+                let v = _mm256_loadu_ps(column.as_ptr());
+                check(v);
+                W::store8(v, dst.add(c * LANES));
+            }
+            c += 1;
+        }
+        W::HOLDS_EVERY_F32 || _mm256_movemask_ps(fits) == 0xFF
+    }
+
+    pub(super) fn products<W: AdapterWeight>(
+        w: &[W],
+        rows: usize,
+        cols: usize,
+        xs: &[&[f32]],
+        outs: &mut [&mut [f32]],
+    ) {
+        assert!(Isa::detected() >= Isa::Avx2, "this CPU cannot run AVX2");
+        let x: [*const f32; MAX_ROWS] = std::array::from_fn(|i| xs.get(i).map_or(std::ptr::null(), |x| x.as_ptr()));
+        let o: [*mut f32; MAX_ROWS] =
+            std::array::from_fn(|i| outs.get_mut(i).map_or(std::ptr::null_mut(), |o| o.as_mut_ptr()));
+        // SAFETY: AVX2, FMA and F16C are present (checked above); `products_on` checked that
+        // `w` holds the panels of a `rows × cols` matrix, each activation row `cols` values and
+        // each output at least `rows`; the first `xs.len()` pointers are theirs.
+        unsafe {
+            match xs.len() {
+                1 => products_avx2::<W, 1>(w, rows, cols, x, o),
+                2 => products_avx2::<W, 2>(w, rows, cols, x, o),
+                3 => products_avx2::<W, 3>(w, rows, cols, x, o),
+                _ => products_avx2::<W, 4>(w, rows, cols, x, o),
+            }
+        }
+    }
+
+    /// `N` activation rows against every panel: two accumulators a row (even and odd columns),
+    /// each weight vector loaded once for all `N` rows.
+    ///
+    /// Safety: AVX2, FMA and F16C; `w` holds the panels of a `rows × cols` matrix; `x[..N]`
+    /// point at `cols` values and `o[..N]` at room for `rows`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn products_avx2<W: AdapterWeight, const N: usize>(
+        w: &[W],
+        rows: usize,
+        cols: usize,
+        x: [*const f32; MAX_ROWS],
+        o: [*mut f32; MAX_ROWS],
+    ) {
+        let ahead = PREFETCH_BYTES / size_of::<W>();
+        for p in 0..rows.div_ceil(LANES) {
+            let panel = w[p * cols * LANES..(p + 1) * cols * LANES].as_ptr();
+            let mut acc = [[_mm256_setzero_ps(); 2]; N];
+            let mut c = 0;
+            // SAFETY (all reads): columns `c`, `c + 1` < `cols` of the panel, and of each `x`.
+            // The prefetch address may lie past the panel: a prefetch is a hint that never
+            // faults, and `wrapping_add` makes no claim about where it points.
+            while c + 2 <= cols {
+                _mm_prefetch::<_MM_HINT_T0>(panel.wrapping_add(c * LANES + ahead).cast());
+                let (w0, w1) = unsafe { (W::load8(panel.add(c * LANES)), W::load8(panel.add((c + 1) * LANES))) };
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    unsafe {
+                        acc[0] = _mm256_fmadd_ps(w0, _mm256_broadcast_ss(&*x[i].add(c)), acc[0]);
+                        acc[1] = _mm256_fmadd_ps(w1, _mm256_broadcast_ss(&*x[i].add(c + 1)), acc[1]);
+                    }
+                }
+                c += 2;
+            }
+            if c < cols {
+                let w0 = unsafe { W::load8(panel.add(c * LANES)) };
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    acc[0] = _mm256_fmadd_ps(w0, unsafe { _mm256_broadcast_ss(&*x[i].add(c)) }, acc[0]);
                 }
             }
-            // hadd pairs lanes within each 128-bit half: after two rounds the low half holds
-            // rows 0-3's sums of lanes 0-3 and the high half their sums of lanes 4-7 (rows 4-7
-            // likewise in the second vector); adding the halves gives the eight rows' sums.
-            let s01 = _mm256_hadd_ps(acc[0], acc[1]);
-            let s23 = _mm256_hadd_ps(acc[2], acc[3]);
-            let s45 = _mm256_hadd_ps(acc[4], acc[5]);
-            let s67 = _mm256_hadd_ps(acc[6], acc[7]);
-            let (s0123, s4567) = (_mm256_hadd_ps(s01, s23), _mm256_hadd_ps(s45, s67));
-            let sums = _mm256_add_ps(
-                _mm256_permute2f128_ps::<0x20>(s0123, s4567),
-                _mm256_permute2f128_ps::<0x31>(s0123, s4567),
-            );
-            let mut lanes = [0f32; 8];
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
-            out.extend(lanes.iter().enumerate().map(|(r, sum)| sum + tail(row + r)));
-            row += 8;
-        }
-        while row < rows {
-            let mut acc = _mm256_setzero_ps();
-            for j in (0..body).step_by(8) {
-                acc = _mm256_fmadd_ps(
-                    unsafe { W::load8(pw.add(row * cols + j)) },
-                    unsafe { _mm256_loadu_ps(px.add(j)) },
-                    acc,
-                );
+            let n = (rows - p * LANES).min(LANES);
+            for (i, acc) in acc.iter().enumerate() {
+                let sum = _mm256_add_ps(acc[0], acc[1]);
+                // SAFETY: outputs `p·LANES .. p·LANES + n` are below `rows`.
+                unsafe {
+                    if n == LANES {
+                        _mm256_storeu_ps(o[i].add(p * LANES), sum);
+                    } else {
+                        let mut lanes = [0f32; LANES];
+                        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+                        std::ptr::copy_nonoverlapping(lanes.as_ptr(), o[i].add(p * LANES), n);
+                    }
+                }
             }
-            let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-            let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-            out.push(_mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair))) + tail(row));
-            row += 1;
         }
-    }
-
-    pub(super) fn narrow(bytes: &[u8], out: &mut Vec<f16>) -> bool {
-        assert!(Isa::detected() >= Isa::Avx2, "this CPU cannot run AVX2");
-        let n = bytes.len() / 4;
-        out.reserve(n);
-        let spare = &mut out.spare_capacity_mut()[..n];
-        // SAFETY: the CPU has AVX2 and F16C (checked above); `narrow_avx2` reads `4n` bytes of
-        // `bytes` and writes `n` elements of `spare`, both that long.
-        let in_range = unsafe { narrow_avx2(bytes.as_ptr(), spare.as_mut_ptr().cast::<u16>(), n) };
-        // SAFETY: `narrow_avx2` initialised the `n` spare elements after the current length.
-        unsafe { out.set_len(out.len() + n) };
-        in_range
-    }
-
-    /// Eight values an iteration: rounded by `vcvtps2ph` (to nearest even), checked by
-    /// comparing their magnitude with [`super::F16_OVERFLOW`] (false for NaN too).
-    ///
-    /// Safety: the CPU has AVX2 and F16C; `src` holds `4n` readable bytes, `dst` room for `n`
-    /// writable u16 (neither need be aligned).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn narrow_avx2(src: *const u8, dst: *mut u16, n: usize) -> bool {
-        let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
-        let overflow = _mm256_set1_ps(super::F16_OVERFLOW);
-        let mut fits = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
-        let mut i = 0;
-        // SAFETY (all accesses): `i + 8 ≤ n` in the loop, `j < n` after it.
-        while i + 8 <= n {
-            unsafe {
-                let v = _mm256_loadu_ps(src.add(4 * i).cast());
-                fits = _mm256_and_ps(fits, _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(v, magnitude), overflow));
-                _mm_storeu_si128(dst.add(i).cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
-            }
-            i += 8;
-        }
-        let mut in_range = _mm256_movemask_ps(fits) == 0xFF;
-        for j in i..n {
-            let v = unsafe { f32::from_le_bytes(src.add(4 * j).cast::<[u8; 4]>().read()) };
-            in_range &= v.abs() < super::F16_OVERFLOW;
-            unsafe { dst.add(j).write(f16::from_f32(v).to_bits()) };
-        }
-        in_range
     }
 }
 
@@ -241,79 +407,102 @@ mod tests {
 
     use super::*;
 
-    /// The product agrees with f64 arithmetic on the same (f16 or f32) weights on every level
-    /// this CPU runs, for row counts around the eight-row blocks and widths around the vector
-    /// width (the tails), including LoRA's (rank 16, 576 features), appended after what `out`
-    /// held.
+    fn le_bytes(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// `values` (row-major) packed on `isa`, and whether they fit.
+    fn packed<W: AdapterWeight>(isa: Isa, values: &[f32], rows: usize, cols: usize) -> (Vec<W>, bool) {
+        let bytes = le_bytes(values);
+        let row = |r: usize| &bytes[4 * r * cols..4 * (r + 1) * cols];
+        let mut out = Vec::new();
+        let fits = pack_on(isa, rows, cols, &row, &mut out);
+        (out, fits)
+    }
+
+    /// Packing then unpacking gives every value back as `W` rounds it (`half`'s rounding for
+    /// f16, bit for bit: ties, subnormals, the largest f16, signed zero), the same panels on
+    /// every level, zero in the padding rows; and a value f16 cannot hold is reported.
     #[test]
-    fn matvec_matches_f64_arithmetic_on_every_level() {
-        fn check<W: AdapterWeight + Copy>(name: &str, w: &[W], x: &[f32], wide: &[f32], got: &[f32]) {
-            let cols = x.len();
-            assert_eq!(got.len(), 1 + w.len() / cols, "{name}");
-            assert_eq!(got[0], -1.0, "{name}: what out held");
-            for (row, (weights, got)) in wide.chunks_exact(cols).zip(&got[1..]).enumerate() {
-                let exact: f64 = weights.iter().zip(x).map(|(w, x)| f64::from(*w) * f64::from(*x)).sum();
-                let scale: f64 = weights.iter().zip(x).map(|(w, x)| f64::from((w * x).abs())).sum::<f64>().max(1.0);
-                assert!((f64::from(*got) - exact).abs() < 1e-5 * scale, "{name} row {row}: {got} vs {exact}");
+    fn pack_keeps_every_value_on_every_level() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let mut special = vec![0.0, -0.0, 1.0 + f32::EPSILON, 1.000_488_3, 6.0e-8, -6.1e-5, 65504.0, -65504.0, 65519.0];
+        for (rows, cols) in [(1, 1), (3, 7), (8, 8), (9, 17), (16, 576), (17, 33), (576, 16)] {
+            let mut values: Vec<f32> =
+                (0..rows * cols).map(|_| rng.random_range(-3.0..3.0) * 10f32.powi(rng.random_range(-9..5))).collect();
+            for (v, s) in values.iter_mut().zip(special.drain(..special.len().min(rows * cols))) {
+                *v = s;
+            }
+            let bits16 = |v: &[f16]| v.iter().map(|h| h.to_bits()).collect::<Vec<u16>>();
+            let bits32 = |v: &[f32]| v.iter().map(|h| h.to_bits()).collect::<Vec<u32>>();
+            let (p16, fits) = packed::<f16>(Isa::Portable, &values, rows, cols);
+            assert!(fits, "{rows}x{cols}");
+            let (p32, _) = packed::<f32>(Isa::Portable, &values, rows, cols);
+            assert_eq!(p16.len(), panel_len(rows, cols));
+            let want16: Vec<f16> = values.iter().map(|v| f16::from_f32(*v)).collect();
+            assert_eq!(bits16(&unpack(&p16, rows, cols)), bits16(&want16), "{rows}x{cols}");
+            assert_eq!(bits32(&unpack(&p32, rows, cols)), bits32(&values), "{rows}x{cols}");
+            let padding = (rows..rows.next_multiple_of(LANES)).flat_map(|r| {
+                let (panel, lane) = (r / LANES, r % LANES);
+                (0..cols).map(move |c| (panel * cols + c) * LANES + lane)
+            });
+            assert!(padding.clone().all(|i| p16[i].to_bits() == 0 && p32[i].to_bits() == 0), "{rows}x{cols}");
+            for isa in Isa::available() {
+                let (q16, fits) = packed::<f16>(isa, &values, rows, cols);
+                assert!(fits, "{isa:?} {rows}x{cols}");
+                assert_eq!(bits16(&q16), bits16(&p16), "{isa:?} {rows}x{cols}");
+                assert_eq!(bits32(&packed::<f32>(isa, &values, rows, cols).0), bits32(&p32), "{isa:?} {rows}x{cols}");
             }
         }
-        let mut rng = StdRng::seed_from_u64(5);
-        for rows in [1, 7, 8, 9, 17, 576] {
-            for cols in [1, 7, 8, 16, 33, 576] {
-                let halves: Vec<f16> = (0..rows * cols).map(|_| f16::from_f32(rng.random_range(-1.0..1.0))).collect();
-                let wide: Vec<f32> = halves.iter().map(|w| w.to_f32()).collect();
-                let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-2.0..2.0)).collect();
-                let run = |f: &dyn Fn(&mut Vec<f32>)| {
-                    let mut out = vec![-1.0];
-                    f(&mut out);
-                    out
-                };
-                let name = format!("{rows}x{cols}");
-                let portable: Vec<f32> =
-                    std::iter::once(-1.0).chain(halves.chunks_exact(cols).map(|w| portable::dot(w, &x))).collect();
-                check(&format!("portable {name}"), &halves, &x, &wide, &portable);
-                check(&format!("active f16 {name}"), &halves, &x, &wide, &run(&|o| f16::matvec(&halves, &x, o)));
-                check(&format!("active f32 {name}"), &wide, &x, &wide, &run(&|o| f32::matvec(&wide, &x, o)));
-                #[cfg(target_arch = "x86_64")]
-                if Isa::detected() >= Isa::Avx2 {
-                    check(&format!("avx2 f16 {name}"), &halves, &x, &wide, &run(&|o| x86::matvec(&halves, &x, o)));
-                    check(&format!("avx2 f32 {name}"), &wide, &x, &wide, &run(&|o| x86::matvec(&wide, &x, o)));
+        for isa in Isa::available() {
+            for bad in [65520.0, -1.0e6, f32::INFINITY, f32::NAN] {
+                for at in [0, 5, 9, 20] {
+                    let mut v = vec![0.5f32; 3 * 9];
+                    v[at] = bad;
+                    assert!(!packed::<f16>(isa, &v, 3, 9).1, "{isa:?}: {bad} at {at}");
+                    assert!(packed::<f32>(isa, &v, 3, 9).1, "{isa:?}: f32 holds {bad}");
                 }
             }
         }
     }
 
-    /// Rounding to f16 gives `half`'s result bit for bit on every level (ties, subnormals,
-    /// the largest f16, signed zero, and values that round past it), appended after what `out`
-    /// held, and says whether every value fits.
+    /// The products agree with f64 arithmetic on the same (f16 or f32) weights on every level
+    /// this CPU runs, for one to four rows at once, row counts around the panels (padding) and
+    /// widths around the unrolling (odd columns), LoRA's own shapes among them, and write
+    /// exactly `rows` outputs.
     #[test]
-    fn narrow_rounds_like_half_on_every_level() {
-        let mut rng = StdRng::seed_from_u64(6);
-        let mut values: Vec<f32> =
-            (0..1000).map(|_| rng.random_range(-3.0..3.0) * 10f32.powi(rng.random_range(-9..5))).collect();
-        values.extend([0.0, -0.0, 1.0 + f32::EPSILON, 1.000_488_3, 6.0e-8, -6.1e-5, 65504.0, -65504.0, 65519.0]);
-        let bytes = |v: &[f32]| v.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-        let expected: Vec<f16> = values.iter().map(|v| f16::from_f32(*v)).collect();
-        type Narrow = fn(&[u8], &mut Vec<f16>) -> bool;
-        let mut levels: Vec<(&str, Narrow)> = vec![("portable", portable::narrow), ("active", narrow)];
-        #[cfg(target_arch = "x86_64")]
-        if Isa::detected() >= Isa::Avx2 {
-            levels.push(("avx2", x86::narrow));
-        }
-        for (name, narrow) in levels {
-            for n in [0, 3, 8, 13, values.len()] {
-                let mut out = vec![f16::ONE];
-                assert!(narrow(&bytes(&values[..n]), &mut out), "{name}: {n} values in range");
-                assert_eq!(out[0], f16::ONE, "{name}");
-                let got: Vec<u16> = out[1..].iter().map(|h| h.to_bits()).collect();
-                let want: Vec<u16> = expected[..n].iter().map(|h| h.to_bits()).collect();
-                assert_eq!(got, want, "{name}, n {n}");
+    fn products_match_f64_arithmetic_on_every_level() {
+        fn check<W: AdapterWeight>(isa: Isa, values: &[f32], rows: usize, cols: usize, xs: &[Vec<f32>]) {
+            let (w, _) = packed::<W>(isa, values, rows, cols);
+            let held: Vec<f64> = values.iter().map(|v| f64::from(W::from_f32(*v).to_f32())).collect();
+            let mut outs: Vec<Vec<f32>> = xs.iter().map(|_| vec![-7.0; rows + 1]).collect();
+            {
+                let x: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+                let mut o: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+                products_on(isa, &w, rows, cols, &x, &mut o);
             }
-            for bad in [65520.0, -1.0e6, f32::INFINITY, f32::NAN] {
-                for at in [0, 5, 9] {
-                    let mut v = vec![0.5f32; 11];
-                    v[at] = bad;
-                    assert!(!narrow(&bytes(&v), &mut Vec::new()), "{name}: {bad} at {at}");
+            for (i, (x, out)) in xs.iter().zip(&outs).enumerate() {
+                assert_eq!(out[rows], -7.0, "{isa:?} {rows}x{cols}: wrote past its rows");
+                for r in 0..rows {
+                    let terms = held[r * cols..(r + 1) * cols].iter().zip(x).map(|(w, x)| w * f64::from(*x));
+                    let exact: f64 = terms.clone().sum();
+                    let scale: f64 = terms.map(f64::abs).sum::<f64>().max(1.0);
+                    let got = f64::from(out[r]);
+                    assert!((got - exact).abs() < 1e-5 * scale, "{isa:?} {rows}x{cols} x{i} row {r}: {got} vs {exact}");
+                }
+            }
+        }
+        let mut rng = StdRng::seed_from_u64(5);
+        for rows in [1, 7, 8, 9, 16, 17, 576] {
+            for cols in [1, 2, 7, 8, 16, 33, 576] {
+                let values: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                for n in 1..=MAX_ROWS {
+                    let xs: Vec<Vec<f32>> =
+                        (0..n).map(|_| (0..cols).map(|_| rng.random_range(-2.0..2.0)).collect()).collect();
+                    for isa in Isa::available() {
+                        check::<f16>(isa, &values, rows, cols, &xs);
+                        check::<f32>(isa, &values, rows, cols, &xs);
+                    }
                 }
             }
         }

@@ -512,7 +512,7 @@ pub(crate) fn vars_from_adapter(base: &TrainBase, adapter: &crate::lora::LoraAda
     for ((layer, target), pair) in adapter.pairs() {
         // Adapters loaded for serving hold f16 on the CPU (`LoraPair`); training wants f32.
         let f32 = |t: &candle_core::Tensor| t.to_dtype(candle_core::DType::F32);
-        let (a, b) = (f32(&pair.a)?, f32(&pair.b)?);
+        let (a, b) = (f32(&pair.a()?)?, f32(&pair.b()?)?);
         let b = match base.config.interleaved_rope_heads(target) {
             Some(heads) => crate::lora::unpermute_for_interleaved_rope(&b, heads)?,
             None => b,
