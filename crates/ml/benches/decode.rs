@@ -199,23 +199,32 @@ fn run(what: &str, threads: usize) {
     if what == "batch" || what == "all" {
         let n = 32;
         batch16(&model, &adapters, 1, 0, 4); // warm-up
-        // Five interleaved rounds, medians: a shared machine's speed drifts within seconds, and
-        // the ratios compare configurations measured side by side.
+        // Eleven interleaved rounds, medians: a shared machine's speed drifts within seconds, and
+        // the ratios compare configurations measured side by side. The 100-adapter ratio is the
+        // median of each round's own ratio (its two rows run back to back), which cancels drift
+        // between rounds that medians of each row alone do not.
+        const ROUNDS: usize = 11;
         let mut rounds: [Vec<f64>; 4] = Default::default();
-        for round in 0..5 {
+        let mut ratios = Vec::with_capacity(ROUNDS);
+        for round in 0..ROUNDS {
             rounds[0].push(batch16(&model, &adapters, 0, 0, n));
             rounds[1].push(batch16(&model, &adapters, 1, 0, n));
             rounds[2].push(batch16(&model, &adapters, 16, 0, n));
-            // 100 adapters: 16 others each round (16 × round + 16 on), none the 16-adapter row's.
-            rounds[3].push(batch16(&model, &adapters, 16, 16 * (round + 1), n));
+            // 100 adapters: 16 others each round (16 × (round % 5 + 1) on), none the 16-adapter
+            // row's.
+            rounds[3].push(batch16(&model, &adapters, 16, 16 * (round % 5 + 1), n));
+            ratios.push(rounds[3][round] / rounds[1][round]);
         }
         let [base, one, sixteen, hundred] = rounds.map(|mut runs| {
             runs.sort_by(f64::total_cmp);
-            runs[2]
+            runs[ROUNDS / 2]
         });
+        ratios.sort_by(f64::total_cmp);
         println!(
-            "batch 16 decode (medians of 5 rounds): base model {base:.1} tok/s, 1 adapter {one:.1} tok/s, 16 adapters {sixteen:.1} tok/s, 100 adapters {hundred:.1} tok/s ({:.2}x of one)",
-            hundred / one
+            "batch 16 decode (medians of {ROUNDS} rounds): base model {base:.1} tok/s, 1 adapter {one:.1} tok/s, 16 adapters {sixteen:.1} tok/s, 100 adapters {hundred:.1} tok/s ({:.2}x of one: median of the rounds' ratios, {:.2}–{:.2} between their quartiles)",
+            ratios[ROUNDS / 2],
+            ratios[ROUNDS / 4],
+            ratios[3 * ROUNDS / 4]
         );
     }
     println!("peak RSS {:.0} MiB (model + {} adapters in memory)", peak_rss_mib(), adapters.len());
