@@ -501,11 +501,7 @@ impl<'a> PeftTensor<'a> {
                 scratch
             }
         };
-        let row = |r: usize| {
-            let r = order.map_or(r, |order| order[r]);
-            &bytes[4 * r * cols..4 * (r + 1) * cols]
-        };
-        W::pack(rows, cols, &row, out)
+        W::pack(rows, &crate::kernels::adapter::Rows { bytes, cols, order }, out)
     }
 
     /// [`Self::for_each_chunk`] over the given rows of this 2-D tensor, in that order.

@@ -40,11 +40,11 @@ pub(crate) trait AdapterWeight: candle_core::WithDType {
     /// Whether every f32 is held as one of these (else a value may not fit; see [`Self::fits`]).
     const HOLDS_EVERY_F32: bool;
 
-    /// Appends the `rows × cols` matrix whose row `r` is `source(r)` (`cols` little-endian f32,
-    /// `4·cols` bytes) to `out` in panels ([`panel_len`] elements). Returns false if a value
-    /// does not [fit](Self::fits); what was appended is then not to be used.
-    fn pack<'a>(rows: usize, cols: usize, source: &dyn Fn(usize) -> &'a [u8], out: &mut Vec<Self>) -> bool {
-        pack_on(Isa::active(), rows, cols, source, out)
+    /// Appends the `rows × cols` matrix `source` holds to `out` in panels ([`panel_len`]
+    /// elements). Returns false if a value does not [fit](Self::fits); what was appended is then
+    /// not to be used.
+    fn pack(rows: usize, source: &Rows<'_>, out: &mut Vec<Self>) -> bool {
+        pack_on(Isa::active(), rows, source, out)
     }
 
     /// `outs[i][..rows] = W·xs[i]` for the `rows × cols` matrix `w` in panels, every `xs[i]`
@@ -144,30 +144,44 @@ pub(crate) fn unpack<W: AdapterWeight>(w: &[W], rows: usize, cols: usize) -> Vec
     out
 }
 
-/// [`AdapterWeight::pack`] on the kernels of `isa`: panel after panel, from its [`LANES`]
-/// source rows (zero rows past the last).
-fn pack_on<'a, W: AdapterWeight>(
-    isa: Isa,
-    rows: usize,
-    cols: usize,
-    source: &dyn Fn(usize) -> &'a [u8],
-    out: &mut Vec<W>,
-) -> bool {
-    let zeros = vec![0u8; 4 * cols];
-    out.reserve(panel_len(rows, cols));
-    let mut fits = true;
-    for first in (0..rows).step_by(LANES) {
-        let lanes: [&[u8]; LANES] = std::array::from_fn(|l| if first + l < rows { source(first + l) } else { &zeros });
-        assert!(lanes.iter().all(|row| row.len() == 4 * cols), "pack: a row is not {cols} f32 values");
-        fits &= match isa {
-            Isa::Portable => portable::pack_panel(&lanes, cols, out),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512Vnni => x86::pack_panel(&lanes, cols, out),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => portable::pack_panel(&lanes, cols, out),
-        };
+/// A row-major f32 matrix as little-endian bytes, as a safetensors file holds it; row `r` of
+/// what is packed is its row `order[r]` when an order is given (else its row `r`).
+pub(crate) struct Rows<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) cols: usize,
+    pub(crate) order: Option<&'a [usize]>,
+}
+
+impl Rows<'_> {
+    /// The bytes of row `r` (of what is packed).
+    fn row(&self, r: usize) -> &[u8] {
+        let r = self.order.map_or(r, |order| order[r]);
+        &self.bytes[4 * self.cols * r..4 * self.cols * (r + 1)]
     }
-    fits
+
+    /// Panics unless rows `0..rows` (of what is packed) are all within the bytes: what the
+    /// kernels rely on to read them unchecked.
+    fn check(&self, rows: usize) {
+        let held = self.bytes.len() / (4 * self.cols).max(1);
+        let fits = match self.order {
+            Some(order) => order.len() >= rows && order[..rows].iter().all(|&r| r < held),
+            None => rows <= held,
+        };
+        assert!(fits, "pack: {rows} rows of {} values are not all in {} bytes", self.cols, self.bytes.len());
+    }
+}
+
+/// [`AdapterWeight::pack`] on the kernels of `isa`.
+fn pack_on<W: AdapterWeight>(isa: Isa, rows: usize, source: &Rows<'_>, out: &mut Vec<W>) -> bool {
+    source.check(rows);
+    out.reserve(panel_len(rows, source.cols));
+    match isa {
+        Isa::Portable => portable::pack(rows, source, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => x86::pack(rows, source, out),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => portable::pack(rows, source, out),
+    }
 }
 
 /// [`AdapterWeight::products`] on the kernels of `isa`.
@@ -192,16 +206,19 @@ fn le_f32(row: &[u8], c: usize) -> f32 {
 
 /// The plain Rust reference.
 mod portable {
-    use super::{AdapterWeight, LANES, le_f32};
+    use super::{AdapterWeight, LANES, Rows, le_f32};
 
-    /// Appends one panel of `rows` (each `4·cols` bytes).
-    pub(super) fn pack_panel<W: AdapterWeight>(rows: &[&[u8]; LANES], cols: usize, out: &mut Vec<W>) -> bool {
+    pub(super) fn pack<W: AdapterWeight>(rows: usize, source: &Rows<'_>, out: &mut Vec<W>) -> bool {
         let mut fits = true;
-        for c in 0..cols {
-            for row in rows {
-                let v = le_f32(row, c);
-                fits &= W::fits(v);
-                out.push(W::from_f32(v));
+        for first in (0..rows).step_by(LANES) {
+            let lanes: [Option<&[u8]>; LANES] =
+                std::array::from_fn(|l| (first + l < rows).then(|| source.row(first + l)));
+            for c in 0..source.cols {
+                for lane in &lanes {
+                    let v = lane.map_or(0.0, |row| le_f32(row, c));
+                    fits &= W::fits(v);
+                    out.push(W::from_f32(v));
+                }
             }
         }
         fits
@@ -235,34 +252,39 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::super::Isa;
-    use super::{AdapterWeight, F16_OVERFLOW, LANES, MAX_ROWS};
+    use super::{AdapterWeight, F16_OVERFLOW, LANES, MAX_ROWS, Rows};
 
     /// How far ahead of its reads a product asks for the weights it will read next.
     const PREFETCH_BYTES: usize = 1024;
 
-    /// Appends one panel of `rows` (each `4·cols` bytes).
-    pub(super) fn pack_panel<W: AdapterWeight>(rows: &[&[u8]; LANES], cols: usize, out: &mut Vec<W>) -> bool {
+    pub(super) fn pack<W: AdapterWeight>(rows: usize, source: &Rows<'_>, out: &mut Vec<W>) -> bool {
         assert!(Isa::detected() >= Isa::Avx2, "this CPU cannot run AVX2");
-        assert!(rows.iter().all(|row| row.len() >= 4 * cols), "pack: a row shorter than {cols} values");
-        let at = out.len();
-        out.reserve(LANES * cols);
-        // SAFETY: AVX2, FMA and F16C are present and every row holds `4·cols` bytes (both
-        // checked above); `out` has room for the panel's `LANES·cols` values after `at`, all of
-        // which `pack_avx2` writes before the length covers them.
-        unsafe {
-            let fits = pack_avx2(rows, cols, out.as_mut_ptr().add(at));
-            out.set_len(at + LANES * cols);
-            fits
+        let (at, len) = (out.len(), super::panel_len(rows, source.cols));
+        out.reserve(len);
+        let mut fits = true;
+        for first in (0..rows).step_by(LANES) {
+            let lanes: [*const f32; LANES] = std::array::from_fn(|l| {
+                if first + l < rows { source.row(first + l).as_ptr().cast() } else { std::ptr::null() }
+            });
+            // SAFETY: AVX2, FMA and F16C are present (checked above); every non-null pointer
+            // is a row of `source.cols` values (`Rows::row` slices them); `out` has room for
+            // all `len` values after `at` (reserved above), this panel's `LANES·cols` of them
+            // starting `first·cols` in, written before the length covers them.
+            fits &= unsafe { pack_avx2(&lanes, source.cols, out.as_mut_ptr().add(at + first * source.cols)) };
         }
+        // SAFETY: the panels wrote all `len` values after `at`.
+        unsafe { out.set_len(at + len) };
+        fits
     }
 
-    /// One panel from its eight source rows: 8 × 8 blocks transposed in registers, the last
-    /// `cols % 8` columns one by one. Returns whether every value fits (see `pack`).
+    /// One panel from its eight source rows (null: a zero row past the matrix's last): 8 × 8
+    /// blocks transposed in registers, the last `cols % 8` columns one by one. Returns whether
+    /// every value fits (see `pack`).
     ///
-    /// Safety: AVX2, FMA and F16C; every row holds `4·cols` bytes; `dst` has room for
-    /// `LANES·cols` values.
+    /// Safety: AVX2, FMA and F16C; every non-null row points at `cols` readable f32 (unaligned
+    /// is fine); `dst` has room for `LANES·cols` values.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn pack_avx2<W: AdapterWeight>(rows: &[&[u8]; LANES], cols: usize, dst: *mut W) -> bool {
+    unsafe fn pack_avx2<W: AdapterWeight>(rows: &[*const f32; LANES], cols: usize, dst: *mut W) -> bool {
         let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
         let overflow = _mm256_set1_ps(F16_OVERFLOW);
         let mut fits = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
@@ -270,9 +292,11 @@ mod x86 {
             |v: __m256| fits = _mm256_and_ps(fits, _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(v, magnitude), overflow));
         let mut c = 0;
         while c + 8 <= cols {
-            // SAFETY (loads): columns `c..c + 8` of each row are within its `4·cols` bytes.
-            let r: [__m256; 8] =
-                std::array::from_fn(|l| unsafe { _mm256_loadu_ps(rows[l].as_ptr().add(4 * c).cast()) });
+            // SAFETY (loads): columns `c..c + 8` of each non-null row are within its `cols`.
+            let r: [__m256; 8] = std::array::from_fn(|l| match rows[l].is_null() {
+                true => _mm256_setzero_ps(),
+                false => unsafe { _mm256_loadu_ps(rows[l].add(c)) },
+            });
             // The usual 8 × 8 transpose: pairs, then quads, then halves.
             let t0 = _mm256_unpacklo_ps(r[0], r[1]);
             let t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -308,7 +332,11 @@ mod x86 {
             c += 8;
         }
         while c < cols {
-            let column: [f32; LANES] = std::array::from_fn(|l| super::le_f32(rows[l], c));
+            // SAFETY: column `c < cols` of each non-null row.
+            let column: [f32; LANES] =
+                std::array::from_fn(
+                    |l| if rows[l].is_null() { 0.0 } else { unsafe { rows[l].add(c).read_unaligned() } },
+                );
             // SAFETY: as above; `column` is 8 f32.
             unsafe {
                 let v = _mm256_loadu_ps(column.as_ptr());
@@ -418,9 +446,8 @@ mod tests {
     /// `values` (row-major) packed on `isa`, and whether they fit.
     fn packed<W: AdapterWeight>(isa: Isa, values: &[f32], rows: usize, cols: usize) -> (Vec<W>, bool) {
         let bytes = le_bytes(values);
-        let row = |r: usize| &bytes[4 * r * cols..4 * (r + 1) * cols];
         let mut out = Vec::new();
-        let fits = pack_on(isa, rows, cols, &row, &mut out);
+        let fits = pack_on(isa, rows, &Rows { bytes: &bytes, cols, order: None }, &mut out);
         (out, fits)
     }
 
@@ -457,6 +484,18 @@ mod tests {
                 assert_eq!(bits16(&q16), bits16(&p16), "{isa:?} {rows}x{cols}");
                 assert_eq!(bits32(&packed::<f32>(isa, &values, rows, cols).0), bits32(&p32), "{isa:?} {rows}x{cols}");
             }
+        }
+        // Rows read in another order: the same panels as the matrix with its rows so ordered.
+        let (rows, cols) = (19, 13);
+        let values: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let order: Vec<usize> = (0..rows).map(|r| (r * 7 + 3) % rows).collect();
+        let reordered: Vec<f32> =
+            order.iter().flat_map(|&r| values[r * cols..(r + 1) * cols].iter().copied()).collect();
+        let bytes = le_bytes(&values);
+        for isa in Isa::available() {
+            let mut out: Vec<f32> = Vec::new();
+            assert!(pack_on(isa, rows, &Rows { bytes: &bytes, cols, order: Some(&order) }, &mut out));
+            assert_eq!(out, packed::<f32>(isa, &reordered, rows, cols).0, "{isa:?}");
         }
         for isa in Isa::available() {
             for bad in [65520.0, -1.0e6, f32::INFINITY, f32::NAN] {
