@@ -1,7 +1,7 @@
 //! The CPU forward pass on plain `f32` slices: RMSNorm, RoPE, causal attention over a host KV
 //! cache and SwiGLU, fused so that a decode step allocates a handful of buffers per layer
 //! instead of running two dozen tensor operations. Projections still run on the block kernels
-//! (`kernels.rs`) and LoRA deltas on `LoraPlan::apply_host`. The tensor path in `model.rs` is
+//! (`kernels/`) and LoRA deltas on `LoraPlan::apply_host`. The tensor path in `model.rs` is
 //! the same computation for other devices (and the reference the tests hold this one to).
 
 use crate::error::{MlError, Result};
@@ -18,18 +18,10 @@ fn host_slice<'a, T: candle_core::WithDType>(
     }
 }
 
-/// Runs `f` on the elements of a contiguous CPU tensor of dtype `T` without copying them.
-pub(crate) fn with_host<T: candle_core::WithDType, R>(
-    t: &candle_core::Tensor,
-    f: impl FnOnce(&[T]) -> Result<R>,
-) -> Result<R> {
+/// Runs `f` on the elements of a contiguous CPU f32 tensor without copying them.
+pub(crate) fn with_f32<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     f(host_slice(&storage, layout)?)
-}
-
-/// [`with_host`] for f32 tensors.
-pub(crate) fn with_f32<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    with_host(t, f)
 }
 
 /// f32 dot product in eight independent lanes, so the compiler can vectorize it.

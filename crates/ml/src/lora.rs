@@ -186,7 +186,7 @@ pub struct LoraPair {
 enum Held {
     /// `A` and `B` in panels at these element offsets of the adapter's buffer.
     Panels {
-        weights: Arc<HostPanels>,
+        buffer: Arc<HostPanels>,
         a: usize,
         b: usize,
     },
@@ -204,6 +204,20 @@ enum HostPanels {
 }
 
 impl HostPanels {
+    /// The `rows × cols` matrix whose panels start at element `at`, row-major, as a tensor of
+    /// the held type.
+    fn unpacked(&self, at: usize, (rows, cols): (usize, usize)) -> Result<Tensor> {
+        fn unpack<W: AdapterWeight>(w: &[W], at: usize, (rows, cols): (usize, usize)) -> Result<Tensor> {
+            let len = crate::kernels::adapter::panel_len(rows, cols);
+            let values = crate::kernels::adapter::unpack(&w[at..at + len], rows, cols);
+            Ok(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?)
+        }
+        match self {
+            Self::F16(w) => unpack(w, at, (rows, cols)),
+            Self::F32(w) => unpack(w, at, (rows, cols)),
+        }
+    }
+
     fn bytes(&self) -> usize {
         match self {
             Self::F16(v) => v.len() * 2,
@@ -216,30 +230,17 @@ impl LoraPair {
     /// `A` as PEFT holds it (rank × in), in the type it is held in (f16 when loaded for serving
     /// on the CPU), on the adapter's device.
     pub fn a(&self) -> Result<Tensor> {
-        self.tensor(true)
+        match &self.held {
+            Held::Tensors { a, .. } => Ok(a.clone()),
+            Held::Panels { buffer, a, .. } => buffer.unpacked(*a, (self.rank, self.in_features)),
+        }
     }
 
     /// `B` (out × rank), likewise; for GGUF bases with its q/k rows permuted like the base's.
     pub fn b(&self) -> Result<Tensor> {
-        self.tensor(false)
-    }
-
-    fn tensor(&self, a: bool) -> Result<Tensor> {
-        let (rows, cols) = if a { (self.rank, self.in_features) } else { (self.out_features, self.rank) };
         match &self.held {
-            Held::Tensors { a: ta, b: tb } => Ok(if a { ta.clone() } else { tb.clone() }),
-            Held::Panels { weights, a: a_at, b: b_at } => {
-                let at = if a { *a_at } else { *b_at };
-                fn unpacked<W: AdapterWeight>(w: &[W], at: usize, (rows, cols): (usize, usize)) -> Result<Tensor> {
-                    let len = crate::kernels::adapter::panel_len(rows, cols);
-                    let values = crate::kernels::adapter::unpack(&w[at..at + len], rows, cols);
-                    Ok(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?)
-                }
-                match weights.as_ref() {
-                    HostPanels::F16(w) => unpacked(w, at, (rows, cols)),
-                    HostPanels::F32(w) => unpacked(w, at, (rows, cols)),
-                }
-            }
+            Held::Tensors { b, .. } => Ok(b.clone()),
+            Held::Panels { buffer, b, .. } => buffer.unpacked(*b, (self.out_features, self.rank)),
         }
     }
 }
@@ -373,13 +374,13 @@ impl LoraAdapter {
                     (HostPanels::F32(w), o)
                 }
             };
-            let weights = Arc::new(weights);
+            let buffer = Arc::new(weights);
             for (((layer, target), a, b), (a_at, b_at)) in pairs.iter().zip(offsets) {
                 let (rank, in_features, out_features) = shape(a, b);
-                let held = Held::Panels { weights: weights.clone(), a: a_at, b: b_at };
+                let held = Held::Panels { buffer: buffer.clone(), a: a_at, b: b_at };
                 slots[*layer][target.index()] = Some(LoraPair { rank, in_features, out_features, held });
             }
-            weights.bytes()
+            buffer.bytes()
         } else {
             let mut elements = 0;
             for ((layer, target), a, b) in &pairs {
@@ -632,8 +633,9 @@ pub fn unpermute_for_interleaved_rope(rows: &Tensor, heads: usize) -> Result<Ten
 #[derive(Clone, Debug, Default)]
 pub struct AdapterMix(pub Vec<(Arc<LoraAdapter>, f32)>);
 
-/// Token rows of a batch grouped by adapter (Punica's SGMV layout): one gather, two small
-/// matmuls and one scatter-add per adapter and projection, whatever the number of rows.
+/// Token rows of a batch grouped by adapter (Punica's SGMV layout). On the CPU each task takes
+/// up to four rows of one adapter through every projection of a group (`apply_host`); on other
+/// devices one gather, two small matmuls and one scatter-add per adapter and projection.
 pub(crate) struct LoraPlan {
     groups: Vec<LoraGroup>,
 }
@@ -776,8 +778,10 @@ fn task_delta(
     weights: &[f32],
 ) -> Vec<f32> {
     let pairs: Vec<&LoraPair> = parts.iter().filter_map(|(t, _)| adapter.pair(layer, *t)).collect();
-    let Some(Held::Panels { weights: buffer, .. }) = pairs.first().map(|p| &p.held) else {
-        return Vec::new();
+    let buffer = match pairs.first().map(|p| &p.held) {
+        Some(Held::Panels { buffer, .. }) => buffer,
+        Some(Held::Tensors { .. }) => unreachable!("adapters on the CPU are held in panels"),
+        None => return Vec::new(),
     };
     match buffer.as_ref() {
         HostPanels::F16(w) => task_delta_in(w, &pairs, xs, in_features, rows, weights),
@@ -803,14 +807,15 @@ fn task_delta_in<W: AdapterWeight>(
     let mut rest = delta.as_mut_slice();
     let mut u = Vec::new();
     for pair in pairs {
-        let Held::Panels { a, b, .. } = pair.held else { unreachable!("CPU pairs are panels") };
-        debug_assert_eq!(pair.in_features, in_features);
-        let (rank, width) = (pair.rank, pair.out_features);
+        let Held::Panels { a, b, .. } = pair.held else { unreachable!("adapters on the CPU are held in panels") };
+        // The pair's own width, so that a pair not fitted to these inputs fails `products`'
+        // checks instead of reading the wrong part of the buffer.
+        let (rank, cols, width) = (pair.rank, pair.in_features, pair.out_features);
         u.clear();
         u.resize(n * rank, 0.0);
         {
             let mut outs: Vec<&mut [f32]> = u.chunks_exact_mut(rank).collect();
-            W::products(&buffer[a..a + panel_len(rank, in_features)], rank, in_features, &x[..n], &mut outs);
+            W::products(&buffer[a..a + panel_len(rank, cols)], rank, cols, &x[..n], &mut outs);
         }
         for (u, weight) in u.chunks_exact_mut(rank).zip(weights) {
             u.iter_mut().for_each(|u| *u *= weight);
@@ -928,6 +933,71 @@ mod tests {
             .apply_cpu(0, Target::Q, &x.narrow(1, 0, 16).unwrap(), Tensor::ones((4, 18), DType::F32, &device).unwrap())
             .unwrap();
         assert_eq!(untouched.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 4 * 18]);
+    }
+
+    /// One `apply_host` over a stacked q/k/v output (adapters covering some of the three, a row
+    /// mixing two, a row with none) adds what the tensor path adds projection by projection.
+    #[test]
+    fn stacked_projections_get_the_deltas_of_each() {
+        let device = Device::Cpu;
+        let base = tiny_base(1, false);
+        let adapter = |seed: f32, targets: &[Target]| {
+            let names: Vec<&str> = targets.iter().map(|t| t.module_name()).collect();
+            let config =
+                AdapterConfig::parse(&format!(r#"{{"r":4,"lora_alpha":8,"target_modules":{names:?}}}"#)).unwrap();
+            let mut tensors = HashMap::new();
+            for (i, &target) in targets.iter().enumerate() {
+                let (in_features, out_features) = base.projection_shape(target);
+                let ramp = |rows: usize, cols: usize, at: f32| {
+                    let n = (rows * cols) as f32;
+                    (Tensor::arange(0f32, n, &device).unwrap() * f64::from(0.1 * seed))
+                        .unwrap()
+                        .affine(1.0, f64::from(at))
+                        .unwrap()
+                        .sin()
+                        .unwrap()
+                        .reshape((rows, cols))
+                        .unwrap()
+                };
+                tensors.insert(peft_tensor_name(0, target, true), ramp(4, in_features, i as f32));
+                tensors.insert(peft_tensor_name(0, target, false), ramp(out_features, 4, 10.0 + i as f32));
+            }
+            Arc::new(LoraAdapter::from_peft("t", &config, tensors, &base, &device, AdapterPrecision::Serving).unwrap())
+        };
+        let (qv, qkv) = (adapter(1.0, &[Target::Q, Target::V]), adapter(2.0, &[Target::Q, Target::K, Target::V]));
+        let mixes = [
+            AdapterMix(vec![(qv.clone(), 1.0)]),
+            AdapterMix::default(),
+            AdapterMix(vec![(qkv.clone(), 0.5), (qv, -1.0)]),
+            AdapterMix(vec![(qkv, 1.0)]),
+        ];
+        let plan = LoraPlan::new(&mixes.iter().collect::<Vec<_>>(), &device).unwrap();
+        let x = Tensor::arange(0f32, 64.0, &device).unwrap().reshape((4, 16)).unwrap().cos().unwrap();
+        let widths: Vec<(Target, usize)> =
+            [Target::Q, Target::K, Target::V].into_iter().map(|t| (t, base.projection_shape(t).1)).collect();
+        let stride: usize = widths.iter().map(|(_, w)| w).sum();
+        let mut offset = 0;
+        let parts: Vec<(Target, usize)> = widths
+            .iter()
+            .map(|&(t, w)| {
+                offset += w;
+                (t, offset - w)
+            })
+            .collect();
+        let mut ys = vec![1f32; 4 * stride];
+        plan.apply_host(0, &parts, &x.flatten_all().unwrap().to_vec1().unwrap(), 16, &mut ys, stride);
+        for (&(target, at), &(_, width)) in parts.iter().zip(&widths) {
+            let out = Tensor::ones((4, width), DType::F32, &device).unwrap();
+            let want = plan.apply_tensors(0, target, &x, out).unwrap().to_vec2::<f32>().unwrap();
+            for (row, want) in want.iter().enumerate() {
+                let got = &ys[row * stride + at..][..width];
+                for (o, (g, w)) in got.iter().zip(want).enumerate() {
+                    assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{target:?} row {row} output {o}: {g} vs {w}");
+                }
+            }
+        }
+        assert!(ys[stride..2 * stride].iter().all(|v| *v == 1.0), "a row without adapters is untouched");
+        assert!(ys[16..24].iter().all(|v| *v == 1.0), "row 0's k: its adapter has none");
     }
 
     /// Tensors read in place from safetensors bytes (F32, F16 and BF16, and F64 through candle)

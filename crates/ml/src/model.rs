@@ -218,11 +218,12 @@ impl Group {
         };
         if !lora.is_empty() {
             let stride = out.len() / m;
+            let mut offset = 0;
             let offsets: Vec<(Target, usize)> = parts
                 .iter()
-                .scan(0, |offset, &(target, width)| {
-                    *offset += width;
-                    Some((target, *offset - width))
+                .map(|&(target, width)| {
+                    offset += width;
+                    (target, offset - width)
                 })
                 .collect();
             lora.apply_host(layer, &offsets, xs, in_features, &mut out, stride);

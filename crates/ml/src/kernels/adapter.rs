@@ -47,8 +47,8 @@ pub(crate) trait AdapterWeight: candle_core::WithDType {
         pack_on(Isa::active(), rows, source, out)
     }
 
-    /// `outs[i][..rows] = W·xs[i]` for the `rows × cols` matrix `w` in panels, every `xs[i]`
-    /// `cols` long; at most [`MAX_ROWS`] rows.
+    /// `outs[i][..rows] = W·xs[i]` for the `rows × cols` matrix `w` in panels and 1 to
+    /// [`MAX_ROWS`] activation rows `xs`, each `cols` long.
     fn products(w: &[Self], rows: usize, cols: usize, xs: &[&[f32]], outs: &mut [&mut [f32]]) {
         products_on(Isa::active(), w, rows, cols, xs, outs)
     }
@@ -185,6 +185,7 @@ fn pack_on<W: AdapterWeight>(isa: Isa, rows: usize, source: &Rows<'_>, out: &mut
 }
 
 /// [`AdapterWeight::products`] on the kernels of `isa`.
+#[allow(unsafe_code)]
 fn products_on<W: AdapterWeight>(isa: Isa, w: &[W], rows: usize, cols: usize, xs: &[&[f32]], outs: &mut [&mut [f32]]) {
     assert!(!xs.is_empty() && xs.len() <= MAX_ROWS && xs.len() == outs.len(), "products: {} rows", xs.len());
     assert_eq!(w.len(), panel_len(rows, cols), "products: not a {rows} × {cols} matrix in panels");
@@ -192,8 +193,9 @@ fn products_on<W: AdapterWeight>(isa: Isa, w: &[W], rows: usize, cols: usize, xs
     assert!(outs.iter().all(|o| o.len() >= rows), "products: outputs shorter than {rows}");
     match isa {
         Isa::Portable => portable::products(w, rows, cols, xs, outs),
+        // SAFETY: the shapes `x86::products` relies on are the ones asserted above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => x86::products(w, rows, cols, xs, outs),
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::products(w, rows, cols, xs, outs) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => portable::products(w, rows, cols, xs, outs),
     }
@@ -348,7 +350,9 @@ mod x86 {
         W::HOLDS_EVERY_F32 || _mm256_movemask_ps(fits) == 0xFF
     }
 
-    pub(super) fn products<W: AdapterWeight>(
+    /// Safety: `w` holds the panels of a `rows × cols` matrix; `xs` holds 1 to `MAX_ROWS`
+    /// rows of `cols` values and `outs` as many of at least `rows` (what `products_on` asserts).
+    pub(super) unsafe fn products<W: AdapterWeight>(
         w: &[W],
         rows: usize,
         cols: usize,
@@ -367,7 +371,8 @@ mod x86 {
                 1 => products_avx2::<W, 1, 4>(w, rows, cols, x, o),
                 2 => products_avx2::<W, 2, 4>(w, rows, cols, x, o),
                 3 => products_avx2::<W, 3, 2>(w, rows, cols, x, o),
-                _ => products_avx2::<W, 4, 2>(w, rows, cols, x, o),
+                4 => products_avx2::<W, 4, 2>(w, rows, cols, x, o),
+                n => unreachable!("products of {n} rows"),
             }
         }
     }
