@@ -765,6 +765,19 @@ impl LoraPlan {
     }
 }
 
+/// Projections' outputs side by side in a row (`[q | k | v]`): each target with its offset
+/// there, from each target with its width.
+pub(crate) fn side_by_side(widths: &[(Target, usize)]) -> Vec<(Target, usize)> {
+    let mut offset = 0;
+    widths
+        .iter()
+        .map(|&(target, width)| {
+            offset += width;
+            (target, offset - width)
+        })
+        .collect()
+}
+
 /// One task's deltas: for each of `parts` the adapter covers at `layer`, in order, and each of
 /// its rows `xs[row]` (of `in_features`), `weight · B·A·x` (`out_features` values), by two
 /// panel products for all the rows at once: `u = weight·A·x`, then `Δ = B·u`.
@@ -976,14 +989,7 @@ mod tests {
         let widths: Vec<(Target, usize)> =
             [Target::Q, Target::K, Target::V].into_iter().map(|t| (t, base.projection_shape(t).1)).collect();
         let stride: usize = widths.iter().map(|(_, w)| w).sum();
-        let mut offset = 0;
-        let parts: Vec<(Target, usize)> = widths
-            .iter()
-            .map(|&(t, w)| {
-                offset += w;
-                (t, offset - w)
-            })
-            .collect();
+        let parts = side_by_side(&widths);
         let mut ys = vec![1f32; 4 * stride];
         plan.apply_host(0, &parts, &x.flatten_all().unwrap().to_vec1().unwrap(), 16, &mut ys, stride);
         for (&(target, at), &(_, width)) in parts.iter().zip(&widths) {

@@ -218,15 +218,7 @@ impl Group {
         };
         if !lora.is_empty() {
             let stride = out.len() / m;
-            let mut offset = 0;
-            let offsets: Vec<(Target, usize)> = parts
-                .iter()
-                .map(|&(target, width)| {
-                    offset += width;
-                    (target, offset - width)
-                })
-                .collect();
-            lora.apply_host(layer, &offsets, xs, in_features, &mut out, stride);
+            lora.apply_host(layer, &crate::lora::side_by_side(&parts), xs, in_features, &mut out, stride);
         }
         Ok(out)
     }
