@@ -39,6 +39,7 @@ for round in $(seq "$rounds"); do
     $prio taskset -c 1 "$bin/llama-bench" -m "$model" -p 512 -n 0 -r 3 -t 1
     $prio taskset -c 0,1 "$bin/llama-bench" -m "$model" -p 512 -n 0 -r 3 -t 2
     ours 0,1 batch --threads 2
+    ours 0,1 deltas --threads 2
     $prio taskset -c 0,1 "$bin/llama-batched-bench" -m "$model" -c 1024 -b 512 -ub 512 \
         -npp 8 -ntg 32 -npl 16 -t 2 2>&1 | grep -E '^\|'
     ours 0,1 load --threads 2

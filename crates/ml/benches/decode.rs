@@ -1,9 +1,10 @@
 //! OpenLoRA engine benchmarks on SmolLM2-135M-Instruct Q4_1 (`scripts/fetch-models.sh smollm2`):
 //! single-stream decode, prefill of a 512-token prompt, batch-16 decode of the base model and
-//! with 1, 16 and 100 distinct adapters, adapter cold load, and peak RSS. Results and peers in
+//! with 1, 16 and 100 distinct adapters, the LoRA deltas of a batch-16 step alone (`deltas`),
+//! adapter cold load, and peak RSS. Results and peers in
 //! bench/RESULTS.md (`bench/llamacpp/engine.sh` runs this next to llama.cpp's own benches).
 //!
-//! `cargo bench -p openledger-ml --bench decode -- [single|prefill|batch|load|all] [--threads N]`
+//! `cargo bench -p openledger-ml --bench decode -- [single|prefill|batch|deltas|load|all] [--threads N]`
 //! (`OPENLEDGER_CPU_KERNELS` picks a lower kernel level, `OPENLEDGER_BENCH_MODEL` another GGUF).
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::Instant;
 use candle_core::Device;
 use openledger_ml::adapters::load_adapter_dir;
 use openledger_ml::lora::AdapterMix;
-use openledger_ml::testing::{peak_rss_mib, smollm2_path, thread_minor_faults, write_peft_adapter};
+use openledger_ml::testing::{lora_delta_step, peak_rss_mib, smollm2_path, thread_minor_faults, write_peft_adapter};
 use openledger_ml::{ComputePool, LlamaModel, SeqStep, Target, load_model};
 
 const PROMPT: [u32; 5] = [504, 3575, 282, 4649, 314];
@@ -152,7 +153,7 @@ fn run(what: &str, threads: usize) {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let qkvo = [Target::Q, Target::K, Target::V, Target::O];
-    let needs_adapters = what == "batch" || what == "load" || what == "all";
+    let needs_adapters = what == "deltas" || what == "batch" || what == "load" || what == "all";
     let mut adapters = Vec::new();
     if needs_adapters {
         for i in 0..100 {
@@ -195,6 +196,27 @@ fn run(what: &str, threads: usize) {
             let a = load_adapter_dir(&format!("a{i}"), &dir.path().join(format!("a{i}")), &model).expect("load");
             adapters.push(Arc::new(a));
         }
+    }
+    if what == "deltas" {
+        // The deltas alone (`testing::lora_delta_step`), one shared adapter against 16 distinct
+        // ones (others each step, as the batch bench's 100-adapter row), alternating, 201 steps.
+        let (mut one, mut distinct) = (Vec::new(), Vec::new());
+        let mix = |a: &Arc<openledger_ml::LoraAdapter>| AdapterMix(vec![(a.clone(), 1.0)]);
+        for step in 0..201 {
+            let shared: Vec<AdapterMix> = (0..16).map(|_| mix(&adapters[0])).collect();
+            let first = 16 * (step % 5 + 1);
+            let others: Vec<AdapterMix> = (0..16).map(|i| mix(&adapters[(first + i) % adapters.len()])).collect();
+            one.push(lora_delta_step(&model, &shared).expect("deltas").as_secs_f64() * 1e3);
+            distinct.push(lora_delta_step(&model, &others).expect("deltas").as_secs_f64() * 1e3);
+        }
+        one.sort_by(f64::total_cmp);
+        distinct.sort_by(f64::total_cmp);
+        println!(
+            "LoRA deltas of one batch-16 step (medians of 201): 1 adapter {:.3} ms, 16 distinct adapters {:.3} ms ({:.3} ms more)",
+            one[100],
+            distinct[100],
+            distinct[100] - one[100]
+        );
     }
     if what == "batch" || what == "all" {
         let n = 32;

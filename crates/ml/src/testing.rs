@@ -254,3 +254,46 @@ pub fn thread_minor_faults() -> u64 {
     // the 10th field of the line, the 8th after the closing parenthesis.
     stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(7)?.parse().ok()).unwrap_or(0)
 }
+
+/// For benches: the time the LoRA deltas of one forward step of `mixes.len()` rows take on the
+/// CPU, alone: every layer's projection groups (`[q | k | v]`, `o`, `[gate | up]`, `down`)
+/// through `LoraPlan::apply_host` as the model applies them, on fixed inputs, without the base
+/// products around them (whose time, and its drift, would hide the deltas' own).
+pub fn lora_delta_step(model: &crate::LlamaModel, mixes: &[crate::AdapterMix]) -> Result<std::time::Duration> {
+    let c = model.config();
+    let rows = mixes.len();
+    let plan = crate::lora::LoraPlan::new(&mixes.iter().collect::<Vec<_>>(), &Device::Cpu)?;
+    let width = |t: Target| c.projection_shape(t).1;
+    let groups =
+        [vec![Target::Q, Target::K, Target::V], vec![Target::O], vec![Target::Gate, Target::Up], vec![Target::Down]];
+    /// One projection group's fixed input rows, its parts' offsets, and its output rows.
+    struct Group {
+        xs: Vec<f32>,
+        in_features: usize,
+        parts: Vec<(Target, usize)>,
+        ys: Vec<f32>,
+        stride: usize,
+    }
+    let mut groups: Vec<Group> = groups
+        .iter()
+        .map(|group| {
+            let in_features = c.projection_shape(group[0]).0;
+            let widths: Vec<(Target, usize)> = group.iter().map(|&t| (t, width(t))).collect();
+            let stride = widths.iter().map(|(_, w)| w).sum();
+            Group {
+                xs: (0..rows * in_features).map(|i| (i as f32 * 0.37).sin()).collect(),
+                in_features,
+                parts: crate::lora::side_by_side(&widths),
+                ys: vec![0f32; rows * stride],
+                stride,
+            }
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for layer in 0..c.num_layers {
+        for g in &mut groups {
+            plan.apply_host(layer, &g.parts, &g.xs, g.in_features, &mut g.ys, g.stride);
+        }
+    }
+    Ok(started.elapsed())
+}
