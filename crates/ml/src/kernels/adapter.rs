@@ -159,8 +159,8 @@ impl Rows<'_> {
         &self.bytes[4 * self.cols * r..4 * self.cols * (r + 1)]
     }
 
-    /// Panics unless rows `0..rows` (of what is packed) are all within the bytes: what the
-    /// kernels rely on to read them unchecked.
+    /// Panics unless rows `0..rows` (of what is packed) are all within the bytes, before
+    /// anything is packed, so that a bad source leaves `out` as it was.
     fn check(&self, rows: usize) {
         let held = self.bytes.len() / (4 * self.cols).max(1);
         let fits = match self.order {
@@ -174,7 +174,6 @@ impl Rows<'_> {
 /// [`AdapterWeight::pack`] on the kernels of `isa`.
 fn pack_on<W: AdapterWeight>(isa: Isa, rows: usize, source: &Rows<'_>, out: &mut Vec<W>) -> bool {
     source.check(rows);
-    out.reserve(panel_len(rows, source.cols));
     match isa {
         Isa::Portable => portable::pack(rows, source, out),
         #[cfg(target_arch = "x86_64")]
@@ -211,6 +210,7 @@ mod portable {
     use super::{AdapterWeight, LANES, Rows, le_f32};
 
     pub(super) fn pack<W: AdapterWeight>(rows: usize, source: &Rows<'_>, out: &mut Vec<W>) -> bool {
+        out.reserve(super::panel_len(rows, source.cols));
         let mut fits = true;
         for first in (0..rows).step_by(LANES) {
             let lanes: [Option<&[u8]>; LANES] =
