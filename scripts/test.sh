@@ -79,6 +79,9 @@ echo "==> compiling the benches (cargo test --workspace --benches --no-run)"
 cargo test --workspace --benches --no-run --quiet
 
 echo "==> nats-server $(nats-server --version 2>&1 | head -1), $(cargo nextest --version | head -1)"
+# CI keeps the end of a failing test's output: a backtrace there pushes the panic's message
+# out of it, so none unless asked (OPENLEDGER_TEST_BACKTRACE=1).
+export RUST_BACKTRACE="${OPENLEDGER_TEST_BACKTRACE:-0}"
 if [ $# -gt 0 ]; then
     exec cargo nextest run --workspace --no-fail-fast "$@"
 fi

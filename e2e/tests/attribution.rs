@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::{
     finetune::{CONTRIBUTOR_FUNDS, EVE_RECORDS, builder_with_a_grant_on, dev},
-    support::{BINARY, eventually},
+    support::BINARY,
 };
 
 /// Eve's records (`finetune::EVE_RECORDS`), the sentences the completions are asked to repeat.
@@ -99,8 +99,11 @@ async fn paid_inferences_reach_the_contributors_they_quote(
     let mut earned: BTreeMap<u128, u128> = BTreeMap::new();
     let mut quoted = 0;
     for (id, content) in &inferences {
-        // Attributed, batched and its batch root recorded in the journal.
-        let attribution = eventually("the inference is attributed and its receipt recorded", async || {
+        // Attributed, batched and its batch root recorded in the journal. Both steps run
+        // behind the bus (a delivery that finds its index not ready waits `RETRY_DELAY` and
+        // tries again): on two cores shared with the other tests they take more than ten
+        // seconds now and then, so they get the long deadline.
+        let attribution = eventually_long("the inference is attributed and its receipt recorded", async || {
             let request = GetAttributionRequest { inference_id: id.clone(), ..Default::default() };
             let found = worker.get_attribution(request).await.map_err(|status| status.message().to_owned())?;
             let found = found.into_inner();
@@ -115,7 +118,7 @@ async fn paid_inferences_reach_the_contributors_they_quote(
             assert_eq!(total, 1_000_000_000, "{attribution:?}");
         }
         // Settled exactly as the formula says, to the base unit.
-        let settled = eventually("the inference is settled", async || {
+        let settled = eventually_long("the inference is settled", async || {
             let request = lpb::GetSettlementRequest { inference_id: id.clone() };
             let found = ledger.get_settlement(request).await.map_err(|status| status.message().to_owned())?;
             let found = found.into_inner();
