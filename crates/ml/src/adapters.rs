@@ -16,9 +16,13 @@ use prometheus_client::registry::Registry;
 use crate::error::{MlError, Result};
 use crate::lora::{AdapterConfig, AdapterPrecision, LoraAdapter};
 use crate::model::LlamaModel;
+use crate::saved_panels;
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// The panels a load for serving on the CPU saves beside the two files above, read by the next
+/// load while they match them (see `saved_panels`); safe to delete.
+pub const ADAPTER_PANELS: &str = "adapter_panels.bin";
 /// Largest adapter weights file accepted (rank 1024 on all seven projections of a 1B model).
 pub const MAX_ADAPTER_BYTES: u64 = 2 << 30;
 
@@ -38,19 +42,33 @@ pub fn load_adapter_dir_as(
     let config_path = dir.join(ADAPTER_CONFIG);
     let config = std::fs::read_to_string(&config_path)
         .map_err(|_| MlError::NotFound { what: "adapter", path: config_path.display().to_string() })?;
-    let config = AdapterConfig::parse(&config)?;
+    let config_text = config;
+    let config = AdapterConfig::parse(&config_text)?;
     let weights_path = dir.join(ADAPTER_WEIGHTS);
     let file = std::fs::File::open(&weights_path).map_err(|e| MlError::io(&weights_path, e))?;
-    let size = file.metadata().map_err(|e| MlError::io(&weights_path, e))?.len();
+    let metadata = file.metadata().map_err(|e| MlError::io(&weights_path, e))?;
+    let size = metadata.len();
     if size > MAX_ADAPTER_BYTES {
         return Err(MlError::corrupt("adapter", format!("{size} bytes exceeds {MAX_ADAPTER_BYTES}")));
+    }
+    // Served from the CPU: the panels a previous load saved, if they were made from these files.
+    let saved = (precision == AdapterPrecision::Serving && model.device().is_cpu())
+        .then(|| saved_panels::Source::new(&metadata, &config_text, model.config()));
+    if let Some(source) = &saved
+        && let Some(adapter) = saved_panels::load(dir, source, id, &config, model.config())
+    {
+        return Ok(adapter);
     }
     // Mapped rather than read: each tensor is converted once, from the page cache straight
     // into the adapter's own buffer.
     let mapped = crate::memory::map_file(&file).map_err(|e| MlError::io(&weights_path, e))?;
     let weights = safetensors::SafeTensors::deserialize(&mapped)
         .map_err(|e| MlError::corrupt("safetensors", format!("{}: {e}", weights_path.display())))?;
-    LoraAdapter::from_safetensors(id, &config, &weights, model.config(), model.device(), precision)
+    let adapter = LoraAdapter::from_safetensors(id, &config, &weights, model.config(), model.device(), precision)?;
+    if let Some(source) = &saved {
+        saved_panels::save(dir, source, &adapter);
+    }
+    Ok(adapter)
 }
 
 /// Where adapter ids resolve to files. Ids of the directory and object-store sources are

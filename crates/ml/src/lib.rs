@@ -17,6 +17,7 @@ mod memory;
 pub mod model;
 mod pool;
 pub mod sampling;
+mod saved_panels;
 pub mod source;
 pub mod testing;
 pub mod tokenizer;

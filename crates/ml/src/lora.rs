@@ -198,7 +198,7 @@ enum Held {
 
 /// An adapter's weights on the CPU, every pair's `A` then `B` in panels, pair after pair.
 #[derive(Debug)]
-enum HostPanels {
+pub(crate) enum HostPanels {
     F16(Vec<half::f16>),
     F32(Vec<f32>),
 }
@@ -222,6 +222,13 @@ impl HostPanels {
         match self {
             Self::F16(v) => v.len() * 2,
             Self::F32(v) => v.len() * 4,
+        }
+    }
+
+    fn element_bytes(&self) -> usize {
+        match self {
+            Self::F16(_) => 2,
+            Self::F32(_) => 4,
         }
     }
 }
@@ -419,6 +426,82 @@ impl LoraAdapter {
     pub fn size_bytes(&self) -> usize {
         self.bytes
     }
+
+    /// The adapter's buffer of panels and where each pair lies in it, if it is held on the CPU
+    /// in panels (what `saved_panels` writes).
+    pub(crate) fn panels(&self) -> Option<(Arc<HostPanels>, Vec<SavedPair>)> {
+        let mut buffer = None;
+        let mut pairs = Vec::new();
+        for ((layer, target), pair) in self.pairs() {
+            let Held::Panels { buffer: held, a, b } = &pair.held else { return None };
+            buffer = Some(held);
+            pairs.push(SavedPair {
+                layer,
+                target,
+                rank: pair.rank,
+                in_features: pair.in_features,
+                out_features: pair.out_features,
+                a: *a,
+                b: *b,
+            });
+        }
+        Some((buffer?.clone(), pairs))
+    }
+
+    /// An adapter from a buffer of panels and its pairs' places in it (read back by
+    /// `saved_panels`), with the checks [`Self::from_safetensors`] makes of a file's tensors:
+    /// every pair of a target `config` lists, of a layer `base` has, of the rank `config` names
+    /// and the shapes `base` needs, once, and inside the buffer.
+    pub(crate) fn from_panels(
+        id: &str,
+        config: &AdapterConfig,
+        base: &ModelConfig,
+        buffer: HostPanels,
+        saved: &[SavedPair],
+    ) -> Result<Self> {
+        use crate::kernels::adapter::panel_len;
+        let corrupt = |detail: String| MlError::corrupt("saved adapter panels", detail);
+        let targets = config.targets()?;
+        let elements = buffer.bytes() / buffer.element_bytes();
+        let buffer = Arc::new(buffer);
+        let mut slots: Vec<[Option<LoraPair>; 7]> = (0..base.num_layers).map(|_| Default::default()).collect();
+        for pair in saved {
+            let (in_features, out_features) = base.projection_shape(pair.target);
+            let fits = |at: usize, rows: usize, cols: usize| {
+                at.checked_add(panel_len(rows, cols)).is_some_and(|end| end <= elements)
+            };
+            if pair.layer >= base.num_layers
+                || !targets.contains(&pair.target)
+                || (pair.rank, pair.in_features, pair.out_features) != (config.r, in_features, out_features)
+                || !fits(pair.a, pair.rank, in_features)
+                || !fits(pair.b, out_features, pair.rank)
+            {
+                return Err(corrupt(format!("{pair:?} does not fit the adapter or the base")));
+            }
+            let slot = &mut slots[pair.layer][pair.target.index()];
+            if slot.is_some() {
+                return Err(corrupt(format!("{pair:?} is listed twice")));
+            }
+            let held = Held::Panels { buffer: buffer.clone(), a: pair.a, b: pair.b };
+            *slot = Some(LoraPair { rank: pair.rank, in_features, out_features, held });
+        }
+        if saved.is_empty() {
+            return Err(corrupt("no LoRA pairs".into()));
+        }
+        Ok(Self { id: id.to_string(), rank: config.r, scale: config.scale(), pairs: slots, bytes: buffer.bytes() })
+    }
+}
+
+/// Where one pair of an adapter lies in its buffer of panels (element offsets of `A` and `B`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub(crate) struct SavedPair {
+    pub layer: usize,
+    pub target: Target,
+    pub rank: usize,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub a: usize,
+    pub b: usize,
 }
 
 /// One half of a PEFT pair as the file holds it: its shape, and its elements not yet converted.

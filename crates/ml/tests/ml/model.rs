@@ -241,3 +241,75 @@ fn tokenizer_from_gguf_matches_its_tokenizer_json() {
     assert_eq!(from_gguf.stop_ids(), &[263]);
     assert_eq!(from_gguf.chat_format(), Some(openledger_ml::ChatFormat::ChatMl));
 }
+
+/// Every value of every pair of `adapter` (its `A` then `B`, pair after pair), as f32.
+fn adapter_values(adapter: &LoraAdapter) -> Vec<f32> {
+    let as_f32 = |t: candle_core::Tensor| {
+        t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    adapter.pairs().flat_map(|(_, pair)| [as_f32(pair.a().unwrap()), as_f32(pair.b().unwrap())].concat()).collect()
+}
+
+/// Polls until `ready` holds (the panels are saved on a thread of their own), for at most a minute.
+fn wait_for(what: &str, ready: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_served_adapter_loads_again_from_its_saved_panels_while_they_are_sound_and_match_its_files() {
+    use openledger_ml::adapters::{ADAPTER_PANELS, load_adapter_dir_as};
+    use openledger_ml::lora::AdapterPrecision;
+    let f = Fixture::new();
+    let model = f.gguf(GgmlDType::Q8_0);
+    let targets = [Target::Q, Target::V, Target::Down];
+    let dir = write_peft_adapter(&f.dir.path().join("saved"), model.config(), 4, &targets, 7, false).unwrap();
+    let panels = dir.join(ADAPTER_PANELS);
+    // Loaded for training or gradients (f32), nothing is saved.
+    load_adapter_dir_as("saved", &dir, &model, AdapterPrecision::Exact).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!panels.exists());
+
+    let built = adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap());
+    wait_for("the panels are saved", || panels.exists());
+    let saved = std::fs::read(&panels).unwrap();
+    assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), built);
+
+    // The next load reads them: a value changed in the file shows, and only that one.
+    let last = saved.len() - 2;
+    let mut tampered = saved.clone();
+    tampered[last..].copy_from_slice(&half::f16::from_f32(1.5).to_le_bytes());
+    std::fs::write(&panels, &tampered).unwrap();
+    let read = adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap());
+    let changed: Vec<(f32, f32)> = built.iter().zip(&read).filter(|(a, b)| a != b).map(|(a, b)| (*a, *b)).collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0].1, 1.5);
+
+    // A value that is not finite, or a short file: not used, the adapter built again from its
+    // files, and the panels saved again.
+    tampered[last..].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    std::fs::write(&panels, &tampered).unwrap();
+    assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), built);
+    wait_for("the panels are saved again", || std::fs::read(&panels).unwrap() == saved);
+    std::fs::write(&panels, &saved[..saved.len() / 2]).unwrap();
+    assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), built);
+    wait_for("the panels are saved again", || std::fs::read(&panels).unwrap() == saved);
+
+    // New weights in place (the same size): the saved panels are not theirs.
+    write_peft_adapter(&dir, model.config(), 4, &targets, 8, false).unwrap();
+    let other = write_peft_adapter(&f.dir.path().join("other"), model.config(), 4, &targets, 8, false).unwrap();
+    let expected = adapter_values(&load_adapter_dir("other", &other, &model).unwrap());
+    assert_ne!(expected, built);
+    assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), expected);
+    // Nor for another base of the same shapes (a Hugging Face checkpoint, whose q/k rows are not
+    // permuted for interleaved RoPE): built for it, as its exact values rounded to f16.
+    let base = f.safetensors();
+    let for_base = adapter_values(&load_adapter_dir("saved", &dir, &base).unwrap());
+    let exact = adapter_values(&load_adapter_dir_as("saved", &dir, &base, AdapterPrecision::Exact).unwrap());
+    let rounded: Vec<f32> = exact.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
+    assert_eq!(for_base, rounded);
+    assert_ne!(for_base, expected);
+}
