@@ -163,8 +163,10 @@ fn run(what: &str, threads: usize) {
     }
     if what == "load" || what == "all" {
         // Round 0 builds each adapter from its PEFT files (and saves its panels beside them, on a
-        // thread of its own); rounds 1-4 load the adapters again, as after an eviction, from the
-        // saved panels. Reported apart: a first load and a load again are different work.
+        // thread of its own, once the files have stood unchanged as long as the loader asks);
+        // rounds 1-4 load the adapters again, as after an eviction, from the saved panels.
+        // Reported apart: a first load and a load again are different work.
+        std::thread::sleep(openledger_ml::adapters::ADAPTER_PANELS_SETTLE);
         let (mut first, mut again) = (Loads::default(), Loads::default());
         for round in 0..5 {
             for i in 0..100 {

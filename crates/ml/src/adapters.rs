@@ -23,6 +23,10 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 /// The panels a load for serving on the CPU saves beside the two files above, read by the next
 /// load while they match them (see `saved_panels`); safe to delete.
 pub const ADAPTER_PANELS: &str = "adapter_panels.bin";
+/// How long the weights file must have stood unchanged before panels made from it are saved:
+/// longer than the coarsest file-system clock tick (1-2 s on some file systems; git's rule for
+/// "racily clean" files), so that a rewrite in place of the same size cannot keep their key.
+pub const ADAPTER_PANELS_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Largest adapter weights file accepted (rank 1024 on all seven projections of a 1B model).
 pub const MAX_ADAPTER_BYTES: u64 = 2 << 30;
 
@@ -53,7 +57,8 @@ pub fn load_adapter_dir_as(
     }
     // Served from the CPU: the panels a previous load saved, if they were made from these files.
     let saved = (precision == AdapterPrecision::Serving && model.device().is_cpu())
-        .then(|| saved_panels::Source::new(&metadata, &config_text, model.config()));
+        .then(|| saved_panels::Source::new(&metadata, &config_text, model.config()))
+        .flatten();
     if let Some(source) = &saved
         && let Some(adapter) = saved_panels::load(dir, source, id, &config, model.config())
     {
@@ -66,7 +71,7 @@ pub fn load_adapter_dir_as(
         .map_err(|e| MlError::corrupt("safetensors", format!("{}: {e}", weights_path.display())))?;
     let adapter = LoraAdapter::from_safetensors(id, &config, &weights, model.config(), model.device(), precision)?;
     if let Some(source) = &saved {
-        saved_panels::save(dir, source, &adapter);
+        saved_panels::save(dir, &weights_path, source, &adapter, model.config(), &config_text);
     }
     Ok(adapter)
 }

@@ -449,9 +449,11 @@ impl LoraAdapter {
     }
 
     /// An adapter from a buffer of panels and its pairs' places in it (read back by
-    /// `saved_panels`), with the checks [`Self::from_safetensors`] makes of a file's tensors:
-    /// every pair of a target `config` lists, of a layer `base` has, of the rank `config` names
-    /// and the shapes `base` needs, once, and inside the buffer.
+    /// `saved_panels`), with the checks [`Self::from_safetensors`] makes of a file's tensors
+    /// (every pair of a target `config` lists, of a layer `base` has, of the rank `config` names
+    /// and the shapes `base` needs) and laid out exactly as the packing lays them: in (layer,
+    /// target) order, each `A` then its `B`, one after the other from the start to the end of
+    /// the buffer.
     pub(crate) fn from_panels(
         id: &str,
         config: &AdapterConfig,
@@ -465,28 +467,27 @@ impl LoraAdapter {
         let elements = buffer.bytes() / buffer.element_bytes();
         let buffer = Arc::new(buffer);
         let mut slots: Vec<[Option<LoraPair>; 7]> = (0..base.num_layers).map(|_| Default::default()).collect();
+        let (mut next, mut previous) = (0usize, None);
         for pair in saved {
             let (in_features, out_features) = base.projection_shape(pair.target);
-            let fits = |at: usize, rows: usize, cols: usize| {
-                at.checked_add(panel_len(rows, cols)).is_some_and(|end| end <= elements)
-            };
+            let a_len = panel_len(config.r, in_features);
+            let in_order = previous.is_none_or(|p| p < (pair.layer, pair.target));
             if pair.layer >= base.num_layers
                 || !targets.contains(&pair.target)
                 || (pair.rank, pair.in_features, pair.out_features) != (config.r, in_features, out_features)
-                || !fits(pair.a, pair.rank, in_features)
-                || !fits(pair.b, out_features, pair.rank)
+                || !in_order
+                || (pair.a, pair.b) != (next, next + a_len)
             {
-                return Err(corrupt(format!("{pair:?} does not fit the adapter or the base")));
+                return Err(corrupt(format!("{pair:?} does not fit the adapter, the base or the pairs before it")));
             }
-            let slot = &mut slots[pair.layer][pair.target.index()];
-            if slot.is_some() {
-                return Err(corrupt(format!("{pair:?} is listed twice")));
-            }
+            next = pair.b + panel_len(out_features, config.r);
+            previous = Some((pair.layer, pair.target));
             let held = Held::Panels { buffer: buffer.clone(), a: pair.a, b: pair.b };
-            *slot = Some(LoraPair { rank: pair.rank, in_features, out_features, held });
+            slots[pair.layer][pair.target.index()] =
+                Some(LoraPair { rank: pair.rank, in_features, out_features, held });
         }
-        if saved.is_empty() {
-            return Err(corrupt("no LoRA pairs".into()));
+        if saved.is_empty() || next != elements {
+            return Err(corrupt(format!("{} pairs take {next} of {elements} values", saved.len())));
         }
         Ok(Self { id: id.to_string(), rank: config.r, scale: config.scale(), pairs: slots, bytes: buffer.bytes() })
     }

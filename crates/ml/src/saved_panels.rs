@@ -9,9 +9,11 @@
 //! `adapter_config.json`'s text and of the base model's configuration, and the panel layout
 //! ([`LAYOUT`], `kernels::adapter`'s lanes). Anything that differs, or a file that is short,
 //! malformed or holds a value that is not finite, is a miss: the adapter is built from its
-//! files as before and the panels saved again. Saving is best effort (a read-only directory
-//! only costs the next load the conversion): written to a temporary name and renamed, so a
-//! reader never sees half a file.
+//! files as before and the panels saved again, once the weights file has stood unchanged for
+//! [`SETTLE`] (so a rewrite of the same size within one tick of the file system's clock cannot
+//! keep the key). Saving is best effort (a read-only directory only costs the next load the
+//! conversion): written whole to a new temporary name, synced and renamed, so a reader never
+//! sees half a file. Unix only (the key needs the inode and change time).
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -19,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::ADAPTER_PANELS;
+use crate::adapters::{ADAPTER_PANELS, ADAPTER_PANELS_SETTLE as SETTLE};
 use crate::config::ModelConfig;
 use crate::lora::{AdapterConfig, HostPanels, LoraAdapter, SavedPair};
 
@@ -28,6 +30,9 @@ const MAGIC: &[u8; 8] = b"OLPANELS";
 const LAYOUT: u32 = 1;
 /// Largest header accepted (a pair is ~100 bytes of JSON; seven targets of 128 layers fit).
 const MAX_HEADER_BYTES: usize = 1 << 20;
+/// Temporary files of a save that a process did not finish (it exited first) are removed by
+/// a later save once they are this old.
+const STALE_PARTIAL: std::time::Duration = std::time::Duration::from_secs(600);
 /// The writer's buffer (the values go through in one write).
 const WRITE_BUFFER_BYTES: usize = 64 << 10;
 
@@ -36,40 +41,47 @@ const WRITE_BUFFER_BYTES: usize = 64 << 10;
 pub(crate) struct Source {
     weights_len: u64,
     weights_modified_ns: u64,
-    /// Device, inode and change time (Unix): a file replaced or rewritten within one tick of
-    /// the modification clock still differs in one of them.
-    weights_identity: [u64; 3],
+    /// Inode and change time: a file replaced by another of the same size and modification
+    /// time (`cp -p`, `tar`) differs in them.
+    weights_inode: u64,
+    weights_changed_ns: u64,
     config_blake3: String,
     base_blake3: String,
 }
 
 impl Source {
     /// `weights` is the metadata of `adapter_model.safetensors`; `config_text` what
-    /// `adapter_config.json` holds.
-    pub(crate) fn new(weights: &std::fs::Metadata, config_text: &str, base: &ModelConfig) -> Self {
-        let modified = weights.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-        Self {
+    /// `adapter_config.json` holds. `None` where files have no inode and change time (not
+    /// Unix): there the panels are neither saved nor read.
+    #[cfg(unix)]
+    pub(crate) fn new(weights: &std::fs::Metadata, config_text: &str, base: &ModelConfig) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |seconds: i64, nanos: i64| (seconds as u64).wrapping_mul(1_000_000_000).wrapping_add(nanos as u64);
+        Some(Self {
             weights_len: weights.len(),
-            weights_modified_ns: modified.map_or(0, |d| d.as_nanos() as u64),
-            weights_identity: identity(weights),
+            weights_modified_ns: ns(weights.mtime(), weights.mtime_nsec()),
+            weights_inode: weights.ino(),
+            weights_changed_ns: ns(weights.ctime(), weights.ctime_nsec()),
             config_blake3: blake3::hash(config_text.as_bytes()).to_hex().to_string(),
             // Every field of the base's configuration (shapes, RoPE layout): the pairs' shapes
             // and `B`'s row order depend on them.
             base_blake3: blake3::hash(format!("{base:?}").as_bytes()).to_hex().to_string(),
-        }
+        })
     }
-}
 
-#[cfg(unix)]
-fn identity(metadata: &std::fs::Metadata) -> [u64; 3] {
-    use std::os::unix::fs::MetadataExt;
-    let changed = (metadata.ctime() as u64).wrapping_mul(1_000_000_000).wrapping_add(metadata.ctime_nsec() as u64);
-    [metadata.dev(), metadata.ino(), changed]
-}
+    #[cfg(not(unix))]
+    pub(crate) fn new(_weights: &std::fs::Metadata, _config_text: &str, _base: &ModelConfig) -> Option<Self> {
+        None
+    }
 
-#[cfg(not(unix))]
-fn identity(_metadata: &std::fs::Metadata) -> [u64; 3] {
-    [0; 3]
+    /// Whether the weights file changed less than [`SETTLE`] ago (by its times in the key),
+    /// so that it could still change within the same tick of the file system's clock and keep
+    /// this key.
+    fn unsettled(&self) -> bool {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let last = self.weights_modified_ns.max(self.weights_changed_ns);
+        now.saturating_sub(last) < SETTLE.as_nanos() as u64
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -89,43 +101,24 @@ enum Dtype {
     F32,
 }
 
-/// An element of a saved buffer: a float whose every bit pattern is a value, read and written
-/// as its little-endian bytes in place (this module refuses big-endian hosts).
-trait Element: Copy + Default {
+/// An element of a saved buffer: a float read and written as its little-endian bytes in place
+/// (this module refuses big-endian hosts).
+trait Element: bytemuck::Pod + Default {
     /// Whether every value of `values` is finite (a loop the compiler vectorizes: no early exit).
     fn all_finite(values: &[Self]) -> bool;
-    fn as_bytes(values: &[Self]) -> &[u8];
-    fn as_bytes_mut(values: &mut [Self]) -> &mut [u8];
 }
 
-macro_rules! element {
-    ($type:ty, $bits:ty, $exponent:expr) => {
-        impl Element for $type {
-            fn all_finite(values: &[Self]) -> bool {
-                values.iter().fold(true, |ok, v| ok & (v.to_bits() & $exponent != $exponent))
-            }
-            #[allow(unsafe_code)]
-            fn as_bytes(values: &[Self]) -> &[u8] {
-                // SAFETY: `$type` is a plain float (f32, or f16: `repr(transparent)` over u16) with
-                // no padding, so its memory is `size_of_val(values)` initialized bytes; u8 has
-                // alignment 1; the borrow keeps `values` alive and unchanged.
-                unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values)) }
-            }
-            #[allow(unsafe_code)]
-            fn as_bytes_mut(values: &mut [Self]) -> &mut [u8] {
-                // SAFETY: as in `as_bytes`, and every bit pattern of a `$bits` is a `$type`
-                // (NaNs included, which `all_finite` then refuses), so any bytes written through
-                // the view leave valid values.
-                unsafe {
-                    std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(values))
-                }
-            }
-        }
-    };
+impl Element for half::f16 {
+    fn all_finite(values: &[Self]) -> bool {
+        values.iter().fold(true, |ok, v| ok & (v.to_bits() & 0x7c00 != 0x7c00))
+    }
 }
 
-element!(half::f16, u16, 0x7c00);
-element!(f32, u32, 0x7f80_0000);
+impl Element for f32 {
+    fn all_finite(values: &[Self]) -> bool {
+        values.iter().fold(true, |ok, v| ok & (v.to_bits() & 0x7f80_0000 != 0x7f80_0000))
+    }
+}
 
 /// The adapter in `dir`'s saved panels, if they were made from `source` and read whole and
 /// sound; `None` otherwise (why, at debug level).
@@ -201,7 +194,7 @@ fn read_values<W: Element>(file: &mut File, elements: usize) -> std::result::Res
     }
     let mut out = crate::memory::prefaulted::<W>(elements);
     out.resize(elements, W::default());
-    file.read_exact(W::as_bytes_mut(&mut out)).map_err(|e| e.to_string())?;
+    file.read_exact(bytemuck::cast_slice_mut(&mut out)).map_err(|e| e.to_string())?;
     if !W::all_finite(&out) {
         return Err("a value that is not finite".into());
     }
@@ -209,16 +202,31 @@ fn read_values<W: Element>(file: &mut File, elements: usize) -> std::result::Res
 }
 
 /// Saves `adapter`'s panels in `dir`, made from `source`, on a thread of its own (the load
-/// that built them does not wait for the disk); on failure says why at debug level and leaves
-/// no file.
-pub(crate) fn save(dir: &Path, source: &Source, adapter: &LoraAdapter) {
+/// that built them does not wait for the disk), unless the weights file changed less than
+/// [`SETTLE`] ago or changed during the load (`weights` is its path); on failure says why at
+/// debug level and leaves no file.
+pub(crate) fn save(
+    dir: &Path,
+    weights: &Path,
+    source: &Source,
+    adapter: &LoraAdapter,
+    base: &ModelConfig,
+    config_text: &str,
+) {
     let Some((buffer, pairs)) = adapter.panels() else { return };
+    let unchanged =
+        std::fs::metadata(weights).ok().and_then(|m| Source::new(&m, config_text, base)).as_ref() == Some(source);
+    if !unchanged || source.unsettled() {
+        tracing::debug!(path = %weights.display(), "adapter panels not saved: the weights changed moments ago");
+        return;
+    }
     let (dir, source) = (dir.to_path_buf(), source.clone());
     let spawned = std::thread::Builder::new().name("save-panels".into()).spawn(move || {
+        remove_stale_partials(&dir);
         let path = dir.join(ADAPTER_PANELS);
-        // Unique per process and thread: two loads of one adapter may save at once.
-        let staging: PathBuf =
-            dir.join(format!(".{ADAPTER_PANELS}.{}.{:?}.partial", std::process::id(), std::thread::current().id()));
+        // A name no other writer has (processes on a shared volume may share a pid), created
+        // new rather than truncated.
+        let staging: PathBuf = dir.join(format!(".{ADAPTER_PANELS}.{:016x}.partial", rand::random::<u64>()));
         let written = write(&staging, &source, &buffer, &pairs).and_then(|()| std::fs::rename(&staging, &path));
         if let Err(error) = written {
             let _ = std::fs::remove_file(&staging);
@@ -227,6 +235,28 @@ pub(crate) fn save(dir: &Path, source: &Source, adapter: &LoraAdapter) {
     });
     if let Err(error) = spawned {
         tracing::debug!(%error, "adapter panels not saved: no thread");
+    }
+}
+
+/// Removes temporary files of saves older than [`STALE_PARTIAL`] (left by processes that exited
+/// while saving).
+fn remove_stale_partials(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefix = format!(".{ADAPTER_PANELS}.");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let old = || {
+            entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_PARTIAL)
+        };
+        if name.starts_with(&prefix) && name.ends_with(".partial") && old() {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -244,7 +274,8 @@ fn write(path: &Path, source: &Source, buffer: &HostPanels, pairs: &[SavedPair])
         pairs: pairs.to_vec(),
     };
     let header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, File::create(path)?);
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
     out.write_all(MAGIC)?;
     out.write_all(&(header.len() as u32).to_le_bytes())?;
     out.write_all(&header)?;
@@ -261,5 +292,26 @@ fn write_values<W: Element>(out: &mut impl Write, values: &[W]) -> std::io::Resu
     if cfg!(target_endian = "big") {
         return Err(std::io::Error::other("saved panels are little-endian"));
     }
-    out.write_all(W::as_bytes(values))
+    out.write_all(bytemuck::cast_slice(values))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::kernels::adapter::{AdapterWeight, Rows};
+
+    /// Saved panels are read back as they were packed when they were saved: a change to the
+    /// packing must raise [`super::LAYOUT`] (and then this test's version and expectation), or
+    /// old files would be read in the new layout.
+    #[test]
+    fn the_panel_layout_is_the_one_its_version_names() {
+        assert_eq!(super::LAYOUT, 1, "raise LAYOUT when the packing changes, then update this test");
+        // A 3 × 5 matrix: one panel of eight rows, column after column, rows past the third zero.
+        let values: Vec<f32> = (0..15).map(|i| i as f32).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut packed: Vec<f32> = Vec::new();
+        assert!(f32::pack(3, &Rows { bytes: &bytes, cols: 5, order: None }, &mut packed));
+        let expected: Vec<f32> =
+            (0..5).flat_map(|c| (0..8).map(move |r| if r < 3 { (r * 5 + c) as f32 } else { 0.0 })).collect();
+        assert_eq!(packed, expected);
+    }
 }

@@ -261,13 +261,18 @@ fn wait_for(what: &str, ready: impl Fn() -> bool) {
 
 #[test]
 fn a_served_adapter_loads_again_from_its_saved_panels_while_they_are_sound_and_match_its_files() {
-    use openledger_ml::adapters::{ADAPTER_PANELS, load_adapter_dir_as};
+    use openledger_ml::adapters::{ADAPTER_PANELS, ADAPTER_PANELS_SETTLE, load_adapter_dir_as};
     use openledger_ml::lora::AdapterPrecision;
     let f = Fixture::new();
     let model = f.gguf(GgmlDType::Q8_0);
     let targets = [Target::Q, Target::V, Target::Down];
     let dir = write_peft_adapter(&f.dir.path().join("saved"), model.config(), 4, &targets, 7, false).unwrap();
     let panels = dir.join(ADAPTER_PANELS);
+    // Weights written moments ago: not saved (the same size rewritten within the file system's
+    // clock tick would keep the key).
+    load_adapter_dir("saved", &dir, &model).unwrap();
+    std::thread::sleep(ADAPTER_PANELS_SETTLE);
+    assert!(!panels.exists());
     // Loaded for training or gradients (f32), nothing is saved.
     load_adapter_dir_as("saved", &dir, &model, AdapterPrecision::Exact).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(100));
@@ -287,6 +292,16 @@ fn a_served_adapter_loads_again_from_its_saved_panels_while_they_are_sound_and_m
     let changed: Vec<(f32, f32)> = built.iter().zip(&read).filter(|(a, b)| a != b).map(|(a, b)| (*a, *b)).collect();
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert_eq!(changed[0].1, 1.5);
+    // Loaded in f32 (training, gradients), they are not read.
+    let exact = adapter_values(&load_adapter_dir_as("saved", &dir, &model, AdapterPrecision::Exact).unwrap());
+    assert_eq!(exact.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect::<Vec<_>>(), built);
+    // Nor with another adapter_config.json (then saved again for it).
+    let config = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n")).unwrap();
+    assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), built);
+    wait_for("the panels are saved for the new config", || std::fs::read(&panels).unwrap() != tampered);
+    std::fs::write(&config, &text).unwrap();
 
     // A value that is not finite, or a short file: not used, the adapter built again from its
     // files, and the panels saved again.
@@ -298,11 +313,15 @@ fn a_served_adapter_loads_again_from_its_saved_panels_while_they_are_sound_and_m
     assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), built);
     wait_for("the panels are saved again", || std::fs::read(&panels).unwrap() == saved);
 
-    // New weights in place (the same size): the saved panels are not theirs.
+    // New weights in place (the same size): the saved panels are not theirs, and once the new
+    // weights have settled, panels made from them replace the old.
     write_peft_adapter(&dir, model.config(), 4, &targets, 8, false).unwrap();
+    std::thread::sleep(ADAPTER_PANELS_SETTLE);
     let other = write_peft_adapter(&f.dir.path().join("other"), model.config(), 4, &targets, 8, false).unwrap();
     let expected = adapter_values(&load_adapter_dir("other", &other, &model).unwrap());
     assert_ne!(expected, built);
+    assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), expected);
+    wait_for("the new weights' panels are saved", || std::fs::read(&panels).unwrap() != saved);
     assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), expected);
     // Nor for another base of the same shapes (a Hugging Face checkpoint, whose q/k rows are not
     // permuted for interleaved RoPE): built for it, as its exact values rounded to f16.
