@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
-use openledger_ml::adapters::load_adapter_dir;
+use openledger_ml::adapters::{load_adapter_dir, load_adapter_dir_saving_panels};
 use openledger_ml::lora::AdapterMix;
 use openledger_ml::testing::{lora_delta_step, peak_rss_mib, smollm2_path, thread_minor_faults, write_peft_adapter};
 use openledger_ml::{ComputePool, LlamaModel, SeqStep, Target, load_model};
@@ -171,7 +171,8 @@ fn run(what: &str, threads: usize) {
         for round in 0..5 {
             for i in 0..100 {
                 let (started, faults_before) = (Instant::now(), thread_minor_faults());
-                let a = load_adapter_dir(&format!("a{i}"), &dir.path().join(format!("a{i}")), &model).expect("load");
+                let a = load_adapter_dir_saving_panels(&format!("a{i}"), &dir.path().join(format!("a{i}")), &model)
+                    .expect("load");
                 let loads = if round == 0 { &mut first } else { &mut again };
                 loads.times.push(started.elapsed().as_secs_f64() * 1e3);
                 loads.faults.push((thread_minor_faults() - faults_before) as f64);

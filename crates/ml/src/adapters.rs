@@ -20,8 +20,9 @@ use crate::saved_panels;
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
-/// The panels a load for serving on the CPU saves beside the two files above, read by the next
-/// load while they match them (see `saved_panels`); safe to delete.
+/// The panels [`load_adapter_dir_saving_panels`] saves beside the two files above (for serving
+/// on the CPU), read by any later load for serving while they match them (see `saved_panels`);
+/// safe to delete.
 pub const ADAPTER_PANELS: &str = "adapter_panels.bin";
 /// How long the weights file must have stood unchanged before panels made from it are saved:
 /// longer than the coarsest file-system clock tick (1-2 s on some file systems; git's rule for
@@ -31,9 +32,17 @@ pub const ADAPTER_PANELS_SETTLE: std::time::Duration = std::time::Duration::from
 pub const MAX_ADAPTER_BYTES: u64 = 2 << 30;
 
 /// Reads a PEFT adapter directory and fits it to `model`, for serving
-/// ([`AdapterPrecision::Serving`]).
+/// ([`AdapterPrecision::Serving`]), from its saved panels where they match its files. Writes
+/// nothing: the directory may be the user's.
 pub fn load_adapter_dir(id: &str, dir: &Path, model: &LlamaModel) -> Result<LoraAdapter> {
-    load_adapter_dir_as(id, dir, model, AdapterPrecision::Serving)
+    load(id, dir, model, AdapterPrecision::Serving, false)
+}
+
+/// [`load_adapter_dir`], and if the adapter was built from its files on the CPU, its panels
+/// saved beside them ([`ADAPTER_PANELS`]) for the next load: for directories the platform owns
+/// (the adapter cache's local directory and object-store copies, not the Hugging Face cache).
+pub fn load_adapter_dir_saving_panels(id: &str, dir: &Path, model: &LlamaModel) -> Result<LoraAdapter> {
+    load(id, dir, model, AdapterPrecision::Serving, true)
 }
 
 /// [`load_adapter_dir`] with its weights held as `precision` says (`Exact` for gradients).
@@ -42,6 +51,16 @@ pub fn load_adapter_dir_as(
     dir: &Path,
     model: &LlamaModel,
     precision: AdapterPrecision,
+) -> Result<LoraAdapter> {
+    load(id, dir, model, precision, false)
+}
+
+fn load(
+    id: &str,
+    dir: &Path,
+    model: &LlamaModel,
+    precision: AdapterPrecision,
+    save_panels: bool,
 ) -> Result<LoraAdapter> {
     let config_path = dir.join(ADAPTER_CONFIG);
     let config = std::fs::read_to_string(&config_path)
@@ -70,7 +89,7 @@ pub fn load_adapter_dir_as(
     let weights = safetensors::SafeTensors::deserialize(&mapped)
         .map_err(|e| MlError::corrupt("safetensors", format!("{}: {e}", weights_path.display())))?;
     let adapter = LoraAdapter::from_safetensors(id, &config, &weights, model.config(), model.device(), precision)?;
-    if let Some(source) = &saved {
+    if let Some(source) = saved.as_ref().filter(|_| save_panels) {
         saved_panels::save(dir, &weights_path, source, &adapter, model.config(), &config_text);
     }
     Ok(adapter)
@@ -285,7 +304,11 @@ impl AdapterCache {
         }
         self.metrics.misses.inc();
         let started = Instant::now();
-        let loaded = self.source.local_dir(id, runtime).and_then(|dir| load_adapter_dir(id, &dir, model));
+        // Panels are saved where the platform keeps adapters, not in the Hugging Face cache.
+        let loaded = self.source.local_dir(id, runtime).and_then(|dir| match id.starts_with("hf://") {
+            true => load_adapter_dir(id, &dir, model),
+            false => load_adapter_dir_saving_panels(id, &dir, model),
+        });
         let adapter = match loaded {
             Ok(a) => Arc::new(a),
             Err(e) => {

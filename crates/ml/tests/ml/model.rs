@@ -261,6 +261,7 @@ fn wait_for(what: &str, ready: impl Fn() -> bool) {
 
 #[test]
 fn a_served_adapter_loads_again_from_its_saved_panels_while_they_are_sound_and_match_its_files() {
+    use openledger_ml::adapters::load_adapter_dir_saving_panels as load_saving;
     use openledger_ml::adapters::{ADAPTER_PANELS, ADAPTER_PANELS_SETTLE, load_adapter_dir_as};
     use openledger_ml::lora::AdapterPrecision;
     let f = Fixture::new();
@@ -270,17 +271,20 @@ fn a_served_adapter_loads_again_from_its_saved_panels_while_they_are_sound_and_m
     let panels = dir.join(ADAPTER_PANELS);
     // Weights written moments ago: not saved (the same size rewritten within the file system's
     // clock tick would keep the key).
-    load_adapter_dir("saved", &dir, &model).unwrap();
+    load_saving("saved", &dir, &model).unwrap();
     std::thread::sleep(ADAPTER_PANELS_SETTLE);
     assert!(!panels.exists());
-    // Loaded for training or gradients (f32), nothing is saved.
+    // Loaded for training or gradients (f32), or by a loader that does not own the directory
+    // (the command line's, say), nothing is saved.
+    load_adapter_dir("saved", &dir, &model).unwrap();
     load_adapter_dir_as("saved", &dir, &model, AdapterPrecision::Exact).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert!(!panels.exists());
 
-    let built = adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap());
+    let built = adapter_values(&load_saving("saved", &dir, &model).unwrap());
     wait_for("the panels are saved", || panels.exists());
     let saved = std::fs::read(&panels).unwrap();
+    assert_eq!(adapter_values(&load_saving("saved", &dir, &model).unwrap()), built);
     assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), built);
 
     // The next load reads them: a value changed in the file shows, and only that one.
@@ -288,10 +292,11 @@ fn a_served_adapter_loads_again_from_its_saved_panels_while_they_are_sound_and_m
     let mut tampered = saved.clone();
     tampered[last..].copy_from_slice(&half::f16::from_f32(1.5).to_le_bytes());
     std::fs::write(&panels, &tampered).unwrap();
-    let read = adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap());
+    let read = adapter_values(&load_saving("saved", &dir, &model).unwrap());
     let changed: Vec<(f32, f32)> = built.iter().zip(&read).filter(|(a, b)| a != b).map(|(a, b)| (*a, *b)).collect();
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert_eq!(changed[0].1, 1.5);
+    assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), read, "read by every loader");
     // Loaded in f32 (training, gradients), they are not read.
     let exact = adapter_values(&load_adapter_dir_as("saved", &dir, &model, AdapterPrecision::Exact).unwrap());
     assert_eq!(exact.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect::<Vec<_>>(), built);
@@ -299,7 +304,7 @@ fn a_served_adapter_loads_again_from_its_saved_panels_while_they_are_sound_and_m
     let config = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("{text}\n")).unwrap();
-    assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), built);
+    assert_eq!(adapter_values(&load_saving("saved", &dir, &model).unwrap()), built);
     wait_for("the panels are saved for the new config", || std::fs::read(&panels).unwrap() != tampered);
     std::fs::write(&config, &text).unwrap();
 
@@ -307,10 +312,10 @@ fn a_served_adapter_loads_again_from_its_saved_panels_while_they_are_sound_and_m
     // files, and the panels saved again.
     tampered[last..].copy_from_slice(&half::f16::NAN.to_le_bytes());
     std::fs::write(&panels, &tampered).unwrap();
-    assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), built);
+    assert_eq!(adapter_values(&load_saving("saved", &dir, &model).unwrap()), built);
     wait_for("the panels are saved again", || std::fs::read(&panels).unwrap() == saved);
     std::fs::write(&panels, &saved[..saved.len() / 2]).unwrap();
-    assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), built);
+    assert_eq!(adapter_values(&load_saving("saved", &dir, &model).unwrap()), built);
     wait_for("the panels are saved again", || std::fs::read(&panels).unwrap() == saved);
 
     // New weights in place (the same size): the saved panels are not theirs, and once the new
@@ -318,15 +323,15 @@ fn a_served_adapter_loads_again_from_its_saved_panels_while_they_are_sound_and_m
     write_peft_adapter(&dir, model.config(), 4, &targets, 8, false).unwrap();
     std::thread::sleep(ADAPTER_PANELS_SETTLE);
     let other = write_peft_adapter(&f.dir.path().join("other"), model.config(), 4, &targets, 8, false).unwrap();
-    let expected = adapter_values(&load_adapter_dir("other", &other, &model).unwrap());
+    let expected = adapter_values(&load_saving("other", &other, &model).unwrap());
     assert_ne!(expected, built);
-    assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), expected);
+    assert_eq!(adapter_values(&load_saving("saved", &dir, &model).unwrap()), expected);
     wait_for("the new weights' panels are saved", || std::fs::read(&panels).unwrap() != saved);
-    assert_eq!(adapter_values(&load_adapter_dir("saved", &dir, &model).unwrap()), expected);
+    assert_eq!(adapter_values(&load_saving("saved", &dir, &model).unwrap()), expected);
     // Nor for another base of the same shapes (a Hugging Face checkpoint, whose q/k rows are not
     // permuted for interleaved RoPE): built for it, as its exact values rounded to f16.
     let base = f.safetensors();
-    let for_base = adapter_values(&load_adapter_dir("saved", &dir, &base).unwrap());
+    let for_base = adapter_values(&load_saving("saved", &dir, &base).unwrap());
     let exact = adapter_values(&load_adapter_dir_as("saved", &dir, &base, AdapterPrecision::Exact).unwrap());
     let rounded: Vec<f32> = exact.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
     assert_eq!(for_base, rounded);

@@ -598,17 +598,24 @@ async fn a_job_stopped_with_its_process_continues_and_equals_an_uninterrupted_ru
     let service = world.start();
     let straight = service.jobs.create(create(hyper.clone())).await.expect("create");
     let straight = service.until_state(&straight.id, pb::JobState::Succeeded).await;
+    // Each step of the interrupted run takes at least 40 ms, so that the stop lands mid-run
+    // however fast this machine trains the tiny model (33 steps took 0.12 s once, and the job
+    // had finished before the stop).
+    let scenario = fail::FailScenario::setup();
+    fail::cfg("train-loss", "sleep(40)").expect("fail point");
     let interrupted = service.jobs.create(create(hyper)).await.expect("create");
     service.until(&interrupted.id, |job| job.step >= 7).await;
     service.stop().await; // the process ends mid-run: the job stays running
     let left = world.start();
     let job = left.get(&interrupted.id).await;
     assert!(job.step < job.total_steps, "stopped before the end: {job:?}");
+    fail::cfg("train-loss", "off").expect("fail point");
     let done = left.until_state(&interrupted.id, pb::JobState::Succeeded).await;
     let events = left.events(&interrupted.id).await;
     assert!(events.iter().any(|e| e.message.contains("continuing after a restart")));
     assert_eq!(done.trained_tokens, straight.trained_tokens);
     assert_eq!(weights(&world, &done.fine_tuned_model).await, weights(&world, &straight.fine_tuned_model).await);
+    scenario.teardown();
     left.stop().await;
 }
 
