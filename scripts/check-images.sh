@@ -4,7 +4,8 @@
 # Rust version is the workspace's rust-version, .cargo/config.toml (x86-64-v3) and every
 # workspace member reach the build context past .dockerignore, both images run as uid 10001
 # with the binary at /usr/local/bin/openledger, and `--features cuda` resolves to candle's
-# CUDA backend (cargo tree, offline, nothing compiled). hadolint runs too when installed.
+# CUDA backend (cargo tree: nothing compiled, but the CUDA-only crates are downloaded on a machine
+# that has not fetched them yet). hadolint runs too when installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,8 +54,15 @@ for dockerfile, features in [("Dockerfile", ""), ("Dockerfile.cuda", " --feature
 sys.exit(1 if failures else 0)
 PY
 
-echo "==> --features cuda reaches candle's CUDA backend (cargo tree --offline)"
-if cargo tree --offline --locked -p openledger-cli --features cuda -e features -i candle-core 2>/dev/null | grep -q 'candle-core feature "cuda"'; then
+echo "==> --features cuda reaches candle's CUDA backend (cargo tree)"
+# Not --offline: cargo reads the manifests of the CUDA-only crates (cudarc, bindgen_cuda, ...),
+# which a fresh machine's registry cache does not hold until something asks for them.
+if ! tree=$(cargo tree --locked -p openledger-cli --features cuda -e features -i candle-core 2>&1); then
+    echo "    FAIL cargo tree -p openledger-cli --features cuda failed:"
+    tail -n 5 <<<"$tree" | sed 's/^/         /'
+    exit 1
+fi
+if grep -q 'candle-core feature "cuda"' <<<"$tree"; then
     echo "    ok   openledger-cli/cuda enables candle-core/cuda"
 else
     echo "    FAIL openledger-cli --features cuda does not enable candle-core/cuda"
