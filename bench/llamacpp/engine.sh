@@ -22,8 +22,16 @@ prio=${PRIO:-}
 cd "$repo"
 # The build cache CI and scripts/test.sh use, not a fresh ./target (a cold build of ~10 minutes).
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/openledger-target}
-cargo bench -q -p openledger-ml --bench decode --no-run 2>/dev/null
-ours() { OPENLEDGER_BENCH_MODEL=$model $prio taskset -c "$1" cargo bench -q -p openledger-ml --bench decode -- "${@:2}"; }
+# Built once, then run as the binary itself: each measure then starts no cargo (which would
+# wait for any other build holding the target directory's lock).
+decode=$(cargo bench -q -p openledger-ml --bench decode --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "decode" and m.get("executable"):
+        print(m["executable"])')
+[ -x "$decode" ] || { echo "engine.sh: the decode bench did not build" >&2; exit 1; }
+ours() { OPENLEDGER_BENCH_MODEL=$model $prio taskset -c "$1" "$decode" --bench "${@:2}"; }
 
 grep -m1 'model name' /proc/cpuinfo
 grep -o -E 'avx512[a-z_]*|avx2|fma|f16c' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
