@@ -63,9 +63,8 @@ fn load(
     save_panels: bool,
 ) -> Result<LoraAdapter> {
     let config_path = dir.join(ADAPTER_CONFIG);
-    let config = std::fs::read_to_string(&config_path)
+    let config_text = std::fs::read_to_string(&config_path)
         .map_err(|_| MlError::NotFound { what: "adapter", path: config_path.display().to_string() })?;
-    let config_text = config;
     let config = AdapterConfig::parse(&config_text)?;
     let weights_path = dir.join(ADAPTER_WEIGHTS);
     let file = std::fs::File::open(&weights_path).map_err(|e| MlError::io(&weights_path, e))?;
@@ -117,8 +116,14 @@ impl std::fmt::Debug for AdapterSource {
     }
 }
 
+/// Whether `id` names an adapter on the Hugging Face hub (`hf://owner/name[@rev]`), whose files
+/// live in hf-hub's cache rather than in a directory the platform owns.
+fn is_hub_id(id: &str) -> bool {
+    id.starts_with("hf://")
+}
+
 pub fn validate_adapter_id(id: &str) -> Result<()> {
-    if id.starts_with("hf://") {
+    if is_hub_id(id) {
         return id.parse::<crate::Source>().map(|_| ());
     }
     // Fine-tuned adapters are named `ft:<base>:<owner>:<suffix>:<job>` (OpenAI's form).
@@ -138,7 +143,7 @@ impl AdapterSource {
     /// from a loader thread, never from the async runtime or the decode loop.
     pub fn local_dir(&self, id: &str, runtime: &tokio::runtime::Handle) -> Result<PathBuf> {
         validate_adapter_id(id)?;
-        if id.starts_with("hf://") {
+        if is_hub_id(id) {
             let crate::Source::Hub { repo, revision, .. } = id.parse()? else {
                 unreachable!("hf:// parses as a hub source")
             };
@@ -305,9 +310,12 @@ impl AdapterCache {
         self.metrics.misses.inc();
         let started = Instant::now();
         // Panels are saved where the platform keeps adapters, not in the Hugging Face cache.
-        let loaded = self.source.local_dir(id, runtime).and_then(|dir| match id.starts_with("hf://") {
-            true => load_adapter_dir(id, &dir, model),
-            false => load_adapter_dir_saving_panels(id, &dir, model),
+        let loaded = self.source.local_dir(id, runtime).and_then(|dir| {
+            if is_hub_id(id) {
+                load_adapter_dir(id, &dir, model)
+            } else {
+                load_adapter_dir_saving_panels(id, &dir, model)
+            }
         });
         let adapter = match loaded {
             Ok(a) => Arc::new(a),

@@ -225,10 +225,10 @@ impl HostPanels {
         }
     }
 
-    fn element_bytes(&self) -> usize {
+    fn len(&self) -> usize {
         match self {
-            Self::F16(_) => 2,
-            Self::F32(_) => 4,
+            Self::F16(v) => v.len(),
+            Self::F32(v) => v.len(),
         }
     }
 }
@@ -464,7 +464,7 @@ impl LoraAdapter {
         use crate::kernels::adapter::panel_len;
         let corrupt = |detail: String| MlError::corrupt("saved adapter panels", detail);
         let targets = config.targets()?;
-        let elements = buffer.bytes() / buffer.element_bytes();
+        let elements = buffer.len();
         let buffer = Arc::new(buffer);
         let mut slots: Vec<[Option<LoraPair>; 7]> = (0..base.num_layers).map(|_| Default::default()).collect();
         let (mut next, mut previous) = (0usize, None);

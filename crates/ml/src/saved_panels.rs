@@ -13,7 +13,8 @@
 //! [`SETTLE`] (so a rewrite of the same size within one tick of the file system's clock cannot
 //! keep the key). Saving is best effort (a read-only directory only costs the next load the
 //! conversion): written whole to a new temporary name, synced and renamed, so a reader never
-//! sees half a file. Unix only (the key needs the inode and change time).
+//! sees half a file. Unix only (the key needs the inode and change time), little-endian only
+//! (the values are the buffer's bytes as they are).
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -52,8 +53,8 @@ pub(crate) struct Source {
 impl Source {
     /// `weights` is the metadata of `adapter_model.safetensors`; `config_text` what
     /// `adapter_config.json` holds. `None` where files have no inode and change time (not
-    /// Unix): there the panels are neither saved nor read.
-    #[cfg(unix)]
+    /// Unix) and on big-endian hosts: there the panels are neither saved nor read.
+    #[cfg(all(unix, target_endian = "little"))]
     pub(crate) fn new(weights: &std::fs::Metadata, config_text: &str, base: &ModelConfig) -> Option<Self> {
         use std::os::unix::fs::MetadataExt;
         let ns = |seconds: i64, nanos: i64| (seconds as u64).wrapping_mul(1_000_000_000).wrapping_add(nanos as u64);
@@ -69,7 +70,7 @@ impl Source {
         })
     }
 
-    #[cfg(not(unix))]
+    #[cfg(not(all(unix, target_endian = "little")))]
     pub(crate) fn new(_weights: &std::fs::Metadata, _config_text: &str, _base: &ModelConfig) -> Option<Self> {
         None
     }
@@ -102,7 +103,7 @@ enum Dtype {
 }
 
 /// An element of a saved buffer: a float read and written as its little-endian bytes in place
-/// (this module refuses big-endian hosts).
+/// (no [`Source`] exists on a big-endian host, so nothing is read or written there).
 trait Element: bytemuck::Pod + Default {
     /// Whether every value of `values` is finite (a loop the compiler vectorizes: no early exit).
     fn all_finite(values: &[Self]) -> bool;
@@ -181,9 +182,6 @@ fn read(
 
 /// `elements` finite values read from `file` into a buffer whose pages are present.
 fn read_values<W: Element>(file: &mut File, elements: usize) -> std::result::Result<Vec<W>, String> {
-    if cfg!(target_endian = "big") {
-        return Err("saved panels are little-endian".into());
-    }
     let bytes = elements.checked_mul(size_of::<W>()).ok_or("too many values")?;
     // Panels of the largest weights file accepted, held as f32 (rank padding included).
     if bytes as u64 > 2 * crate::adapters::MAX_ADAPTER_BYTES {
@@ -280,19 +278,12 @@ fn write(path: &Path, source: &Source, buffer: &HostPanels, pairs: &[SavedPair])
     out.write_all(&(header.len() as u32).to_le_bytes())?;
     out.write_all(&header)?;
     match buffer {
-        HostPanels::F16(values) => write_values(&mut out, values)?,
-        HostPanels::F32(values) => write_values(&mut out, values)?,
+        HostPanels::F16(values) => out.write_all(bytemuck::cast_slice(values))?,
+        HostPanels::F32(values) => out.write_all(bytemuck::cast_slice(values))?,
     }
     // On the disk before the rename makes it visible: a crash leaves the old state or the whole
     // file, never a named file whose values the disk has not got yet.
     out.into_inner().map_err(|e| e.into_error())?.sync_data()
-}
-
-fn write_values<W: Element>(out: &mut impl Write, values: &[W]) -> std::io::Result<()> {
-    if cfg!(target_endian = "big") {
-        return Err(std::io::Error::other("saved panels are little-endian"));
-    }
-    out.write_all(bytemuck::cast_slice(values))
 }
 
 #[cfg(test)]
