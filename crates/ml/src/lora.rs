@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
 use crate::host::add_assign;
-use crate::kernels::adapter::AdapterWeight;
+use crate::kernels::adapter::{AdapterWeight, panel_len, q8};
 
 /// One of the seven projections of a Llama block an adapter may target.
 /// Serialized as the module name (`"q_proj"`).
@@ -168,12 +168,22 @@ impl AdapterConfig {
 /// applied with the mixing weight, per row, when the batch is planned).
 ///
 /// On the CPU both are held in panels (`kernels::adapter`), the order the delta products read
-/// them in, in one buffer per adapter; with [`AdapterPrecision::Serving`] as f16: when every
-/// row of a batch reads its own adapter these reads cost as much as the base model's, and f16
-/// halves them (and the bytes a load writes, and the memory a cached adapter takes). The
-/// products still run in f32; the only change is each weight's rounding to 11 significant
-/// bits, the storage llama.cpp's LoRA files and vLLM's f16 adapters use. An adapter with a
-/// value beyond f16's range (±65504) stays f32. Other devices hold the PEFT tensors, f32.
+/// them in, in one buffer per adapter. When every row of a batch reads its own adapter these
+/// reads cost as much as the base model's, so for serving ([`AdapterPrecision::Serving`]) they
+/// are held in as few bytes as keep the deltas' accuracy:
+/// - **8-bit panels** (the default, [`AdapterPanels::Q8`]) where the widths allow (`A`'s input
+///   width a multiple of 32, the rank a multiple of 16: every Llama shape at ranks 16, 32,
+///   64, ...): Q8_0 blocks (32 values, or 16 for a rank-16 `B`, an f16 scale each) after a
+///   per-matrix power-of-two factor, multiplied by 8-bit integer dot products against the rows
+///   quantized as the base model's projections quantize them (shared with them where the base
+///   is in a panel format), each `u = A·x` quantized again for `B`. A quarter of f32's bytes,
+///   and about half of f16's; the storage llama.cpp's `q8_0` LoRA files use.
+/// - **f16 panels** otherwise (rank 4 or 8, say), or everywhere with
+///   `OPENLEDGER_ADAPTER_PANELS=f16`: products in f32, each weight rounded to 11 significant
+///   bits, as llama.cpp's f16 LoRA files and vLLM's f16 adapters hold them.
+///
+/// An adapter with a value neither can hold (beyond f16's range, for f16 panels) stays f32.
+/// Other devices hold the PEFT tensors, f32.
 #[derive(Clone, Debug)]
 pub struct LoraPair {
     rank: usize,
@@ -199,6 +209,8 @@ enum Held {
 /// An adapter's weights on the CPU, every pair's `A` then `B` in panels, pair after pair.
 #[derive(Debug)]
 pub(crate) enum HostPanels {
+    /// 8-bit panels (`kernels::adapter::q8`), each matrix its bytes.
+    Q8(Vec<u8>),
     F16(Vec<half::f16>),
     F32(Vec<f32>),
 }
@@ -208,11 +220,15 @@ impl HostPanels {
     /// the held type.
     fn unpacked(&self, at: usize, (rows, cols): (usize, usize)) -> Result<Tensor> {
         fn unpack<W: AdapterWeight>(w: &[W], at: usize, (rows, cols): (usize, usize)) -> Result<Tensor> {
-            let len = crate::kernels::adapter::panel_len(rows, cols);
+            let len = panel_len(rows, cols);
             let values = crate::kernels::adapter::unpack(&w[at..at + len], rows, cols);
             Ok(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?)
         }
         match self {
+            Self::Q8(w) => {
+                let values = q8::unpack(&w[at..at + q8::q8_len(rows, cols)], rows, cols);
+                Ok(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?)
+            }
             Self::F16(w) => unpack(w, at, (rows, cols)),
             Self::F32(w) => unpack(w, at, (rows, cols)),
         }
@@ -220,15 +236,26 @@ impl HostPanels {
 
     fn bytes(&self) -> usize {
         match self {
+            Self::Q8(v) => v.len(),
             Self::F16(v) => v.len() * 2,
             Self::F32(v) => v.len() * 4,
         }
     }
 
+    /// Elements held (bytes, for 8-bit panels): the unit of a pair's offsets.
     fn len(&self) -> usize {
         match self {
+            Self::Q8(v) => v.len(),
             Self::F16(v) => v.len(),
             Self::F32(v) => v.len(),
+        }
+    }
+
+    /// Elements (or bytes) a `rows × cols` matrix takes in these panels.
+    pub(crate) fn matrix_len(&self, rows: usize, cols: usize) -> usize {
+        match self {
+            Self::Q8(_) => q8::q8_len(rows, cols),
+            Self::F16(_) | Self::F32(_) => panel_len(rows, cols),
         }
     }
 }
@@ -252,10 +279,39 @@ impl LoraPair {
     }
 }
 
+/// The panels adapters are held in for serving on the CPU: 8-bit where the widths allow (the
+/// default), or f16 (`OPENLEDGER_ADAPTER_PANELS=f16`: more exact deltas, twice the bytes to
+/// read a step); see [`LoraPair`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterPanels {
+    Q8,
+    F16,
+}
+
+impl AdapterPanels {
+    /// What `OPENLEDGER_ADAPTER_PANELS` names (`q8` or `f16`; unset or anything else: `q8`),
+    /// read once.
+    pub fn chosen() -> Self {
+        static CHOSEN: std::sync::OnceLock<AdapterPanels> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| match std::env::var(ADAPTER_PANELS_ENV).as_deref() {
+            Ok("f16") => Self::F16,
+            Ok("q8") | Err(_) => Self::Q8,
+            Ok(other) => {
+                tracing::warn!("{ADAPTER_PANELS_ENV}={other:?} is not q8 or f16: adapters use 8-bit panels");
+                Self::Q8
+            }
+        })
+    }
+}
+
+/// The environment variable that picks [`AdapterPanels`].
+pub const ADAPTER_PANELS_ENV: &str = "OPENLEDGER_ADAPTER_PANELS";
+
 /// How a loaded adapter holds its weights on the CPU (other devices always hold f32).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AdapterPrecision {
-    /// f16 (see [`LoraPair`]): for serving.
+    /// 8-bit or f16 panels (see [`LoraPair`]): for serving.
     #[default]
     Serving,
     /// f32, exactly the file's values: for training from an adapter and for its gradients.
@@ -368,16 +424,33 @@ impl LoraAdapter {
             base.interleaved_rope_heads(target).map(|heads| interleaved_rope_order(rows, heads).collect())
         };
         let bytes = if device.is_cpu() {
+            let eight_bits = precision == AdapterPrecision::Serving
+                && AdapterPanels::chosen() == AdapterPanels::Q8
+                && pairs
+                    .iter()
+                    .all(|(_, a, b)| q8::q8_block(a.shape[1]).is_some() && q8::q8_block(b.shape[1]).is_some());
+            let packed = eight_bits
+                .then(|| {
+                    pack_pairs(&pairs, &b_order, q8::q8_len, |t, order, scratch, out| t.pack_q8(order, scratch, out))
+                })
+                .flatten()
+                .map(|(w, offsets)| (HostPanels::Q8(w), offsets));
             let packed = match precision {
-                AdapterPrecision::Serving => {
-                    pack_pairs::<half::f16>(&pairs, &b_order).map(|(w, offsets)| (HostPanels::F16(w), offsets))
-                }
+                AdapterPrecision::Serving => packed.or_else(|| {
+                    pack_pairs(&pairs, &b_order, panel_len, |t, order, scratch, out| {
+                        t.pack::<half::f16>(order, scratch, out)
+                    })
+                    .map(|(w, offsets)| (HostPanels::F16(w), offsets))
+                }),
                 AdapterPrecision::Exact => None,
             };
             let (weights, offsets) = match packed {
                 Some(packed) => packed,
                 None => {
-                    let (w, o) = pack_pairs::<f32>(&pairs, &b_order).expect("every value is held as f32");
+                    let (w, o) = pack_pairs(&pairs, &b_order, panel_len, |t, order, scratch, out| {
+                        t.pack::<f32>(order, scratch, out)
+                    })
+                    .expect("every value is held as f32");
                     (HostPanels::F32(w), o)
                 }
             };
@@ -461,7 +534,6 @@ impl LoraAdapter {
         buffer: HostPanels,
         saved: &[SavedPair],
     ) -> Result<Self> {
-        use crate::kernels::adapter::panel_len;
         let corrupt = |detail: String| MlError::corrupt("saved adapter panels", detail);
         let targets = config.targets()?;
         let elements = buffer.len();
@@ -470,7 +542,7 @@ impl LoraAdapter {
         let (mut next, mut previous) = (0usize, None);
         for pair in saved {
             let (in_features, out_features) = base.projection_shape(pair.target);
-            let a_len = panel_len(config.r, in_features);
+            let a_len = buffer.matrix_len(config.r, in_features);
             let in_order = previous.is_none_or(|p| p < (pair.layer, pair.target));
             if pair.layer >= base.num_layers
                 || !targets.contains(&pair.target)
@@ -480,7 +552,14 @@ impl LoraAdapter {
             {
                 return Err(corrupt(format!("{pair:?} does not fit the adapter, the base or the pairs before it")));
             }
-            next = pair.b + panel_len(out_features, config.r);
+            let b_len = buffer.matrix_len(out_features, config.r);
+            if let HostPanels::Q8(w) = buffer.as_ref()
+                && !(w.get(pair.a..pair.b).is_some_and(|a| q8::sound(a, config.r, in_features))
+                    && w.get(pair.b..pair.b + b_len).is_some_and(|b| q8::sound(b, out_features, config.r)))
+            {
+                return Err(corrupt(format!("{pair:?}: 8-bit panels with a scale that is not finite")));
+            }
+            next = pair.b + b_len;
             previous = Some((pair.layer, pair.target));
             let held = Held::Panels { buffer: buffer.clone(), a: pair.a, b: pair.b };
             slots[pair.layer][pair.target.index()] =
@@ -577,7 +656,18 @@ impl<'a> PeftTensor<'a> {
     /// they are): f32 bytes read in place, other dtypes converted into `scratch` first. False
     /// if a value does not fit a `W`.
     fn pack<W: AdapterWeight>(&self, order: Option<&[usize]>, scratch: &mut Vec<u8>, out: &mut Vec<W>) -> bool {
-        let (rows, cols) = (self.shape[0], self.shape[1]);
+        let rows = self.shape[0];
+        W::pack(rows, &self.rows(order, scratch), out)
+    }
+
+    /// [`Self::pack`] into 8-bit panels (`kernels::adapter::q8`); false if they cannot hold it.
+    fn pack_q8(&self, order: Option<&[usize]>, scratch: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
+        q8::pack(self.shape[0], &self.rows(order, scratch), out)
+    }
+
+    /// This 2-D tensor as f32 rows, in `order` if given: f32 bytes read in place, other dtypes
+    /// converted into `scratch` first.
+    fn rows<'s>(&'s self, order: Option<&'s [usize]>, scratch: &'s mut Vec<u8>) -> crate::kernels::adapter::Rows<'s> {
         let bytes: &[u8] = match &self.elements {
             Elements::F32(bytes) => bytes,
             _ => {
@@ -586,7 +676,7 @@ impl<'a> PeftTensor<'a> {
                 scratch
             }
         };
-        W::pack(rows, &crate::kernels::adapter::Rows { bytes, cols, order }, out)
+        crate::kernels::adapter::Rows { bytes, cols: self.shape[1], order }
     }
 
     /// [`Self::for_each_chunk`] over the given rows of this 2-D tensor, in that order.
@@ -629,27 +719,28 @@ type SourcePair<'a> = ((usize, Target), PeftTensor<'a>, PeftTensor<'a>);
 /// An adapter's buffer of panels, and the element offsets of each pair's `A` and `B` in it.
 type Packed<W> = (Vec<W>, Vec<(usize, usize)>);
 
-/// Every pair's `A` then `B` in panels of `W`, pair after pair, in one buffer (its pages
-/// present before it is written), with the element offsets of each pair's `A` and `B`; `B`'s
-/// rows in `b_order(target, rows)` where that gives an order. `None` if a value does not fit a
-/// `W` (see `AdapterWeight::fits`), so that no weight ever becomes infinite by being stored.
-fn pack_pairs<W: AdapterWeight>(
+/// Every pair's `A` then `B` in panels of `W` (`len(rows, cols)` elements a matrix, appended by
+/// `pack`), pair after pair, in one buffer (its pages present before it is written), with the
+/// element offsets of each pair's `A` and `B`; `B`'s rows in `b_order(target, rows)` where that
+/// gives an order. `None` if `pack` refuses a matrix (a value an f16 cannot hold, say: see
+/// `AdapterWeight::fits`), so that no weight ever becomes infinite by being stored.
+fn pack_pairs<W: bytemuck::Pod>(
     pairs: &[SourcePair<'_>],
     b_order: &dyn Fn(Target, usize) -> Option<Vec<usize>>,
+    len: fn(usize, usize) -> usize,
+    pack: impl Fn(&PeftTensor<'_>, Option<&[usize]>, &mut Vec<u8>, &mut Vec<W>) -> bool,
 ) -> Option<Packed<W>> {
-    use crate::kernels::adapter::panel_len;
-    let elements =
-        pairs.iter().map(|(_, a, b)| panel_len(a.shape[0], a.shape[1]) + panel_len(b.shape[0], b.shape[1])).sum();
+    let elements = pairs.iter().map(|(_, a, b)| len(a.shape[0], a.shape[1]) + len(b.shape[0], b.shape[1])).sum();
     let mut out = crate::memory::prefaulted::<W>(elements);
     let mut offsets = Vec::with_capacity(pairs.len());
     let mut scratch = Vec::new();
     for ((_, target), a, b) in pairs {
         let a_at = out.len();
-        if !a.pack(None, &mut scratch, &mut out) {
+        if !pack(a, None, &mut scratch, &mut out) {
             return None;
         }
         let b_at = out.len();
-        if !b.pack(b_order(*target, b.shape[0]).as_deref(), &mut scratch, &mut out) {
+        if !pack(b, b_order(*target, b.shape[0]).as_deref(), &mut scratch, &mut out) {
             return None;
         }
         offsets.push((a_at, b_at));
@@ -801,13 +892,19 @@ impl LoraPlan {
         let out_features = out.dim(1)?;
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let mut ys: Vec<f32> = out.flatten_all()?.to_vec1()?;
-        self.apply_host(layer, &[(target, 0)], &xs, in_features, &mut ys, out_features);
+        self.apply_host(
+            layer,
+            &[(target, 0)],
+            &HostRows { xs: &xs, quantized: None, width: in_features },
+            &mut ys,
+            out_features,
+        );
         Ok(Tensor::from_vec(ys, (n, out_features), x.device())?)
     }
 
     /// Adds the deltas of the projections `parts` (each a target and the offset of its outputs
     /// within rows of `stride` in `ys`: a stacked q/k/v or gate/up output) that read the same
-    /// input rows `xs` (of `in_features`), on CPU slices. Each task takes up to
+    /// input rows (`input`), on CPU slices. Each task takes up to
     /// [`MAX_ROWS`](crate::kernels::adapter::MAX_ROWS) rows of one adapter and every part, so it
     /// reads that adapter's pairs of this layer once, front to back (they lie one after another
     /// in its buffer), for all of its rows; tasks spread over the thread pool, and the deltas
@@ -816,8 +913,7 @@ impl LoraPlan {
         &self,
         layer: usize,
         parts: &[(Target, usize)],
-        xs: &[f32],
-        in_features: usize,
+        input: &HostRows<'_>,
         ys: &mut [f32],
         stride: usize,
     ) {
@@ -833,7 +929,7 @@ impl LoraPlan {
         let mut deltas: Vec<Vec<f32>> = vec![Vec::new(); tasks.len()];
         crate::pool::for_each_chunk(&mut deltas, 1, |t, out| {
             let (adapter, rows, weights) = tasks[t];
-            out[0] = task_delta(adapter, layer, parts, xs, in_features, rows, weights);
+            out[0] = task_delta(adapter, layer, parts, input, rows, weights);
         });
         for ((adapter, rows, _), delta) in tasks.iter().zip(&deltas) {
             let mut at = 0;
@@ -847,6 +943,14 @@ impl LoraPlan {
             }
         }
     }
+}
+
+/// The input rows of a projection group on the CPU: `xs`, rows of `width`, and where the base's
+/// kernels quantized them (8-bit blocks of 32), those too, for the adapters' 8-bit panels.
+pub(crate) struct HostRows<'a> {
+    pub(crate) xs: &'a [f32],
+    pub(crate) quantized: Option<&'a crate::kernels::Q8Activations>,
+    pub(crate) width: usize,
 }
 
 /// Projections' outputs side by side in a row (`[q | k | v]`): each target with its offset
@@ -869,8 +973,7 @@ fn task_delta(
     adapter: &LoraAdapter,
     layer: usize,
     parts: &[(Target, usize)],
-    xs: &[f32],
-    in_features: usize,
+    input: &HostRows<'_>,
     rows: &[u32],
     weights: &[f32],
 ) -> Vec<f32> {
@@ -881,9 +984,66 @@ fn task_delta(
         None => return Vec::new(),
     };
     match buffer.as_ref() {
-        HostPanels::F16(w) => task_delta_in(w, &pairs, xs, in_features, rows, weights),
-        HostPanels::F32(w) => task_delta_in(w, &pairs, xs, in_features, rows, weights),
+        HostPanels::Q8(w) => task_delta_q8(w, &pairs, input, rows, weights),
+        HostPanels::F16(w) => task_delta_in(w, &pairs, input.xs, input.width, rows, weights),
+        HostPanels::F32(w) => task_delta_in(w, &pairs, input.xs, input.width, rows, weights),
     }
+}
+
+/// [`task_delta`] on 8-bit panels: the rows quantized once for every pair's `A` (copied from
+/// `quantized` where the base's kernels quantized them the same way), each `u` (weighted)
+/// quantized for its `B`, in buffers each thread keeps from task to task.
+fn task_delta_q8(
+    buffer: &[u8],
+    pairs: &[&LoraPair],
+    &HostRows { xs, quantized, width: in_features }: &HostRows<'_>,
+    rows: &[u32],
+    weights: &[f32],
+) -> Vec<f32> {
+    use crate::kernels::Q8Activations;
+    struct Scratch {
+        x: Q8Activations,
+        u: Vec<f32>,
+        uq: Q8Activations,
+        lanes: Vec<f32>,
+    }
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch {
+            x: Q8Activations::empty(),
+            u: Vec::new(),
+            uq: Q8Activations::empty(),
+            lanes: Vec::new(),
+        });
+    }
+    let n = rows.len();
+    let mut delta = vec![0f32; n * pairs.iter().map(|p| p.out_features).sum::<usize>()];
+    if let (Some(first), Some(last)) = (pairs.first(), pairs.last())
+        && let (Held::Panels { a: start, .. }, Held::Panels { b: end, .. }) = (&first.held, &last.held)
+    {
+        q8::prefetch(&buffer[*start..*end + q8::q8_len(last.out_features, last.rank)]);
+    }
+    SCRATCH.with_borrow_mut(|Scratch { x, u, uq, lanes }| {
+        match quantized.filter(|q| Some(q.block) == q8::q8_block(in_features)) {
+            Some(quantized) => x.copy_rows(quantized, rows.iter().map(|&r| r as usize)),
+            None => q8::quantize(rows.iter().map(|&r| &xs[r as usize * in_features..][..in_features]), in_features, x),
+        }
+        let mut rest = delta.as_mut_slice();
+        for pair in pairs {
+            let Held::Panels { a, b, .. } = pair.held else { unreachable!("adapters on the CPU are held in panels") };
+            let (rank, cols, width) = (pair.rank, pair.in_features, pair.out_features);
+            u.clear();
+            u.resize(n * rank, 0.0);
+            q8::products(&buffer[a..a + q8::q8_len(rank, cols)], rank, cols, x, u, lanes);
+            for (u, weight) in u.chunks_exact_mut(rank).zip(weights) {
+                u.iter_mut().for_each(|u| *u *= weight);
+            }
+            q8::quantize(u.chunks_exact(rank), rank, uq);
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n * width);
+            rest = tail;
+            q8::products(&buffer[b..b + q8::q8_len(width, rank)], width, rank, uq, mine, lanes);
+        }
+    });
+    delta
 }
 
 fn task_delta_in<W: AdapterWeight>(
@@ -1032,6 +1192,87 @@ mod tests {
         assert_eq!(untouched.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 4 * 18]);
     }
 
+    /// Rank-16 adapters for serving are held in 8-bit panels (blocks of 32 for `A`, 16 for `B`),
+    /// half the bytes of f16; the CPU path over them agrees with the tensor path over the same
+    /// held weights within the activations' 8-bit rounding, for rows alone, sharing a task and
+    /// mixing two adapters; rank 4 (no 8-bit width) stays f16, and `Exact` stays f32.
+    #[test]
+    fn rank_16_adapters_serve_from_eight_bit_panels() {
+        let device = Device::Cpu;
+        let base = tiny_base(1, false);
+        let load = |rank: usize, seed: f32, precision: AdapterPrecision| {
+            let config =
+                AdapterConfig::parse(&format!(r#"{{"r":{rank},"lora_alpha":32,"target_modules":["down_proj"]}}"#))
+                    .unwrap();
+            let wave = |rows: usize, cols: usize, scale: f32| {
+                let n = (rows * cols) as f32;
+                ((Tensor::arange(0f32, n, &device).unwrap() * f64::from(seed)).unwrap().sin().unwrap()
+                    * f64::from(scale))
+                .unwrap()
+                .reshape((rows, cols))
+                .unwrap()
+            };
+            let tensors = HashMap::from([
+                (peft_tensor_name(0, Target::Down, true), wave(rank, 32, 0.05)),
+                (peft_tensor_name(0, Target::Down, false), wave(16, rank, 0.002)),
+            ]);
+            Arc::new(LoraAdapter::from_peft("t", &config, tensors, &base, &device, precision).unwrap())
+        };
+        let (first, second) = (load(16, 1.0, AdapterPrecision::Serving), load(16, 0.37, AdapterPrecision::Serving));
+        let held = |a: &LoraAdapter| a.pair(0, Target::Down).unwrap().held.clone();
+        let Held::Panels { buffer, .. } = held(&first) else { panic!("on the CPU adapters are held in panels") };
+        assert!(matches!(buffer.as_ref(), HostPanels::Q8(_)), "rank 16 serves from 8-bit panels");
+        let q8_bytes = q8::q8_len(16, 32) + q8::q8_len(16, 16);
+        assert_eq!(first.size_bytes(), q8_bytes);
+        assert!(q8_bytes < (panel_len(16, 32) + panel_len(16, 16)) * 2, "fewer bytes than f16");
+        let Held::Panels { buffer, .. } = held(&load(4, 1.0, AdapterPrecision::Serving)) else { panic!() };
+        assert!(matches!(buffer.as_ref(), HostPanels::F16(_)), "rank 4 has no 8-bit width: f16");
+        let Held::Panels { buffer, .. } = held(&load(16, 1.0, AdapterPrecision::Exact)) else { panic!() };
+        assert!(matches!(buffer.as_ref(), HostPanels::F32(_)), "exact stays f32");
+
+        let one = AdapterMix(vec![(first.clone(), 1.0)]);
+        let mixed = AdapterMix(vec![(first.clone(), 0.5), (second.clone(), -1.0)]);
+        let rows: [&AdapterMix; 6] = [&one, &mixed, &one, &one, &one, &one];
+        let plan = LoraPlan::new(&rows, &device).unwrap();
+        let x = (Tensor::arange(0f32, 6.0 * 32.0, &device).unwrap().reshape((6, 32)).unwrap() * 0.7)
+            .unwrap()
+            .cos()
+            .unwrap();
+        let out = Tensor::zeros((6, 16), DType::F32, &device).unwrap();
+        let cpu: Vec<f32> =
+            plan.apply_cpu(0, Target::Down, &x, out.clone()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let tensors: Vec<f32> =
+            plan.apply_tensors(0, Target::Down, &x, out).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        // The bound: each product's 8-bit activation rounding, relative to the sum of the
+        // magnitudes of its terms (here |B|·|A|·|x|, with the weights' scale 32/16 and mix).
+        let xs: Vec<Vec<f32>> = x.to_vec2().unwrap();
+        let magnitude = |adapter: &LoraAdapter, row: usize, o: usize| {
+            let pair = adapter.pair(0, Target::Down).unwrap();
+            let (a, b): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+                (pair.a().unwrap().to_vec2().unwrap(), pair.b().unwrap().to_vec2().unwrap());
+            (0..16)
+                .map(|r| {
+                    f64::from(b[o][r].abs()) * (0..32).map(|k| f64::from((a[r][k] * xs[row][k]).abs())).sum::<f64>()
+                })
+                .sum::<f64>()
+        };
+        for row in 0..6 {
+            for o in 0..16 {
+                let bound = if row == 1 {
+                    0.5 * magnitude(&first, row, o) + magnitude(&second, row, o)
+                } else {
+                    magnitude(&first, row, o)
+                } * 2.0;
+                let (got, want) = (cpu[row * 16 + o], tensors[row * 16 + o]);
+                assert!(
+                    f64::from((got - want).abs()) <= 2e-2 * bound,
+                    "row {row} output {o}: {got} vs the tensor path's {want} (bound {bound})"
+                );
+            }
+        }
+        assert!(cpu.iter().any(|v| v.abs() > 1e-4), "the deltas are not all zero");
+    }
+
     /// One `apply_host` over a stacked q/k/v output (adapters covering some of the three, a row
     /// mixing two, a row with none) adds what the tensor path adds projection by projection.
     #[test]
@@ -1075,7 +1316,8 @@ mod tests {
         let stride: usize = widths.iter().map(|(_, w)| w).sum();
         let parts = side_by_side(&widths);
         let mut ys = vec![1f32; 4 * stride];
-        plan.apply_host(0, &parts, &x.flatten_all().unwrap().to_vec1().unwrap(), 16, &mut ys, stride);
+        let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        plan.apply_host(0, &parts, &HostRows { xs: &xs, quantized: None, width: 16 }, &mut ys, stride);
         for (&(target, at), &(_, width)) in parts.iter().zip(&widths) {
             let out = Tensor::ones((4, width), DType::F32, &device).unwrap();
             let want = plan.apply_tensors(0, target, &x, out).unwrap().to_vec2::<f32>().unwrap();

@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use crate::config::ModelConfig;
 use crate::error::{MlError, Result};
 use crate::host::{self, HostKv, with_f32};
-use crate::kernels::{BlockFormat, BlockMatrix};
+use crate::kernels::{BlockFormat, BlockMatrix, Q8Activations};
 use crate::lora::{AdapterMix, LoraPlan, Target, unpermute_for_interleaved_rope};
 
 /// Weight types the loaders accept; others are refused with a clear error.
@@ -65,6 +65,20 @@ impl Linear {
         }
     }
 
+    /// Whether this projection's kernels take rows quantized by [`Self::activations`].
+    fn takes_activations(&self) -> bool {
+        matches!(self, Self::Blocks(matrix) if matrix.takes_activations())
+    }
+
+    /// `m` rows of `xs` quantized as this projection's kernels take them, if they take 8-bit
+    /// blocks (see `BlockMatrix::activations`).
+    fn activations(&self, xs: &[f32], m: usize) -> Option<Q8Activations> {
+        match self {
+            Self::Blocks(matrix) => matrix.activations(xs, m),
+            Self::Candle(_) => None,
+        }
+    }
+
     /// The weight as an f32 `(out, in)` matrix (for training, which needs gradients).
     fn dense(&self) -> Result<Tensor> {
         match self {
@@ -80,10 +94,14 @@ impl Linear {
         }
     }
 
-    /// `m` rows of `xs` (each `in_features` wide) through the projection, on the CPU.
-    fn forward_host(&self, xs: &[f32], m: usize) -> Result<Vec<f32>> {
+    /// `m` rows of `xs` (each `in_features` wide) through the projection, on the CPU; from
+    /// `quantized` (the same rows, [`Self::activations`]) where given.
+    fn forward_host(&self, xs: &[f32], m: usize, quantized: Option<&Q8Activations>) -> Result<Vec<f32>> {
         match self {
-            Self::Blocks(matrix) => Ok(matrix.matmul(xs, m)),
+            Self::Blocks(matrix) => Ok(match quantized {
+                Some(activations) => matrix.matmul_quantized(activations, m),
+                None => matrix.matmul(xs, m),
+            }),
             Self::Candle(weight) => {
                 let x = Tensor::from_slice(xs, (m, xs.len() / m), &Device::Cpu)?;
                 Ok(weight.forward(&x)?.flatten_all()?.to_vec1()?)
@@ -195,16 +213,28 @@ impl Group {
     /// (`[q | k | v]`, `[gate | up]`), LoRA deltas included.
     fn forward_host(&self, layer: usize, xs: &[f32], m: usize, lora: &LoraPlan) -> Result<Vec<f32>> {
         let in_features = xs.len() / m;
+        // With adapters, rows the base's kernels quantize are quantized once, here, for the
+        // adapters' 8-bit panels too.
+        let first = match self {
+            Self::Stacked { matrix, .. } => matrix,
+            Self::Separate(parts) => &parts[0].1,
+        };
+        let quantized = if lora.is_empty() { None } else { first.activations(xs, m) };
+        let q = quantized.as_ref();
         let (mut out, parts) = match self {
-            Self::Stacked { matrix, parts } => (matrix.forward_host(xs, m)?, parts.clone()),
+            Self::Stacked { matrix, parts } => (matrix.forward_host(xs, m, q)?, parts.clone()),
             Self::Separate(parts) if parts.len() == 1 => {
                 let (target, linear) = &parts[0];
-                let out = linear.forward_host(xs, m)?;
+                let out = linear.forward_host(xs, m, q)?;
                 let width = out.len() / m;
                 (out, vec![(*target, width)])
             }
             Self::Separate(parts) => {
-                let outputs = parts.iter().map(|(_, l)| l.forward_host(xs, m)).collect::<Result<Vec<_>>>()?;
+                // Each from the shared rows only if its kernels take them (formats may differ).
+                let outputs = parts
+                    .iter()
+                    .map(|(_, l)| l.forward_host(xs, m, q.filter(|_| l.takes_activations())))
+                    .collect::<Result<Vec<_>>>()?;
                 let widths: Vec<(Target, usize)> =
                     parts.iter().zip(&outputs).map(|((t, _), o)| (*t, o.len() / m)).collect();
                 let mut out = Vec::with_capacity(outputs.iter().map(Vec::len).sum());
@@ -218,7 +248,8 @@ impl Group {
         };
         if !lora.is_empty() {
             let stride = out.len() / m;
-            lora.apply_host(layer, &crate::lora::side_by_side(&parts), xs, in_features, &mut out, stride);
+            let input = crate::lora::HostRows { xs, quantized: q, width: in_features };
+            lora.apply_host(layer, &crate::lora::side_by_side(&parts), &input, &mut out, stride);
         }
         Ok(out)
     }
@@ -625,7 +656,7 @@ impl LlamaModel {
         let last: Vec<f32> =
             Self::last_rows(steps).iter().flat_map(|&r| x[r as usize * hidden..][..hidden].iter().copied()).collect();
         let last = with_f32(&self.norm, |w| Ok(host::rms_norm(&last, w, eps)))?;
-        let logits = self.output.forward_host(&last, steps.len())?;
+        let logits = self.output.forward_host(&last, steps.len(), None)?;
         Ok(Tensor::from_vec(logits, (steps.len(), c.vocab_size), &self.device)?)
     }
 

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::{ADAPTER_PANELS, ADAPTER_PANELS_SETTLE as SETTLE};
 use crate::config::ModelConfig;
-use crate::lora::{AdapterConfig, HostPanels, LoraAdapter, SavedPair};
+use crate::lora::{AdapterConfig, AdapterPanels, HostPanels, LoraAdapter, SavedPair};
 
 const MAGIC: &[u8; 8] = b"OLPANELS";
 /// The panel layout's version: raise it whenever `kernels::adapter` packs differently.
@@ -48,6 +48,9 @@ pub(crate) struct Source {
     weights_changed_ns: u64,
     config_blake3: String,
     base_blake3: String,
+    /// The panels chosen for serving when they were made (`OPENLEDGER_ADAPTER_PANELS`): a
+    /// change of choice rebuilds them.
+    panels: AdapterPanels,
 }
 
 impl Source {
@@ -67,6 +70,7 @@ impl Source {
             // Every field of the base's configuration (shapes, RoPE layout): the pairs' shapes
             // and `B`'s row order depend on them.
             base_blake3: blake3::hash(format!("{base:?}").as_bytes()).to_hex().to_string(),
+            panels: AdapterPanels::chosen(),
         })
     }
 
@@ -98,6 +102,7 @@ struct Header {
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Dtype {
+    Q8,
     F16,
     F32,
 }
@@ -112,6 +117,13 @@ trait Element: bytemuck::Pod + Default {
 impl Element for half::f16 {
     fn all_finite(values: &[Self]) -> bool {
         values.iter().fold(true, |ok, v| ok & (v.to_bits() & 0x7c00 != 0x7c00))
+    }
+}
+
+/// 8-bit panels: their factors and scales are checked by `LoraAdapter::from_panels`.
+impl Element for u8 {
+    fn all_finite(_: &[Self]) -> bool {
+        true
     }
 }
 
@@ -171,6 +183,7 @@ fn read(
         return Ok(None);
     }
     let buffer = match header.dtype {
+        Dtype::Q8 => HostPanels::Q8(read_values(&mut file, header.elements)?),
         Dtype::F16 => HostPanels::F16(read_values(&mut file, header.elements)?),
         Dtype::F32 => HostPanels::F32(read_values(&mut file, header.elements)?),
     };
@@ -260,6 +273,7 @@ fn remove_stale_partials(dir: &Path) {
 
 fn write(path: &Path, source: &Source, buffer: &HostPanels, pairs: &[SavedPair]) -> std::io::Result<()> {
     let (dtype, elements) = match buffer {
+        HostPanels::Q8(values) => (Dtype::Q8, values.len()),
         HostPanels::F16(values) => (Dtype::F16, values.len()),
         HostPanels::F32(values) => (Dtype::F32, values.len()),
     };
@@ -278,6 +292,7 @@ fn write(path: &Path, source: &Source, buffer: &HostPanels, pairs: &[SavedPair])
     out.write_all(&(header.len() as u32).to_le_bytes())?;
     out.write_all(&header)?;
     match buffer {
+        HostPanels::Q8(values) => out.write_all(values)?,
         HostPanels::F16(values) => out.write_all(bytemuck::cast_slice(values))?,
         HostPanels::F32(values) => out.write_all(bytemuck::cast_slice(values))?,
     }

@@ -258,7 +258,9 @@ pub fn thread_minor_faults() -> u64 {
 /// For benches: the time the LoRA deltas of one forward step of `mixes.len()` rows take on the
 /// CPU, alone: every layer's projection groups (`[q | k | v]`, `o`, `[gate | up]`, `down`)
 /// through `LoraPlan::apply_host` as the model applies them, on fixed inputs, without the base
-/// products around them (whose time, and its drift, would hide the deltas' own).
+/// products around them (whose time, and its drift, would hide the deltas' own). The rows are
+/// given quantized as a base of panels (Q4_0, Q4_1, Q5, Q8_0) quantizes them for its own
+/// products, before the clock starts: the model shares them with the adapters' 8-bit panels.
 pub fn lora_delta_step(model: &crate::LlamaModel, mixes: &[crate::AdapterMix]) -> Result<std::time::Duration> {
     let c = model.config();
     let rows = mixes.len();
@@ -269,6 +271,7 @@ pub fn lora_delta_step(model: &crate::LlamaModel, mixes: &[crate::AdapterMix]) -
     /// One projection group's fixed input rows, its parts' offsets, and its output rows.
     struct Group {
         xs: Vec<f32>,
+        quantized: Option<crate::kernels::Q8Activations>,
         in_features: usize,
         parts: Vec<(Target, usize)>,
         ys: Vec<f32>,
@@ -280,8 +283,13 @@ pub fn lora_delta_step(model: &crate::LlamaModel, mixes: &[crate::AdapterMix]) -
             let in_features = c.projection_shape(group[0]).0;
             let widths: Vec<(Target, usize)> = group.iter().map(|&t| (t, width(t))).collect();
             let stride = widths.iter().map(|(_, w)| w).sum();
+            let xs: Vec<f32> = (0..rows * in_features).map(|i| (i as f32 * 0.37).sin()).collect();
+            let quantized = in_features
+                .is_multiple_of(crate::kernels::BLOCK)
+                .then(|| crate::kernels::Q8Activations::quantize(&xs, rows, in_features));
             Group {
-                xs: (0..rows * in_features).map(|i| (i as f32 * 0.37).sin()).collect(),
+                xs,
+                quantized,
                 in_features,
                 parts: crate::lora::side_by_side(&widths),
                 ys: vec![0f32; rows * stride],
@@ -292,7 +300,8 @@ pub fn lora_delta_step(model: &crate::LlamaModel, mixes: &[crate::AdapterMix]) -
     let started = std::time::Instant::now();
     for layer in 0..c.num_layers {
         for g in &mut groups {
-            plan.apply_host(layer, &g.parts, &g.xs, g.in_features, &mut g.ys, g.stride);
+            let input = crate::lora::HostRows { xs: &g.xs, quantized: g.quantized.as_ref(), width: g.in_features };
+            plan.apply_host(layer, &g.parts, &input, &mut g.ys, g.stride);
         }
     }
     Ok(started.elapsed())

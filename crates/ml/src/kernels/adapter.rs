@@ -11,9 +11,11 @@
 //! what costs (row-major rows eight at a time ran at a third of the memory's speed; see
 //! `bench/RESULTS.md`, issue 18).
 //!
-//! Weights are f16 (what the CPU holds for serving: half the bytes to read) or f32. f16 is
-//! widened in registers (F16C's `vcvtph2ps`, part of x86-64-v3) and multiplied in f32, so the
-//! only difference from f32 weights is the rounding of the stored values.
+//! Weights are f16 (half the bytes to read) or f32. f16 is widened in registers (F16C's
+//! `vcvtph2ps`, part of x86-64-v3) and multiplied in f32, so the only difference from f32
+//! weights is the rounding of the stored values. Serving holds most adapters in 8-bit panels
+//! instead ([`q8`]: the base weights' Q8_0 panels and integer dot products, a quarter of f32's
+//! bytes), which 16 distinct adapters a step read in ~31 MB rather than ~59.
 
 use half::f16;
 
@@ -203,6 +205,236 @@ fn products_on<W: AdapterWeight>(isa: Isa, w: &[W], rows: usize, cols: usize, xs
 /// The f32 value at column `c` of a row of little-endian bytes.
 fn le_f32(row: &[u8], c: usize) -> f32 {
     f32::from_le_bytes([row[4 * c], row[4 * c + 1], row[4 * c + 2], row[4 * c + 3]])
+}
+
+/// 8-bit panels: a matrix as Q8_0 blocks ([`q8_block`] elements of a row, an f16 scale each) in
+/// the base weights' panels of [`PANEL`] rows (`kernels::panel`), so that a product is 8-bit
+/// integer dot products against activations quantized the same way, as the base projections'
+/// are: half the bytes of f16 to read, and no widening. Before the panels, a header of
+/// [`Q8_HEADER`] bytes holds an f32 power of two `f` the values were divided by (their largest
+/// magnitude then lies in [0.5, 1), so every block's scale is a normal f16 however small the
+/// weights are: LoRA's often are ~1e-4) and a product is multiplied by afterwards.
+pub(crate) mod q8 {
+    use super::super::panel::Layout;
+    use super::super::{BLOCK, Isa, PANEL, Q8Activations};
+    use super::{MAX_ROWS, Rows};
+
+    /// Bytes before a matrix's panels (the factor, then zeros: the panels stay 64-byte groups).
+    pub(crate) const Q8_HEADER: usize = 64;
+
+    /// Largest magnitude (exclusive) and smallest nonzero one (inclusive) a matrix of 8-bit
+    /// panels may hold: the factor must stay a normal f32.
+    const MAX_MAGNITUDE: f32 = 1.0e30;
+    const MIN_MAGNITUDE: f32 = 1.0e-30;
+
+    /// The block length of the 8-bit panels of a matrix `cols` wide: 32, or 16 for widths of
+    /// an odd multiple of 16 (a rank-16 `B`); `None` for other widths (those stay f16).
+    pub(crate) fn q8_block(cols: usize) -> Option<usize> {
+        if cols.is_multiple_of(BLOCK) {
+            Some(BLOCK)
+        } else if cols.is_multiple_of(BLOCK / 2) {
+            Some(BLOCK / 2)
+        } else {
+            None
+        }
+    }
+
+    /// Bytes a `rows × cols` matrix takes in 8-bit panels (`cols` must have a [`q8_block`]).
+    pub(crate) fn q8_len(rows: usize, cols: usize) -> usize {
+        let block = q8_block(cols).expect("a width 8-bit panels hold");
+        Q8_HEADER + rows.div_ceil(PANEL) * (cols / block) * Layout::adapter(block).block_bytes()
+    }
+
+    /// Appends the `rows × cols` matrix `source` holds in 8-bit panels ([`q8_len`] bytes).
+    /// Returns false, appending nothing, if a value is not finite or the largest magnitude is
+    /// outside what a factor can scale (see [`MAX_MAGNITUDE`]).
+    pub(crate) fn pack(rows: usize, source: &Rows<'_>, out: &mut Vec<u8>) -> bool {
+        source.check(rows);
+        let cols = source.cols;
+        let block = q8_block(cols).expect("a width 8-bit panels hold");
+        let layout = Layout::adapter(block);
+        let row_values = |r: usize, out: &mut Vec<f32>| {
+            out.clear();
+            out.extend(source.row(r).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        };
+        let mut values = Vec::with_capacity(cols);
+        let (mut amax, mut finite) = (0f32, true);
+        for r in 0..rows {
+            row_values(r, &mut values);
+            // No early exit: a loop the compiler vectorizes.
+            finite &= values.iter().fold(true, |ok, v| ok & v.is_finite());
+            amax = amax.max(largest_magnitude(&values));
+        }
+        if !finite || amax >= MAX_MAGNITUDE || (amax != 0.0 && amax < MIN_MAGNITUDE) {
+            return false;
+        }
+        // The power of two just above the largest magnitude: dividing by it is exact.
+        let factor = if amax == 0.0 { 1.0 } else { 2f32.powi(amax.log2().floor() as i32 + 1) };
+        let start = out.len();
+        out.resize(start + q8_len(rows, cols), 0);
+        let matrix = &mut out[start..];
+        matrix[..4].copy_from_slice(&factor.to_le_bytes());
+        let blocks = cols / block;
+        let block_bytes = layout.block_bytes();
+        let header = layout.header_bytes();
+        let mut quants = [0i8; BLOCK];
+        for r in 0..rows {
+            row_values(r, &mut values);
+            // Exact: the inverse of a power of two is one.
+            let inverse_factor = 1.0 / factor;
+            values.iter_mut().for_each(|v| *v *= inverse_factor);
+            let (panel, lane) = (r / PANEL, r % PANEL);
+            for (b, values) in values.chunks_exact(block).enumerate() {
+                let at = Q8_HEADER + (panel * blocks + b) * block_bytes;
+                let out = &mut matrix[at..at + block_bytes];
+                let d = largest_magnitude(values) / 127.0;
+                let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
+                for (q, v) in quants.iter_mut().zip(values) {
+                    *q = round_away(v * inverse) as i8;
+                }
+                out[2 * lane..2 * lane + 2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+                for (g, four) in quants[..block].chunks_exact(4).enumerate() {
+                    let at = header + 64 * g + 4 * lane;
+                    for (o, q) in out[at..at + 4].iter_mut().zip(four) {
+                        *o = (*q as u8) ^ 0x80;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Whether `w` holds a `rows × cols` matrix in 8-bit panels whose factor is a normal
+    /// power of two and whose scales are finite (what a saved buffer read back must be).
+    pub(crate) fn sound(w: &[u8], rows: usize, cols: usize) -> bool {
+        if q8_block(cols).is_none() || w.len() != q8_len(rows, cols) {
+            return false;
+        }
+        let layout = Layout::adapter(q8_block(cols).expect("checked above"));
+        let (factor, panels) = parts(w);
+        let power_of_two = factor.is_normal() && factor > 0.0 && factor.to_bits() & 0x007f_ffff == 0;
+        power_of_two
+            && panels.chunks_exact(layout.block_bytes()).all(|block| {
+                block[..layout.header_bytes()]
+                    .chunks_exact(2)
+                    .all(|d| u16::from_le_bytes([d[0], d[1]]) & 0x7c00 != 0x7c00)
+            })
+    }
+
+    /// The largest `|v|` of finite `values`, in eight lanes (`f32::max`'s NaN rule keeps a
+    /// plain fold from vectorizing).
+    fn largest_magnitude(values: &[f32]) -> f32 {
+        let larger = |m: f32, v: f32| if v > m { v } else { m };
+        let mut lanes = [0f32; 8];
+        let mut chunks = values.chunks_exact(8);
+        for chunk in &mut chunks {
+            for (lane, v) in lanes.iter_mut().zip(chunk) {
+                *lane = larger(*lane, v.abs());
+            }
+        }
+        let rest = chunks.remainder().iter().fold(0f32, |m, v| larger(m, v.abs()));
+        lanes.into_iter().fold(rest, larger)
+    }
+
+    /// `v` rounded to the nearest integer, halves away from zero (as `f32::round`, in operations
+    /// the compiler vectorizes).
+    #[inline(always)]
+    fn round_away(v: f32) -> f32 {
+        let t = v.trunc();
+        if (v - t).abs() >= 0.5 { t + 1f32.copysign(v) } else { t }
+    }
+
+    /// Asks for every cache line of `bytes` to be brought into L2 (a hint: nothing waits for
+    /// it), so that a task's adapter weights stream in while its first products run.
+    pub(crate) fn prefetch(bytes: &[u8]) {
+        #[cfg(target_arch = "x86_64")]
+        for line in bytes.chunks(64) {
+            // SAFETY: a prefetch reads nothing architecturally and never faults; the address is
+            // within `bytes`.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(line.as_ptr().cast())
+            };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = bytes;
+    }
+
+    /// The factor and the panels of a matrix's bytes.
+    fn parts(w: &[u8]) -> (f32, &[u8]) {
+        (f32::from_le_bytes([w[0], w[1], w[2], w[3]]), &w[Q8_HEADER..])
+    }
+
+    /// The row-major values of the `rows × cols` matrix held in 8-bit panels `w`.
+    pub(crate) fn unpack(w: &[u8], rows: usize, cols: usize) -> Vec<f32> {
+        assert_eq!(w.len(), q8_len(rows, cols), "unpack: not a {rows} × {cols} matrix in 8-bit panels");
+        let layout = Layout::adapter(q8_block(cols).expect("checked by q8_len"));
+        let (factor, panels) = parts(w);
+        let mut out = vec![0f32; rows * cols];
+        for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+            layout.dequantize_row(panels, cols, r, row);
+            row.iter_mut().for_each(|v| *v *= factor);
+        }
+        out
+    }
+
+    /// `x` rows (1 to [`MAX_ROWS`], each `cols` wide) quantized into `into` for products with a
+    /// matrix `cols` wide in 8-bit panels.
+    pub(crate) fn quantize<'a>(x: impl Iterator<Item = &'a [f32]>, cols: usize, into: &mut Q8Activations) {
+        into.set_rows(q8_block(cols).expect("a width 8-bit panels hold"), x, cols);
+    }
+
+    /// `out[i·rows..(i + 1)·rows] = W·x_i` for the `rows × cols` matrix `w` in 8-bit panels and
+    /// each row `x_i` of `x` (from [`quantize`]); `lanes` is scratch.
+    pub(crate) fn products(
+        w: &[u8],
+        rows: usize,
+        cols: usize,
+        x: &Q8Activations,
+        out: &mut [f32],
+        lanes: &mut Vec<f32>,
+    ) {
+        products_on(Isa::active(), w, rows, cols, x, out, lanes)
+    }
+
+    pub(crate) fn products_on(
+        isa: Isa,
+        w: &[u8],
+        rows: usize,
+        cols: usize,
+        x: &Q8Activations,
+        out: &mut [f32],
+        lanes: &mut Vec<f32>,
+    ) {
+        let n = x.rows();
+        assert!((1..=MAX_ROWS).contains(&n), "products: {n} rows");
+        assert_eq!(w.len(), q8_len(rows, cols), "products: not a {rows} × {cols} matrix in 8-bit panels");
+        assert_eq!(out.len(), n * rows, "products: outputs are not {n} × {rows}");
+        let block = q8_block(cols).expect("checked by q8_len");
+        assert!(x.block == block && x.row(0).quants.len() == cols, "products: activations are not {cols} wide");
+        let layout = Layout::adapter(block);
+        let (factor, panels_bytes) = parts(w);
+        let blocks = cols / block;
+        let panels = rows.div_ceil(PANEL);
+        lanes.clear();
+        lanes.resize(panels * n * PANEL, 0.0);
+        match n {
+            1 => layout.tile::<1>(isa, panels_bytes, blocks, x, 0, lanes),
+            2 => layout.tile::<2>(isa, panels_bytes, blocks, x, 0, lanes),
+            3 => layout.tile::<3>(isa, panels_bytes, blocks, x, 0, lanes),
+            _ => layout.tile::<4>(isa, panels_bytes, blocks, x, 0, lanes),
+        }
+        // Panel-major (panel, row of x, lane) to each row's outputs, times the factor.
+        for (p, panel) in lanes.chunks_exact(n * PANEL).enumerate() {
+            let first = p * PANEL;
+            let count = PANEL.min(rows - first);
+            for (out, lanes) in out.chunks_exact_mut(rows).zip(panel.chunks_exact(PANEL)) {
+                for (o, v) in out[first..first + count].iter_mut().zip(lanes) {
+                    *o = v * factor;
+                }
+            }
+        }
+    }
 }
 
 /// The plain Rust reference.
@@ -554,5 +786,88 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// 8-bit panels: every value comes back within its block's rounding (half a step of the
+    /// block's scale, and the scale's own f16 rounding), however small the weights (the factor);
+    /// products on every level equal the portable level's and f64 arithmetic on the held values
+    /// with the activations' 8-bit rounding; outputs past `rows` are not written; values the
+    /// panels cannot hold are refused, appending nothing; a sound matrix is `sound` and one with
+    /// an infinite scale is not.
+    #[test]
+    fn eight_bit_panels_hold_and_multiply_on_every_level() {
+        use super::super::PANEL;
+        let mut rng = StdRng::seed_from_u64(8);
+        for (rows, cols) in [(1, 16), (16, 32), (17, 16), (40, 48), (16, 576), (576, 16), (33, 64)] {
+            for magnitude in [1.0e-4f32, 0.03, 7.0] {
+                let values: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0) * magnitude).collect();
+                let bytes = le_bytes(&values);
+                let source = Rows { bytes: &bytes, cols, order: None };
+                let mut w = vec![0xAA];
+                assert!(q8::pack(rows, &source, &mut w), "{rows}x{cols}");
+                let w = w.split_off(1);
+                assert_eq!(w.len(), q8::q8_len(rows, cols));
+                assert!(q8::sound(&w, rows, cols));
+                let held = q8::unpack(&w, rows, cols);
+                let block = q8::q8_block(cols).unwrap();
+                for (r, (row, got)) in values.chunks_exact(cols).zip(held.chunks_exact(cols)).enumerate() {
+                    for (b, (v, g)) in row.chunks_exact(block).zip(got.chunks_exact(block)).enumerate() {
+                        let step = v.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                        for (v, g) in v.iter().zip(g) {
+                            assert!((v - g).abs() <= 0.57 * step, "{rows}x{cols} row {r} block {b}: {g} for {v}");
+                        }
+                    }
+                }
+                for n in 1..=MAX_ROWS {
+                    let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                    let mut xq = crate::kernels::Q8Activations::empty();
+                    q8::quantize(x.chunks_exact(cols), cols, &mut xq);
+                    let run = |isa: Isa| {
+                        let mut out = vec![-7.0; n * rows + 1];
+                        q8::products_on(isa, &w, rows, cols, &xq, &mut out[..n * rows], &mut vec![1.0; 3]);
+                        let outs: Vec<Vec<f32>> = (0..n).map(|i| out[i * rows..(i + 1) * rows + 1].to_vec()).collect();
+                        outs
+                    };
+                    let portable = run(Isa::Portable);
+                    for isa in Isa::available() {
+                        let got = run(isa);
+                        for (i, (got, reference)) in got.iter().zip(&portable).enumerate() {
+                            if i == n - 1 {
+                                assert_eq!(got[rows], -7.0, "{isa:?}: wrote past its rows");
+                            }
+                            for r in 0..rows {
+                                let terms = held[r * cols..(r + 1) * cols].iter().zip(&x[i * cols..(i + 1) * cols]);
+                                let scale: f64 = terms.clone().map(|(w, x)| f64::from(*w * *x).abs()).sum::<f64>();
+                                let exact: f64 = terms.map(|(w, x)| f64::from(*w) * f64::from(*x)).sum();
+                                let (g, p) = (f64::from(got[r]), f64::from(reference[r]));
+                                assert!(
+                                    (g - p).abs() <= 1e-5 * scale.max(1e-30),
+                                    "{isa:?} {rows}x{cols} x{i} row {r}: {g} vs portable {p}"
+                                );
+                                assert!(
+                                    (g - exact).abs() <= 1.5e-2 * scale,
+                                    "{isa:?} {rows}x{cols} x{i} row {r}: {g} vs {exact}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(q8::q8_block(8), None);
+        assert_eq!((q8::q8_block(48), q8::q8_block(64)), (Some(16), Some(32)));
+        for bad in [f32::NAN, f32::INFINITY, 2.0e30, 1.0e-31] {
+            let mut v = vec![0.0f32; 16 * 32];
+            v[37] = bad;
+            let bytes = le_bytes(&v);
+            let mut out = vec![1u8];
+            assert!(!q8::pack(16, &Rows { bytes: &bytes, cols: 32, order: None }, &mut out), "{bad}");
+            assert_eq!(out, [1u8], "{bad}: nothing appended");
+        }
+        let bytes = le_bytes(&vec![0.25f32; PANEL * 32]);
+        let mut w = Vec::new();
+        assert!(q8::pack(PANEL, &Rows { bytes: &bytes, cols: 32, order: None }, &mut w));
+        w[q8::Q8_HEADER + 3] = 0x7c; // the second row's scale: an infinite f16
+        assert!(!q8::sound(&w, PANEL, 32));
     }
 }

@@ -147,6 +147,24 @@ impl BlockMatrix {
         self.matmul_on(Isa::active(), x, m)
     }
 
+    /// The activations [`Self::matmul_quantized`] takes for `m` rows `x`, if this matrix's
+    /// kernels take 8-bit blocks of [`BLOCK`] (panels; K-quants quantize their own way).
+    pub(crate) fn activations(&self, x: &[f32], m: usize) -> Option<Q8Activations> {
+        self.takes_activations().then(|| Q8Activations::quantize(x, m, self.cols))
+    }
+
+    /// Whether [`Self::matmul_quantized`] applies (panels, not K-quants).
+    pub(crate) fn takes_activations(&self) -> bool {
+        panel::Layout::of(self.format).is_some()
+    }
+
+    /// [`Self::matmul`] of rows already quantized by [`Self::activations`] (so that other
+    /// products of the same rows, adapters' 8-bit panels, quantize them once).
+    pub(crate) fn matmul_quantized(&self, activations: &Q8Activations, m: usize) -> Vec<f32> {
+        let layout = panel::Layout::of(self.format).expect("activations are only made for panels");
+        layout.matmul_quantized(Isa::active(), &self.data, self.rows, self.cols, activations, m)
+    }
+
     /// [`Self::matmul`] on the kernels of `isa` (which the CPU must run: see
     /// [`Isa::available`]).
     pub fn matmul_on(&self, isa: Isa, x: &[f32], m: usize) -> Vec<f32> {
@@ -159,9 +177,11 @@ impl BlockMatrix {
     }
 }
 
-/// Input rows quantized to 8-bit blocks of [`BLOCK`]: per block a scale `d`, the quants' sum
-/// `s` and `d·s` (for Q4_1's min), and the 32 quants (|q| ≤ 127).
+/// Input rows quantized to 8-bit blocks of [`BLOCK`] (or 16, for adapter panels): per block a
+/// scale `d`, the quants' sum `s` and `d·s` (for Q4_1's min), and the quants (|q| ≤ 127).
 pub(crate) struct Q8Activations {
+    /// Elements a block covers.
+    pub(crate) block: usize,
     blocks_per_row: usize,
     scale: Vec<f32>,
     sum: Vec<i32>,
@@ -179,19 +199,82 @@ pub(crate) struct Q8Row<'a> {
 }
 
 impl Q8Activations {
+    /// `m` rows of `cols` (a multiple of [`BLOCK`]) in blocks of [`BLOCK`].
     pub(crate) fn quantize(x: &[f32], m: usize, cols: usize) -> Self {
-        let blocks = m * cols / BLOCK;
-        let mut scale = Vec::with_capacity(blocks);
-        let mut sum = Vec::with_capacity(blocks);
-        let mut scaled_sum = Vec::with_capacity(blocks);
-        let mut quants = vec![0i8; m * cols];
-        for (values, q) in x.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)) {
-            let (d, s) = q8::quantize_block(values, q);
-            scale.push(d);
-            sum.push(s);
-            scaled_sum.push(d * s as f32);
+        Self::quantize_in(BLOCK, x, m, cols)
+    }
+
+    /// `m` rows of `cols` (a multiple of `block`, 16 or 32) in blocks of `block`.
+    pub(crate) fn quantize_in(block: usize, x: &[f32], m: usize, cols: usize) -> Self {
+        assert_eq!(x.len(), m * cols, "quantize: {m} rows of {cols} from {} values", x.len());
+        let mut quantized = Self::empty();
+        quantized.set_rows(block, x.chunks_exact(cols.max(1)), cols);
+        quantized
+    }
+
+    /// No rows yet: buffers for [`Self::set_rows`] to fill and refill.
+    pub(crate) fn empty() -> Self {
+        Self {
+            block: BLOCK,
+            blocks_per_row: 0,
+            scale: Vec::new(),
+            sum: Vec::new(),
+            scaled_sum: Vec::new(),
+            quants: Vec::new(),
         }
-        Self { blocks_per_row: cols / BLOCK, scale, sum, scaled_sum, quants }
+    }
+
+    /// Replaces the rows held with `rows`, each `cols` (a multiple of `block`, 16 or 32) long,
+    /// in blocks of `block`, reusing the buffers.
+    pub(crate) fn set_rows<'a>(&mut self, block: usize, rows: impl Iterator<Item = &'a [f32]>, cols: usize) {
+        assert!(
+            (block == BLOCK || block == BLOCK / 2) && cols.is_multiple_of(block),
+            "quantize: rows of {cols} in blocks of {block}"
+        );
+        self.block = block;
+        self.blocks_per_row = cols / block;
+        self.scale.clear();
+        self.sum.clear();
+        self.scaled_sum.clear();
+        self.quants.clear();
+        let hint = rows.size_hint().0 * self.blocks_per_row;
+        self.scale.reserve(hint);
+        self.sum.reserve(hint);
+        self.scaled_sum.reserve(hint);
+        self.quants.reserve(hint * block);
+        for row in rows {
+            assert_eq!(row.len(), cols, "quantize: a row is not {cols} long");
+            for values in row.chunks_exact(block) {
+                let at = self.quants.len();
+                self.quants.resize(at + block, 0);
+                let (d, s) = q8::quantize_block(values, &mut self.quants[at..]);
+                self.scale.push(d);
+                self.sum.push(s);
+                self.scaled_sum.push(d * s as f32);
+            }
+        }
+    }
+
+    /// Replaces the rows held with rows `rows` of `from`, copied (already quantized).
+    pub(crate) fn copy_rows(&mut self, from: &Q8Activations, rows: impl Iterator<Item = usize>) {
+        self.block = from.block;
+        self.blocks_per_row = from.blocks_per_row;
+        self.scale.clear();
+        self.sum.clear();
+        self.scaled_sum.clear();
+        self.quants.clear();
+        for r in rows {
+            let row = from.row(r);
+            self.scale.extend_from_slice(row.scale);
+            self.sum.extend_from_slice(row.sum);
+            self.scaled_sum.extend_from_slice(row.scaled_sum);
+            self.quants.extend_from_slice(row.quants);
+        }
+    }
+
+    /// Rows held.
+    pub(crate) fn rows(&self) -> usize {
+        self.scale.len() / self.blocks_per_row.max(1)
     }
 
     pub(crate) fn row(&self, i: usize) -> Q8Row<'_> {
@@ -200,7 +283,7 @@ impl Q8Activations {
             scale: &self.scale[blocks.clone()],
             sum: &self.sum[blocks.clone()],
             scaled_sum: &self.scaled_sum[blocks.clone()],
-            quants: &self.quants[blocks.start * BLOCK..blocks.end * BLOCK],
+            quants: &self.quants[blocks.start * self.block..blocks.end * self.block],
         }
     }
 }

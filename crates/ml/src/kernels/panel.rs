@@ -32,18 +32,28 @@ pub(crate) struct Layout {
     /// which have mins).
     pub(crate) offset: i32,
     pub(crate) has_min: bool,
+    /// Elements a block covers: [`BLOCK`] for the GGML formats; 16 or 32 for the 8-bit panels of
+    /// LoRA adapters ([`Self::adapter`]), whose `B` matrices are as wide as the rank.
+    pub(crate) block: usize,
 }
 
 impl Layout {
     pub(crate) fn of(format: BlockFormat) -> Option<Self> {
         match format {
-            BlockFormat::Q4_0 => Some(Self { format, nibbles: true, offset: 8, has_min: false }),
-            BlockFormat::Q4_1 => Some(Self { format, nibbles: true, offset: 0, has_min: true }),
-            BlockFormat::Q5_0 => Some(Self { format, nibbles: false, offset: 128, has_min: false }),
-            BlockFormat::Q5_1 => Some(Self { format, nibbles: false, offset: 0, has_min: true }),
-            BlockFormat::Q8_0 => Some(Self { format, nibbles: false, offset: 128, has_min: false }),
+            BlockFormat::Q4_0 => Some(Self { format, nibbles: true, offset: 8, has_min: false, block: BLOCK }),
+            BlockFormat::Q4_1 => Some(Self { format, nibbles: true, offset: 0, has_min: true, block: BLOCK }),
+            BlockFormat::Q5_0 => Some(Self { format, nibbles: false, offset: 128, has_min: false, block: BLOCK }),
+            BlockFormat::Q5_1 => Some(Self { format, nibbles: false, offset: 0, has_min: true, block: BLOCK }),
+            BlockFormat::Q8_0 => Some(Self { format, nibbles: false, offset: 128, has_min: false, block: BLOCK }),
             BlockFormat::Q4K | BlockFormat::Q5K | BlockFormat::Q6K => None,
         }
+    }
+
+    /// Q8_0 with blocks of `block` elements (32, or 16 for a matrix only 16 wide): the 8-bit
+    /// panels LoRA adapters are held in for serving (`kernels::adapter`).
+    pub(crate) fn adapter(block: usize) -> Self {
+        assert!(block == BLOCK || block == BLOCK / 2, "adapter panels have blocks of 16 or 32, not {block}");
+        Self { format: BlockFormat::Q8_0, nibbles: false, offset: 128, has_min: false, block }
     }
 
     /// Bytes of the scales (and mins) before a panel block's quants.
@@ -51,9 +61,9 @@ impl Layout {
         if self.has_min { 4 * PANEL } else { 2 * PANEL }
     }
 
-    /// 64-byte quant groups per panel block: 4 for Q4, 8 for Q8.
+    /// 64-byte quant groups per panel block: 4 for Q4, `block / 4` for 8-bit quants.
     pub(crate) fn groups(self) -> usize {
-        if self.nibbles { 4 } else { 8 }
+        if self.nibbles { 4 } else { self.block / 4 }
     }
 
     pub(crate) fn block_bytes(self) -> usize {
@@ -115,10 +125,10 @@ impl Layout {
 
     /// Row `r` as f32, exactly as GGML dequantizes the original block.
     pub(crate) fn dequantize_row(self, data: &[u8], cols: usize, r: usize, out: &mut [f32]) {
-        let blocks = cols / BLOCK;
+        let blocks = cols / self.block;
         let (panel, lane) = (r / PANEL, r % PANEL);
         let block_bytes = self.block_bytes();
-        for (b, out) in out.chunks_exact_mut(BLOCK).enumerate().take(blocks) {
+        for (b, out) in out.chunks_exact_mut(self.block).enumerate().take(blocks) {
             let block = &data[(panel * blocks + b) * block_bytes..][..block_bytes];
             let d = f16_at(block, 2 * lane);
             let m = if self.has_min { f16_at(block, 2 * PANEL + 2 * lane) } else { 0.0 };
@@ -145,7 +155,23 @@ impl Layout {
 
     /// `x · Wᵀ` for panels `data` of a `rows × cols` matrix and `m` rows of `x`.
     pub(crate) fn matmul(self, isa: Isa, data: &[u8], rows: usize, cols: usize, x: &[f32], m: usize) -> Vec<f32> {
-        let activations = Q8Activations::quantize(x, m, cols);
+        self.matmul_quantized(isa, data, rows, cols, &Q8Activations::quantize(x, m, cols), m)
+    }
+
+    /// [`Self::matmul`] with the `m` rows already quantized ([`Q8Activations::quantize`]).
+    pub(crate) fn matmul_quantized(
+        self,
+        isa: Isa,
+        data: &[u8],
+        rows: usize,
+        cols: usize,
+        activations: &Q8Activations,
+        m: usize,
+    ) -> Vec<f32> {
+        assert!(
+            activations.block == BLOCK && activations.rows() == m && activations.row(0).quants.len() == cols,
+            "matmul: activations are not {m} rows of {cols} in blocks of {BLOCK}"
+        );
         let blocks = cols / BLOCK;
         let panel_bytes = blocks * self.block_bytes();
         let panels = rows.div_ceil(PANEL);
@@ -158,18 +184,7 @@ impl Layout {
         crate::pool::for_each_chunk(&mut out, per_task * m * PANEL, |task, out| {
             for (p, out) in out.chunks_exact_mut(m * PANEL).enumerate() {
                 let panel = &data[(task * per_task + p) * panel_bytes..][..panel_bytes];
-                let mut i = 0;
-                while i < m {
-                    let c = (m - i).min(TILE);
-                    let out = &mut out[i * PANEL..(i + c) * PANEL];
-                    match c {
-                        4 => self.tile::<4>(isa, panel, blocks, &activations, i, out),
-                        3 => self.tile::<3>(isa, panel, blocks, &activations, i, out),
-                        2 => self.tile::<2>(isa, panel, blocks, &activations, i, out),
-                        _ => self.tile::<1>(isa, panel, blocks, &activations, i, out),
-                    }
-                    i += c;
-                }
+                self.panel_rows(isa, panel, blocks, activations, out);
             }
         });
         if m == 1 {
@@ -186,8 +201,44 @@ impl Layout {
         result
     }
 
-    /// One panel against activation rows `first..first + C`, into `out` (`C × PANEL`).
-    fn tile<const C: usize>(
+    /// One panel (`blocks` blocks) against every row of `x`, into `out` (rows × [`PANEL`]), a
+    /// tile of up to [`TILE`] rows at a time.
+    fn panel_rows(self, isa: Isa, panel: &[u8], blocks: usize, x: &Q8Activations, out: &mut [f32]) {
+        let m = out.len() / PANEL;
+        let mut i = 0;
+        while i < m {
+            let c = (m - i).min(TILE);
+            let out = &mut out[i * PANEL..(i + c) * PANEL];
+            match c {
+                4 => self.tile::<4>(isa, panel, blocks, x, i, out),
+                3 => self.tile::<3>(isa, panel, blocks, x, i, out),
+                2 => self.tile::<2>(isa, panel, blocks, x, i, out),
+                _ => self.tile::<1>(isa, panel, blocks, x, i, out),
+            }
+            i += c;
+        }
+    }
+
+    /// Panels (one, or several one after another) against activation rows `first..first + C`,
+    /// into `out` (`C × PANEL` a panel, panel after panel).
+    pub(crate) fn tile<const C: usize>(
+        self,
+        isa: Isa,
+        panel: &[u8],
+        blocks: usize,
+        x: &Q8Activations,
+        first: usize,
+        out: &mut [f32],
+    ) {
+        assert_eq!(x.block, self.block, "activations quantized in blocks of another length");
+        match self.block {
+            BLOCK => self.tile_of::<C, BLOCK>(isa, panel, blocks, x, first, out),
+            _ => self.tile_of::<C, { BLOCK / 2 }>(isa, panel, blocks, x, first, out),
+        }
+    }
+
+    /// [`Self::tile`] for blocks of `L` elements.
+    fn tile_of<const C: usize, const L: usize>(
         self,
         isa: Isa,
         panel: &[u8],
@@ -197,16 +248,20 @@ impl Layout {
         out: &mut [f32],
     ) {
         let rows: [Q8Row<'_>; C] = std::array::from_fn(|c| x.row(first + c));
-        debug_assert_eq!(panel.len(), blocks * self.block_bytes());
-        debug_assert_eq!(out.len(), C * PANEL);
         match isa {
-            Isa::Portable => portable::tile(self, panel, blocks, &rows, out),
+            Isa::Portable => {
+                let panel_bytes = blocks * self.block_bytes();
+                assert_eq!(out.len(), panel.len() / panel_bytes * C * PANEL, "tile: outputs for every panel");
+                for (panel, out) in panel.chunks_exact(panel_bytes).zip(out.chunks_exact_mut(C * PANEL)) {
+                    portable::tile::<C, L>(self, panel, blocks, &rows, out);
+                }
+            }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => x86::tile_avx2(self, panel, blocks, &rows, out),
+            Isa::Avx2 => x86::tile_avx2::<C, L>(self, panel, blocks, &rows, out),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => x86::tile_avx512(self, panel, blocks, &rows, out),
+            Isa::Avx512Vnni => x86::tile_avx512::<C, L>(self, panel, blocks, &rows, out),
             #[cfg(not(target_arch = "x86_64"))]
-            _ => portable::tile(self, panel, blocks, &rows, out),
+            _ => self.tile_of::<C, L>(Isa::Portable, panel, blocks, x, first, out),
         }
     }
 }

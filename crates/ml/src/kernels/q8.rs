@@ -6,9 +6,17 @@
 
 use super::{BLOCK, Isa};
 
-/// Quantizes one block into `quants`; returns its scale and the quants' sum.
+/// Quantizes one block into `quants`; returns its scale and the quants' sum. A block is
+/// [`BLOCK`] values, or 16 (an adapter's `B·u`, quantized by the reference on every level).
 pub(crate) fn quantize_block(values: &[f32], quants: &mut [i8]) -> (f32, i32) {
-    assert!(values.len() == BLOCK && quants.len() == BLOCK, "a block is {BLOCK} values");
+    assert!(
+        (values.len() == BLOCK || values.len() == BLOCK / 2) && quants.len() == values.len(),
+        "a block is {BLOCK} or {} values",
+        BLOCK / 2
+    );
+    if values.len() != BLOCK {
+        return portable(values, quants);
+    }
     match Isa::active() {
         Isa::Portable => portable(values, quants),
         #[cfg(target_arch = "x86_64")]

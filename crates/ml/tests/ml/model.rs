@@ -27,15 +27,16 @@ impl Fixture {
         LlamaModel::from_safetensors_dir(&dir, &Device::Cpu).unwrap()
     }
 
+    /// A served adapter of `rank`: 4 is held in f16 panels, 16 in 8-bit ones.
     pub fn adapter(
         &self,
         model: &LlamaModel,
         name: &str,
-        seed: u64,
+        (rank, seed): (usize, u64),
         targets: &[Target],
         zero: bool,
     ) -> Arc<LoraAdapter> {
-        let dir = write_peft_adapter(&self.dir.path().join(name), model.config(), 4, targets, seed, zero).unwrap();
+        let dir = write_peft_adapter(&self.dir.path().join(name), model.config(), rank, targets, seed, zero).unwrap();
         self.adapter_from(model, name, &dir)
     }
 
@@ -102,14 +103,21 @@ fn prefill_matches_token_by_token() {
     assert_eq!(whole.len(), PROMPT.len());
 }
 
+/// On adapters in f16 panels (rank 4) and in 8-bit panels (rank 16).
 #[test]
 fn adapters_zero_mix_and_batch_rows() {
+    for rank in [4, 16] {
+        zero_mix_and_batch_rows(rank);
+    }
+}
+
+fn zero_mix_and_batch_rows(rank: usize) {
     let f = Fixture::new();
     let model = f.gguf(GgmlDType::Q8_0);
     let qkvo = [Target::Q, Target::K, Target::V, Target::O];
-    let zero = f.adapter(&model, "zero", 1, &qkvo, true);
-    let a = f.adapter(&model, "a", 2, &qkvo, false);
-    let b = f.adapter(&model, "b", 3, &Target::ALL, false);
+    let zero = f.adapter(&model, "zero", (rank, 1), &qkvo, true);
+    let a = f.adapter(&model, "a", (rank, 2), &qkvo, false);
+    let b = f.adapter(&model, "b", (rank, 3), &Target::ALL, false);
     let none = AdapterMix::default();
     let (base_tokens, base_logits) = generate_alone(&model, &PROMPT, &none, 5);
 
@@ -156,22 +164,27 @@ fn adapters_zero_mix_and_batch_rows() {
             next[i] = vec![token];
         }
     }
-    assert_eq!(batched, alone);
+    assert_eq!(batched, alone, "rank {rank}");
 }
 
 #[test]
 fn adapters_on_gguf_and_safetensors_bases_agree() {
-    // GGUF bases hold q/k rows permuted for interleaved RoPE; adapter B rows must follow.
-    let f = Fixture::new();
-    let hf = f.safetensors();
-    let gguf = f.gguf(GgmlDType::F32);
-    let targets = [Target::Q, Target::K, Target::Down];
-    let on_hf = AdapterMix(vec![(f.adapter(&hf, "x", 5, &targets, false), 1.0)]);
-    let on_gguf = AdapterMix(vec![(f.adapter(&gguf, "x", 5, &targets, false), 1.0)]);
-    let (_, a) = generate_alone(&hf, &PROMPT, &on_hf, 3);
-    let (_, b) = generate_alone(&gguf, &PROMPT, &on_gguf, 3);
-    for (x, y) in a.iter().zip(&b) {
-        assert!(max_diff(x, y) < 1e-3, "{}", max_diff(x, y));
+    // GGUF bases hold q/k rows permuted for interleaved RoPE; adapter B rows must follow (in
+    // f16 panels at rank 4, in 8-bit panels at rank 16).
+    for rank in [4, 16] {
+        let f = Fixture::new();
+        let hf = f.safetensors();
+        let gguf = f.gguf(GgmlDType::F32);
+        let targets = [Target::Q, Target::K, Target::Down];
+        let on_hf = AdapterMix(vec![(f.adapter(&hf, "x", (rank, 5), &targets, false), 1.0)]);
+        let on_gguf = AdapterMix(vec![(f.adapter(&gguf, "x", (rank, 5), &targets, false), 1.0)]);
+        let (_, base) = generate_alone(&gguf, &PROMPT, &AdapterMix::default(), 3);
+        let (_, a) = generate_alone(&hf, &PROMPT, &on_hf, 3);
+        let (_, b) = generate_alone(&gguf, &PROMPT, &on_gguf, 3);
+        assert!(max_diff(&b[0], &base[0]) > 1e-2, "rank {rank}: the adapter had no effect");
+        for (x, y) in a.iter().zip(&b) {
+            assert!(max_diff(x, y) < 1e-3, "rank {rank}: {}", max_diff(x, y));
+        }
     }
 }
 
@@ -336,4 +349,34 @@ fn a_served_adapter_loads_again_from_its_saved_panels_while_they_are_sound_and_m
     let rounded: Vec<f32> = exact.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
     assert_eq!(for_base, rounded);
     assert_ne!(for_base, expected);
+}
+
+/// A rank-16 adapter is served from 8-bit panels, saved and read back like f16 ones: the values
+/// read are the values built; a scale made infinite in the file is not used (the adapter is
+/// built again from its files, and its panels saved again).
+#[test]
+fn eight_bit_panels_are_saved_and_read_back_whole() {
+    use openledger_ml::adapters::load_adapter_dir_saving_panels as load_saving;
+    use openledger_ml::adapters::{ADAPTER_PANELS, ADAPTER_PANELS_SETTLE};
+    let f = Fixture::new();
+    let model = f.gguf(GgmlDType::Q8_0);
+    let targets = [Target::Q, Target::K, Target::V, Target::O];
+    let dir = write_peft_adapter(&f.dir.path().join("q8"), model.config(), 16, &targets, 3, false).unwrap();
+    let panels = dir.join(ADAPTER_PANELS);
+    std::thread::sleep(ADAPTER_PANELS_SETTLE);
+    let adapter = load_saving("q8", &dir, &model).unwrap();
+    let built = adapter_values(&adapter);
+    let f16_bytes = adapter.pairs().map(|(_, p)| 2 * (p.a().unwrap().elem_count() + p.b().unwrap().elem_count())).sum();
+    assert!(adapter.size_bytes() < f16_bytes, "{} bytes held, {f16_bytes} in f16", adapter.size_bytes());
+    wait_for("the panels are saved", || panels.exists());
+    let saved = std::fs::read(&panels).unwrap();
+    assert!(saved.len() < f16_bytes);
+    assert_eq!(adapter_values(&load_adapter_dir("q8", &dir, &model).unwrap()), built);
+    // The first matrix's first scale (after its 64-byte factor header): infinite.
+    let first_scale = saved.len() - adapter.size_bytes() + 64;
+    let mut tampered = saved.clone();
+    tampered[first_scale..first_scale + 2].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+    std::fs::write(&panels, &tampered).unwrap();
+    assert_eq!(adapter_values(&load_saving("q8", &dir, &model).unwrap()), built);
+    wait_for("the panels are saved again", || std::fs::read(&panels).unwrap() == saved);
 }

@@ -1,16 +1,23 @@
 //! The reference panel kernel: exact integer dot products per row and block, in plain Rust.
 
-use super::super::{BLOCK, PANEL, Q8Row, f16_at};
+use super::super::{PANEL, Q8Row, f16_at};
 use super::Layout;
 
-pub(super) fn tile<const C: usize>(layout: Layout, panel: &[u8], blocks: usize, x: &[Q8Row<'_>; C], out: &mut [f32]) {
+/// Blocks of `L` elements (for Q4, always 32).
+pub(super) fn tile<const C: usize, const L: usize>(
+    layout: Layout,
+    panel: &[u8],
+    blocks: usize,
+    x: &[Q8Row<'_>; C],
+    out: &mut [f32],
+) {
     let block_bytes = layout.block_bytes();
     let header = layout.header_bytes();
     let mut acc = [[0f32; PANEL]; C];
     for b in 0..blocks {
         let block = &panel[b * block_bytes..(b + 1) * block_bytes];
         for (row, acc) in x.iter().zip(acc.iter_mut()) {
-            let xq = &row.quants[b * BLOCK..(b + 1) * BLOCK];
+            let xq = &row.quants[b * L..(b + 1) * L];
             for (lane, acc) in acc.iter_mut().enumerate() {
                 let mut dot = 0i32;
                 for g in 0..layout.groups() {
