@@ -569,7 +569,7 @@ fn adapter_plan(args: &[String]) -> anyhow::Result<(AdapterSource, Vec<(String, 
             Some((n, w)) => (n, w.parse::<f32>().with_context(|| format!("weight in {arg:?}"))?),
             None => (arg.as_str(), 1.0),
         };
-        if name.starts_with("hf://") {
+        if openledger_ml::adapters::is_hub_id(name) {
             mix.push((name.to_string(), weight));
             continue;
         }

@@ -1,22 +1,90 @@
 //! OpenLoRA engine benchmarks on SmolLM2-135M-Instruct Q4_1 (`scripts/fetch-models.sh smollm2`):
 //! single-stream decode, prefill of a 512-token prompt, batch-16 decode of the base model and
 //! with 1, 16 and 100 distinct adapters, the LoRA deltas of a batch-16 step alone (`deltas`),
-//! adapter cold load, and peak RSS. Results and peers in
+//! adapter cold load, the served adapters' logits against exact f32 ones (`accuracy`), and peak
+//! RSS. Results and peers in
 //! bench/RESULTS.md (`bench/llamacpp/engine.sh` runs this next to llama.cpp's own benches).
 //!
-//! `cargo bench -p openledger-ml --bench decode -- [single|prefill|batch|deltas|load|all] [--threads N]`
-//! (`OPENLEDGER_CPU_KERNELS` picks a lower kernel level, `OPENLEDGER_BENCH_MODEL` another GGUF).
+//! `cargo bench -p openledger-ml --bench decode -- [single|prefill|batch|deltas|load|accuracy|all] [--threads N]`
+//! (`OPENLEDGER_CPU_KERNELS` picks a lower kernel level, `OPENLEDGER_BENCH_MODEL` another GGUF,
+//! `OPENLEDGER_ADAPTER_PANELS=f16` f16 adapter panels instead of 8-bit ones).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
-use openledger_ml::adapters::{load_adapter_dir, load_adapter_dir_saving_panels};
-use openledger_ml::lora::AdapterMix;
-use openledger_ml::testing::{lora_delta_step, peak_rss_mib, smollm2_path, thread_minor_faults, write_peft_adapter};
+use openledger_ml::adapters::{load_adapter_dir, load_adapter_dir_as, load_adapter_dir_saving_panels};
+use openledger_ml::lora::{AdapterMix, AdapterPanels, AdapterPrecision};
+use openledger_ml::testing::{
+    lora_delta_step, peak_rss_mib, smollm2_path, thread_minor_faults, write_peft_adapter, write_peft_adapter_of,
+};
 use openledger_ml::{ComputePool, LlamaModel, SeqStep, Target, load_model};
 
 const PROMPT: [u32; 5] = [504, 3575, 282, 4649, 314];
+
+/// The logits after PROMPT and after each of `tokens` but the last, fed in turn (teacher forcing).
+fn forced_logits(model: &LlamaModel, mix: &AdapterMix, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = model.new_cache(PROMPT.len() + tokens.len()).expect("cache");
+    let mut all = vec![model.logits_for(&PROMPT, &mut cache, mix).expect("prefill")];
+    for &token in &tokens[..tokens.len() - 1] {
+        all.push(model.logits_for(&[token], &mut cache, mix).expect("decode"));
+    }
+    all
+}
+
+/// Served adapters (the panels chosen: 8-bit by default) against the same adapters held exactly
+/// (f32, the file's values): for 8 rank-16 q/k/v/o adapters of a trained adapter's magnitudes
+/// (`A` within ±1/√in, as PEFT initializes it, `B` within ±0.02), then 8 of the benches' far
+/// larger ones (±0.5 both: they overwhelm the model), 32 greedy tokens of the exact one fed to
+/// both; per step the largest logit error over the vocabulary, as a share of the adapter's own
+/// largest effect on the logits (exact against no adapter), and whether the greedy token agrees.
+fn accuracy(model: &LlamaModel, dir: &std::path::Path, targets: &[Target]) {
+    let trained = (1.0 / (model.config().hidden_size as f32).sqrt(), 0.02);
+    for (name, magnitudes) in [("trained-like", trained), ("bench (±0.5)", (0.5, 0.5))] {
+        accuracy_of(model, dir, targets, name, magnitudes);
+    }
+}
+
+fn accuracy_of(model: &LlamaModel, dir: &std::path::Path, targets: &[Target], name: &str, magnitudes: (f32, f32)) {
+    let none = AdapterMix::default();
+    let largest_gap = |a: &[f32], b: &[f32]| {
+        a.iter().zip(b).fold(0f32, |m, (x, y)| if (x - y).abs() > m { (x - y).abs() } else { m })
+    };
+    let (mut shares, mut effects, mut agree, mut steps) = (Vec::new(), Vec::new(), 0, 0);
+    for i in 0..8 {
+        let d = dir.join(format!("accuracy-{name}-{i}"));
+        write_peft_adapter_of(&d, model.config(), 16, targets, 1000 + i, magnitudes).expect("adapter");
+        let exact = Arc::new(load_adapter_dir_as("exact", &d, model, AdapterPrecision::Exact).expect("load"));
+        let served = Arc::new(load_adapter_dir("served", &d, model).expect("load"));
+        let exact = AdapterMix(vec![(exact, 1.0)]);
+        let mut tokens = Vec::new();
+        let mut cache = model.new_cache(PROMPT.len() + 33).expect("cache");
+        let mut logits = model.logits_for(&PROMPT, &mut cache, &exact).expect("prefill");
+        for _ in 0..32 {
+            tokens.push(openledger_ml::model::argmax(&logits));
+            logits = model.logits_for(&tokens[tokens.len() - 1..], &mut cache, &exact).expect("decode");
+        }
+        let reference = forced_logits(model, &exact, &tokens);
+        let base = forced_logits(model, &none, &tokens);
+        let got = forced_logits(model, &AdapterMix(vec![(served, 1.0)]), &tokens);
+        for ((reference, base), got) in reference.iter().zip(&base).zip(&got) {
+            effects.push(f64::from(largest_gap(reference, base)));
+            shares.push(f64::from(largest_gap(got, reference) / largest_gap(reference, base).max(1e-6)));
+            agree += usize::from(openledger_ml::model::argmax(got) == openledger_ml::model::argmax(reference));
+            steps += 1;
+        }
+    }
+    shares.sort_by(f64::total_cmp);
+    effects.sort_by(f64::total_cmp);
+    println!(
+        "served {name} adapters ({:?} panels) against exact f32 ones, 8 adapters × 32 steps (the adapter's largest effect on a logit p50 {:.2}): largest logit error / that effect p50 {:.4}, p99 {:.4}, max {:.4}; greedy token agrees {agree} of {steps}",
+        AdapterPanels::chosen(),
+        percentile(&effects, 0.5),
+        percentile(&shares, 0.5),
+        percentile(&shares, 0.99),
+        shares[shares.len() - 1]
+    );
+}
 
 /// Greedy decode of `n` tokens after PROMPT; returns decode tokens/s (prefill excluded).
 fn single_stream(model: &LlamaModel, n: usize) -> f64 {
@@ -153,7 +221,7 @@ fn run(what: &str, threads: usize) {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let qkvo = [Target::Q, Target::K, Target::V, Target::O];
-    let needs_adapters = what == "deltas" || what == "batch" || what == "load" || what == "all";
+    let needs_adapters = ["deltas", "batch", "load", "all"].contains(&what);
     let mut adapters = Vec::new();
     if needs_adapters {
         for i in 0..100 {
@@ -189,6 +257,9 @@ fn run(what: &str, threads: usize) {
             let a = load_adapter_dir(&format!("a{i}"), &dir.path().join(format!("a{i}")), &model).expect("load");
             adapters.push(Arc::new(a));
         }
+    }
+    if what == "accuracy" {
+        accuracy(&model, dir.path(), &qkvo);
     }
     if what == "deltas" {
         // The deltas alone (`testing::lora_delta_step`), one shared adapter against 16 distinct

@@ -118,8 +118,8 @@ impl std::fmt::Debug for AdapterSource {
 
 /// Whether `id` names an adapter on the Hugging Face hub (`hf://owner/name[@rev]`), whose files
 /// live in hf-hub's cache rather than in a directory the platform owns.
-fn is_hub_id(id: &str) -> bool {
-    id.starts_with("hf://")
+pub fn is_hub_id(id: &str) -> bool {
+    id.starts_with(crate::source::HUB_PREFIX)
 }
 
 pub fn validate_adapter_id(id: &str) -> Result<()> {

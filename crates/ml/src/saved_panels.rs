@@ -319,5 +319,18 @@ mod tests {
         let expected: Vec<f32> =
             (0..5).flat_map(|c| (0..8).map(move |r| if r < 3 { (r * 5 + c) as f32 } else { 0.0 })).collect();
         assert_eq!(packed, expected);
+
+        // 8-bit panels of a 1 × 16 matrix (blocks of 16): a 64-byte header holding the factor
+        // (the power of two above the largest magnitude), then one panel block: 16 f16 scales,
+        // then 4-byte groups, row `l`'s at `64g + 4l`, each quant plus 128.
+        let values: Vec<f32> = (0..16).map(|i| i as f32 / 16.0).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut packed = Vec::new();
+        assert!(crate::kernels::adapter::q8::pack(1, &Rows { bytes: &bytes, cols: 16, order: None }, &mut packed));
+        assert_eq!(packed.len(), 64 + 32 + 4 * 64);
+        assert_eq!(packed[..4], 1.0f32.to_le_bytes());
+        assert_eq!(packed[64..66], half::f16::from_f32(0.9375 / 127.0).to_le_bytes());
+        let quant = |j: usize| packed[64 + 32 + 64 * (j / 4) + j % 4];
+        assert_eq!((quant(0), quant(1), quant(15)), (128, 128 + 8, 128 + 127));
     }
 }

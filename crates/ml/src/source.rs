@@ -12,6 +12,9 @@ use crate::error::{MlError, Result};
 use crate::model::LlamaModel;
 use crate::tokenizer::Tokenizer;
 
+/// What begins a location on the Hugging Face hub (`hf://owner/name...`).
+pub const HUB_PREFIX: &str = "hf://";
+
 /// A model or adapter location as a user writes it: a path, or
 /// `hf://owner/name[@revision][:file.gguf]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +27,7 @@ impl FromStr for Source {
     type Err = MlError;
 
     fn from_str(s: &str) -> Result<Self> {
-        let Some(rest) = s.strip_prefix("hf://") else {
+        let Some(rest) = s.strip_prefix(HUB_PREFIX) else {
             if s.is_empty() {
                 return Err(MlError::InvalidRequest("empty model path".into()));
             }

@@ -203,15 +203,29 @@ pub fn write_peft_adapter(
     seed: u64,
     zero_b: bool,
 ) -> Result<PathBuf> {
+    let magnitudes = if zero_b { (0.5, 0.0) } else { (0.5, 0.5) };
+    write_peft_adapter_of(dir, config, rank, targets, seed, magnitudes)
+}
+
+/// [`write_peft_adapter`] with `A`'s and `B`'s values uniform within ± the given magnitudes
+/// (a trained adapter's are small: `A` about ±1/√in, as PEFT initializes it, `B` ~1e-2).
+pub fn write_peft_adapter_of(
+    dir: &Path,
+    config: &crate::ModelConfig,
+    rank: usize,
+    targets: &[Target],
+    seed: u64,
+    (a_magnitude, b_magnitude): (f32, f32),
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| MlError::io(dir, e))?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tensors = HashMap::new();
+    let mut uniform = |magnitude: f32| if magnitude == 0.0 { 0.0 } else { rng.random_range(-magnitude..magnitude) };
     for layer in 0..config.num_layers {
         for &target in targets {
             let (in_f, out_f) = config.projection_shape(target);
-            let a: Vec<f32> = (0..rank * in_f).map(|_| rng.random_range(-0.5..0.5)).collect();
-            let b: Vec<f32> =
-                (0..out_f * rank).map(|_| if zero_b { 0.0 } else { rng.random_range(-0.5..0.5) }).collect();
+            let a: Vec<f32> = (0..rank * in_f).map(|_| uniform(a_magnitude)).collect();
+            let b: Vec<f32> = (0..out_f * rank).map(|_| uniform(b_magnitude)).collect();
             tensors.insert(peft_tensor_name(layer, target, true), Tensor::from_vec(a, (rank, in_f), &Device::Cpu)?);
             tensors.insert(peft_tensor_name(layer, target, false), Tensor::from_vec(b, (out_f, rank), &Device::Cpu)?);
         }

@@ -16,7 +16,7 @@ pub(super) async fn fetch_source(
     source: &str,
     limits: &AdapterLimits,
 ) -> Result<(Bytes, Bytes), RegistryError> {
-    if source.starts_with("hf://") {
+    if openledger_ml::adapters::is_hub_id(source) {
         return fetch_hub(source, limits).await;
     }
     check_prefix(source)?;

@@ -217,7 +217,7 @@ fn check_request(request: &pb::ImportAdapterRequest) -> Result<(), RegistryError
 
 /// `[A-Za-z0-9._-]{1,128}`, not starting with `.`, never `hf://…` (those name hub adapters).
 pub(super) fn check_id(id: &str) -> Result<(), RegistryError> {
-    if id.starts_with("hf://") {
+    if openledger_ml::adapters::is_hub_id(id) {
         return Err(invalid(format!(
             "adapter id {id:?} names a hub adapter: choose a registry id ([A-Za-z0-9._-]{{1,128}}) and pass hf://… as the source"
         )));

@@ -176,7 +176,7 @@ pub async fn preload_list(config: &Config, objects: &dyn ObjectStore) -> Result<
     let mut kept = Vec::with_capacity(ids.len());
     for id in ids {
         openledger_ml::adapters::validate_adapter_id(&id).map_err(HostError::Preload)?;
-        if !id.starts_with("hf://") {
+        if !openledger_ml::adapters::is_hub_id(&id) {
             let config_file = object_store::path::Path::from(format!(
                 "{ADAPTER_PREFIX}/{id}/{}",
                 openledger_ml::adapters::ADAPTER_CONFIG
