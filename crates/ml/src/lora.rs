@@ -1017,11 +1017,6 @@ fn task_delta_q8(
     }
     let n = rows.len();
     let mut delta = vec![0f32; n * pairs.iter().map(|p| p.out_features).sum::<usize>()];
-    if let (Some(first), Some(last)) = (pairs.first(), pairs.last())
-        && let (Held::Panels { a: start, .. }, Held::Panels { b: end, .. }) = (&first.held, &last.held)
-    {
-        q8::prefetch(&buffer[*start..*end + q8::q8_len(last.out_features, last.rank)]);
-    }
     SCRATCH.with_borrow_mut(|Scratch { x, u, uq, lanes }| {
         match quantized.filter(|q| Some(q.block) == q8::q8_block(in_features)) {
             Some(quantized) => x.copy_rows(quantized, rows.iter().map(|&r| r as usize)),

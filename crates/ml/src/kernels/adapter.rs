@@ -344,22 +344,6 @@ pub(crate) mod q8 {
         if (v - t).abs() >= 0.5 { t + 1f32.copysign(v) } else { t }
     }
 
-    /// Asks for every cache line of `bytes` to be brought into L2 (a hint: nothing waits for
-    /// it), so that a task's adapter weights stream in while its first products run.
-    pub(crate) fn prefetch(bytes: &[u8]) {
-        #[cfg(target_arch = "x86_64")]
-        for line in bytes.chunks(64) {
-            // SAFETY: a prefetch reads nothing architecturally and never faults; the address is
-            // within `bytes`.
-            #[allow(unsafe_code)]
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(line.as_ptr().cast())
-            };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = bytes;
-    }
-
     /// The factor and the panels of a matrix's bytes.
     fn parts(w: &[u8]) -> (f32, &[u8]) {
         (f32::from_le_bytes([w[0], w[1], w[2], w[3]]), &w[Q8_HEADER..])
