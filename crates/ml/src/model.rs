@@ -213,13 +213,13 @@ impl Group {
     /// (`[q | k | v]`, `[gate | up]`), LoRA deltas included.
     fn forward_host(&self, layer: usize, xs: &[f32], m: usize, lora: &LoraPlan) -> Result<Vec<f32>> {
         let in_features = xs.len() / m;
-        // With adapters, rows the base's kernels quantize are quantized once, here, for the
-        // adapters' 8-bit panels too.
+        // Rows the base's kernels quantize are quantized once, here, for every projection of
+        // the group that takes them and for the adapters' 8-bit panels.
         let first = match self {
             Self::Stacked { matrix, .. } => matrix,
             Self::Separate(parts) => &parts[0].1,
         };
-        let quantized = if lora.is_empty() { None } else { first.activations(xs, m) };
+        let quantized = first.activations(xs, m);
         let q = quantized.as_ref();
         let (mut out, parts) = match self {
             Self::Stacked { matrix, parts } => (matrix.forward_host(xs, m, q)?, parts.clone()),

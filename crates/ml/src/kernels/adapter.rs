@@ -216,6 +216,7 @@ fn le_f32(row: &[u8], c: usize) -> f32 {
 /// weights are: LoRA's often are ~1e-4) and a product is multiplied by afterwards.
 pub(crate) mod q8 {
     use super::super::panel::Layout;
+    use super::super::q8::{largest_magnitude, quantize_block};
     use super::super::{BLOCK, Isa, PANEL, Q8Activations};
     use super::{MAX_ROWS, Rows};
 
@@ -278,20 +279,17 @@ pub(crate) mod q8 {
         let block_bytes = layout.block_bytes();
         let header = layout.header_bytes();
         let mut quants = [0i8; BLOCK];
+        // Exact: the inverse of a power of two is one.
+        let inverse_factor = 1.0 / factor;
         for r in 0..rows {
             row_values(r, &mut values);
-            // Exact: the inverse of a power of two is one.
-            let inverse_factor = 1.0 / factor;
             values.iter_mut().for_each(|v| *v *= inverse_factor);
             let (panel, lane) = (r / PANEL, r % PANEL);
             for (b, values) in values.chunks_exact(block).enumerate() {
                 let at = Q8_HEADER + (panel * blocks + b) * block_bytes;
                 let out = &mut matrix[at..at + block_bytes];
-                let d = largest_magnitude(values) / 127.0;
-                let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
-                for (q, v) in quants.iter_mut().zip(values) {
-                    *q = round_away(v * inverse) as i8;
-                }
+                // Quantized as activations are (Q8_0's rule): the same code, the same rounding.
+                let (d, _) = quantize_block(values, &mut quants[..block]);
                 out[2 * lane..2 * lane + 2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
                 for (g, four) in quants[..block].chunks_exact(4).enumerate() {
                     let at = header + 64 * g + 4 * lane;
@@ -307,10 +305,11 @@ pub(crate) mod q8 {
     /// Whether `w` holds a `rows × cols` matrix in 8-bit panels whose factor is a normal
     /// power of two and whose scales are finite (what a saved buffer read back must be).
     pub(crate) fn sound(w: &[u8], rows: usize, cols: usize) -> bool {
-        if q8_block(cols).is_none() || w.len() != q8_len(rows, cols) {
+        let Some(block) = q8_block(cols) else { return false };
+        if w.len() != q8_len(rows, cols) {
             return false;
         }
-        let layout = Layout::adapter(q8_block(cols).expect("checked above"));
+        let layout = Layout::adapter(block);
         let (factor, panels) = parts(w);
         let power_of_two = factor.is_normal() && factor > 0.0 && factor.to_bits() & 0x007f_ffff == 0;
         power_of_two
@@ -319,29 +318,6 @@ pub(crate) mod q8 {
                     .chunks_exact(2)
                     .all(|d| u16::from_le_bytes([d[0], d[1]]) & 0x7c00 != 0x7c00)
             })
-    }
-
-    /// The largest `|v|` of finite `values`, in eight lanes (`f32::max`'s NaN rule keeps a
-    /// plain fold from vectorizing).
-    fn largest_magnitude(values: &[f32]) -> f32 {
-        let larger = |m: f32, v: f32| if v > m { v } else { m };
-        let mut lanes = [0f32; 8];
-        let mut chunks = values.chunks_exact(8);
-        for chunk in &mut chunks {
-            for (lane, v) in lanes.iter_mut().zip(chunk) {
-                *lane = larger(*lane, v.abs());
-            }
-        }
-        let rest = chunks.remainder().iter().fold(0f32, |m, v| larger(m, v.abs()));
-        lanes.into_iter().fold(rest, larger)
-    }
-
-    /// `v` rounded to the nearest integer, halves away from zero (as `f32::round`, in operations
-    /// the compiler vectorizes).
-    #[inline(always)]
-    fn round_away(v: f32) -> f32 {
-        let t = v.trunc();
-        if (v - t).abs() >= 0.5 { t + 1f32.copysign(v) } else { t }
     }
 
     /// The factor and the panels of a matrix's bytes.

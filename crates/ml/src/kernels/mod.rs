@@ -231,12 +231,7 @@ impl Q8Activations {
             (block == BLOCK || block == BLOCK / 2) && cols.is_multiple_of(block),
             "quantize: rows of {cols} in blocks of {block}"
         );
-        self.block = block;
-        self.blocks_per_row = cols / block;
-        self.scale.clear();
-        self.sum.clear();
-        self.scaled_sum.clear();
-        self.quants.clear();
+        self.clear(block, cols / block);
         let hint = rows.size_hint().0 * self.blocks_per_row;
         self.scale.reserve(hint);
         self.sum.reserve(hint);
@@ -257,12 +252,7 @@ impl Q8Activations {
 
     /// Replaces the rows held with rows `rows` of `from`, copied (already quantized).
     pub(crate) fn copy_rows(&mut self, from: &Q8Activations, rows: impl Iterator<Item = usize>) {
-        self.block = from.block;
-        self.blocks_per_row = from.blocks_per_row;
-        self.scale.clear();
-        self.sum.clear();
-        self.scaled_sum.clear();
-        self.quants.clear();
+        self.clear(from.block, from.blocks_per_row);
         for r in rows {
             let row = from.row(r);
             self.scale.extend_from_slice(row.scale);
@@ -270,6 +260,16 @@ impl Q8Activations {
             self.scaled_sum.extend_from_slice(row.scaled_sum);
             self.quants.extend_from_slice(row.quants);
         }
+    }
+
+    /// No rows, in blocks of `block`, `blocks_per_row` a row (the buffers kept).
+    fn clear(&mut self, block: usize, blocks_per_row: usize) {
+        self.block = block;
+        self.blocks_per_row = blocks_per_row;
+        self.scale.clear();
+        self.sum.clear();
+        self.scaled_sum.clear();
+        self.quants.clear();
     }
 
     /// Rows held.

@@ -26,9 +26,24 @@ pub(crate) fn quantize_block(values: &[f32], quants: &mut [i8]) -> (f32, i32) {
     }
 }
 
+/// The largest `|v|` of `values` (NaN ignored, as `f32::max` ignores it), in eight lanes:
+/// `f32::max`'s NaN rule keeps a plain fold from vectorizing.
+pub(crate) fn largest_magnitude(values: &[f32]) -> f32 {
+    let larger = |m: f32, v: f32| if v > m { v } else { m };
+    let mut lanes = [0f32; 8];
+    let mut chunks = values.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane = larger(*lane, v.abs());
+        }
+    }
+    let rest = chunks.remainder().iter().fold(0f32, |m, v| larger(m, v.abs()));
+    lanes.into_iter().fold(rest, larger)
+}
+
 /// The plain Rust reference.
 fn portable(values: &[f32], quants: &mut [i8]) -> (f32, i32) {
-    let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let amax = largest_magnitude(values);
     let d = amax / 127.0;
     let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
     let mut sum = 0i32;
